@@ -1,0 +1,147 @@
+"""Self-describing checkpoints: safetensors weights that carry their model config.
+
+A run folder holds ``model.safetensors`` (latest weights), ``config.json`` (model and training
+config), ``checkpoints/epoch_NNN.safetensors`` and ``ckpt.pt`` (training state). Any of the
+safetensors files alone is enough to rebuild the model: the config is stored in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .config import ModelConfig
+from .errors import TorchVaeError
+from .fileio import atomic_path
+from .model import VAE
+
+FORMAT = "torch-vae"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def save_model(model: VAE, path: str | os.PathLike, dataset: str | None = None) -> Path:
+    """Write ``model``'s weights and config to ``path`` (a .safetensors file), atomically."""
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "torch_vae_version": __version__,
+        "model_config": json.dumps(model.config.to_dict()),
+    }
+    if dataset:
+        meta["dataset"] = dataset
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """A run folder or a weights file -> the weights file, with a clear error if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise TorchVaeError(
+                f"{path} has no {WEIGHTS_NAME}; pass a run folder written by "
+                "'torch-vae train' or a .safetensors weights file"
+            )
+        return weights
+    if not path.exists():
+        raise TorchVaeError(
+            f"model {path} does not exist; pass a run folder or a .safetensors file"
+        )
+    return path
+
+
+def _looks_like_torch_pickle(path: Path) -> bool:
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x80\x02"  # legacy torch.save pickle protocol 2
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Return the metadata of a torch-vae weights file: model config, dataset, versions."""
+    weights = resolve_weights(path)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        if _looks_like_torch_pickle(weights):
+            raise TorchVaeError(
+                f"{weights} is a PyTorch pickle checkpoint (as written by the original "
+                "torch-vae), not a torch-vae safetensors file; convert it with "
+                f"'torch-vae import-torch-vae {weights} --dataset DATASET'"
+            ) from None
+        raise TorchVaeError(f"{weights} is not a readable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT or "model_config" not in meta:
+        raise TorchVaeError(
+            f"{weights} is a safetensors file without a torch-vae model config; "
+            "only weights written by torch-vae can be loaded"
+        )
+    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+        raise TorchVaeError(
+            f"{weights} uses checkpoint format {meta['format_version']}, newer than this "
+            f"torch-vae ({__version__}) reads; upgrade with pip install -U torch-vae"
+        )
+    try:
+        config = ModelConfig.from_dict(json.loads(meta["model_config"]))
+    except json.JSONDecodeError as exc:
+        raise TorchVaeError(f"{weights} has a corrupt model config ({exc})") from None
+    return {"config": config, "dataset": meta.get("dataset"), "path": weights}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
+    """Load a model from a run folder or a .safetensors file; it needs no architecture flags.
+
+    The model is returned in eval mode.
+    """
+    meta = read_metadata(path)
+    model = VAE(meta["config"])
+    weights = meta["path"]
+    try:
+        state = {}
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                state[key] = f.get_tensor(key)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise TorchVaeError(f"{weights} is corrupt or truncated ({exc})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise TorchVaeError(
+            f"{weights}: weights do not fit the stored model config ({first[-1].strip()})"
+        ) from None
+    model.dataset = meta["dataset"]  # type: ignore[attr-defined]
+    return model.to(device).eval()
+
+
+def check_flags(config: ModelConfig, **flags: int | None) -> None:
+    """Check architecture flags given on the command line against a checkpoint's config."""
+    for name, value in flags.items():
+        if value is None:
+            continue
+        have = getattr(config, name)
+        if value != have:
+            raise TorchVaeError(
+                f"--{_flag_name(name)} {value} does not match the checkpoint, which has "
+                f"{_flag_name(name)}={have}; drop the flag (the checkpoint knows its architecture)"
+            )
+
+
+def _flag_name(field: str) -> str:
+    return {"in_channels": "nimg_channels"}.get(field, field)

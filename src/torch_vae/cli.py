@@ -1,0 +1,318 @@
+"""The ``torch-vae`` command: train, reconstruct and generate, with the original's flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import TorchVaeError
+
+log = logging.getLogger("torch_vae")
+
+DATASET_HELP = (
+    "dataset: mnist, fashion-mnist, cifar-10, cifar-100, celeb-a, or a folder of images as "
+    "folder:PATH"
+)
+
+
+def _common(p: argparse.ArgumentParser, seed: bool = True) -> None:
+    p.add_argument("--cpu", action="store_true", help="Use CPU instead of GPU (cuda/mps)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="Random seed (default 0)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for PyTorch (default: PyTorch's choice)"
+    )
+    p.add_argument("--quiet", action="store_true", help="No progress bars or log lines")
+
+
+def _arch_checks(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--latent_dims",
+        type=int,
+        default=None,
+        help="Number of latent dimensions; optional, checked against the model",
+    )
+    p.add_argument(
+        "--max_filters",
+        type=int,
+        default=None,
+        help="Maximum number of filters; optional, checked against the model",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torch-vae", description="Convolutional variational autoencoders in PyTorch."
+    )
+    parser.add_argument("--version", action="version", version=f"torch-vae {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="Train a VAE", description="Train a VAE with PyTorch.")
+    _common(t)
+    t.add_argument("--config", type=Path, help="JSON file of flag values (flags override it)")
+    t.add_argument("--batchsize", type=int, default=32, help="Batch size for training")
+    t.add_argument(
+        "--max_filters",
+        type=int,
+        default=128,
+        help="Maximum number of filters in the convolutional layers",
+    )
+    t.add_argument("--epochs", type=int, default=100, help="Number of training epochs")
+    t.add_argument("--lr", type=float, default=3e-4, help="Learning rate (AdamW)")
+    t.add_argument("--dataset", default="fashion-mnist", help=DATASET_HELP)
+    t.add_argument(
+        "--latent_dims",
+        type=int,
+        default=8,
+        help="Number of latent dimensions (positive integer, default 8)",
+    )
+    t.add_argument("--image_size", type=int, default=64, help="Image size in pixels (default 64)")
+    t.add_argument(
+        "--depth",
+        type=int,
+        default=3,
+        help="Number of stride-2 convolutions in encoder and decoder (default 3)",
+    )
+    t.add_argument("--beta", type=float, default=1.0, help="Weight of the KL term (default 1)")
+    t.add_argument(
+        "--recon_loss",
+        choices=("mse", "bce"),
+        default="mse",
+        help="mse: sum of squared errors (the original); bce: Bernoulli likelihood",
+    )
+    t.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
+    t.add_argument(
+        "--run_dir",
+        type=Path,
+        default=None,
+        help="Run folder to create (default: runs/<dataset>_filters_F_dims_D, "
+        "numbered so no run is overwritten)",
+    )
+    t.add_argument(
+        "--data_dir",
+        type=Path,
+        default=None,
+        help="Where datasets are downloaded and cached (default: data, or $TORCH_VAE_DATA)",
+    )
+    t.add_argument(
+        "--max_steps",
+        type=int,
+        default=0,
+        help="Stop after this many optimizer steps (0: no limit)",
+    )
+    t.add_argument(
+        "--dry_run",
+        action="store_true",
+        help="Quick check: 1 epoch of 2 steps, evaluated on 64 test images",
+    )
+
+    r = sub.add_parser(
+        "reconstruct",
+        help="Reconstruct dataset images",
+        description="Reconstruct data samples using a VAE.",
+    )
+    _common(r, seed=False)
+    r.add_argument(
+        "--model", type=Path, required=True, help="Run folder or .safetensors weights file"
+    )
+    r.add_argument(
+        "--rec_testdata",
+        action="store_true",
+        help="Reconstruct test split instead of training split",
+    )
+    r.add_argument("--dataset", default=None, help=DATASET_HELP + " (default: the model's)")
+    _arch_checks(r)
+    r.add_argument("--outdir", type=Path, required=True, help="Output directory for the images")
+    r.add_argument("--nimages", type=int, default=0, help="Reconstruct only the first N (0: all)")
+    r.add_argument("--batchsize", type=int, default=500, help="Images per forward pass")
+    r.add_argument("--data_dir", type=Path, default=None, help="Dataset folder (default: data)")
+
+    g = sub.add_parser(
+        "generate", help="Generate samples", description="Generate samples from a VAE."
+    )
+    _common(g)
+    g.add_argument(
+        "--model", type=Path, required=True, help="Run folder or .safetensors weights file"
+    )
+    _arch_checks(g)
+    g.add_argument("--nsamples", type=int, default=64, help="Number of samples to generate")
+    g.add_argument("--outdir", type=Path, required=True, help="Output directory for the samples")
+    g.add_argument(
+        "--nimg_channels",
+        type=int,
+        default=None,
+        help="Number of image channels; optional, checked against the model",
+    )
+    g.add_argument("--batchsize", type=int, default=1000, help="Samples per forward pass")
+    return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.config is not None:
+        try:
+            values = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TorchVaeError(f"cannot read --config {args.config}: {exc}") from None
+        train_parser = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+        known = {a.dest for a in train_parser._actions}  # noqa: SLF001
+        unknown = sorted(set(values) - known)
+        if not isinstance(values, dict) or unknown:
+            raise TorchVaeError(f"--config {args.config}: unknown keys {unknown}")
+        train_parser.set_defaults(**values)
+        args = parser.parse_args(argv)  # flags given on the command line override the file
+    return args
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise TorchVaeError(f"{name} must be a positive integer, got {value}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .config import ModelConfig, TrainConfig
+    from .data import get_dataset, load_split
+    from .device import pick_device
+    from .train import check_new_run_dir, new_run_dir, train
+
+    if args.dry_run:
+        args.epochs, args.max_steps = 1, 2
+    ds = get_dataset(args.dataset)
+    model_cfg = ModelConfig(
+        in_channels=ds.channels,
+        image_size=args.image_size,
+        latent_dims=args.latent_dims,
+        max_filters=args.max_filters,
+        depth=args.depth,
+    )
+    train_cfg = TrainConfig(
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batchsize=args.batchsize,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        beta=args.beta,
+        recon_loss=args.recon_loss,
+        seed=args.seed,
+        max_steps=args.max_steps,
+    )
+    if args.run_dir is None:
+        stem = ds.source_id(Path()) if args.dataset not in ("mnist",) else "mnist"
+        name = f"{stem}_filters_{args.max_filters:04d}_dims_{args.latent_dims:04d}"
+        run_dir = new_run_dir(Path("runs"), name)
+    else:
+        run_dir = args.run_dir
+        check_new_run_dir(run_dir)
+    device = pick_device(args.device, args.cpu)
+    progress = not args.quiet
+    train_images = torch.from_numpy(
+        load_split(args.dataset, "train", args.image_size, args.data_dir, progress)
+    )
+    test_images = torch.from_numpy(
+        load_split(args.dataset, "test", args.image_size, args.data_dir, progress)
+    )
+    if args.dry_run:
+        test_images = test_images[:64]
+    log.info("run folder: %s", run_dir)
+    train(model_cfg, train_cfg, train_images, test_images, run_dir, device, progress)
+    log.info("done. Next: torch-vae generate --model %s --outdir samples", run_dir)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    import torch
+
+    from .checkpoint import check_flags, load_model
+    from .data import get_dataset, load_split
+    from .device import pick_device
+    from .outputs import write_reconstructions
+
+    device = pick_device(args.device, args.cpu)
+    model = load_model(args.model, device)
+    check_flags(model.config, latent_dims=args.latent_dims, max_filters=args.max_filters)
+    _positive("--batchsize", args.batchsize)
+    dataset = args.dataset or model.dataset
+    if dataset is None:
+        raise TorchVaeError(
+            f"{args.model} does not say which dataset it was trained on; pass --dataset"
+        )
+    ds = get_dataset(dataset)
+    if ds.channels != model.config.in_channels:
+        raise TorchVaeError(
+            f"dataset {dataset} has {ds.channels} channel(s) but the model expects "
+            f"{model.config.in_channels}; pass the dataset the model was trained on"
+        )
+    split = "test" if args.rec_testdata else "train"
+    images = load_split(dataset, split, model.config.image_size, args.data_dir, not args.quiet)
+    if args.nimages:
+        images = images[: args.nimages]
+    out = write_reconstructions(
+        model, torch.from_numpy(images), args.outdir, args.batchsize, not args.quiet
+    )
+    log.info(
+        "wrote %d reconstructions of the %s split of %s to %s (overview: %s)",
+        len(images),
+        split,
+        dataset,
+        args.outdir,
+        out,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .checkpoint import check_flags, load_model
+    from .device import pick_device
+    from .outputs import write_samples
+
+    device = pick_device(args.device, args.cpu)
+    model = load_model(args.model, device)
+    check_flags(
+        model.config,
+        latent_dims=args.latent_dims,
+        max_filters=args.max_filters,
+        in_channels=args.nimg_channels,
+    )
+    _positive("--nsamples", args.nsamples)
+    _positive("--batchsize", args.batchsize)
+    out = write_samples(
+        model, args.nsamples, args.outdir, args.seed, args.batchsize, not args.quiet
+    )
+    log.info("wrote %d samples to %s (overview: %s)", args.nsamples, args.outdir, out)
+
+
+COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "generate": cmd_generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``torch-vae`` command; returns the exit status."""
+    try:
+        args = _parse(argv)
+        logging.basicConfig(
+            level=logging.WARNING if args.quiet else logging.INFO,
+            format="%(message)s",
+            stream=sys.stderr,
+        )
+        if args.threads:
+            import torch
+
+            _positive("--threads", args.threads)
+            torch.set_num_threads(args.threads)
+        COMMANDS[args.command](args)
+    except TorchVaeError as exc:
+        print(f"torch-vae: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("torch-vae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Model and training configuration as frozen, validated dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import TorchVaeError
+
+Arch = Literal["original"]
+ARCHS: tuple[str, ...] = ("original",)
+ReconLoss = Literal["mse", "bce"]
+RECON_LOSSES: tuple[str, ...] = ("mse", "bce")
+
+
+def _positive(name: str, value: int, flag: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise TorchVaeError(f"{name} must be a positive integer, got {value!r}; pass e.g. {flag}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model: stored next to its weights.
+
+    The encoder has ``depth`` stride-2 convolutions whose widths double up to ``max_filters``
+    (the original: depth 3, widths F/4, F/2, F); the decoder mirrors it.
+    """
+
+    in_channels: int = 1
+    image_size: int = 64
+    latent_dims: int = 8
+    max_filters: int = 128
+    depth: int = 3
+    arch: Arch = "original"
+
+    def __post_init__(self) -> None:
+        _positive("--latent_dims", self.latent_dims, "--latent_dims 8")
+        _positive("--max_filters", self.max_filters, "--max_filters 128")
+        _positive("--depth", self.depth, "--depth 3")
+        _positive("--image_size", self.image_size, "--image_size 64")
+        if self.in_channels not in (1, 3):
+            raise TorchVaeError(
+                f"images must have 1 (grayscale) or 3 (RGB) channels, got {self.in_channels}"
+            )
+        if self.arch not in ARCHS:
+            raise TorchVaeError(f"unknown architecture {self.arch!r}; choose one of {ARCHS}")
+        step = 2**self.depth
+        if self.image_size % step:
+            fits = [d for d in range(1, 8) if self.image_size % 2**d == 0]
+            hint = f"use --depth {max(fits)} or less" if fits else "use an even --image_size"
+            raise TorchVaeError(
+                f"--image_size {self.image_size} is not divisible by 2**depth = {step} "
+                f"(depth {self.depth}); {hint}, or an image size that is a multiple of {step}"
+            )
+        if self.max_filters % 2 ** (self.depth - 1):
+            raise TorchVaeError(
+                f"--max_filters {self.max_filters} must be divisible by 2**(depth-1) = "
+                f"{2 ** (self.depth - 1)} so that every layer has a whole number of filters"
+            )
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Encoder widths from the first convolution to the last, e.g. (32, 64, 128)."""
+        return tuple(self.max_filters // 2 ** (self.depth - 1 - i) for i in range(self.depth))
+
+    @property
+    def bottleneck_size(self) -> int:
+        """Spatial size of the last encoder feature map."""
+        return self.image_size // 2**self.depth
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise TorchVaeError(
+                f"model config has unknown fields {sorted(unknown)}; "
+                "it was written by a newer torch-vae, upgrade with pip install -U torch-vae"
+            )
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise TorchVaeError(f"invalid model config: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters, recorded in every run folder."""
+
+    dataset: str = "fashion-mnist"
+    epochs: int = 100
+    batchsize: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    beta: float = 1.0
+    recon_loss: ReconLoss = "mse"
+    seed: int = 0
+    max_steps: int = 0  # 0 = no limit; a small number makes a quick dry run
+
+    def __post_init__(self) -> None:
+        _positive("--epochs", self.epochs, "--epochs 10")
+        _positive("--batchsize", self.batchsize, "--batchsize 128")
+        if not self.lr > 0:
+            raise TorchVaeError(f"--lr must be positive, got {self.lr}; pass e.g. --lr 3e-4")
+        if self.weight_decay < 0:
+            raise TorchVaeError(f"--weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.beta >= 0:
+            raise TorchVaeError(f"--beta must be >= 0, got {self.beta}")
+        if self.recon_loss not in RECON_LOSSES:
+            raise TorchVaeError(
+                f"unknown --recon_loss {self.recon_loss!r}; choose one of {RECON_LOSSES}"
+            )
+        if self.max_steps < 0:
+            raise TorchVaeError(f"--max_steps must be >= 0, got {self.max_steps}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

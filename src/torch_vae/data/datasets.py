@@ -1,0 +1,347 @@
+"""The dataset registry: where each dataset's files live, how to get them, how to read them.
+
+Each dataset turns (split, size) into uint8 images (N, size, size, C); ``cache.py`` stores the
+result on disk so decoding and resizing happen once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from ..errors import TorchVaeError
+from .download import download, md5sum
+from .formats import open_celeba_zip, read_celeba_partition, read_cifar, read_idx
+from .imaging import resize_arrays, to_array
+
+SPLITS = ("train", "test")
+# Debian's dataset-fashion-mnist package installs the real files here: used without a download.
+SYSTEM_DIRS = {"fashion-mnist": [Path("/usr/share/datasets/fashion-mnist")]}
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    url: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Base: a named dataset with a fixed number of channels."""
+
+    name: str
+    channels: int
+    files: tuple[RemoteFile, ...] = ()
+    # Folders (relative to the data dir) where an existing copy may already be, e.g. the one
+    # torchvision (and so the original torch-vae) downloaded.
+    aliases: tuple[str, ...] = ()
+    crop: bool = False
+
+    def cache_key(self, split: str, size: int) -> str:
+        return f"{self.name}-{split}-{size}"
+
+    def locate(self, data_dir: Path, name: str) -> Path | None:
+        """An existing copy of file ``name`` (or of its uncompressed form), if any."""
+        dirs = [data_dir / self.name, *(data_dir / a for a in self.aliases)]
+        dirs += SYSTEM_DIRS.get(self.name, [])
+        for d in dirs:
+            for candidate in (d / name, d / name.removesuffix(".gz")):
+                if candidate.exists():
+                    return candidate
+        return None
+
+    def fetch(self, data_dir: Path, progress: bool = True) -> dict[str, Path]:
+        """Return local paths of all files, downloading those that are missing."""
+        paths = {}
+        for f in self.files:
+            found = self.locate(data_dir, f.name)
+            if found is None:
+                found = download(f.url, f.md5, data_dir / self.name / f.name, progress)
+            elif found.is_file() and found.name == f.name and found.stat().st_size < 2**31:
+                # Verify a compressed/archived copy against the official checksum, unless it
+                # is Debian's repacked copy, whose content read_* checks structurally.
+                if not _is_system(found) and md5sum(found) != f.md5:
+                    raise TorchVaeError(
+                        f"{found} does not match the official checksum (MD5 {f.md5}); it is "
+                        "corrupt or incomplete: delete it and run again to download it"
+                    )
+            paths[f.name] = found
+        return paths
+
+    def prepare(self, split: str, size: int, data_dir: Path, progress: bool = True) -> np.ndarray:
+        raise NotImplementedError
+
+    def source_id(self, data_dir: Path) -> str:
+        return self.name
+
+
+def _is_system(path: Path) -> bool:
+    return any(path.is_relative_to(d) for dirs in SYSTEM_DIRS.values() for d in dirs)
+
+
+@dataclass(frozen=True)
+class IdxDataset(Dataset):
+    """MNIST-style IDX files (gzipped or not)."""
+
+    split_files: dict = field(default_factory=dict)  # split -> images file name
+
+    def prepare(self, split, size, data_dir, progress=True):
+        paths = self.fetch(data_dir, progress)
+        images = read_idx(paths[self.split_files[split]])
+        if images.ndim != 3:
+            raise TorchVaeError(f"{paths[self.split_files[split]]} holds no (N, H, W) images")
+        return resize_arrays(images, size, f"{self.name} {split}: resizing", progress)
+
+
+@dataclass(frozen=True)
+class CifarDataset(Dataset):
+    """CIFAR-10/100 from the official python archive (or its extracted folder)."""
+
+    folder: str = ""  # the folder inside the archive
+    members: dict = field(default_factory=dict)  # split -> member names
+    label_key: bytes = b"labels"
+
+    def locate(self, data_dir, name):
+        found = super().locate(data_dir, name)
+        if found is None:
+            for d in (data_dir, data_dir / self.name):
+                if (d / self.folder).is_dir():  # torchvision's extracted copy
+                    return d / self.folder
+                if (d / name).is_file():
+                    return d / name
+        return found
+
+    def prepare(self, split, size, data_dir, progress=True):
+        archive = self.fetch(data_dir, progress)[self.files[0].name]
+        images = read_cifar(archive, self.members[split], self.label_key)
+        return resize_arrays(images, size, f"{self.name} {split}: resizing", progress)
+
+
+@dataclass(frozen=True)
+class CelebADataset(Dataset):
+    """CelebA aligned faces, read straight from img_align_celeba.zip (no unzipping).
+
+    Faces (178x218) are centre-cropped to 178x178 before resizing.
+    """
+
+    partitions: dict = field(default_factory=dict)  # split -> partition number
+
+    def prepare(self, split, size, data_dir, progress=True):
+        paths = self.fetch(data_dir, progress)
+        parts = read_celeba_partition(paths["list_eval_partition.txt"])
+        zf, members = open_celeba_zip(paths["img_align_celeba.zip"])
+        wanted = sorted(n for n, p in parts.items() if p == self.partitions[split])
+        missing = [n for n in wanted if n not in members]
+        if missing:
+            zf.close()
+            raise TorchVaeError(
+                f"{paths['img_align_celeba.zip']} lacks {len(missing)} images listed in "
+                f"list_eval_partition.txt (e.g. {missing[0]}); the zip is incomplete, delete it"
+            )
+        out = np.empty((len(wanted), size, size, 3), dtype=np.uint8)
+        with zf:
+            for i, name in enumerate(
+                tqdm(
+                    wanted,
+                    desc=f"celeb-a {split}: decoding",
+                    unit="img",
+                    disable=not progress,
+                    mininterval=0.5,
+                )
+            ):
+                out[i] = _decode(zf.open(members[name]), name, 3, size, crop=True)
+        return out
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
+
+
+def _decode(fileobj, label, channels, size, crop) -> np.ndarray:
+    """Decode one image file object to uint8 (size, size, channels); closes ``fileobj``."""
+    try:
+        with fileobj as f, Image.open(f) as img:
+            if img.format == "JPEG" and size * 2 <= min(img.size):
+                # Let libjpeg decode at a reduced scale: much faster, same result after resizing.
+                img.draft(img.mode, (size, size))
+            return to_array(img, channels, size, crop)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        raise TorchVaeError(f"cannot read image {label} ({exc}); remove or replace it") from None
+
+
+@dataclass(frozen=True)
+class FolderDataset(Dataset):
+    """A user's folder of images, any size, RGB or grayscale, searched recursively.
+
+    Uses ``train/`` and ``test/`` subfolders when both exist; otherwise every tenth image (in
+    sorted order) is the test split. Images are centre-cropped to a square, then resized.
+    """
+
+    root: Path = Path(".")
+
+    def source_id(self, data_dir):
+        digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:10]
+        return f"folder-{self.root.name}-{digest}"
+
+    def cache_key(self, split, size):
+        return f"{self.source_id(Path())}-{split}-{size}"
+
+    def list_images(self, split: str) -> list[Path]:
+        def scan(d: Path) -> list[Path]:
+            return sorted(
+                p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+
+        if not self.root.is_dir():
+            raise TorchVaeError(f"image folder {self.root} does not exist")
+        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+            files = scan(self.root / split)
+        else:
+            every = scan(self.root)
+            files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "test")]
+        if not files:
+            raise TorchVaeError(
+                f"no images for the {split} split in {self.root} (looked for "
+                f"{', '.join(sorted(IMAGE_SUFFIXES))}); a folder needs at least 10 images, or "
+                "train/ and test/ subfolders"
+            )
+        return files
+
+    def prepare(self, split, size, data_dir, progress=True):
+        files = self.list_images(split)
+        out = np.empty((len(files), size, size, self.channels), dtype=np.uint8)
+        for i, path in enumerate(
+            tqdm(
+                files,
+                desc=f"{self.root.name} {split}: decoding",
+                unit="img",
+                disable=not progress,
+                mininterval=0.5,
+            )
+        ):
+            out[i] = _decode(open(path, "rb"), path, self.channels, size, crop=True)
+        return out
+
+
+def folder_dataset(root: str | os.PathLike) -> FolderDataset:
+    """A folder dataset; grayscale when every image is grayscale, otherwise RGB."""
+    root = Path(root).expanduser()
+    ds = FolderDataset(name=f"folder:{root}", channels=3, root=root)
+    modes = set()
+    for split in SPLITS:
+        for path in ds.list_images(split):
+            try:
+                with Image.open(path) as img:
+                    modes.add(img.mode)
+            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                raise TorchVaeError(
+                    f"cannot read image {path} ({exc}); remove or replace it"
+                ) from None
+    channels = 1 if modes <= GRAY_MODES else 3
+    return FolderDataset(name=f"folder:{root}", channels=channels, root=root)
+
+
+def _idx(name, base, md5s, aliases):
+    files = tuple(RemoteFile(f, base + f, m) for f, m in md5s.items())
+    return IdxDataset(
+        name=name,
+        channels=1,
+        files=files,
+        aliases=aliases,
+        split_files={"train": "train-images-idx3-ubyte.gz", "test": "t10k-images-idx3-ubyte.gz"},
+    )
+
+
+_MNIST_BASE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_FASHION_BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_CIFAR_BASE = "https://www.cs.toronto.edu/~kriz/"
+_CELEBA_BASE = "https://graal.ift.ulaval.ca/public/celeba/"
+
+# Only the image files are needed: a VAE does not use labels.
+DATASETS: dict[str, Dataset] = {
+    "mnist": _idx(
+        "mnist",
+        _MNIST_BASE,
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        },
+        ("MNIST/raw",),
+    ),
+    "fashion-mnist": _idx(
+        "fashion-mnist",
+        _FASHION_BASE,
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        },
+        ("FashionMNIST/raw",),
+    ),
+    "cifar-10": CifarDataset(
+        name="cifar-10",
+        channels=3,
+        files=(
+            RemoteFile(
+                "cifar-10-python.tar.gz",
+                _CIFAR_BASE + "cifar-10-python.tar.gz",
+                "c58f30108f718f92721af3b95e74349a",
+            ),
+        ),
+        folder="cifar-10-batches-py",
+        members={"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
+    ),
+    "cifar-100": CifarDataset(
+        name="cifar-100",
+        channels=3,
+        files=(
+            RemoteFile(
+                "cifar-100-python.tar.gz",
+                _CIFAR_BASE + "cifar-100-python.tar.gz",
+                "eb9058c3a382ffc7106e4002c42a8d85",
+            ),
+        ),
+        folder="cifar-100-python",
+        members={"train": ["train"], "test": ["test"]},
+        label_key=b"fine_labels",
+    ),
+    "celeb-a": CelebADataset(
+        name="celeb-a",
+        channels=3,
+        crop=True,
+        aliases=("celeba",),
+        files=(
+            RemoteFile(
+                "img_align_celeba.zip",
+                _CELEBA_BASE + "img_align_celeba.zip",
+                "00d2c5bc6d35e252742224ab0c1e8fcb",
+            ),
+            RemoteFile(
+                "list_eval_partition.txt",
+                _CELEBA_BASE + "list_eval_partition.txt",
+                "d32c9cbf5e040fd4025c592c306e6668",
+            ),
+        ),
+        partitions={"train": 0, "test": 2},
+    ),
+}
+
+
+def get_dataset(name: str) -> Dataset:
+    """A registered dataset by name, or a folder of images given as 'folder:PATH' or a path."""
+    if name in DATASETS:
+        return DATASETS[name]
+    if name.startswith("folder:"):
+        return folder_dataset(name.removeprefix("folder:"))
+    if os.sep in name or Path(name).is_dir():
+        return folder_dataset(name)
+    raise TorchVaeError(
+        f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or pass a folder of "
+        "images as folder:PATH"
+    )

@@ -1,0 +1,50 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import fakedata  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def mnist_dir(tmp_path, monkeypatch):
+    """A data dir holding a tiny MNIST in its real gzipped IDX format; no system copies."""
+    from torch_vae.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    data_dir = tmp_path / "data"
+    fakedata.write_mnist(data_dir / "mnist")
+    # the fake files do not match the official MD5s; register theirs instead
+    _register_md5s(monkeypatch, "mnist", data_dir / "mnist")
+    return data_dir
+
+
+def _register_md5s(monkeypatch, name, folder):
+    import dataclasses
+
+    from torch_vae.data import datasets
+    from torch_vae.data.download import md5sum
+
+    ds = datasets.DATASETS[name]
+    files = tuple(dataclasses.replace(f, md5=md5sum(folder / f.name)) for f in ds.files)
+    monkeypatch.setitem(datasets.DATASETS, name, dataclasses.replace(ds, files=files))
+
+
+@pytest.fixture
+def register_md5s(monkeypatch):
+    return lambda name, folder: _register_md5s(monkeypatch, name, folder)

@@ -1,0 +1,335 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from torch_vae.cli import main
+
+
+@pytest.fixture
+def trained(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data_dir",
+            str(mnist_dir),
+            "--run_dir",
+            str(run),
+            "--epochs",
+            "2",
+            "--batchsize",
+            "16",
+            "--latent_dims",
+            "3",
+            "--max_filters",
+            "16",
+            "--image_size",
+            "32",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    return run
+
+
+def test_train_writes_run_folder(trained):
+    files = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file()}
+    assert files == {
+        "config.json",
+        "model.safetensors",
+        "ckpt.pt",
+        "metrics.jsonl",
+        "checkpoints/epoch_001.safetensors",
+        "checkpoints/epoch_002.safetensors",
+        "images/epoch_001.png",
+        "images/epoch_002.png",
+    }
+    lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert lines[0]["step"] == 3 and lines[1]["step"] == 6  # 40 images, batch 16
+    for key in ("train_loss", "test_loss", "test_recon", "test_kl", "test_mse"):
+        assert np.isfinite(lines[1][key])
+    cfg = json.loads((trained / "config.json").read_text())
+    assert cfg["model"]["latent_dims"] == 3 and cfg["train"]["dataset"] == "mnist"
+
+
+def test_reconstruct_and_generate_need_only_model(trained, mnist_dir, tmp_path):
+    rec = tmp_path / "rec"
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--model",
+                str(trained),
+                "--rec_testdata",
+                "--outdir",
+                str(rec),
+                "--data_dir",
+                str(mnist_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    pairs = sorted(rec.glob("rec_*.png"))
+    assert len(pairs) == 20
+    assert Image.open(pairs[0]).size == (32 * 2 + 2, 32)
+    assert (rec / "all.png").exists()
+    out = tmp_path / "gen"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(trained / "model.safetensors"),
+                "--nsamples",
+                "10",
+                "--outdir",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert len(list(out.glob("sample_*.png"))) == 10
+    grid = Image.open(out / "all.png")
+    assert grid.size == (8 * 34 + 2, 2 * 34 + 2) and grid.mode == "L"
+
+
+def test_seeded_generation_is_deterministic(trained, tmp_path):
+    def gen(seed, name):
+        out = tmp_path / name
+        assert (
+            main(
+                [
+                    "generate",
+                    "--model",
+                    str(trained),
+                    "--nsamples",
+                    "5",
+                    "--seed",
+                    str(seed),
+                    "--outdir",
+                    str(out),
+                    "--quiet",
+                    "--batchsize",
+                    "2",
+                ]
+            )
+            == 0
+        )
+        return np.asarray(Image.open(out / "all.png"))
+
+    assert np.array_equal(gen(7, "a"), gen(7, "b"))
+    assert not np.array_equal(gen(7, "a"), gen(8, "c"))
+
+
+def test_original_flags_accepted(trained, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(
+            [
+                "train",
+                "--cpu",
+                "--seed",
+                "1",
+                "--batchsize=16",
+                "--max_filters=16",
+                "--epochs=1",
+                "--lr",
+                "1e-3",
+                "--dataset=mnist",
+                "--latent_dims=2",
+                "--image_size",
+                "32",
+                "--data_dir",
+                str(mnist_dir),
+                "--quiet",
+                "--max_steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "runs" / "mnist_filters_0016_dims_0002" / "model.safetensors").exists()
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--cpu",
+                "--model",
+                str(trained),
+                "--rec_testdata",
+                "--dataset",
+                "mnist",
+                "--latent_dims",
+                "3",
+                "--max_filters",
+                "16",
+                "--outdir",
+                "r",
+                "--data_dir",
+                str(mnist_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--cpu",
+                "--seed",
+                "0",
+                "--model",
+                str(trained),
+                "--latent_dims=3",
+                "--max_filters=16",
+                "--nsamples=4",
+                "--outdir=g",
+                "--nimg_channels=1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+
+
+def test_default_run_dir_never_overwrites(mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "train",
+        "--dataset",
+        "mnist",
+        "--data_dir",
+        str(mnist_dir),
+        "--dry_run",
+        "--max_filters",
+        "8",
+        "--image_size",
+        "16",
+        "--depth",
+        "2",
+        "--quiet",
+    ]
+    assert main(args) == 0 and main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+        "mnist_filters_0008_dims_0008",
+        "mnist_filters_0008_dims_0008-2",
+    ]
+
+
+def test_config_file_and_flag_precedence(mnist_dir, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(
+        json.dumps({"latent_dims": 4, "max_filters": 8, "image_size": 16, "depth": 2, "epochs": 1})
+    )
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(cfg),
+                "--latent_dims",
+                "5",
+                "--dataset",
+                "mnist",
+                "--data_dir",
+                str(mnist_dir),
+                "--run_dir",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["latent_dims"] == 5 and model["max_filters"] == 8
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "torch_vae", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["train", "--latent_dims", "0"], "--latent_dims must be a positive integer"),
+        (["train", "--dataset", "svhn"], "unknown dataset 'svhn'"),
+        (["train", "--batchsize", "-1"], "--batchsize must be a positive integer"),
+        (["train", "--image_size", "30"], "not divisible by 2\\*\\*depth"),
+        (["generate", "--model", "nope", "--outdir", "x"], "model nope does not exist"),
+        (["train", "--device", "cuda"], "no CUDA GPU is available"),
+        (["train", "--config", "missing.json"], "cannot read --config"),
+    ],
+)
+def test_bad_input_gives_one_line_error(args, match, tmp_path):
+    import re
+
+    res = run_cli(*args, cwd=tmp_path)
+    assert res.returncode == 1, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torch-vae: error:"), res.stderr
+    assert re.search(match, lines[0])
+    assert "Traceback" not in res.stderr
+
+
+def test_existing_run_dir_is_refused(trained, mnist_dir):
+    before = (trained / "model.safetensors").read_bytes()
+    res = run_cli(
+        "train", "--dataset", "mnist", "--run_dir", str(trained), "--data_dir", str(mnist_dir)
+    )
+    assert res.returncode == 1 and "already exists" in res.stderr
+    assert (trained / "model.safetensors").read_bytes() == before
+
+
+def test_mismatched_flags_and_dataset(trained, tmp_path, mnist_dir, register_md5s):
+    res = run_cli(
+        "generate", "--model", str(trained), "--latent_dims", "64", "--outdir", "x", cwd=tmp_path
+    )
+    assert res.returncode == 1 and "--latent_dims 64 does not match" in res.stderr
+    res = run_cli(
+        "generate", "--model", str(trained), "--nimg_channels", "3", "--outdir", "x", cwd=tmp_path
+    )
+    assert res.returncode == 1 and "--nimg_channels 3 does not match" in res.stderr
+    import fakedata
+
+    fakedata.write_cifar(mnist_dir / "cifar-10")
+    register_md5s("cifar-10", mnist_dir / "cifar-10")
+    assert (
+        main(
+            [
+                "reconstruct",
+                "--model",
+                str(trained),
+                "--dataset",
+                "cifar-10",
+                "--outdir",
+                str(tmp_path / "r"),
+                "--data_dir",
+                str(mnist_dir),
+            ]
+        )
+        == 1
+    )
+
+
+def test_help_lists_commands():
+    res = run_cli("--help")
+    assert res.returncode == 0
+    for cmd in ("train", "reconstruct", "generate"):
+        assert cmd in res.stdout

@@ -1,0 +1,166 @@
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+import fakedata
+from torch_vae import TorchVaeError
+from torch_vae.data import load_split
+from torch_vae.data.datasets import get_dataset
+
+
+def test_mnist_idx_gz_resized(mnist_dir):
+    arr = load_split("mnist", "train", 64, mnist_dir, progress=False)
+    assert arr.shape == (40, 64, 64, 1) and arr.dtype == np.uint8
+    assert load_split("mnist", "test", 28, mnist_dir, progress=False).shape == (20, 28, 28, 1)
+
+
+def test_idx_uncompressed_in_torchvision_layout(tmp_path, monkeypatch):
+    from torch_vae.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    data = fakedata.write_mnist(tmp_path / "FashionMNIST" / "raw", gz=False)
+    arr = load_split("fashion-mnist", "test", 28, tmp_path, progress=False)
+    assert np.array_equal(arr[..., 0], data["t10k"])
+
+
+def test_cache_is_reused_and_rebuilt_when_corrupt(mnist_dir):
+    first = load_split("mnist", "test", 32, mnist_dir, progress=False)
+    npy = mnist_dir / "cache" / "mnist-test-32.npy"
+    meta = json.loads(npy.with_suffix(".json").read_text())
+    assert meta["shape"] == [20, 32, 32, 1]
+    # the cache is used: removing the raw files does not matter
+    for f in (mnist_dir / "mnist").iterdir():
+        f.rename(f.with_suffix(".bak"))
+    assert np.array_equal(load_split("mnist", "test", 32, mnist_dir, progress=False), first)
+    for f in (mnist_dir / "mnist").iterdir():
+        f.rename(f.with_suffix(".gz"))
+    # flip a byte of the cached pixels: detected by the checksum, rebuilt from the raw files
+    raw = bytearray(npy.read_bytes())
+    raw[-1] ^= 0xFF
+    npy.write_bytes(bytes(raw))
+    assert np.array_equal(load_split("mnist", "test", 32, mnist_dir, progress=False), first)
+    # truncate it: rebuilt too
+    npy.write_bytes(npy.read_bytes()[:100])
+    assert np.array_equal(load_split("mnist", "test", 32, mnist_dir, progress=False), first)
+
+
+@pytest.mark.parametrize("hundred", [False, True])
+def test_cifar_archive(tmp_path, register_md5s, hundred):
+    name = "cifar-100" if hundred else "cifar-10"
+    fakedata.write_cifar(tmp_path / name, hundred=hundred)
+    register_md5s(name, tmp_path / name)
+    train = load_split(name, "train", 32, tmp_path, progress=False)
+    test = load_split(name, "test", 64, tmp_path, progress=False)
+    assert train.shape == ((16 if hundred else 40), 32, 32, 3)
+    assert test.shape == (8, 64, 64, 3)
+    # pixel layout: the first training image equals the generated one
+    expected = fakedata.blobs(8, 32, 3, 0)
+    assert np.array_equal(train[:8], expected)
+
+
+def test_cifar100_is_not_cifar10():
+    assert get_dataset("cifar-100").files[0].name == "cifar-100-python.tar.gz"
+    assert get_dataset("cifar-100").label_key == b"fine_labels"
+
+
+def test_celeba_zip_read_without_unzipping(tmp_path, register_md5s):
+    fakedata.write_celeba(tmp_path / "celeba", n=30)  # the original's manual-download folder
+    register_md5s("celeb-a", tmp_path / "celeba")
+    train = load_split("celeb-a", "train", 64, tmp_path, progress=False)
+    test = load_split("celeb-a", "test", 32, tmp_path, progress=False)
+    assert train.shape == (24, 64, 64, 3) and test.shape == (6, 32, 32, 3)
+    assert not (tmp_path / "celeba" / "img_align_celeba").exists()
+
+
+def test_celeba_partition_listing_missing_image(tmp_path, register_md5s):
+    root = fakedata.write_celeba(tmp_path / "celeba", n=10)
+    with open(root / "list_eval_partition.txt", "a") as f:
+        f.write("999999.jpg 0\n")
+    register_md5s("celeb-a", root)
+    with pytest.raises(TorchVaeError, match="lacks 1 images.*999999.jpg"):
+        load_split("celeb-a", "train", 32, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_folder_dataset(tmp_path, gray):
+    folder = fakedata.write_folder(tmp_path / "imgs", n=20, gray=gray)
+    ds = get_dataset(f"folder:{folder}")
+    assert ds.channels == (1 if gray else 3)
+    train = load_split(f"folder:{folder}", "train", 32, tmp_path / "data", progress=False)
+    test = load_split(str(folder), "test", 32, tmp_path / "data", progress=False)
+    assert train.shape == (18, 32, 32, ds.channels) and test.shape == (2, 32, 32, ds.channels)
+
+
+def test_folder_with_train_test_subfolders(tmp_path):
+    fakedata.write_folder(tmp_path / "imgs" / "train", n=6)
+    fakedata.write_folder(tmp_path / "imgs" / "test", n=3, seed=9)
+    assert load_split(f"folder:{tmp_path / 'imgs'}", "test", 16, tmp_path, False).shape[0] == 3
+
+
+@pytest.mark.parametrize(
+    "corrupt,match",
+    [
+        (lambda p: p.write_bytes(b"not gzip"), "is corrupt"),
+        (lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 6)), "truncated"),
+        (lambda p: p.write_bytes(gzip.compress(b"\x01\x02\x03\x04")), "bad magic"),
+    ],
+)
+def test_bad_idx_files(tmp_path, monkeypatch, corrupt, match):
+    from torch_vae.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    fakedata.write_mnist(tmp_path / "FashionMNIST" / "raw", gz=False)
+    bad = tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    bad.unlink()
+    bad = bad.with_name(bad.name + ".gz")
+    corrupt(bad)
+    # a gz that is not the official file is also refused by its checksum first
+    with pytest.raises(TorchVaeError, match=f"{match}|official checksum"):
+        load_split("fashion-mnist", "test", 28, tmp_path, progress=False)
+
+
+def test_corrupt_cifar_and_celeba(tmp_path, register_md5s):
+    (tmp_path / "cifar-10").mkdir()
+    (tmp_path / "cifar-10" / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b garbage")
+    register_md5s("cifar-10", tmp_path / "cifar-10")
+    with pytest.raises(TorchVaeError, match="not a valid CIFAR python archive"):
+        load_split("cifar-10", "test", 32, tmp_path, progress=False)
+    root = fakedata.write_celeba(tmp_path / "celeba", n=5)
+    (root / "img_align_celeba.zip").write_bytes(b"PK garbage")
+    register_md5s("celeb-a", root)
+    with pytest.raises(TorchVaeError, match="not a readable zip"):
+        load_split("celeb-a", "test", 32, tmp_path, progress=False)
+
+
+def test_cifar_pickle_cannot_run_code(tmp_path):
+    import os
+    import pickle
+
+    from torch_vae.data.formats import read_cifar
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    (d / "test_batch").write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
+    with pytest.raises(TorchVaeError, match="refusing to load"):
+        read_cifar(d, ["test_batch"], b"labels")
+
+
+def test_unreadable_folder_image(tmp_path):
+    folder = fakedata.write_folder(tmp_path / "imgs", n=12)
+    (folder / "broken.png").write_bytes(b"\x89PNG nope")
+    with pytest.raises(TorchVaeError, match="cannot read image .*broken.png"):
+        get_dataset(f"folder:{folder}")
+
+
+def test_unknown_dataset_and_empty_folder(tmp_path):
+    with pytest.raises(TorchVaeError, match="unknown dataset 'svhn'"):
+        get_dataset("svhn")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TorchVaeError, match="no images"):
+        get_dataset(f"folder:{tmp_path / 'empty'}")

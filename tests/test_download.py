@@ -1,0 +1,86 @@
+"""Downloads against a local HTTP server on 127.0.0.1: good file, bad checksum, server down."""
+
+import functools
+import hashlib
+import http.server
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+import fakedata
+from torch_vae import TorchVaeError
+from torch_vae.data import load_split
+from torch_vae.data.download import MIRROR_ENV, download
+
+
+@pytest.fixture
+def server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_good_file(server, tmp_path):
+    root, url = server
+    (root / "a.bin").write_bytes(b"hello world" * 100)
+    md5 = hashlib.md5(b"hello world" * 100).hexdigest()
+    dest = tmp_path / "dl" / "a.bin"
+    assert download(f"{url}/a.bin", md5, dest, progress=False) == dest
+    assert dest.read_bytes() == b"hello world" * 100
+
+
+def test_bad_checksum_leaves_no_file(server, tmp_path):
+    root, url = server
+    (root / "a.bin").write_bytes(b"tampered")
+    dest = tmp_path / "dl" / "a.bin"
+    with pytest.raises(TorchVaeError, match="checksum mismatch"):
+        download(f"{url}/a.bin", "0" * 32, dest, progress=False)
+    assert not dest.exists()
+
+
+def test_server_down(tmp_path):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TorchVaeError, match="could not download .*check your network"):
+        download(f"http://127.0.0.1:{port}/a.bin", "0" * 32, tmp_path / "a.bin", progress=False)
+
+
+def test_missing_file_on_server(server, tmp_path):
+    _, url = server
+    with pytest.raises(TorchVaeError, match="could not download"):
+        download(f"{url}/nothing.bin", "0" * 32, tmp_path / "a.bin", progress=False)
+
+
+def test_dataset_downloaded_through_mirror(server, tmp_path, monkeypatch, register_md5s):
+    """load_split fetches a missing dataset from its URL (here a mirror), checks it, reads it."""
+    from torch_vae.data import datasets
+
+    root, url = server
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    data = fakedata.write_mnist(root)
+    register_md5s("mnist", root)
+    monkeypatch.setenv(MIRROR_ENV, url)
+    arr = load_split("mnist", "test", 28, tmp_path / "data", progress=False)
+    assert np.array_equal(arr[..., 0], data["t10k"])
+    assert (tmp_path / "data" / "mnist" / "t10k-images-idx3-ubyte.gz").exists()
+
+
+def test_dataset_with_official_checksum_rejects_other_file(server, tmp_path, monkeypatch):
+    from torch_vae.data import datasets
+
+    root, url = server
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    fakedata.write_mnist(root)  # not the official files
+    monkeypatch.setenv(MIRROR_ENV, url)
+    with pytest.raises(TorchVaeError, match="checksum mismatch.*f68b3c2dcbeaaa9fbdd348bbdeb94873"):
+        load_split("mnist", "train", 28, tmp_path / "data", progress=False)
