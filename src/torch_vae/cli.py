@@ -149,6 +149,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="Number of image channels; optional, checked against the model",
     )
     g.add_argument("--batchsize", type=int, default=1000, help="Samples per forward pass")
+
+    e = sub.add_parser(
+        "evaluate",
+        help="Evaluate a model on a dataset split",
+        description="Evaluate a VAE: objective, MSE, PSNR, KL, active units and an "
+        "importance-weighted NLL with bits per dimension.",
+    )
+    _common(e)
+    e.add_argument(
+        "--model", type=Path, required=True, help="Run folder or .safetensors weights file"
+    )
+    e.add_argument("--dataset", default=None, help=DATASET_HELP + " (default: the model's)")
+    e.add_argument("--split", choices=("train", "test"), default="test", help="Split (test)")
+    e.add_argument(
+        "--iw_samples",
+        type=int,
+        default=128,
+        help="Importance samples per image for the NLL (128; 0 skips the NLL)",
+    )
+    e.add_argument("--nimages", type=int, default=0, help="Evaluate only the first N (0: all)")
+    e.add_argument("--batchsize", type=int, default=100, help="Images per forward pass")
+    e.add_argument("--data_dir", type=Path, default=None, help="Dataset folder (default: data)")
+    e.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="Where to write the JSON report (default: next to the model)",
+    )
+
+    im = sub.add_parser(
+        "import-torch-vae",
+        help="Convert an original torch-vae .pth checkpoint",
+        description="Convert a checkpoint of the original torch-vae (a bare "
+        "state_dict .pth) into a torch-vae .safetensors file.",
+    )
+    im.add_argument("checkpoint", type=Path, help="The original's .pth file")
+    im.add_argument(
+        "--dataset", required=True, help="The dataset it was trained on (stored with the weights)"
+    )
+    im.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="Output .safetensors file (default: imported/<dataset>/<name>.safetensors)",
+    )
+    im.add_argument("--quiet", action="store_true", help="No log lines")
+    im.set_defaults(threads=0)
     return parser
 
 
@@ -287,7 +334,128 @@ def cmd_generate(args: argparse.Namespace) -> None:
     log.info("wrote %d samples to %s (overview: %s)", args.nsamples, args.outdir, out)
 
 
-COMMANDS = {"train": cmd_train, "reconstruct": cmd_reconstruct, "generate": cmd_generate}
+def _model_and_dataset(args):
+    """Load --model and resolve --dataset (default: the model's), checking channels."""
+    from .checkpoint import load_model
+    from .data import get_dataset
+    from .device import pick_device
+
+    device = pick_device(args.device, args.cpu)
+    model = load_model(args.model, device)
+    dataset = args.dataset or model.dataset
+    if dataset is None:
+        raise TorchVaeError(
+            f"{args.model} does not say which dataset it was trained on; pass --dataset"
+        )
+    ds = get_dataset(dataset)
+    if ds.channels != model.config.in_channels:
+        raise TorchVaeError(
+            f"dataset {dataset} has {ds.channels} channel(s) but the model expects "
+            f"{model.config.in_channels}; pass the dataset the model was trained on"
+        )
+    return model, dataset, device
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .checkpoint import resolve_weights
+    from .data import load_split
+    from .evaluate import calibrate_sigma, evaluate_model
+
+    _positive("--batchsize", args.batchsize)
+    if args.iw_samples < 0:
+        raise TorchVaeError(f"--iw_samples must be >= 0, got {args.iw_samples}")
+    model, dataset, device = _model_and_dataset(args)
+    size, progress = model.config.image_size, not args.quiet
+    images = torch.from_numpy(load_split(dataset, args.split, size, args.data_dir, progress))
+    if args.nimages:
+        images = images[: args.nimages]
+    train = torch.from_numpy(load_split(dataset, "train", size, args.data_dir, progress))
+    sigma = calibrate_sigma(model, train[:10000], device, seed=args.seed)
+    report = evaluate_model(
+        model, images, device, sigma, args.iw_samples, args.batchsize, args.seed, progress
+    )
+    weights = resolve_weights(args.model)
+    report = {
+        "model": str(args.model),
+        "dataset": dataset,
+        "split": args.split,
+        "image_size": size,
+        "latent_dims": model.config.latent_dims,
+        "parameters": model.num_parameters(),
+        "seed": args.seed,
+        **report,
+    }
+    tag = dataset.replace("/", "_").replace(":", "_")
+    if args.report is not None:
+        path = args.report
+    elif args.model.is_dir():
+        path = args.model / f"eval-{tag}-{args.split}.json"
+    else:
+        path = weights.with_name(f"{weights.stem}.eval-{tag}-{args.split}.json")
+    from .fileio import write_text_atomic
+
+    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    rows = [
+        ("objective (SSE + KL, z sampled)", report["objective"]),
+        ("sum of squared errors", report["sse"]),
+        ("KL", report["kl"]),
+        ("MSE per pixel (posterior mean)", report["mse"]),
+        ("PSNR (dB)", report["psnr"]),
+        ("active units", f"{report['active_units']} / {model.config.latent_dims}"),
+    ]
+    if args.iw_samples:
+        rows += [
+            (f"NLL, nats ({args.iw_samples} importance samples)", report["nll"]),
+            ("bits per dimension", report["bits_per_dim"]),
+        ]
+    print(f"{dataset} {args.split}, {report['n_images']} images at {size}x{size}, per image:")
+    for name, value in rows:
+        print(
+            f"  {name:<42} {value:>12.4f}"
+            if isinstance(value, float)
+            else f"  {name:<42} {value:>12}"
+        )
+    print(f"report: {path}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from .checkpoint import save_model
+    from .convert import import_original
+    from .data import get_dataset
+
+    ds = get_dataset(args.dataset)
+    model = import_original(args.checkpoint)
+    if ds.channels != model.config.in_channels:
+        raise TorchVaeError(
+            f"{args.checkpoint} has {model.config.in_channels} input channel(s) but dataset "
+            f"{args.dataset} has {ds.channels}; pass the dataset it was trained on"
+        )
+    out = args.out or Path("imported") / args.dataset / f"{args.checkpoint.stem}.safetensors"
+    if out.exists():
+        raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
+    save_model(model, out, dataset=args.dataset)
+    c = model.config
+    log.info(
+        "imported %s (C=%d, F=%d, d=%d, %dx%d) -> %s",
+        args.checkpoint,
+        c.in_channels,
+        c.max_filters,
+        c.latent_dims,
+        c.image_size,
+        c.image_size,
+        out,
+    )
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "reconstruct": cmd_reconstruct,
+    "generate": cmd_generate,
+    "evaluate": cmd_evaluate,
+    "import-torch-vae": cmd_import,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

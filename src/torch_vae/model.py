@@ -12,8 +12,9 @@ from .config import ModelConfig
 
 # The original uses leaky_relu with PyTorch's default slope.
 LEAKY_SLOPE = 0.01
-# Keeps exp(logvar) finite for any input (as diffusers' DiagonalGaussianDistribution does).
-LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+# Keeps exp(logvar) and the KL finite in float32 for any input, yet wide enough that imported
+# original models (whose log-variance exceeds 20 on unusual inputs) compute exactly as before.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 50.0
 
 
 class Posterior(NamedTuple):

@@ -1,0 +1,201 @@
+"""Importing the original torch-vae's checkpoints (bare state_dicts, layout in its docs)."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_vae import TorchVaeError, load_model
+from torch_vae.cli import main
+from torch_vae.convert import import_original
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "torch-vae-checkpoints"
+
+
+def original_state_dict(c=1, f=128, d=8, seed=0):
+    """A state_dict with the original's 51 entries and shapes, random values."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = {
+        "encoder.conv1.weight": (f // 4, c, 3, 3),
+        "encoder.conv1.bias": (f // 4,),
+        "encoder.conv2.weight": (f // 2, f // 4, 3, 3),
+        "encoder.conv2.bias": (f // 2,),
+        "encoder.conv3.weight": (f, f // 2, 3, 3),
+        "encoder.conv3.bias": (f,),
+        "encoder.shortcut2.weight": (f // 2, f // 4, 1, 1),
+        "encoder.shortcut2.bias": (f // 2,),
+        "encoder.shortcut3.weight": (f, f // 2, 1, 1),
+        "encoder.shortcut3.bias": (f,),
+        "encoder.proj_mu.weight": (d, f * 64),
+        "encoder.proj_mu.bias": (d,),
+        "encoder.proj_log_var.weight": (d, f * 64),
+        "encoder.proj_log_var.bias": (d,),
+        "decoder.lin1.weight": (f * 64, d),
+        "decoder.lin1.bias": (f * 64,),
+        "decoder.conv1.weight": (f, f // 2, 3, 3),
+        "decoder.conv1.bias": (f // 2,),
+        "decoder.conv2.weight": (f // 2, f // 4, 3, 3),
+        "decoder.conv2.bias": (f // 4,),
+        "decoder.conv3.weight": (f // 4, c, 3, 3),
+        "decoder.conv3.bias": (c,),
+        "decoder.shortcut1.weight": (f, f // 2, 1, 1),
+        "decoder.shortcut1.bias": (f // 2,),
+        "decoder.shortcut2.weight": (f // 2, f // 4, 1, 1),
+        "decoder.shortcut2.bias": (f // 4,),
+    }
+    state = {k: torch.randn(s, generator=g) * 0.05 for k, s in shapes.items()}
+    for net, widths in (("encoder", (f // 4, f // 2, f)), ("decoder", (f // 2, f // 4))):
+        for i, w in enumerate(widths, 1):
+            state[f"{net}.bn{i}.weight"] = 1 + 0.1 * torch.randn(w, generator=g)
+            state[f"{net}.bn{i}.bias"] = 0.1 * torch.randn(w, generator=g)
+            state[f"{net}.bn{i}.running_mean"] = 0.1 * torch.randn(w, generator=g)
+            state[f"{net}.bn{i}.running_var"] = 1 + torch.rand(w, generator=g)
+            state[f"{net}.bn{i}.num_batches_tracked"] = torch.tensor(100)
+    return state
+
+
+def original_forward(s, x, eps):
+    """The original's eval-mode computation, written from its documented layout: encoder with
+    z = mu + exp(0.5 logvar) * eps, decoder from z."""
+
+    def bn(h, p):
+        return F.batch_norm(
+            h,
+            s[p + ".running_mean"],
+            s[p + ".running_var"],
+            s[p + ".weight"],
+            s[p + ".bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
+    h = x
+    for i in (1, 2, 3):
+        h = F.conv2d(h, s[f"encoder.conv{i}.weight"], s[f"encoder.conv{i}.bias"], 2, 1)
+        h = F.leaky_relu(bn(h, f"encoder.bn{i}"))
+    h = h.flatten(1)
+    mu = F.linear(h, s["encoder.proj_mu.weight"], s["encoder.proj_mu.bias"])
+    logvar = F.linear(h, s["encoder.proj_log_var.weight"], s["encoder.proj_log_var.bias"])
+    z = mu + torch.exp(0.5 * logvar) * eps
+    f = s["decoder.lin1.weight"].shape[0] // 64
+    h = F.linear(z, s["decoder.lin1.weight"], s["decoder.lin1.bias"]).view(-1, f, 8, 8)
+    for i in (1, 2, 3):
+        h = F.conv_transpose2d(h, s[f"decoder.conv{i}.weight"], s[f"decoder.conv{i}.bias"], 2, 1, 1)
+        h = torch.sigmoid(h) if i == 3 else F.leaky_relu(bn(h, f"decoder.bn{i}"))
+    return h, mu, logvar
+
+
+def check_equal(state, model, c):
+    torch.manual_seed(1)
+    x = torch.rand(5, c, 64, 64)
+    eps = torch.randn(5, model.config.latent_dims)
+    ref, mu_ref, logvar_ref = original_forward(state, x, eps)
+    post = model.encode(x)
+    z = post.mu + torch.exp(0.5 * post.logvar) * eps
+    assert torch.allclose(post.mu, mu_ref, atol=1e-5)
+    assert torch.allclose(post.logvar, logvar_ref, atol=1e-5)
+    assert torch.allclose(model.decode(z), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("c,f,d", [(1, 128, 8), (3, 64, 16), (1, 32, 2)])
+def test_import_built_state_dict(tmp_path, c, f, d):
+    state = original_state_dict(c, f, d)
+    assert len(state) == 51
+    path = tmp_path / f"vae_filters_{f:04d}_dims_{d:04d}.pth"
+    torch.save(state, path)
+    model = import_original(path)
+    cfg = model.config
+    assert (cfg.in_channels, cfg.max_filters, cfg.latent_dims, cfg.image_size) == (c, f, d, 64)
+    with torch.no_grad():
+        check_equal(state, model, c)
+
+
+def test_import_cli_round_trip(tmp_path):
+    torch.save(original_state_dict(), tmp_path / "orig.pth")
+    out = tmp_path / "imported.safetensors"
+    assert (
+        main(
+            [
+                "import-torch-vae",
+                str(tmp_path / "orig.pth"),
+                "--dataset",
+                "fashion-mnist",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    model = load_model(out)
+    assert model.dataset == "fashion-mnist" and model.config.latent_dims == 8
+    # never overwrites, and refuses a dataset with the wrong number of channels
+    assert (
+        main(
+            [
+                "import-torch-vae",
+                str(tmp_path / "orig.pth"),
+                "--dataset",
+                "fashion-mnist",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
+    assert (
+        main(
+            [
+                "import-torch-vae",
+                str(tmp_path / "orig.pth"),
+                "--dataset",
+                "cifar-10",
+                "--out",
+                str(tmp_path / "x.safetensors"),
+                "--quiet",
+            ]
+        )
+        == 1
+    )
+
+
+def test_import_refuses_non_checkpoints(tmp_path):
+    bad = tmp_path / "bad.pth"
+    torch.save({"foo.weight": torch.zeros(2)}, bad)
+    with pytest.raises(TorchVaeError, match="not an original torch-vae checkpoint"):
+        import_original(bad)
+    bad.write_bytes(b"junk")
+    with pytest.raises(TorchVaeError, match="not a readable PyTorch checkpoint"):
+        import_original(bad)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"x": Evil()}, bad)
+    with pytest.raises(TorchVaeError, match="refusing to load"):
+        import_original(bad)
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="the original's checkpoints are not available")
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist"])
+@pytest.mark.parametrize("dims", [2, 8])
+def test_import_real_checkpoints(dataset, dims):
+    path = REAL / dataset / f"vae_filters_0128_dims_{dims:04d}.pth"
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = import_original(path)
+    assert model.config.latent_dims == dims and model.config.max_filters == 128
+    assert model.config.in_channels == 1 and model.config.image_size == 64
+    # every tensor but the 8 dead shortcut ones is used
+    assert model.num_parameters() == sum(
+        v.numel()
+        for k, v in state.items()
+        if "shortcut" not in k and "running" not in k and "num_batches" not in k
+    )
+    with torch.no_grad():
+        check_equal(state, model, 1)
+    assert math.isfinite(model.sample(2).sum().item())
