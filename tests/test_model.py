@@ -77,3 +77,21 @@ def test_one_step_lowers_loss_on_fixed_data():
     first.backward()
     opt.step()
     assert loss().item() < first.item()
+
+
+def test_lr_schedule_and_kl_warmup():
+    import math
+
+    from torch_vae import TrainConfig
+
+    const = TrainConfig(lr=1e-3)
+    assert const.lr_at(0, 100) == const.lr_at(99, 100) == 1e-3
+    cos = TrainConfig(lr=1e-3, lr_schedule="cosine")
+    assert cos.lr_at(0, 100) == 1e-3
+    assert math.isclose(cos.lr_at(50, 100), 5e-4)
+    assert cos.lr_at(100, 100) < 1e-12
+    warm = TrainConfig(beta=2.0, kl_warmup_epochs=2)
+    assert warm.beta_at(0, 10) == 0 and math.isclose(warm.beta_at(10, 10), 1.0)
+    assert warm.beta_at(20, 10) == warm.beta_at(500, 10) == 2.0
+    with pytest.raises(TorchVaeError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")

@@ -87,6 +87,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay")
     t.add_argument(
+        "--lr_schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="constant (the original) or cosine decay to 0 over the run",
+    )
+    t.add_argument(
+        "--kl_warmup_epochs",
+        type=float,
+        default=0.0,
+        help="Raise the KL weight linearly from 0 to --beta over this many epochs",
+    )
+    t.add_argument(
         "--run_dir",
         type=Path,
         default=None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,6 +12,8 @@ from .errors import TorchVaeError
 Arch = Literal["original"]
 ARCHS: tuple[str, ...] = ("original",)
 ReconLoss = Literal["mse", "bce"]
+LrSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 RECON_LOSSES: tuple[str, ...] = ("mse", "bce")
 
 
@@ -98,6 +101,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     beta: float = 1.0
     recon_loss: ReconLoss = "mse"
+    lr_schedule: LrSchedule = "constant"
+    kl_warmup_epochs: float = 0.0  # beta rises linearly from 0 over this many epochs
     seed: int = 0
     max_steps: int = 0  # 0 = no limit; a small number makes a quick dry run
 
@@ -114,8 +119,26 @@ class TrainConfig:
             raise TorchVaeError(
                 f"unknown --recon_loss {self.recon_loss!r}; choose one of {RECON_LOSSES}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TorchVaeError(
+                f"unknown --lr_schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}"
+            )
+        if self.kl_warmup_epochs < 0:
+            raise TorchVaeError(f"--kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
         if self.max_steps < 0:
             raise TorchVaeError(f"--max_steps must be >= 0, got {self.max_steps}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""
+        if self.lr_schedule == "cosine" and total_steps > 0:
+            return 0.5 * self.lr * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
+        return self.lr
+
+    def beta_at(self, step: int, steps_per_epoch: int) -> float:
+        """KL weight for step ``step``: ``beta``, ramped up linearly during the KL warm-up."""
+        if self.kl_warmup_epochs > 0:
+            return self.beta * min(1.0, step / (self.kl_warmup_epochs * steps_per_epoch))
+        return self.beta

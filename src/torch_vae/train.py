@@ -118,6 +118,9 @@ def train(
     fixed_z = torch.randn(N_PICTURE, model_config.latent_dims, generator=gen).to(device)
     n = len(train_images)
     steps_per_epoch = math.ceil(n / cfg.batchsize)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
     step = 0
     log.info(
         "training %d parameters on %d images, %d steps per epoch, device %s",
@@ -143,8 +146,10 @@ def train(
         for i in bar:
             idx = perm[i * cfg.batchsize : (i + 1) * cfg.batchsize]
             x = to_float(train_images[idx], device)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step, total_steps)
             out = model(x)
-            losses = vae_loss(out, x, cfg.beta, cfg.recon_loss)
+            losses = vae_loss(out, x, cfg.beta_at(step, steps_per_epoch), cfg.recon_loss)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             loss = losses["loss"].item()
