@@ -12,6 +12,7 @@ Arch = Literal["original"]
 ARCHS: tuple[str, ...] = ("original",)
 ReconLoss = Literal["mse", "bce"]
 RECON_LOSSES: tuple[str, ...] = ("mse", "bce")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
 def _positive(name: str, value: int, flag: str) -> None:
@@ -100,6 +101,8 @@ class TrainConfig:
     recon_loss: ReconLoss = "mse"
     seed: int = 0
     max_steps: int = 0  # 0 = no limit; a small number makes a quick dry run
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast), see speed.py
+    compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
         _positive("--epochs", self.epochs, "--epochs 10")
@@ -116,6 +119,10 @@ class TrainConfig:
             )
         if self.max_steps < 0:
             raise TorchVaeError(f"--max_steps must be >= 0, got {self.max_steps}")
+        if self.precision not in PRECISIONS:
+            raise TorchVaeError(
+                f"unknown --precision {self.precision!r}; choose one of {PRECISIONS}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
