@@ -6,7 +6,8 @@ import pytest
 
 import fakedata
 from torch_vae import TorchVaeError
-from torch_vae.data import load_split
+from torch_vae.cli import main
+from torch_vae.data import SPLITS, load_split
 from torch_vae.data.datasets import get_dataset
 
 
@@ -164,3 +165,61 @@ def test_unknown_dataset_and_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TorchVaeError, match="no images"):
         get_dataset(f"folder:{tmp_path / 'empty'}")
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Let a few dozen images be split over several worker processes."""
+    from torch_vae.data import parallel
+
+    monkeypatch.setattr(parallel, "CHUNK", 4)
+    monkeypatch.setattr(parallel, "MIN_PER_WORKER", 4)
+
+
+def test_parallel_celeba_decoding_is_identical(tmp_path, register_md5s, small_chunks, monkeypatch):
+    root = fakedata.write_celeba(tmp_path / "src" / "celeba", n=45)
+    register_md5s("celeb-a", root)
+    results = {}
+    for workers in ("1", "3"):
+        monkeypatch.setenv("TORCH_VAE_WORKERS", workers)
+        data_dir = tmp_path / f"w{workers}"
+        data_dir.mkdir()
+        (data_dir / "celeba").symlink_to(root)
+        results[workers] = [load_split("celeb-a", s, 32, data_dir, False) for s in SPLITS]
+    for a, b in zip(results["1"], results["3"], strict=True):
+        assert a.shape[0] > 4 and np.array_equal(a, b)
+
+
+def test_parallel_folder_decoding_is_identical(tmp_path, small_chunks, monkeypatch):
+    from torch_vae.data.datasets import _decode_path
+    from torch_vae.data.parallel import decode_all
+
+    files = sorted(fakedata.write_folder(tmp_path / "imgs", n=30).iterdir())
+    one = decode_all(files, _decode_path, 3, 24, workers=1, progress=False)
+    many = decode_all(files, _decode_path, 3, 24, workers=2, progress=False)
+    assert one.shape == (30, 24, 24, 3) and np.array_equal(one, many)
+
+
+def test_error_in_worker_is_one_line(tmp_path, register_md5s, small_chunks, monkeypatch, capsys):
+    import zipfile
+
+    root = fakedata.write_celeba(tmp_path / "celeba", n=40)
+    with zipfile.ZipFile(root / "img_align_celeba.zip") as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    members["img_align_celeba/000027.jpg"] = b"\xff\xd8 not really a jpeg"
+    with zipfile.ZipFile(root / "img_align_celeba.zip", "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    register_md5s("celeb-a", root)
+    monkeypatch.setenv("TORCH_VAE_WORKERS", "2")
+    with pytest.raises(TorchVaeError, match="cannot read image 000027.jpg"):
+        load_split("celeb-a", "train", 32, tmp_path, progress=False)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--dataset", "celeb-a", "--data_dir", str(tmp_path), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("torch-vae: error: cannot read image 000027.jpg") and "\n" not in err
+    monkeypatch.setenv("TORCH_VAE_WORKERS", "zero")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "TORCH_VAE_WORKERS must be a positive integer" in err and "\n" not in err

@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Stop after this many optimizer steps (0: no limit)",
     )
     t.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32 (default), or bf16/fp16 mixed precision (autocast); see docs/benchmarks.md",
+    )
+    t.add_argument("--compile", action="store_true", help="torch.compile the model")
+    t.add_argument(
         "--dry_run",
         action="store_true",
         help="Quick check: 1 epoch of 2 steps, evaluated on 64 test images",
@@ -262,6 +269,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         recon_loss=args.recon_loss,
         seed=args.seed,
         max_steps=args.max_steps,
+        precision=args.precision,
+        compile=args.compile,
     )
     if args.run_dir is None:
         stem = ds.source_id(Path()) if args.dataset not in ("mnist",) else "mnist"

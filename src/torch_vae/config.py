@@ -15,6 +15,7 @@ ReconLoss = Literal["mse", "bce"]
 LrSchedule = Literal["constant", "cosine"]
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 RECON_LOSSES: tuple[str, ...] = ("mse", "bce")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
 def _positive(name: str, value: int, flag: str) -> None:
@@ -105,6 +106,8 @@ class TrainConfig:
     kl_warmup_epochs: float = 0.0  # beta rises linearly from 0 over this many epochs
     seed: int = 0
     max_steps: int = 0  # 0 = no limit; a small number makes a quick dry run
+    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast), see speed.py
+    compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
         _positive("--epochs", self.epochs, "--epochs 10")
@@ -127,6 +130,10 @@ class TrainConfig:
             raise TorchVaeError(f"--kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
         if self.max_steps < 0:
             raise TorchVaeError(f"--max_steps must be >= 0, got {self.max_steps}")
+        if self.precision not in PRECISIONS:
+            raise TorchVaeError(
+                f"unknown --precision {self.precision!r}; choose one of {PRECISIONS}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

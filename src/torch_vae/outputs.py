@@ -12,6 +12,7 @@ from tqdm import tqdm
 from .device import to_float
 from .images import grid, save_png, save_pngs, side_by_side, to_uint8
 from .model import VAE
+from .speed import inference_model
 
 GRID_LIMIT = 1024  # all.png shows at most this many images
 
@@ -32,6 +33,7 @@ def write_samples(
     """
     outdir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
+    model = inference_model(model)  # batch norms folded into the convolutions
     z = torch.randn(n, model.config.latent_dims, generator=torch.Generator().manual_seed(seed))
     keep = []
     with ThreadPoolExecutor() as pool:
@@ -59,6 +61,7 @@ def write_reconstructions(
     its reconstruction to ``outdir/rec_NNNNN.png`` and a grid of pairs to ``all.png``."""
     outdir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
+    model = inference_model(model)  # batch norms folded into the convolutions
     keep = []
     with ThreadPoolExecutor() as pool:
         for start in tqdm(

@@ -21,6 +21,7 @@ from .fileio import atomic_path, write_text_atomic
 from .images import grid, save_png, side_by_side, stack_rows, to_uint8
 from .losses import per_image_terms, vae_loss
 from .model import VAE, VAEOutput
+from .speed import Precision, maybe_compile, resident
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ def train(
     )
     torch.manual_seed(cfg.seed)
     model = VAE(model_config).to(device, memory_format=torch.channels_last)
+    forward = maybe_compile(model, cfg.compile)  # shares its weights with model
+    amp = Precision(device, cfg.precision)
+    train_images = resident(train_images, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)  # batch order
     fixed_z = torch.randn(N_PICTURE, model_config.latent_dims, generator=gen).to(device)
@@ -148,17 +152,18 @@ def train(
             x = to_float(train_images[idx], device)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step, total_steps)
-            out = model(x)
-            losses = vae_loss(out, x, cfg.beta_at(step, steps_per_epoch), cfg.recon_loss)
+            with amp.autocast():
+                out = forward(x)
+            losses = vae_loss(out, x, cfg.beta_at(step, steps_per_epoch), cfg.recon_loss)  # fp32
             opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            amp.backward(losses["loss"])
             loss = losses["loss"].item()
             if not math.isfinite(loss):
                 raise TorchVaeError(
                     f"the loss became {loss} at epoch {epoch}, step {step + 1}; training stopped "
                     f"and the last good checkpoint in {run_dir} was kept. Try a lower --lr"
                 )
-            opt.step()
+            amp.step(opt)
             step += 1
             b = len(idx)
             seen += b

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from ..errors import TorchVaeError
 from .download import download, md5sum
 from .formats import open_celeba_zip, read_celeba_partition, read_cifar, read_idx
 from .imaging import resize_arrays, to_array
+from .parallel import decode_all
 
 SPLITS = ("train", "test")
 # Debian's dataset-fashion-mnist package installs the real files here: used without a download.
@@ -145,19 +145,16 @@ class CelebADataset(Dataset):
                 f"{paths['img_align_celeba.zip']} lacks {len(missing)} images listed in "
                 f"list_eval_partition.txt (e.g. {missing[0]}); the zip is incomplete, delete it"
             )
-        out = np.empty((len(wanted), size, size, 3), dtype=np.uint8)
-        with zf:
-            for i, name in enumerate(
-                tqdm(
-                    wanted,
-                    desc=f"celeb-a {split}: decoding",
-                    unit="img",
-                    disable=not progress,
-                    mininterval=0.5,
-                )
-            ):
-                out[i] = _decode(zf.open(members[name]), name, 3, size, crop=True)
-        return out
+        zf.close()
+        return decode_all(
+            [members[name] for name in wanted],
+            _decode_member,
+            3,
+            size,
+            source=paths["img_align_celeba.zip"],
+            desc=f"celeb-a {split}: decoding",
+            progress=progress,
+        )
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -174,6 +171,20 @@ def _decode(fileobj, label, channels, size, crop) -> np.ndarray:
             return to_array(img, channels, size, crop)
     except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise TorchVaeError(f"cannot read image {label} ({exc}); remove or replace it") from None
+
+
+def _decode_member(zf, name, channels, size) -> np.ndarray:
+    """One image of a zip archive (e.g. CelebA's), centre-cropped and resized."""
+    return _decode(zf.open(name), name.rsplit("/", 1)[-1], channels, size, crop=True)
+
+
+def _decode_path(_, path, channels, size) -> np.ndarray:
+    """One image file, centre-cropped and resized."""
+    try:
+        f = open(path, "rb")
+    except OSError as exc:
+        raise TorchVaeError(f"cannot read image {path} ({exc}); remove or replace it") from None
+    return _decode(f, path, channels, size, crop=True)
 
 
 @dataclass(frozen=True)
@@ -216,18 +227,14 @@ class FolderDataset(Dataset):
 
     def prepare(self, split, size, data_dir, progress=True):
         files = self.list_images(split)
-        out = np.empty((len(files), size, size, self.channels), dtype=np.uint8)
-        for i, path in enumerate(
-            tqdm(
-                files,
-                desc=f"{self.root.name} {split}: decoding",
-                unit="img",
-                disable=not progress,
-                mininterval=0.5,
-            )
-        ):
-            out[i] = _decode(open(path, "rb"), path, self.channels, size, crop=True)
-        return out
+        return decode_all(
+            files,
+            _decode_path,
+            self.channels,
+            size,
+            desc=f"{self.root.name} {split}: decoding",
+            progress=progress,
+        )
 
 
 def folder_dataset(root: str | os.PathLike) -> FolderDataset:

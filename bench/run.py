@@ -1,0 +1,526 @@
+"""Speed benchmark of torch-vae: training, generation, reconstruction and dataset preparation.
+
+    python bench/run.py                      # everything, about 5-10 minutes on 2 CPU cores
+    python bench/run.py --train-steps 100 --celeba-n 2000 --skip original
+    python bench/run.py --original ../torch-vae   # also time the original scripts, same run
+
+Every job runs in its own Python process, so its peak memory (maximum resident set size, from
+getrusage) is its own. Results are printed as a table and written as JSON (--out).
+
+Jobs:
+- train-VARIANT: ``torch-vae train`` on Fashion-MNIST at 64x64, latent 8, batch 128, for
+  --train-steps steps, through the real training code (uint8 batches from the cache, converted
+  to float on the fly). The cache is prepared beforehand (job prepare-fashion). Two rates: the
+  one the training code records in metrics.jsonl (first step and any compilation included), and
+  the steady rate after --warmup-steps steps.
+- generate: ``torch-vae generate --nsamples 10000`` (PNG writing included), the whole command.
+- reconstruct: ``torch-vae reconstruct --rec_testdata`` of the 10,000 Fashion-MNIST test images,
+  the whole command.
+- celeba-prepare-wN: building the 64x64 cache of a synthetic CelebA (--celeba-n 178x218 JPEGs
+  in the real img_align_celeba.zip layout), with N decoding processes.
+- jpeg-draft: decoding + cropping + resizing one CelebA JPEG with and without Pillow's draft
+  mode (libjpeg's reduced-size decoding), in one process.
+- original-*: the original torch-vae scripts (--original PATH), when given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SRC = REPO / "src"
+RESULT_TAG = "BENCH_RESULT "
+BATCH = 128
+TRAIN_VARIANTS = {
+    "fp32": [],
+    "bf16": ["--precision", "bf16"],
+    "compile": ["--compile"],
+    "compile-bf16": ["--compile", "--precision", "bf16"],
+}
+ALL_JOBS = ("train", "generate", "reconstruct", "celeba", "draft", "original")
+
+
+# ----------------------------------------------------------------------------- child jobs
+
+
+def _peak_mb(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
+
+
+def _emit(result: dict) -> None:
+    result["peak_rss_mb"] = round(_peak_mb(resource.RUSAGE_SELF), 1)
+    children = _peak_mb(resource.RUSAGE_CHILDREN)
+    if children:
+        result["children_peak_rss_mb"] = round(children, 1)
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def job_prepare_fashion(spec: dict) -> None:
+    from torch_vae.data import load_split
+
+    t0 = time.perf_counter()
+    n = 0
+    for split in ("train", "test"):
+        n += len(load_split("fashion-mnist", split, 64, spec["data_dir"], progress=False))
+    _emit({"seconds": time.perf_counter() - t0, "images": n})
+
+
+def job_train(spec: dict) -> None:
+    """``torch-vae train`` in this process, timing each step of the epoch loop."""
+    import torch_vae.train as train_mod
+    from torch_vae.cli import main
+
+    stamps: list[float] = []
+    ends: list[float] = []
+    base = train_mod.tqdm
+
+    class TimedBar(base):  # the training loop iterates over its progress bar once per step
+        def __iter__(self):
+            for item in super().__iter__():
+                stamps.append(time.perf_counter())
+                yield item
+
+        def close(self):
+            ends.append(time.perf_counter())  # the first call ends the loop
+            super().close()
+
+    train_mod.tqdm = TimedBar
+    t0 = time.perf_counter()
+    rc = main(spec["argv"])
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        _emit({"error": f"torch-vae train exited with {rc}"})
+        return
+    run_dir = Path(spec["run_dir"])
+    record = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    steps = record["step"]
+    warm = min(spec["warmup"], steps - 1)
+    # stamps[i] = start of step i; ends[0] = end of the loop
+    steady = (steps - warm) * BATCH / (ends[0] - stamps[warm])
+    _emit(
+        {
+            "steps": steps,
+            "img_per_s_recorded": record["train_img_per_s"],
+            "img_per_s_steady": steady,
+            "first_step_s": (stamps[1] if steps > 1 else ends[0]) - stamps[0],
+            "loop_seconds": record["epoch_seconds"],
+            "command_seconds": wall,
+            "train_loss": record["train_loss"],
+        }
+    )
+
+
+def job_cmd(spec: dict) -> None:
+    """Run a command; report its wall time and peak memory."""
+    env = dict(os.environ, **spec.get("env", {}))
+    t0 = time.perf_counter()
+    proc = subprocess.run(spec["argv"], cwd=spec.get("cwd"), env=env, capture_output=True)
+    wall = time.perf_counter() - t0
+    result = {"seconds": wall}
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).decode(errors="replace").strip().splitlines()
+        result["error"] = f"exit {proc.returncode}: {tail[-1] if tail else ''}"[:300]
+    if spec.get("count"):
+        result["files"] = len(list(Path(spec["count"]).glob("*.png")))
+    _emit(result)
+
+
+def _register_fake_celeba_md5(folder: Path) -> None:
+    """The synthetic zip is not the official one: accept its own checksum."""
+    import dataclasses
+
+    from torch_vae.data import datasets
+    from torch_vae.data.download import md5sum
+
+    ds = datasets.DATASETS["celeb-a"]
+    files = tuple(dataclasses.replace(f, md5=md5sum(folder / f.name)) for f in ds.files)
+    datasets.DATASETS["celeb-a"] = dataclasses.replace(ds, files=files)
+
+
+def job_celeba(spec: dict) -> None:
+    from torch_vae.data import load_split
+
+    data_dir = Path(spec["data_dir"])
+    _register_fake_celeba_md5(data_dir / "celeba")
+    digest = hashlib.sha256()
+    n = 0
+    t0 = time.perf_counter()
+    for split in ("train", "test"):
+        arr = load_split("celeb-a", split, 64, data_dir, progress=False)
+        n += len(arr)
+        digest.update(arr.tobytes())
+    seconds = time.perf_counter() - t0
+    _emit({"seconds": seconds, "images": n, "img_per_s": n / seconds, "sha256": digest.hexdigest()})
+
+
+def job_draft(spec: dict) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from torch_vae.data.imaging import to_array
+
+    zf = zipfile.ZipFile(spec["zip"])
+    names = [n for n in zf.namelist() if n.endswith(".jpg")][: spec["n"]]
+    blobs = [zf.read(n) for n in names]
+    out = {}
+    for draft in (False, True):
+        arrays = []
+        t0 = time.perf_counter()
+        for b in blobs:
+            with Image.open(io.BytesIO(b)) as img:
+                if draft:
+                    img.draft(img.mode, (64, 64))
+                arrays.append(to_array(img, 3, 64, crop=True))
+        out["draft" if draft else "full"] = (np.stack(arrays), time.perf_counter() - t0)
+    diff = np.abs(out["draft"][0].astype(int) - out["full"][0].astype(int))
+    _emit(
+        {
+            "images": len(blobs),
+            "img_per_s_full": len(blobs) / out["full"][1],
+            "img_per_s_draft": len(blobs) / out["draft"][1],
+            "mean_abs_diff": float(diff.mean()),
+            "max_abs_diff": int(diff.max()),
+        }
+    )
+
+
+CHILD_JOBS = {
+    "prepare-fashion": job_prepare_fashion,
+    "train": job_train,
+    "cmd": job_cmd,
+    "celeba": job_celeba,
+    "draft": job_draft,
+}
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def child_env(extra: dict | None = None) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def run_job(kind: str, spec: dict, env: dict | None = None) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--job", kind, json.dumps(spec)]
+    proc = subprocess.run(cmd, env=child_env(env), capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line[len(RESULT_TAG) :])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()
+    return {"error": f"job {kind} failed: {tail[-1] if tail else proc.returncode}"[:300]}
+
+
+def make_celeba(root: Path, n: int, seed: int = 0) -> Path:
+    """A synthetic CelebA: n 178x218 JPEGs (smooth shapes plus noise, so they compress like
+    photos, a few KB each) as img_align_celeba.zip + list_eval_partition.txt."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:218, :178].astype(np.float32)
+    lines = []
+    with zipfile.ZipFile(root / "img_align_celeba.zip", "w", zipfile.ZIP_STORED) as zf:
+        for i in range(1, n + 1):
+            cy, cx, r = rng.uniform(80, 140), rng.uniform(70, 110), rng.uniform(40, 70)
+            face = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
+            color = rng.uniform(60, 240, 3)
+            bg = rng.uniform(0, 255, 3) * (xx / 178)[..., None]
+            img = face * color + (1 - face) * bg + rng.normal(0, 6, (218, 178, 3))
+            buf = io.BytesIO()
+            Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+            zf.writestr(f"img_align_celeba/{i:06d}.jpg", buf.getvalue())
+            lines.append(f"{i:06d}.jpg {(0, 0, 0, 0, 0, 0, 0, 0, 1, 2)[i % 10]}")
+    (root / "list_eval_partition.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def machine() -> dict:
+    import torch
+
+    model = platform.processor() or ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {
+        "cpu": model,
+        "cores": cores,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def bench(args: argparse.Namespace) -> dict:
+    work = args.work.resolve()
+    if work.exists() and not args.keep:
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / "data"
+    results: dict = {"machine": machine(), "args": _jsonable(vars(args)), "jobs": {}}
+    jobs = results["jobs"]
+    device = ["--device", args.device]
+
+    def record(name: str, result: dict) -> dict:
+        result["load_average_after"] = os.getloadavg()[0]
+        jobs[name] = result
+        print(f"  {name}: {json.dumps(result)}", flush=True)
+        return result
+
+    needs_fashion = {"train", "generate", "reconstruct"} - set(args.skip)
+    if needs_fashion:
+        record("prepare-fashion", run_job("prepare-fashion", {"data_dir": str(data)}))
+
+    model_run = None
+    if "train" not in args.skip or {"generate", "reconstruct"} - set(args.skip):
+        variants = args.variants if "train" not in args.skip else ["fp32"]
+        for v in variants:
+            run_dir = work / f"train-{v}"
+            argv = [
+                "train",
+                "--dataset=fashion-mnist",
+                f"--data_dir={data}",
+                f"--run_dir={run_dir}",
+                "--epochs=1",
+                f"--batchsize={BATCH}",
+                "--latent_dims=8",
+                "--max_filters=128",
+                "--image_size=64",
+                f"--max_steps={args.train_steps}",
+                "--quiet",
+                *device,
+                *TRAIN_VARIANTS[v],
+            ]
+            spec = {"argv": argv, "run_dir": str(run_dir), "warmup": args.warmup_steps}
+            r = record(f"train-{v}", run_job("train", spec))
+            if v == "fp32" and "error" not in r:
+                model_run = run_dir
+    cli = [sys.executable, "-m", "torch_vae"]
+    if model_run is None and {"generate", "reconstruct"} - set(args.skip):
+        print("  generate/reconstruct: skipped (no trained model: the fp32 training failed)")
+    elif model_run is not None:
+        if "generate" not in args.skip:
+            out = work / "samples"
+            argv = [*cli, "generate", f"--model={model_run}", f"--nsamples={args.nsamples}"]
+            argv += [f"--outdir={out}", "--quiet", *device]
+            r = record("generate", run_job("cmd", {"argv": argv, "count": str(out)}))
+            if "error" not in r:
+                r["img_per_s"] = args.nsamples / r["seconds"]
+        if "reconstruct" not in args.skip:
+            out = work / "reconstructions"
+            argv = [*cli, "reconstruct", f"--model={model_run}", "--rec_testdata"]
+            argv += [f"--data_dir={data}", f"--outdir={out}", "--quiet", *device]
+            r = record("reconstruct", run_job("cmd", {"argv": argv, "count": str(out)}))
+            if "error" not in r:
+                r["img_per_s"] = r["files"] / r["seconds"]
+
+    if {"celeba", "draft"} - set(args.skip):
+        t0 = time.perf_counter()
+        celeba = make_celeba(work / "celeba-src" / "celeba", args.celeba_n)
+        print(
+            f"  (made {args.celeba_n} synthetic CelebA JPEGs in {time.perf_counter() - t0:.1f} s)"
+        )
+        if "draft" not in args.skip:
+            spec = {"zip": str(celeba / "img_align_celeba.zip"), "n": min(args.celeba_n, 1000)}
+            record("jpeg-draft", run_job("draft", spec))
+        if "celeba" not in args.skip:
+            digests = set()
+            for w in sorted({1, args.workers}):
+                d = work / f"celeba-w{w}"
+                (d / "celeba").mkdir(parents=True, exist_ok=True)
+                for f in celeba.iterdir():
+                    (d / "celeba" / f.name).symlink_to(f)
+                env = {"TORCH_VAE_WORKERS": str(w)}
+                r = record(f"celeba-prepare-w{w}", run_job("celeba", {"data_dir": str(d)}, env))
+                digests.add(r.get("sha256"))
+            results["celeba_identical_across_workers"] = len(digests) == 1
+
+    if "original" not in args.skip:
+        results["original"] = bench_original(args, work, record)
+    return results
+
+
+def bench_original(args: argparse.Namespace, work: Path, record) -> dict | str:
+    """The original torch-vae scripts, run as their README says, in a scratch folder."""
+    if args.original is None:
+        msg = "skipped: pass --original PATH (a checkout of the original torch-vae) to compare"
+        print(f"  original: {msg}")
+        return msg
+    src = args.original.resolve()
+    missing = [s for s in ("train.py", "generate.py", "reconstruct.py") if not (src / s).is_file()]
+    if missing:
+        msg = f"skipped: {src} has no {', '.join(missing)}"
+        print(f"  original: {msg}")
+        return msg
+    scratch = work / "original"
+    scratch.mkdir(parents=True, exist_ok=True)
+    data = args.original_data or (src / "data")
+    if data.exists() and not (scratch / "data").exists():
+        (scratch / "data").symlink_to(data.resolve())
+    py = [sys.executable]
+    cpu = ["--cpu"] if args.device == "cpu" else []
+    out: dict = {"path": str(src)}
+    if not args.original_skip_train:
+        argv = [*py, str(src / "train.py"), *cpu, "--batchsize=128", "--epochs=1"]
+        argv += ["--dataset=fashion-mnist", "--latent_dims=8"]
+        r = record("original-train", run_job("cmd", {"argv": argv, "cwd": str(scratch)}, {}))
+        if "error" not in r:
+            r["img_per_s_command"] = 60000 / r["seconds"]
+    model = args.original_model
+    if model is None:
+        found = sorted((scratch / "models").rglob("*.pth"), key=lambda p: p.stat().st_mtime)
+        model = found[-1] if found else None
+    if model is None:
+        print("  original generate/reconstruct: skipped (no .pth model; pass --original-model)")
+        return out
+    n = args.original_nsamples
+    argv = [*py, str(src / "generate.py"), *cpu, f"--model={model}", "--latent_dims=8"]
+    argv += ["--max_filters=128", f"--nsamples={n}", "--outdir=samples", "--nimg_channels=1"]
+    r = record("original-generate", run_job("cmd", {"argv": argv, "cwd": str(scratch)}))
+    if "error" not in r:
+        r["img_per_s"] = n / r["seconds"]
+    argv = [*py, str(src / "reconstruct.py"), *cpu, f"--model={model}", "--rec_testdata"]
+    argv += ["--dataset=fashion-mnist", "--latent_dims=8", "--max_filters=128", "--outdir=rec"]
+    r = record("original-reconstruct", run_job("cmd", {"argv": argv, "cwd": str(scratch)}))
+    if "error" not in r:
+        r["img_per_s"] = 10000 / r["seconds"]
+    return out
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def _fmt(x, digits=0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def table(results: dict) -> str:
+    jobs = results["jobs"]
+    rows = [("job", "images/s", "seconds", "peak RSS MB", "notes")]
+    for name, r in jobs.items():
+        if "error" in r:
+            rows.append((name, "-", "-", "-", "ERROR " + r["error"]))
+            continue
+        peak = r.get("peak_rss_mb")
+        if r.get("children_peak_rss_mb"):
+            peak = max(peak or 0, r["children_peak_rss_mb"])
+        if name.startswith("train-"):
+            note = (
+                f"{r['steps']} steps; recorded {_fmt(r['img_per_s_recorded'])} img/s, "
+                f"first step {r['first_step_s']:.1f} s"
+            )
+            rows.append(
+                (name, _fmt(r["img_per_s_steady"]), _fmt(r["loop_seconds"], 1), _fmt(peak), note)
+            )
+        elif name == "jpeg-draft":
+            note = (
+                f"full decode {_fmt(r['img_per_s_full'])} img/s; mean |diff| "
+                f"{r['mean_abs_diff']:.2f}, max {r['max_abs_diff']} (of 255)"
+            )
+            rows.append((name, _fmt(r["img_per_s_draft"]), "-", _fmt(peak), note))
+        elif name == "original-train":
+            note = "1 epoch (60,000 images), whole command"
+            rows.append(
+                (name, _fmt(r.get("img_per_s_command")), _fmt(r["seconds"], 1), _fmt(peak), note)
+            )
+        else:
+            note = f"{r['files']} PNGs, whole command" if "files" in r else ""
+            if "images" in r and name.startswith("celeba"):
+                note = f"{r['images']} JPEGs -> cache"
+            rate = r.get("img_per_s")
+            rows.append((name, _fmt(rate), _fmt(r["seconds"], 1), _fmt(peak), note))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    lines = []
+    for i, row in enumerate(rows):
+        cells = [
+            str(c).ljust(w) if j == 0 else str(c).rjust(w)
+            for j, (c, w) in enumerate(zip(row[:4], widths, strict=True))
+        ]
+        lines.append("  ".join(cells) + "  " + row[4])
+        if i == 0:
+            lines.append("-" * (sum(widths) + 8 + len(row[4])))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--job", help=argparse.SUPPRESS)
+    p.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, default=Path("bench/results.json"), help="JSON results")
+    p.add_argument("--work", type=Path, default=Path("bench/work"), help="scratch folder")
+    p.add_argument("--keep", action="store_true", help="reuse the scratch folder (and caches)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, mps")
+    p.add_argument("--train-steps", type=int, default=200, help="steps per training job (200)")
+    p.add_argument("--warmup-steps", type=int, default=10, help="steps not in the steady rate")
+    p.add_argument(
+        "--variants",
+        type=lambda s: s.split(","),
+        default=["fp32", "bf16", "compile", "compile-bf16"],
+        help=f"training variants, comma-separated, of {','.join(TRAIN_VARIANTS)}",
+    )
+    p.add_argument("--nsamples", type=int, default=10000, help="samples to generate (10000)")
+    p.add_argument("--celeba-n", type=int, default=3000, help="synthetic CelebA JPEGs (3000)")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="processes for CelebA (CPUs)"
+    )
+    p.add_argument(
+        "--skip", type=lambda s: s.split(","), default=[], help=f"of {','.join(ALL_JOBS)}"
+    )
+    p.add_argument("--original", type=Path, help="checkout of the original torch-vae scripts")
+    p.add_argument("--original-data", type=Path, help="its data folder (default PATH/data)")
+    p.add_argument("--original-model", type=Path, help=".pth model for its generate/reconstruct")
+    p.add_argument("--original-nsamples", type=int, default=1000, help="its generate count")
+    p.add_argument("--original-skip-train", action="store_true", help="skip its 1-epoch training")
+    args = p.parse_args(argv)
+    if args.job:
+        sys.path.insert(0, str(SRC))
+        CHILD_JOBS[args.job](json.loads(args.spec))
+        return 0
+    unknown = set(args.variants) - set(TRAIN_VARIANTS)
+    if unknown:
+        p.error(f"unknown variants {sorted(unknown)}")
+    print(f"torch-vae benchmark (work folder {args.work}); jobs run one at a time:", flush=True)
+    results = bench(args)
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    text = table(results)
+    print("\n" + text)
+    m = results["machine"]
+    print(
+        f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
+        f"load average at start {m['load_average_at_start'][0]:.2f}, "
+        f"at end {m['load_average_at_end'][0]:.2f}"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

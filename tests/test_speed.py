@@ -1,0 +1,106 @@
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from torch_vae import VAE, ModelConfig, TorchVaeError, TrainConfig, load_model
+from torch_vae.cli import main
+from torch_vae.images import encode_png, save_png
+from torch_vae.speed import Precision, inference_model, maybe_compile, unwrap
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_png_encoder_round_trip(tmp_path, channels):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (17, 23, channels), dtype=np.uint8)
+    for image in (img, img[:, ::-1]):  # contiguous and not
+        decoded = np.asarray(Image.open(io.BytesIO(encode_png(image))))
+        assert np.array_equal(decoded.reshape(image.shape), image)
+    save_png(img, tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as f:
+        assert f.mode == ("L" if channels == 1 else "RGB") and f.size == (23, 17)
+
+
+def test_png_encoder_rejects_other_arrays():
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ValueError):
+        encode_png(np.zeros((4, 4, 1), np.float32))
+
+
+def _trained_like_model():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(in_channels=3, image_size=16, latent_dims=4, max_filters=16, depth=2))
+    model.train()
+    x = torch.rand(8, 3, 16, 16)
+    with torch.no_grad():
+        for _ in range(3):  # give the batch norms non-trivial running statistics
+            model(x * 2 + 0.3)
+    for norm in (*model.encoder.norms, *model.decoder.norms):
+        torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+        torch.nn.init.uniform_(norm.bias, -0.2, 0.2)
+    return model.eval(), x
+
+
+def test_inference_model_folds_batch_norm_without_changing_outputs():
+    model, x = _trained_like_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fused = inference_model(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        assert torch.allclose(fused.reconstruct(x), model.reconstruct(x), atol=1e-5)
+        z = torch.randn(5, 4)
+        assert torch.allclose(fused.decode(z), model.decode(z), atol=1e-5)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the model is untouched
+
+
+def test_precision_helpers():
+    assert Precision(torch.device("cpu"), "fp32").scaler is None
+    with Precision(torch.device("cpu"), "bf16").autocast():
+        y = torch.nn.Linear(4, 4)(torch.rand(2, 4))
+    assert y.dtype == torch.bfloat16
+    with pytest.raises(TorchVaeError, match="unknown --precision"):
+        Precision(torch.device("cpu"), "fp8")
+    with pytest.raises(TorchVaeError, match="unknown --precision"):
+        TrainConfig(precision="half")
+    model = torch.nn.Linear(2, 2)
+    assert maybe_compile(model, False) is model and unwrap(model) is model
+
+
+def _train(mnist_dir, run, *extra):
+    argv = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run)]
+    argv += ["--epochs", "1", "--batchsize", "16", "--latent_dims", "3", "--max_filters", "16"]
+    argv += ["--image_size", "32", "--quiet", *extra]
+    return main(argv)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_mixed_precision_on_cpu(mnist_dir, tmp_path, precision):
+    run = tmp_path / "run"
+    assert _train(mnist_dir, run, "--precision", precision) == 0
+    record = json.loads((run / "metrics.jsonl").read_text())
+    assert np.isfinite(record["train_loss"]) and np.isfinite(record["test_loss"])
+    assert json.loads((run / "config.json").read_text())["train"]["precision"] == precision
+    # weights stay fp32
+    assert load_model(run).encoder.convs[0].weight.dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_train_compiled_checkpoint_has_plain_keys(mnist_dir, tmp_path):
+    """torch.compile on the CPU: needs a C compiler and compiles for 20-60 s, hence slow."""
+    run = tmp_path / "run"
+    assert _train(mnist_dir, run, "--compile", "--max_steps", "2") == 0
+    for path in (run / "model.safetensors", run / "checkpoints" / "epoch_001.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+        assert keys and not any("_orig_mod" in k for k in keys)
+    state = torch.load(run / "ckpt.pt", weights_only=True)
+    assert state["step"] == 2
+    model = load_model(run)
+    with torch.no_grad():
+        assert model.reconstruct(torch.rand(2, 1, 32, 32)).shape == (2, 1, 32, 32)
