@@ -48,8 +48,9 @@ def stack_rows(parts: list[np.ndarray], gap: int = 6) -> np.ndarray:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write one uint8 (H, W, C) image; C is 1 or 3."""
-    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(path, compress_level=1)
+    """Write one uint8 (H, W, C) image as PNG (whatever the file name); C is 1 or 3."""
+    img = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    img.save(path, format="PNG", compress_level=1)
 
 
 def save_pngs(images: np.ndarray, paths: list[Path], pool: ThreadPoolExecutor) -> None:
