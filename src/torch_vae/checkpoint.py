@@ -92,16 +92,28 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             f"{weights} is a safetensors file without a torch-vae model config; "
             "only weights written by torch-vae can be loaded"
         )
-    if int(meta.get("format_version", "0")) > FORMAT_VERSION:
+    version = meta.get("format_version", "0")
+    if not (version.isascii() and version.isdigit()):
+        raise TorchVaeError(f"{weights} has a corrupt format version {version[:20]!r}")
+    if int(version) > FORMAT_VERSION:
         raise TorchVaeError(
-            f"{weights} uses checkpoint format {meta['format_version']}, newer than this "
+            f"{weights} uses checkpoint format {version}, newer than this "
             f"torch-vae ({__version__}) reads; upgrade with pip install -U torch-vae"
         )
     try:
         config = ModelConfig.from_dict(json.loads(meta["model_config"]))
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise TorchVaeError(f"{weights} has a corrupt model config ({exc})") from None
+    except TorchVaeError as exc:
+        raise TorchVaeError(f"{weights}: {exc}") from None
     return {"config": config, "dataset": meta.get("dataset"), "path": weights}
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a model with ``config``, computed without allocating it."""
+    with torch.device("meta"):
+        model = VAE(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
@@ -110,15 +122,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> V
     The model is returned in eval mode.
     """
     meta = read_metadata(path)
-    model = VAE(meta["config"])
     weights = meta["path"]
     try:
-        state = {}
         with safe_open(str(weights), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                state[key] = f.get_tensor(key)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            # Check the shapes against the config before allocating anything, so that a
+            # damaged config cannot ask for a huge model.
+            _check_shapes(weights, shapes, expected_shapes(meta["config"]))
+            state = {key: f.get_tensor(key) for key in shapes}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         raise TorchVaeError(f"{weights} is corrupt or truncated ({exc})") from None
+    model = VAE(meta["config"])
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -128,6 +142,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> V
         ) from None
     model.dataset = meta["dataset"]  # type: ignore[attr-defined]
     return model.to(device).eval()
+
+
+def _check_shapes(weights: Path, have: dict, want: dict) -> None:
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [k for k in want if k in have and have[k] != want[k]]
+    if missing or unexpected or wrong:
+        if wrong:
+            detail = f"{wrong[0]} has shape {list(have[wrong[0]])}, expected {list(want[wrong[0]])}"
+        elif missing:
+            detail = f"missing {missing[0]}"
+        else:
+            detail = f"unexpected {unexpected[0]}"
+        raise TorchVaeError(f"{weights}: weights do not fit the stored model config ({detail})")
 
 
 def check_flags(config: ModelConfig, **flags: int | None) -> None:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import TorchVaeError
+from .errors import TorchVaeError, TrainingInterrupted
 
 log = logging.getLogger("torch_vae")
 
@@ -129,6 +129,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Quick check: 1 epoch of 2 steps, evaluated on 64 test images",
     )
+    t.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="Continue the run in folder RUN from its last checkpoint, with its own config; "
+        "--epochs and --max_steps may extend it",
+    )
 
     r = sub.add_parser(
         "reconstruct",
@@ -233,12 +241,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
             raise TorchVaeError(f"--config {args.config}: unknown keys {unknown}")
         train_parser.set_defaults(**values)
         args = parser.parse_args(argv)  # flags given on the command line override the file
+    if args.command == "train":
+        args.given = _given_flags(argv)
     return args
+
+
+def _given_flags(argv: list[str] | None) -> set[str]:
+    """The train options given on the command line (not defaults): parsed again with every
+    default suppressed."""
+    parser = build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+    for action in train_parser._actions:  # noqa: SLF001
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
 
 
 def _positive(name: str, value: int) -> None:
     if value <= 0:
         raise TorchVaeError(f"{name} must be a positive integer, got {value}")
+
+
+# Options of train that --resume accepts: they extend the run or choose how it runs. Every
+# other option describes the run itself, which config.json already fixes.
+RESUME_OPTIONS = {"resume", "epochs", "max_steps", "cpu", "device", "threads", "quiet", "data_dir"}
+MODEL_OPTIONS = {"latent_dims", "max_filters", "image_size", "depth"}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -249,49 +275,108 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .device import pick_device
     from .train import check_new_run_dir, new_run_dir, train
 
-    if args.dry_run:
-        args.epochs, args.max_steps = 1, 2
-    ds = get_dataset(args.dataset)
-    model_cfg = ModelConfig(
-        in_channels=ds.channels,
-        image_size=args.image_size,
-        latent_dims=args.latent_dims,
-        max_filters=args.max_filters,
-        depth=args.depth,
-    )
-    train_cfg = TrainConfig(
-        dataset=args.dataset,
-        epochs=args.epochs,
-        batchsize=args.batchsize,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        beta=args.beta,
-        recon_loss=args.recon_loss,
-        seed=args.seed,
-        max_steps=args.max_steps,
-        precision=args.precision,
-        compile=args.compile,
-    )
-    if args.run_dir is None:
-        stem = ds.source_id(Path()) if args.dataset not in ("mnist",) else "mnist"
-        name = f"{stem}_filters_{args.max_filters:04d}_dims_{args.latent_dims:04d}"
-        run_dir = new_run_dir(Path("runs"), name)
+    resume = None
+    if args.resume is not None:
+        run_dir = args.resume
+        model_cfg, train_cfg, resume = _resume_configs(args)
+        ds = get_dataset(train_cfg.dataset)
+        if ds.channels != model_cfg.in_channels:
+            raise TorchVaeError(
+                f"dataset {train_cfg.dataset} now has {ds.channels} channel(s) but the run's "
+                f"model expects {model_cfg.in_channels}; the images changed since the run began"
+            )
+        test_limit = None
     else:
-        run_dir = args.run_dir
-        check_new_run_dir(run_dir)
+        if args.dry_run:
+            args.epochs, args.max_steps = 1, 2
+        ds = get_dataset(args.dataset)
+        model_cfg = ModelConfig(
+            in_channels=ds.channels,
+            image_size=args.image_size,
+            latent_dims=args.latent_dims,
+            max_filters=args.max_filters,
+            depth=args.depth,
+        )
+        train_cfg = TrainConfig(
+            dataset=args.dataset,
+            epochs=args.epochs,
+            batchsize=args.batchsize,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            beta=args.beta,
+            recon_loss=args.recon_loss,
+            lr_schedule=args.lr_schedule,
+            kl_warmup_epochs=args.kl_warmup_epochs,
+            seed=args.seed,
+            max_steps=args.max_steps,
+            precision=args.precision,
+            compile=args.compile,
+        )
+        if args.run_dir is None:
+            stem = ds.source_id(Path()) if args.dataset not in ("mnist",) else "mnist"
+            name = f"{stem}_filters_{args.max_filters:04d}_dims_{args.latent_dims:04d}"
+            run_dir = new_run_dir(Path("runs"), name)
+        else:
+            run_dir = args.run_dir
+            check_new_run_dir(run_dir)
+        test_limit = 64 if args.dry_run else None
     device = pick_device(args.device, args.cpu)
     progress = not args.quiet
+    size = model_cfg.image_size
     train_images = torch.from_numpy(
-        load_split(args.dataset, "train", args.image_size, args.data_dir, progress)
+        load_split(train_cfg.dataset, "train", size, args.data_dir, progress)
     )
     test_images = torch.from_numpy(
-        load_split(args.dataset, "test", args.image_size, args.data_dir, progress)
+        load_split(train_cfg.dataset, "test", size, args.data_dir, progress)
     )
-    if args.dry_run:
-        test_images = test_images[:64]
+    if test_limit:
+        test_images = test_images[:test_limit]
     log.info("run folder: %s", run_dir)
-    train(model_cfg, train_cfg, train_images, test_images, run_dir, device, progress)
+    train(model_cfg, train_cfg, train_images, test_images, run_dir, device, progress, resume)
     log.info("done. Next: torch-vae generate --model %s --outdir samples", run_dir)
+
+
+def _resume_configs(args: argparse.Namespace):
+    """The configs of the run to resume (epochs and max_steps possibly extended) and its
+    training state; one-line errors for flags that contradict the run or a finished run."""
+    import dataclasses
+
+    from .trainstate import load_train_state, read_run_config
+
+    run_dir = args.resume
+    if not run_dir.is_dir():
+        raise TorchVaeError(f"--resume {run_dir}: no such run folder")
+    for flag in ("config", "dry_run", "run_dir"):
+        if flag in args.given:
+            raise TorchVaeError(
+                f"--{flag} cannot be combined with --resume, which continues the run in "
+                f"{run_dir} with the config stored there"
+            )
+    model_cfg, train_cfg = read_run_config(run_dir)
+    for name in sorted(args.given - RESUME_OPTIONS):
+        stored = getattr(model_cfg if name in MODEL_OPTIONS else train_cfg, name, None)
+        value = getattr(args, name)
+        if value != stored:
+            raise TorchVaeError(
+                f"--{name} {value} does not match the run in {run_dir}, which has "
+                f"{name}={stored}; drop the flag (--resume continues the run with its own "
+                "config; only --epochs and --max_steps may change)"
+            )
+    changes = {k: getattr(args, k) for k in ("epochs", "max_steps") if k in args.given}
+    try:
+        train_cfg = dataclasses.replace(train_cfg, **changes)
+    except TypeError as exc:
+        raise TorchVaeError(str(exc)) from None
+    state = load_train_state(run_dir)
+    finished = state["epoch"] >= train_cfg.epochs or (
+        state["partial"] is None and train_cfg.max_steps and state["step"] >= train_cfg.max_steps
+    )
+    if finished:
+        raise TorchVaeError(
+            f"the run in {run_dir} is already finished ({state['epoch']} epochs, "
+            f"{state['step']} steps); pass a larger --epochs (or --max_steps) to train it further"
+        )
+    return model_cfg, train_cfg, state
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -494,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
             _positive("--threads", args.threads)
             torch.set_num_threads(args.threads)
         COMMANDS[args.command](args)
+    except TrainingInterrupted as exc:
+        print(f"torch-vae: {exc}", file=sys.stderr)
+        return exc.exit_code
     except TorchVaeError as exc:
         print(f"torch-vae: error: {exc}", file=sys.stderr)
         return 1

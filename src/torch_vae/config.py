@@ -18,9 +18,40 @@ RECON_LOSSES: tuple[str, ...] = ("mse", "bce")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 
 
-def _positive(name: str, value: int, flag: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+def _positive(name: str, value: int, flag: str, maximum: int | None = None) -> None:
+    if not _is_int(value) or value <= 0:
         raise TorchVaeError(f"{name} must be a positive integer, got {value!r}; pass e.g. {flag}")
+    if maximum is not None and value > maximum:
+        raise TorchVaeError(f"{name} {value} is too large (at most {maximum}); pass e.g. {flag}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(name: str, value: Any, minimum: float, strict: bool, example: str) -> None:
+    """A finite real number above (``strict``) or at least ``minimum``."""
+    ok = _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    if not ok or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise TorchVaeError(f"{name} must be a number {bound}, got {value!r}; pass e.g. {example}")
+
+
+def _from_dict(cls, data: Any, what: str):
+    """Build a config dataclass from a JSON object, with one-line errors for anything odd."""
+    if not isinstance(data, dict):
+        raise TorchVaeError(f"{what} config must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise TorchVaeError(
+            f"{what} config has unknown fields {sorted(map(str, unknown))}; "
+            "it was written by a newer torch-vae, upgrade with pip install -U torch-vae"
+        )
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise TorchVaeError(f"invalid {what} config: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -39,15 +70,17 @@ class ModelConfig:
     arch: Arch = "original"
 
     def __post_init__(self) -> None:
-        _positive("--latent_dims", self.latent_dims, "--latent_dims 8")
-        _positive("--max_filters", self.max_filters, "--max_filters 128")
-        _positive("--depth", self.depth, "--depth 3")
-        _positive("--image_size", self.image_size, "--image_size 64")
-        if self.in_channels not in (1, 3):
+        # The upper bounds are far beyond any practical model; they keep a damaged or hostile
+        # config from asking for absurd amounts of memory or time.
+        _positive("--latent_dims", self.latent_dims, "--latent_dims 8", 2**16)
+        _positive("--max_filters", self.max_filters, "--max_filters 128", 2**16)
+        _positive("--depth", self.depth, "--depth 3", 16)
+        _positive("--image_size", self.image_size, "--image_size 64", 2**16)
+        if not _is_int(self.in_channels) or self.in_channels not in (1, 3):
             raise TorchVaeError(
                 f"images must have 1 (grayscale) or 3 (RGB) channels, got {self.in_channels}"
             )
-        if self.arch not in ARCHS:
+        if not isinstance(self.arch, str) or self.arch not in ARCHS:
             raise TorchVaeError(f"unknown architecture {self.arch!r}; choose one of {ARCHS}")
         step = 2**self.depth
         if self.image_size % step:
@@ -78,17 +111,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise TorchVaeError(
-                f"model config has unknown fields {sorted(unknown)}; "
-                "it was written by a newer torch-vae, upgrade with pip install -U torch-vae"
-            )
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise TorchVaeError(f"invalid model config: {exc}") from None
+        return _from_dict(cls, data, "model")
 
 
 @dataclass(frozen=True)
@@ -110,26 +133,27 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise TorchVaeError(f"--dataset must be a name or folder:PATH, got {self.dataset!r}")
         _positive("--epochs", self.epochs, "--epochs 10")
         _positive("--batchsize", self.batchsize, "--batchsize 128")
-        if not self.lr > 0:
-            raise TorchVaeError(f"--lr must be positive, got {self.lr}; pass e.g. --lr 3e-4")
-        if self.weight_decay < 0:
-            raise TorchVaeError(f"--weight_decay must be >= 0, got {self.weight_decay}")
-        if not self.beta >= 0:
-            raise TorchVaeError(f"--beta must be >= 0, got {self.beta}")
-        if self.recon_loss not in RECON_LOSSES:
+        _number("--lr", self.lr, 0, True, "--lr 3e-4")
+        _number("--weight_decay", self.weight_decay, 0, False, "--weight_decay 0.01")
+        _number("--beta", self.beta, 0, False, "--beta 1")
+        if not isinstance(self.recon_loss, str) or self.recon_loss not in RECON_LOSSES:
             raise TorchVaeError(
                 f"unknown --recon_loss {self.recon_loss!r}; choose one of {RECON_LOSSES}"
             )
+        if not _is_int(self.seed) or not -(2**63) <= self.seed < 2**64:
+            raise TorchVaeError(f"--seed must be an integer, got {self.seed!r}")
+        if not _is_int(self.max_steps) or self.max_steps < 0:
+            raise TorchVaeError(f"--max_steps must be an integer >= 0, got {self.max_steps!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise TorchVaeError(
                 f"unknown --lr_schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}"
             )
         if self.kl_warmup_epochs < 0:
             raise TorchVaeError(f"--kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
-        if self.max_steps < 0:
-            raise TorchVaeError(f"--max_steps must be >= 0, got {self.max_steps}")
         if self.precision not in PRECISIONS:
             raise TorchVaeError(
                 f"unknown --precision {self.precision!r}; choose one of {PRECISIONS}"
@@ -137,6 +161,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data, "training")
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""

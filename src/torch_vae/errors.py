@@ -6,3 +6,12 @@ class TorchVaeError(Exception):
 
     The message says what is wrong and how to fix it.
     """
+
+
+class TrainingInterrupted(TorchVaeError):
+    """Training stopped on SIGINT or SIGTERM after saving its state; the message says how to
+    resume. ``exit_code`` is the shell's convention for the signal: 128 + its number."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

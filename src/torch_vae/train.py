@@ -1,32 +1,50 @@
-"""The training loop: one explicit epoch loop, a test evaluation and a checkpoint every epoch."""
+"""The training loop: one explicit epoch loop, a test evaluation and a checkpoint every epoch.
+
+A run can be resumed from its last checkpoint (``train(..., resume=state)``); SIGINT and
+SIGTERM save the current state before stopping, and a non-finite loss or weights stop training
+without touching the last good checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import __version__
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_model
+from .checkpoint import WEIGHTS_NAME, save_model
 from .config import ModelConfig, TrainConfig
 from .device import to_float
-from .errors import TorchVaeError
-from .fileio import atomic_path, write_text_atomic
+from .errors import TorchVaeError, TrainingInterrupted
+from .fileio import atomic_path, remove_stale_temporaries
 from .images import grid, save_png, side_by_side, stack_rows, to_uint8
 from .losses import per_image_terms, vae_loss
 from .model import VAE, VAEOutput
 from .speed import Precision, maybe_compile, resident
+from .trainstate import (
+    METRICS_NAME,
+    STATE_NAME,
+    TOTAL_KEYS,
+    all_finite,
+    restore_train_state,
+    save_train_state,
+    trim_metrics,
+    write_run_config,
+)
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "ckpt.pt"
-METRICS_NAME = "metrics.jsonl"
+__all__ = ["METRICS_NAME", "STATE_NAME", "train"]
+
 N_PICTURE = 32  # samples and reconstructions drawn into each epoch's picture
 
 
@@ -56,14 +74,17 @@ def evaluate(
     recon_loss: str = "mse",
     beta: float = 1.0,
     seed: int = 0,
-) -> dict[str, float]:
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, float] | None:
     """Per-image metrics on uint8 images (N, H, W, C): the training objective with z sampled
     (seeded, as in training), its two parts, and the per-pixel MSE of the deterministic
-    posterior-mean reconstruction."""
+    posterior-mean reconstruction. Returns None as soon as ``stop()`` is true."""
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
     sums = {"recon": 0.0, "kl": 0.0, "mse": 0.0}
     for start in range(0, len(images), batch_size):
+        if stop is not None and stop():
+            return None
         x = to_float(images[start : start + batch_size], device)
         post = model.encode(x)
         out = VAEOutput(model.decode(post.sample(gen)), post.mu, post.logvar)
@@ -86,6 +107,38 @@ def epoch_picture(model: VAE, z: torch.Tensor, test_images: torch.Tensor, device
     return stack_rows([top, bottom])
 
 
+class _StopOnSignal:
+    """While active (in the main thread), SIGINT and SIGTERM only set ``signum``: the training
+    loop then saves its state and stops. A second signal stops at once (KeyboardInterrupt);
+    every file is written atomically, so that too leaves the last checkpoint intact."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                if hasattr(signal, name):
+                    sig = getattr(signal, name)
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -94,24 +147,21 @@ def train(
     run_dir: Path,
     device: torch.device,
     progress: bool = True,
+    resume: dict[str, Any] | None = None,
 ) -> VAE:
     """Train a VAE on uint8 images (N, H, W, C) and write everything into ``run_dir``:
     config.json, model.safetensors (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt
-    (training state), metrics.jsonl and images/epoch_NNN.png."""
+    (training state), metrics.jsonl and images/epoch_NNN.png.
+
+    ``resume``: a training state read with ``trainstate.load_train_state(run_dir)``; training
+    continues from it, exactly as if it had never stopped. On SIGINT or SIGTERM the current
+    state is saved to ckpt.pt and ``TrainingInterrupted`` is raised.
+    """
     cfg = train_config
-    check_new_run_dir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(
-        run_dir / CONFIG_NAME,
-        json.dumps(
-            {
-                "torch_vae_version": __version__,
-                "model": model_config.to_dict(),
-                "train": cfg.to_dict(),
-            },
-            indent=2,
-        ),
-    )
+    if resume is None:
+        check_new_run_dir(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(run_dir, model_config, cfg)  # on resume: the possibly extended --epochs
     torch.manual_seed(cfg.seed)
     model = VAE(model_config).to(device, memory_format=torch.channels_last)
     forward = maybe_compile(model, cfg.compile)  # shares its weights with model
@@ -125,7 +175,14 @@ def train(
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    step = 0
+    step, first_epoch, partial = 0, 1, None
+    if resume is not None:
+        restore_train_state(resume, run_dir / STATE_NAME, model, opt, gen, n, steps_per_epoch)
+        step, first_epoch, partial = resume["step"], resume["epoch"] + 1, resume["partial"]
+        if remove_stale_temporaries(run_dir):
+            log.info("removed temporary files left by the interrupted run")
+        trim_metrics(run_dir, resume["epoch"])
+        log.info("resuming %s at epoch %d, step %d", run_dir, first_epoch, step)
     log.info(
         "training %d parameters on %d images, %d steps per epoch, device %s",
         model.num_parameters(),
@@ -133,90 +190,168 @@ def train(
         steps_per_epoch,
         device,
     )
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        total = {"loss": 0.0, "recon": 0.0, "kl": 0.0}
-        seen = 0
-        t0 = time.perf_counter()
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch}/{cfg.epochs}",
-            unit="step",
-            disable=not progress,
-            dynamic_ncols=True,
-            mininterval=0.5,
-        )
-        for i in bar:
-            idx = perm[i * cfg.batchsize : (i + 1) * cfg.batchsize]
-            x = to_float(train_images[idx], device)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step, total_steps)
-            with amp.autocast():
-                out = forward(x)
-            losses = vae_loss(out, x, cfg.beta_at(step, steps_per_epoch), cfg.recon_loss)  # fp32
-            opt.zero_grad(set_to_none=True)
-            amp.backward(losses["loss"])
-            loss = losses["loss"].item()
-            if not math.isfinite(loss):
-                raise TorchVaeError(
-                    f"the loss became {loss} at epoch {epoch}, step {step + 1}; training stopped "
-                    f"and the last good checkpoint in {run_dir} was kept. Try a lower --lr"
-                )
-            amp.step(opt)
-            step += 1
-            b = len(idx)
-            seen += b
-            for k in total:
-                total[k] += losses[k].item() * b if k != "loss" else loss * b
-            if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
-                rate = seen / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{total['loss'] / seen:.2f}", img_s=f"{rate:.0f}")
+    with _StopOnSignal() as stop:
+        for epoch in range(first_epoch, cfg.epochs + 1):
+            model.train()
+            if partial is not None:  # continue the epoch a signal interrupted
+                perm, done = partial["perm"], partial["batch"]
+                total, seen = dict(partial["totals"]), partial["seen"]
+                spent = partial["seconds"]
+                partial = None
+            else:
+                perm, done = torch.randperm(n, generator=gen), 0
+                total, seen, spent = dict.fromkeys(TOTAL_KEYS, 0.0), 0, 0.0
+
+            t0 = time.perf_counter()
+            bar = tqdm(
+                range(done, steps_per_epoch),
+                desc=f"epoch {epoch}/{cfg.epochs}",
+                unit="step",
+                initial=done,
+                total=steps_per_epoch,
+                disable=not progress,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
+            for i in bar:
+                if stop.requested():
+                    bar.close()
+                    raise _save_and_stop(stop, model, opt, gen, device, run_dir, epoch, step, n,
+                                         _progress(perm, i, total, seen, spent, t0))  # fmt: skip
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+                idx = perm[i * cfg.batchsize : (i + 1) * cfg.batchsize]
+                x = to_float(train_images[idx], device)
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr_at(step, total_steps)
+                with amp.autocast():
+                    out = forward(x)
+                beta = cfg.beta_at(step, steps_per_epoch)
+                losses = vae_loss(out, x, beta, cfg.recon_loss)  # in fp32
+                loss = losses["loss"].item()
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise TorchVaeError(
+                        f"the loss became {loss} at epoch {epoch}, step {step + 1}; training "
+                        f"stopped and {_kept(run_dir)}. Try a lower --lr"
+                    )
+                opt.zero_grad(set_to_none=True)
+                amp.backward(losses["loss"])
+                amp.step(opt)
+                step += 1
+                done = i + 1
+                b = len(idx)
+                seen += b
+                for k in total:
+                    total[k] += losses[k].item() * b if k != "loss" else loss * b
+                if progress and (i % 10 == 0 or i == steps_per_epoch - 1):
+                    rate = seen / (spent + time.perf_counter() - t0)
+                    bar.set_postfix(loss=f"{total['loss'] / seen:.2f}", img_s=f"{rate:.0f}")
+            bar.close()
+            seconds = spent + time.perf_counter() - t0
+            test = evaluate(
+                model,
+                test_images,
+                device,
+                max(cfg.batchsize, 256),
+                cfg.recon_loss,
+                cfg.beta,
+                seed=cfg.seed,
+                stop=stop.requested,
+            )
+            if test is None:
+                raise _save_and_stop(stop, model, opt, gen, device, run_dir, epoch, step, n,
+                                     _progress(perm, done, total, seen, spent, t0))  # fmt: skip
+            _check_finite(model, run_dir, epoch, step)
+            record = {
+                "epoch": epoch,
+                "step": step,
+                **{f"train_{k}": v / max(seen, 1) for k, v in total.items()},
+                **{f"test_{k}": v for k, v in test.items()},
+                "train_img_per_s": seen / seconds,
+                "epoch_seconds": seconds,
+            }
+            save_checkpoint(model, opt, gen, device, run_dir, epoch, step, cfg.dataset, n, record,
+                            _picture(model, fixed_z, test_images, device))  # fmt: skip
+            log.info(
+                "epoch %d: train loss %.2f, test loss %.2f (recon %.2f, kl %.2f) per image, "
+                "%.0f img/s",
+                epoch,
+                record["train_loss"],
+                test["loss"],
+                test["recon"],
+                test["kl"],
+                record["train_img_per_s"],
+            )
+            if stop.requested():  # arrived while the epoch was evaluated and saved
+                raise _interrupted(stop, run_dir, epoch, step)
             if cfg.max_steps and step >= cfg.max_steps:
                 break
-        bar.close()
-        seconds = time.perf_counter() - t0
-        test = evaluate(
-            model,
-            test_images,
-            device,
-            max(cfg.batchsize, 256),
-            cfg.recon_loss,
-            cfg.beta,
-            seed=cfg.seed,
-        )
-        record = {
-            "epoch": epoch,
-            "step": step,
-            **{f"train_{k}": v / seen for k, v in total.items()},
-            **{f"test_{k}": v for k, v in test.items()},
-            "train_img_per_s": seen / seconds,
-            "epoch_seconds": seconds,
-        }
-        save_checkpoint(model, opt, run_dir, epoch, step, cfg.dataset)
-        with open(run_dir / METRICS_NAME, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        picture = epoch_picture(model, fixed_z, test_images[:N_PICTURE], device)
-        (run_dir / "images").mkdir(exist_ok=True)
-        save_png(picture, run_dir / "images" / f"epoch_{epoch:03d}.png")
-        log.info(
-            "epoch %d: train loss %.2f, test loss %.2f (recon %.2f, kl %.2f) per image, %.0f img/s",
-            epoch,
-            record["train_loss"],
-            test["loss"],
-            test["recon"],
-            test["kl"],
-            record["train_img_per_s"],
-        )
-        if cfg.max_steps and step >= cfg.max_steps:
-            break
     return model
 
 
-def save_checkpoint(model, opt, run_dir: Path, epoch: int, step: int, dataset: str) -> None:
-    """Write this epoch's weights, the latest weights and the training state, each atomically."""
+def _progress(perm, done, total, seen, spent, t0) -> dict[str, Any]:
+    """How far the current epoch got: resuming continues it from here."""
+    seconds = float(spent + time.perf_counter() - t0)
+    return {"perm": perm, "batch": done, "totals": dict(total), "seen": seen, "seconds": seconds}
+
+
+def _save_and_stop(
+    stop, model, opt, gen, device, run_dir, epoch, step, n, progress
+) -> TrainingInterrupted:
+    """Save the state in the middle of ``epoch`` and return the error that ends training."""
+    _check_finite(model, run_dir, epoch, step)
+    save_train_state(run_dir, model, opt, gen, device, epoch - 1, step, n, progress)
+    return _interrupted(stop, run_dir, epoch, step)
+
+
+def _picture(model, fixed_z, test_images, device) -> np.ndarray:
+    return epoch_picture(model, fixed_z, test_images[:N_PICTURE], device)
+
+
+def _kept(run_dir: Path) -> str:
+    if (run_dir / STATE_NAME).exists():
+        return f"the last good checkpoint in {run_dir} was kept"
+    return f"no checkpoint was written (no epoch had completed), nothing in {run_dir} is usable"
+
+
+def _check_finite(model: VAE, run_dir: Path, epoch: int, step: int) -> None:
+    """Never save broken weights over good ones."""
+    if not all_finite(model):
+        raise TorchVaeError(
+            f"the weights became non-finite (NaN or infinite) at epoch {epoch}, by step {step}; "
+            f"training stopped and {_kept(run_dir)}. Try a lower --lr"
+        )
+
+
+def _interrupted(stop: _StopOnSignal, run_dir: Path, epoch: int, step: int) -> TrainingInterrupted:
+    name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+    return TrainingInterrupted(
+        f"stopped by {name} at step {step} (epoch {epoch}); the training state is saved, "
+        f"continue with: torch-vae train --resume {run_dir}",
+        exit_code=128 + (stop.signum or 2),
+    )
+
+
+def save_checkpoint(
+    model: VAE,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    device: torch.device,
+    run_dir: Path,
+    epoch: int,
+    step: int,
+    dataset: str,
+    n_train: int,
+    record: dict[str, Any],
+    picture: np.ndarray,
+) -> None:
+    """Write this epoch's weights, metrics, picture and, last, the training state: ckpt.pt is
+    the commit point, so a crash before it only means the epoch is trained again on resume."""
     save_model(model, run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors", dataset)
     save_model(model, run_dir / WEIGHTS_NAME, dataset)
-    state = {"optimizer": opt.state_dict(), "epoch": epoch, "step": step}
-    with atomic_path(run_dir / STATE_NAME) as tmp:
-        torch.save(state, tmp)
+    with open(run_dir / METRICS_NAME, "a") as f:  # a torn last line is dropped on resume
+        f.write(json.dumps(record) + "\n")
+    with atomic_path(run_dir / "images" / f"epoch_{epoch:03d}.png") as tmp:
+        save_png(picture, tmp)
+    save_train_state(run_dir, model, opt, gen, device, epoch, step, n_train)

@@ -32,19 +32,25 @@ def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
 
 
-def _read_cache(npy: Path, meta_path: Path) -> np.ndarray | None:
+def _read_cache(
+    npy: Path, meta_path: Path, shape: tuple[int, int, int] | None = None
+) -> np.ndarray | None:
+    """The cached images if the cache is complete and matches its record (and ``shape``, the
+    expected (H, W, C)), else None."""
     try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("version") != CACHE_VERSION:
+        meta = json.loads(meta_path.read_bytes())
+        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
             return None
         arr = np.load(npy, allow_pickle=False)
-        if list(arr.shape) != meta["shape"] or arr.dtype != np.uint8:
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 4:
+            return None
+        if list(arr.shape) != meta["shape"] or (shape is not None and arr.shape[1:] != shape):
             return None
         if _digest(arr) != meta["sha256"]:
             return None
         return arr
-    except (OSError, ValueError, KeyError, TypeError, EOFError):
-        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, RecursionError):
+        return None  # unreadable, truncated or damaged (a torn write, a bit flip...): rebuild
 
 
 def load_split(
@@ -66,7 +72,7 @@ def load_split(
     npy = data_dir / "cache" / f"{key}.npy"
     meta_path = npy.with_suffix(".json")
     if npy.exists() and meta_path.exists():
-        arr = _read_cache(npy, meta_path)
+        arr = _read_cache(npy, meta_path, (image_size, image_size, ds.channels))
         if arr is not None:
             return arr
         log.warning("cache %s is corrupt or stale; rebuilding it", npy)

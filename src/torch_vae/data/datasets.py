@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +18,13 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import TorchVaeError
 from .download import download, md5sum
-from .formats import open_celeba_zip, read_celeba_partition, read_cifar, read_idx
+from .formats import (
+    ZIP_ERRORS,
+    open_celeba_zip,
+    read_celeba_partition,
+    read_cifar,
+    read_idx,
+)
 from .imaging import resize_arrays, to_array
 from .parallel import decode_all
 
@@ -135,47 +143,87 @@ class CelebADataset(Dataset):
 
     def prepare(self, split, size, data_dir, progress=True):
         paths = self.fetch(data_dir, progress)
-        parts = read_celeba_partition(paths["list_eval_partition.txt"])
-        zf, members = open_celeba_zip(paths["img_align_celeba.zip"])
-        wanted = sorted(n for n, p in parts.items() if p == self.partitions[split])
+        return read_celeba(
+            paths["img_align_celeba.zip"],
+            paths["list_eval_partition.txt"],
+            self.partitions[split],
+            size,
+            f"celeb-a {split}: decoding",
+            progress,
+        )
+
+
+def read_celeba(
+    zip_path: Path, partition_path: Path, partition: int, size: int, desc: str, progress=True
+) -> np.ndarray:
+    """The faces of one partition, centre-cropped and resized, straight from the zip."""
+    parts = read_celeba_partition(partition_path)
+    zf, members = open_celeba_zip(zip_path)
+    with zf:
+        wanted = sorted(n for n, p in parts.items() if p == partition)
         missing = [n for n in wanted if n not in members]
         if missing:
-            zf.close()
             raise TorchVaeError(
-                f"{paths['img_align_celeba.zip']} lacks {len(missing)} images listed in "
-                f"list_eval_partition.txt (e.g. {missing[0]}); the zip is incomplete, delete it"
+                f"{zip_path} lacks {len(missing)} images listed in "
+                f"{partition_path.name} (e.g. {missing[0]}); the zip is incomplete, delete it"
             )
-        zf.close()
-        return decode_all(
-            [members[name] for name in wanted],
-            _decode_member,
-            3,
-            size,
-            source=paths["img_align_celeba.zip"],
-            desc=f"celeb-a {split}: decoding",
-            progress=progress,
-        )
+    return decode_all(
+        [members[name] for name in wanted],
+        _decode_member,
+        3,
+        size,
+        source=zip_path,
+        desc=desc,
+        progress=progress,
+    )
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
 
 
+# What decoding a damaged or hostile image can raise: Pillow's decoders raise many kinds of
+# errors, and reading a damaged zip member raises zip and zlib errors.
+DECODE_ERRORS = (
+    *ZIP_ERRORS,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # turned into an error below
+    SyntaxError,
+    TypeError,
+    KeyError,
+    IndexError,
+    ArithmeticError,
+    MemoryError,
+    struct.error,
+)
+
+
 def _decode(fileobj, label, channels, size, crop) -> np.ndarray:
     """Decode one image file object to uint8 (size, size, channels); closes ``fileobj``."""
     try:
-        with fileobj as f, Image.open(f) as img:
-            if img.format == "JPEG" and size * 2 <= min(img.size):
-                # Let libjpeg decode at a reduced scale: much faster, same result after resizing.
-                img.draft(img.mode, (size, size))
-            return to_array(img, channels, size, crop)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            # Pillow only warns about images between its pixel limit and twice that; refuse
+            # them too rather than decode a possible decompression bomb.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with fileobj as f, Image.open(f) as img:
+                if img.format == "JPEG" and size * 2 <= min(img.size):
+                    # Let libjpeg decode at a reduced scale: much faster, same result after
+                    # resizing.
+                    img.draft(img.mode, (size, size))
+                return to_array(img, channels, size, crop)
+    except DECODE_ERRORS as exc:
         raise TorchVaeError(f"cannot read image {label} ({exc}); remove or replace it") from None
 
 
 def _decode_member(zf, name, channels, size) -> np.ndarray:
     """One image of a zip archive (e.g. CelebA's), centre-cropped and resized."""
-    return _decode(zf.open(name), name.rsplit("/", 1)[-1], channels, size, crop=True)
+    label = f"{name.rsplit('/', 1)[-1]} in {zf.filename}"
+    try:
+        member = zf.open(name)
+    except ZIP_ERRORS as exc:
+        raise TorchVaeError(f"cannot read {label} ({exc}); the zip is corrupt, delete it") from None
+    return _decode(member, label, channels, size, crop=True)
 
 
 def _decode_path(_, path, channels, size) -> np.ndarray:
@@ -245,9 +293,11 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
     for split in SPLITS:
         for path in ds.list_images(split):
             try:
-                with Image.open(path) as img:
-                    modes.add(img.mode)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(path) as img:
+                        modes.add(img.mode)
+            except DECODE_ERRORS as exc:
                 raise TorchVaeError(
                     f"cannot read image {path} ({exc}); remove or replace it"
                 ) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import pickle
 import tarfile
 import zipfile
@@ -16,6 +17,16 @@ import numpy as np
 from ..errors import TorchVaeError
 
 IDX_DTYPES = {0x08: np.uint8}
+# What reading a damaged zip file, or a member of one, can raise.
+ZIP_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,  # an unsupported compression method
+    RuntimeError,  # an encrypted member
+)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -24,7 +35,7 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         raise TorchVaeError(f"{path} is corrupt ({exc}); delete it to download it again") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise TorchVaeError(f"{path} is not an IDX file (bad magic number); delete it")
@@ -38,12 +49,14 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < header:
         raise TorchVaeError(f"{path} is truncated (incomplete header); delete it")
     shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(shape, dtype=np.int64))
+    expected = header + math.prod(shape)  # Python integers: no overflow for huge dimensions
     if len(data) != expected:
         raise TorchVaeError(
             f"{path} has {len(data)} bytes but its header {shape} needs {expected}; "
             "the file is truncated or corrupt, delete it"
         )
+    if 0 in shape[1:]:
+        raise TorchVaeError(f"{path} holds empty images {shape}; the file is corrupt, delete it")
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -89,7 +102,10 @@ def read_cifar(archive: Path, members: list[str], label_key: bytes) -> np.ndarra
                 for name in members:
                     if name not in names:
                         raise ValueError(f"member {name} missing")
-                    raw = tar.extractfile(names[name]).read()
+                    member = tar.extractfile(names[name])
+                    if member is None:
+                        raise ValueError(f"member {name} is not a file")
+                    raw = member.read()
                     chunks.append(_load_cifar_batch(raw, label_key)[0])
     except (
         OSError,
@@ -99,6 +115,9 @@ def read_cifar(archive: Path, members: list[str], label_key: bytes) -> np.ndarra
         TypeError,
         AttributeError,
         IndexError,
+        ArithmeticError,  # e.g. OverflowError: a value out of range for uint8
+        RecursionError,
+        MemoryError,
         pickle.UnpicklingError,
         tarfile.TarError,
         zlib.error,
@@ -136,7 +155,7 @@ def open_celeba_zip(path: Path) -> tuple[zipfile.ZipFile, dict[str, str]]:
     try:
         zf = zipfile.ZipFile(path)
         members = {n.rsplit("/", 1)[-1]: n for n in zf.namelist() if n.lower().endswith(".jpg")}
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
+    except ZIP_ERRORS as exc:
         raise TorchVaeError(
             f"{path} is not a readable zip file ({exc}); delete it and download it again"
         ) from None

@@ -1,0 +1,313 @@
+"""A run folder's resumable state: config.json and ckpt.pt, read and written safely.
+
+``ckpt.pt`` holds everything needed to continue a run exactly where it stopped: the model's
+weights, the optimizer state, the random number generators (PyTorch's, the batch-order
+generator's, and CUDA's), the epoch and step, and, for a run stopped by a signal in the middle
+of an epoch, that epoch's batch order and progress. It is written atomically, last of all the
+files of an epoch, so it always describes one consistent moment. It is read with
+``torch.load(weights_only=True)``: tensors and plain data only, so loading it never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .checkpoint import CONFIG_NAME
+from .config import ModelConfig, TrainConfig
+from .errors import TorchVaeError
+from .fileio import atomic_path, write_text_atomic
+
+STATE_NAME = "ckpt.pt"
+METRICS_NAME = "metrics.jsonl"
+STATE_FORMAT = "torch-vae-train-state"
+STATE_VERSION = 1
+TOTAL_KEYS = ("loss", "recon", "kl")
+
+
+def write_run_config(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig) -> None:
+    text = json.dumps(
+        {
+            "torch_vae_version": __version__,
+            "model": model_config.to_dict(),
+            "train": train_config.to_dict(),
+        },
+        indent=2,
+    )
+    write_text_atomic(run_dir / CONFIG_NAME, text)
+
+
+def read_run_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training config of a run folder, with a one-line error if unusable."""
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise TorchVaeError(
+            f"{run_dir} has no {CONFIG_NAME}; --resume takes a run folder written by "
+            "'torch-vae train'"
+        )
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+        raise TorchVaeError(f"{path} is unreadable or corrupt ({exc})") from None
+    if not isinstance(data, dict) or not {"model", "train"} <= set(data):
+        raise TorchVaeError(f"{path} is not a torch-vae run config (no 'model' and 'train')")
+    try:
+        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
+    except TorchVaeError as exc:
+        raise TorchVaeError(f"{path}: {exc}") from None
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    )
+
+
+def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    cuda = []
+    if device.type == "cuda" and torch.cuda.is_available():
+        cuda = torch.cuda.get_rng_state_all()
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "cuda": cuda}
+
+
+def save_train_state(
+    run_dir: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    device: torch.device,
+    epoch: int,
+    step: int,
+    n_train: int,
+    partial: dict[str, Any] | None = None,
+) -> None:
+    """Write ckpt.pt atomically. ``epoch`` is the number of completed epochs; ``partial``
+    describes progress in the next one (for a run stopped mid-epoch)."""
+    config = getattr(model, "config", None)
+    state = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "torch_vae_version": __version__,
+        "model_config": config.to_dict() if config is not None else None,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "rng": rng_states(gen, device),
+        "epoch": epoch,
+        "step": step,
+        "n_train": n_train,
+        "partial": partial,
+    }
+    with atomic_path(run_dir / STATE_NAME) as tmp:
+        torch.save(state, tmp)
+
+
+def _refused_global(message: str) -> str | None:
+    found = re.search(r"GLOBAL (\S+)", message)
+    return found.group(1) if found else None
+
+
+def load_train_state(run_dir: Path) -> dict[str, Any]:
+    """Read and check ckpt.pt; never runs code from the file."""
+    path = run_dir / STATE_NAME
+    if not path.is_file():
+        raise TorchVaeError(
+            f"{run_dir} has no training state ({STATE_NAME}): the run never finished an epoch "
+            "nor saved on an interrupt, so there is nothing to resume; start a new run"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = _refused_global(str(exc))
+        if name:
+            raise TorchVaeError(
+                f"refusing to load {path}: it contains a Python object ({name}) that is not a "
+                "tensor or plain data, and loading it could run code; torch-vae reads training "
+                "state only with weights_only=True (was the file written by torch-vae?)"
+            ) from None
+        raise TorchVaeError(f"{path} is corrupt or truncated ({_first_line(exc)})") from None
+    except Exception as exc:  # torch.load raises many kinds of errors for a damaged file
+        raise TorchVaeError(f"{path} is corrupt or truncated ({_first_line(exc)})") from None
+    _check_state(path, state)
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def _check_state(path: Path, state: Any) -> None:
+    def bad(what: str) -> TorchVaeError:
+        return TorchVaeError(f"{path} is not a valid torch-vae training state ({what})")
+
+    if not isinstance(state, dict):
+        raise bad(f"a {type(state).__name__}, not a dict")
+    if state.get("format") != STATE_FORMAT:
+        if "optimizer" in state and "model" not in state:
+            raise TorchVaeError(
+                f"{path} was written by an earlier torch-vae that did not save the weights and "
+                "random states needed to resume; this run cannot be resumed (its weights are in "
+                "model.safetensors)"
+            )
+        raise bad("no torch-vae format marker")
+    version = state.get("version")
+    if not _is_count(version) or version > STATE_VERSION:
+        raise TorchVaeError(
+            f"{path} has training state format {version!r}, newer than this torch-vae reads; "
+            "upgrade with pip install -U torch-vae"
+        )
+    for key in ("epoch", "step", "n_train"):
+        if not _is_count(state.get(key)):
+            raise bad(f"{key} is not a count")
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise bad("model weights are not a dict of tensors")
+    if not isinstance(state.get("model_config"), dict):
+        raise bad("no model config")
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list):
+        raise bad("no optimizer state")
+    rng = state.get("rng")
+    if (
+        not isinstance(rng, dict)
+        or not _is_bytes_tensor(rng.get("torch"))
+        or not _is_bytes_tensor(rng.get("gen"))
+        or not isinstance(rng.get("cuda"), list)
+        or not all(_is_bytes_tensor(t) for t in rng["cuda"])
+    ):
+        raise bad("random generator states missing")
+    partial = state.get("partial")
+    if partial is not None:
+        ok = (
+            isinstance(partial, dict)
+            and _is_count(partial.get("batch"))
+            and _is_count(partial.get("seen"))
+            and isinstance(partial.get("seconds"), float)
+            and isinstance(partial.get("perm"), torch.Tensor)
+            and partial["perm"].dtype == torch.int64
+            and partial["perm"].dim() == 1
+            and isinstance(partial.get("totals"), dict)
+            and all(isinstance(partial["totals"].get(k), float) for k in TOTAL_KEYS)
+        )
+        if not ok:
+            raise bad("the progress within the interrupted epoch is damaged")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_bytes_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def restore_train_state(
+    state: dict[str, Any],
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    n_train: int,
+    steps_per_epoch: int,
+) -> None:
+    """Load a checked state into a freshly built model, optimizer and generators, with a
+    one-line error when it does not fit them."""
+    config = getattr(model, "config", None)
+    if config is not None and state["model_config"] != config.to_dict():
+        raise TorchVaeError(
+            f"{path} belongs to a different model than {CONFIG_NAME} describes "
+            f"({state['model_config']} vs {config.to_dict()}); the run folder is inconsistent"
+        )
+    if state["n_train"] != n_train:
+        raise TorchVaeError(
+            f"the training split now has {n_train} images, but the run was trained on "
+            f"{state['n_train']}; resuming would not continue the same run, so start a new one"
+        )
+    partial = state["partial"]
+    if partial is not None:
+        perm = partial["perm"]
+        if len(perm) != n_train or partial["batch"] > steps_per_epoch:
+            raise TorchVaeError(f"{path}: the interrupted epoch's batch order is damaged")
+        if not torch.equal(torch.sort(perm).values, torch.arange(n_train)):
+            raise TorchVaeError(f"{path}: the interrupted epoch's batch order is damaged")
+        if not all(math.isfinite(v) for v in partial["totals"].values()):
+            raise TorchVaeError(f"{path}: the interrupted epoch's running losses are not finite")
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved weights do not fit the model ({_first_line(exc)})"
+        ) from None
+    if not all_finite(model):
+        raise TorchVaeError(f"{path} holds non-finite weights; it is damaged")
+    settings = _group_settings(opt)
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved optimizer state does not fit the model ({_first_line(exc)})"
+        ) from None
+    if _group_settings(opt) != settings:
+        raise TorchVaeError(
+            f"{path}: the saved optimizer settings differ from those in {CONFIG_NAME}; "
+            "the run folder is inconsistent"
+        )
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if not isinstance(value, torch.Tensor) or (
+                    value.dim() > 0 and value.shape != p.shape
+                ):
+                    raise TorchVaeError(f"{path}: the saved optimizer state {name} is damaged")
+    rng = state["rng"]
+    try:
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["gen"])
+        if rng["cuda"] and torch.cuda.is_available():
+            if len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved random generator states are damaged ({_first_line(exc)})"
+        ) from None
+
+
+def _group_settings(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+def trim_metrics(run_dir: Path, epochs_done: int) -> None:
+    """Keep the metrics of the first ``epochs_done`` epochs, dropping a torn last line and the
+    lines of epochs that were not checkpointed (they are trained again)."""
+    if not (run_dir / METRICS_NAME).exists():
+        return
+    keep = [
+        json.dumps(r) + "\n"
+        for r in read_metrics(run_dir)
+        if _is_count(r.get("epoch")) and r["epoch"] <= epochs_done
+    ]
+    write_text_atomic(run_dir / METRICS_NAME, "".join(keep))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl, skipping a torn or damaged line."""
+    path = run_dir / METRICS_NAME
+    records = []
+    if path.exists():
+        for line in path.read_bytes().splitlines():
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records

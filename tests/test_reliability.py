@@ -1,0 +1,505 @@
+"""Training survives crashes, kills and signals; nothing broken is ever saved or loaded."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import torch_vae
+from torch_vae import TorchVaeError, load_model, save_model
+from torch_vae import train as train_mod
+from torch_vae.cli import _parse, cmd_train, main
+from torch_vae.config import ModelConfig, TrainConfig
+from torch_vae.data import load_split
+from torch_vae.errors import TrainingInterrupted
+from torch_vae.fileio import atomic_path
+from torch_vae.model import VAE
+from torch_vae.trainstate import load_train_state, read_metrics, save_train_state
+
+TINY = [
+    "--dataset", "mnist", "--batchsize", "8", "--latent_dims", "3", "--max_filters", "8",
+    "--image_size", "16", "--depth", "2", "--threads", "1", "--cpu", "--quiet",
+]  # fmt: skip
+MODEL = ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """--threads 1 (for bitwise-reproducible runs) must not leak into other tests."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def data(mnist_dir):
+    """The tiny MNIST with its size-16 cache built, so that subprocesses (which do not see the
+    test's registered checksums) read the cache."""
+    for split in ("train", "test"):
+        load_split("mnist", split, 16, mnist_dir, progress=False)
+    return mnist_dir
+
+
+def train_args(run, data_dir, epochs, *extra):
+    return [
+        "train", *TINY, "--data_dir", str(data_dir), "--run_dir", str(run),
+        "--epochs", str(epochs), *extra,
+    ]  # fmt: skip
+
+
+def resume(run, data_dir, *extra):
+    return main(
+        ["train", "--resume", str(run), "--data_dir", str(data_dir), "--threads", "1"]
+        + ["--cpu", "--quiet", *extra]
+    )
+
+
+def weights(run):
+    return load_model(run).state_dict()
+
+
+def assert_same_run(run, ref):
+    """Bitwise-equal final weights, and the same per-epoch losses (so the same batches and
+    samples were drawn in every epoch), each epoch recorded once."""
+    a, b = weights(run), weights(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma, mb = read_metrics(run), read_metrics(ref)
+    assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb] == list(range(1, len(mb) + 1))
+    for ra, rb in zip(ma, mb, strict=True):
+        for key in ("step", "train_loss", "train_kl", "test_loss", "test_mse"):
+            assert ra[key] == rb[key], (ra["epoch"], key)
+    sa, sb = load_train_state(run), load_train_state(ref)
+    assert (sa["epoch"], sa["step"]) == (sb["epoch"], sb["step"])
+    assert torch.equal(sa["rng"]["gen"], sb["rng"]["gen"])
+    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
+
+
+def train_command(args):
+    """The train command without main()'s error handling, to see the exception it raises."""
+    parsed = _parse(args)
+    torch.set_num_threads(parsed.threads)
+    cmd_train(parsed)
+
+
+def spawn(args):
+    src = str(Path(torch_vae.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "torch_vae", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for(path, proc, timeout=60):
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "no checkpoint was written in time"
+        time.sleep(0.005)
+
+
+# 1. Resume ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_then_resume_ends_bitwise_equal_to_uninterrupted_run(data, tmp_path, seed):
+    epochs = 60
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(train_args(ref, data, epochs)) == 0
+    stamps = [p.stat().st_mtime for p in (ref / "checkpoints").iterdir()]
+    span = max(stamps) - min(stamps)  # how long epochs 2..60 took
+    proc = spawn(train_args(run, data, epochs))
+    wait_for(run / "ckpt.pt", proc)
+    # A random moment after the first checkpoint, well before the run can end.
+    time.sleep(random.Random(seed).uniform(0, 0.6 * span))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    saved = load_train_state(run)  # whatever moment the kill hit, the last state is intact
+    assert 1 <= saved["epoch"] < epochs and saved["partial"] is None
+    assert resume(run, data) == 0
+    assert_same_run(run, ref)
+    assert not list(run.rglob(".*.tmp")), "temporary files were left behind"
+
+
+@pytest.mark.parametrize("where", ["mid-epoch", "evaluation", "after-checkpoint"])
+def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, where):
+    """SIGINT arriving mid-epoch, during the evaluation or while an epoch's checkpoint is
+    written: the state at that moment is saved, and resuming ends with the same weights."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(train_args(ref, data, 3)) == 0
+    calls = {"loss": 0, "eval": 0, "save": 0}
+
+    def kill_self():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    def loss(*a, **k):
+        calls["loss"] += 1
+        if where == "mid-epoch" and calls["loss"] == 7:  # epoch 2 (5 steps an epoch), step 7
+            kill_self()
+        return real_loss(*a, **k)
+
+    def evaluate(*a, **k):
+        calls["eval"] += 1
+        if where == "evaluation" and calls["eval"] == 2:
+            kill_self()
+        return real_eval(*a, **k)
+
+    def save_model(*a, **k):
+        calls["save"] += 1
+        if where == "after-checkpoint" and calls["save"] == 3:  # epoch 2's first file
+            kill_self()
+        return real_save(*a, **k)
+
+    real_loss, real_eval, real_save = train_mod.vae_loss, train_mod.evaluate, train_mod.save_model
+    monkeypatch.setattr(train_mod, "vae_loss", loss)
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    monkeypatch.setattr(train_mod, "save_model", save_model)
+    with pytest.raises(TrainingInterrupted) as info:
+        train_command(train_args(run, data, 3))
+    assert "torch-vae train --resume" in str(info.value) and info.value.exit_code == 130
+    state = load_train_state(run)
+    expected = {
+        # the signal lands inside step 7 (epoch 2's batch 1), which completes; then it stops
+        "mid-epoch": (1, 7, 2),
+        "evaluation": (1, 10, 5),  # all of epoch 2's batches done, not yet evaluated
+        "after-checkpoint": (2, 10, None),  # epoch 2 was saved completely first
+    }[where]
+    partial = state["partial"]
+    assert (state["epoch"], state["step"], partial and partial["batch"]) == expected
+    monkeypatch.undo()
+    assert resume(run, data) == 0
+    assert_same_run(run, ref)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_to_cli_saves_state_and_exits_with_resume_hint(data, tmp_path, sig, code):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    epochs = 30
+    proc = spawn(train_args(run, data, epochs))
+    wait_for(run / "ckpt.pt", proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    name = signal.Signals(sig).name
+    assert lines[0].startswith(f"torch-vae: stopped by {name} at step ")
+    assert lines[0].endswith(f"continue with: torch-vae train --resume {run}")
+    state = load_train_state(run)
+    assert 1 <= state["epoch"] < epochs
+    assert resume(run, data) == 0
+    assert main(train_args(ref, data, epochs)) == 0
+    assert_same_run(run, ref)
+
+
+def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(train_args(ref, data, 3)) == 0
+    assert main(train_args(run, data, 2)) == 0
+    capsys.readouterr()
+    # finished: nothing to do unless --epochs grows
+    assert resume(run, data) == 1
+    assert "already finished (2 epochs, 10 steps); pass a larger --epochs" in one_line(capsys)
+    # flags that describe the run must agree with it
+    assert resume(run, data, "--latent_dims", "4", "--epochs", "3") == 1
+    assert "--latent_dims 4 does not match the run" in one_line(capsys)
+    assert resume(run, data, "--lr", "0.1", "--epochs", "3") == 1
+    assert "--lr 0.1 does not match the run" in one_line(capsys)
+    assert resume(run, data, "--run_dir", str(tmp_path / "x"), "--epochs", "3") == 1
+    assert "--run_dir cannot be combined with --resume" in one_line(capsys)
+    # repeating the run's own values is fine; --epochs extends it
+    assert resume(run, data, "--latent_dims", "3", "--dataset", "mnist", "--epochs", "3") == 0
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+    assert_same_run(run, ref)
+
+
+def one_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("torch-vae: error: "), err
+    return err[0]
+
+
+# 5. Run folders ----------------------------------------------------------------------------
+
+
+def test_resume_needs_a_checkpoint(data, tmp_path, capsys):
+    assert resume(tmp_path / "nowhere", data) == 1
+    assert "no such run folder" in one_line(capsys)
+    run = tmp_path / "run"
+    run.mkdir()
+    assert resume(run, data) == 1
+    assert "has no config.json" in one_line(capsys)
+    # a run killed before its first epoch ended: config.json but no ckpt.pt
+    (run / "config.json").write_text(
+        json.dumps({"model": MODEL.to_dict(), "train": TrainConfig(dataset="mnist").to_dict()})
+    )
+    assert resume(run, data) == 1
+    assert "has no training state (ckpt.pt)" in one_line(capsys)
+    (run / "config.json").write_text('{"model": {"latent_dims": "eight"}, "train": {}}')
+    assert resume(run, data) == 1
+    assert "--latent_dims must be a positive integer" in one_line(capsys)
+
+
+def test_new_run_into_resumable_folder_is_refused(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 1)) == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(train_args(run, data, 2)) == 1
+    assert "already exists" in one_line(capsys)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+# 2. Atomic writes --------------------------------------------------------------------------
+
+
+def crash_midway(real_writer, path_arg):
+    """A writer that writes half a file to the temporary path, then fails (a full disk, a
+    crash)."""
+
+    def writer(*args, **kwargs):
+        path = Path(args[path_arg])
+        path.write_bytes(b"\x00" * 100)
+        raise OSError(28, "No space left on device")
+
+    return writer
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return VAE(MODEL)
+
+
+def test_crash_while_saving_weights_keeps_previous_file(tmp_path, monkeypatch):
+    from torch_vae import checkpoint
+
+    path = save_model(tiny_model(0), tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    monkeypatch.setattr(checkpoint, "save_file", crash_midway(checkpoint.save_file, 1))
+    with pytest.raises(OSError):
+        save_model(tiny_model(1), path)
+    assert path.read_bytes() == before
+    assert load_model(path).config == MODEL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_crash_while_saving_training_state_keeps_previous_file(tmp_path, monkeypatch):
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters())
+    gen = torch.Generator().manual_seed(0)
+    save_train_state(tmp_path, model, opt, gen, torch.device("cpu"), 3, 30, 40)
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    monkeypatch.setattr(torch, "save", crash_midway(torch.save, 1))
+    with pytest.raises(OSError):
+        save_train_state(tmp_path, model, opt, gen, torch.device("cpu"), 4, 40, 40)
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    assert load_train_state(tmp_path)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_interrupted_write_of_any_file_keeps_previous_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"good": true}')
+    with pytest.raises(KeyboardInterrupt), atomic_path(path) as tmp:
+        tmp.write_text('{"half')
+        raise KeyboardInterrupt  # Ctrl-C in the middle of writing
+    assert json.loads(path.read_text()) == {"good": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_crash_while_writing_cache_keeps_previous_cache(mnist_dir, monkeypatch):
+    from torch_vae.data import cache
+
+    first = load_split("mnist", "test", 16, mnist_dir, progress=False)
+    npy = mnist_dir / "cache" / "mnist-test-16.npy"
+    before = npy.read_bytes()
+    npy.with_suffix(".json").unlink()  # force a rebuild, whose write then fails midway
+    with monkeypatch.context() as patch:
+        patch.setattr(cache.np, "save", lambda f, *a, **k: f.write(b"\x93NUMPY") and 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            load_split("mnist", "test", 16, mnist_dir, progress=False)
+    assert npy.read_bytes() == before
+    assert np.array_equal(load_split("mnist", "test", 16, mnist_dir, progress=False), first)
+
+
+def test_torn_metrics_line_is_dropped_on_resume(data, tmp_path):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(train_args(ref, data, 3)) == 0
+    assert main(train_args(run, data, 2)) == 0
+    # a crash after epoch 3's metrics line was half appended, before its checkpoint
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "step": 15, "train_lo')
+    assert resume(run, data, "--epochs", "3") == 0
+    assert_same_run(run, ref)
+
+
+# 4. Non-finite losses and weights ----------------------------------------------------------
+
+
+def train_tiny(run, data_dir, epochs):
+    cfg = TrainConfig(dataset="mnist", epochs=epochs, batchsize=8)
+    images = {s: torch.from_numpy(load_split("mnist", s, 16, data_dir, False)) for s in SPLITS}
+    return train_mod.train(
+        MODEL, cfg, images["train"], images["test"], run, torch.device("cpu"), progress=False
+    )
+
+
+SPLITS = ("train", "test")
+
+
+def good_epoch_kept(run, ref):
+    """Only epoch 1's files exist, and they hold the same weights as a 1-epoch run."""
+    assert load_train_state(run)["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.safetensors"]
+    for path in (run, run / "checkpoints" / "epoch_001.safetensors"):
+        for k, v in load_model(path).state_dict().items():
+            assert torch.equal(v, weights(ref)[k])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train_tiny(ref, mnist_dir, 1)
+    real = train_mod.vae_loss
+    calls = []
+
+    def loss(*a, **k):
+        out = real(*a, **k)
+        calls.append(1)
+        if len(calls) == 8:  # epoch 2, step 8 (5 steps an epoch)
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_mod, "vae_loss", loss)
+    with pytest.raises(TorchVaeError, match=r"loss became nan at epoch 2, step 8.*last good ch"):
+        train_tiny(run, mnist_dir, 3)
+    good_epoch_kept(run, ref)
+
+
+def test_non_finite_weights_are_never_saved(mnist_dir, tmp_path, monkeypatch):
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    train_tiny(ref, mnist_dir, 1)
+    real = train_mod.evaluate
+    calls = []
+
+    def evaluate(model, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the end of epoch 2: break a weight just before the save
+            with torch.no_grad():
+                next(model.parameters()).view(-1)[0] = float("inf")
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    with pytest.raises(TorchVaeError, match="weights became non-finite .* at epoch 2"):
+        train_tiny(run, mnist_dir, 3)
+    good_epoch_kept(run, ref)
+
+
+def test_nan_in_first_epoch_says_nothing_was_saved(mnist_dir, tmp_path, monkeypatch):
+    real = train_mod.vae_loss
+    monkeypatch.setattr(
+        train_mod, "vae_loss", lambda *a, **k: {**real(*a, **k), "loss": torch.tensor(np.inf)}
+    )
+    with pytest.raises(TorchVaeError, match="loss became inf at epoch 1, step 1.*no checkpoint"):
+        train_tiny(tmp_path / "run", mnist_dir, 2)
+    assert not (tmp_path / "run" / "ckpt.pt").exists()
+
+
+# 6. Loading never runs code ----------------------------------------------------------------
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_malicious_training_state_is_refused_without_running_it(tmp_path, capsys, zipped):
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(
+        json.dumps({"model": MODEL.to_dict(), "train": TrainConfig(dataset="mnist").to_dict()})
+    )
+    payload = {"format": "torch-vae-train-state", "optimizer": Evil(marker), "epoch": 1}
+    torch.save(payload, run / "ckpt.pt", _use_new_zipfile_serialization=zipped)
+    with pytest.raises(TorchVaeError, match="refusing to load .*ckpt.pt.*posix.system"):
+        load_train_state(run)
+    assert resume(run, tmp_path) == 1
+    assert "could run code" in one_line(capsys)
+    assert not marker.exists()
+
+
+def test_old_style_training_state_is_explained(tmp_path):
+    model = tiny_model()
+    opt = torch.optim.AdamW(model.parameters())
+    torch.save({"optimizer": opt.state_dict(), "epoch": 1, "step": 5}, tmp_path / "ckpt.pt")
+    with pytest.raises(TorchVaeError, match="earlier torch-vae .* cannot be resumed"):
+        load_train_state(tmp_path)
+
+
+def test_training_state_from_another_model_is_refused(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 1)) == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["latent_dims"] = 4
+    (run / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert resume(run, data, "--epochs", "2") == 1
+    assert "belongs to a different model" in one_line(capsys)
+
+
+# 8. Dataset cache --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda npy, meta: meta.write_text("{not json"),
+        lambda npy, meta: meta.write_text("[1, 2, 3]"),
+        lambda npy, meta: meta.write_bytes(b"\xff\xfe\x00"),
+        lambda npy, meta: meta.write_text(json.dumps({**json.loads(meta.read_text()), "shape": 7})),
+        lambda npy, meta: npy.write_bytes(b""),
+        lambda npy, meta: npy.write_bytes(npy.read_bytes()[:-1]),
+        # a consistent cache of the wrong image size (e.g. copied from elsewhere)
+        lambda npy, meta: (
+            np.save(npy, np.zeros((20, 8, 8, 1), np.uint8)),
+            meta.write_text(
+                json.dumps(
+                    {**json.loads(meta.read_text()), "shape": [20, 8, 8, 1], "sha256": sha(npy)}
+                )
+            ),
+        ),
+    ],
+)
+def test_damaged_cache_is_rebuilt(mnist_dir, damage):
+    first = load_split("mnist", "test", 16, mnist_dir, progress=False)
+    npy = mnist_dir / "cache" / "mnist-test-16.npy"
+    damage(npy, npy.with_suffix(".json"))
+    assert np.array_equal(load_split("mnist", "test", 16, mnist_dir, progress=False), first)
+    # and the rebuilt cache is whole again
+    meta = json.loads(npy.with_suffix(".json").read_text())
+    assert meta["shape"] == [20, 16, 16, 1] and meta["sha256"] == sha(npy)
+
+
+def sha(npy):
+    import hashlib
+
+    return hashlib.sha256(np.load(npy).tobytes()).hexdigest()
