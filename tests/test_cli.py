@@ -333,3 +333,24 @@ def test_help_lists_commands():
     assert res.returncode == 0
     for cmd in ("train", "reconstruct", "generate"):
         assert cmd in res.stdout
+
+
+def test_every_training_flag_reaches_the_run_config(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    flags = {
+        "--lr_schedule": "cosine",
+        "--kl_warmup_epochs": "0.5",
+        "--weight_decay": "0.001",
+        "--beta": "2.0",
+        "--recon_loss": "bce",
+        "--lr": "0.002",
+        "--max_steps": "3",
+        "--seed": "7",
+    }
+    args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run)]
+    args += ["--latent_dims", "3", "--max_filters", "8", "--image_size", "16", "--depth", "2"]
+    args += [x for kv in flags.items() for x in kv] + ["--quiet"]
+    assert main(args) == 0
+    stored = json.loads((run / "config.json").read_text())["train"]
+    for flag, value in flags.items():
+        assert str(stored[flag[2:]]) == value, flag
