@@ -354,3 +354,19 @@ def test_every_training_flag_reaches_the_run_config(mnist_dir, tmp_path):
     stored = json.loads((run / "config.json").read_text())["train"]
     for flag, value in flags.items():
         assert str(stored[flag[2:]]) == value, flag
+
+
+def test_dcgan_arch_trains_and_loads_from_its_run(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run)]
+    args += ["--arch", "dcgan", "--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
+    assert main([*args, "--epochs", "1", "--quiet"]) == 0
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["arch"] == "dcgan" and model["depth"] == 4  # dcgan's default depth
+    out = tmp_path / "samples"
+    assert main(["generate", "--model", str(run), "--nsamples", "5", "--outdir", str(out)]) == 0
+    assert len(list(out.glob("sample_*.png"))) == 5
+    rec = tmp_path / "rec"
+    assert main(["reconstruct", "--model", str(run), "--rec_testdata", "--nimages", "4",
+                 "--outdir", str(rec), "--data_dir", str(mnist_dir)]) == 0  # fmt: skip
+    assert len(list(rec.glob("rec_*.png"))) == 4

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from torch_vae import VAE, ModelConfig, TorchVaeError
 
@@ -95,3 +96,36 @@ def test_lr_schedule_and_kl_warmup():
     assert warm.beta_at(20, 10) == warm.beta_at(500, 10) == 2.0
     with pytest.raises(TorchVaeError, match="lr_schedule"):
         TrainConfig(lr_schedule="step")
+
+
+@pytest.mark.parametrize("size,depth", [(64, 4), (32, 3), (28, 2), (128, 5)])
+def test_dcgan_variant_shapes_and_structure(size, depth):
+    cfg = ModelConfig(in_channels=3, image_size=size, latent_dims=5, max_filters=64, depth=depth,
+                      arch="dcgan")  # fmt: skip
+    model = VAE(cfg).eval()
+    x = torch.rand(2, 3, size, size)
+    out = model(x)
+    assert out.recon.shape == x.shape and out.mu.shape == out.logvar.shape == (2, 5)
+    assert 0 <= out.recon.min() and out.recon.max() <= 1
+    kinds = {type(m) for m in model.modules()}
+    assert nn.Linear not in kinds  # no fully connected layers at all
+    assert nn.BatchNorm2d in kinds
+    enc_norms = [type(n) for n in model.encoder.norms]
+    assert enc_norms[0] is nn.Identity and set(enc_norms[1:]) == {nn.BatchNorm2d}
+    assert all(m.kernel_size == (4, 4) for m in model.encoder.convs)
+
+
+def test_dcgan_batch_norm_folding_keeps_outputs():
+    from torch_vae.speed import inference_model
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dims=4, max_filters=32, arch="dcgan", depth=4))
+    model.train()
+    for _ in range(3):  # give the running statistics non-trivial values
+        model(torch.rand(8, 1, 64, 64))
+    model.eval()
+    fused = inference_model(model)
+    x = torch.rand(4, 1, 64, 64)
+    with torch.no_grad():
+        a, b = model.reconstruct(x), fused.reconstruct(x)
+    assert torch.allclose(a, b, atol=1e-5)

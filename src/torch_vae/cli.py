@@ -13,6 +13,8 @@ from .errors import TorchVaeError, TrainingInterrupted
 
 log = logging.getLogger("torch_vae")
 
+ARCH_CHOICES = ("original", "dcgan")  # as config.ARCHS, without importing it here
+DEFAULT_DEPTH = {"original": 3, "dcgan": 4}
 DATASET_HELP = (
     "dataset: mnist, fashion-mnist, cifar-10, cifar-100, celeb-a, or a folder of images as "
     "folder:PATH"
@@ -73,10 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--image_size", type=int, default=64, help="Image size in pixels (default 64)")
     t.add_argument(
+        "--arch",
+        choices=ARCH_CHOICES,
+        default="original",
+        help="original: the original torch-vae network (default); dcgan: fully convolutional "
+        "DCGAN-style variant (4x4 strided convolutions, batch norm in both networks, no fully "
+        "connected hidden layers)",
+    )
+    t.add_argument(
         "--depth",
         type=int,
-        default=3,
-        help="Number of stride-2 convolutions in encoder and decoder (default 3)",
+        default=None,
+        help="Number of stride-2 convolutions in encoder and decoder "
+        "(default 3 for original, 4 for dcgan)",
     )
     t.add_argument("--beta", type=float, default=1.0, help="Weight of the KL term (default 1)")
     t.add_argument(
@@ -264,7 +275,7 @@ def _positive(name: str, value: int) -> None:
 # Options of train that --resume accepts: they extend the run or choose how it runs. Every
 # other option describes the run itself, which config.json already fixes.
 RESUME_OPTIONS = {"resume", "epochs", "max_steps", "cpu", "device", "threads", "quiet", "data_dir"}
-MODEL_OPTIONS = {"latent_dims", "max_filters", "image_size", "depth"}
+MODEL_OPTIONS = {"latent_dims", "max_filters", "image_size", "depth", "arch"}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -295,7 +306,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             image_size=args.image_size,
             latent_dims=args.latent_dims,
             max_filters=args.max_filters,
-            depth=args.depth,
+            depth=args.depth if args.depth is not None else DEFAULT_DEPTH[args.arch],
+            arch=args.arch,
         )
         train_cfg = TrainConfig(
             dataset=args.dataset,
@@ -315,6 +327,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.run_dir is None:
             stem = ds.source_id(Path()) if args.dataset not in ("mnist",) else "mnist"
             name = f"{stem}_filters_{args.max_filters:04d}_dims_{args.latent_dims:04d}"
+            if args.arch != "original":
+                name += f"_{args.arch}"
             run_dir = new_run_dir(Path("runs"), name)
         else:
             run_dir = args.run_dir

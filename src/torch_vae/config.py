@@ -9,8 +9,8 @@ from typing import Any, Literal
 
 from .errors import TorchVaeError
 
-Arch = Literal["original"]
-ARCHS: tuple[str, ...] = ("original",)
+Arch = Literal["original", "dcgan"]
+ARCHS: tuple[str, ...] = ("original", "dcgan")
 ReconLoss = Literal["mse", "bce"]
 LrSchedule = Literal["constant", "cosine"]
 LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")

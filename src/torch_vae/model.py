@@ -93,6 +93,72 @@ class Decoder(nn.Module):
         return torch.sigmoid(self.convs[-1](h))  # (B, C, H, W)
 
 
+# The DCGAN recipe (Radford et al., 2016) for the fully convolutional variant.
+DCGAN_SLOPE = 0.2
+DCGAN_KERNEL = 4
+
+
+class DCGANEncoder(nn.Module):
+    """Fully convolutional encoder after DCGAN: stride-2 4x4 convolutions with batch norm (except
+    on the first) and LeakyReLU(0.2), then one convolution over the whole last feature map to
+    the posterior mean and log-variance. No fully connected hidden layer."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        widths = (config.in_channels, *config.channels)
+        k = DCGAN_KERNEL
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, k, stride=2, padding=1, bias=i == 0)
+            for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:], strict=True))
+        )
+        # norms[i] follows convs[i]; the first convolution has none (as in DCGAN).
+        self.norms = nn.ModuleList(
+            nn.Identity() if i == 0 else nn.BatchNorm2d(c) for i, c in enumerate(config.channels)
+        )
+        s = config.bottleneck_size
+        self.head = nn.Conv2d(config.channels[-1], 2 * config.latent_dims, kernel_size=s)
+        self.latent_dims = config.latent_dims
+
+    def forward(self, x: torch.Tensor) -> Posterior:
+        h = x
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = F.leaky_relu(norm(conv(h)), DCGAN_SLOPE)
+        h = self.head(h).flatten(1)  # (B, 2d)
+        mu, logvar = h[:, : self.latent_dims], h[:, self.latent_dims :]
+        return Posterior(mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+
+
+class DCGANDecoder(nn.Module):
+    """Fully convolutional decoder after DCGAN: a transposed convolution from the latent vector
+    (as a 1x1 map) to the smallest feature map, stride-2 4x4 transposed convolutions with batch
+    norm and ReLU, and a sigmoid output in [0, 1]."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        widths = tuple(reversed(config.channels))  # e.g. (128, 64, 32, 16)
+        s, k = config.bottleneck_size, DCGAN_KERNEL
+        first = nn.ConvTranspose2d(config.latent_dims, widths[0], kernel_size=s, bias=False)
+        ups = [
+            nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=1, bias=False)
+            for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
+        ]
+        last = nn.ConvTranspose2d(widths[-1], config.in_channels, k, stride=2, padding=1)
+        self.convs = nn.ModuleList([first, *ups, last])
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in widths)  # norms[i] after convs[i]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z[:, :, None, None]
+        if z.device.type == "cpu":
+            h = h.contiguous(memory_format=torch.channels_last)
+        for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
+            h = F.relu(norm(conv(h)))
+        return torch.sigmoid(self.convs[-1](h))
+
+
+ENCODERS = {"original": Encoder, "dcgan": DCGANEncoder}
+DECODERS = {"original": Decoder, "dcgan": DCGANDecoder}
+
+
 class VAE(nn.Module):
     """Convolutional variational autoencoder.
 
@@ -104,8 +170,8 @@ class VAE(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        self.encoder = ENCODERS[config.arch](config)
+        self.decoder = DECODERS[config.arch](config)
 
     def encode(self, x: torch.Tensor) -> Posterior:
         """Images (B, C, H, W) in [0, 1] -> posterior q(z|x)."""

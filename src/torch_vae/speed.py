@@ -126,6 +126,8 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     fused = copy.deepcopy(model).eval()
     for part in (fused.encoder, fused.decoder):
         for i, norm in enumerate(part.norms):
+            if not isinstance(norm, torch.nn.BatchNorm2d):
+                continue
             _fold(part.convs[i], norm)
             part.norms[i] = torch.nn.Identity()
     if next(fused.parameters()).device.type == "cpu":
