@@ -1,0 +1,50 @@
+"""Slow tests on the real Fashion-MNIST files (Debian's dataset-fashion-mnist) and the original's
+real checkpoints; they skip where either is absent. Run with --runslow."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torch_vae.cli import main
+from torch_vae.data import load_split
+from torch_vae.evaluate import evaluate_model
+
+SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+REAL = Path(__file__).resolve().parents[2] / "shared" / "torch-vae-checkpoints"
+
+needs_data = pytest.mark.skipif(
+    not (SYSTEM / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="install the Debian package dataset-fashion-mnist",
+)
+
+
+@pytest.mark.slow
+@needs_data
+def test_real_fashion_mnist_splits(tmp_path):
+    train = load_split("fashion-mnist", "train", 28, tmp_path, progress=False)
+    test = load_split("fashion-mnist", "test", 64, tmp_path, progress=False)
+    assert train.shape == (60000, 28, 28, 1) and test.shape == (10000, 64, 64, 1)
+    assert train.dtype == test.dtype == np.uint8
+    # Fashion-MNIST's published pixel mean is 0.2860 (of 255) over the training set
+    assert abs(train.mean() / 255 - 0.2860) < 5e-4
+    assert train.max() == 255 and train.min() == 0
+
+
+@pytest.mark.slow
+@needs_data
+@pytest.mark.skipif(not REAL.is_dir(), reason="the original's checkpoints are not available")
+def test_imported_original_reproduces_its_reference_objective(tmp_path):
+    """The original's latent-8 Fashion-MNIST model, imported, scores its reference objective
+    (54.88 per image on the test split, ../shared/docs/reference-numbers.md)."""
+    out = tmp_path / "d8.safetensors"
+    pth = REAL / "fashion-mnist" / "vae_filters_0128_dims_0008.pth"
+    args = ["import-torch-vae", str(pth), "--dataset", "fashion-mnist", "--out", str(out)]
+    assert main([*args, "--quiet"]) == 0
+    from torch_vae import load_model
+
+    model = load_model(out)
+    test = torch.from_numpy(load_split("fashion-mnist", "test", 64, tmp_path, progress=False))
+    report = evaluate_model(model, test, torch.device("cpu"), 0.1, 0, 500, 0, False)
+    assert abs(report["objective"] - 54.88) < 0.3, report
