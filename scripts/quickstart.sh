@@ -12,7 +12,10 @@ fi
 EPOCHS=${EPOCHS:-3}
 RUN=runs/quickstart
 i=1; while [ -e "$RUN" ]; do i=$((i + 1)); RUN=runs/quickstart-$i; done
-torch-vae train --dataset fashion-mnist --epochs "$EPOCHS" --batchsize 128 --latent_dims 8 --run_dir "$RUN"
+# The DCGAN-style variant with a cosine schedule: better than the original network in the same
+# number of epochs, and about twice as fast on a CPU (see docs/results.md).
+torch-vae train --dataset fashion-mnist --epochs "$EPOCHS" --batchsize 128 --latent_dims 8 \
+    --arch dcgan --lr 2e-3 --lr_schedule cosine --run_dir "$RUN"
 torch-vae generate --model "$RUN" --nsamples 64 --outdir "$RUN/samples"
 torch-vae reconstruct --model "$RUN" --rec_testdata --nimages 64 --outdir "$RUN/reconstructions"
 echo "samples: $RUN/samples/all.png  reconstructions: $RUN/reconstructions/all.png"

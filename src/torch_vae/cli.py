@@ -279,11 +279,27 @@ MODEL_OPTIONS = {"latent_dims", "max_filters", "image_size", "depth", "arch"}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .device import pick_device
+    from .distributed import setup, teardown
+
+    # Under torchrun: join the job (gloo on the CPU, NCCL with one GPU per process).
+    dist, device = setup(pick_device(args.device, args.cpu))
+    try:
+        try:
+            _train_job(args, dist, device)
+        except TrainingInterrupted:  # every process stopped at the same step
+            dist.barrier()
+            raise
+        dist.barrier()  # every process is done before the group goes away
+    finally:
+        teardown()
+
+
+def _train_job(args: argparse.Namespace, dist, device) -> None:
     import torch
 
     from .config import ModelConfig, TrainConfig
     from .data import get_dataset, load_split
-    from .device import pick_device
     from .train import check_new_run_dir, new_run_dir, train
 
     resume = None
@@ -329,24 +345,33 @@ def cmd_train(args: argparse.Namespace) -> None:
             name = f"{stem}_filters_{args.max_filters:04d}_dims_{args.latent_dims:04d}"
             if args.arch != "original":
                 name += f"_{args.arch}"
-            run_dir = new_run_dir(Path("runs"), name)
+
+            def choose() -> Path:
+                return new_run_dir(Path("runs"), name)
         else:
-            run_dir = args.run_dir
-            check_new_run_dir(run_dir)
+
+            def choose() -> Path:
+                check_new_run_dir(args.run_dir)
+                return args.run_dir
+
+        # Rank 0 alone looks at the file system; every process gets its answer (or its error).
+        run_dir = dist.decide(choose)
         test_limit = 64 if args.dry_run else None
-    device = pick_device(args.device, args.cpu)
-    progress = not args.quiet
+    progress = not args.quiet and dist.is_main
     size = model_cfg.image_size
-    train_images = torch.from_numpy(
-        load_split(train_cfg.dataset, "train", size, args.data_dir, progress)
-    )
-    test_images = torch.from_numpy(
-        load_split(train_cfg.dataset, "test", size, args.data_dir, progress)
-    )
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(
+            torch.from_numpy(load_split(train_cfg.dataset, split, size, args.data_dir, progress))
+            for split in ("train", "test")
+        )
+
+    # The cache is built once, by rank 0; the other processes then read it.
+    train_images, test_images = dist.first_then_others(load)
     if test_limit:
         test_images = test_images[:test_limit]
     log.info("run folder: %s", run_dir)
-    train(model_cfg, train_cfg, train_images, test_images, run_dir, device, progress, resume)
+    train(model_cfg, train_cfg, train_images, test_images, run_dir, device, progress, resume, dist)
     log.info("done. Next: torch-vae generate --model %s --outdir samples", run_dir)
 
 
@@ -602,6 +627,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torch-vae: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a collective failed: another process of a distributed job died
+        from .distributed import describe_failure, from_env, is_collective_error
+
+        if not is_collective_error(exc):
+            raise
+        print(f"torch-vae: error: {describe_failure(exc, from_env())}", file=sys.stderr)
+        return 1
     return 0
 
 

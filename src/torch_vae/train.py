@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .checkpoint import WEIGHTS_NAME, save_model
 from .config import ModelConfig, TrainConfig
 from .device import to_float
+from .distributed import Distributed, wrap
 from .errors import TorchVaeError, TrainingInterrupted
 from .fileio import atomic_path, remove_stale_temporaries
 from .images import grid, save_png, side_by_side, stack_rows, to_uint8
@@ -148,6 +149,7 @@ def train(
     device: torch.device,
     progress: bool = True,
     resume: dict[str, Any] | None = None,
+    dist: Distributed | None = None,
 ) -> VAE:
     """Train a VAE on uint8 images (N, H, W, C) and write everything into ``run_dir``:
     config.json, model.safetensors (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt
@@ -156,15 +158,23 @@ def train(
     ``resume``: a training state read with ``trainstate.load_train_state(run_dir)``; training
     continues from it, exactly as if it had never stopped. On SIGINT or SIGTERM the current
     state is saved to ckpt.pt and ``TrainingInterrupted`` is raised.
+
+    ``dist``: this process's place in a distributed job (see ``distributed.py``); only rank 0
+    writes files and shows progress.
     """
     cfg = train_config
-    if resume is None:
-        check_new_run_dir(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(run_dir, model_config, cfg)  # on resume: the possibly extended --epochs
+    dist = dist or Distributed()
+    main = dist.is_main
+    progress = progress and main
+    if main:
+        if resume is None:
+            check_new_run_dir(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_config(run_dir, model_config, cfg)  # on resume: the possibly extended --epochs
     torch.manual_seed(cfg.seed)
     model = VAE(model_config).to(device, memory_format=torch.channels_last)
-    forward = maybe_compile(model, cfg.compile)  # shares its weights with model
+    # DDP (when distributed) and torch.compile wrap the model; ``model`` keeps the weights.
+    forward = maybe_compile(wrap(model, dist, device), cfg.compile)
     amp = Precision(device, cfg.precision)
     train_images = resident(train_images, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -179,10 +189,14 @@ def train(
     if resume is not None:
         restore_train_state(resume, run_dir / STATE_NAME, model, opt, gen, n, steps_per_epoch)
         step, first_epoch, partial = resume["step"], resume["epoch"] + 1, resume["partial"]
-        if remove_stale_temporaries(run_dir):
-            log.info("removed temporary files left by the interrupted run")
-        trim_metrics(run_dir, resume["epoch"])
-        log.info("resuming %s at epoch %d, step %d", run_dir, first_epoch, step)
+        if main:
+            if remove_stale_temporaries(run_dir):
+                log.info("removed temporary files left by the interrupted run")
+            trim_metrics(run_dir, resume["epoch"])
+            log.info("resuming %s at epoch %d, step %d", run_dir, first_epoch, step)
+    if dist.enabled:  # the same batches everywhere, but each process its own noise
+        torch.manual_seed(dist.noise_seed(cfg.seed, step))
+    eval_images = dist.shard(test_images) if dist.enabled else test_images
     log.info(
         "training %d parameters on %d images, %d steps per epoch, device %s",
         model.num_parameters(),
@@ -214,13 +228,15 @@ def train(
                 mininterval=0.5,
             )
             for i in bar:
-                if stop.requested():
+                if dist.any(stop.requested()):
                     bar.close()
-                    raise _save_and_stop(stop, model, opt, gen, device, run_dir, epoch, step, n,
-                                         _progress(perm, i, total, seen, spent, t0))  # fmt: skip
+                    at = _progress(perm, i, total, seen, spent, t0)
+                    raise _save_and_stop(
+                        stop, model, opt, gen, device, run_dir, epoch, step, n, at, dist
+                    )
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
-                idx = perm[i * cfg.batchsize : (i + 1) * cfg.batchsize]
+                idx = dist.shard(perm[i * cfg.batchsize : (i + 1) * cfg.batchsize])
                 x = to_float(train_images[idx], device)
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr_at(step, total_steps)
@@ -229,7 +245,7 @@ def train(
                 beta = cfg.beta_at(step, steps_per_epoch)
                 losses = vae_loss(out, x, beta, cfg.recon_loss)  # in fp32
                 loss = losses["loss"].item()
-                if not math.isfinite(loss):
+                if dist.any(not math.isfinite(loss)):
                     bar.close()
                     raise TorchVaeError(
                         f"the loss became {loss} at epoch {epoch}, step {step + 1}; training "
@@ -249,9 +265,13 @@ def train(
                     bar.set_postfix(loss=f"{total['loss'] / seen:.2f}", img_s=f"{rate:.0f}")
             bar.close()
             seconds = spent + time.perf_counter() - t0
+            if dist.enabled:
+                dist.average_buffers(model)
+                sums = dist.sum([total[k] for k in TOTAL_KEYS] + [seen])
+                total, seen = dict(zip(TOTAL_KEYS, sums[:-1], strict=True)), int(sums[-1])
             test = evaluate(
                 model,
-                test_images,
+                eval_images,
                 device,
                 max(cfg.batchsize, 256),
                 cfg.recon_loss,
@@ -259,20 +279,27 @@ def train(
                 seed=cfg.seed,
                 stop=stop.requested,
             )
+            if dist.enabled:
+                test = _reduce_test(test, len(eval_images), dist, cfg.beta)
             if test is None:
-                raise _save_and_stop(stop, model, opt, gen, device, run_dir, epoch, step, n,
-                                     _progress(perm, done, total, seen, spent, t0))  # fmt: skip
+                at = _progress(perm, done, total, seen, spent, t0)
+                raise _save_and_stop(
+                    stop, model, opt, gen, device, run_dir, epoch, step, n, at, dist
+                )
             _check_finite(model, run_dir, epoch, step)
+            dist.check_replicas(model, f"after epoch {epoch}")
             record = {
                 "epoch": epoch,
                 "step": step,
                 **{f"train_{k}": v / max(seen, 1) for k, v in total.items()},
                 **{f"test_{k}": v for k, v in test.items()},
+                "train_images": seen,
                 "train_img_per_s": seen / seconds,
                 "epoch_seconds": seconds,
             }
-            save_checkpoint(model, opt, gen, device, run_dir, epoch, step, cfg.dataset, n, record,
-                            _picture(model, fixed_z, test_images, device))  # fmt: skip
+            if main:
+                save_checkpoint(model, opt, gen, device, run_dir, epoch, step, cfg.dataset, n,
+                                record, _picture(model, fixed_z, test_images, device))  # fmt: skip
             log.info(
                 "epoch %d: train loss %.2f, test loss %.2f (recon %.2f, kl %.2f) per image, "
                 "%.0f img/s",
@@ -283,7 +310,7 @@ def train(
                 test["kl"],
                 record["train_img_per_s"],
             )
-            if stop.requested():  # arrived while the epoch was evaluated and saved
+            if dist.any(stop.requested()):  # arrived while the epoch was evaluated and saved
                 raise _interrupted(stop, run_dir, epoch, step)
             if cfg.max_steps and step >= cfg.max_steps:
                 break
@@ -297,12 +324,34 @@ def _progress(perm, done, total, seen, spent, t0) -> dict[str, Any]:
 
 
 def _save_and_stop(
-    stop, model, opt, gen, device, run_dir, epoch, step, n, progress
+    stop, model, opt, gen, device, run_dir, epoch, step, n, progress, dist
 ) -> TrainingInterrupted:
     """Save the state in the middle of ``epoch`` and return the error that ends training."""
     _check_finite(model, run_dir, epoch, step)
-    save_train_state(run_dir, model, opt, gen, device, epoch - 1, step, n, progress)
+    if dist.enabled:  # the whole job's totals so far; rank 0 writes
+        sums = dist.sum([progress["totals"][k] for k in TOTAL_KEYS] + [progress["seen"]])
+        progress["totals"], progress["seen"] = (
+            dict(zip(TOTAL_KEYS, sums[:-1], strict=True)),
+            int(sums[-1]),
+        )
+    if dist.is_main:
+        save_train_state(run_dir, model, opt, gen, device, epoch - 1, step, n, progress)
+    dist.barrier()
     return _interrupted(stop, run_dir, epoch, step)
+
+
+def _reduce_test(
+    test: dict[str, float] | None, n_local: int, dist: Distributed, beta: float
+) -> dict[str, float] | None:
+    """Per-image test metrics of the whole test set from every process's shard; None on every
+    process if any was stopped by a signal."""
+    if dist.any(test is None):
+        return None
+    keys = ("recon", "kl", "mse")
+    sums = dist.sum([test[k] * n_local for k in keys] + [n_local])
+    m = {k: v / max(sums[-1], 1) for k, v in zip(keys, sums[:-1], strict=False)}
+    m["loss"] = m["recon"] + beta * m["kl"]
+    return m
 
 
 def _picture(model, fixed_z, test_images, device) -> np.ndarray:

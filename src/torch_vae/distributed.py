@@ -1,0 +1,254 @@
+"""Data-parallel training with ``torch.distributed`` (DistributedDataParallel).
+
+Launched by ``torchrun``, which sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
+for every process: ``torchrun --nproc_per_node N -m torch_vae train ...``. Without those
+variables (or with WORLD_SIZE=1) training runs in one process, exactly as before.
+
+Conventions:
+
+- ``--batchsize`` is the global batch: every optimizer step consumes ``batchsize`` images in
+  total, ``batchsize / WORLD_SIZE`` on each process. The same flags therefore describe the same
+  training whatever the number of processes; the learning rate needs no change. To use more
+  devices for a larger batch, raise ``--batchsize`` and scale ``--lr`` with it (the linear
+  scaling rule), with a KL warm-up or a few epochs of patience at the start.
+- Every process draws the same seeded permutation of the training set each epoch and takes its
+  own interleaved share of each global batch, so the shards are disjoint and cover the epoch.
+- Gradients are averaged by DDP; batch-norm statistics are those of each process's share (as
+  usual with DDP; SyncBatchNorm is used on GPUs, where PyTorch supports it) and their running
+  averages are averaged over the processes at the end of every epoch, so all replicas hold the
+  same weights, which is checked.
+- Only rank 0 writes files and shows progress; test metrics are computed on shards and summed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import inspect
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .errors import TorchVaeError
+
+log = logging.getLogger(__name__)
+
+# A collective that waits longer than this means another process died or hangs: fail instead of
+# waiting forever (PyTorch's default is 10 to 30 minutes).
+TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("TORCH_VAE_DIST_TIMEOUT_MIN", "5")))
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in the job; ``world == 1`` means no distribution at all."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, idx: torch.Tensor) -> torch.Tensor:
+        """This process's share of a global batch (or of any index list)."""
+        return idx[self.rank :: self.world] if self.enabled else idx
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if ``flag`` is true on any of them."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self._device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item() > 0)
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over the processes."""
+        if not self.enabled:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self._device())
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def average_buffers(self, model: torch.nn.Module) -> None:
+        """Average the floating-point buffers (batch-norm running statistics) over processes."""
+        if not self.enabled:
+            return
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(self.world)
+
+    def check_replicas(self, model: torch.nn.Module, where: str) -> None:
+        """Fail loudly if the processes' weights differ (they must be bitwise equal)."""
+        if not self.enabled:
+            return
+        h = hashlib.sha256()
+        for name, t in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        mine = torch.tensor(list(h.digest()), dtype=torch.uint8, device=self._device())
+        lo, hi = mine.clone(), mine.clone()
+        dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        if not torch.equal(lo, hi):
+            raise TorchVaeError(f"the {self.world} processes' weights differ {where}")
+
+    def decide(self, choose: Callable[[], Any]) -> Any:
+        """Run ``choose()`` on rank 0 only and give every process its result, or raise its
+        ``TorchVaeError`` everywhere."""
+        if not self.enabled:
+            return choose()
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", choose())
+            except TorchVaeError as exc:
+                box[0] = ("error", str(exc))
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise TorchVaeError(value)
+        return value
+
+    def first_then_others(self, work: Callable[[], Any]) -> Any:
+        """``work()`` on rank 0, then on the others (e.g. build a cache once, then read it)."""
+        if not self.enabled:
+            return work()
+        if self.is_main:
+            result = work()
+            dist.barrier()
+            return result
+        dist.barrier()
+        return work()
+
+    def noise_seed(self, seed: int, step: int) -> int:
+        """A seed for this process's reparameterisation noise, different on every rank."""
+        return (seed * 1_000_003 + step * 7919 + self.rank * 104_729) % 2**63
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
+
+
+def _nccl() -> bool:
+    return dist.is_initialized() and dist.get_backend() == "nccl"
+
+
+def from_env() -> Distributed:
+    """The job layout that torchrun describes in the environment (none: one process)."""
+
+    def read(name: str, default: int) -> int:
+        value = os.environ.get(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise TorchVaeError(f"environment variable {name}={value!r} is not a number") from None
+
+    world = read("WORLD_SIZE", 1)
+    if world <= 1:
+        return Distributed()
+    rank, local = read("RANK", 0), read("LOCAL_RANK", 0)
+    if not 0 <= rank < world:
+        raise TorchVaeError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world - 1})")
+    return Distributed(rank=rank, world=world, local_rank=local)
+
+
+def setup(device: torch.device) -> tuple[Distributed, torch.device]:
+    """Join the job torchrun started, if any: NCCL with one GPU per process when ``device`` is
+    CUDA, gloo on the CPU. Returns the layout and this process's device."""
+    d = from_env()
+    if not d.enabled:
+        return d, device
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        if d.local_rank >= n:
+            raise TorchVaeError(
+                f"process {d.rank} has LOCAL_RANK {d.local_rank} but this machine has {n} GPU(s); "
+                f"use --nproc_per_node {n} or less"
+            )
+        device = torch.device("cuda", d.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    elif device.type == "cpu":
+        backend = "gloo"
+    else:
+        raise TorchVaeError(f"distributed training runs on CUDA or CPU, not {device.type}")
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend, timeout=TIMEOUT)
+        except (RuntimeError, ValueError) as exc:
+            raise TorchVaeError(
+                f"could not join the distributed job ({_first_line(exc)}); check MASTER_ADDR, "
+                "MASTER_PORT and that every node runs the same torchrun command"
+            ) from None
+    log.info("process %d of %d (%s, %s)", d.rank, d.world, backend, device)
+    return d, device
+
+
+def wrap(model: torch.nn.Module, d: Distributed, device: torch.device) -> torch.nn.Module:
+    """DDP around ``model`` (which keeps owning the weights); ``model`` itself when alone."""
+    if not d.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    # Buffers (batch-norm running statistics) are not broadcast before every forward pass;
+    # they are averaged once per epoch instead (``average_buffers``).
+    params = inspect.signature(DDP).parameters
+    no_sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in params
+        else {"broadcast_buffers": False}
+    )
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return DDP(model, device_ids=[device.index], **no_sync)
+    return DDP(model, **no_sync)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def describe_failure(exc: BaseException, d: Distributed) -> str:
+    """A one-line message for a collective that failed because another process stopped."""
+    return (
+        f"process {d.rank} of {d.world}: another process of the job stopped or hung "
+        f"({_first_line(exc)}); its own message above says why"
+    )
+
+
+def is_collective_error(exc: BaseException) -> bool:
+    names = {"DistBackendError", "DistNetworkError", "DistError"}
+    return type(exc).__name__ in names or (
+        isinstance(exc, RuntimeError) and from_env().enabled and _looks_like_comm(exc)
+    )
+
+
+def _looks_like_comm(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    words = ("gloo", "nccl", "connection", "timed out", "timeout", "peer", "socket")
+    return any(w in text for w in words)
+
+
+__all__: list[Any] = ["Distributed", "from_env", "setup", "teardown", "wrap"]
