@@ -48,6 +48,8 @@ TRAIN_VARIANTS = {
     "bf16": ["--precision", "bf16"],
     "compile": ["--compile"],
     "compile-bf16": ["--compile", "--precision", "bf16"],
+    "dcgan": ["--arch", "dcgan"],  # the DCGAN-style variant (not in the default set)
+    "dcgan-bf16": ["--arch", "dcgan", "--precision", "bf16"],
 }
 ALL_JOBS = ("train", "generate", "reconstruct", "celeba", "draft", "original")
 
@@ -301,6 +303,7 @@ def bench(args: argparse.Namespace) -> dict:
         variants = args.variants if "train" not in args.skip else ["fp32"]
         for v in variants:
             run_dir = work / f"train-{v}"
+            shutil.rmtree(run_dir, ignore_errors=True)  # the benchmark's own scratch run
             argv = [
                 "train",
                 "--dataset=fashion-mnist",
