@@ -63,10 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nll-images", type=int, default=1000, help="test images for the NLL (1000)")
     p.add_argument("--iw-samples", type=int, default=128, help="importance samples (128)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", nargs="+", default=None, help="evaluate only these model names")
     args = p.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
+
+    def wanted(name: str) -> bool:
+        return args.only is None or name in args.only
+
     for pth in sorted(args.originals.glob("*.pth")) if args.originals.is_dir() else []:
+        if not wanted(pth.stem):
+            continue
         out = args.work / f"original-{pth.stem}.safetensors"
         if not out.exists():
             torch_vae("import-torch-vae", str(pth), "--dataset", "fashion-mnist",
@@ -74,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"original {pth.stem}", evaluate(out, args.work, pth.stem, args), None))
         print(f"evaluated {pth.name}", flush=True)
     for run in sorted(d for d in args.models.iterdir() if (d / "config.json").is_file()):
+        if not wanted(run.name):
+            continue
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         train_s = sum(m["epoch_seconds"] for m in metrics)
         rows.append((run.name, evaluate(run, args.work, run.name, args), train_s))
@@ -90,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['nll']:.1f} ± {r['nll_stderr']:.1f} | {r['bits_per_dim']:.4f} | {t} |"
         )
     print("\n".join(lines))
-    args.out.write_text(json.dumps({name: r for name, r, _ in rows}, indent=1))
+    results = {}
+    if args.only is not None and args.out.exists():  # keep the other models' results
+        results = json.loads(args.out.read_text())
+    results.update({name: dict(r, train_seconds=t) for name, r, t in rows})
+    args.out.write_text(json.dumps(results, indent=1))
     print(f"results: {args.out}")
     return 0
 
