@@ -23,6 +23,7 @@ Conventions:
 from __future__ import annotations
 
 import datetime
+import gc
 import hashlib
 import inspect
 import logging
@@ -222,6 +223,9 @@ def wrap(model: torch.nn.Module, d: Distributed, device: torch.device) -> torch.
 
 def teardown() -> None:
     if dist.is_initialized():
+        # DDP wrappers sit in reference cycles; free them while the group still exists, or
+        # their destructors run at exit against a destroyed group (gloo then aborts).
+        gc.collect()
         dist.destroy_process_group()
 
 
