@@ -421,26 +421,13 @@ def _resume_configs(args: argparse.Namespace):
 def cmd_reconstruct(args: argparse.Namespace) -> None:
     import torch
 
-    from .checkpoint import check_flags, load_model
-    from .data import get_dataset, load_split
-    from .device import pick_device
+    from .checkpoint import check_flags
+    from .data import load_split
     from .outputs import write_reconstructions
 
-    device = pick_device(args.device, args.cpu)
-    model = load_model(args.model, device)
+    model, dataset, _ = _model_and_dataset(args)
     check_flags(model.config, latent_dims=args.latent_dims, max_filters=args.max_filters)
     _positive("--batchsize", args.batchsize)
-    dataset = args.dataset or model.dataset
-    if dataset is None:
-        raise TorchVaeError(
-            f"{args.model} does not say which dataset it was trained on; pass --dataset"
-        )
-    ds = get_dataset(dataset)
-    if ds.channels != model.config.in_channels:
-        raise TorchVaeError(
-            f"dataset {dataset} has {ds.channels} channel(s) but the model expects "
-            f"{model.config.in_channels}; pass the dataset the model was trained on"
-        )
     split = "test" if args.rec_testdata else "train"
     images = load_split(dataset, split, model.config.image_size, args.data_dir, not args.quiet)
     if args.nimages:
