@@ -23,7 +23,6 @@ Conventions:
 from __future__ import annotations
 
 import datetime
-import gc
 import hashlib
 import inspect
 import logging
@@ -223,9 +222,6 @@ def wrap(model: torch.nn.Module, d: Distributed, device: torch.device) -> torch.
 
 def teardown() -> None:
     if dist.is_initialized():
-        # DDP wrappers sit in reference cycles; free them while the group still exists, or
-        # their destructors run at exit against a destroyed group (gloo then aborts).
-        gc.collect()
         dist.destroy_process_group()
 
 
@@ -255,4 +251,4 @@ def _looks_like_comm(exc: BaseException) -> bool:
     return any(w in text for w in words)
 
 
-__all__: list[Any] = ["Distributed", "from_env", "setup", "teardown", "wrap"]
+__all__ = ["Distributed", "from_env", "setup", "teardown", "wrap"]

@@ -267,8 +267,7 @@ def train(
             seconds = spent + time.perf_counter() - t0
             if dist.enabled:
                 dist.average_buffers(model)
-                sums = dist.sum([total[k] for k in TOTAL_KEYS] + [seen])
-                total, seen = dict(zip(TOTAL_KEYS, sums[:-1], strict=True)), int(sums[-1])
+                total, seen = _job_totals(total, seen, dist)
             test = evaluate(
                 model,
                 eval_images,
@@ -329,15 +328,21 @@ def _save_and_stop(
     """Save the state in the middle of ``epoch`` and return the error that ends training."""
     _check_finite(model, run_dir, epoch, step)
     if dist.enabled:  # the whole job's totals so far; rank 0 writes
-        sums = dist.sum([progress["totals"][k] for k in TOTAL_KEYS] + [progress["seen"]])
-        progress["totals"], progress["seen"] = (
-            dict(zip(TOTAL_KEYS, sums[:-1], strict=True)),
-            int(sums[-1]),
+        progress["totals"], progress["seen"] = _job_totals(
+            progress["totals"], progress["seen"], dist
         )
     if dist.is_main:
         save_train_state(run_dir, model, opt, gen, device, epoch - 1, step, n, progress)
     dist.barrier()
     return _interrupted(stop, run_dir, epoch, step)
+
+
+def _job_totals(
+    total: dict[str, float], seen: int, dist: Distributed
+) -> tuple[dict[str, float], int]:
+    """The training-loss sums and image count of every process together."""
+    sums = dist.sum([total[k] for k in TOTAL_KEYS] + [seen])
+    return dict(zip(TOTAL_KEYS, sums[:-1], strict=True)), int(sums[-1])
 
 
 def _reduce_test(
