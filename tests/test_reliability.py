@@ -135,12 +135,15 @@ def test_sigkill_then_resume_ends_bitwise_equal_to_uninterrupted_run(data, tmp_p
     assert not list(run.rglob(".*.tmp")), "temporary files were left behind"
 
 
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
 @pytest.mark.parametrize("where", ["mid-epoch", "evaluation", "after-checkpoint"])
-def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, where):
+def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, where, schedule):
     """SIGINT arriving mid-epoch, during the evaluation or while an epoch's checkpoint is
-    written: the state at that moment is saved, and resuming ends with the same weights."""
+    written: the state at that moment is saved, and resuming ends with the same weights. With a
+    cosine schedule the saved learning rate is the scheduled one, not the configured one."""
     ref, run = tmp_path / "ref", tmp_path / "run"
-    assert main(train_args(ref, data, 3)) == 0
+    flags = ("--lr_schedule", schedule, "--kl_warmup_epochs", "1.5")
+    assert main(train_args(ref, data, 3, *flags)) == 0
     calls = {"loss": 0, "eval": 0, "save": 0}
 
     def kill_self():
@@ -169,7 +172,7 @@ def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, 
     monkeypatch.setattr(train_mod, "evaluate", evaluate)
     monkeypatch.setattr(train_mod, "save_model", save_model)
     with pytest.raises(TrainingInterrupted) as info:
-        train_command(train_args(run, data, 3))
+        train_command(train_args(run, data, 3, *flags))
     assert "torch-vae train --resume" in str(info.value) and info.value.exit_code == 130
     state = load_train_state(run)
     expected = {
