@@ -285,9 +285,7 @@ def _group_settings(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
     """The optimizer settings a resumed run must share with its config. The learning rate is
     left out: training sets it from the schedule before every step, so a saved mid-schedule
     value is expected to differ from the configured one."""
-    return [
-        {k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups
-    ]
+    return [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups]
 
 
 def trim_metrics(run_dir: Path, epochs_done: int) -> None:
