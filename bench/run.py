@@ -16,6 +16,7 @@ Jobs:
 - generate: ``torch-vae generate --nsamples 10000`` (PNG writing included), the whole command.
 - reconstruct: ``torch-vae reconstruct --rec_testdata`` of the 10,000 Fashion-MNIST test images,
   the whole command.
+- generate-bf16, reconstruct-bf16: the same with ``--precision bf16`` (--inference-precisions).
 - celeba-prepare-wN: building the 64x64 cache of a synthetic CelebA (--celeba-n 178x218 JPEGs
   in the real img_align_celeba.zip layout), with N decoding processes.
 - jpeg-draft: decoding + cropping + resizing one CelebA JPEG with and without Pillow's draft
@@ -327,20 +328,23 @@ def bench(args: argparse.Namespace) -> dict:
     if model_run is None and {"generate", "reconstruct"} - set(args.skip):
         print("  generate/reconstruct: skipped (no trained model: the fp32 training failed)")
     elif model_run is not None:
-        if "generate" not in args.skip:
-            out = work / "samples"
-            argv = [*cli, "generate", f"--model={model_run}", f"--nsamples={args.nsamples}"]
-            argv += [f"--outdir={out}", "--quiet", *device]
-            r = record("generate", run_job("cmd", {"argv": argv, "count": str(out)}))
-            if "error" not in r:
-                r["img_per_s"] = args.nsamples / r["seconds"]
-        if "reconstruct" not in args.skip:
-            out = work / "reconstructions"
-            argv = [*cli, "reconstruct", f"--model={model_run}", "--rec_testdata"]
-            argv += [f"--data_dir={data}", f"--outdir={out}", "--quiet", *device]
-            r = record("reconstruct", run_job("cmd", {"argv": argv, "count": str(out)}))
-            if "error" not in r:
-                r["img_per_s"] = r["files"] / r["seconds"]
+        for precision in args.inference_precisions:
+            tag = "" if precision == "fp32" else f"-{precision}"
+            flags = [f"--precision={precision}", "--quiet", *device]
+            if "generate" not in args.skip:
+                out = work / f"samples{tag}"
+                argv = [*cli, "generate", f"--model={model_run}", f"--nsamples={args.nsamples}"]
+                argv += [f"--outdir={out}", *flags]
+                r = record(f"generate{tag}", run_job("cmd", {"argv": argv, "count": str(out)}))
+                if "error" not in r:
+                    r["img_per_s"] = args.nsamples / r["seconds"]
+            if "reconstruct" not in args.skip:
+                out = work / f"reconstructions{tag}"
+                argv = [*cli, "reconstruct", f"--model={model_run}", "--rec_testdata"]
+                argv += [f"--data_dir={data}", f"--outdir={out}", *flags]
+                r = record(f"reconstruct{tag}", run_job("cmd", {"argv": argv, "count": str(out)}))
+                if "error" not in r:
+                    r["img_per_s"] = r["files"] / r["seconds"]
 
     if {"celeba", "draft"} - set(args.skip):
         t0 = time.perf_counter()
@@ -486,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda s: s.split(","),
         default=["fp32", "bf16", "compile", "compile-bf16"],
         help=f"training variants, comma-separated, of {','.join(TRAIN_VARIANTS)}",
+    )
+    p.add_argument(
+        "--inference-precisions",
+        type=lambda s: s.split(","),
+        default=["fp32", "bf16"],
+        help="--precision values for generate and reconstruct (fp32,bf16)",
     )
     p.add_argument("--nsamples", type=int, default=10000, help="samples to generate (10000)")
     p.add_argument("--celeba-n", type=int, default=3000, help="synthetic CelebA JPEGs (3000)")

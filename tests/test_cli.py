@@ -59,6 +59,28 @@ def test_train_writes_run_folder(trained):
     assert cfg["model"]["latent_dims"] == 3 and cfg["train"]["dataset"] == "mnist"
 
 
+def _pngs(folder, pattern):
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob(pattern))]).astype(int)
+
+
+def test_bf16_reconstruct_and_generate_stay_close_to_fp32(trained, mnist_dir, tmp_path):
+    """--precision bf16 for inference: the same files, pixels within a few grey levels of
+    fp32, and not simply the fp32 result (the flag reaches the model)."""
+    common = ["--model", str(trained), "--data_dir", str(mnist_dir), "--quiet"]
+    got = {}
+    for precision in ("fp32", "bf16"):
+        rec, gen = tmp_path / f"rec-{precision}", tmp_path / f"gen-{precision}"
+        flag = ["--precision", precision]
+        assert main(["reconstruct", *common, "--rec_testdata", "--outdir", str(rec), *flag]) == 0
+        assert main(["generate", *common[:2], "--nsamples", "20", "--outdir", str(gen), *flag]) == 0
+        got[precision] = (_pngs(rec, "rec_*.png"), _pngs(gen, "sample_*.png"))
+    for a, b in zip(got["fp32"], got["bf16"], strict=True):
+        assert a.shape == b.shape
+        diff = np.abs(a - b)
+        assert diff.max() <= 3 and diff.mean() < 0.5
+        assert diff.max() > 0
+
+
 def test_reconstruct_and_generate_need_only_model(trained, mnist_dir, tmp_path):
     rec = tmp_path / "rec"
     assert (
