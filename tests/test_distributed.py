@@ -170,11 +170,13 @@ FAILING_RANK = textwrap.dedent(
 
 
 def test_failure_of_one_process_stops_the_other(data, tmp_path):
-    """Without torchrun's supervision: the surviving process must not hang."""
+    """Without torchrun's supervision: the surviving process must not hang. Not --quiet: only
+    rank 0 logs its progress, every rank its errors."""
     script = tmp_path / "rank.py"
     script.write_text(FAILING_RANK)
     port = str(free_port())
-    args = ["train", *TINY, "--data_dir", str(data), "--run_dir", str(tmp_path / "run")]
+    loud = [a for a in TINY if a != "--quiet"]
+    args = ["train", *loud, "--data_dir", str(data), "--run_dir", str(tmp_path / "run")]
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2"}
@@ -187,3 +189,4 @@ def test_failure_of_one_process_stops_the_other(data, tmp_path):
     assert procs[0].returncode == 1, errs[0]
     last = errs[0].strip().splitlines()[-1]
     assert last.startswith("torch-vae: error: process 0 of 2: another process of the job"), last
+    assert "run folder:" in errs[0] and "run folder:" not in errs[1]
