@@ -1,9 +1,11 @@
+import hashlib
 import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from torch_vae.cli import main
@@ -392,3 +394,58 @@ def test_dcgan_arch_trains_and_loads_from_its_run(mnist_dir, tmp_path):
     assert main(["reconstruct", "--model", str(run), "--rec_testdata", "--nimages", "4",
                  "--outdir", str(rec), "--data_dir", str(mnist_dir)]) == 0  # fmt: skip
     assert len(list(rec.glob("rec_*.png"))) == 4
+
+
+def test_init_from_starts_at_the_given_weights(trained, mnist_dir, tmp_path, capsys):
+    from torch_vae import load_model
+
+    base = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--quiet"]
+    # a learning rate too small to move the weights: the run ends where it started
+    still = ["--epochs", "1", "--batchsize", "16", "--lr", "1e-12", "--weight_decay", "0"]
+    run = tmp_path / "more"
+    assert main([*base, *still, "--init_from", str(trained), "--run_dir", str(run)]) == 0
+    start, end = load_model(trained), load_model(run)
+    assert end.config == start.config  # latent 3, 16 filters, 32 px: taken from the model
+    for (name, a), b in zip(start.named_parameters(), end.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    fresh = tmp_path / "fresh"
+    flags = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
+    assert main([*base, *still, *flags, "--run_dir", str(fresh)]) == 0
+    assert not torch.allclose(
+        start.encoder.convs[0].weight, load_model(fresh).encoder.convs[0].weight
+    )
+    train_cfg = json.loads((run / "config.json").read_text())["train"]
+    weights = trained / "model.safetensors"
+    assert train_cfg["init_from"] == str(weights.resolve())
+    assert train_cfg["init_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    capsys.readouterr()
+    bad = [
+        *base,
+        "--init_from",
+        str(trained),
+        "--latent_dims",
+        "5",
+        "--run_dir",
+        str(tmp_path / "x"),
+    ]
+    assert main(bad) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--latent_dims 5 does not match --init_from" in err[0], err
+    assert main(["train", "--resume", str(run), "--init_from", str(trained), "--quiet"]) == 1
+    assert "--init_from cannot be combined with --resume" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_init_from_refuses_weights_that_changed(trained, tmp_path):
+    from torch_vae import TorchVaeError, load_model
+    from torch_vae.config import TrainConfig
+    from torch_vae.train import train as train_fn
+
+    model = load_model(trained)
+    weights = str((trained / "model.safetensors").resolve())
+    cfg = TrainConfig(dataset="mnist", epochs=1, init_from=weights, init_sha256="0" * 64)
+    x = torch.zeros(4, 32, 32, 1, dtype=torch.uint8)
+    with pytest.raises(TorchVaeError, match="changed since the run was set up"):
+        train_fn(model.config, cfg, x, x, tmp_path / "new", torch.device("cpu"), progress=False)
+    assert not (tmp_path / "new").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,6 +132,8 @@ class TrainConfig:
     max_steps: int = 0  # 0 = no limit; a small number makes a quick dry run
     precision: str = "fp32"  # fp32, bf16 or fp16 (autocast), see speed.py
     compile: bool = False  # torch.compile the model
+    init_from: str = ""  # weights the run started from ("": random initialisation)
+    init_sha256: str = ""  # their SHA-256, checked when the run starts
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -157,6 +160,13 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TorchVaeError(
                 f"unknown --precision {self.precision!r}; choose one of {PRECISIONS}"
+            )
+        if not isinstance(self.init_from, str) or not isinstance(self.init_sha256, str):
+            raise TorchVaeError("init_from and init_sha256 must be strings")
+        if self.init_from and not re.fullmatch(r"[0-9a-f]{64}", self.init_sha256):
+            raise TorchVaeError(
+                f"init_sha256 must be the 64-digit SHA-256 of {self.init_from}, "
+                f"got {self.init_sha256!r}"
             )
 
     def to_dict(self) -> dict[str, Any]:

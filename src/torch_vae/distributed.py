@@ -168,6 +168,14 @@ def from_env() -> Distributed:
     return Distributed(rank=rank, world=world, local_rank=local)
 
 
+_JOINED = []  # a true entry once this process has joined a torchrun job
+
+
+def joined_a_job() -> bool:
+    """Whether this process joined a distributed job (it may have left it since)."""
+    return bool(_JOINED)
+
+
 def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     """Join the job torchrun started, if any: NCCL with one GPU per process when ``device`` is
     CUDA, gloo on the CPU. Returns the layout and this process's device."""
@@ -196,6 +204,7 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
                 f"could not join the distributed job ({_first_line(exc)}); check MASTER_ADDR, "
                 "MASTER_PORT and that every node runs the same torchrun command"
             ) from None
+    _JOINED.append(True)
     log.info("process %d of %d (%s, %s)", d.rank, d.world, backend, device)
     if not d.is_main:  # progress lines come from rank 0 alone; warnings and errors from all
         logging.getLogger("torch_vae").setLevel(logging.WARNING)

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import WEIGHTS_NAME, save_model
+from .checkpoint import WEIGHTS_NAME, load_model, save_model
 from .config import ModelConfig, TrainConfig
 from .device import to_float
 from .distributed import Distributed, wrap
 from .errors import TorchVaeError, TrainingInterrupted
-from .fileio import atomic_path, remove_stale_temporaries
+from .fileio import atomic_path, file_sha256, remove_stale_temporaries
 from .images import grid, save_png, side_by_side, stack_rows, to_uint8
 from .losses import per_image_terms, vae_loss
 from .model import VAE, VAEOutput
@@ -166,13 +166,18 @@ def train(
     dist = dist or Distributed()
     main = dist.is_main
     progress = progress and main
+    # checked before the run folder is created, so a bad --init_from leaves nothing behind
+    start = _initial_weights(cfg, model_config) if resume is None and cfg.init_from else None
     if main:
         if resume is None:
             check_new_run_dir(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
         write_run_config(run_dir, model_config, cfg)  # on resume: the possibly extended --epochs
     torch.manual_seed(cfg.seed)
-    model = VAE(model_config).to(device, memory_format=torch.channels_last)
+    model = VAE(model_config)
+    if start is not None:
+        model.load_state_dict(start)
+    model = model.to(device, memory_format=torch.channels_last)
     # DDP (when distributed) and torch.compile wrap the model; ``model`` keeps the weights.
     forward = maybe_compile(wrap(model, dist, device), cfg.compile)
     amp = Precision(device, cfg.precision)
@@ -314,6 +319,24 @@ def train(
             if cfg.max_steps and step >= cfg.max_steps:
                 break
     return model
+
+
+def _initial_weights(cfg: TrainConfig, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The weights of ``cfg.init_from``, if they are still the same file and fit ``config``."""
+    path = Path(cfg.init_from)
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise TorchVaeError(f"cannot read the initial weights {path}: {exc.strerror}") from None
+    if digest != cfg.init_sha256:
+        raise TorchVaeError(
+            f"the initial weights {path} changed since the run was set up (SHA-256 {digest[:12]}, "
+            f"expected {cfg.init_sha256[:12]}); restore that file or start a new run"
+        )
+    init = load_model(path)
+    if init.config != config:
+        raise TorchVaeError(f"the initial weights {path} are for another model: {init.config}")
+    return init.state_dict()
 
 
 def _progress(perm, done, total, seen, spent, t0) -> dict[str, Any]:
