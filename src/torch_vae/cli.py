@@ -342,6 +342,12 @@ def _train_job(args: argparse.Namespace, dist, device) -> None:
         init_from, init_sha256 = "", ""
         if args.init_from is not None:
             model_cfg, init_from, init_sha256 = _initial_model(args)
+            if ds.channels != model_cfg.in_channels:
+                raise TorchVaeError(
+                    f"dataset {args.dataset} has {ds.channels} channel(s) but --init_from "
+                    f"{args.init_from} is a model of {model_cfg.in_channels}; start from a "
+                    "model trained on images with as many channels"
+                )
         else:
             model_cfg = ModelConfig(
                 in_channels=ds.channels,
@@ -350,12 +356,6 @@ def _train_job(args: argparse.Namespace, dist, device) -> None:
                 max_filters=args.max_filters,
                 depth=args.depth if args.depth is not None else DEFAULT_DEPTH[args.arch],
                 arch=args.arch,
-            )
-        if ds.channels != model_cfg.in_channels:
-            raise TorchVaeError(
-                f"dataset {args.dataset} has {ds.channels} channel(s) but --init_from "
-                f"{args.init_from} is a model of {model_cfg.in_channels}; start from a model "
-                "trained on images with as many channels"
             )
         train_cfg = TrainConfig(
             dataset=args.dataset,
