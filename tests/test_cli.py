@@ -449,3 +449,15 @@ def test_init_from_refuses_weights_that_changed(trained, tmp_path):
     with pytest.raises(TorchVaeError, match="changed since the run was set up"):
         train_fn(model.config, cfg, x, x, tmp_path / "new", torch.device("cpu"), progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_init_from_needs_as_many_channels(trained, tmp_path, capsys):
+    folder = tmp_path / "colour"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("RGB", (32, 32), (20 * i, 90, 200)).save(folder / f"{i}.png")
+    args = ["train", "--dataset", f"folder:{folder}", "--init_from", str(trained), "--quiet"]
+    assert main([*args, "--run_dir", str(tmp_path / "ft"), "--data_dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has 3 channel(s) but --init_from" in err[0], err
+    assert not (tmp_path / "ft").exists()
