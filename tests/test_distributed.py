@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch_vae
 from torch_vae.config import ModelConfig, TrainConfig
 from torch_vae.data import load_split
-from torch_vae.distributed import Distributed, from_env, setup, teardown
+from torch_vae.distributed import Distributed, end_process, from_env, setup, teardown
 from torch_vae.train import train
 
 MODEL = ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
@@ -53,6 +53,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
     finally:
         teardown()
+    end_process(0)  # as the command does: no interpreter shutdown (see end_process)
 
 
 def test_two_processes_agree_and_match_one_process(tmp_path):

@@ -27,9 +27,10 @@ import hashlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -174,6 +175,17 @@ _JOINED = []  # a true entry once this process has joined a torchrun job
 def joined_a_job() -> bool:
     """Whether this process joined a distributed job (it may have left it since)."""
     return bool(_JOINED)
+
+
+def end_process(code: int) -> NoReturn:
+    """End a process that took part in a job, skipping the interpreter's shutdown: with gloo
+    on the CPU, about one process in ten aborted there (SIGABRT, "terminate called without an
+    active exception") after the process group was destroyed and every atexit handler had run.
+    Logging, stdout and stderr are flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def setup(device: torch.device) -> tuple[Distributed, torch.device]:
