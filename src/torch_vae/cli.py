@@ -47,14 +47,14 @@ def _arch_checks(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _inference_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16"),
-        default="fp32",
-        help="fp32 (default), or bf16/fp16 autocast: faster on CPUs and GPUs with those "
-        "instructions, pixels within a grey level or two of fp32; see docs/benchmarks.md",
-    )
+INFERENCE_PRECISION_HELP = (
+    "fp32 (default), or bf16/fp16 autocast: faster on CPUs and GPUs with those "
+    "instructions, pixels within a grey level or two of fp32; see docs/benchmarks.md"
+)
+
+
+def _precision(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,12 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="Stop after this many optimizer steps (0: no limit)",
     )
-    t.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16"),
-        default="fp32",
-        help="fp32 (default), or bf16/fp16 mixed precision (autocast); see docs/benchmarks.md",
-    )
+    _precision(t, "fp32 (default), or bf16/fp16 mixed precision (autocast); see docs/benchmarks.md")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument(
         "--dry_run",
@@ -188,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--nimages", type=int, default=0, help="Reconstruct only the first N (0: all)")
     r.add_argument("--batchsize", type=int, default=500, help="Images per forward pass")
     r.add_argument("--data_dir", type=Path, default=None, help="Dataset folder (default: data)")
-    _inference_precision(r)
+    _precision(r, INFERENCE_PRECISION_HELP)
 
     g = sub.add_parser(
         "generate", help="Generate samples", description="Generate samples from a VAE."
@@ -207,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Number of image channels; optional, checked against the model",
     )
     g.add_argument("--batchsize", type=int, default=1000, help="Samples per forward pass")
-    _inference_precision(g)
+    _precision(g, INFERENCE_PRECISION_HELP)
 
     e = sub.add_parser(
         "evaluate",
@@ -409,6 +404,18 @@ def _train_job(args: argparse.Namespace, dist, device) -> None:
     log.info("done. Next: torch-vae generate --model %s --outdir samples", run_dir)
 
 
+def _check_given(args, names, config_of, where: str, why: str) -> None:
+    """A one-line error for the first flag in ``names`` whose value differs from the one
+    stored in ``config_of(name)`` (a model or training config)."""
+    for name in sorted(names):
+        value, stored = getattr(args, name), getattr(config_of(name), name, None)
+        if value != stored:
+            raise TorchVaeError(
+                f"--{name} {value} does not match {where}, which has {name}={stored}; "
+                f"drop the flag ({why})"
+            )
+
+
 def _initial_model(args: argparse.Namespace):
     """The model config of --init_from, its weights file and their SHA-256; architecture
     flags given beside it must agree with it."""
@@ -417,13 +424,10 @@ def _initial_model(args: argparse.Namespace):
 
     meta = read_metadata(args.init_from)
     config = meta["config"]
-    for name in sorted(args.given & MODEL_OPTIONS):
-        value, stored = getattr(args, name), getattr(config, name)
-        if value != stored:
-            raise TorchVaeError(
-                f"--{name} {value} does not match --init_from {args.init_from}, which has "
-                f"{name}={stored}; drop the flag (the architecture is the initial model's)"
-            )
+    why = "the architecture is the initial model's"
+    _check_given(
+        args, args.given & MODEL_OPTIONS, lambda _: config, f"--init_from {args.init_from}", why
+    )
     weights = meta["path"].resolve()
     return config, str(weights), file_sha256(weights)
 
@@ -445,15 +449,13 @@ def _resume_configs(args: argparse.Namespace):
                 f"{run_dir} with the config stored there"
             )
     model_cfg, train_cfg = read_run_config(run_dir)
-    for name in sorted(args.given - RESUME_OPTIONS):
-        stored = getattr(model_cfg if name in MODEL_OPTIONS else train_cfg, name, None)
-        value = getattr(args, name)
-        if value != stored:
-            raise TorchVaeError(
-                f"--{name} {value} does not match the run in {run_dir}, which has "
-                f"{name}={stored}; drop the flag (--resume continues the run with its own "
-                "config; only --epochs and --max_steps may change)"
-            )
+    _check_given(
+        args,
+        args.given - RESUME_OPTIONS,
+        lambda name: model_cfg if name in MODEL_OPTIONS else train_cfg,
+        f"the run in {run_dir}",
+        "--resume continues the run with its own config; only --epochs and --max_steps may change",
+    )
     changes = {k: getattr(args, k) for k in ("epochs", "max_steps") if k in args.given}
     try:
         train_cfg = dataclasses.replace(train_cfg, **changes)
