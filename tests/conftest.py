@@ -48,3 +48,34 @@ def _register_md5s(monkeypatch, name, folder):
 @pytest.fixture
 def register_md5s(monkeypatch):
     return lambda name, folder: _register_md5s(monkeypatch, name, folder)
+
+
+@pytest.fixture
+def trained(mnist_dir, tmp_path):
+    run = tmp_path / "run"
+    from torch_vae.cli import main
+
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--data_dir",
+            str(mnist_dir),
+            "--run_dir",
+            str(run),
+            "--epochs",
+            "2",
+            "--batchsize",
+            "16",
+            "--latent_dims",
+            "3",
+            "--max_filters",
+            "16",
+            "--image_size",
+            "32",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    return run

@@ -11,35 +11,6 @@ from PIL import Image
 from torch_vae.cli import main
 
 
-@pytest.fixture
-def trained(mnist_dir, tmp_path):
-    run = tmp_path / "run"
-    rc = main(
-        [
-            "train",
-            "--dataset",
-            "mnist",
-            "--data_dir",
-            str(mnist_dir),
-            "--run_dir",
-            str(run),
-            "--epochs",
-            "2",
-            "--batchsize",
-            "16",
-            "--latent_dims",
-            "3",
-            "--max_filters",
-            "16",
-            "--image_size",
-            "32",
-            "--quiet",
-        ]
-    )
-    assert rc == 0
-    return run
-
-
 def test_train_writes_run_folder(trained):
     files = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file()}
     assert files == {

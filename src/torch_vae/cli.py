@@ -232,6 +232,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="Where to write the JSON report (default: next to the model)",
     )
 
+    a = sub.add_parser(
+        "average",
+        help="Average the weights of a run's last epochs (weight averaging)",
+        description="Average the weights saved at the end of the last K epochs of a run, "
+        "recompute the batch-norm statistics on the training split, and write the result as a "
+        "new model folder. Worth it after a few epochs at a constant learning rate (see "
+        "docs/results.md).",
+    )
+    _common(a)
+    a.add_argument("run", type=Path, help="Run folder written by 'torch-vae train'")
+    a.add_argument("--last", type=int, required=True, help="Average the last K epochs")
+    a.add_argument("--out", type=Path, required=True, help="Model folder to create")
+    a.add_argument("--batchsize", type=int, default=500, help="Images per forward pass")
+    a.add_argument("--data_dir", type=Path, default=None, help="Dataset folder (default: data)")
+
     im = sub.add_parser(
         "import-torch-vae",
         help="Convert an original torch-vae .pth checkpoint",
@@ -618,6 +633,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"report: {path}")
 
 
+def cmd_average(args: argparse.Namespace) -> None:
+    from .average import average_run
+    from .device import pick_device
+
+    _positive("--batchsize", args.batchsize)
+    device = pick_device(args.device, args.cpu)
+    average_run(
+        args.run, args.last, args.out, args.data_dir, device, args.batchsize, args.seed,
+        not args.quiet,
+    )  # fmt: skip
+
+
 def cmd_import(args: argparse.Namespace) -> None:
     from .checkpoint import save_model
     from .convert import import_original
@@ -653,6 +680,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "evaluate": cmd_evaluate,
     "import-torch-vae": cmd_import,
+    "average": cmd_average,
 }
 
 

@@ -1,0 +1,154 @@
+"""Weight averaging after training (stochastic weight averaging, Izmailov et al., 2018).
+
+Train with a constant learning rate for a few epochs (for example a fine-tuning run started with
+``--init_from``), then average the weights saved at the end of the last K epochs and recompute
+the batch-norm statistics with one pass over the training split: the running statistics of the
+single epochs do not belong to the averaged weights. Averaging points that a constant learning
+rate keeps apart usually generalises better than any one of them; at the end of a decaying
+schedule the weights hardly move and there is little to gain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model
+from .errors import TorchVaeError
+from .fileio import file_sha256
+from .model import VAE
+
+log = logging.getLogger("torch_vae")
+
+CHECKPOINTS_DIR = "checkpoints"
+
+
+def epoch_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's per-epoch weight files, oldest first."""
+    if not run_dir.is_dir():
+        raise TorchVaeError(
+            f"{run_dir}: no such run folder; pass a folder written by 'torch-vae train'"
+        )
+    paths = sorted((run_dir / CHECKPOINTS_DIR).glob("epoch_*.safetensors"))
+    if not paths:
+        raise TorchVaeError(
+            f"{run_dir} has no {CHECKPOINTS_DIR}/epoch_NNN.safetensors; pass a run folder "
+            "written by 'torch-vae train'"
+        )
+    return paths
+
+
+def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean (computed in float64) of the floating-point tensors of ``paths``;
+    integer tensors (batch-norm counters) are taken from the last file."""
+    total: dict[str, torch.Tensor] = {}
+    last: dict[str, torch.Tensor] = {}
+    for path in paths:
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise TorchVaeError(f"{path} is corrupt or truncated ({exc})") from None
+        if total and set(state) != set(total):
+            raise TorchVaeError(f"{path} holds other tensors than {paths[0]}; not one model")
+        for name, tensor in state.items():
+            if name in total and tensor.shape != total[name].shape:
+                raise TorchVaeError(f"{path}: {name} has another shape than in {paths[0]}")
+            if tensor.is_floating_point():
+                total[name] = total.get(name, 0) + tensor.double()
+            else:
+                total.setdefault(name, tensor)
+        last = state
+    out = {}
+    for name, t in total.items():
+        out[name] = (t / len(paths)).to(last[name].dtype) if t.is_floating_point() else last[name]
+    return out
+
+
+@torch.no_grad()
+def recompute_batch_norm(
+    model: VAE, images: torch.Tensor, device: torch.device, batchsize: int = 500, seed: int = 0
+) -> None:
+    """Replace the batch-norm running statistics of ``model`` by their plain average over
+    ``images`` (uint8), seen as in training: the decoder gets posterior samples."""
+    from .device import to_float
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    gen = torch.Generator(device=device).manual_seed(seed)
+    model.train()
+    try:
+        for start in range(0, len(images), batchsize):
+            model(to_float(images[start : start + batchsize], device), sample=True, generator=gen)
+    finally:
+        for m in norms:
+            m.momentum = 0.1
+        model.eval()
+
+
+def average_run(
+    run_dir: Path,
+    last: int,
+    out: Path,
+    data_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    batchsize: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Average the last ``last`` epochs of ``run_dir`` into a new model folder ``out`` (its
+    weights, and the run's config.json with an ``average`` record). ``out`` must not exist; it
+    appears complete or not at all. Returns the ``average`` record."""
+    from .data import load_split
+
+    if out.exists():
+        raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
+    paths = epoch_checkpoints(run_dir)
+    if not 1 <= last <= len(paths):
+        raise TorchVaeError(
+            f"--last {last}: {run_dir} has {len(paths)} epoch checkpoints; pass 1 to {len(paths)}"
+        )
+    paths = paths[-last:]
+    model = load_model(paths[-1], device)
+    if model.dataset is None:
+        raise TorchVaeError(f"{paths[-1]} does not say which dataset it was trained on")
+    model.load_state_dict(average_weights(paths))
+    images = torch.from_numpy(
+        load_split(model.dataset, "train", model.config.image_size, data_dir, progress)
+    )
+    log.info("averaging %d epochs (%s .. %s)", last, paths[0].name, paths[-1].name)
+    recompute_batch_norm(model, images, torch.device(device), batchsize, seed)
+    record = {
+        "run": str(run_dir),
+        "checkpoints": {p.name: file_sha256(p) for p in paths},
+        "batch_norm": f"recomputed on the {len(images)} images of the training split, seed {seed}",
+    }
+    config_path = run_dir / CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_bytes()) if config_path.is_file() else {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise TorchVaeError(f"{config_path} is unreadable or corrupt ({exc})") from None
+    config["average"] = record
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_model(model, tmp / WEIGHTS_NAME, model.dataset)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        try:
+            os.rename(tmp, out)  # fails if out appeared meanwhile: never merged into
+        except OSError as exc:
+            raise TorchVaeError(f"cannot create {out} ({exc.strerror}); nothing written") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("wrote %s", out)
+    return record

@@ -1,0 +1,71 @@
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from torch_vae import load_model
+from torch_vae.cli import main
+from torch_vae.data import load_split
+from torch_vae.device import to_float
+
+
+def test_average_is_the_mean_with_batch_norm_recomputed(trained, mnist_dir, tmp_path):
+    out = tmp_path / "models" / "avg"
+    args = ["average", str(trained), "--last", "2", "--out", str(out), "--quiet"]
+    # one batch holding the whole (tiny) training split: the statistics are its exact moments
+    assert main([*args, "--data_dir", str(mnist_dir), "--batchsize", "1000"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["avg"]  # no temporary left
+    avg = load_model(out)
+    epochs = [load_file(str(trained / "checkpoints" / f"epoch_00{i}.safetensors")) for i in (1, 2)]
+    state = avg.state_dict()
+    for name, tensor in state.items():
+        if "running" in name or "num_batches" in name:
+            continue
+        assert torch.allclose(tensor, (epochs[0][name] + epochs[1][name]) / 2, atol=1e-6), name
+    first = "encoder.convs.0.weight"
+    assert not torch.equal(epochs[0][first], epochs[1][first])  # so the mean is neither of them
+
+    # the encoder's first batch norm (the run has the original's architecture: right after the
+    # first convolution) sees no sampled latent: recompute its statistics by hand
+    images = to_float(torch.from_numpy(load_split("mnist", "train", 32, mnist_dir, False)), "cpu")
+    assert avg.config.arch == "original"
+    with torch.no_grad():
+        h = avg.encoder.convs[0](images)
+    norm = avg.encoder.norms[0]
+    assert torch.allclose(norm.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(norm.running_var, h.var(dim=(0, 2, 3), unbiased=True), atol=1e-5)
+    assert not torch.allclose(norm.running_mean, epochs[1]["encoder.norms.0.running_mean"])
+
+    config = json.loads((out / "config.json").read_text())
+    run_config = json.loads((trained / "config.json").read_text())
+    assert config["model"] == run_config["model"] and config["train"] == run_config["train"]
+    assert sorted(config["average"]["checkpoints"]) == [f"epoch_00{i}.safetensors" for i in (1, 2)]
+    assert avg.dataset == "mnist"
+    # the averaged folder is a model like any other
+    evaluate = ["evaluate", "--model", str(out), "--iw_samples", "0", "--quiet"]
+    assert main([*evaluate, "--data_dir", str(mnist_dir)]) == 0
+    assert (out / "eval-mnist-test.json").is_file()
+
+
+def test_average_refuses_bad_input_without_writing(trained, mnist_dir, tmp_path, capsys):
+    data = ["--data_dir", str(mnist_dir), "--quiet"]
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep")
+    run, out = str(trained), [str(tmp_path / f"x{i}") for i in range(5)]
+    cases = {
+        "already exists; pass another --out": [run, "--last", "1", "--out", str(taken)],
+        "has 2 epoch checkpoints; pass 1 to 2": [run, "--last", "3", "--out", out[1]],
+        "--last 0": [run, "--last", "0", "--out", out[2]],
+        "no such run folder": [str(tmp_path / "nope"), "--last", "1", "--out", out[3]],
+        "has no checkpoints/epoch_NNN.safetensors": [str(taken), "--last", "1", "--out", out[4]],
+    }
+    for message, args in cases.items():
+        capsys.readouterr()
+        assert main(["average", *args, *data]) == 1, message
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (message, err)
+    assert [p.name for p in taken.iterdir()] == ["mine.txt"]
+    assert (taken / "mine.txt").read_text() == "keep"
+    assert not any(Path(p).exists() for p in out)
