@@ -40,7 +40,8 @@ def test_average_is_the_mean_with_batch_norm_recomputed(trained, mnist_dir, tmp_
     config = json.loads((out / "config.json").read_text())
     run_config = json.loads((trained / "config.json").read_text())
     assert config["model"] == run_config["model"] and config["train"] == run_config["train"]
-    assert sorted(config["average"]["checkpoints"]) == [f"epoch_00{i}.safetensors" for i in (1, 2)]
+    names = sorted(config["average"]["runs"][str(trained)])
+    assert names == [f"epoch_00{i}.safetensors" for i in (1, 2)]
     assert avg.dataset == "mnist"
     # the averaged folder is a model like any other
     evaluate = ["evaluate", "--model", str(out), "--iw_samples", "0", "--quiet"]
@@ -69,3 +70,38 @@ def test_average_refuses_bad_input_without_writing(trained, mnist_dir, tmp_path,
     assert [p.name for p in taken.iterdir()] == ["mine.txt"]
     assert (taken / "mine.txt").read_text() == "keep"
     assert not any(Path(p).exists() for p in out)
+
+
+def _train(mnist_dir, run, *flags):
+    args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run)]
+    shape = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
+    assert main([*args, "--epochs", "2", "--batchsize", "16", *shape, "--quiet", *flags]) == 0
+
+
+def test_average_of_several_runs_and_runs_of_other_models(trained, mnist_dir, tmp_path, capsys):
+    seed1 = tmp_path / "seed1"
+    _train(mnist_dir, seed1, "--seed", "1")
+    out = tmp_path / "soup"
+    data = ["--data_dir", str(mnist_dir), "--quiet"]
+    assert main(["average", str(trained), str(seed1), "--last", "1", "--out", str(out), *data]) == 0
+    a = load_file(str(trained / "checkpoints" / "epoch_002.safetensors"))
+    b = load_file(str(seed1 / "checkpoints" / "epoch_002.safetensors"))
+    soup = load_model(out).state_dict()
+    name = "encoder.convs.0.weight"
+    assert not torch.equal(a[name], b[name])
+    assert torch.allclose(soup[name], (a[name] + b[name]) / 2, atol=1e-6)
+    assert sorted(json.loads((out / "config.json").read_text())["average"]["runs"]) == sorted(
+        [str(trained), str(seed1)]
+    )
+
+    wider = tmp_path / "wider"
+    _train(mnist_dir, wider, "--max_filters", "32")
+    capsys.readouterr()
+    bad = ["average", str(trained), str(wider), "--last", "1", "--out", str(tmp_path / "x")]
+    assert main([*bad, *data]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a run of the same model" in err[0], err
+    twice = ["average", str(trained), str(trained), "--last", "1", "--out", str(tmp_path / "x")]
+    assert main([*twice, *data]) == 1
+    assert "a run is given twice" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

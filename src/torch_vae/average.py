@@ -5,7 +5,9 @@ Train with a constant learning rate for a few epochs (for example a fine-tuning 
 the batch-norm statistics with one pass over the training split: the running statistics of the
 single epochs do not belong to the averaged weights. Averaging points that a constant learning
 rate keeps apart usually generalises better than any one of them; at the end of a decaying
-schedule the weights hardly move and there is little to gain.
+schedule the weights hardly move and there is little to gain. Several runs of one model (for
+example fine-tuned from it with different seeds) can be averaged together: their weights are
+further apart, and the mean of all their last epochs gains more than each run's own.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, save_model
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, read_metadata, save_model
 from .errors import TorchVaeError
 from .fileio import file_sha256
 from .model import VAE
@@ -95,8 +97,8 @@ def recompute_batch_norm(
         model.eval()
 
 
-def average_run(
-    run_dir: Path,
+def average_runs(
+    run_dirs: list[Path],
     last: int,
     out: Path,
     data_dir: Path | None = None,
@@ -105,34 +107,47 @@ def average_run(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Average the last ``last`` epochs of ``run_dir`` into a new model folder ``out`` (its
-    weights, and the run's config.json with an ``average`` record). ``out`` must not exist; it
-    appears complete or not at all. Returns the ``average`` record."""
+    """Average the last ``last`` epochs of each run in ``run_dirs`` (runs of one architecture,
+    for example fine-tuned from one model with different seeds) into a new model folder ``out``:
+    its weights, and the first run's config.json with an ``average`` record. ``out`` must not
+    exist; it appears complete or not at all. Returns the ``average`` record."""
     from .data import load_split
 
     if out.exists():
         raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
-    paths = epoch_checkpoints(run_dir)
-    if not 1 <= last <= len(paths):
-        raise TorchVaeError(
-            f"--last {last}: {run_dir} has {len(paths)} epoch checkpoints; pass 1 to {len(paths)}"
-        )
-    paths = paths[-last:]
-    model = load_model(paths[-1], device)
+    if len(set(run_dirs)) != len(run_dirs):
+        raise TorchVaeError("a run is given twice; pass each run folder once")
+    paths: dict[Path, list[Path]] = {}
+    for run_dir in run_dirs:
+        found = epoch_checkpoints(run_dir)
+        if not 1 <= last <= len(found):
+            raise TorchVaeError(
+                f"--last {last}: {run_dir} has {len(found)} epoch checkpoints; "
+                f"pass 1 to {len(found)}"
+            )
+        paths[run_dir] = found[-last:]
+    first = run_dirs[0]
+    model = load_model(paths[first][-1], device)
     if model.dataset is None:
-        raise TorchVaeError(f"{paths[-1]} does not say which dataset it was trained on")
-    model.load_state_dict(average_weights(paths))
+        raise TorchVaeError(f"{paths[first][-1]} does not say which dataset it was trained on")
+    for run_dir in run_dirs[1:]:
+        other = read_metadata(paths[run_dir][-1])
+        if other["config"] != model.config or other["dataset"] != model.dataset:
+            raise TorchVaeError(
+                f"{run_dir} is not a run of the same model as {first} (another architecture or "
+                "dataset); average runs of one model only"
+            )
+    model.load_state_dict(average_weights([p for run in paths.values() for p in run]))
     images = torch.from_numpy(
         load_split(model.dataset, "train", model.config.image_size, data_dir, progress)
     )
-    log.info("averaging %d epochs (%s .. %s)", last, paths[0].name, paths[-1].name)
+    log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
     recompute_batch_norm(model, images, torch.device(device), batchsize, seed)
     record = {
-        "run": str(run_dir),
-        "checkpoints": {p.name: file_sha256(p) for p in paths},
+        "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
         "batch_norm": f"recomputed on the {len(images)} images of the training split, seed {seed}",
     }
-    config_path = run_dir / CONFIG_NAME
+    config_path = first / CONFIG_NAME
     try:
         config = json.loads(config_path.read_bytes()) if config_path.is_file() else {}
     except (OSError, ValueError, RecursionError) as exc:

@@ -234,15 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser(
         "average",
-        help="Average the weights of a run's last epochs (weight averaging)",
-        description="Average the weights saved at the end of the last K epochs of a run, "
+        help="Average the weights of the last epochs of runs (weight averaging)",
+        description="Average the weights saved at the end of the last K epochs of one or "
+        "more runs of one model, "
         "recompute the batch-norm statistics on the training split, and write the result as a "
         "new model folder. Worth it after a few epochs at a constant learning rate (see "
         "docs/results.md).",
     )
     _common(a)
-    a.add_argument("run", type=Path, help="Run folder written by 'torch-vae train'")
-    a.add_argument("--last", type=int, required=True, help="Average the last K epochs")
+    a.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="Run folder(s) written by 'torch-vae train', of one model",
+    )
+    a.add_argument("--last", type=int, required=True, help="Average the last K epochs of each")
     a.add_argument("--out", type=Path, required=True, help="Model folder to create")
     a.add_argument("--batchsize", type=int, default=500, help="Images per forward pass")
     a.add_argument("--data_dir", type=Path, default=None, help="Dataset folder (default: data)")
@@ -634,13 +641,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_average(args: argparse.Namespace) -> None:
-    from .average import average_run
+    from .average import average_runs
     from .device import pick_device
 
     _positive("--batchsize", args.batchsize)
     device = pick_device(args.device, args.cpu)
-    average_run(
-        args.run, args.last, args.out, args.data_dir, device, args.batchsize, args.seed,
+    average_runs(
+        args.runs, args.last, args.out, args.data_dir, device, args.batchsize, args.seed,
         not args.quiet,
     )  # fmt: skip
 
