@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, read_metadata, save_model
 from .errors import TorchVaeError
 from .fileio import file_sha256
+from .images import save_png
 from .model import VAE
 
 log = logging.getLogger("torch_vae")
@@ -109,9 +110,11 @@ def average_runs(
 ) -> dict:
     """Average the last ``last`` epochs of each run in ``run_dirs`` (runs of one architecture,
     for example fine-tuned from one model with different seeds) into a new model folder ``out``:
-    its weights, and the first run's config.json with an ``average`` record. ``out`` must not
-    exist; it appears complete or not at all. Returns the ``average`` record."""
+    its weights, the first run's config.json with an ``average`` record, and
+    images/average.png (samples and test reconstructions, as a run's epoch pictures). ``out``
+    must not exist; it appears complete or not at all. Returns the ``average`` record."""
     from .data import load_split
+    from .train import N_PICTURE, epoch_picture
 
     if out.exists():
         raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
@@ -153,11 +156,21 @@ def average_runs(
     except (OSError, ValueError, RecursionError) as exc:
         raise TorchVaeError(f"{config_path} is unreadable or corrupt ({exc})") from None
     config["average"] = record
+    test = torch.from_numpy(
+        load_split(model.dataset, "test", model.config.image_size, data_dir, progress)
+    )
+    # as a training run's images/epoch_NNN.png: latents drawn as train draws them for this seed
+    z = torch.randn(
+        N_PICTURE, model.config.latent_dims, generator=torch.Generator().manual_seed(seed)
+    )
+    picture = epoch_picture(model, z.to(device), test[:N_PICTURE], device)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_model(model, tmp / WEIGHTS_NAME, model.dataset)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "images").mkdir()
+        save_png(picture, tmp / "images" / "average.png")
         try:
             os.rename(tmp, out)  # fails if out appeared meanwhile: never merged into
         except OSError as exc:
