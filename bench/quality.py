@@ -33,6 +33,8 @@ def torch_vae(*args: str) -> None:
 
 def evaluate(model: Path, work: Path, tag: str, args: argparse.Namespace) -> dict:
     full, nll = work / f"{tag}-full.json", work / f"{tag}-nll.json"
+    if model.is_relative_to(Path.cwd()):  # reports name repo-relative paths
+        model = model.relative_to(Path.cwd())
     common = ["--model", str(model), "--dataset", "fashion-mnist", "--quiet"]
     common += ["--seed", str(args.seed)]
     t0 = time.perf_counter()
@@ -83,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     for run in sorted(d for d in args.models.iterdir() if (d / "config.json").is_file()):
         if not wanted(run.name):
             continue
-        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        train_s = sum(m["epoch_seconds"] for m in metrics)
+        # an averaged model (torch-vae average) has no metrics.jsonl: its runs' times are in
+        # its README entry
+        log = run / "metrics.jsonl"
+        metrics = [json.loads(x) for x in log.read_text().splitlines()] if log.is_file() else []
+        train_s = sum(m["epoch_seconds"] for m in metrics) or None
         rows.append((run.name, evaluate(run, args.work, run.name, args), train_s))
         print(f"evaluated {run.name}", flush=True)
     nll = f"NLL nats ({args.nll_images} imgs, K={args.iw_samples})"
