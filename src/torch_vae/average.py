@@ -84,6 +84,7 @@ def recompute_batch_norm(
     from .device import to_float
 
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average
@@ -93,8 +94,8 @@ def recompute_batch_norm(
         for start in range(0, len(images), batchsize):
             model(to_float(images[start : start + batchsize], device), sample=True, generator=gen)
     finally:
-        for m in norms:
-            m.momentum = 0.1
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
         model.eval()
 
 
