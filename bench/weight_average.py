@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from torch_vae.average import average_weights, recompute_batch_norm
+from torch_vae.average import average_weights, epoch_checkpoints, recompute_batch_norm
 from torch_vae.checkpoint import load_model
 from torch_vae.data import load_split
 from torch_vae.train import evaluate
@@ -37,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("bench/weight-average.json"))
     args = p.parse_args(argv)
     model = load_model(args.run)
-    ckpts = sorted((args.run / "checkpoints").glob("epoch_*.safetensors"))
-    groups = [ckpts[-k:] for k in args.last] if not args.files else [args.files]
-    if not args.files and not ckpts:
-        raise SystemExit(f"{args.run} has no checkpoints/epoch_NNN.safetensors")
+    if args.files:
+        groups = [args.files]
+    else:
+        ckpts = epoch_checkpoints(args.run)
+        groups = [ckpts[-k:] for k in args.last]
     size = model.config.image_size
     train = torch.from_numpy(load_split(model.dataset, "train", size, args.data_dir, False))
     test = torch.from_numpy(load_split(model.dataset, "test", size, args.data_dir, False))

@@ -23,15 +23,20 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_model, read_metadata, save_model
+from .checkpoint import (
+    CHECKPOINTS_DIR,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    load_model,
+    read_metadata,
+    save_model,
+)
 from .errors import TorchVaeError
 from .fileio import file_sha256
 from .images import save_png
 from .model import VAE
 
 log = logging.getLogger("torch_vae")
-
-CHECKPOINTS_DIR = "checkpoints"
 
 
 def epoch_checkpoints(run_dir: Path) -> list[Path]:

@@ -27,6 +27,7 @@ FORMAT = "torch-vae"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+CHECKPOINTS_DIR = "checkpoints"  # epoch_NNN.safetensors, one per epoch
 
 
 def save_model(model: VAE, path: str | os.PathLike, dataset: str | None = None) -> Path:

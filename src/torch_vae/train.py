@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import WEIGHTS_NAME, load_model, save_model
+from .checkpoint import CHECKPOINTS_DIR, WEIGHTS_NAME, load_model, save_model
 from .config import ModelConfig, TrainConfig
 from .device import to_float
 from .distributed import Distributed, wrap
@@ -425,7 +425,7 @@ def save_checkpoint(
 ) -> None:
     """Write this epoch's weights, metrics, picture and, last, the training state: ckpt.pt is
     the commit point, so a crash before it only means the epoch is trained again on resume."""
-    save_model(model, run_dir / "checkpoints" / f"epoch_{epoch:03d}.safetensors", dataset)
+    save_model(model, run_dir / CHECKPOINTS_DIR / f"epoch_{epoch:03d}.safetensors", dataset)
     save_model(model, run_dir / WEIGHTS_NAME, dataset)
     with open(run_dir / METRICS_NAME, "a") as f:  # a torn last line is dropped on resume
         f.write(json.dumps(record) + "\n")
