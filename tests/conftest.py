@@ -51,31 +51,20 @@ def register_md5s(monkeypatch):
 
 
 @pytest.fixture
-def trained(mnist_dir, tmp_path):
-    run = tmp_path / "run"
+def train_tiny(mnist_dir):
+    """Train a tiny model (latent 3, 16 filters, 32x32, 2 epochs) on the tiny MNIST into
+    ``run``; extra flags are appended (later flags win)."""
     from torch_vae.cli import main
 
-    rc = main(
-        [
-            "train",
-            "--dataset",
-            "mnist",
-            "--data_dir",
-            str(mnist_dir),
-            "--run_dir",
-            str(run),
-            "--epochs",
-            "2",
-            "--batchsize",
-            "16",
-            "--latent_dims",
-            "3",
-            "--max_filters",
-            "16",
-            "--image_size",
-            "32",
-            "--quiet",
-        ]
-    )
-    assert rc == 0
-    return run
+    def train(run, *flags):
+        args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run)]
+        shape = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
+        assert main([*args, "--epochs", "2", "--batchsize", "16", *shape, "--quiet", *flags]) == 0
+        return run
+
+    return train
+
+
+@pytest.fixture
+def trained(train_tiny, tmp_path):
+    return train_tiny(tmp_path / "run")

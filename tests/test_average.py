@@ -72,15 +72,11 @@ def test_average_refuses_bad_input_without_writing(trained, mnist_dir, tmp_path,
     assert not any(Path(p).exists() for p in out)
 
 
-def _train(mnist_dir, run, *flags):
-    args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run)]
-    shape = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
-    assert main([*args, "--epochs", "2", "--batchsize", "16", *shape, "--quiet", *flags]) == 0
-
-
-def test_average_of_several_runs_and_runs_of_other_models(trained, mnist_dir, tmp_path, capsys):
+def test_average_of_several_runs_and_runs_of_other_models(
+    trained, train_tiny, mnist_dir, tmp_path, capsys
+):
     seed1 = tmp_path / "seed1"
-    _train(mnist_dir, seed1, "--seed", "1")
+    train_tiny(seed1, "--seed", "1")
     out = tmp_path / "soup"
     data = ["--data_dir", str(mnist_dir), "--quiet"]
     assert main(["average", str(trained), str(seed1), "--last", "1", "--out", str(out), *data]) == 0
@@ -95,7 +91,7 @@ def test_average_of_several_runs_and_runs_of_other_models(trained, mnist_dir, tm
     )
 
     wider = tmp_path / "wider"
-    _train(mnist_dir, wider, "--max_filters", "32")
+    train_tiny(wider, "--max_filters", "32")
     capsys.readouterr()
     bad = ["average", str(trained), str(wider), "--last", "1", "--out", str(tmp_path / "x")]
     assert main([*bad, *data]) == 1
