@@ -2,12 +2,15 @@
 
     python bench/quality.py                       # shipped models + originals (when available)
     python bench/quality.py --nll-images 1000 --iw-samples 128
+    python bench/quality.py --refine-steps 50     # semi-amortized: bench/quality-refine50.json
 
 For every model: ``torch-vae evaluate`` on the whole Fashion-MNIST test split (objective, SSE,
 KL, MSE, PSNR, active units; no NLL), then again on the first --nll-images test images for the
 importance-weighted NLL (it costs about --iw-samples decoder passes per image). The original's
 checkpoints (../shared/torch-vae-checkpoints/fashion-mnist, or --originals) are imported with
 ``torch-vae import-torch-vae`` first. Prints a Markdown table and writes JSON (--out).
+With --refine-steps N every evaluation refines each image's posterior with N gradient steps
+first (``torch-vae evaluate --refine_steps N``), the same for every model.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ def torch_vae(*args: str) -> None:
 
 
 def evaluate(model: Path, work: Path, tag: str, args: argparse.Namespace) -> dict:
+    if args.refine_steps:
+        tag += f"-refine{args.refine_steps}"
     full, nll = work / f"{tag}-full.json", work / f"{tag}-nll.json"
     if model.is_relative_to(Path.cwd()):  # reports name repo-relative paths
         model = model.relative_to(Path.cwd())
     common = ["--model", str(model), "--dataset", "fashion-mnist", "--quiet"]
-    common += ["--seed", str(args.seed)]
+    common += ["--seed", str(args.seed), "--refine_steps", str(args.refine_steps)]
     t0 = time.perf_counter()
     torch_vae("evaluate", *common, "--iw_samples", "0", "--report", str(full))
     t1 = time.perf_counter()
@@ -61,12 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=MODELS, help="folder of shipped run folders")
     p.add_argument("--originals", type=Path, default=ORIGINALS, help="the original's .pth files")
     p.add_argument("--work", type=Path, default=Path("bench/work-quality"), help="scratch folder")
-    p.add_argument("--out", type=Path, default=Path("bench/quality.json"), help="JSON results")
+    p.add_argument("--out", type=Path, default=None, help="JSON results (bench/quality.json)")
     p.add_argument("--nll-images", type=int, default=1000, help="test images for the NLL (1000)")
     p.add_argument("--iw-samples", type=int, default=128, help="importance samples (128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", nargs="+", default=None, help="evaluate only these model names")
+    p.add_argument(
+        "--refine-steps", type=int, default=0, help="posterior refinement steps per image (0)"
+    )
     args = p.parse_args(argv)
+    if args.out is None:
+        suffix = f"-refine{args.refine_steps}" if args.refine_steps else ""
+        args.out = Path(f"bench/quality{suffix}.json")
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
 
