@@ -191,8 +191,9 @@ def test_evaluate_cli_refine(trained, mnist_dir, tmp_path, capsys):
     assert reports[30]["objective"] < reports[0]["objective"]
     for flag, value, message in [
         ("--refine_steps", "-1", "--refine_steps must be >= 0"),
-        ("--refine_lr", "0", "--refine_lr must be > 0"),
-        ("--refine_lr", "nan", "--refine_lr must be > 0"),
+        ("--refine_lr", "0", "--refine_lr must be a finite number > 0"),
+        ("--refine_lr", "nan", "--refine_lr must be a finite number > 0"),
+        ("--refine_lr", "inf", "--refine_lr must be a finite number > 0"),
     ]:
         report = tmp_path / "bad.json"
         assert main([*base, flag, value, "--report", str(report)]) == 1

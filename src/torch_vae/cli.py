@@ -598,8 +598,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         raise TorchVaeError(f"--iw_samples must be >= 0, got {args.iw_samples}")
     if args.refine_steps < 0:
         raise TorchVaeError(f"--refine_steps must be >= 0, got {args.refine_steps}")
-    if not args.refine_lr > 0:
-        raise TorchVaeError(f"--refine_lr must be > 0, got {args.refine_lr}")
+    if not 0 < args.refine_lr < float("inf"):
+        raise TorchVaeError(
+            f"--refine_lr must be a finite number > 0 (default 0.01), got {args.refine_lr}"
+        )
     model, dataset, device = _model_and_dataset(args)
     size, progress = model.config.image_size, not args.quiet
     images = torch.from_numpy(load_split(dataset, args.split, size, args.data_dir, progress))
