@@ -85,8 +85,9 @@ def refine_posterior(
 ) -> Posterior:
     """Improve ``post`` = q(z|x) by ``steps`` Adam steps on each image's objective (SSE + KL).
 
-    Only the posterior's mean and log-variance change; the model should be in eval mode, so that
-    every image is refined on its own and the result does not depend on the batch.
+    Only the posterior's mean and log-variance change. The model should be in eval mode (batch
+    norm with fixed statistics), so that each image's refinement depends only on that image and
+    its own noise draws, not on the other images in the batch.
     """
     if steps == 0:
         return post
