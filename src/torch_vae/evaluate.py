@@ -24,7 +24,8 @@ import math
 import torch
 
 from .device import to_float
-from .model import LOGVAR_MAX, LOGVAR_MIN, VAE, Posterior
+from .losses import per_image_terms
+from .model import LOGVAR_MAX, LOGVAR_MIN, VAE, Posterior, VAEOutput
 
 HALF_BIN = 0.5 / 255
 _SQRT1_2 = 1 / math.sqrt(2)
@@ -97,9 +98,10 @@ def refine_posterior(
     with torch.enable_grad():
         for _ in range(steps):
             q = Posterior(mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-            sse = (model.decode(q.sample(gen)).float() - x).pow(2).flatten(1).sum(1)
+            terms = per_image_terms(VAEOutput(model.decode(q.sample(gen)), *q), x, "mse")
             # Each image's parameters get the gradient of that image's objective only.
-            mu.grad, logvar.grad = torch.autograd.grad((sse + q.kl()).sum(), (mu, logvar))
+            objective = (terms["recon"] + terms["kl"]).sum()
+            mu.grad, logvar.grad = torch.autograd.grad(objective, (mu, logvar))
             opt.step()
     return Posterior(mu.detach(), logvar.detach().clamp(LOGVAR_MIN, LOGVAR_MAX))
 
