@@ -320,6 +320,11 @@ def _positive(name: str, value: int) -> None:
         raise TorchVaeError(f"{name} must be a positive integer, got {value}")
 
 
+def _non_negative(name: str, value: int) -> None:
+    if value < 0:
+        raise TorchVaeError(f"{name} must be >= 0, got {value}")
+
+
 # Options of train that --resume accepts: they extend the run or choose how it runs. Every
 # other option describes the run itself, which config.json already fixes.
 RESUME_OPTIONS = {"resume", "epochs", "max_steps", "cpu", "device", "threads", "quiet", "data_dir"}
@@ -594,10 +599,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluate import calibrate_sigma, evaluate_model
 
     _positive("--batchsize", args.batchsize)
-    if args.iw_samples < 0:
-        raise TorchVaeError(f"--iw_samples must be >= 0, got {args.iw_samples}")
-    if args.refine_steps < 0:
-        raise TorchVaeError(f"--refine_steps must be >= 0, got {args.refine_steps}")
+    _non_negative("--iw_samples", args.iw_samples)
+    _non_negative("--refine_steps", args.refine_steps)
     if not 0 < args.refine_lr < float("inf"):
         raise TorchVaeError(
             f"--refine_lr must be a finite number > 0 (default 0.01), got {args.refine_lr}"
