@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -432,3 +433,33 @@ def test_init_from_needs_as_many_channels(trained, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has 3 channel(s) but --init_from" in err[0], err
     assert not (tmp_path / "ft").exists()
+
+
+def test_native_size_trains_fine_tunes_and_checks_the_images(
+    trained, train_tiny, mnist_dir, tmp_path, capsys
+):
+    from torch_vae import load_model
+
+    # the tiny MNIST is 28x28, upsampled to 32x32 by the pipeline
+    run = train_tiny(tmp_path / "native", "--native_size", "28", "--arch", "dcgan")
+    assert load_model(run).config.native_size == 28
+    assert json.loads((run / "config.json").read_text())["model"]["native_size"] == 28
+
+    base = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--quiet"]
+    tune = tmp_path / "tuned"
+    one = ["--epochs", "1", "--batchsize", "16"]
+    assert main([*base, *one, "--init_from", str(trained), "--native_size", "28",
+                 "--run_dir", str(tune)]) == 0  # fmt: skip
+    start, tuned = load_model(trained), load_model(tune)
+    assert start.config.native_size == 0 and tuned.config.native_size == 28
+    assert dataclasses.replace(tuned.config, native_size=0) == start.config
+
+    capsys.readouterr()
+    wrong = tmp_path / "wrong"
+    assert main([*base, *one, "--init_from", str(trained), "--native_size", "24",
+                 "--run_dir", str(wrong)]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "are not bilinear upsamplings of 24x24 images" in err[0], err
+    assert not wrong.exists()
+    assert main(["train", "--resume", str(run), "--native_size", "0", "--quiet"]) == 1
+    assert "--native_size 0 does not match the run" in capsys.readouterr().err

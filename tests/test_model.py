@@ -129,3 +129,56 @@ def test_dcgan_batch_norm_folding_keeps_outputs():
     with torch.no_grad():
         a, b = model.reconstruct(x), fused.reconstruct(x)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_in,n_out", [(28, 64), (32, 64), (5, 12), (64, 28), (7, 7)])
+def test_bilinear_matrix_is_pillows_resize(n_in, n_out):
+    import numpy as np
+    from PIL import Image
+
+    from torch_vae.model import bilinear_matrix
+
+    x = np.random.default_rng(n_in).random((n_in, n_in)).astype(np.float32)
+    pillow = Image.fromarray(x, mode="F").resize((n_out, n_out), Image.BILINEAR)
+    m = bilinear_matrix(n_in, n_out)
+    ours = m @ torch.from_numpy(x).double() @ m.T
+    assert torch.allclose(ours, torch.tensor(np.asarray(pillow), dtype=torch.float64), atol=1e-6)
+
+
+def test_upsampling_projector_keeps_upsampled_images_and_nothing_else():
+    from torch_vae.model import bilinear_matrix, native_residual, upsampling_projector
+
+    p = upsampling_projector(28, 64)
+    assert torch.allclose(p @ p, p, atol=1e-5) and torch.allclose(p, p.T)
+    assert round(torch.trace(p).item()) == 28  # rank 28 along each axis: 784 of 4096 pixels
+    m = bilinear_matrix(28, 64).float()
+    small = torch.rand(5, 1, 28, 28)
+    up = m @ small @ m.T
+    assert torch.allclose(p @ up @ p, up, atol=1e-5)
+    assert native_residual(up, 28) < 1e-10
+    assert native_residual(torch.rand(5, 1, 64, 64), 28) > 1e-2
+
+
+def test_native_size_only_lowers_the_error_to_upsampled_images():
+    from torch_vae.model import bilinear_matrix
+
+    torch.manual_seed(0)
+    plain = VAE(ModelConfig(image_size=32, max_filters=16, arch="dcgan", depth=3)).eval()
+    cfg = ModelConfig(image_size=32, max_filters=16, arch="dcgan", depth=3, native_size=28)
+    projected = VAE(cfg).eval()
+    # the projection has no weights: any model's weights load into it, and back
+    assert set(plain.state_dict()) == set(projected.state_dict())
+    projected.load_state_dict(plain.state_dict())
+    m = bilinear_matrix(28, 32).float()
+    target = (m @ torch.rand(6, 1, 28, 28) @ m.T).clamp(0, 1)
+    z = torch.randn(6, cfg.latent_dims)
+    before, after = plain.decode(z), projected.decode(z)
+    assert 0 <= after.min() and after.max() <= 1
+    err_before = (before - target).pow(2).flatten(1).sum(1)
+    err_after = (after - target).pow(2).flatten(1).sum(1)
+    assert torch.all(err_after <= err_before + 1e-5)
+    assert err_after.sum() < err_before.sum()
+    with pytest.raises(TorchVaeError, match="--native_size 32 must be 0"):
+        ModelConfig(image_size=32, native_size=32)
+    with pytest.raises(TorchVaeError, match="--native_size -1 must be 0"):
+        ModelConfig(native_size=-1)

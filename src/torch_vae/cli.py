@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--image_size", type=int, default=64, help="Image size in pixels (default 64)")
     t.add_argument(
+        "--native_size",
+        type=int,
+        default=0,
+        help="The size the images were upsampled from (28 for MNIST and Fashion-MNIST, 32 for "
+        "CIFAR): the decoder's output is projected onto such upsampled images, which only "
+        "lowers its error (default 0: off). With --init_from it may differ from MODEL's",
+    )
+    t.add_argument(
         "--arch",
         choices=ARCH_CHOICES,
         default="original",
@@ -328,7 +336,7 @@ def _non_negative(name: str, value: int) -> None:
 # Options of train that --resume accepts: they extend the run or choose how it runs. Every
 # other option describes the run itself, which config.json already fixes.
 RESUME_OPTIONS = {"resume", "epochs", "max_steps", "cpu", "device", "threads", "quiet", "data_dir"}
-MODEL_OPTIONS = {"latent_dims", "max_filters", "image_size", "depth", "arch"}
+MODEL_OPTIONS = {"latent_dims", "max_filters", "image_size", "depth", "arch", "native_size"}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -387,6 +395,7 @@ def _train_job(args: argparse.Namespace, dist, device) -> None:
                 max_filters=args.max_filters,
                 depth=args.depth if args.depth is not None else DEFAULT_DEPTH[args.arch],
                 arch=args.arch,
+                native_size=args.native_size,
             )
         train_cfg = TrainConfig(
             dataset=args.dataset,
@@ -455,7 +464,9 @@ def _check_given(args, names, config_of, where: str, why: str) -> None:
 
 def _initial_model(args: argparse.Namespace):
     """The model config of --init_from, its weights file and their SHA-256; architecture
-    flags given beside it must agree with it."""
+    flags given beside it must agree with it, except --native_size, which has no weights."""
+    import dataclasses
+
     from .checkpoint import read_metadata
     from .fileio import file_sha256
 
@@ -463,8 +474,14 @@ def _initial_model(args: argparse.Namespace):
     config = meta["config"]
     why = "the architecture is the initial model's"
     _check_given(
-        args, args.given & MODEL_OPTIONS, lambda _: config, f"--init_from {args.init_from}", why
+        args,
+        args.given & MODEL_OPTIONS - {"native_size"},
+        lambda _: config,
+        f"--init_from {args.init_from}",
+        why,
     )
+    if "native_size" in args.given:
+        config = dataclasses.replace(config, native_size=args.native_size)
     weights = meta["path"].resolve()
     return config, str(weights), file_sha256(weights)
 

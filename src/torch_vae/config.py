@@ -69,6 +69,9 @@ class ModelConfig:
     max_filters: int = 128
     depth: int = 3
     arch: Arch = "original"
+    # > 0: the images are bilinear upsamplings of native_size x native_size images, and the
+    # decoder's output is projected onto those (model.VAE.decode); 0: no projection.
+    native_size: int = 0
 
     def __post_init__(self) -> None:
         # The upper bounds are far beyond any practical model; they keep a damaged or hostile
@@ -83,6 +86,12 @@ class ModelConfig:
             )
         if not isinstance(self.arch, str) or self.arch not in ARCHS:
             raise TorchVaeError(f"unknown architecture {self.arch!r}; choose one of {ARCHS}")
+        if not _is_int(self.native_size) or not 0 <= self.native_size < self.image_size:
+            raise TorchVaeError(
+                f"--native_size {self.native_size} must be 0 (off) or the size, smaller than "
+                f"--image_size {self.image_size}, that the images were upsampled from "
+                "(28 for MNIST and Fashion-MNIST, 32 for CIFAR)"
+            )
         step = 2**self.depth
         if self.image_size % step:
             fits = [d for d in range(1, 8) if self.image_size % 2**d == 0]

@@ -7,6 +7,7 @@ without touching the last good checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from .errors import TorchVaeError, TrainingInterrupted
 from .fileio import atomic_path, file_sha256, remove_stale_temporaries
 from .images import grid, save_png, side_by_side, stack_rows, to_uint8
 from .losses import per_image_terms, vae_loss
-from .model import VAE, VAEOutput
+from .model import VAE, VAEOutput, native_residual
 from .speed import Precision, maybe_compile, resident
 from .trainstate import (
     METRICS_NAME,
@@ -140,6 +141,25 @@ class _StopOnSignal:
             signal.signal(sig, handler)
 
 
+# Largest mean squared distance per pixel from the images to what upsampling from
+# --native_size can produce that is still 8-bit rounding (which gives about 1e-6).
+NATIVE_TOLERANCE = 1e-5
+
+
+def check_native_size(images: torch.Tensor, native_size: int) -> None:
+    """A one-line error unless the first images (uint8, (N, H, W, C)) are bilinear upsamplings
+    of native_size x native_size images, as --native_size says."""
+    x = images[:256].permute(0, 3, 1, 2).float() / 255
+    residual = native_residual(x, native_size)
+    if residual > NATIVE_TOLERANCE:
+        raise TorchVaeError(
+            f"--native_size {native_size}: these images are not bilinear upsamplings of "
+            f"{native_size}x{native_size} images (mean squared distance per pixel {residual:.1e}, "
+            f"rounding gives < {NATIVE_TOLERANCE:g}); give the size the dataset's images had "
+            "before resizing (28 for MNIST and Fashion-MNIST, 32 for CIFAR), or 0"
+        )
+
+
 def train(
     model_config: ModelConfig,
     train_config: TrainConfig,
@@ -167,6 +187,8 @@ def train(
     main = dist.is_main
     progress = progress and main
     # checked before the run folder is created, so a bad --init_from leaves nothing behind
+    if model_config.native_size:
+        check_native_size(train_images, model_config.native_size)
     start = _initial_weights(cfg, model_config) if resume is None and cfg.init_from else None
     if main:
         if resume is None:
@@ -334,7 +356,8 @@ def _initial_weights(cfg: TrainConfig, config: ModelConfig) -> dict[str, torch.T
             f"expected {cfg.init_sha256[:12]}); restore that file or start a new run"
         )
     init = load_model(path)
-    if init.config != config:
+    # native_size has no weights: a model may be fine-tuned with another one
+    if dataclasses.replace(init.config, native_size=config.native_size) != config:
         raise TorchVaeError(f"the initial weights {path} are for another model: {init.config}")
     return init.state_dict()
 
