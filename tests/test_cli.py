@@ -463,3 +463,9 @@ def test_native_size_trains_fine_tunes_and_checks_the_images(
     assert not wrong.exists()
     assert main(["train", "--resume", str(run), "--native_size", "0", "--quiet"]) == 1
     assert "--native_size 0 does not match the run" in capsys.readouterr().err
+
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet",
+                 "--iw_samples", "0", "--report", str(report)]) == 0  # fmt: skip
+    assert "projected onto upsamplings of 28x28 images" in capsys.readouterr().out
+    assert json.loads(report.read_text())["native_size"] == 28

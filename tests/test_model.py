@@ -182,3 +182,19 @@ def test_native_size_only_lowers_the_error_to_upsampled_images():
         ModelConfig(image_size=32, native_size=32)
     with pytest.raises(TorchVaeError, match="--native_size -1 must be 0"):
         ModelConfig(native_size=-1)
+
+
+def test_native_projection_runs_in_float32_under_autocast():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(image_size=32, max_filters=16, arch="dcgan", depth=3, native_size=28))
+    model.eval()
+    z = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = model.decoder(z)
+        out = model.decode(z)
+    assert raw.dtype == out.dtype == torch.bfloat16
+    p = model.projector
+    expected = (p @ raw.float() @ p).clamp(0, 1).to(torch.bfloat16)
+    assert torch.equal(out, expected)
+    in_bf16 = (p.bfloat16() @ raw @ p.bfloat16()).clamp(0, 1)
+    assert not torch.equal(out, in_bf16)  # the check above can tell the two apart

@@ -640,6 +640,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         "split": args.split,
         "image_size": size,
         "latent_dims": model.config.latent_dims,
+        "native_size": model.config.native_size,
         "parameters": model.num_parameters(),
         "seed": args.seed,
         **report,
@@ -668,6 +669,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             ("bits per dimension", report["bits_per_dim"]),
         ]
     print(f"{dataset} {args.split}, {report['n_images']} images at {size}x{size}, per image:")
+    if model.config.native_size:
+        n = model.config.native_size
+        print(f"  (decoder output projected onto upsamplings of {n}x{n} images: --native_size {n})")
     if args.refine_steps:
         print(f"  (posteriors refined with {args.refine_steps} steps at lr {args.refine_lr})")
     for name, value in rows:

@@ -228,10 +228,13 @@ class VAE(nn.Module):
         the data cannot have.
         """
         x = self.decoder(z)
-        if self.config.native_size:
-            p = self.projector.to(x.dtype)
-            x = (p @ x @ p).clamp(0, 1)
-        return x
+        if not self.config.native_size:
+            return x
+        # in float32 even under autocast: the projection is cheap, and rounding it to
+        # 16 bits would add error of its own
+        with torch.autocast(x.device.type, enabled=False):
+            y = (self.projector @ x.float() @ self.projector).clamp(0, 1)
+        return y.to(x.dtype)
 
     def forward(
         self, x: torch.Tensor, sample: bool | None = None, generator: torch.Generator | None = None
