@@ -40,12 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench/native-projection.json"))
     args = p.parse_args(argv)
-    results = {}
+    results, tests = {}, {}  # tests: the test images at each model size, loaded once
     for path in args.models:
         model = load_model(path).eval()
         size = model.config.image_size
-        test = load_split("fashion-mnist", "test", size, args.data_dir, False)
-        images = torch.from_numpy(test[: args.nimages or None])
+        if size not in tests:
+            test = load_split("fashion-mnist", "test", size, args.data_dir, False)
+            tests[size] = torch.from_numpy(test[: args.nimages or None])
+        images = tests[size]
         projected = VAE(dataclasses.replace(model.config, native_size=args.native_size))
         projected.load_state_dict(model.state_dict())
         row = {

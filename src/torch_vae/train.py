@@ -149,8 +149,7 @@ NATIVE_TOLERANCE = 1e-5
 def check_native_size(images: torch.Tensor, native_size: int) -> None:
     """A one-line error unless the first images (uint8, (N, H, W, C)) are bilinear upsamplings
     of native_size x native_size images, as --native_size says."""
-    x = images[:256].permute(0, 3, 1, 2).float() / 255
-    residual = native_residual(x, native_size)
+    residual = native_residual(to_float(images[:256], torch.device("cpu")), native_size)
     if residual > NATIVE_TOLERANCE:
         raise TorchVaeError(
             f"--native_size {native_size}: these images are not bilinear upsamplings of "
