@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from torch_vae.checkpoint import load_model
+from torch_vae.model import load_model
 from torch_vae.data import load_split
 from torch_vae.evaluate import evaluate_model
 from torch_vae.model import VAE

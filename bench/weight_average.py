@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from torch_vae.average import average_weights, epoch_checkpoints, recompute_batch_norm
-from torch_vae.checkpoint import load_model
+from torch_vae.model import load_model
 from torch_vae.data import load_split
-from torch_vae.train import evaluate
+from torch_vae.evaluate import test_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for group in groups:
         model.load_state_dict(average_weights(group))
-        plain = evaluate(model, test, torch.device("cpu"))["loss"]
+        plain = test_metrics(model, test, torch.device("cpu"))["loss"]
         recompute_batch_norm(model, train, torch.device("cpu"))
-        swa = evaluate(model, test, torch.device("cpu"))["loss"]
+        swa = test_metrics(model, test, torch.device("cpu"))["loss"]
         names = [str(p) for p in group]
         rows.append({"files": names, "objective": plain, "objective_bn": swa})
         print(f"average of {len(group)} ({names[0]} .. {names[-1]}): test objective {plain:.3f}, "

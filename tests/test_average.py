@@ -4,7 +4,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from torch_vae import load_model
+from torch_vae import VAE, ModelConfig, load_model
+from torch_vae.average import recompute_batch_norm
 from torch_vae.cli import main
 from torch_vae.data import load_split
 from torch_vae.device import to_float
@@ -101,3 +102,34 @@ def test_average_of_several_runs_and_runs_of_other_models(
     assert main([*twice, *data]) == 1
     assert "a run is given twice" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _batch_norm_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "batches" in k}
+
+
+def test_recompute_batch_norm_is_seeded_and_leaves_the_callers_rng_alone():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(arch="dcgan", image_size=16, latent_dims=3, max_filters=16, depth=2))
+    images = torch.randint(0, 256, (50, 16, 16, 1), dtype=torch.uint8)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.momentum = 0.3
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        model.train()
+        torch.manual_seed(99)
+        expected = torch.rand(4)
+        torch.manual_seed(99)
+        recompute_batch_norm(model, images, torch.device("cpu"), batchsize=16, seed=seed)
+        assert torch.equal(torch.rand(4), expected)  # the caller's random state is untouched
+        assert not model.training and all(m.momentum == 0.3 for m in norms)
+        runs[name] = _batch_norm_state(model)
+    # 50 images in batches of 16: 4 batches, whatever the statistics were before
+    assert all(int(runs["a"][k]) == 4 for k in runs["a"] if "batches" in k)
+    assert all(torch.equal(runs["a"][k], runs["b"][k]) for k in runs["a"])  # same seed
+    # the decoder's statistics depend on the sampled latents, the encoder's do not
+    name = "decoder.norms.0.running_mean"
+    assert not torch.equal(runs["a"][name], runs["c"][name])
+    name = "encoder.norms.1.running_mean"
+    assert torch.equal(runs["a"][name], runs["c"][name])

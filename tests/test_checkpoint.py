@@ -46,22 +46,22 @@ def test_load_from_run_folder(tmp_path):
         (lambda p: save_file({"w": torch.zeros(1)}, str(p)), "without a torch-vae model config"),
     ],
 )
-def test_bad_checkpoints(tmp_path, setup, match):
+def test_bad_checkpoint_is_refused_with_its_reason(tmp_path, setup, match):
     path = tmp_path / "m.safetensors"
     setup(path)
     with pytest.raises(TorchVaeError, match=match):
         load_model(path)
 
 
-def test_truncated_checkpoint(tmp_path):
+def test_truncated_checkpoint_is_refused_as_unreadable(tmp_path):
     path = save_model(_model(), tmp_path / "m.safetensors")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(TorchVaeError):
+    with pytest.raises(TorchVaeError, match=r"m\.safetensors is not a readable safetensors file"):
         load_model(path)
 
 
-def test_weights_not_fitting_config(tmp_path):
+def test_weights_not_fitting_their_stored_config_are_refused(tmp_path):
     path = save_model(_model(latent_dims=4), tmp_path / "m.safetensors")
     from safetensors import safe_open
 
@@ -76,7 +76,7 @@ def test_weights_not_fitting_config(tmp_path):
         load_model(path)
 
 
-def test_flag_mismatch_is_reported():
+def test_flag_not_matching_the_checkpoint_is_reported():
     cfg = ModelConfig(latent_dims=8)
     check_flags(cfg, latent_dims=8, max_filters=128, in_channels=None)
     with pytest.raises(TorchVaeError, match="--latent_dims 2 does not match.*latent_dims=8"):

@@ -126,7 +126,7 @@ def test_seeded_generation_is_deterministic(trained, tmp_path):
     assert not np.array_equal(gen(7, "a"), gen(8, "c"))
 
 
-def test_original_flags_accepted(trained, mnist_dir, tmp_path, monkeypatch):
+def test_original_torch_vae_flags_are_accepted(trained, mnist_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert (
         main(
@@ -196,6 +196,8 @@ def test_original_flags_accepted(trained, mnist_dir, tmp_path, monkeypatch):
         )
         == 0
     )
+    assert len(list((tmp_path / "r").glob("rec_*.png"))) == 20  # the tiny MNIST's test split
+    assert len(list((tmp_path / "g").glob("sample_*.png"))) == 4
 
 
 def test_default_run_dir_never_overwrites(mnist_dir, tmp_path, monkeypatch):
@@ -261,6 +263,13 @@ def run_cli(*args, cwd=None):
     )
 
 
+def error_line(stderr: str) -> str:
+    """The CLI's single error line ('torch-vae: error: ...'), with no traceback around it."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torch-vae: error: "), stderr
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
@@ -289,23 +298,34 @@ def test_existing_run_dir_is_refused(trained, mnist_dir):
     res = run_cli(
         "train", "--dataset", "mnist", "--run_dir", str(trained), "--data_dir", str(mnist_dir)
     )
-    assert res.returncode == 1 and "already exists" in res.stderr
+    assert res.returncode == 1, res.stderr
+    assert f"run folder {trained} already exists and is not empty" in error_line(res.stderr)
     assert (trained / "model.safetensors").read_bytes() == before
 
 
-def test_mismatched_flags_and_dataset(trained, tmp_path, mnist_dir, register_md5s):
+def test_flags_or_dataset_not_matching_the_model_are_refused(
+    trained, tmp_path, mnist_dir, register_md5s, capsys
+):
     res = run_cli(
         "generate", "--model", str(trained), "--latent_dims", "64", "--outdir", "x", cwd=tmp_path
     )
-    assert res.returncode == 1 and "--latent_dims 64 does not match" in res.stderr
+    assert res.returncode == 1, res.stderr
+    assert "--latent_dims 64 does not match the checkpoint, which has latent_dims=3" in error_line(
+        res.stderr
+    )
     res = run_cli(
         "generate", "--model", str(trained), "--nimg_channels", "3", "--outdir", "x", cwd=tmp_path
     )
-    assert res.returncode == 1 and "--nimg_channels 3 does not match" in res.stderr
+    assert res.returncode == 1, res.stderr
+    assert "--nimg_channels 3 does not match the checkpoint, which has nimg_channels=1" in (
+        error_line(res.stderr)
+    )
+    assert not (tmp_path / "x").exists()
     import fakedata
 
     fakedata.write_cifar(mnist_dir / "cifar-10")
     register_md5s("cifar-10", mnist_dir / "cifar-10")
+    capsys.readouterr()
     assert (
         main(
             [
@@ -322,6 +342,8 @@ def test_mismatched_flags_and_dataset(trained, tmp_path, mnist_dir, register_md5
         )
         == 1
     )
+    err = error_line(capsys.readouterr().err)
+    assert "dataset cifar-10 has 3 channel(s) but the model expects 1" in err
 
 
 def test_help_lists_commands():
@@ -412,6 +434,7 @@ def test_init_from_starts_at_the_given_weights(trained, mnist_dir, tmp_path, cap
 def test_init_from_refuses_weights_that_changed(trained, tmp_path):
     from torch_vae import TorchVaeError, load_model
     from torch_vae.config import TrainConfig
+    from torch_vae.run import RunPlan
     from torch_vae.train import train as train_fn
 
     model = load_model(trained)
@@ -419,7 +442,7 @@ def test_init_from_refuses_weights_that_changed(trained, tmp_path):
     cfg = TrainConfig(dataset="mnist", epochs=1, init_from=weights, init_sha256="0" * 64)
     x = torch.zeros(4, 32, 32, 1, dtype=torch.uint8)
     with pytest.raises(TorchVaeError, match="changed since the run was set up"):
-        train_fn(model.config, cfg, x, x, tmp_path / "new", torch.device("cpu"), progress=False)
+        train_fn(RunPlan(tmp_path / "new", model.config, cfg), x, x, torch.device("cpu"), progress=False)
     assert not (tmp_path / "new").exists()
 
 

@@ -113,7 +113,7 @@ def test_import_built_state_dict(tmp_path, c, f, d):
         check_equal(state, model, c)
 
 
-def test_import_cli_round_trip(tmp_path):
+def test_import_cli_round_trip(tmp_path, capsys):
     torch.save(original_state_dict(), tmp_path / "orig.pth")
     out = tmp_path / "imported.safetensors"
     assert (
@@ -133,6 +133,8 @@ def test_import_cli_round_trip(tmp_path):
     model = load_model(out)
     assert model.dataset == "fashion-mnist" and model.config.latent_dims == 8
     # never overwrites, and refuses a dataset with the wrong number of channels
+    before = out.read_bytes()
+    capsys.readouterr()
     assert (
         main(
             [
@@ -147,6 +149,9 @@ def test_import_cli_round_trip(tmp_path):
         )
         == 1
     )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out} already exists; pass another --out" in err[0], err
+    assert out.read_bytes() == before
     assert (
         main(
             [
@@ -161,6 +166,10 @@ def test_import_cli_round_trip(tmp_path):
         )
         == 1
     )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dataset cifar-10 has 3" in err[0], err
+    assert "; pass the dataset it was trained on" in err[0], err
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_import_refuses_non_checkpoints(tmp_path):

@@ -61,7 +61,7 @@ def test_cifar_archive(tmp_path, register_md5s, hundred):
     assert np.array_equal(train[:8], expected)
 
 
-def test_cifar100_is_not_cifar10():
+def test_cifar100_has_its_own_archive_and_fine_labels():
     assert get_dataset("cifar-100").files[0].name == "cifar-100-python.tar.gz"
     assert get_dataset("cifar-100").label_key == b"fine_labels"
 
@@ -94,35 +94,66 @@ def test_folder_dataset(tmp_path, gray):
     assert train.shape == (18, 32, 32, ds.channels) and test.shape == (2, 32, 32, ds.channels)
 
 
-def test_folder_with_train_test_subfolders(tmp_path):
+def test_folder_train_and_test_subfolders_are_the_splits(tmp_path):
     fakedata.write_folder(tmp_path / "imgs" / "train", n=6)
     fakedata.write_folder(tmp_path / "imgs" / "test", n=3, seed=9)
+    assert load_split(f"folder:{tmp_path / 'imgs'}", "train", 16, tmp_path, False).shape[0] == 6
     assert load_split(f"folder:{tmp_path / 'imgs'}", "test", 16, tmp_path, False).shape[0] == 3
 
 
 @pytest.mark.parametrize(
-    "corrupt,match",
+    "content,match",
     [
-        (lambda p: p.write_bytes(b"not gzip"), "is corrupt"),
-        (lambda p: p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 6)), "truncated"),
-        (lambda p: p.write_bytes(gzip.compress(b"\x01\x02\x03\x04")), "bad magic"),
+        (b"not gzip", r"t10k-images-idx3-ubyte\.gz is corrupt \(Not a gzipped file"),
+        (
+            gzip.compress(b"\x00\x00\x08\x03" + b"\x00" * 6),
+            r"t10k-images-idx3-ubyte\.gz is truncated \(incomplete header\)",
+        ),
+        (
+            gzip.compress(b"\x01\x02\x03\x04"),
+            r"t10k-images-idx3-ubyte\.gz is not an IDX file \(bad magic number\)",
+        ),
+        (
+            gzip.compress(fakedata.idx_bytes(np.zeros((2, 28, 28), np.uint8))[:-10]),
+            r"has 1574 bytes but its header \(2, 28, 28\) needs 1584; the file is truncated",
+        ),
     ],
+    ids=["not-gzip", "truncated-header", "bad-magic", "truncated-data"],
 )
-def test_bad_idx_files(tmp_path, monkeypatch, corrupt, match):
+def test_bad_idx_file_gives_its_specific_error(
+    tmp_path, monkeypatch, register_md5s, content, match
+):
+    """Past the checksum (the damaged file's own MD5 is registered), the IDX reader says what
+    is wrong with the file."""
     from torch_vae.data import datasets
 
     monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
-    fakedata.write_mnist(tmp_path / "FashionMNIST" / "raw", gz=False)
-    bad = tmp_path / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
-    bad.unlink()
-    bad = bad.with_name(bad.name + ".gz")
-    corrupt(bad)
-    # a gz that is not the official file is also refused by its checksum first
-    with pytest.raises(TorchVaeError, match=f"{match}|official checksum"):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    fakedata.write_mnist(raw)
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(content)
+    register_md5s("fashion-mnist", raw)
+    with pytest.raises(TorchVaeError, match=match):
         load_split("fashion-mnist", "test", 28, tmp_path, progress=False)
 
 
-def test_corrupt_cifar_and_celeba(tmp_path, register_md5s):
+def test_idx_gz_that_is_not_the_official_file_fails_the_checksum(tmp_path, monkeypatch):
+    from torch_vae.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    raw = tmp_path / "FashionMNIST" / "raw"
+    data = fakedata.write_mnist(raw, gz=False)  # uncompressed copies are checked structurally
+    (raw / "t10k-images-idx3-ubyte").unlink()
+    # a valid gzipped IDX file, but not the official bytes
+    (raw / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(fakedata.idx_bytes(data["t10k"])))
+    with pytest.raises(
+        TorchVaeError,
+        match=r"t10k-images-idx3-ubyte\.gz does not match the official checksum "
+        r"\(MD5 bef4ecab320f06d8554ea6380940ec79\)",
+    ):
+        load_split("fashion-mnist", "test", 28, tmp_path, progress=False)
+
+
+def test_corrupt_cifar_and_celeba_archives_are_refused(tmp_path, register_md5s):
     (tmp_path / "cifar-10").mkdir()
     (tmp_path / "cifar-10" / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b garbage")
     register_md5s("cifar-10", tmp_path / "cifar-10")
@@ -152,14 +183,14 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         read_cifar(d, ["test_batch"], b"labels")
 
 
-def test_unreadable_folder_image(tmp_path):
+def test_unreadable_folder_image_is_named_in_the_error(tmp_path):
     folder = fakedata.write_folder(tmp_path / "imgs", n=12)
     (folder / "broken.png").write_bytes(b"\x89PNG nope")
     with pytest.raises(TorchVaeError, match="cannot read image .*broken.png"):
         get_dataset(f"folder:{folder}")
 
 
-def test_unknown_dataset_and_empty_folder(tmp_path):
+def test_unknown_dataset_and_empty_folder_are_refused(tmp_path):
     with pytest.raises(TorchVaeError, match="unknown dataset 'svhn'"):
         get_dataset("svhn")
     (tmp_path / "empty").mkdir()

@@ -16,6 +16,7 @@ import torch_vae
 from torch_vae.config import ModelConfig, TrainConfig
 from torch_vae.data import load_split
 from torch_vae.distributed import Distributed, end_process, from_env, setup, teardown
+from torch_vae.run import RunPlan
 from torch_vae.train import train
 
 MODEL = ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
@@ -48,8 +49,8 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     dist, device = setup(torch.device("cpu"))
     try:
-        model = train(MODEL, TRAIN, images(96, 0), images(40, 1), Path(out) / "run", device,
-                      progress=False, dist=dist)  # fmt: skip
+        plan = RunPlan(Path(out) / "run", MODEL, TRAIN)
+        model = train(plan, images(96, 0), images(40, 1), device, progress=False, dist=dist)
         torch.save(model.state_dict(), Path(out) / f"rank{rank}.pt")
     finally:
         teardown()
@@ -67,8 +68,9 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
     # tolerance: weights within 2% (relative L2 norm of the difference over all parameters) and
     # every epoch's train and test loss within 2% (measured here: 1.6%, and 0.2% and 0.5%).
     torch.set_num_threads(1)
-    ref = train(MODEL, TRAIN, images(96, 0), images(40, 1), tmp_path / "ref", torch.device("cpu"),
-                progress=False).state_dict()  # fmt: skip
+    plan = RunPlan(tmp_path / "ref", MODEL, TRAIN)
+    ref = train(plan, images(96, 0), images(40, 1), torch.device("cpu"), progress=False)
+    ref = ref.state_dict()
     keys = [k for k in a if a[k].is_floating_point() and "running" not in k]
     diff = torch.cat([(a[k] - ref[k]).flatten() for k in keys]).norm()
     size = torch.cat([ref[k].flatten() for k in keys]).norm()

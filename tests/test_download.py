@@ -29,7 +29,7 @@ def server(tmp_path):
     httpd.server_close()
 
 
-def test_good_file(server, tmp_path):
+def test_good_file_is_downloaded_to_its_destination(server, tmp_path):
     root, url = server
     (root / "a.bin").write_bytes(b"hello world" * 100)
     md5 = hashlib.md5(b"hello world" * 100).hexdigest()
@@ -45,9 +45,10 @@ def test_bad_checksum_leaves_no_file(server, tmp_path):
     with pytest.raises(TorchVaeError, match="checksum mismatch"):
         download(f"{url}/a.bin", "0" * 32, dest, progress=False)
     assert not dest.exists()
+    assert list(dest.parent.iterdir()) == []  # no partial download either
 
 
-def test_server_down(tmp_path):
+def test_server_down_says_to_check_the_network(tmp_path):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -55,9 +56,9 @@ def test_server_down(tmp_path):
         download(f"http://127.0.0.1:{port}/a.bin", "0" * 32, tmp_path / "a.bin", progress=False)
 
 
-def test_missing_file_on_server(server, tmp_path):
+def test_file_missing_on_server_is_a_download_error(server, tmp_path):
     _, url = server
-    with pytest.raises(TorchVaeError, match="could not download"):
+    with pytest.raises(TorchVaeError, match=r"could not download .*/nothing\.bin \(HTTPError\)"):
         download(f"{url}/nothing.bin", "0" * 32, tmp_path / "a.bin", progress=False)
 
 

@@ -69,7 +69,7 @@ def test_iwae_bounds_and_determinism():
     assert (many >= one - 1e-3).all()
 
 
-def test_evaluate_report_fields():
+def test_evaluate_report_is_deterministic_and_self_consistent():
     torch.manual_seed(0)
     model = VAE(ModelConfig(image_size=16, depth=2, max_filters=8, latent_dims=3))
     imgs = torch.from_numpy(
@@ -96,7 +96,7 @@ def _per_image_mse(model, imgs):
         return ((model.reconstruct(x) - x) ** 2).flatten(1).mean(1).numpy()
 
 
-def test_evaluate_cli(mnist_dir, tmp_path, capsys):
+def test_evaluate_cli_prints_and_writes_a_deterministic_report(mnist_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert (
         main(
@@ -153,7 +153,7 @@ def _expected_objective(model, x, post, samples=64):
 
 
 def test_refine_posterior_lowers_each_objective_and_leaves_the_model(trained, mnist_dir):
-    from torch_vae.checkpoint import load_model
+    from torch_vae.model import load_model
     from torch_vae.data import load_split
 
     model = load_model(trained).eval()
@@ -172,7 +172,9 @@ def test_refine_posterior_lowers_each_objective_and_leaves_the_model(trained, mn
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_evaluate_cli_refine(trained, mnist_dir, tmp_path, capsys):
+def test_evaluate_cli_refine_lowers_the_objective_and_checks_its_flags(
+    trained, mnist_dir, tmp_path, capsys
+):
     base = ["evaluate", "--model", str(trained), "--data_dir", str(mnist_dir), "--quiet"]
     base += ["--iw_samples", "4"]
     reports = {}

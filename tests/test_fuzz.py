@@ -23,7 +23,8 @@ import fakedata
 from torch_vae import VAE, ModelConfig, TorchVaeError, load_model, save_model
 from torch_vae.data.datasets import _decode_path, read_celeba
 from torch_vae.data.formats import read_celeba_partition, read_cifar, read_idx
-from torch_vae.trainstate import load_train_state, read_run_config, save_train_state
+from torch_vae.run import read_run_config
+from torch_vae.trainstate import load_train_state, save_train_state
 
 FUZZ = settings(
     max_examples=25,
@@ -91,7 +92,8 @@ def originals(tmp_path_factory) -> dict[str, bytes]:
     run = root / "run"
     run.mkdir()
     opt = torch.optim.AdamW(model.parameters())
-    save_train_state(run, model, opt, torch.Generator(), torch.device("cpu"), 1, 5, 10)
+    save_train_state(run, model=model, opt=opt, gen=torch.Generator(), device=torch.device("cpu"),
+                     epoch=1, step=5, n_train=10)  # fmt: skip
     out["state"] = (run / "ckpt.pt").read_bytes()
     cfg = {"model": model.config.to_dict(), "train": {"dataset": "mnist", "epochs": 2}}
     out["config"] = json.dumps(cfg).encode()
@@ -195,14 +197,65 @@ def read_idx_bytes(data: bytes) -> np.ndarray:
         return read_idx(path)
 
 
-def test_zip_bomb_like_member_is_refused(tmp_path):
-    """A zip whose member claims a huge size is a clean error, not an out-of-memory."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("img_align_celeba/000001.jpg", b"\0" * 20_000_000)
-    path = tmp_path / "img_align_celeba.zip"
-    path.write_bytes(buf.getvalue())
-    parts = tmp_path / "list_eval_partition.txt"
-    parts.write_text("000001.jpg 0\n")
-    with pytest.raises(TorchVaeError):
-        read_celeba(path, parts, 0, 8, "bomb", progress=False)
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG of width x height: a few KB that decode to width * height
+    pixels (Pillow holds one byte per pixel). The rows are compressed one at a time, so
+    building it never holds the whole image."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    row = bytes(1 + (width + 7) // 8)  # filter type 0, then the packed bits
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_png_bomb_builder_writes_a_decodable_image():
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png_bomb(67, 45))) as img:
+        img.load()
+        assert img.size == (67, 45) and img.mode == "1" and img.getextrema() == (0, 0)
+
+
+# Pillow's guard: it warns above Image.MAX_IMAGE_PIXELS (the loaders turn the warning into an
+# error) and raises DecompressionBombError above twice that.
+BOMBS = {"over-the-limit": (10_000, 10_000), "over-twice-the-limit": (20_000, 20_000)}
+
+
+@pytest.mark.parametrize("route", ["celeba-zip", "folder"])
+@pytest.mark.parametrize("bomb", list(BOMBS), ids=list(BOMBS))
+def test_decompression_bomb_is_refused_by_the_pixel_limit(tmp_path, bomb, route):
+    """A small valid PNG declaring more pixels than Pillow's limit is refused before it is
+    decoded, with Pillow's size message, whether it is a zip member or a file in a folder."""
+    from PIL import Image
+
+    from torch_vae.data.datasets import get_dataset
+
+    width, height = BOMBS[bomb]
+    assert width * height > Image.MAX_IMAGE_PIXELS
+    data = png_bomb(width, height)
+    assert len(data) < 100_000
+    match = (
+        rf"cannot read image \S*000001\.jpg.*\(Image size \({width * height} pixels\) exceeds "
+        r"limit of \d+ pixels, could be decompression bomb"
+    )
+    if route == "celeba-zip":
+        path = tmp_path / "img_align_celeba.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("img_align_celeba/000001.jpg", data)
+        parts = tmp_path / "list_eval_partition.txt"
+        parts.write_text("000001.jpg 0\n")
+        with pytest.raises(TorchVaeError, match=match):
+            read_celeba(path, parts, 0, 8, "bomb", progress=False)
+    else:
+        folder = fakedata.write_folder(tmp_path / "imgs", n=10)
+        (folder / "000001.jpg").write_bytes(data)
+        with pytest.raises(TorchVaeError, match=match):
+            _decode_path(None, folder / "000001.jpg", 3, 8)
+        with pytest.raises(TorchVaeError, match=match):
+            get_dataset(f"folder:{folder}")  # the scan of every image's mode

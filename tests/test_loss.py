@@ -27,7 +27,7 @@ def test_loss_matches_hand_computation():
     assert np.isclose(out["loss"].item(), np.mean(sse) + 0.5 * np.mean(kl), rtol=1e-5)
 
 
-def test_bce_loss():
+def test_bce_loss_matches_hand_computation():
     x = torch.tensor([[[[0.0, 1.0]]]])
     recon = torch.tensor([[[[0.25, 0.5]]]])
     zeros = torch.zeros(1, 1)
@@ -40,6 +40,7 @@ def test_logged_epoch_loss_is_per_image(tmp_path):
     """The train loss in metrics.jsonl equals the mean per-image loss over the epoch's batches
     (the original multiplied it by the batch size a second time)."""
     from torch_vae.config import TrainConfig
+    from torch_vae.run import RunPlan
     from torch_vae.train import train
 
     rng = np.random.default_rng(0)
@@ -47,7 +48,7 @@ def test_logged_epoch_loss_is_per_image(tmp_path):
     mcfg = ModelConfig(image_size=16, max_filters=8, depth=2, latent_dims=2)
     tcfg = TrainConfig(epochs=1, batchsize=4, lr=1e-12, seed=3)
     run = tmp_path / "run"
-    model = train(mcfg, tcfg, imgs, imgs[:4], run, torch.device("cpu"), progress=False)
+    model = train(RunPlan(run, mcfg, tcfg), imgs, imgs[:4], torch.device("cpu"), progress=False)
     rec = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
 
     # Recompute by hand: same seed -> same init, batch order and noise; lr ~ 0 keeps weights.

@@ -9,7 +9,7 @@ from torch_vae import VAE, ModelConfig, TorchVaeError
     "size,depth,channels,latent",
     [(28, 2, 1, 2), (32, 3, 3, 4), (64, 3, 1, 8), (128, 4, 3, 16)],
 )
-def test_shapes(size, depth, channels, latent):
+def test_forward_keeps_image_shape_and_pixel_range(size, depth, channels, latent):
     cfg = ModelConfig(
         in_channels=channels, image_size=size, latent_dims=latent, max_filters=16, depth=depth
     )
@@ -58,7 +58,7 @@ def test_training_forward_samples_and_keeps_no_state():
         ({"in_channels": 2}, "1 \\(grayscale\\) or 3 \\(RGB\\)"),
     ],
 )
-def test_config_errors(kwargs, match):
+def test_invalid_model_config_is_refused_with_a_hint(kwargs, match):
     with pytest.raises(TorchVaeError, match=match):
         ModelConfig(**kwargs)
 
@@ -136,7 +136,7 @@ def test_bilinear_matrix_is_pillows_resize(n_in, n_out):
     import numpy as np
     from PIL import Image
 
-    from torch_vae.model import bilinear_matrix
+    from torch_vae.upsampling import bilinear_matrix
 
     x = np.random.default_rng(n_in).random((n_in, n_in)).astype(np.float32)
     pillow = Image.fromarray(x, mode="F").resize((n_out, n_out), Image.BILINEAR)
@@ -146,7 +146,7 @@ def test_bilinear_matrix_is_pillows_resize(n_in, n_out):
 
 
 def test_upsampling_projector_keeps_upsampled_images_and_nothing_else():
-    from torch_vae.model import bilinear_matrix, native_residual, upsampling_projector
+    from torch_vae.upsampling import bilinear_matrix, native_residual, upsampling_projector
 
     p = upsampling_projector(28, 64)
     assert torch.allclose(p @ p, p, atol=1e-5) and torch.allclose(p, p.T)
@@ -160,7 +160,7 @@ def test_upsampling_projector_keeps_upsampled_images_and_nothing_else():
 
 
 def test_native_size_only_lowers_the_error_to_upsampled_images():
-    from torch_vae.model import bilinear_matrix
+    from torch_vae.upsampling import bilinear_matrix
 
     torch.manual_seed(0)
     plain = VAE(ModelConfig(image_size=32, max_filters=16, arch="dcgan", depth=3)).eval()

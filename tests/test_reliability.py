@@ -16,13 +16,14 @@ import torch
 import torch_vae
 from torch_vae import TorchVaeError, load_model, save_model
 from torch_vae import train as train_mod
-from torch_vae.cli import _parse, cmd_train, main
+from torch_vae.cli import cmd_train, main, parse
 from torch_vae.config import ModelConfig, TrainConfig
 from torch_vae.data import load_split
 from torch_vae.errors import TrainingInterrupted
 from torch_vae.fileio import atomic_path
 from torch_vae.model import VAE
-from torch_vae.trainstate import load_train_state, read_metrics, save_train_state
+from torch_vae.run import RunPlan, read_metrics
+from torch_vae.trainstate import load_train_state, save_train_state
 
 TINY = [
     "--dataset", "mnist", "--batchsize", "8", "--latent_dims", "3", "--max_filters", "8",
@@ -86,9 +87,9 @@ def assert_same_run(run, ref):
 
 def train_command(args):
     """The train command without main()'s error handling, to see the exception it raises."""
-    parsed = _parse(args)
-    torch.set_num_threads(parsed.threads)
-    cmd_train(parsed)
+    _, values, given = parse(args)
+    torch.set_num_threads(values["threads"])
+    cmd_train(values, given)
 
 
 def spawn(args):
@@ -167,9 +168,9 @@ def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, 
             kill_self()
         return real_save(*a, **k)
 
-    real_loss, real_eval, real_save = train_mod.vae_loss, train_mod.evaluate, train_mod.save_model
+    real_loss, real_eval, real_save = train_mod.vae_loss, train_mod.test_metrics, train_mod.save_model
     monkeypatch.setattr(train_mod, "vae_loss", loss)
-    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    monkeypatch.setattr(train_mod, "test_metrics", evaluate)
     monkeypatch.setattr(train_mod, "save_model", save_model)
     with pytest.raises(TrainingInterrupted) as info:
         train_command(train_args(run, data, 3, *flags))
@@ -304,11 +305,13 @@ def test_crash_while_saving_training_state_keeps_previous_file(tmp_path, monkeyp
     model = tiny_model()
     opt = torch.optim.AdamW(model.parameters())
     gen = torch.Generator().manual_seed(0)
-    save_train_state(tmp_path, model, opt, gen, torch.device("cpu"), 3, 30, 40)
+    save_train_state(tmp_path, model=model, opt=opt, gen=gen, device=torch.device("cpu"),
+                     epoch=3, step=30, n_train=40)  # fmt: skip
     before = (tmp_path / "ckpt.pt").read_bytes()
     monkeypatch.setattr(torch, "save", crash_midway(torch.save, 1))
     with pytest.raises(OSError):
-        save_train_state(tmp_path, model, opt, gen, torch.device("cpu"), 4, 40, 40)
+        save_train_state(tmp_path, model=model, opt=opt, gen=gen, device=torch.device("cpu"),
+                         epoch=4, step=40, n_train=40)  # fmt: skip
     assert (tmp_path / "ckpt.pt").read_bytes() == before
     assert load_train_state(tmp_path)["epoch"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
@@ -356,8 +359,9 @@ def test_torn_metrics_line_is_dropped_on_resume(data, tmp_path):
 def train_tiny(run, data_dir, epochs):
     cfg = TrainConfig(dataset="mnist", epochs=epochs, batchsize=8)
     images = {s: torch.from_numpy(load_split("mnist", s, 16, data_dir, False)) for s in SPLITS}
+    plan = RunPlan(run, MODEL, cfg)
     return train_mod.train(
-        MODEL, cfg, images["train"], images["test"], run, torch.device("cpu"), progress=False
+        plan, images["train"], images["test"], torch.device("cpu"), progress=False
     )
 
 
@@ -396,7 +400,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monk
 def test_non_finite_weights_are_never_saved(mnist_dir, tmp_path, monkeypatch):
     ref, run = tmp_path / "ref", tmp_path / "run"
     train_tiny(ref, mnist_dir, 1)
-    real = train_mod.evaluate
+    real = train_mod.test_metrics
     calls = []
 
     def evaluate(model, *a, **k):
@@ -406,7 +410,7 @@ def test_non_finite_weights_are_never_saved(mnist_dir, tmp_path, monkeypatch):
                 next(model.parameters()).view(-1)[0] = float("inf")
         return real(model, *a, **k)
 
-    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    monkeypatch.setattr(train_mod, "test_metrics", evaluate)
     with pytest.raises(TorchVaeError, match="weights became non-finite .* at epoch 2"):
         train_tiny(run, mnist_dir, 3)
     good_epoch_kept(run, ref)

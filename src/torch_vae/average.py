@@ -23,18 +23,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoint import (
-    CHECKPOINTS_DIR,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    load_model,
-    read_metadata,
-    save_model,
-)
+from .checkpoint import CHECKPOINTS_DIR, CONFIG_NAME, WEIGHTS_NAME, read_metadata
 from .errors import TorchVaeError
 from .fileio import file_sha256
 from .images import save_png
-from .model import VAE
+from .model import VAE, load_model, save_model
+from .outputs import N_PICTURE, epoch_picture
 
 log = logging.getLogger("torch_vae")
 
@@ -85,23 +79,31 @@ def recompute_batch_norm(
     model: VAE, images: torch.Tensor, device: torch.device, batchsize: int = 500, seed: int = 0
 ) -> None:
     """Replace the batch-norm running statistics of ``model`` by their plain average over
-    ``images`` (uint8), seen as in training: the decoder gets posterior samples."""
+    ``images`` (uint8), seen as in training: the decoder gets posterior samples, drawn for
+    ``seed`` (the same seed gives the same statistics; the caller's random state is left as it
+    was). ``model`` ends in eval mode."""
+    from torch.optim.swa_utils import update_bn
+
     from .device import to_float
 
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average
-    gen = torch.Generator(device=device).manual_seed(seed)
-    model.train()
-    try:
-        for start in range(0, len(images), batchsize):
-            model(to_float(images[start : start + batchsize], device), sample=True, generator=gen)
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.eval()
+    device = torch.device(device)
+    starts = range(0, len(images), batchsize)
+    batches = (to_float(images[i : i + batchsize], device) for i in starts)
+    # update_bn calls model(x): in train mode the VAE samples z from the global generator of
+    # ``device``. Seed just that one, inside a fork that restores it (and the CPU's) afterwards.
+    seeded = torch.Generator(device=device).manual_seed(seed).get_state()
+    forked = [] if device.type == "cpu" else [device]
+    with torch.random.fork_rng(devices=forked, device_type=device.type):
+        if forked:
+            torch.get_device_module(device.type).set_rng_state(seeded, device)
+        else:
+            torch.set_rng_state(seeded)
+        try:
+            # resets the running statistics, averages them cumulatively (momentum None) over
+            # one pass in train mode, then restores the momenta
+            update_bn(batches, model)
+        finally:
+            model.eval()
 
 
 def average_runs(
@@ -120,8 +122,6 @@ def average_runs(
     images/average.png (samples and test reconstructions, as a run's epoch pictures). ``out``
     must not exist; it appears complete or not at all. Returns the ``average`` record."""
     from .data import load_split
-    from .train import N_PICTURE, epoch_picture
-
     if out.exists():
         raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
     if len(set(run_dirs)) != len(run_dirs):

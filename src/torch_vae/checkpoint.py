@@ -1,4 +1,4 @@
-"""Self-describing checkpoints: safetensors weights that carry their model config.
+"""The weights file format: safetensors weights that carry their model config.
 
 A run folder holds ``model.safetensors`` (latest weights), ``config.json`` (model and training
 config), ``checkpoints/epoch_NNN.safetensors`` and ``ckpt.pt`` (training state). Any of the
@@ -17,11 +17,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import __version__
 from .config import ModelConfig
 from .errors import TorchVaeError
 from .fileio import atomic_path
-from .model import VAE
+from .version import __version__
 
 FORMAT = "torch-vae"
 FORMAT_VERSION = 1
@@ -30,22 +29,25 @@ CONFIG_NAME = "config.json"
 CHECKPOINTS_DIR = "checkpoints"  # epoch_NNN.safetensors, one per epoch
 
 
-def save_model(model: VAE, path: str | os.PathLike, dataset: str | None = None) -> Path:
-    """Write ``model``'s weights and config to ``path`` (a .safetensors file), atomically."""
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def write_weights(
+    state: dict[str, torch.Tensor],
+    config: ModelConfig,
+    path: str | os.PathLike,
+    dataset: str | None = None,
+) -> Path:
+    """Write a model's ``state`` with its ``config`` (and dataset) to ``path``, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "torch_vae_version": __version__,
-        "model_config": json.dumps(model.config.to_dict()),
+        "model_config": json.dumps(config.to_dict()),
     }
     if dataset:
         meta["dataset"] = dataset
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 
@@ -110,39 +112,16 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return {"config": config, "dataset": meta.get("dataset"), "path": weights}
 
 
-def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor of a model with ``config``, computed without allocating it."""
-    with torch.device("meta"):
-        model = VAE(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
-    """Load a model from a run folder or a .safetensors file; it needs no architecture flags.
-
-    The model is returned in eval mode.
-    """
-    meta = read_metadata(path)
-    weights = meta["path"]
+def read_weights(weights: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights``, after checking their names and shapes against ``expected``
+    (so that nothing is allocated for a file that does not fit)."""
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-            # Check the shapes against the config before allocating anything, so that a
-            # damaged config cannot ask for a huge model.
-            _check_shapes(weights, shapes, expected_shapes(meta["config"]))
-            state = {key: f.get_tensor(key) for key in shapes}
+            _check_shapes(weights, shapes, expected)
+            return {key: f.get_tensor(key) for key in shapes}
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         raise TorchVaeError(f"{weights} is corrupt or truncated ({exc})") from None
-    model = VAE(meta["config"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise TorchVaeError(
-            f"{weights}: weights do not fit the stored model config ({first[-1].strip()})"
-        ) from None
-    model.dataset = meta["dataset"]  # type: ignore[attr-defined]
-    return model.to(device).eval()
 
 
 def _check_shapes(weights: Path, have: dict, want: dict) -> None:

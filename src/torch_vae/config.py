@@ -6,17 +6,33 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .errors import TorchVaeError
 
 Arch = Literal["original", "dcgan"]
-ARCHS: tuple[str, ...] = ("original", "dcgan")
 ReconLoss = Literal["mse", "bce"]
 LrSchedule = Literal["constant", "cosine"]
-LR_SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-RECON_LOSSES: tuple[str, ...] = ("mse", "bce")
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+PrecisionName = Literal["fp32", "bf16", "fp16"]
+ARCHS: tuple[str, ...] = get_args(Arch)
+RECON_LOSSES: tuple[str, ...] = get_args(ReconLoss)
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
+# The depth each architecture was designed for (the command line's default for --depth).
+DEFAULT_DEPTH = {"original": 3, "dcgan": 4}
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A dataclass field that is also a command-line option: ``help`` is its help text; ``cli``
+    may hold ``flag=False`` (not an option), ``required``, ``positional``, ``nargs``,
+    ``metavar``, ``type`` (the parser's type) or ``cli_default`` (the default on the command
+    line when it differs from the field's). The parser is built from these (cli.py)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+DATASET_HELP = (
+    "mnist, fashion-mnist, cifar-10, cifar-100, celeb-a, or a folder of images as folder:PATH"
+)
 
 
 def _positive(name: str, value: int, flag: str, maximum: int | None = None) -> None:
@@ -63,15 +79,30 @@ class ModelConfig:
     (the original: depth 3, widths F/4, F/2, F); the decoder mirrors it.
     """
 
-    in_channels: int = 1
-    image_size: int = 64
-    latent_dims: int = 8
-    max_filters: int = 128
-    depth: int = 3
-    arch: Arch = "original"
+    in_channels: int = option(1, "image channels (the dataset's)", flag=False)
+    image_size: int = option(64, "images are resized to this square size")
+    latent_dims: int = option(8, "latent dimensions")
+    max_filters: int = option(
+        128, "filters of the widest convolution, F (the encoder uses ..., F/4, F/2, F)"
+    )
+    depth: int = option(
+        3,
+        "stride-2 convolutions in the encoder and decoder (default: 3 for original, 4 for dcgan)",
+        cli_default=None,
+    )
+    arch: Arch = option(
+        "original",
+        "original: the original torch-vae network; dcgan: fully convolutional DCGAN-style "
+        "variant (4x4 strided convolutions, batch norm in both networks)",
+    )
     # > 0: the images are bilinear upsamplings of native_size x native_size images, and the
     # decoder's output is projected onto those (model.VAE.decode); 0: no projection.
-    native_size: int = 0
+    native_size: int = option(
+        0,
+        "the size the images were upsampled from (28 for MNIST and Fashion-MNIST, 32 for "
+        "CIFAR): the decoder's output is projected onto such images (0: off); with "
+        "--init_from it may differ from MODEL's",
+    )
 
     def __post_init__(self) -> None:
         # The upper bounds are far beyond any practical model; they keep a damaged or hostile
@@ -128,21 +159,30 @@ class ModelConfig:
 class TrainConfig:
     """Training hyper-parameters, recorded in every run folder."""
 
-    dataset: str = "fashion-mnist"
-    epochs: int = 100
-    batchsize: int = 32
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    beta: float = 1.0
-    recon_loss: ReconLoss = "mse"
-    lr_schedule: LrSchedule = "constant"
-    kl_warmup_epochs: float = 0.0  # beta rises linearly from 0 over this many epochs
-    seed: int = 0
-    max_steps: int = 0  # 0 = no limit; a small number makes a quick dry run
-    precision: str = "fp32"  # fp32, bf16 or fp16 (autocast), see speed.py
-    compile: bool = False  # torch.compile the model
-    init_from: str = ""  # weights the run started from ("": random initialisation)
-    init_sha256: str = ""  # their SHA-256, checked when the run starts
+    dataset: str = option("fashion-mnist", DATASET_HELP)
+    epochs: int = option(100, "training epochs")
+    batchsize: int = option(32, "batch size (the global batch under torchrun)")
+    lr: float = option(3e-4, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    beta: float = option(1.0, "weight of the KL term")
+    recon_loss: ReconLoss = option(
+        "mse", "mse: sum of squared errors (the original); bce: Bernoulli likelihood"
+    )
+    lr_schedule: LrSchedule = option(
+        "constant", "constant (the original) or cosine decay to 0 over the run"
+    )
+    kl_warmup_epochs: float = option(
+        0.0, "raise the KL weight linearly from 0 to --beta over this many epochs"
+    )
+    seed: int = option(0, "random seed")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
+    precision: PrecisionName = option(
+        "fp32", "fp32, or bf16/fp16 mixed precision (autocast); see docs/benchmarks.md"
+    )
+    compile: bool = option(False, "torch.compile the model")
+    # weights the run started from ("": random initialisation), set from --init_from
+    init_from: str = option("", "", flag=False)
+    init_sha256: str = option("", "", flag=False)  # their SHA-256, checked when the run starts
 
     def __post_init__(self) -> None:
         if not isinstance(self.dataset, str) or not self.dataset:
@@ -164,8 +204,7 @@ class TrainConfig:
             raise TorchVaeError(
                 f"unknown --lr_schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}"
             )
-        if self.kl_warmup_epochs < 0:
-            raise TorchVaeError(f"--kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        _number("--kl_warmup_epochs", self.kl_warmup_epochs, 0, False, "--kl_warmup_epochs 1")
         if self.precision not in PRECISIONS:
             raise TorchVaeError(
                 f"unknown --precision {self.precision!r}; choose one of {PRECISIONS}"

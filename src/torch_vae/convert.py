@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -11,8 +12,12 @@ from pathlib import Path
 import torch
 
 from .config import ModelConfig
+from .data import check_channels
 from .errors import TorchVaeError
-from .model import VAE
+from .model import VAE, save_model
+from .options import ImportOptions
+
+log = logging.getLogger(__name__)
 
 # original key -> our key; the original's shortcut layers are never used in its forward pass,
 # so they are dropped.
@@ -107,3 +112,20 @@ def import_original(path: str | os.PathLike) -> VAE:
             f"({str(exc).strip().splitlines()[-1].strip()})"
         ) from None
     return model.eval()
+
+
+def import_command(o: ImportOptions) -> Path:
+    """The import-torch-vae command: convert ``o.checkpoint`` and write it, never over a file."""
+    model = import_original(o.checkpoint)
+    check_channels(
+        o.dataset, model.config.in_channels, f"{o.checkpoint} has",
+        "pass the dataset it was trained on",
+    )  # fmt: skip
+    out = o.out or Path("imported") / o.dataset / f"{o.checkpoint.stem}.safetensors"
+    if out.exists():
+        raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
+    save_model(model, out, dataset=o.dataset)
+    c = model.config
+    log.info("imported %s (C=%d, F=%d, d=%d, %dx%d) -> %s", o.checkpoint, c.in_channels,
+             c.max_filters, c.latent_dims, c.image_size, c.image_size, out)  # fmt: skip
+    return out

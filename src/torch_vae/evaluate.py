@@ -19,13 +19,21 @@ gap of Cremer et al., 2018); it is off by default, so the objective is the origi
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from .checkpoint import resolve_weights
+from .data import load_split
 from .device import to_float
+from .fileio import write_text_atomic
 from .losses import per_image_terms
 from .model import LOGVAR_MAX, LOGVAR_MIN, VAE, Posterior, VAEOutput
+from .options import EvaluateOptions, Runtime
+from .outputs import model_and_dataset
 
 HALF_BIN = 0.5 / 255
 _SQRT1_2 = 1 / math.sqrt(2)
@@ -61,6 +69,39 @@ def discretized_gaussian_log_prob(
     tail = torch.where(edge, _log_tail(t_edge), tail_in)
     logp = torch.where(p > 1e-30, torch.log(p.clamp_min(1e-30)) - _LN2, tail)
     return logp.flatten(1).sum(1)
+
+
+@torch.no_grad()
+def test_metrics(
+    model: VAE,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    recon_loss: str = "mse",
+    beta: float = 1.0,
+    seed: int = 0,
+    stop: Callable[[], bool] | None = None,
+) -> dict[str, float] | None:
+    """The metrics a training run records after every epoch, per image of uint8 images
+    (N, H, W, C): the training objective with z sampled (seeded, as in training), its two
+    parts, and the per-pixel MSE of the posterior-mean reconstruction. Returns None as soon as
+    ``stop()`` is true."""
+    model.eval()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sums = {"recon": 0.0, "kl": 0.0, "mse": 0.0}
+    for start in range(0, len(images), batch_size):
+        if stop is not None and stop():
+            return None
+        x = to_float(images[start : start + batch_size], device)
+        post = model.encode(x)
+        out = VAEOutput(model.decode(post.sample(gen)), post.mu, post.logvar)
+        terms = per_image_terms(out, x, recon_loss)
+        sums["recon"] += terms["recon"].sum().item()
+        sums["kl"] += terms["kl"].sum().item()
+        sums["mse"] += (model.decode(post.mu) - x).pow(2).mean((1, 2, 3)).sum().item()
+    m = {k: v / len(images) for k, v in sums.items()}
+    m["loss"] = m["recon"] + beta * m["kl"]
+    return m
 
 
 def _normal_log_prob(z, mu, logvar):
@@ -191,3 +232,59 @@ def evaluate_model(
     else:
         del report["nll"]
     return report
+
+
+def evaluate_command(o: EvaluateOptions, runtime: Runtime) -> dict:
+    """The evaluate command: measure, write the JSON report, print a table."""
+    model, dataset, device = model_and_dataset(o.model, o.dataset, runtime)
+    size, progress = model.config.image_size, not runtime.quiet
+    images = load_split(dataset, o.split, size, o.data_dir, progress)[: o.nimages or None]
+    train = torch.from_numpy(load_split(dataset, "train", size, o.data_dir, progress))
+    sigma = calibrate_sigma(model, train[:10000], device, seed=o.seed)
+    report = evaluate_model(
+        model, torch.from_numpy(images), device, sigma, o.iw_samples, o.batchsize, o.seed,
+        progress, o.refine_steps, o.refine_lr,
+    )  # fmt: skip
+    c = model.config
+    report = {"model": str(o.model), "dataset": dataset, "split": o.split, "image_size": size,
+              "latent_dims": c.latent_dims, "native_size": c.native_size,
+              "parameters": model.num_parameters(), "seed": o.seed, **report}  # fmt: skip
+    path = o.report or report_path(o.model, dataset, o.split)
+    write_text_atomic(path, json.dumps(report, indent=2) + "\n")
+    print_report(report, o)
+    print(f"report: {path}")
+    return report
+
+
+def report_path(model: Path, dataset: str, split: str) -> Path:
+    """Where a report goes by default: inside a model folder, or beside a weights file."""
+    tag = dataset.replace("/", "_").replace(":", "_")
+    if model.is_dir():
+        return model / f"eval-{tag}-{split}.json"
+    weights = resolve_weights(model)
+    return weights.with_name(f"{weights.stem}.eval-{tag}-{split}.json")
+
+
+def print_report(report: dict, o: EvaluateOptions) -> None:
+    rows = [
+        ("objective (SSE + KL, z sampled)", report["objective"]),
+        ("sum of squared errors", report["sse"]),
+        ("KL", report["kl"]),
+        ("MSE per pixel (posterior mean)", report["mse"]),
+        ("PSNR (dB)", report["psnr"]),
+        ("active units", f"{report['active_units']} / {report['latent_dims']}"),
+    ]
+    if o.iw_samples:
+        rows += [
+            (f"NLL, nats ({o.iw_samples} importance samples)", report["nll"]),
+            ("bits per dimension", report["bits_per_dim"]),
+        ]
+    size = report["image_size"]
+    print(f"{report['dataset']} {o.split}, {report['n_images']} images at {size}x{size}, per image:")
+    if n := report["native_size"]:
+        print(f"  (decoder output projected onto upsamplings of {n}x{n} images: --native_size {n})")
+    if o.refine_steps:
+        print(f"  (posteriors refined with {o.refine_steps} steps at lr {o.refine_lr})")
+    for name, value in rows:
+        shown = f"{value:>12.4f}" if isinstance(value, float) else f"{value:>12}"
+        print(f"  {name:<42} {shown}")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata, read_weights, write_weights
 from .config import ModelConfig
+from .errors import TorchVaeError
+from .fileio import write_text_atomic
+from .upsampling import upsampling_projector
+from .version import __version__
 
 # The original uses leaky_relu with PyTorch's default slope.
 LEAKY_SLOPE = 0.01
@@ -155,43 +163,6 @@ class DCGANDecoder(nn.Module):
         return torch.sigmoid(self.convs[-1](h))
 
 
-def bilinear_matrix(n_in: int, n_out: int) -> torch.Tensor:
-    """The (n_out, n_in) matrix of Pillow's bilinear resize along one axis (float64).
-
-    Pillow resizes an image by one such matrix along each axis; this reproduces its
-    coefficients (a triangle filter, widened by the scale when shrinking, each row normalised
-    to sum 1), so ``A @ X @ A.T`` equals ``Image.resize((n_out, n_out), BILINEAR)`` of a float
-    image ``X`` up to rounding.
-    """
-    scale = n_in / n_out
-    support = max(scale, 1.0)
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    for i in range(n_out):
-        center = (i + 0.5) * scale
-        lo, hi = max(int(center - support + 0.5), 0), min(int(center + support + 0.5), n_in)
-        j = torch.arange(lo, hi, dtype=torch.float64)
-        w = (1 - ((j - center + 0.5) / support).abs()).clamp(min=0)
-        m[i, lo:hi] = w / w.sum()
-    return m
-
-
-def upsampling_projector(native_size: int, image_size: int) -> torch.Tensor:
-    """The orthogonal projection (image_size, image_size) onto the column space of
-    ``bilinear_matrix(native_size, image_size)``: ``P @ X @ P`` is the image that bilinear
-    upsampling from ``native_size`` can produce nearest to ``X`` (least squares)."""
-    q, _ = torch.linalg.qr(bilinear_matrix(native_size, image_size))
-    return (q @ q.T).float()
-
-
-def native_residual(images: torch.Tensor, native_size: int) -> float:
-    """Mean squared distance per pixel (images in [0, 1], shape (N, C, H, W)) between the
-    images and their projection onto what upsampling from ``native_size`` can produce: about
-    1e-6 for images the pipeline upsampled from that size (8-bit rounding), far more otherwise."""
-    p = upsampling_projector(native_size, images.shape[-1])
-    x = images.float()
-    return (p @ x @ p - x).pow(2).mean().item()
-
-
 ENCODERS = {"original": Encoder, "dcgan": DCGANEncoder}
 DECODERS = {"original": Decoder, "dcgan": DCGANDecoder}
 
@@ -262,3 +233,54 @@ class VAE(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
+        """Load a model from a run folder, a model folder or a .safetensors file; the file
+        carries the architecture, so no flags are needed. Returned in eval mode, with the
+        dataset it was trained on (if recorded) as ``model.dataset``."""
+        meta = read_metadata(path)
+        # The shapes are checked against the config before anything is allocated, so that a
+        # damaged config cannot ask for a huge model.
+        state = read_weights(meta["path"], expected_shapes(meta["config"]))
+        model = cls(meta["config"])
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise TorchVaeError(
+                f"{meta['path']}: weights do not fit the stored model config ({first[-1].strip()})"
+            ) from None
+        model.dataset = meta["dataset"]
+        return model.to(device).eval()
+
+    def save_pretrained(self, folder: str | os.PathLike, dataset: str | None = None) -> Path:
+        """Write ``folder/model.safetensors`` (weights with their config inside) and
+        ``folder/config.json``; ``VAE.from_pretrained(folder)`` reads it back."""
+        folder = Path(folder)
+        dataset = dataset or getattr(self, "dataset", None)
+        save_model(self, folder / WEIGHTS_NAME, dataset)
+        config = {"torch_vae_version": __version__, "model": self.config.to_dict()}
+        if dataset:
+            config["dataset"] = dataset
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        return folder
+
+
+def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a model with ``config``, computed without allocating it."""
+    with torch.device("meta"):
+        model = VAE(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:
+    """``VAE.from_pretrained``: a model from a run folder or a .safetensors file."""
+    return VAE.from_pretrained(path, device)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, dataset: str | None = None) -> Path:
+    """Write ``model``'s weights and config to ``path`` (a .safetensors file), atomically."""
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return write_weights(model.state_dict(), model.config, path, dataset)

@@ -1,7 +1,9 @@
-"""Writing samples and reconstructions as PNG files, batched."""
+"""Pictures of a model's output: samples and reconstructions as PNG files (the generate and
+reconstruct commands), and the picture a training run draws after every epoch."""
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -9,12 +11,75 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .device import to_float
-from .images import grid, save_png, save_pngs, side_by_side, to_uint8
-from .model import VAE
+from .checkpoint import check_flags
+from .data import check_channels, load_split
+from .device import pick_device, to_float
+from .errors import TorchVaeError
+from .images import grid, save_png, save_pngs, side_by_side, stack_rows, to_uint8
+from .model import VAE, load_model
+from .options import GenerateOptions, ReconstructOptions, Runtime
 from .speed import Precision, inference_model
 
+log = logging.getLogger(__name__)
+
 GRID_LIMIT = 1024  # all.png shows at most this many images
+N_PICTURE = 32  # samples and reconstructions drawn into each epoch's picture
+
+
+@torch.no_grad()
+def epoch_picture(model: VAE, z: torch.Tensor, test_images: torch.Tensor, device) -> np.ndarray:
+    """Top: samples from fixed latents; bottom: test images beside their reconstructions."""
+    model.eval()
+    top = grid(to_uint8(model.decode(z)), nrow=8)
+    x = to_float(test_images, device)
+    bottom = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x))), nrow=4)
+    return stack_rows([top, bottom])
+
+
+def model_and_dataset(
+    model_path: Path, dataset: str | None, runtime: Runtime
+) -> tuple[VAE, str, torch.device]:
+    """Load ``model_path`` on the chosen device and resolve ``dataset`` (default: the model's),
+    checking that its images have the model's channels."""
+    device = pick_device(runtime.device, runtime.cpu)
+    model = load_model(model_path, device)
+    dataset = dataset or model.dataset
+    if dataset is None:
+        raise TorchVaeError(
+            f"{model_path} does not say which dataset it was trained on; pass --dataset"
+        )
+    check_channels(
+        dataset, model.config.in_channels, "the model expects",
+        "pass the dataset the model was trained on",
+    )  # fmt: skip
+    return model, dataset, device
+
+
+def reconstruct_command(o: ReconstructOptions, runtime: Runtime) -> None:
+    model, dataset, _ = model_and_dataset(o.model, o.dataset, runtime)
+    check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters)
+    split = "test" if o.rec_testdata else "train"
+    size, progress = model.config.image_size, not runtime.quiet
+    images = load_split(dataset, split, size, o.data_dir, progress)[: o.nimages or None]
+    out = write_reconstructions(
+        model, torch.from_numpy(images), o.outdir, o.batchsize, progress, o.precision
+    )
+    log.info("wrote %d reconstructions of the %s split of %s to %s (overview: %s)",
+             len(images), split, dataset, o.outdir, out)  # fmt: skip
+
+
+def generate_command(o: GenerateOptions, runtime: Runtime) -> None:
+    model = load_model(o.model, pick_device(runtime.device, runtime.cpu))
+    check_flags(
+        model.config,
+        latent_dims=o.latent_dims,
+        max_filters=o.max_filters,
+        in_channels=o.nimg_channels,
+    )
+    out = write_samples(
+        model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet, o.precision
+    )
+    log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)
 
 
 @torch.no_grad()

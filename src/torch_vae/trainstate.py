@@ -10,58 +10,47 @@ files of an epoch, so it always describes one consistent moment. It is read with
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__
 from .checkpoint import CONFIG_NAME
-from .config import ModelConfig, TrainConfig
 from .errors import TorchVaeError
-from .fileio import atomic_path, write_text_atomic
+from .fileio import atomic_path
+from .version import __version__
 
 STATE_NAME = "ckpt.pt"
-METRICS_NAME = "metrics.jsonl"
 STATE_FORMAT = "torch-vae-train-state"
 STATE_VERSION = 1
 TOTAL_KEYS = ("loss", "recon", "kl")
 
 
-def write_run_config(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig) -> None:
-    text = json.dumps(
-        {
-            "torch_vae_version": __version__,
-            "model": model_config.to_dict(),
-            "train": train_config.to_dict(),
-        },
-        indent=2,
-    )
-    write_text_atomic(run_dir / CONFIG_NAME, text)
+@dataclass
+class EpochProgress:
+    """How far an epoch got: its batch order, the batches done, the images seen, the seconds
+    spent and the running sums of the per-image losses (``TOTAL_KEYS``). Saved in ckpt.pt when
+    a signal stops training in the middle of an epoch, so that resuming continues it."""
 
+    perm: torch.Tensor  # (N,) int64, the epoch's batch order
+    batch: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTAL_KEYS, 0.0))
 
-def read_run_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
-    """The model and training config of a run folder, with a one-line error if unusable."""
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise TorchVaeError(
-            f"{run_dir} has no {CONFIG_NAME}; --resume takes a run folder written by "
-            "'torch-vae train'"
-        )
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
-        raise TorchVaeError(f"{path} is unreadable or corrupt ({exc})") from None
-    if not isinstance(data, dict) or not {"model", "train"} <= set(data):
-        raise TorchVaeError(f"{path} is not a torch-vae run config (no 'model' and 'train')")
-    try:
-        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
-    except TorchVaeError as exc:
-        raise TorchVaeError(f"{path}: {exc}") from None
+    def to_state(self) -> dict[str, Any]:
+        """Plain data for ckpt.pt (read back with weights_only=True)."""
+        return {"perm": self.perm, "batch": self.batch, "totals": dict(self.totals),
+                "seen": self.seen, "seconds": float(self.seconds)}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochProgress:
+        return cls(state["perm"], state["batch"], state["seen"], state["seconds"],
+                   dict(state["totals"]))  # fmt: skip
 
 
 def all_finite(model: torch.nn.Module) -> bool:
@@ -79,6 +68,7 @@ def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
 
 def save_train_state(
     run_dir: Path,
+    *,
     model: torch.nn.Module,
     opt: torch.optim.Optimizer,
     gen: torch.Generator,
@@ -86,7 +76,7 @@ def save_train_state(
     epoch: int,
     step: int,
     n_train: int,
-    partial: dict[str, Any] | None = None,
+    partial: EpochProgress | None = None,
 ) -> None:
     """Write ckpt.pt atomically. ``epoch`` is the number of completed epochs; ``partial``
     describes progress in the next one (for a run stopped mid-epoch)."""
@@ -102,7 +92,7 @@ def save_train_state(
         "epoch": epoch,
         "step": step,
         "n_train": n_train,
-        "partial": partial,
+        "partial": partial.to_state() if partial is not None else None,
     }
     with atomic_path(run_dir / STATE_NAME) as tmp:
         torch.save(state, tmp)
@@ -158,13 +148,13 @@ def _check_state(path: Path, state: Any) -> None:
             )
         raise bad("no torch-vae format marker")
     version = state.get("version")
-    if not _is_count(version) or version > STATE_VERSION:
+    if not is_count(version) or version > STATE_VERSION:
         raise TorchVaeError(
             f"{path} has training state format {version!r}, newer than this torch-vae reads; "
             "upgrade with pip install -U torch-vae"
         )
     for key in ("epoch", "step", "n_train"):
-        if not _is_count(state.get(key)):
+        if not is_count(state.get(key)):
             raise bad(f"{key} is not a count")
     model = state.get("model")
     if not isinstance(model, dict) or not all(
@@ -189,8 +179,8 @@ def _check_state(path: Path, state: Any) -> None:
     if partial is not None:
         ok = (
             isinstance(partial, dict)
-            and _is_count(partial.get("batch"))
-            and _is_count(partial.get("seen"))
+            and is_count(partial.get("batch"))
+            and is_count(partial.get("seen"))
             and isinstance(partial.get("seconds"), float)
             and isinstance(partial.get("perm"), torch.Tensor)
             and partial["perm"].dtype == torch.int64
@@ -202,7 +192,7 @@ def _check_state(path: Path, state: Any) -> None:
             raise bad("the progress within the interrupted epoch is damaged")
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
@@ -286,31 +276,3 @@ def _group_settings(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
     left out: training sets it from the schedule before every step, so a saved mid-schedule
     value is expected to differ from the configured one."""
     return [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups]
-
-
-def trim_metrics(run_dir: Path, epochs_done: int) -> None:
-    """Keep the metrics of the first ``epochs_done`` epochs, dropping a torn last line and the
-    lines of epochs that were not checkpointed (they are trained again)."""
-    if not (run_dir / METRICS_NAME).exists():
-        return
-    keep = [
-        json.dumps(r) + "\n"
-        for r in read_metrics(run_dir)
-        if _is_count(r.get("epoch")) and r["epoch"] <= epochs_done
-    ]
-    write_text_atomic(run_dir / METRICS_NAME, "".join(keep))
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of metrics.jsonl, skipping a torn or damaged line."""
-    path = run_dir / METRICS_NAME
-    records = []
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records

@@ -1,6 +1,6 @@
 """Datasets: registry, readers of the real on-disk formats, downloads and the uint8 cache."""
 
 from .cache import default_data_dir, load_split
-from .datasets import DATASETS, SPLITS, get_dataset
+from .datasets import DATASETS, SPLITS, check_channels, get_dataset
 
-__all__ = ["DATASETS", "SPLITS", "default_data_dir", "get_dataset", "load_split"]
+__all__ = ["DATASETS", "SPLITS", "check_channels", "default_data_dir", "get_dataset", "load_split"]

@@ -402,3 +402,11 @@ def get_dataset(name: str) -> Dataset:
         f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, or pass a folder of "
         "images as folder:PATH"
     )
+
+
+def check_channels(name: str, channels: int, what: str, fix: str) -> None:
+    """A one-line error unless dataset ``name`` has ``channels`` image channels, as ``what``
+    (e.g. "the model expects") says; ``fix`` tells the user what to do."""
+    have = get_dataset(name).channels
+    if have != channels:
+        raise TorchVaeError(f"dataset {name} has {have} channel(s) but {what} {channels}; {fix}")

@@ -1,0 +1,167 @@
+"""The options of each command that are not model or training config: where files go, which
+model to load, how many images. Fields, defaults and help are the command line's one source
+(cli.py builds its parser from them, and from config.ModelConfig and config.TrainConfig);
+``__post_init__`` checks the values, so a command never starts with a bad one."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from .config import DATASET_HELP, PrecisionName, option
+from .errors import TorchVaeError
+
+MODEL_HELP = "run folder or .safetensors weights file"
+DATA_DIR_HELP = "where datasets are downloaded and cached (default: data, or $TORCH_VAE_DATA)"
+INFERENCE_PRECISION_HELP = (
+    "fp32, or bf16/fp16 autocast: faster on CPUs and GPUs with those instructions, pixels "
+    "within a grey level or two of fp32; see docs/benchmarks.md"
+)
+CHECK_HELP = "optional, checked against the model"
+
+
+def positive(flag: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise TorchVaeError(f"{flag} must be a positive integer, got {value}")
+
+
+def non_negative(flag: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TorchVaeError(f"{flag} must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how any command runs."""
+
+    cpu: bool = option(False, "use the CPU even if a GPU (CUDA or MPS) is available")
+    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    threads: int = option(0, "CPU threads for PyTorch (0: PyTorch's choice)")
+    quiet: bool = option(False, "no progress bars or log lines")
+
+    def __post_init__(self) -> None:
+        non_negative("--threads", self.threads)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The train command's options besides the model and training config."""
+
+    config: Path | None = option(None, "JSON file of flag values (flags given override it)")
+    run_dir: Path | None = option(
+        None,
+        "run folder to create (default: runs/<dataset>_filters_F_dims_D, numbered so that no "
+        "run is overwritten)",
+    )
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    dry_run: bool = option(False, "quick check: 1 epoch of 2 steps, evaluated on 64 test images")
+    init_from: Path | None = option(
+        None,
+        "start from the weights of MODEL (run folder or .safetensors) instead of a random "
+        "initialisation: fine-tuning, or another training cycle; the architecture is MODEL's",
+        metavar="MODEL",
+    )
+    resume: Path | None = option(
+        None,
+        "continue the run in folder RUN from its last saved state, with its own config; "
+        "--epochs and --max_steps may extend it",
+        metavar="RUN",
+    )
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    model: Path = option(None, MODEL_HELP, required=True)
+    rec_testdata: bool = option(False, "reconstruct the test split instead of the training split")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
+    max_filters: int | None = option(None, "maximum number of filters; " + CHECK_HELP)
+    outdir: Path = option(None, "output folder for the images", required=True)
+    nimages: int = option(0, "reconstruct only the first N (0: all)")
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    precision: PrecisionName = option("fp32", INFERENCE_PRECISION_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--batchsize", self.batchsize)
+        non_negative("--nimages", self.nimages)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    model: Path = option(None, MODEL_HELP, required=True)
+    seed: int = option(0, "random seed")
+    latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
+    max_filters: int | None = option(None, "maximum number of filters; " + CHECK_HELP)
+    nsamples: int = option(64, "number of samples to generate")
+    outdir: Path = option(None, "output folder for the samples", required=True)
+    nimg_channels: int | None = option(None, "image channels; " + CHECK_HELP)
+    batchsize: int = option(1000, "samples per forward pass")
+    precision: PrecisionName = option("fp32", INFERENCE_PRECISION_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--nsamples", self.nsamples)
+        positive("--batchsize", self.batchsize)
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    model: Path = option(None, MODEL_HELP, required=True)
+    seed: int = option(0, "random seed")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    split: Literal["train", "test"] = option("test", "the split to evaluate")
+    iw_samples: int = option(128, "importance samples per image for the NLL (0 skips the NLL)")
+    refine_steps: int = option(
+        0,
+        "semi-amortized inference: refine each image's posterior with this many gradient steps "
+        "on its objective before measuring (0: the encoder's posterior, as the original)",
+    )
+    refine_lr: float = option(0.01, "Adam step size for --refine_steps")
+    nimages: int = option(0, "evaluate only the first N (0: all)")
+    batchsize: int = option(100, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    report: Path | None = option(
+        None, "where to write the JSON report (default: next to the model)"
+    )
+
+    def __post_init__(self) -> None:
+        positive("--batchsize", self.batchsize)
+        non_negative("--iw_samples", self.iw_samples)
+        non_negative("--refine_steps", self.refine_steps)
+        non_negative("--nimages", self.nimages)
+        if not (isinstance(self.refine_lr, float) and math.isfinite(self.refine_lr)) or (
+            self.refine_lr <= 0
+        ):
+            raise TorchVaeError(
+                f"--refine_lr must be a finite number > 0 (default 0.01), got {self.refine_lr}"
+            )
+
+
+@dataclass(frozen=True)
+class AverageOptions:
+    runs: tuple[Path, ...] = option(
+        (), "run folder(s) written by 'torch-vae train', of one model",
+        positional=True, nargs="+", metavar="RUN", type=Path,
+    )  # fmt: skip
+    seed: int = option(0, "random seed")
+    last: int = option(None, "average the last K epochs of each run", required=True)
+    out: Path = option(None, "model folder to create", required=True)
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--batchsize", self.batchsize)
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    checkpoint: Path = option(None, "the original's .pth file", positional=True)
+    dataset: str = option(
+        None, "the dataset it was trained on (stored with the weights)", required=True
+    )
+    out: Path | None = option(
+        None, "output .safetensors file (default: imported/<dataset>/<name>.safetensors)"
+    )
+    quiet: bool = option(False, "no log lines")
