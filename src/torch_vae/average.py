@@ -122,8 +122,39 @@ def average_runs(
     images/average.png (samples and test reconstructions, as a run's epoch pictures). ``out``
     must not exist; it appears complete or not at all. Returns the ``average`` record."""
     from .data import load_split
+
     if out.exists():
         raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
+    paths = _checkpoints_to_average(run_dirs, last)
+    model = _check_one_model(paths, device)
+    model.load_state_dict(average_weights([p for run in paths.values() for p in run]))
+    size = model.config.image_size
+    images = torch.from_numpy(load_split(model.dataset, "train", size, data_dir, progress))
+    log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
+    recompute_batch_norm(model, images, torch.device(device), batchsize, seed)
+    record = {
+        "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
+        "batch_norm": f"recomputed on the {len(images)} images of the training split, seed {seed}",
+    }
+    config_path = run_dirs[0] / CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_bytes()) if config_path.is_file() else {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise TorchVaeError(f"{config_path} is unreadable or corrupt ({exc})") from None
+    config["average"] = record
+    test = torch.from_numpy(load_split(model.dataset, "test", size, data_dir, progress))
+    # as a training run's images/epoch_NNN.png: latents drawn as train draws them for this seed
+    z = torch.randn(
+        N_PICTURE, model.config.latent_dims, generator=torch.Generator().manual_seed(seed)
+    )
+    picture = epoch_picture(model, z.to(device), test[:N_PICTURE], device)
+    _write_model_folder(out, model, config, picture)
+    log.info("wrote %s", out)
+    return record
+
+
+def _checkpoints_to_average(run_dirs: list[Path], last: int) -> dict[Path, list[Path]]:
+    """The last ``last`` epoch checkpoints of each run."""
     if len(set(run_dirs)) != len(run_dirs):
         raise TorchVaeError("a run is given twice; pass each run folder once")
     paths: dict[Path, list[Path]] = {}
@@ -135,41 +166,27 @@ def average_runs(
                 f"pass 1 to {len(found)}"
             )
         paths[run_dir] = found[-last:]
-    first = run_dirs[0]
+    return paths
+
+
+def _check_one_model(paths: dict[Path, list[Path]], device) -> VAE:
+    """The first run's last model, after checking that every run trained the same model."""
+    first, *others = paths
     model = load_model(paths[first][-1], device)
     if model.dataset is None:
         raise TorchVaeError(f"{paths[first][-1]} does not say which dataset it was trained on")
-    for run_dir in run_dirs[1:]:
+    for run_dir in others:
         other = read_metadata(paths[run_dir][-1])
         if other["config"] != model.config or other["dataset"] != model.dataset:
             raise TorchVaeError(
                 f"{run_dir} is not a run of the same model as {first} (another architecture or "
                 "dataset); average runs of one model only"
             )
-    model.load_state_dict(average_weights([p for run in paths.values() for p in run]))
-    images = torch.from_numpy(
-        load_split(model.dataset, "train", model.config.image_size, data_dir, progress)
-    )
-    log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
-    recompute_batch_norm(model, images, torch.device(device), batchsize, seed)
-    record = {
-        "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
-        "batch_norm": f"recomputed on the {len(images)} images of the training split, seed {seed}",
-    }
-    config_path = first / CONFIG_NAME
-    try:
-        config = json.loads(config_path.read_bytes()) if config_path.is_file() else {}
-    except (OSError, ValueError, RecursionError) as exc:
-        raise TorchVaeError(f"{config_path} is unreadable or corrupt ({exc})") from None
-    config["average"] = record
-    test = torch.from_numpy(
-        load_split(model.dataset, "test", model.config.image_size, data_dir, progress)
-    )
-    # as a training run's images/epoch_NNN.png: latents drawn as train draws them for this seed
-    z = torch.randn(
-        N_PICTURE, model.config.latent_dims, generator=torch.Generator().manual_seed(seed)
-    )
-    picture = epoch_picture(model, z.to(device), test[:N_PICTURE], device)
+    return model
+
+
+def _write_model_folder(out: Path, model: VAE, config: dict, picture) -> None:
+    """Write the folder under a temporary name and rename it: it appears whole or not at all."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -184,5 +201,3 @@ def average_runs(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("wrote %s", out)
-    return record

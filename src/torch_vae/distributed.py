@@ -218,8 +218,6 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
             ) from None
     _JOINED.append(True)
     log.info("process %d of %d (%s, %s)", d.rank, d.world, backend, device)
-    if not d.is_main:  # progress lines come from rank 0 alone; warnings and errors from all
-        logging.getLogger("torch_vae").setLevel(logging.WARNING)
     return d, device
 
 

@@ -211,6 +211,31 @@ def restore_train_state(
 ) -> None:
     """Load a checked state into a freshly built model, optimizer and generators, with a
     one-line error when it does not fit them."""
+    _check_fits(state, path, model, n_train, steps_per_epoch)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved weights do not fit the model ({_first_line(exc)})"
+        ) from None
+    if not all_finite(model):
+        raise TorchVaeError(f"{path} holds non-finite weights; it is damaged")
+    _load_optimizer(state["optimizer"], path, opt)
+    rng = state["rng"]
+    try:
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["gen"])
+        if rng["cuda"] and torch.cuda.is_available():
+            if len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved random generator states are damaged ({_first_line(exc)})"
+        ) from None
+
+
+def _check_fits(state, path: Path, model, n_train: int, steps_per_epoch: int) -> None:
+    """The state belongs to this model and training split, and its partial epoch is sound."""
     config = getattr(model, "config", None)
     if config is not None and state["model_config"] != config.to_dict():
         raise TorchVaeError(
@@ -231,17 +256,12 @@ def restore_train_state(
             raise TorchVaeError(f"{path}: the interrupted epoch's batch order is damaged")
         if not all(math.isfinite(v) for v in partial["totals"].values()):
             raise TorchVaeError(f"{path}: the interrupted epoch's running losses are not finite")
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        raise TorchVaeError(
-            f"{path}: the saved weights do not fit the model ({_first_line(exc)})"
-        ) from None
-    if not all_finite(model):
-        raise TorchVaeError(f"{path} holds non-finite weights; it is damaged")
+
+
+def _load_optimizer(saved: dict[str, Any], path: Path, opt: torch.optim.Optimizer) -> None:
     settings = _group_settings(opt)
     try:
-        opt.load_state_dict(state["optimizer"])
+        opt.load_state_dict(saved)
     except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
         raise TorchVaeError(
             f"{path}: the saved optimizer state does not fit the model ({_first_line(exc)})"
@@ -258,17 +278,6 @@ def restore_train_state(
                     value.dim() > 0 and value.shape != p.shape
                 ):
                     raise TorchVaeError(f"{path}: the saved optimizer state {name} is damaged")
-    rng = state["rng"]
-    try:
-        torch.set_rng_state(rng["torch"])
-        gen.set_state(rng["gen"])
-        if rng["cuda"] and torch.cuda.is_available():
-            if len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise TorchVaeError(
-            f"{path}: the saved random generator states are damaged ({_first_line(exc)})"
-        ) from None
 
 
 def _group_settings(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
