@@ -251,6 +251,12 @@ class VAE(nn.Module):
             raise TorchVaeError(
                 f"{meta['path']}: weights do not fit the stored model config ({first[-1].strip()})"
             ) from None
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise TorchVaeError(
+                f"{meta['path']} holds NaN or infinite weights ({bad[0]}); the file is damaged "
+                "or was saved from a diverged run: use an earlier checkpoint"
+            )
         model.dataset = meta["dataset"]
         return model.to(device).eval()
 

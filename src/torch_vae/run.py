@@ -168,7 +168,7 @@ def _plan_resume(values: dict[str, Any], given: set[str]) -> RunPlan:
     train_cfg = dataclasses.replace(train_cfg, **changes)
     state = load_train_state(run_dir)
     finished = state["epoch"] >= train_cfg.epochs or (
-        state["partial"] is None and train_cfg.max_steps and state["step"] >= train_cfg.max_steps
+        train_cfg.max_steps and state["step"] >= train_cfg.max_steps
     )
     if finished:
         raise TorchVaeError(

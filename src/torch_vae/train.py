@@ -185,8 +185,12 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
         log.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"] + 1, loop.step)
     if loop.dist.enabled:  # the same batches everywhere, but each process its own noise
         torch.manual_seed(loop.dist.noise_seed(loop.cfg.seed, loop.step))
-    partial = state["partial"]
-    return state["epoch"] + 1, EpochProgress.from_state(partial) if partial else None
+    if not state["partial"]:
+        return state["epoch"] + 1, None
+    partial = EpochProgress.from_state(state["partial"])
+    if loop.dist.enabled and not loop.dist.is_main:  # the saved sums are the whole job's
+        partial.totals, partial.seen = dict.fromkeys(TOTAL_KEYS, 0.0), 0
+    return state["epoch"] + 1, partial
 
 
 def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
@@ -263,7 +267,11 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         "epoch_seconds": ep.seconds,
     }
     if dist.is_main:
-        save_checkpoint(loop, epoch, record)
+        # an epoch that --max_steps cut short is saved as unfinished, so that resuming with a
+        # larger --max_steps continues it as a run started with that value would have
+        cut = ep.batch < loop.steps_per_epoch
+        partial = EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals) if cut else None
+        save_checkpoint(loop, epoch, record, partial)
     log.info("epoch %d: train loss %.2f, test loss %.2f (recon %.2f, kl %.2f) per image, "
              "%.0f img/s", epoch, record["train_loss"], test["loss"], test["recon"],
              test["kl"], record["train_img_per_s"])  # fmt: skip
@@ -271,9 +279,12 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         raise _interrupted(loop, epoch)
 
 
-def save_checkpoint(loop: Loop, epoch: int, record: dict[str, Any]) -> None:
+def save_checkpoint(
+    loop: Loop, epoch: int, record: dict[str, Any], partial: EpochProgress | None = None
+) -> None:
     """Write this epoch's weights, metrics, picture and, last, the training state: ckpt.pt is
-    the commit point, so a crash before it only means the epoch is trained again on resume."""
+    the commit point, so a crash before it only means the epoch is trained again on resume.
+    ``partial``: the epoch stopped early (--max_steps) and this is how far it got."""
     run_dir, model, dataset = loop.plan.run_dir, loop.model, loop.cfg.dataset
     picture = epoch_picture(model, loop.fixed_z, loop.test_images[:N_PICTURE], loop.device)
     save_model(model, run_dir / CHECKPOINTS_DIR / f"epoch_{epoch:03d}.safetensors", dataset)
@@ -281,7 +292,7 @@ def save_checkpoint(loop: Loop, epoch: int, record: dict[str, Any]) -> None:
     append_metrics(run_dir, record)
     with atomic_path(run_dir / "images" / f"epoch_{epoch:03d}.png") as tmp:
         save_png(picture, tmp)
-    _save_state(loop, epochs_done=epoch)
+    _save_state(loop, epoch - 1 if partial else epoch, partial)
 
 
 def _save_state(loop: Loop, epochs_done: int, partial: EpochProgress | None = None) -> None:
