@@ -40,3 +40,72 @@ def test_weights_with_non_finite_values_are_refused_at_load(tmp_path, bad, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NaN or infinite weights" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    """Weights (the safetensors writer replaces its temporary file) and JSON files alike."""
+    import os
+
+    from torch_vae.fileio import write_text_atomic
+
+    old = os.umask(umask)
+    try:
+        model = VAE(ModelConfig(image_size=16, latent_dims=2, max_filters=8, depth=2))
+        weights = save_model(model, tmp_path / "m.safetensors")
+        write_text_atomic(tmp_path / "a.json", "{}")
+        model.save_pretrained(tmp_path / "folder")
+    finally:
+        os.umask(old)
+    for path in (weights, tmp_path / "a.json", tmp_path / "folder" / "model.safetensors",
+                 tmp_path / "folder" / "config.json"):  # fmt: skip
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_outdir_that_is_a_file_is_refused_before_work(tmp_path, capsys):
+    model = VAE(ModelConfig(image_size=16, latent_dims=2, max_filters=8, depth=2))
+    path = save_model(model, tmp_path / "m.safetensors", "mnist")
+    (tmp_path / "taken").write_text("mine")
+    args = ["generate", "--model", str(path), "--outdir", str(tmp_path / "taken"), "--quiet"]
+    assert main(args) == 1
+    assert "--outdir" in one_line_error(capsys) and (tmp_path / "taken").read_text() == "mine"
+
+
+def test_report_that_is_a_folder_is_refused_before_work(trained, mnist_dir, tmp_path, capsys):
+    (tmp_path / "reports").mkdir()
+    args = ["evaluate", "--model", str(trained), "--data_dir", str(mnist_dir), "--iw_samples",
+            "0", "--report", str(tmp_path / "reports"), "--quiet"]  # fmt: skip
+    assert main(args) == 1
+    assert "is a folder; give a file name" in one_line_error(capsys)
+
+
+def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
+    data, tmp_path, capsys, monkeypatch  # noqa: F811
+):
+    import errno
+
+    from torch_vae import train as train_mod
+
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 1)) == 0
+    before = (run / "model.safetensors").read_bytes()
+    real = train_mod.save_model
+
+    def full(model, path, *a, **k):
+        if "checkpoints" not in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(model, path, *a, **k)
+
+    monkeypatch.setattr(train_mod, "save_model", full)
+    assert resume(run, data, "--epochs", "2") == 1
+    err = one_line_error(capsys)
+    assert "No space left on device" in err and "free some space" in err and "intact" in err
+    assert (run / "model.safetensors").read_bytes() == before
+    monkeypatch.setattr(train_mod, "save_model", real)
+    assert resume(run, data, "--epochs", "2") == 0  # once there is space, the run goes on

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -231,6 +232,24 @@ COMMANDS = {
 }  # fmt: skip
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: what, where, what to do, and what was kept."""
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = {
+        errno.ENOSPC: "free some space or write somewhere else",
+        errno.EDQUOT: "free some space or write somewhere else",
+        errno.EROFS: "choose a writable folder",
+        errno.EACCES: "check its permissions or choose another folder",
+        errno.EPERM: "check its permissions or choose another folder",
+        errno.ENOTDIR: "a file is in the way of a folder; choose another path",
+        errno.EISDIR: "it is a folder; give a file name",
+    }.get(exc.errno, "check the path")
+    return (
+        f"cannot access{where}: {exc.strerror or exc} ({hint}); files written before are "
+        "intact: every file is written under a temporary name and then renamed into place"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``torch-vae`` command; returns the exit status.
 
@@ -270,6 +289,9 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("torch-vae: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the environment: a full disk, a read-only folder, a file in the way
+        print(f"torch-vae: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except Exception as exc:  # a collective failed: another process of a distributed job died
         from .distributed import describe_failure, from_env, is_collective_error
 

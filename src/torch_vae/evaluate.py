@@ -29,6 +29,7 @@ import torch
 from .checkpoint import resolve_weights
 from .data import load_split
 from .device import to_float
+from .errors import TorchVaeError
 from .fileio import write_text_atomic
 from .losses import per_image_terms
 from .model import LOGVAR_MAX, LOGVAR_MIN, VAE, Posterior, VAEOutput
@@ -236,6 +237,10 @@ def evaluate_model(
 
 def evaluate_command(o: EvaluateOptions, runtime: Runtime) -> dict:
     """The evaluate command: measure, write the JSON report, print a table."""
+    if o.report is not None and o.report.is_dir():
+        raise TorchVaeError(
+            f"--report {o.report} is a folder; give a file name, e.g. {o.report / 'report.json'}"
+        )
     model, dataset, device = model_and_dataset(o.model, o.dataset, runtime)
     size, progress = model.config.image_size, not runtime.quiet
     images = load_split(dataset, o.split, size, o.data_dir, progress)[: o.nimages or None]

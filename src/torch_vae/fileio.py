@@ -9,8 +9,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -23,16 +21,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    with contextlib.suppress(OSError):
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp's 0600 -> what open() would have made
     try:
         yield tmp_path
+        # mkstemp makes 0600, and a writer may replace the file with its own: give it the mode
+        # open() would have given (0644 under the usual umask) once it is written
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

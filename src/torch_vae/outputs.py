@@ -36,6 +36,12 @@ def epoch_picture(model: VAE, z: torch.Tensor, test_images: torch.Tensor, device
     return stack_rows([top, bottom])
 
 
+def check_outdir(outdir: Path) -> None:
+    """Before any work: the output folder can be made."""
+    if outdir.exists() and not outdir.is_dir():
+        raise TorchVaeError(f"--outdir {outdir} is a file, not a folder; choose another --outdir")
+
+
 def model_and_dataset(
     model_path: Path, dataset: str | None, runtime: Runtime
 ) -> tuple[VAE, str, torch.device]:
@@ -56,6 +62,7 @@ def model_and_dataset(
 
 
 def reconstruct_command(o: ReconstructOptions, runtime: Runtime) -> None:
+    check_outdir(o.outdir)
     model, dataset, _ = model_and_dataset(o.model, o.dataset, runtime)
     check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters)
     split = "test" if o.rec_testdata else "train"
@@ -69,6 +76,7 @@ def reconstruct_command(o: ReconstructOptions, runtime: Runtime) -> None:
 
 
 def generate_command(o: GenerateOptions, runtime: Runtime) -> None:
+    check_outdir(o.outdir)
     model = load_model(o.model, pick_device(runtime.device, runtime.cpu))
     check_flags(
         model.config,
