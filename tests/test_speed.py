@@ -26,31 +26,43 @@ def test_png_encoder_round_trip(tmp_path, channels):
 
 
 def test_png_encoder_rejects_other_arrays():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected uint8 \(H, W, 1 or 3\) image, got uint8"):
         encode_png(np.zeros((4, 4, 2), np.uint8))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected uint8 \(H, W, 1 or 3\) image, got float32"):
         encode_png(np.zeros((4, 4, 1), np.float32))
 
 
-def _trained_like_model():
+def _trained_like_model(arch="original"):
     torch.manual_seed(0)
-    model = VAE(ModelConfig(in_channels=3, image_size=16, latent_dims=4, max_filters=16, depth=2))
+    config = ModelConfig(
+        arch=arch, in_channels=3, image_size=16, latent_dims=4, max_filters=16, depth=2
+    )
+    model = VAE(config)
     model.train()
     x = torch.rand(8, 3, 16, 16)
     with torch.no_grad():
         for _ in range(3):  # give the batch norms non-trivial running statistics
             model(x * 2 + 0.3)
     for norm in (*model.encoder.norms, *model.decoder.norms):
+        if not isinstance(norm, torch.nn.BatchNorm2d):
+            continue  # the DCGAN encoder's first convolution has none
         torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
         torch.nn.init.uniform_(norm.bias, -0.2, 0.2)
     return model.eval(), x
 
 
-def test_inference_model_folds_batch_norm_without_changing_outputs():
-    model, x = _trained_like_model()
+@pytest.mark.parametrize("arch", ["original", "dcgan"])
+def test_inference_model_folds_batch_norm_without_changing_outputs(arch):
+    model, x = _trained_like_model(arch)
+    assert model.config.arch == arch
+    # both architectures have batch norms after Conv2d (encoder) and ConvTranspose2d (decoder)
+    for part in (model.encoder, model.decoder):
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in part.norms)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fused = inference_model(model)
+    assert not fused.training
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert fused.decoder.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         assert torch.allclose(fused.reconstruct(x), model.reconstruct(x), atol=1e-5)
         z = torch.randn(5, 4)
@@ -59,7 +71,7 @@ def test_inference_model_folds_batch_norm_without_changing_outputs():
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model is untouched
 
 
-def test_precision_helpers():
+def test_precision_autocasts_and_unknown_precisions_are_refused():
     assert Precision(torch.device("cpu"), "fp32").scaler is None
     with Precision(torch.device("cpu"), "bf16").autocast():
         y = torch.nn.Linear(4, 4)(torch.rand(2, 4))

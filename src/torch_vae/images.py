@@ -60,9 +60,10 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of one uint8 (H, W, C) image, C = 1 (grayscale) or 3 (RGB).
 
-    A minimal encoder (8-bit samples, no row filter, zlib level 1): several times faster than
-    going through Pillow for the many small images that generate and reconstruct write, and
-    read back exactly by any PNG decoder.
+    A minimal encoder (8-bit samples, no row filter, zlib level 1): 1.7-2x faster than Pillow
+    at the same zlib level for the many small images that generate and reconstruct write
+    (``bench/png_encoder.py``, docs/benchmarks.md "PNG encoding"), and read back exactly by
+    any PNG decoder.
     """
     h, w, c = image.shape
     if c not in (1, 3) or image.dtype != np.uint8:

@@ -118,6 +118,8 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
     ``model`` itself is left as it is."""
     import copy
 
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
     from .model import VAE
 
     model = unwrap(model)
@@ -128,20 +130,11 @@ def inference_model(model: torch.nn.Module) -> torch.nn.Module:
         for i, norm in enumerate(part.norms):
             if not isinstance(norm, torch.nn.BatchNorm2d):
                 continue
-            _fold(part.convs[i], norm)
+            conv = part.convs[i]
+            # output channels: dim 0 of a Conv2d weight, dim 1 of a ConvTranspose2d weight
+            transpose = isinstance(conv, torch.nn.ConvTranspose2d)
+            part.convs[i] = fuse_conv_bn_eval(conv, norm, transpose=transpose)
             part.norms[i] = torch.nn.Identity()
     if next(fused.parameters()).device.type == "cpu":
         fused = fused.to(memory_format=torch.channels_last)
     return fused
-
-
-def _fold(conv: torch.nn.Module, norm: torch.nn.BatchNorm2d) -> None:
-    """conv <- norm(conv(.)), with the norm's running statistics (eval mode)."""
-    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-    # output channels: dim 0 of a Conv2d weight, dim 1 of a ConvTranspose2d weight
-    dim = 1 if isinstance(conv, torch.nn.ConvTranspose2d) else 0
-    shape = [1] * conv.weight.dim()
-    shape[dim] = -1
-    conv.weight.mul_(scale.view(shape))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-    conv.bias = torch.nn.Parameter((bias - norm.running_mean) * scale + norm.bias)

@@ -2,5 +2,14 @@
 
 from .cache import default_data_dir, load_split
 from .datasets import DATASETS, SPLITS, check_channels, get_dataset
+from .torchdata import CachedImages
 
-__all__ = ["DATASETS", "SPLITS", "check_channels", "default_data_dir", "get_dataset", "load_split"]
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "CachedImages",
+    "check_channels",
+    "default_data_dir",
+    "get_dataset",
+    "load_split",
+]

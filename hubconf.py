@@ -1,0 +1,67 @@
+"""torch.hub entry points: the pretrained Fashion-MNIST models in models/fashion-mnist/.
+
+    import torch
+
+    model = torch.hub.load("/path/to/torch-vae", "fashion_mnist_dcgan_d8", source="local")
+    images = model.decode(torch.randn(16, model.config.latent_dims))  # (16, 1, 64, 64) in [0, 1]
+
+    model = torch.hub.load("/path/to/torch-vae", "vae", "runs/mine", source="local")
+
+Every entry returns a ``torch_vae.VAE`` in eval mode (``torch_vae.load_model``). The models
+are described in models/fashion-mnist/README.md. torch_vae is imported from the environment
+if it is installed, otherwise from this clone's ``src/``.
+"""
+
+import sys as _sys
+from pathlib import Path as _Path
+
+dependencies = ["torch", "safetensors"]
+
+_ROOT = _Path(__file__).resolve().parent
+_MODELS = _ROOT / "models" / "fashion-mnist"
+
+
+def _load_model(path, device):
+    try:
+        import torch_vae
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch_vae":
+            raise
+        _sys.path.insert(0, str(_ROOT / "src"))
+        import torch_vae
+    return torch_vae.load_model(path, device)
+
+
+def vae(path, device="cpu"):
+    """Any torch-vae model: ``path`` is a run folder (written by ``torch-vae train`` or
+    ``torch-vae average``) or a ``.safetensors`` weights file; relative paths are relative to
+    the working directory. ``device``: where to put the model."""
+    return _load_model(path, device)
+
+
+def _shipped(folder, summary):
+    def entry(device="cpu"):
+        return _load_model(_MODELS / folder, device)
+
+    entry.__name__ = entry.__qualname__ = "fashion_mnist_" + folder.replace("-", "_")
+    entry.__doc__ = (
+        f"models/fashion-mnist/{folder}: {summary}. DCGAN-style VAE for 64x64 grayscale "
+        "Fashion-MNIST images. ``device``: where to put the model."
+    )
+    return entry
+
+
+fashion_mnist_dcgan_d2 = _shipped("dcgan-d2", "latent 2, test objective 85.25")
+fashion_mnist_dcgan_d8 = _shipped("dcgan-d8", "latent 8, test objective 51.05")
+fashion_mnist_dcgan_d64 = _shipped("dcgan-d64", "latent 64, test objective 50.83")
+fashion_mnist_dcgan_f192_d8 = _shipped(
+    "dcgan-f192-d8", "latent 8, 192 filters, test objective 50.26"
+)
+fashion_mnist_dcgan_f192_d8_swa = _shipped(
+    "dcgan-f192-d8-swa", "latent 8, 192 filters, weights averaged, test objective 50.05"
+)
+fashion_mnist_dcgan_f192_d8_p28 = _shipped(
+    "dcgan-f192-d8-p28",
+    "latent 8, 192 filters, output projected onto what upsampling from 28x28 can produce "
+    "(native_size 28), test objective 49.77 (the best)",
+)
