@@ -109,3 +109,50 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
     assert (run / "model.safetensors").read_bytes() == before
     monkeypatch.setattr(train_mod, "save_model", real)
     assert resume(run, data, "--epochs", "2") == 0  # once there is space, the run goes on
+
+
+def test_two_runs_started_at_once_take_different_default_folders(tmp_path):
+    """Choosing a default run folder makes it, so a second run planned before the first
+    started writing takes NAME-2 instead of failing on a folder that is no longer empty."""
+    from torch_vae.run import new_run_dir
+
+    first = new_run_dir(tmp_path / "runs", "x")
+    second = new_run_dir(tmp_path / "runs", "x")
+    assert (first.name, second.name) == ("x", "x-2") and first.is_dir() and second.is_dir()
+
+
+def test_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
+    data, tmp_path, monkeypatch, capsys  # noqa: F811
+):
+    from torch_vae import train as train_mod
+
+    def broken(*a, **k):
+        raise TorchVaeError("the first step failed")
+
+    monkeypatch.setattr(train_mod, "vae_loss", broken)
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 1)) == 1
+    assert "the first step failed" in one_line_error(capsys)
+    assert not run.exists()  # the name is free again
+    monkeypatch.undo()
+    assert main(train_args(run, data, 1)) == 0
+
+
+def test_failure_after_a_checkpoint_keeps_the_run(data, tmp_path, monkeypatch):  # noqa: F811
+    from torch_vae import train as train_mod
+    from torch_vae.trainstate import load_train_state
+
+    real, calls = train_mod.vae_loss, []
+
+    def fails_in_epoch_2(*a, **k):  # 5 steps per epoch
+        calls.append(1)
+        if len(calls) > 5:
+            raise TorchVaeError("broke in epoch 2")
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "vae_loss", fails_in_epoch_2)
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 2)) == 1
+    assert load_train_state(run)["epoch"] == 1 and (run / "model.safetensors").is_file()
+    monkeypatch.undo()
+    assert resume(run, data) == 0

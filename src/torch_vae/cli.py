@@ -148,7 +148,7 @@ def pick(cls: type, values: dict[str, Any]):
 def cmd_train(values: dict[str, Any], given: set[str]) -> None:
     from .device import pick_device
     from .distributed import setup, teardown
-    from .run import load_run_data, plan_run
+    from .run import load_run_data, plan_run, removed_if_unused
     from .train import train
 
     runtime = pick(Runtime, values)
@@ -160,8 +160,9 @@ def cmd_train(values: dict[str, Any], given: set[str]) -> None:
     try:
         try:
             plan = plan_run(values, given, dist)
-            train_images, test_images = load_run_data(plan, progress, dist)
-            train(plan, train_images, test_images, device, progress, dist)
+            with removed_if_unused(plan, dist):
+                train_images, test_images = load_run_data(plan, progress, dist)
+                train(plan, train_images, test_images, device, progress, dist)
             log.info("done. Next: torch-vae generate --model %s --outdir samples", plan.run_dir)
         except TrainingInterrupted:  # every process stopped at the same step
             dist.barrier()

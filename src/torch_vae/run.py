@@ -8,9 +8,11 @@ the user's input happens here, before the training loop starts and before anythi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from .config import DEFAULT_DEPTH, ModelConfig, TrainConfig
 from .data import check_channels, get_dataset, load_split
 from .distributed import Distributed
 from .errors import TorchVaeError
-from .fileio import file_sha256, write_text_atomic
+from .fileio import file_sha256, remove_stale_temporaries, write_text_atomic
 from .model import load_model
 from .trainstate import is_count, load_train_state
 from .version import __version__
@@ -85,9 +87,11 @@ def _fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _choose_run_dir(run_dir: Path | None, train_cfg: TrainConfig, model: ModelConfig) -> Path:
-    """``--run_dir`` if it is free, else a new numbered folder under runs/ (rank 0 decides)."""
+    """``--run_dir`` if it is free, else a new numbered folder under runs/ (rank 0 decides).
+    The folder is made here, so that two runs started at once never take the same one."""
     if run_dir is not None:
         check_new_run_dir(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir
     dataset = train_cfg.dataset
     stem = "mnist" if dataset == "mnist" else get_dataset(dataset).source_id(Path())
@@ -98,12 +102,41 @@ def _choose_run_dir(run_dir: Path | None, train_cfg: TrainConfig, model: ModelCo
 
 
 def new_run_dir(base: Path, name: str) -> Path:
-    """``base/name``, or ``base/name-2``, ``-3``... so that no existing run is touched."""
-    candidate, i = base / name, 1
-    while candidate.exists():
-        i += 1
-        candidate = base / f"{name}-{i}"
-    return candidate
+    """Make and return ``base/name``, or ``base/name-2``, ``-3``... whichever is free first;
+    the folder is created atomically, so a run started at the same moment takes the next."""
+    base.mkdir(parents=True, exist_ok=True)
+    i = 1
+    while True:
+        candidate = base / (name if i == 1 else f"{name}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            i += 1
+
+
+@contextlib.contextmanager
+def removed_if_unused(plan: RunPlan, dist: Distributed | None = None) -> Iterator[None]:
+    """If a new run fails before it saved any training state, remove the files it wrote and
+    its folder: a folder with only config.json blocks its name and cannot be resumed."""
+    try:
+        yield
+    except BaseException:
+        if plan.resume is None and (dist is None or dist.is_main):
+            _remove_unused_run(plan.run_dir)
+        raise
+
+
+def _remove_unused_run(run_dir: Path) -> None:
+    """Remove ``run_dir`` if it holds nothing of value: no training state and no weights,
+    only config.json (and temporaries or empty folders)."""
+    remove_stale_temporaries(run_dir)
+    if any(p.is_file() and p.name != CONFIG_NAME for p in run_dir.rglob("*")):
+        return  # weights or a training state: keep everything
+    (run_dir / CONFIG_NAME).unlink(missing_ok=True)
+    for folder in sorted(run_dir.rglob("*"), reverse=True) + [run_dir]:
+        with contextlib.suppress(OSError):  # not a folder, or not empty: leave it
+            folder.rmdir()
 
 
 def check_new_run_dir(path: Path) -> None:

@@ -339,7 +339,7 @@ def _kept(loop: Loop) -> str:
     run_dir = loop.plan.run_dir
     if (run_dir / STATE_NAME).exists():
         return f"the last good checkpoint in {run_dir} was kept"
-    return f"no checkpoint was written (no epoch had completed), nothing in {run_dir} is usable"
+    return f"no checkpoint was written (no epoch had completed), so {run_dir} is removed"
 
 
 def _check_finite(loop: Loop, epoch: int) -> None:
