@@ -156,3 +156,62 @@ def test_failure_after_a_checkpoint_keeps_the_run(data, tmp_path, monkeypatch): 
     assert load_train_state(run)["epoch"] == 1 and (run / "model.safetensors").is_file()
     monkeypatch.undo()
     assert resume(run, data) == 0
+
+
+def test_absurd_thread_count_is_refused(capsys):
+    assert main(["generate", "--model", "m", "--outdir", "o", "--threads", "100000"]) == 1
+    assert "--threads 100000 is more than this machine can use" in one_line_error(capsys)
+
+
+def test_samples_do_not_depend_on_the_batch_size(trained, tmp_path):
+    """The same latents whatever the batch size; pixels may differ by a rounding step, since
+    the convolution kernels sum in another order for another batch size."""
+    import numpy as np
+    from PIL import Image
+
+    outs = []
+    for batch in ("7", "1000"):
+        out = tmp_path / f"b{batch}"
+        args = ["generate", "--model", str(trained), "--nsamples", "20", "--outdir", str(out)]
+        assert main([*args, "--batchsize", batch, "--quiet"]) == 0
+        outs.append(np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png"), np.int16)
+                              for i in range(20)]))  # fmt: skip
+    assert np.abs(outs[0] - outs[1]).max() <= 1 and (outs[0] == outs[1]).mean() > 0.99
+
+
+@pytest.mark.parametrize("dims", [1, 3, 8])
+def test_latent_batches_do_not_depend_on_the_batch_size(dims, monkeypatch):
+    from torch_vae import outputs
+
+    def draw(n, batch):
+        got = list(outputs.latent_batches(n, dims, 5, batch))
+        starts = [s for s, _ in got]
+        assert starts == sorted(starts) and all(len(z) <= batch for _, z in got)
+        assert [s + len(z) for s, z in got][:-1] == starts[1:]  # no gap, no overlap
+        return torch.cat([z for _, z in got])
+
+    # up to one block, one torch.randn call, as before latents were drawn in blocks
+    one_call = torch.randn(100, dims, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(draw(100, 7), one_call)
+    monkeypatch.setattr(outputs, "LATENT_BLOCK", 32)  # several blocks in a small test
+    ref = draw(100, 1000)
+    for batch in (1, 7, 32):
+        assert torch.equal(draw(100, batch), ref), batch
+
+
+def test_generate_draws_latents_a_batch_at_a_time(trained, tmp_path, monkeypatch):
+    """Memory does not grow with --nsamples: no draw is larger than one batch."""
+    sizes = []
+    real = torch.randn
+
+    def recording(*size, **k):
+        sizes.append(size[0] if isinstance(size[0], int) else size[0][0])
+        return real(*size, **k)
+
+    monkeypatch.setattr(torch, "randn", recording)
+    out = tmp_path / "s"
+    monkeypatch.setattr("torch_vae.outputs.LATENT_BLOCK", 16)
+    args = ["generate", "--model", str(trained), "--nsamples", "50", "--batchsize", "8"]
+    assert main([*args, "--outdir", str(out), "--quiet"]) == 0
+    assert len(list(out.glob("sample_*.png"))) == 50
+    assert max(sizes) == 16  # outputs.LATENT_BLOCK, not --nsamples

@@ -6,6 +6,7 @@ model to load, how many images. Fields, defaults and help are the command line's
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -43,6 +44,13 @@ class Runtime:
 
     def __post_init__(self) -> None:
         non_negative("--threads", self.threads)
+        # far more threads than cores only slows PyTorch down, and tens of thousands crash it
+        most = 4 * (os.cpu_count() or 1)
+        if self.threads > most:
+            raise TorchVaeError(
+                f"--threads {self.threads} is more than this machine can use ({os.cpu_count()} "
+                f"CPUs); pass at most {most}, or 0 for PyTorch's choice"
+            )
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,13 @@ reconstruct commands), and the picture a training run draws after every epoch.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 from .checkpoint import check_flags
@@ -90,6 +92,21 @@ def generate_command(o: GenerateOptions, runtime: Runtime) -> None:
     log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)
 
 
+LATENT_BLOCK = 4096  # latents drawn at once: memory stays flat however many samples are asked
+
+
+def latent_batches(n: int, dims: int, seed: int, batch_size: int) -> Iterator[tuple[int, Tensor]]:
+    """``n`` latents from N(0, I) for ``seed``, as (index of the first, batch) pairs. They are
+    drawn in blocks of ``LATENT_BLOCK`` rows, whatever the batch size, so they depend on
+    ``seed``, ``n`` and ``dims`` only; up to ``LATENT_BLOCK`` samples they are the numbers of
+    one ``torch.randn(n, dims)`` call, as in earlier versions."""
+    gen = torch.Generator().manual_seed(seed)
+    for block in range(0, n, LATENT_BLOCK):
+        z = torch.randn(min(LATENT_BLOCK, n - block), dims, generator=gen)
+        for start in range(0, len(z), batch_size):
+            yield block + start, z[start : start + batch_size]
+
+
 @torch.no_grad()
 def write_samples(
     model: VAE,
@@ -102,22 +119,23 @@ def write_samples(
 ) -> Path:
     """Decode ``n`` prior samples into ``outdir/sample_NNNNN.png`` plus ``all.png`` (8 per row).
 
-    The latents are drawn on the CPU from ``seed``, so the same seed gives the same samples on
-    any device. ``precision`` bf16 or fp16 decodes under autocast (faster where the hardware has
+    The latents are drawn on the CPU from ``seed`` (``latent_batches``), so the same seed gives
+    the same latents on any device and with any batch size. ``precision`` bf16 or fp16 decodes under autocast (faster where the hardware has
     those instructions; pixels may differ from fp32 by a grey level or two).
     """
     outdir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     model = inference_model(model)  # batch norms folded into the convolutions
     amp = Precision(device, precision)
-    z = torch.randn(n, model.config.latent_dims, generator=torch.Generator().manual_seed(seed))
     keep = []
+    batches = latent_batches(n, model.config.latent_dims, seed, batch_size)
     with ThreadPoolExecutor() as pool:
-        for start in tqdm(
-            range(0, n, batch_size), desc="generating", unit="batch", disable=not progress
-        ):
+        for start, z in tqdm(
+            batches, desc="generating", unit="batch", total=-(-n // batch_size),
+            disable=not progress,
+        ):  # fmt: skip
             with amp.autocast():
-                out = model.decode(z[start : start + batch_size].to(device))
+                out = model.decode(z.to(device))
             imgs = to_uint8(out)
             names = [outdir / f"sample_{i:05d}.png" for i in range(start, start + len(imgs))]
             save_pngs(imgs, names, pool)
