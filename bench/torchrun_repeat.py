@@ -4,8 +4,8 @@
 
 Each run: ``torchrun --standalone --nproc_per_node 2 -m torch_vae train --cpu`` for 2 epochs on
 a folder of 60 small generated PNGs. A run fails if torchrun's exit status is not 0; the first
-failure's stderr is printed. Used to check that distributed runs end cleanly (see README,
-"Multi-GPU / multi-node").
+failure's stderr is printed. Used to check that distributed runs end cleanly (see
+docs/distributed.md).
 """
 
 from __future__ import annotations
