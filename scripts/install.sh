@@ -4,7 +4,7 @@
 # (default torch==2.13.0; on a machine with a local CPU wheel of it, pip takes that one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+. scripts/python.sh
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
     echo "installing PyTorch (${TORCH_SPEC:-torch==2.13.0})"
     "$PY" -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+. scripts/python.sh
 # The real Fashion-MNIST files from Debian's package, used without a download when present.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
@@ -14,8 +15,8 @@ RUN=runs/quickstart
 i=1; while [ -e "$RUN" ]; do i=$((i + 1)); RUN=runs/quickstart-$i; done
 # The DCGAN-style variant with a cosine schedule: better than the original network in the same
 # number of epochs, and about twice as fast on a CPU (see docs/results.md).
-torch-vae train --dataset fashion-mnist --epochs "$EPOCHS" --batchsize 128 --latent_dims 8 \
+"$PY" -m torch_vae train --dataset fashion-mnist --epochs "$EPOCHS" --batchsize 128 --latent_dims 8 \
     --arch dcgan --lr 2e-3 --lr_schedule cosine --run_dir "$RUN"
-torch-vae generate --model "$RUN" --nsamples 64 --outdir "$RUN/samples"
-torch-vae reconstruct --model "$RUN" --rec_testdata --nimages 64 --outdir "$RUN/reconstructions"
+"$PY" -m torch_vae generate --model "$RUN" --nsamples 64 --outdir "$RUN/samples"
+"$PY" -m torch_vae reconstruct --model "$RUN" --rec_testdata --nimages 64 --outdir "$RUN/reconstructions"
 echo "samples: $RUN/samples/all.png  reconstructions: $RUN/reconstructions/all.png"
