@@ -128,6 +128,7 @@ def torchrun(*args, timeout=180):
     )
 
 
+@pytest.mark.slow  # two torchrun launches of 2 processes each, 6-10 s
 def test_torchrun_trains_and_resumes(data, tmp_path):
     """The real launcher. Both runs must end with exit status 0: a process used to abort
     (SIGABRT) in about 1 run in 10 during the interpreter's shutdown, which torchrun reports as

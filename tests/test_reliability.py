@@ -115,6 +115,7 @@ def wait_for(path, proc, timeout=60):
 # 1. Resume ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two 60-epoch runs each, 4-11 s a case
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sigkill_then_resume_ends_bitwise_equal_to_uninterrupted_run(data, tmp_path, seed):
     epochs = 60
@@ -189,6 +190,7 @@ def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, 
     assert_same_run(run, ref)
 
 
+@pytest.mark.slow  # a subprocess and two 30-epoch runs, 3-9 s a case
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_to_cli_saves_state_and_exits_with_resume_hint(data, tmp_path, sig, code):
     ref, run = tmp_path / "ref", tmp_path / "run"
