@@ -215,3 +215,22 @@ def test_generate_draws_latents_a_batch_at_a_time(trained, tmp_path, monkeypatch
     assert main([*args, "--outdir", str(out), "--quiet"]) == 0
     assert len(list(out.glob("sample_*.png"))) == 50
     assert max(sizes) == 16  # outputs.LATENT_BLOCK, not --nsamples
+
+
+def test_decoder_sigma_does_not_depend_on_the_thread_count():
+    """Evaluation reports are bitwise the same for any --threads (the sigma of the NLL summed
+    a whole batch of pixels in an order that depended on it)."""
+    from torch_vae.evaluate import calibrate_sigma
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(in_channels=3, image_size=64, latent_dims=4, max_filters=16)).eval()
+    images = torch.randint(0, 256, (1000, 64, 64, 3), dtype=torch.uint8)
+    threads = torch.get_num_threads()
+    try:
+        sigmas = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sigmas.append(calibrate_sigma(model, images, torch.device("cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    assert sigmas[0] == sigmas[1]

@@ -118,7 +118,8 @@ def calibrate_sigma(model: VAE, images: torch.Tensor, device, batch_size=500, se
     for start in range(0, len(images), batch_size):
         x = to_float(images[start : start + batch_size], device)
         recon = model.decode(model.encode(x).sample(gen))
-        sq += (recon - x).pow(2).sum().item()
+        # per image first: the same summation order for any number of threads
+        sq += (recon - x).pow(2).flatten(1).sum(1).double().sum().item()
         count += x.numel()
     return max(math.sqrt(sq / count), 1e-3)
 
