@@ -234,3 +234,38 @@ def test_decoder_sigma_does_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert sigmas[0] == sigmas[1]
+
+
+def test_model_too_large_for_memory_is_refused_before_allocating(data, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "run"
+    args = train_args(run, data, 1) + ["--max_filters", "65536", "--latent_dims", "65536"]
+    assert main(args) == 1
+    err = one_line_error(capsys)
+    assert "GiB of memory on cpu" in err and "use a smaller --max_filters" in err
+    assert not run.exists()
+
+
+def test_training_memory_estimate_is_close_to_a_real_step():
+    """The estimate is within a factor of 3 of what one training step takes (peak RSS)."""
+    import subprocess
+    import sys
+
+    from torch_vae.model import training_memory
+
+    config = ModelConfig(image_size=64, latent_dims=8, max_filters=256)
+    code = (
+        "import resource, torch\n"
+        "from torch_vae import VAE, ModelConfig\n"
+        "from torch_vae.losses import vae_loss\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "m = VAE(ModelConfig(image_size=64, latent_dims=8, max_filters=256)).train()\n"
+        "opt = torch.optim.AdamW(m.parameters())\n"
+        "x = torch.rand(256, 1, 64, 64)\n"
+        "for _ in range(2):\n"
+        "    vae_loss(m(x), x, 1.0, 'mse')['loss'].backward(); opt.step()\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)\n"
+    )
+    used = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout)  # fmt: skip
+    estimate = training_memory(config, 256)
+    assert used / 3 < estimate < used * 3, (estimate, used)

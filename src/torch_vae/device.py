@@ -29,6 +29,18 @@ def pick_device(name: str = "auto", cpu: bool = False) -> torch.device:
         raise TorchVaeError(f"unknown --device {name!r}; choose one of {DEVICES}") from None
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes free for new tensors on ``device`` (None where it cannot be told)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 images (B, H, W, C) -> float (B, C, H, W) in [0, 1] on ``device``, channels_last
     (the fastest layout for these convolutions on CPU and GPU)."""

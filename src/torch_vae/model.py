@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import NamedTuple
@@ -278,6 +279,17 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = VAE(config)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def training_memory(config: ModelConfig, batch: int) -> int:
+    """Bytes that training a model with ``config`` on batches of ``batch`` images needs, about:
+    weights, gradients and AdamW's two moments (4 copies of the parameters), and the feature
+    maps of both networks kept for the backward pass (about 4 float copies of each)."""
+    params = sum(math.prod(s) for s in expected_shapes(config).values())
+    maps = config.in_channels * config.image_size**2 * 2  # input and output images
+    for i, width in enumerate(config.channels):
+        maps += 2 * width * (config.image_size // 2 ** (i + 1)) ** 2  # encoder and decoder
+    return 4 * (4 * params + 4 * batch * maps)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> VAE:

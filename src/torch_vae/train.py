@@ -19,14 +19,14 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CHECKPOINTS_DIR, WEIGHTS_NAME
-from .device import to_float
+from .device import available_memory, to_float
 from .distributed import Distributed, wrap
 from .errors import TorchVaeError, TrainingInterrupted
 from .evaluate import test_metrics
 from .fileio import atomic_path, remove_stale_temporaries
 from .images import save_png
 from .losses import vae_loss
-from .model import VAE, save_model
+from .model import VAE, save_model, training_memory
 from .outputs import N_PICTURE, epoch_picture
 from .run import (
     RunPlan,
@@ -151,6 +151,7 @@ def train(
 def _start(plan, train_images, test_images, device, progress, dist, start) -> Loop:
     """Build the model, optimizer and generators, in an order fixed for reproducibility."""
     cfg = plan.train
+    _check_memory(plan, device)
     torch.manual_seed(cfg.seed)
     model = VAE(plan.model)
     if start is not None:
@@ -170,6 +171,17 @@ def _start(plan, train_images, test_images, device, progress, dist, start) -> Lo
              model.num_parameters(), len(train_images), steps_per_epoch, device)  # fmt: skip
     return Loop(plan, model, forward, opt, amp, gen, fixed_z, device, dist, progress,
                 train_images, test_images, steps_per_epoch, total_steps)  # fmt: skip
+
+
+def _check_memory(plan: RunPlan, device: torch.device) -> None:
+    """Refuse, before allocating, a model that cannot be trained in the memory there is."""
+    need, free = training_memory(plan.model, plan.train.batchsize), available_memory(device)
+    if free is not None and need > free:
+        raise TorchVaeError(
+            f"training this model needs about {need / 2**30:.1f} GiB of memory on {device}, but "
+            f"{free / 2**30:.1f} GiB are free; use a smaller --max_filters, --image_size, "
+            "--latent_dims or --batchsize"
+        )
 
 
 def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | None]:
