@@ -269,3 +269,21 @@ def test_training_memory_estimate_is_close_to_a_real_step():
                               check=True).stdout)  # fmt: skip
     estimate = training_memory(config, 256)
     assert used / 3 < estimate < used * 3, (estimate, used)
+
+
+def test_average_removes_the_temporary_folder_a_killed_average_left(
+    train_tiny, mnist_dir, tmp_path
+):
+    import os
+
+    run = train_tiny(tmp_path / "run")
+    out = tmp_path / "models" / "avg"
+    killed = out.parent / ".avg.k1ll3d"  # as tempfile.mkdtemp names it, then SIGKILL
+    (killed / "images").mkdir(parents=True)
+    (killed / "model.safetensors").write_bytes(b"half")
+    os.utime(killed, (0, 0))
+    recent = out.parent / ".avg.running"  # another average still writing: left alone
+    recent.mkdir()
+    args = ["average", str(run), "--last", "2", "--out", str(out), "--data_dir", str(mnist_dir)]
+    assert main([*args, "--quiet"]) == 0
+    assert (out / "model.safetensors").is_file() and not killed.exists() and recent.exists()

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -30,7 +31,10 @@ from .images import save_png
 from .model import VAE, load_model, save_model
 from .outputs import N_PICTURE, epoch_picture
 
-log = logging.getLogger("torch_vae")
+log = logging.getLogger(__name__)
+# A temporary output folder untouched for this long belongs to an average that was killed (one
+# that is running writes its files within seconds of making the folder).
+STALE_SECONDS = 600
 
 
 def epoch_checkpoints(run_dir: Path) -> list[Path]:
@@ -186,8 +190,12 @@ def _check_one_model(paths: dict[Path, list[Path]], device) -> VAE:
 
 
 def _write_model_folder(out: Path, model: VAE, config: dict, picture) -> None:
-    """Write the folder under a temporary name and rename it: it appears whole or not at all."""
+    """Write the folder under a temporary name and rename it: it appears whole or not at all.
+    Temporary folders of earlier attempts at ``out`` that were killed are removed first."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*"):
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_model(model, tmp / WEIGHTS_NAME, model.dataset)
