@@ -1,7 +1,10 @@
 """A uint8 on-disk cache of each dataset split at each image size.
 
 ``<data_dir>/cache/<key>.npy`` holds images (N, H, W, C); ``<key>.json`` beside it holds their
-shape and SHA-256. A cache whose file does not match its record is rebuilt.
+shape, SHA-256 and, for a folder of images, the fingerprint of the files they were decoded
+from. A cache whose file does not match its record, or whose record does not match the
+dataset's files, is rebuilt; so is one that is damaged in any way, whatever its header says.
+Temporaries of builds killed outright are removed at the start of the next build.
 """
 
 from __future__ import annotations
@@ -9,19 +12,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import TorchVaeError
-from ..fileio import atomic_path, write_text_atomic
 from .datasets import SPLITS, get_dataset
+from .download import locked_atomic_file, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 DATA_DIR_ENV = "TORCH_VAE_DATA"
+MAX_RECORD = 1 << 20  # bytes: a record (.json) is a few hundred; a larger one is damaged
 
 
 def default_data_dir() -> Path:
@@ -32,25 +37,79 @@ def _digest(arr: np.ndarray) -> str:
     return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
 
 
+class _Stale(Exception):
+    """The cache cannot be used; the message says why, for the log line."""
+
+
+class _Changed(_Stale):
+    """The cache is sound, but the files it was built from have changed since."""
+
+
+def _read_record(meta_path: Path) -> dict:
+    with open(meta_path, "rb") as f:
+        raw = f.read(MAX_RECORD + 1)
+    if len(raw) > MAX_RECORD:
+        raise _Stale("its record is too large to be one")
+    meta = json.loads(raw)
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+        raise _Stale("its record is of another version")
+    return meta
+
+
+def _read_array(npy: Path, meta: dict, shape: tuple[int, int, int] | None) -> np.ndarray:
+    """The array of ``npy``, once its header is checked against the record, the expected shape
+    and the file size: a damaged header (a huge shape, another dtype) never reaches numpy's
+    allocation."""
+    fmt = np.lib.format
+    with open(npy, "rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            dims, fortran, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            dims, fortran, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise _Stale(f"its .npy format version {version} is not one numpy.save writes")
+        if dtype != np.uint8 or fortran or len(dims) != 4:
+            raise _Stale(f"its header declares {dims} {dtype}, not 4-d uint8 images")
+        if list(dims) != meta["shape"] or (shape is not None and dims[1:] != shape):
+            raise _Stale(f"its header's shape {dims} is not the recorded {meta['shape']}")
+        count = math.prod(dims)
+        size = os.fstat(f.fileno()).st_size
+        if size != f.tell() + count:
+            raise _Stale(f"it has {size} bytes where its header needs {f.tell() + count}")
+        arr = np.fromfile(f, dtype=np.uint8, count=count)
+    if arr.size != count:
+        raise _Stale("it is shorter than its header says")
+    return arr.reshape(dims)
+
+
 def _read_cache(
-    npy: Path, meta_path: Path, shape: tuple[int, int, int] | None = None
-) -> np.ndarray | None:
-    """The cached images if the cache is complete and matches its record (and ``shape``, the
-    expected (H, W, C)), else None."""
+    npy: Path,
+    meta_path: Path,
+    shape: tuple[int, int, int] | None = None,
+    fingerprint: str | None = None,
+) -> np.ndarray:
+    """The cached images if the cache is complete and matches its record (``shape``, the
+    expected (H, W, C), and ``fingerprint``, the dataset's files); else raises _Stale."""
     try:
-        meta = json.loads(meta_path.read_bytes())
-        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
-            return None
-        arr = np.load(npy, allow_pickle=False)
-        if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8 or arr.ndim != 4:
-            return None
-        if list(arr.shape) != meta["shape"] or (shape is not None and arr.shape[1:] != shape):
-            return None
+        meta = _read_record(meta_path)
+        if meta.get("source") != fingerprint:
+            raise _Changed("the images it was built from have changed")
+        arr = _read_array(npy, meta, shape)
         if _digest(arr) != meta["sha256"]:
-            return None
+            raise _Stale("its pixels do not match their checksum")
         return arr
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, RecursionError):
-        return None  # unreadable, truncated or damaged (a torn write, a bit flip...): rebuild
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        EOFError,
+        RecursionError,
+        MemoryError,
+    ) as exc:  # unreadable, truncated or damaged (a torn write, a bit flip...): rebuild
+        raise _Stale(f"it is unreadable or damaged ({type(exc).__name__})") from None
 
 
 def load_split(
@@ -71,26 +130,31 @@ def load_split(
     key = ds.cache_key(split, image_size)
     npy = data_dir / "cache" / f"{key}.npy"
     meta_path = npy.with_suffix(".json")
+    remove_stale_temporaries(npy.parent)
+    # Taken before decoding: files changed meanwhile make the record stale, not the cache wrong.
+    fingerprint = ds.fingerprint(split)
     if npy.exists() and meta_path.exists():
-        arr = _read_cache(npy, meta_path, (image_size, image_size, ds.channels))
-        if arr is not None:
-            return arr
-        log.warning("cache %s is corrupt or stale; rebuilding it", npy)
+        try:
+            return _read_cache(npy, meta_path, (image_size, image_size, ds.channels), fingerprint)
+        except _Stale as why:
+            level = logging.INFO if isinstance(why, _Changed) else logging.WARNING
+            log.log(level, "cache %s cannot be used: %s; rebuilding it", npy, why)
     arr = ds.prepare(split, image_size, data_dir, progress)
     if len(arr) == 0:
         raise TorchVaeError(f"dataset {dataset!r} has no images in its {split} split")
     try:
-        with atomic_path(npy) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, arr, allow_pickle=False)
+        with locked_atomic_file(npy) as f:
+            np.save(f, arr, allow_pickle=False)
         meta = {
             "version": CACHE_VERSION,
             "dataset": ds.name,
             "split": split,
             "shape": list(arr.shape),
             "sha256": _digest(arr),
+            "source": fingerprint,
         }
-        write_text_atomic(meta_path, json.dumps(meta, indent=1))
+        with locked_atomic_file(meta_path) as f:
+            f.write(json.dumps(meta, indent=1).encode())
     except OSError as exc:
         log.warning("could not write the dataset cache %s (%s); continuing without it", npy, exc)
     return arr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import TorchVaeError
-from .download import download, md5sum
+from .download import MIRROR_ENV, DownloadError, download, md5sum
 from .formats import (
     ZIP_ERRORS,
     open_celeba_zip,
@@ -25,7 +26,7 @@ from .formats import (
     read_cifar,
     read_idx,
 )
-from .imaging import resize_arrays, to_array
+from .imaging import UnsupportedImage, resize_arrays, to_array
 from .parallel import decode_all
 
 SPLITS = ("train", "test")
@@ -68,11 +69,13 @@ class Dataset:
     def fetch(self, data_dir: Path, progress: bool = True) -> dict[str, Path]:
         """Return local paths of all files, downloading those that are missing."""
         paths = {}
+        missing = []
         for f in self.files:
             found = self.locate(data_dir, f.name)
             if found is None:
-                found = download(f.url, f.md5, data_dir / self.name / f.name, progress)
-            elif found.is_file() and found.name == f.name and found.stat().st_size < 2**31:
+                missing.append(f)
+                continue
+            if found.is_file() and found.name == f.name and found.stat().st_size < 2**31:
                 # Verify a compressed/archived copy against the official checksum, unless it
                 # is Debian's repacked copy, whose content read_* checks structurally.
                 if not _is_system(found) and md5sum(found) != f.md5:
@@ -81,6 +84,16 @@ class Dataset:
                         "corrupt or incomplete: delete it and run again to download it"
                     )
             paths[f.name] = found
+        for i, f in enumerate(missing):
+            try:
+                paths[f.name] = download(f.url, f.md5, data_dir / self.name / f.name, progress)
+            except DownloadError as exc:  # name all the files still lacking, not just this one
+                names = ", ".join(m.name for m in missing[i:])
+                raise TorchVaeError(
+                    f"dataset {self.name} lacks {names} and could not download {exc.url} "
+                    f"({exc.kind}); check your network, put the file(s) into "
+                    f"{data_dir / self.name}, or set {MIRROR_ENV} to a base URL that serves them"
+                ) from None
         return paths
 
     def prepare(self, split: str, size: int, data_dir: Path, progress: bool = True) -> np.ndarray:
@@ -88,6 +101,11 @@ class Dataset:
 
     def source_id(self, data_dir: Path) -> str:
         return self.name
+
+    def fingerprint(self, split: str) -> str | None:
+        """What the cache of ``split`` must have been built from, or None when its source
+        cannot change: the registered datasets' files are the official ones (checked by MD5)."""
+        return None
 
 
 def _is_system(path: Path) -> bool:
@@ -179,7 +197,7 @@ def read_celeba(
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F", "P;L"}
+GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "P;L"}
 
 
 # What decoding a damaged or hostile image can raise: Pillow's decoders raise many kinds of
@@ -212,6 +230,10 @@ def _decode(fileobj, label, channels, size, crop) -> np.ndarray:
                     # resizing.
                     img.draft(img.mode, (size, size))
                 return to_array(img, channels, size, crop)
+    except UnsupportedImage as exc:
+        raise TorchVaeError(
+            f"cannot use image {label}: {exc}; convert it to an 8-bit PNG, or remove it"
+        ) from None
     except DECODE_ERRORS as exc:
         raise TorchVaeError(f"cannot read image {label} ({exc}); remove or replace it") from None
 
@@ -252,18 +274,32 @@ class FolderDataset(Dataset):
     def cache_key(self, split, size):
         return f"{self.source_id(Path())}-{split}-{size}"
 
-    def list_images(self, split: str) -> list[Path]:
-        def scan(d: Path) -> list[Path]:
-            return sorted(
-                p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+    def fingerprint(self, split):
+        """A digest of the split's file names (relative to the folder), sizes and modification
+        times (ns): it changes when an image is added, removed, renamed or rewritten, so that
+        the cache is rebuilt. Hashing every file's content instead would read the whole
+        dataset on every run. Measured at 200,000 tiny files, page cache warm, on a 2-core
+        "Intel(R) Xeon(R) Processor" VM: listing + stat 0.96 s in one folder (0.77 s in 200
+        subfolders), 1.12 s with the digest; pathlib's rglob + is_file took 2.4 s without
+        keeping the stat. (folder_dataset's Image.open of every file costs ~10x more.) A file
+        rewritten with the same size within the file system's mtime granularity goes unseen."""
+        lines = [f"folder images, decoding {FOLDER_DECODING}"]
+        for rel, _, st in self.listing(split):
+            lines.append(f"{'/'.join(rel)}\0{st.st_size}\0{st.st_mtime_ns}")
+        return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
+    def list_images(self, split: str) -> list[Path]:
+        return [Path(path) for _, path, _ in self.listing(split)]
+
+    def listing(self, split: str) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
+        """The split's image files, sorted: each as its path relative to the folder (a tuple of
+        names), its path, and its stat; one directory scan."""
         if not self.root.is_dir():
             raise TorchVaeError(f"image folder {self.root} does not exist")
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
-            files = scan(self.root / split)
+            files = _scan_images(self.root / split, (split,))
         else:
-            every = scan(self.root)
+            every = _scan_images(self.root)
             files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "test")]
         if not files:
             raise TorchVaeError(
@@ -283,6 +319,49 @@ class FolderDataset(Dataset):
             desc=f"{self.root.name} {split}: decoding",
             progress=progress,
         )
+
+
+# Part of a folder's fingerprint: raise it when decoding turns the same files into other pixels
+# (2: 16-bit and float images scaled to 8 bits instead of clipped).
+FOLDER_DECODING = 2
+
+
+def _scan_images(
+    folder: Path, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
+    """The image files under ``folder``: (``prefix`` + their path relative to ``folder`` as a
+    tuple of names, their path, their stat), in the order of their sorted Paths. As
+    Path.rglob("*") with is_file(): symlinked folders are not entered, symlinked files are
+    followed, unreadable folders are skipped. One os.scandir pass and one stat per image;
+    sorted on name tuples (compared in C) instead of Paths (compared in Python, 4x slower)."""
+    found = []
+    stack = [(prefix, os.fspath(folder))]
+    while stack:
+        rel, where = stack.pop()
+        try:
+            with os.scandir(where) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            dot = name.rfind(".")
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(((*rel, name), entry.path))
+                    continue
+                if not (0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES):
+                    continue
+                st = entry.stat()
+            except OSError:  # vanished meanwhile, or a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append(((*rel, name), entry.path, st))
+    if os.path.normcase("A") == "A":  # POSIX: Paths compare their names as they are
+        found.sort(key=lambda item: item[0])
+    else:  # Windows: case-insensitively
+        found.sort(key=lambda item: tuple(os.path.normcase(n) for n in item[0]))
+    return found
 
 
 def folder_dataset(root: str | os.PathLike) -> FolderDataset:

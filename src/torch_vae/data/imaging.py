@@ -15,10 +15,53 @@ def center_square(img: Image.Image) -> Image.Image:
     return img.crop((left, top, left + side, top + side))
 
 
+class UnsupportedImage(ValueError):
+    """An image whose pixel values have no known 8-bit scale; the message names its mode."""
+
+
+# Modes whose samples are integers wider than 8 bits, and the range they must lie in.
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """``img`` on the 0-255 scale of its 8-bit twin, as an image Pillow converts to "L" or "RGB"
+    without clipping; raises UnsupportedImage when its values have no known scale.
+
+    Pillow's own convert() clips wider samples instead of scaling them: a 16-bit image turns
+    mostly white, a float one in [0, 1] black. Here 16-bit samples (and 32-bit "I" ones within
+    0..65535) are divided by 257 with rounding (v * 257 -> v); float ("F") samples are scaled
+    by 255 when they lie in [0, 1], kept when they lie in [0, 255] (a float copy of 8-bit
+    values), and refused otherwise (negative, beyond 255, NaN or infinite). Other modes are 8
+    bits per sample already ("LAB" goes through RGB, which Pillow can convert it to).
+    """
+    if img.mode in SIXTEEN_BIT_MODES:
+        arr = np.asarray(img)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise UnsupportedImage(
+                f"mode {img.mode} with values {lo}..{hi}, beyond the 16-bit range 0..65535"
+            )
+        return Image.fromarray(((arr.astype(np.uint32) + 128) // 257).astype(np.uint8))
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.size and not np.isfinite(arr).all():
+            raise UnsupportedImage(f"mode {img.mode} with NaN or infinite values")
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise UnsupportedImage(
+                f"mode {img.mode} with values in [{lo:g}, {hi:g}], neither in [0, 1] nor [0, 255]"
+            )
+        scale = 255.0 if hi <= 1 else 1.0
+        return Image.fromarray(np.rint(arr * scale).astype(np.uint8))
+    if img.mode == "LAB":
+        return img.convert("RGB")
+    return img
+
+
 def to_array(img: Image.Image, channels: int, size: int, crop: bool) -> np.ndarray:
-    """Convert to grayscale or RGB, optionally centre-crop to a square, resize bilinearly to
-    size x size, and return uint8 (size, size, channels)."""
-    img = img.convert("L" if channels == 1 else "RGB")
+    """Bring to 8 bits (:func:`to_8bit`), convert to grayscale or RGB, optionally centre-crop
+    to a square, resize bilinearly to size x size, and return uint8 (size, size, channels)."""
+    img = to_8bit(img).convert("L" if channels == 1 else "RGB")
     if crop:
         img = center_square(img)
     if img.size != (size, size):
