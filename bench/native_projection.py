@@ -19,10 +19,9 @@ from pathlib import Path
 
 import torch
 
-from torch_vae.model import load_model
 from torch_vae.data import load_split
 from torch_vae.evaluate import evaluate_model
-from torch_vae.model import VAE
+from torch_vae.model import VAE, load_model
 
 
 def objective(model: VAE, images: torch.Tensor) -> dict:

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from torch_vae.average import average_weights, epoch_checkpoints, recompute_batch_norm
-from torch_vae.model import load_model
 from torch_vae.data import load_split
 from torch_vae.evaluate import test_metrics
+from torch_vae.model import load_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -68,3 +69,22 @@ def train_tiny(mnist_dir):
 @pytest.fixture
 def trained(train_tiny, tmp_path):
     return train_tiny(tmp_path / "run")
+
+
+@pytest.fixture
+def data(mnist_dir):
+    """The tiny MNIST with its size-16 cache built, so that subprocesses (which do not see the
+    test's registered checksums) read the cache."""
+    from torch_vae.data import load_split
+
+    for split in ("train", "test"):
+        load_split("mnist", split, 16, mnist_dir, progress=False)
+    return mnist_dir
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """--threads (set by the command for the whole process) must not leak into other tests."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

@@ -442,7 +442,9 @@ def test_init_from_refuses_weights_that_changed(trained, tmp_path):
     cfg = TrainConfig(dataset="mnist", epochs=1, init_from=weights, init_sha256="0" * 64)
     x = torch.zeros(4, 32, 32, 1, dtype=torch.uint8)
     with pytest.raises(TorchVaeError, match="changed since the run was set up"):
-        train_fn(RunPlan(tmp_path / "new", model.config, cfg), x, x, torch.device("cpu"), progress=False)
+        train_fn(
+            RunPlan(tmp_path / "new", model.config, cfg), x, x, torch.device("cpu"), progress=False
+        )
     assert not (tmp_path / "new").exists()
 
 

@@ -153,8 +153,8 @@ def _expected_objective(model, x, post, samples=64):
 
 
 def test_refine_posterior_lowers_each_objective_and_leaves_the_model(trained, mnist_dir):
-    from torch_vae.model import load_model
     from torch_vae.data import load_split
+    from torch_vae.model import load_model
 
     model = load_model(trained).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}

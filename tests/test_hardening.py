@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-from test_reliability import assert_same_run, data, resume, train_args  # noqa: F401
 
+from runs import assert_same_run, resume, train_args
 from torch_vae import VAE, ModelConfig, TorchVaeError, load_model, save_model
 from torch_vae.cli import main
 
 
-def test_raising_max_steps_on_resume_continues_the_cut_epoch(data, tmp_path):  # noqa: F811
+def test_raising_max_steps_on_resume_continues_the_cut_epoch(data, tmp_path):
     """5 steps per epoch: a run stopped by --max_steps 2 and resumed with --max_steps 4 ends
     bitwise equal to a run started with --max_steps 4 (the rest of epoch 1 is not skipped)."""
     ref, run = tmp_path / "ref", tmp_path / "run"
@@ -20,7 +20,7 @@ def test_raising_max_steps_on_resume_continues_the_cut_epoch(data, tmp_path):  #
     assert_same_run(run, ref)
 
 
-def test_resume_past_max_steps_is_refused(data, tmp_path, capsys):  # noqa: F811
+def test_resume_past_max_steps_is_refused(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_args(run, data, 2, "--max_steps", "2")) == 0
     assert resume(run, data) == 1
@@ -86,7 +86,10 @@ def test_report_that_is_a_folder_is_refused_before_work(trained, mnist_dir, tmp_
 
 
 def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
-    data, tmp_path, capsys, monkeypatch  # noqa: F811
+    data,
+    tmp_path,
+    capsys,
+    monkeypatch,
 ):
     import errno
 
@@ -122,7 +125,10 @@ def test_two_runs_started_at_once_take_different_default_folders(tmp_path):
 
 
 def test_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
-    data, tmp_path, monkeypatch, capsys  # noqa: F811
+    data,
+    tmp_path,
+    monkeypatch,
+    capsys,
 ):
     from torch_vae import train as train_mod
 
@@ -138,7 +144,7 @@ def test_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
     assert main(train_args(run, data, 1)) == 0
 
 
-def test_failure_after_a_checkpoint_keeps_the_run(data, tmp_path, monkeypatch):  # noqa: F811
+def test_failure_after_a_checkpoint_keeps_the_run(data, tmp_path, monkeypatch):
     from torch_vae import train as train_mod
     from torch_vae.trainstate import load_train_state
 
@@ -236,7 +242,7 @@ def test_decoder_sigma_does_not_depend_on_the_thread_count():
     assert sigmas[0] == sigmas[1]
 
 
-def test_model_too_large_for_memory_is_refused_before_allocating(data, tmp_path, capsys):  # noqa: F811
+def test_model_too_large_for_memory_is_refused_before_allocating(data, tmp_path, capsys):
     run = tmp_path / "run"
     args = train_args(run, data, 1) + ["--max_filters", "65536", "--latent_dims", "65536"]
     assert main(args) == 1

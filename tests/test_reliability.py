@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import torch_vae
+from runs import assert_same_run, resume, train_args, weights
 from torch_vae import TorchVaeError, load_model, save_model
 from torch_vae import train as train_mod
 from torch_vae.cli import cmd_train, main, parse
@@ -25,64 +26,7 @@ from torch_vae.model import VAE
 from torch_vae.run import RunPlan, read_metrics
 from torch_vae.trainstate import load_train_state, save_train_state
 
-TINY = [
-    "--dataset", "mnist", "--batchsize", "8", "--latent_dims", "3", "--max_filters", "8",
-    "--image_size", "16", "--depth", "2", "--threads", "1", "--cpu", "--quiet",
-]  # fmt: skip
 MODEL = ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
-
-
-@pytest.fixture(autouse=True)
-def keep_threads():
-    """--threads 1 (for bitwise-reproducible runs) must not leak into other tests."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def data(mnist_dir):
-    """The tiny MNIST with its size-16 cache built, so that subprocesses (which do not see the
-    test's registered checksums) read the cache."""
-    for split in ("train", "test"):
-        load_split("mnist", split, 16, mnist_dir, progress=False)
-    return mnist_dir
-
-
-def train_args(run, data_dir, epochs, *extra):
-    return [
-        "train", *TINY, "--data_dir", str(data_dir), "--run_dir", str(run),
-        "--epochs", str(epochs), *extra,
-    ]  # fmt: skip
-
-
-def resume(run, data_dir, *extra):
-    return main(
-        ["train", "--resume", str(run), "--data_dir", str(data_dir), "--threads", "1"]
-        + ["--cpu", "--quiet", *extra]
-    )
-
-
-def weights(run):
-    return load_model(run).state_dict()
-
-
-def assert_same_run(run, ref):
-    """Bitwise-equal final weights, and the same per-epoch losses (so the same batches and
-    samples were drawn in every epoch), each epoch recorded once."""
-    a, b = weights(run), weights(ref)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
-    ma, mb = read_metrics(run), read_metrics(ref)
-    assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb] == list(range(1, len(mb) + 1))
-    for ra, rb in zip(ma, mb, strict=True):
-        for key in ("step", "train_loss", "train_kl", "test_loss", "test_mse"):
-            assert ra[key] == rb[key], (ra["epoch"], key)
-    sa, sb = load_train_state(run), load_train_state(ref)
-    assert (sa["epoch"], sa["step"]) == (sb["epoch"], sb["step"])
-    assert torch.equal(sa["rng"]["gen"], sb["rng"]["gen"])
-    assert torch.equal(sa["rng"]["torch"], sb["rng"]["torch"])
 
 
 def train_command(args):
@@ -169,7 +113,11 @@ def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, 
             kill_self()
         return real_save(*a, **k)
 
-    real_loss, real_eval, real_save = train_mod.vae_loss, train_mod.test_metrics, train_mod.save_model
+    real_loss, real_eval, real_save = (
+        train_mod.vae_loss,
+        train_mod.test_metrics,
+        train_mod.save_model,
+    )
     monkeypatch.setattr(train_mod, "vae_loss", loss)
     monkeypatch.setattr(train_mod, "test_metrics", evaluate)
     monkeypatch.setattr(train_mod, "save_model", save_model)

@@ -89,8 +89,6 @@ def _defaults(classes: tuple[type, ...]) -> dict[str, Any]:
     }
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torch-vae", description="Convolutional variational autoencoders in PyTorch."

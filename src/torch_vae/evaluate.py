@@ -286,7 +286,9 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
             ("bits per dimension", report["bits_per_dim"]),
         ]
     size = report["image_size"]
-    print(f"{report['dataset']} {o.split}, {report['n_images']} images at {size}x{size}, per image:")
+    print(
+        f"{report['dataset']} {o.split}, {report['n_images']} images at {size}x{size}, per image:"
+    )
     if n := report["native_size"]:
         print(f"  (decoder output projected onto upsamplings of {n}x{n} images: --native_size {n})")
     if o.refine_steps:

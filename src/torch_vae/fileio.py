@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success flush it to disk and rename it over

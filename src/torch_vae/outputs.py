@@ -120,8 +120,9 @@ def write_samples(
     """Decode ``n`` prior samples into ``outdir/sample_NNNNN.png`` plus ``all.png`` (8 per row).
 
     The latents are drawn on the CPU from ``seed`` (``latent_batches``), so the same seed gives
-    the same latents on any device and with any batch size. ``precision`` bf16 or fp16 decodes under autocast (faster where the hardware has
-    those instructions; pixels may differ from fp32 by a grey level or two).
+    the same latents on any device and with any batch size. ``precision`` bf16 or fp16 decodes
+    under autocast (faster where the hardware has those instructions; pixels may differ from
+    fp32 by a grey level or two).
     """
     outdir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device

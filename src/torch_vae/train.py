@@ -261,8 +261,9 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         dist.average_buffers(model)
         totals, seen = _job_totals(totals, seen, dist)
     eval_images = dist.shard(loop.test_images)
-    test = test_metrics(model, eval_images, loop.device, max(cfg.batchsize, 256),
-                        cfg.recon_loss, cfg.beta, seed=cfg.seed, stop=loop.stop.requested)  # fmt: skip
+    batch = max(cfg.batchsize, 256)
+    test = test_metrics(model, eval_images, loop.device, batch, cfg.recon_loss, cfg.beta,
+                        seed=cfg.seed, stop=loop.stop.requested)  # fmt: skip
     if dist.enabled:
         test = _reduce_test(test, len(eval_images), dist, cfg.beta)
     if test is None:
