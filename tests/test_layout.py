@@ -11,7 +11,7 @@ ROOT = Path(torch_vae.__file__).parent
 # Lowest first. A module may import modules of lower layers only.
 LAYERS = [
     {"errors", "version", "fileio", "images", "data.imaging"},
-    {"config", "device", "distributed", "data.formats", "data.download", "data.parallel"},
+    {"config", "device", "distributed", "flags", "data.formats", "data.download", "data.parallel"},
     {"options", "checkpoint", "upsampling", "data.datasets"},
     {"model", "data.cache"},
     {"losses", "speed", "trainstate", "data.torchdata"},

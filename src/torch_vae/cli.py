@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
-import json
 import logging
 import sys
-import types
-import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from .config import ModelConfig, TrainConfig
-from .errors import TorchVaeError, TrainingInterrupted
+from .errors import TorchVaeError, TrainingInterrupted, describe_os_error
+from .flags import add_options, defaults, pick, read_config_file
 from .options import (
     AverageOptions,
     EvaluateOptions,
@@ -41,54 +37,6 @@ class Command:
     run: Callable[[dict[str, Any], set[str]], None]  # carries it out
 
 
-def _kind(hint: Any) -> tuple[Any, tuple[str, ...] | None]:
-    """The parser type of a field's annotation, and its choices for a Literal."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is typing.Literal:
-        return str, typing.get_args(hint)
-    return hint, None
-
-
-def _add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One argument per field of ``cls``, none of them with a default: the namespace holds
-    only what was given, and the defaults come from the dataclasses (``_defaults``)."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        if not meta.get("flag", True):
-            continue
-        kind, choices = _kind(hints[f.name])
-        default = meta.get("cli_default", f.default)
-        help = meta["help"]
-        shown = not (default is None or default is False or default == ())
-        if shown and "default" not in help:
-            help += f" (default: {default})"
-        kw: dict[str, Any] = {"help": help, "default": argparse.SUPPRESS}
-        if kind is bool:
-            kw["action"] = "store_true"
-        else:
-            kw["type"] = meta.get("type", kind)
-            for key in ("nargs", "metavar"):
-                if key in meta:
-                    kw[key] = meta[key]
-            if choices:
-                kw["choices"] = choices
-        if meta.get("positional"):
-            parser.add_argument(f.name, **kw)
-        else:
-            parser.add_argument(f"--{f.name}", required=meta.get("required", False), **kw)
-
-
-def _defaults(classes: tuple[type, ...]) -> dict[str, Any]:
-    return {
-        f.name: f.metadata.get("cli_default", f.default)
-        for cls in classes
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("flag", True)
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torch-vae", description="Convolutional variational autoencoders in PyTorch."
@@ -98,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     for c in COMMANDS.values():
         p = sub.add_parser(c.name, help=c.help, description=c.description)
         for cls in c.options:
-            _add_options(p, cls)
+            add_options(p, cls)
     return parser
 
 
@@ -107,40 +55,11 @@ def parse(argv: list[str] | None) -> tuple[str, dict[str, Any], set[str]]:
     the options given on the command line."""
     given = vars(build_parser().parse_args(argv))
     command = given.pop("command")
-    values = _defaults(COMMANDS[command].options)
+    values = defaults(COMMANDS[command].options)
     if given.get("config") is not None:
-        values.update(_read_config_file(given["config"], COMMANDS[command].options))
+        values.update(read_config_file(given["config"], COMMANDS[command].options))
     values.update(given)
     return command, values, set(given)
-
-
-def _read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
-    """The flag values of a --config JSON file, with a one-line error for anything odd."""
-    try:
-        values = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # includes bad UTF-8 and bad JSON
-        raise TorchVaeError(f"cannot read --config {path}: {exc}") from None
-    if not isinstance(values, dict):
-        raise TorchVaeError(
-            f"--config {path} must hold a JSON object of flag values, e.g. "
-            f'{{"epochs": 10}}, not a {type(values).__name__}'
-        )
-    kinds = {
-        f.name: _kind(typing.get_type_hints(cls)[f.name])[0]
-        for cls in classes
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("flag", True) and f.name not in ("config", "resume")
-    }
-    unknown = sorted(set(values) - set(kinds))
-    if unknown:
-        raise TorchVaeError(f"--config {path}: unknown keys {unknown}")
-    return {k: Path(v) if kinds[k] is Path and isinstance(v, str) else v for k, v in values.items()}
-
-
-def pick(cls: type, values: dict[str, Any]):
-    """An instance of the options dataclass ``cls`` from the parsed values."""
-    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
-    return cls(**{k: v for k, v in values.items() if k in names})
 
 
 def cmd_train(values: dict[str, Any], given: set[str]) -> None:
@@ -229,24 +148,6 @@ COMMANDS = {
                 "a torch-vae .safetensors file.", (ImportOptions,), cmd_import),
     )
 }  # fmt: skip
-
-
-def describe_os_error(exc: OSError) -> str:
-    """One line for a failed read or write: what, where, what to do, and what was kept."""
-    where = f" {exc.filename}" if exc.filename else ""
-    hint = {
-        errno.ENOSPC: "free some space or write somewhere else",
-        errno.EDQUOT: "free some space or write somewhere else",
-        errno.EROFS: "choose a writable folder",
-        errno.EACCES: "check its permissions or choose another folder",
-        errno.EPERM: "check its permissions or choose another folder",
-        errno.ENOTDIR: "a file is in the way of a folder; choose another path",
-        errno.EISDIR: "it is a folder; give a file name",
-    }.get(exc.errno, "check the path")
-    return (
-        f"cannot access{where}: {exc.strerror or exc} ({hint}); files written before are "
-        "intact: every file is written under a temporary name and then renamed into place"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

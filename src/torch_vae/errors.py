@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints these as one line and exits non-zero, without a traceback."""
 
+import errno
+
 
 class TorchVaeError(Exception):
     """An error caused by user input (flags, files, checkpoints, datasets).
@@ -15,3 +17,21 @@ class TrainingInterrupted(TorchVaeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: what, where, what to do, and what was kept."""
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = {
+        errno.ENOSPC: "free some space or write somewhere else",
+        errno.EDQUOT: "free some space or write somewhere else",
+        errno.EROFS: "choose a writable folder",
+        errno.EACCES: "check its permissions or choose another folder",
+        errno.EPERM: "check its permissions or choose another folder",
+        errno.ENOTDIR: "a file is in the way of a folder; choose another path",
+        errno.EISDIR: "it is a folder; give a file name",
+    }.get(exc.errno, "check the path")
+    return (
+        f"cannot access{where}: {exc.strerror or exc} ({hint}); files written before are "
+        "intact: every file is written under a temporary name and then renamed into place"
+    )
