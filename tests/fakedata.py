@@ -107,3 +107,18 @@ def write_folder(root: Path, n=20, gray=False, seed=0) -> Path:
         pil = Image.fromarray(img[..., 0] if gray else img)
         pil.save(root / (f"img{i:03d}.png" if i % 2 else f"img{i:03d}.jpg"))
     return root
+
+
+def write_mnist_labels(root: Path, n_train=40, n_test=20, gz=True) -> dict[str, np.ndarray]:
+    """MNIST/Fashion-MNIST label files (IDX, 1-d) beside ``write_mnist``'s images: image i of
+    each split has label i % 10."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = {"train": np.arange(n_train) % 10, "t10k": np.arange(n_test) % 10}
+    for prefix, arr in data.items():
+        raw = idx_bytes(arr.astype(np.uint8))
+        name = f"{prefix}-labels-idx1-ubyte"
+        if gz:
+            (root / f"{name}.gz").write_bytes(gzip.compress(raw, mtime=0))
+        else:
+            (root / name).write_bytes(raw)
+    return data

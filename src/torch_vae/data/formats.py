@@ -10,6 +10,7 @@ import pickle
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,41 +92,70 @@ def _load_cifar_batch(raw: bytes, label_key: bytes) -> tuple[np.ndarray, np.ndar
 
 def read_cifar(archive: Path, members: list[str], label_key: bytes) -> np.ndarray:
     """Read CIFAR images (N, 32, 32, 3) from the official python tar.gz or its extracted folder."""
-    chunks = []
+    return np.concatenate([images for images, _ in _cifar_batches(archive, members, label_key)])
+
+
+def read_cifar_labels(archive: Path, members: list[str], label_key: bytes) -> np.ndarray:
+    """The labels (N,) int64 of the images ``read_cifar`` reads, in the same order."""
+    return np.concatenate([labels for _, labels in _cifar_batches(archive, members, label_key)])
+
+
+def read_cifar_names(archive: Path, member: str, key: bytes) -> list[str]:
+    """The class names a CIFAR archive's meta file holds (e.g. ``meta``'s
+    ``b"fine_label_names"``), or [] when it lacks them."""
     try:
-        if archive.is_dir():
-            for name in members:
-                chunks.append(_load_cifar_batch((archive / name).read_bytes(), label_key)[0])
-        else:
-            with tarfile.open(archive, "r:gz") as tar:
-                names = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
-                for name in members:
-                    if name not in names:
-                        raise ValueError(f"member {name} missing")
-                    member = tar.extractfile(names[name])
-                    if member is None:
-                        raise ValueError(f"member {name} is not a file")
-                    raw = member.read()
-                    chunks.append(_load_cifar_batch(raw, label_key)[0])
-    except (
-        OSError,
-        EOFError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        IndexError,
-        ArithmeticError,  # e.g. OverflowError: a value out of range for uint8
-        RecursionError,
-        MemoryError,
-        pickle.UnpicklingError,
-        tarfile.TarError,
-        zlib.error,
-    ) as exc:
+        raw = next(_cifar_members(archive, [member]))
+        obj = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        names = obj[key]
+        return [n.decode("ascii") if isinstance(n, bytes) else str(n) for n in names]
+    except (*CIFAR_ERRORS, TorchVaeError):
+        return []
+
+
+# What reading a damaged CIFAR archive can raise.
+CIFAR_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    ArithmeticError,  # e.g. OverflowError: a value out of range for uint8
+    RecursionError,
+    MemoryError,
+    pickle.UnpicklingError,
+    tarfile.TarError,
+    zlib.error,
+)
+
+
+def _cifar_members(archive: Path, members: list[str]) -> Iterator[bytes]:
+    """The raw bytes of ``members`` of a CIFAR tar.gz or its extracted folder, one at a time."""
+    if archive.is_dir():
+        yield from ((archive / name).read_bytes() for name in members)
+        return
+    with tarfile.open(archive, "r:gz") as tar:
+        names = {m.name.split("/", 1)[-1]: m for m in tar.getmembers() if m.isfile()}
+        for name in members:
+            if name not in names:
+                raise ValueError(f"member {name} missing")
+            member = tar.extractfile(names[name])
+            if member is None:
+                raise ValueError(f"member {name} is not a file")
+            yield member.read()
+
+
+def _cifar_batches(
+    archive: Path, members: list[str], label_key: bytes
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(images, labels) of each member, with a one-line error for a damaged archive."""
+    try:
+        return [_load_cifar_batch(raw, label_key) for raw in _cifar_members(archive, members)]
+    except CIFAR_ERRORS as exc:
         raise TorchVaeError(
             f"{archive} is not a valid CIFAR python archive ({exc}); delete it to download again"
         ) from None
-    return np.concatenate(chunks)
 
 
 def read_celeba_partition(path: Path) -> dict[str, int]:

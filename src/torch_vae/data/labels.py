@@ -1,0 +1,126 @@
+"""Class names and labels of the datasets' images, read from the real label files.
+
+Training never needs labels, so the image files alone make a dataset (``datasets.py``); the
+label files are registered here and fetched (found, checked or downloaded) only when labels
+are asked for. The labels of a split are in the order of its images (``load_split``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TorchVaeError
+from .datasets import CifarDataset, FolderDataset, IdxDataset, RemoteFile, get_dataset
+from .formats import read_cifar_labels, read_cifar_names, read_idx
+
+FASHION_MNIST = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+CIFAR_10 = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+CIFAR_100 = """apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge
+bus butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch
+crab crocodile cup dinosaur dolphin elephant flatfish forest fox girl hamster house kangaroo
+keyboard lamp lawn_mower leopard lion lizard lobster man maple_tree motorcycle mountain mouse
+mushroom oak_tree orange orchid otter palm_tree pear pickup_truck pine_tree plain plate poppy
+porcupine possum rabbit raccoon ray road rocket rose sea seal shark shrew skunk skyscraper snail
+snake spider squirrel streetcar sunflower sweet_pepper table tank telephone television tiger
+tractor train trout tulip turtle wardrobe whale willow_tree wolf woman worm""".split()
+NAMES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion-mnist": FASHION_MNIST,
+    "cifar-10": CIFAR_10,
+    "cifar-100": CIFAR_100,
+}
+# The label files of the IDX datasets and their official MD5s (those of Debian's repacked
+# copies differ and are not checked, as for the images).
+_MNIST_BASE = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_FASHION_BASE = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+LABEL_FILES = {
+    "mnist": (
+        RemoteFile("train-labels-idx1-ubyte.gz", _MNIST_BASE + "train-labels-idx1-ubyte.gz",
+                   "d53e105ee54ea40749a09fcbcd1e9432"),
+        RemoteFile("t10k-labels-idx1-ubyte.gz", _MNIST_BASE + "t10k-labels-idx1-ubyte.gz",
+                   "ec29112dd5afa0611ce80d1b7f02629c"),
+    ),
+    "fashion-mnist": (
+        RemoteFile("train-labels-idx1-ubyte.gz", _FASHION_BASE + "train-labels-idx1-ubyte.gz",
+                   "25c81989df183df01b3e8a0aad5dffbe"),
+        RemoteFile("t10k-labels-idx1-ubyte.gz", _FASHION_BASE + "t10k-labels-idx1-ubyte.gz",
+                   "bb300cfdad3c16e7a12a480ee83cd310"),
+    ),
+}  # fmt: skip
+SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def class_names(dataset: str, data_dir: Path | None = None) -> list[str] | None:
+    """The names of ``dataset``'s classes, indexed by label; None when it has no classes
+    (CelebA, a folder without subfolders). CIFAR-100's come from the archive's ``meta`` file
+    when it is at hand (else the built-in list, the same names); a folder's are the names of
+    its subfolders (under ``train/`` and ``test/`` when it has those), sorted."""
+    ds = get_dataset(dataset)
+    if isinstance(ds, FolderDataset):
+        return _folder_classes(ds)
+    if dataset == "cifar-100" and data_dir is not None:
+        archive = ds.locate(Path(data_dir), ds.files[0].name)
+        if archive is not None:
+            names = read_cifar_names(archive, "meta", b"fine_label_names")
+            if len(names) == len(CIFAR_100):
+                return names
+    return list(NAMES[ds.name]) if ds.name in NAMES else None
+
+
+def load_labels(dataset: str, split: str, data_dir: Path | None = None) -> np.ndarray | None:
+    """The class of each image of ``split`` (int64 (N,), in the order of ``load_split``'s
+    images), or None for a dataset without classes. MNIST and Fashion-MNIST: their IDX label
+    files (found beside the images, or downloaded and checked); CIFAR: the archive's labels
+    (CIFAR-100: the fine ones); a folder: the index in ``class_names`` of each image's
+    subfolder (-1 for an image directly in the split's root)."""
+    from .cache import default_data_dir
+
+    if split not in SPLIT_PREFIX:
+        raise TorchVaeError(f"unknown split {split!r}; choose train or test")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    ds = get_dataset(dataset)
+    if isinstance(ds, FolderDataset):
+        return _folder_labels(ds, split)
+    if isinstance(ds, CifarDataset):
+        archive = ds.fetch(data_dir, progress=False)[ds.files[0].name]
+        return read_cifar_labels(archive, ds.members[split], ds.label_key)
+    if isinstance(ds, IdxDataset) and ds.name in LABEL_FILES:
+        return _idx_labels(ds, split, data_dir)
+    return None
+
+
+def _idx_labels(ds: IdxDataset, split: str, data_dir: Path) -> np.ndarray:
+    files = dataclasses.replace(ds, files=LABEL_FILES[ds.name]).fetch(data_dir, progress=False)
+    path = files[f"{SPLIT_PREFIX[split]}-labels-idx1-ubyte.gz"]
+    labels = read_idx(path)
+    if labels.ndim != 1:
+        raise TorchVaeError(f"{path} holds no labels (N,) but an array {labels.shape}")
+    return labels.astype(np.int64)
+
+
+def _folder_parts(ds: FolderDataset, split: str) -> list[tuple[str, ...]]:
+    """Each image's path under the split's root, as a tuple of names."""
+    split_root = (ds.root / "train").is_dir() and (ds.root / "test").is_dir()
+    return [rel[1:] if split_root else rel for rel, _, _ in ds.listing(split)]
+
+
+def _folder_classes(ds: FolderDataset) -> list[str] | None:
+    names = {p[0] for split in SPLIT_PREFIX for p in _folder_parts(ds, split) if len(p) > 1}
+    return sorted(names) or None
+
+
+def _folder_labels(ds: FolderDataset, split: str) -> np.ndarray | None:
+    names = _folder_classes(ds)
+    if names is None:
+        return None
+    index = {n: i for i, n in enumerate(names)}
+    parts = _folder_parts(ds, split)
+    return np.array([index[p[0]] if len(p) > 1 else -1 for p in parts], dtype=np.int64)
