@@ -1,5 +1,6 @@
 import gzip
 import json
+import os
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_idx_uncompressed_in_torchvision_layout(tmp_path, monkeypatch):
 
 
 def test_cache_is_reused_and_rebuilt_when_corrupt(mnist_dir):
-    first = load_split("mnist", "test", 32, mnist_dir, progress=False)
+    first = load_split("mnist", "test", 32, mnist_dir, progress=False).copy()  # not the map
     npy = mnist_dir / "cache" / "mnist-test-32.npy"
     meta = json.loads(npy.with_suffix(".json").read_text())
     assert meta["shape"] == [20, 32, 32, 1]
@@ -37,10 +38,12 @@ def test_cache_is_reused_and_rebuilt_when_corrupt(mnist_dir):
     assert np.array_equal(load_split("mnist", "test", 32, mnist_dir, progress=False), first)
     for f in (mnist_dir / "mnist").iterdir():
         f.rename(f.with_suffix(".gz"))
-    # flip a byte of the cached pixels: detected by the checksum, rebuilt from the raw files
+    # flip a byte of the cached pixels (an edit, so a later mtime): detected by the checksum,
+    # which the changed mtime calls for, and rebuilt from the raw files
     raw = bytearray(npy.read_bytes())
     raw[-1] ^= 0xFF
     npy.write_bytes(bytes(raw))
+    os.utime(npy, ns=(npy.stat().st_atime_ns, npy.stat().st_mtime_ns + 10**9))
     assert np.array_equal(load_split("mnist", "test", 32, mnist_dir, progress=False), first)
     # truncate it: rebuilt too
     npy.write_bytes(npy.read_bytes()[:100])

@@ -24,7 +24,8 @@ from .download import locked_atomic_file, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the record holds the file's size and mtime (1's are checked and upgraded)
+VERIFY_ENV = "TORCH_VAE_VERIFY_CACHE"  # 1: check every cache's SHA-256 when it is opened
 DATA_DIR_ENV = "TORCH_VAE_DATA"
 MAX_RECORD = 1 << 20  # bytes: a record (.json) is a few hundred; a larger one is damaged
 
@@ -33,8 +34,13 @@ def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV, "data"))
 
 
-def _digest(arr: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(arr)).cast("B")).hexdigest()
+def _digest(arr: np.ndarray, chunk: int = 1 << 26) -> str:
+    """SHA-256 of the array's bytes, read a chunk at a time (a memory map stays unloaded)."""
+    h = hashlib.sha256()
+    flat = arr.reshape(-1)
+    for start in range(0, flat.size, chunk):
+        h.update(memoryview(np.ascontiguousarray(flat[start : start + chunk])).cast("B"))
+    return h.hexdigest()
 
 
 class _Stale(Exception):
@@ -51,15 +57,15 @@ def _read_record(meta_path: Path) -> dict:
     if len(raw) > MAX_RECORD:
         raise _Stale("its record is too large to be one")
     meta = json.loads(raw)
-    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+    if not isinstance(meta, dict) or meta.get("version") not in (1, CACHE_VERSION):
         raise _Stale("its record is of another version")
     return meta
 
 
-def _read_array(npy: Path, meta: dict, shape: tuple[int, int, int] | None) -> np.ndarray:
-    """The array of ``npy``, once its header is checked against the record, the expected shape
-    and the file size: a damaged header (a huge shape, another dtype) never reaches numpy's
-    allocation."""
+def _open_array(npy: Path, meta: dict, shape: tuple[int, int, int] | None) -> np.ndarray:
+    """A memory map of ``npy`` (copy-on-write: shared with every process that maps the file,
+    private where written), once its header is checked against the record, the expected shape
+    and the file size: a damaged header (a huge shape, another dtype) never reaches numpy."""
     fmt = np.lib.format
     with open(npy, "rb") as f:
         version = fmt.read_magic(f)
@@ -73,14 +79,18 @@ def _read_array(npy: Path, meta: dict, shape: tuple[int, int, int] | None) -> np
             raise _Stale(f"its header declares {dims} {dtype}, not 4-d uint8 images")
         if list(dims) != meta["shape"] or (shape is not None and dims[1:] != shape):
             raise _Stale(f"its header's shape {dims} is not the recorded {meta['shape']}")
-        count = math.prod(dims)
-        size = os.fstat(f.fileno()).st_size
-        if size != f.tell() + count:
-            raise _Stale(f"it has {size} bytes where its header needs {f.tell() + count}")
-        arr = np.fromfile(f, dtype=np.uint8, count=count)
-    if arr.size != count:
-        raise _Stale("it is shorter than its header says")
-    return arr.reshape(dims)
+        offset, size = f.tell(), os.fstat(f.fileno()).st_size
+        if size != offset + math.prod(dims):
+            raise _Stale(f"it has {size} bytes where its header needs {offset + math.prod(dims)}")
+    if math.prod(dims) == 0:
+        return np.zeros(dims, np.uint8)
+    return np.memmap(npy, dtype=np.uint8, mode="c", offset=offset, shape=tuple(dims))
+
+
+def _stamp(npy: Path) -> dict:
+    """What tells cheaply that the file is the one the record was written for."""
+    st = npy.stat()
+    return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _read_cache(
@@ -88,16 +98,25 @@ def _read_cache(
     meta_path: Path,
     shape: tuple[int, int, int] | None = None,
     fingerprint: str | None = None,
+    verify: bool = False,
 ) -> np.ndarray:
-    """The cached images if the cache is complete and matches its record (``shape``, the
-    expected (H, W, C), and ``fingerprint``, the dataset's files); else raises _Stale."""
+    """The cached images, memory-mapped, if the cache is complete and matches its record
+    (``shape``, the expected (H, W, C), and ``fingerprint``, the dataset's files); else raises
+    _Stale. The pixels' SHA-256 is checked when the file's size or mtime differs from the
+    record's (then the record is brought up to date) or when ``verify`` asks for it: a cache
+    is hashed once when written, not at every start."""
     try:
         meta = _read_record(meta_path)
         if meta.get("source") != fingerprint:
             raise _Changed("the images it was built from have changed")
-        arr = _read_array(npy, meta, shape)
-        if _digest(arr) != meta["sha256"]:
-            raise _Stale("its pixels do not match their checksum")
+        arr = _open_array(npy, meta, shape)
+        stamp = _stamp(npy)
+        unchanged = all(meta.get(k) == v for k, v in stamp.items())
+        if verify or not unchanged:
+            if _digest(arr) != meta["sha256"]:
+                raise _Stale("its pixels do not match their checksum")
+            if not unchanged or meta.get("version") != CACHE_VERSION:
+                _write_record(meta_path, {**meta, **stamp, "version": CACHE_VERSION})
         return arr
     except (
         OSError,
@@ -112,6 +131,35 @@ def _read_cache(
         raise _Stale(f"it is unreadable or damaged ({type(exc).__name__})") from None
 
 
+def _write_record(meta_path: Path, meta: dict) -> None:
+    with locked_atomic_file(meta_path) as f:
+        f.write(json.dumps(meta, indent=1).encode())
+
+
+class _NoRoom(Exception):
+    """The cache file could not be made (a full disk...): the split is built in memory."""
+
+
+def _map_file(f, shape: tuple[int, ...]) -> np.ndarray:
+    """A writable memory map of ``f`` laid out as a .npy file of uint8 ``shape``. Its space is
+    reserved first, so that a full disk is an error here, not a crash (SIGBUS) mid-write."""
+    np.lib.format.write_array_header_1_0(
+        f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
+    )
+    offset = f.tell()
+    f.flush()
+    if math.prod(shape) == 0:
+        return np.empty(shape, np.uint8)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(f.fileno(), 0, offset + math.prod(shape))
+        else:
+            f.truncate(offset + math.prod(shape))
+    except OSError as exc:
+        raise _NoRoom(str(exc)) from None
+    return np.memmap(f, dtype=np.uint8, mode="r+", offset=offset, shape=tuple(shape))
+
+
 def load_split(
     dataset: str,
     split: str,
@@ -119,9 +167,11 @@ def load_split(
     data_dir: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> np.ndarray:
-    """Images of one split as uint8 (N, image_size, image_size, C), from the cache if valid.
-
-    Downloads, decodes and resizes on first use.
+    """Images of one split as uint8 (N, image_size, image_size, C): a copy-on-write memory map
+    of the cache file, which every process that opens it shares (the page cache), so a split
+    need not fit in memory and several processes hold one copy. Downloads, decodes and resizes
+    into the cache file on first use; set TORCH_VAE_VERIFY_CACHE=1 to check the pixels'
+    SHA-256 at every open (otherwise only when the file's size or mtime changed).
     """
     if split not in SPLITS:
         raise TorchVaeError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -135,26 +185,41 @@ def load_split(
     fingerprint = ds.fingerprint(split)
     if npy.exists() and meta_path.exists():
         try:
-            return _read_cache(npy, meta_path, (image_size, image_size, ds.channels), fingerprint)
+            shape, verify = (image_size, image_size, ds.channels), os.environ.get(VERIFY_ENV) == "1"
+            return _read_cache(npy, meta_path, shape, fingerprint, verify)
         except _Stale as why:
             level = logging.INFO if isinstance(why, _Changed) else logging.WARNING
             log.log(level, "cache %s cannot be used: %s; rebuilding it", npy, why)
-    arr = ds.prepare(split, image_size, data_dir, progress)
-    if len(arr) == 0:
-        raise TorchVaeError(f"dataset {dataset!r} has no images in its {split} split")
     try:
-        with locked_atomic_file(npy) as f:
-            np.save(f, arr, allow_pickle=False)
-        meta = {
-            "version": CACHE_VERSION,
-            "dataset": ds.name,
-            "split": split,
-            "shape": list(arr.shape),
-            "sha256": _digest(arr),
-            "source": fingerprint,
-        }
-        with locked_atomic_file(meta_path) as f:
-            f.write(json.dumps(meta, indent=1).encode())
+        arr = _build(ds, split, image_size, data_dir, progress, npy)
+    except _NoRoom as why:
+        log.warning("no room for the dataset cache %s (%s); building it in memory", npy, why)
+        arr = ds.prepare(split, image_size, data_dir, progress)
+        if len(arr) == 0:
+            raise TorchVaeError(f"dataset {dataset!r} has no images in its {split} split") from None
+        return arr
+    if len(arr) == 0:
+        npy.unlink(missing_ok=True)
+        raise TorchVaeError(f"dataset {dataset!r} has no images in its {split} split")
+    meta = {"version": CACHE_VERSION, "dataset": ds.name, "split": split,
+            "shape": list(arr.shape), "sha256": _digest(arr), "source": fingerprint,
+            **_stamp(npy)}  # fmt: skip
+    try:
+        _write_record(meta_path, meta)
     except OSError as exc:
         log.warning("could not write the dataset cache %s (%s); continuing without it", npy, exc)
+    return _open_array(npy, meta, None)
+
+
+def _build(ds, split: str, image_size: int, data_dir: Path, progress: bool, npy: Path):
+    """Decode the split straight into a memory map of the cache file's temporary, which is
+    renamed into place once complete: the split never has to fit in memory."""
+    with locked_atomic_file(npy) as f:
+        arr = ds.prepare(split, image_size, data_dir, progress, lambda s: _map_file(f, s))
+        if not isinstance(arr, np.memmap) and len(arr):  # a dataset that made its own array
+            f.seek(0)
+            f.truncate()
+            np.save(f, arr, allow_pickle=False)
+        elif isinstance(arr, np.memmap):
+            arr.flush()
     return arr

@@ -96,7 +96,11 @@ class Dataset:
                 ) from None
         return paths
 
-    def prepare(self, split: str, size: int, data_dir: Path, progress: bool = True) -> np.ndarray:
+    def prepare(
+        self, split: str, size: int, data_dir: Path, progress: bool = True, allocate=None
+    ) -> np.ndarray:
+        """The split's images as uint8 (N, size, size, C), written into ``allocate((N, size,
+        size, C))`` (parallel.Allocate; default: a new array in memory)."""
         raise NotImplementedError
 
     def source_id(self, data_dir: Path) -> str:
@@ -118,12 +122,12 @@ class IdxDataset(Dataset):
 
     split_files: dict = field(default_factory=dict)  # split -> images file name
 
-    def prepare(self, split, size, data_dir, progress=True):
+    def prepare(self, split, size, data_dir, progress=True, allocate=None):
         paths = self.fetch(data_dir, progress)
         images = read_idx(paths[self.split_files[split]])
         if images.ndim != 3:
             raise TorchVaeError(f"{paths[self.split_files[split]]} holds no (N, H, W) images")
-        return resize_arrays(images, size, f"{self.name} {split}: resizing", progress)
+        return resize_arrays(images, size, f"{self.name} {split}: resizing", progress, allocate)
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,10 @@ class CifarDataset(Dataset):
                     return d / name
         return found
 
-    def prepare(self, split, size, data_dir, progress=True):
+    def prepare(self, split, size, data_dir, progress=True, allocate=None):
         archive = self.fetch(data_dir, progress)[self.files[0].name]
         images = read_cifar(archive, self.members[split], self.label_key)
-        return resize_arrays(images, size, f"{self.name} {split}: resizing", progress)
+        return resize_arrays(images, size, f"{self.name} {split}: resizing", progress, allocate)
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,7 @@ class CelebADataset(Dataset):
 
     partitions: dict = field(default_factory=dict)  # split -> partition number
 
-    def prepare(self, split, size, data_dir, progress=True):
+    def prepare(self, split, size, data_dir, progress=True, allocate=None):
         paths = self.fetch(data_dir, progress)
         return read_celeba(
             paths["img_align_celeba.zip"],
@@ -168,11 +172,18 @@ class CelebADataset(Dataset):
             size,
             f"celeb-a {split}: decoding",
             progress,
+            allocate,
         )
 
 
 def read_celeba(
-    zip_path: Path, partition_path: Path, partition: int, size: int, desc: str, progress=True
+    zip_path: Path,
+    partition_path: Path,
+    partition: int,
+    size: int,
+    desc: str,
+    progress=True,
+    allocate=None,
 ) -> np.ndarray:
     """The faces of one partition, centre-cropped and resized, straight from the zip."""
     parts = read_celeba_partition(partition_path)
@@ -193,6 +204,7 @@ def read_celeba(
         source=zip_path,
         desc=desc,
         progress=progress,
+        allocate=allocate,
     )
 
 
@@ -309,7 +321,7 @@ class FolderDataset(Dataset):
             )
         return files
 
-    def prepare(self, split, size, data_dir, progress=True):
+    def prepare(self, split, size, data_dir, progress=True, allocate=None):
         files = self.list_images(split)
         return decode_all(
             files,
@@ -318,6 +330,7 @@ class FolderDataset(Dataset):
             size,
             desc=f"{self.root.name} {split}: decoding",
             progress=progress,
+            allocate=allocate,
         )
 
 

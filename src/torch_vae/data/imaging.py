@@ -70,15 +70,21 @@ def to_array(img: Image.Image, channels: int, size: int, crop: bool) -> np.ndarr
     return arr[:, :, None] if channels == 1 else arr
 
 
-def resize_arrays(images: np.ndarray, size: int, desc: str, progress: bool = True) -> np.ndarray:
+def resize_arrays(
+    images: np.ndarray, size: int, desc: str, progress: bool = True, allocate=None
+) -> np.ndarray:
     """Resize uint8 images (N, H, W) or (N, H, W, 3) to (N, size, size, C), bilinear as Pillow
-    (the same resampling as torchvision's Resize on a PIL image)."""
+    (the same resampling as torchvision's Resize on a PIL image), into ``allocate((N, size,
+    size, C))`` (default: a new array)."""
     if images.ndim == 3:
         images = images[..., None]
     n, h, w, c = images.shape
-    if (h, w) == (size, size):
+    if (h, w) == (size, size) and allocate is None:
         return np.ascontiguousarray(images)
-    out = np.empty((n, size, size, c), dtype=np.uint8)
+    out = allocate((n, size, size, c)) if allocate else np.empty((n, size, size, c), np.uint8)
+    if (h, w) == (size, size):
+        out[...] = images
+        return out
     for i in tqdm(range(n), desc=desc, unit="img", disable=not progress, mininterval=0.5):
         img = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i])
         out[i] = to_array(img, c, size, crop=False)

@@ -50,6 +50,13 @@ def default_workers() -> int:
 
 # A decoder turns (opened source, item) into one uint8 image (size, size, channels).
 Decoder = Callable[[object, object, int, int], np.ndarray]
+# Makes the uint8 array that decoded images are written into: np.empty by default; the cache
+# passes a memory map of its file, so that a split never has to fit in memory.
+Allocate = Callable[[tuple[int, ...]], np.ndarray]
+
+
+def empty(shape: tuple[int, ...]) -> np.ndarray:
+    return np.empty(shape, dtype=np.uint8)
 
 
 def _decode_chunk(
@@ -88,9 +95,11 @@ def decode_all(
     workers: int | None = None,
     desc: str = "decoding",
     progress: bool = True,
+    allocate: Allocate | None = None,
 ) -> np.ndarray:
     """Decode every item into uint8 (len(items), size, size, channels), in order.
 
+    ``allocate`` makes the output array (see ``Allocate``).
     ``decode(zf, item, channels, size)`` gets the opened zip file ``source`` (or None when
     ``source`` is None and items are file paths) and must be a module-level function, so that
     worker processes can run it. ``workers`` defaults to :func:`default_workers`; fewer are used
@@ -101,7 +110,7 @@ def decode_all(
     workers = default_workers() if workers is None else workers
     workers = max(1, min(workers, n // MIN_PER_WORKER))
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, mininterval=0.5)
-    out = np.empty((n, size, size, channels), dtype=np.uint8)
+    out = (allocate or empty)((n, size, size, channels))
     try:
         if workers == 1:
             for start in range(0, n, CHUNK):
