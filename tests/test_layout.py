@@ -18,8 +18,8 @@ LAYERS = [
     {"data"},
     {"outputs", "convert", "explore"},
     {"evaluate"},
-    {"run", "average"},
-    {"train"},
+    {"run", "average", "explorer"},
+    {"train", "server"},
     {"cli"},
     {"__main__", ""},  # "": the package itself (torch_vae/__init__.py), the public API
 ]  # fmt: skip

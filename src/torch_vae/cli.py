@@ -17,6 +17,7 @@ from .flags import add_options, defaults, pick, read_config_file
 from .options import (
     AverageOptions,
     EvaluateOptions,
+    ExploreOptions,
     GenerateOptions,
     ImportOptions,
     ReconstructOptions,
@@ -118,6 +119,12 @@ def cmd_average(values: dict[str, Any], given: set[str]) -> None:
     )
 
 
+def cmd_explore(values: dict[str, Any], given: set[str]) -> None:
+    from .server import explore_command
+
+    explore_command(pick(ExploreOptions, values), pick(Runtime, values))
+
+
 def cmd_import(values: dict[str, Any], given: set[str]) -> None:
     from .convert import import_command
 
@@ -143,6 +150,11 @@ COMMANDS = {
                 "of one model, recompute the batch-norm statistics on the training split, and "
                 "write the result as a new model folder (see docs/training.md).",
                 (Runtime, AverageOptions), cmd_average),
+        Command("explore", "Explore a model in the browser",
+                "Serve the live explorer: a page (and a JSON API) where sliders, a 2-D map of "
+                "the test split, random samples, interpolations and uploaded images decode "
+                "as the pointer moves (see docs/explore.md).",
+                (Runtime, ExploreOptions), cmd_explore),
         Command("import-torch-vae", "Convert an original torch-vae .pth checkpoint",
                 "Convert a checkpoint of the original torch-vae (a bare state_dict .pth) into "
                 "a torch-vae .safetensors file.", (ImportOptions,), cmd_import),

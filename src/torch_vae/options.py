@@ -164,6 +164,30 @@ class AverageOptions:
 
 
 @dataclass(frozen=True)
+class ExploreOptions:
+    """explore: the live explorer's web server (server.py)."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    host: str = option(
+        "127.0.0.1", "address to listen on (0.0.0.0: every interface; the explorer has no login)"
+    )
+    port: int = option(8000, "port to listen on (0: a free one; the address is printed)")
+    nimages: int = option(0, "test images on the map and behind the KL ordering (0: all)")
+    sliders: int = option(16, "latent dimensions shown as sliders, the largest KL first")
+
+    def __post_init__(self) -> None:
+        non_negative("--nimages", self.nimages)
+        positive("--sliders", self.sliders)
+        non_negative("--port", self.port)
+        if self.port > 65535:
+            raise TorchVaeError(f"--port must be 0..65535, got {self.port}")
+        if self.nimages == 1:
+            raise TorchVaeError("--nimages must be 0 (all) or at least 2: the map needs two")
+
+
+@dataclass(frozen=True)
 class ImportOptions:
     checkpoint: Path = option(None, "the original's .pth file", positional=True)
     dataset: str = option(

@@ -1,0 +1,318 @@
+"""The live explorer's server (torch-vae explore): its JSON API through the ASGI test client,
+its refusals of bad requests (4xx with a message, never a 500), a real server on a free port,
+and the command line."""
+
+import base64
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import warnings
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from webtools import serve_explorer, tiny_explorer, tiny_model
+
+from torch_vae.cli import main
+from torch_vae.errors import TorchVaeError
+from torch_vae.explorer import MAX_UPLOAD_PIXELS, find_sampler, read_upload
+from torch_vae.server import create_app, listen
+
+with warnings.catch_warnings():  # Starlette suggests another HTTP client; httpx works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+@pytest.fixture(scope="module")
+def explorer():
+    return tiny_explorer(latent_dims=3)
+
+
+@pytest.fixture(scope="module")
+def client(explorer):
+    with TestClient(create_app(explorer, sliders=2)) as c:
+        yield c
+
+
+def png_of(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+def file_bytes(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_info_orders_the_dimensions_by_kl(client, explorer):
+    info = client.get("/api/info").json()
+    kls = [d["kl"] for d in info["dims"]]
+    assert sorted(d["index"] for d in info["dims"]) == [0, 1, 2]
+    assert kls == sorted(kls, reverse=True)
+    assert kls == pytest.approx([float(explorer.kl[d["index"]]) for d in info["dims"]])
+    assert [d["active"] for d in info["dims"]] == [k > 0.01 for k in kls]
+    assert info["sliders"] == 2 and info["map"] == "pca" and info["images"] == 24
+    assert info["classes"] == [str(i) for i in range(10)] and info["latent_dims"] == 3
+
+
+def test_map_holds_every_test_image_with_its_class(client, explorer):
+    data = client.get("/api/map").json()
+    assert len(data["x"]) == len(data["y"]) == 24
+    assert data["labels"] == [i % 10 for i in range(24)]
+    xy = explorer.to_map(explorer.means)  # the codes' projections are the map
+    assert np.allclose(np.stack([data["x"], data["y"]], 1), xy.numpy(), atol=1e-4)
+
+
+def test_decode_gives_the_image_of_the_code_and_its_place(client, explorer):
+    z = [0.5, -1.0, 2.0]
+    got = client.post("/api/decode", json={"z": z}).json()
+    image = png_of(got["image"])
+    assert image.shape == (32, 32)
+    with torch.no_grad():
+        want = explorer.model.decode(torch.tensor([z]))[0, 0].mul(255).round().numpy()
+    assert np.abs(image.astype(int) - want.astype(int)).max() <= 1
+    assert got["xy"] == pytest.approx(explorer.to_map(torch.tensor([z]))[0].tolist(), abs=1e-5)
+    other = client.post("/api/decode", json={"z": [0.5, -1.0, -2.0]}).json()
+    assert other["image"] != got["image"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"z": [1, 2]}',  # too short
+        b'{"z": [1, 2, 3, 4]}',  # too long
+        b'{"z": [NaN, 0, 0]}',
+        b'{"z": [Infinity, 0, 0]}',
+        b'{"z": [-Infinity, 0, 0]}',
+        b'{"z": [1e400, 0, 0]}',  # infinity once parsed
+        b'{"z": [1e9, 0, 0]}',  # beyond Z_BOUND
+        b'{"z": ["1", 0, 0]}',  # a string, not a number
+        b'{"z": [true, 0, 0]}',
+        b'{"z": [null, 0, 0]}',
+        b'{"z": 5}',
+        b'{"z": [0, 0, 0], "extra": 1}',
+        b'{"y": [0, 0, 0]}',
+        b"[0, 0, 0]",
+        b"{not json",
+        b"",
+        b"\xff\xfe",
+    ],
+)
+def test_decode_refuses_bad_codes_with_a_message(client, body):
+    r = client.post("/api/decode", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+
+
+def test_errors_are_4xx_with_a_message(client):
+    assert client.post("/api/decode", data={"z": "1"}).status_code == 422  # a form, not JSON
+    r = client.get("/api/images/24")
+    assert r.status_code == 422 and "less than or equal to 23" in r.json()["detail"]
+    assert client.get("/api/images/-1").status_code == 422
+    assert client.get("/api/images/x").status_code == 422
+    assert client.get("/api/decode").status_code == 405
+    assert client.get("/api/nothing").status_code == 404
+    r = client.post("/api/interpolate", json={"a": [0] * 3, "b": [0] * 3, "method": "cubic"})
+    assert r.status_code == 422 and "method" in r.json()["detail"]
+    r = client.post("/api/interpolate", json={"a": [0] * 3, "b": [0] * 3, "steps": 1000})
+    assert r.status_code == 422
+    assert client.post("/api/sample", json={"seed": -1}).status_code == 422
+    assert client.post("/api/sample", json={"seed": 1.5}).status_code == 422
+    json_type = {"Content-Type": "application/json"}
+    r = client.post("/api/map/decode", content=b'{"xy": [0, NaN]}', headers=json_type)
+    assert r.status_code == 422 and "finite" in r.json()["detail"]
+
+
+def test_a_map_point_decodes_to_a_code_on_its_place(client, explorer):
+    got = client.post("/api/map/decode", json={"xy": [0.3, -0.2]}).json()
+    assert got["xy"] == pytest.approx([0.3, -0.2], abs=1e-4)  # on the plane: back to the point
+    assert got["z"] == pytest.approx(explorer.from_map(torch.tensor([[0.3, -0.2]]))[0].tolist())
+    same = client.post("/api/decode", json={"z": got["z"]}).json()
+    assert same["image"] == got["image"]
+
+
+def test_a_latent_2_map_is_the_code_itself():
+    ex = tiny_explorer(latent_dims=2, n=6)
+    with TestClient(create_app(ex)) as c:
+        assert c.get("/api/info").json()["map"] == "code"
+        got = c.post("/api/map/decode", json={"xy": [1.5, -0.5]}).json()
+        assert got["z"] == got["xy"] == [1.5, -0.5]
+
+
+def test_random_samples_come_from_the_seed_or_the_sampler(client, explorer, monkeypatch):
+    a = client.post("/api/sample", json={"seed": 7}).json()
+    assert a == client.post("/api/sample", json={"seed": 7}).json()
+    assert a["z"] == pytest.approx(torch.randn(1, 3, generator=torch.manual_seed(7))[0].tolist())
+    assert client.post("/api/sample", json={}).json()["z"] != a["z"]
+
+    class Sampler:
+        def sample(self, n, generator):
+            return torch.full((n, 3), 0.25)
+
+    monkeypatch.setattr(explorer, "sampler", Sampler())
+    assert client.post("/api/sample", json={"seed": 7}).json()["z"] == [0.25] * 3
+
+
+def test_the_sampler_is_found_where_the_samplers_module_has_one(monkeypatch, tmp_path):
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch_vae.samplers", None)  # no such module: the prior
+    assert find_sampler(tmp_path) is None
+    fake = types.ModuleType("torch_vae.samplers")
+    fake.load_sampler = lambda path: ("sampler of", path)
+    monkeypatch.setitem(sys.modules, "torch_vae.samplers", fake)
+    assert find_sampler(tmp_path) == ("sampler of", tmp_path)
+
+
+def test_test_images_come_with_code_reconstruction_and_place(client, explorer):
+    got = client.get("/api/images/5").json()
+    assert got["index"] == 5 and got["label"] == 5
+    assert (png_of(got["input"]) == explorer.images[5][..., 0]).all()
+    assert got["z"] == pytest.approx(explorer.means[5].tolist(), abs=1e-5)
+    assert got["xy"] == pytest.approx(explorer.xy[5].tolist(), abs=1e-4)
+    assert png_of(got["image"]).shape == (32, 32)
+
+
+@pytest.mark.parametrize("method", ["linear", "slerp"])
+def test_interpolation_runs_from_a_to_b(client, method):
+    a, b = [1.0, 0.0, -1.0], [-0.5, 2.0, 0.5]
+    got = client.post(
+        "/api/interpolate", json={"a": a, "b": b, "steps": 5, "method": method}
+    ).json()
+    assert len(got["frames"]) == len(got["z"]) == len(got["xy"]) == 5
+    assert got["z"][0] == pytest.approx(a, abs=1e-5) and got["z"][-1] == pytest.approx(b, abs=1e-5)
+    ends = [client.post("/api/decode", json={"z": z}).json()["image"] for z in (a, b)]
+    for frame, end in zip([got["frames"][0], got["frames"][-1]], ends, strict=True):
+        assert np.abs(png_of(frame).astype(int) - png_of(end)).max() <= 1
+
+
+def test_uploads_of_any_size_and_mode_are_encoded(client, explorer):
+    rgb = Image.fromarray(np.tile(np.linspace(0, 255, 90, dtype=np.uint8), (60, 1)))
+    for data in (
+        file_bytes(rgb.convert("RGB"), "JPEG"),
+        file_bytes(rgb, "PNG"),
+        file_bytes(rgb.convert("I;16"), "PNG"),
+        file_bytes(rgb.convert("RGBA"), "WEBP"),
+        file_bytes(rgb.convert("P"), "GIF"),
+    ):
+        r = client.post("/api/encode", files={"file": ("any.bin", data, "text/plain")})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert png_of(got["input"]).shape == (32, 32) and png_of(got["image"]).shape == (32, 32)
+        z = torch.tensor([got["z"]])
+        assert got["xy"] == pytest.approx(explorer.to_map(z)[0].tolist(), abs=1e-4)
+
+
+def test_bad_uploads_are_refused_with_a_message(client):
+    def post(data, name="x.png"):
+        r = client.post("/api/encode", files={"file": (name, data, "image/png")})
+        assert isinstance(r.json()["detail"], str)
+        return r.status_code, r.json()["detail"]
+
+    assert post(b"hello")[0] == 415
+    assert post(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")[0] == 415  # no Ghostscript
+    assert post(b"") == (422, "the file is empty")
+    png = file_bytes(Image.new("L", (40, 40), 128))
+    assert post(png[: len(png) // 2])[0] == 422  # truncated
+    bomb = file_bytes(Image.new("1", (5000, 5000)))  # 25 megapixels in a few kB
+    status, detail = post(bomb)
+    assert len(bomb) < 100_000 and status == 413 and "5000x5000" in detail
+    status, detail = post(b"\0" * (10 * 2**20 + 1))
+    assert status == 413
+    r = client.post("/api/encode", files={"other": ("x.png", png, "image/png")})
+    assert r.status_code == 422 and "file" in r.json()["detail"]
+    r = client.post("/api/encode", content=b"--x\r\ngarbage", headers={
+        "Content-Type": "multipart/form-data; boundary=x"})  # fmt: skip
+    assert 400 <= r.status_code < 500
+
+
+def test_read_upload_checks_the_pixels_before_decoding_them():
+    big = file_bytes(Image.new("L", (MAX_UPLOAD_PIXELS // 1000 + 1, 1000)))
+    with pytest.raises(TorchVaeError, match="at most 20,000,000") as exc:
+        read_upload(big, 1, 32)
+    assert exc.value.status == 413
+    ok = read_upload(file_bytes(Image.new("RGB", (64, 16), (255, 0, 0))), 3, 8)
+    assert ok.shape == (8, 8, 3) and (ok[..., 0] == 255).all()
+
+
+def test_the_page_needs_nothing_from_outside(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sorted(assets) == ["explorer.css", "explorer.js"]
+    for name in assets:
+        r = client.get("/" + name)
+        assert r.status_code == 200
+        assert not re.search(r"https?://|//[a-z]|@import|url\(", r.text), name
+    assert "/api/decode" in client.get("/openapi.json").text
+
+
+def test_a_real_server_on_a_free_port(explorer):
+    with serve_explorer(explorer) as url:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url) and not url.endswith(":0/")
+        with httpx.Client(base_url=url) as http:
+            assert http.get("api/info").json()["latent_dims"] == 3
+            r = http.post("api/decode", json={"z": [0, 0, 0]})
+            assert r.status_code == 200 and r.json()["image"].startswith("data:image/png")
+            r = http.post("api/encode", content=b"x" * (11 * 2**20), headers={
+                "Content-Type": "multipart/form-data; boundary=x"})  # fmt: skip
+            assert r.status_code == 413
+
+
+def test_a_port_in_use_is_one_line():
+    sock = listen("127.0.0.1", 0)
+    sock.listen()
+    try:
+        port = sock.getsockname()[1]
+        with pytest.raises(TorchVaeError, match=f"cannot listen on 127.0.0.1:{port}.*--port 0"):
+            listen("127.0.0.1", port)
+    finally:
+        sock.close()
+    with pytest.raises(TorchVaeError, match="--host"):
+        listen("no such host.invalid", 0)
+
+
+def test_explore_flags_are_checked(capsys):
+    assert main(["explore", "--model", "m", "--port", "70000"]) == 1
+    assert "--port must be 0..65535" in capsys.readouterr().err
+    assert main(["explore", "--model", "m", "--sliders", "0"]) == 1
+    assert main(["explore", "--model", "m", "--nimages", "1"]) == 1
+
+
+def test_explore_command_serves_until_interrupted(tmp_path):
+    """The real command in a process: it prints the address it listens on (a free port with
+    --port 0), serves the test split of the model's dataset, and stops on Ctrl-C."""
+    model = tiny_model(latent_dims=3)
+    model.save_pretrained(tmp_path / "model", dataset=f"folder:{tmp_path / 'images'}")
+    for split in ("train", "test"):
+        for label in ("cat", "dog"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("L", (20, 20), 40 * i).save(folder / f"{i}.png")
+    cmd = [
+        sys.executable, "-m", "torch_vae", "explore", "--model", str(tmp_path / "model"),
+        "--port", "0", "--data_dir", str(tmp_path / "data"), "--quiet", "--threads", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"serving (http://127\.0\.0\.1:\d+/)", line)
+        assert url, (line, proc.stderr.read() if proc.poll() is not None else "")
+        with httpx.Client(base_url=url[1], timeout=30) as http:
+            info = http.get("api/info").json()
+            assert info["classes"] == ["cat", "dog"] and info["images"] == 6
+            assert http.get("api/map").json()["labels"] == [0, 0, 0, 1, 1, 1]
+            assert "torch-vae explorer" in http.get("/").text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
