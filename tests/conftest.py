@@ -59,7 +59,7 @@ def train_tiny(mnist_dir):
 
     def train(run, *flags):
         args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run)]
-        shape = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
+        shape = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32", "--depth", "3"]
         assert main([*args, "--epochs", "2", "--batchsize", "16", *shape, "--quiet", *flags]) == 0
         return run
 

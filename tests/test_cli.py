@@ -380,7 +380,7 @@ def test_dcgan_arch_trains_and_loads_from_its_run(mnist_dir, tmp_path):
     args += ["--arch", "dcgan", "--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
     assert main([*args, "--epochs", "1", "--quiet"]) == 0
     model = json.loads((run / "config.json").read_text())["model"]
-    assert model["arch"] == "dcgan" and model["depth"] == 4  # dcgan's default depth
+    assert model["arch"] == "dcgan" and model["depth"] == 3  # dcgan's default: 32 px to 4x4
     out = tmp_path / "samples"
     assert main(["generate", "--model", str(run), "--nsamples", "5", "--outdir", str(out)]) == 0
     assert len(list(out.glob("sample_*.png"))) == 5
@@ -403,7 +403,7 @@ def test_init_from_starts_at_the_given_weights(trained, mnist_dir, tmp_path, cap
     for (name, a), b in zip(start.named_parameters(), end.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), name
     fresh = tmp_path / "fresh"
-    flags = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32"]
+    flags = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32", "--depth", "3"]
     assert main([*base, *still, *flags, "--run_dir", str(fresh)]) == 0
     assert not torch.allclose(
         start.encoder.convs[0].weight, load_model(fresh).encoder.convs[0].weight

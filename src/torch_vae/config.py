@@ -18,8 +18,20 @@ ARCHS: tuple[str, ...] = get_args(Arch)
 RECON_LOSSES: tuple[str, ...] = get_args(ReconLoss)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
-# The depth each architecture was designed for (the command line's default for --depth).
-DEFAULT_DEPTH = {"original": 3, "dcgan": 4}
+# The size of the last feature map each architecture was designed for: 8x8 for the original
+# (depth 3 at 64 pixels), 4x4 for dcgan (depth 4 at 64 pixels).
+BOTTLENECK = {"original": 8, "dcgan": 4}
+
+
+def default_depth(arch: str, image_size: int) -> int:
+    """--depth when it is not given: as many stride-2 convolutions as bring the image down to
+    the architecture's bottleneck size (64 pixels: 3 for original, 4 for dcgan; 128: 4 and 5;
+    256: 5 and 6), or the 64-pixel depth for sizes that halve to no such size."""
+    depth, size = 0, image_size
+    while size > BOTTLENECK.get(arch, 8) and size % 2 == 0:
+        depth, size = depth + 1, size // 2
+    fallback = {"original": 3, "dcgan": 4}.get(arch, 3)
+    return depth if size == BOTTLENECK.get(arch, 8) and depth > 0 else fallback
 
 
 def option(default: Any, help: str, **cli: Any) -> Any:
@@ -87,7 +99,8 @@ class ModelConfig:
     )
     depth: int = option(
         3,
-        "stride-2 convolutions in the encoder and decoder (default: 3 for original, 4 for dcgan)",
+        "stride-2 convolutions in the encoder and decoder (default: down to 8x8 for original, "
+        "4x4 for dcgan: 3 and 4 at 64 pixels, 4 and 5 at 128)",
         cli_default=None,
     )
     arch: Arch = option(

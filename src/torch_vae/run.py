@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .checkpoint import CONFIG_NAME, read_metadata
-from .config import DEFAULT_DEPTH, ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, default_depth
 from .data import check_channels, get_dataset, load_split
 from .distributed import Distributed
 from .errors import TorchVaeError
@@ -70,7 +70,9 @@ def plan_run(values: dict[str, Any], given: set[str], dist: Distributed | None =
         )
     else:
         channels = get_dataset(values["dataset"]).channels
-        depth = values["depth"] if values["depth"] is not None else DEFAULT_DEPTH[values["arch"]]
+        depth = values["depth"]
+        if depth is None:
+            depth = default_depth(values["arch"], values["image_size"])
         model_cfg = ModelConfig(**{**_fields(ModelConfig, values), "depth": depth,
                                    "in_channels": channels})  # fmt: skip
     train_cfg = TrainConfig(
