@@ -11,13 +11,14 @@ ROOT = Path(torch_vae.__file__).parent
 # Lowest first. A module may import modules of lower layers only.
 LAYERS = [
     {"errors", "version", "fileio", "images", "data.imaging"},
-    {"config", "device", "distributed", "flags", "data.formats", "data.download", "data.parallel"},
+    {"config", "device", "distributed", "flags", "data.formats", "data.download", "data.parallel",
+     "plots"},
     {"options", "checkpoint", "upsampling", "data.datasets"},
     {"model", "data.cache"},
     {"losses", "speed", "trainstate", "data.torchdata", "data.labels"},
     {"data"},
     {"outputs", "convert", "explore"},
-    {"evaluate"},
+    {"evaluate", "pictures"},
     {"run", "average", "explorer"},
     {"train", "server"},
     {"cli"},

@@ -16,13 +16,18 @@ from .errors import TorchVaeError, TrainingInterrupted, describe_os_error
 from .flags import add_options, defaults, pick, read_config_file
 from .options import (
     AverageOptions,
+    EmbedOptions,
     EvaluateOptions,
     ExploreOptions,
     GenerateOptions,
     ImportOptions,
+    InterpolateOptions,
+    ManifoldOptions,
+    PlotOptions,
     ReconstructOptions,
     RunOptions,
     Runtime,
+    TraverseOptions,
 )
 from .version import __version__
 
@@ -131,6 +136,36 @@ def cmd_import(values: dict[str, Any], given: set[str]) -> None:
     import_command(pick(ImportOptions, values))
 
 
+def cmd_interpolate(values: dict[str, Any], given: set[str]) -> None:
+    from .pictures import interpolate_command
+
+    interpolate_command(pick(InterpolateOptions, values), pick(Runtime, values))
+
+
+def cmd_traverse(values: dict[str, Any], given: set[str]) -> None:
+    from .pictures import traverse_command
+
+    traverse_command(pick(TraverseOptions, values), pick(Runtime, values))
+
+
+def cmd_manifold(values: dict[str, Any], given: set[str]) -> None:
+    from .pictures import manifold_command
+
+    manifold_command(pick(ManifoldOptions, values), pick(Runtime, values))
+
+
+def cmd_embed(values: dict[str, Any], given: set[str]) -> None:
+    from .pictures import embed_command
+
+    embed_command(pick(EmbedOptions, values), pick(Runtime, values))
+
+
+def cmd_plot(values: dict[str, Any], given: set[str]) -> None:
+    from .pictures import plot_command
+
+    plot_command(pick(PlotOptions, values))
+
+
 COMMANDS = {
     c.name: c
     for c in (
@@ -158,6 +193,26 @@ COMMANDS = {
         Command("import-torch-vae", "Convert an original torch-vae .pth checkpoint",
                 "Convert a checkpoint of the original torch-vae (a bare state_dict .pth) into "
                 "a torch-vae .safetensors file.", (ImportOptions,), cmd_import),
+        Command("interpolate", "Decode the way between two images or codes",
+                "Decode the codes between two images (of the dataset, or files) or two random "
+                "codes: a strip PNG and an animated GIF (see docs/explore.md).",
+                (Runtime, InterpolateOptions), cmd_interpolate),
+        Command("traverse", "Vary one latent dimension at a time",
+                "Decode codes that vary one latent dimension at a time, the dimensions with the "
+                "largest average KL first, inactive ones marked (see docs/explore.md).",
+                (Runtime, TraverseOptions), cmd_traverse),
+        Command("manifold", "Decode a grid over the latent space",
+                "Decode a grid of codes: the prior's quantiles for a latent-2 model, else the "
+                "plane of the data's two leading principal directions (see docs/explore.md).",
+                (Runtime, ManifoldOptions), cmd_manifold),
+        Command("embed", "Map the dataset's posterior means in 2-D",
+                "A scatter plot of the posterior means of a split, coloured by class: the code "
+                "itself for a latent-2 model, else PCA (or UMAP) (see docs/explore.md).",
+                (Runtime, EmbedOptions), cmd_embed),
+        Command("plot", "Plot the training curves of runs",
+                "Training curves (loss, reconstruction, KL, test loss per epoch) of one or "
+                "more runs, overlaid, from their metrics.jsonl, into a PNG.",
+                (PlotOptions,), cmd_plot),
     )
 }  # fmt: skip
 

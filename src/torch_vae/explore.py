@@ -33,6 +33,7 @@ from .model import VAE
 __all__ = [
     "active_dims",
     "class_names",
+    "decode",
     "embed",
     "encode_mean",
     "from_map",
@@ -63,25 +64,39 @@ def _evaluating(model: VAE) -> Iterator[torch.device]:
         model.train(was_training)
 
 
-def _as_images(model: VAE, images) -> Tensor:
-    """Float (B, C, H, W) in [0, 1] on the CPU, checked against the model's channels and size:
-    from float (B, C, H, W) or uint8 (B, H, W, C), tensor or numpy array."""
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
-    if x.dtype == torch.uint8 and x.ndim == 4:
-        x = x.permute(0, 3, 1, 2).float() / 255
+def _tensor(x) -> Tensor:
+    """A tensor of ``x``; numpy arrays (read-only memory maps too) are copied."""
+    return x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))
+
+
+def _image_batches(model: VAE, images) -> Iterator[Tensor]:
+    """``images`` as float (b, C, H, W) batches in [0, 1] on the CPU, converted a batch at a
+    time, after checking them against the model's channels and size: from float
+    (B, C, H, W) or uint8 (B, H, W, C), tensors or numpy arrays (e.g. a memory-mapped split)."""
     cfg = model.config
-    want = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    if x.ndim != 4 or tuple(x.shape[1:]) != want or not x.is_floating_point():
+    c, s = cfg.in_channels, cfg.image_size
+    shape, dtype = tuple(images.shape), images.dtype
+    uint8 = dtype in (np.uint8, torch.uint8)
+    floating = dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) or (
+        isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating)
+    )
+    if shape[1:] != ((s, s, c) if uint8 else (c, s, s)) or not (uint8 or floating):
         raise TorchVaeError(
-            f"images must be float (B, {want[0]}, {want[1]}, {want[2]}) in [0, 1] or uint8 "
-            f"(B, {want[1]}, {want[2]}, {want[0]}) for this model, got {x.dtype} {tuple(x.shape)}"
+            f"images must be float (B, {c}, {s}, {s}) in [0, 1] or uint8 (B, {s}, {s}, {c}) "
+            f"for this model, got {dtype} {shape}"
         )
-    return x.float().cpu()
+    for i in _starts(shape[0]):
+        x = _tensor(images[i : i + BATCH])
+        yield x.permute(0, 3, 1, 2).float() / 255 if uint8 else x.float().cpu()
 
 
-def _decode(model: VAE, z: Tensor) -> Tensor:
-    """Decode codes (N, d) in batches; float32 images (N, C, H, W) on the CPU."""
+def decode(model: VAE, z) -> Tensor:
+    """Decode codes (N, d) in batches: float32 images (N, C, H, W) in [0, 1] on the CPU."""
     z = torch.as_tensor(z, dtype=torch.float32)
+    if z.ndim != 2 or z.shape[1] != model.config.latent_dims:
+        raise TorchVaeError(
+            f"codes must be (N, {model.config.latent_dims}) for this model, got {tuple(z.shape)}"
+        )
     with _evaluating(model) as device:
         out = [model.decode(z[i : i + BATCH].to(device)).float().cpu() for i in _starts(len(z))]
     return torch.cat(out) if out else torch.empty(0, model.config.in_channels, *_size(model))
@@ -97,10 +112,9 @@ def _size(model: VAE) -> tuple[int, int]:
 
 def _posteriors(model: VAE, images) -> Iterator[tuple[Tensor, Tensor]]:
     """(mu, logvar) of each batch of ``images``, float32 on the CPU."""
-    x = _as_images(model, images)
     with _evaluating(model) as device:
-        for i in _starts(len(x)):
-            post = model.encode(x[i : i + BATCH].to(device))
+        for x in _image_batches(model, images):
+            post = model.encode(x.to(device))
             yield post.mu.float().cpu(), post.logvar.float().cpu()
 
 
@@ -113,7 +127,7 @@ def encode_mean(model: VAE, images) -> Tensor:
 def _code(model: VAE, a) -> Tensor:
     """A latent code (d,) as it is, or an image (C, H, W) float / (H, W, C) uint8 encoded to
     its posterior mean."""
-    a = torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a)
+    a = _tensor(a)
     if a.ndim == 1:
         if len(a) != model.config.latent_dims:
             raise TorchVaeError(
@@ -134,7 +148,7 @@ def interpolate(model: VAE, a, b, steps: int = 8, method: str = "linear") -> Ten
         raise TorchVaeError(f"steps must be an integer >= 2, got {steps!r}")
     za, zb = _code(model, a), _code(model, b)
     t = torch.linspace(0, 1, steps)[:, None]
-    return _decode(model, slerp(za, zb, t) if method == "slerp" else (1 - t) * za + t * zb)
+    return decode(model, slerp(za, zb, t) if method == "slerp" else (1 - t) * za + t * zb)
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -186,7 +200,7 @@ def traverse(model: VAE, z, dims: Sequence[int], steps: int = 7, span: float = 3
     codes = z.repeat(len(dims), steps, 1)  # (len(dims), steps, d)
     for row, i in enumerate(dims):
         codes[row, :, i] = values
-    images = _decode(model, codes.reshape(-1, d))
+    images = decode(model, codes.reshape(-1, d))
     return images.reshape(len(dims), steps, *images.shape[1:])
 
 
@@ -241,29 +255,29 @@ def manifold(model: VAE, n: int = 15, images=None) -> Tensor:
     bottom, columns left to right (``manifold_codes``). A latent-2 model's grid covers its
     prior; a larger one's, the plane of ``images``' two leading principal directions."""
     codes = manifold_codes(model, n, images)
-    return _decode(model, codes.reshape(n * n, -1)).reshape(n, n, -1, *_size(model))
+    return decode(model, codes.reshape(n * n, -1)).reshape(n, n, -1, *_size(model))
 
 
-def embed(model: VAE, images, method: str = "auto") -> Tensor:
+def embed(model: VAE, images, method: str = "auto", seed: int = 0) -> Tensor:
     """A 2-D map of ``images``: (B, 2). "auto": a latent-2 model's posterior means themselves,
     a larger one's projected on their two leading principal directions ("pca", see
     ``pca_basis``, invertible with ``from_map``); "umap": UMAP of the means, if the optional
-    umap-learn package is installed (not invertible)."""
+    umap-learn package is installed (not invertible; ``seed`` seeds it)."""
     if method not in EMBEDDINGS:
         raise TorchVaeError(f"unknown embedding method {method!r}; choose one of {EMBEDDINGS}")
     means = encode_mean(model, images)
     if method == "auto" and means.shape[1] == 2:
         return means
     if method == "umap":
-        return _umap(means)
+        return _umap(means, seed)
     center, directions, _ = pca_basis(means)
     return (means - center) @ directions.T
 
 
-def _umap(means: Tensor) -> Tensor:
+def _umap(means: Tensor, seed: int) -> Tensor:
     try:  # optional: not a dependency of torch-vae
         umap = importlib.import_module("umap")
     except ImportError:
         raise TorchVaeError("method 'umap' needs umap-learn: pip install umap-learn") from None
-    xy = umap.UMAP(n_components=2, random_state=0).fit_transform(means.numpy())
+    xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(means.numpy())
     return torch.as_tensor(np.asarray(xy), dtype=torch.float32)

@@ -197,3 +197,120 @@ class ImportOptions:
         None, "output .safetensors file (default: imported/<dataset>/<name>.safetensors)"
     )
     quiet: bool = option(False, "no log lines")
+
+
+PICTURES_HELP = "folder for the pictures (made if missing)"
+SPLIT_HELP = "the dataset split the images come from"
+
+
+@dataclass(frozen=True)
+class InterpolateOptions:
+    """interpolate: decoded codes between two images or two random codes."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    index: tuple[int, ...] = option(
+        (0, 1), "two images of --split by their index", nargs=2, metavar=("A", "B"), type=int
+    )
+    images: tuple[Path, ...] = option(
+        (), "two image files instead (resized like the dataset's)", nargs=2,
+        metavar=("A.png", "B.png"), type=Path,
+    )  # fmt: skip
+    random: bool = option(False, "two codes drawn from the prior instead (see --seed)")
+    method: Literal["linear", "slerp"] = option(
+        "linear", "linear: the straight line; slerp: the great circle between the codes"
+    )
+    steps: int = option(10, "images from A to B, both included")
+    seed: int = option(0, "random seed for --random")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    split: Literal["train", "test"] = option("test", SPLIT_HELP)
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    outdir: Path = option(Path("explore"), PICTURES_HELP)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 2:
+            raise TorchVaeError(f"--steps must be an integer >= 2, got {self.steps}")
+        for i in self.index:
+            non_negative("--index", i)
+        if self.random and self.images:
+            raise TorchVaeError("pass --random or --images, not both")
+
+
+@dataclass(frozen=True)
+class TraverseOptions:
+    """traverse: one latent dimension varied at a time."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    index: int | None = option(
+        None, "traverse around the posterior mean of this image of --split (default: zeros)"
+    )
+    ndims: int = option(16, "rows: the dimensions with the largest average KL first")
+    steps: int = option(9, "values per dimension")
+    span: float = option(3.0, "values from -SPAN to +SPAN (the prior's standard deviations)")
+    nimages: int = option(1000, "test images that the average KL is measured on (0: all)")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    split: Literal["train", "test"] = option("test", SPLIT_HELP)
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    outdir: Path = option(Path("explore"), PICTURES_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--ndims", self.ndims)
+        positive("--steps", self.steps)
+        non_negative("--nimages", self.nimages)
+        if self.index is not None:
+            non_negative("--index", self.index)
+        if not (isinstance(self.span, int | float) and math.isfinite(self.span)) or self.span <= 0:
+            raise TorchVaeError(f"--span must be a number > 0, got {self.span}")
+
+
+@dataclass(frozen=True)
+class ManifoldOptions:
+    """manifold: decoded codes on a grid over the latent space."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    grid: int = option(15, "codes per side of the grid")
+    nimages: int = option(
+        2000, "latent > 2: images whose principal plane the grid spans (0: all of --split)"
+    )
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    split: Literal["train", "test"] = option("test", SPLIT_HELP)
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    outdir: Path = option(Path("explore"), PICTURES_HELP)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, int) or not 2 <= self.grid <= 100:
+            raise TorchVaeError(f"--grid must be an integer from 2 to 100, got {self.grid}")
+        non_negative("--nimages", self.nimages)
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """embed: a scatter plot of the posterior means, coloured by class."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    method: Literal["auto", "pca", "umap"] = option(
+        "auto",
+        "auto: the code itself for a latent-2 model, else pca; pca: the two leading principal "
+        "directions of the posterior means; umap: UMAP (needs pip install umap-learn)",
+    )
+    nimages: int = option(0, "plot the first N images of --split (0: all)")
+    seed: int = option(0, "random seed for --method umap")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    split: Literal["train", "test"] = option("test", SPLIT_HELP)
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    outdir: Path = option(Path("explore"), PICTURES_HELP)
+
+    def __post_init__(self) -> None:
+        non_negative("--nimages", self.nimages)
+        if self.nimages == 1:
+            raise TorchVaeError("--nimages must be 0 (all) or at least 2")
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """plot: training curves of runs."""
+
+    runs: tuple[Path, ...] = option(
+        (), "run folder(s) written by 'torch-vae train' (their metrics.jsonl)",
+        positional=True, nargs="+", metavar="RUN", type=Path,
+    )  # fmt: skip
+    out: Path = option(Path("curves.png"), "the PNG file to write")

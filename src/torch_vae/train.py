@@ -28,6 +28,7 @@ from .images import save_png
 from .losses import vae_loss
 from .model import VAE, save_model, training_memory
 from .outputs import N_PICTURE, epoch_picture
+from .plots import write_run_curves
 from .run import (
     RunPlan,
     append_metrics,
@@ -306,6 +307,7 @@ def save_checkpoint(
     with atomic_path(run_dir / "images" / f"epoch_{epoch:03d}.png") as tmp:
         save_png(picture, tmp)
     _save_state(loop, epoch - 1 if partial else epoch, partial)
+    write_run_curves(run_dir, record)  # images/curves.png, when due; never raises
 
 
 def _save_state(loop: Loop, epochs_done: int, partial: EpochProgress | None = None) -> None:

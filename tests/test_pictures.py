@@ -1,0 +1,182 @@
+"""The picture commands (interpolate, traverse, manifold, embed, plot) and the training curves
+that training draws."""
+
+import ast
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fakedata
+import torch_vae
+from torch_vae import VAE, ModelConfig, plots
+from torch_vae.cli import main
+from torch_vae.data import labels as L
+from torch_vae.data.download import md5sum
+
+
+@pytest.fixture
+def labelled(mnist_dir, monkeypatch):
+    """The tiny MNIST with label files (their checksums registered)."""
+    fakedata.write_mnist_labels(mnist_dir / "mnist")
+    files = tuple(
+        dataclasses.replace(f, md5=md5sum(mnist_dir / "mnist" / f.name))
+        for f in L.LABEL_FILES["mnist"]
+    )
+    monkeypatch.setitem(L.LABEL_FILES, "mnist", files)
+    return mnist_dir
+
+
+@pytest.fixture
+def model(tmp_path):
+    """An untrained MNIST-shaped model (latent 3, 32x32): pictures need no training."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(latent_dims=3, max_filters=16, image_size=32, arch="dcgan", depth=3)
+    return VAE(cfg).save_pretrained(tmp_path / "model", dataset="mnist")
+
+
+def picture(path):
+    with Image.open(path) as img:
+        return img.size, getattr(img, "n_frames", 1)
+
+
+def test_training_draws_its_curves(train_tiny, tmp_path, monkeypatch):
+    monkeypatch.setitem(plots._drawing, "seconds", 0.0)  # drawing is free: due after every epoch
+    run = train_tiny(tmp_path / "run", "--epochs", "1")
+    assert picture(run / "images" / "curves.png")[0][0] > 500
+
+
+def test_picture_commands(model, labelled, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    out, common = tmp_path / "pics", ["--model", str(model), "--data_dir", str(labelled)]
+    assert main(["interpolate", *common, "--outdir", str(out), "--index", "3", "5",
+                 "--steps", "4", "--method", "slerp"]) == 0  # fmt: skip
+    # a strip of the 4 steps between the two originals; the animation goes there and back
+    (w, h), _ = picture(out / "interpolate.png")
+    assert h == 32 + 4 and w == 4 * 34 + 2 + 2 * (36 + 8)
+    assert picture(out / "interpolate.gif")[0] == (128, 128)  # enlarged to at least 128
+    assert "4 slerp steps between images 3 and 5 of the test split of mnist" in caplog.text
+    for args in (
+        ["traverse", "--index", "2", "--steps", "5"],
+        ["manifold", "--grid", "4"],
+        ["embed"],
+    ):
+        assert main([*args, *common, "--outdir", str(out), "--quiet"]) == 0
+        assert picture(out / f"{args[0]}.png")[0][0] > 300
+    runs = [tmp_path / "a" / "run", tmp_path / "b" / "run"]  # alike names: labelled by path
+    for i, run in enumerate(runs):
+        run.mkdir(parents=True)
+        lines = [{"epoch": e, "train_loss": 9 - e - i, "test_loss": 9.5 - e} for e in (1, 2, 3)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["plot", *map(str, runs), "--out", str(out / "c.png")]) == 0
+    assert picture(out / "c.png")[0][0] > 500
+    assert plots.run_labels(runs) == [str(r) for r in runs]
+
+
+def test_interpolate_between_image_files_and_random_codes(model, tmp_path):
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    Image.fromarray(fakedata.blobs(1, 50, 3, 1)[0]).save(a)  # RGB, to the model's grayscale
+    Image.fromarray(fakedata.blobs(1, 40, 1, 2)[0, :, :30, 0]).save(b)  # not square
+    out = tmp_path / "i"
+    assert main(["interpolate", "--model", str(model), "--images", str(a), str(b),
+                 "--outdir", str(out), "--quiet"]) == 0  # fmt: skip
+    assert picture(out / "interpolate.png")[0][1] == 36
+    assert main(["interpolate", "--model", str(model), "--random", "--seed", "3",
+                 "--outdir", str(out), "--quiet", "--steps", "3"]) == 0  # fmt: skip
+    assert picture(out / "interpolate.png")[0] == (3 * 34 + 2, 36)  # no originals
+
+
+BAD = [
+    (["interpolate", "--index", "0", "99"], "--index 99 is out of range: the test split"),
+    (["interpolate", "--images", "nope.png", "b.png"], "cannot read image nope.png"),
+    (["interpolate", "--steps", "1"], "--steps must be an integer >= 2"),
+    (["traverse", "--index", "20"], "--index 20 is out of range"),
+    (["manifold", "--grid", "1"], "--grid must be an integer from 2 to 100"),
+    (["embed", "--method", "umap"], "umap-learn"),
+]
+
+
+def test_bad_input_is_one_line(model, mnist_dir, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "umap", None)  # as if umap-learn were not installed
+    for args, message in BAD:
+        rc = main([*args, "--model", str(model), "--data_dir", str(mnist_dir), "--quiet"])
+        err = capsys.readouterr().err
+        assert rc in (1, 2) and message in err and "Traceback" not in err, (args, err)
+
+
+def test_plot_refuses_what_is_not_a_run(tmp_path, capsys):
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_embed_without_labels_is_uncoloured(model, mnist_dir, tmp_path, caplog, monkeypatch):
+    # the fake MNIST has no label files and they cannot be downloaded: a warning, a plain map
+    monkeypatch.setenv("TORCH_VAE_MIRROR", "http://127.0.0.1:9")  # nothing listens there
+    assert main(["embed", "--model", str(model), "--data_dir", str(mnist_dir),
+                 "--outdir", str(tmp_path), "--quiet"]) == 0  # fmt: skip
+    assert (tmp_path / "embed.png").is_file()
+    assert "no class colours" in caplog.text and "train-labels-idx1-ubyte.gz" in caplog.text
+
+
+def test_curves_are_due_by_share_of_time(monkeypatch):
+    monkeypatch.setitem(plots._drawing, "seconds", 0.3)
+    assert plots.curves_due(1, 60.0)  # long epochs: every epoch
+    assert [e for e in range(1, 41) if plots.curves_due(e, 0.6)] == [10, 20, 30, 40]
+    assert not plots.curves_due(2, 0.2)  # a test's tiny run
+
+
+def test_a_failed_drawing_does_not_stop_training(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(plots._drawing, "seconds", 0.0)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 3}\nnot json\n')
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(plots, "plot_curves", broken)
+    plots.write_run_curves(tmp_path, {"epoch": 1, "epoch_seconds": 1.0})
+    assert "could not draw" in caplog.text and "no fonts" in caplog.text
+    assert plots.read_metrics(tmp_path) == [{"epoch": 1, "train_loss": 3}]
+
+
+def test_matplotlib_is_imported_only_where_a_figure_is_drawn():
+    """No module imports matplotlib at its top level (it takes about a second): commands that
+    draw nothing never pay for it."""
+    root = Path(torch_vae.__file__).parent
+    top_level = []
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:  # module level only, not function bodies
+            names = [a.name for a in getattr(node, "names", [])] + [getattr(node, "module", "")]
+            if isinstance(node, ast.Import | ast.ImportFrom) and any(
+                (n or "").startswith("matplotlib") for n in names
+            ):
+                top_level.append(path.name)
+    assert not top_level
+
+
+def test_gif_goes_there_and_back(tmp_path):
+    from torch_vae.pictures import _write_gif
+
+    frames = np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((4, 20, 30, 3), np.uint8)
+    _write_gif(frames * 60, tmp_path / "a.gif")
+    with Image.open(tmp_path / "a.gif") as gif:
+        assert gif.size == (30 * 7, 20 * 7) and gif.n_frames == 6 and gif.info["loop"] == 0
+        seen = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            seen.append(int(np.asarray(gif.convert("L"))[0, 0]))
+    assert seen == [0, 60, 120, 180, 120, 60]
+
+
+def test_strip_and_tile_shapes():
+    frames = np.zeros((3, 8, 8, 1), np.uint8)
+    assert plots._tile(np.zeros((2, 3, 8, 8, 1), np.uint8)).shape == (18, 28, 1)
+    from torch_vae.pictures import _strip
+
+    assert _strip(frames, None).shape == (12, 32, 1)
+    assert _strip(frames, [frames[0], frames[1]]).shape == (12, 32 + 2 * (12 + 8), 1)
