@@ -24,7 +24,7 @@ from fastapi import FastAPI, File, Path, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from .device import pick_device
 from .errors import TorchVaeError
@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 # Bytes of a request body: an upload's file, and room for the multipart headers around it.
 MAX_BODY = MAX_UPLOAD_BYTES + 64 * 1024
 MAX_STEPS = 64  # frames of one interpolation
+# PyTorch threads while serving (unless --threads says otherwise; mapping the test split at
+# start uses PyTorch's choice). One decode is too small to split: on 2 cores, 2 threads made
+# a decode 20x slower at the 95th percentile whenever anything else ran (each parallel region
+# waits for a thread the system has put aside); see docs/benchmarks.md "Explorer latency".
+SERVING_THREADS = 1
 ERRORS = {
     400: "the body cannot be parsed",
     413: "the body, file or image is too large",
@@ -59,6 +64,19 @@ class Error(BaseModel):
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": Error, "description": ERRORS[c]} for c in codes}
+
+
+def _number(value: Any) -> Any:
+    """Lets a JSON number through to pydantic's integer check (which takes 3.0, as JSON Schema
+    does, and refuses 3.5); refuses a string or a boolean, which JSON Schema does not count."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+def whole(low: int, high: int) -> Any:
+    """A JSON integer in [low, high] (constraints first, so that the schema shows them)."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_number)]
 
 
 def api_models(d: int, n: int) -> SimpleNamespace:
@@ -79,13 +97,13 @@ def api_models(d: int, n: int) -> SimpleNamespace:
 
     class SampleRequest(BaseModel):
         model_config = strict
-        seed: int | None = Field(None, strict=True, ge=0, le=2**63 - 1, description="(random)")
+        seed: whole(0, 2**31 - 1) | None = Field(None, description="(random)")
 
     class InterpolateRequest(BaseModel):
         model_config = strict
         a: Code
         b: Code
-        steps: int = Field(16, strict=True, ge=2, le=MAX_STEPS, description="frames, a and b too")
+        steps: whole(2, MAX_STEPS) = Field(16, description="frames, a and b too")
         method: Literal["linear", "slerp"] = "linear"
 
     class Decoded(BaseModel):
@@ -167,24 +185,24 @@ def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
     def coded(z: torch.Tensor) -> Any:
         return m.Coded(z=_floats(z[0]), image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]))
 
-    @app.post("/api/decode", response_model=m.Decoded, responses=_errors(413, 422))
+    @app.post("/api/decode", response_model=m.Decoded, responses=_errors(400, 413, 422))
     async def decode(req: m.DecodeRequest) -> Any:
         """Decode a latent code to an image."""
         z = torch.tensor([req.z])
         return m.Decoded(image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]))
 
-    @app.post("/api/map/decode", response_model=m.Coded, responses=_errors(413, 422))
+    @app.post("/api/map/decode", response_model=m.Coded, responses=_errors(400, 413, 422))
     async def map_decode(req: m.MapRequest) -> Any:
         """Decode the code of a point of the map."""
         return coded(ex.from_map(torch.tensor([req.xy])))
 
-    @app.post("/api/sample", response_model=m.Coded, responses=_errors(413, 422))
+    @app.post("/api/sample", response_model=m.Coded, responses=_errors(400, 413, 422))
     async def sample(req: m.SampleRequest) -> Any:
         """A random code (the model's ex-post sampler, or the prior) and its image."""
         seed = req.seed if req.seed is not None else int(torch.randint(2**62, ()).item())
         return coded(ex.sample(seed))
 
-    @app.post("/api/interpolate", response_model=m.Interpolation, responses=_errors(413, 422))
+    @app.post("/api/interpolate", response_model=m.Interpolation, responses=_errors(400, 413, 422))
     async def interpolate(req: m.InterpolateRequest) -> Any:
         """Decoded codes from a to b (both included), on a line or a great circle (slerp)."""
         codes, frames = ex.interpolate(
@@ -381,6 +399,8 @@ def explore_command(o: ExploreOptions, runtime: Runtime) -> None:
     sock = listen(o.host, o.port)  # before the work: a port in use is told at once
     try:
         ex = load_explorer(o.model, o.dataset, o.data_dir, o.nimages, device, not runtime.quiet)
+        if not runtime.threads:
+            torch.set_num_threads(SERVING_THREADS)
         server = make_server(create_app(ex, o.sliders), sock, _announce)
         try:
             server.run(sockets=[sock])
