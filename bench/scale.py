@@ -199,8 +199,9 @@ def report(r: dict) -> str:
     lines.append(f"cache: {r['cache_gb']:.2f} GB, built in {b.get('seconds', 0):.0f} s, "
                  f"builder peak RSS {b.get('peak_rss_mb', 0):.0f} MB")  # fmt: skip
     t = r["train"]
-    lines.append(f"train: start-up {t.get('startup_s', 0):.1f} s to the first step, peak "
-                 f"RSS {t.get('peak_rss_mb', 0):.0f} MB, {t.get('img_per_s', 0):.0f} img/s")  # fmt: skip
+    startup, peak, rate = (t.get(k, 0) for k in ("startup_s", "peak_rss_mb", "img_per_s"))
+    lines.append(f"train: start-up {startup:.1f} s to the first step, peak RSS {peak:.0f} MB, "
+                 f"{rate:.0f} img/s")  # fmt: skip
     m, c = r["compare_mapped"], r["compare_in_memory"]
     if "img_per_s" in m and "img_per_s" in c:
         lines.append(f"memory-mapped {m['img_per_s']:.0f} img/s vs in memory {c['img_per_s']:.0f} "
