@@ -49,7 +49,7 @@ def drive(page, ex, folder: Path) -> None:
     settle(page)
     page.eval_on_selector("#scrub", "e => { e.value = 9; e.dispatchEvent(new Event('input')); }")
     box = page.locator("#map").bounding_box()
-    page.mouse.click(box["x"] + box["width"] * 0.62, box["y"] + box["height"] * 0.36)
+    page.mouse.click(box["x"] + box["width"] * 0.74, box["y"] + box["height"] * 0.62)
     settle(page)
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--data_dir", default=None)
     ap.add_argument("--out", default=str(ROOT / "docs/images/explorer.png"))
     ap.add_argument("--width", type=int, default=1190)
-    ap.add_argument("--height", type=int, default=740)
+    ap.add_argument("--height", type=int, default=672)
     args = ap.parse_args()
     why = chromium_missing()
     if why:

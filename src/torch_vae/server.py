@@ -289,6 +289,7 @@ def create_app(ex: Explorer, sliders: int = 16) -> FastAPI:
     app = FastAPI(
         title="torch-vae explorer", version=__version__,
         description=f"Explore {ex.name or 'a model'}: decode codes, map points and uploads.",
+        docs_url=None, redoc_url=None,  # their pages load scripts from a CDN: offline, none
     )  # fmt: skip
     m = api_models(ex.latent_dims, len(ex.images))
     _add_latent_routes(app, ex, m)
