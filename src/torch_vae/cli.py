@@ -16,9 +16,11 @@ from .errors import TorchVaeError, TrainingInterrupted, describe_os_error
 from .flags import add_options, defaults, pick, read_config_file
 from .options import (
     AverageOptions,
+    ClassifierOptions,
     EmbedOptions,
     EvaluateOptions,
     ExploreOptions,
+    FitSamplerOptions,
     GenerateOptions,
     ImportOptions,
     InterpolateOptions,
@@ -27,6 +29,7 @@ from .options import (
     ReconstructOptions,
     RunOptions,
     Runtime,
+    SampleQualityOptions,
     TraverseOptions,
 )
 from .version import __version__
@@ -136,6 +139,25 @@ def cmd_import(values: dict[str, Any], given: set[str]) -> None:
     import_command(pick(ImportOptions, values))
 
 
+def cmd_fit_sampler(values: dict[str, Any], given: set[str]) -> None:
+    from .samplers import fit_sampler_command
+
+    fit_sampler_command(pick(FitSamplerOptions, values), pick(Runtime, values))
+
+
+def cmd_sample_quality(values: dict[str, Any], given: set[str]) -> None:
+    from .quality import quality_command
+
+    quality_command(pick(SampleQualityOptions, values), pick(Runtime, values))
+
+
+def cmd_train_classifier(values: dict[str, Any], given: set[str]) -> None:
+    from .classifier import train_classifier
+
+    runtime = pick(Runtime, values)
+    train_classifier(pick(ClassifierOptions, values), not runtime.quiet)
+
+
 def cmd_interpolate(values: dict[str, Any], given: set[str]) -> None:
     from .pictures import interpolate_command
 
@@ -193,6 +215,19 @@ COMMANDS = {
         Command("import-torch-vae", "Convert an original torch-vae .pth checkpoint",
                 "Convert a checkpoint of the original torch-vae (a bare state_dict .pth) into "
                 "a torch-vae .safetensors file.", (ImportOptions,), cmd_import),
+        Command("train-classifier", "Train the classifier that measures sample quality",
+                "Train a small CNN classifier on an MNIST-style dataset; its 128-d penultimate "
+                "layer is the feature space of 'torch-vae sample-quality'.",
+                (Runtime, ClassifierOptions), cmd_train_classifier),
+        Command("fit-sampler", "Fit a latent sampler to the training posterior means",
+                "Fit a full-covariance Gaussian or a Gaussian mixture to the posterior means of "
+                "the training split and save it beside the model, for generate --sampler.",
+                (Runtime, FitSamplerOptions), cmd_fit_sampler),
+        Command("sample-quality", "Measure generated samples against the test split",
+                "Frechet distance, precision and recall (k-NN balls) and the class histogram "
+                "of generated samples against the test split, in a classifier's feature space "
+                "(or the model's encoder's), with the training split as the floor.",
+                (Runtime, SampleQualityOptions), cmd_sample_quality),
         Command("interpolate", "Decode the way between two images or codes",
                 "Decode the codes between two images (of the dataset, or files) or two random "
                 "codes: a strip PNG and an animated GIF (see docs/explore.md).",

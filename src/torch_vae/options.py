@@ -21,6 +21,11 @@ INFERENCE_PRECISION_HELP = (
     "within a grey level or two of fp32; see docs/benchmarks.md"
 )
 CHECK_HELP = "optional, checked against the model"
+SamplerName = Literal["auto", "prior", "gaussian", "gmm"]
+SAMPLER_HELP = (
+    "where the latents come from: prior (N(0, I)), gaussian or gmm (fitted to the training "
+    "posterior means with fit-sampler), auto (gmm, then gaussian, where fitted; else the prior)"
+)
 
 
 def positive(flag: str, value: int) -> None:
@@ -108,6 +113,7 @@ class GenerateOptions:
     nimg_channels: int | None = option(None, "image channels; " + CHECK_HELP)
     batchsize: int = option(1000, "samples per forward pass")
     precision: PrecisionName = option("fp32", INFERENCE_PRECISION_HELP)
+    sampler: SamplerName = option("auto", SAMPLER_HELP)
 
     def __post_init__(self) -> None:
         positive("--nsamples", self.nsamples)
@@ -197,6 +203,84 @@ class ImportOptions:
         None, "output .safetensors file (default: imported/<dataset>/<name>.safetensors)"
     )
     quiet: bool = option(False, "no log lines")
+
+
+@dataclass(frozen=True)
+class ClassifierOptions:
+    """train-classifier: the small classifier whose features measure sample quality."""
+
+    dataset: str = option("fashion-mnist", "an MNIST-style dataset with label files")
+    out: Path = option(
+        None, "folder to write classifier.safetensors and config.json", required=True
+    )
+    epochs: int = option(8, "training epochs")
+    batchsize: int = option(128, "images per step")
+    lr: float = option(2e-3, "AdamW learning rate (cosine decay to 0)")
+    weight_decay: float = option(0.05, "AdamW weight decay")
+    image_size: int = option(64, "image size, as the VAEs see them")
+    seed: int = option(0, "random seed")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--epochs", self.epochs)
+        positive("--batchsize", self.batchsize)
+        positive("--image_size", self.image_size)
+
+
+@dataclass(frozen=True)
+class FitSamplerOptions:
+    """fit-sampler: a latent density fitted to the training split's posterior means."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    sampler: Literal["gaussian", "gmm"] = option(
+        "gmm", "gaussian: one full-covariance Gaussian; gmm: a Gaussian mixture"
+    )
+    components: int = option(50, "mixture components (gmm)")
+    seed: int = option(0, "random seed of the EM fit (k-means initialisation)")
+    nimages: int = option(0, "fit to the first N training images (0: all)")
+    latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--components", self.components)
+        positive("--batchsize", self.batchsize)
+        non_negative("--nimages", self.nimages)
+
+
+@dataclass(frozen=True)
+class SampleQualityOptions:
+    """sample-quality: generated samples against the test split in a feature space."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    sampler: SamplerName = option("auto", SAMPLER_HELP)
+    nsamples: int = option(10000, "samples to generate, and training images for the floor")
+    seed: int = option(0, "random seed of the samples (as generate --seed)")
+    k: int = option(3, "nearest neighbours that set each point's ball (precision, recall)")
+    features: Literal["auto", "classifier", "encoder"] = option(
+        "auto",
+        "classifier: the penultimate layer of --classifier; encoder: the model's own posterior "
+        "means (comparable between samplers of one model only); auto: classifier where one is "
+        "found for the dataset",
+    )
+    classifier: Path | None = option(
+        None, "classifier folder (default: models/<dataset>/classifier, where it exists)"
+    )
+    inception: bool = option(False, "also the Inception FID (needs pytorch-fid and its weights)")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    report: Path | None = option(
+        None, "where to write the JSON report (default: next to the model)"
+    )
+
+    def __post_init__(self) -> None:
+        positive("--nsamples", self.nsamples)
+        positive("--k", self.k)
+        positive("--batchsize", self.batchsize)
+        if self.nsamples <= self.k:
+            raise TorchVaeError(f"--nsamples must be more than --k {self.k}, got {self.nsamples}")
 
 
 PICTURES_HELP = "folder for the pictures (made if missing)"

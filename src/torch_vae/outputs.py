@@ -20,6 +20,7 @@ from .errors import TorchVaeError
 from .images import grid, save_png, save_pngs, side_by_side, stack_rows, to_uint8
 from .model import VAE, load_model
 from .options import GenerateOptions, ReconstructOptions, Runtime
+from .samplers import MixtureSampler, choose_sampler, prior_sample
 from .speed import Precision, inference_model
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,9 @@ def generate_command(o: GenerateOptions, runtime: Runtime) -> None:
         max_filters=o.max_filters,
         in_channels=o.nimg_channels,
     )
+    sampler = choose_sampler(o.model, o.sampler)
     out = write_samples(
-        model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet, o.precision
+        model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet, o.precision, sampler
     )
     log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)
 
@@ -95,14 +97,18 @@ def generate_command(o: GenerateOptions, runtime: Runtime) -> None:
 LATENT_BLOCK = 4096  # latents drawn at once: memory stays flat however many samples are asked
 
 
-def latent_batches(n: int, dims: int, seed: int, batch_size: int) -> Iterator[tuple[int, Tensor]]:
-    """``n`` latents from N(0, I) for ``seed``, as (index of the first, batch) pairs. They are
-    drawn in blocks of ``LATENT_BLOCK`` rows, whatever the batch size, so they depend on
-    ``seed``, ``n`` and ``dims`` only; up to ``LATENT_BLOCK`` samples they are the numbers of
-    one ``torch.randn(n, dims)`` call, as in earlier versions."""
+def latent_batches(
+    n: int, dims: int, seed: int, batch_size: int, sampler: MixtureSampler | None = None
+) -> Iterator[tuple[int, Tensor]]:
+    """``n`` latents from N(0, I) (or from ``sampler``) for ``seed``, as (index of the first,
+    batch) pairs. They are drawn in blocks of ``LATENT_BLOCK`` rows, whatever the batch size,
+    so they depend on ``seed``, ``n`` and ``dims`` only; up to ``LATENT_BLOCK`` samples from
+    the prior they are the numbers of one ``torch.randn(n, dims)`` call, as in earlier
+    versions."""
     gen = torch.Generator().manual_seed(seed)
+    draw = sampler.sample if sampler is not None else prior_sample(dims)
     for block in range(0, n, LATENT_BLOCK):
-        z = torch.randn(min(LATENT_BLOCK, n - block), dims, generator=gen)
+        z = draw(min(LATENT_BLOCK, n - block), gen)
         for start in range(0, len(z), batch_size):
             yield block + start, z[start : start + batch_size]
 
@@ -116,8 +122,10 @@ def write_samples(
     batch_size: int = 1000,
     progress: bool = True,
     precision: str = "fp32",
+    sampler: MixtureSampler | None = None,
 ) -> Path:
-    """Decode ``n`` prior samples into ``outdir/sample_NNNNN.png`` plus ``all.png`` (8 per row).
+    """Decode ``n`` samples into ``outdir/sample_NNNNN.png`` plus ``all.png`` (8 per row): their
+    latents from the prior N(0, I), or from ``sampler`` (samplers.py).
 
     The latents are drawn on the CPU from ``seed`` (``latent_batches``), so the same seed gives
     the same latents on any device and with any batch size. ``precision`` bf16 or fp16 decodes
@@ -129,7 +137,7 @@ def write_samples(
     model = inference_model(model)  # batch norms folded into the convolutions
     amp = Precision(device, precision)
     keep = []
-    batches = latent_batches(n, model.config.latent_dims, seed, batch_size)
+    batches = latent_batches(n, model.config.latent_dims, seed, batch_size, sampler)
     with ThreadPoolExecutor() as pool:
         for start, z in tqdm(
             batches, desc="generating", unit="batch", total=-(-n // batch_size),

@@ -1,0 +1,126 @@
+"""Sample-quality measures (quality.py): the Fréchet distance against closed forms, precision and
+recall on constructed point sets, and the sample-quality command on a tiny trained model."""
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import fakedata
+from torch_vae.cli import main
+from torch_vae.quality import (
+    class_histogram,
+    frechet_distance,
+    kl_divergence,
+    kth_neighbour_radii,
+    precision_recall,
+)
+
+
+def test_fd_of_diagonal_gaussians_is_the_closed_form():
+    rng = np.random.default_rng(0)
+    m1, m2 = rng.normal(size=6), rng.normal(size=6)
+    s1, s2 = rng.uniform(0.1, 3, 6), rng.uniform(0.1, 3, 6)
+    want = ((m1 - m2) ** 2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    assert math.isclose(frechet_distance(m1, np.diag(s1), m2, np.diag(s2)), want, rel_tol=1e-10)
+    assert abs(frechet_distance(m1, np.diag(s1), m1, np.diag(s1))) < 1e-10
+
+
+def _random_cov(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T + 0.1 * np.eye(d)
+
+
+def test_fd_of_full_covariances():
+    """2x2: tr (S1^1/2 S2 S1^1/2)^1/2 = sqrt(tr(S1 S2) + 2 sqrt(det(S1 S2))); 7x7: scipy's
+    sqrtm of S1 S2."""
+    rng = np.random.default_rng(1)
+    s1, s2 = _random_cov(rng, 2), _random_cov(rng, 2)
+    m1, m2 = rng.normal(size=2), rng.normal(size=2)
+    p = s1 @ s2
+    root_trace = math.sqrt(np.trace(p) + 2 * math.sqrt(np.linalg.det(p)))
+    want = ((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * root_trace
+    assert math.isclose(frechet_distance(m1, s1, m2, s2), want, rel_tol=1e-9)
+    s1, s2 = _random_cov(rng, 7), _random_cov(rng, 7)
+    ref = np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert math.isclose(frechet_distance(np.zeros(7), s1, np.zeros(7), s2), ref, rel_tol=1e-8)
+
+
+def test_precision_recall_of_constructed_sets():
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 5, generator=g)
+    assert precision_recall(real, real.clone(), k=3) == (1.0, 1.0)
+    assert precision_recall(real, real + 1000, k=3) == (0.0, 0.0)
+    # half the samples are real points, half far away: precision 1/2; the samples' own balls
+    # (their 3rd neighbour among themselves) cover the real points they copy
+    fake = torch.cat([real[:100], real[:100] + 1000])
+    precision, recall = precision_recall(real, fake, k=3)
+    assert precision == 0.5 and recall >= 0.5
+
+
+def test_kth_neighbour_radii_skip_the_point_itself():
+    x = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    assert kth_neighbour_radii(x, 1).tolist() == [1.0, 1.0, 2.0, 3.0]
+    assert kth_neighbour_radii(x, 2).tolist() == [3.0, 2.0, 3.0, 5.0]
+
+
+def test_class_histogram_and_kl():
+    hist = class_histogram(torch.tensor([0, 0, 1, 3]), 4)
+    assert hist.tolist() == [0.5, 0.25, 0.0, 0.25]
+    assert kl_divergence(hist, hist) == 0.0
+    assert math.isclose(kl_divergence([0.5, 0.5], [0.25, 0.75]),
+                        0.5 * math.log(2) + 0.5 * math.log(2 / 3))  # fmt: skip
+    assert kl_divergence([0.5, 0.5], [1.0, 0.0]) == math.inf
+
+
+@pytest.fixture
+def labelled(mnist_dir, monkeypatch):
+    """The tiny MNIST with label files whose MD5s are registered."""
+    from torch_vae.data import labels
+    from torch_vae.data.download import md5sum
+
+    fakedata.write_mnist_labels(mnist_dir / "mnist")
+    files = tuple(
+        dataclasses.replace(f, md5=md5sum(mnist_dir / "mnist" / f.name))
+        for f in labels.LABEL_FILES["mnist"]
+    )
+    monkeypatch.setitem(labels.LABEL_FILES, "mnist", files)
+    return mnist_dir
+
+
+def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_path, capsys):
+    run = train_tiny(tmp_path / "run")
+    common = ["--data_dir", str(labelled), "--quiet"]
+    clf = tmp_path / "clf"
+    assert main(["train-classifier", "--dataset", "mnist", "--out", str(clf), "--epochs", "1",
+                 "--image_size", "32", "--batchsize", "8", *common]) == 0  # fmt: skip
+    saved = json.loads((clf / "config.json").read_text())
+    assert 0 <= saved["test_accuracy"] <= 1 and saved["options"]["epochs"] == 1
+    report = tmp_path / "q.json"
+    args = ["sample-quality", "--model", str(run), "--nsamples", "16", "--report", str(report)]
+    assert main([*args, "--classifier", str(clf), *common]) == 0
+    r = json.loads(report.read_text())
+    assert (r["sampler"], r["features"], r["feature_dims"], r["n_test"]) == (
+        "prior", "classifier", 128, 20
+    )  # fmt: skip
+    for part in ("samples", "train_floor"):
+        assert set(r[part]) == {"n_images", "fd", "precision", "recall", "class_histogram",
+                                "class_kl"}  # fmt: skip
+        assert r[part]["n_images"] == 16 and r[part]["fd"] >= 0
+        assert 0 <= r[part]["precision"] <= 1 and 0 <= r[part]["recall"] <= 1
+        assert math.isclose(sum(r[part]["class_histogram"]), 1, rel_tol=1e-4)
+    assert len(r["test_class_histogram"]) == 10 and r["class_names"][3] == "3"
+    out = capsys.readouterr().out
+    assert "Frechet distance" in out and "Inception FID" in out
+    # the samples are seeded: a second run gives the same report
+    assert main([*args, "--classifier", str(clf), *common]) == 0
+    assert json.loads(report.read_text()) == r
+    # no classifier: the model's own encoder
+    assert main([*args, "--features", "encoder", *common]) == 0
+    r = json.loads(report.read_text())
+    assert r["features"] == "encoder" and r["feature_dims"] == 3
+    assert "class_kl" not in r["samples"]

@@ -1,0 +1,113 @@
+"""Ex-post latent samplers (samplers.py): fitting, the file round trip, and generate --sampler."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from torch_vae import VAE, ModelConfig, TorchVaeError
+from torch_vae.cli import main
+from torch_vae.samplers import (
+    fit_gaussian,
+    fit_gmm,
+    load_sampler,
+    read_sampler,
+    sampler_path,
+    save_sampler,
+)
+
+
+def clusters(n=1500, seed=0):
+    """Three well-separated 2-d Gaussian clusters with weights 1/2, 1/4, 1/4."""
+    rng = np.random.default_rng(seed)
+    centers = np.array([[-6.0, 0.0], [6.0, 0.0], [0.0, 8.0]])
+    which = rng.choice(3, n, p=[0.5, 0.25, 0.25])
+    return centers[which] + rng.normal(size=(n, 2)) * [0.5, 1.0], centers
+
+
+def test_gmm_finds_the_clusters_and_survives_a_round_trip(tmp_path):
+    z, centers = clusters()
+    sampler = fit_gmm(z, 3, seed=0, info={"model_sha256": "x"})
+    order = np.argsort(sampler.means[:, 0].numpy() + 0.1 * sampler.means[:, 1].numpy())
+    assert np.allclose(sampler.means[order].numpy(), centers[[0, 2, 1]], atol=0.1)
+    assert np.allclose(sorted(sampler.weights.tolist()), [0.25, 0.25, 0.5], atol=0.03)
+    path = save_sampler(sampler, tmp_path / "sampler-gmm.safetensors")
+    assert path.with_suffix(".json").is_file()
+    again = read_sampler(path)
+    assert again.info == sampler.info and again.kind == "gmm"
+    a = sampler.sample(500, torch.Generator().manual_seed(1))
+    b = again.sample(500, torch.Generator().manual_seed(1))
+    assert a.shape == (500, 2) and torch.equal(a, b)
+    assert not torch.equal(a, again.sample(500, torch.Generator().manual_seed(2)))
+    # the samples follow the mixture: a quarter near the third centre
+    near = (torch.from_numpy(centers[2]).float() - sampler.sample(4000)).norm(dim=1) < 3
+    assert 0.2 < near.float().mean() < 0.3
+
+
+def test_gaussian_is_the_mean_and_covariance():
+    rng = np.random.default_rng(0)
+    z = rng.multivariate_normal([1.0, -2.0, 0.5], [[2, 0.5, 0], [0.5, 1, 0.3], [0, 0.3, 0.5]], 500)
+    sampler = fit_gaussian(z)
+    assert np.allclose(sampler.means[0].numpy(), z.mean(0), atol=1e-6)
+    cov = sampler.scale_tril[0].double() @ sampler.scale_tril[0].double().T
+    assert np.allclose(cov.numpy(), np.cov(z, rowvar=False, bias=True), atol=1e-5)
+
+
+def test_damaged_sampler_file_is_refused(tmp_path):
+    path = tmp_path / "sampler-gmm.safetensors"
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(TorchVaeError, match="cannot read sampler"):
+        read_sampler(path)
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """An untrained tiny model that says it is an MNIST model."""
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=16, depth=2, max_filters=8, latent_dims=3, arch="dcgan")
+    model = VAE(config)
+    with torch.no_grad():  # latents that differ a little give images that differ
+        model.decoder.convs[0].weight.mul_(30)
+    return model.save_pretrained(tmp_path / "model", dataset="mnist")
+
+
+def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog):
+    def generate(name, *flags):
+        out = tmp_path / name
+        assert main(["generate", "--model", str(model_dir), "--outdir", str(out),
+                     "--nsamples", "6", "--cpu", *flags]) == 0  # fmt: skip
+        return [(out / f"sample_{i:05d}.png").read_bytes() for i in range(6)]
+
+    caplog.set_level(logging.INFO, logger="torch_vae")
+    prior = generate("prior", "--sampler", "prior")
+    assert generate("auto-before") == prior  # nothing fitted: the prior
+    assert "no fitted sampler" in caplog.text
+    # asked for by name, a missing sampler is a one-line error
+    rc = main(["generate", "--model", str(model_dir), "--outdir", str(tmp_path / "x"),
+               "--sampler", "gmm", "--quiet"])  # fmt: skip
+    assert rc == 1
+    fit = ["fit-sampler", "--model", str(model_dir), "--data_dir", str(data), "--quiet"]
+    assert main([*fit, "--components", "2"]) == 0
+    assert main([*fit, "--sampler", "gaussian"]) == 0
+    gmm = load_sampler(model_dir)
+    assert gmm.kind == "gmm" and len(gmm.weights) == 2 and gmm.info["n_images"] == 40
+    assert load_sampler(model_dir, "gaussian").kind == "gaussian"
+    with_gmm = generate("gmm", "--sampler", "gmm")
+    assert with_gmm != prior and generate("gmm-again", "--sampler", "gmm") == with_gmm
+    assert generate("auto") == with_gmm  # auto prefers the mixture
+    assert generate("gaussian", "--sampler", "gaussian") not in (prior, with_gmm)
+    # weights changed after the fit: the sampler is refused, not silently used
+    VAE(ModelConfig.from_dict(load_sampler_config(model_dir))).save_pretrained(model_dir, "mnist")
+    with pytest.raises(TorchVaeError, match="other weights"):
+        load_sampler(model_dir)
+    assert (
+        sampler_path(model_dir / "model.safetensors", "gmm")
+        == model_dir / "sampler-gmm.safetensors"
+    )
+
+
+def load_sampler_config(model_dir):
+    import json
+
+    return json.loads((model_dir / "config.json").read_text())["model"]
