@@ -193,3 +193,51 @@ def test_failure_of_one_process_stops_the_other(data, tmp_path):
     last = errs[0].strip().splitlines()[-1]
     assert last.startswith("torch-vae: error: process 0 of 2: another process of the job"), last
     assert "run folder:" in errs[0] and "run folder:" not in errs[1]
+
+
+def _slow_first_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0 prepares the data for longer than the collective timeout (1.2 s here), then
+    fails to prepare it a second time; every rank records what it saw."""
+    import time
+
+    from torch_vae import TorchVaeError
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      TORCH_VAE_DIST_TIMEOUT_MIN="0.02")  # fmt: skip
+    torch.set_num_threads(1)
+    d, _ = setup(torch.device("cpu"))
+    seen = []
+    try:
+        seen.append(d.first_then_others(lambda: time.sleep(3 if d.is_main else 0) or "data"))
+        d.barrier()  # the job's own group is still sound
+        seen.append(d.sum([1.0])[0])
+
+        def fails():
+            if d.is_main:
+                raise TorchVaeError("no space left for the cache")
+            return "never"
+
+        try:
+            d.first_then_others(fails)
+        except TorchVaeError as exc:
+            seen.append(str(exc))
+        Path(out, f"rank{rank}.json").write_text(json.dumps(seen))
+    finally:
+        teardown()
+    end_process(0)
+
+
+@pytest.mark.slow  # two spawned processes, rank 0 sleeping 3 s: about 10 s
+def test_others_outwait_a_data_preparation_longer_than_the_collective_timeout(tmp_path):
+    """Under NCCL the watchdog aborted processes that waited in a barrier while rank 0 decoded
+    CelebA; the wait is now no collective at all (gloo here, with a 1.2 s timeout)."""
+    mp.spawn(_slow_first_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0 = json.loads((tmp_path / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "rank1.json").read_text())
+    assert rank0 == ["data", 2.0, "no space left for the cache"]
+    assert rank1[:2] == ["data", 2.0]
+    assert rank1[2] == (
+        "process 1 of 2: process 0 failed to prepare the data (no space left for the cache); "
+        "its own message says more"
+    )

@@ -84,8 +84,8 @@ def recompute_batch_norm(
 ) -> None:
     """Replace the batch-norm running statistics of ``model`` by their plain average over
     ``images`` (uint8), seen as in training: the decoder gets posterior samples, drawn for
-    ``seed`` (the same seed gives the same statistics; the caller's random state is left as it
-    was). ``model`` ends in eval mode."""
+    ``seed`` by a CPU generator (the same seed gives the same samples on every device; the
+    global random state is left alone). ``model`` ends in eval mode."""
     from torch.optim.swa_utils import update_bn
 
     from .device import to_float
@@ -93,21 +93,23 @@ def recompute_batch_norm(
     device = torch.device(device)
     starts = range(0, len(images), batchsize)
     batches = (to_float(images[i : i + batchsize], device) for i in starts)
-    # update_bn calls model(x): in train mode the VAE samples z from the global generator of
-    # ``device``. Seed just that one, inside a fork that restores it (and the CPU's) afterwards.
-    seeded = torch.Generator(device=device).manual_seed(seed).get_state()
-    forked = [] if device.type == "cpu" else [device]
-    with torch.random.fork_rng(devices=forked, device_type=device.type):
-        if forked:
-            torch.get_device_module(device.type).set_rng_state(seeded, device)
-        else:
-            torch.set_rng_state(seeded)
-        try:
-            # resets the running statistics, averages them cumulatively (momentum None) over
-            # one pass in train mode, then restores the momenta
-            update_bn(batches, model)
-        finally:
-            model.eval()
+    try:
+        # resets the running statistics, averages them cumulatively (momentum None) over
+        # one pass in train mode, then restores the momenta
+        update_bn(batches, _Sampling(model, torch.Generator().manual_seed(seed)))
+    finally:
+        model.eval()
+
+
+class _Sampling(torch.nn.Module):
+    """``model`` decoding posterior samples drawn by ``generator`` (update_bn calls ``m(x)``)."""
+
+    def __init__(self, model: VAE, generator: torch.Generator):
+        super().__init__()
+        self.model, self.generator = model, generator
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x, sample=True, generator=self.generator)
 
 
 def average_runs(

@@ -22,12 +22,14 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import inspect
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -39,9 +41,28 @@ from .errors import TorchVaeError
 
 log = logging.getLogger(__name__)
 
-# A collective that waits longer than this means another process died or hangs: fail instead of
-# waiting forever (PyTorch's default is 10 to 30 minutes).
-TIMEOUT = datetime.timedelta(minutes=float(os.environ.get("TORCH_VAE_DIST_TIMEOUT_MIN", "5")))
+
+def _minutes(name: str, default: float) -> datetime.timedelta:
+    value = os.environ.get(name, str(default))
+    try:
+        return datetime.timedelta(minutes=float(value))
+    except ValueError:
+        raise TorchVaeError(f"environment variable {name}={value!r} is not a number") from None
+
+
+def collective_timeout() -> datetime.timedelta:
+    """A collective that waits longer than this means another process died or hangs: fail
+    instead of waiting forever (PyTorch's default is 10 to 30 minutes)."""
+    return _minutes("TORCH_VAE_DIST_TIMEOUT_MIN", 5)
+
+
+def prepare_timeout() -> datetime.timedelta:
+    """How long the other processes wait for rank 0 to prepare the data (download, decode)."""
+    return _minutes("TORCH_VAE_PREPARE_TIMEOUT_MIN", 24 * 60)
+
+
+# How often a process waiting for rank 0's data preparation asks whether it is done.
+POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -65,7 +86,11 @@ class Distributed:
         return idx[self.rank :: self.world] if self.enabled else idx
 
     def barrier(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if _nccl():  # NCCL's barrier on this process's own GPU, not one it guesses
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
             dist.barrier()
 
     def any(self, flag: bool) -> bool:
@@ -78,10 +103,17 @@ class Distributed:
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over the processes."""
+        return self._reduce(values, dist.ReduceOp.SUM)
+
+    def max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum over the processes."""
+        return self._reduce(values, dist.ReduceOp.MAX)
+
+    def _reduce(self, values: list[float], op) -> list[float]:
         if not self.enabled:
             return values
         t = torch.tensor(values, dtype=torch.float64, device=self._device())
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=op)
         return t.tolist()
 
     def average_buffers(self, model: torch.nn.Module) -> None:
@@ -126,14 +158,32 @@ class Distributed:
         return value
 
     def first_then_others(self, work: Callable[[], Any]) -> Any:
-        """``work()`` on rank 0, then on the others (e.g. build a cache once, then read it)."""
+        """``work()`` on rank 0, then on the others (e.g. build a cache once, then read it).
+
+        Preparing data can take far longer than the collective timeout (CelebA: a download
+        and 200k JPEGs to decode), and NCCL's watchdog aborts a process whose collective waits
+        that long. So the others wait without a collective: they poll the job's key-value
+        store (which torchrun or rank 0 serves) for rank 0's word, for up to
+        ``prepare_timeout()``. If rank 0 fails, they stop with a line that says so."""
         if not self.enabled:
             return work()
+        key = _next_key("first_then_others")
+        store = dist.distributed_c10d._get_default_store()
         if self.is_main:
-            result = work()
-            dist.barrier()
+            try:
+                result = work()
+            except BaseException as exc:
+                with contextlib.suppress(Exception):  # the original error matters more
+                    store.set(key, f"error: {_first_line(exc)}")
+                raise
+            store.set(key, "ok")
             return result
-        dist.barrier()
+        word = _wait_for(store, key, prepare_timeout())
+        if word != "ok":
+            raise TorchVaeError(
+                f"process {self.rank} of {self.world}: process 0 failed to prepare the data "
+                f"({word.removeprefix('error: ')}); its own message says more"
+            )
         return work()
 
     def noise_seed(self, seed: int, step: int) -> int:
@@ -146,6 +196,32 @@ class Distributed:
 
 def _nccl() -> bool:
     return dist.is_initialized() and dist.get_backend() == "nccl"
+
+
+_KEYS: list[str] = []
+
+
+def _next_key(name: str) -> str:
+    """A store key for the next wait of this kind: every process makes the same calls in the
+    same order, so they agree on it (a torchrun restart starts a new series)."""
+    _KEYS.append(name)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return f"torch_vae/{restart}/{name}/{_KEYS.count(name)}"
+
+
+def _wait_for(store, key: str, timeout: datetime.timedelta) -> str:
+    """The value rank 0 sets at ``key``, polled for (no collective, so no collective timeout);
+    a store that rank 0 served and took with it when it died fails the poll."""
+    deadline = time.monotonic() + timeout.total_seconds()
+    while not store.check([key]):
+        if time.monotonic() > deadline:
+            raise TorchVaeError(
+                f"process 0 did not finish preparing the data within "
+                f"{timeout.total_seconds() / 60:.0f} minutes; TORCH_VAE_PREPARE_TIMEOUT_MIN "
+                "sets the limit"
+            )
+        time.sleep(POLL_SECONDS)
+    return store.get(key).decode()
 
 
 def from_env() -> Distributed:
@@ -209,8 +285,14 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
     else:
         raise TorchVaeError(f"distributed training runs on CUDA or CPU, not {device.type}")
     if not dist.is_initialized():
+        options = {"timeout": collective_timeout()}
+        if (
+            backend == "nccl"
+            and "device_id" in inspect.signature(dist.init_process_group).parameters
+        ):
+            options["device_id"] = device  # PyTorch >= 2.3: bound to this GPU, none guessed
         try:
-            dist.init_process_group(backend, timeout=TIMEOUT)
+            dist.init_process_group(backend, **options)
         except (RuntimeError, ValueError) as exc:
             raise TorchVaeError(
                 f"could not join the distributed job ({_first_line(exc)}); check MASTER_ADDR, "

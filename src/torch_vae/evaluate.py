@@ -19,6 +19,7 @@ gap of Cremer et al., 2018); it is off by default, so the objective is the origi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -28,7 +29,7 @@ import torch
 
 from .checkpoint import resolve_weights
 from .data import load_split
-from .device import to_float
+from .device import randn, to_float
 from .errors import TorchVaeError
 from .fileio import write_text_atomic
 from .losses import per_image_terms
@@ -40,6 +41,25 @@ HALF_BIN = 0.5 / 255
 _SQRT1_2 = 1 / math.sqrt(2)
 _LN2 = math.log(2)
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def erfc(t: torch.Tensor) -> torch.Tensor:
+    """``torch.special.erfc``, computed on the CPU (and moved back) for a device that has no
+    kernel for it: MPS before PyTorch 2.8."""
+    if _has_erfc(t.device.type):
+        return torch.special.erfc(t)
+    return torch.special.erfc(t.cpu()).to(t.device)
+
+
+@functools.cache
+def _has_erfc(device_type: str) -> bool:
+    if device_type in ("cpu", "cuda"):
+        return True
+    try:
+        torch.special.erfc(torch.zeros(1, device=device_type))
+    except (NotImplementedError, RuntimeError):
+        return False
+    return True
 
 
 def _log_tail(t: torch.Tensor) -> torch.Tensor:
@@ -59,11 +79,11 @@ def discretized_gaussian_log_prob(
     # An interior bin [c - w, c + w] has, by symmetry, P = Phi(-(c - w)) - Phi(-(c + w)): a
     # difference of two upper tails, accurate in relative terms as long as erfc does not underflow.
     t_near, t_far = c - w, c + w
-    p_in = torch.special.erfc(t_near * _SQRT1_2) - torch.special.erfc(t_far * _SQRT1_2)
+    p_in = erfc(t_near * _SQRT1_2) - erfc(t_far * _SQRT1_2)
     # End bins: P(X < 0.5/255) = Phi(-t) with t = -(signed + w); P(X > 1 - 0.5/255) likewise.
     is_lo, is_hi = x <= HALF_BIN, x >= 1 - HALF_BIN
     t_edge = torch.where(is_lo, -(signed + w), signed - w)
-    p_edge = torch.special.erfc(t_edge * _SQRT1_2)
+    p_edge = erfc(t_edge * _SQRT1_2)
     edge = is_lo | is_hi
     p = torch.where(edge, p_edge, p_in)  # = 2 P
     tail_in = _log_tail(t_near) + torch.log1p(-torch.exp(_log_tail(t_far) - _log_tail(t_near)))
@@ -86,9 +106,9 @@ def test_metrics(
     """The metrics a training run records after every epoch, per image of uint8 images
     (N, H, W, C): the training objective with z sampled (seeded, as in training), its two
     parts, and the per-pixel MSE of the posterior-mean reconstruction. Returns None as soon as
-    ``stop()`` is true."""
+    ``stop()`` is true. The noise comes from a CPU generator: the same on every device."""
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     sums = {"recon": 0.0, "kl": 0.0, "mse": 0.0}
     for start in range(0, len(images), batch_size):
         if stop is not None and stop():
@@ -113,13 +133,14 @@ def _normal_log_prob(z, mu, logvar):
 def calibrate_sigma(model: VAE, images: torch.Tensor, device, batch_size=500, seed=0) -> float:
     """Maximum-likelihood decoder sigma: RMS error of reconstructions from posterior samples."""
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the same noise on every device
     sq, count = 0.0, 0
     for start in range(0, len(images), batch_size):
         x = to_float(images[start : start + batch_size], device)
         recon = model.decode(model.encode(x).sample(gen))
-        # per image first: the same summation order for any number of threads
-        sq += (recon - x).pow(2).flatten(1).sum(1).double().sum().item()
+        # per image first: the same summation order for any number of threads; float64 on
+        # the CPU (MPS has none)
+        sq += (recon - x).pow(2).flatten(1).sum(1).cpu().double().sum().item()
         count += x.numel()
     return max(math.sqrt(sq / count), 1e-3)
 
@@ -168,7 +189,7 @@ def iwae_log_likelihood(
     logws = []
     for start in range(0, k, per_chunk):
         n = min(per_chunk, k - start)
-        eps = torch.randn((n, *post.mu.shape), generator=gen, device=x.device)
+        eps = randn((n, *post.mu.shape), gen, x.device)
         z = post.mu + torch.exp(0.5 * post.logvar) * eps  # (n, B, d)
         recon = model.decode(z.reshape(n * b, -1))
         log_px = discretized_gaussian_log_prob(x.repeat(n, 1, 1, 1), recon, sigma).view(n, b)
@@ -194,7 +215,7 @@ def evaluate_model(
     from tqdm import tqdm
 
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the same noise on every device
     sums = {"sse": 0.0, "kl": 0.0, "mse": 0.0, "psnr": 0.0, "nll": 0.0}
     nll_sq = 0.0
     mus = []

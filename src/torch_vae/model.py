@@ -14,6 +14,7 @@ from torch import nn
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_metadata, read_weights, write_weights
 from .config import ModelConfig
+from .device import autocast_off, randn
 from .errors import TorchVaeError
 from .fileio import write_text_atomic
 from .upsampling import upsampling_projector
@@ -33,10 +34,9 @@ class Posterior(NamedTuple):
     logvar: torch.Tensor
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterised sample z = mu + sigma * eps."""
-        eps = torch.randn(
-            self.mu.shape, generator=generator, device=self.mu.device, dtype=self.mu.dtype
-        )
+        """Reparameterised sample z = mu + sigma * eps. ``generator`` may live on another device
+        than ``mu`` (a CPU generator: the same eps on every device)."""
+        eps = randn(self.mu.shape, generator, self.mu.device, self.mu.dtype)
         return self.mu + torch.exp(0.5 * self.logvar) * eps
 
     def kl(self) -> torch.Tensor:
@@ -204,7 +204,7 @@ class VAE(nn.Module):
             return x
         # in float32 even under autocast: the projection is cheap, and rounding it to
         # 16 bits would add error of its own
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             y = (self.projector @ x.float() @ self.projector).clamp(0, 1)
         return y.to(x.dtype)
 
@@ -222,10 +222,10 @@ class VAE(nn.Module):
     def sample(
         self, n: int, generator: torch.Generator | None = None, device: torch.device | None = None
     ) -> torch.Tensor:
-        """Decode ``n`` latents drawn from the prior N(0, I)."""
+        """Decode ``n`` latents drawn from the prior N(0, I) by ``generator`` (on any device: a
+        seeded CPU generator gives the same latents for a model on any device)."""
         device = device or next(self.parameters()).device
-        z = torch.randn(n, self.config.latent_dims, generator=generator, device=device)
-        return self.decode(z)
+        return self.decode(randn((n, self.config.latent_dims), generator, device))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,29 +4,31 @@ Each is a small helper the training loop calls, so the loop reads the same with 
 
 - ``maybe_compile(model, True)`` returns ``torch.compile(model)``; the weights stay shared with
   ``model``, and checkpoints written from either have the same keys (no ``_orig_mod.``).
-- ``Precision(device, "bf16")`` runs the forward pass under autocast and, for fp16 on CUDA,
-  scales the loss (GradScaler) in ``backward`` and ``step``. The loss itself is always computed
-  in fp32 from the model's outputs.
-- ``resident(images, device)`` copies the uint8 training images to a CUDA device once (4x
-  smaller than float), so a batch needs no host-to-device copy.
+- ``Precision(device, "bf16")`` runs the forward pass under autocast and, for training in fp16
+  on CUDA, scales the loss (GradScaler) in ``backward`` and ``step``. The loss itself is always
+  computed in fp32 from the model's outputs.
+- ``batch_source(images, device, batch)`` gives the uint8 batches of a training set on the
+  device: on CUDA, from a copy kept on the GPU (4x smaller than float) when it fits, else
+  through pinned staging buffers copied asynchronously.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import shutil
+from collections.abc import Callable
 
 import torch
 
 from .config import PRECISIONS
+from .device import autocast_works, cuda_bf16_native
 from .errors import TorchVaeError
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# Keep the uint8 training set on the GPU when it takes at most this share of the free memory.
-RESIDENT_SHARE = 0.5
 
 
 def check_precision(precision: str) -> None:
@@ -39,15 +41,34 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     work here. Compilation happens lazily, on the first forward pass."""
     if not enabled:
         return model
+    check_compile(next(model.parameters()).device)
+    return torch.compile(model)
+
+
+def check_compile(device: torch.device) -> None:
+    """A one-line error, before training starts, where torch.compile cannot work on ``device``:
+    its default backend builds C++ for the CPU, and Triton kernels for CUDA GPUs."""
     if not hasattr(torch, "compile"):
         raise TorchVaeError("--compile needs PyTorch >= 2.0; upgrade PyTorch or drop --compile")
-    device = next(model.parameters()).device
     if device.type == "cpu" and not any(shutil.which(cc) for cc in ("cc", "gcc", "clang", "g++")):
         raise TorchVaeError(
             "--compile on the CPU needs a C/C++ compiler (gcc or clang) on the PATH; "
             "install one or drop --compile"
         )
-    return torch.compile(model)
+    if device.type == "cuda" and not has_triton():
+        raise TorchVaeError(
+            "--compile on CUDA needs Triton (pip install triton, or a PyTorch build that ships "
+            "it; it also needs a GPU of compute capability 7.0 or newer); or drop --compile"
+        )
+
+
+def has_triton() -> bool:
+    """Whether torch.compile can generate GPU kernels with Triton here."""
+    try:
+        from torch.utils._triton import has_triton as torch_has_triton  # PyTorch >= 2.2
+    except ImportError:
+        return importlib.util.find_spec("triton") is not None
+    return torch_has_triton()
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -56,25 +77,20 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 class Precision:
-    """Mixed precision for one device: an autocast context for the forward pass, and loss
-    scaling for fp16 on CUDA (bf16 and fp32 need none)."""
+    """Mixed precision for one device: an autocast context for the forward pass and, when
+    training (``train``) in fp16 on CUDA, loss scaling (bf16 and fp32 need none, nor does
+    inference). ``scaler`` is then the GradScaler, whose state the training state saves."""
 
-    def __init__(self, device: torch.device, precision: str = "fp32"):
+    def __init__(self, device: torch.device, precision: str = "fp32", train: bool = False):
         check_precision(precision)
         self.device = torch.device(device)
         self.precision = precision
-        if precision == "bf16" and self.device.type == "cuda":
-            if not torch.cuda.is_bf16_supported():
-                raise TorchVaeError(
-                    "--precision bf16 needs a GPU with bfloat16 support (Ampere or newer); "
-                    "use --precision fp16 or fp32"
-                )
-        if precision == "fp16" and self.device.type not in ("cuda", "cpu", "mps"):
-            raise TorchVaeError(f"--precision fp16 is not supported on {self.device.type}")
-        scale = precision == "fp16" and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=scale) if scale else None
+        if precision != "fp32":
+            check_autocast(self.device, precision)
+        scale = train and precision == "fp16" and self.device.type == "cuda"
+        self.scaler = grad_scaler(self.device) if scale else None
 
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=DTYPES[self.precision])
@@ -90,12 +106,52 @@ class Precision:
             optimizer.step()
 
 
-def resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move uint8 images to a CUDA ``device`` once if they fit comfortably; otherwise leave them
-    in (pinned, when possible) host memory. On the CPU this returns ``images`` unchanged."""
+def check_autocast(device: torch.device, precision: str) -> None:
+    """A one-line error where ``--precision`` bf16 or fp16 would not autocast on ``device``
+    (PyTorch turns an unsupported one off with a mere warning, or raises at the first step)."""
+    if device.type == "cuda":
+        if precision == "bf16" and not cuda_bf16_native(device):
+            raise TorchVaeError(
+                f"--precision bf16 needs a GPU with bfloat16 support (Ampere or newer), which "
+                f"{device} is not; use --precision fp16 or fp32"
+            )
+        return
+    if autocast_works(device.type, DTYPES[precision]):
+        return
+    needs = {("mps", "fp16"): "PyTorch >= 2.5", ("mps", "bf16"): "PyTorch >= 2.6 and macOS >= 14"}
+    need = needs.get((device.type, precision))
+    raise TorchVaeError(
+        f"--precision {precision} on {device.type} "
+        + (f"needs {need} (this is PyTorch {torch.__version__})" if need else "is not supported")
+        + "; use --precision "
+        + ("fp32" if precision == "fp16" else "fp16 or fp32")
+    )
+
+
+def grad_scaler(device: torch.device):
+    """A GradScaler for fp16 training on ``device``: torch.amp's (PyTorch >= 2.3), else
+    torch.cuda.amp's (CUDA only) on older versions."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    return torch.cuda.amp.GradScaler()
+
+
+# Keep the uint8 training set on the GPU when it takes at most this share of the free memory.
+RESIDENT_SHARE = 0.5
+
+
+def batch_source(
+    images: torch.Tensor, device: torch.device, batch: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from indices (a CPU int64 tensor) to those images of the uint8 set ``images``
+    (N, H, W, C), on ``device`` or ready for ``device.to_float`` to move there. On CUDA the set
+    is copied to the GPU once if it takes at most ``RESIDENT_SHARE`` of the free memory, else
+    batches go through ``PinnedBatches``. Elsewhere (the CPU, MPS) a batch is indexed on the
+    host and copied synchronously. The whole set is never pinned: indexing a pinned tensor
+    returns a new, unpinned one, so that only cost memory (once per process under torchrun)."""
     device = torch.device(device)
     if device.type != "cuda":
-        return images
+        return lambda idx: images[idx]
     try:
         free, _ = torch.cuda.mem_get_info(device)
     except RuntimeError:
@@ -103,12 +159,50 @@ def resident(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     nbytes = images.numel() * images.element_size()
     if nbytes <= RESIDENT_SHARE * free:
         log.info("keeping the %.0f MB training set on %s", nbytes / 1e6, device)
-        return images.to(device)
+        on_gpu = images.to(device)
+        return lambda idx: on_gpu[idx.to(device)]
     log.info("training set (%.0f MB) stays in host memory", nbytes / 1e6)
     try:
-        return images.pin_memory()
-    except RuntimeError:
-        return images
+        return PinnedBatches(images, device, batch)
+    except RuntimeError:  # pinned memory unavailable: index and copy synchronously
+        return lambda idx: images[idx]
+
+
+class PinnedBatches:
+    """Batches of host images for a CUDA device through pinned staging buffers. A batch is
+    gathered into a pinned buffer and copied with ``non_blocking=True``, which is safe because
+    the buffer lives on and is not touched until the copy is done: ``SLOTS`` buffers are used in
+    turn, and before one is refilled the host waits for the event recorded after the copy out
+    of it (by then the GPU has long finished it, so the wait costs nothing)."""
+
+    SLOTS = 2
+
+    def __init__(self, images: torch.Tensor, device: torch.device, batch: int, pin: bool = True):
+        self.images, self.device = images, torch.device(device)
+        shape = (batch, *images.shape[1:])
+        self.buffers = [torch.empty(shape, dtype=images.dtype, pin_memory=pin)
+                        for _ in range(self.SLOTS)]  # fmt: skip
+        self.copied: list = [None] * self.SLOTS  # the event after each buffer's last copy
+        self.turn = 0
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        slot, self.turn = self.turn, (self.turn + 1) % self.SLOTS
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()
+        buf = self.buffers[slot][: len(idx)]
+        torch.index_select(self.images, 0, idx, out=buf)
+        out = self.copy(buf)
+        self.copied[slot] = self.record()
+        return out
+
+    def copy(self, buf: torch.Tensor) -> torch.Tensor:
+        return buf.to(self.device, non_blocking=True)
+
+    def record(self):
+        """An event that completes when the work queued so far on the device is done."""
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        return event
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ from .run import (
     trim_metrics,
     write_run_config,
 )
-from .speed import Precision, maybe_compile, resident
+from .speed import Precision, batch_source, maybe_compile
 from .trainstate import (
     STATE_NAME,
     TOTAL_KEYS,
@@ -49,6 +50,10 @@ from .trainstate import (
 from .upsampling import check_native_size
 
 log = logging.getLogger(__name__)
+# Steps between two reads of the losses from the device. Reading waits for the device to finish
+# (a host sync), so the losses stay there in between; the non-finite check, the progress bar and,
+# under torchrun, the stop signal follow this rhythm.
+LOG_EVERY = 10
 
 
 class StopOnSignal:
@@ -103,6 +108,7 @@ class Loop:
     total_steps: int
     step: int = 0
     stop: StopOnSignal | None = None
+    fetch: Callable[[torch.Tensor], torch.Tensor] | None = None  # indices -> uint8 batch
 
     @property
     def cfg(self):
@@ -159,8 +165,7 @@ def _start(plan, train_images, test_images, device, progress, dist, start) -> Lo
         model.load_state_dict(start)
     model = model.to(device, memory_format=torch.channels_last)
     forward = maybe_compile(wrap(model, dist, device), cfg.compile)
-    amp = Precision(device, cfg.precision)
-    train_images = resident(train_images, device)
+    amp = Precision(device, cfg.precision, train=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     fixed_z = torch.randn(N_PICTURE, plan.model.latent_dims, generator=gen).to(device)
@@ -171,7 +176,8 @@ def _start(plan, train_images, test_images, device, progress, dist, start) -> Lo
     log.info("training %d parameters on %d images, %d steps per epoch, device %s",
              model.num_parameters(), len(train_images), steps_per_epoch, device)  # fmt: skip
     return Loop(plan, model, forward, opt, amp, gen, fixed_z, device, dist, progress,
-                train_images, test_images, steps_per_epoch, total_steps)  # fmt: skip
+                train_images, test_images, steps_per_epoch, total_steps,
+                fetch=batch_source(train_images, device, cfg.batchsize))  # fmt: skip
 
 
 def _check_memory(plan: RunPlan, device: torch.device) -> None:
@@ -189,7 +195,7 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
     """Load a saved training state into the loop; the first epoch to run and its progress."""
     run_dir, n = loop.plan.run_dir, len(loop.train_images)
     restore_train_state(state, run_dir / STATE_NAME, loop.model, loop.opt, loop.gen, n,
-                        loop.steps_per_epoch)  # fmt: skip
+                        loop.steps_per_epoch, scaler=loop.amp.scaler)  # fmt: skip
     loop.step = state["step"]
     if loop.dist.is_main:
         if remove_stale_temporaries(run_dir):
@@ -207,51 +213,84 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
 
 
 def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
-    """The optimizer steps of one epoch, from ``ep.batch`` on; ``ep`` is updated as it goes."""
+    """The optimizer steps of one epoch, from ``ep.batch`` on; ``ep`` is updated as it goes.
+    The losses stay on the device until ``_read_losses`` (every ``LOG_EVERY`` steps and at the
+    end), so the host never waits for the device in between."""
     loop.model.train()
     cfg, t0, spent = loop.cfg, time.perf_counter(), ep.seconds
     bar = tqdm(range(ep.batch, loop.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
                unit="step", initial=ep.batch, total=loop.steps_per_epoch,
                disable=not loop.progress, dynamic_ncols=True, mininterval=0.5)  # fmt: skip
+    pending: list[tuple[int, int, torch.Tensor]] = []  # (step, images, losses) not read yet
+    stop = False  # under torchrun: a process was asked to stop (known at the last read)
     with bar:
         for i in bar:
             ep.seconds = spent + time.perf_counter() - t0
-            if loop.dist.any(loop.stop.requested()):
+            if stop or (not loop.dist.enabled and loop.stop.requested()):
+                _read_losses(loop, epoch, ep, pending)
                 raise _save_and_stop(loop, epoch, ep)
             if cfg.max_steps and loop.step >= cfg.max_steps:
                 break
             idx = loop.dist.shard(ep.perm[i * cfg.batchsize : (i + 1) * cfg.batchsize])
-            losses = _step(loop, idx, epoch)
+            pending.append((loop.step + 1, len(idx), _step(loop, idx)))
             ep.batch, ep.seen = i + 1, ep.seen + len(idx)
-            for k in TOTAL_KEYS:
-                ep.totals[k] += losses[k] * len(idx)
-            if loop.progress and (i % 10 == 0 or i == loop.steps_per_epoch - 1):
-                rate = ep.seen / (spent + time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{ep.totals['loss'] / ep.seen:.2f}", img_s=f"{rate:.0f}")
+            if len(pending) == LOG_EVERY or i == loop.steps_per_epoch - 1:
+                stop = _read_losses(loop, epoch, ep, pending)
+                if loop.progress:
+                    rate = ep.seen / (spent + time.perf_counter() - t0)
+                    loss = ep.totals["loss"] / max(ep.seen, 1)
+                    bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{rate:.0f}")
+    _read_losses(loop, epoch, ep, pending)  # stopped by --max_steps
     ep.seconds = spent + time.perf_counter() - t0
 
 
-def _step(loop: Loop, idx: torch.Tensor, epoch: int) -> dict[str, float]:
-    """One optimizer step on the training images ``idx``; the batch's per-image losses."""
+def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
+    """One optimizer step on the training images ``idx``; the batch's (loss, recon, kl) per
+    image, left on the device (reading them would make the host wait for the step)."""
     cfg = loop.cfg
-    x = to_float(loop.train_images[idx], loop.device)
+    x = to_float(loop.fetch(idx), loop.device)
     for group in loop.opt.param_groups:
         group["lr"] = cfg.lr_at(loop.step, loop.total_steps)
     with loop.amp.autocast():
         out = loop.forward(x)
     beta = cfg.beta_at(loop.step, loop.steps_per_epoch)
     losses = vae_loss(out, x, beta, cfg.recon_loss)  # in fp32
-    loss = losses["loss"].item()
-    if loop.dist.any(not math.isfinite(loss)):
-        raise TorchVaeError(
-            f"the loss became {loss} at epoch {epoch}, step {loop.step + 1}; training "
-            f"stopped and {_kept(loop)}. Try a lower --lr"
-        )
     loop.opt.zero_grad(set_to_none=True)
     loop.amp.backward(losses["loss"])
     loop.amp.step(loop.opt)
     loop.step += 1
-    return {k: loss if k == "loss" else losses[k].item() for k in TOTAL_KEYS}
+    return torch.stack([losses[k].detach() for k in TOTAL_KEYS])
+
+
+def _read_losses(
+    loop: Loop, epoch: int, ep: EpochProgress, pending: list[tuple[int, int, torch.Tensor]]
+) -> bool:
+    """Read the ``pending`` steps' losses from the device at once (one host sync) and add them
+    to ``ep.totals``; stop at the first non-finite loss, naming its step. Returns whether a
+    signal asked any process to stop: under torchrun one all-reduce carries both checks, and
+    every process calls this at the same steps."""
+    if not pending:
+        return False
+    values = torch.stack([losses for _, _, losses in pending]).tolist()
+    steps = [step for step, _, _ in pending]
+    bad = next((s for s, v in zip(steps, values, strict=True) if not math.isfinite(v[0])), None)
+    stop = loop.stop.requested()
+    if loop.dist.enabled:  # the first bad step of any process: -max(-step)
+        flags = loop.dist.max([float(stop), -math.inf if bad is None else -float(bad)])
+        stop, bad = flags[0] > 0, None if flags[1] == -math.inf else int(-flags[1])
+    if bad is not None:
+        loss = values[steps.index(bad)][0]
+        what = f"the loss became {loss}" if not math.isfinite(loss) else (
+            "the loss became non-finite on another process")  # fmt: skip
+        raise TorchVaeError(
+            f"{what} at epoch {epoch}, step {bad}; training stopped and {_kept(loop)}. "
+            "Try a lower --lr"
+        )
+    for (_, n, _), row in zip(pending, values, strict=True):
+        for k, v in zip(TOTAL_KEYS, row, strict=True):
+            ep.totals[k] += v * n
+    pending.clear()
+    return stop
 
 
 def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
@@ -313,7 +352,8 @@ def save_checkpoint(
 def _save_state(loop: Loop, epochs_done: int, partial: EpochProgress | None = None) -> None:
     save_train_state(loop.plan.run_dir, model=loop.model, opt=loop.opt, gen=loop.gen,
                      device=loop.device, epoch=epochs_done, step=loop.step,
-                     n_train=len(loop.train_images), partial=partial)  # fmt: skip
+                     n_train=len(loop.train_images), partial=partial,
+                     scaler=loop.amp.scaler)  # fmt: skip
 
 
 def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterrupted:

@@ -1,11 +1,13 @@
 """A run folder's resumable state: config.json and ckpt.pt, read and written safely.
 
 ``ckpt.pt`` holds everything needed to continue a run exactly where it stopped: the model's
-weights, the optimizer state, the random number generators (PyTorch's, the batch-order
-generator's, and CUDA's), the epoch and step, and, for a run stopped by a signal in the middle
-of an epoch, that epoch's batch order and progress. It is written atomically, last of all the
-files of an epoch, so it always describes one consistent moment. It is read with
-``torch.load(weights_only=True)``: tensors and plain data only, so loading it never runs code.
+weights, the optimizer state, the fp16 loss scaler's state (training in fp16 on CUDA), the
+random number generators (PyTorch's, the batch-order generator's, and CUDA's or MPS's), the
+epoch and step, and, for a run stopped by a signal in the middle of an epoch, that epoch's
+batch order and progress (files written before the scaler and MPS states were saved read as
+before). It is written atomically, last of all the files of an epoch, so it always describes
+one consistent moment. It is read with ``torch.load(weights_only=True)``: tensors and plain
+data only, so loading it never runs code.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
     cuda = []
     if device.type == "cuda" and torch.cuda.is_available():
         cuda = torch.cuda.get_rng_state_all()
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "cuda": cuda}
+    states = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "cuda": cuda}
+    if device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
+    return states
 
 
 def save_train_state(
@@ -77,9 +82,11 @@ def save_train_state(
     step: int,
     n_train: int,
     partial: EpochProgress | None = None,
+    scaler: Any = None,
 ) -> None:
     """Write ckpt.pt atomically. ``epoch`` is the number of completed epochs; ``partial``
-    describes progress in the next one (for a run stopped mid-epoch)."""
+    describes progress in the next one (for a run stopped mid-epoch); ``scaler``: the
+    GradScaler of fp16 training, if any (its scale and growth counter)."""
     config = getattr(model, "config", None)
     state = {
         "format": STATE_FORMAT,
@@ -93,13 +100,15 @@ def save_train_state(
         "step": step,
         "n_train": n_train,
         "partial": partial.to_state() if partial is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
     }
     with atomic_path(run_dir / STATE_NAME) as tmp:
         torch.save(state, tmp)
 
 
 def _refused_global(message: str) -> str | None:
-    found = re.search(r"GLOBAL (\S+)", message)
+    # "GLOBAL posix.system" (PyTorch >= 2.4), "Unsupported class posix.system" (earlier)
+    found = re.search(r"(?:GLOBAL|Unsupported class) (\S+)", message)
     return found.group(1) if found else None
 
 
@@ -173,8 +182,11 @@ def _check_state(path: Path, state: Any) -> None:
         or not _is_bytes_tensor(rng.get("gen"))
         or not isinstance(rng.get("cuda"), list)
         or not all(_is_bytes_tensor(t) for t in rng["cuda"])
+        or not (rng.get("mps") is None or _is_bytes_tensor(rng["mps"]))
     ):
         raise bad("random generator states missing")
+    if not _is_scaler_state(state.get("scaler")):  # absent in files of earlier versions
+        raise bad("the fp16 loss scaler's state is damaged")
     partial = state.get("partial")
     if partial is not None:
         ok = (
@@ -200,6 +212,19 @@ def _is_bytes_tensor(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
 
 
+def _is_scaler_state(value: Any) -> bool:
+    """None, or a GradScaler's state_dict: names to finite numbers (empty if it was disabled)."""
+    if value is None:
+        return True
+    return isinstance(value, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        for k, v in value.items()
+    )
+
+
 def restore_train_state(
     state: dict[str, Any],
     path: Path,
@@ -208,9 +233,11 @@ def restore_train_state(
     gen: torch.Generator,
     n_train: int,
     steps_per_epoch: int,
+    scaler: Any = None,
 ) -> None:
-    """Load a checked state into a freshly built model, optimizer and generators, with a
-    one-line error when it does not fit them."""
+    """Load a checked state into a freshly built model, optimizer, generators and fp16 loss
+    ``scaler`` (if training uses one), with a one-line error when it does not fit them. A
+    scaler starts afresh when the state has none (a run begun on another device)."""
     _check_fits(state, path, model, n_train, steps_per_epoch)
     try:
         model.load_state_dict(state["model"])
@@ -221,13 +248,25 @@ def restore_train_state(
     if not all_finite(model):
         raise TorchVaeError(f"{path} holds non-finite weights; it is damaged")
     _load_optimizer(state["optimizer"], path, opt)
-    rng = state["rng"]
+    if scaler is not None and state.get("scaler"):
+        try:
+            scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise TorchVaeError(
+                f"{path}: the saved fp16 loss scaler state is damaged ({_first_line(exc)})"
+            ) from None
+    _set_rng_states(state["rng"], gen, path)
+
+
+def _set_rng_states(rng: dict[str, Any], gen: torch.Generator, path: Path) -> None:
     try:
         torch.set_rng_state(rng["torch"])
         gen.set_state(rng["gen"])
         if rng["cuda"] and torch.cuda.is_available():
             if len(rng["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng.get("mps") is not None and torch.backends.mps.is_available():
+            torch.mps.set_rng_state(rng["mps"])
     except (RuntimeError, ValueError, TypeError) as exc:
         raise TorchVaeError(
             f"{path}: the saved random generator states are damaged ({_first_line(exc)})"
