@@ -14,6 +14,12 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        reason = "gpu: needs a CUDA GPU; torch.cuda.is_available() is false"
+        no_gpu = pytest.mark.skip(reason=reason)
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(no_gpu)
     if config.getoption("--runslow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow")
