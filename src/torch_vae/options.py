@@ -398,3 +398,4 @@ class PlotOptions:
         positional=True, nargs="+", metavar="RUN", type=Path,
     )  # fmt: skip
     out: Path = option(Path("curves.png"), "the PNG file to write")
+    quiet: bool = option(False, "no log lines")

@@ -195,7 +195,7 @@ def manifold_command(o: ManifoldOptions, runtime: Runtime) -> None:
     else:
         xs = torch.linspace(-2, 2, n).tolist()
         ys = xs[::-1]
-        names = ("first principal direction (standard deviations)", "second principal direction")
+        names = tuple(f"{k} principal direction (standard deviations)" for k in ("first", "second"))
         title = f"{_name(o.model)}: the plane of the two leading principal directions{source}"
     out = plots.plot_manifold(pictures, xs, ys, names, title, o.outdir / "manifold.png")
     log.info("wrote %s: %d x %d decoded codes", out, n, n)
