@@ -218,6 +218,8 @@ def _labels(dataset: str, split: str, data_dir, n: int):
 def embed_command(o: EmbedOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = _model(o.model, runtime)
+    if model.config.latent_dims < 2:
+        raise TorchVaeError("a 2-D map needs a model with 2 or more latent dimensions, not 1")
     dataset = _dataset(model, o.dataset, o.model)
     images = _split(model, dataset, o.split, o.data_dir, runtime)[: o.nimages or None]
     if len(images) < 2:
