@@ -293,7 +293,11 @@ class InterpolateOptions:
 
     model: Path = option(None, MODEL_HELP, required=True)
     index: tuple[int, ...] = option(
-        (0, 1), "two images of --split by their index", nargs=2, metavar=("A", "B"), type=int
+        (0, 1),
+        "two images of --split by their index (default: 0 1)",
+        nargs=2,
+        metavar=("A", "B"),
+        type=int,
     )
     images: tuple[Path, ...] = option(
         (), "two image files instead (resized like the dataset's)", nargs=2,
