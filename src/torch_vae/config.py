@@ -13,7 +13,7 @@ from .errors import TorchVaeError
 Arch = Literal["original", "dcgan"]
 ReconLoss = Literal["mse", "bce"]
 LrSchedule = Literal["constant", "cosine"]
-PrecisionName = Literal["fp32", "bf16", "fp16"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 ARCHS: tuple[str, ...] = get_args(Arch)
 RECON_LOSSES: tuple[str, ...] = get_args(ReconLoss)
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
@@ -190,7 +190,11 @@ class TrainConfig:
     seed: int = option(0, "random seed")
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
     precision: PrecisionName = option(
-        "fp32", "fp32, or bf16/fp16 mixed precision (autocast); see docs/benchmarks.md"
+        "auto",
+        "auto: bf16 mixed precision where the hardware computes bf16 natively (CPUs with AMX or "
+        "AVX-512 BF16, GPUs from Ampere on), else fp32; or fp32, bf16, fp16 (autocast). The "
+        "run records the precision auto chose, so a resumed run keeps it; see "
+        "docs/benchmarks.md",
     )
     compile: bool = option(False, "torch.compile the model")
     # weights the run started from ("": random initialisation), set from --init_from

@@ -137,6 +137,32 @@ def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively: AMX or AVX-512 BF16 in the flags of
+    ``cpuinfo`` (Linux). Elsewhere (macOS, Windows, ARM) False: bf16 is then emulated by
+    PyTorch's CPU kernels and slower than fp32."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in CPU_BF16_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (the CPU or a CUDA GPU; not MPS)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return cpu_bf16_native()
+    return device.type == "cuda" and cuda_bf16_native(device)
+
+
 def cuda_bf16_native(device: torch.device) -> bool:
     """Whether the CUDA GPU ``device`` (not the current one) computes bfloat16 natively
     (Ampere or newer; always on ROCm); emulation, which PyTorch otherwise counts, is no gain."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from .config import PRECISIONS
-from .device import autocast_works, cuda_bf16_native
+from .device import autocast_works, bf16_native, cuda_bf16_native
 from .errors import TorchVaeError
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,28 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise TorchVaeError(f"unknown --precision {precision!r}; choose one of {PRECISIONS}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The concrete precision for ``--precision`` on ``device``: ``auto`` is bf16 where the
+    device computes bf16 natively (``device.bf16_native``), else fp32; others are themselves."""
+    check_precision(precision)
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_native(device) else "fp32"
+
+
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.Optimizer:
+    """AdamW, fused (one kernel for every parameter's update) where this PyTorch has a fused
+    AdamW for ``device`` (the CPU from 2.4, CUDA from 2.0), else PyTorch's default (foreach).
+    Both keep the same state, so a checkpoint resumes with either."""
+    params = list(model.parameters())
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
@@ -82,9 +104,8 @@ class Precision:
     inference). ``scaler`` is then the GradScaler, whose state the training state saves."""
 
     def __init__(self, device: torch.device, precision: str = "fp32", train: bool = False):
-        check_precision(precision)
         self.device = torch.device(device)
-        self.precision = precision
+        self.precision = precision = resolve_precision(precision, self.device)
         if precision != "fp32":
             check_autocast(self.device, precision)
         scale = train and precision == "fp16" and self.device.type == "cuda"

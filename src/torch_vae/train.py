@@ -7,6 +7,7 @@ a non-finite loss or weights stop training without touching the last good checkp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -38,7 +39,7 @@ from .run import (
     trim_metrics,
     write_run_config,
 )
-from .speed import Precision, batch_source, maybe_compile
+from .speed import Precision, batch_source, make_optimizer, maybe_compile, resolve_precision
 from .trainstate import (
     STATE_NAME,
     TOTAL_KEYS,
@@ -128,6 +129,9 @@ def train(
     (training state), metrics.jsonl and images/epoch_NNN.png. Under a distributed job
     (``dist``), only rank 0 writes files and shows progress."""
     dist = dist or Distributed()
+    # --precision auto becomes the precision it chose here, so config.json (and a resume) has it
+    precision = resolve_precision(plan.train.precision, device)
+    plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, precision=precision))
     # checked before the run folder is created, so a bad flag leaves nothing behind
     if plan.model.native_size:
         check_native_size(train_images, plan.model.native_size)
@@ -166,7 +170,7 @@ def _start(plan, train_images, test_images, device, progress, dist, start) -> Lo
     model = model.to(device, memory_format=torch.channels_last)
     forward = maybe_compile(wrap(model, dist, device), cfg.compile)
     amp = Precision(device, cfg.precision, train=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     fixed_z = torch.randn(N_PICTURE, plan.model.latent_dims, generator=gen).to(device)
     steps_per_epoch = math.ceil(len(train_images) / cfg.batchsize)

@@ -16,9 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import pooch
-import requests
-
 from ..errors import TorchVaeError
 
 try:
@@ -42,6 +39,8 @@ class DownloadError(TorchVaeError):
 
 
 def md5sum(path: Path) -> str:
+    import pooch  # imported when needed: with requests, 0.1 s of every command's start-up
+
     return pooch.file_hash(str(path), alg="md5")
 
 
@@ -57,6 +56,9 @@ def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
     The file only appears at ``dest`` once complete and verified; until then it is a locked
     temporary beside it, which :func:`remove_stale_temporaries` removes if this process dies.
     """
+    import pooch
+    import requests
+
     url = mirrored(url)
     remove_stale_temporaries(dest.parent)
     # Announced here only: pooch.retrieve would print a second line of its own (through a

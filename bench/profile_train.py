@@ -1,0 +1,100 @@
+"""Where a training step's time goes: the original architecture (64x64, latent 8, batch 128).
+
+    python bench/profile_train.py                      # fp32 and bf16, 60 steps each
+    python bench/profile_train.py --precision bf16 --steps 100 --optimizer fused
+
+Times each phase of ``train._step`` separately, with the same code the training loop runs
+(``speed.batch_source`` + ``device.to_float``, the model under ``speed.Precision``'s autocast,
+``losses.vae_loss``, backward, AdamW): batch gather + to_float, forward, loss, backward,
+optimizer step, and the host sync the loop does every 10 steps. On the CPU every operation is
+synchronous, so timing each phase on the host is exact. Random uint8 images stand in for
+Fashion-MNIST (the arithmetic does not depend on the pixels). Prints median milliseconds per
+phase and the share of the step; ``--torch-profile N`` also prints torch.profiler's top N ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+import torch  # noqa: E402
+
+from torch_vae.config import ModelConfig  # noqa: E402
+from torch_vae.device import to_float  # noqa: E402
+from torch_vae.losses import vae_loss  # noqa: E402
+from torch_vae.model import VAE  # noqa: E402
+from torch_vae.speed import Precision, batch_source, make_optimizer  # noqa: E402
+
+PHASES = ("batch", "forward", "loss", "backward", "optimizer", "sync")
+
+
+def profile(precision: str, steps: int, optimizer: str, batch: int = 128) -> dict[str, float]:
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    model = VAE(ModelConfig(latent_dims=8)).to(memory_format=torch.channels_last).train()
+    amp = Precision(device, precision, train=True)
+    if optimizer == "default":
+        opt = make_optimizer(model, 3e-4, 0.01, device)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01,
+                                **{optimizer: True})  # fmt: skip
+    images = torch.randint(0, 256, (6000, 64, 64, 1), dtype=torch.uint8)
+    fetch = batch_source(images, device, batch)
+    times: dict[str, list[float]] = {p: [] for p in PHASES}
+    pending = []
+    for step in range(steps):
+        t = [time.perf_counter()]
+        x = to_float(fetch(torch.randint(0, len(images), (batch,))), device)
+        t.append(time.perf_counter())
+        with amp.autocast():
+            out = model(x)
+        t.append(time.perf_counter())
+        losses = vae_loss(out, x)
+        t.append(time.perf_counter())
+        opt.zero_grad(set_to_none=True)
+        amp.backward(losses["loss"])
+        t.append(time.perf_counter())
+        amp.step(opt)
+        t.append(time.perf_counter())
+        pending.append(torch.stack([losses[k].detach() for k in ("loss", "recon", "kl")]))
+        if len(pending) == 10:
+            torch.stack(pending).tolist()
+            pending.clear()
+        t.append(time.perf_counter())
+        if step >= 5:  # warm-up
+            for p, a, b in zip(PHASES, t, t[1:], strict=False):
+                times[p].append(b - a)
+    return {p: statistics.median(v) * 1000 for p, v in times.items()}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--precision", default="fp32,bf16", help="comma-separated (fp32,bf16)")
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument(
+        "--optimizer", default="default", help="default (what training uses), foreach, fused"
+    )
+    p.add_argument("--torch-profile", type=int, default=0, help="top N ops from torch.profiler")
+    args = p.parse_args()
+    for precision in args.precision.split(","):
+        ms = profile(precision, args.steps, args.optimizer)
+        total = sum(ms.values())
+        print(f"{precision} ({args.optimizer} AdamW): {total:.1f} ms/step, "
+              f"{128 / total * 1000:.0f} img/s")  # fmt: skip
+        for phase, v in ms.items():
+            print(f"  {phase:10s} {v:7.2f} ms  {100 * v / total:5.1f}%")
+        if args.torch_profile:
+            with torch.profiler.profile() as prof:
+                profile(precision, 15, args.optimizer)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total",
+                                            row_limit=args.torch_profile))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
