@@ -372,6 +372,23 @@ def bench(args: argparse.Namespace) -> dict:
     return results
 
 
+def bench_paired(args: argparse.Namespace) -> dict:
+    """The --compare run: only the Fashion-MNIST cache and the paired jobs."""
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "args": _jsonable(vars(args)), "jobs": {}}
+
+    def record(name: str, result: dict) -> dict:
+        result["load_average_after"] = os.getloadavg()[0]
+        results["jobs"][name] = result
+        print(f"  {name}: {json.dumps(result)}", flush=True)
+        return result
+
+    record("prepare-fashion", run_job("prepare-fashion", {"data_dir": str(work / "data")}))
+    results["compare"] = bench_compare(args, work, work / "data", record)
+    return results
+
+
 def bench_original(args: argparse.Namespace, work: Path, record) -> dict | str:
     """The original torch-vae scripts, run as their README says, in a scratch folder."""
     if args.original is None:
@@ -389,9 +406,9 @@ def bench_original(args: argparse.Namespace, work: Path, record) -> dict | str:
     data = args.original_data or (src / "data")
     if data.exists() and not (scratch / "data").exists():
         (scratch / "data").symlink_to(data.resolve())
-    py = [sys.executable]
+    py = [original_python(src, args.original_python)]
     cpu = ["--cpu"] if args.device == "cpu" else []
-    out: dict = {"path": str(src)}
+    out: dict = {"path": str(src), "python": py[0]}
     if not args.original_skip_train:
         argv = [*py, str(src / "train.py"), *cpu, "--batchsize=128", "--epochs=1"]
         argv += ["--dataset=fashion-mnist", "--latent_dims=8"]
@@ -417,6 +434,99 @@ def bench_original(args: argparse.Namespace, work: Path, record) -> dict | str:
     if "error" not in r:
         r["img_per_s"] = 10000 / r["seconds"]
     return out
+
+
+def original_python(src: Path, given: Path | None = None) -> str:
+    """The Python that runs the original's scripts: ``given`` (--original-python), else a
+    virtual environment beside or inside its checkout (PATH/../venv, PATH/venv, PATH/.venv),
+    else this one."""
+    if given is not None:
+        return str(given)
+    for venv in (src.parent / "venv", src / "venv", src / ".venv"):
+        if (venv / "bin" / "python").is_file():
+            return str(venv / "bin" / "python")
+    return sys.executable
+
+
+def compare_jobs(args: argparse.Namespace, work: Path, data: Path) -> dict[str, list]:
+    """The paired jobs of --compare: each row's original command and torch-vae commands, as
+    (label, job spec) lists; the original's pretrained latent-8 model is imported so that
+    both sides run the same weights."""
+    src = args.original.resolve()
+    scratch = work / "original"
+    scratch.mkdir(parents=True, exist_ok=True)
+    if not (scratch / "data").exists():
+        (scratch / "data").symlink_to((args.original_data or src / "data").resolve())
+    pth = args.original_model or src / "models/fashion-mnist/vae_filters_0128_dims_0008.pth"
+    ours = work / "imported.safetensors"
+    cli = [sys.executable, "-m", "torch_vae"]
+    subprocess.run([*cli, "import-torch-vae", str(pth.resolve()), "--dataset=fashion-mnist",
+                    f"--out={ours}", "--quiet"], env=child_env(), check=True)  # fmt: skip
+    opy, cpu, n = original_python(src, args.original_python), ["--cpu"], args.compare_nsamples
+    model = [f"--model={pth.resolve()}", "--latent_dims=8", "--max_filters=128"]
+    original = {
+        "train": [opy, str(src / "train.py"), *cpu, "--batchsize=128", "--epochs=1",
+                  "--dataset=fashion-mnist", "--latent_dims=8"],
+        "reconstruct": [opy, str(src / "reconstruct.py"), *cpu, *model, "--rec_testdata",
+                        "--dataset=fashion-mnist", "--outdir=rec"],
+        "generate": [opy, str(src / "generate.py"), *cpu, *model, f"--nsamples={n}",
+                     "--outdir=samples", "--nimg_channels=1"],
+    }  # fmt: skip
+    rows: dict[str, list] = {}
+    for what in [w for w in ("train", "reconstruct", "generate") if w not in args.skip]:
+        pairs = [("original", {"argv": original[what], "cwd": str(scratch)})]
+        precisions = args.compare_train_precisions if what == "train" else args.compare_precisions
+        for precision in precisions:
+            out = work / f"cmp-{what}-{precision}"
+            argv = [*cli, what, f"--precision={precision}", "--quiet", "--device=cpu"]
+            if what == "train":
+                argv += [f"--data_dir={data}", f"--run_dir={out}", "--dataset=fashion-mnist",
+                         "--epochs=1", "--batchsize=128", "--latent_dims=8", "--max_filters=128",
+                         "--image_size=64"]  # fmt: skip
+            else:
+                argv += [f"--model={ours}", f"--outdir={out}"]
+                argv += ["--rec_testdata", f"--data_dir={data}"] if what == "reconstruct" else [
+                    f"--nsamples={n}"]  # fmt: skip
+            pairs.append((f"torch-vae {precision}", {"argv": argv, "rm": str(out)}))
+        rows[what] = pairs
+    return rows
+
+
+def bench_compare(args: argparse.Namespace, work: Path, data: Path, record) -> dict:
+    """--compare N: every row's original command and torch-vae commands in turn (original,
+    then torch-vae, N times over), whole commands, wall seconds; medians and their ratios."""
+    import statistics
+
+    rows = compare_jobs(args, work, data)
+    times: dict[str, dict[str, list[float]]] = {w: {} for w in rows}
+    for rep in range(1, args.compare + 1):
+        for what, pairs in rows.items():
+            for label, spec in pairs:
+                if spec.get("rm"):  # torch-vae's output of the previous round
+                    shutil.rmtree(spec["rm"], ignore_errors=True)
+                job = {k: v for k, v in spec.items() if k != "rm"}
+                r = record(f"{what} {label} #{rep}", run_job("cmd", job))
+                if "error" not in r:
+                    times[what].setdefault(label, []).append(r["seconds"])
+    medians = {w: {k: statistics.median(v) for k, v in t.items()} for w, t in times.items()}
+    return {"runs": times, "medians": medians}
+
+
+def compare_table(cmp: dict, nsamples: int) -> str:
+    """Markdown: one row per torch-vae variant, the original's median beside it."""
+    what = {"train": "train 1 epoch (60,000 images, original arch, latent 8, batch 128)",
+            "reconstruct": "reconstruct the 10,000 test images (PNGs)",
+            "generate": f"generate {nsamples:,} samples (PNGs)"}  # fmt: skip
+    lines = ["| job | original s | torch-vae s | ratio | runs |", "|---|---|---|---|---|"]
+    for w, med in cmp["medians"].items():
+        orig = med.get("original")
+        for label, sec in med.items():
+            if label == "original":
+                continue
+            ratio = f"**{orig / sec:.2f}x**" if orig else "-"
+            runs = len(cmp["runs"][w][label])
+            lines.append(f"| {what[w]}, {label} | {_fmt(orig, 1)} | {sec:.1f} | {ratio} | {runs} |")
+    return "\n".join(lines)
 
 
 def _jsonable(d: dict) -> dict:
@@ -510,6 +620,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--original-model", type=Path, help=".pth model for its generate/reconstruct")
     p.add_argument("--original-nsamples", type=int, default=1000, help="its generate count")
     p.add_argument("--original-skip-train", action="store_true", help="skip its 1-epoch training")
+    p.add_argument(
+        "--original-python",
+        type=Path,
+        help="the Python for its scripts (default: PATH/../venv, PATH/venv or PATH/.venv, else "
+        "this one)",
+    )
+    p.add_argument(
+        "--compare",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --original: only the paired comparison (train 1 epoch, reconstruct, "
+        "generate), original and torch-vae in turn, N times; medians and ratios",
+    )
+    p.add_argument(
+        "--compare-precisions",
+        type=lambda s: s.split(","),
+        default=["fp32", "auto"],
+        help="torch-vae --precision values in the comparison (fp32,auto)",
+    )
+    p.add_argument(
+        "--compare-train-precisions",
+        type=lambda s: s.split(","),
+        default=["auto"],
+        help="torch-vae --precision values for the training row (auto)",
+    )
+    p.add_argument("--compare-nsamples", type=int, default=2000, help="generate count (2000)")
     args = p.parse_args(argv)
     if args.job:
         sys.path.insert(0, str(SRC))
@@ -519,9 +656,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}")
     print(f"torch-vae benchmark (work folder {args.work}); jobs run one at a time:", flush=True)
-    results = bench(args)
+    if args.compare and args.original is None:
+        p.error("--compare needs --original PATH")
+    results = bench_paired(args) if args.compare else bench(args)
     results["machine"]["load_average_at_end"] = os.getloadavg()
     text = table(results)
+    if args.compare:
+        text = compare_table(results["compare"], args.compare_nsamples)
     print("\n" + text)
     m = results["machine"]
     print(
