@@ -126,6 +126,14 @@ async def _load(url, clients, seconds, max_requests, dims, seed) -> dict[str, fl
     return out
 
 
+def shown(path: str) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    try:
+        return Path(path).resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path
+
+
 def machine() -> dict[str, str]:
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -156,7 +164,7 @@ def main() -> None:
     try:
         info = httpx.get(url + "api/info", timeout=30).json()
         result = {
-            "machine_before": machine(), "url": url, "model": info["model"],
+            "machine_before": machine(), "url": url, "model": shown(info["model"]),
             "latent_dims": info["latent_dims"], "server_threads": args.threads or "default",
         }  # fmt: skip
         result["sequential"] = sequential(url, args.requests, info["latent_dims"], args.seed)
