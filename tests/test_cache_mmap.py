@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -129,3 +130,35 @@ def test_a_process_reading_the_cache_holds_no_private_copy(tmp_path, monkeypatch
     size_kb = 2000 * 128 * 128 * 3 // 1024
     assert total == sum((i % 251) * 100 * 128 * 128 * 3 for i in range(0, 2000, 100))
     assert file_kb > 0.9 * size_kb and anon_kb < 0.1 * size_kb, (file_kb, anon_kb, size_kb)
+
+
+def test_training_reads_release_the_pages_they_mapped(tmp_path, monkeypatch):
+    """Random batches from a read-only map, pages released after each group of batches: the
+    process's file-backed resident set stays near one group's worth, not the whole split."""
+    import torch
+
+    from torch_vae.data import datasets, read_only, release_pages
+
+    monkeypatch.setitem(datasets.DATASETS, "bigfake", BigFake())
+    with warnings.catch_warnings():  # a read-only map, as training uses it
+        warnings.simplefilter("ignore")
+        images = torch.from_numpy(read_only(load_split("bigfake", "train", 128, tmp_path, False)))
+
+    def rss_file_kb() -> int:
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return int(fields["RssFile"].split()[0])
+
+    def read_all(release: bool) -> int:
+        assert release_pages(images)  # a read-only map of the cache file
+        before, peak = rss_file_kb(), 0
+        for batch in torch.randperm(2000)[:600].split(4):  # each maps more than it reads
+            images[batch]  # the gather reads the pages
+            peak = max(peak, rss_file_kb() - before)
+            if release:
+                release_pages(images)
+        return peak
+
+    size_kb = 2000 * 128 * 128 * 3 // 1024
+    assert read_all(release=False) > 0.8 * size_kb  # without: the whole split stays mapped
+    assert read_all(release=True) < 0.25 * size_kb
+    assert not release_pages(torch.zeros(3))  # anything else is left alone

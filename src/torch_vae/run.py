@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import torch
 
 from .checkpoint import CONFIG_NAME, read_metadata
 from .config import ModelConfig, TrainConfig, default_depth
-from .data import check_channels, get_dataset, load_split
+from .data import check_channels, get_dataset, load_split, read_only
 from .distributed import Distributed
 from .errors import TorchVaeError
 from .fileio import file_sha256, remove_stale_temporaries, write_text_atomic
@@ -228,10 +229,11 @@ def load_run_data(
     size = plan.model.image_size
 
     def load() -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(
-            torch.from_numpy(load_split(plan.train.dataset, split, size, plan.data_dir, progress))
-            for split in ("train", "test")
-        )
+        arrays = [load_split(plan.train.dataset, s, size, plan.data_dir, progress)
+                  for s in ("train", "test")]  # fmt: skip
+        with warnings.catch_warnings():  # the training set's map is read-only, and only read
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(read_only(arrays[0])), torch.from_numpy(arrays[1])
 
     train_images, test_images = dist.first_then_others(load)
     return train_images, test_images[: plan.test_limit]

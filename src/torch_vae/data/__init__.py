@@ -1,6 +1,6 @@
 """Datasets: registry, readers of the real on-disk formats, downloads and the uint8 cache."""
 
-from .cache import default_data_dir, load_split
+from .cache import default_data_dir, load_split, read_only, release_pages
 from .datasets import DATASETS, SPLITS, check_channels, get_dataset
 from .torchdata import CachedImages
 
@@ -12,4 +12,6 @@ __all__ = [
     "default_data_dir",
     "get_dataset",
     "load_split",
+    "read_only",
+    "release_pages",
 ]

@@ -13,7 +13,9 @@ import hashlib
 import json
 import logging
 import math
+import mmap
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,20 @@ def default_data_dir() -> Path:
 
 
 def _digest(arr: np.ndarray, chunk: int = 1 << 26) -> str:
-    """SHA-256 of the array's bytes, read a chunk at a time (a memory map stays unloaded)."""
+    """SHA-256 of the array's bytes, a chunk at a time; for a memory map of a cache file the
+    file is read instead (through the page cache: no pages are mapped into this process)."""
     h = hashlib.sha256()
+    if isinstance(arr, np.memmap) and arr.filename:
+        with open(arr.filename, "rb") as f:
+            f.seek(arr.offset)
+            left = arr.nbytes
+            while left:
+                block = f.read(min(chunk, left))
+                if not block:
+                    raise EOFError(f"{arr.filename} is shorter than its header says")
+                h.update(block)
+                left -= len(block)
+        return h.hexdigest()
     flat = arr.reshape(-1)
     for start in range(0, flat.size, chunk):
         h.update(memoryview(np.ascontiguousarray(flat[start : start + chunk])).cast("B"))
@@ -140,9 +154,39 @@ class _NoRoom(Exception):
     """The cache file could not be made (a full disk...): the split is built in memory."""
 
 
-def _map_file(f, shape: tuple[int, ...]) -> np.ndarray:
-    """A writable memory map of ``f`` laid out as a .npy file of uint8 ``shape``. Its space is
-    reserved first, so that a full disk is an error here, not a crash (SIGBUS) mid-write."""
+class FileArray:
+    """The part of a uint8 array that decoding needs (``shape``, ``len``, ``out[i] = ...``,
+    ``out[a:b] = ...``, ``out[...] = ...``), written straight into a .npy file with pwrite:
+    the pixels go to the page cache, not into this process's memory."""
+
+    def __init__(self, f, offset: int, shape: tuple[int, ...]):
+        self.fd, self.offset, self.shape = f.fileno(), offset, tuple(shape)
+        self.row = math.prod(self.shape[1:])
+        self.dtype = np.dtype(np.uint8)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, key, value) -> None:
+        if key is Ellipsis:
+            key = slice(0, len(self))
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                raise ValueError("FileArray takes contiguous slices only")
+            shape = (stop - start, *self.shape[1:])
+        else:
+            start, shape = int(key), self.shape[1:]
+        data = np.ascontiguousarray(np.broadcast_to(np.asarray(value, np.uint8), shape))
+        view, at = memoryview(data).cast("B"), self.offset + start * self.row
+        while view:
+            written = os.pwrite(self.fd, view, at)
+            view, at = view[written:], at + written
+
+
+def _map_file(f, shape: tuple[int, ...]) -> FileArray | np.ndarray:
+    """A write-only array over ``f`` laid out as a .npy file of uint8 ``shape``. Its space is
+    reserved first, so that a full disk is an error here, not halfway through."""
     np.lib.format.write_array_header_1_0(
         f, {"descr": "|u1", "fortran_order": False, "shape": tuple(shape)}
     )
@@ -157,7 +201,7 @@ def _map_file(f, shape: tuple[int, ...]) -> np.ndarray:
             f.truncate(offset + math.prod(shape))
     except OSError as exc:
         raise _NoRoom(str(exc)) from None
-    return np.memmap(f, dtype=np.uint8, mode="r+", offset=offset, shape=tuple(shape))
+    return FileArray(f, offset, shape)
 
 
 def load_split(
@@ -201,25 +245,52 @@ def load_split(
     if len(arr) == 0:
         npy.unlink(missing_ok=True)
         raise TorchVaeError(f"dataset {dataset!r} has no images in its {split} split")
+    mapped = _open_array(npy, {"shape": list(arr.shape)}, None)
     meta = {"version": CACHE_VERSION, "dataset": ds.name, "split": split,
-            "shape": list(arr.shape), "sha256": _digest(arr), "source": fingerprint,
+            "shape": list(arr.shape), "sha256": _digest(mapped), "source": fingerprint,
             **_stamp(npy)}  # fmt: skip
     try:
         _write_record(meta_path, meta)
     except OSError as exc:
         log.warning("could not write the dataset cache %s (%s); continuing without it", npy, exc)
-    return _open_array(npy, meta, None)
+    return mapped
 
 
 def _build(ds, split: str, image_size: int, data_dir: Path, progress: bool, npy: Path):
-    """Decode the split straight into a memory map of the cache file's temporary, which is
+    """Decode the split straight into the cache file's temporary (``FileArray``), which is
     renamed into place once complete: the split never has to fit in memory."""
     with locked_atomic_file(npy) as f:
         arr = ds.prepare(split, image_size, data_dir, progress, lambda s: _map_file(f, s))
-        if not isinstance(arr, np.memmap) and len(arr):  # a dataset that made its own array
+        if isinstance(arr, np.ndarray) and len(arr):  # a dataset that made its own array
             f.seek(0)
             f.truncate()
             np.save(f, arr, allow_pickle=False)
-        elif isinstance(arr, np.memmap):
-            arr.flush()
     return arr
+
+
+# The read-only maps handed out by ``read_only``, by the address of their first byte, so that
+# ``release_pages`` finds them from a tensor made with torch.from_numpy.
+_READ_ONLY: weakref.WeakValueDictionary[int, np.memmap] = weakref.WeakValueDictionary()
+
+
+def read_only(arr: np.ndarray) -> np.ndarray:
+    """``arr`` itself, or for a cache's copy-on-write map a read-only map of the same file,
+    whose pages ``release_pages`` may drop (the training loop reads, never writes, them)."""
+    if not isinstance(arr, np.memmap) or not arr.filename or arr.size == 0:
+        return arr
+    ro = np.memmap(arr.filename, dtype=np.uint8, mode="r", offset=arr.offset, shape=arr.shape)
+    _READ_ONLY[ro.ctypes.data] = ro
+    return ro
+
+
+def release_pages(images) -> bool:
+    """Unmap the pages of a ``read_only`` map that this process touched: they stay in the page
+    cache, shared with every other process, but stop counting in this process's resident set,
+    which would otherwise grow to the whole file over an epoch of random batches. Returns
+    whether ``images`` (an array, or a tensor from torch.from_numpy) was such a map."""
+    ptr = images.data_ptr() if hasattr(images, "data_ptr") else images.ctypes.data
+    ro = _READ_ONLY.get(ptr)
+    if ro is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    ro._mmap.madvise(mmap.MADV_DONTNEED)  # a read-only shared map: nothing can be lost
+    return True
