@@ -14,6 +14,9 @@ from torch_vae.cli import main
 
 def test_train_writes_run_folder(trained):
     files = {p.relative_to(trained).as_posix() for p in trained.rglob("*") if p.is_file()}
+    # the curves are drawn when the drawing is cheap beside the epochs (plots.curves_due),
+    # which for these tiny epochs depends on the machine's load
+    files.discard("images/curves.png")
     assert files == {
         "config.json",
         "model.safetensors",

@@ -14,6 +14,7 @@ LAYERS = [
     {"config", "device", "distributed", "flags", "data.formats", "data.download", "data.parallel",
      "plots"},
     {"options", "checkpoint", "upsampling", "data.datasets"},
+    {"commands"},
     {"model", "data.cache"},
     {"losses", "speed", "trainstate", "data.torchdata", "data.labels"},
     {"data"},

@@ -211,3 +211,13 @@ def _write_model_folder(out: Path, model: VAE, config: dict, picture) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def average_command(o, runtime) -> dict:
+    """The average command (options.AverageOptions, options.Runtime)."""
+    from .device import pick_device
+
+    device = pick_device(runtime.device, runtime.cpu)
+    return average_runs(
+        list(o.runs), o.last, o.out, o.data_dir, device, o.batchsize, o.seed, not runtime.quiet
+    )
