@@ -1,4 +1,4 @@
-"""A run folder's resumable state: config.json and ckpt.pt, read and written safely.
+"""A run's resumable training state, ckpt.pt, read and written safely.
 
 ``ckpt.pt`` holds everything needed to continue a run exactly where it stopped: the model's
 weights, the optimizer state, the fp16 loss scaler's state (training in fp16 on CUDA), the
