@@ -14,9 +14,11 @@ EPOCHS=${EPOCHS:-3}
 RUN=runs/quickstart
 i=1; while [ -e "$RUN" ]; do i=$((i + 1)); RUN=runs/quickstart-$i; done
 # The DCGAN-style variant with a cosine schedule: better than the original network in the same
-# number of epochs, and about twice as fast on a CPU (see docs/results.md).
+# number of epochs, and about twice as fast on a CPU (see docs/results.md). --precision auto (the
+# default, spelled out): bf16 where the CPU or GPU computes it natively, the fastest setting there
+# (docs/benchmarks.md); fp32 elsewhere.
 "$PY" -m torch_vae train --dataset fashion-mnist --epochs "$EPOCHS" --batchsize 128 --latent_dims 8 \
-    --arch dcgan --lr 2e-3 --lr_schedule cosine --run_dir "$RUN"
+    --arch dcgan --lr 2e-3 --lr_schedule cosine --precision auto --run_dir "$RUN"
 "$PY" -m torch_vae generate --model "$RUN" --nsamples 64 --outdir "$RUN/samples"
 "$PY" -m torch_vae reconstruct --model "$RUN" --rec_testdata --nimages 64 --outdir "$RUN/reconstructions"
 echo "samples: $RUN/samples/all.png  reconstructions: $RUN/reconstructions/all.png"

@@ -17,8 +17,10 @@ from .errors import TorchVaeError
 MODEL_HELP = "run folder or .safetensors weights file"
 DATA_DIR_HELP = "where datasets are downloaded and cached (default: data, or $TORCH_VAE_DATA)"
 INFERENCE_PRECISION_HELP = (
-    "fp32, or bf16/fp16 autocast: faster on CPUs and GPUs with those instructions, pixels "
-    "within a grey level or two of fp32; see docs/benchmarks.md"
+    "auto: bf16 autocast where the hardware computes bf16 natively (CPUs with AMX or AVX-512 "
+    "BF16, GPUs from Ampere on; about 2x faster), else fp32; or fp32, bf16, fp16. 16-bit pixels "
+    "are within a grey level or two of fp32 (--precision fp32 for the same files on every "
+    "machine); see docs/benchmarks.md"
 )
 CHECK_HELP = "optional, checked against the model"
 SamplerName = Literal["auto", "prior", "gaussian", "gmm"]
@@ -95,7 +97,7 @@ class ReconstructOptions:
     nimages: int = option(0, "reconstruct only the first N (0: all)")
     batchsize: int = option(500, "images per forward pass")
     data_dir: Path | None = option(None, DATA_DIR_HELP)
-    precision: PrecisionName = option("fp32", INFERENCE_PRECISION_HELP)
+    precision: PrecisionName = option("auto", INFERENCE_PRECISION_HELP)
 
     def __post_init__(self) -> None:
         positive("--batchsize", self.batchsize)
@@ -112,7 +114,7 @@ class GenerateOptions:
     outdir: Path = option(None, "output folder for the samples", required=True)
     nimg_channels: int | None = option(None, "image channels; " + CHECK_HELP)
     batchsize: int = option(1000, "samples per forward pass")
-    precision: PrecisionName = option("fp32", INFERENCE_PRECISION_HELP)
+    precision: PrecisionName = option("auto", INFERENCE_PRECISION_HELP)
     sampler: SamplerName = option("auto", SAMPLER_HELP)
 
     def __post_init__(self) -> None:
