@@ -94,3 +94,20 @@ def keep_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def labelled(mnist_dir, monkeypatch):
+    """The tiny MNIST with label files whose MD5s are registered."""
+    import dataclasses
+
+    from torch_vae.data import labels
+    from torch_vae.data.download import md5sum
+
+    fakedata.write_mnist_labels(mnist_dir / "mnist")
+    files = tuple(
+        dataclasses.replace(f, md5=md5sum(mnist_dir / "mnist" / f.name))
+        for f in labels.LABEL_FILES["mnist"]
+    )
+    monkeypatch.setitem(labels.LABEL_FILES, "mnist", files)
+    return mnist_dir

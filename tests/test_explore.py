@@ -1,7 +1,5 @@
 """explore.py: the Python API that shows what a model learned, and data.labels."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -149,15 +147,8 @@ def test_class_names():
     assert E.class_names is L.class_names
 
 
-def test_load_labels_of_mnist_from_its_idx_files(mnist_dir, monkeypatch):
-    from torch_vae.data.download import md5sum
-
-    fakedata.write_mnist_labels(mnist_dir / "mnist")
-    files = tuple(
-        dataclasses.replace(f, md5=md5sum(mnist_dir / "mnist" / f.name))
-        for f in L.LABEL_FILES["mnist"]
-    )
-    monkeypatch.setitem(L.LABEL_FILES, "mnist", files)
+def test_load_labels_of_mnist_from_its_idx_files(labelled):
+    mnist_dir = labelled
     test = L.load_labels("mnist", "test", mnist_dir)
     assert test.tolist() == [i % 10 for i in range(20)] and test.dtype == np.int64
     assert len(L.load_labels("mnist", "train", mnist_dir)) == 40

@@ -2,7 +2,6 @@
 that training draws."""
 
 import ast
-import dataclasses
 import json
 import logging
 import sys
@@ -17,20 +16,6 @@ import fakedata
 import torch_vae
 from torch_vae import VAE, ModelConfig, plots
 from torch_vae.cli import main
-from torch_vae.data import labels as L
-from torch_vae.data.download import md5sum
-
-
-@pytest.fixture
-def labelled(mnist_dir, monkeypatch):
-    """The tiny MNIST with label files (their checksums registered)."""
-    fakedata.write_mnist_labels(mnist_dir / "mnist")
-    files = tuple(
-        dataclasses.replace(f, md5=md5sum(mnist_dir / "mnist" / f.name))
-        for f in L.LABEL_FILES["mnist"]
-    )
-    monkeypatch.setitem(L.LABEL_FILES, "mnist", files)
-    return mnist_dir
 
 
 @pytest.fixture

@@ -1,16 +1,13 @@
 """Sample-quality measures (quality.py): the Fréchet distance against closed forms, precision and
 recall on constructed point sets, and the sample-quality command on a tiny trained model."""
 
-import dataclasses
 import json
 import math
 
 import numpy as np
-import pytest
 import scipy.linalg
 import torch
 
-import fakedata
 from torch_vae.cli import main
 from torch_vae.quality import (
     class_histogram,
@@ -75,21 +72,6 @@ def test_class_histogram_and_kl():
     assert math.isclose(kl_divergence([0.5, 0.5], [0.25, 0.75]),
                         0.5 * math.log(2) + 0.5 * math.log(2 / 3))  # fmt: skip
     assert kl_divergence([0.5, 0.5], [1.0, 0.0]) == math.inf
-
-
-@pytest.fixture
-def labelled(mnist_dir, monkeypatch):
-    """The tiny MNIST with label files whose MD5s are registered."""
-    from torch_vae.data import labels
-    from torch_vae.data.download import md5sum
-
-    fakedata.write_mnist_labels(mnist_dir / "mnist")
-    files = tuple(
-        dataclasses.replace(f, md5=md5sum(mnist_dir / "mnist" / f.name))
-        for f in labels.LABEL_FILES["mnist"]
-    )
-    monkeypatch.setitem(labels.LABEL_FILES, "mnist", files)
-    return mnist_dir
 
 
 def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_path, capsys):
