@@ -175,11 +175,16 @@ class Distributed:
             except BaseException as exc:
                 with contextlib.suppress(Exception):  # the original error matters more
                     store.set(key, f"error: {_first_line(exc)}")
+                    # the store may live in this process: let the others read the word
+                    # before it goes (a few seconds at most)
+                    _wait_for_count(store, f"{key}/read", self.world - 1, ACK_SECONDS)
                 raise
             store.set(key, "ok")
             return result
         word = _wait_for(store, key, prepare_timeout())
         if word != "ok":
+            with contextlib.suppress(Exception):
+                store.add(f"{key}/read", 1)
             raise TorchVaeError(
                 f"process {self.rank} of {self.world}: process 0 failed to prepare the data "
                 f"({word.removeprefix('error: ')}); its own message says more"
@@ -207,6 +212,16 @@ def _next_key(name: str) -> str:
     _KEYS.append(name)
     restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return f"torch_vae/{restart}/{name}/{_KEYS.count(name)}"
+
+
+ACK_SECONDS = 10.0  # how long a failed rank 0 waits for the others to read its message
+
+
+def _wait_for_count(store, key: str, count: int, seconds: float) -> None:
+    """Wait until ``count`` processes have added 1 at ``key``, for ``seconds`` at most."""
+    deadline = time.monotonic() + seconds
+    while store.add(key, 0) < count and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
 
 
 def _wait_for(store, key: str, timeout: datetime.timedelta) -> str:
