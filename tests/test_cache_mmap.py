@@ -162,3 +162,20 @@ def test_training_reads_release_the_pages_they_mapped(tmp_path, monkeypatch):
     assert read_all(release=False) > 0.8 * size_kb  # without: the whole split stays mapped
     assert read_all(release=True) < 0.25 * size_kb
     assert not release_pages(torch.zeros(3))  # anything else is left alone
+
+
+def test_batches_of_a_mapped_cache_are_read_from_the_file_without_mapping_it(mnist_dir):
+    import torch
+
+    from torch_vae.data import read_only
+    from torch_vae.data.cache import gather_for
+    from torch_vae.speed import batch_source
+
+    arr = load_split("mnist", "train", 32, mnist_dir, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        images = torch.from_numpy(read_only(arr))
+    gather = batch_source(images, torch.device("cpu"), 8)
+    idx = torch.tensor([39, 0, 7, 7, 20])
+    assert gather is not None and torch.equal(gather(idx), torch.from_numpy(arr.copy())[idx])
+    assert gather_for(torch.from_numpy(arr.copy())) is None  # in memory: plain indexing

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 
 from .config import PRECISIONS
+from .data.cache import gather_for
 from .device import autocast_works, bf16_native, cuda_bf16_native
 from .errors import TorchVaeError
 
@@ -172,7 +173,8 @@ def batch_source(
     returns a new, unpinned one, so that only cost memory (once per process under torchrun)."""
     device = torch.device(device)
     if device.type != "cuda":
-        return lambda idx: images[idx]
+        # a mapped cache: each image read from the file, nothing mapped (data.cache.FileGather)
+        return gather_for(images) or (lambda idx: images[idx])
     try:
         free, _ = torch.cuda.mem_get_info(device)
     except RuntimeError:
