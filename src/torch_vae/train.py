@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from .checkpoint import CHECKPOINTS_DIR, WEIGHTS_NAME
-from .data import release_pages
 from .device import available_memory, to_float
 from .distributed import Distributed, wrap
 from .errors import TorchVaeError, TrainingInterrupted
@@ -238,9 +237,6 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
                 break
             idx = loop.dist.shard(ep.perm[i * cfg.batchsize : (i + 1) * cfg.batchsize])
             pending.append((loop.step + 1, len(idx), _step(loop, idx)))
-            # a mapped cache: unmap what the batch touched (0.5 ms for a 10 GB map), or the
-            # resident set grows to the whole split over an epoch
-            release_pages(loop.train_images)
             ep.batch, ep.seen = i + 1, ep.seen + len(idx)
             if len(pending) == LOG_EVERY or i == loop.steps_per_epoch - 1:
                 stop = _read_losses(loop, epoch, ep, pending)

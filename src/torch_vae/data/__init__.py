@@ -1,6 +1,6 @@
 """Datasets: registry, readers of the real on-disk formats, downloads and the uint8 cache."""
 
-from .cache import default_data_dir, load_split, read_only, release_pages
+from .cache import default_data_dir, load_split, read_only
 from .datasets import DATASETS, SPLITS, check_channels, get_dataset
 from .torchdata import CachedImages
 
@@ -13,5 +13,4 @@ __all__ = [
     "get_dataset",
     "load_split",
     "read_only",
-    "release_pages",
 ]

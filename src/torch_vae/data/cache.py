@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import math
-import mmap
 import os
 import weakref
 from pathlib import Path
@@ -269,31 +268,19 @@ def _build(ds, split: str, image_size: int, data_dir: Path, progress: bool, npy:
 
 
 # The read-only maps handed out by ``read_only``, by the address of their first byte, so that
-# ``release_pages`` finds them from a tensor made with torch.from_numpy.
+# ``gather_for`` finds them from a tensor made with torch.from_numpy.
 _READ_ONLY: weakref.WeakValueDictionary[int, np.memmap] = weakref.WeakValueDictionary()
 
 
 def read_only(arr: np.ndarray) -> np.ndarray:
     """``arr`` itself, or for a cache's copy-on-write map a read-only map of the same file,
-    whose pages ``release_pages`` may drop (the training loop reads, never writes, them)."""
+    whose batches ``gather_for`` reads from the file (the training loop reads, never writes,
+    them)."""
     if not isinstance(arr, np.memmap) or not arr.filename or arr.size == 0:
         return arr
     ro = np.memmap(arr.filename, dtype=np.uint8, mode="r", offset=arr.offset, shape=arr.shape)
     _READ_ONLY[ro.ctypes.data] = ro
     return ro
-
-
-def release_pages(images) -> bool:
-    """Unmap the pages of a ``read_only`` map that this process touched: they stay in the page
-    cache, shared with every other process, but stop counting in this process's resident set,
-    which would otherwise grow to the whole file over an epoch of random batches. Returns
-    whether ``images`` (an array, or a tensor from torch.from_numpy) was such a map."""
-    ptr = images.data_ptr() if hasattr(images, "data_ptr") else images.ctypes.data
-    ro = _READ_ONLY.get(ptr)
-    if ro is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return False
-    ro._mmap.madvise(mmap.MADV_DONTNEED)  # a read-only shared map: nothing can be lost
-    return True
 
 
 class FileGather:
