@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import TorchVaeError
+from ..fileio import current_umask, fsync_dir
 
 try:
     import fcntl
@@ -111,8 +112,6 @@ STALE_AGE = 3600.0  # seconds
 # What fileio.atomic_path and locked_atomic_file name a temporary of NAME: ".NAME.RANDOM.tmp",
 # RANDOM being tempfile.mkstemp's 8 characters.
 TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 
 
 def _try_lock(f: BinaryIO, exclusive: bool) -> bool | None:
@@ -151,7 +150,8 @@ def locked_atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         f = os.fdopen(fd, "r+b")
         try:
             with contextlib.suppress(OSError):
-                os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 -> what open() would have made
+                # mkstemp makes 0600: the mode open() would have given instead
+                os.fchmod(fd, 0o666 & ~current_umask())
             if fcntl is not None:
                 with contextlib.suppress(OSError):  # no locks here: go on without
                     fcntl.flock(fd, fcntl.LOCK_EX)  # waits out a sweeper's probe, if any
@@ -165,20 +165,11 @@ def locked_atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             return
         finally:
             f.close()
     raise OSError(errno.EAGAIN, f"temporary files beside {path} keep disappearing")
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:
