@@ -54,3 +54,20 @@ def test_numeric_flags_are_accepted_or_refused_in_one_line(cls, data):
     else:
         got = getattr(made, name)
         assert not (isinstance(got, float) and not math.isfinite(got)), (name, got)
+
+
+FLOAT_FIELDS = [
+    (cls, name)
+    for cls in CLASSES
+    for name in numeric_fields(cls)
+    if _kind(typing.get_type_hints(cls)[name])[0] is float
+]
+
+
+@pytest.mark.parametrize("cls,name", FLOAT_FIELDS, ids=lambda x: getattr(x, "__name__", x))
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_flag_refuses_non_finite_values(cls, name, value):
+    """The cases the random search above may miss: each float flag, each non-finite value."""
+    values = {**defaults((cls,)), name: value}
+    with pytest.raises(TorchVaeError):
+        cls(**values)

@@ -58,7 +58,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(name: str, value: Any, minimum: float, strict: bool, example: str) -> None:
+def check_number(name: str, value: Any, minimum: float, strict: bool, example: str) -> None:
     """A finite real number above (``strict``) or at least ``minimum``."""
     ok = _is_int(value) or (isinstance(value, float) and math.isfinite(value))
     if not ok or value < minimum or (strict and value == minimum):
@@ -206,9 +206,9 @@ class TrainConfig:
             raise TorchVaeError(f"--dataset must be a name or folder:PATH, got {self.dataset!r}")
         _positive("--epochs", self.epochs, "--epochs 10")
         _positive("--batchsize", self.batchsize, "--batchsize 128")
-        _number("--lr", self.lr, 0, True, "--lr 3e-4")
-        _number("--weight_decay", self.weight_decay, 0, False, "--weight_decay 0.01")
-        _number("--beta", self.beta, 0, False, "--beta 1")
+        check_number("--lr", self.lr, 0, True, "--lr 3e-4")
+        check_number("--weight_decay", self.weight_decay, 0, False, "--weight_decay 0.01")
+        check_number("--beta", self.beta, 0, False, "--beta 1")
         if not isinstance(self.recon_loss, str) or self.recon_loss not in RECON_LOSSES:
             raise TorchVaeError(
                 f"unknown --recon_loss {self.recon_loss!r}; choose one of {RECON_LOSSES}"
@@ -221,7 +221,7 @@ class TrainConfig:
             raise TorchVaeError(
                 f"unknown --lr_schedule {self.lr_schedule!r}; choose one of {LR_SCHEDULES}"
             )
-        _number("--kl_warmup_epochs", self.kl_warmup_epochs, 0, False, "--kl_warmup_epochs 1")
+        check_number("--kl_warmup_epochs", self.kl_warmup_epochs, 0, False, "--kl_warmup_epochs 1")
         if self.precision not in PRECISIONS:
             raise TorchVaeError(
                 f"unknown --precision {self.precision!r}; choose one of {PRECISIONS}"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from .config import DATASET_HELP, PrecisionName, option
+from .config import DATASET_HELP, PrecisionName, check_number, option
 from .errors import TorchVaeError
 
 MODEL_HELP = "run folder or .safetensors weights file"
@@ -227,6 +227,8 @@ class ClassifierOptions:
         positive("--epochs", self.epochs)
         positive("--batchsize", self.batchsize)
         positive("--image_size", self.image_size)
+        check_number("--lr", self.lr, 0, True, "--lr 2e-3")
+        check_number("--weight_decay", self.weight_decay, 0, False, "--weight_decay 0.05")
 
 
 @dataclass(frozen=True)
