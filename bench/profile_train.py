@@ -2,6 +2,7 @@
 
     python bench/profile_train.py                      # fp32 and bf16, 60 steps each
     python bench/profile_train.py --precision bf16 --steps 100 --optimizer fused
+    python bench/profile_train.py --precision bf16 --onednn 10   # time in each oneDNN primitive
 
 Times each phase of ``train._step`` separately, with the same code the training loop runs
 (``speed.batch_source`` + ``device.to_float``, the model under ``speed.Precision``'s autocast,
@@ -15,7 +16,10 @@ phase and the share of the step; ``--torch-profile N`` also prints torch.profile
 from __future__ import annotations
 
 import argparse
+import collections
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import torch  # noqa: E402
 
+from torch_vae.allocator import keep_freed_memory  # noqa: E402
 from torch_vae.config import ModelConfig  # noqa: E402
 from torch_vae.device import to_float  # noqa: E402
 from torch_vae.losses import vae_loss  # noqa: E402
@@ -33,11 +38,14 @@ from torch_vae.speed import Precision, batch_source, make_optimizer  # noqa: E40
 PHASES = ("batch", "forward", "loss", "backward", "optimizer", "sync")
 
 
-def profile(precision: str, steps: int, optimizer: str, batch: int = 128) -> dict[str, float]:
+def profile(
+    precision: str, steps: int, optimizer: str, batch: int = 128, compiled: bool = False
+) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("cpu")
     model = VAE(ModelConfig(latent_dims=8)).to(memory_format=torch.channels_last).train()
     amp = Precision(device, precision, train=True)
+    forward = torch.compile(model) if compiled else model
     if optimizer == "default":
         opt = make_optimizer(model, 3e-4, 0.01, device)
     else:
@@ -52,7 +60,7 @@ def profile(precision: str, steps: int, optimizer: str, batch: int = 128) -> dic
         x = to_float(fetch(torch.randint(0, len(images), (batch,))), device)
         t.append(time.perf_counter())
         with amp.autocast():
-            out = model(x)
+            out = forward(x)
         t.append(time.perf_counter())
         losses = vae_loss(out, x)
         t.append(time.perf_counter())
@@ -79,10 +87,20 @@ def main() -> int:
     p.add_argument(
         "--optimizer", default="default", help="default (what training uses), foreach, fused"
     )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (as --compile)")
+    p.add_argument("--onednn", type=int, default=0,
+                   help="also time oneDNN's primitives (ONEDNN_VERBOSE) over N steps")  # fmt: skip
+    p.add_argument("--onednn-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--torch-profile", type=int, default=0, help="top N ops from torch.profiler")
     args = p.parse_args()
+    keep_freed_memory()  # as the torch-vae command does
+    if args.onednn_child:  # the steps whose oneDNN calls onednn_table reads
+        profile(args.precision, args.steps, args.optimizer, compiled=args.compile)
+        return 0
     for precision in args.precision.split(","):
-        ms = profile(precision, args.steps, args.optimizer)
+        start = time.perf_counter()
+        ms = profile(precision, args.steps, args.optimizer, compiled=args.compile)
+        print(f"{precision}: {time.perf_counter() - start:.1f} s in all (compilation included)")
         total = sum(ms.values())
         print(f"{precision} ({args.optimizer} AdamW): {total:.1f} ms/step, "
               f"{128 / total * 1000:.0f} img/s")  # fmt: skip
@@ -90,10 +108,32 @@ def main() -> int:
             print(f"  {phase:10s} {v:7.2f} ms  {100 * v / total:5.1f}%")
         if args.torch_profile:
             with torch.profiler.profile() as prof:
-                profile(precision, 15, args.optimizer)
+                profile(precision, 15, args.optimizer, compiled=args.compile)
             print(prof.key_averages().table(sort_by="self_cpu_time_total",
                                             row_limit=args.torch_profile))  # fmt: skip
+        if args.onednn:
+            print(onednn_table(precision, args.onednn, args.optimizer))
     return 0
+
+
+def onednn_table(precision: str, steps: int, optimizer: str) -> str:
+    """Milliseconds per step in each oneDNN primitive (kind, implementation, shape), from
+    ONEDNN_VERBOSE=1 in a child process that runs ``steps`` steps (all but the first 5 count)."""
+    cmd = [sys.executable, __file__, "--onednn-child", "--precision", precision,
+           "--steps", str(steps), "--optimizer", optimizer]  # fmt: skip
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    per_step: dict[str, float] = collections.defaultdict(float)
+    for line in out.splitlines():
+        fields = line.split(",")
+        if line.startswith("onednn_verbose") and ",exec,cpu," in line:
+            kind_impl = ",".join(fields[fields.index("exec") + 2 : fields.index("exec") + 4])
+            per_step[f"{kind_impl} {fields[-2]}"] += float(fields[-1]) / steps
+    total = sum(per_step.values())
+    rows = sorted(per_step.items(), key=lambda kv: -kv[1])[:20]
+    lines = [f"oneDNN, {precision}: {total:.1f} ms per step in its primitives (top 20)"]
+    lines += [f"  {ms:7.2f} ms {100 * ms / total:5.1f}%  {key}" for key, ms in rows]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

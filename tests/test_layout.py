@@ -10,7 +10,8 @@ ROOT = Path(torch_vae.__file__).parent
 
 # Lowest first. A module may import modules of lower layers only.
 LAYERS = [
-    {"errors", "version", "fileio", "images", "data.imaging"},
+    {"errors", "version", "fileio", "images", "data.imaging", "layers",
+     "allocator"},
     {"config", "device", "distributed", "flags", "data.formats", "data.download", "data.parallel",
      "plots"},
     {"options", "checkpoint", "upsampling", "data.datasets"},

@@ -9,6 +9,7 @@ import logging
 import sys
 from typing import Any
 
+from .allocator import keep_freed_memory
 from .commands import COMMANDS
 from .errors import TorchVaeError, TrainingInterrupted, describe_os_error
 from .flags import add_options, defaults, pick, read_config_file
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    keep_freed_memory()  # before the first tensor: 2x faster evaluation on the CPU
     try:
         command, values, given = parse(argv)
         logging.basicConfig(

@@ -17,6 +17,7 @@ from .config import ModelConfig
 from .device import autocast_off, randn
 from .errors import TorchVaeError
 from .fileio import write_text_atomic
+from .layers import ConvTranspose2d
 from .upsampling import upsampling_projector
 from .version import __version__
 
@@ -86,7 +87,7 @@ class Decoder(nn.Module):
         self.lin = nn.Linear(config.latent_dims, config.channels[-1] * s * s)
         widths = (*reversed(config.channels), config.in_channels)
         self.convs = nn.ModuleList(
-            nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
+            ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1)
             for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         )
         self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in widths[1:-1])
@@ -146,12 +147,12 @@ class DCGANDecoder(nn.Module):
         super().__init__()
         widths = tuple(reversed(config.channels))  # e.g. (128, 64, 32, 16)
         s, k = config.bottleneck_size, DCGAN_KERNEL
-        first = nn.ConvTranspose2d(config.latent_dims, widths[0], kernel_size=s, bias=False)
+        first = ConvTranspose2d(config.latent_dims, widths[0], kernel_size=s, bias=False)
         ups = [
-            nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=1, bias=False)
+            ConvTranspose2d(c_in, c_out, k, stride=2, padding=1, bias=False)
             for c_in, c_out in zip(widths[:-1], widths[1:], strict=True)
         ]
-        last = nn.ConvTranspose2d(widths[-1], config.in_channels, k, stride=2, padding=1)
+        last = ConvTranspose2d(widths[-1], config.in_channels, k, stride=2, padding=1)
         self.convs = nn.ModuleList([first, *ups, last])
         self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in widths)  # norms[i] after convs[i]
 

