@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from torch_vae import VAE, ModelConfig
 from torch_vae.cli import main
 
 
@@ -264,6 +265,19 @@ def run_cli(*args, cwd=None):
         cwd=cwd,
         timeout=120,
     )
+
+
+def test_command_process_ends_with_its_files_and_messages_written(tmp_path):
+    """``python -m torch_vae`` ends without the interpreter's shutdown (cli.run): the command's
+    files are complete and its last log line still reaches stderr."""
+    model = tmp_path / "m.safetensors"
+    VAE(ModelConfig(latent_dims=2, max_filters=8)).save_pretrained(model)
+    r = run_cli("generate", "--model", str(model), "--outdir", str(tmp_path / "s"),
+                "--nsamples", "5", "--precision", "fp32")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "wrote 5 samples" in r.stderr.splitlines()[-1]
+    assert len(list((tmp_path / "s").glob("sample_*.png"))) == 5
+    assert Image.open(tmp_path / "s" / "all.png").size[1] > 0
 
 
 def error_line(stderr: str) -> str:

@@ -186,3 +186,26 @@ def test_bf16_training_step_is_within_tolerance_of_fp32():
         err = (g16 - g32).norm() / g32.norm().clamp_min(1e-12)
         cos = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
         assert err <= BF16_GRAD_RTOL and cos >= BF16_GRAD_COS, (err.item(), cos.item())
+
+
+def test_png_writer_writes_every_batch_while_the_caller_goes_on(tmp_path):
+    from torch_vae.images import PngWriter
+
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8) for _ in range(5)]
+    with PngWriter(ahead=2, workers=2) as writer:
+        for b, images in enumerate(batches):
+            writer.submit(images, [tmp_path / f"{b}_{i}.png" for i in range(len(images))])
+            assert len(writer.batches) <= 2  # at most `ahead` batches in flight
+    for b, images in enumerate(batches):
+        for i, image in enumerate(images):
+            with Image.open(tmp_path / f"{b}_{i}.png") as f:
+                assert np.array_equal(np.asarray(f)[..., None], image)
+
+
+def test_png_writer_raises_a_failed_write_at_the_end(tmp_path):
+    from torch_vae.images import PngWriter
+
+    images = np.zeros((3, 4, 4, 1), np.uint8)
+    with pytest.raises(FileNotFoundError), PngWriter() as writer:
+        writer.submit(images, [tmp_path / "gone" / f"{i}.png" for i in range(3)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ from .checkpoint import check_flags
 from .data import check_channels, load_split
 from .device import pick_device, to_float
 from .errors import TorchVaeError
-from .images import grid, save_png, save_pngs, side_by_side, stack_rows, to_uint8
+from .images import PngWriter, grid, side_by_side, stack_rows, to_uint8
 from .model import VAE, load_model
 from .options import GenerateOptions, ReconstructOptions, Runtime
 from .samplers import MixtureSampler, choose_sampler, prior_sample
@@ -138,7 +137,7 @@ def write_samples(
     amp = Precision(device, precision)
     keep = []
     batches = latent_batches(n, model.config.latent_dims, seed, batch_size, sampler)
-    with ThreadPoolExecutor() as pool:
+    with PngWriter() as writer:  # each batch's files are written while the next is decoded
         for start, z in tqdm(
             batches, desc="generating", unit="batch", total=-(-n // batch_size),
             disable=not progress,
@@ -147,10 +146,10 @@ def write_samples(
                 out = model.decode(z.to(device))
             imgs = to_uint8(out)
             names = [outdir / f"sample_{i:05d}.png" for i in range(start, start + len(imgs))]
-            save_pngs(imgs, names, pool)
+            writer.submit(imgs, names)
             if sum(len(k) for k in keep) < GRID_LIMIT:
                 keep.append(imgs)
-    save_png(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=8), outdir / "all.png")
+        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=8)[None], [outdir / "all.png"])
     return outdir / "all.png"
 
 
@@ -171,7 +170,7 @@ def write_reconstructions(
     model = inference_model(model)  # batch norms folded into the convolutions
     amp = Precision(device, precision)
     keep = []
-    with ThreadPoolExecutor() as pool:
+    with PngWriter() as writer:  # each batch's files are written while the next is computed
         for start in tqdm(
             range(0, len(images), batch_size),
             desc="reconstructing",
@@ -183,8 +182,8 @@ def write_reconstructions(
                 rec = model.reconstruct(x)
             pairs = side_by_side(to_uint8(x), to_uint8(rec))
             names = [outdir / f"rec_{i:05d}.png" for i in range(start, start + len(pairs))]
-            save_pngs(pairs, names, pool)
+            writer.submit(pairs, names)
             if sum(len(k) for k in keep) < GRID_LIMIT:
                 keep.append(pairs)
-    save_png(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4), outdir / "all.png")
+        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4)[None], [outdir / "all.png"])
     return outdir / "all.png"
