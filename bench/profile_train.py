@@ -35,6 +35,7 @@ from torch_vae.losses import vae_loss  # noqa: E402
 from torch_vae.model import VAE  # noqa: E402
 from torch_vae.speed import Precision, batch_source, make_optimizer  # noqa: E402
 
+ARCH = "original"  # --arch
 PHASES = ("batch", "forward", "loss", "backward", "optimizer", "sync")
 
 
@@ -43,7 +44,8 @@ def profile(
 ) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("cpu")
-    model = VAE(ModelConfig(latent_dims=8)).to(memory_format=torch.channels_last).train()
+    config = ModelConfig(latent_dims=8, arch=ARCH)
+    model = VAE(config).to(memory_format=torch.channels_last).train()
     amp = Precision(device, precision, train=True)
     forward = torch.compile(model) if compiled else model
     if optimizer == "default":
@@ -87,6 +89,7 @@ def main() -> int:
     p.add_argument(
         "--optimizer", default="default", help="default (what training uses), foreach, fused"
     )
+    p.add_argument("--arch", default="original", choices=("original", "dcgan"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model (as --compile)")
     p.add_argument("--onednn", type=int, default=0,
                    help="also time oneDNN's primitives (ONEDNN_VERBOSE) over N steps")  # fmt: skip
@@ -94,6 +97,8 @@ def main() -> int:
     p.add_argument("--torch-profile", type=int, default=0, help="top N ops from torch.profiler")
     args = p.parse_args()
     keep_freed_memory()  # as the torch-vae command does
+    global ARCH
+    ARCH = args.arch
     if args.onednn_child:  # the steps whose oneDNN calls onednn_table reads
         profile(args.precision, args.steps, args.optimizer, compiled=args.compile)
         return 0
@@ -120,7 +125,7 @@ def onednn_table(precision: str, steps: int, optimizer: str) -> str:
     """Milliseconds per step in each oneDNN primitive (kind, implementation, shape), from
     ONEDNN_VERBOSE=1 in a child process that runs ``steps`` steps (all but the first 5 count)."""
     cmd = [sys.executable, __file__, "--onednn-child", "--precision", precision,
-           "--steps", str(steps), "--optimizer", optimizer]  # fmt: skip
+           "--steps", str(steps), "--optimizer", optimizer, "--arch", ARCH]  # fmt: skip
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     per_step: dict[str, float] = collections.defaultdict(float)
