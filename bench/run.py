@@ -396,6 +396,7 @@ def bench_paired(args: argparse.Namespace) -> dict:
 QUALITY_RECIPE = ["--arch=dcgan", "--native_size=28", "--lr=2e-3", "--lr_schedule=cosine",
                   "--epochs=6", "--batchsize=128", "--latent_dims=8"]  # fmt: skip
 QUALITY_TARGET = 54.88  # the original's latent-8 model after its 100 epochs
+QUALITY_SECONDS = 120  # the goal: that quality within 2 minutes on 2 CPU cores
 
 
 def bench_quality(args: argparse.Namespace, work: Path, data: Path, record) -> dict:
@@ -590,11 +591,12 @@ def _quality_rows(results: dict) -> list[str]:
         return [f"| time to objective <= {QUALITY_TARGET} (latent 8) | - | {q['error']} | | |"]
     epoch = results["compare"]["medians"].get("train", {}).get("original")
     bound = f">= {100 * epoch / 3600:.1f} h (100 epochs)" if epoch else "100 epochs (not run)"
-    met = "met" if q["objective"] <= QUALITY_TARGET else "not met"
+    quality = "reached" if q["objective"] <= QUALITY_TARGET else "not reached"
+    timely = "met" if q["seconds"] <= QUALITY_SECONDS else "not met"
     return [
         f"| time to test objective <= {QUALITY_TARGET} at latent 8, start to saved model "
-        f"(torch-vae: `train {q['recipe']}`) | {bound} | {q['seconds']:.1f} s, objective "
-        f"{q['objective']:.2f} ({met}) | - | 1 |"
+        f"(torch-vae: `train {q['recipe']}`) | {bound} | {q['seconds']:.1f} s (goal "
+        f"{QUALITY_SECONDS} s: {timely}), objective {q['objective']:.2f} ({quality}) | - | 1 |"
     ]
 
 
