@@ -470,3 +470,29 @@ def sha(npy):
     import hashlib
 
     return hashlib.sha256(np.load(npy).tobytes()).hexdigest()
+
+
+def test_run_stopped_during_its_last_evaluation_resumes_to_saved_weights(
+    mnist_dir, tmp_path, monkeypatch
+):
+    """A signal during the evaluation after the last step (--max_steps reached) saves the state
+    without weights or metrics; resuming with the same --max_steps evaluates and saves them
+    instead of calling the run finished."""
+    from torch_vae.cli import main
+
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--run_dir", str(run),
+            "--image_size", "16", "--latent_dims", "2", "--max_filters", "8", "--batchsize", "8",
+            "--epochs", "2", "--max_steps", "3", "--quiet"]  # fmt: skip
+    real = train_mod.test_metrics
+    monkeypatch.setattr(train_mod, "test_metrics", lambda *a, **k: None)  # as if stopped
+    assert main(args) == 130
+    assert not (run / "model.safetensors").exists()
+    assert load_train_state(run)["step"] == 3
+    monkeypatch.setattr(train_mod, "test_metrics", real)
+    resume = ["train", "--resume", str(run), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main(resume) == 0
+    assert (run / "model.safetensors").exists()
+    assert [r["step"] for r in read_metrics(run)] == [3]
+    # now it is finished: a second resume is refused, as for any finished run
+    assert main(resume) == 1

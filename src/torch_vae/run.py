@@ -203,8 +203,11 @@ def _plan_resume(values: dict[str, Any], given: set[str]) -> RunPlan:
     changes = {k: values[k] for k in ("epochs", "max_steps") if k in given}
     train_cfg = dataclasses.replace(train_cfg, **changes)
     state = load_train_state(run_dir)
+    # a run stopped after its last step but before that step's evaluation and weights were
+    # saved (a signal during the evaluation) is not finished: a resume saves them
+    steps_left = not train_cfg.max_steps or state["step"] < train_cfg.max_steps
     finished = state["epoch"] >= train_cfg.epochs or (
-        train_cfg.max_steps and state["step"] >= train_cfg.max_steps
+        not steps_left and state.get("evaluated", True)
     )
     if finished:
         raise TorchVaeError(

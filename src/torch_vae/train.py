@@ -363,11 +363,13 @@ def save_checkpoint(
     write_run_curves(run_dir, record)  # images/curves.png, when due; never raises
 
 
-def _save_state(loop: Loop, epochs_done: int, partial: EpochProgress | None = None) -> None:
+def _save_state(
+    loop: Loop, epochs_done: int, partial: EpochProgress | None = None, evaluated: bool = True
+) -> None:
     save_train_state(loop.plan.run_dir, model=loop.model, opt=loop.opt, gen=loop.gen,
                      device=loop.device, epoch=epochs_done, step=loop.step,
                      n_train=len(loop.train_images), partial=partial,
-                     scaler=loop.amp.scaler)  # fmt: skip
+                     scaler=loop.amp.scaler, evaluated=evaluated)  # fmt: skip
 
 
 def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterrupted:
@@ -377,7 +379,7 @@ def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterru
         totals, seen = _job_totals(ep.totals, ep.seen, loop.dist)
         ep = EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals)
     if loop.dist.is_main:
-        _save_state(loop, epochs_done=epoch - 1, partial=ep)
+        _save_state(loop, epochs_done=epoch - 1, partial=ep, evaluated=False)
     loop.dist.barrier()
     return _interrupted(loop, epoch)
 

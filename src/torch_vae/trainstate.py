@@ -83,10 +83,13 @@ def save_train_state(
     n_train: int,
     partial: EpochProgress | None = None,
     scaler: Any = None,
+    evaluated: bool = True,
 ) -> None:
     """Write ckpt.pt atomically. ``epoch`` is the number of completed epochs; ``partial``
     describes progress in the next one (for a run stopped mid-epoch); ``scaler``: the
-    GradScaler of fp16 training, if any (its scale and growth counter)."""
+    GradScaler of fp16 training, if any (its scale and growth counter); ``evaluated``: whether
+    the end of the step reached (evaluation, weights, metrics) was saved too, False for a run
+    stopped before that (a resume then does it even when no step is left to train)."""
     config = getattr(model, "config", None)
     state = {
         "format": STATE_FORMAT,
@@ -101,6 +104,7 @@ def save_train_state(
         "n_train": n_train,
         "partial": partial.to_state() if partial is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "evaluated": evaluated,
     }
     with atomic_path(run_dir / STATE_NAME) as tmp:
         torch.save(state, tmp)
