@@ -209,3 +209,53 @@ def test_png_writer_raises_a_failed_write_at_the_end(tmp_path):
     images = np.zeros((3, 4, 4, 1), np.uint8)
     with pytest.raises(FileNotFoundError), PngWriter() as writer:
         writer.submit(images, [tmp_path / "gone" / f"{i}.png" for i in range(3)])
+
+
+def test_generate_on_a_full_disk_leaves_no_half_written_png(tmp_path, monkeypatch, capsys):
+    """A write that fails midway (ENOSPC on the 10th file) stops generate with one line naming
+    the file; every PNG left in the folder is whole."""
+    import errno
+
+    import torch_vae.images as images
+
+    real_open, calls = open, []
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def filling_open(path, mode="r", *a, **k):
+        calls.append(path)
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if len(calls) == 10 else f
+
+    model = tmp_path / "m.safetensors"
+    VAE(ModelConfig(latent_dims=2, max_filters=8)).save_pretrained(model)
+    monkeypatch.setattr(images, "open", filling_open, raising=False)
+    out = tmp_path / "s"
+    args = ["generate", "--model", str(model), "--outdir", str(out), "--nsamples", "40"]
+    assert main([*args, "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and str(out) in err[0], err
+    pngs = list(out.glob("*.png"))
+    assert pngs and len(pngs) < 41
+    for path in pngs:  # every file left opens whole
+        with Image.open(path) as f:
+            f.load()
+
+
+@pytest.mark.parametrize("n,batch", [(1, 1), (4096, 500), (4097, 500), (30000, 500), (9000, 4096)])
+def test_generate_progress_total_counts_every_batch(n, batch):
+    from torch_vae.outputs import batch_count, latent_batches
+
+    assert batch_count(n, batch) == sum(1 for _ in latent_batches(n, 2, 0, batch))

@@ -33,5 +33,5 @@ def describe_os_error(exc: OSError) -> str:
     }.get(exc.errno, "check the path")
     return (
         f"cannot access{where}: {exc.strerror or exc} ({hint}); files written before are "
-        "intact: every file is written under a temporary name and then renamed into place"
+        "intact, and none is left half-written"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import struct
 import zlib
@@ -88,10 +89,20 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
-    """Write one uint8 (H, W, C) image; C is 1 or 3."""
+    """Write one uint8 (H, W, C) image; C is 1 or 3. A write that fails (a full disk) removes
+    the file it began, so no half-written PNG is left, and the error names the file. (Written
+    in place rather than renamed into place: ``generate`` and ``reconstruct`` write thousands
+    of these, and a rename each cost more than the encoding.)"""
     data = encode_png(image)
-    with open(path, "wb") as f:
-        f.write(data)
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
+        raise
 
 
 def _save_many(images: np.ndarray, paths: list[Path]) -> None:

@@ -112,6 +112,13 @@ def latent_batches(
             yield block + start, z[start : start + batch_size]
 
 
+def batch_count(n: int, batch_size: int) -> int:
+    """How many batches ``latent_batches`` yields for ``n`` latents: each block of
+    ``LATENT_BLOCK`` is cut into batches of its own."""
+    full, rest = divmod(n, LATENT_BLOCK)
+    return full * -(-LATENT_BLOCK // batch_size) + -(-rest // batch_size)
+
+
 @torch.no_grad()
 def write_samples(
     model: VAE,
@@ -139,7 +146,7 @@ def write_samples(
     batches = latent_batches(n, model.config.latent_dims, seed, batch_size, sampler)
     with PngWriter() as writer:  # each batch's files are written while the next is decoded
         for start, z in tqdm(
-            batches, desc="generating", unit="batch", total=-(-n // batch_size),
+            batches, desc="generating", unit="batch", total=batch_count(n, batch_size),
             disable=not progress,
         ):  # fmt: skip
             with amp.autocast():
