@@ -271,8 +271,15 @@ def test_training_memory_estimate_is_close_to_a_real_step():
         "    vae_loss(m(x), x, 1.0, 'mse')['loss'].backward(); opt.step()\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)\n"
     )
-    used = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                              check=True).stdout)  # fmt: skip
+    # the larger of two readings: one reading once came out at a third of the usual peak
+    used = max(
+        int(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )  # fmt: skip
+        for _ in range(2)
+    )
     estimate = training_memory(config, 256)
     assert used / 3 < estimate < used * 3, (estimate, used)
 

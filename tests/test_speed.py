@@ -215,10 +215,11 @@ def test_generate_on_a_full_disk_leaves_no_half_written_png(tmp_path, monkeypatc
     """A write that fails midway (ENOSPC on the 10th file) stops generate with one line naming
     the file; every PNG left in the folder is whole."""
     import errno
+    import itertools
 
     import torch_vae.images as images
 
-    real_open, calls = open, []
+    real_open, calls = open, itertools.count(1)  # next() is atomic: the writer has threads
 
     class Full:
         def __init__(self, f):
@@ -235,9 +236,8 @@ def test_generate_on_a_full_disk_leaves_no_half_written_png(tmp_path, monkeypatc
             raise OSError(errno.ENOSPC, "No space left on device")
 
     def filling_open(path, mode="r", *a, **k):
-        calls.append(path)
         f = real_open(path, mode, *a, **k)
-        return Full(f) if len(calls) == 10 else f
+        return Full(f) if next(calls) == 10 else f
 
     model = tmp_path / "m.safetensors"
     VAE(ModelConfig(latent_dims=2, max_filters=8)).save_pretrained(model)
