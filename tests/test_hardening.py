@@ -251,6 +251,7 @@ def test_model_too_large_for_memory_is_refused_before_allocating(data, tmp_path,
     assert not run.exists()
 
 
+@pytest.mark.slow  # two subprocesses that train a wide model, 9 s
 def test_training_memory_estimate_is_close_to_a_real_step():
     """The estimate is within a factor of 3 of what one training step takes (peak RSS)."""
     import subprocess
