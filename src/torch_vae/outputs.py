@@ -184,10 +184,11 @@ def write_reconstructions(
             unit="batch",
             disable=not progress,
         ):
-            x = to_float(images[start : start + batch_size], device)
+            originals = images[start : start + batch_size]  # uint8 (B, H, W, C), as written
+            x = to_float(originals, device)
             with amp.autocast():
                 rec = model.reconstruct(x)
-            pairs = side_by_side(to_uint8(x), to_uint8(rec))
+            pairs = side_by_side(originals.numpy(), to_uint8(rec))
             names = [outdir / f"rec_{i:05d}.png" for i in range(start, start + len(pairs))]
             writer.submit(pairs, names)
             if sum(len(k) for k in keep) < GRID_LIMIT:
