@@ -35,16 +35,20 @@ from torch_vae.losses import vae_loss  # noqa: E402
 from torch_vae.model import VAE  # noqa: E402
 from torch_vae.speed import Precision, batch_source, make_optimizer  # noqa: E402
 
-ARCH = "original"  # --arch
 PHASES = ("batch", "forward", "loss", "backward", "optimizer", "sync")
 
 
 def profile(
-    precision: str, steps: int, optimizer: str, batch: int = 128, compiled: bool = False
+    precision: str,
+    steps: int,
+    optimizer: str,
+    batch: int = 128,
+    compiled: bool = False,
+    arch: str = "original",
 ) -> dict[str, float]:
     torch.manual_seed(0)
     device = torch.device("cpu")
-    config = ModelConfig(latent_dims=8, arch=ARCH)
+    config = ModelConfig(latent_dims=8, arch=arch)
     model = VAE(config).to(memory_format=torch.channels_last).train()
     amp = Precision(device, precision, train=True)
     forward = torch.compile(model) if compiled else model
@@ -97,14 +101,12 @@ def main() -> int:
     p.add_argument("--torch-profile", type=int, default=0, help="top N ops from torch.profiler")
     args = p.parse_args()
     keep_freed_memory()  # as the torch-vae command does
-    global ARCH
-    ARCH = args.arch
     if args.onednn_child:  # the steps whose oneDNN calls onednn_table reads
-        profile(args.precision, args.steps, args.optimizer, compiled=args.compile)
+        profile(args.precision, args.steps, args.optimizer, compiled=args.compile, arch=args.arch)
         return 0
     for precision in args.precision.split(","):
         start = time.perf_counter()
-        ms = profile(precision, args.steps, args.optimizer, compiled=args.compile)
+        ms = profile(precision, args.steps, args.optimizer, compiled=args.compile, arch=args.arch)
         print(f"{precision}: {time.perf_counter() - start:.1f} s in all (compilation included)")
         total = sum(ms.values())
         print(f"{precision} ({args.optimizer} AdamW): {total:.1f} ms/step, "
@@ -113,19 +115,20 @@ def main() -> int:
             print(f"  {phase:10s} {v:7.2f} ms  {100 * v / total:5.1f}%")
         if args.torch_profile:
             with torch.profiler.profile() as prof:
-                profile(precision, 15, args.optimizer, compiled=args.compile)
+                profile(precision, 15, args.optimizer, compiled=args.compile, arch=args.arch)
             print(prof.key_averages().table(sort_by="self_cpu_time_total",
                                             row_limit=args.torch_profile))  # fmt: skip
         if args.onednn:
-            print(onednn_table(precision, args.onednn, args.optimizer))
+            print(onednn_table(precision, args.onednn, args.optimizer, args.arch))
     return 0
 
 
-def onednn_table(precision: str, steps: int, optimizer: str) -> str:
+def onednn_table(precision: str, steps: int, optimizer: str, arch: str) -> str:
     """Milliseconds per step in each oneDNN primitive (kind, implementation, shape), from
-    ONEDNN_VERBOSE=1 in a child process that runs ``steps`` steps (all but the first 5 count)."""
+    ONEDNN_VERBOSE=1 in a child process that runs ``steps`` steps: their execution times
+    (primitive creation not included), averaged over all the steps."""
     cmd = [sys.executable, __file__, "--onednn-child", "--precision", precision,
-           "--steps", str(steps), "--optimizer", optimizer, "--arch", ARCH]  # fmt: skip
+           "--steps", str(steps), "--optimizer", optimizer, "--arch", arch]  # fmt: skip
     env = {**os.environ, "ONEDNN_VERBOSE": "1"}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     per_step: dict[str, float] = collections.defaultdict(float)

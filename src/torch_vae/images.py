@@ -117,16 +117,21 @@ class PngWriter:
     and raises the first error of any."""
 
     def __init__(self, ahead: int = 2, workers: int | None = None):
-        self.pool = ThreadPoolExecutor(workers)
-        self.workers = self.pool._max_workers
+        # ThreadPoolExecutor's own default (file writes wait on the disk, so more than cores)
+        self.workers = workers or min(32, (os.cpu_count() or 1) + 4)
+        self.pool = ThreadPoolExecutor(self.workers)
         self.ahead = ahead
         self.batches: collections.deque[list[Future]] = collections.deque()
 
-    def submit(self, images: np.ndarray, paths: list[Path]) -> None:
-        """Write uint8 images (N, H, W, C) to ``paths``, in chunks over the threads."""
-        while len(self.batches) >= self.ahead:
+    def _wait_until(self, in_flight: int) -> None:
+        """Wait for the oldest batches until at most ``in_flight`` are being written."""
+        while len(self.batches) > in_flight:
             for job in self.batches.popleft():
                 job.result()
+
+    def submit(self, images: np.ndarray, paths: list[Path]) -> None:
+        """Write uint8 images (N, H, W, C) to ``paths``, in chunks over the threads."""
+        self._wait_until(self.ahead - 1)
         n = len(images)
         step = max(16, -(-n // (4 * self.workers)))
         self.batches.append([
@@ -139,8 +144,6 @@ class PngWriter:
 
     def __exit__(self, *exc) -> None:
         try:
-            while self.batches:
-                for job in self.batches.popleft():
-                    job.result()
+            self._wait_until(0)
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)

@@ -3,10 +3,11 @@
 ``ConvTranspose2d``: on the CPU, oneDNN computes a transposed convolution's weight gradient
 2.5-4x slower when it also computes the bias gradient in the same call (bf16 on AMX, batch 128:
 8.6 ms against 3.3 ms for the original architecture's first decoder layer; ``python
-bench/profile_train.py --layers`` shows it). Training on the CPU therefore asks for the weight and
-input gradients without the bias and sums the output gradient for the bias itself. The results
-are the same numbers (the sum is over the same terms); the parameters, their names and the
-forward pass are unchanged, so weights load as before.
+bench/profile_train.py --onednn 10`` shows each oneDNN primitive's time). Training on the CPU
+therefore asks for the weight and input gradients without the bias and sums the output
+gradient for the bias itself. The results are the same numbers (the sum is over the same
+terms); the parameters, their names and the forward pass are unchanged, so weights load as
+before.
 """
 
 from __future__ import annotations
