@@ -4,8 +4,8 @@ import torch
 
 from torch_vae import load_model
 from torch_vae.cli import main
-from torch_vae.run import read_metrics
-from torch_vae.trainstate import load_train_state
+from torch_vae.training.rundir import read_metrics
+from torch_vae.training.state import load_train_state
 
 TINY = [
     "--dataset", "mnist", "--batchsize", "8", "--latent_dims", "3", "--max_filters", "8",

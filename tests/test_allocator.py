@@ -8,7 +8,7 @@ import pytest
 
 CYCLES = """
 import resource, sys
-from torch_vae.allocator import keep_freed_memory
+from torch_vae.runtime.allocator import keep_freed_memory
 tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
 import torch
 def faults():
@@ -28,6 +28,7 @@ def _faults(mode: str) -> tuple[bool, int]:
     return out[0] == "True", int(out[1])
 
 
+@pytest.mark.slow  # a subprocess that allocates 64 MB 20 times, 7 s
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_freed_tensors_are_reused_instead_of_faulted_in_again():
     tuned, kept = _faults("tuned")
@@ -41,7 +42,7 @@ def test_freed_tensors_are_reused_instead_of_faulted_in_again():
 
 
 def test_default_malloc_when_asked(monkeypatch):
-    from torch_vae.allocator import keep_freed_memory
+    from torch_vae.runtime.allocator import keep_freed_memory
 
     monkeypatch.setenv("TORCH_VAE_MALLOC", "default")
     assert keep_freed_memory() is False

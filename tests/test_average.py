@@ -5,10 +5,10 @@ import torch
 from safetensors.torch import load_file
 
 from torch_vae import VAE, ModelConfig, load_model
-from torch_vae.average import recompute_batch_norm
 from torch_vae.cli import main
 from torch_vae.data import load_split
-from torch_vae.device import to_float
+from torch_vae.runtime.device import to_float
+from torch_vae.training.averaging import recompute_batch_norm
 
 
 def test_average_is_the_mean_with_batch_norm_recomputed(trained, mnist_dir, tmp_path):

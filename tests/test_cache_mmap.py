@@ -6,6 +6,7 @@ import os
 import warnings
 
 import numpy as np
+import pytest
 
 from torch_vae.data import cache, load_split
 
@@ -101,6 +102,7 @@ class BigFake:
         return out
 
 
+@pytest.mark.slow  # two processes, 4 s
 def test_a_process_reading_the_cache_holds_no_private_copy(tmp_path, monkeypatch):
     """Reading every pixel of a 98 MB cache adds the file's pages (shared with every other
     process that maps it), not private memory: the basis of one copy under torchrun."""
@@ -140,7 +142,7 @@ def test_training_batches_leave_the_resident_set_small(tmp_path, monkeypatch):
     import torch
 
     from torch_vae.data import datasets, read_only
-    from torch_vae.speed import batch_source
+    from torch_vae.training.batches import batch_source
 
     monkeypatch.setitem(datasets.DATASETS, "bigfake", BigFake())
     with warnings.catch_warnings():  # a read-only map, as training uses it
@@ -168,7 +170,7 @@ def test_batches_of_a_mapped_cache_are_read_from_the_file_without_mapping_it(mni
 
     from torch_vae.data import read_only
     from torch_vae.data.cache import gather_for
-    from torch_vae.speed import batch_source
+    from torch_vae.training.batches import batch_source
 
     arr = load_split("mnist", "train", 32, mnist_dir, progress=False)
     with warnings.catch_warnings():

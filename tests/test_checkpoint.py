@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from torch_vae import VAE, ModelConfig, TorchVaeError, load_model, save_model
-from torch_vae.checkpoint import check_flags
+from torch_vae.cli.common import check_flags
 
 
 def _model(**kw):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from torch_vae import TorchVaeError, load_model
 from torch_vae.cli import main
-from torch_vae.convert import import_original
+from torch_vae.models.original import import_original
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "torch-vae-checkpoints"
 

@@ -207,7 +207,7 @@ if sys.argv[2] == "locked":  # as the cache is written now
     from torch_vae.data.download import locked_atomic_file as writer
     opener = lambda f: f
 else:  # as it was before temporaries were locked
-    from torch_vae.fileio import atomic_path as writer
+    from torch_vae.io.files import atomic_path as writer
     opener = lambda tmp: open(tmp, "wb")
 with writer(Path(sys.argv[1])) as tmp, opener(tmp) as f:
     f.write(b"x" * 100000)
@@ -230,6 +230,7 @@ def _temporaries(folder):
     return sorted(p.name for p in folder.glob(".*.tmp"))
 
 
+@pytest.mark.slow  # kills cache builds, 9 s
 def test_temporaries_of_killed_cache_builds_are_swept_live_ones_kept(mnist_dir, tmp_path):
     cache = mnist_dir / "cache"
     cache.mkdir()
@@ -257,7 +258,7 @@ def test_temporaries_of_killed_cache_builds_are_swept_live_ones_kept(mnist_dir, 
 
 
 def test_without_locks_only_long_untouched_temporaries_are_swept(tmp_path, monkeypatch):
-    from torch_vae.data import download as dl
+    from torch_vae.io import files as dl
 
     monkeypatch.setattr(dl, "fcntl", None)  # a system or file system without flock
     fresh, old = tmp_path / ".a.npy.abcd1234.tmp", tmp_path / ".b.npy.efgh5678.tmp"
@@ -333,6 +334,7 @@ download(sys.argv[1], sys.argv[2], Path(sys.argv[3]), progress=False)
 """
 
 
+@pytest.mark.slow  # a subprocess and an HTTP server, 4 s
 def test_download_is_announced_once(tmp_path):
     import functools
     import hashlib

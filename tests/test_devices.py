@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from torch_vae import VAE, ModelConfig, TorchVaeError, TrainConfig, speed
-from torch_vae import evaluate as evaluate_mod
-from torch_vae import train as train_mod
-from torch_vae.device import (
+from torch_vae import VAE, ModelConfig, TorchVaeError, TrainConfig
+from torch_vae.evaluation import likelihood as evaluate_mod
+from torch_vae.models.losses import vae_loss
+from torch_vae.runtime.device import (
     autocast_off,
     autocast_works,
     can_copy_async,
@@ -25,11 +25,14 @@ from torch_vae.device import (
     randn,
     torch_version,
 )
-from torch_vae.distributed import Distributed
-from torch_vae.losses import vae_loss
-from torch_vae.run import RunPlan
-from torch_vae.speed import DTYPES, PinnedBatches, Precision, batch_source, check_compile
-from torch_vae.trainstate import (
+from torch_vae.runtime.precision import DTYPES, Precision
+from torch_vae.training import compile as speed
+from torch_vae.training import loop as train_mod
+from torch_vae.training.batches import PinnedBatches, batch_source
+from torch_vae.training.compile import check_compile
+from torch_vae.training.distributed import Distributed
+from torch_vae.training.plan import RunPlan
+from torch_vae.training.state import (
     EpochProgress,
     load_train_state,
     restore_train_state,

@@ -13,11 +13,12 @@ import torch
 import torch.multiprocessing as mp
 
 import torch_vae
-from torch_vae.config import ModelConfig, TrainConfig
+from torch_vae import ModelConfig
 from torch_vae.data import load_split
-from torch_vae.distributed import Distributed, end_process, from_env, setup, teardown
-from torch_vae.run import RunPlan
-from torch_vae.train import train
+from torch_vae.training import TrainConfig
+from torch_vae.training.distributed import Distributed, end_process, from_env, setup, teardown
+from torch_vae.training.loop import run_plan as train
+from torch_vae.training.plan import RunPlan
 
 MODEL = ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
 TRAIN = TrainConfig(dataset="mnist", epochs=2, batchsize=16, lr=1e-3, seed=3)
@@ -57,6 +58,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     end_process(0)  # as the command does: no interpreter shutdown (see end_process)
 
 
+@pytest.mark.slow  # two processes, 6-10 s
 def test_two_processes_agree_and_match_one_process(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -152,11 +154,11 @@ def test_torchrun_trains_and_resumes(data, tmp_path):
 FAILING_RANK = textwrap.dedent(
     """
     import sys
-    from torch_vae import TorchVaeError, train as train_mod
+    from torch_vae import VAE, TorchVaeError
     from torch_vae.cli import main
 
     calls = 0
-    real = train_mod.vae_loss
+    real = VAE.objective
 
     def failing(*a, **k):  # this process fails at its third step
         global calls
@@ -166,12 +168,13 @@ FAILING_RANK = textwrap.dedent(
         return real(*a, **k)
 
     if sys.argv[1] == "1":
-        train_mod.vae_loss = failing
+        VAE.objective = failing
     sys.exit(main(sys.argv[2:]))
     """
 )
 
 
+@pytest.mark.slow  # two processes, 5-9 s
 def test_failure_of_one_process_stops_the_other(data, tmp_path):
     """Without torchrun's supervision: the surviving process must not hang. Not --quiet: only
     rank 0 logs its progress, every rank its errors."""

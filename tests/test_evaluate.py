@@ -7,7 +7,7 @@ import torch
 
 from torch_vae import VAE, ModelConfig
 from torch_vae.cli import main
-from torch_vae.evaluate import (
+from torch_vae.evaluation.likelihood import (
     discretized_gaussian_log_prob,
     evaluate_model,
     iwae_log_likelihood,
@@ -154,7 +154,7 @@ def _expected_objective(model, x, post, samples=64):
 
 def test_refine_posterior_lowers_each_objective_and_leaves_the_model(trained, mnist_dir):
     from torch_vae.data import load_split
-    from torch_vae.model import load_model
+    from torch_vae.models import load_model
 
     model = load_model(trained).eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -192,7 +192,7 @@ def test_evaluate_cli_refine_lowers_the_objective_and_checks_its_flags(
     assert reports[30]["refine_steps"] == 30 and reports[30]["refine_lr"] == 0.02
     assert reports[30]["objective"] < reports[0]["objective"]
     for flag, value, message in [
-        ("--refine_steps", "-1", "--refine_steps must be >= 0"),
+        ("--refine_steps", "-1", "--refine_steps must be an integer >= 0"),
         ("--refine_lr", "0", "--refine_lr must be a finite number > 0"),
         ("--refine_lr", "nan", "--refine_lr must be a finite number > 0"),
         ("--refine_lr", "inf", "--refine_lr must be a finite number > 0"),

@@ -6,7 +6,7 @@ import torch
 
 import fakedata
 from torch_vae import VAE, ModelConfig, TorchVaeError
-from torch_vae import explore as E
+from torch_vae.analysis import latent as E
 from torch_vae.data import labels as L
 from torch_vae.data import load_split
 

@@ -20,8 +20,8 @@ from webtools import serve_explorer, tiny_explorer, tiny_model
 
 from torch_vae.cli import main
 from torch_vae.errors import TorchVaeError
-from torch_vae.explorer import MAX_UPLOAD_PIXELS, find_sampler, read_upload
-from torch_vae.server import create_app, listen
+from torch_vae.explorer.app import create_app, listen
+from torch_vae.explorer.state import MAX_UPLOAD_PIXELS, find_sampler, read_upload
 
 with warnings.catch_warnings():  # Starlette suggests another HTTP client; httpx works
     warnings.simplefilter("ignore")
@@ -159,15 +159,22 @@ def test_random_samples_come_from_the_seed_or_the_sampler(client, explorer, monk
     assert client.post("/api/sample", json={"seed": 7}).json()["z"] == [0.25] * 3
 
 
-def test_the_sampler_is_found_where_the_samplers_module_has_one(monkeypatch, tmp_path):
+def test_the_explorer_samples_from_a_fitted_prior_only_where_it_fits(monkeypatch, tmp_path, caplog):
     import types
 
-    monkeypatch.setitem(sys.modules, "torch_vae.samplers", None)  # no such module: the prior
-    assert find_sampler(tmp_path) is None
-    fake = types.ModuleType("torch_vae.samplers")
-    fake.load_sampler = lambda path: ("sampler of", path)
-    monkeypatch.setitem(sys.modules, "torch_vae.samplers", fake)
-    assert find_sampler(tmp_path) == ("sampler of", tmp_path)
+    from torch_vae.explorer import state
+
+    fitted = types.SimpleNamespace(dims=3)
+    for found, latent_dims, expected in [(None, 3, None), (fitted, 3, fitted), (fitted, 8, None)]:
+        monkeypatch.setattr(state, "load_sampler", lambda path, f=found: f)
+        assert find_sampler(tmp_path, latent_dims) is expected
+    assert "draws 3-d codes, the model has 8" in caplog.text
+
+    def damaged(path):
+        raise TorchVaeError("was fitted to other weights")
+
+    monkeypatch.setattr(state, "load_sampler", damaged)
+    assert find_sampler(tmp_path, 3) is None and "other weights" in caplog.text
 
 
 def test_test_images_come_with_code_reconstruction_and_place(client, explorer):
@@ -286,6 +293,7 @@ def test_explore_flags_are_checked(capsys):
     assert main(["explore", "--model", "m", "--nimages", "1"]) == 1
 
 
+@pytest.mark.slow  # a server process and a signal, 4 s
 def test_explore_command_serves_until_interrupted(tmp_path):
     """The real command in a process: it prints the address it listens on (a free port with
     --port 0), serves the test split of the model's dataset, and stops on Ctrl-C."""

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 from webtools import tiny_explorer
 
-from torch_vae.server import create_app
+from torch_vae.explorer.app import create_app
 
 EXAMPLES = 60  # per operation and generation mode (valid, invalid)
 

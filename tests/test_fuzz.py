@@ -23,8 +23,8 @@ import fakedata
 from torch_vae import VAE, ModelConfig, TorchVaeError, load_model, save_model
 from torch_vae.data.datasets import _decode_path, read_celeba
 from torch_vae.data.formats import read_celeba_partition, read_cifar, read_idx
-from torch_vae.run import read_run_config
-from torch_vae.trainstate import load_train_state, save_train_state
+from torch_vae.training.rundir import read_run_config
+from torch_vae.training.state import load_train_state, save_train_state
 
 FUZZ = settings(
     max_examples=25,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from runs import train_args
 from torch_vae import load_model
 from torch_vae.cli import main
-from torch_vae.trainstate import load_train_state
+from torch_vae.training.state import load_train_state
 
 ERRORS = [errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EIO, errno.EDQUOT]
 

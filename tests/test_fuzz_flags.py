@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from torch_vae import TorchVaeError
-from torch_vae.cli import COMMANDS
-from torch_vae.config import ModelConfig, TrainConfig
-from torch_vae.flags import _kind, defaults
+from torch_vae import ModelConfig, TorchVaeError
+from torch_vae.cli.commands import COMMANDS
+from torch_vae.cli.flags import _kind, defaults, model_config, model_options
+from torch_vae.training import TrainConfig
 
 INTS = st.one_of(st.integers(-(2**70), 2**70), st.sampled_from([0, -1, 1, 2**31, 2**63]))
 FLOATS = st.floats(allow_nan=True, allow_infinity=True)
@@ -32,6 +32,13 @@ def numeric_fields(cls) -> list[str]:
 CLASSES = sorted({cls for c in COMMANDS.values() for cls in c.options}, key=lambda c: c.__name__)
 
 
+def build(cls, values):
+    """What the command makes of the values: the model options become the family's config."""
+    if cls is model_options():
+        return model_config(values, 1)
+    return cls(**values)
+
+
 @pytest.mark.parametrize("cls", [c for c in CLASSES if numeric_fields(c)], ids=lambda c: c.__name__)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
@@ -45,11 +52,11 @@ def test_numeric_flags_are_accepted_or_refused_in_one_line(cls, data):
     values = {k: v for k, v in defaults((cls,)).items()}
     values[name] = value
     try:
-        made = cls(**values)
+        made = build(cls, values)
     except TorchVaeError as exc:
         assert "\n" not in str(exc) and str(exc)
         return
-    if cls in (ModelConfig, TrainConfig):  # what config.json stores must be valid JSON
+    if isinstance(made, ModelConfig | TrainConfig):  # config.json must be valid JSON
         json.loads(json.dumps(made.to_dict(), allow_nan=False))
     else:
         got = getattr(made, name)
@@ -70,4 +77,4 @@ def test_every_float_flag_refuses_non_finite_values(cls, name, value):
     """The cases the random search above may miss: each float flag, each non-finite value."""
     values = {**defaults((cls,)), name: value}
     with pytest.raises(TorchVaeError):
-        cls(**values)
+        build(cls, values)

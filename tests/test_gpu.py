@@ -18,9 +18,9 @@ from PIL import Image
 
 import torch_vae
 from torch_vae.cli import main
-from torch_vae.device import cuda_bf16_native
-from torch_vae.speed import has_triton
-from torch_vae.trainstate import load_train_state
+from torch_vae.runtime.device import cuda_bf16_native
+from torch_vae.training.compile import has_triton
+from torch_vae.training.state import load_train_state
 
 pytestmark = pytest.mark.gpu
 
@@ -147,8 +147,8 @@ def test_compile_on_cuda(data, tmp_path, capsys):
 NCCL = textwrap.dedent(
     """
     import torch, torch.distributed as dist
-    from torch_vae import distributed
-    from torch_vae.distributed import Distributed
+    from torch_vae.training import distributed
+    from torch_vae.training.distributed import Distributed
     # one process cannot form a job of two; the NCCL paths are exercised on a group of one
     # with the helpers told there are two processes
     device = torch.device("cuda", 0)

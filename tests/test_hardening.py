@@ -47,7 +47,7 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     """Weights (the safetensors writer replaces its temporary file) and JSON files alike."""
     import os
 
-    from torch_vae.fileio import write_text_atomic
+    from torch_vae.io.files import write_text_atomic
 
     old = os.umask(umask)
     try:
@@ -93,7 +93,7 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
 ):
     import errno
 
-    from torch_vae import train as train_mod
+    from torch_vae.training import loop as train_mod
 
     run = tmp_path / "run"
     assert main(train_args(run, data, 1)) == 0
@@ -117,7 +117,7 @@ def test_full_disk_during_training_is_one_line_and_keeps_the_last_checkpoint(
 def test_two_runs_started_at_once_take_different_default_folders(tmp_path):
     """Choosing a default run folder makes it, so a second run planned before the first
     started writing takes NAME-2 instead of failing on a folder that is no longer empty."""
-    from torch_vae.run import new_run_dir
+    from torch_vae.training.rundir import new_run_dir
 
     first = new_run_dir(tmp_path / "runs", "x")
     second = new_run_dir(tmp_path / "runs", "x")
@@ -130,12 +130,11 @@ def test_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
     monkeypatch,
     capsys,
 ):
-    from torch_vae import train as train_mod
 
     def broken(*a, **k):
         raise TorchVaeError("the first step failed")
 
-    monkeypatch.setattr(train_mod, "vae_loss", broken)
+    monkeypatch.setattr(VAE, "objective", broken)
     run = tmp_path / "run"
     assert main(train_args(run, data, 1)) == 1
     assert "the first step failed" in one_line_error(capsys)
@@ -145,10 +144,9 @@ def test_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
 
 
 def test_failure_after_a_checkpoint_keeps_the_run(data, tmp_path, monkeypatch):
-    from torch_vae import train as train_mod
-    from torch_vae.trainstate import load_train_state
+    from torch_vae.training.state import load_train_state
 
-    real, calls = train_mod.vae_loss, []
+    real, calls = VAE.objective, []
 
     def fails_in_epoch_2(*a, **k):  # 5 steps per epoch
         calls.append(1)
@@ -156,7 +154,7 @@ def test_failure_after_a_checkpoint_keeps_the_run(data, tmp_path, monkeypatch):
             raise TorchVaeError("broke in epoch 2")
         return real(*a, **k)
 
-    monkeypatch.setattr(train_mod, "vae_loss", fails_in_epoch_2)
+    monkeypatch.setattr(VAE, "objective", fails_in_epoch_2)
     run = tmp_path / "run"
     assert main(train_args(run, data, 2)) == 1
     assert load_train_state(run)["epoch"] == 1 and (run / "model.safetensors").is_file()
@@ -187,10 +185,12 @@ def test_samples_do_not_depend_on_the_batch_size(trained, tmp_path):
 
 @pytest.mark.parametrize("dims", [1, 3, 8])
 def test_latent_batches_do_not_depend_on_the_batch_size(dims, monkeypatch):
-    from torch_vae import outputs
+    from torch_vae.analysis import pictures as outputs
+
+    model = VAE(ModelConfig(latent_dims=dims, image_size=16, max_filters=8, depth=2))
 
     def draw(n, batch):
-        got = list(outputs.latent_batches(n, dims, 5, batch))
+        got = list(outputs.latent_batches(n, 5, batch, outputs.prior_draw(model)))
         starts = [s for s, _ in got]
         assert starts == sorted(starts) and all(len(z) <= batch for _, z in got)
         assert [s + len(z) for s, z in got][:-1] == starts[1:]  # no gap, no overlap
@@ -216,17 +216,17 @@ def test_generate_draws_latents_a_batch_at_a_time(trained, tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "randn", recording)
     out = tmp_path / "s"
-    monkeypatch.setattr("torch_vae.outputs.LATENT_BLOCK", 16)
+    monkeypatch.setattr("torch_vae.analysis.pictures.LATENT_BLOCK", 16)
     args = ["generate", "--model", str(trained), "--nsamples", "50", "--batchsize", "8"]
     assert main([*args, "--outdir", str(out), "--quiet"]) == 0
     assert len(list(out.glob("sample_*.png"))) == 50
-    assert max(sizes) == 16  # outputs.LATENT_BLOCK, not --nsamples
+    assert max(sizes) == 16  # pictures.LATENT_BLOCK, not --nsamples
 
 
 def test_decoder_sigma_does_not_depend_on_the_thread_count():
     """Evaluation reports are bitwise the same for any --threads (the sigma of the NLL summed
     a whole batch of pixels in an order that depended on it)."""
-    from torch_vae.evaluate import calibrate_sigma
+    from torch_vae.evaluation.likelihood import calibrate_sigma
 
     torch.manual_seed(0)
     model = VAE(ModelConfig(in_channels=3, image_size=64, latent_dims=4, max_filters=16)).eval()
@@ -257,13 +257,13 @@ def test_training_memory_estimate_is_close_to_a_real_step():
     import subprocess
     import sys
 
-    from torch_vae.model import training_memory
+    from torch_vae.models import training_memory
 
     config = ModelConfig(image_size=64, latent_dims=8, max_filters=256)
     code = (
         "import resource, torch\n"
         "from torch_vae import VAE, ModelConfig\n"
-        "from torch_vae.losses import vae_loss\n"
+        "from torch_vae.models.losses import vae_loss\n"
         "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "m = VAE(ModelConfig(image_size=64, latent_dims=8, max_filters=256)).train()\n"
         "opt = torch.optim.AdamW(m.parameters())\n"

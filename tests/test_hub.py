@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,7 @@ def test_hub_entries_name_every_shipped_model():
         assert (model.config.native_size or None) == config.get("native_size")
 
 
+@pytest.mark.slow  # a subprocess, 3 s
 def test_hubconf_needs_only_its_dependencies(tmp_path):
     """From a clone where torch_vae is not installed, with only torch and safetensors (and the
     standard library): hubconf puts the clone's src/ on sys.path and loads and runs a model."""

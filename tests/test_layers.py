@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from torch_vae.layers import ConvTranspose2d
-from torch_vae.model import VAE, ModelConfig
+from torch_vae.models import VAE, ModelConfig
+from torch_vae.models.layers import ConvTranspose2d
 
 
 def _pair(bias: bool, **geometry):

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from torch_vae import VAE, ModelConfig
-from torch_vae.losses import vae_loss
-from torch_vae.model import VAEOutput
+from torch_vae.models import VAEOutput
+from torch_vae.models.losses import vae_loss
 
 
 def test_loss_matches_hand_computation():
@@ -39,9 +39,9 @@ def test_bce_loss_matches_hand_computation():
 def test_logged_epoch_loss_is_per_image(tmp_path):
     """The train loss in metrics.jsonl equals the mean per-image loss over the epoch's batches
     (the original multiplied it by the batch size a second time)."""
-    from torch_vae.config import TrainConfig
-    from torch_vae.run import RunPlan
-    from torch_vae.train import train
+    from torch_vae.training import TrainConfig
+    from torch_vae.training.loop import run_plan as train
+    from torch_vae.training.plan import RunPlan
 
     rng = np.random.default_rng(0)
     imgs = torch.from_numpy(rng.integers(0, 256, (10, 16, 16, 1), dtype=np.uint8))

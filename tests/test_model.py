@@ -64,7 +64,7 @@ def test_invalid_model_config_is_refused_with_a_hint(kwargs, match):
 
 
 def test_one_step_lowers_loss_on_fixed_data():
-    from torch_vae.losses import vae_loss
+    from torch_vae.models.losses import vae_loss
 
     torch.manual_seed(0)
     model = VAE(ModelConfig(image_size=32, max_filters=16))
@@ -116,15 +116,13 @@ def test_dcgan_variant_shapes_and_structure(size, depth):
 
 
 def test_dcgan_batch_norm_folding_keeps_outputs():
-    from torch_vae.speed import inference_model
-
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_dims=4, max_filters=32, arch="dcgan", depth=4))
     model.train()
     for _ in range(3):  # give the running statistics non-trivial values
         model(torch.rand(8, 1, 64, 64))
     model.eval()
-    fused = inference_model(model)
+    fused = model.inference_copy()
     x = torch.rand(4, 1, 64, 64)
     with torch.no_grad():
         a, b = model.reconstruct(x), fused.reconstruct(x)
@@ -136,7 +134,7 @@ def test_bilinear_matrix_is_pillows_resize(n_in, n_out):
     import numpy as np
     from PIL import Image
 
-    from torch_vae.upsampling import bilinear_matrix
+    from torch_vae.models.upsampling import bilinear_matrix
 
     x = np.random.default_rng(n_in).random((n_in, n_in)).astype(np.float32)
     pillow = Image.fromarray(x, mode="F").resize((n_out, n_out), Image.BILINEAR)
@@ -146,7 +144,7 @@ def test_bilinear_matrix_is_pillows_resize(n_in, n_out):
 
 
 def test_upsampling_projector_keeps_upsampled_images_and_nothing_else():
-    from torch_vae.upsampling import bilinear_matrix, native_residual, upsampling_projector
+    from torch_vae.models.upsampling import bilinear_matrix, native_residual, upsampling_projector
 
     p = upsampling_projector(28, 64)
     assert torch.allclose(p @ p, p, atol=1e-5) and torch.allclose(p, p.T)
@@ -160,7 +158,7 @@ def test_upsampling_projector_keeps_upsampled_images_and_nothing_else():
 
 
 def test_native_size_only_lowers_the_error_to_upsampled_images():
-    from torch_vae.upsampling import bilinear_matrix
+    from torch_vae.models.upsampling import bilinear_matrix
 
     torch.manual_seed(0)
     plain = VAE(ModelConfig(image_size=32, max_filters=16, arch="dcgan", depth=3)).eval()
@@ -193,7 +191,9 @@ def test_native_projection_runs_in_float32_under_autocast():
         raw = model.decoder(z)
         out = model.decode(z)
     assert raw.dtype == out.dtype == torch.bfloat16
-    p = model.projector
+    from torch_vae.models.upsampling import upsampling_projector
+
+    p = upsampling_projector(28, 32)
     expected = (p @ raw.float() @ p).clamp(0, 1).to(torch.bfloat16)
     assert torch.equal(out, expected)
     in_bf16 = (p.bfloat16() @ raw @ p.bfloat16()).clamp(0, 1)

@@ -14,8 +14,11 @@ from PIL import Image
 
 import fakedata
 import torch_vae
-from torch_vae import VAE, ModelConfig, plots
+from torch_vae import VAE, ModelConfig
+from torch_vae.analysis import figures as plots
 from torch_vae.cli import main
+from torch_vae.training import loop
+from torch_vae.training.rundir import read_metrics
 
 
 @pytest.fixture
@@ -32,7 +35,7 @@ def picture(path):
 
 
 def test_training_draws_its_curves(train_tiny, tmp_path, monkeypatch):
-    monkeypatch.setitem(plots._drawing, "seconds", 0.0)  # drawing is free: due after every epoch
+    monkeypatch.setitem(loop._drawing, "seconds", 0.0)  # drawing is free: due after every epoch
     run = train_tiny(tmp_path / "run", "--epochs", "1")
     assert picture(run / "images" / "curves.png")[0][0] > 500
 
@@ -110,23 +113,23 @@ def test_embed_without_labels_is_uncoloured(model, mnist_dir, tmp_path, caplog, 
 
 
 def test_curves_are_due_by_share_of_time(monkeypatch):
-    monkeypatch.setitem(plots._drawing, "seconds", 0.3)
-    assert plots.curves_due(1, 60.0)  # long epochs: every epoch
-    assert [e for e in range(1, 41) if plots.curves_due(e, 0.6)] == [10, 20, 30, 40]
-    assert not plots.curves_due(2, 0.2)  # a test's tiny run
+    monkeypatch.setitem(loop._drawing, "seconds", 0.3)
+    assert loop.curves_due(1, 60.0)  # long epochs: every epoch
+    assert [e for e in range(1, 41) if loop.curves_due(e, 0.6)] == [10, 20, 30, 40]
+    assert not loop.curves_due(2, 0.2)  # a test's tiny run
 
 
 def test_a_failed_drawing_does_not_stop_training(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(plots._drawing, "seconds", 0.0)
+    monkeypatch.setitem(loop._drawing, "seconds", 0.0)
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 3}\nnot json\n')
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(plots, "plot_curves", broken)
-    plots.write_run_curves(tmp_path, {"epoch": 1, "epoch_seconds": 1.0})
+    loop.write_curves(tmp_path, {"epoch": 1, "epoch_seconds": 1.0})
     assert "could not draw" in caplog.text and "no fonts" in caplog.text
-    assert plots.read_metrics(tmp_path) == [{"epoch": 1, "train_loss": 3}]
+    assert read_metrics(tmp_path) == [{"epoch": 1, "train_loss": 3}]
 
 
 def test_matplotlib_is_imported_only_where_a_figure_is_drawn():
@@ -145,7 +148,7 @@ def test_matplotlib_is_imported_only_where_a_figure_is_drawn():
 
 
 def test_gif_goes_there_and_back(tmp_path):
-    from torch_vae.pictures import _write_gif
+    from torch_vae.analysis.pictures import write_gif as _write_gif
 
     frames = np.arange(4, dtype=np.uint8)[:, None, None, None] * np.ones((4, 20, 30, 3), np.uint8)
     _write_gif(frames * 60, tmp_path / "a.gif")
@@ -161,7 +164,7 @@ def test_gif_goes_there_and_back(tmp_path):
 def test_strip_and_tile_shapes():
     frames = np.zeros((3, 8, 8, 1), np.uint8)
     assert plots._tile(np.zeros((2, 3, 8, 8, 1), np.uint8)).shape == (18, 28, 1)
-    from torch_vae.pictures import _strip
+    from torch_vae.analysis.pictures import strip as _strip
 
     assert _strip(frames, None).shape == (12, 32, 1)
     assert _strip(frames, [frames[0], frames[1]]).shape == (12, 32 + 2 * (12 + 8), 1)

@@ -9,7 +9,7 @@ import scipy.linalg
 import torch
 
 from torch_vae.cli import main
-from torch_vae.quality import (
+from torch_vae.evaluation.sample_quality import (
     class_histogram,
     frechet_distance,
     kl_divergence,

@@ -15,16 +15,19 @@ import torch
 
 import torch_vae
 from runs import assert_same_run, resume, train_args, weights
-from torch_vae import TorchVaeError, load_model, save_model
-from torch_vae import train as train_mod
-from torch_vae.cli import cmd_train, main, parse
-from torch_vae.config import ModelConfig, TrainConfig
+from torch_vae import ModelConfig, TorchVaeError, load_model, save_model
+from torch_vae.cli import main
+from torch_vae.cli.main import parse
+from torch_vae.cli.train import run as cmd_train
 from torch_vae.data import load_split
 from torch_vae.errors import TrainingInterrupted
-from torch_vae.fileio import atomic_path
-from torch_vae.model import VAE
-from torch_vae.run import RunPlan, read_metrics
-from torch_vae.trainstate import load_train_state, save_train_state
+from torch_vae.io.files import atomic_path
+from torch_vae.models import VAE
+from torch_vae.training import TrainConfig
+from torch_vae.training import loop as train_mod
+from torch_vae.training.plan import RunPlan
+from torch_vae.training.rundir import read_metrics
+from torch_vae.training.state import load_train_state, save_train_state
 
 MODEL = ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
 
@@ -114,11 +117,11 @@ def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, 
         return real_save(*a, **k)
 
     real_loss, real_eval, real_save = (
-        train_mod.vae_loss,
+        VAE.objective,
         train_mod.test_metrics,
         train_mod.save_model,
     )
-    monkeypatch.setattr(train_mod, "vae_loss", loss)
+    monkeypatch.setattr(VAE, "objective", loss)
     monkeypatch.setattr(train_mod, "test_metrics", evaluate)
     monkeypatch.setattr(train_mod, "save_model", save_model)
     with pytest.raises(TrainingInterrupted) as info:
@@ -239,7 +242,7 @@ def tiny_model(seed=0):
 
 
 def test_crash_while_saving_weights_keeps_previous_file(tmp_path, monkeypatch):
-    from torch_vae import checkpoint
+    from torch_vae.io import weights as checkpoint
 
     path = save_model(tiny_model(0), tmp_path / "m.safetensors")
     before = path.read_bytes()
@@ -316,7 +319,7 @@ def train_tiny(run, data_dir, epochs):
     cfg = TrainConfig(dataset="mnist", epochs=epochs, batchsize=8)
     images = {s: torch.from_numpy(load_split("mnist", s, 16, data_dir, False)) for s in SPLITS}
     plan = RunPlan(run, MODEL, cfg)
-    return train_mod.train(
+    return train_mod.run_plan(
         plan, images["train"], images["test"], torch.device("cpu"), progress=False
     )
 
@@ -337,7 +340,7 @@ def good_epoch_kept(run, ref):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
     ref, run = tmp_path / "ref", tmp_path / "run"
     train_tiny(ref, mnist_dir, 1)
-    real = train_mod.vae_loss
+    real = VAE.objective
     calls = []
 
     def loss(*a, **k):
@@ -347,7 +350,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monk
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(train_mod, "vae_loss", loss)
+    monkeypatch.setattr(VAE, "objective", loss)
     with pytest.raises(TorchVaeError, match=r"loss became nan at epoch 2, step 8.*last good ch"):
         train_tiny(run, mnist_dir, 3)
     good_epoch_kept(run, ref)
@@ -356,7 +359,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(mnist_dir, tmp_path, monk
 def test_non_finite_weights_are_never_saved(mnist_dir, tmp_path, monkeypatch):
     ref, run = tmp_path / "ref", tmp_path / "run"
     train_tiny(ref, mnist_dir, 1)
-    real = train_mod.inference_model  # the evaluation's copy of the training model
+    real = VAE.inference_copy  # the evaluation's copy of the training model
     calls = []
 
     def evaluated_copy(model):
@@ -366,7 +369,7 @@ def test_non_finite_weights_are_never_saved(mnist_dir, tmp_path, monkeypatch):
                 next(model.parameters()).view(-1)[0] = float("inf")
         return real(model)
 
-    monkeypatch.setattr(train_mod, "inference_model", evaluated_copy)
+    monkeypatch.setattr(VAE, "inference_copy", evaluated_copy)
     with pytest.raises(TorchVaeError, match="weights became non-finite .* at epoch 2"):
         train_tiny(run, mnist_dir, 3)
     good_epoch_kept(run, ref)
@@ -374,13 +377,13 @@ def test_non_finite_weights_are_never_saved(mnist_dir, tmp_path, monkeypatch):
 
 def test_nan_in_first_epoch_says_nothing_was_saved(mnist_dir, tmp_path, monkeypatch):
     """The losses are read every few steps: the error still names the first bad one."""
-    real = train_mod.vae_loss
+    real = VAE.objective
 
     def loss(*a, **k):
         out = real(*a, **k)
         return {**out, "loss": out["loss"] * np.inf}
 
-    monkeypatch.setattr(train_mod, "vae_loss", loss)
+    monkeypatch.setattr(VAE, "objective", loss)
     with pytest.raises(TorchVaeError, match="loss became inf at epoch 1, step 1.*no checkpoint"):
         train_tiny(tmp_path / "run", mnist_dir, 2)
     assert not (tmp_path / "run" / "ckpt.pt").exists()

@@ -8,7 +8,7 @@ import torch
 
 from torch_vae import VAE, ModelConfig, TorchVaeError
 from torch_vae.cli import main
-from torch_vae.samplers import (
+from torch_vae.priors import (
     fit_gaussian,
     fit_gmm,
     load_sampler,

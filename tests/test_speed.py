@@ -9,8 +9,9 @@ from safetensors import safe_open
 
 from torch_vae import VAE, ModelConfig, TorchVaeError, TrainConfig, load_model
 from torch_vae.cli import main
-from torch_vae.images import encode_png, save_png
-from torch_vae.speed import Precision, inference_model, maybe_compile, unwrap
+from torch_vae.io.png import encode_png, save_png
+from torch_vae.runtime.precision import Precision
+from torch_vae.training.compile import maybe_compile, unwrap
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -52,14 +53,14 @@ def _trained_like_model(arch="original"):
 
 
 @pytest.mark.parametrize("arch", ["original", "dcgan"])
-def test_inference_model_folds_batch_norm_without_changing_outputs(arch):
+def test_inference_copy_folds_batch_norm_without_changing_outputs(arch):
     model, x = _trained_like_model(arch)
     assert model.config.arch == arch
     # both architectures have batch norms after Conv2d (encoder) and ConvTranspose2d (decoder)
     for part in (model.encoder, model.decoder):
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in part.norms)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    fused = inference_model(model)
+    fused = model.inference_copy()
     assert not fused.training
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     assert fused.decoder.convs[0].weight.is_contiguous(memory_format=torch.channels_last)
@@ -119,8 +120,8 @@ def test_train_compiled_checkpoint_has_plain_keys(mnist_dir, tmp_path):
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path, monkeypatch):
-    import torch_vae.speed as speed
-    from torch_vae.device import cpu_bf16_native
+    import torch_vae.runtime.precision as speed
+    from torch_vae.runtime.device import cpu_bf16_native
 
     info = tmp_path / "cpuinfo"
     for flags, native in [("fpu avx512f avx512_bf16", True), ("fpu amx_bf16 amx_tile", True),
@@ -139,7 +140,7 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(tmp_path, monkeyp
 
 @pytest.mark.parametrize("native", [True, False])
 def test_train_records_the_precision_auto_chose(mnist_dir, tmp_path, monkeypatch, native):
-    import torch_vae.speed as speed
+    import torch_vae.runtime.precision as speed
 
     monkeypatch.setattr(speed, "bf16_native", lambda device: native)
     run = tmp_path / "run"
@@ -162,7 +163,7 @@ BF16_LOSS_RTOL, BF16_GRAD_RTOL, BF16_GRAD_COS = 0.01, 0.2, 0.99
 
 
 def test_bf16_training_step_is_within_tolerance_of_fp32():
-    from torch_vae.losses import vae_loss
+    from torch_vae.models.losses import vae_loss
 
     torch.manual_seed(0)
     model = VAE(ModelConfig(latent_dims=8)).to(memory_format=torch.channels_last).train()
@@ -189,7 +190,7 @@ def test_bf16_training_step_is_within_tolerance_of_fp32():
 
 
 def test_png_writer_writes_every_batch_while_the_caller_goes_on(tmp_path):
-    from torch_vae.images import PngWriter
+    from torch_vae.io.png import PngWriter
 
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8) for _ in range(5)]
@@ -204,7 +205,7 @@ def test_png_writer_writes_every_batch_while_the_caller_goes_on(tmp_path):
 
 
 def test_png_writer_raises_a_failed_write_at_the_end(tmp_path):
-    from torch_vae.images import PngWriter
+    from torch_vae.io.png import PngWriter
 
     images = np.zeros((3, 4, 4, 1), np.uint8)
     with pytest.raises(FileNotFoundError), PngWriter() as writer:
@@ -217,7 +218,7 @@ def test_generate_on_a_full_disk_leaves_no_half_written_png(tmp_path, monkeypatc
     import errno
     import itertools
 
-    import torch_vae.images as images
+    import torch_vae.io.png as images
 
     real_open, calls = open, itertools.count(1)  # next() is atomic: the writer has threads
 
@@ -256,6 +257,7 @@ def test_generate_on_a_full_disk_leaves_no_half_written_png(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("n,batch", [(1, 1), (4096, 500), (4097, 500), (30000, 500), (9000, 4096)])
 def test_generate_progress_total_counts_every_batch(n, batch):
-    from torch_vae.outputs import batch_count, latent_batches
+    from torch_vae.analysis.pictures import batch_count, latent_batches
 
-    assert batch_count(n, batch) == sum(1 for _ in latent_batches(n, 2, 0, batch))
+    draw = lambda k, gen: torch.zeros(k, 2)  # noqa: E731
+    assert batch_count(n, batch) == sum(1 for _ in latent_batches(n, 0, batch, draw))

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from torch_vae.data import CachedImages, load_split
-from torch_vae.device import to_float
+from torch_vae.runtime.device import to_float
 
 
 def test_items_are_the_cached_pixels_as_floats(mnist_dir):

@@ -15,8 +15,8 @@ import torch
 
 import fakedata
 from torch_vae import VAE, ModelConfig
-from torch_vae.explorer import build_explorer
-from torch_vae.server import create_app, listen, make_server
+from torch_vae.explorer.app import create_app, listen, make_server
+from torch_vae.explorer.state import build_explorer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,11 +1,29 @@
-"""torch-vae: convolutional variational autoencoders in PyTorch."""
+"""torch-vae: convolutional variational autoencoders in PyTorch.
 
-from .config import ModelConfig, TrainConfig
+The public API: ``load_model`` / ``VAE.from_pretrained`` (any model family), ``VAE`` (the base
+class every family keeps), ``ModelConfig`` (``ModelConfig(arch=...)`` builds the family's
+config), ``create_model``, ``register_model`` (new families), ``Posterior``, ``TrainConfig``
+and ``train`` (a run from Python, as ``torch-vae train`` does it).
+"""
+
+from typing import Any
+
 from .errors import TorchVaeError
-from .model import VAE, Posterior, VAEOutput, load_model, save_model
+from .models import (
+    MODELS,
+    VAE,
+    ModelConfig,
+    Posterior,
+    VAEOutput,
+    create_model,
+    load_model,
+    register_model,
+    save_model,
+)
 from .version import __version__
 
 __all__ = [
+    "MODELS",
     "VAE",
     "ModelConfig",
     "Posterior",
@@ -13,6 +31,19 @@ __all__ = [
     "TrainConfig",
     "VAEOutput",
     "__version__",
+    "create_model",
     "load_model",
+    "register_model",
     "save_model",
+    "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # training pulls in the data, evaluation and figure modules: imported when first asked for,
+    # so that loading a model (torch.hub) stays light
+    if name in ("train", "TrainConfig"):
+        from . import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'torch_vae' has no attribute {name!r}")

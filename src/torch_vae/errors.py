@@ -35,3 +35,12 @@ def describe_os_error(exc: OSError) -> str:
         f"cannot access{where}: {exc.strerror or exc} ({hint}); files written before are "
         "intact, and none is left half-written"
     )
+
+
+def first_line(exc: BaseException, limit: int = 200, with_type: bool = True) -> str:
+    """The first line of the exception's message (after its type, ``with_type``), for a
+    one-line error; its type alone when it has no message."""
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0][:limit]}" if with_type else lines[0][:limit]

@@ -414,6 +414,9 @@ _CIFAR_BASE = "https://www.cs.toronto.edu/~kriz/"
 _CELEBA_BASE = "https://graal.ift.ulaval.ca/public/celeba/"
 
 # Only the image files are needed: a VAE does not use labels.
+DATASET_HELP = (
+    "mnist, fashion-mnist, cifar-10, cifar-100, celeb-a, or a folder of images as folder:PATH"
+)
 DATASETS: dict[str, Dataset] = {
     "mnist": _idx(
         "mnist",

@@ -1,0 +1,221 @@
+"""Figures drawn with matplotlib: training curves, latent traversals, the latent manifold and
+the 2-D map of a dataset. matplotlib is imported inside the functions (it takes about a second
+to import), and figures are drawn on its Agg canvas without pyplot: no window, no global
+state, nothing changed in a notebook's or a server's own matplotlib setup."""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..io.files import atomic_path
+
+log = logging.getLogger(__name__)
+
+CURVES = (  # panel title, training key, test key
+    ("loss", "train_loss", "test_loss"),
+    ("reconstruction", "train_recon", "test_recon"),
+    ("KL", "train_kl", "test_kl"),
+    ("test loss", None, "test_loss"),
+)
+GREY = "0.55"  # inactive latent dimensions
+DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, out: Path) -> Path:
+    """Write ``fig`` to ``out`` as a PNG, atomically (a reader never sees half a picture):
+    grayscale when nothing in it has colour, else RGB (no alpha), 2-4x smaller than
+    matplotlib's RGBA."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    with Image.open(buf) as img:
+        rgb = img.convert("RGB")
+    arr = np.asarray(rgb)
+    gray = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        (rgb.convert("L") if gray else rgb).save(tmp, format="PNG", optimize=True)
+    return out
+
+
+def by_epoch(records: Sequence[dict]) -> list[dict]:
+    """One record per epoch, in epoch order: the last written for an epoch (an epoch trained
+    again after a resume is written twice)."""
+    latest = {}
+    for record in records:
+        if isinstance(record.get("epoch"), int | float):
+            latest[record["epoch"]] = record
+    return [latest[e] for e in sorted(latest)]
+
+
+def run_labels(runs: Sequence[Path]) -> list[str]:
+    """Each run's folder name, or its whole path where two names are alike."""
+    names = [Path(r).resolve().name for r in runs]
+    return [n if names.count(n) == 1 else str(r) for n, r in zip(names, runs, strict=True)]
+
+
+def _series(records: list[dict], key: str) -> tuple[list, list]:
+    points = [(r["epoch"], r[key]) for r in records if _finite(r.get(key))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def plot_curves(runs: Sequence[Sequence[dict]], labels: Sequence[str], out: Path) -> Path:
+    """Training curves of one or more runs (the records of their metrics.jsonl, one list per
+    run), overlaid: the loss, its reconstruction and KL terms (training solid, test dashed)
+    and the test loss, per epoch."""
+    fig = _figure(10, 6.5)
+    axes = fig.subplots(2, 2).ravel()
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for run, label, color in zip(runs, labels, colors, strict=True):
+        records = by_epoch(run)
+        for ax, (_, train_key, test_key) in zip(axes, CURVES, strict=True):
+            for key, style in ((train_key, "-"), (test_key, "--" if train_key else "-")):
+                x, y = _series(records, key) if key else ([], [])
+                if x:
+                    ax.plot(x, y, style, color=color, marker="." if len(x) <= 12 else None,
+                            label=label if style == "-" else None)  # fmt: skip
+    for ax, (title, train_key, _) in zip(axes, CURVES, strict=True):
+        ax.set_title(f"{title} (solid: training, dashed: test)" if train_key else title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set_ylabel("per image")
+    handles, names = axes[-1].get_legend_handles_labels()
+    if handles:
+        axes[-1].legend(handles, names, fontsize="small")
+    return _save(fig, out)
+
+
+def _tile(images: np.ndarray, pad: int = 2) -> np.ndarray:
+    """uint8 images (R, K, H, W, C) -> one (R*(H+pad)-pad, K*(W+pad)-pad, C) picture."""
+    r, k, h, w, c = images.shape
+    out = np.full((r * (h + pad) - pad, k * (w + pad) - pad, c), 255, np.uint8)
+    for i in range(r):
+        for j in range(k):
+            out[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = images[i, j]
+    return out
+
+
+def _show(ax, picture: np.ndarray) -> None:
+    gray = picture.shape[2] == 1
+    ax.imshow(picture[..., 0] if gray else picture, cmap="gray" if gray else None,
+              vmin=0, vmax=255, interpolation="antialiased")  # fmt: skip
+
+
+def plot_traversal(
+    images: np.ndarray,
+    dims: Sequence[int],
+    kl: Sequence[float],
+    active: Sequence[bool],
+    values: Sequence[float],
+    title: str,
+    out: Path,
+) -> Path:
+    """One row per latent dimension (uint8 ``images`` (R, K, H, W, C)), labelled with its
+    number and average KL; inactive ones greyed and marked; columns labelled with the values
+    the dimension takes."""
+    r, k, h, w, _ = images.shape
+    scale = max(1.0, 48 / h)  # small images drawn larger
+    fig = _figure(max(7.5, 2.2 + k * w * scale / DPI), 1.0 + r * h * scale / DPI)
+    ax = fig.add_subplot()
+    _show(ax, _tile(images))
+    ax.set_xticks([j * (w + 2) + w / 2 for j in range(k)], [f"{v:+.1f}" for v in values])
+    ax.set_yticks([i * (h + 2) + h / 2 for i in range(r)])
+    rows = zip(dims, kl, active, strict=True)
+    ax.set_yticklabels(
+        [f"z{d}  KL {q:.{2 if q >= 0.1 else 3}f}" + ("" if a else "\ninactive") for d, q, a in rows]
+    )
+    for label, a in zip(ax.get_yticklabels(), active, strict=True):
+        label.set_color("black" if a else GREY)
+    ax.tick_params(length=0)
+    ax.set_xlabel("value of the dimension (the others kept)")
+    ax.set_title(title, fontsize="medium")
+    return _save(fig, out)
+
+
+def plot_manifold(
+    images: np.ndarray, xs: Sequence[float], ys: Sequence[float], axes: tuple[str, str],
+    title: str, out: Path,
+) -> Path:  # fmt: skip
+    """The decoded grid (uint8 (n, n, H, W, C), rows top to bottom) with its coordinates:
+    ``xs`` along the columns, ``ys`` down the rows, named by ``axes``."""
+    n, _, h, w, _ = images.shape
+    scale = max(1.0, 40 / h)
+    side = n * (w + 2) * scale / DPI
+    fig = _figure(1.4 + side, 1.0 + side)
+    ax = fig.add_subplot()
+    _show(ax, _tile(images))
+    every = max(1, n // 8)  # at most about 8 labels per axis
+    picks = range(0, n, every)
+    ax.set_xticks([j * (w + 2) + w / 2 for j in picks], [_number(xs[j]) for j in picks])
+    ax.set_yticks([i * (h + 2) + h / 2 for i in picks], [_number(ys[i]) for i in picks])
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize="medium")
+    return _save(fig, out)
+
+
+def _number(v: float) -> str:
+    return f"{0.0 if abs(v) < 0.005 else v:.2f}"  # no "-0.00"
+
+
+def plot_embedding(
+    xy: np.ndarray, labels: np.ndarray | None, names: Sequence[str] | None,
+    axes: tuple[str, str], title: str, out: Path,
+) -> Path:  # fmt: skip
+    """A scatter plot of the points ``xy`` (N, 2), coloured by class ``labels`` (N,) with a
+    legend of their ``names`` (up to 20 classes; more get a colour bar), or in one colour."""
+    from matplotlib.lines import Line2D
+
+    fig = _figure(9 if labels is not None else 7, 7)
+    ax = fig.add_subplot()
+    size = 6 if len(xy) > 3000 else 12
+    if labels is None or names is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=size, alpha=0.6, linewidths=0)
+    elif len(names) <= 20:
+        # one scatter, in a fixed shuffled order: no class hides the others under it
+        order = np.random.default_rng(0).permutation(len(xy))
+        colors = [_class_color(len(names), c) for c in range(len(names))]
+        ax.scatter(xy[order, 0], xy[order, 1], s=size, alpha=0.6, linewidths=0,
+                   color=[colors[c] if c >= 0 else GREY for c in labels[order]])  # fmt: skip
+        counts = [(name, colors[c], int((labels == c).sum())) for c, name in enumerate(names)]
+        counts.append(("no class", GREY, int((labels < 0).sum())))
+        handles = [
+            Line2D([], [], ls="", marker="o", color=color, label=f"{name} ({n})")
+            for name, color, n in counts
+            if n
+        ]
+        ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5),
+                  fontsize="small", frameon=False)  # fmt: skip
+    else:
+        dots = ax.scatter(xy[:, 0], xy[:, 1], c=labels, cmap="viridis", s=size, alpha=0.6,
+                          linewidths=0)  # fmt: skip
+        fig.colorbar(dots, ax=ax, label="class")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
+    ax.set_title(title, fontsize="medium")
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def _class_color(classes: int, index: int):
+    from matplotlib import colormaps
+
+    return colormaps["tab10" if classes <= 10 else "tab20"](index)

@@ -1,0 +1,174 @@
+"""PNG files of what a model makes: samples and reconstructions (``generate`` and
+``reconstruct`` write them), the picture a training run draws after every epoch, and the strip
+and animation of an interpolation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..io.files import atomic_path
+from ..io.png import PngWriter, grid, side_by_side, stack_rows, to_uint8
+from ..models import VAE
+from ..runtime.device import to_float
+from ..runtime.precision import Precision
+
+GRID_LIMIT = 1024  # all.png shows at most this many images
+N_PICTURE = 32  # samples and reconstructions drawn into each epoch's picture
+LATENT_BLOCK = 4096  # latents drawn at once: memory stays flat however many samples are asked
+GIF_FRAME_MS = 120  # each frame of the animation; its ends are held longer
+GIF_END_MS = 700
+GIF_MIN_SIDE = 128  # smaller images are enlarged (nearest neighbour) in the animation
+
+# Draws n codes (n, d), float32 on the CPU, with a generator: a fitted prior's ``sample``, or
+# ``prior_draw(model)``.
+Draw = Callable[[int, torch.Generator], Tensor]
+
+
+def prior_draw(model: VAE) -> Draw:
+    """The model's own prior as a ``Draw``: the same codes for the same seed on any device and
+    in any dtype."""
+    return lambda n, generator: model.prior_sample(n, generator, "cpu", torch.float32)
+
+
+@torch.no_grad()
+def epoch_picture(model: VAE, z: Tensor, test_images: Tensor, device) -> np.ndarray:
+    """Top: samples from fixed latents; bottom: test images beside their reconstructions."""
+    model.eval()
+    top = grid(to_uint8(model.decode(z)), nrow=8)
+    x = to_float(test_images, device)
+    bottom = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x))), nrow=4)
+    return stack_rows([top, bottom])
+
+
+def latent_batches(n: int, seed: int, batch_size: int, draw: Draw) -> Iterator[tuple[int, Tensor]]:
+    """``n`` latents from ``draw`` for ``seed``, as (index of the first, batch) pairs. They are
+    drawn in blocks of ``LATENT_BLOCK`` rows, whatever the batch size, so they depend on
+    ``seed`` and ``n`` only; up to ``LATENT_BLOCK`` samples from the prior they are the numbers
+    of one ``torch.randn(n, d)`` call, as in earlier versions."""
+    gen = torch.Generator().manual_seed(seed)
+    for block in range(0, n, LATENT_BLOCK):
+        z = draw(min(LATENT_BLOCK, n - block), gen)
+        for start in range(0, len(z), batch_size):
+            yield block + start, z[start : start + batch_size]
+
+
+def batch_count(n: int, batch_size: int) -> int:
+    """How many batches ``latent_batches`` yields for ``n`` latents: each block of
+    ``LATENT_BLOCK`` is cut into batches of its own."""
+    full, rest = divmod(n, LATENT_BLOCK)
+    return full * -(-LATENT_BLOCK // batch_size) + -(-rest // batch_size)
+
+
+@torch.no_grad()
+def sample_images(model: VAE, n: int, seed: int, batch_size: int, draw: Draw | None = None):
+    """The uint8 samples (B, H, W, C) that ``write_samples`` writes, batch by batch, as
+    (index of the first, batch) pairs; ``model`` should be an inference copy."""
+    device = model.device
+    for start, z in latent_batches(n, seed, batch_size, draw or prior_draw(model)):
+        yield start, to_uint8(model.decode(z.to(device)))
+
+
+@torch.no_grad()
+def write_samples(
+    model: VAE,
+    n: int,
+    outdir: Path,
+    seed: int = 0,
+    batch_size: int = 1000,
+    progress: bool = True,
+    precision: str = "fp32",
+    draw: Draw | None = None,
+) -> Path:
+    """Decode ``n`` samples into ``outdir/sample_NNNNN.png`` plus ``all.png`` (8 per row): their
+    latents from the prior N(0, I), or from ``draw`` (a fitted prior's ``sample``).
+
+    The latents are drawn on the CPU from ``seed`` (``latent_batches``), so the same seed gives
+    the same latents on any device and with any batch size. ``precision`` bf16 or fp16 decodes
+    under autocast (faster where the hardware has those instructions; pixels may differ from
+    fp32 by a grey level or two).
+    """
+    outdir.mkdir(parents=True, exist_ok=True)
+    fast = model.inference_copy()  # batch norms folded into the convolutions
+    amp = Precision(fast.device, precision)
+    keep = []
+    batches = sample_images(fast, n, seed, batch_size, draw or prior_draw(model))
+    with PngWriter() as writer, amp.autocast():  # files written while the next batch decodes
+        for start, imgs in tqdm(
+            batches, desc="generating", unit="batch", total=batch_count(n, batch_size),
+            disable=not progress,
+        ):  # fmt: skip
+            names = [outdir / f"sample_{i:05d}.png" for i in range(start, start + len(imgs))]
+            writer.submit(imgs, names)
+            if sum(len(k) for k in keep) < GRID_LIMIT:
+                keep.append(imgs)
+        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=8)[None], [outdir / "all.png"])
+    return outdir / "all.png"
+
+
+@torch.no_grad()
+def write_reconstructions(
+    model: VAE,
+    images: Tensor,
+    outdir: Path,
+    batch_size: int = 500,
+    progress: bool = True,
+    precision: str = "fp32",
+) -> Path:
+    """Reconstruct uint8 images (N, H, W, C) with the posterior's mode; write each original
+    beside its reconstruction to ``outdir/rec_NNNNN.png`` and a grid of pairs to ``all.png``.
+    ``precision`` as for :func:`write_samples`."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    fast = model.inference_copy()  # batch norms folded into the convolutions
+    device = fast.device
+    amp = Precision(device, precision)
+    keep = []
+    with PngWriter() as writer:  # each batch's files are written while the next is computed
+        for start in tqdm(
+            range(0, len(images), batch_size), desc="reconstructing", unit="batch",
+            disable=not progress,
+        ):  # fmt: skip
+            originals = images[start : start + batch_size]  # uint8 (B, H, W, C), as written
+            x = to_float(originals, device)
+            with amp.autocast():
+                rec = fast.reconstruct(x)
+            pairs = side_by_side(originals.numpy(), to_uint8(rec))
+            names = [outdir / f"rec_{i:05d}.png" for i in range(start, start + len(pairs))]
+            writer.submit(pairs, names)
+            if sum(len(k) for k in keep) < GRID_LIMIT:
+                keep.append(pairs)
+        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4)[None], [outdir / "all.png"])
+    return outdir / "all.png"
+
+
+def write_gif(frames: np.ndarray, out: Path) -> None:
+    """An animated GIF of uint8 frames (T, H, W, C), there and back, looping; its ends held."""
+    from PIL import Image
+
+    order = [*range(len(frames)), *range(len(frames) - 2, 0, -1)]
+    scale = max(1, -(-GIF_MIN_SIDE // frames.shape[1]))
+    pictures = []
+    for i in order:
+        f = frames[i, :, :, 0] if frames.shape[3] == 1 else frames[i]
+        img = Image.fromarray(f)
+        pictures.append(img.resize((img.width * scale, img.height * scale), Image.NEAREST))
+    ends = {0, len(frames) - 1}
+    durations = [GIF_END_MS if i in ends else GIF_FRAME_MS for i in order]
+    with atomic_path(out) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:],
+                         duration=durations, loop=0)  # fmt: skip
+
+
+def strip(frames: np.ndarray, ends: list[np.ndarray] | None) -> np.ndarray:
+    """The frames in one row; the two original images at its ends, set apart, when given."""
+    row = grid(frames, nrow=len(frames))
+    if ends is None:
+        return row
+    a, b = (grid(e[None], nrow=1) for e in ends)
+    gap = np.full((row.shape[0], 8, row.shape[2]), 255, np.uint8)
+    return np.concatenate([a, gap, row, gap, b], axis=1)

@@ -1,0 +1,116 @@
+"""The table of commands: each one's name, help, the option dataclasses whose fields are its
+flags (the model families' configs, training.TrainConfig, options.py) and the module of this
+package whose ``run`` carries it out, imported only when the command runs (so that
+``torch-vae --help`` and each command pay only for what they use)."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from ..training.config import TrainConfig
+from .flags import model_options, pick
+from .options import (
+    AverageOptions,
+    ClassifierOptions,
+    EmbedOptions,
+    EvaluateOptions,
+    ExploreOptions,
+    FitSamplerOptions,
+    GenerateOptions,
+    ImportOptions,
+    InterpolateOptions,
+    ManifoldOptions,
+    PlotOptions,
+    ReconstructOptions,
+    RunOptions,
+    Runtime,
+    SampleQualityOptions,
+    TraverseOptions,
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    description: str
+    options: tuple[type, ...]  # the dataclasses whose fields are this command's flags
+    target: str  # the module of this package whose ``run`` carries it out
+    # raw: the function takes the parsed values and the names given; otherwise it takes the
+    # command's own options dataclass (the last of ``options``) and, if listed, the Runtime
+    raw: bool = False
+
+    def run(self, values: dict[str, Any], given: set[str]) -> None:
+        fn = importlib.import_module(f"{__package__}.{self.target}").run
+        if self.raw:
+            return fn(values, given)
+        args = [pick(self.options[-1], values)]
+        if Runtime in self.options:
+            args.append(pick(Runtime, values))
+        return fn(*args)
+
+
+COMMANDS = {
+    c.name: c
+    for c in (
+        Command("train", "Train a VAE", "Train a VAE with PyTorch.",
+                (Runtime, TrainConfig, model_options(), RunOptions), "train", raw=True),
+        Command("reconstruct", "Reconstruct dataset images",
+                "Reconstruct data samples using a VAE.", (Runtime, ReconstructOptions),
+                "reconstruct"),
+        Command("generate", "Generate samples", "Generate samples from a VAE.",
+                (Runtime, GenerateOptions), "generate"),
+        Command("evaluate", "Evaluate a model on a dataset split",
+                "Evaluate a VAE: objective, MSE, PSNR, KL, active units and an "
+                "importance-weighted NLL with bits per dimension.",
+                (Runtime, EvaluateOptions), "evaluate"),
+        Command("average", "Average the weights of the last epochs of runs",
+                "Average the weights saved at the end of the last K epochs of one or more runs "
+                "of one model, recompute the batch-norm statistics on the training split, and "
+                "write the result as a new model folder (see docs/training.md).",
+                (Runtime, AverageOptions), "average"),
+        Command("explore", "Explore a model in the browser",
+                "Serve the live explorer: a page (and a JSON API) where sliders, a 2-D map of "
+                "the test split, random samples, interpolations and uploaded images decode "
+                "as the pointer moves (see docs/explore.md).",
+                (Runtime, ExploreOptions), "explore"),
+        Command("import-torch-vae", "Convert an original torch-vae .pth checkpoint",
+                "Convert a checkpoint of the original torch-vae (a bare state_dict .pth) into "
+                "a torch-vae .safetensors file.", (ImportOptions,), "convert"),
+        Command("train-classifier", "Train the classifier that measures sample quality",
+                "Train a small CNN classifier on an MNIST-style dataset; its 128-d penultimate "
+                "layer is the feature space of 'torch-vae sample-quality'.",
+                (Runtime, ClassifierOptions), "train_classifier"),
+        Command("fit-sampler", "Fit a latent sampler to the training posterior means",
+                "Fit a full-covariance Gaussian or a Gaussian mixture to the posterior means of "
+                "the training split and save it beside the model, for generate --sampler.",
+                (Runtime, FitSamplerOptions), "fit_sampler"),
+        Command("sample-quality", "Measure generated samples against the test split",
+                "Frechet distance, precision and recall (k-NN balls) and the class histogram "
+                "of generated samples against the test split, in a classifier's feature space "
+                "(or the model's encoder's), with the training split as the floor.",
+                (Runtime, SampleQualityOptions), "sample_quality"),
+        Command("interpolate", "Decode the way between two images or codes",
+                "Decode the codes between two images (of the dataset, or files) or two random "
+                "codes: a strip PNG and an animated GIF (see docs/explore.md).",
+                (Runtime, InterpolateOptions), "interpolate"),
+        Command("traverse", "Vary one latent dimension at a time",
+                "Decode codes that vary one latent dimension at a time, the dimensions with the "
+                "largest average KL first, inactive ones marked (see docs/explore.md).",
+                (Runtime, TraverseOptions), "traverse"),
+        Command("manifold", "Decode a grid over the latent space",
+                "Decode a grid of codes: the prior's quantiles for a latent-2 model, else the "
+                "plane of the data's two leading principal directions (see docs/explore.md).",
+                (Runtime, ManifoldOptions), "manifold"),
+        Command("embed", "Map the dataset's posterior means in 2-D",
+                "A scatter plot of the posterior means of a split, coloured by class: the code "
+                "itself for a latent-2 model, else PCA (or UMAP) (see docs/explore.md).",
+                (Runtime, EmbedOptions), "embed"),
+        Command("plot", "Plot the training curves of runs",
+                "Training curves (loss, reconstruction, KL, test loss per epoch) of one or "
+                "more runs, overlaid, from their metrics.jsonl, into a PNG.",
+                (PlotOptions,), "plot"),
+    )
+}  # fmt: skip

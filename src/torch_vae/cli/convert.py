@@ -1,0 +1,31 @@
+"""``torch-vae import-torch-vae``: an original torch-vae checkpoint converted into a
+torch-vae weights file (models.original), never written over a file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..data import check_channels
+from ..errors import TorchVaeError
+from ..models import save_model
+from ..models.original import import_original
+from .options import ImportOptions
+
+log = logging.getLogger(__name__)
+
+
+def run(o: ImportOptions) -> Path:
+    model = import_original(o.checkpoint)
+    check_channels(
+        o.dataset, model.config.in_channels, f"{o.checkpoint} has",
+        "pass the dataset it was trained on",
+    )  # fmt: skip
+    out = o.out or Path("imported") / o.dataset / f"{o.checkpoint.stem}.safetensors"
+    if out.exists():
+        raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
+    save_model(model, out, dataset=o.dataset)
+    c = model.config
+    log.info("imported %s (C=%d, F=%d, d=%d, %dx%d) -> %s", o.checkpoint, c.in_channels,
+             c.max_filters, c.latent_dims, c.image_size, c.image_size, out)  # fmt: skip
+    return out

@@ -1,0 +1,65 @@
+"""``torch-vae evaluate``: the objective, reconstruction quality, active units and the NLL of a
+model on a split (evaluation.likelihood), as a JSON report and a table."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import TorchVaeError
+from ..evaluation.likelihood import calibrate_sigma, evaluate_model
+from ..evaluation.reports import dataset_tag, report_path, write_report
+from .common import model_and_dataset, split_images
+from .options import EvaluateOptions, Runtime
+
+
+def run(o: EvaluateOptions, runtime: Runtime) -> dict:
+    """The evaluate command: measure, write the JSON report, print a table."""
+    if o.report is not None and o.report.is_dir():
+        raise TorchVaeError(
+            f"--report {o.report} is a folder; give a file name, e.g. {o.report / 'report.json'}"
+        )
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    device, size, progress = model.device, model.config.image_size, not runtime.quiet
+    images = split_images(model, dataset, o.split, o.data_dir, runtime)[: o.nimages or None]
+    train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
+    sigma = calibrate_sigma(model, train[:10000], device, seed=o.seed)
+    report = evaluate_model(
+        model, torch.from_numpy(images), device, sigma, o.iw_samples, o.batchsize, o.seed,
+        progress, o.refine_steps, o.refine_lr,
+    )  # fmt: skip
+    c = model.config
+    report = {"model": str(o.model), "dataset": dataset, "split": o.split, "image_size": size,
+              "latent_dims": c.latent_dims, "native_size": c.native_size,
+              "parameters": model.num_parameters(), "seed": o.seed, **report}  # fmt: skip
+    path = o.report or report_path(o.model, f"eval-{dataset_tag(dataset)}-{o.split}")
+    write_report(path, report)
+    print_report(report, o)
+    print(f"report: {path}")
+    return report
+
+
+def print_report(report: dict, o: EvaluateOptions) -> None:
+    rows = [
+        ("objective (SSE + KL, z sampled)", report["objective"]),
+        ("sum of squared errors", report["sse"]),
+        ("KL", report["kl"]),
+        ("MSE per pixel (posterior mean)", report["mse"]),
+        ("PSNR (dB)", report["psnr"]),
+        ("active units", f"{report['active_units']} / {report['latent_dims']}"),
+    ]
+    if o.iw_samples:
+        rows += [
+            (f"NLL, nats ({o.iw_samples} importance samples)", report["nll"]),
+            ("bits per dimension", report["bits_per_dim"]),
+        ]
+    size = report["image_size"]
+    print(
+        f"{report['dataset']} {o.split}, {report['n_images']} images at {size}x{size}, per image:"
+    )
+    if n := report["native_size"]:
+        print(f"  (decoder output projected onto upsamplings of {n}x{n} images: --native_size {n})")
+    if o.refine_steps:
+        print(f"  (posteriors refined with {o.refine_steps} steps at lr {o.refine_lr})")
+    for name, value in rows:
+        shown = f"{value:>12.4f}" if isinstance(value, float) else f"{value:>12}"
+        print(f"  {name:<42} {shown}")

@@ -1,0 +1,157 @@
+"""Command-line options from dataclass fields: each field of an options dataclass (the model
+families' configs, training.config, cli/options.py) is one flag, with its type, default,
+choices and help in the field (``fields.option``). The parser holds no defaults, so that what
+it returns is exactly what was given; the defaults, then a ``--config`` file, then the flags
+given make the values.
+
+The train command's model options are those of every registered model family
+(``model_options``): a family's own field is a flag that only that family takes."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from ..errors import TorchVaeError
+from ..models import ModelConfig
+from ..models.registry import architectures, config_class
+
+
+def _kind(hint: Any) -> tuple[Any, tuple[str, ...] | None]:
+    """The parser type of a field's annotation, and its choices for a Literal."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is typing.Literal:
+        return str, typing.get_args(hint)
+    return hint, None
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of ``cls``, none of them with a default: the namespace holds
+    only what was given, and the defaults come from the dataclasses (``defaults``)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if not meta.get("flag", True):
+            continue
+        kind, choices = _kind(hints[f.name])
+        default = meta.get("cli_default", f.default)
+        help = meta["help"]
+        shown = not (default is None or default is False or default == ())
+        if shown and "default" not in help:
+            help += f" (default: {default})"
+        kw: dict[str, Any] = {"help": help, "default": argparse.SUPPRESS}
+        if kind is bool:
+            kw["action"] = "store_true"
+        else:
+            kw["type"] = meta.get("type", kind)
+            for key in ("nargs", "metavar"):
+                if key in meta:
+                    kw[key] = meta[key]
+            choices = meta.get("choices", choices)
+            if choices:
+                kw["choices"] = choices
+        if meta.get("positional"):
+            parser.add_argument(f.name, **kw)
+        else:
+            parser.add_argument(f"--{f.name}", required=meta.get("required", False), **kw)
+
+
+def defaults(classes: tuple[type, ...]) -> dict[str, Any]:
+    return {
+        f.name: f.metadata.get("cli_default", f.default)
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("flag", True)
+    }
+
+
+def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
+    """The flag values of a --config JSON file, with a one-line error for anything odd."""
+    try:
+        values = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # includes bad UTF-8 and bad JSON
+        raise TorchVaeError(f"cannot read --config {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise TorchVaeError(
+            f"--config {path} must hold a JSON object of flag values, e.g. "
+            f'{{"epochs": 10}}, not a {type(values).__name__}'
+        )
+    kinds = {
+        f.name: _kind(typing.get_type_hints(cls)[f.name])[0]
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("flag", True) and f.name not in ("config", "resume")
+    }
+    unknown = sorted(set(values) - set(kinds))
+    if unknown:
+        raise TorchVaeError(f"--config {path}: unknown keys {unknown}")
+    return {k: Path(v) if kinds[k] is Path and isinstance(v, str) else v for k, v in values.items()}
+
+
+def pick(cls: type, values: dict[str, Any]):
+    """An instance of the options dataclass ``cls`` from the parsed values."""
+    names = {f.name for f in dataclasses.fields(cls) if f.metadata.get("flag", True)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _flag_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("flag", True)]
+
+
+def model_options() -> type:
+    """The dataclass of ``_model_options`` for the families registered now."""
+    return _model_options(architectures())
+
+
+@functools.cache
+def _model_options(archs: tuple[str, ...]) -> type:
+    """A dataclass whose fields are the model options of every registered family: ``--arch``
+    (choices: the registry) and the union of the families' fields, each None by default
+    (meaning the chosen family's default), its help naming the families that take it."""
+    entries: dict[str, dict[str, Any]] = {}
+    for arch in archs:
+        cls = config_class(arch)
+        hints = typing.get_type_hints(cls)
+        for f in _flag_fields(cls):
+            if f.name == "arch":
+                continue
+            e = entries.setdefault(f.name, {"hint": hints[f.name], "help": f.metadata["help"],
+                                            "defaults": [], "families": []})  # fmt: skip
+            e["defaults"].append(f.default)
+            e["families"].append(arch)
+    fields = [("arch", str, dataclasses.field(default="original", metadata={
+        "help": "the model family: " + ", ".join(archs) + " (see docs/model.md)",
+        "choices": archs}))]  # fmt: skip
+    for name, e in entries.items():
+        help = e["help"]
+        if len(e["families"]) < len(archs):
+            help += " (--arch " + ", ".join(e["families"]) + ")"
+        if len({repr(d) for d in e["defaults"]}) == 1 and e["defaults"][0] is not None:
+            help += f" (default: {e['defaults'][0]})"
+        meta = {"help": help, "families": tuple(e["families"])}
+        fields.append((name, e["hint"] | None, dataclasses.field(default=None, metadata=meta)))
+    return dataclasses.make_dataclass("ModelOptions", fields, frozen=True)
+
+
+def model_config(values: dict[str, Any], in_channels: int) -> ModelConfig:
+    """The config of ``values["arch"]``'s family from the model options among ``values``
+    (None: the family's default), with ``in_channels``; a one-line error for an option that
+    another family takes."""
+    arch = values.get("arch", "original")
+    cls = config_class(arch)
+    own = {f.name for f in _flag_fields(cls)}
+    for f in _flag_fields(model_options()):
+        if f.name not in own and values.get(f.name) is not None:
+            families = ", ".join(f.metadata["families"])
+            raise TorchVaeError(
+                f"--{f.name} is an option of --arch {families}, not of --arch {arch}; drop it"
+            )
+    given = {name: values[name] for name in own if values.get(name) is not None}
+    return cls(**{**given, "arch": arch, "in_channels": in_channels})

@@ -1,0 +1,24 @@
+"""``torch-vae generate``: samples of a model as PNG files and a grid."""
+
+from __future__ import annotations
+
+import logging
+
+from ..analysis.pictures import write_samples
+from ..priors import choose_sampler
+from .common import check_flags, check_outdir, load
+from .options import GenerateOptions, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def run(o: GenerateOptions, runtime: Runtime) -> None:
+    check_outdir(o.outdir)
+    model = load(o.model, runtime)
+    check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters,
+                in_channels=o.nimg_channels)  # fmt: skip
+    sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
+    draw = sampler.sample if sampler is not None else None
+    out = write_samples(model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet,
+                        o.precision, draw)  # fmt: skip
+    log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)

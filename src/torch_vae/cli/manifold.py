@@ -1,0 +1,42 @@
+"""``torch-vae manifold``: decoded codes on a grid over the latent space."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..analysis import figures, latent
+from ..errors import TorchVaeError
+from ..io.png import to_uint8
+from .common import check_outdir, load, model_name, resolve_dataset, split_images
+from .options import ManifoldOptions, Runtime
+
+log = logging.getLogger(__name__)
+
+
+def run(o: ManifoldOptions, runtime: Runtime) -> None:
+    check_outdir(o.outdir)
+    model = load(o.model, runtime)
+    d, n = model.config.latent_dims, o.grid
+    if d < 2:
+        raise TorchVaeError(f"a manifold needs a model with 2 or more latent dimensions, not {d}")
+    images, source = None, ""
+    if d > 2:
+        dataset = resolve_dataset(model, o.dataset, o.model)
+        images = split_images(model, dataset, o.split, o.data_dir, runtime)[: o.nimages or None]
+        source = f" of the posterior means of {len(images)} {o.split} images of {dataset}"
+    codes = latent.manifold_codes(model, n, images)
+    pictures = to_uint8(latent.decode(model, codes.reshape(n * n, d)))
+    pictures = pictures.reshape(n, n, *pictures.shape[1:])
+    if d == 2:
+        xs, ys = codes[0, :, 0].tolist(), codes[:, 0, 1].tolist()
+        names = ("z0 (prior quantiles)", "z1 (prior quantiles)")
+        title = f"{model_name(o.model)}: decoded codes at the prior's quantiles"
+    else:
+        xs = torch.linspace(-2, 2, n).tolist()
+        ys = xs[::-1]
+        names = tuple(f"{k} principal direction (standard deviations)" for k in ("first", "second"))
+        title = f"{model_name(o.model)}: the plane of the two leading principal directions{source}"
+    out = figures.plot_manifold(pictures, xs, ys, names, title, o.outdir / "manifold.png")
+    log.info("wrote %s: %d x %d decoded codes", out, n, n)

@@ -1,0 +1,390 @@
+"""The options of each command that are not model or training config: where files go, which
+model to load, how many images. Fields, defaults and help are the command line's one source
+(flags.py builds the parser from them, and from the model families' configs and
+training.TrainConfig); ``__post_init__`` checks the values, so a command never starts with a
+bad one."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..data.datasets import DATASET_HELP
+from ..errors import TorchVaeError
+from ..evaluation.classifier import ClassifierTraining
+from ..fields import check_choice, check_seed, non_negative, option, positive
+from ..priors import preference
+from ..priors.fit import KINDS
+from ..runtime.precision import PrecisionName
+
+MODEL_HELP = "run folder or .safetensors weights file"
+DATA_DIR_HELP = "where datasets are downloaded and cached (default: data, or $TORCH_VAE_DATA)"
+INFERENCE_PRECISION_HELP = (
+    "auto: bf16 autocast where the hardware computes bf16 natively (CPUs with AMX or AVX-512 "
+    "BF16, GPUs from Ampere on; about 2x faster), else fp32; or fp32, bf16, fp16. 16-bit pixels "
+    "are within a grey level or two of fp32 (--precision fp32 for the same files on every "
+    "machine); see docs/benchmarks.md"
+)
+CHECK_HELP = "optional, checked against the model"
+SAMPLERS = ("auto", "prior", *preference())
+SAMPLER_HELP = (
+    "where the latents come from: prior (N(0, I)), or a prior fitted after training with "
+    f"fit-sampler ({', '.join(preference())}); auto: the best one fitted, else N(0, I)"
+)
+
+
+def sampler_option() -> str:
+    return option("auto", SAMPLER_HELP, choices=SAMPLERS)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how any command runs."""
+
+    cpu: bool = option(False, "use the CPU even if a GPU (CUDA or MPS) is available")
+    device: str = option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    threads: int = option(0, "CPU threads for PyTorch (0: PyTorch's choice)")
+    quiet: bool = option(False, "no progress bars or log lines")
+
+    def __post_init__(self) -> None:
+        non_negative("--threads", self.threads)
+        # far more threads than cores only slows PyTorch down, and tens of thousands crash it
+        most = 4 * (os.cpu_count() or 1)
+        if self.threads > most:
+            raise TorchVaeError(
+                f"--threads {self.threads} is more than this machine can use ({os.cpu_count()} "
+                f"CPUs); pass at most {most}, or 0 for PyTorch's choice"
+            )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The train command's options besides the model and training config."""
+
+    config: Path | None = option(None, "JSON file of flag values (flags given override it)")
+    run_dir: Path | None = option(
+        None,
+        "run folder to create (default: runs/<dataset>_filters_F_dims_D, numbered so that no "
+        "run is overwritten)",
+    )
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    dry_run: bool = option(False, "quick check: 1 epoch of 2 steps, evaluated on 64 test images")
+    init_from: Path | None = option(
+        None,
+        "start from the weights of MODEL (run folder or .safetensors) instead of a random "
+        "initialisation: fine-tuning, or another training cycle; the architecture is MODEL's",
+        metavar="MODEL",
+    )
+    resume: Path | None = option(
+        None,
+        "continue the run in folder RUN from its last saved state, with its own config; "
+        "--epochs and --max_steps may extend it",
+        metavar="RUN",
+    )
+
+
+@dataclass(frozen=True)
+class ReconstructOptions:
+    model: Path = option(None, MODEL_HELP, required=True)
+    rec_testdata: bool = option(False, "reconstruct the test split instead of the training split")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
+    max_filters: int | None = option(None, "maximum number of filters; " + CHECK_HELP)
+    outdir: Path = option(None, "output folder for the images", required=True)
+    nimages: int = option(0, "reconstruct only the first N (0: all)")
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    precision: PrecisionName = option("auto", INFERENCE_PRECISION_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--batchsize", self.batchsize)
+        non_negative("--nimages", self.nimages)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    model: Path = option(None, MODEL_HELP, required=True)
+    seed: int = option(0, "random seed")
+    latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
+    max_filters: int | None = option(None, "maximum number of filters; " + CHECK_HELP)
+    nsamples: int = option(64, "number of samples to generate")
+    outdir: Path = option(None, "output folder for the samples", required=True)
+    nimg_channels: int | None = option(None, "image channels; " + CHECK_HELP)
+    batchsize: int = option(1000, "samples per forward pass")
+    precision: PrecisionName = option("auto", INFERENCE_PRECISION_HELP)
+    sampler: str = sampler_option()
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        check_choice("--sampler", self.sampler, SAMPLERS)
+        positive("--nsamples", self.nsamples)
+        positive("--batchsize", self.batchsize)
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    model: Path = option(None, MODEL_HELP, required=True)
+    seed: int = option(0, "random seed")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    split: Literal["train", "test"] = option("test", "the split to evaluate")
+    iw_samples: int = option(128, "importance samples per image for the NLL (0 skips the NLL)")
+    refine_steps: int = option(
+        0,
+        "semi-amortized inference: refine each image's posterior with this many gradient steps "
+        "on its objective before measuring (0: the encoder's posterior, as the original)",
+    )
+    refine_lr: float = option(0.01, "Adam step size for --refine_steps")
+    nimages: int = option(0, "evaluate only the first N (0: all)")
+    batchsize: int = option(100, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    report: Path | None = option(
+        None, "where to write the JSON report (default: next to the model)"
+    )
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        positive("--batchsize", self.batchsize)
+        non_negative("--iw_samples", self.iw_samples)
+        non_negative("--refine_steps", self.refine_steps)
+        non_negative("--nimages", self.nimages)
+        if not (isinstance(self.refine_lr, float) and math.isfinite(self.refine_lr)) or (
+            self.refine_lr <= 0
+        ):
+            raise TorchVaeError(
+                f"--refine_lr must be a finite number > 0 (default 0.01), got {self.refine_lr}"
+            )
+
+
+@dataclass(frozen=True)
+class AverageOptions:
+    runs: tuple[Path, ...] = option(
+        (), "run folder(s) written by 'torch-vae train', of one model",
+        positional=True, nargs="+", metavar="RUN", type=Path,
+    )  # fmt: skip
+    seed: int = option(0, "random seed")
+    last: int = option(None, "average the last K epochs of each run", required=True)
+    out: Path = option(None, "model folder to create", required=True)
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        positive("--batchsize", self.batchsize)
+
+
+@dataclass(frozen=True)
+class ExploreOptions:
+    """explore: the live explorer's web server (server.py)."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    host: str = option(
+        "127.0.0.1", "address to listen on (0.0.0.0: every interface; the explorer has no login)"
+    )
+    port: int = option(8000, "port to listen on (0: a free one; the address is printed)")
+    nimages: int = option(0, "test images on the map and behind the KL ordering (0: all)")
+    sliders: int = option(16, "latent dimensions shown as sliders, the largest KL first")
+
+    def __post_init__(self) -> None:
+        non_negative("--nimages", self.nimages)
+        positive("--sliders", self.sliders)
+        non_negative("--port", self.port)
+        if self.port > 65535:
+            raise TorchVaeError(f"--port must be 0..65535, got {self.port}")
+        if self.nimages == 1:
+            raise TorchVaeError("--nimages must be 0 (all) or at least 2: the map needs two")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    checkpoint: Path = option(None, "the original's .pth file", positional=True)
+    dataset: str = option(
+        None, "the dataset it was trained on (stored with the weights)", required=True
+    )
+    out: Path | None = option(
+        None, "output .safetensors file (default: imported/<dataset>/<name>.safetensors)"
+    )
+    quiet: bool = option(False, "no log lines")
+
+
+# train-classifier: the small classifier whose features measure sample quality
+ClassifierOptions = ClassifierTraining
+
+
+@dataclass(frozen=True)
+class FitSamplerOptions:
+    """fit-sampler: a latent density fitted to the training split's posterior means."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    sampler: str = option(
+        "gmm", "gaussian: one full-covariance Gaussian; gmm: a Gaussian mixture", choices=KINDS
+    )
+    components: int = option(50, "mixture components (gmm)")
+    seed: int = option(0, "random seed of the EM fit (k-means initialisation)")
+    nimages: int = option(0, "fit to the first N training images (0: all)")
+    latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+
+    def __post_init__(self) -> None:
+        non_negative("--seed", self.seed, 2**32 - 1)  # scikit-learn's random_state
+        check_choice("--sampler", self.sampler, KINDS)
+        positive("--components", self.components)
+        positive("--batchsize", self.batchsize)
+        non_negative("--nimages", self.nimages)
+
+
+@dataclass(frozen=True)
+class SampleQualityOptions:
+    """sample-quality: generated samples against the test split in a feature space."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    sampler: str = sampler_option()
+    nsamples: int = option(10000, "samples to generate, and training images for the floor")
+    seed: int = option(0, "random seed of the samples (as generate --seed)")
+    k: int = option(3, "nearest neighbours that set each point's ball (precision, recall)")
+    features: Literal["auto", "classifier", "encoder"] = option(
+        "auto",
+        "classifier: the penultimate layer of --classifier; encoder: the model's own posterior "
+        "means (comparable between samplers of one model only); auto: classifier where one is "
+        "found for the dataset",
+    )
+    classifier: Path | None = option(
+        None, "classifier folder (default: models/<dataset>/classifier, where it exists)"
+    )
+    inception: bool = option(False, "also the Inception FID (needs pytorch-fid and its weights)")
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    batchsize: int = option(500, "images per forward pass")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    report: Path | None = option(
+        None, "where to write the JSON report (default: next to the model)"
+    )
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        check_choice("--sampler", self.sampler, SAMPLERS)
+        positive("--nsamples", self.nsamples)
+        positive("--k", self.k)
+        positive("--batchsize", self.batchsize)
+        if self.nsamples <= self.k:
+            raise TorchVaeError(f"--nsamples must be more than --k {self.k}, got {self.nsamples}")
+
+
+PICTURES_HELP = "folder for the pictures (made if missing)"
+SPLIT_HELP = "the dataset split the images come from"
+
+
+@dataclass(frozen=True)
+class PictureOptions:
+    """What the picture commands share: the model, the images and where the pictures go."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    split: Literal["train", "test"] = option("test", SPLIT_HELP)
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    outdir: Path = option(Path("explore"), PICTURES_HELP)
+
+
+@dataclass(frozen=True)
+class InterpolateOptions(PictureOptions):
+    """interpolate: decoded codes between two images or two random codes."""
+
+    index: tuple[int, ...] = option(
+        (0, 1),
+        "two images of --split by their index (default: 0 1)",
+        nargs=2,
+        metavar=("A", "B"),
+        type=int,
+    )
+    images: tuple[Path, ...] = option(
+        (), "two image files instead (resized like the dataset's)", nargs=2,
+        metavar=("A.png", "B.png"), type=Path,
+    )  # fmt: skip
+    random: bool = option(False, "two codes drawn from the prior instead (see --seed)")
+    method: Literal["linear", "slerp"] = option(
+        "linear", "linear: the straight line; slerp: the great circle between the codes"
+    )
+    steps: int = option(10, "images from A to B, both included")
+    seed: int = option(0, "random seed for --random")
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        if not isinstance(self.steps, int) or self.steps < 2:
+            raise TorchVaeError(f"--steps must be an integer >= 2, got {self.steps}")
+        for i in self.index:
+            non_negative("--index", i)
+        if self.random and self.images:
+            raise TorchVaeError("pass --random or --images, not both")
+
+
+@dataclass(frozen=True)
+class TraverseOptions(PictureOptions):
+    """traverse: one latent dimension varied at a time."""
+
+    index: int | None = option(
+        None, "traverse around the posterior mean of this image of --split (default: zeros)"
+    )
+    ndims: int = option(16, "rows: the dimensions with the largest average KL first")
+    steps: int = option(9, "values per dimension")
+    span: float = option(3.0, "values from -SPAN to +SPAN (the prior's standard deviations)")
+    nimages: int = option(1000, "test images that the average KL is measured on (0: all)")
+
+    def __post_init__(self) -> None:
+        positive("--ndims", self.ndims)
+        positive("--steps", self.steps)
+        non_negative("--nimages", self.nimages)
+        if self.index is not None:
+            non_negative("--index", self.index)
+        if not (isinstance(self.span, int | float) and math.isfinite(self.span)) or self.span <= 0:
+            raise TorchVaeError(f"--span must be a number > 0, got {self.span}")
+
+
+@dataclass(frozen=True)
+class ManifoldOptions(PictureOptions):
+    """manifold: decoded codes on a grid over the latent space."""
+
+    grid: int = option(15, "codes per side of the grid")
+    nimages: int = option(
+        2000, "latent > 2: images whose principal plane the grid spans (0: all of --split)"
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, int) or not 2 <= self.grid <= 100:
+            raise TorchVaeError(f"--grid must be an integer from 2 to 100, got {self.grid}")
+        non_negative("--nimages", self.nimages)
+
+
+@dataclass(frozen=True)
+class EmbedOptions(PictureOptions):
+    """embed: a scatter plot of the posterior means, coloured by class."""
+
+    method: Literal["auto", "pca", "umap"] = option(
+        "auto",
+        "auto: the code itself for a latent-2 model, else pca; pca: the two leading principal "
+        "directions of the posterior means; umap: UMAP (needs pip install umap-learn)",
+    )
+    nimages: int = option(0, "plot the first N images of --split (0: all)")
+    seed: int = option(0, "random seed for --method umap")
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        non_negative("--nimages", self.nimages)
+        if self.nimages == 1:
+            raise TorchVaeError("--nimages must be 0 (all) or at least 2")
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    """plot: training curves of runs."""
+
+    runs: tuple[Path, ...] = option(
+        (), "run folder(s) written by 'torch-vae train' (their metrics.jsonl)",
+        positional=True, nargs="+", metavar="RUN", type=Path,
+    )  # fmt: skip
+    out: Path = option(Path("curves.png"), "the PNG file to write")
+    quiet: bool = option(False, "no log lines")

@@ -1,0 +1,24 @@
+"""``torch-vae plot``: the training curves of runs, overlaid, from their metrics.jsonl."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..analysis import figures
+from ..errors import TorchVaeError
+from ..training.rundir import METRICS_NAME, read_metrics
+from .options import PlotOptions
+
+log = logging.getLogger(__name__)
+
+
+def run(o: PlotOptions) -> None:
+    runs = [Path(r) for r in o.runs]
+    for run in runs:
+        if not (run / METRICS_NAME).is_file():
+            raise TorchVaeError(f"{run} has no metrics.jsonl: pass run folders of torch-vae train")
+    if o.out.is_dir():
+        raise TorchVaeError(f"--out {o.out} is a folder; pass a file name such as curves.png")
+    out = figures.plot_curves([read_metrics(r) for r in runs], figures.run_labels(runs), o.out)
+    log.info("wrote %s: training curves of %s", out, ", ".join(figures.run_labels(runs)))

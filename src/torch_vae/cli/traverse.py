@@ -1,0 +1,44 @@
+"""``torch-vae traverse``: decoded codes that vary one latent dimension at a time, the
+dimensions with the largest average KL first."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..analysis import figures, latent
+from ..io.png import to_uint8
+from .common import check_index, check_outdir, load, model_name, resolve_dataset, split_images
+from .options import Runtime, TraverseOptions
+
+log = logging.getLogger(__name__)
+
+
+def run(o: TraverseOptions, runtime: Runtime) -> None:
+    check_outdir(o.outdir)
+    model = load(o.model, runtime)
+    dataset = resolve_dataset(model, o.dataset, o.model)
+    images = split_images(model, dataset, o.split, o.data_dir, runtime)
+    kl = latent.kl_per_dim(model, images[: o.nimages or None])
+    active = latent.active_dims(kl)
+    dims = torch.argsort(kl, descending=True, stable=True)[: o.ndims].tolist()
+    if o.index is None:
+        z, around = torch.zeros(model.config.latent_dims), "the zero code"
+    else:
+        check_index(o.index, len(images), f"the {o.split} split of {dataset}")
+        z = latent.encode_mean(model, images[o.index : o.index + 1])[0]
+        around = f"{o.split} image {o.index}"
+    rows = latent.traverse(model, z, dims, o.steps, o.span)
+    flat = to_uint8(rows.flatten(0, 1))
+    pictures = flat.reshape(*rows.shape[:2], *flat.shape[1:])
+    d, n_active = model.config.latent_dims, int(active.sum())
+    shown = "" if len(dims) == d else f"; the {len(dims)} with the largest KL shown"
+    title = (f"{model_name(o.model)}: {n_active} of {d} latent dimensions active\n(average KL > "
+             f"0.01 nats on {min(len(images), o.nimages or len(images))} {o.split} images)"
+             f"{shown}\neach row varies one dimension around {around}")  # fmt: skip
+    values = torch.linspace(-o.span, o.span, o.steps).tolist()
+    out = figures.plot_traversal(pictures, dims, kl[dims].tolist(), active[dims].tolist(), values,
+                               title, o.outdir / "traverse.png")  # fmt: skip
+    log.info("wrote %s: %d dimensions x %d values around %s; %d of %d dimensions active",
+             out, len(dims), o.steps, around, n_active, d)  # fmt: skip

@@ -1,0 +1,388 @@
+"""The live explorer's web server (``torch-vae explore``): a FastAPI app under uvicorn that
+serves one page (static/explorer.html, .js, .css: no outside resources, so it works offline)
+and a JSON API over an ``explorer.Explorer``.
+
+Every request and response is a pydantic model built for the model at hand, so the OpenAPI
+schema (``/openapi.json``) is exact: a code has exactly ``latent_dims`` finite numbers, an
+image index lies in the test split. A bad request gets a 4xx with ``{"detail": message}``:
+422 for a value the schema refuses, 413 for a body or an image too large, 415 for a file that
+is not an image. Decoding runs on the event loop itself (a decode takes well under a
+millisecond; one at a time keeps PyTorch's threads from fighting), uploads are decoded in the
+thread pool.
+"""
+
+# No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
+# models built at run time (api_models), so they must be objects, not strings.
+import logging
+import socket
+from importlib import resources
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
+
+import torch
+from fastapi import FastAPI, File, Path, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ..errors import TorchVaeError
+from ..version import __version__
+from .state import (
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_PIXELS,
+    Z_BOUND,
+    Explorer,
+    UploadError,
+    read_upload,
+)
+
+log = logging.getLogger(__name__)
+
+# Bytes of a request body: an upload's file, and room for the multipart headers around it.
+MAX_BODY = MAX_UPLOAD_BYTES + 64 * 1024
+MAX_STEPS = 64  # frames of one interpolation
+# PyTorch threads while serving (unless --threads says otherwise; mapping the test split at
+# start uses PyTorch's choice). One decode is too small to split: on 2 cores, 2 threads made
+# a decode 20x slower at the 95th percentile whenever anything else ran (each parallel region
+# waits for a thread the system has put aside); see docs/benchmarks.md "Explorer latency".
+SERVING_THREADS = 1
+ERRORS = {
+    400: "the body cannot be parsed",
+    413: "the body, file or image is too large",
+    415: "the file is not an image",
+    422: "a value the schema refuses, or an image that cannot be used",
+}
+
+
+class Error(BaseModel):
+    detail: str = Field(description="what is wrong with the request")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": Error, "description": ERRORS[c]} for c in codes}
+
+
+def _number(value: Any) -> Any:
+    """Lets a JSON number through to pydantic's integer check (which takes 3.0, as JSON Schema
+    does, and refuses 3.5); refuses a string or a boolean, which JSON Schema does not count."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer")
+    return value
+
+
+def whole(low: int, high: int) -> Any:
+    """A JSON integer in [low, high] (constraints first, so that the schema shows them)."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_number)]
+
+
+def api_models(d: int, n: int) -> SimpleNamespace:
+    """The request and response models for latent-``d`` codes and ``n`` test images."""
+    number = Field(strict=True, allow_inf_nan=False, ge=-Z_BOUND, le=Z_BOUND)
+    Code = Annotated[list[Annotated[float, number]], Field(min_length=d, max_length=d)]
+    Point = Annotated[list[Annotated[float, number]], Field(min_length=2, max_length=2)]
+    Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
+    strict = ConfigDict(extra="forbid")
+
+    class DecodeRequest(BaseModel):
+        model_config = strict
+        z: Code = Field(description=f"a latent code: {d} numbers")
+
+    class MapRequest(BaseModel):
+        model_config = strict
+        xy: Point = Field(description="a point of the map (GET /api/map)")
+
+    class SampleRequest(BaseModel):
+        model_config = strict
+        seed: whole(0, 2**31 - 1) | None = Field(None, description="(random)")
+
+    class InterpolateRequest(BaseModel):
+        model_config = strict
+        a: Code
+        b: Code
+        steps: whole(2, MAX_STEPS) = Field(16, description="frames, a and b too")
+        method: Literal["linear", "slerp"] = "linear"
+
+    class Decoded(BaseModel):
+        image: str = Field(description="the decoded image, a PNG data URL")
+        xy: Pair = Field(description="where the code lies on the map")
+
+    class Coded(Decoded):
+        z: list[float] = Field(description="the code")
+
+    class Encoded(Coded):
+        input: str = Field(description="the image as the model sees it, a PNG data URL")
+
+    class TestImage(Encoded):
+        index: int
+        label: int | None = Field(description="its class (an index into classes), if known")
+
+    class Interpolation(BaseModel):
+        z: list[list[float]] = Field(description="the codes from a to b")
+        xy: list[Pair] = Field(description="their places on the map")
+        frames: list[str] = Field(description="their decoded images, PNG data URLs")
+
+    index = Path(ge=0, le=n - 1, description=f"a test image, 0..{n - 1}")
+    return SimpleNamespace(**{k: v for k, v in locals().items() if k[0].isupper() or k == "index"})
+
+
+class Dim(BaseModel):
+    index: int
+    kl: float = Field(description="average KL over the test images, nats")
+    active: bool = Field(description="carries information (KL above 0.01 nats)")
+
+
+class Info(BaseModel):
+    model: str
+    dataset: str
+    version: str
+    latent_dims: int
+    image_size: int
+    channels: int
+    images: int = Field(description="test images on the map")
+    classes: list[str] | None
+    dims: list[Dim] = Field(description="every dimension, the largest KL first")
+    sliders: int = Field(description="how many of dims the page shows as sliders")
+    map: Literal["code", "pca"] = Field(description="the code itself, or its PCA plane")
+    sampler: str = Field(description="where random samples come from")
+    z_bound: float
+    max_upload_bytes: int
+    max_upload_pixels: int
+
+
+class MapData(BaseModel):
+    x: list[float]
+    y: list[float]
+    labels: list[int] | None = Field(description="the class of each point, -1 for none")
+
+
+def _floats(t: torch.Tensor) -> list:
+    return torch.nan_to_num(t.float(), posinf=Z_BOUND, neginf=-Z_BOUND).tolist()
+
+
+def _info(ex: Explorer, sliders: int) -> Info:
+    dims = [Dim(index=i, kl=float(ex.kl[i]), active=bool(ex.active[i])) for i in ex.order]
+    sampler = "the prior N(0, I)"
+    if ex.sampler is not None:
+        describe = getattr(ex.sampler, "describe", None)
+        sampler = describe() if callable(describe) else type(ex.sampler).__name__
+    c = ex.model.config
+    return Info(
+        model=ex.name, dataset=ex.dataset, version=__version__, latent_dims=c.latent_dims,
+        image_size=c.image_size, channels=c.in_channels, images=len(ex.images),
+        classes=ex.classes, dims=dims, sliders=min(sliders, c.latent_dims),
+        map="code" if ex.center is None else "pca", sampler=sampler, z_bound=Z_BOUND,
+        max_upload_bytes=MAX_UPLOAD_BYTES, max_upload_pixels=MAX_UPLOAD_PIXELS,
+    )  # fmt: skip
+
+
+def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
+    """Codes in, images out: decode, a map point, a random sample, an interpolation."""
+
+    def coded(z: torch.Tensor) -> Any:
+        return m.Coded(z=_floats(z[0]), image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]))
+
+    @app.post("/api/decode", response_model=m.Decoded, responses=_errors(400, 413, 422))
+    async def decode(req: m.DecodeRequest) -> Any:
+        """Decode a latent code to an image."""
+        z = torch.tensor([req.z])
+        return m.Decoded(image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]))
+
+    @app.post("/api/map/decode", response_model=m.Coded, responses=_errors(400, 413, 422))
+    async def map_decode(req: m.MapRequest) -> Any:
+        """Decode the code of a point of the map."""
+        return coded(ex.from_map(torch.tensor([req.xy])))
+
+    @app.post("/api/sample", response_model=m.Coded, responses=_errors(400, 413, 422))
+    async def sample(req: m.SampleRequest) -> Any:
+        """A random code (the model's ex-post sampler, or the prior) and its image."""
+        seed = req.seed if req.seed is not None else int(torch.randint(2**62, ()).item())
+        return coded(ex.sample(seed))
+
+    @app.post("/api/interpolate", response_model=m.Interpolation, responses=_errors(400, 413, 422))
+    async def interpolate(req: m.InterpolateRequest) -> Any:
+        """Decoded codes from a to b (both included), on a line or a great circle (slerp)."""
+        codes, frames = ex.interpolate(
+            torch.tensor(req.a), torch.tensor(req.b), req.steps, req.method
+        )
+        return m.Interpolation(z=_floats(codes), xy=_floats(ex.to_map(codes)), frames=frames)
+
+
+def _add_image_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
+    """Images in: a test image by index, an uploaded one."""
+    from .state import data_url
+
+    def encoded(image, **extra: Any) -> dict[str, Any]:
+        z = ex.encode(image[None])
+        return dict(
+            z=_floats(z[0]), image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]),
+            input=data_url(image), **extra,
+        )  # fmt: skip
+
+    @app.get("/api/images/{index}", response_model=m.TestImage, responses=_errors(422))
+    async def test_image(index: Annotated[int, m.index]) -> Any:
+        """A test image, its code, its reconstruction and its place on the map."""
+        label = None if ex.labels is None else int(ex.labels[index])
+        return m.TestImage(**encoded(ex.images[index], index=index, label=label))
+
+    @app.post("/api/encode", response_model=m.Encoded, responses=_errors(400, 413, 415, 422))
+    async def encode(file: Annotated[UploadFile, File(description="an image file")]) -> Any:
+        """Encode an uploaded image (at most 10 MiB and 20 megapixels; PNG, JPEG, GIF, BMP,
+        WebP, TIFF or PPM): its code, reconstruction and place on the map."""
+        data = await file.read(MAX_UPLOAD_BYTES + 1)
+        c = ex.model.config
+        image = await run_in_threadpool(read_upload, data, c.in_channels, c.image_size)
+        return m.Encoded(**encoded(image))
+
+
+def _add_page_routes(app: FastAPI, ex: Explorer, sliders: int) -> None:
+    static = resources.files("torch_vae.explorer") / "static"
+    files = {
+        "/": ("explorer.html", "text/html; charset=utf-8"),
+        "/explorer.js": ("explorer.js", "text/javascript; charset=utf-8"),
+        "/explorer.css": ("explorer.css", "text/css; charset=utf-8"),
+    }
+    for route, (name, media) in files.items():
+        body = (static / name).read_bytes()
+        app.add_api_route(route, _static(body, media), methods=["GET"], include_in_schema=False)
+    info = _info(ex, sliders)
+    map_data = MapData(
+        x=[round(v, 5) for v in _floats(ex.xy[:, 0])],
+        y=[round(v, 5) for v in _floats(ex.xy[:, 1])],
+        labels=None if ex.labels is None else [int(v) for v in ex.labels],
+    )
+
+    @app.get("/api/info", response_model=Info)
+    async def get_info() -> Any:
+        """The model, the dataset and every latent dimension, the largest KL first."""
+        return info
+
+    @app.get("/api/map", response_model=MapData)
+    async def get_map() -> Any:
+        """The test images' places on the map, with their classes."""
+        return map_data
+
+
+def _static(body: bytes, media: str):
+    async def page() -> Response:
+        return Response(body, media_type=media, headers={"Cache-Control": "no-cache"})
+
+    return page
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    """Pydantic's errors as one line: where, and what is wrong."""
+    parts = []
+    for e in errors[:4]:
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    more = f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""
+    return "; ".join(parts) + more
+
+
+def create_app(ex: Explorer, sliders: int = 16) -> FastAPI:
+    """The explorer's app: the page and the JSON API over ``ex``; ``sliders``: how many latent
+    dimensions the page shows as sliders."""
+    app = FastAPI(
+        title="torch-vae explorer", version=__version__,
+        description=f"Explore {ex.name or 'a model'}: decode codes, map points and uploads.",
+        docs_url=None, redoc_url=None,  # their pages load scripts from a CDN: offline, none
+    )  # fmt: skip
+    m = api_models(ex.latent_dims, len(ex.images))
+    _add_latent_routes(app, ex, m)
+    _add_image_routes(app, ex, m)
+    _add_page_routes(app, ex, sliders)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(UploadError)
+    async def bad_upload(request: Request, exc: UploadError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose body passes ``limit`` bytes gets 413 before the app
+    sees it (by its Content-Length, or by counting a chunked body as it arrives); a smaller
+    body is read and handed on whole."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if not length.isdigit() or int(length) > self.limit:
+            return await self._refuse(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._refuse(scope, receive, send)
+            more = message.get("more_body", False)
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        detail = f"the request body is larger than {self.limit} bytes"
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port`` (0: a free port), or a one-line error."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise TorchVaeError(f"cannot listen on --host {host!r}: {exc}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise TorchVaeError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port, or --port 0 "
+            "for a free one"
+        ) from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def make_server(app, sock: socket.socket, announce=None):
+    """A uvicorn server of ``app`` on ``sock`` (``server.run(sockets=[sock])``) that calls
+    ``announce(url)`` once it listens; ``server.should_exit = True`` stops it."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and announce is not None:
+                announce(url_of(sock))
+
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=2
+    )
+    return Server(config)

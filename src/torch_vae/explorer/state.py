@@ -1,0 +1,231 @@
+"""What the live explorer (``torch-vae explore``, server.py) serves, without the web: a model
+ready for fast decoding (eval mode, batch norm folded), the test split's codes on a 2-D map,
+the latent dimensions ordered by their average KL, images in and out as PNG data URLs, and
+uploads decoded safely.
+
+The map of a latent-2 model is its code itself; a larger model's is the plane of the two
+leading principal directions of the test codes (``explore.pca_basis``), where a point decodes
+through ``explore.from_map`` and a code lands by projection (``Explorer.to_map``).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from ..analysis import latent as explore
+from ..data import load_split
+from ..data.imaging import UnsupportedImage, to_array
+from ..errors import TorchVaeError
+from ..io.png import encode_png, to_uint8
+from ..models import VAE
+from ..priors import load_sampler
+from ..runtime.device import to_float
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES = 10 * 2**20  # an uploaded file: 10 MiB
+# Pixels of an uploaded image, checked from its header before any pixel is decoded: a small
+# file that claims a huge image (a decompression bomb) is refused. Pillow's own limit
+# (Image.MAX_IMAGE_PIXELS, 89 megapixels, an error only at twice that) is far higher and is
+# global to the process, which also decodes datasets; this one is for uploads alone.
+MAX_UPLOAD_PIXELS = 20_000_000
+# The formats an upload may be in; Pillow's others include some that run external programs
+# (EPS runs Ghostscript) or that no one uploads as a picture.
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+Z_BOUND = 1000.0  # latent values accepted from a client: far beyond the prior's +-4
+
+
+class UploadError(TorchVaeError):
+    """An upload that cannot be used; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def data_url(image: np.ndarray) -> str:
+    """A uint8 (H, W, C) image as a ``data:image/png;base64,...`` URL (images.encode_png)."""
+    return "data:image/png;base64," + base64.b64encode(encode_png(image)).decode("ascii")
+
+
+@dataclass
+class Explorer:
+    """A model and the test images it is explored with; built by ``build_explorer``."""
+
+    model: VAE  # eval mode, batch norm folded (VAE.inference_copy)
+    images: np.ndarray  # the test images, uint8 (N, H, W, C)
+    labels: np.ndarray | None  # their classes (N,), -1 for none; None: no labels
+    classes: list[str] | None  # class names, indexed by label
+    means: Tensor  # posterior means of the images (N, d)
+    xy: Tensor  # their places on the map (N, 2)
+    center: Tensor | None  # the map's plane (d,) and (2, d); None: the map is the code (d = 2)
+    directions: Tensor | None
+    kl: Tensor  # average KL of each dimension over the images (d,), nats
+    active: Tensor  # which dimensions carry information (d,) bool
+    order: list[int]  # dimensions, the largest KL first
+    name: str = ""  # the model as given
+    dataset: str = ""
+    sampler: Any = None  # the model's fitted prior (priors.load_sampler), or None: N(0, I)
+
+    @property
+    def latent_dims(self) -> int:
+        return self.model.config.latent_dims
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to_map(self, z: Tensor) -> Tensor:
+        """The map's point (B, 2) of codes (B, d)."""
+        z = z.float().cpu()
+        return z if self.center is None else (z - self.center) @ self.directions.T
+
+    def from_map(self, xy: Tensor) -> Tensor:
+        """The code (B, d) of map points (B, 2)."""
+        xy = torch.as_tensor(xy, dtype=torch.float32)
+        return xy if self.center is None else explore.from_map(self.center, self.directions, xy)
+
+    @torch.inference_mode()
+    def decode(self, z: Tensor) -> list[str]:
+        """Codes (B, d) -> their decoded images as PNG data URLs."""
+        images = self.model.decode(z.float().to(self.device))
+        return [data_url(im) for im in to_uint8(images)]
+
+    @torch.inference_mode()
+    def encode(self, images: np.ndarray) -> Tensor:
+        """Posterior means (B, d) of uint8 images (B, H, W, C)."""
+        x = to_float(torch.tensor(images), self.device)  # a copy: uploads are read-only
+        return self.model.encode(x).mu.float().cpu()
+
+    def sample(self, seed: int) -> Tensor:
+        """One code (1, d): from the model's ex-post sampler if it has one, else the prior."""
+        gen = torch.Generator().manual_seed(seed)
+        if self.sampler is not None:
+            z = torch.as_tensor(self.sampler.sample(1, gen), dtype=torch.float32)
+            return z.reshape(1, self.latent_dims).cpu()
+        return self.model.prior_sample(1, gen, "cpu", torch.float32)
+
+    def interpolate(self, a: Tensor, b: Tensor, steps: int, method: str) -> tuple[Tensor, list]:
+        """The codes (steps, d) from ``a`` to ``b`` (explore.interpolate's path) and their
+        decoded images as data URLs."""
+        frames = explore.interpolate(self.model, a, b, steps, method)
+        t = torch.linspace(0, 1, steps)[:, None]
+        codes = explore.slerp(a, b, t) if method == "slerp" else (1 - t) * a + t * b
+        return codes, [data_url(im) for im in to_uint8(frames)]
+
+
+def build_explorer(
+    model: VAE,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    classes: list[str] | None = None,
+    **info: Any,
+) -> Explorer:
+    """An Explorer of ``model`` over uint8 ``images`` (N, H, W, C), N >= 2: their codes, map
+    and the KL of each dimension (``info``: ``name``, ``dataset``, ``sampler``)."""
+    if len(images) < 2:
+        raise TorchVaeError(f"the explorer's map needs at least 2 test images, got {len(images)}")
+    fast = model.inference_copy()
+    means = explore.encode_mean(fast, images)
+    kl = explore.kl_per_dim(fast, images)
+    center = directions = None
+    xy = means
+    if means.shape[1] != 2:
+        center, directions, _ = explore.pca_basis(means)
+        xy = (means - center) @ directions.T
+    if labels is not None and len(labels) != len(images):
+        log.warning("%d labels for %d images: the map is drawn without classes", len(labels),
+                    len(images))  # fmt: skip
+        labels = None
+    order = sorted(range(len(kl)), key=lambda i: (-float(kl[i]), i))
+    return Explorer(
+        model=fast, images=images, labels=labels, classes=classes, means=means,
+        xy=torch.nan_to_num(xy), center=center, directions=directions, kl=kl,
+        active=explore.active_dims(kl), order=order, **info,
+    )  # fmt: skip
+
+
+def find_sampler(model_path: str | os.PathLike, latent_dims: int | None = None) -> Any:
+    """The model's fitted prior (``priors.load_sampler``), or None (N(0, I)) when it has none
+    or it cannot be used, with a warning."""
+    try:
+        sampler = load_sampler(model_path)
+    except TorchVaeError as exc:  # e.g. fitted to other weights: the page still works
+        log.warning("random samples come from the prior: %s", exc)
+        return None
+    if sampler is not None and latent_dims is not None and sampler.dims != latent_dims:
+        log.warning("random samples come from the prior: the fitted sampler draws %d-d codes, "
+                    "the model has %d latent dimensions", sampler.dims, latent_dims)  # fmt: skip
+        return None
+    return sampler
+
+
+def load_explorer(
+    model: VAE,
+    model_path: Path,
+    dataset: str,
+    data_dir: Path | None,
+    nimages: int,
+    progress: bool = True,
+) -> Explorer:
+    """The Explorer of ``model`` (loaded from ``model_path``) over the first ``nimages``
+    (0: all) test images of ``dataset``, with their labels where it has them."""
+    size = model.config.image_size
+    images = load_split(dataset, "test", size, data_dir, progress)[: nimages or None]
+    labels = classes = None
+    try:
+        labels = explore.load_labels(dataset, "test", data_dir)
+        classes = explore.class_names(dataset, data_dir)
+    except (TorchVaeError, OSError) as exc:
+        log.warning("no labels for the map (%s): its points are drawn in one colour", exc)
+    if labels is not None:
+        labels = labels[: len(images)]
+    log.info("mapping %d test images of %s", len(images), dataset)
+    return build_explorer(
+        model, images, labels, classes, name=str(model_path), dataset=dataset,
+        sampler=find_sampler(model_path, model.config.latent_dims),
+    )  # fmt: skip
+
+
+def read_upload(data: bytes, channels: int, size: int) -> np.ndarray:
+    """An uploaded image file as the model sees it, uint8 (size, size, channels): upright
+    (EXIF), on the 8-bit scale, grey or RGB, the centred square resized. Raises UploadError
+    (413: too large, 415: not an image, 422: damaged or unusable)."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(413, f"the file has {len(data)} bytes; at most {MAX_UPLOAD_BYTES}")
+    if not data:
+        raise UploadError(422, "the file is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+            w, h = img.size
+            if w * h > MAX_UPLOAD_PIXELS:
+                raise UploadError(
+                    413, f"the image is {w}x{h} pixels; at most {MAX_UPLOAD_PIXELS:,} in all"
+                )
+            return to_array(ImageOps.exif_transpose(img), channels, size, crop=True)
+    except UploadError:
+        raise
+    except UnidentifiedImageError:
+        raise UploadError(
+            415, f"not an image in a format the explorer reads ({', '.join(UPLOAD_FORMATS)})"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UploadError(413, f"the image is too large: {exc}") from None
+    except UnsupportedImage as exc:
+        raise UploadError(422, f"cannot use this image: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged file makes Pillow raise anything
+        raise UploadError(422, f"cannot decode the image ({type(exc).__name__}: {exc})") from None

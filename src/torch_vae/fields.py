@@ -1,0 +1,77 @@
+"""What every config and option dataclass is made of: ``option()``, a dataclass field that is
+also a command-line flag, and the validators their ``__post_init__`` methods call (one set for
+the whole package, so every flag says the same thing about the same mistake)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from .errors import TorchVaeError
+
+
+def option(default: Any, help: str, **cli: Any) -> Any:
+    """A dataclass field that is also a command-line option: ``help`` is its help text; ``cli``
+    may hold ``flag=False`` (not an option), ``required``, ``positional``, ``nargs``,
+    ``metavar``, ``type`` (the parser's type) or ``cli_default`` (the default on the command
+    line when it differs from the field's). The parser is built from these (cli/flags.py)."""
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON's true would otherwise count as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive(flag: str, value: Any, maximum: int | None = None, example: str = "") -> None:
+    """A whole number > 0 (and at most ``maximum``)."""
+    hint = f"; pass e.g. {example}" if example else ""
+    if not is_int(value) or value <= 0:
+        raise TorchVaeError(f"{flag} must be a positive integer, got {value!r}{hint}")
+    if maximum is not None and value > maximum:
+        raise TorchVaeError(f"{flag} {value} is too large (at most {maximum}){hint}")
+
+
+def non_negative(flag: str, value: Any, maximum: int | None = None) -> None:
+    """A whole number >= 0 (and at most ``maximum``)."""
+    if not is_int(value) or value < 0:
+        raise TorchVaeError(f"{flag} must be an integer >= 0, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise TorchVaeError(f"{flag} {value} is too large (at most {maximum})")
+
+
+def check_number(name: str, value: Any, minimum: float, strict: bool, example: str) -> None:
+    """A finite real number above (``strict``) or at least ``minimum``."""
+    ok = is_int(value) or (isinstance(value, float) and math.isfinite(value))
+    if not ok or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise TorchVaeError(f"{name} must be a number {bound}, got {value!r}; pass e.g. {example}")
+
+
+def check_seed(flag: str, value: Any) -> None:
+    """A seed PyTorch's generators take: an integer in [-2**63, 2**64)."""
+    if not is_int(value) or not -(2**63) <= value < 2**64:
+        raise TorchVaeError(f"{flag} must be an integer from -2**63 to 2**64 - 1, got {value!r}")
+
+
+def check_choice(flag: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise TorchVaeError(f"unknown {flag} {value!r}; choose one of {choices}")
+
+
+def from_dict(cls, data: Any, what: str):
+    """Build a config dataclass from a JSON object, with one-line errors for anything odd."""
+    if not isinstance(data, dict):
+        raise TorchVaeError(f"{what} config must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise TorchVaeError(
+            f"{what} config has unknown fields {sorted(map(str, unknown))}; "
+            "it was written by a newer torch-vae, upgrade with pip install -U torch-vae"
+        )
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise TorchVaeError(f"invalid {what} config: {exc}") from None

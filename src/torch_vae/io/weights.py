@@ -1,0 +1,139 @@
+"""The weights file format: safetensors weights that carry their model config.
+
+A model folder holds ``model.safetensors`` and ``config.json``; a run folder also holds
+``checkpoints/epoch_NNN.safetensors`` and ``ckpt.pt`` (training state). Any of the safetensors
+files alone is enough to rebuild the model: its config is stored in the metadata, as JSON, and
+the models package (``torch_vae.models``) turns it back into the model family's config. This
+module knows the file, not the models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import TorchVaeError
+from ..version import __version__
+from .files import atomic_path
+
+FORMAT = "torch-vae"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def write_weights(
+    state: dict[str, torch.Tensor],
+    config: dict[str, Any],
+    path: str | os.PathLike,
+    dataset: str | None = None,
+) -> Path:
+    """Write a model's ``state`` with its ``config`` (a JSON-able dict; and its dataset) to
+    ``path``, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "torch_vae_version": __version__,
+        "model_config": json.dumps(config),
+    }
+    if dataset:
+        meta["dataset"] = dataset
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
+
+
+def resolve_weights(path: str | os.PathLike) -> Path:
+    """A run folder or a weights file -> the weights file, with a clear error if there is none."""
+    path = Path(path)
+    if path.is_dir():
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            raise TorchVaeError(
+                f"{path} has no {WEIGHTS_NAME}; pass a run folder written by "
+                "'torch-vae train' or a .safetensors weights file"
+            )
+        return weights
+    if not path.exists():
+        raise TorchVaeError(
+            f"model {path} does not exist; pass a run folder or a .safetensors file"
+        )
+    return path
+
+
+def _looks_like_torch_pickle(path: Path) -> bool:
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x80\x02"  # legacy torch.save pickle protocol 2
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a torch-vae weights file (or of the one in a run or model folder):
+    ``{"config": dict, "dataset": str | None, "path": Path}``."""
+    weights = resolve_weights(path)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        if _looks_like_torch_pickle(weights):
+            raise TorchVaeError(
+                f"{weights} is a PyTorch pickle checkpoint (as written by the original "
+                "torch-vae), not a torch-vae safetensors file; convert it with "
+                f"'torch-vae import-torch-vae {weights} --dataset DATASET'"
+            ) from None
+        raise TorchVaeError(f"{weights} is not a readable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT or "model_config" not in meta:
+        raise TorchVaeError(
+            f"{weights} is a safetensors file without a torch-vae model config; "
+            "only weights written by torch-vae can be loaded"
+        )
+    version = meta.get("format_version", "0")
+    if not (version.isascii() and version.isdigit()):
+        raise TorchVaeError(f"{weights} has a corrupt format version {version[:20]!r}")
+    if int(version) > FORMAT_VERSION:
+        raise TorchVaeError(
+            f"{weights} uses checkpoint format {version}, newer than this "
+            f"torch-vae ({__version__}) reads; upgrade with pip install -U torch-vae"
+        )
+    try:
+        config = json.loads(meta["model_config"])
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise TorchVaeError(f"{weights} has a corrupt model config ({exc})") from None
+    if not isinstance(config, dict):
+        raise TorchVaeError(f"{weights} has a corrupt model config (not a JSON object)")
+    return {"config": config, "dataset": meta.get("dataset"), "path": weights}
+
+
+def read_weights(weights: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights``, after checking their names and shapes against ``expected``
+    (so that nothing is allocated for a file that does not fit)."""
+    try:
+        with safe_open(str(weights), framework="pt", device="cpu") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            _check_shapes(weights, shapes, expected)
+            return {key: f.get_tensor(key) for key in shapes}
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
+        raise TorchVaeError(f"{weights} is corrupt or truncated ({exc})") from None
+
+
+def _check_shapes(weights: Path, have: dict, want: dict) -> None:
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [k for k in want if k in have and have[k] != want[k]]
+    if missing or unexpected or wrong:
+        if wrong:
+            detail = f"{wrong[0]} has shape {list(have[wrong[0]])}, expected {list(want[wrong[0]])}"
+        elif missing:
+            detail = f"missing {missing[0]}"
+        else:
+            detail = f"unexpected {unexpected[0]}"
+        raise TorchVaeError(f"{weights}: weights do not fit the stored model config ({detail})")

@@ -1,0 +1,354 @@
+"""``VAE``: the base class of every model family, and the one thing the rest of torch-vae relies
+on. A family subclasses it and names its config class and its two networks (``encoder_class``:
+images -> ``Posterior``; ``decoder_class``: codes -> images in [0, 1]), each built from the
+config; everything else comes from here and works the same for every family:
+
+- ``encode(x) -> Posterior``, ``decode(z)``, ``reconstruct(x)`` (the posterior's mode),
+  ``sample(n, generator)`` (codes from the prior), ``forward(x)`` -> ``VAEOutput``;
+- ``objective(out, x, beta, recon_loss)`` and ``loss(x)``: the training objective's parts;
+- ``inference_copy()``: an eval-mode copy with the family's batch norms folded
+  (``fold_batch_norm``, which each family writes for the layers it has);
+- ``estimate_memory(config, batch)`` (``memory_estimate(batch)`` on a model): the bytes a
+  training step needs, measured by running the model on the meta device (no memory is used,
+  and no family needs its own formula);
+- ``save_pretrained`` / ``from_pretrained(path, dtype=None, device=None)``: self-describing
+  safetensors files (io/weights.py), whichever family wrote them.
+
+``VAE(config)`` builds the class registered for ``config.arch`` (so ``VAE(ModelConfig(...))``
+works for every family), and ``VAE.from_pretrained`` loads any family's file.
+
+Inputs are cast to the model's dtype, so a model moved to bfloat16 encodes, decodes and
+samples float32 inputs as they are; the native-size projection always runs in float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import TorchVaeError
+from ..io.files import write_text_atomic
+from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, read_metadata, read_weights, write_weights
+from ..runtime.device import autocast_off, randn
+from ..version import __version__
+from .config import ModelConfig
+from .losses import VAEOutput, reconstruction_error
+from .posterior import Posterior, standard_normal_log_prob
+from .registry import model_class
+from .upsampling import upsampling_projector
+
+# Memory per stored activation element during training: the forward output kept for the
+# backward pass and its gradient, in float32 (``estimate_memory``).
+_ACTIVATION_COPIES = 2
+
+
+class VAE(nn.Module):
+    """A variational autoencoder of any registered family (see the module docstring).
+
+    ``forward`` is pure: it returns the reconstruction and the posterior parameters and keeps no
+    state. In training mode it decodes a reparameterised sample; in eval mode it decodes the
+    posterior's mode, so reconstructions are deterministic.
+    """
+
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    # the family's networks, built from the config: images -> Posterior, codes -> images
+    encoder_class: ClassVar[type[nn.Module] | None] = None
+    decoder_class: ClassVar[type[nn.Module] | None] = None
+
+    def __new__(cls, config: ModelConfig | None = None, *args: Any, **kwargs: Any):
+        if cls is VAE and config is not None:  # the family's class
+            cls = model_class(getattr(config, "arch", None))
+        return super().__new__(cls)
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TorchVaeError(
+                f"{type(self).__name__} takes a {self.config_class.__name__}, got "
+                f"{type(config).__name__}"
+            )
+        self.config = config
+        self.dataset: str | None = None  # what it was trained on, if known (from_pretrained)
+        # Derived from the config, so not saved with the weights, and kept in float32 outside
+        # the module's buffers (a bfloat16 projector would round away what it projects).
+        self._projector = (
+            upsampling_projector(config.native_size, config.image_size)
+            if config.native_size
+            else None
+        )
+        if self.encoder_class is not None:
+            self.encoder = self.encoder_class(config)
+        if self.decoder_class is not None:
+            self.decoder = self.decoder_class(config)
+
+    # -- the contract ---------------------------------------------------------------------
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        dtype = self.dtype
+        return t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
+
+    def encode(self, x: torch.Tensor) -> Posterior:
+        """Images (B, C, H, W) in [0, 1] -> posterior q(z|x)."""
+        return self.encoder(self._cast(x))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, d) -> images (B, C, H, W) in [0, 1], in the model's dtype.
+
+        With ``native_size`` set, the decoder's output is projected onto the images that
+        bilinear upsampling from ``native_size`` can produce (the data pipeline's resize), then
+        clipped to [0, 1]. Both steps move any output closer to every such image in [0, 1], so
+        they only lower the squared error to them, and the decoder spends nothing on detail
+        the data cannot have.
+        """
+        x = self.decoder(self._cast(z))
+        if self._projector is None:
+            return x
+        p = self._projector
+        if p.device != x.device:
+            self._projector = p = p.to(x.device)
+        # in float32 even under autocast: the projection is cheap, and rounding it to 16 bits
+        # would add error of its own
+        with autocast_off(x.device.type):
+            y = (p @ x.float() @ p).clamp(0, 1)
+        return y.to(x.dtype)
+
+    def forward(
+        self, x: torch.Tensor, sample: bool | None = None, generator: torch.Generator | None = None
+    ) -> VAEOutput:
+        """Encode and decode ``x``. ``sample`` defaults to ``self.training``."""
+        post = self.encode(x)
+        if sample is None:
+            sample = self.training
+        z = post.sample(generator) if sample else post.mode()
+        return VAEOutput(self.decode(z), post.mu, post.logvar)
+
+    def prior_sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """``n`` codes (n, d) from the prior N(0, I), drawn by ``generator`` on its own device
+        in float32 (a seeded CPU generator gives the same codes for a model on any device and
+        dtype), on ``device`` in ``dtype`` (default: the model's)."""
+        device = device or self.device
+        return randn((n, self.config.latent_dims), generator, device, dtype or self.dtype)
+
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of codes (..., d): (...)."""
+        return standard_normal_log_prob(z)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        condition: Any = None,
+        device: torch.device | None = None,
+    ) -> torch.Tensor:
+        """Decode ``n`` codes drawn from the prior by ``generator``: (n, C, H, W)."""
+        if condition is not None:
+            raise TorchVaeError(f"a {self.config.arch} model is not conditional: no condition")
+        return self.decode(self.prior_sample(n, generator, device))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior's mode for ``x`` (deterministic)."""
+        return self.decode(self.encode(x).mode())
+
+    def objective(
+        self, out: VAEOutput, x: torch.Tensor, beta: float = 1.0, recon_loss: str = "mse"
+    ) -> dict[str, torch.Tensor]:
+        """The training objective of a forward pass ``out`` of ``x``: ``{"loss", "recon",
+        "kl"}``, each the mean over the batch of a per-image sum (in float32);
+        ``loss = recon + beta * kl``."""
+        recon = reconstruction_error(out.recon, x, recon_loss).mean()
+        kl = Posterior(out.mu.float(), out.logvar.float()).kl().mean()
+        return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        beta: float = 1.0,
+        recon_loss: str = "mse",
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``objective`` of a sampled forward pass of ``x`` (what one training step lowers)."""
+        return self.objective(self(x, sample=True, generator=generator), x, beta, recon_loss)
+
+    def fold_batch_norm(self) -> None:
+        """Fold the model's batch norms into the layers before them, in place (eval mode only).
+        A family with batch norms overrides it for the pairs it has; the default folds none."""
+
+    @torch.no_grad()
+    def inference_copy(self) -> VAE:
+        """An eval-mode copy for inference: batch norms folded (``fold_batch_norm``; the same
+        outputs up to float rounding), channels_last on the CPU. ``self`` is left as it is."""
+        fused = copy.deepcopy(_unwrap(self)).eval()
+        fused.fold_batch_norm()
+        if fused.device.type == "cpu":
+            fused = fused.to(memory_format=torch.channels_last)
+        return fused
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- sizes, before anything is allocated -----------------------------------------------
+
+    @classmethod
+    def expected_shapes(cls, config: ModelConfig) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor of a model with ``config``, without allocating it."""
+        with torch.device("meta"):
+            model = model_class(config.arch)(config)
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    @classmethod
+    def estimate_memory(cls, config: ModelConfig, batch: int) -> int:
+        """Bytes that training a model with ``config`` on batches of ``batch`` images needs,
+        about: weights, gradients and AdamW's two moments (4 float copies of the parameters),
+        and every layer's output kept for the backward pass with its gradient, counted by
+        running the model on the meta device (nothing is allocated)."""
+        with torch.device("meta"):
+            model = model_class(config.arch)(config).train()
+        sizes: list[int] = []
+
+        def count(module, inputs, output) -> None:
+            for t in output if isinstance(output, tuple) else (output,):
+                if isinstance(t, torch.Tensor):
+                    sizes.append(t.numel())
+
+        leaves = [m for m in model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(count) for m in leaves]
+        try:
+            x = torch.empty(batch, config.in_channels, config.image_size, config.image_size,
+                            device="meta")  # fmt: skip
+            model(x, sample=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        params = sum(p.numel() for p in model.parameters())
+        images = 2 * batch * config.in_channels * config.image_size**2  # input and output
+        return 4 * (4 * params + _ACTIVATION_COPIES * (sum(sizes) + images))
+
+    def memory_estimate(self, batch: int) -> int:
+        """``estimate_memory`` for this model's config."""
+        return type(self).estimate_memory(self.config, batch)
+
+    # -- files -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+    ) -> VAE:
+        """Load a model from a run folder, a model folder or a .safetensors file; the file
+        carries the family and its config, so no flags are needed. Returned in eval mode, on
+        ``device`` (default: the CPU) in ``dtype`` (default: as stored, float32), with the
+        dataset it was trained on (if recorded) as ``model.dataset``. Called on a family's
+        class, it refuses another family's file."""
+        meta = read_metadata(path)
+        try:
+            config = ModelConfig.from_dict(meta["config"])
+        except TorchVaeError as exc:
+            raise TorchVaeError(f"{meta['path']}: {exc}") from None
+        family = model_class(config.arch)
+        if not issubclass(family, cls):
+            raise TorchVaeError(
+                f"{meta['path']} holds a {config.arch} model, not a {cls.__name__}; load it "
+                "with torch_vae.load_model"
+            )
+        # The shapes are checked against the config before anything is allocated, so that a
+        # damaged config cannot ask for a huge model.
+        state = read_weights(meta["path"], family.expected_shapes(config))
+        model = family(config)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise TorchVaeError(
+                f"{meta['path']}: weights do not fit the stored model config ({first[-1].strip()})"
+            ) from None
+        bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise TorchVaeError(
+                f"{meta['path']} holds NaN or infinite weights ({bad[0]}); the file is damaged "
+                "or was saved from a diverged run: use an earlier checkpoint"
+            )
+        model.dataset = meta["dataset"]
+        return model.to(device=device or "cpu", dtype=dtype).eval()
+
+    def save_pretrained(self, folder: str | os.PathLike, dataset: str | None = None) -> Path:
+        """Write ``folder/model.safetensors`` (weights with their config inside) and
+        ``folder/config.json``; ``VAE.from_pretrained(folder)`` reads it back."""
+        folder = Path(folder)
+        dataset = dataset or self.dataset
+        save_model(self, folder / WEIGHTS_NAME, dataset)
+        config = {"torch_vae_version": __version__, "model": self.config.to_dict()}
+        if dataset:
+            config["dataset"] = dataset
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        return folder
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model under a torch.compile or DistributedDataParallel wrapper."""
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> VAE:
+    """``VAE.from_pretrained``: a model of any family from a run folder or a .safetensors
+    file, in eval mode."""
+    return VAE.from_pretrained(path, dtype=dtype, device=device)
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, dataset: str | None = None) -> Path:
+    """Write ``model``'s weights (in float32) and config to ``path`` (a .safetensors file),
+    atomically."""
+    model = _unwrap(model)
+    state = {
+        k: v.float() if v.is_floating_point() and v.dtype != torch.float64 else v
+        for k, v in model.state_dict().items()
+    }
+    return write_weights(state, model.config.to_dict(), path, dataset)
+
+
+def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str | None, Path]:
+    """The model config, dataset and weights file of a model, without loading its weights."""
+    meta = read_metadata(path)
+    try:
+        return ModelConfig.from_dict(meta["config"]), meta["dataset"], meta["path"]
+    except TorchVaeError as exc:
+        raise TorchVaeError(f"{meta['path']}: {exc}") from None
+
+
+def create_model(arch: str = "original", **fields: Any) -> VAE:
+    """A new model of family ``arch`` with the config ``fields`` (the family's defaults for the
+    rest): ``create_model("dcgan", image_size=32, in_channels=3, latent_dims=16)``."""
+    return VAE(ModelConfig(arch=arch, **fields))
+
+
+def training_memory(config: ModelConfig, batch: int) -> int:
+    """``VAE.estimate_memory``: bytes a training step on ``batch`` images needs, about."""
+    return model_class(config.arch).estimate_memory(config, batch)

@@ -1,0 +1,170 @@
+"""Model configs: ``ModelConfig``, the fields every model family has, and ``ConvConfig``, those
+of the families built as a ladder of stride-2 convolutions. Each family's config subclasses one
+of them with its own fields (a field of one family is not an option of every family) and is
+registered with its model (registry.py).
+
+``ModelConfig(arch="dcgan", latent_dims=8)`` builds the config class registered for ``arch``
+(here ``DCGANConfig``), so code that names the architecture as a string keeps working; each
+config is a frozen dataclass, validated when it is made, and stored as JSON with its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..errors import TorchVaeError
+from ..fields import from_dict, is_int, option, positive
+
+# The upper bounds are far beyond any practical model; they keep a damaged or hostile config
+# from asking for absurd amounts of memory or time.
+MAX_SIZE = 2**16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What every model family's config has; ``arch`` names the family."""
+
+    arch: str = option("original", "the model family (see docs/model.md)")
+    in_channels: int = option(1, "image channels (the dataset's)", flag=False)
+    image_size: int = option(64, "images are resized to this square size")
+    latent_dims: int = option(8, "latent dimensions")
+    # > 0: the images are bilinear upsamplings of native_size x native_size images, and the
+    # decoder's output is projected onto those (models.base.VAE.decode); 0: no projection.
+    native_size: int = option(
+        0,
+        "the size the images were upsampled from (28 for MNIST and Fashion-MNIST, 32 for "
+        "CIFAR): the decoder's output is projected onto such images (0: off); with "
+        "--init_from it may differ from MODEL's",
+    )
+    # the family's default fields for a tiny model (tests and examples): see ``tiny``
+    TINY: ClassVar[dict[str, Any]] = {}
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if cls is ModelConfig:  # dispatch to the family's config class
+            from .registry import config_class
+
+            cls = config_class(kwargs.get("arch", "original"))
+            _check_fields(cls, kwargs)
+        return object.__new__(cls)
+
+    def __post_init__(self) -> None:
+        from .registry import config_class
+
+        if not isinstance(self.arch, str) or config_class(self.arch) is not type(self):
+            raise TorchVaeError(
+                f"arch {self.arch!r} is not the family of {type(self).__name__}; build it with "
+                "ModelConfig(arch=...) or the family's own config class"
+            )
+        positive("--latent_dims", self.latent_dims, 2**16, "--latent_dims 8")
+        positive("--image_size", self.image_size, MAX_SIZE, "--image_size 64")
+        if not is_int(self.in_channels) or self.in_channels not in (1, 3):
+            raise TorchVaeError(
+                f"images must have 1 (grayscale) or 3 (RGB) channels, got {self.in_channels}"
+            )
+        if not is_int(self.native_size) or not 0 <= self.native_size < self.image_size:
+            raise TorchVaeError(
+                f"--native_size {self.native_size} must be 0 (off) or the size, smaller than "
+                f"--image_size {self.image_size}, that the images were upsampled from "
+                "(28 for MNIST and Fashion-MNIST, 32 for CIFAR)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A config from its JSON form: the class registered for its ``arch`` (``original``
+        where a file written before architectures had names has none)."""
+        from .registry import config_class
+
+        if not isinstance(data, dict):
+            raise TorchVaeError(f"model config must be a JSON object, got {type(data).__name__}")
+        family = config_class(data.get("arch", "original")) if cls is ModelConfig else cls
+        return from_dict(family, data, "model")
+
+    @classmethod
+    def tiny(cls, in_channels: int = 1, image_size: int = 32, **fields: Any) -> ModelConfig:
+        """A small config of this family for tests and examples (a few thousand parameters)."""
+        return cls(**{"in_channels": in_channels, "image_size": image_size, "latent_dims": 3,
+                      **cls.TINY, **fields})  # fmt: skip
+
+    def run_name(self, dataset_stem: str) -> str:
+        """The default run folder name of a run of this model on a dataset."""
+        return f"{dataset_stem}_{self.arch}_dims_{self.latent_dims:04d}"
+
+
+def _check_fields(cls: type, kwargs: dict[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise TorchVaeError(
+            f"{unknown[0]} is not an option of arch {kwargs.get('arch', 'original')!r} "
+            f"(its options: {', '.join(sorted(names))})"
+        )
+
+
+@dataclass(frozen=True)
+class ConvConfig(ModelConfig):
+    """A ladder of ``depth`` stride-2 convolutions whose widths double up to ``max_filters``
+    (depth 3: F/4, F/2, F); the decoder mirrors it. ``depth`` None means as many as bring the
+    image down to the family's ``BOTTLENECK`` size (``default_depth``)."""
+
+    max_filters: int = option(
+        128, "filters of the widest convolution, F (the encoder uses ..., F/4, F/2, F)"
+    )
+    depth: int | None = option(
+        None,
+        "stride-2 convolutions in the encoder and decoder (default: down to 8x8 for original, "
+        "4x4 for dcgan: 3 and 4 at 64 pixels, 4 and 5 at 128)",
+    )
+    BOTTLENECK: ClassVar[int] = 8  # the last feature map's size the family was designed for
+    FALLBACK_DEPTH: ClassVar[int] = 3  # for sizes that halve to no such size
+    TINY: ClassVar[dict[str, Any]] = {"max_filters": 16}
+
+    def __post_init__(self) -> None:
+        if self.depth is None:
+            object.__setattr__(self, "depth", self.default_depth(self.image_size))
+        super().__post_init__()
+        positive("--max_filters", self.max_filters, 2**16, "--max_filters 128")
+        positive("--depth", self.depth, 16, "--depth 3")
+        step = 2**self.depth
+        if self.image_size % step:
+            fits = [d for d in range(1, 8) if self.image_size % 2**d == 0]
+            hint = f"use --depth {max(fits)} or less" if fits else "use an even --image_size"
+            raise TorchVaeError(
+                f"--image_size {self.image_size} is not divisible by 2**depth = {step} "
+                f"(depth {self.depth}); {hint}, or an image size that is a multiple of {step}"
+            )
+        if self.max_filters % 2 ** (self.depth - 1):
+            raise TorchVaeError(
+                f"--max_filters {self.max_filters} must be divisible by 2**(depth-1) = "
+                f"{2 ** (self.depth - 1)} so that every layer has a whole number of filters"
+            )
+
+    @classmethod
+    def default_depth(cls, image_size: int) -> int:
+        """As many stride-2 convolutions as bring ``image_size`` down to ``BOTTLENECK`` (for
+        a bottleneck of 4: 4 at 64 pixels, 5 at 128, 6 at 256), or ``FALLBACK_DEPTH`` for sizes
+        that halve to no such size."""
+        depth, size = 0, image_size
+        while is_int(size) and size > cls.BOTTLENECK and size % 2 == 0:
+            depth, size = depth + 1, size // 2
+        return depth if size == cls.BOTTLENECK and depth > 0 else cls.FALLBACK_DEPTH
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        """Encoder widths from the first convolution to the last, e.g. (32, 64, 128)."""
+        return tuple(self.max_filters // 2 ** (self.depth - 1 - i) for i in range(self.depth))
+
+    @property
+    def bottleneck_size(self) -> int:
+        """Spatial size of the last encoder feature map."""
+        return self.image_size // 2**self.depth
+
+    def run_name(self, dataset_stem: str) -> str:
+        """The original's naming, ``<dataset>_filters_0128_dims_0008``, plus ``_<arch>`` for
+        every family but the original's."""
+        name = f"{dataset_stem}_filters_{self.max_filters:04d}_dims_{self.latent_dims:04d}"
+        return name if self.arch == "original" else f"{name}_{self.arch}"

@@ -1,0 +1,33 @@
+"""Latent priors fitted after training (``fit-sampler``, ``generate --sampler``): the file
+format, the registry of kinds and the choice of ``--sampler auto`` (base.py), and one module
+per kind (mixture.py: a Gaussian or a Gaussian mixture)."""
+
+from . import mixture  # noqa: F401  (registers its kinds)
+from .base import (
+    PRIORS,
+    Prior,
+    choose_sampler,
+    load_sampler,
+    preference,
+    read_sampler,
+    sampler_path,
+    save_sampler,
+)
+from .fit import fit_sampler, posterior_means
+from .mixture import MixtureSampler, fit_gaussian, fit_gmm
+
+__all__ = [
+    "PRIORS",
+    "MixtureSampler",
+    "Prior",
+    "choose_sampler",
+    "fit_gaussian",
+    "fit_gmm",
+    "fit_sampler",
+    "load_sampler",
+    "posterior_means",
+    "preference",
+    "read_sampler",
+    "sampler_path",
+    "save_sampler",
+]

@@ -1,0 +1,154 @@
+"""Latent priors fitted after training (ex-post samplers, Ghosh et al., 2020): a density fitted
+to where the training images land in the latent space, from which ``generate`` draws its codes
+instead of the model's prior N(0, I). The aggregate posterior of a VAE is not N(0, I) (parts of
+the prior are never visited by any image), so codes drawn from a fitted density decode to more
+convincing images.
+
+Every kind registers itself (``register_prior``) and keeps one small contract: ``kind``,
+``dims``, ``info`` (what it was fitted to), ``sample(n, generator) -> (n, d)`` float32 codes on
+the CPU, ``describe()``, ``tensors()`` and ``from_tensors(tensors, info)``. A fitted prior lives
+beside the model's weights as ``sampler-<kind>.safetensors`` (its tensors; the description in
+the metadata) plus a readable ``sampler-<kind>.json``; no pickle. It records the SHA-256 of the
+weights it was fitted to, and is refused for any other weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import TorchVaeError
+from ..io.files import atomic_path, file_sha256, write_text_atomic
+from ..io.weights import WEIGHTS_NAME, resolve_weights
+
+log = logging.getLogger(__name__)
+
+SAMPLER_FORMAT = "torch-vae-sampler"
+
+
+class Prior(Protocol):
+    kind: str
+    info: dict[str, Any]
+
+    @property
+    def dims(self) -> int: ...
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+    def describe(self) -> str: ...
+
+    def tensors(self) -> dict[str, torch.Tensor]: ...
+
+
+PRIORS: dict[str, Any] = {}  # kind -> class with from_tensors(tensors, info, path)
+_RANK: dict[str, int] = {}  # kind -> its place in what --sampler auto takes first
+
+
+def register_prior(kinds: tuple[str, ...], rank: int):
+    """Register a prior class for the kinds it reads (``from_tensors``); ``rank``: its place
+    in what ``--sampler auto`` picks where several are fitted (lower first)."""
+
+    def register(cls):
+        for i, kind in enumerate(kinds):  # in the order given, at ``rank``
+            PRIORS[kind] = cls
+            _RANK[kind] = rank + i
+        return cls
+
+    return register
+
+
+def preference() -> list[str]:
+    """The fitted kinds ``--sampler auto`` looks for, best first."""
+    return sorted(PRIORS, key=lambda kind: (_RANK[kind], kind))
+
+
+def sampler_path(model_path: str | os.PathLike, kind: str) -> Path:
+    """Where a model's fitted prior of ``kind`` lives: ``sampler-<kind>.safetensors`` in a
+    model folder, ``<name>.sampler-<kind>.safetensors`` beside a weights file."""
+    weights = resolve_weights(model_path)
+    if weights.name == WEIGHTS_NAME:
+        return weights.with_name(f"sampler-{kind}.safetensors")
+    return weights.with_name(f"{weights.stem}.sampler-{kind}.safetensors")
+
+
+def save_sampler(prior: Prior, path: Path) -> Path:
+    """Write ``path`` (.safetensors, description in its metadata) and the same description as
+    readable JSON beside it (``.json``)."""
+    tensors = {k: v.contiguous() for k, v in prior.tensors().items()}
+    meta = {"format": SAMPLER_FORMAT, "info": json.dumps(prior.info)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    write_text_atomic(path.with_suffix(".json"), json.dumps(prior.info, indent=2) + "\n")
+    return path
+
+
+def read_sampler(path: Path) -> Prior:
+    """A prior written by ``save_sampler``, checked by its kind's ``from_tensors``."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        info = json.loads(meta["info"])
+    except (SafetensorError, OSError, ValueError, KeyError, RecursionError) as exc:
+        raise TorchVaeError(f"cannot read sampler {path} ({exc}); fit it again") from None
+    if meta.get("format") != SAMPLER_FORMAT or not isinstance(info, dict):
+        raise TorchVaeError(f"{path} is not a torch-vae sampler; fit it again")
+    cls = PRIORS.get(info.get("kind", "gmm"))
+    if cls is None:
+        raise TorchVaeError(f"{path} holds a sampler of unknown kind {info.get('kind')!r}")
+    return cls.from_tensors(tensors, info, path)
+
+
+def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prior | None:
+    """The prior fitted to the model at ``model_path`` (a model folder or weights file): of
+    ``kind``, or the preferred one there is (``preference()``); None when there is none, so that
+    the caller draws from the model's prior. A sampler file that is damaged or was fitted to
+    other weights raises TorchVaeError."""
+    for k in (kind,) if kind else preference():
+        path = sampler_path(model_path, k)
+        if not path.is_file():
+            continue
+        prior = read_sampler(path)
+        weights = resolve_weights(model_path)
+        if prior.info.get("model_sha256") != file_sha256(weights):
+            raise TorchVaeError(
+                f"{path} was fitted to other weights than {weights}; fit it again with "
+                f"torch-vae fit-sampler --model {model_path} --sampler {k}"
+            )
+        return prior
+    return None
+
+
+def choose_sampler(model_path: Path, name: str, latent_dims: int | None = None) -> Prior | None:
+    """The prior that ``--sampler name`` means (None: the model's own prior N(0, I)).
+    ``auto``: the fitted one that ``load_sampler`` prefers, else N(0, I), with a log line
+    either way; a kind: that one, or a one-line error saying how to fit it. ``latent_dims``,
+    when given, must be the prior's dimension."""
+    if name == "prior":
+        return None
+    prior = load_sampler(model_path, None if name == "auto" else name)
+    if prior is None and name != "auto":
+        raise TorchVaeError(
+            f"{model_path} has no fitted {name} sampler ({sampler_path(model_path, name).name}); "
+            f"fit one with 'torch-vae fit-sampler --model {model_path} --sampler {name}', or "
+            "pass --sampler prior"
+        )
+    if prior is None:
+        log.info("no fitted sampler for %s: latents from the prior N(0, I) (fit one with "
+                 "torch-vae fit-sampler --model %s)", model_path, model_path)  # fmt: skip
+        return None
+    if latent_dims is not None and prior.dims != latent_dims:
+        raise TorchVaeError(
+            f"{sampler_path(model_path, prior.kind)} draws {prior.dims}-d codes, but the model "
+            f"has {latent_dims} latent dimensions; fit it again"
+        )
+    log.info("latents from %s fitted to the posterior means (%s)", prior.describe(),
+             sampler_path(model_path, prior.kind).name)  # fmt: skip
+    return prior

@@ -1,0 +1,210 @@
+"""Weight averaging after training (stochastic weight averaging, Izmailov et al., 2018).
+
+Train with a constant learning rate for a few epochs (for example a fine-tuning run started with
+``--init_from``), then average the weights saved at the end of the last K epochs and recompute
+the batch-norm statistics with one pass over the training split: the running statistics of the
+single epochs do not belong to the averaged weights. Averaging points that a constant learning
+rate keeps apart usually generalises better than any one of them; at the end of a decaying
+schedule the weights hardly move and there is little to gain. Several runs of one model (for
+example fine-tuned from it with different seeds) can be averaged together: their weights are
+further apart, and the mean of all their last epochs gains more than each run's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..analysis.pictures import N_PICTURE, epoch_picture
+from ..data import load_split
+from ..errors import TorchVaeError
+from ..io.files import file_sha256
+from ..io.png import save_png
+from ..io.weights import CONFIG_NAME, WEIGHTS_NAME
+from ..models import VAE, load_model, read_config, save_model
+from ..runtime.device import to_float
+from .rundir import CHECKPOINTS_DIR
+
+log = logging.getLogger(__name__)
+# A temporary output folder untouched for this long belongs to an average that was killed (one
+# that is running writes its files within seconds of making the folder).
+STALE_SECONDS = 600
+
+
+def epoch_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's per-epoch weight files, oldest first."""
+    if not run_dir.is_dir():
+        raise TorchVaeError(
+            f"{run_dir}: no such run folder; pass a folder written by 'torch-vae train'"
+        )
+    paths = sorted((run_dir / CHECKPOINTS_DIR).glob("epoch_*.safetensors"))
+    if not paths:
+        raise TorchVaeError(
+            f"{run_dir} has no {CHECKPOINTS_DIR}/epoch_NNN.safetensors; pass a run folder "
+            "written by 'torch-vae train'"
+        )
+    return paths
+
+
+def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """The element-wise mean (computed in float64) of the floating-point tensors of ``paths``;
+    integer tensors (batch-norm counters) are taken from the last file."""
+    total: dict[str, torch.Tensor] = {}
+    last: dict[str, torch.Tensor] = {}
+    for path in paths:
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise TorchVaeError(f"{path} is corrupt or truncated ({exc})") from None
+        if total and set(state) != set(total):
+            raise TorchVaeError(f"{path} holds other tensors than {paths[0]}; not one model")
+        for name, tensor in state.items():
+            if name in total and tensor.shape != total[name].shape:
+                raise TorchVaeError(f"{path}: {name} has another shape than in {paths[0]}")
+            if tensor.is_floating_point():
+                total[name] = total.get(name, 0) + tensor.double()
+            else:
+                total.setdefault(name, tensor)
+        last = state
+    out = {}
+    for name, t in total.items():
+        out[name] = (t / len(paths)).to(last[name].dtype) if t.is_floating_point() else last[name]
+    return out
+
+
+@torch.no_grad()
+def recompute_batch_norm(
+    model: VAE, images: torch.Tensor, device: torch.device, batchsize: int = 500, seed: int = 0
+) -> None:
+    """Replace the batch-norm running statistics of ``model`` by their plain average over
+    ``images`` (uint8), seen as in training: the decoder gets posterior samples, drawn for
+    ``seed`` by a CPU generator (the same seed gives the same samples on every device; the
+    global random state is left alone). ``model`` ends in eval mode."""
+    from torch.optim.swa_utils import update_bn
+
+    device = torch.device(device)
+    starts = range(0, len(images), batchsize)
+    batches = (to_float(images[i : i + batchsize], device) for i in starts)
+    try:
+        # resets the running statistics, averages them cumulatively (momentum None) over
+        # one pass in train mode, then restores the momenta
+        update_bn(batches, _Sampling(model, torch.Generator().manual_seed(seed)))
+    finally:
+        model.eval()
+
+
+class _Sampling(torch.nn.Module):
+    """``model`` decoding posterior samples drawn by ``generator`` (update_bn calls ``m(x)``)."""
+
+    def __init__(self, model: VAE, generator: torch.Generator):
+        super().__init__()
+        self.model, self.generator = model, generator
+
+    def forward(self, x: torch.Tensor):
+        return self.model(x, sample=True, generator=self.generator)
+
+
+def average_runs(
+    run_dirs: list[Path],
+    last: int,
+    out: Path,
+    data_dir: Path | None = None,
+    device: torch.device | str = "cpu",
+    batchsize: int = 500,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Average the last ``last`` epochs of each run in ``run_dirs`` (runs of one architecture,
+    for example fine-tuned from one model with different seeds) into a new model folder ``out``:
+    its weights, the first run's config.json with an ``average`` record, and
+    images/average.png (samples and test reconstructions, as a run's epoch pictures). ``out``
+    must not exist; it appears complete or not at all. Returns the ``average`` record."""
+    if out.exists():
+        raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
+    paths = _checkpoints_to_average(run_dirs, last)
+    model = _check_one_model(paths, device)
+    model.load_state_dict(average_weights([p for run in paths.values() for p in run]))
+    size = model.config.image_size
+    images = torch.from_numpy(load_split(model.dataset, "train", size, data_dir, progress))
+    log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
+    recompute_batch_norm(model, images, torch.device(device), batchsize, seed)
+    record = {
+        "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
+        "batch_norm": f"recomputed on the {len(images)} images of the training split, seed {seed}",
+    }
+    config_path = run_dirs[0] / CONFIG_NAME
+    try:
+        config = json.loads(config_path.read_bytes()) if config_path.is_file() else {}
+    except (OSError, ValueError, RecursionError) as exc:
+        raise TorchVaeError(f"{config_path} is unreadable or corrupt ({exc})") from None
+    config["average"] = record
+    test = torch.from_numpy(load_split(model.dataset, "test", size, data_dir, progress))
+    # as a training run's images/epoch_NNN.png: latents drawn as train draws them for this seed
+    z = model.prior_sample(N_PICTURE, torch.Generator().manual_seed(seed), device, torch.float32)
+    picture = epoch_picture(model, z, test[:N_PICTURE], device)
+    _write_model_folder(out, model, config, picture)
+    log.info("wrote %s", out)
+    return record
+
+
+def _checkpoints_to_average(run_dirs: list[Path], last: int) -> dict[Path, list[Path]]:
+    """The last ``last`` epoch checkpoints of each run."""
+    if len(set(run_dirs)) != len(run_dirs):
+        raise TorchVaeError("a run is given twice; pass each run folder once")
+    paths: dict[Path, list[Path]] = {}
+    for run_dir in run_dirs:
+        found = epoch_checkpoints(run_dir)
+        if not 1 <= last <= len(found):
+            raise TorchVaeError(
+                f"--last {last}: {run_dir} has {len(found)} epoch checkpoints; "
+                f"pass 1 to {len(found)}"
+            )
+        paths[run_dir] = found[-last:]
+    return paths
+
+
+def _check_one_model(paths: dict[Path, list[Path]], device) -> VAE:
+    """The first run's last model, after checking that every run trained the same model."""
+    first, *others = paths
+    model = load_model(paths[first][-1], device)
+    if model.dataset is None:
+        raise TorchVaeError(f"{paths[first][-1]} does not say which dataset it was trained on")
+    for run_dir in others:
+        config, dataset, _ = read_config(paths[run_dir][-1])
+        if config != model.config or dataset != model.dataset:
+            raise TorchVaeError(
+                f"{run_dir} is not a run of the same model as {first} (another architecture or "
+                "dataset); average runs of one model only"
+            )
+    return model
+
+
+def _write_model_folder(out: Path, model: VAE, config: dict, picture) -> None:
+    """Write the folder under a temporary name and rename it: it appears whole or not at all.
+    Temporary folders of earlier attempts at ``out`` that were killed are removed first."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.*"):
+        if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_model(model, tmp / WEIGHTS_NAME, model.dataset)
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "images").mkdir()
+        save_png(picture, tmp / "images" / "average.png")
+        try:
+            os.rename(tmp, out)  # fails if out appeared meanwhile: never merged into
+        except OSError as exc:
+            raise TorchVaeError(f"cannot create {out} ({exc.strerror}); nothing written") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,104 @@
+"""The training configuration: hyper-parameters recorded in every run folder's config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from ..data.datasets import DATASET_HELP
+from ..errors import TorchVaeError
+from ..fields import (
+    check_choice,
+    check_number,
+    check_seed,
+    from_dict,
+    non_negative,
+    option,
+    positive,
+)
+from ..models.losses import RECON_LOSSES
+from ..runtime.precision import PRECISIONS, PrecisionName
+
+ReconLoss = Literal["mse", "bce"]
+LrSchedule = Literal["constant", "cosine"]
+LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyper-parameters, recorded in every run folder."""
+
+    dataset: str = option("fashion-mnist", DATASET_HELP)
+    epochs: int = option(100, "training epochs")
+    batchsize: int = option(32, "batch size (the global batch under torchrun)")
+    lr: float = option(3e-4, "AdamW learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    beta: float = option(1.0, "weight of the KL term")
+    recon_loss: ReconLoss = option(
+        "mse", "mse: sum of squared errors (the original); bce: Bernoulli likelihood"
+    )
+    lr_schedule: LrSchedule = option(
+        "constant", "constant (the original) or cosine decay to 0 over the run"
+    )
+    kl_warmup_epochs: float = option(
+        0.0, "raise the KL weight linearly from 0 to --beta over this many epochs"
+    )
+    seed: int = option(0, "random seed")
+    max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
+    precision: PrecisionName = option(
+        "auto",
+        "auto: bf16 mixed precision where the hardware computes bf16 natively (CPUs with AMX or "
+        "AVX-512 BF16, GPUs from Ampere on), else fp32; or fp32, bf16, fp16 (autocast). The "
+        "run records the precision auto chose, so a resumed run keeps it; see "
+        "docs/benchmarks.md",
+    )
+    compile: bool = option(False, "torch.compile the model")
+    # weights the run started from ("": random initialisation), set from --init_from
+    init_from: str = option("", "", flag=False)
+    init_sha256: str = option("", "", flag=False)  # their SHA-256, checked when the run starts
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise TorchVaeError(f"--dataset must be a name or folder:PATH, got {self.dataset!r}")
+        positive("--epochs", self.epochs, 10**6, "--epochs 10")
+        positive("--batchsize", self.batchsize, 2**24, "--batchsize 128")
+        check_number("--lr", self.lr, 0, True, "--lr 3e-4")
+        check_number("--weight_decay", self.weight_decay, 0, False, "--weight_decay 0.01")
+        check_number("--beta", self.beta, 0, False, "--beta 1")
+        check_choice("--recon_loss", self.recon_loss, RECON_LOSSES)
+        check_seed("--seed", self.seed)
+        non_negative("--max_steps", self.max_steps)
+        check_choice("--lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_number("--kl_warmup_epochs", self.kl_warmup_epochs, 0, False, "--kl_warmup_epochs 1")
+        check_choice("--precision", self.precision, PRECISIONS)
+        if not isinstance(self.compile, bool):
+            raise TorchVaeError(f"--compile must be true or false, got {self.compile!r}")
+        if not isinstance(self.init_from, str) or not isinstance(self.init_sha256, str):
+            raise TorchVaeError("init_from and init_sha256 must be strings")
+        if self.init_from and not re.fullmatch(r"[0-9a-f]{64}", self.init_sha256):
+            raise TorchVaeError(
+                f"init_sha256 must be the 64-digit SHA-256 of {self.init_from}, "
+                f"got {self.init_sha256!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return from_dict(cls, data, "training")
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""
+        if self.lr_schedule == "cosine" and total_steps > 0:
+            return 0.5 * self.lr * (1 + math.cos(math.pi * min(step / total_steps, 1.0)))
+        return self.lr
+
+    def beta_at(self, step: int, steps_per_epoch: int) -> float:
+        """KL weight for step ``step``: ``beta``, ramped up linearly during the KL warm-up."""
+        if self.kl_warmup_epochs > 0:
+            return self.beta * min(1.0, step / (self.kl_warmup_epochs * steps_per_epoch))
+        return self.beta

@@ -1,0 +1,164 @@
+"""Planning a run before it starts: a new run (``plan_new``, also from ``init_from`` weights)
+or one continued from its saved state (``plan_resume``). Every check that can fail on the
+user's input happens here, before the training loop starts and before anything is written,
+except the run folder itself, which ``plan_new`` makes (so that two runs started at once never
+take the same one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data import check_channels, get_dataset, load_split, read_only
+from ..errors import TorchVaeError
+from ..io.files import file_sha256
+from ..models import ModelConfig, load_model, read_config
+from .config import TrainConfig
+from .distributed import Distributed
+from .rundir import check_new_run_dir, new_run_dir, read_run_config
+from .state import load_train_state
+
+DRY_RUN_TEST_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a training run will do, decided before it starts."""
+
+    run_dir: Path
+    model: ModelConfig
+    train: TrainConfig
+    data_dir: Path | None = None
+    resume: dict[str, Any] | None = None  # the training state to continue from (ckpt.pt)
+    test_limit: int | None = None  # evaluate on the first N test images only (dry_run)
+
+
+def initial_config(init_from: Path, native_size: int | None = None) -> tuple[ModelConfig, str]:
+    """The model config of the weights ``init_from`` (with another ``native_size``, which has
+    no weights, if given) and the path of their file."""
+    config, _, weights = read_config(init_from)
+    if native_size is not None:
+        config = dataclasses.replace(config, native_size=native_size)
+    return config, str(Path(weights).resolve())
+
+
+def plan_new(
+    model: ModelConfig | None,
+    train: TrainConfig,
+    run_dir: Path | None = None,
+    data_dir: Path | None = None,
+    init_from: Path | None = None,
+    dry_run: bool = False,
+    dist: Distributed | None = None,
+) -> RunPlan:
+    """The plan of a new run of ``model`` with ``train``: in ``run_dir`` (it must be free or
+    empty; default: a new numbered folder under runs/), started from the weights of
+    ``init_from`` if given (``model`` None: theirs; else it must be theirs up to
+    ``native_size``), ``dry_run``: 1 epoch of 2 steps, evaluated on 64 test images."""
+    dist = dist or Distributed()
+    if dry_run:
+        train = dataclasses.replace(train, epochs=1, max_steps=2)
+    if init_from is not None:
+        start, weights = initial_config(Path(init_from))
+        if model is None:
+            model = start
+        elif dataclasses.replace(model, native_size=start.native_size) != start:
+            raise TorchVaeError(f"init_from {init_from} is another model ({start}) than {model}")
+        what = f"--init_from {init_from} is a model of"
+        fix = "start from a model trained on images with as many channels"
+        train = dataclasses.replace(train, init_from=weights, init_sha256=file_sha256(weights))
+    elif model is None:
+        raise TorchVaeError("pass the model's config (or init_from weights to start from)")
+    else:
+        what = "the model config has"
+        fix = f"pass in_channels={get_dataset(train.dataset).channels} for this dataset"
+    check_channels(train.dataset, model.in_channels, what, fix)
+    folder = dist.decide(lambda: _choose_run_dir(run_dir, train, model))
+    limit = DRY_RUN_TEST_IMAGES if dry_run else None
+    return RunPlan(folder, model, train, data_dir, None, limit)
+
+
+def _choose_run_dir(run_dir: Path | None, train: TrainConfig, model: ModelConfig) -> Path:
+    """``run_dir`` if it is free, else a new numbered folder under runs/ (rank 0 decides).
+    The folder is made here, so that two runs started at once never take the same one."""
+    if run_dir is not None:
+        check_new_run_dir(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return run_dir
+    dataset = train.dataset
+    stem = "mnist" if dataset == "mnist" else get_dataset(dataset).source_id(Path())
+    return new_run_dir(Path("runs"), model.run_name(stem))
+
+
+def plan_resume(
+    run_dir: Path,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    data_dir: Path | None = None,
+) -> RunPlan:
+    """The plan that continues the run in ``run_dir`` with its own config, ``epochs`` and
+    ``max_steps`` possibly extended; a one-line error for a finished run."""
+    if not Path(run_dir).is_dir():
+        raise TorchVaeError(f"--resume {run_dir}: no such run folder")
+    model, train = read_run_config(run_dir)
+    changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
+    train = dataclasses.replace(train, **changes)
+    state = load_train_state(run_dir)
+    # a run stopped after its last step but before that step's evaluation and weights were
+    # saved (a signal during the evaluation) is not finished: a resume saves them
+    steps_left = not train.max_steps or state["step"] < train.max_steps
+    finished = state["epoch"] >= train.epochs or (not steps_left and state.get("evaluated", True))
+    if finished:
+        raise TorchVaeError(
+            f"the run in {run_dir} is already finished ({state['epoch']} epochs, "
+            f"{state['step']} steps); pass a larger --epochs (or --max_steps) to train it further"
+        )
+    check_channels(
+        train.dataset, model.in_channels, "the run's model expects",
+        "the images changed since the run began",
+    )  # fmt: skip
+    return RunPlan(Path(run_dir), model, train, data_dir, state)
+
+
+def load_run_data(
+    plan: RunPlan, progress: bool, dist: Distributed | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and test images (uint8, (N, H, W, C)) of the plan's dataset. The cache is
+    built once, by rank 0; the other processes then read it."""
+    dist = dist or Distributed()
+    size = plan.model.image_size
+
+    def load() -> tuple[torch.Tensor, torch.Tensor]:
+        arrays = [load_split(plan.train.dataset, s, size, plan.data_dir, progress)
+                  for s in ("train", "test")]  # fmt: skip
+        with warnings.catch_warnings():  # the training set's map is read-only, and only read
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(read_only(arrays[0])), torch.from_numpy(arrays[1])
+
+    train_images, test_images = dist.first_then_others(load)
+    return train_images, test_images[: plan.test_limit]
+
+
+def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:
+    """The weights of ``init_from``, if they are still the same file and fit the model."""
+    path = Path(plan.train.init_from)
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise TorchVaeError(f"cannot read the initial weights {path}: {exc.strerror}") from None
+    if digest != plan.train.init_sha256:
+        raise TorchVaeError(
+            f"the initial weights {path} changed since the run was set up (SHA-256 {digest[:12]}, "
+            f"expected {plan.train.init_sha256[:12]}); restore that file or start a new run"
+        )
+    init = load_model(path)
+    # native_size has no weights: a model may be fine-tuned with another one
+    if dataclasses.replace(init.config, native_size=plan.model.native_size) != plan.model:
+        raise TorchVaeError(f"the initial weights {path} are for another model: {init.config}")
+    return init.state_dict()

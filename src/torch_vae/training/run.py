@@ -1,0 +1,106 @@
+"""``torch_vae.train``: a training run from Python, the way ``torch-vae train`` runs it (the
+command builds the same configs from its flags and calls ``execute`` too).
+
+    import torch_vae
+    from torch_vae import ModelConfig, TrainConfig
+
+    run = torch_vae.train(
+        ModelConfig(arch="dcgan", latent_dims=8),
+        TrainConfig(dataset="fashion-mnist", epochs=3, batchsize=128, lr=2e-3),
+        run_dir="runs/mine",
+    )
+    run.model.sample(16)                               # the trained model, in eval mode
+    torch_vae.train(resume="runs/mine", epochs=6)      # continue it
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data import get_dataset
+from ..errors import TrainingInterrupted
+from ..models import VAE, ModelConfig
+from ..runtime.device import pick_device
+from .config import TrainConfig
+from .distributed import Distributed, setup, teardown
+from .loop import run_plan
+from .plan import RunPlan, load_run_data, plan_new, plan_resume
+from .rundir import removed_if_unused
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished (or extended) run: its folder and its model, in eval mode."""
+
+    run_dir: Path
+    model: VAE
+
+
+def train(
+    model: ModelConfig | str | None = None,
+    config: TrainConfig | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    init_from: str | os.PathLike | None = None,
+    resume: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    dry_run: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> TrainedRun:
+    """Train ``model`` (a config, or an architecture name for its defaults on the dataset's
+    images) with ``config`` (default: ``TrainConfig()``) into ``run_dir`` (default: a new
+    numbered folder under runs/); or, with ``init_from``, start from those weights; or, with
+    ``resume``, continue that run (``epochs`` and ``max_steps`` may extend it). Writes the run
+    folder as ``torch-vae train`` does; Ctrl-C saves the state and raises
+    ``TrainingInterrupted`` (``resume`` continues it)."""
+    config = config or TrainConfig()
+    if isinstance(model, str):
+        model = ModelConfig(arch=model, in_channels=get_dataset(config.dataset).channels)
+    data = Path(data_dir) if data_dir is not None else None
+
+    def make_plan(dist: Distributed) -> RunPlan:
+        if resume is not None:
+            return plan_resume(Path(resume), epochs, max_steps, data)
+        if epochs is not None or max_steps is not None:
+            raise TypeError("epochs and max_steps extend a resumed run; set them in config")
+        folder = Path(run_dir) if run_dir is not None else None
+        start = Path(init_from) if init_from is not None else None
+        return plan_new(model, config, folder, data, start, dry_run, dist)
+
+    return execute(make_plan, device, progress)
+
+
+def execute(
+    make_plan: Callable[[Distributed], RunPlan], device: str = "auto", progress: bool = True,
+    cpu: bool = False,
+) -> TrainedRun:  # fmt: skip
+    """Plan and run training on ``device``; under torchrun, join the job first (gloo on the
+    CPU, NCCL with one GPU per process) and leave it at the end. A new run that fails before
+    it saved anything leaves no folder behind."""
+    dist, where = setup(pick_device(device, cpu))
+    if not dist.is_main:  # progress lines come from rank 0 alone; warnings and errors from all
+        logging.getLogger("torch_vae").setLevel(logging.WARNING)
+    progress = progress and dist.is_main
+    try:
+        try:
+            plan = make_plan(dist)
+            with removed_if_unused(plan.run_dir, plan.resume is None, dist.is_main):
+                train_images, test_images = load_run_data(plan, progress, dist)
+                model = run_plan(plan, train_images, test_images, where, progress, dist)
+            log.info("done. Next: torch-vae generate --model %s --outdir samples", plan.run_dir)
+        except TrainingInterrupted:  # every process stopped at the same step
+            dist.barrier()
+            raise
+        dist.barrier()  # every process is done before the group goes away
+    finally:
+        teardown()
+    return TrainedRun(plan.run_dir, model.eval())

@@ -1,0 +1,144 @@
+"""A run folder's files outside the training state: its name, config.json, metrics.jsonl, and
+the removal of a new run's folder when it fails before saving anything.
+
+A run folder holds config.json (the model and training config), model.safetensors (the latest
+weights), checkpoints/epoch_NNN.safetensors, ckpt.pt (the training state, state.py),
+metrics.jsonl (one record per epoch) and images/ (each epoch's picture, the curves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import TorchVaeError
+from ..io.files import remove_stale_temporaries, write_text_atomic
+from ..io.weights import CONFIG_NAME
+from ..models import ModelConfig
+from ..version import __version__
+from .config import TrainConfig
+
+METRICS_NAME = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"  # epoch_NNN.safetensors, one per epoch
+
+
+def new_run_dir(base: Path, name: str) -> Path:
+    """Make and return ``base/name``, or ``base/name-2``, ``-3``... whichever is free first;
+    the folder is created atomically, so a run started at the same moment takes the next."""
+    base.mkdir(parents=True, exist_ok=True)
+    i = 1
+    while True:
+        candidate = base / (name if i == 1 else f"{name}-{i}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            i += 1
+
+
+def check_new_run_dir(path: Path) -> None:
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise TorchVaeError(
+            f"run folder {path} already exists and is not empty; choose another --run_dir "
+            "(nothing was overwritten)"
+        )
+
+
+@contextlib.contextmanager
+def removed_if_unused(run_dir: Path, new: bool, is_main: bool = True) -> Iterator[None]:
+    """If a ``new`` run fails before it saved any training state, remove the files it wrote
+    and its folder: a folder with only config.json blocks its name and cannot be resumed."""
+    try:
+        yield
+    except BaseException:
+        if new and is_main:
+            remove_unused_run(run_dir)
+        raise
+
+
+def remove_unused_run(run_dir: Path) -> None:
+    """Remove ``run_dir`` if it holds nothing of value: no training state and no weights,
+    only config.json (and temporaries of its own or empty folders)."""
+    remove_stale_temporaries(run_dir, recursive=True)
+    if any(p.is_file() and p.name != CONFIG_NAME for p in run_dir.rglob("*")):
+        return  # weights or a training state: keep everything
+    (run_dir / CONFIG_NAME).unlink(missing_ok=True)
+    for folder in sorted(run_dir.rglob("*"), reverse=True) + [run_dir]:
+        with contextlib.suppress(OSError):  # not a folder, or not empty: leave it
+            folder.rmdir()
+
+
+def write_run_config(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig) -> None:
+    text = json.dumps(
+        {
+            "torch_vae_version": __version__,
+            "model": model_config.to_dict(),
+            "train": train_config.to_dict(),
+        },
+        indent=2,
+    )
+    write_text_atomic(run_dir / CONFIG_NAME, text)
+
+
+def read_run_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
+    """The model and training config of a run folder, with a one-line error if unusable."""
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise TorchVaeError(
+            f"{run_dir} has no {CONFIG_NAME}; --resume takes a run folder written by "
+            "'torch-vae train'"
+        )
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or UTF-8
+        raise TorchVaeError(f"{path} is unreadable or corrupt ({exc})") from None
+    if not isinstance(data, dict) or not {"model", "train"} <= set(data):
+        raise TorchVaeError(f"{path} is not a torch-vae run config (no 'model' and 'train')")
+    try:
+        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
+    except TorchVaeError as exc:
+        raise TorchVaeError(f"{path}: {exc}") from None
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / METRICS_NAME, "a") as f:  # a torn last line is dropped on resume
+        f.write(json.dumps(record) + "\n")
+
+
+def trim_metrics(run_dir: Path, epochs_done: int) -> None:
+    """Keep the metrics of the first ``epochs_done`` epochs, dropping a torn last line and the
+    lines of epochs that were not checkpointed (they are trained again)."""
+    if not (run_dir / METRICS_NAME).exists():
+        return
+    keep = [
+        json.dumps(r) + "\n"
+        for r in read_metrics(run_dir)
+        if _is_count(r.get("epoch")) and r["epoch"] <= epochs_done
+    ]
+    write_text_atomic(run_dir / METRICS_NAME, "".join(keep))
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """The records of ``run``'s metrics.jsonl (``run``: the run folder or the file itself), as
+    written, skipping a torn or damaged line; a one-line error if it cannot be read."""
+    path = run / METRICS_NAME if run.is_dir() else run
+    records = []
+    try:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+    except OSError as exc:
+        raise TorchVaeError(f"cannot read {path} ({exc.strerror}); is {run} a run?") from None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

@@ -1,0 +1,325 @@
+"""A run's resumable training state, ckpt.pt, read and written safely.
+
+``ckpt.pt`` holds everything needed to continue a run exactly where it stopped: the model's
+weights, the optimizer state, the fp16 loss scaler's state (training in fp16 on CUDA), the
+random number generators (PyTorch's, the batch-order generator's, and CUDA's or MPS's), the
+epoch and step, and, for a run stopped by a signal in the middle of an epoch, that epoch's
+batch order and progress (files written before the scaler and MPS states were saved read as
+before). It is written atomically, last of all the files of an epoch, so it always describes
+one consistent moment. It is read with ``torch.load(weights_only=True)``: tensors and plain
+data only, so loading it never runs code.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TorchVaeError, first_line
+from ..io.files import atomic_path
+from ..io.weights import CONFIG_NAME
+from ..version import __version__
+
+STATE_NAME = "ckpt.pt"
+STATE_FORMAT = "torch-vae-train-state"
+STATE_VERSION = 1
+TOTAL_KEYS = ("loss", "recon", "kl")
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: its batch order, the batches done, the images seen, the seconds
+    spent and the running sums of the per-image losses (``TOTAL_KEYS``). Saved in ckpt.pt when
+    a signal stops training in the middle of an epoch, so that resuming continues it."""
+
+    perm: torch.Tensor  # (N,) int64, the epoch's batch order
+    batch: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    totals: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TOTAL_KEYS, 0.0))
+
+    def to_state(self) -> dict[str, Any]:
+        """Plain data for ckpt.pt (read back with weights_only=True)."""
+        return {"perm": self.perm, "batch": self.batch, "totals": dict(self.totals),
+                "seen": self.seen, "seconds": float(self.seconds)}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EpochProgress:
+        return cls(state["perm"], state["batch"], state["seen"], state["seconds"],
+                   dict(state["totals"]))  # fmt: skip
+
+
+def all_finite(model: torch.nn.Module) -> bool:
+    return all(
+        bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()
+    )
+
+
+def rng_states(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    cuda = []
+    if device.type == "cuda" and torch.cuda.is_available():
+        cuda = torch.cuda.get_rng_state_all()
+    states = {"torch": torch.get_rng_state(), "gen": gen.get_state(), "cuda": cuda}
+    if device.type == "mps":
+        states["mps"] = torch.mps.get_rng_state()
+    return states
+
+
+def save_train_state(
+    run_dir: Path,
+    *,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    device: torch.device,
+    epoch: int,
+    step: int,
+    n_train: int,
+    partial: EpochProgress | None = None,
+    scaler: Any = None,
+    evaluated: bool = True,
+) -> None:
+    """Write ckpt.pt atomically. ``epoch`` is the number of completed epochs; ``partial``
+    describes progress in the next one (for a run stopped mid-epoch); ``scaler``: the
+    GradScaler of fp16 training, if any (its scale and growth counter); ``evaluated``: whether
+    the end of the step reached (evaluation, weights, metrics) was saved too, False for a run
+    stopped before that (a resume then does it even when no step is left to train)."""
+    config = getattr(model, "config", None)
+    state = {
+        "format": STATE_FORMAT,
+        "version": STATE_VERSION,
+        "torch_vae_version": __version__,
+        "model_config": config.to_dict() if config is not None else None,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(),
+        "rng": rng_states(gen, device),
+        "epoch": epoch,
+        "step": step,
+        "n_train": n_train,
+        "partial": partial.to_state() if partial is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "evaluated": evaluated,
+    }
+    with atomic_path(run_dir / STATE_NAME) as tmp:
+        torch.save(state, tmp)
+
+
+def _refused_global(message: str) -> str | None:
+    # "GLOBAL posix.system" (PyTorch >= 2.4), "Unsupported class posix.system" (earlier)
+    found = re.search(r"(?:GLOBAL|Unsupported class) (\S+)", message)
+    return found.group(1) if found else None
+
+
+def load_train_state(run_dir: Path) -> dict[str, Any]:
+    """Read and check ckpt.pt; never runs code from the file."""
+    path = run_dir / STATE_NAME
+    if not path.is_file():
+        raise TorchVaeError(
+            f"{run_dir} has no training state ({STATE_NAME}): the run never finished an epoch "
+            "nor saved on an interrupt, so there is nothing to resume; start a new run"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        name = _refused_global(str(exc))
+        if name:
+            raise TorchVaeError(
+                f"refusing to load {path}: it contains a Python object ({name}) that is not a "
+                "tensor or plain data, and loading it could run code; torch-vae reads training "
+                "state only with weights_only=True (was the file written by torch-vae?)"
+            ) from None
+        raise TorchVaeError(f"{path} is corrupt or truncated ({first_line(exc)})") from None
+    except Exception as exc:  # torch.load raises many kinds of errors for a damaged file
+        raise TorchVaeError(f"{path} is corrupt or truncated ({first_line(exc)})") from None
+    _check_state(path, state)
+    return state
+
+
+def _check_state(path: Path, state: Any) -> None:
+    def bad(what: str) -> TorchVaeError:
+        return TorchVaeError(f"{path} is not a valid torch-vae training state ({what})")
+
+    if not isinstance(state, dict):
+        raise bad(f"a {type(state).__name__}, not a dict")
+    if state.get("format") != STATE_FORMAT:
+        if "optimizer" in state and "model" not in state:
+            raise TorchVaeError(
+                f"{path} was written by an earlier torch-vae that did not save the weights and "
+                "random states needed to resume; this run cannot be resumed (its weights are in "
+                "model.safetensors)"
+            )
+        raise bad("no torch-vae format marker")
+    version = state.get("version")
+    if not is_count(version) or version > STATE_VERSION:
+        raise TorchVaeError(
+            f"{path} has training state format {version!r}, newer than this torch-vae reads; "
+            "upgrade with pip install -U torch-vae"
+        )
+    for key in ("epoch", "step", "n_train"):
+        if not is_count(state.get(key)):
+            raise bad(f"{key} is not a count")
+    model = state.get("model")
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()
+    ):
+        raise bad("model weights are not a dict of tensors")
+    if not isinstance(state.get("model_config"), dict):
+        raise bad("no model config")
+    opt = state.get("optimizer")
+    if not isinstance(opt, dict) or not isinstance(opt.get("param_groups"), list):
+        raise bad("no optimizer state")
+    rng = state.get("rng")
+    if (
+        not isinstance(rng, dict)
+        or not _is_bytes_tensor(rng.get("torch"))
+        or not _is_bytes_tensor(rng.get("gen"))
+        or not isinstance(rng.get("cuda"), list)
+        or not all(_is_bytes_tensor(t) for t in rng["cuda"])
+        or not (rng.get("mps") is None or _is_bytes_tensor(rng["mps"]))
+    ):
+        raise bad("random generator states missing")
+    if not _is_scaler_state(state.get("scaler")):  # absent in files of earlier versions
+        raise bad("the fp16 loss scaler's state is damaged")
+    partial = state.get("partial")
+    if partial is not None:
+        ok = (
+            isinstance(partial, dict)
+            and is_count(partial.get("batch"))
+            and is_count(partial.get("seen"))
+            and isinstance(partial.get("seconds"), float)
+            and isinstance(partial.get("perm"), torch.Tensor)
+            and partial["perm"].dtype == torch.int64
+            and partial["perm"].dim() == 1
+            and isinstance(partial.get("totals"), dict)
+            and all(isinstance(partial["totals"].get(k), float) for k in TOTAL_KEYS)
+        )
+        if not ok:
+            raise bad("the progress within the interrupted epoch is damaged")
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_bytes_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def _is_scaler_state(value: Any) -> bool:
+    """None, or a GradScaler's state_dict: names to finite numbers (empty if it was disabled)."""
+    if value is None:
+        return True
+    return isinstance(value, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+        for k, v in value.items()
+    )
+
+
+def restore_train_state(
+    state: dict[str, Any],
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    gen: torch.Generator,
+    n_train: int,
+    steps_per_epoch: int,
+    scaler: Any = None,
+) -> None:
+    """Load a checked state into a freshly built model, optimizer, generators and fp16 loss
+    ``scaler`` (if training uses one), with a one-line error when it does not fit them. A
+    scaler starts afresh when the state has none (a run begun on another device)."""
+    _check_fits(state, path, model, n_train, steps_per_epoch)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved weights do not fit the model ({first_line(exc)})"
+        ) from None
+    if not all_finite(model):
+        raise TorchVaeError(f"{path} holds non-finite weights; it is damaged")
+    _load_optimizer(state["optimizer"], path, opt)
+    if scaler is not None and state.get("scaler"):
+        try:
+            scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise TorchVaeError(
+                f"{path}: the saved fp16 loss scaler state is damaged ({first_line(exc)})"
+            ) from None
+    _set_rng_states(state["rng"], gen, path)
+
+
+def _set_rng_states(rng: dict[str, Any], gen: torch.Generator, path: Path) -> None:
+    try:
+        torch.set_rng_state(rng["torch"])
+        gen.set_state(rng["gen"])
+        if rng["cuda"] and torch.cuda.is_available():
+            if len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        if rng.get("mps") is not None and torch.backends.mps.is_available():
+            torch.mps.set_rng_state(rng["mps"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved random generator states are damaged ({first_line(exc)})"
+        ) from None
+
+
+def _check_fits(state, path: Path, model, n_train: int, steps_per_epoch: int) -> None:
+    """The state belongs to this model and training split, and its partial epoch is sound."""
+    config = getattr(model, "config", None)
+    if config is not None and state["model_config"] != config.to_dict():
+        raise TorchVaeError(
+            f"{path} belongs to a different model than {CONFIG_NAME} describes "
+            f"({state['model_config']} vs {config.to_dict()}); the run folder is inconsistent"
+        )
+    if state["n_train"] != n_train:
+        raise TorchVaeError(
+            f"the training split now has {n_train} images, but the run was trained on "
+            f"{state['n_train']}; resuming would not continue the same run, so start a new one"
+        )
+    partial = state["partial"]
+    if partial is not None:
+        perm = partial["perm"]
+        if len(perm) != n_train or partial["batch"] > steps_per_epoch:
+            raise TorchVaeError(f"{path}: the interrupted epoch's batch order is damaged")
+        if not torch.equal(torch.sort(perm).values, torch.arange(n_train)):
+            raise TorchVaeError(f"{path}: the interrupted epoch's batch order is damaged")
+        if not all(math.isfinite(v) for v in partial["totals"].values()):
+            raise TorchVaeError(f"{path}: the interrupted epoch's running losses are not finite")
+
+
+def _load_optimizer(saved: dict[str, Any], path: Path, opt: torch.optim.Optimizer) -> None:
+    settings = _group_settings(opt)
+    try:
+        opt.load_state_dict(saved)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise TorchVaeError(
+            f"{path}: the saved optimizer state does not fit the model ({first_line(exc)})"
+        ) from None
+    if _group_settings(opt) != settings:
+        raise TorchVaeError(
+            f"{path}: the saved optimizer settings differ from those in {CONFIG_NAME}; "
+            "the run folder is inconsistent"
+        )
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if not isinstance(value, torch.Tensor) or (
+                    value.dim() > 0 and value.shape != p.shape
+                ):
+                    raise TorchVaeError(f"{path}: the saved optimizer state {name} is damaged")
+
+
+def _group_settings(opt: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """The optimizer settings a resumed run must share with its config. The learning rate is
+    left out: training sets it from the schedule before every step, so a saved mid-schedule
+    value is expected to differ from the configured one."""
+    return [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups]

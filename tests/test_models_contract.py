@@ -1,0 +1,190 @@
+"""The contract every registered model family keeps (models/base.py), checked for each family
+in the registry: a family that registers itself is covered here without editing this file.
+Tiny configs (``ModelConfig.tiny``) on the CPU."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from torch_vae import MODELS, VAE, ModelConfig, TorchVaeError, load_model
+from torch_vae.cli import main
+from torch_vae.models import architectures, model_class
+
+with warnings.catch_warnings():  # Starlette suggests another HTTP client; httpx works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+ARCHS = architectures()
+
+
+def tiny(arch: str, channels: int = 1, **fields) -> ModelConfig:
+    return model_class(arch).config_class.tiny(in_channels=channels, image_size=32, **fields)
+
+
+def trained_like(arch: str, channels: int = 1, **fields) -> VAE:
+    """A tiny model whose batch norms hold non-trivial running statistics."""
+    torch.manual_seed(0)
+    model = VAE(tiny(arch, channels, **fields)).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, channels, 32, 32) * 0.8 + 0.1)
+    return model.eval()
+
+
+def test_the_registry_holds_the_built_in_families_and_feeds_the_config():
+    assert {"original", "dcgan"} <= set(MODELS) and ARCHS[0] == "original"
+    for arch in ARCHS:
+        config = ModelConfig(arch=arch)  # the family's config class, its default depth
+        assert type(config) is model_class(arch).config_class and config.arch == arch
+        assert type(VAE(config)) is model_class(arch)
+    with pytest.raises(TorchVaeError, match="unknown architecture 'nope'; choose one of"):
+        ModelConfig(arch="nope")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_and_pixel_range(arch, channels):
+    model = trained_like(arch, channels)
+    x = torch.rand(5, channels, 32, 32)
+    post = model.encode(x)
+    d = model.config.latent_dims
+    assert post.mu.shape == post.logvar.shape == (5, d) and post.kl().shape == (5,)
+    with torch.no_grad():
+        for images in (model(x).recon, model.decode(post.mode()), model.reconstruct(x),
+                       model.sample(4, torch.Generator().manual_seed(0))):  # fmt: skip
+            assert images.shape[1:] == (channels, 32, 32)
+            assert 0 <= images.min() and images.max() <= 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_training_steps_lower_the_loss(arch):
+    torch.manual_seed(0)
+    model = VAE(tiny(arch)).train()
+    x = torch.rand(16, 1, 32, 32).round()  # binary images: easy to fit
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def loss() -> torch.Tensor:
+        return model.loss(x, generator=torch.Generator().manual_seed(1))["loss"]
+
+    parts = model.loss(x)
+    assert set(parts) == {"loss", "recon", "kl"} and parts["kl"] >= 0
+    before = loss().item()
+    for _ in range(10):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < before
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_and_load_give_identical_outputs(arch, tmp_path):
+    model = trained_like(arch)
+    model.save_pretrained(tmp_path / "m", dataset="mnist")
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"model.safetensors", "config.json"}
+    again = load_model(tmp_path / "m")
+    assert type(again) is type(model) and again.config == model.config
+    assert again.dataset == "mnist" and not again.training
+    x = torch.rand(3, 1, 32, 32)
+    assert torch.equal(again.reconstruct(x), model.reconstruct(x))
+    gen = [torch.Generator().manual_seed(4) for _ in range(2)]
+    assert torch.equal(again.sample(3, gen[0]), model.sample(3, gen[1]))
+    assert model_class(arch).from_pretrained(tmp_path / "m").config == model.config
+    other = next(a for a in ARCHS if a != arch)
+    with pytest.raises(TorchVaeError, match=f"holds a {arch} model, not a"):
+        model_class(other).from_pretrained(tmp_path / "m")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_inference_copy_equals_eval_mode_and_leaves_the_model(arch):
+    model = trained_like(arch)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = model.inference_copy()
+    assert not fast.training and not any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()
+    )  # every batch norm folded
+    x, z = torch.rand(4, 1, 32, 32), torch.randn(4, model.config.latent_dims)
+    with torch.no_grad():
+        assert torch.allclose(fast.reconstruct(x), model.reconstruct(x), atol=1e-5)
+        assert torch.allclose(fast.decode(z), model.decode(z), atol=1e-5)
+        assert torch.allclose(fast.encode(x).mu, model.encode(x).mu, atol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("native", [0, 28])
+def test_bfloat16_model_samples_decodes_and_encodes_float32_inputs(arch, native):
+    model = trained_like(arch, native_size=native).to(torch.bfloat16)
+    d = model.config.latent_dims
+    with torch.no_grad():
+        samples = model.sample(3, torch.Generator().manual_seed(0))
+        decoded = model.decode(torch.randn(3, d))  # float32 codes into bfloat16 weights
+        post = model.encode(torch.rand(3, 1, 32, 32))  # float32 images
+    assert samples.dtype == decoded.dtype == torch.bfloat16
+    assert post.mu.dtype == torch.bfloat16 and post.mu.isfinite().all()
+    assert samples.isfinite().all() and 0 <= samples.min() and samples.max() <= 1
+    reference = trained_like(arch, native_size=native)
+    with torch.no_grad():
+        ref = reference.sample(3, torch.Generator().manual_seed(0))
+    assert (samples.float() - ref).abs().mean() < 0.05  # the same codes, rounded weights
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_seeded_sampling_draws_the_generator_s_codes_on_its_own_device(arch):
+    model = trained_like(arch)
+    d = model.config.latent_dims
+    a = model.sample(6, torch.Generator().manual_seed(3))
+    b = model.sample(6, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    # the codes are those of the CPU generator, whatever the model's device: a seeded CPU
+    # generator gives the same samples on a GPU (tests/test_gpu.py runs it there)
+    codes = torch.randn(6, d, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, model.decode(codes))
+    if torch.cuda.is_available():
+        on_gpu = model.to("cuda").sample(6, torch.Generator().manual_seed(3)).cpu()
+        assert (on_gpu - a).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_memory_estimate_grows_with_the_batch_and_allocates_nothing(arch):
+    config = tiny(arch)
+    small, large = (model_class(arch).estimate_memory(config, b) for b in (8, 64))
+    assert 0 < small < large and VAE(config).memory_estimate(8) == small
+    shapes = model_class(arch).expected_shapes(config)
+    assert shapes == {k: tuple(v.shape) for k, v in VAE(config).state_dict().items()}
+
+
+def _flags(arch: str) -> dict:
+    """The tiny config as train's --config file (its in_channels comes from the dataset)."""
+    return {k: v for k, v in tiny(arch).to_dict().items() if k != "in_channels"}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_command_line_round_trip(arch, mnist_dir, tmp_path, labelled):
+    """train --dry_run -> generate -> reconstruct -> evaluate -> the explorer's decode."""
+    from torch_vae.explorer.app import create_app
+    from torch_vae.explorer.state import load_explorer
+
+    config, run = tmp_path / "flags.json", tmp_path / "run"
+    config.write_text(json.dumps(_flags(arch)))
+    common = ["--data_dir", str(mnist_dir), "--quiet"]
+    assert main(["train", "--dataset", "mnist", "--config", str(config), "--dry_run",
+                 "--run_dir", str(run), *common]) == 0  # fmt: skip
+    model = load_model(run)
+    assert model.config == tiny(arch) and type(model) is model_class(arch)
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(run), "--nsamples", "5", "--outdir",
+                 str(out / "gen"), "--quiet"]) == 0  # fmt: skip
+    assert len(list((out / "gen").glob("sample_*.png"))) == 5
+    assert main(["reconstruct", "--model", str(run), "--nimages", "4", "--rec_testdata",
+                 "--outdir", str(out / "rec"), *common]) == 0  # fmt: skip
+    assert len(list((out / "rec").glob("rec_*.png"))) == 4
+    report = out / "eval.json"
+    assert main(["evaluate", "--model", str(run), "--nimages", "8", "--iw_samples", "2",
+                 "--report", str(report), *common]) == 0  # fmt: skip
+    assert json.loads(report.read_text())["latent_dims"] == model.config.latent_dims
+    ex = load_explorer(model, run, "mnist", mnist_dir, 8, progress=False)
+    with TestClient(create_app(ex)) as client:
+        got = client.post("/api/decode", json={"z": [0.0] * model.config.latent_dims})
+    assert got.status_code == 200 and got.json()["image"].startswith("data:image/png")
