@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from webtools import browser_page, chromium_missing, serving  # noqa: E402
 
-from torch_vae.explorer import load_explorer  # noqa: E402
-from torch_vae.server import create_app  # noqa: E402
+from torch_vae import load_model  # noqa: E402
+from torch_vae.explorer.app import create_app  # noqa: E402
+from torch_vae.explorer.state import load_explorer  # noqa: E402
 
 
 def settle(page) -> None:
@@ -65,7 +66,8 @@ def main() -> None:
     why = chromium_missing()
     if why:
         sys.exit(why)
-    ex = load_explorer(Path(args.model), args.dataset, args.data_dir, 0, "cpu")
+    model = load_model(args.model)
+    ex = load_explorer(model, Path(args.model), args.dataset or model.dataset, args.data_dir, 0)
     ex.name = Path(args.model).relative_to(ROOT).as_posix() if ROOT in Path(args.model).parents \
         else args.model  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp, serving(create_app(ex)) as url:

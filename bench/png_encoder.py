@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from torch_vae.images import encode_png, grid, side_by_side, to_uint8
+from torch_vae.io.png import encode_png, grid, side_by_side, to_uint8
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

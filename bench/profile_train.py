@@ -4,9 +4,10 @@
     python bench/profile_train.py --precision bf16 --steps 100 --optimizer fused
     python bench/profile_train.py --precision bf16 --onednn 10   # time in each oneDNN primitive
 
-Times each phase of ``train._step`` separately, with the same code the training loop runs
-(``speed.batch_source`` + ``device.to_float``, the model under ``speed.Precision``'s autocast,
-``losses.vae_loss``, backward, AdamW): batch gather + to_float, forward, loss, backward,
+Times each phase of ``training.loop._step`` separately, with the same code the training loop
+runs (``training.batches.batch_source`` + ``runtime.device.to_float``, the model under
+``runtime.precision.Precision``'s autocast, ``VAE.objective``, backward, AdamW from
+``training.compile.make_optimizer``): batch gather + to_float, forward, loss, backward,
 optimizer step, and the host sync the loop does every 10 steps. On the CPU every operation is
 synchronous, so timing each phase on the host is exact. Random uint8 images stand in for
 Fashion-MNIST (the arithmetic does not depend on the pixels). Prints median milliseconds per
@@ -28,12 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import torch  # noqa: E402
 
-from torch_vae.allocator import keep_freed_memory  # noqa: E402
-from torch_vae.config import ModelConfig  # noqa: E402
-from torch_vae.device import to_float  # noqa: E402
-from torch_vae.losses import vae_loss  # noqa: E402
-from torch_vae.model import VAE  # noqa: E402
-from torch_vae.speed import Precision, batch_source, make_optimizer  # noqa: E402
+from torch_vae.models import VAE, ModelConfig  # noqa: E402
+from torch_vae.runtime.allocator import keep_freed_memory  # noqa: E402
+from torch_vae.runtime.device import to_float  # noqa: E402
+from torch_vae.runtime.precision import Precision  # noqa: E402
+from torch_vae.training.batches import batch_source  # noqa: E402
+from torch_vae.training.compile import make_optimizer  # noqa: E402
 
 PHASES = ("batch", "forward", "loss", "backward", "optimizer", "sync")
 
@@ -68,7 +69,7 @@ def profile(
         with amp.autocast():
             out = forward(x)
         t.append(time.perf_counter())
-        losses = vae_loss(out, x)
+        losses = model.objective(out, x)  # as the loop: beta 1 here, mse, in fp32
         t.append(time.perf_counter())
         opt.zero_grad(set_to_none=True)
         amp.backward(losses["loss"])

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from torch_vae.data import load_split
-from torch_vae.evaluate import evaluate_model
-from torch_vae.model import load_model
+from torch_vae.evaluation.likelihood import evaluate_model
+from torch_vae.models import load_model
 
 
 def main(argv: list[str] | None = None) -> int:

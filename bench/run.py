@@ -82,7 +82,7 @@ def job_prepare_fashion(spec: dict) -> None:
 
 def job_train(spec: dict) -> None:
     """``torch-vae train`` in this process, timing each step of the epoch loop."""
-    import torch_vae.train as train_mod
+    import torch_vae.training.loop as train_mod
     from torch_vae.cli import main
 
     stamps: list[float] = []

@@ -33,19 +33,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from torch_vae import load_model  # noqa: E402
-from torch_vae.classifier import load_classifier  # noqa: E402
 from torch_vae.cli import main as cli  # noqa: E402
 from torch_vae.data import load_split  # noqa: E402
 from torch_vae.errors import TorchVaeError  # noqa: E402
-from torch_vae.images import grid, save_png  # noqa: E402
-from torch_vae.quality import (  # noqa: E402
+from torch_vae.evaluation.classifier import load_classifier  # noqa: E402
+from torch_vae.evaluation.sample_quality import (  # noqa: E402
     classifier_space,
     encoder_space,
     make_reference,
     measure,
     sample_images,
 )
-from torch_vae.samplers import (  # noqa: E402
+from torch_vae.io.png import grid, save_png  # noqa: E402
+from torch_vae.priors import (  # noqa: E402
     fit_gaussian,
     fit_gmm,
     posterior_means,

@@ -99,9 +99,9 @@ def job_train(spec: dict) -> None:
     """``torch-vae train`` in this process; times of its steps from its progress bar."""
     import numpy as np
 
-    import torch_vae.distributed as dist_mod
-    import torch_vae.run as run_mod
-    import torch_vae.train as train_mod
+    import torch_vae.training.distributed as dist_mod
+    import torch_vae.training.loop as train_mod
+    import torch_vae.training.plan as run_mod
     from torch_vae.cli import main
 
     stamps: list[float] = []

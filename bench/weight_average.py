@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from torch_vae.average import average_weights, epoch_checkpoints, recompute_batch_norm
 from torch_vae.data import load_split
-from torch_vae.evaluate import test_metrics
-from torch_vae.model import load_model
+from torch_vae.evaluation.likelihood import test_metrics
+from torch_vae.models import load_model
+from torch_vae.training.averaging import average_weights, epoch_checkpoints, recompute_batch_norm
 
 
 def main(argv: list[str] | None = None) -> int:
