@@ -41,7 +41,7 @@ def assert_same_run(run, ref):
     ma, mb = read_metrics(run), read_metrics(ref)
     assert [r["epoch"] for r in ma] == [r["epoch"] for r in mb] == list(range(1, len(mb) + 1))
     for ra, rb in zip(ma, mb, strict=True):
-        for key in ("step", "train_loss", "train_kl", "test_loss", "test_mse"):
+        for key in ("step", "train_loss", "train_kl", "val_loss", "val_mse"):
             assert ra[key] == rb[key], (ra["epoch"], key)
     sa, sb = load_train_state(run), load_train_state(ref)
     assert (sa["epoch"], sa["step"]) == (sb["epoch"], sb["step"])

@@ -31,7 +31,7 @@ def test_train_writes_run_folder(trained):
     lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
     assert lines[0]["step"] == 3 and lines[1]["step"] == 6  # 40 images, batch 16
-    for key in ("train_loss", "test_loss", "test_recon", "test_kl", "test_mse"):
+    for key in ("train_loss", "val_loss", "val_recon", "val_kl", "val_mse"):
         assert np.isfinite(lines[1][key])
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["model"]["latent_dims"] == 3 and cfg["train"]["dataset"] == "mnist"
@@ -212,7 +212,10 @@ def test_default_run_dir_never_overwrites(mnist_dir, tmp_path, monkeypatch):
         "mnist",
         "--data_dir",
         str(mnist_dir),
-        "--dry_run",
+        "--epochs",
+        "1",
+        "--max_steps",
+        "1",
         "--max_filters",
         "8",
         "--image_size",

@@ -50,7 +50,7 @@ def test_train_two_steps_in_each_precision(data, tmp_path, precision):
     state = load_train_state(run)
     assert state["step"] == 2
     record = json.loads((run / "metrics.jsonl").read_text())
-    assert np.isfinite(record["train_loss"]) and np.isfinite(record["test_loss"])
+    assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
     if precision == "fp16":  # the loss scaler's state is saved for an exact resume
         assert state["scaler"]["scale"] > 0
     else:

@@ -97,7 +97,7 @@ def test_train_mixed_precision_on_cpu(mnist_dir, tmp_path, precision):
     run = tmp_path / "run"
     assert _train(mnist_dir, run, "--precision", precision) == 0
     record = json.loads((run / "metrics.jsonl").read_text())
-    assert np.isfinite(record["train_loss"]) and np.isfinite(record["test_loss"])
+    assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
     assert json.loads((run / "config.json").read_text())["train"]["precision"] == precision
     # weights stay fp32
     assert load_model(run).encoder.convs[0].weight.dtype == torch.float32

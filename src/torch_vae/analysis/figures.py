@@ -17,11 +17,11 @@ from ..io.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-CURVES = (  # panel title, training key, test key
-    ("loss", "train_loss", "test_loss"),
-    ("reconstruction", "train_recon", "test_recon"),
-    ("KL", "train_kl", "test_kl"),
-    ("test loss", None, "test_loss"),
+CURVES = (  # panel title, training key, the measured split's key (after its prefix)
+    ("loss", "train_loss", "loss"),
+    ("reconstruction", "train_recon", "recon"),
+    ("KL", "train_kl", "kl"),
+    ("held-out loss", None, "loss"),
 )
 GREY = "0.55"  # inactive latent dimensions
 DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
@@ -78,21 +78,24 @@ def _finite(value) -> bool:
 
 def plot_curves(runs: Sequence[Sequence[dict]], labels: Sequence[str], out: Path) -> Path:
     """Training curves of one or more runs (the records of their metrics.jsonl, one list per
-    run), overlaid: the loss, its reconstruction and KL terms (training solid, test dashed)
-    and the test loss, per epoch."""
+    run), overlaid: the loss, its reconstruction and KL terms (training solid, held out
+    dashed: the validation split, or the test split for a run without one) and the held-out
+    loss, per epoch."""
     fig = _figure(10, 6.5)
     axes = fig.subplots(2, 2).ravel()
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for run, label, color in zip(runs, labels, colors, strict=True):
         records = by_epoch(run)
-        for ax, (_, train_key, test_key) in zip(axes, CURVES, strict=True):
-            for key, style in ((train_key, "-"), (test_key, "--" if train_key else "-")):
+        prefix = "val" if any("val_loss" in r for r in records) else "test"
+        for ax, (_, train_key, held_key) in zip(axes, CURVES, strict=True):
+            held = f"{prefix}_{held_key}"
+            for key, style in ((train_key, "-"), (held, "--" if train_key else "-")):
                 x, y = _series(records, key) if key else ([], [])
                 if x:
                     ax.plot(x, y, style, color=color, marker="." if len(x) <= 12 else None,
                             label=label if style == "-" else None)  # fmt: skip
     for ax, (title, train_key, _) in zip(axes, CURVES, strict=True):
-        ax.set_title(f"{title} (solid: training, dashed: test)" if train_key else title)
+        ax.set_title(f"{title} (solid: training, dashed: held out)" if train_key else title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -19,14 +19,20 @@ RESIDENT_SHARE = 0.5
 
 
 def batch_source(
-    images: torch.Tensor, device: torch.device, batch: int
+    images: torch.Tensor, device: torch.device, batch: int, rows: torch.Tensor | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from indices (a CPU int64 tensor) to those images of the uint8 set ``images``
-    (N, H, W, C), on ``device`` or ready for ``device.to_float`` to move there. On CUDA the set
+    (N, H, W, C), on ``device`` or ready for ``device.to_float`` to move there; with ``rows``,
+    index i means the image ``rows[i]`` (the training split without its validation images).
+    On CUDA the set
     is copied to the GPU once if it takes at most ``RESIDENT_SHARE`` of the free memory, else
     batches go through ``PinnedBatches``. Elsewhere (the CPU, MPS) a batch is indexed on the
     host and copied synchronously. The whole set is never pinned: indexing a pinned tensor
     returns a new, unpinned one, so that only cost memory (once per process under torchrun)."""
+    if rows is not None:
+        rows = rows.to(torch.int64)
+        whole = batch_source(images, device, batch)
+        return lambda idx: whole(rows[idx])
     device = torch.device(device)
     if device.type != "cuda":
         # a mapped cache: each image read from the file, nothing mapped (data.cache.FileGather)

@@ -47,6 +47,11 @@ class TrainConfig:
         0.0, "raise the KL weight linearly from 0 to --beta over this many epochs"
     )
     seed: int = option(0, "random seed")
+    val_images: int = option(
+        5000,
+        "training images held out as the validation split (chosen by --seed, at most 10%% of "
+        "the split), on which every epoch is measured; 0: none, measure on the test split",
+    )
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
     precision: PrecisionName = option(
         "auto",
@@ -70,6 +75,7 @@ class TrainConfig:
         check_number("--beta", self.beta, 0, False, "--beta 1")
         check_choice("--recon_loss", self.recon_loss, RECON_LOSSES)
         check_seed("--seed", self.seed)
+        non_negative("--val_images", self.val_images, 2**31)
         non_negative("--max_steps", self.max_steps)
         check_choice("--lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_number("--kl_warmup_epochs", self.kl_warmup_epochs, 0, False, "--kl_warmup_epochs 1")
@@ -89,6 +95,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if isinstance(data, dict) and "val_images" not in data:
+            data = {**data, "val_images": 0}  # a run begun before validation splits had none
         return from_dict(cls, data, "training")
 
     def lr_at(self, step: int, total_steps: int) -> float:

@@ -7,13 +7,15 @@ a non-finite loss or weights stop training without touching the last good checkp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import signal
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,22 +64,48 @@ LOG_EVERY = 10
 
 class StopOnSignal:
     """While active (in the main thread), SIGINT and SIGTERM only set ``signum``: the training
-    loop then saves its state and stops. A second signal stops at once (KeyboardInterrupt);
-    every file is written atomically, so that too leaves the last checkpoint intact."""
+    loop then saves its state at the end of the current step and stops. A second signal only
+    says so (the save comes within a step); a third stops at once (KeyboardInterrupt), except
+    while files are being saved (``saving``): then right after them. Every file is written
+    atomically, so a stop at once too leaves the last checkpoint intact."""
 
     SIGNALS = ("SIGINT", "SIGTERM")
+    FORCE_AT = 3  # the signal that stops at once
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.count = 0
+        self._saving = 0
+        self._deferred = False
         self._old: dict[int, Any] = {}
 
     def requested(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
+        self.count += 1
+        if self.signum is None:
+            self.signum = signum
+        elif self.count < self.FORCE_AT:
+            print("torch-vae: saving the training state at the end of this step, then "
+                  "stopping; signal again to stop at once without saving it",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        elif self._saving:
+            self._deferred = True  # the files being written now are finished first
+        else:
             raise KeyboardInterrupt
-        self.signum = signum
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Files written inside are finished before a signal stops the process at once."""
+        self._saving += 1
+        try:
+            yield
+        finally:
+            self._saving -= 1
+            if not self._saving and self._deferred:
+                self._deferred = False
+                raise KeyboardInterrupt
 
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -106,17 +134,23 @@ class Loop:
     device: torch.device
     dist: Distributed
     progress: bool
-    train_images: torch.Tensor
-    test_images: torch.Tensor
+    train_images: torch.Tensor  # the training split's images (N, H, W, C), all of them
+    test_images: torch.Tensor  # what each epoch is measured on (the validation split's)
     steps_per_epoch: int
     total_steps: int
     step: int = 0
     stop: StopOnSignal | None = None
     fetch: Callable[[torch.Tensor], torch.Tensor] | None = None  # indices -> uint8 batch
+    rows: torch.Tensor | None = None  # the rows of train_images trained on (None: all)
+    eval_prefix: str = "test"  # the metrics' name for what each epoch is measured on
 
     @property
     def cfg(self):
         return self.plan.train
+
+    @property
+    def n_train(self) -> int:
+        return len(self.rows) if self.rows is not None else len(self.train_images)
 
 
 def run_plan(
@@ -126,14 +160,22 @@ def run_plan(
     device: torch.device,
     progress: bool = True,
     dist: Distributed | None = None,
+    rows: torch.Tensor | None = None,
+    eval_prefix: str = "test",
+    split: dict[str, Any] | None = None,
 ) -> VAE:
-    """Train on uint8 images (N, H, W, C) as ``plan`` says, writing into ``plan.run_dir``:
-    config.json, model.safetensors (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt
-    (training state), metrics.jsonl and images/epoch_NNN.png. Under a distributed job
-    (``dist``), only rank 0 writes files and shows progress."""
+    """Train on uint8 images (N, H, W, C) (their ``rows`` only, if given: the training split
+    without the validation images) as ``plan`` says, measuring each epoch on ``test_images``
+    (recorded as ``<eval_prefix>_loss``...), writing into ``plan.run_dir``: config.json,
+    model.safetensors (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt (training state),
+    metrics.jsonl and images/epoch_NNN.png. Under a distributed job (``dist``), only rank 0
+    writes files and shows progress."""
     dist = dist or Distributed()
     # --precision auto becomes the precision it chose here, so config.json (and a resume) has it
     precision = resolve_precision(plan.train.precision, device)
+    if plan.train.precision == "auto" and plan.resume is None:
+        why = "computes" if precision == "bf16" else "does not compute"
+        log.info("--precision auto: %s (%s %s bfloat16 natively)", precision, device, why)
     plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, precision=precision))
     # checked before the run folder is created, so a bad flag leaves nothing behind
     if plan.model.native_size:
@@ -143,16 +185,19 @@ def run_plan(
         if plan.resume is None:
             check_new_run_dir(plan.run_dir)
             plan.run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_config(plan.run_dir, plan.model, plan.train)  # on resume: extended --epochs
+        # on resume: extended --epochs
+        write_run_config(plan.run_dir, plan.model, plan.train, split)
         log.info("run folder: %s", plan.run_dir)
-    loop = _start(plan, train_images, test_images, device, progress and dist.is_main, dist, start)
+    loop = _start(plan, train_images, test_images, device, progress and dist.is_main, dist, start,
+                  rows)  # fmt: skip
+    loop.eval_prefix = eval_prefix
     first_epoch, partial = 1, None
     if plan.resume is not None:
         first_epoch, partial = _restore(loop, plan.resume)
     with StopOnSignal() as loop.stop:
         for epoch in range(first_epoch, plan.train.epochs + 1):
             if partial is None:
-                ep = EpochProgress(torch.randperm(len(train_images), generator=loop.gen))
+                ep = EpochProgress(torch.randperm(loop.n_train, generator=loop.gen))
             else:  # continue the epoch a signal interrupted
                 ep, partial = partial, None
             train_one_epoch(loop, epoch, ep)
@@ -162,10 +207,9 @@ def run_plan(
     return loop.model
 
 
-def _start(plan, train_images, test_images, device, progress, dist, start) -> Loop:
+def _start(plan, train_images, test_images, device, progress, dist, start, rows=None) -> Loop:
     """Build the model, optimizer and generators, in an order fixed for reproducibility."""
     cfg = plan.train
-    _check_memory(plan, device)
     torch.manual_seed(cfg.seed)
     model = VAE(plan.model)
     if start is not None:
@@ -176,18 +220,21 @@ def _start(plan, train_images, test_images, device, progress, dist, start) -> Lo
     opt = make_optimizer(model, cfg.lr, cfg.weight_decay, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     fixed_z = model.prior_sample(N_PICTURE, gen, device, torch.float32)
-    steps_per_epoch = math.ceil(len(train_images) / cfg.batchsize)
+    n_train = len(rows) if rows is not None else len(train_images)
+    steps_per_epoch = math.ceil(n_train / cfg.batchsize)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    log.info("training %d parameters on %d images, %d steps per epoch, device %s",
-             model.num_parameters(), len(train_images), steps_per_epoch, device)  # fmt: skip
+    log.info("training %d parameters on %d images: %d steps per epoch, %d in all, on %s in %s",
+             model.num_parameters(), n_train, steps_per_epoch, total_steps, device,
+             cfg.precision)  # fmt: skip
     return Loop(plan, model, forward, opt, amp, gen, fixed_z, device, dist, progress,
                 train_images, test_images, steps_per_epoch, total_steps,
-                fetch=batch_source(train_images, device, cfg.batchsize))  # fmt: skip
+                fetch=batch_source(train_images, device, cfg.batchsize, rows),
+                rows=rows)  # fmt: skip
 
 
-def _check_memory(plan: RunPlan, device: torch.device) -> None:
+def check_memory(plan: RunPlan, device: torch.device) -> None:
     """Refuse, before allocating, a model that cannot be trained in the memory there is."""
     need, free = training_memory(plan.model, plan.train.batchsize), available_memory(device)
     if free is not None and need > free:
@@ -200,7 +247,7 @@ def _check_memory(plan: RunPlan, device: torch.device) -> None:
 
 def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | None]:
     """Load a saved training state into the loop; the first epoch to run and its progress."""
-    run_dir, n = loop.plan.run_dir, len(loop.train_images)
+    run_dir, n = loop.plan.run_dir, loop.n_train
     restore_train_state(state, run_dir / STATE_NAME, loop.model, loop.opt, loop.gen, n,
                         loop.steps_per_epoch, scaler=loop.amp.scaler)  # fmt: skip
     loop.step = state["step"]
@@ -324,7 +371,7 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         "epoch": epoch,
         "step": loop.step,
         **{f"train_{k}": v / max(seen, 1) for k, v in totals.items()},
-        **{f"test_{k}": v for k, v in test.items()},
+        **{f"{loop.eval_prefix}_{k}": v for k, v in test.items()},
         "train_images": seen,
         "train_img_per_s": seen / ep.seconds,
         "epoch_seconds": ep.seconds,
@@ -335,9 +382,9 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         cut = ep.batch < loop.steps_per_epoch
         partial = EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals) if cut else None
         save_checkpoint(loop, epoch, record, partial)
-    log.info("epoch %d: train loss %.2f, test loss %.2f (recon %.2f, kl %.2f) per image, "
-             "%.0f img/s", epoch, record["train_loss"], test["loss"], test["recon"],
-             test["kl"], record["train_img_per_s"])  # fmt: skip
+    log.info("epoch %d: train loss %.2f, %s loss %.2f (recon %.2f, kl %.2f) per image, "
+             "%.0f img/s", epoch, record["train_loss"], loop.eval_prefix, test["loss"],
+             test["recon"], test["kl"], record["train_img_per_s"])  # fmt: skip
     if dist.any(loop.stop.requested()):  # arrived while the epoch was evaluated and saved
         raise _interrupted(loop, epoch)
 
@@ -350,13 +397,18 @@ def save_checkpoint(
     ``partial``: the epoch stopped early (--max_steps) and this is how far it got."""
     run_dir, model, dataset = loop.plan.run_dir, loop.model, loop.cfg.dataset
     picture = epoch_picture(model, loop.fixed_z, loop.test_images[:N_PICTURE], loop.device)
-    save_model(model, run_dir / CHECKPOINTS_DIR / f"epoch_{epoch:03d}.safetensors", dataset)
-    save_model(model, run_dir / WEIGHTS_NAME, dataset)
-    append_metrics(run_dir, record)
-    with atomic_path(run_dir / "images" / f"epoch_{epoch:03d}.png") as tmp:
-        save_png(picture, tmp)
-    _save_state(loop, epoch - 1 if partial else epoch, partial)
+    with _saving(loop):
+        save_model(model, run_dir / CHECKPOINTS_DIR / f"epoch_{epoch:03d}.safetensors", dataset)
+        save_model(model, run_dir / WEIGHTS_NAME, dataset)
+        append_metrics(run_dir, record)
+        with atomic_path(run_dir / "images" / f"epoch_{epoch:03d}.png") as tmp:
+            save_png(picture, tmp)
+        _save_state(loop, epoch - 1 if partial else epoch, partial)
     write_curves(run_dir, record)  # images/curves.png, when due; never raises
+
+
+def _saving(loop: Loop) -> contextlib.AbstractContextManager:
+    return loop.stop.saving() if loop.stop is not None else contextlib.nullcontext()
 
 
 def _save_state(
@@ -364,7 +416,7 @@ def _save_state(
 ) -> None:
     save_train_state(loop.plan.run_dir, model=loop.model, opt=loop.opt, gen=loop.gen,
                      device=loop.device, epoch=epochs_done, step=loop.step,
-                     n_train=len(loop.train_images), partial=partial,
+                     n_train=loop.n_train, partial=partial,
                      scaler=loop.amp.scaler, evaluated=evaluated)  # fmt: skip
 
 
@@ -375,7 +427,8 @@ def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterru
         totals, seen = _job_totals(ep.totals, ep.seen, loop.dist)
         ep = EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals)
     if loop.dist.is_main:
-        _save_state(loop, epochs_done=epoch - 1, partial=ep, evaluated=False)
+        with _saving(loop):
+            _save_state(loop, epochs_done=epoch - 1, partial=ep, evaluated=False)
     loop.dist.barrier()
     return _interrupted(loop, epoch)
 
@@ -423,7 +476,8 @@ def _interrupted(loop: Loop, epoch: int) -> TrainingInterrupted:
     name = signal.Signals(signum).name if signum else "a signal"
     return TrainingInterrupted(
         f"stopped by {name} at step {loop.step} (epoch {epoch}); the training state is saved, "
-        f"continue with: torch-vae train --resume {loop.plan.run_dir}",
+        f"continue with: torch-vae train --resume {loop.plan.run_dir} --threads "
+        f"{torch.get_num_threads()} (as many threads as now: the same numbers to the bit)",
         exit_code=128 + (signum or 2),
     )
 

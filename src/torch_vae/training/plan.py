@@ -8,20 +8,22 @@ take the same one).
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
+from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
 from ..models import ModelConfig, load_model, read_config
 from .config import TrainConfig
 from .distributed import Distributed
-from .rundir import check_new_run_dir, new_run_dir, read_run_config
+from .rundir import RunLock, check_new_run_dir, new_run_dir, read_run_config
 from .state import load_train_state
 
 DRY_RUN_TEST_IMAGES = 64
@@ -37,6 +39,9 @@ class RunPlan:
     data_dir: Path | None = None
     resume: dict[str, Any] | None = None  # the training state to continue from (ckpt.pt)
     test_limit: int | None = None  # evaluate on the first N test images only (dry_run)
+    # held by the process that writes the folder (rank 0 under torchrun) until the run ends
+    lock: RunLock | None = field(default=None, compare=False, repr=False)
+    temporary: bool = False  # a dry run's own folder, removed when it ends
 
 
 def initial_config(init_from: Path, native_size: int | None = None) -> tuple[ModelConfig, str]:
@@ -79,21 +84,33 @@ def plan_new(
         what = "the model config has"
         fix = f"pass in_channels={get_dataset(train.dataset).channels} for this dataset"
     check_channels(train.dataset, model.in_channels, what, fix)
-    folder = dist.decide(lambda: _choose_run_dir(run_dir, train, model))
+    locks: list[RunLock] = []
+    temporary = dry_run and run_dir is None  # a quick check leaves no folder behind
+    if temporary:
+        folder = dist.decide(lambda: Path(tempfile.mkdtemp(prefix="torch-vae-dry-run-")))
+    else:
+        folder = dist.decide(lambda: _choose_run_dir(run_dir, train, model, locks))
     limit = DRY_RUN_TEST_IMAGES if dry_run else None
-    return RunPlan(folder, model, train, data_dir, None, limit)
+    lock = locks[0] if locks else None
+    return RunPlan(folder, model, train, data_dir, None, limit, lock, temporary)
 
 
-def _choose_run_dir(run_dir: Path | None, train: TrainConfig, model: ModelConfig) -> Path:
+def _choose_run_dir(
+    run_dir: Path | None, train: TrainConfig, model: ModelConfig, locks: list[RunLock]
+) -> Path:
     """``run_dir`` if it is free, else a new numbered folder under runs/ (rank 0 decides).
-    The folder is made here, so that two runs started at once never take the same one."""
+    The folder is made and locked here, so that two runs started at once never share one."""
     if run_dir is not None:
         check_new_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        locks.append(RunLock(run_dir))
+        check_new_run_dir(run_dir)  # another run may have written it before the lock
         return run_dir
     dataset = train.dataset
     stem = "mnist" if dataset == "mnist" else get_dataset(dataset).source_id(Path())
-    return new_run_dir(Path("runs"), model.run_name(stem))
+    folder = new_run_dir(Path("runs"), model.run_name(stem))
+    locks.append(RunLock(folder))
+    return folder
 
 
 def plan_resume(
@@ -101,11 +118,13 @@ def plan_resume(
     epochs: int | None = None,
     max_steps: int | None = None,
     data_dir: Path | None = None,
+    lock_folder: bool = True,
 ) -> RunPlan:
     """The plan that continues the run in ``run_dir`` with its own config, ``epochs`` and
     ``max_steps`` possibly extended; a one-line error for a finished run."""
     if not Path(run_dir).is_dir():
         raise TorchVaeError(f"--resume {run_dir}: no such run folder")
+    lock = RunLock(run_dir) if lock_folder else None
     model, train = read_run_config(run_dir)
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     train = dataclasses.replace(train, **changes)
@@ -123,14 +142,25 @@ def plan_resume(
         train.dataset, model.in_channels, "the run's model expects",
         "the images changed since the run began",
     )  # fmt: skip
-    return RunPlan(Path(run_dir), model, train, data_dir, state)
+    return RunPlan(Path(run_dir), model, train, data_dir, state, lock=lock)
 
 
-def load_run_data(
-    plan: RunPlan, progress: bool, dist: Distributed | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training and test images (uint8, (N, H, W, C)) of the plan's dataset. The cache is
-    built once, by rank 0; the other processes then read it."""
+@dataclass(frozen=True)
+class RunData:
+    """A run's images: the training split (uint8 (N, H, W, C)), the rows of it trained on
+    (None: all), and what every epoch is measured on, the validation split (``prefix``
+    "val") or, for a run without one, the test split ("test")."""
+
+    train: torch.Tensor
+    rows: torch.Tensor | None
+    eval: torch.Tensor
+    prefix: str
+    split: dict[str, Any] | None = None  # what config.json records of the validation split
+
+
+def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None) -> RunData:
+    """The images of the plan's dataset (``RunData``). The cache is built once, by rank 0; the
+    other processes then read it."""
     dist = dist or Distributed()
     size = plan.model.image_size
 
@@ -142,7 +172,13 @@ def load_run_data(
             return torch.from_numpy(read_only(arrays[0])), torch.from_numpy(arrays[1])
 
     train_images, test_images = dist.first_then_others(load)
-    return train_images, test_images[: plan.test_limit]
+    if not validation_size(len(train_images), plan.train.val_images):
+        return RunData(train_images, None, test_images[: plan.test_limit], "test")
+    rows, val = validation_rows(len(train_images), plan.train.val_images, plan.train.seed)
+    split = {"validation_images": len(val), "training_images": len(rows),
+             "validation_rows_sha256": rows_digest(val)}  # fmt: skip
+    val_images = train_images[val[: plan.test_limit]]  # a copy: a few thousand images
+    return RunData(train_images, rows, val_images, "val", split)
 
 
 def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:

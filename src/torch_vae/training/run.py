@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..models import VAE, ModelConfig
 from ..runtime.device import pick_device
 from .config import TrainConfig
 from .distributed import Distributed, setup, teardown
-from .loop import run_plan
+from .loop import check_memory, run_plan
 from .plan import RunPlan, load_run_data, plan_new, plan_resume
 from .rundir import removed_if_unused
 
@@ -69,7 +70,7 @@ def train(
 
     def make_plan(dist: Distributed) -> RunPlan:
         if resume is not None:
-            return plan_resume(Path(resume), epochs, max_steps, data)
+            return plan_resume(Path(resume), epochs, max_steps, data, dist.is_main)
         if epochs is not None or max_steps is not None:
             raise TypeError("epochs and max_steps extend a resumed run; set them in config")
         folder = Path(run_dir) if run_dir is not None else None
@@ -90,17 +91,30 @@ def execute(
     if not dist.is_main:  # progress lines come from rank 0 alone; warnings and errors from all
         logging.getLogger("torch_vae").setLevel(logging.WARNING)
     progress = progress and dist.is_main
+    plan = None
     try:
         try:
             plan = make_plan(dist)
             with removed_if_unused(plan.run_dir, plan.resume is None, dist.is_main):
-                train_images, test_images = load_run_data(plan, progress, dist)
-                model = run_plan(plan, train_images, test_images, where, progress, dist)
-            log.info("done. Next: torch-vae generate --model %s --outdir samples", plan.run_dir)
+                check_memory(plan, where)  # before the data: a model too large is told at once
+                data = load_run_data(plan, progress, dist)
+                model = run_plan(plan, data.train, data.eval, where, progress, dist, data.rows,
+                                 data.prefix, data.split)  # fmt: skip
+            if plan.temporary:
+                log.info("dry run done: 2 steps trained and %d test images evaluated; the "
+                         "folder is removed (pass --run_dir to keep it)",
+                         len(data.eval))  # fmt: skip
+            else:
+                log.info("done. Next: torch-vae generate --model %s --outdir samples",
+                         plan.run_dir)  # fmt: skip
         except TrainingInterrupted:  # every process stopped at the same step
             dist.barrier()
             raise
         dist.barrier()  # every process is done before the group goes away
     finally:
+        if plan is not None and plan.lock is not None:
+            plan.lock.release()
+        if plan is not None and plan.temporary and dist.is_main:
+            shutil.rmtree(plan.run_dir, ignore_errors=True)
         teardown()
     return TrainedRun(plan.run_dir, model.eval())

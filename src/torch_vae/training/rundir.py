@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,40 @@ from .config import TrainConfig
 
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"  # epoch_NNN.safetensors, one per epoch
+
+
+class RunLock:
+    """An advisory lock on a run folder, held by the one process that writes it: an exclusive
+    ``flock`` on the folder itself (no file is added to it), which the kernel drops when the
+    process ends, however it ends. A second run into the same folder, or a second ``--resume``
+    of the same run, is refused with a line that says so (and leaves the folder alone)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.fd = Path(run_dir), None
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock
+            return
+        fd = os.open(self.run_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TorchVaeError(
+                f"the run in {self.run_dir} is being written by another torch-vae process "
+                "(a training run or a resume of it); wait until it ends, or choose another "
+                "--run_dir (nothing was changed)"
+            ) from None
+        except OSError:  # a file system without locks: go on without
+            pass
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = release
 
 
 def new_run_dir(base: Path, name: str) -> Path:
@@ -71,16 +106,22 @@ def remove_unused_run(run_dir: Path) -> None:
             folder.rmdir()
 
 
-def write_run_config(run_dir: Path, model_config: ModelConfig, train_config: TrainConfig) -> None:
-    text = json.dumps(
-        {
-            "torch_vae_version": __version__,
-            "model": model_config.to_dict(),
-            "train": train_config.to_dict(),
-        },
-        indent=2,
-    )
-    write_text_atomic(run_dir / CONFIG_NAME, text)
+def write_run_config(
+    run_dir: Path,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    split: dict[str, Any] | None = None,
+) -> None:
+    """config.json: the model and training config, and the validation split (its size, and
+    the SHA-256 of its rows: ``data.splits``)."""
+    config = {
+        "torch_vae_version": __version__,
+        "model": model_config.to_dict(),
+        "train": train_config.to_dict(),
+    }
+    if split:
+        config["split"] = split
+    write_text_atomic(run_dir / CONFIG_NAME, json.dumps(config, indent=2))
 
 
 def read_run_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
