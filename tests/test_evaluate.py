@@ -60,7 +60,8 @@ def test_iwae_bounds_and_determinism():
     x = (torch.rand(4, 1, 16, 16) * 255).round() / 255
 
     def ll(k, seed=0):
-        return iwae_log_likelihood(model, x, k, 0.2, torch.Generator().manual_seed(seed))
+        eps = torch.randn(4, k, 2, generator=torch.Generator().manual_seed(seed))
+        return iwae_log_likelihood(model, x, 0.2, eps)
 
     assert torch.equal(ll(16), ll(16))
     # more importance samples -> a tighter (higher) bound on average
@@ -162,7 +163,8 @@ def test_refine_posterior_lowers_each_objective_and_leaves_the_model(trained, mn
     x = x.float() / 255
     with torch.no_grad():
         post = model.encode(x)
-    refined = refine_posterior(model, x, post, 40, 0.02, torch.Generator().manual_seed(0))
+    noise = torch.randn(len(x), 40, model.config.latent_dims, generator=torch.manual_seed(0))
+    refined = refine_posterior(model, x, post, 40, 0.02, noise)
     gain = _expected_objective(model, x, post) - _expected_objective(model, x, refined)
     assert (gain > 0).all(), gain  # the same noise for both, so this is no chance result
     assert not torch.equal(refined.mu, post.mu)

@@ -3,21 +3,21 @@ model on a split (evaluation.likelihood), as a JSON report and a table."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import TorchVaeError
 from ..evaluation.likelihood import calibrate_sigma, evaluate_model
-from ..evaluation.reports import dataset_tag, report_path, write_report
-from .common import model_and_dataset, split_images
+from ..evaluation.reports import dataset_tag, write_report
+from .common import check_output_file, default_report, model_and_dataset, split_images
 from .options import EvaluateOptions, Runtime
 
 
 def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     """The evaluate command: measure, write the JSON report, print a table."""
-    if o.report is not None and o.report.is_dir():
-        raise TorchVaeError(
-            f"--report {o.report} is a folder; give a file name, e.g. {o.report / 'report.json'}"
-        )
+    if o.report is not None:
+        check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     images = split_images(model, dataset, o.split, o.data_dir, runtime)[: o.nimages or None]
@@ -27,11 +27,18 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
         model, torch.from_numpy(images), device, sigma, o.iw_samples, o.batchsize, o.seed,
         progress, o.refine_steps, o.refine_lr,
     )  # fmt: skip
+    finite = all(math.isfinite(v) for v in report.values() if isinstance(v, float))
+    if o.refine_steps and (not finite or report["objective"] > report["encoder_objective"]):
+        raise TorchVaeError(
+            f"the posterior refinement diverged with --refine_lr {o.refine_lr} (objective "
+            f"{report['objective']:.4g}, the encoder's {report['encoder_objective']:.4f}); pass "
+            "a smaller --refine_lr, e.g. 0.01 (nothing was written)"
+        )
     c = model.config
     report = {"model": str(o.model), "dataset": dataset, "split": o.split, "image_size": size,
               "latent_dims": c.latent_dims, "native_size": c.native_size,
               "parameters": model.num_parameters(), "seed": o.seed, **report}  # fmt: skip
-    path = o.report or report_path(o.model, f"eval-{dataset_tag(dataset)}-{o.split}")
+    path = o.report or default_report(o.model, f"eval-{dataset_tag(dataset)}-{o.split}")
     write_report(path, report)
     print_report(report, o)
     print(f"report: {path}")

@@ -84,6 +84,29 @@ def discretized_gaussian_log_prob(
     return logp.flatten(1).sum(1)
 
 
+class ImageNoise:
+    """Standard normal noise that depends on the seed, the stream and the image's index only:
+    each image draws its numbers from a CPU generator seeded for it, so any batch size, any
+    number of threads and any device give every image the same noise, and the streams (the
+    objective's sample, the importance samples, the refinement, the decoder sigma) do not
+    depend on one another: ``--iw_samples`` changes no other number."""
+
+    OBJECTIVE, IMPORTANCE, REFINE, SIGMA = range(1, 5)
+
+    def __init__(self, seed: int, stream: int):
+        self.base = (int(seed) + 0x9E3779B97F4A7C15 * stream) % 2**64
+        self.gen = torch.Generator()
+
+    def __call__(self, indices: range, shape: tuple[int, ...], device=None) -> torch.Tensor:
+        """(len(indices), *shape) float32 noise, image ``indices[j]``'s in row j."""
+        rows = []
+        for i in indices:
+            self.gen.manual_seed((self.base + 0xBF58476D1CE4E5B9 * (i + 1)) % 2**64)
+            rows.append(torch.randn(shape, generator=self.gen))
+        out = torch.stack(rows) if rows else torch.empty(0, *shape)
+        return out.to(device) if device is not None else out
+
+
 @torch.no_grad()
 def test_metrics(
     model: VAE,
@@ -96,50 +119,58 @@ def test_metrics(
     stop: Callable[[], bool] | None = None,
 ) -> dict[str, float] | None:
     """The metrics a training run records after every epoch, per image of uint8 images
-    (N, H, W, C): the training objective with z sampled (seeded, as in training), its two
-    parts, and the per-pixel MSE of the posterior-mean reconstruction. Returns None as soon as
-    ``stop()`` is true. The noise comes from a CPU generator: the same on every device."""
+    (N, H, W, C): the training objective with z sampled (seeded, each image's noise its own:
+    ``ImageNoise``), its two parts, and the per-pixel MSE of the posterior-mean reconstruction.
+    Returns None as soon as ``stop()`` is true."""
     model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    sums = {"recon": 0.0, "kl": 0.0, "mse": 0.0}
+    noise = ImageNoise(seed, ImageNoise.OBJECTIVE)
+    parts: dict[str, list[torch.Tensor]] = {"recon": [], "kl": [], "mse": []}
     for start in range(0, len(images), batch_size):
         if stop is not None and stop():
             return None
         x = to_float(images[start : start + batch_size], device)
         post = model.encode(x)
-        recon = model.decode(post.sample(gen))
-        sums["recon"] += reconstruction_error(recon, x, recon_loss).sum().item()
-        sums["kl"] += post.float().kl().sum().item()
-        sums["mse"] += (model.decode(post.mode()).float() - x).pow(2).mean((1, 2, 3)).sum().item()
-    m = {k: v / len(images) for k, v in sums.items()}
+        eps = noise(range(start, start + len(x)), post.mu.shape[1:], post.mu.device)
+        recon = model.decode(post.reparameterize(eps))
+        parts["recon"].append(reconstruction_error(recon, x, recon_loss))
+        parts["kl"].append(post.float().kl())
+        parts["mse"].append((model.decode(post.mode()).float() - x).pow(2).mean((1, 2, 3)))
+    m = {k: _mean(v) for k, v in parts.items()}
     m["loss"] = m["recon"] + beta * m["kl"]
     return m
+
+
+def _mean(parts: list[torch.Tensor]) -> float:
+    """The mean of per-image values, summed in float64 in image order: the same for any
+    batch size and any number of threads."""
+    return torch.cat([p.detach().double().cpu() for p in parts]).mean().item()
 
 
 @torch.no_grad()
 def calibrate_sigma(model: VAE, images: torch.Tensor, device, batch_size=500, seed=0) -> float:
     """Maximum-likelihood decoder sigma: RMS error of reconstructions from posterior samples."""
     model.eval()
-    gen = torch.Generator().manual_seed(seed)  # the same noise on every device
-    sq, count = 0.0, 0
+    noise = ImageNoise(seed, ImageNoise.SIGMA)
+    errors = []
     for start in range(0, len(images), batch_size):
         x = to_float(images[start : start + batch_size], device)
-        recon = model.decode(model.encode(x).sample(gen))
-        # per image first: the same summation order for any number of threads; float64 on
-        # the CPU (MPS has none)
-        sq += (recon - x).pow(2).flatten(1).sum(1).cpu().double().sum().item()
-        count += x.numel()
-    return max(math.sqrt(sq / count), 1e-3)
+        post = model.encode(x)
+        eps = noise(range(start, start + len(x)), post.mu.shape[1:], post.mu.device)
+        recon = model.decode(post.reparameterize(eps)).float()
+        errors.append((recon - x).pow(2).flatten(1).sum(1))
+    count = images.shape[0] * images.shape[1] * images.shape[2] * images.shape[3]
+    return max(math.sqrt(torch.cat(errors).double().sum().item() / count), 1e-3)
 
 
 def refine_posterior(
-    model: VAE, x: torch.Tensor, post: Posterior, steps: int, lr: float, gen: torch.Generator
+    model: VAE, x: torch.Tensor, post: Posterior, steps: int, lr: float, noise: torch.Tensor
 ) -> Posterior:
-    """Improve ``post`` = q(z|x) by ``steps`` Adam steps on each image's objective (SSE + KL).
+    """Improve ``post`` = q(z|x) by ``steps`` Adam steps on each image's objective (SSE + KL),
+    step t using the noise ``noise[:, t]`` ((B, steps, d)).
 
     Only the posterior's mean and log-variance change. The model should be in eval mode (batch
     norm with fixed statistics), so that each image's refinement depends only on that image and
-    its own noise draws, not on the other images in the batch.
+    its own noise, not on the other images in the batch.
     """
     if steps == 0:
         return post
@@ -147,9 +178,9 @@ def refine_posterior(
     logvar = post.logvar.detach().float().clone().requires_grad_(True)
     opt = torch.optim.Adam([mu, logvar], lr=lr)
     with torch.enable_grad():
-        for _ in range(steps):
+        for t in range(steps):
             q = Posterior.clamped(mu, logvar)
-            recon = reconstruction_error(model.decode(q.sample(gen)), x, "mse")
+            recon = reconstruction_error(model.decode(q.reparameterize(noise[:, t])), x, "mse")
             # Each image's parameters get the gradient of that image's objective only.
             objective = (recon + q.kl()).sum()
             mu.grad, logvar.grad = torch.autograd.grad(objective, (mu, logvar))
@@ -161,22 +192,21 @@ def refine_posterior(
 def iwae_log_likelihood(
     model: VAE,
     x: torch.Tensor,
-    k: int,
     sigma: float,
-    gen: torch.Generator,
+    eps: torch.Tensor,
     chunk: int = 512,
     post: Posterior | None = None,
 ) -> torch.Tensor:
-    """Importance-weighted estimate of log p(x) with k samples per image from ``post`` (default:
-    the encoder's q(z|x)): (B,)."""
+    """Importance-weighted estimate of log p(x) from ``post`` (default: the encoder's q(z|x))
+    with the noise ``eps`` (B, k, d): k importance samples per image; (B,)."""
     if post is None:
         post = model.encode(x)
-    b = len(x)
+    b, k = eps.shape[:2]
     per_chunk = max(1, chunk // b)
     logws = []
     for start in range(0, k, per_chunk):
-        n = min(per_chunk, k - start)
-        z = post.sample(gen, n)  # (n, B, d)
+        z = post.reparameterize(eps[:, start : start + per_chunk].transpose(0, 1))  # (n, B, d)
+        n = len(z)
         recon = model.decode(z.reshape(n * b, -1)).float()
         log_px = discretized_gaussian_log_prob(x.repeat(n, 1, 1, 1), recon, sigma).view(n, b)
         logws.append(log_px + model.prior_log_prob(z) - post.log_prob(z))
@@ -196,35 +226,49 @@ def evaluate_model(
     refine_steps: int = 0,
     refine_lr: float = 0.01,
 ) -> dict:
-    """Per-image averages over uint8 images (N, H, W, C); see the module docstring."""
+    """Per-image averages over uint8 images (N, H, W, C); see the module docstring. Every image
+    has its own noise (``ImageNoise``) and every sum runs over per-image values in float64, so
+    the numbers do not depend on ``batch_size``, the number of threads or ``iw_samples``."""
     from tqdm import tqdm
 
     model.eval()
-    gen = torch.Generator().manual_seed(seed)  # the same noise on every device
-    sums = {"sse": 0.0, "kl": 0.0, "mse": 0.0, "psnr": 0.0, "nll": 0.0}
-    nll_sq = 0.0
-    mus = []
+    streams = {k: ImageNoise(seed, k) for k in (ImageNoise.OBJECTIVE, ImageNoise.IMPORTANCE,
+                                                 ImageNoise.REFINE)}  # fmt: skip
+    names = ("sse", "kl", "mse", "nll", "mu", "encoder_objective")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     n = len(images)
     for start in tqdm(
         range(0, n, batch_size), desc="evaluating", unit="batch", disable=not progress
     ):
         x = to_float(images[start : start + batch_size], device)
-        post = refine_posterior(model, x, model.encode(x), refine_steps, refine_lr, gen)
-        sampled = model.decode(post.sample(gen))
-        mean_recon = model.decode(post.mode())
-        sums["sse"] += (sampled - x).pow(2).flatten(1).sum(1).sum().item()
-        sums["kl"] += post.kl().sum().item()
-        mse = (mean_recon - x).pow(2).flatten(1).mean(1)
-        sums["mse"] += mse.sum().item()
-        sums["psnr"] += (-10 * torch.log10(mse.clamp_min(1e-10))).sum().item()
+        idx, d = range(start, start + len(x)), model.config.latent_dims
+        post = model.encode(x)
+        objective_eps = streams[ImageNoise.OBJECTIVE](idx, (d,), x.device)
+        if refine_steps:  # the encoder's own objective too, with the same noise
+            sampled = model.decode(post.reparameterize(objective_eps)).float()
+            sse = (sampled - x).pow(2).flatten(1).sum(1)
+            parts["encoder_objective"].append(sse + post.float().kl())
+            eps = streams[ImageNoise.REFINE](idx, (refine_steps, d), x.device)
+            post = refine_posterior(model, x, post, refine_steps, refine_lr, eps)
+        sampled = model.decode(post.reparameterize(objective_eps))
+        parts["sse"].append((sampled.float() - x).pow(2).flatten(1).sum(1))
+        parts["kl"].append(post.float().kl())
+        parts["mse"].append((model.decode(post.mode()).float() - x).pow(2).flatten(1).mean(1))
         if iw_samples:
-            nll = -iwae_log_likelihood(model, x, iw_samples, sigma, gen, post=post)
-            sums["nll"] += nll.sum().item()
-            nll_sq += nll.pow(2).sum().item()
-        mus.append(post.mu.float().cpu())
-    mu = torch.cat(mus)
+            eps = streams[ImageNoise.IMPORTANCE](idx, (iw_samples, d), x.device)
+            parts["nll"].append(-iwae_log_likelihood(model, x, sigma, eps, post=post))
+        parts["mu"].append(post.mu.float().cpu())
+    return _report(parts, images, sigma, iw_samples, refine_steps, refine_lr)
+
+
+def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr) -> dict:
+    n = len(images)
+    mse = torch.cat(parts["mse"]).double().cpu()
+    report = {k: _mean(parts[k]) for k in ("sse", "kl")}
+    report["mse"] = mse.mean().item()
+    report["psnr"] = (-10 * torch.log10(mse.clamp_min(1e-10))).mean().item()
+    mu = torch.cat(parts["mu"])
     dims = images.shape[1] * images.shape[2] * images.shape[3]
-    report = {k: v / n for k, v in sums.items()}
     report["objective"] = report["sse"] + report["kl"]
     report["active_units"] = int((mu.var(0) > 0.01).sum()) if n > 1 else 0
     report["n_images"] = n
@@ -233,10 +277,10 @@ def evaluate_model(
     report["refine_steps"] = refine_steps
     if refine_steps:
         report["refine_lr"] = refine_lr
+        report["encoder_objective"] = _mean(parts["encoder_objective"])
     if iw_samples:
-        std = math.sqrt(max(nll_sq / n - report["nll"] ** 2, 0.0))
-        report["nll_stderr"] = std / math.sqrt(n)
+        nll = torch.cat(parts["nll"]).double().cpu()
+        report["nll"] = nll.mean().item()
+        report["nll_stderr"] = (nll.std(unbiased=False) / math.sqrt(n)).item() if n else 0.0
         report["bits_per_dim"] = report["nll"] / (dims * math.log(2))
-    else:
-        del report["nll"]
     return report

@@ -37,8 +37,11 @@ class Posterior(NamedTuple):
         per image. ``generator`` may live on another device than ``mu`` (a CPU generator: the
         same eps on every device)."""
         shape = self.mu.shape if n is None else (n, *self.mu.shape)
-        eps = randn(shape, generator, self.mu.device, self.mu.dtype)
-        return self.mu + self.std * eps
+        return self.reparameterize(randn(shape, generator, self.mu.device, self.mu.dtype))
+
+    def reparameterize(self, eps: torch.Tensor) -> torch.Tensor:
+        """The code mu + sigma * eps for standard normal noise ``eps`` (..., B, d)."""
+        return self.mu + self.std * eps.to(self.mu.dtype)
 
     def mode(self) -> torch.Tensor:
         """The most likely code: the mean (B, d)."""
