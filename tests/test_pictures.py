@@ -83,7 +83,7 @@ def test_interpolate_between_image_files_and_random_codes(model, tmp_path):
 BAD = [
     (["interpolate", "--index", "0", "99"], "--index 99 is out of range: the test split"),
     (["interpolate", "--images", "nope.png", "b.png"], "cannot read image nope.png"),
-    (["interpolate", "--steps", "1"], "--steps must be an integer >= 2"),
+    (["interpolate", "--steps", "1"], "--steps must be an integer from 2 to 256"),
     (["traverse", "--index", "20"], "--index 20 is out of range"),
     (["manifold", "--grid", "1"], "--grid must be an integer from 2 to 100"),
     (["embed", "--method", "umap"], "umap-learn"),

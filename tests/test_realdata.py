@@ -68,3 +68,46 @@ def test_real_images_are_upsampled_from_28_and_the_shipped_model_meets_the_bar(t
     assert model.config.native_size == 28
     report = evaluate_model(model, test, torch.device("cpu"), 0.1, 0, 500, 0, False)
     assert report["objective"] <= 50.0, report
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.slow
+@needs_data
+def test_every_command_on_a_shipped_model_leaves_its_folder_as_it_was(tmp_path, monkeypatch):
+    """Run from a working folder outside the clone, every command that takes a model writes
+    where its flags say, or beside itself, never into the shipped model's folder."""
+    from fastapi.testclient import TestClient
+
+    from torch_vae import load_model
+    from torch_vae.explorer.app import create_app
+    from torch_vae.explorer.state import load_explorer
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "fashion-mnist" / "dcgan-d8"
+    before = _snapshot(shipped)
+    monkeypatch.chdir(tmp_path)
+    data = ["--data_dir", str(tmp_path / "data"), "--quiet"]
+    m = ["--model", str(shipped)]
+    for args in (
+        ["evaluate", *m, "--nimages", "20", "--iw_samples", "2"],
+        ["sample-quality", *m, "--nsamples", "50", "--features", "encoder"],
+        ["generate", *m, "--nsamples", "4", "--outdir", "g"],
+        ["reconstruct", *m, "--nimages", "4", "--outdir", "r"],
+        ["interpolate", *m], ["traverse", *m, "--nimages", "50"],
+        ["manifold", *m, "--nimages", "50"], ["embed", *m, "--nimages", "50"],
+        ["plot", str(shipped), "--out", "curves.png"],
+        ["train", "--init_from", str(shipped), "--max_steps", "1", "--epochs", "1",
+         "--run_dir", "run"],
+    ):  # fmt: skip
+        extra = data if args[0] not in ("plot", "generate") else ["--quiet"]
+        assert main([*args, *extra]) == 0, args
+    assert main(["fit-sampler", *m, *data]) == 1  # refused: it would write beside the model
+    assert (tmp_path / "reports" / "dcgan-d8" / "eval-fashion-mnist-test.json").is_file()
+    model = load_model(shipped)
+    ex = load_explorer(model, shipped, "fashion-mnist", tmp_path / "data", 50, progress=False)
+    with TestClient(create_app(ex)) as client:
+        assert client.post("/api/sample", json={"seed": 1}).status_code == 200
+    assert _snapshot(shipped) == before

@@ -4,6 +4,8 @@ and animation of an interpolation."""
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from ..models import VAE
 from ..runtime.device import to_float
 from ..runtime.precision import Precision
 
+log = logging.getLogger(__name__)
+
 GRID_LIMIT = 1024  # all.png shows at most this many images
 N_PICTURE = 32  # samples and reconstructions drawn into each epoch's picture
 LATENT_BLOCK = 4096  # latents drawn at once: memory stays flat however many samples are asked
@@ -28,6 +32,20 @@ GIF_MIN_SIDE = 128  # smaller images are enlarged (nearest neighbour) in the ani
 # Draws n codes (n, d), float32 on the CPU, with a generator: a fitted prior's ``sample``, or
 # ``prior_draw(model)``.
 Draw = Callable[[int, torch.Generator], Tensor]
+
+
+def clear_earlier(outdir: Path, prefix: str) -> int:
+    """Remove ``outdir/<prefix>_NNNNN.png`` files an earlier generate or reconstruct wrote, so
+    that the folder holds this run's images alone (other files are left); how many."""
+    removed = 0
+    if outdir.is_dir():
+        for path in outdir.glob(f"{prefix}_*.png"):
+            if re.fullmatch(rf"{prefix}_\d{{5,}}\.png", path.name) and path.is_file():
+                path.unlink()
+                removed += 1
+    if removed:
+        log.info("removed %d %s_*.png files an earlier run left in %s", removed, prefix, outdir)
+    return removed
 
 
 def prior_draw(model: VAE) -> Draw:
@@ -94,6 +112,7 @@ def write_samples(
     fp32 by a grey level or two).
     """
     outdir.mkdir(parents=True, exist_ok=True)
+    clear_earlier(outdir, "sample")
     fast = model.inference_copy()  # batch norms folded into the convolutions
     amp = Precision(fast.device, precision)
     keep = []
@@ -124,6 +143,7 @@ def write_reconstructions(
     beside its reconstruction to ``outdir/rec_NNNNN.png`` and a grid of pairs to ``all.png``.
     ``precision`` as for :func:`write_samples`."""
     outdir.mkdir(parents=True, exist_ok=True)
+    clear_earlier(outdir, "rec")
     fast = model.inference_copy()  # batch norms folded into the convolutions
     device = fast.device
     amp = Precision(device, precision)

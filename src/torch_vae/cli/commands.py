@@ -27,6 +27,7 @@ from .options import (
     RunOptions,
     Runtime,
     SampleQualityOptions,
+    ServeRuntime,
     TraverseOptions,
 )
 
@@ -47,8 +48,9 @@ class Command:
         if self.raw:
             return fn(values, given)
         args = [pick(self.options[-1], values)]
-        if Runtime in self.options:
-            args.append(pick(Runtime, values))
+        runtime = [c for c in self.options if issubclass(c, Runtime)]
+        if runtime:
+            args.append(pick(runtime[0], values))
         return fn(*args)
 
 
@@ -75,7 +77,7 @@ COMMANDS = {
                 "Serve the live explorer: a page (and a JSON API) where sliders, a 2-D map of "
                 "the test split, random samples, interpolations and uploaded images decode "
                 "as the pointer moves (see docs/explore.md).",
-                (Runtime, ExploreOptions), "explore"),
+                (ServeRuntime, ExploreOptions), "explore"),
         Command("import-torch-vae", "Convert an original torch-vae .pth checkpoint",
                 "Convert a checkpoint of the original torch-vae (a bare state_dict .pth) into "
                 "a torch-vae .safetensors file.", (ImportOptions,), "convert"),

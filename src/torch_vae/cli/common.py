@@ -7,12 +7,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..data import check_channels, load_split
 from ..data.datasets import DECODE_ERRORS
-from ..data.imaging import UnsupportedImage, to_array
+from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
 from ..errors import TorchVaeError
+from ..evaluation.reports import report_path
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
 from .options import Runtime
@@ -79,11 +80,17 @@ def model_name(model_path: Path) -> str:
 def read_image(path: Path, channels: int, size: int) -> np.ndarray:
     """An image file as the dataset pipeline makes it: 8 bits, grayscale or RGB to ``channels``,
     centre-cropped to a square, resized bilinearly to ``size``: uint8 (size, size, C)."""
+    if not Path(path).is_file():  # a folder, a FIFO (which would block), nothing at all
+        raise TorchVaeError(f"cannot read image {path}: not a regular file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_image(path) as img:
                 return to_array(img, channels, size, crop=True)
+    except UnidentifiedImageError:  # an OSError too
+        raise TorchVaeError(
+            f"{path} is not an image in a format torch-vae reads ({', '.join(IMAGE_FORMATS)})"
+        ) from None
     except OSError as exc:
         raise TorchVaeError(f"cannot read image {path} ({exc.strerror or exc})") from None
     except (UnsupportedImage, *DECODE_ERRORS) as exc:
@@ -93,3 +100,53 @@ def read_image(path: Path, channels: int, size: int) -> np.ndarray:
 def check_index(i: int, n: int, what: str) -> None:
     if not 0 <= i < n:
         raise TorchVaeError(f"--index {i} is out of range: {what} has {n} images (0..{n - 1})")
+
+
+# What a model or run folder holds (besides reports), and the kinds of file no output flag may
+# write over: weights, training states, caches, metrics
+RUN_FILES = {"model.safetensors", "config.json", "ckpt.pt", "metrics.jsonl"}
+PRECIOUS_SUFFIXES = {".safetensors", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".jsonl"}
+REPORT_NAMES = ("eval-*.json", "*.eval-*.json", "sample-quality-*.json", "*.sample-quality-*.json")
+
+
+def is_model_folder(folder: Path) -> bool:
+    return (folder / "model.safetensors").is_file() or (folder / "ckpt.pt").is_file()
+
+
+def shipped_models() -> Path | None:
+    """The source tree's models/ folder of shipped models (none in an installed wheel)."""
+    root = Path(__file__).resolve().parents[3] / "models"
+    return root if root.is_dir() else None
+
+
+def is_shipped(path: Path) -> bool:
+    """Whether ``path`` lies in a shipped model's folder (models/ of this source tree)."""
+    root = shipped_models()
+    return root is not None and Path(path).resolve().is_relative_to(root.resolve())
+
+
+def check_output_file(path: Path, flag: str, report: bool = False) -> None:
+    """Before any work: ``path`` (an output file flag's value) may be written. Never over a
+    folder, a weights file, a training state or any other file of a model or run folder (a
+    report of ours, with ``report``, may be written again)."""
+    path = Path(path)
+    if path.is_dir():
+        raise TorchVaeError(f"{flag} {path} is a folder; give a file name")
+    if not path.exists():
+        return
+    ours = report and any(path.match(p) for p in REPORT_NAMES)
+    in_run = any(is_model_folder(p) for p in (path.parent, path.parent.parent))
+    if path.suffix in PRECIOUS_SUFFIXES or path.name in RUN_FILES or (in_run and not ours):
+        raise TorchVaeError(
+            f"{flag} {path} is a file torch-vae will not write over (weights, a training state "
+            "or a file of a model's folder); choose another path (nothing was written)"
+        )
+
+
+def default_report(model_path: Path, name: str) -> Path:
+    """Where a report goes when no --report is given: beside the model, except for a shipped
+    model, whose folder holds its own reference reports: reports/<model>/ in the working
+    folder then."""
+    if is_shipped(model_path):
+        return Path("reports") / model_name(model_path) / f"{name}.json"
+    return report_path(model_path, name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..explorer.app import SERVING_THREADS, create_app, listen, make_server
+from ..explorer.app import SERVING_THREADS, allowed_hosts, create_app, listen, make_server
 from ..explorer.state import load_explorer
 from .common import model_and_dataset
 from .options import ExploreOptions, Runtime
@@ -21,7 +21,8 @@ def run(o: ExploreOptions, runtime: Runtime) -> None:
         ex = load_explorer(model, o.model, dataset, o.data_dir, o.nimages, not runtime.quiet)
         if not runtime.threads:
             torch.set_num_threads(SERVING_THREADS)
-        server = make_server(create_app(ex, o.sliders), sock, _announce)
+        app = create_app(ex, o.sliders, allowed_hosts(o.host))
+        server = make_server(app, sock, _announce)
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # Ctrl-C: the way to stop a server, not a failure

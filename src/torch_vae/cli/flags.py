@@ -51,6 +51,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["action"] = "store_true"
         else:
             kw["type"] = meta.get("type", kind)
+            if kw["type"] is Path:  # an empty path would mean the working folder
+                kw["type"] = _path
             for key in ("nargs", "metavar"):
                 if key in meta:
                     kw[key] = meta[key]
@@ -63,6 +65,12 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(f"--{f.name}", required=meta.get("required", False), **kw)
 
 
+def _path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return Path(text)
+
+
 def defaults(classes: tuple[type, ...]) -> dict[str, Any]:
     return {
         f.name: f.metadata.get("cli_default", f.default)
@@ -73,7 +81,11 @@ def defaults(classes: tuple[type, ...]) -> dict[str, Any]:
 
 
 def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
-    """The flag values of a --config JSON file, with a one-line error for anything odd."""
+    """The flag values of a --config JSON file, with a one-line error for anything odd: each
+    value of its flag's type (a number where a number goes, true or false for a switch, a
+    string for a name or a path; null only where the flag may be left out)."""
+    if not path.is_file():  # a folder, a FIFO (which would block) or nothing at all
+        raise TorchVaeError(f"cannot read --config {path}: not a regular file")
     try:
         values = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # includes bad UTF-8 and bad JSON
@@ -83,16 +95,42 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
             f"--config {path} must hold a JSON object of flag values, e.g. "
             f'{{"epochs": 10}}, not a {type(values).__name__}'
         )
-    kinds = {
-        f.name: _kind(typing.get_type_hints(cls)[f.name])[0]
+    fields = {
+        f.name: (f, typing.get_type_hints(cls)[f.name])
         for cls in classes
         for f in dataclasses.fields(cls)
         if f.metadata.get("flag", True) and f.name not in ("config", "resume")
     }
-    unknown = sorted(set(values) - set(kinds))
+    unknown = sorted(set(values) - set(fields))
     if unknown:
         raise TorchVaeError(f"--config {path}: unknown keys {unknown}")
-    return {k: Path(v) if kinds[k] is Path and isinstance(v, str) else v for k, v in values.items()}
+    for name, value in values.items():
+        _check_json_type(path, name, value, *fields[name])
+    return {k: Path(v) if _kind(fields[k][1])[0] is Path and isinstance(v, str) else v
+            for k, v in values.items()}  # fmt: skip
+
+
+def _check_json_type(path: Path, name: str, value: Any, f: dataclasses.Field, hint) -> None:
+    kind, choices = _kind(hint)
+    optional = f.default is None or type(None) in typing.get_args(hint)
+    if value is None:
+        ok = optional
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif kind in (str, Path):
+        ok = isinstance(value, str) and (value != "" or kind is str)
+    else:
+        ok = True  # a list (nargs): its dataclass checks it
+    if not ok:
+        want = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                Path: "a path (a non-empty string)"}.get(kind, "a value")  # fmt: skip
+        if optional:
+            want += " or null"
+        raise TorchVaeError(f"--config {path}: {name} must be {want}, got {json.dumps(value)}")
 
 
 def pick(cls: type, values: dict[str, Any]):

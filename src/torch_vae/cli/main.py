@@ -78,9 +78,10 @@ def run() -> NoReturn:
 
 
 def _main(argv: list[str] | None) -> int:
-    keep_freed_memory()  # before the first tensor: 2x faster evaluation on the CPU
     try:
         command, values, given = parse(argv)
+        if command != "explore":  # a server keeps what one large upload took: not there
+            keep_freed_memory()  # before the first tensor: 2x faster evaluation on the CPU
         logging.basicConfig(
             level=logging.WARNING if values.get("quiet") else logging.INFO,
             format="%(message)s",

@@ -61,6 +61,17 @@ class Runtime:
 
 
 @dataclass(frozen=True)
+class ServeRuntime(Runtime):
+    """Runtime for explore, whose threads are used otherwise while it serves."""
+
+    threads: int = option(
+        0,
+        "CPU threads for PyTorch (0: PyTorch's choice while the test split is mapped, then 1 "
+        "while serving: a decode is too small to split, and one thread answers fastest)",
+    )
+
+
+@dataclass(frozen=True)
 class RunOptions:
     """The train command's options besides the model and training config."""
 
@@ -277,6 +288,8 @@ class SampleQualityOptions:
 
 PICTURES_HELP = "folder for the pictures (made if missing)"
 SPLIT_HELP = "the dataset split the images come from"
+MAX_FRAMES = 256  # the images of an interpolation, the values of a traversal
+MAX_SPAN = 1000.0  # a traversal's reach, in the prior's standard deviations
 
 
 @dataclass(frozen=True)
@@ -314,8 +327,10 @@ class InterpolateOptions(PictureOptions):
 
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
-        if not isinstance(self.steps, int) or self.steps < 2:
-            raise TorchVaeError(f"--steps must be an integer >= 2, got {self.steps}")
+        if not isinstance(self.steps, int) or not 2 <= self.steps <= MAX_FRAMES:
+            raise TorchVaeError(
+                f"--steps must be an integer from 2 to {MAX_FRAMES}, got {self.steps}"
+            )
         for i in self.index:
             non_negative("--index", i)
         if self.random and self.images:
@@ -335,13 +350,16 @@ class TraverseOptions(PictureOptions):
     nimages: int = option(1000, "test images that the average KL is measured on (0: all)")
 
     def __post_init__(self) -> None:
-        positive("--ndims", self.ndims)
-        positive("--steps", self.steps)
+        positive("--ndims", self.ndims, 4096)
+        positive("--steps", self.steps, MAX_FRAMES)
         non_negative("--nimages", self.nimages)
         if self.index is not None:
             non_negative("--index", self.index)
-        if not (isinstance(self.span, int | float) and math.isfinite(self.span)) or self.span <= 0:
-            raise TorchVaeError(f"--span must be a number > 0, got {self.span}")
+        if not (isinstance(self.span, int | float) and 0 < self.span <= MAX_SPAN):
+            raise TorchVaeError(
+                f"--span must be a number > 0 and at most {MAX_SPAN:g} (the prior's standard "
+                f"deviations), got {self.span}"
+            )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..analysis import figures
 from ..errors import TorchVaeError
 from ..training.rundir import METRICS_NAME, read_metrics
+from .common import check_output_file
 from .options import PlotOptions
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,8 @@ def run(o: PlotOptions) -> None:
     for run in runs:
         if not (run / METRICS_NAME).is_file():
             raise TorchVaeError(f"{run} has no metrics.jsonl: pass run folders of torch-vae train")
-    if o.out.is_dir():
-        raise TorchVaeError(f"--out {o.out} is a folder; pass a file name such as curves.png")
+    if o.out.suffix.lower() != ".png":
+        raise TorchVaeError(f"--out {o.out}: plot writes a PNG; give a file name ending in .png")
+    check_output_file(o.out, "--out")
     out = figures.plot_curves([read_metrics(r) for r in runs], figures.run_labels(runs), o.out)
     log.info("wrote %s: training curves of %s", out, ", ".join(figures.run_labels(runs)))

@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-from ..errors import TorchVaeError
-from ..evaluation.reports import report_path, write_report
+from ..evaluation.reports import write_report
 from ..evaluation.sample_quality import inception_line, pick_space, quality_report
 from ..priors import choose_sampler
-from .common import model_and_dataset
+from .common import check_output_file, default_report, model_and_dataset
 from .options import Runtime, SampleQualityOptions
 
 
 def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     """sample-quality: measure, write the JSON report, print a table."""
-    if o.report is not None and o.report.is_dir():
-        raise TorchVaeError(f"--report {o.report} is a folder; give a file name")
+    if o.report is not None:
+        check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     space = pick_space(o.features, o.classifier, model, dataset, model.device, o.batchsize)
     sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
@@ -22,7 +21,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
         model, dataset, space, sampler, o.nsamples, o.seed, o.k, o.data_dir, o.batchsize,
         not runtime.quiet, o.inception, str(o.model),
     )  # fmt: skip
-    path = o.report or report_path(o.model, f"sample-quality-{report['sampler']}")
+    path = o.report or default_report(o.model, f"sample-quality-{report['sampler']}")
     write_report(path, report)
     print_quality(report)
     if line := inception_line(o.inception):

@@ -40,7 +40,7 @@ def planner(values: dict[str, Any], given: set[str]) -> Callable[[Distributed], 
 
     def make(dist: Distributed) -> RunPlan:
         if o.resume is not None:
-            return _resume(o.resume, values, given)
+            return _resume(o.resume, values, given, dist.is_main)
         if o.init_from is not None:
             config, _, _ = read_config(o.init_from)
             _check_given(values, given & model_option_names() - {"native_size"},
@@ -56,7 +56,7 @@ def planner(values: dict[str, Any], given: set[str]) -> Callable[[Distributed], 
     return make
 
 
-def _resume(run_dir: Path, values: dict[str, Any], given: set[str]) -> RunPlan:
+def _resume(run_dir: Path, values: dict[str, Any], given: set[str], lock: bool) -> RunPlan:
     if not run_dir.is_dir():
         raise TorchVaeError(f"--resume {run_dir}: no such run folder")
     for flag in ("config", "dry_run", "run_dir", "init_from"):
@@ -73,7 +73,7 @@ def _resume(run_dir: Path, values: dict[str, Any], given: set[str]) -> RunPlan:
         "--resume continues the run with its own config; only --epochs and --max_steps may change",
     )  # fmt: skip
     extend = {k: values[k] if k in given else None for k in ("epochs", "max_steps")}
-    return plan_resume(run_dir, extend["epochs"], extend["max_steps"], values["data_dir"])
+    return plan_resume(run_dir, extend["epochs"], extend["max_steps"], values["data_dir"], lock)
 
 
 def _check_given(values, names, config_of, where: str, why: str) -> None:

@@ -3,9 +3,22 @@
 
 from __future__ import annotations
 
-from ..evaluation.classifier import ClassifierTraining, train_classifier
+from ..errors import TorchVaeError
+from ..evaluation.classifier import CLASSIFIER_WEIGHTS, ClassifierTraining, train_classifier
+from .common import is_model_folder, is_shipped
 from .options import Runtime
 
 
 def run(o: ClassifierTraining, runtime: Runtime) -> None:
+    # checked before the training: --out is a new or empty folder, or a classifier's own
+    out = o.out
+    if out.exists() and not out.is_dir():
+        raise TorchVaeError(f"--out {out} is a file; give a folder for the classifier")
+    if out.is_dir() and any(out.iterdir()) and not (out / CLASSIFIER_WEIGHTS).is_file():
+        raise TorchVaeError(
+            f"--out {out} holds files other than a classifier's; choose a new folder "
+            "(nothing was written)"
+        )
+    if is_model_folder(out) or is_shipped(out):
+        raise TorchVaeError(f"--out {out} is a model's folder; choose a new folder")
     train_classifier(o, not runtime.quiet)

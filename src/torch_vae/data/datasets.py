@@ -6,6 +6,7 @@ result on disk so decoding and resizing happen once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import TorchVaeError
+from ..io.files import write_text_atomic
 from .download import MIRROR_ENV, DownloadError, download, md5sum
 from .formats import (
     ZIP_ERRORS,
@@ -26,7 +28,7 @@ from .formats import (
     read_cifar,
     read_idx,
 )
-from .imaging import UnsupportedImage, resize_arrays, to_array
+from .imaging import UnsupportedImage, open_image, resize_arrays, to_array
 from .parallel import decode_all
 
 SPLITS = ("train", "test")
@@ -75,19 +77,19 @@ class Dataset:
             if found is None:
                 missing.append(f)
                 continue
-            if found.is_file() and found.name == f.name and found.stat().st_size < 2**31:
-                # Verify a compressed/archived copy against the official checksum, unless it
-                # is Debian's repacked copy, whose content read_* checks structurally.
-                if not _is_system(found) and md5sum(found) != f.md5:
-                    raise TorchVaeError(
-                        f"{found} does not match the official checksum (MD5 {f.md5}); it is "
-                        "corrupt or incomplete: delete it and run again to download it"
-                    )
+            if found.is_file() and found.name == f.name and not _is_system(found):
+                # Verify a compressed/archived copy against the official checksum, whatever
+                # its size (Debian's repacked copies differ: read_* checks them structurally).
+                _verify(found, f.md5)
             paths[f.name] = found
+        made = [d for d in (data_dir, data_dir / self.name) if not d.exists()]
         for i, f in enumerate(missing):
             try:
                 paths[f.name] = download(f.url, f.md5, data_dir / self.name / f.name, progress)
             except DownloadError as exc:  # name all the files still lacking, not just this one
+                for folder in reversed(made):  # the folders made for it, if they stayed empty
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
                 names = ", ".join(m.name for m in missing[i:])
                 raise TorchVaeError(
                     f"dataset {self.name} lacks {names} and could not download {exc.url} "
@@ -110,6 +112,29 @@ class Dataset:
         """What the cache of ``split`` must have been built from, or None when its source
         cannot change: the registered datasets' files are the official ones (checked by MD5)."""
         return None
+
+
+def _verify(path: Path, md5: str) -> None:
+    """Check ``path`` against its official MD5, once: a stamp beside it (``.NAME.md5``, with the
+    file's size and mtime) says it was checked, so a large archive (CelebA: 1.4 GB) is not
+    hashed at every start. A file that changed since is hashed again."""
+    st = path.stat()
+    stamp = path.with_name(f".{path.name}.md5")
+    mark = f"{md5} {st.st_size} {st.st_mtime_ns}\n"
+    try:
+        if stamp.read_text() == mark:
+            return
+    except (OSError, UnicodeError):
+        pass
+    if md5sum(path) != md5:
+        raise TorchVaeError(
+            f"{path} does not match the official checksum (MD5 {md5}); it is corrupt or "
+            "incomplete: delete it and run again to download it"
+        )
+    try:
+        write_text_atomic(stamp, mark)
+    except OSError:  # a read-only folder: hashed again next time
+        pass
 
 
 def _is_system(path: Path) -> bool:
@@ -236,7 +261,7 @@ def _decode(fileobj, label, channels, size, crop) -> np.ndarray:
             # Pillow only warns about images between its pixel limit and twice that; refuse
             # them too rather than decode a possible decompression bomb.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with fileobj as f, Image.open(f) as img:
+            with fileobj as f, open_image(f) as img:
                 if img.format == "JPEG" and size * 2 <= min(img.size):
                     # Let libjpeg decode at a reduced scale: much faster, same result after
                     # resizing.
@@ -387,7 +412,7 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    with Image.open(path) as img:
+                    with open_image(path) as img:
                         modes.add(img.mode)
             except DECODE_ERRORS as exc:
                 raise TorchVaeError(
@@ -490,6 +515,8 @@ def get_dataset(name: str) -> Dataset:
     if name in DATASETS:
         return DATASETS[name]
     if name.startswith("folder:"):
+        if not name.removeprefix("folder:").strip():
+            raise TorchVaeError("--dataset folder: needs the folder's path: folder:PATH")
         return folder_dataset(name.removeprefix("folder:"))
     if os.sep in name or Path(name).is_dir():
         return folder_dataset(name)

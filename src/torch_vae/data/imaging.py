@@ -15,6 +15,17 @@ def center_square(img: Image.Image) -> Image.Image:
     return img.crop((left, top, left + side, top + side))
 
 
+# The formats images are read in (datasets, folders, files given to a command, uploads). Pillow
+# knows others, by content whatever the file's name, and some of them hand the file to an
+# external program (EPS to Ghostscript): a dataset holds none of those.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+
+
+def open_image(fp) -> Image.Image:
+    """``Image.open`` for the ``IMAGE_FORMATS`` only (others raise UnidentifiedImageError)."""
+    return Image.open(fp, formats=IMAGE_FORMATS)
+
+
 class UnsupportedImage(ValueError):
     """An image whose pixel values have no known 8-bit scale; the message names its mode."""
 

@@ -15,6 +15,7 @@ thread pool.
 # models built at run time (api_models), so they must be objects, not strings.
 import logging
 import socket
+from collections.abc import Collection
 from importlib import resources
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
@@ -280,9 +281,10 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     return "; ".join(parts) + more
 
 
-def create_app(ex: Explorer, sliders: int = 16) -> FastAPI:
+def create_app(ex: Explorer, sliders: int = 16, hosts: Collection[str] | None = None) -> FastAPI:
     """The explorer's app: the page and the JSON API over ``ex``; ``sliders``: how many latent
-    dimensions the page shows as sliders."""
+    dimensions the page shows as sliders; ``hosts``: the names the server answers to (its
+    ``Host`` header; None: any), see ``SameOrigin``."""
     app = FastAPI(
         title="torch-vae explorer", version=__version__,
         description=f"Explore {ex.name or 'a model'}: decode codes, map points and uploads.",
@@ -302,7 +304,49 @@ def create_app(ex: Explorer, sliders: int = 16) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(SameOrigin, hosts=hosts)  # outermost: before anything is read
     return app
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_hosts(bound: str) -> tuple[str, ...] | None:
+    """The ``Host`` names an explorer listening on ``bound`` answers to: the loopback names for
+    a loopback address (a DNS name that a page rebinds to 127.0.0.1 is refused); that address
+    and this machine's names for another; any (None) for every interface (0.0.0.0, ::)."""
+    if bound in ("0.0.0.0", "::", ""):
+        return None
+    if bound in LOOPBACK or bound.startswith("127."):
+        return (*LOOPBACK, bound)
+    return (*LOOPBACK, bound, socket.gethostname(), socket.getfqdn())
+
+
+class SameOrigin:
+    """ASGI middleware: a request whose ``Host`` is not one the server answers to gets 403 (a
+    page that rebinds its own DNS name to this machine cannot read the API), and so does a
+    request sent by a page of another origin (its ``Origin`` header is not this server's), so
+    that no web page the user visits can post to the explorer."""
+
+    def __init__(self, app, hosts: Collection[str] | None):
+        self.app, self.hosts = app, None if hosts is None else {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]").lower()
+        if self.hosts is not None and name not in self.hosts:
+            detail = f"this explorer does not answer to host {host!r}; open it by its address"
+        elif "origin" in headers and headers["origin"] not in (f"http://{host}", "null"):
+            detail = f"requests from other sites ({headers['origin']}) are refused"
+        elif headers.get("sec-fetch-site") == "cross-site":
+            detail = "requests from other sites are refused"
+        else:
+            return await self.app(scope, receive, send)
+        await JSONResponse({"detail": detail}, status_code=403)(scope, receive, send)
 
 
 class BodyLimit:

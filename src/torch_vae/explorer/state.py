@@ -14,6 +14,7 @@ import base64
 import io
 import logging
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from ..analysis import latent as explore
 from ..data import load_split
-from ..data.imaging import UnsupportedImage, to_array
+from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, to_array
 from ..errors import TorchVaeError
 from ..io.png import encode_png, to_uint8
 from ..models import VAE
@@ -41,9 +42,15 @@ MAX_UPLOAD_BYTES = 10 * 2**20  # an uploaded file: 10 MiB
 # (Image.MAX_IMAGE_PIXELS, 89 megapixels, an error only at twice that) is far higher and is
 # global to the process, which also decodes datasets; this one is for uploads alone.
 MAX_UPLOAD_PIXELS = 20_000_000
+# Bytes of an upload's decoded pixels (its bands times their width: a float TIFF takes four per
+# band), and how many uploads are decoded at once: together they bound the memory uploads take
+# (a decode needs a few copies of its pixels), whatever a client sends.
+MAX_UPLOAD_DECODED = 64 * 2**20
+UPLOAD_DECODES = threading.BoundedSemaphore(2)
+_BAND_BYTES = {"F": 4, "I": 4, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "1": 1}
 # The formats an upload may be in; Pillow's others include some that run external programs
 # (EPS runs Ghostscript) or that no one uploads as a picture.
-UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+UPLOAD_FORMATS = IMAGE_FORMATS
 Z_BOUND = 1000.0  # latent values accepted from a client: far beyond the prior's +-4
 
 
@@ -216,7 +223,14 @@ def read_upload(data: bytes, channels: int, size: int) -> np.ndarray:
                 raise UploadError(
                     413, f"the image is {w}x{h} pixels; at most {MAX_UPLOAD_PIXELS:,} in all"
                 )
-            return to_array(ImageOps.exif_transpose(img), channels, size, crop=True)
+            decoded = w * h * len(img.getbands()) * _BAND_BYTES.get(img.mode, 1)
+            if decoded > MAX_UPLOAD_DECODED:
+                raise UploadError(
+                    413, f"the image's pixels take {decoded / 2**20:.0f} MiB ({img.mode}, "
+                    f"{w}x{h}); at most {MAX_UPLOAD_DECODED // 2**20} MiB",
+                )  # fmt: skip
+            with UPLOAD_DECODES:
+                return to_array(ImageOps.exif_transpose(img), channels, size, crop=True)
     except UploadError:
         raise
     except UnidentifiedImageError:

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import stat
 import tempfile
 import time
@@ -85,12 +86,41 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Pillow): yields the locked temporary's path; they write the same file (same inode), which
     the lock keeps from any sweeper until it is renamed over ``path``."""
     with _locked_temporary(path) as (_, tmp):
-        yield tmp
+        try:
+            yield tmp
+        except (OSError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a writer's own error for a failed write
+            failed = write_error(exc, Path(path))
+            if failed is None:
+                raise
+            raise failed from exc
         # the writer wrote through its own handle, and may have replaced the file (safetensors
         # does): give it the mode open() would have given, and flush it to disk
         os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
+
+
+# How writers that are not Python's own files say a write failed: torch.save ("PytorchStreamWriter
+# failed writing file data/0: file write failed"), safetensors ("Error while serializing: I/O
+# error: No space left on device (os error 28)")
+_WRITE_FAILED = ("failed writing", "write failed", "os error", "i/o error", "ioerror", "no space",
+                 "inline_container")  # fmt: skip
+
+
+def write_error(exc: BaseException, path: Path) -> OSError | None:
+    """The OSError that a writer's own error for a failed write stands for (a full disk when
+    the folder has no room left), or None when ``exc`` is no such error."""
+    text = str(exc).lower()
+    if not any(words in text for words in _WRITE_FAILED):
+        return None
+    try:
+        full = shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full or "no space" in text or "os error 28" in text else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -98,7 +98,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             "only weights written by torch-vae can be loaded"
         )
     version = meta.get("format_version", "0")
-    if not (version.isascii() and version.isdigit()):
+    if not (version.isascii() and version.isdigit() and len(version) <= 6):
         raise TorchVaeError(f"{weights} has a corrupt format version {version[:20]!r}")
     if int(version) > FORMAT_VERSION:
         raise TorchVaeError(
@@ -114,16 +114,39 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return {"config": config, "dataset": meta.get("dataset"), "path": weights}
 
 
-def read_weights(weights: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """The tensors of ``weights``, after checking their names and shapes against ``expected``
-    (so that nothing is allocated for a file that does not fit)."""
+# safetensors' names of the floating-point dtypes (a model's weights) and of the integer ones
+# a model may hold (batch norm's step counter)
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+INT_DTYPES = {torch.int64: "I64", torch.int32: "I32"}
+
+
+def read_weights(
+    weights: Path, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]
+) -> dict[str, torch.Tensor]:
+    """The tensors of ``weights``, after checking their names, shapes and dtypes against
+    ``expected`` (name -> (shape, dtype); so that nothing is allocated for a file that does not
+    fit, and integer or boolean tensors never stand in for weights)."""
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as f:
-            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-            _check_shapes(weights, shapes, expected)
-            return {key: f.get_tensor(key) for key in shapes}
+            slices = {key: f.get_slice(key) for key in f.keys()}  # noqa: SIM118 (not a dict)
+            have = {k: (tuple(s.get_shape()), s.get_dtype()) for k, s in slices.items()}
+            _check_tensors(weights, have, expected)
+            return {key: f.get_tensor(key) for key in have}
     except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
         raise TorchVaeError(f"{weights} is corrupt or truncated ({exc})") from None
+
+
+def _check_tensors(weights: Path, have: dict, want: dict) -> None:
+    _check_shapes(weights, {k: v[0] for k, v in have.items()}, {k: v[0] for k, v in want.items()})
+    for key, (_, dtype) in want.items():
+        stored = have[key][1]
+        ok = stored in FLOAT_DTYPES if dtype.is_floating_point else stored == INT_DTYPES.get(dtype)
+        if not ok:
+            kind = "floating-point" if dtype.is_floating_point else str(dtype).split(".")[-1]
+            raise TorchVaeError(
+                f"{weights}: {key} is stored as {stored}, not as {kind} numbers; the file is "
+                "damaged or was not written by torch-vae"
+            )
 
 
 def _check_shapes(weights: Path, have: dict, want: dict) -> None:

@@ -75,13 +75,10 @@ class VAE(nn.Module):
             )
         self.config = config
         self.dataset: str | None = None  # what it was trained on, if known (from_pretrained)
-        # Derived from the config, so not saved with the weights, and kept in float32 outside
-        # the module's buffers (a bfloat16 projector would round away what it projects).
-        self._projector = (
-            upsampling_projector(config.native_size, config.image_size)
-            if config.native_size
-            else None
-        )
+        # Derived from the config, so not saved with the weights, built at the first decode
+        # (loading a model never waits for it), and kept in float32 outside the module's
+        # buffers (a bfloat16 projector would round away what it projects).
+        self._projector: torch.Tensor | None = None
         if self.encoder_class is not None:
             self.encoder = self.encoder_class(config)
         if self.decoder_class is not None:
@@ -115,10 +112,12 @@ class VAE(nn.Module):
         the data cannot have.
         """
         x = self.decoder(self._cast(z))
-        if self._projector is None:
+        if not self.config.native_size:
             return x
         p = self._projector
-        if p.device != x.device:
+        if p is None or p.device != x.device:
+            if p is None:
+                p = upsampling_projector(self.config.native_size, self.config.image_size)
             self._projector = p = p.to(x.device)
         # in float32 even under autocast: the projection is cheap, and rounding it to 16 bits
         # would add error of its own
@@ -213,9 +212,17 @@ class VAE(nn.Module):
     @classmethod
     def expected_shapes(cls, config: ModelConfig) -> dict[str, tuple[int, ...]]:
         """The shape of every tensor of a model with ``config``, without allocating it."""
+        return {k: shape for k, (shape, _) in cls.expected_tensors(config).items()}
+
+    @classmethod
+    def expected_tensors(
+        cls, config: ModelConfig
+    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """The shape and dtype of every tensor of a model with ``config``, without allocating
+        it (the model is built on the meta device)."""
         with torch.device("meta"):
             model = model_class(config.arch)(config)
-        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
 
     @classmethod
     def estimate_memory(cls, config: ModelConfig, batch: int) -> int:
@@ -276,7 +283,7 @@ class VAE(nn.Module):
             )
         # The shapes are checked against the config before anything is allocated, so that a
         # damaged config cannot ask for a huge model.
-        state = read_weights(meta["path"], family.expected_shapes(config))
+        state = read_weights(meta["path"], family.expected_tensors(config))
         model = family(config)
         try:
             model.load_state_dict(state)

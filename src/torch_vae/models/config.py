@@ -20,6 +20,7 @@ from ..fields import from_dict, is_int, option, positive
 # The upper bounds are far beyond any practical model; they keep a damaged or hostile config
 # from asking for absurd amounts of memory or time.
 MAX_SIZE = 2**16
+MAX_NATIVE_IMAGE = 1024  # the native-size projection: an image_size x image_size matrix
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,11 @@ class ModelConfig:
                 f"--native_size {self.native_size} must be 0 (off) or the size, smaller than "
                 f"--image_size {self.image_size}, that the images were upsampled from "
                 "(28 for MNIST and Fashion-MNIST, 32 for CIFAR)"
+            )
+        if self.native_size and self.image_size > MAX_NATIVE_IMAGE:
+            raise TorchVaeError(
+                f"--native_size works up to --image_size {MAX_NATIVE_IMAGE} (its projection is "
+                f"a dense matrix per side), not {self.image_size}; pass --native_size 0"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -140,7 +146,8 @@ class ConvConfig(ModelConfig):
         if self.max_filters % 2 ** (self.depth - 1):
             raise TorchVaeError(
                 f"--max_filters {self.max_filters} must be divisible by 2**(depth-1) = "
-                f"{2 ** (self.depth - 1)} so that every layer has a whole number of filters"
+                f"{2 ** (self.depth - 1)} so that every layer has a whole number of filters; "
+                "pass a smaller --depth or a larger --max_filters"
             )
 
     @classmethod

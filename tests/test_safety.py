@@ -1,0 +1,569 @@
+"""No lost run, no stranger's program, no number that depends on the batch size: the cases a
+hostile or careless user found, each as it was reproduced, and the rest of each kind."""
+
+import json
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torch_vae import VAE, ModelConfig, TorchVaeError
+from torch_vae.cli import main
+
+TINY = ["--latent_dims", "3", "--max_filters", "16", "--image_size", "32", "--depth", "3"]
+
+
+def _train_args(run, data, *more):
+    return ["train", "--dataset", "mnist", "--data_dir", str(data), "--run_dir", str(run),
+            "--epochs", "1", "--batchsize", "16", *TINY, "--quiet", *more]  # fmt: skip
+
+
+def _error(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torch-vae: error: "), lines
+    return lines[0]
+
+
+# -- data loss --------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_and_touches_nothing(
+    mnist_dir, tmp_path, capsys
+):
+    from torch_vae.training.rundir import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = RunLock(run)  # another process's run, its folder still empty
+    try:
+        assert main(_train_args(run, mnist_dir)) == 1
+        assert "being written by another torch-vae process" in _error(capsys)
+        (run / ".config.json.abcd1234.tmp").write_bytes(b"being written")  # its config.json
+        assert main(_train_args(run, mnist_dir)) == 1
+        assert "already exists and is not empty" in _error(capsys)
+        assert sorted(p.name for p in run.iterdir()) == [".config.json.abcd1234.tmp"]
+    finally:
+        holder.release()
+    (run / ".config.json.abcd1234.tmp").unlink()
+    assert main(_train_args(run, mnist_dir)) == 0  # once it is free
+
+
+def test_a_resume_of_a_run_in_use_is_refused(trained, mnist_dir, capsys):
+    from torch_vae.training.rundir import RunLock
+
+    metrics = (trained / "metrics.jsonl").read_text()
+    holder = RunLock(trained)
+    try:
+        args = ["train", "--resume", str(trained), "--epochs", "3", "--data_dir", str(mnist_dir)]
+        assert main([*args, "--quiet"]) == 1
+        assert "being written by another torch-vae process" in _error(capsys)
+    finally:
+        holder.release()
+    assert (trained / "metrics.jsonl").read_text() == metrics
+
+
+def test_signals_while_the_state_is_saved_wait_for_the_save(
+    mnist_dir, tmp_path, monkeypatch, capsys
+):
+    """A second and third Ctrl-C just after the first: the state is still saved, and a forced
+    stop waits for the files being written."""
+    from torch_vae.training import loop as train_mod
+
+    real = train_mod.save_train_state
+
+    def save(*a, **k):  # the user presses Ctrl-C twice more while the state is written
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "save_train_state", save)
+    calls = []
+    real_objective = VAE.objective
+
+    def objective(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:  # the first Ctrl-C, during the second step
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_objective(self, *a, **k)
+
+    monkeypatch.setattr(VAE, "objective", objective)
+    run = tmp_path / "run"
+    assert main(_train_args(run, mnist_dir)) == 130
+    assert "signal again to stop at once" in capsys.readouterr().err
+    assert (run / "ckpt.pt").is_file() and (run / "config.json").is_file()
+
+
+def test_output_flags_never_write_over_a_run_s_files(trained, mnist_dir, capsys):
+    before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
+    data = ["--data_dir", str(mnist_dir), "--quiet"]
+    for args in (
+        ["evaluate", "--model", str(trained), "--report", str(trained / "model.safetensors")],
+        ["evaluate", "--model", str(trained), "--report", str(trained / "images/epoch_001.png")],
+        ["sample-quality", "--model", str(trained), "--features", "encoder", "--nsamples", "8",
+         "--report", str(trained / "config.json")],
+        ["plot", str(trained), "--out", str(trained / "ckpt.pt")],
+        ["plot", str(trained), "--out", str(trained / "images" / "epoch_002.png")],
+    ):  # fmt: skip
+        assert main([*args, *data] if args[0] != "plot" else [*args, "--quiet"]) == 1, args
+        err = _error(capsys)
+        assert "will not write over" in err or "ending in .png" in err, err
+    assert {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()} == before
+
+
+def test_train_classifier_refuses_a_model_folder_before_training(trained, labelled, capsys):
+    before = (trained / "config.json").read_bytes()
+    args = ["train-classifier", "--dataset", "mnist", "--out", str(trained), "--epochs", "1"]
+    assert main([*args, "--data_dir", str(labelled), "--quiet"]) == 1
+    assert "--out" in _error(capsys)
+    assert (trained / "config.json").read_bytes() == before
+
+
+def test_commands_on_a_shipped_model_write_nothing_into_its_folder(tmp_path, monkeypatch, capsys):
+    from torch_vae.cli import common
+
+    shipped = tmp_path / "models"
+    model = shipped / "fashion-mnist" / "tiny"
+    VAE(ModelConfig(image_size=16, max_filters=8, depth=2)).save_pretrained(model, "mnist")
+    monkeypatch.setattr(common, "shipped_models", lambda: shipped)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in model.iterdir())
+    assert main(["fit-sampler", "--model", str(model), "--quiet"]) == 1
+    assert "shipped model" in _error(capsys)
+    assert common.default_report(model, "eval-mnist-test") == (
+        tmp_path / "reports" / "tiny" / "eval-mnist-test.json"
+    ).relative_to(tmp_path)
+    assert sorted(p.name for p in model.iterdir()) == before
+
+
+def test_generate_into_a_used_folder_leaves_only_its_own_samples(trained, tmp_path):
+    out = tmp_path / "samples"
+    assert main(["generate", "--model", str(trained), "--nsamples", "9", "--outdir", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    (out / "notes.txt").write_text("mine")
+    assert main(["generate", "--model", str(trained), "--nsamples", "4", "--outdir", str(out),
+                 "--quiet"]) == 0  # fmt: skip
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["all.png", "notes.txt"] + [f"sample_{i:05d}.png" for i in range(4)]
+
+
+# -- a stranger's program ---------------------------------------------------------------------
+
+
+def _eps_named_png(path):
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+
+
+def test_files_in_formats_no_dataset_holds_are_refused_by_content(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    from torch_vae.cli.common import read_image
+    from torch_vae.data.datasets import folder_dataset
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(1))
+    _eps_named_png(tmp_path / "x.png")
+    with pytest.raises(TorchVaeError, match="not an image in a format"):
+        read_image(tmp_path / "x.png", 1, 16)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(11):
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(folder / f"{i}.png")
+    _eps_named_png(folder / "z.png")
+    with pytest.raises(TorchVaeError, match="z.png"):
+        folder_dataset(folder)
+    assert not opened  # PostScript was never handed to its plug-in (Ghostscript)
+
+
+# -- silent wrong results ---------------------------------------------------------------------
+
+
+def test_archives_of_any_size_are_checked_against_their_md5(tmp_path, monkeypatch):
+    from torch_vae.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    folder = tmp_path / "data" / "cifar-10"
+    folder.mkdir(parents=True)
+    with open(folder / "cifar-10-python.tar.gz", "wb") as f:  # sparse: 2 GiB of nothing
+        f.truncate(2**31 + 10)
+    hashed = []
+    monkeypatch.setattr(datasets, "md5sum", lambda p: hashed.append(p) or "0" * 32)
+    with pytest.raises(TorchVaeError, match="does not match the official checksum"):
+        datasets.DATASETS["cifar-10"].fetch(tmp_path / "data", progress=False)
+    assert hashed
+
+
+def test_a_verified_archive_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
+    from torch_vae.data import datasets
+
+    path = tmp_path / "a.tar.gz"
+    path.write_bytes(b"archive")
+    hashed = []
+    monkeypatch.setattr(datasets, "md5sum", lambda p: hashed.append(p) or "m" * 32)
+    datasets._verify(path, "m" * 32)
+    datasets._verify(path, "m" * 32)
+    assert len(hashed) == 1
+    path.write_bytes(b"another archive")
+    with pytest.raises(TorchVaeError):
+        datasets._verify(path, "x" * 32)
+
+
+def test_evaluate_does_not_depend_on_batch_size_threads_or_importance_samples(
+    trained, mnist_dir, tmp_path
+):
+    reports = []
+    for i, flags in enumerate(
+        [
+            ["--batchsize", "100", "--iw_samples", "0"],
+            ["--batchsize", "3", "--iw_samples", "0"],
+            ["--batchsize", "7", "--iw_samples", "2", "--threads", "1"],
+        ]
+    ):
+        report = tmp_path / f"r{i}.json"
+        args = ["evaluate", "--model", str(trained), "--data_dir", str(mnist_dir), "--quiet",
+                "--report", str(report), *flags]  # fmt: skip
+        assert main(args) == 0
+        reports.append(json.loads(report.read_text()))
+    for key in ("objective", "sse", "kl", "mse", "psnr", "decoder_sigma"):
+        values = [round(r[key], 4) for r in reports]
+        assert len(set(values)) == 1, (key, values)
+
+
+def test_per_epoch_metrics_do_not_depend_on_the_batch_size(trained):
+    from torch_vae import load_model
+    from torch_vae.evaluation.likelihood import test_metrics
+
+    model = load_model(trained)
+    images = torch.randint(0, 256, (20, 32, 32, 1), dtype=torch.uint8)
+    a, b = (test_metrics(model, images, torch.device("cpu"), n) for n in (20, 3))
+    assert all(abs(a[k] - b[k]) < 1e-4 * max(1.0, abs(a[k])) for k in a)
+
+
+def test_a_diverged_refinement_is_an_error_not_a_report(trained, mnist_dir, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    args = ["evaluate", "--model", str(trained), "--data_dir", str(mnist_dir), "--iw_samples",
+            "0", "--refine_steps", "10", "--refine_lr", "1e8", "--report", str(report)]  # fmt: skip
+    assert main([*args, "--quiet"]) == 1
+    assert "refinement diverged" in _error(capsys) and not report.exists()
+
+
+def test_reports_hold_strict_json_only(tmp_path):
+    from torch_vae.evaluation.reports import write_report
+
+    with pytest.raises(TorchVaeError, match="samples.fd is not a finite number"):
+        write_report(tmp_path / "r.json", {"samples": {"fd": float("nan")}})
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_weights_stored_as_integers_or_booleans_are_refused(tmp_path, dtype):
+    from safetensors.torch import load_file, save_file
+
+    from torch_vae import load_model
+
+    path = tmp_path / "m.safetensors"
+    VAE(ModelConfig(image_size=16, max_filters=8, depth=2)).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    state = load_file(str(weights))
+    meta = json.loads(json.dumps(__import__("safetensors").safe_open(
+        str(weights), "pt").metadata()))  # fmt: skip
+    state["decoder.lin.weight"] = state["decoder.lin.weight"].to(dtype)
+    save_file(state, str(path), metadata=meta)
+    with pytest.raises(TorchVaeError, match="decoder.lin.weight is stored as"):
+        load_model(path)
+
+
+# -- the explorer -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client():
+    import warnings
+
+    from webtools import tiny_explorer
+
+    from torch_vae.explorer.app import allowed_hosts, create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    app = create_app(tiny_explorer(latent_dims=3), hosts=allowed_hosts("127.0.0.1"))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+        yield c
+
+
+def test_the_explorer_refuses_other_sites_and_other_host_names(client):
+    z = {"z": [0.0, 0.0, 0.0]}
+    assert client.post("/api/decode", json=z).status_code == 200
+    own = {"Origin": "http://127.0.0.1:8000"}
+    assert client.post("/api/decode", json=z, headers=own).status_code == 200
+    evil = client.post("/api/decode", json=z, headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403 and "other sites" in evil.json()["detail"]
+    rebound = client.get("/api/info", headers={"Host": "evil.example:8000"})
+    assert rebound.status_code == 403 and "host" in rebound.json()["detail"]
+    assert client.get("/api/info", headers={"Host": "localhost:8000"}).status_code == 200
+
+
+def test_uploads_whose_pixels_take_too_much_memory_are_refused_before_decoding():
+    import io
+
+    from torch_vae.explorer.state import UploadError, read_upload
+
+    buf = io.BytesIO()
+    Image.new("F", (5000, 4000)).save(buf, format="TIFF", compression="tiff_deflate")
+    with pytest.raises(UploadError) as info:
+        read_upload(buf.getvalue(), 1, 16)
+    assert info.value.status == 413 and "MiB" in str(info.value)
+
+
+def test_at_most_two_uploads_are_decoded_at_once(monkeypatch):
+    import time
+
+    from torch_vae.explorer import state
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow(img, channels, size, crop):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return np.zeros((size, size, channels), np.uint8)
+
+    monkeypatch.setattr(state, "to_array", slow)
+    import io
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="PNG")
+    threads = [threading.Thread(target=state.read_upload, args=(buf.getvalue(), 1, 8))
+               for _ in range(6)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2
+
+
+def test_a_native_projection_is_built_when_first_used_and_bounded():
+    with pytest.raises(TorchVaeError, match="works up to --image_size 1024"):
+        ModelConfig(image_size=2048, native_size=2047, depth=3, max_filters=8)
+    model = VAE(ModelConfig(image_size=32, native_size=28, max_filters=8, depth=2))
+    assert model._projector is None  # loading a model never waits for it
+    model.decode(torch.zeros(1, 8))
+    assert model._projector is not None
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["interpolate", "--random", "--steps", "100000000"], "--steps must be an integer"),
+        (["traverse", "--steps", "1000000"], "--steps 1000000 is too large"),
+        (["traverse", "--span", "1e308"], "--span must be a number > 0 and at most 1000"),
+    ],
+)
+def test_pictures_are_bounded(args, match, trained, capsys):
+    assert main([*args, "--model", str(trained)]) == 1
+    assert match in _error(capsys)
+
+
+# -- tracebacks where a line is owed ----------------------------------------------------------
+
+
+def test_a_writer_s_own_error_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import shutil
+
+    from torch_vae.io import files
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 10, 0))
+    with pytest.raises(OSError) as info, files.atomic_path(tmp_path / "ckpt.pt") as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter "
+                           "failed writing file data/0: file write failed")  # fmt: skip
+    assert info.value.errno == 28 and str(tmp_path / "ckpt.pt") in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "config,match",
+    [
+        ({"dataset": 3}, "dataset must be a string, got 3"),
+        ({"data_dir": 7}, "data_dir must be a path"),
+        ({"run_dir": ""}, "run_dir must be a path"),
+        ({"device": None}, "device must be a string"),
+        ({"init_from": 5}, "init_from must be a path"),
+        ({"epochs": 1e400}, "epochs must be an integer, got Infinity"),
+        ({"quiet": "no"}, "quiet must be true or false"),
+        ({"blocks": 2}, "--blocks is an option of --arch resnet, not of --arch original"),
+    ],
+)
+def test_config_files_of_the_wrong_types_are_one_line(config, match, tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", "--config", str(path), "--dry_run"]) == 1
+    assert match in _error(capsys)
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["generate", "--outdir", "o", "--seed", str(2**64)], "--seed must be an integer from"),
+        (["evaluate", "--seed", str(2**64)], "--seed must be an integer from"),
+        (["sample-quality", "--seed", str(-(2**63) - 1)], "--seed must be an integer from"),
+        (["interpolate", "--random", "--seed", str(2**64)], "--seed must be an integer from"),
+        (["fit-sampler", "--seed", "-1"], "--seed must be an integer >= 0"),
+        (["generate", "--outdir", "o", "--device", "meta"], "not one torch-vae runs on"),
+        (["generate", "--outdir", "o", "--device", "xla"], "not one torch-vae runs on"),
+    ],
+)
+def test_out_of_range_seeds_and_devices_are_one_line(args, match, trained, capsys, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert main([args[0], "--model", str(trained), *args[1:]]) == 1
+    assert match in _error(capsys)
+
+
+@pytest.mark.parametrize("size", ["3", "100000"])
+def test_classifier_sizes_out_of_range_are_one_line(size, capsys, tmp_path):
+    args = ["train-classifier", "--out", str(tmp_path / "c"), "--image_size", size]
+    assert main(args) == 1
+    assert "--image_size must be an integer from 8 to 1024" in _error(capsys)
+
+
+def test_a_sampler_of_another_latent_size_is_one_line(trained, tmp_path, capsys):
+    from torch_vae.io.files import file_sha256
+    from torch_vae.priors import fit_gaussian, sampler_path, save_sampler
+
+    digest = file_sha256(trained / "model.safetensors")
+    sampler = fit_gaussian(np.random.default_rng(0).normal(size=(50, 5)), {"model_sha256": digest})
+    save_sampler(sampler, sampler_path(trained, "gaussian"))
+    args = ["generate", "--model", str(trained), "--outdir", str(tmp_path / "o")]
+    assert main([*args, "--sampler", "gaussian"]) == 1
+    assert "draws 5-d codes, but the model has 3 latent dimensions" in _error(capsys)
+
+
+def test_original_checkpoints_with_odd_keys_or_shapes_are_one_line(tmp_path, capsys):
+    torch.save({1: torch.zeros(2)}, tmp_path / "keys.pth")
+    torch.save({"encoder.conv1.weight": torch.zeros(3), "encoder.proj_mu.weight":
+                torch.zeros(8, 10)}, tmp_path / "shapes.pth")  # fmt: skip
+    for name, match in (("keys.pth", "state_dict of named tensors"),
+                        ("shapes.pth", "wrong number of dims")):  # fmt: skip
+        assert main(["import-torch-vae", str(tmp_path / name), "--dataset", "mnist"]) == 1
+        assert match in _error(capsys)
+    assert main(["import-torch-vae", str(tmp_path), "--dataset", "mnist"]) == 1
+    assert "is a folder" in _error(capsys)
+
+
+def test_a_model_too_large_for_memory_is_refused_before_the_data(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(folder / f"{i}.png")
+    data = tmp_path / "data"
+    args = ["train", "--dataset", f"folder:{folder}", "--image_size", "65536", "--depth", "3",
+            "--data_dir", str(data), "--run_dir", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 1
+    assert "GiB of memory" in _error(capsys)
+    assert not (tmp_path / "run").exists() and not (data / "cache").exists()
+
+
+# -- smaller ----------------------------------------------------------------------------------
+
+
+def test_fifos_and_empty_paths_are_refused(tmp_path, capsys, trained):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert main(["train", "--config", str(fifo)]) == 1
+    assert "not a regular file" in _error(capsys)
+    args = ["interpolate", "--model", str(trained), "--images", str(fifo), str(fifo)]
+    assert main([*args, "--outdir", str(tmp_path / "o")]) == 1
+    assert "not a regular file" in _error(capsys)
+    assert main(["train", "--dataset", "folder:"]) == 1
+    assert "needs the folder's path" in _error(capsys)
+    with pytest.raises(SystemExit):  # argparse: its usage and error line, exit status 2
+        main(["train", "--data_dir", ""])
+    assert "an empty path" in capsys.readouterr().err
+
+
+def test_a_dry_run_leaves_no_folder_and_says_what_it_did(mnist_dir, tmp_path, monkeypatch,
+                                                         caplog):  # fmt: skip
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        args = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--dry_run", *TINY]
+        assert main(args) == 0
+    assert not (tmp_path / "runs").exists()
+    assert "2 in all" in caplog.text and "dry run done" in caplog.text
+    assert "--precision auto: " in caplog.text  # which precision auto chose
+
+
+def test_plot_writes_png_only_and_names_what_it_refuses(trained, tmp_path, capsys):
+    assert main(["plot", str(trained), "--out", str(tmp_path / "x.jpg")]) == 1
+    assert "ending in .png" in _error(capsys)
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
+    from torch_vae.data import datasets
+    from torch_vae.data.download import DownloadError
+
+    def offline(url, md5, dest, progress=True):
+        raise DownloadError("offline", url, "ConnectionError")
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    monkeypatch.setattr(datasets, "download", offline)
+    with pytest.raises(TorchVaeError, match="could not download"):
+        datasets.DATASETS["mnist"].fetch(tmp_path / "data", progress=False)
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_resume_hint_names_the_threads(mnist_dir, tmp_path, monkeypatch, capsys):
+    real = VAE.objective
+
+    def objective(self, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VAE, "objective", objective)
+    assert main(_train_args(tmp_path / "run", mnist_dir)) == 130
+    assert f"--threads {torch.get_num_threads()} " in capsys.readouterr().err
+
+
+def test_explore_help_says_how_many_threads_it_serves_with(capsys):
+    with pytest.raises(SystemExit):
+        main(["explore", "--help"])
+    assert "then 1 while serving" in " ".join(capsys.readouterr().out.split())
+
+
+# -- the validation split ---------------------------------------------------------------------
+
+
+def test_runs_hold_out_a_validation_split_fixed_by_seed_and_measure_on_it(trained):
+    from torch_vae.data.splits import rows_digest, validation_rows
+
+    config = json.loads((trained / "config.json").read_text())
+    assert config["train"]["val_images"] == 5000
+    split = config["split"]
+    digest = rows_digest(validation_rows(40, 5000, 0)[1])
+    assert split == {
+        "validation_images": 4,
+        "training_images": 36,
+        "validation_rows_sha256": digest,
+    }
+    record = json.loads((trained / "metrics.jsonl").read_text().splitlines()[0])
+    assert "val_loss" in record and "test_loss" not in record
+    train, val = validation_rows(40, 5000, 0)
+    assert not set(train.tolist()) & set(val.tolist()) and len(train) + len(val) == 40
+    assert not torch.equal(validation_rows(40, 5000, 1)[1], val)  # another seed, another split
+
+
+def test_a_run_begun_before_validation_splits_resumes_without_one():
+    from torch_vae.training.config import TrainConfig
+
+    old = {"dataset": "mnist", "epochs": 2}
+    assert TrainConfig.from_dict(old).val_images == 0
+    assert TrainConfig().val_images == 5000
