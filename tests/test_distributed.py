@@ -80,7 +80,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
     ma = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     mb = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     for x, y in zip(ma, mb, strict=True):
-        for key in ("train_loss", "val_loss"):
+        for key in ("train_loss", "test_loss"):
             assert abs(x[key] - y[key]) < 0.02 * y[key], (x["epoch"], key, x[key], y[key])
         assert x["train_images"] == y["train_images"] == 96  # the shards covered the epoch once
     # rank 0 alone wrote the run folder, one metrics line per epoch
