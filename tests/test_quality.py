@@ -86,21 +86,22 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     args = ["sample-quality", "--model", str(run), "--nsamples", "16", "--report", str(report)]
     assert main([*args, "--classifier", str(clf), *common]) == 0
     r = json.loads(report.read_text())
-    assert (r["sampler"], r["features"], r["feature_dims"], r["n_test"]) == (
+    assert (r["sampler"], r["features"], r["feature_dims"], r["n_reference"]) == (
         "prior", "classifier", 128, 20
     )  # fmt: skip
     for part in ("samples", "train_floor"):
-        assert set(r[part]) == {"n_images", "fd", "precision", "recall", "class_histogram",
-                                "class_kl"}  # fmt: skip
+        assert set(r[part]) == {"n_images", "fd", "kid", "kid_std", "precision", "recall",
+                                "class_histogram", "class_kl"}  # fmt: skip
         assert r[part]["n_images"] == 16 and r[part]["fd"] >= 0
         assert 0 <= r[part]["precision"] <= 1 and 0 <= r[part]["recall"] <= 1
         assert math.isclose(sum(r[part]["class_histogram"]), 1, rel_tol=1e-4)
     assert len(r["test_class_histogram"]) == 10 and r["class_names"][3] == "3"
     out = capsys.readouterr().out
-    assert "Frechet distance" in out and "Inception FID" in out
-    # the samples are seeded: a second run gives the same report
+    assert "Frechet distance" in out and "KID" in out
+    # the samples are seeded: a second run gives the same report (but its time)
     assert main([*args, "--classifier", str(clf), *common]) == 0
-    assert json.loads(report.read_text()) == r
+    again = json.loads(report.read_text())
+    assert {**again, "seconds": 0} == {**r, "seconds": 0}
     # no classifier: the model's own encoder
     assert main([*args, "--features", "encoder", *common]) == 0
     r = json.loads(report.read_text())

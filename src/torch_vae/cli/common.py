@@ -3,6 +3,7 @@ original's architecture flags checked against it, and the output folder checked 
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from PIL import Image, UnidentifiedImageError
 from ..data import check_channels, load_split
 from ..data.datasets import DECODE_ERRORS
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
+from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
+from ..io.weights import CONFIG_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
 from .options import Runtime
@@ -150,3 +153,18 @@ def default_report(model_path: Path, name: str) -> Path:
     if is_shipped(model_path):
         return Path("reports") / model_name(model_path) / f"{name}.json"
     return report_path(model_path, name)
+
+
+def held_out_rows(model_path: Path, n: int):
+    """(rows fitted to, held-out rows, what the held-out images are): the run's recorded
+    validation split, or (None, None, "training images") for a model trained on every
+    training image (its score is then measured on images it saw)."""
+    config_file = resolve_weights(model_path).with_name(CONFIG_NAME)
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        config = {}
+    rows = recorded_rows(n, config) if isinstance(config, dict) else None
+    if rows is None:
+        return None, None, "training images (the model held out no validation split)"
+    return rows[0], rows[1], "validation images"

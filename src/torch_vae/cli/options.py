@@ -17,7 +17,7 @@ from ..errors import TorchVaeError
 from ..evaluation.classifier import ClassifierTraining
 from ..fields import check_choice, check_seed, non_negative, option, positive
 from ..priors import preference
-from ..priors.fit import KINDS
+from ..priors.fit import kinds
 from ..runtime.precision import PrecisionName
 
 MODEL_HELP = "run folder or .safetensors weights file"
@@ -232,10 +232,20 @@ class FitSamplerOptions:
 
     model: Path = option(None, MODEL_HELP, required=True)
     sampler: str = option(
-        "gmm", "gaussian: one full-covariance Gaussian; gmm: a Gaussian mixture", choices=KINDS
+        "gmm",
+        "gaussian: one full-covariance Gaussian; gmm: a Gaussian mixture (EM); flow: a neural "
+        "spline flow; diffusion: a DDPM over the latents; twostage: a second VAE with a learned "
+        "decoder variance (Dai & Wipf); see docs/sampling.md",
+        choices=kinds(),
     )
     components: int = option(50, "mixture components (gmm)")
-    seed: int = option(0, "random seed of the EM fit (k-means initialisation)")
+    steps: int = option(0, "training steps of flow, diffusion, twostage (0: the kind's default)")
+    seed: int = option(0, "random seed of the fit (EM's k-means initialisation, the networks)")
+    nscore: int = option(
+        5000,
+        "validation images the fitted sampler is scored on (encoder features; what --sampler "
+        "auto compares); 0: no score",
+    )
     nimages: int = option(0, "fit to the first N training images (0: all)")
     latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
@@ -244,8 +254,10 @@ class FitSamplerOptions:
 
     def __post_init__(self) -> None:
         non_negative("--seed", self.seed, 2**32 - 1)  # scikit-learn's random_state
-        check_choice("--sampler", self.sampler, KINDS)
+        check_choice("--sampler", self.sampler, kinds())
         positive("--components", self.components)
+        non_negative("--steps", self.steps, 10_000_000)
+        non_negative("--nscore", self.nscore)
         positive("--batchsize", self.batchsize)
         non_negative("--nimages", self.nimages)
 
@@ -259,16 +271,28 @@ class SampleQualityOptions:
     nsamples: int = option(10000, "samples to generate, and training images for the floor")
     seed: int = option(0, "random seed of the samples (as generate --seed)")
     k: int = option(3, "nearest neighbours that set each point's ball (precision, recall)")
-    features: Literal["auto", "classifier", "encoder"] = option(
+    features: Literal["auto", "inception", "classifier", "encoder"] = option(
         "auto",
-        "classifier: the penultimate layer of --classifier; encoder: the model's own posterior "
-        "means (comparable between samplers of one model only); auto: classifier where one is "
-        "found for the dataset",
+        "inception: Inception-v3's pool features, the FID of the literature (pip install "
+        "'torch-vae[fid]'; slow on a CPU, see docs/sampling.md); classifier: the penultimate "
+        "layer of --classifier; encoder: the model's own posterior means (comparable between "
+        "samplers of one model only); auto: classifier where one is found for the dataset",
     )
     classifier: Path | None = option(
         None, "classifier folder (default: models/<dataset>/classifier, where it exists)"
     )
-    inception: bool = option(False, "also the Inception FID (needs pytorch-fid and its weights)")
+    inception: bool = option(False, "the same as --features inception")
+    reference: Literal["test", "val"] = option(
+        "test",
+        "the images measured against: test, or val (the model's validation split, held out of "
+        "its training images: what to choose a sampler or recipe on)",
+    )
+    reconstructions: bool = option(
+        False,
+        "measure the model's reconstructions of the reference images instead of samples: the "
+        "best any sampler can do with this decoder",
+    )
+    no_floor: bool = option(False, "skip the floor (as many training images as samples)")
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
     batchsize: int = option(500, "images per forward pass")
     data_dir: Path | None = option(None, DATA_DIR_HELP)
@@ -284,6 +308,10 @@ class SampleQualityOptions:
         positive("--batchsize", self.batchsize)
         if self.nsamples <= self.k:
             raise TorchVaeError(f"--nsamples must be more than --k {self.k}, got {self.nsamples}")
+        check_choice("--reference", self.reference, ("test", "val"))
+        check_choice("--features", self.features, ("auto", "inception", "classifier", "encoder"))
+        if self.inception and self.features not in ("auto", "inception"):
+            raise TorchVaeError(f"--inception means --features inception, not {self.features}")
 
 
 PICTURES_HELP = "folder for the pictures (made if missing)"

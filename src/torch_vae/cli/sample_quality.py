@@ -1,12 +1,20 @@
-"""``torch-vae sample-quality``: generated samples against the test split in a feature space
-(evaluation.sample_quality), as a JSON report and a table."""
+"""``torch-vae sample-quality``: generated samples (or reconstructions) against a reference
+split in a feature space (evaluation.sample_quality), as a JSON report and a table."""
 
 from __future__ import annotations
 
+import time
+
 from ..evaluation.reports import write_report
-from ..evaluation.sample_quality import inception_line, pick_space, quality_report
+from ..evaluation.sample_quality import pick_space, quality_report
 from ..priors import choose_sampler
-from .common import check_output_file, default_report, model_and_dataset
+from .common import (
+    check_output_file,
+    default_report,
+    held_out_rows,
+    model_and_dataset,
+    split_images,
+)
 from .options import Runtime, SampleQualityOptions
 
 
@@ -15,36 +23,51 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     if o.report is not None:
         check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
-    space = pick_space(o.features, o.classifier, model, dataset, model.device, o.batchsize)
-    sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
+    features = "inception" if o.inception else o.features
+    space = pick_space(features, o.classifier, model, dataset, model.device, o.batchsize)
+    sampler = None
+    if not o.reconstructions:
+        sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
+    n_train = _n_train(model, dataset, o, runtime)
+    fit_rows, val_rows, _ = held_out_rows(o.model, n_train)
+    rows = (fit_rows, val_rows) if val_rows is not None else None
+    start = time.perf_counter()
     report = quality_report(
         model, dataset, space, sampler, o.nsamples, o.seed, o.k, o.data_dir, o.batchsize,
-        not runtime.quiet, o.inception, str(o.model),
+        not runtime.quiet, str(o.model), o.reference, rows,
+        "reconstructions" if o.reconstructions else "samples", not o.no_floor,
     )  # fmt: skip
-    path = o.report or default_report(o.model, f"sample-quality-{report['sampler']}")
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    tag = "reconstructions" if o.reconstructions else report["sampler"]
+    suffix = "" if space.name == "classifier" else f"-{space.name}"
+    path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
     write_report(path, report)
     print_quality(report)
-    if line := inception_line(o.inception):
-        print(line)
     print(f"report: {path}")
     return report
 
 
+def _n_train(model, dataset, o: SampleQualityOptions, runtime: Runtime) -> int:
+    return len(split_images(model, dataset, "train", o.data_dir, runtime))
+
+
 def print_quality(r: dict) -> None:
-    s, t = r["samples"], r["train_floor"]
+    s, t = r["samples"], r.get("train_floor")
+    floor = f" and {t['n_images']} training images (the floor)" if t else ""
     print(
-        f"{r['dataset']} test ({r['n_test']} images) against {s['n_images']} samples from "
-        f"{r['sampler_description']} and {t['n_images']} training images (the floor);"
+        f"{r['dataset']} {r['reference']} ({r['n_reference']} images at "
+        f"{r['measured_size']}x{r['measured_size']}) against {s['n_images']} "
+        f"{'images' if r['what'] == 'reconstructions' else 'samples'} from "
+        f"{r['sampler_description']}{floor};"
     )
+    fd = "FID" if r["features"] == "inception" else "Frechet distance"
     print(f"{r['features']} features ({r['feature_dims']}-d), k = {r['k']}:")
     print(f"  {'':<22} {'samples':>10} {'floor':>10}")
-    rows = [("Frechet distance", "fd"), ("precision", "precision"), ("recall", "recall")]
+    rows = [(fd, "fd"), ("KID", "kid"), ("precision", "precision"), ("recall", "recall")]
     if "class_kl" in s:
         rows.append(("class KL (nats)", "class_kl"))
     for name, key in rows:
-        print(f"  {name:<22} {_number(s[key]):>10} {_number(t[key]):>10}")
-    if "inception_fid" in r:
-        print(f"  {'Inception FID':<22} {r['inception_fid']:>10.4f}")
+        print(f"  {name:<22} {_number(s[key]):>10} {_number(t[key]) if t else '':>10}")
     if "class_histogram" in s:
         names = r.get("class_names") or [str(i) for i in range(len(s["class_histogram"]))]
         print("  classes (samples / test): " + ", ".join(

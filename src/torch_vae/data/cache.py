@@ -255,6 +255,22 @@ def load_split(
     return mapped
 
 
+def cache_digest(
+    dataset: str, split: str, image_size: int, data_dir: str | os.PathLike | None = None
+) -> str | None:
+    """The SHA-256 recorded for the cache of ``split`` at ``image_size`` (after ``load_split``
+    built it), or None where there is no cache file (it was built in memory): what caches
+    derived from the images (their features) are keyed by."""
+    ds = get_dataset(dataset)
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    record = data_dir / "cache" / f"{ds.cache_key(split, image_size)}.json"
+    try:
+        digest = _read_record(record).get("sha256")
+    except (OSError, ValueError, _Stale):
+        return None
+    return digest if isinstance(digest, str) else None
+
+
 def _build(ds, split: str, image_size: int, data_dir: Path, progress: bool, npy: Path):
     """Decode the split straight into the cache file's temporary (``FileArray``), which is
     renamed into place once complete: the split never has to fit in memory."""

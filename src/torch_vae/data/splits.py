@@ -32,3 +32,17 @@ def validation_rows(n: int, requested: int, seed: int) -> tuple[torch.Tensor, to
 def rows_digest(rows: torch.Tensor) -> str:
     """SHA-256 of the rows (int64, little-endian): what a run's config.json records."""
     return hashlib.sha256(rows.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
+
+
+def recorded_rows(n: int, config: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(training rows, validation rows) of the run whose ``config.json`` is ``config``, over
+    its ``n`` training images: the split it recorded, drawn again from its seed and checked
+    against the recorded digest; None for a run that held none out (or whose record does not
+    match these images)."""
+    split, train = config.get("split"), config.get("train") or {}
+    if not isinstance(split, dict) or not split.get("validation_images"):
+        return None
+    rows, val = validation_rows(n, int(train.get("val_images", 0)), int(train.get("seed", 0)))
+    if rows_digest(val) != split.get("validation_rows_sha256"):
+        return None
+    return rows, val

@@ -7,21 +7,25 @@
   ball reaches its k-th nearest neighbour in its own set. Precision: the fraction of samples in
   some test image's ball (are samples like real images?); recall: the fraction of test images
   in some sample's ball (is every kind of image generated?).
+- **Kernel Inception distance (KID)** (Bińkowski et al., 2018): the unbiased squared MMD with
+  the cubic polynomial kernel (x.y / F + 1)^3, averaged over random subsets of both sets; unlike
+  the FD it has no bias that depends on N. Lower is better.
 - **Class histogram** of the samples, as the classifier predicts their classes, and its KL
   divergence KL(samples || test) from the histogram of the test split's predicted classes.
 
 The **floor** is the same numbers for N training images: what a perfect model's samples would
 score, as they are images of the same distribution that are not the test images.
 
-Feature spaces: ``classifier``, the 128-d penultimate layer of a classifier trained on the
-dataset (classifier.py), the same for every model of the dataset, so its numbers compare
-models; ``encoder``, the model's own posterior means, for a dataset without a classifier: its
-numbers compare the samplers of one model only, since each model has its own encoder.
+Feature spaces: ``inception``, the 2048 pool features of Inception-v3 (features.py): the FID
+of the literature, at the dataset's own size; ``classifier``, the 128-d penultimate layer of a
+classifier trained on the dataset (classifier.py), the same for every model of the dataset, so
+its numbers compare models; ``encoder``, the model's own posterior means, for a dataset
+without a classifier: its numbers compare the samplers of one model only, since each model has
+its own encoder.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from ..analysis import pictures
 from ..data import load_split
 from ..data.labels import class_names
 from ..errors import TorchVaeError
+from ..io.png import to_uint8
 from ..models import VAE
 from ..priors import Prior, posterior_means
 from ..runtime.device import to_float
@@ -43,7 +48,7 @@ from .classifier import CLASSIFIER_WEIGHTS, load_classifier
 log = logging.getLogger(__name__)
 
 CHUNK = 1024  # rows of a distance matrix computed at once
-FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"  # pytorch-fid's Inception weights
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # as Bińkowski et al. and torch-fidelity
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -95,6 +100,34 @@ def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[float, flo
     return precision, recall
 
 
+def kernel_distance(
+    real: Tensor,
+    fake: Tensor,
+    subsets: int = KID_SUBSETS,
+    size: int = KID_SUBSET_SIZE,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """KID: the mean and standard deviation over ``subsets`` random subsets (``size`` of each
+    set, fewer if a set is smaller, drawn by a generator seeded with ``seed``) of the unbiased
+    squared MMD with the kernel (x.y / F + 1)^3, in float64."""
+    gen = torch.Generator().manual_seed(seed)
+    m = min(size, len(real), len(fake))
+    if m < 2:
+        raise TorchVaeError(f"KID needs at least 2 images of each set, got {m}")
+    real, fake = real.double(), fake.double()
+    dims = real.shape[1]
+    values = []
+    for _ in range(subsets):
+        x = real[torch.randperm(len(real), generator=gen)[:m]]
+        y = fake[torch.randperm(len(fake), generator=gen)[:m]]
+        kxx, kyy, kxy = ((a @ b.T / dims + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        off = m * (m - 1)
+        within = (kxx.sum() - kxx.diagonal().sum() + kyy.sum() - kyy.diagonal().sum()) / off
+        values.append(float(within - 2 * kxy.mean()))
+    v = np.array(values)
+    return float(v.mean()), float(v.std())
+
+
 def class_histogram(classes: Tensor, n_classes: int) -> np.ndarray:
     """The fraction of each class (n_classes,)."""
     return np.bincount(classes.numpy(), minlength=n_classes)[:n_classes] / max(1, len(classes))
@@ -112,11 +145,15 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
 @dataclass
 class FeatureSpace:
     """``extract(uint8 images (N, H, W, C))`` -> features (N, F) and predicted classes (N,)
-    (None without a classifier)."""
+    (None without a classifier). ``size``: the image size the space measures at (None: the
+    model's); ``split_features(dataset, split, size, data_dir, n, progress)``, where given,
+    gives a split's features from a cache instead of ``extract``."""
 
     name: str
     extract: Callable[[Tensor], tuple[Tensor, Tensor | None]]
     n_classes: int = 0
+    size: int | None = None
+    split_features: Callable[..., Tensor] | None = None
 
 
 def classifier_space(classifier, batch: int = 500) -> FeatureSpace:
@@ -136,6 +173,25 @@ def encoder_space(model: VAE, batch: int = 500) -> FeatureSpace:
     return FeatureSpace("encoder", lambda images: (posterior_means(model, images, batch), None))
 
 
+def inception_space(dataset: str, image_size: int, device, progress: bool = True,
+                    extractor=None) -> FeatureSpace:  # fmt: skip
+    """Inception features at the dataset's own size (``features.measured_size``), the splits'
+    features cached in the data folder. ``extractor``: another feature network with the same
+    interface (the tests' tiny stand-in)."""
+    from . import features
+
+    net = extractor or features.InceptionFeatures(device)
+
+    def extract(images) -> tuple[Tensor, None]:
+        return net(features.at_size(images, size), progress), None
+
+    def split(dataset, split, size, data_dir, n, progress, rows=None):
+        return features.split_features(net, dataset, split, size, data_dir, n, progress, rows)
+
+    size = features.measured_size(dataset, image_size)
+    return FeatureSpace(net.name, extract, 0, size, split)
+
+
 @dataclass
 class Reference:
     """The test split in a feature space, with what every comparison needs of it."""
@@ -149,20 +205,31 @@ class Reference:
     histogram: np.ndarray | None
 
 
-def make_reference(space: FeatureSpace, images: Tensor, k: int) -> Reference:
-    f, c = space.extract(images)
+def make_reference(
+    space: FeatureSpace, images: Tensor, k: int, features: Tensor | None = None
+) -> Reference:
+    """The reference set ``images`` in ``space`` (``features``: theirs, already computed)."""
+    if features is None:
+        f, c = space.extract(images)
+    else:
+        f, c = features, None
     hist = class_histogram(c, space.n_classes) if c is not None else None
     return Reference(f, c, *gaussian_stats(f), kth_neighbour_radii(f, k), k, hist)
 
 
-def measure(space: FeatureSpace, images: Tensor, ref: Reference) -> dict:
-    """FD, precision, recall (and the class histogram with its KL) of ``images`` against
-    ``ref``."""
-    f, c = space.extract(images)
+def measure(
+    space: FeatureSpace, images: Tensor | None, ref: Reference, features: Tensor | None = None
+) -> dict:
+    """FD, KID, precision, recall (and the class histogram with its KL) of ``images`` (or of
+    their ``features``, already computed) against ``ref``."""
+    f, c = space.extract(images) if features is None else (features, None)
     mu, cov = gaussian_stats(f)
+    kid, kid_std = kernel_distance(ref.features, f)
     out = {
-        "n_images": len(images),
+        "n_images": len(f),
         "fd": frechet_distance(mu, cov, ref.mu, ref.cov),
+        "kid": kid,
+        "kid_std": kid_std,
         "precision": fraction_in_balls(f, ref.features, ref.radii),
         "recall": fraction_in_balls(ref.features, f, kth_neighbour_radii(f, ref.k)),
     }
@@ -181,7 +248,7 @@ def sample_images(
     model: VAE, sampler: Prior | None, n: int, seed: int = 0, batch: int = 500
 ) -> Tensor:
     """The ``n`` samples that ``generate --seed seed`` with this sampler writes, as uint8
-    images (n, H, W, C)."""
+    images (n, H, W, C) at the model's size."""
     draw = sampler.sample if sampler is not None else None
     batches = pictures.sample_images(model.inference_copy(), n, seed, batch, draw)
     return torch.cat([torch.from_numpy(images) for _, images in batches])
@@ -196,10 +263,13 @@ def shipped_classifier(dataset: str) -> Path | None:
 def pick_space(
     features: str, classifier: Path | None, model: VAE, dataset: str, device, batch: int = 500
 ) -> FeatureSpace:
-    """The feature space ``--features`` asks for: ``encoder``, ``classifier`` (``classifier``,
-    else the shipped one for ``dataset``), or ``auto``: a classifier if one is found."""
+    """The feature space ``--features`` asks for: ``inception``, ``encoder``, ``classifier``
+    (``classifier``, else the shipped one for ``dataset``), or ``auto``: a classifier if one is
+    found."""
     if features == "encoder":
         return encoder_space(model, batch)
+    if features == "inception":
+        return inception_space(dataset, model.config.image_size, device)
     path = classifier or shipped_classifier(dataset)
     if path is None and features == "classifier":
         raise TorchVaeError(
@@ -223,40 +293,20 @@ def pick_space(
     return classifier_space(clf, batch)
 
 
-def inception_line(enabled: bool) -> str | None:
-    """None when the Inception FID can be computed (pytorch-fid and its weights are here and
-    ``enabled``); otherwise the line that says how to get it."""
-    weights = Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS
-    try:  # optional, not a dependency: only --inception uses it
-        importlib.import_module("pytorch_fid.inception")
-    except ImportError:
-        have = False
+def split_reference_features(
+    space: FeatureSpace, dataset: str, split: str, size: int, data_dir, rows, n: int, progress
+) -> tuple[np.ndarray, Tensor | None]:
+    """The images of ``split`` (its ``rows`` where given, then the first ``n``; 0: all) at
+    ``size``, and their features where ``space`` caches them (else None)."""
+    images = load_split(dataset, split, size, data_dir, progress)
+    if rows is not None:
+        images = images[np.asarray(rows)[: n or None]]
     else:
-        have = weights.is_file()
-    if have and enabled:
-        return None
-    if have:
-        return "Inception FID: pass --inception (slow on a CPU: Inception at 299x299)"
-    return (
-        f"Inception FID: not computed; pip install pytorch-fid and put its {FID_WEIGHTS} in "
-        f"{weights.parent} (nothing is downloaded), then pass --inception"
-    )
-
-
-@torch.no_grad()
-def inception_fid(fake: Tensor, real: Tensor, device, batch: int = 100) -> float:
-    """The FID of uint8 images with pytorch-fid's Inception network (its weights read from
-    torch hub's checkpoints folder, where ``inception_line`` found them)."""
-    InceptionV3 = importlib.import_module("pytorch_fid.inception").InceptionV3  # noqa: N806
-
-    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).to(device).eval()
-
-    def stats(images: Tensor):
-        feats = [net(to_float(images[i : i + batch], device).expand(-1, 3, -1, -1))[0].flatten(1)
-                 for i in range(0, len(images), batch)]  # fmt: skip
-        return gaussian_stats(torch.cat(feats).cpu())
-
-    return frechet_distance(*stats(fake), *stats(real))
+        images = images[: n or None]
+    if space.split_features is None:
+        return np.asarray(images), None
+    feats = space.split_features(dataset, split, size, data_dir, n, progress, rows)
+    return np.asarray(images), feats
 
 
 def quality_report(
@@ -270,28 +320,67 @@ def quality_report(
     data_dir: Path | None = None,
     batch: int = 500,
     progress: bool = True,
-    inception: bool = False,
     name: str = "",
+    reference: str = "test",
+    rows: tuple | None = None,
+    what: str = "samples",
+    floor: bool = True,
 ) -> dict:
-    """Measure ``nsamples`` samples of ``model`` (from ``sampler``, else its prior) and as many
-    training images (the floor) against the test split of ``dataset``, in ``space``."""
-    size = model.config.image_size
-    test = torch.from_numpy(np.asarray(load_split(dataset, "test", size, data_dir, progress)))
-    train = load_split(dataset, "train", size, data_dir, progress)[:nsamples]
-    ref = make_reference(space, test, k)
-    fake = sample_images(model, sampler, nsamples, seed, batch)
+    """Measure ``nsamples`` samples of ``model`` (from ``sampler``, else its prior) -- or with
+    ``what="reconstructions"`` its reconstructions of the reference images -- and as many
+    training images (the floor) against the ``reference`` split of ``dataset`` in ``space``.
+    ``reference``: ``test``, or ``val``, the training images at ``rows[1]`` (the model's
+    validation split; the floor then comes from ``rows[0]``, the images it was trained on)."""
+    model_size = model.config.image_size
+    size = space.size or model_size
+    train_rows, val_rows = rows if rows is not None else (None, None)
+    if reference == "val" and val_rows is None:
+        raise TorchVaeError(
+            f"{name or 'the model'} held out no validation split: pass --reference test"
+        )
+    ref_split = "train" if reference == "val" else "test"
+    ref_rows = val_rows if reference == "val" else None
+    ref_images, ref_feats = split_reference_features(
+        space, dataset, ref_split, size, data_dir, ref_rows, 0, progress
+    )
+    ref = make_reference(space, torch.from_numpy(ref_images), k, ref_feats)
+    if what == "reconstructions":
+        fake = reconstruct_images(model, dataset, ref_split, data_dir, batch, progress, ref_rows)
+        kind, description = "reconstructions", "the model's reconstructions of the reference"
+    else:
+        fake = sample_images(model, sampler, nsamples, seed, batch)
+        kind = sampler.kind if sampler else "prior"
+        description = sampler.describe() if sampler else "the prior N(0, I)"
     report = {
-        "model": name, "dataset": dataset, "seed": seed, "k": k,
-        "sampler": sampler.kind if sampler else "prior",
-        "sampler_description": sampler.describe() if sampler else "the prior N(0, I)",
+        "model": name, "dataset": dataset, "seed": seed, "k": k, "what": what,
+        "sampler": kind, "sampler_description": description,
         "features": space.name, "feature_dims": int(ref.features.shape[1]),
-        "n_test": len(test),
+        "measured_size": size, "model_size": model_size,
+        "reference": reference, "n_reference": len(ref_images),
         "samples": measure(space, fake, ref),
-        "train_floor": measure(space, torch.from_numpy(np.asarray(train)), ref),
     }  # fmt: skip
+    if floor:
+        n = len(fake)
+        images, feats = split_reference_features(space, dataset, "train", size, data_dir,
+                                                 train_rows, n, progress)  # fmt: skip
+        report["train_floor"] = measure(space, torch.from_numpy(images), ref, feats)
     if ref.histogram is not None:
         report["test_class_histogram"] = ref.histogram.round(5).tolist()
         report["class_names"] = class_names(dataset, data_dir)
-    if inception_line(inception) is None:
-        report["inception_fid"] = inception_fid(fake, test, model.device)
     return report
+
+
+@torch.no_grad()
+def reconstruct_images(model: VAE, dataset: str, split: str, data_dir, batch: int,
+                       progress: bool, rows=None) -> Tensor:  # fmt: skip
+    """The model's reconstructions (posterior mode, decoded) of a split's images (``rows`` of
+    it where given), uint8 (N, H, W, C) at the model's size."""
+    images = load_split(dataset, split, model.config.image_size, data_dir, progress)
+    if rows is not None:
+        images = images[np.asarray(rows)]
+    fast = model.inference_copy()
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_float(torch.as_tensor(np.asarray(images[i : i + batch])), fast.device)
+        out.append(torch.from_numpy(to_uint8(fast.reconstruct(x))))
+    return torch.cat(out)

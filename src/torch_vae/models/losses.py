@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -11,7 +12,10 @@ import torch.nn.functional as F
 from ..errors import TorchVaeError
 from .posterior import Posterior
 
-RECON_LOSSES = ("mse", "bce")
+RECON_LOSSES = ("mse", "bce", "gaussian")
+# The smallest decoder standard deviation of ``gaussian`` (log sigma >= -6, as Rybkin et al.
+# bound it): an image reconstructed exactly would otherwise have an unbounded likelihood
+MIN_LOG_SIGMA = -6.0
 
 
 class VAEOutput(NamedTuple):
@@ -24,8 +28,18 @@ class VAEOutput(NamedTuple):
 
 def reconstruction_error(recon: torch.Tensor, x: torch.Tensor, kind: str = "mse") -> torch.Tensor:
     """Per image (B,), in float32: ``mse``, the original's sum of squared errors over all pixels;
-    ``bce``, the Bernoulli negative log-likelihood (binary cross-entropy summed over pixels)."""
+    ``bce``, the Bernoulli negative log-likelihood (binary cross-entropy summed over pixels);
+    ``gaussian``, the Gaussian negative log-likelihood with each image's optimal decoder
+    variance (sigma^2 = that image's mean squared error, Rybkin et al., 2021, "Simple and
+    Effective VAE Training with Calibrated Decoders"): D/2 (log(2 pi sigma^2) + 1) for D values.
+    Its gradient is that of the squared error divided by 2 sigma^2, so the KL weighs less as
+    reconstructions get sharper, as a learned decoder variance would make it."""
     recon = recon.float()
+    if kind == "gaussian":
+        d = recon[0].numel()
+        mse = (recon - x).pow(2).flatten(1).mean(1)
+        log_var = mse.clamp_min(math.exp(2 * MIN_LOG_SIGMA)).log()
+        return d / 2 * (log_var + math.log(2 * math.pi) + 1)
     if kind == "mse":
         err = (recon - x).pow(2)
     elif kind == "bce":

@@ -1,8 +1,9 @@
 """Latent priors fitted after training (``fit-sampler``, ``generate --sampler``): the file
 format, the registry of kinds and the choice of ``--sampler auto`` (base.py), and one module
-per kind (mixture.py: a Gaussian or a Gaussian mixture)."""
+per kind (mixture.py: a Gaussian or a Gaussian mixture; flow.py, diffusion.py and
+twostage.py: networks over the latents, sharing neural.py)."""
 
-from . import mixture  # noqa: F401  (registers its kinds)
+from . import diffusion, flow, mixture, twostage  # noqa: F401  (each registers its kinds)
 from .base import (
     PRIORS,
     Prior,
@@ -13,7 +14,7 @@ from .base import (
     sampler_path,
     save_sampler,
 )
-from .fit import fit_sampler, posterior_means
+from .fit import fit_prior, fit_sampler, kinds, posterior_means
 from .mixture import MixtureSampler, fit_gaussian, fit_gmm
 
 __all__ = [
@@ -23,7 +24,9 @@ __all__ = [
     "choose_sampler",
     "fit_gaussian",
     "fit_gmm",
+    "fit_prior",
     "fit_sampler",
+    "kinds",
     "load_sampler",
     "posterior_means",
     "preference",

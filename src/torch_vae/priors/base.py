@@ -108,9 +108,12 @@ def read_sampler(path: Path) -> Prior:
 
 def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prior | None:
     """The prior fitted to the model at ``model_path`` (a model folder or weights file): of
-    ``kind``, or the preferred one there is (``preference()``); None when there is none, so that
-    the caller draws from the model's prior. A sampler file that is damaged or was fitted to
-    other weights raises TorchVaeError."""
+    ``kind``, or else the best one there is: the lowest validation score that ``fit-sampler``
+    recorded (``info["validation"]["fd"]``, measured alike for every sampler of the model),
+    then ``preference()`` among those without one. None when there is none, so that the caller
+    draws from the model's prior. A sampler file that is damaged or was fitted to other weights
+    raises TorchVaeError."""
+    found = []
     for k in (kind,) if kind else preference():
         path = sampler_path(model_path, k)
         if not path.is_file():
@@ -122,8 +125,17 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
                 f"{path} was fitted to other weights than {weights}; fit it again with "
                 f"torch-vae fit-sampler --model {model_path} --sampler {k}"
             )
-        return prior
-    return None
+        found.append(prior)
+    if not found:
+        return None
+    return min(enumerate(found), key=lambda p: (_score(p[1]), p[0]))[1]
+
+
+def _score(prior: Prior) -> float:
+    """The validation FD ``fit-sampler`` recorded (lower is better), infinity if none."""
+    v = prior.info.get("validation")
+    fd = v.get("fd") if isinstance(v, dict) else None
+    return float(fd) if isinstance(fd, int | float) and fd == fd else float("inf")
 
 
 def choose_sampler(model_path: Path, name: str, latent_dims: int | None = None) -> Prior | None:

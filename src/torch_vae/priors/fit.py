@@ -4,20 +4,26 @@ fit, saved beside the model's weights."""
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import TorchVaeError
 from ..io.files import file_sha256
 from ..io.weights import resolve_weights
 from ..models import VAE
 from ..runtime.device import to_float
-from .base import Prior, sampler_path, save_sampler
-from .mixture import fit_gaussian, fit_gmm
+from .base import PRIORS, Prior, preference, sampler_path, save_sampler
 
 log = logging.getLogger(__name__)
-KINDS = ("gaussian", "gmm")
+
+
+def kinds() -> tuple[str, ...]:
+    """Every kind ``fit-sampler`` fits, best first (as ``--sampler auto`` prefers them)."""
+    return tuple(preference())
 
 
 @torch.no_grad()
@@ -30,25 +36,40 @@ def posterior_means(model: VAE, images, batch: int = 500) -> torch.Tensor:
     return torch.cat(out) if out else torch.empty(0, model.config.latent_dims)
 
 
+def fit_prior(z: np.ndarray, kind: str, options: dict, info: dict, progress: bool = True) -> Prior:
+    """A prior of ``kind`` fitted to latents ``z`` (N, d). ``options``: ``seed`` and the
+    kind's own (``components`` for gmm; ``steps`` and the network's size for the neural
+    kinds; 0 or absent: the kind's default)."""
+    cls = PRIORS.get(kind)
+    if cls is None:
+        raise TorchVaeError(f"unknown sampler kind {kind!r}; choose one of {', '.join(kinds())}")
+    return cls.fit(np.asarray(z), {**options, "kind": kind}, info, progress)
+
+
 def fit_sampler(
     model: VAE,
     model_path: Path,
     images,
     kind: str = "gmm",
-    components: int = 50,
-    seed: int = 0,
+    options: dict | None = None,
     batch: int = 500,
     info: dict | None = None,
+    progress: bool = True,
+    score: Callable[[Prior], dict] | None = None,
 ) -> tuple[Prior, Path]:
     """Fit a prior of ``kind`` to the posterior means of ``images`` (uint8, the training
-    split) and save it beside the model's weights at ``model_path``; the prior and its file."""
+    images) and save it beside the model's weights at ``model_path``; ``score(prior)``, when
+    given, is recorded in its ``info["validation"]`` (what ``--sampler auto`` compares).
+    Returns the prior and its file."""
     z = posterior_means(model, images, batch)
     info = {**(info or {}), "n_images": len(z),
             "model_sha256": file_sha256(resolve_weights(model_path))}  # fmt: skip
-    if kind == "gaussian":
-        prior = fit_gaussian(z.numpy(), info)
-    else:
-        prior = fit_gmm(z.numpy(), components, seed, info)
+    start = time.perf_counter()
+    prior = fit_prior(z.numpy(), kind, options or {}, info, progress)
+    prior.info["fit_seconds"] = round(time.perf_counter() - start, 2)
+    if score is not None:
+        prior.info["validation"] = score(prior)
     path = save_sampler(prior, sampler_path(model_path, kind))
-    log.info("fitted %s to %d posterior means: %s", prior.describe(), len(z), path)
+    log.info("fitted %s to %d posterior means in %.1f s: %s", prior.describe(), len(z),
+             prior.info["fit_seconds"], path)  # fmt: skip
     return prior, path

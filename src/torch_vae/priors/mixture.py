@@ -53,6 +53,13 @@ class MixtureSampler:
         eps = torch.randn(n, self.dims, 1, generator=generator)
         return self.means[comp] + (self.scale_tril[comp] @ eps).squeeze(-1)
 
+    @classmethod
+    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True):
+        """``gaussian`` or ``gmm`` (``options["components"]``, default 50) fitted to ``z``."""
+        if options.get("kind") == "gaussian":
+            return fit_gaussian(z, info)
+        return fit_gmm(z, int(options.get("components") or 50), int(options.get("seed", 0)), info)
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril}
 

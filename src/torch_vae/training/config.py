@@ -22,7 +22,7 @@ from ..fields import (
 from ..models.losses import RECON_LOSSES
 from ..runtime.precision import PRECISIONS, PrecisionName
 
-ReconLoss = Literal["mse", "bce"]
+ReconLoss = Literal["mse", "bce", "gaussian"]
 LrSchedule = Literal["constant", "cosine"]
 LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 
@@ -38,7 +38,9 @@ class TrainConfig:
     weight_decay: float = option(0.01, "AdamW weight decay")
     beta: float = option(1.0, "weight of the KL term")
     recon_loss: ReconLoss = option(
-        "mse", "mse: sum of squared errors (the original); bce: Bernoulli likelihood"
+        "mse",
+        "mse: sum of squared errors (the original); bce: Bernoulli likelihood; gaussian: "
+        "Gaussian likelihood with each image's optimal decoder variance (sharper samples)",
     )
     lr_schedule: LrSchedule = option(
         "constant", "constant (the original) or cosine decay to 0 over the run"
