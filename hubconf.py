@@ -45,8 +45,9 @@ def _shipped(folder, summary):
 
     entry.__name__ = entry.__qualname__ = "fashion_mnist_" + folder.replace("-", "_")
     entry.__doc__ = (
-        f"models/fashion-mnist/{folder}: {summary}. DCGAN-style VAE for 64x64 grayscale "
-        "Fashion-MNIST images. ``device``: where to put the model."
+        f"models/fashion-mnist/{folder}: {summary}. DCGAN-style VAE for grayscale "
+        "Fashion-MNIST images (64x64 unless the summary says otherwise). ``device``: where to "
+        "put the model."
     )
     return entry
 
@@ -64,4 +65,9 @@ fashion_mnist_dcgan_f192_d8_p28 = _shipped(
     "dcgan-f192-d8-p28",
     "latent 8, 192 filters, output projected onto what upsampling from 28x28 can produce "
     "(native_size 28), test objective 49.77 (the best)",
+)
+fashion_mnist_dcgan_g32 = _shipped(
+    "dcgan-g32",
+    "32x32 images, latent 32, trained with the Gaussian likelihood at its optimal variance "
+    "(--recon_loss gaussian) for samples, with fitted priors (gmm, flow, diffusion, twostage)",
 )

@@ -86,13 +86,16 @@ COMMANDS = {
                 "layer is the feature space of 'torch-vae sample-quality'.",
                 (Runtime, ClassifierOptions), "train_classifier"),
         Command("fit-sampler", "Fit a latent sampler to the training posterior means",
-                "Fit a full-covariance Gaussian or a Gaussian mixture to the posterior means of "
-                "the training split and save it beside the model, for generate --sampler.",
+                "Fit a prior to the posterior means of the training images (a Gaussian, a "
+                "Gaussian mixture, a normalizing flow, a diffusion model or a second VAE), "
+                "score it on the held-out images and save it beside the model, for generate "
+                "--sampler.",
                 (Runtime, FitSamplerOptions), "fit_sampler"),
         Command("sample-quality", "Measure generated samples against the test split",
-                "Frechet distance, precision and recall (k-NN balls) and the class histogram "
-                "of generated samples against the test split, in a classifier's feature space "
-                "(or the model's encoder's), with the training split as the floor.",
+                "FID (Frechet distance), KID, precision and recall (k-NN balls) of generated "
+                "samples or reconstructions against the test or validation split, in "
+                "Inception-v3's features, a classifier's or the model's encoder's, with the "
+                "training split as the floor.",
                 (Runtime, SampleQualityOptions), "sample_quality"),
         Command("interpolate", "Decode the way between two images or codes",
                 "Decode the codes between two images (of the dataset, or files) or two random "
