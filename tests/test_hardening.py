@@ -24,7 +24,7 @@ def test_resume_past_max_steps_is_refused(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_args(run, data, 2, "--max_steps", "2")) == 0
     assert resume(run, data) == 1
-    assert "already finished" in capsys.readouterr().err
+    assert "already finished (2 of --max_steps 2, in epoch 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

@@ -170,7 +170,9 @@ def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
     capsys.readouterr()
     # finished: nothing to do unless --epochs grows
     assert resume(run, data) == 1
-    assert "already finished (2 epochs, 10 steps); pass a larger --epochs" in one_line(capsys)
+    assert "already finished (2 of --epochs 2, 10 steps); pass a larger --epochs" in one_line(
+        capsys
+    )
     # flags that describe the run must agree with it
     assert resume(run, data, "--latent_dims", "4", "--epochs", "3") == 1
     assert "--latent_dims 4 does not match the run" in one_line(capsys)
@@ -191,6 +193,23 @@ def one_line(capsys):
 
 
 # 5. Run folders ----------------------------------------------------------------------------
+
+
+def test_python_train_gives_the_command_s_run_and_resumes_it(data, tmp_path):
+    """torch_vae.train with the configs the TINY flags describe writes the run the command
+    writes, bit for bit, and its resume= continues it as the command's --resume does."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(train_args(ref, data, 2)) == 0
+    torch.set_num_threads(1)
+    model = ModelConfig(latent_dims=3, max_filters=8, image_size=16, depth=2)
+    config = torch_vae.TrainConfig(dataset="mnist", batchsize=8, epochs=2)
+    trained = torch_vae.train(model, config, run_dir=run, data_dir=data, device="cpu",
+                              progress=False)  # fmt: skip
+    assert trained.run_dir == run and not trained.model.training
+    assert_same_run(run, ref)
+    assert resume(ref, data, "--epochs", "3") == 0
+    torch_vae.train(resume=run, epochs=3, data_dir=data, device="cpu", progress=False)
+    assert_same_run(run, ref)
 
 
 def test_resume_needs_a_checkpoint(data, tmp_path, capsys):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import TorchVaeError
 
@@ -75,3 +75,21 @@ def from_dict(cls, data: Any, what: str):
         return cls(**data)
     except TypeError as exc:
         raise TorchVaeError(f"invalid {what} config: {exc}") from None
+
+
+class JsonConfig:
+    """``to_dict`` / ``from_dict`` of a config dataclass, in the form a run's config.json holds
+    it; ``upgrade`` fills in what files written by older versions lack."""
+
+    SECTION: ClassVar[str]  # the config's name in errors: "model", "training"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any):
+        return from_dict(cls, cls.upgrade(data) if isinstance(data, dict) else data, cls.SECTION)
+
+    @staticmethod
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        return data

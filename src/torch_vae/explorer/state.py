@@ -1,4 +1,4 @@
-"""What the live explorer (``torch-vae explore``, server.py) serves, without the web: a model
+"""What the live explorer (``torch-vae explore``, app.py) serves, without the web: a model
 ready for fast decoding (eval mode, batch norm folded), the test split's codes on a 2-D map,
 the latent dimensions ordered by their average KL, images in and out as PNG data URLs, and
 uploads decoded safely.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import TorchVaeError
-from ..fields import from_dict, is_int, option, positive
+from ..fields import JsonConfig, from_dict, is_int, option, positive
 
 # The upper bounds are far beyond any practical model; they keep a damaged or hostile config
 # from asking for absurd amounts of memory or time.
@@ -24,8 +24,10 @@ MAX_NATIVE_IMAGE = 1024  # the native-size projection: an image_size x image_siz
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     """What every model family's config has; ``arch`` names the family."""
+
+    SECTION: ClassVar[str] = "model"
 
     arch: str = option("original", "the model family (see docs/model.md)")
     in_channels: int = option(1, "image channels (the dataset's)", flag=False)
@@ -76,9 +78,6 @@ class ModelConfig:
                 f"a dense matrix per side), not {self.image_size}; pass --native_size 0"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """A config from its JSON form: the class registered for its ``arch`` (``original``
@@ -88,7 +87,7 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise TorchVaeError(f"model config must be a JSON object, got {type(data).__name__}")
         family = config_class(data.get("arch", "original")) if cls is ModelConfig else cls
-        return from_dict(family, data, "model")
+        return from_dict(family, data, cls.SECTION)
 
     @classmethod
     def tiny(cls, in_channels: int = 1, image_size: int = 32, **fields: Any) -> ModelConfig:

@@ -19,7 +19,7 @@ from torch import nn
 from ..fields import option
 from .base import VAE
 from .config import ConvConfig
-from .layers import ConvTranspose2d, fold_batch_norms
+from .layers import ConvTranspose2d, cpu_channels_last, fold_ladders
 from .posterior import Posterior
 from .registry import register_model
 
@@ -79,9 +79,7 @@ class DCGANDecoder(nn.Module):
         self.norms = nn.ModuleList(nn.BatchNorm2d(c) for c in widths)  # norms[i] after convs[i]
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = z[:, :, None, None]
-        if z.device.type == "cpu":
-            h = h.contiguous(memory_format=torch.channels_last)
+        h = cpu_channels_last(z[:, :, None, None])
         for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
             h = F.relu(norm(conv(h)))
         return torch.sigmoid(self.convs[-1](h))
@@ -96,5 +94,4 @@ class DCGANVAE(VAE):
     encoder_class, decoder_class = DCGANEncoder, DCGANDecoder
 
     def fold_batch_norm(self) -> None:
-        fold_batch_norms(self.encoder.convs, self.encoder.norms)
-        fold_batch_norms(self.decoder.convs, self.decoder.norms)
+        fold_ladders(self.encoder, self.decoder)

@@ -16,7 +16,6 @@ import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +25,7 @@ from ..errors import TorchVaeError, first_line
 from ..fields import option
 from .base import VAE
 from .config import ConvConfig
-from .layers import ConvTranspose2d, fold_batch_norms
+from .layers import ConvTranspose2d, cpu_channels_last, fold_ladders
 from .posterior import Posterior
 from .registry import register_model
 
@@ -36,9 +35,9 @@ LEAKY_SLOPE = 0.01
 
 @dataclass(frozen=True)
 class OriginalConfig(ConvConfig):
+    """The ladder's defaults are the original's (an 8x8 bottleneck, depth 3 otherwise)."""
+
     arch: str = option("original", "the model family (see docs/model.md)")
-    BOTTLENECK: ClassVar[int] = 8
-    FALLBACK_DEPTH: ClassVar[int] = 3
 
 
 class Encoder(nn.Module):
@@ -83,10 +82,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         s = self.config.bottleneck_size
-        h = self.lin(z).view(-1, self.config.channels[-1], s, s)  # (B, F, s, s)
-        if z.device.type == "cpu":
-            # channels_last is several times faster for these convolutions on CPU.
-            h = h.contiguous(memory_format=torch.channels_last)
+        h = cpu_channels_last(self.lin(z).view(-1, self.config.channels[-1], s, s))  # B,F,s,s
         for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
             h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE)
         return torch.sigmoid(self.convs[-1](h))  # (B, C, H, W)
@@ -102,8 +98,7 @@ class OriginalVAE(VAE):
 
     def fold_batch_norm(self) -> None:
         # norms[i] follows convs[i]; the decoder's last convolution has none
-        fold_batch_norms(self.encoder.convs, self.encoder.norms)
-        fold_batch_norms(self.decoder.convs, self.decoder.norms)
+        fold_ladders(self.encoder, self.decoder)
 
 
 # -- the original's checkpoints -----------------------------------------------------------

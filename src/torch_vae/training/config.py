@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from ..data.datasets import DATASET_HELP
 from ..errors import TorchVaeError
 from ..fields import (
+    JsonConfig,
     check_choice,
     check_number,
     check_seed,
-    from_dict,
     non_negative,
     option,
     positive,
@@ -28,8 +27,10 @@ LR_SCHEDULES: tuple[str, ...] = get_args(LrSchedule)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Training hyper-parameters, recorded in every run folder."""
+
+    SECTION: ClassVar[str] = "training"
 
     dataset: str = option("fashion-mnist", DATASET_HELP)
     epochs: int = option(100, "training epochs")
@@ -92,14 +93,10 @@ class TrainConfig:
                 f"got {self.init_sha256!r}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        if isinstance(data, dict) and "val_images" not in data:
-            data = {**data, "val_images": 0}  # a run begun before validation splits had none
-        return from_dict(cls, data, "training")
+    @staticmethod
+    def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+        # a run begun before validation splits had none
+        return data if "val_images" in data else {**data, "val_images": 0}
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""

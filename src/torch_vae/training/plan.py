@@ -135,8 +135,8 @@ def plan_resume(
     finished = state["epoch"] >= train.epochs or (not steps_left and state.get("evaluated", True))
     if finished:
         raise TorchVaeError(
-            f"the run in {run_dir} is already finished ({state['epoch']} epochs, "
-            f"{state['step']} steps); pass a larger --epochs (or --max_steps) to train it further"
+            f"the run in {run_dir} is already finished ({_progress(state, train)}); pass a "
+            "larger --epochs (or --max_steps) to train it further"
         )
     check_channels(
         train.dataset, model.in_channels, "the run's model expects",
@@ -198,3 +198,10 @@ def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:
     if dataclasses.replace(init.config, native_size=plan.model.native_size) != plan.model:
         raise TorchVaeError(f"the initial weights {path} are for another model: {init.config}")
     return init.state_dict()
+
+
+def _progress(state: dict[str, Any], train: TrainConfig) -> str:
+    """How far a finished run went, in the words of the flag that stopped it."""
+    if state["epoch"] >= train.epochs:
+        return f"{state['epoch']} of --epochs {train.epochs}, {state['step']} steps"
+    return f"{state['step']} of --max_steps {train.max_steps}, in epoch {state['epoch'] + 1}"
