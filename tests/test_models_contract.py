@@ -1,6 +1,6 @@
 """The contract every registered model family keeps (models/base.py), checked for each family
-in the registry: a family that registers itself is covered here without editing this file.
-Tiny configs (``ModelConfig.tiny``) on the CPU."""
+in the registry, unconditional and class-conditional: a family that registers itself is
+covered here without editing this file. Tiny configs (``ModelConfig.tiny``) on the CPU."""
 
 import json
 import warnings
@@ -17,19 +17,33 @@ with warnings.catch_warnings():  # Starlette suggests another HTTP client; httpx
     from fastapi.testclient import TestClient
 
 ARCHS = architectures()
+CLASSES = ("zero", "one", "two")  # a conditional model's
+# every family, and every family conditioned on a class
+CASES = [
+    pytest.param(arch, classes, id=arch + ("-conditional" if classes else ""))
+    for arch in ARCHS
+    for classes in ((), CLASSES)
+]
 
 
-def tiny(arch: str, channels: int = 1, **fields) -> ModelConfig:
-    return model_class(arch).config_class.tiny(in_channels=channels, image_size=32, **fields)
+def tiny(arch: str, channels: int = 1, classes=(), **fields) -> ModelConfig:
+    return model_class(arch).config_class.tiny(
+        in_channels=channels, image_size=32, classes=classes, **fields
+    )
 
 
-def trained_like(arch: str, channels: int = 1, **fields) -> VAE:
+def labels(model: VAE, n: int, seed: int = 9):
+    """Classes for ``n`` images of a conditional model (None for another)."""
+    return model.labels(None, n, torch.Generator().manual_seed(seed))
+
+
+def trained_like(arch: str, channels: int = 1, classes=(), **fields) -> VAE:
     """A tiny model whose batch norms hold non-trivial running statistics."""
     torch.manual_seed(0)
-    model = VAE(tiny(arch, channels, **fields)).train()
+    model = VAE(tiny(arch, channels, classes, **fields)).train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.rand(8, channels, 32, 32) * 0.8 + 0.1)
+            model(torch.rand(8, channels, 32, 32) * 0.8 + 0.1, condition=labels(model, 8))
     return model.eval()
 
 
@@ -43,32 +57,33 @@ def test_the_registry_holds_the_built_in_families_and_feeds_the_config():
         ModelConfig(arch="nope")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("arch", "classes"), CASES)
 @pytest.mark.parametrize("channels", [1, 3])
-def test_shapes_and_pixel_range(arch, channels):
-    model = trained_like(arch, channels)
-    x = torch.rand(5, channels, 32, 32)
-    post = model.encode(x)
+def test_shapes_and_pixel_range(arch, classes, channels):
+    model = trained_like(arch, channels, classes)
+    x, y = torch.rand(5, channels, 32, 32), labels(model, 5)
+    post = model.encode(x, y)
     d = model.config.latent_dims
     assert post.mu.shape == post.logvar.shape == (5, d) and post.kl().shape == (5,)
     with torch.no_grad():
-        for images in (model(x).recon, model.decode(post.mode()), model.reconstruct(x),
+        for images in (model(x, condition=y).recon, model.decode(post.mode(), y),
+                       model.reconstruct(x, y),
                        model.sample(4, torch.Generator().manual_seed(0))):  # fmt: skip
             assert images.shape[1:] == (channels, 32, 32)
             assert 0 <= images.min() and images.max() <= 1
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_training_steps_lower_the_loss(arch):
+@pytest.mark.parametrize(("arch", "classes"), CASES)
+def test_training_steps_lower_the_loss(arch, classes):
     torch.manual_seed(0)
-    model = VAE(tiny(arch)).train()
-    x = torch.rand(16, 1, 32, 32).round()  # binary images: easy to fit
+    model = VAE(tiny(arch, classes=classes)).train()
+    x, y = torch.rand(16, 1, 32, 32).round(), labels(model, 16)  # binary images: easy to fit
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def loss() -> torch.Tensor:
-        return model.loss(x, generator=torch.Generator().manual_seed(1))["loss"]
+        return model.loss(x, generator=torch.Generator().manual_seed(1), condition=y)["loss"]
 
-    parts = model.loss(x)
+    parts = model.loss(x, condition=y)
     assert set(parts) == {"loss", "recon", "kl"} and parts["kl"] >= 0
     before = loss().item()
     for _ in range(10):
@@ -78,16 +93,16 @@ def test_training_steps_lower_the_loss(arch):
     assert loss().item() < before
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_save_and_load_give_identical_outputs(arch, tmp_path):
-    model = trained_like(arch)
+@pytest.mark.parametrize(("arch", "classes"), CASES)
+def test_save_and_load_give_identical_outputs(arch, classes, tmp_path):
+    model = trained_like(arch, classes=classes)
     model.save_pretrained(tmp_path / "m", dataset="mnist")
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"model.safetensors", "config.json"}
     again = load_model(tmp_path / "m")
     assert type(again) is type(model) and again.config == model.config
     assert again.dataset == "mnist" and not again.training
-    x = torch.rand(3, 1, 32, 32)
-    assert torch.equal(again.reconstruct(x), model.reconstruct(x))
+    x, y = torch.rand(3, 1, 32, 32), labels(model, 3)
+    assert torch.equal(again.reconstruct(x, y), model.reconstruct(x, y))
     gen = [torch.Generator().manual_seed(4) for _ in range(2)]
     assert torch.equal(again.sample(3, gen[0]), model.sample(3, gen[1]))
     assert model_class(arch).from_pretrained(tmp_path / "m").config == model.config
@@ -96,59 +111,62 @@ def test_save_and_load_give_identical_outputs(arch, tmp_path):
         model_class(other).from_pretrained(tmp_path / "m")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_inference_copy_equals_eval_mode_and_leaves_the_model(arch):
-    model = trained_like(arch)
+@pytest.mark.parametrize(("arch", "classes"), CASES)
+def test_inference_copy_equals_eval_mode_and_leaves_the_model(arch, classes):
+    model = trained_like(arch, classes=classes)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = model.inference_copy()
     assert not fast.training and not any(
         isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()
     )  # every batch norm folded
     x, z = torch.rand(4, 1, 32, 32), torch.randn(4, model.config.latent_dims)
+    y = labels(model, 4)
     with torch.no_grad():
-        assert torch.allclose(fast.reconstruct(x), model.reconstruct(x), atol=1e-5)
-        assert torch.allclose(fast.decode(z), model.decode(z), atol=1e-5)
-        assert torch.allclose(fast.encode(x).mu, model.encode(x).mu, atol=1e-4)
+        assert torch.allclose(fast.reconstruct(x, y), model.reconstruct(x, y), atol=1e-5)
+        assert torch.allclose(fast.decode(z, y), model.decode(z, y), atol=1e-5)
+        assert torch.allclose(fast.encode(x, y).mu, model.encode(x, y).mu, atol=1e-4)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize(("arch", "classes"), CASES)
 @pytest.mark.parametrize("native", [0, 28])
-def test_bfloat16_model_samples_decodes_and_encodes_float32_inputs(arch, native):
-    model = trained_like(arch, native_size=native).to(torch.bfloat16)
-    d = model.config.latent_dims
+def test_bfloat16_model_samples_decodes_and_encodes_float32_inputs(arch, classes, native):
+    model = trained_like(arch, classes=classes, native_size=native).to(torch.bfloat16)
+    d, y = model.config.latent_dims, labels(model, 3)
     with torch.no_grad():
         samples = model.sample(3, torch.Generator().manual_seed(0))
-        decoded = model.decode(torch.randn(3, d))  # float32 codes into bfloat16 weights
-        post = model.encode(torch.rand(3, 1, 32, 32))  # float32 images
+        decoded = model.decode(torch.randn(3, d), y)  # float32 codes into bfloat16 weights
+        post = model.encode(torch.rand(3, 1, 32, 32), y)  # float32 images
     assert samples.dtype == decoded.dtype == torch.bfloat16
     assert post.mu.dtype == torch.bfloat16 and post.mu.isfinite().all()
     assert samples.isfinite().all() and 0 <= samples.min() and samples.max() <= 1
-    reference = trained_like(arch, native_size=native)
+    reference = trained_like(arch, classes=classes, native_size=native)
     with torch.no_grad():
         ref = reference.sample(3, torch.Generator().manual_seed(0))
     assert (samples.float() - ref).abs().mean() < 0.05  # the same codes, rounded weights
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_seeded_sampling_draws_the_generator_s_codes_on_its_own_device(arch):
-    model = trained_like(arch)
+@pytest.mark.parametrize(("arch", "classes"), CASES)
+def test_seeded_sampling_draws_the_generator_s_codes_on_its_own_device(arch, classes):
+    model = trained_like(arch, classes=classes)
     d = model.config.latent_dims
     a = model.sample(6, torch.Generator().manual_seed(3))
     b = model.sample(6, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
-    # the codes are those of the CPU generator, whatever the model's device: a seeded CPU
-    # generator gives the same samples on a GPU (tests/test_gpu.py runs it there)
-    codes = torch.randn(6, d, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, model.decode(codes))
+    # the codes (then a conditional model's classes) are those of the CPU generator, whatever
+    # the model's device: a seeded CPU generator gives the same samples on a GPU
+    # (tests/test_gpu.py runs it there)
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.randn(6, d, generator=gen)
+    assert torch.equal(a, model.decode(codes, model.labels(None, 6, gen)))
     if torch.cuda.is_available():
         on_gpu = model.to("cuda").sample(6, torch.Generator().manual_seed(3)).cpu()
         assert (on_gpu - a).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_memory_estimate_grows_with_the_batch_and_allocates_nothing(arch):
-    config = tiny(arch)
+@pytest.mark.parametrize(("arch", "classes"), CASES)
+def test_memory_estimate_grows_with_the_batch_and_allocates_nothing(arch, classes):
+    config = tiny(arch, classes=classes)
     small, large = (model_class(arch).estimate_memory(config, b) for b in (8, 64))
     assert 0 < small < large and VAE(config).memory_estimate(8) == small
     shapes = model_class(arch).expected_shapes(config)
@@ -188,3 +206,24 @@ def test_command_line_round_trip(arch, mnist_dir, tmp_path, labelled):
     with TestClient(create_app(ex)) as client:
         got = client.post("/api/decode", json={"z": [0.0] * model.config.latent_dims})
     assert got.status_code == 200 and got.json()["image"].startswith("data:image/png")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_train_conditional_learns_the_dataset_s_classes_and_the_class_changes_the_output(
+    arch, mnist_dir, tmp_path, labelled
+):
+    """train --conditional records the dataset's class names in the model, trains on each
+    image's label, and decoding one code with two classes gives two images."""
+    config, run = tmp_path / "flags.json", tmp_path / "run"
+    config.write_text(json.dumps(_flags(arch)))
+    assert main(["train", "--dataset", "mnist", "--conditional", "--config", str(config),
+                 "--max_steps", "3", "--val_images", "8", "--run_dir", str(run),
+                 "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
+    model = load_model(run)
+    assert model.config.classes == tuple(str(i) for i in range(10))
+    z = torch.randn(1, model.config.latent_dims)
+    assert not torch.equal(model.decode(z, "3"), model.decode(z, "7"))
+    with pytest.raises(TorchVaeError, match="unknown class 'x'; choose one of 0 '0'"):
+        model.sample(2, condition="x")
+    with pytest.raises(TorchVaeError, match="this model is conditional: pass each image's"):
+        model.encode(torch.rand(2, 1, 32, 32))

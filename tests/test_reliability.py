@@ -25,7 +25,7 @@ from torch_vae.io.files import atomic_path
 from torch_vae.models import VAE
 from torch_vae.training import TrainConfig
 from torch_vae.training import loop as train_mod
-from torch_vae.training.plan import RunPlan
+from torch_vae.training.plan import RunData, RunPlan
 from torch_vae.training.rundir import read_metrics
 from torch_vae.training.state import load_train_state, save_train_state
 
@@ -338,9 +338,8 @@ def train_tiny(run, data_dir, epochs):
     cfg = TrainConfig(dataset="mnist", epochs=epochs, batchsize=8)
     images = {s: torch.from_numpy(load_split("mnist", s, 16, data_dir, False)) for s in SPLITS}
     plan = RunPlan(run, MODEL, cfg)
-    return train_mod.run_plan(
-        plan, images["train"], images["test"], torch.device("cpu"), progress=False
-    )
+    data = RunData(images["train"], None, images["test"], "test")
+    return train_mod.run_plan(plan, data, None, torch.device("cpu"), progress=False)
 
 
 SPLITS = ("train", "test")

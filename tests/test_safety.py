@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,6 +67,63 @@ def test_a_resume_of_a_run_in_use_is_refused(trained, mnist_dir, capsys):
     assert (trained / "metrics.jsonl").read_text() == metrics
 
 
+def _torch_vae_process(args, **kw):
+    import subprocess
+    import sys
+
+    import torch_vae
+
+    src = str(Path(torch_vae.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "torch_vae", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # fmt: skip
+
+
+@pytest.mark.slow  # a real training process runs while two others try its folder: 10-30 s
+def test_a_run_folder_in_use_by_another_process_is_refused_and_the_run_goes_on(data, tmp_path):
+    """The lock on a run folder holds across processes: while one ``train --run_dir X`` runs,
+    a second ``train --run_dir X`` and a ``train --resume X`` each fail with one line, and the
+    first keeps its files and ends well."""
+    import time
+
+    from runs import train_args
+    from torch_vae.training.rundir import read_metrics
+
+    run, epochs = tmp_path / "run", 300  # long enough to outlast the two others
+    resume = ["train", "--resume", str(run), "--data_dir", str(data), "--threads", "1",
+              "--cpu", "--quiet"]  # fmt: skip
+    procs = [_torch_vae_process(train_args(run, data, epochs))]
+    first = procs[0]
+    try:
+        end = time.monotonic() + 120
+        while not (run / "ckpt.pt").exists():  # its first epoch saved: a resume would start
+            assert first.poll() is None, first.communicate()
+            assert time.monotonic() < end, "the first run wrote no training state in time"
+            time.sleep(0.01)
+        config = (run / "config.json").read_bytes()
+        for args, match in (
+            (train_args(run, data, epochs), "already exists and is not empty"),
+            (resume, "being written by another torch-vae process"),
+        ):
+            procs.append(_torch_vae_process(args))
+            _, err = procs[-1].communicate(timeout=120)
+            assert first.poll() is None, "the first run ended before the second was refused"
+            lines = err.strip().splitlines()
+            assert procs[-1].returncode == 1 and len(lines) == 1, err
+            assert lines[0].startswith("torch-vae: error: ") and match in lines[0], err
+            assert (run / "config.json").read_bytes() == config
+        _, err = first.communicate(timeout=300)
+    finally:
+        for proc in procs:  # whatever failed: no process of the test outlives it
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert first.returncode == 0, err
+    assert (run / "config.json").read_bytes() == config
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, epochs + 1))
+    assert (run / "model.safetensors").is_file() and not list(run.rglob(".*.tmp"))
+
+
 def test_signals_while_the_state_is_saved_wait_for_the_save(
     mnist_dir, tmp_path, monkeypatch, capsys
 ):
@@ -122,6 +180,29 @@ def test_train_classifier_refuses_a_model_folder_before_training(trained, labell
     assert (trained / "config.json").read_bytes() == before
 
 
+def test_train_classifier_refuses_an_existing_file_as_out_before_training(
+    labelled, tmp_path, monkeypatch, capsys
+):
+    import time
+
+    from torch_vae.cli import train_classifier
+
+    def never(*a, **k):
+        raise AssertionError("the classifier was trained for a file --out")
+
+    monkeypatch.setattr(train_classifier, "train_classifier", never)
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    args = ["train-classifier", "--dataset", "mnist", "--out", str(out), "--epochs", "1"]
+    start = time.monotonic()
+    assert main([*args, "--data_dir", str(labelled), "--quiet"]) == 1
+    assert time.monotonic() - start < 1
+    assert f"--out {out} is a file; give a folder" in _error(capsys)
+    assert out.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "data", "notes.txt"
+    ]  # fmt: skip
+
+
 def test_commands_on_a_shipped_model_write_nothing_into_its_folder(tmp_path, monkeypatch, capsys):
     from torch_vae.cli import common
 
@@ -148,6 +229,22 @@ def test_generate_into_a_used_folder_leaves_only_its_own_samples(trained, tmp_pa
                  "--quiet"]) == 0  # fmt: skip
     names = sorted(p.name for p in out.iterdir())
     assert names == ["all.png", "notes.txt"] + [f"sample_{i:05d}.png" for i in range(4)]
+
+
+def test_reconstruct_into_a_used_folder_leaves_only_its_own_reconstructions(
+    trained, mnist_dir, tmp_path
+):
+    out = tmp_path / "rec"
+    args = ["reconstruct", "--model", str(trained), "--rec_testdata", "--data_dir",
+            str(mnist_dir), "--outdir", str(out), "--quiet", "--nimages"]  # fmt: skip
+    assert main([*args, "9"]) == 0
+    assert len(list(out.glob("rec_*.png"))) == 9
+    (out / "notes.txt").write_text("mine")
+    (out / "sample_00000.png").write_bytes((out / "rec_00000.png").read_bytes())  # generate's
+    assert main([*args, "4"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    kept = ["all.png", "notes.txt", "sample_00000.png"]
+    assert names == kept[:2] + [f"rec_{i:05d}.png" for i in range(4)] + kept[2:]
 
 
 # -- a stranger's program ---------------------------------------------------------------------
@@ -307,6 +404,38 @@ def test_the_explorer_refuses_other_sites_and_other_host_names(client):
     assert client.get("/api/info", headers={"Host": "localhost:8000"}).status_code == 200
 
 
+def test_the_explorer_s_samples_never_fail_on_a_sampler_file_of_another_latent_size(
+    mnist_dir, tmp_path, caplog
+):
+    """A sampler file fitted to the model's own weights but drawing 5-d codes for a latent-3
+    model: /api/sample answers (from the prior, with a warning), never a 500."""
+    import warnings
+
+    from webtools import tiny_model
+
+    from torch_vae import load_model
+    from torch_vae.explorer.app import create_app
+    from torch_vae.explorer.state import load_explorer
+    from torch_vae.io.files import file_sha256
+    from torch_vae.priors import fit_gaussian, sampler_path, save_sampler
+
+    folder = tiny_model(latent_dims=3).save_pretrained(tmp_path / "model", "mnist")
+    digest = file_sha256(folder / "model.safetensors")
+    sampler = fit_gaussian(np.random.default_rng(0).normal(size=(50, 5)), {"model_sha256": digest})
+    save_sampler(sampler, sampler_path(folder, "gaussian"))
+    ex = load_explorer(load_model(folder), folder, "mnist", mnist_dir, 8, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    with TestClient(create_app(ex), raise_server_exceptions=False) as c:
+        for body in ({"seed": 1}, {}):
+            got = c.post("/api/sample", json=body)
+            assert got.status_code == 200, got.text
+            assert len(got.json()["z"]) == 3
+        assert c.get("/api/info").json()["sampler"] == "the prior N(0, I)"
+    assert "draws 5-d codes, the model has 3" in caplog.text
+
+
 def test_uploads_whose_pixels_take_too_much_memory_are_refused_before_decoding():
     import io
 
@@ -358,6 +487,41 @@ def test_a_native_projection_is_built_when_first_used_and_bounded():
     assert model._projector is not None
 
 
+def test_a_model_file_with_native_size_one_below_its_image_size_never_stalls_a_loader(tmp_path):
+    """native_size = image_size - 1, whose projection once took 23 s to build as the file was
+    loaded: at the largest image size allowed, the file loads at once (the projection waits for
+    the first decode, and builds in a fraction of a second), a smaller one decodes its first
+    image at once, and a file that asks for a larger one is refused at once."""
+    import time
+
+    from torch_vae import load_model
+    from torch_vae.io.weights import write_weights
+    from torch_vae.models import save_model
+    from torch_vae.models.upsampling import upsampling_projector
+
+    shape = {"max_filters": 8, "depth": 3, "latent_dims": 2}
+    for size in (1024, 512):
+        config = ModelConfig(image_size=size, native_size=size - 1, **shape)
+        path = save_model(VAE(config), tmp_path / f"{size}.safetensors")
+        start = time.monotonic()
+        model = load_model(path).eval()
+        assert model._projector is None and time.monotonic() - start < 2
+    start = time.monotonic()
+    with torch.inference_mode():
+        assert model.decode(torch.zeros(1, 2)).shape == (1, 1, 512, 512)
+    assert model._projector is not None and time.monotonic() - start < 2
+    start = time.monotonic()
+    upsampling_projector(1023, 1024)  # what the first decode at 1024 builds
+    assert time.monotonic() - start < 2
+    big = VAE(ModelConfig(image_size=2048, **shape))
+    config = {**big.config.to_dict(), "native_size": 2047}
+    path = write_weights(big.state_dict(), config, tmp_path / "b.safetensors")
+    start = time.monotonic()
+    with pytest.raises(TorchVaeError, match="works up to --image_size 1024"):
+        load_model(path)
+    assert time.monotonic() - start < 2
+
+
 @pytest.mark.parametrize(
     "args,match",
     [
@@ -386,6 +550,40 @@ def test_a_writer_s_own_error_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
                            "failed writing file data/0: file write failed")  # fmt: skip
     assert info.value.errno == 28 and str(tmp_path / "ckpt.pt") in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("raised", ["SafetensorError", "OSError"])
+def test_a_full_disk_while_safetensors_writes_is_one_line_and_leaves_no_weights(
+    raised, mnist_dir, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    from safetensors import SafetensorError
+
+    from torch_vae.io import weights
+    from torch_vae.models import save_model
+
+    def full_disk(tensors, filename, metadata=None):  # the disk fills halfway through the file
+        with open(filename, "wb") as f:
+            f.write(b"\x08\x00\x00\x00\x00\x00\x00\x00{")
+        if raised == "OSError":
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        raise SafetensorError(
+            "Error while serializing: I/O error: No space left on device (os error 28)"
+        )
+
+    monkeypatch.setattr(weights, "save_file", full_disk)
+    run = tmp_path / "run"
+    assert main(_train_args(run, mnist_dir)) == 1
+    err = _error(capsys)
+    assert "No space left on device" in err and "free some space" in err, err
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and "data" not in p.parts]
+    assert not [p for p in written if "safetensors" in p.name or p.name.endswith(".tmp")]
+    weights_file = tmp_path / "w.safetensors"
+    with pytest.raises(OSError) as info:
+        save_model(VAE(ModelConfig(image_size=16, max_filters=8, depth=2)), weights_file)
+    assert info.value.errno == errno.ENOSPC and weights_file.name in str(info.value)
+    assert not weights_file.exists()
 
 
 @pytest.mark.parametrize(
@@ -425,6 +623,60 @@ def test_out_of_range_seeds_and_devices_are_one_line(args, match, trained, capsy
     monkeypatch.chdir(tmp_path)
     assert main([args[0], "--model", str(trained), *args[1:]]) == 1
     assert match in _error(capsys)
+
+
+@pytest.mark.parametrize("seed", [str(2**64), str(10**30), str(-(2**63) - 1)])
+@pytest.mark.parametrize("command", ["average", "train-classifier"])
+def test_out_of_range_seeds_of_average_and_train_classifier_are_one_line(
+    command, seed, tmp_path, monkeypatch, capsys
+):
+    from torch_vae.cli import average, train_classifier
+
+    def never(*a, **k):
+        raise AssertionError("the command ran with an out-of-range seed")
+
+    monkeypatch.setattr(average, "average_runs", never)
+    monkeypatch.setattr(train_classifier, "train_classifier", never)
+    args = {
+        "average": ["average", str(tmp_path / "run"), "--last", "1"],
+        "train-classifier": ["train-classifier", "--dataset", "mnist"],
+    }[command]
+    out = ["--out", str(tmp_path / "out"), "--data_dir", str(tmp_path / "data")]
+    assert main([*args, *out, "--seed", seed, "--quiet"]) == 1
+    assert "--seed must be an integer from -2**63 to 2**64 - 1" in _error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_negative_seeds_of_average_and_train_classifier_are_taken():
+    from torch_vae.cli.options import AverageOptions
+    from torch_vae.evaluation.classifier import ClassifierTraining
+
+    for seed in (-1, -(2**63), 2**64 - 1):  # as torch.Generator().manual_seed takes them
+        AverageOptions(runs=(Path("r"),), last=1, out=Path("o"), seed=seed)
+        ClassifierTraining(out=Path("o"), seed=seed)
+        torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("version", ["9" * 5000, "1" * 5000], ids=["9x5000", "1x5000"])
+def test_a_weights_file_with_a_format_version_of_thousands_of_digits_is_one_line(
+    version, tmp_path, capsys
+):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = VAE(ModelConfig(image_size=16, max_filters=8, depth=2)).save_pretrained(
+        tmp_path / "model", "mnist"
+    )
+    path = folder / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta = {**f.metadata(), "format_version": version}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    save_file(state, str(path), metadata=meta)
+    for model in (folder, path):
+        args = ["generate", "--model", str(model), "--outdir", str(tmp_path / "o"), "--quiet"]
+        assert main(args) == 1
+        assert f"{path} has a corrupt format version '{version[:20]}'" in _error(capsys)
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("size", ["3", "100000"])

@@ -55,12 +55,18 @@ def prior_draw(model: VAE) -> Draw:
 
 
 @torch.no_grad()
-def epoch_picture(model: VAE, z: Tensor, test_images: Tensor, device) -> np.ndarray:
-    """Top: samples from fixed latents; bottom: test images beside their reconstructions."""
+def epoch_picture(
+    model: VAE, z: Tensor, test_images: Tensor, device, test_labels: Tensor | None = None
+) -> np.ndarray:
+    """Top: samples from fixed latents (a conditional model's: class i % K in sample i);
+    bottom: test images (of the classes ``test_labels``) beside their reconstructions."""
     model.eval()
-    top = grid(to_uint8(model.decode(z)), nrow=8)
+    k = model.config.num_classes
+    y = torch.arange(len(z), device=z.device) % k if k else None
+    top = grid(to_uint8(model.decode(z, y)), nrow=8)
     x = to_float(test_images, device)
-    bottom = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x))), nrow=4)
+    y = test_labels.to(x.device) if test_labels is not None else None
+    bottom = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x, y))), nrow=4)
     return stack_rows([top, bottom])
 
 

@@ -17,6 +17,7 @@ from .options import (
     EmbedOptions,
     EvaluateOptions,
     ExploreOptions,
+    ExportOptions,
     FitSamplerOptions,
     GenerateOptions,
     ImportOptions,
@@ -78,6 +79,12 @@ COMMANDS = {
                 "the test split, random samples, interpolations and uploaded images decode "
                 "as the pointer moves (see docs/explore.md).",
                 (ServeRuntime, ExploreOptions), "explore"),
+        Command("export", "Export the encoder and decoder as ONNX or TorchScript files",
+                "Export the encoder (images -> posterior mean and log-variance) and the decoder "
+                "(codes -> images) of a model as two ONNX files (or TorchScript) with a dynamic "
+                "batch axis, a JSON file beside them that describes them, checked against "
+                "PyTorch on random inputs (see docs/export.md).",
+                (ExportOptions,), "export"),
         Command("import-torch-vae", "Convert an original torch-vae .pth checkpoint",
                 "Convert a checkpoint of the original torch-vae (a bare state_dict .pth) into "
                 "a torch-vae .safetensors file.", (ImportOptions,), "convert"),

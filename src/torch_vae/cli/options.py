@@ -15,7 +15,7 @@ from typing import Literal
 from ..data.datasets import DATASET_HELP
 from ..errors import TorchVaeError
 from ..evaluation.classifier import ClassifierTraining
-from ..fields import check_choice, check_seed, non_negative, option, positive
+from ..fields import check_choice, check_seed, is_int, non_negative, option, positive
 from ..priors import preference
 from ..priors.fit import kinds
 from ..runtime.precision import PrecisionName
@@ -188,7 +188,7 @@ class AverageOptions:
 
 @dataclass(frozen=True)
 class ExploreOptions:
-    """explore: the live explorer's web server (server.py)."""
+    """explore: the live explorer's web server (explorer/app.py)."""
 
     model: Path = option(None, MODEL_HELP, required=True)
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
@@ -220,6 +220,38 @@ class ImportOptions:
         None, "output .safetensors file (default: imported/<dataset>/<name>.safetensors)"
     )
     quiet: bool = option(False, "no log lines")
+
+
+# the operator sets PyTorch's ONNX exporter writes (export --opset)
+MIN_OPSET, MAX_OPSET = 9, 20
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """export: the encoder and decoder as ONNX or TorchScript files (models/export.py)."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    format: Literal["onnx", "torchscript"] = option(
+        "onnx",
+        "onnx: two .onnx files for onnxruntime (pip install 'torch-vae[onnx]'); torchscript: "
+        "two torch.jit.trace files for torch.jit.load",
+    )
+    out: Path | None = option(
+        None, "folder for the files (default: exports/<model> in the working folder)"
+    )
+    opset: int = option(17, f"ONNX operator set ({MIN_OPSET} to {MAX_OPSET})")
+    seed: int = option(0, "random seed of the inputs the files are checked on")
+    threads: int = option(0, "CPU threads for PyTorch and onnxruntime (0: PyTorch's choice)")
+    quiet: bool = option(False, "no log lines")
+
+    def __post_init__(self) -> None:
+        check_choice("--format", self.format, ("onnx", "torchscript"))
+        check_seed("--seed", self.seed)
+        non_negative("--threads", self.threads, 4 * (os.cpu_count() or 1))
+        if not is_int(self.opset) or not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise TorchVaeError(
+                f"--opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {self.opset!r}"
+            )
 
 
 # train-classifier: the small classifier whose features measure sample quality

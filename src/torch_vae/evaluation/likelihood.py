@@ -117,11 +117,13 @@ def test_metrics(
     beta: float = 1.0,
     seed: int = 0,
     stop: Callable[[], bool] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float] | None:
     """The metrics a training run records after every epoch, per image of uint8 images
     (N, H, W, C): the training objective with z sampled (seeded, each image's noise its own:
     ``ImageNoise``), its two parts, and the per-pixel MSE of the posterior-mean reconstruction.
-    Returns None as soon as ``stop()`` is true."""
+    Returns None as soon as ``stop()`` is true. ``labels``: the images' classes (N,), for a
+    conditional model."""
     model.eval()
     noise = ImageNoise(seed, ImageNoise.OBJECTIVE)
     parts: dict[str, list[torch.Tensor]] = {"recon": [], "kl": [], "mse": []}
@@ -129,15 +131,23 @@ def test_metrics(
         if stop is not None and stop():
             return None
         x = to_float(images[start : start + batch_size], device)
-        post = model.encode(x)
+        y = batch_labels(labels, start, len(x), x.device)
+        post = model.encode(x, y)
         eps = noise(range(start, start + len(x)), post.mu.shape[1:], post.mu.device)
-        recon = model.decode(post.reparameterize(eps))
+        recon = model.decode(post.reparameterize(eps), y)
         parts["recon"].append(reconstruction_error(recon, x, recon_loss))
         parts["kl"].append(post.float().kl())
-        parts["mse"].append((model.decode(post.mode()).float() - x).pow(2).mean((1, 2, 3)))
+        parts["mse"].append((model.decode(post.mode(), y).float() - x).pow(2).mean((1, 2, 3)))
     m = {k: _mean(v) for k, v in parts.items()}
     m["loss"] = m["recon"] + beta * m["kl"]
     return m
+
+
+def batch_labels(
+    labels: torch.Tensor | None, start: int, n: int, device: torch.device
+) -> torch.Tensor | None:
+    """The classes of the images ``start`` to ``start + n`` (None without labels)."""
+    return None if labels is None else labels[start : start + n].to(device)
 
 
 def _mean(parts: list[torch.Tensor]) -> float:
@@ -147,23 +157,32 @@ def _mean(parts: list[torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def calibrate_sigma(model: VAE, images: torch.Tensor, device, batch_size=500, seed=0) -> float:
+def calibrate_sigma(
+    model: VAE, images: torch.Tensor, device, batch_size=500, seed=0, labels=None
+) -> float:
     """Maximum-likelihood decoder sigma: RMS error of reconstructions from posterior samples."""
     model.eval()
     noise = ImageNoise(seed, ImageNoise.SIGMA)
     errors = []
     for start in range(0, len(images), batch_size):
         x = to_float(images[start : start + batch_size], device)
-        post = model.encode(x)
+        y = batch_labels(labels, start, len(x), x.device)
+        post = model.encode(x, y)
         eps = noise(range(start, start + len(x)), post.mu.shape[1:], post.mu.device)
-        recon = model.decode(post.reparameterize(eps)).float()
+        recon = model.decode(post.reparameterize(eps), y).float()
         errors.append((recon - x).pow(2).flatten(1).sum(1))
     count = images.shape[0] * images.shape[1] * images.shape[2] * images.shape[3]
     return max(math.sqrt(torch.cat(errors).double().sum().item() / count), 1e-3)
 
 
 def refine_posterior(
-    model: VAE, x: torch.Tensor, post: Posterior, steps: int, lr: float, noise: torch.Tensor
+    model: VAE,
+    x: torch.Tensor,
+    post: Posterior,
+    steps: int,
+    lr: float,
+    noise: torch.Tensor,
+    y: torch.Tensor | None = None,
 ) -> Posterior:
     """Improve ``post`` = q(z|x) by ``steps`` Adam steps on each image's objective (SSE + KL),
     step t using the noise ``noise[:, t]`` ((B, steps, d)).
@@ -180,7 +199,8 @@ def refine_posterior(
     with torch.enable_grad():
         for t in range(steps):
             q = Posterior.clamped(mu, logvar)
-            recon = reconstruction_error(model.decode(q.reparameterize(noise[:, t])), x, "mse")
+            recon = model.decode(q.reparameterize(noise[:, t]), y)
+            recon = reconstruction_error(recon, x, "mse")
             # Each image's parameters get the gradient of that image's objective only.
             objective = (recon + q.kl()).sum()
             mu.grad, logvar.grad = torch.autograd.grad(objective, (mu, logvar))
@@ -196,18 +216,20 @@ def iwae_log_likelihood(
     eps: torch.Tensor,
     chunk: int = 512,
     post: Posterior | None = None,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Importance-weighted estimate of log p(x) from ``post`` (default: the encoder's q(z|x))
-    with the noise ``eps`` (B, k, d): k importance samples per image; (B,)."""
+    """Importance-weighted estimate of log p(x) (log p(x|y) given the classes ``y``) from
+    ``post`` (default: the encoder's q(z|x)) with the noise ``eps`` (B, k, d): k importance
+    samples per image; (B,)."""
     if post is None:
-        post = model.encode(x)
+        post = model.encode(x, y)
     b, k = eps.shape[:2]
     per_chunk = max(1, chunk // b)
     logws = []
     for start in range(0, k, per_chunk):
         z = post.reparameterize(eps[:, start : start + per_chunk].transpose(0, 1))  # (n, B, d)
         n = len(z)
-        recon = model.decode(z.reshape(n * b, -1)).float()
+        recon = model.decode(z.reshape(n * b, -1), None if y is None else y.repeat(n)).float()
         log_px = discretized_gaussian_log_prob(x.repeat(n, 1, 1, 1), recon, sigma).view(n, b)
         logws.append(log_px + model.prior_log_prob(z) - post.log_prob(z))
     return torch.logsumexp(torch.cat(logws), 0) - math.log(k)
@@ -225,6 +247,7 @@ def evaluate_model(
     progress: bool = True,
     refine_steps: int = 0,
     refine_lr: float = 0.01,
+    labels: torch.Tensor | None = None,
 ) -> dict:
     """Per-image averages over uint8 images (N, H, W, C); see the module docstring. Every image
     has its own noise (``ImageNoise``) and every sum runs over per-image values in float64, so
@@ -242,21 +265,22 @@ def evaluate_model(
     ):
         x = to_float(images[start : start + batch_size], device)
         idx, d = range(start, start + len(x)), model.config.latent_dims
-        post = model.encode(x)
+        y = batch_labels(labels, start, len(x), x.device)
+        post = model.encode(x, y)
         objective_eps = streams[ImageNoise.OBJECTIVE](idx, (d,), x.device)
         if refine_steps:  # the encoder's own objective too, with the same noise
-            sampled = model.decode(post.reparameterize(objective_eps)).float()
+            sampled = model.decode(post.reparameterize(objective_eps), y).float()
             sse = (sampled - x).pow(2).flatten(1).sum(1)
             parts["encoder_objective"].append(sse + post.float().kl())
             eps = streams[ImageNoise.REFINE](idx, (refine_steps, d), x.device)
-            post = refine_posterior(model, x, post, refine_steps, refine_lr, eps)
-        sampled = model.decode(post.reparameterize(objective_eps))
+            post = refine_posterior(model, x, post, refine_steps, refine_lr, eps, y)
+        sampled = model.decode(post.reparameterize(objective_eps), y)
         parts["sse"].append((sampled.float() - x).pow(2).flatten(1).sum(1))
         parts["kl"].append(post.float().kl())
-        parts["mse"].append((model.decode(post.mode()).float() - x).pow(2).flatten(1).mean(1))
+        parts["mse"].append((model.decode(post.mode(), y).float() - x).pow(2).flatten(1).mean(1))
         if iw_samples:
             eps = streams[ImageNoise.IMPORTANCE](idx, (iw_samples, d), x.device)
-            parts["nll"].append(-iwae_log_likelihood(model, x, sigma, eps, post=post))
+            parts["nll"].append(-iwae_log_likelihood(model, x, sigma, eps, post=post, y=y))
         parts["mu"].append(post.mu.float().cpu())
     return _report(parts, images, sigma, iw_samples, refine_steps, refine_lr)
 

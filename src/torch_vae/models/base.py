@@ -37,6 +37,7 @@ from ..io.files import write_text_atomic
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, read_metadata, read_weights, write_weights
 from ..runtime.device import autocast_off, randn
 from ..version import __version__
+from .conditions import class_labels
 from .config import ModelConfig
 from .losses import VAEOutput, reconstruction_error
 from .posterior import Posterior, standard_normal_log_prob
@@ -79,10 +80,13 @@ class VAE(nn.Module):
         # (loading a model never waits for it), and kept in float32 outside the module's
         # buffers (a bfloat16 projector would round away what it projects).
         self._projector: torch.Tensor | None = None
+        # a conditional model's networks take the class too: as one-hot planes beside the
+        # image's channels, and as a one-hot code beside the latent code
+        k = config.num_classes
         if self.encoder_class is not None:
-            self.encoder = self.encoder_class(config)
+            self.encoder = self.encoder_class(_widened(config, in_channels=config.in_channels + k))
         if self.decoder_class is not None:
-            self.decoder = self.decoder_class(config)
+            self.decoder = self.decoder_class(_widened(config, latent_dims=config.latent_dims + k))
 
     # -- the contract ---------------------------------------------------------------------
 
@@ -98,12 +102,42 @@ class VAE(nn.Module):
         dtype = self.dtype
         return t.to(dtype) if t.is_floating_point() and t.dtype != dtype else t
 
-    def encode(self, x: torch.Tensor) -> Posterior:
-        """Images (B, C, H, W) in [0, 1] -> posterior q(z|x)."""
-        return self.encoder(self._cast(x))
+    @property
+    def conditional(self) -> bool:
+        return bool(self.config.classes)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, d) -> images (B, C, H, W) in [0, 1], in the model's dtype.
+    def labels(self, condition: Any, n: int, generator: torch.Generator | None = None):
+        """A conditional model's class labels for ``n`` images, (n,) int64 on the model's
+        device: from ``condition`` (a class index or name, one per image or one for all, or a
+        tensor of indices), or drawn uniformly by ``generator`` where it is None. None for an
+        unconditional model, which refuses a condition."""
+        if not self.conditional:
+            if condition is not None:
+                raise TorchVaeError(f"this {self.config.arch} model is not conditional: it "
+                                    "takes no class")  # fmt: skip
+            return None
+        return class_labels(self.config.classes, condition, n, generator, self.device)
+
+    def _need_labels(self, condition: Any, n: int) -> torch.Tensor | None:
+        if self.conditional and condition is None:
+            raise TorchVaeError(
+                "this model is conditional: pass each image's class (condition=...)"
+            )
+        return self.labels(condition, n)
+
+    def encode(self, x: torch.Tensor, condition: Any = None) -> Posterior:
+        """Images (B, C, H, W) in [0, 1] -> posterior q(z|x) (q(z|x, y) for a conditional
+        model, given the images' classes ``condition``)."""
+        x = self._cast(x)
+        y = self._need_labels(condition, len(x))
+        if y is not None:
+            planes = nn.functional.one_hot(y, self.config.num_classes).to(x.dtype)
+            x = torch.cat([x, planes[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor, condition: Any = None) -> torch.Tensor:
+        """Latents (B, d) -> images (B, C, H, W) in [0, 1], in the model's dtype (given the
+        classes ``condition`` for a conditional model).
 
         With ``native_size`` set, the decoder's output is projected onto the images that
         bilinear upsampling from ``native_size`` can produce (the data pipeline's resize), then
@@ -111,7 +145,11 @@ class VAE(nn.Module):
         they only lower the squared error to them, and the decoder spends nothing on detail
         the data cannot have.
         """
-        x = self.decoder(self._cast(z))
+        z = self._cast(z)
+        y = self._need_labels(condition, len(z))
+        if y is not None:
+            z = torch.cat([z, nn.functional.one_hot(y, self.config.num_classes).to(z.dtype)], 1)
+        x = self.decoder(z)
         if not self.config.native_size:
             return x
         p = self._projector
@@ -126,14 +164,19 @@ class VAE(nn.Module):
         return y.to(x.dtype)
 
     def forward(
-        self, x: torch.Tensor, sample: bool | None = None, generator: torch.Generator | None = None
+        self,
+        x: torch.Tensor,
+        sample: bool | None = None,
+        generator: torch.Generator | None = None,
+        condition: Any = None,
     ) -> VAEOutput:
-        """Encode and decode ``x``. ``sample`` defaults to ``self.training``."""
-        post = self.encode(x)
+        """Encode and decode ``x`` (of the classes ``condition``, for a conditional model).
+        ``sample`` defaults to ``self.training``."""
+        post = self.encode(x, condition)
         if sample is None:
             sample = self.training
         z = post.sample(generator) if sample else post.mode()
-        return VAEOutput(self.decode(z), post.mu, post.logvar)
+        return VAEOutput(self.decode(z, condition), post.mu, post.logvar)
 
     def prior_sample(
         self,
@@ -160,15 +203,17 @@ class VAE(nn.Module):
         condition: Any = None,
         device: torch.device | None = None,
     ) -> torch.Tensor:
-        """Decode ``n`` codes drawn from the prior by ``generator``: (n, C, H, W)."""
-        if condition is not None:
-            raise TorchVaeError(f"a {self.config.arch} model is not conditional: no condition")
-        return self.decode(self.prior_sample(n, generator, device))
+        """Decode ``n`` codes drawn from the prior by ``generator``: (n, C, H, W). A
+        conditional model draws images of the classes ``condition`` (a class index or name
+        for all, one per image, or None: classes drawn uniformly by ``generator`` after the
+        codes)."""
+        z = self.prior_sample(n, generator, device)
+        return self.decode(z, self.labels(condition, n, generator))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, condition: Any = None) -> torch.Tensor:
         """Decode the posterior's mode for ``x`` (deterministic)."""
-        return self.decode(self.encode(x).mode())
+        return self.decode(self.encode(x, condition).mode(), condition)
 
     def objective(
         self, out: VAEOutput, x: torch.Tensor, beta: float = 1.0, recon_loss: str = "mse"
@@ -186,9 +231,11 @@ class VAE(nn.Module):
         beta: float = 1.0,
         recon_loss: str = "mse",
         generator: torch.Generator | None = None,
+        condition: Any = None,
     ) -> dict[str, torch.Tensor]:
         """``objective`` of a sampled forward pass of ``x`` (what one training step lowers)."""
-        return self.objective(self(x, sample=True, generator=generator), x, beta, recon_loss)
+        out = self(x, sample=True, generator=generator, condition=condition)
+        return self.objective(out, x, beta, recon_loss)
 
     def fold_batch_norm(self) -> None:
         """Fold the model's batch norms into the layers before them, in place (eval mode only).
@@ -244,7 +291,8 @@ class VAE(nn.Module):
         try:
             x = torch.empty(batch, config.in_channels, config.image_size, config.image_size,
                             device="meta")  # fmt: skip
-            model(x, sample=False)
+            y = torch.zeros(batch, dtype=torch.int64, device="meta") if config.classes else None
+            model(x, sample=False, condition=y)
         finally:
             for h in hooks:
                 h.remove()
@@ -312,6 +360,17 @@ class VAE(nn.Module):
             config["dataset"] = dataset
         write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return folder
+
+
+def _widened(config: ModelConfig, **fields: int) -> ModelConfig:
+    """``config`` with the wider inputs a conditional model's networks take (a copy that
+    skips the checks: its ``in_channels`` is the image's and the classes' planes)."""
+    if not config.classes:
+        return config
+    wide = copy.copy(config)
+    for name, value in fields.items():
+        object.__setattr__(wide, name, value)
+    return wide
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -20,6 +20,7 @@ from ..fields import JsonConfig, from_dict, is_int, option, positive
 # The upper bounds are far beyond any practical model; they keep a damaged or hostile config
 # from asking for absurd amounts of memory or time.
 MAX_SIZE = 2**16
+MAX_CLASSES = 1000  # a conditional model's classes (CIFAR-100 has 100)
 MAX_NATIVE_IMAGE = 1024  # the native-size projection: an image_size x image_size matrix
 
 
@@ -41,6 +42,9 @@ class ModelConfig(JsonConfig):
         "CIFAR): the decoder's output is projected onto such images (0: off); with "
         "--init_from it may differ from MODEL's",
     )
+    # a class-conditional model: the names of its classes, in label order (train
+    # --conditional sets them from the dataset's labels); () for an unconditional model
+    classes: tuple[str, ...] = option((), "class names of a conditional model", flag=False)
     # the family's default fields for a tiny model (tests and examples): see ``tiny``
     TINY: ClassVar[dict[str, Any]] = {}
 
@@ -61,6 +65,7 @@ class ModelConfig(JsonConfig):
                 "ModelConfig(arch=...) or the family's own config class"
             )
         positive("--latent_dims", self.latent_dims, 2**16, "--latent_dims 8")
+        _check_classes(self)
         positive("--image_size", self.image_size, MAX_SIZE, "--image_size 64")
         if not is_int(self.in_channels) or self.in_channels not in (1, 3):
             raise TorchVaeError(
@@ -77,6 +82,19 @@ class ModelConfig(JsonConfig):
                 f"--native_size works up to --image_size {MAX_NATIVE_IMAGE} (its projection is "
                 f"a dense matrix per side), not {self.image_size}; pass --native_size 0"
             )
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes of a conditional model; 0 for an unconditional one."""
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        if not self.classes:  # an unconditional model's files stay as they were
+            del data["classes"]
+        else:
+            data["classes"] = list(self.classes)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -98,6 +116,21 @@ class ModelConfig(JsonConfig):
     def run_name(self, dataset_stem: str) -> str:
         """The default run folder name of a run of this model on a dataset."""
         return f"{dataset_stem}_{self.arch}_dims_{self.latent_dims:04d}"
+
+
+def _check_classes(config: ModelConfig) -> None:
+    """``classes``: a tuple (a JSON list is turned into one) of 2 to MAX_CLASSES distinct,
+    non-empty names."""
+    names = config.classes
+    if isinstance(names, list):
+        object.__setattr__(config, "classes", names := tuple(names))
+    if not isinstance(names, tuple) or not all(isinstance(n, str) and n for n in names):
+        raise TorchVaeError(f"classes must be a list of class names, got {names!r}")
+    if names and not 2 <= len(names) <= MAX_CLASSES or len(set(names)) != len(names):
+        raise TorchVaeError(
+            f"a conditional model needs 2 to {MAX_CLASSES} distinct class names, got "
+            f"{len(names)} ({len(set(names))} distinct)"
+        )
 
 
 def _check_fields(cls: type, kwargs: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from ..fields import (
 )
 from ..models.losses import RECON_LOSSES
 from ..runtime.precision import PRECISIONS, PrecisionName
+from .loggers import check_logger_options
 
 ReconLoss = Literal["mse", "bce", "gaussian"]
 LrSchedule = Literal["constant", "cosine"]
@@ -50,6 +51,11 @@ class TrainConfig(JsonConfig):
         0.0, "raise the KL weight linearly from 0 to --beta over this many epochs"
     )
     seed: int = option(0, "random seed")
+    conditional: bool = option(
+        False,
+        "a class-conditional VAE: encoder and decoder take each image's class (the "
+        "dataset's labels; a folder's class subfolders), and generate takes --class",
+    )
     val_images: int = option(
         5000,
         "training images held out as the validation split (chosen by --seed, at most 10%% of "
@@ -64,6 +70,18 @@ class TrainConfig(JsonConfig):
         "docs/benchmarks.md",
     )
     compile: bool = option(False, "torch.compile the model")
+    logger: str = option(
+        "jsonl",
+        "experiment loggers, comma-separated: jsonl (metrics.jsonl, always on), tensorboard "
+        "(event files in RUN/tensorboard), mlflow (a run in --mlflow_uri); e.g. --logger "
+        "tensorboard,mlflow. A resume continues the same TensorBoard and MLflow runs",
+        metavar="NAMES",
+    )
+    mlflow_uri: str = option(
+        "",
+        "MLflow tracking URI or folder for --logger mlflow (default: RUN/mlruns, a file store)",
+        metavar="URI",
+    )
     # weights the run started from ("": random initialisation), set from --init_from
     init_from: str = option("", "", flag=False)
     init_sha256: str = option("", "", flag=False)  # their SHA-256, checked when the run starts
@@ -85,6 +103,7 @@ class TrainConfig(JsonConfig):
         check_choice("--precision", self.precision, PRECISIONS)
         if not isinstance(self.compile, bool):
             raise TorchVaeError(f"--compile must be true or false, got {self.compile!r}")
+        check_logger_options(self.logger, self.mlflow_uri)
         if not isinstance(self.init_from, str) or not isinstance(self.init_sha256, str):
             raise TorchVaeError("init_from and init_sha256 must be strings")
         if self.init_from and not re.fullmatch(r"[0-9a-f]{64}", self.init_sha256):
@@ -95,8 +114,8 @@ class TrainConfig(JsonConfig):
 
     @staticmethod
     def upgrade(data: dict[str, Any]) -> dict[str, Any]:
-        # a run begun before validation splits had none
-        return data if "val_images" in data else {**data, "val_images": 0}
+        # a run begun before validation splits had none, or before conditional models
+        return {"val_images": 0, "conditional": False, **data}
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""

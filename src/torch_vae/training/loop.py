@@ -37,7 +37,8 @@ from ..runtime.precision import Precision, resolve_precision
 from .batches import batch_source
 from .compile import make_optimizer, maybe_compile
 from .distributed import Distributed, wrap
-from .plan import RunPlan, initial_weights
+from .loggers import EPOCH_PICTURE, Loggers, epoch_scalars, logger_names, open_loggers, run_params
+from .plan import RunData, RunPlan, initial_weights
 from .rundir import (
     CHECKPOINTS_DIR,
     append_metrics,
@@ -143,6 +144,17 @@ class Loop:
     fetch: Callable[[torch.Tensor], torch.Tensor] | None = None  # indices -> uint8 batch
     rows: torch.Tensor | None = None  # the rows of train_images trained on (None: all)
     eval_prefix: str = "test"  # the metrics' name for what each epoch is measured on
+    # a conditional model's classes of train_images (all of them) and of test_images
+    train_labels: torch.Tensor | None = None
+    test_labels: torch.Tensor | None = None
+    loggers: Loggers = dataclasses.field(default_factory=Loggers)  # --logger (rank 0's only)
+
+    def labels(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """The classes of the training images ``idx`` (indices as ``fetch`` takes them)."""
+        if self.train_labels is None:
+            return None
+        rows = self.rows[idx] if self.rows is not None else idx
+        return self.train_labels[rows].to(self.device)
 
     @property
     def cfg(self):
@@ -155,21 +167,22 @@ class Loop:
 
 def run_plan(
     plan: RunPlan,
-    train_images: torch.Tensor,
-    test_images: torch.Tensor,
-    device: torch.device,
+    train_images: torch.Tensor | RunData,
+    test_images: torch.Tensor | None = None,
+    device: torch.device | None = None,
     progress: bool = True,
     dist: Distributed | None = None,
-    rows: torch.Tensor | None = None,
-    eval_prefix: str = "test",
-    split: dict[str, Any] | None = None,
 ) -> VAE:
-    """Train on uint8 images (N, H, W, C) (their ``rows`` only, if given: the training split
-    without the validation images) as ``plan`` says, measuring each epoch on ``test_images``
-    (recorded as ``<eval_prefix>_loss``...), writing into ``plan.run_dir``: config.json,
-    model.safetensors (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt (training state),
-    metrics.jsonl and images/epoch_NNN.png. Under a distributed job (``dist``), only rank 0
-    writes files and shows progress."""
+    """``train_images``: a ``RunData``, or the training images alone (then ``test_images``
+    are what every epoch is measured on, as "test"). Train on the uint8 images (N, H, W, C)
+    ``data.train`` (their ``data.rows`` only, if
+    given: the training split without the validation images) as ``plan`` says, measuring each
+    epoch on ``data.eval`` (recorded as ``<data.prefix>_loss``...), a conditional model given
+    the labels ``data.train_labels`` and ``data.eval_labels``, writing into ``plan.run_dir``:
+    config.json, model.safetensors (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt
+    (training state), metrics.jsonl and images/epoch_NNN.png, and reporting to the loggers of
+    ``--logger`` (loggers.py). Under a distributed job (``dist``), only rank 0 writes files,
+    logs and shows progress."""
     dist = dist or Distributed()
     # --precision auto becomes the precision it chose here, so config.json (and a resume) has it
     precision = resolve_precision(plan.train.precision, device)
@@ -178,6 +191,10 @@ def run_plan(
         log.info("--precision auto: %s (%s %s bfloat16 natively)", precision, device, why)
     plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, precision=precision))
     # checked before the run folder is created, so a bad flag leaves nothing behind
+    data = train_images
+    if not isinstance(data, RunData):
+        data = RunData(train_images, None, test_images, "test")
+    train_images, split = data.train, data.split
     if plan.model.native_size:
         check_native_size(train_images, plan.model.native_size)
     start = initial_weights(plan) if plan.resume is None and plan.train.init_from else None
@@ -188,23 +205,34 @@ def run_plan(
         # on resume: extended --epochs
         write_run_config(plan.run_dir, plan.model, plan.train, split)
         log.info("run folder: %s", plan.run_dir)
-    loop = _start(plan, train_images, test_images, device, progress and dist.is_main, dist, start,
-                  rows)  # fmt: skip
-    loop.eval_prefix = eval_prefix
+    loop = _start(plan, train_images, data.eval, device, progress and dist.is_main, dist, start,
+                  data.rows)  # fmt: skip
+    loop.eval_prefix = data.prefix
+    loop.train_labels, loop.test_labels = data.train_labels, data.eval_labels
     first_epoch, partial = 1, None
     if plan.resume is not None:
         first_epoch, partial = _restore(loop, plan.resume)
-    with StopOnSignal() as loop.stop:
-        for epoch in range(first_epoch, plan.train.epochs + 1):
-            if partial is None:
-                ep = EpochProgress(torch.randperm(loop.n_train, generator=loop.gen))
-            else:  # continue the epoch a signal interrupted
-                ep, partial = partial, None
-            train_one_epoch(loop, epoch, ep)
-            end_epoch(loop, epoch, ep)
-            if plan.train.max_steps and loop.step >= plan.train.max_steps:
-                break
+    names = logger_names(plan.train.logger) if dist.is_main else ()
+    with open_loggers(names, plan.run_dir, plan.train.mlflow_uri, loop.step) as loop.loggers:
+        loop.loggers.params(run_params(plan.model, plan.train))
+        with StopOnSignal() as loop.stop:
+            _train_epochs(loop, first_epoch, partial)
+        loop.loggers.artifact(plan.run_dir / WEIGHTS_NAME)
     return loop.model
+
+
+def _train_epochs(loop: Loop, first_epoch: int, partial: EpochProgress | None) -> None:
+    """The epochs from ``first_epoch`` on (the first continuing ``partial``, if given)."""
+    cfg = loop.cfg
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if partial is None:
+            ep = EpochProgress(torch.randperm(loop.n_train, generator=loop.gen))
+        else:  # continue the epoch a signal interrupted
+            ep, partial = partial, None
+        train_one_epoch(loop, epoch, ep)
+        end_epoch(loop, epoch, ep)
+        if cfg.max_steps and loop.step >= cfg.max_steps:
+            break
 
 
 def _start(plan, train_images, test_images, device, progress, dist, start, rows=None) -> Loop:
@@ -302,11 +330,11 @@ def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
     """One optimizer step on the training images ``idx``; the batch's (loss, recon, kl) per
     image, left on the device (reading them would make the host wait for the step)."""
     cfg = loop.cfg
-    x = to_float(loop.fetch(idx), loop.device)
+    x, y = to_float(loop.fetch(idx), loop.device), loop.labels(idx)
     for group in loop.opt.param_groups:
         group["lr"] = cfg.lr_at(loop.step, loop.total_steps)
     with loop.amp.autocast():
-        out = loop.forward(x)
+        out = loop.forward(x, condition=y)
     beta = cfg.beta_at(loop.step, loop.steps_per_epoch)
     losses = loop.model.objective(out, x, beta, cfg.recon_loss)  # in fp32
     loop.opt.zero_grad(set_to_none=True)
@@ -343,8 +371,23 @@ def _read_losses(
     for (_, n, _), row in zip(pending, values, strict=True):
         for k, v in zip(TOTAL_KEYS, row, strict=True):
             ep.totals[k] += v * n
+    if loop.loggers:
+        _log_steps(loop, pending, values)
     pending.clear()
     return stop
+
+
+def _log_steps(loop: Loop, pending: list[tuple[int, int, torch.Tensor]], values: list) -> None:
+    """Log the losses per image of the steps just read (their mean, weighted by the images of
+    each step), and the learning rate and KL weight of the last of them, at that step."""
+    images = sum(n for _, n, _ in pending)
+    sums = [sum(row[i] * n for (_, n, _), row in zip(pending, values, strict=True))
+            for i in range(len(TOTAL_KEYS))]  # fmt: skip
+    scalars = {f"step/{k}": v / max(images, 1) for k, v in zip(TOTAL_KEYS, sums, strict=True)}
+    step, cfg = pending[-1][0], loop.cfg  # the step's count: it ran at lr_at(step - 1)
+    scalars["step/lr"] = cfg.lr_at(step - 1, loop.total_steps)
+    scalars["step/beta"] = cfg.beta_at(step - 1, loop.steps_per_epoch)
+    loop.loggers.scalars(step, scalars)
 
 
 def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
@@ -355,12 +398,13 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         dist.average_buffers(model)
         totals, seen = _job_totals(totals, seen, dist)
     eval_images = dist.shard(loop.test_images)
+    labels = dist.shard(loop.test_labels) if loop.test_labels is not None else None
     batch = max(cfg.batchsize, 256)
     # batch norm folded, at the training precision: 3-6x faster than fp32, within 0.01 in bf16
     with loop.amp.autocast():
         test = test_metrics(model.inference_copy(), eval_images, loop.device, batch,
                             cfg.recon_loss, cfg.beta, seed=cfg.seed,
-                            stop=loop.stop.requested)  # fmt: skip
+                            stop=loop.stop.requested, labels=labels)  # fmt: skip
     if dist.enabled:
         test = _reduce_test(test, len(eval_images), dist, cfg.beta)
     if test is None:
@@ -396,7 +440,9 @@ def save_checkpoint(
     the commit point, so a crash before it only means the epoch is trained again on resume.
     ``partial``: the epoch stopped early (--max_steps) and this is how far it got."""
     run_dir, model, dataset = loop.plan.run_dir, loop.model, loop.cfg.dataset
-    picture = epoch_picture(model, loop.fixed_z, loop.test_images[:N_PICTURE], loop.device)
+    labels = loop.test_labels[:N_PICTURE] if loop.test_labels is not None else None
+    picture = epoch_picture(model, loop.fixed_z, loop.test_images[:N_PICTURE], loop.device,
+                            labels)  # fmt: skip
     with _saving(loop):
         save_model(model, run_dir / CHECKPOINTS_DIR / f"epoch_{epoch:03d}.safetensors", dataset)
         save_model(model, run_dir / WEIGHTS_NAME, dataset)
@@ -405,6 +451,8 @@ def save_checkpoint(
             save_png(picture, tmp)
         _save_state(loop, epoch - 1 if partial else epoch, partial)
     write_curves(run_dir, record)  # images/curves.png, when due; never raises
+    loop.loggers.scalars(record["step"], epoch_scalars(record))
+    loop.loggers.image(EPOCH_PICTURE, record["step"], picture)
 
 
 def _saving(loop: Loop) -> contextlib.AbstractContextManager:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
+from ..data.labels import class_names, load_labels
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
@@ -84,6 +85,8 @@ def plan_new(
         what = "the model config has"
         fix = f"pass in_channels={get_dataset(train.dataset).channels} for this dataset"
     check_channels(train.dataset, model.in_channels, what, fix)
+    if train.conditional and not model.classes:
+        model = dataclasses.replace(model, classes=tuple(dataset_classes(train.dataset, data_dir)))
     locks: list[RunLock] = []
     temporary = dry_run and run_dir is None  # a quick check leaves no folder behind
     if temporary:
@@ -156,6 +159,9 @@ class RunData:
     eval: torch.Tensor
     prefix: str
     split: dict[str, Any] | None = None  # what config.json records of the validation split
+    # a conditional model's: the class of every training image (N,), and of every eval image
+    train_labels: torch.Tensor | None = None
+    eval_labels: torch.Tensor | None = None
 
 
 def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None) -> RunData:
@@ -172,13 +178,54 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
             return torch.from_numpy(read_only(arrays[0])), torch.from_numpy(arrays[1])
 
     train_images, test_images = dist.first_then_others(load)
+    train_labels, test_labels = run_labels(plan, len(train_images), len(test_images))
+    limit = plan.test_limit
     if not validation_size(len(train_images), plan.train.val_images):
-        return RunData(train_images, None, test_images[: plan.test_limit], "test")
+        test_labels = test_labels[:limit] if test_labels is not None else None
+        return RunData(train_images, None, test_images[:limit], "test", None, train_labels,
+                       test_labels)  # fmt: skip
     rows, val = validation_rows(len(train_images), plan.train.val_images, plan.train.seed)
     split = {"validation_images": len(val), "training_images": len(rows),
              "validation_rows_sha256": rows_digest(val)}  # fmt: skip
-    val_images = train_images[val[: plan.test_limit]]  # a copy: a few thousand images
-    return RunData(train_images, rows, val_images, "val", split)
+    val_images = train_images[val[:limit]]  # a copy: a few thousand images
+    val_labels = train_labels[val[:limit]] if train_labels is not None else None
+    return RunData(train_images, rows, val_images, "val", split, train_labels, val_labels)
+
+
+def dataset_classes(dataset: str, data_dir: Path | None) -> list[str]:
+    """The class names a conditional model of ``dataset`` is trained on."""
+    names = class_names(dataset, data_dir)
+    if not names or len(names) < 2:
+        raise TorchVaeError(
+            f"--conditional needs a dataset with classes; {dataset} has none (MNIST, "
+            "Fashion-MNIST, CIFAR-10/100, or a folder with a subfolder per class)"
+        )
+    return names
+
+
+def run_labels(
+    plan: RunPlan, n_train: int, n_test: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A conditional run's labels of the training and test images (None, None otherwise),
+    checked against the model's classes."""
+    classes = plan.model.classes
+    if not classes:
+        return None, None
+    dataset = plan.train.dataset
+    if list(classes) != dataset_classes(dataset, plan.data_dir):
+        raise TorchVaeError(
+            f"the model's classes ({', '.join(classes[:5])}...) are not those of {dataset} now"
+        )
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = load_labels(dataset, split, plan.data_dir)
+        if labels is None or len(labels) != n or labels.min(initial=0) < 0:
+            raise TorchVaeError(
+                f"{dataset}'s {split} split has no class for every image (a folder's images "
+                "must all be in class subfolders); --conditional needs one"
+            )
+        out.append(torch.from_numpy(labels.astype("int64")))
+    return out[0], out[1]
 
 
 def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:

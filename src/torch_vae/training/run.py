@@ -28,6 +28,7 @@ from ..models import VAE, ModelConfig
 from ..runtime.device import pick_device
 from .config import TrainConfig
 from .distributed import Distributed, setup, teardown
+from .loggers import check_installed, logger_names
 from .loop import check_memory, run_plan
 from .plan import RunPlan, load_run_data, plan_new, plan_resume
 from .rundir import removed_if_unused
@@ -96,10 +97,10 @@ def execute(
         try:
             plan = make_plan(dist)
             with removed_if_unused(plan.run_dir, plan.resume is None, dist.is_main):
+                check_installed(logger_names(plan.train.logger))  # a missing package: now
                 check_memory(plan, where)  # before the data: a model too large is told at once
                 data = load_run_data(plan, progress, dist)
-                model = run_plan(plan, data.train, data.eval, where, progress, dist, data.rows,
-                                 data.prefix, data.split)  # fmt: skip
+                model = run_plan(plan, data, None, where, progress, dist)
             if plan.temporary:
                 log.info("dry run done: 2 steps trained and %d test images evaluated; the "
                          "folder is removed (pass --run_dir to keep it)",

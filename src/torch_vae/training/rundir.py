@@ -3,7 +3,8 @@ the removal of a new run's folder when it fails before saving anything.
 
 A run folder holds config.json (the model and training config), model.safetensors (the latest
 weights), checkpoints/epoch_NNN.safetensors, ckpt.pt (the training state, state.py),
-metrics.jsonl (one record per epoch) and images/ (each epoch's picture, the curves).
+metrics.jsonl (one record per epoch) and images/ (each epoch's picture, the curves), and the
+files of the loggers of --logger (loggers.py: tensorboard/, mlruns/, mlflow.json).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from ..io.weights import CONFIG_NAME
 from ..models import ModelConfig
 from ..version import __version__
 from .config import TrainConfig
+from .loggers import LOGGER_FILES
 
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"  # epoch_NNN.safetensors, one per epoch
@@ -96,11 +99,18 @@ def removed_if_unused(run_dir: Path, new: bool, is_main: bool = True) -> Iterato
 
 def remove_unused_run(run_dir: Path) -> None:
     """Remove ``run_dir`` if it holds nothing of value: no training state and no weights,
-    only config.json (and temporaries of its own or empty folders)."""
+    only config.json (and temporaries of its own, empty folders, and the loggers' files)."""
     remove_stale_temporaries(run_dir, recursive=True)
-    if any(p.is_file() and p.name != CONFIG_NAME for p in run_dir.rglob("*")):
+    logs = [run_dir / name for name in LOGGER_FILES]
+    if any(p.is_file() and p.name != CONFIG_NAME and not any(p.is_relative_to(q) for q in logs)
+           for p in run_dir.rglob("*")):  # fmt: skip
         return  # weights or a training state: keep everything
     (run_dir / CONFIG_NAME).unlink(missing_ok=True)
+    for path in logs:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     for folder in sorted(run_dir.rglob("*"), reverse=True) + [run_dir]:
         with contextlib.suppress(OSError):  # not a folder, or not empty: leave it
             folder.rmdir()
