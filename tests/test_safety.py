@@ -231,11 +231,12 @@ def test_generate_into_a_used_folder_leaves_only_its_own_samples(trained, tmp_pa
     assert names == ["all.png", "notes.txt"] + [f"sample_{i:05d}.png" for i in range(4)]
 
 
-def test_reconstruct_into_a_used_folder_leaves_only_its_own_reconstructions(
-    trained, mnist_dir, tmp_path
-):
+def test_reconstruct_into_a_used_folder_leaves_only_its_own_reconstructions(mnist_dir, tmp_path):
+    model = VAE(ModelConfig(image_size=16, max_filters=8, depth=2)).save_pretrained(
+        tmp_path / "model", "mnist"
+    )  # untrained: its reconstructions are pictures all the same
     out = tmp_path / "rec"
-    args = ["reconstruct", "--model", str(trained), "--rec_testdata", "--data_dir",
+    args = ["reconstruct", "--model", str(model), "--rec_testdata", "--data_dir",
             str(mnist_dir), "--outdir", str(out), "--quiet", "--nimages"]  # fmt: skip
     assert main([*args, "9"]) == 0
     assert len(list(out.glob("rec_*.png"))) == 9

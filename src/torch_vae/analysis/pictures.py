@@ -92,10 +92,19 @@ def batch_count(n: int, batch_size: int) -> int:
 @torch.no_grad()
 def sample_images(model: VAE, n: int, seed: int, batch_size: int, draw: Draw | None = None):
     """The uint8 samples (B, H, W, C) that ``write_samples`` writes, batch by batch, as
-    (index of the first, batch) pairs; ``model`` should be an inference copy."""
+    (index of the first, batch) pairs; ``model`` should be an inference copy. A conditional
+    model's classes are drawn uniformly, each image's by a generator seeded for it."""
     device = model.device
     for start, z in latent_batches(n, seed, batch_size, draw or prior_draw(model)):
-        yield start, to_uint8(model.decode(z.to(device)))
+        yield start, to_uint8(model.decode(z.to(device), _classes(model, seed, start, len(z))))
+
+
+def _classes(model: VAE, seed: int, start: int, n: int) -> Tensor | None:
+    if not model.conditional:
+        return None
+    k = model.config.num_classes
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(k, (start + n,), generator=gen)[start:].to(model.device)
 
 
 @torch.no_grad()

@@ -121,7 +121,8 @@ class VAE(nn.Module):
     def _need_labels(self, condition: Any, n: int) -> torch.Tensor | None:
         if self.conditional and condition is None:
             raise TorchVaeError(
-                "this model is conditional: pass each image's class (condition=...)"
+                "this model is conditional: pass each image's class (condition=... in Python; "
+                "this command does not take classes yet, see docs/training.md)"
             )
         return self.labels(condition, n)
 
