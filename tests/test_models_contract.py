@@ -225,5 +225,12 @@ def test_train_conditional_learns_the_dataset_s_classes_and_the_class_changes_th
     assert not torch.equal(model.decode(z, "3"), model.decode(z, "7"))
     with pytest.raises(TorchVaeError, match="unknown class 'x'; choose one of 0 '0'"):
         model.sample(2, condition="x")
+    gen = ["generate", "--model", str(run), "--nsamples", "16", "--quiet", "--outdir"]
+    assert main([*gen, str(tmp_path / "seven"), "--class", "7"]) == 0
+    assert main([*gen, str(tmp_path / "rows"), "--class", "all"]) == 0
+    rows = sorted((tmp_path / "rows").glob("sample_*.png"))
+    assert len(rows) == 16 and len(list((tmp_path / "seven").glob("sample_*.png"))) == 16
+    assert main([*gen, str(tmp_path / "bad"), "--class", "x"]) == 1
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(TorchVaeError, match="this model is conditional: pass each image's"):
         model.encode(torch.rand(2, 1, 32, 32))

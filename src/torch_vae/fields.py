@@ -13,7 +13,8 @@ from .errors import TorchVaeError
 
 def option(default: Any, help: str, **cli: Any) -> Any:
     """A dataclass field that is also a command-line option: ``help`` is its help text; ``cli``
-    may hold ``flag=False`` (not an option), ``required``, ``positional``, ``nargs``,
+    may hold ``flag=False`` (not an option), ``name`` (the flag's name, if not the field's),
+    ``required``, ``positional``, ``nargs``,
     ``metavar``, ``type`` (the parser's type) or ``cli_default`` (the default on the command
     line when it differs from the field's). The parser is built from these (cli/flags.py)."""
     return dataclasses.field(default=default, metadata={"help": help, **cli})

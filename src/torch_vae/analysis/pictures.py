@@ -90,18 +90,27 @@ def batch_count(n: int, batch_size: int) -> int:
 
 
 @torch.no_grad()
-def sample_images(model: VAE, n: int, seed: int, batch_size: int, draw: Draw | None = None):
+def sample_images(
+    model: VAE, n: int, seed: int, batch_size: int, draw: Draw | None = None, classes=None
+):
     """The uint8 samples (B, H, W, C) that ``write_samples`` writes, batch by batch, as
     (index of the first, batch) pairs; ``model`` should be an inference copy. A conditional
     model's classes are drawn uniformly, each image's by a generator seeded for it."""
     device = model.device
     for start, z in latent_batches(n, seed, batch_size, draw or prior_draw(model)):
-        yield start, to_uint8(model.decode(z.to(device), _classes(model, seed, start, len(z))))
+        y = _classes(model, seed, start, len(z), classes)
+        yield start, to_uint8(model.decode(z.to(device), y))
 
 
-def _classes(model: VAE, seed: int, start: int, n: int) -> Tensor | None:
+def _classes(model: VAE, seed: int, start: int, n: int, classes=None) -> Tensor | None:
+    """The classes of samples ``start`` to ``start + n``: ``classes`` (one for all; "all":
+    sample i is class i // 8 % K, a grid row per class), or drawn uniformly from ``seed``."""
     if not model.conditional:
-        return None
+        return model.labels(classes, n)  # None; refuses a class
+    if classes == "all":
+        return torch.arange(start, start + n, device=model.device) // 8 % model.config.num_classes
+    if classes is not None:
+        return model.labels(classes, n)
     k = model.config.num_classes
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(k, (start + n,), generator=gen)[start:].to(model.device)
@@ -117,9 +126,11 @@ def write_samples(
     progress: bool = True,
     precision: str = "fp32",
     draw: Draw | None = None,
+    classes: str | None = None,
 ) -> Path:
     """Decode ``n`` samples into ``outdir/sample_NNNNN.png`` plus ``all.png`` (8 per row): their
-    latents from the prior N(0, I), or from ``draw`` (a fitted prior's ``sample``).
+    latents from the prior N(0, I), or from ``draw`` (a fitted prior's ``sample``); a
+    conditional model's of the class ``classes`` ("all": a row per class; None: at random).
 
     The latents are drawn on the CPU from ``seed`` (``latent_batches``), so the same seed gives
     the same latents on any device and with any batch size. ``precision`` bf16 or fp16 decodes
@@ -131,7 +142,7 @@ def write_samples(
     fast = model.inference_copy()  # batch norms folded into the convolutions
     amp = Precision(fast.device, precision)
     keep = []
-    batches = sample_images(fast, n, seed, batch_size, draw or prior_draw(model))
+    batches = sample_images(fast, n, seed, batch_size, draw or prior_draw(model), classes)
     with PngWriter() as writer, amp.autocast():  # files written while the next batch decodes
         for start, imgs in tqdm(
             batches, desc="generating", unit="batch", total=batch_count(n, batch_size),

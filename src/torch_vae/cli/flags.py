@@ -62,7 +62,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("positional"):
             parser.add_argument(f.name, **kw)
         else:
-            parser.add_argument(f"--{f.name}", required=meta.get("required", False), **kw)
+            flag = meta.get("name", f.name)  # a flag that is a Python keyword: --class
+            parser.add_argument(f"--{flag}", dest=f.name, required=meta.get("required", False),
+                                **kw)  # fmt: skip
 
 
 def _path(text: str) -> Path:

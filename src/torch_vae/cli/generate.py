@@ -19,6 +19,8 @@ def run(o: GenerateOptions, runtime: Runtime) -> None:
                 in_channels=o.nimg_channels)  # fmt: skip
     sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
     draw = sampler.sample if sampler is not None else None
+    if o.class_ not in (None, "all"):
+        model.labels(o.class_, 1)  # an unknown class is told before anything is written
     out = write_samples(model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet,
-                        o.precision, draw)  # fmt: skip
+                        o.precision, draw, o.class_)  # fmt: skip
     log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)

@@ -127,6 +127,13 @@ class GenerateOptions:
     batchsize: int = option(1000, "samples per forward pass")
     precision: PrecisionName = option("auto", INFERENCE_PRECISION_HELP)
     sampler: str = sampler_option()
+    class_: str | None = option(
+        None,
+        "a conditional model's class, as an index or a name (--class 7, --class sneaker); "
+        "all: one grid row per class (default: classes drawn at random)",
+        name="class",
+        metavar="CLASS",
+    )
 
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
