@@ -95,25 +95,23 @@ def sample_images(
 ):
     """The uint8 samples (B, H, W, C) that ``write_samples`` writes, batch by batch, as
     (index of the first, batch) pairs; ``model`` should be an inference copy. A conditional
-    model's classes are drawn uniformly, each image's by a generator seeded for it."""
+    model's classes are ``classes`` (``sample_classes``)."""
     device = model.device
+    labels = sample_classes(model, n, seed, classes)
     for start, z in latent_batches(n, seed, batch_size, draw or prior_draw(model)):
-        y = _classes(model, seed, start, len(z), classes)
+        y = labels[start : start + len(z)] if labels is not None else None
         yield start, to_uint8(model.decode(z.to(device), y))
 
 
-def _classes(model: VAE, seed: int, start: int, n: int, classes=None) -> Tensor | None:
-    """The classes of samples ``start`` to ``start + n``: ``classes`` (one for all; "all":
-    sample i is class i // 8 % K, a grid row per class), or drawn uniformly from ``seed``."""
-    if not model.conditional:
-        return model.labels(classes, n)  # None; refuses a class
-    if classes == "all":
-        return torch.arange(start, start + n, device=model.device) // 8 % model.config.num_classes
-    if classes is not None:
-        return model.labels(classes, n)
-    k = model.config.num_classes
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randint(k, (start + n,), generator=gen)[start:].to(model.device)
+def sample_classes(model: VAE, n: int, seed: int, classes=None) -> Tensor | None:
+    """The classes of ``n`` samples of a conditional model: ``classes`` (one for all; "all":
+    sample i is class i // 8 % K, a grid row per class), or None: drawn uniformly by a
+    generator seeded with ``seed`` (``VAE.labels``). None for an unconditional model, which
+    refuses a class."""
+    if classes == "all" and model.conditional:
+        return torch.arange(n, device=model.device) // 8 % model.config.num_classes
+    gen = torch.Generator().manual_seed(seed) if classes is None else None
+    return model.labels(classes, n, gen)
 
 
 @torch.no_grad()

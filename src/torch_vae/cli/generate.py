@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..analysis.pictures import write_samples
+from ..analysis.pictures import sample_classes, write_samples
 from ..priors import choose_sampler
 from .common import check_flags, check_outdir, load
 from .options import GenerateOptions, Runtime
@@ -19,8 +19,7 @@ def run(o: GenerateOptions, runtime: Runtime) -> None:
                 in_channels=o.nimg_channels)  # fmt: skip
     sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
     draw = sampler.sample if sampler is not None else None
-    if o.class_ not in (None, "all"):
-        model.labels(o.class_, 1)  # an unknown class is told before anything is written
+    sample_classes(model, 1, o.seed, o.class_)  # a class it cannot take: before any writing
     out = write_samples(model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet,
                         o.precision, draw, o.class_)  # fmt: skip
     log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)

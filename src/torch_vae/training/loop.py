@@ -175,14 +175,13 @@ def run_plan(
 ) -> VAE:
     """``train_images``: a ``RunData``, or the training images alone (then ``test_images``
     are what every epoch is measured on, as "test"). Train on the uint8 images (N, H, W, C)
-    ``data.train`` (their ``data.rows`` only, if
-    given: the training split without the validation images) as ``plan`` says, measuring each
-    epoch on ``data.eval`` (recorded as ``<data.prefix>_loss``...), a conditional model given
-    the labels ``data.train_labels`` and ``data.eval_labels``, writing into ``plan.run_dir``:
-    config.json, model.safetensors (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt
-    (training state), metrics.jsonl and images/epoch_NNN.png, and reporting to the loggers of
-    ``--logger`` (loggers.py). Under a distributed job (``dist``), only rank 0 writes files,
-    logs and shows progress."""
+    ``data.train`` (their ``data.rows`` only, if given: the training split without the
+    validation images) as ``plan`` says, measuring each epoch on ``data.eval`` (recorded as
+    ``<data.prefix>_loss``...), a conditional model given the labels ``data.train_labels``
+    and ``data.eval_labels``, writing into ``plan.run_dir``: config.json, model.safetensors
+    (latest), checkpoints/epoch_NNN.safetensors, ckpt.pt (training state), metrics.jsonl and
+    images/epoch_NNN.png, and reporting to the loggers of ``--logger`` (loggers.py). Under a
+    distributed job (``dist``), only rank 0 writes files, logs and shows progress."""
     dist = dist or Distributed()
     # --precision auto becomes the precision it chose here, so config.json (and a resume) has it
     precision = resolve_precision(plan.train.precision, device)
