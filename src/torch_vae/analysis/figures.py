@@ -222,3 +222,49 @@ def _class_color(classes: int, index: int):
     from matplotlib import colormaps
 
     return colormaps["tab10" if classes <= 10 else "tab20"](index)
+
+
+def plot_anomaly(
+    scores: dict[str, tuple[np.ndarray, np.ndarray]], summary: dict[str, dict],
+    names: tuple[str, str], title: str, out: Path,
+) -> Path:  # fmt: skip
+    """ROC curves of every score (``summary[score]``: ``evaluation.anomaly.roc``'s, its
+    operating point marked) and, beside them, each score's histograms of the in- and
+    out-of-distribution images (``scores[score]`` = (inliers, outliers), named by ``names``)
+    with the threshold drawn."""
+    from matplotlib.ticker import MaxNLocator
+
+    n = len(scores)
+    cols = min(3, n)
+    rows = 1 + math.ceil(n / cols)
+    fig = _figure(4.2 * cols, 3.4 * rows)
+    grid = fig.add_gridspec(rows, cols)
+    ax = fig.add_subplot(grid[0, :])
+    for i, (name, s) in enumerate(summary.items()):
+        curve = s["curve"]
+        ax.plot(curve["fpr"], curve["tpr"], color=f"C{i}",
+                label=f"{name}  AUROC {s['auroc']:.3f}")  # fmt: skip
+        ax.plot([s["fpr"]], [s["tpr"]], "o", color=f"C{i}", ms=4)
+    ax.plot([0, 1], [0, 1], ":", color=GREY)
+    ax.set_xlabel("false-positive rate (in-distribution flagged)")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title, fontsize="medium")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    for i, (name, (inlier, outlier)) in enumerate(scores.items()):
+        ax = fig.add_subplot(grid[1 + i // cols, i % cols])
+        both = np.r_[inlier, outlier]
+        lo, hi = np.percentile(both, [0.5, 99.5]) if len(both) else (0.0, 1.0)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
+        for values, label, color in ((inlier, names[0], "C0"), (outlier, names[1], "C3")):
+            ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, alpha=0.5,
+                    color=color, label=f"{label} ({len(values)})")  # fmt: skip
+        threshold = summary[name]["threshold"]
+        if bins[0] <= threshold <= bins[-1]:
+            ax.axvline(threshold, color="black", lw=1, ls="--")
+        ax.set_title(f"{name}  (dashed: threshold at FPR {summary[name]['target_fpr']:g})",
+                     fontsize="small")  # fmt: skip
+        ax.legend(fontsize="x-small")
+        ax.set_yticks([])
+        ax.xaxis.set_major_locator(MaxNLocator(5))  # nats run to five digits
+    return _save(fig, out)

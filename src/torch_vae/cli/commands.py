@@ -28,6 +28,7 @@ from .options import (
     RunOptions,
     Runtime,
     SampleQualityOptions,
+    ScoreOptions,
     ServeRuntime,
     TraverseOptions,
 )
@@ -69,6 +70,13 @@ COMMANDS = {
                 "Evaluate a VAE: objective, MSE, PSNR, KL, active units and an "
                 "importance-weighted NLL with bits per dimension.",
                 (Runtime, EvaluateOptions), "evaluate"),
+        Command("score", "Score each image as an anomaly; ROC against other images",
+                "Anomaly scores of each image of a split (negative ELBO, reconstruction error, "
+                "importance-weighted NLL, and their input-complexity corrections) into a CSV or "
+                "JSON file; with out-of-distribution images (--ood, --ood_class) the ROC, "
+                "AUROC and threshold at --fpr of each score, and a picture (see "
+                "docs/anomaly.md).",
+                (Runtime, ScoreOptions), "score"),
         Command("average", "Average the weights of the last epochs of runs",
                 "Average the weights saved at the end of the last K epochs of one or more runs "
                 "of one model, recompute the batch-norm statistics on the training split, and "

@@ -8,11 +8,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..data import check_channels, load_split
 from ..data.datasets import DECODE_ERRORS
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
+from ..data.labels import rows_without
 from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
@@ -109,7 +111,8 @@ def check_index(i: int, n: int, what: str) -> None:
 # write over: weights, training states, caches, metrics
 RUN_FILES = {"model.safetensors", "config.json", "ckpt.pt", "metrics.jsonl"}
 PRECIOUS_SUFFIXES = {".safetensors", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".jsonl"}
-REPORT_NAMES = ("eval-*.json", "*.eval-*.json", "sample-quality-*.json", "*.sample-quality-*.json")
+REPORT_NAMES = ("eval-*.json", "*.eval-*.json", "sample-quality-*.json", "*.sample-quality-*.json",
+                "score-*.json", "*.score-*.json")  # fmt: skip
 
 
 def is_model_folder(folder: Path) -> bool:
@@ -155,16 +158,32 @@ def default_report(model_path: Path, name: str) -> Path:
     return report_path(model_path, name)
 
 
-def held_out_rows(model_path: Path, n: int):
+def held_out_rows(model_path: Path, n: int, data_dir: Path | None = None):
     """(rows fitted to, held-out rows, what the held-out images are): the run's recorded
     validation split, or (None, None, "training images") for a model trained on every
-    training image (its score is then measured on images it saw)."""
+    training image (its score is then measured on images it saw). The classes the run left
+    out (``train --exclude_class``) are in neither."""
+    config = run_config(model_path)
+    rows = recorded_rows(n, config)
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    excluded = train.get("exclude_class") or ()
+    kept = None
+    if excluded:
+        kept = torch.from_numpy(rows_without(train.get("dataset"), "train", n, excluded, data_dir))
+    if rows is None:
+        return kept, None, "training images (the model held out no validation split)"
+    if kept is None:
+        return rows[0], rows[1], "validation images"
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[kept] = True
+    return rows[0][keep[rows[0]]], rows[1][keep[rows[1]]], "validation images"
+
+
+def run_config(model_path: Path) -> dict:
+    """The config.json beside a model's weights, as written by training ({} if none)."""
     config_file = resolve_weights(model_path).with_name(CONFIG_NAME)
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
         config = {}
-    rows = recorded_rows(n, config) if isinstance(config, dict) else None
-    if rows is None:
-        return None, None, "training images (the model held out no validation split)"
-    return rows[0], rows[1], "validation images"
+    return config if isinstance(config, dict) else {}

@@ -28,7 +28,7 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     check_flags(model.config, latent_dims=o.latent_dims)
     images = split_images(model, dataset, "train", o.data_dir, runtime)
-    fit_rows, held_out, where = held_out_rows(o.model, len(images))
+    fit_rows, held_out, where = held_out_rows(o.model, len(images), o.data_dir)
     if fit_rows is not None:
         train = images[fit_rows[: o.nimages or None].numpy()]
     else:

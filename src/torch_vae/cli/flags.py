@@ -53,7 +53,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["type"] = meta.get("type", kind)
             if kw["type"] is Path:  # an empty path would mean the working folder
                 kw["type"] = _path
-            for key in ("nargs", "metavar"):
+            for key in ("nargs", "metavar", "action"):  # action: "append" (repeatable)
                 if key in meta:
                     kw[key] = meta[key]
             choices = meta.get("choices", choices)

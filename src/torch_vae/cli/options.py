@@ -176,6 +176,68 @@ class EvaluateOptions:
             )
 
 
+SCORE_SUFFIXES = (".csv", ".json")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """score: each image's anomaly scores and, given out-of-distribution images, how well
+    each score picks them out (evaluation/anomaly.py)."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    dataset: str | None = option(
+        None, DATASET_HELP + ": the in-distribution images (default: the model's)"
+    )
+    split: Literal["train", "test"] = option(
+        "test", "the split scored, of --dataset and of an --ood dataset"
+    )
+    ood: str | None = option(
+        None,
+        "out-of-distribution images: folder:PATH (every image in the folder) or a dataset "
+        "name (its --split)",
+        metavar="DATASET",
+    )
+    ood_class: str | None = option(
+        None,
+        "a class of --dataset, by index or name: its images of --split are the "
+        "out-of-distribution ones, the other classes' the in-distribution ones",
+        metavar="CLASS",
+    )
+    iw_samples: int = option(0, "importance samples per image for iw_nll (0: no iw_nll)")
+    fpr: float = option(
+        0.05, "the false-positive rate whose threshold and true-positive rate are reported"
+    )
+    nimages: int = option(
+        0, "score only the first N in-distribution and first N out-of-distribution images (0: all)"
+    )
+    batchsize: int = option(100, "images per forward pass")
+    seed: int = option(0, "random seed of the posterior samples")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+    out: Path | None = option(
+        None,
+        "the scores, one row per image: FILE.csv (then the AUROC table in FILE.summary.json) "
+        "or FILE.json (default: score-<dataset>-<split>.json next to the model)",
+    )
+    figure: Path | None = option(
+        None, "the ROC curves and score histograms (PNG; default: --out with .png)"
+    )
+
+    def __post_init__(self) -> None:
+        check_seed("--seed", self.seed)
+        positive("--batchsize", self.batchsize)
+        non_negative("--iw_samples", self.iw_samples)
+        non_negative("--nimages", self.nimages)
+        ok = isinstance(self.fpr, int | float) and not isinstance(self.fpr, bool)
+        if not ok or not 0 < self.fpr < 1:
+            raise TorchVaeError(f"--fpr must be a number between 0 and 1, got {self.fpr!r}")
+        if self.ood is not None and self.ood_class is not None:
+            raise TorchVaeError(
+                "pass --ood (other images) or --ood_class (a class of --dataset), not both"
+            )
+        if self.out is not None and self.out.suffix.lower() not in SCORE_SUFFIXES:
+            raise TorchVaeError(f"--out {self.out} must end in .csv or .json")
+
+
 @dataclass(frozen=True)
 class AverageOptions:
     runs: tuple[Path, ...] = option(

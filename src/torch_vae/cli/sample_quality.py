@@ -29,7 +29,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     if not o.reconstructions:
         sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
     n_train = _n_train(model, dataset, o, runtime)
-    fit_rows, val_rows, _ = held_out_rows(o.model, n_train)
+    fit_rows, val_rows, _ = held_out_rows(o.model, n_train, o.data_dir)
     rows = (fit_rows, val_rows) if val_rows is not None else None
     start = time.perf_counter()
     report = quality_report(

@@ -124,3 +124,17 @@ def _folder_labels(ds: FolderDataset, split: str) -> np.ndarray | None:
     index = {n: i for i, n in enumerate(names)}
     parts = _folder_parts(ds, split)
     return np.array([index[p[0]] if len(p) > 1 else -1 for p in parts], dtype=np.int64)
+
+
+def rows_without(
+    dataset: str, split: str, n: int, classes, data_dir: Path | None = None, what: str = ""
+) -> np.ndarray:
+    """The rows (int64, sorted) of ``split``'s ``n`` images whose class is none of ``classes``
+    (indices); ``what`` names the flag that needs the labels in the error for a dataset that
+    has no class for every image."""
+    labels = load_labels(dataset, split, data_dir)
+    if labels is None or len(labels) != n:
+        raise TorchVaeError(
+            f"{dataset}'s {split} split has no class for every image; {what or 'this'} needs one"
+        )
+    return np.flatnonzero(~np.isin(labels, np.asarray(classes, dtype=np.int64)))

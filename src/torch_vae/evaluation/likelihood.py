@@ -248,21 +248,26 @@ def evaluate_model(
     refine_steps: int = 0,
     refine_lr: float = 0.01,
     labels: torch.Tensor | None = None,
+    desc: str = "evaluating",
+    values: dict[str, list[torch.Tensor]] | None = None,
 ) -> dict:
     """Per-image averages over uint8 images (N, H, W, C); see the module docstring. Every image
     has its own noise (``ImageNoise``) and every sum runs over per-image values in float64, so
-    the numbers do not depend on ``batch_size``, the number of threads or ``iw_samples``."""
+    the numbers do not depend on ``batch_size``, the number of threads or ``iw_samples``.
+    ``values``, if given, is filled with the per-image values behind the averages (one tensor
+    per batch each): ``sse`` and ``kl`` (the objective, z sampled), ``log_px`` (log p(x|z) of
+    the 8-bit image under the discretized Gaussian with ``sigma`` at that same z: ``kl -
+    log_px`` is the negative ELBO), ``mse`` (posterior-mean reconstruction, per pixel),
+    ``nll`` (with ``iw_samples``), ``mu`` and, with ``refine_steps``, ``encoder_objective``."""
     from tqdm import tqdm
 
     model.eval()
     streams = {k: ImageNoise(seed, k) for k in (ImageNoise.OBJECTIVE, ImageNoise.IMPORTANCE,
                                                  ImageNoise.REFINE)}  # fmt: skip
-    names = ("sse", "kl", "mse", "nll", "mu", "encoder_objective")
+    names = ("sse", "kl", "log_px", "mse", "nll", "mu", "encoder_objective")
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     n = len(images)
-    for start in tqdm(
-        range(0, n, batch_size), desc="evaluating", unit="batch", disable=not progress
-    ):
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
         x = to_float(images[start : start + batch_size], device)
         idx, d = range(start, start + len(x)), model.config.latent_dims
         y = batch_labels(labels, start, len(x), x.device)
@@ -274,14 +279,17 @@ def evaluate_model(
             parts["encoder_objective"].append(sse + post.float().kl())
             eps = streams[ImageNoise.REFINE](idx, (refine_steps, d), x.device)
             post = refine_posterior(model, x, post, refine_steps, refine_lr, eps, y)
-        sampled = model.decode(post.reparameterize(objective_eps), y)
-        parts["sse"].append((sampled.float() - x).pow(2).flatten(1).sum(1))
+        sampled = model.decode(post.reparameterize(objective_eps), y).float()
+        parts["sse"].append((sampled - x).pow(2).flatten(1).sum(1))
+        parts["log_px"].append(discretized_gaussian_log_prob(x, sampled, sigma))
         parts["kl"].append(post.float().kl())
         parts["mse"].append((model.decode(post.mode(), y).float() - x).pow(2).flatten(1).mean(1))
         if iw_samples:
             eps = streams[ImageNoise.IMPORTANCE](idx, (iw_samples, d), x.device)
             parts["nll"].append(-iwae_log_likelihood(model, x, sigma, eps, post=post, y=y))
         parts["mu"].append(post.mu.float().cpu())
+    if values is not None:
+        values.update(parts)
     return _report(parts, images, sigma, iw_samples, refine_steps, refine_lr)
 
 

@@ -56,6 +56,16 @@ class TrainConfig(JsonConfig):
         "a class-conditional VAE: encoder and decoder take each image's class (the "
         "dataset's labels; a folder's class subfolders), and generate takes --class",
     )
+    exclude_class: tuple[int | str, ...] = option(
+        (),
+        "classes left out of training and validation, by index or name, repeatable or "
+        "comma-separated (--exclude_class 7 --exclude_class sandal, or 5,7): a model that "
+        "has never seen them, for out-of-distribution tests (torch-vae score --ood_class); "
+        "the run records them as indices",
+        action="append",
+        type=str,
+        metavar="CLASS",
+    )
     val_images: int = option(
         5000,
         "training images held out as the validation split (chosen by --seed, at most 10%% of "
@@ -104,6 +114,7 @@ class TrainConfig(JsonConfig):
         if not isinstance(self.compile, bool):
             raise TorchVaeError(f"--compile must be true or false, got {self.compile!r}")
         check_logger_options(self.logger, self.mlflow_uri)
+        object.__setattr__(self, "exclude_class", class_list(self.exclude_class))
         if not isinstance(self.init_from, str) or not isinstance(self.init_sha256, str):
             raise TorchVaeError("init_from and init_sha256 must be strings")
         if self.init_from and not re.fullmatch(r"[0-9a-f]{64}", self.init_sha256):
@@ -112,10 +123,14 @@ class TrainConfig(JsonConfig):
                 f"got {self.init_sha256!r}"
             )
 
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "exclude_class": list(self.exclude_class)}  # as in JSON
+
     @staticmethod
     def upgrade(data: dict[str, Any]) -> dict[str, Any]:
-        # a run begun before validation splits had none, or before conditional models
-        return {"val_images": 0, "conditional": False, **data}
+        # a run begun before validation splits had none, or before conditional models or
+        # excluded classes
+        return {"val_images": 0, "conditional": False, "exclude_class": (), **data}
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based) of ``total_steps``."""
@@ -128,3 +143,20 @@ class TrainConfig(JsonConfig):
         if self.kl_warmup_epochs > 0:
             return self.beta * min(1.0, step / (self.kl_warmup_epochs * steps_per_epoch))
         return self.beta
+
+
+def class_list(value: Any) -> tuple[int | str, ...]:
+    """``--exclude_class`` values as a tuple of classes: indices as ints, names as given; a
+    string (or each string of a list) may hold several, comma-separated."""
+    items = [value] if isinstance(value, str | int) else value
+    if isinstance(items, bool) or not isinstance(items, list | tuple):
+        raise TorchVaeError(f"--exclude_class must be classes (indices or names), got {value!r}")
+    out: list[int | str] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise TorchVaeError(f"--exclude_class takes indices or names, got {item!r}")
+        parts = [item] if isinstance(item, int) else [p.strip() for p in item.split(",")]
+        if any(p == "" for p in parts):
+            raise TorchVaeError(f"--exclude_class {item!r} has an empty class; pass e.g. 5,7")
+        out += [int(p) if isinstance(p, str) and p.isdigit() else p for p in parts]
+    return tuple(out)

@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
-from ..data.labels import class_names, load_labels
+from ..data.labels import class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
 from ..models import ModelConfig, load_model, read_config
+from ..models.conditions import class_index
 from .config import TrainConfig
 from .distributed import Distributed
 from .rundir import RunLock, check_new_run_dir, new_run_dir, read_run_config
@@ -85,6 +86,9 @@ def plan_new(
         what = "the model config has"
         fix = f"pass in_channels={get_dataset(train.dataset).channels} for this dataset"
     check_channels(train.dataset, model.in_channels, what, fix)
+    if train.exclude_class:
+        classes = excluded_classes(train.dataset, train.exclude_class, data_dir)
+        train = dataclasses.replace(train, exclude_class=classes)
     if train.conditional and not model.classes:
         model = dataclasses.replace(model, classes=tuple(dataset_classes(train.dataset, data_dir)))
     locks: list[RunLock] = []
@@ -180,16 +184,55 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
     train_images, test_images = dist.first_then_others(load)
     train_labels, test_labels = run_labels(plan, len(train_images), len(test_images))
     limit = plan.test_limit
+    kept = kept_rows(plan, "train", len(train_images))
     if not validation_size(len(train_images), plan.train.val_images):
+        test_rows = kept_rows(plan, "test", len(test_images))
+        if test_rows is not None:
+            test_images = test_images[test_rows]
+            test_labels = test_labels[test_rows] if test_labels is not None else None
         test_labels = test_labels[:limit] if test_labels is not None else None
-        return RunData(train_images, None, test_images[:limit], "test", None, train_labels,
+        return RunData(train_images, kept, test_images[:limit], "test", None, train_labels,
                        test_labels)  # fmt: skip
     rows, val = validation_rows(len(train_images), plan.train.val_images, plan.train.seed)
+    digest = rows_digest(val)  # of the rows drawn, before any class is left out
+    if kept is not None:
+        keep = torch.zeros(len(train_images), dtype=torch.bool)
+        keep[kept] = True
+        rows, val = rows[keep[rows]], val[keep[val]]
     split = {"validation_images": len(val), "training_images": len(rows),
-             "validation_rows_sha256": rows_digest(val)}  # fmt: skip
+             "validation_rows_sha256": digest}  # fmt: skip
     val_images = train_images[val[:limit]]  # a copy: a few thousand images
     val_labels = train_labels[val[:limit]] if train_labels is not None else None
     return RunData(train_images, rows, val_images, "val", split, train_labels, val_labels)
+
+
+def excluded_classes(dataset: str, classes, data_dir: Path | None) -> tuple[int, ...]:
+    """The sorted indices of the classes ``classes`` (indices or names) of ``dataset``, for
+    ``--exclude_class``; a one-line error for a dataset without classes, an unknown class,
+    or every class."""
+    names = class_names(dataset, data_dir)
+    if not names:
+        raise TorchVaeError(
+            f"--exclude_class needs a dataset with classes; {dataset} has none (MNIST, "
+            "Fashion-MNIST, CIFAR-10/100, or a folder with a subfolder per class)"
+        )
+    try:
+        out = tuple(sorted({class_index(names, c) for c in classes}))
+    except TorchVaeError as exc:
+        raise TorchVaeError(f"--exclude_class: {exc}") from None
+    if len(out) == len(names):
+        raise TorchVaeError(f"--exclude_class leaves none of the {len(names)} classes to train on")
+    return out
+
+
+def kept_rows(plan: RunPlan, split: str, n: int) -> torch.Tensor | None:
+    """The rows of ``split`` (``n`` images) outside the run's ``exclude_class`` (None: no class
+    is left out)."""
+    classes = plan.train.exclude_class
+    if not classes:
+        return None
+    rows = rows_without(plan.train.dataset, split, n, classes, plan.data_dir, "--exclude_class")
+    return torch.from_numpy(rows)
 
 
 def dataset_classes(dataset: str, data_dir: Path | None) -> list[str]:

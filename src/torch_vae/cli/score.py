@@ -1,0 +1,271 @@
+"""``torch-vae score``: each image's anomaly scores (evaluation.anomaly) into a CSV or JSON
+file; given out-of-distribution images (another dataset or folder, ``--ood``, or one class of
+the dataset, ``--ood_class``), the ROC of every score, a table and a picture."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.figures import plot_anomaly
+from ..data import check_channels, get_dataset, load_split
+from ..data.datasets import FolderDataset
+from ..data.labels import class_names, load_labels, rows_without
+from ..errors import TorchVaeError
+from ..evaluation.anomaly import HELP, image_scores, roc, score_names
+from ..evaluation.likelihood import calibrate_sigma
+from ..evaluation.reports import dataset_tag, write_report
+from ..io.files import write_text_atomic
+from ..models.conditions import class_index
+from .common import (
+    check_output_file,
+    default_report,
+    model_and_dataset,
+    model_name,
+    run_config,
+    split_images,
+)
+from .options import Runtime, ScoreOptions
+
+log = logging.getLogger(__name__)
+SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on, as evaluate's
+
+
+@dataclass
+class ImageSet:
+    """Images to score (uint8 (N, H, W, C)) and, for each, where it comes from."""
+
+    name: str  # how the table names them
+    images: np.ndarray
+    dataset: str
+    split: list[str]  # each image's split of ``dataset``
+    index: np.ndarray  # each image's row in that split
+    label: np.ndarray | None  # each image's class in ``dataset`` (-1: none)
+
+
+def run(o: ScoreOptions, runtime: Runtime) -> dict:
+    """The score command: score, write the file(s), print a table."""
+    start = time.perf_counter()
+    if o.out is not None:
+        output_paths(o, "")  # a bad --out is told before the model is loaded
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    out, summary_path, figure = output_paths(o, dataset)
+    if model.conditional:
+        raise TorchVaeError(
+            "score needs an unconditional model: a conditional one gives the likelihood of an "
+            "image given its class, which out-of-distribution images do not have; score a "
+            "model trained without --conditional"
+        )
+    inlier, outlier, held = image_sets(model, dataset, o, runtime)
+    excluded = set(trained_without(o.model)) | set(held)
+    sigma = decoder_sigma(model, dataset, excluded, o, runtime)
+    progress = not runtime.quiet
+    sets = [s for s in (inlier, outlier) if s is not None]
+    scores = [image_scores(model, s.images, model.device, sigma, o.iw_samples, o.batchsize,
+                           o.seed, progress, f"scoring {s.name}")  # fmt: skip
+              for s in sets]  # fmt: skip
+    names = score_names(o.iw_samples)
+    summary = {
+        "model": str(o.model), "dataset": dataset, "split": o.split,
+        "image_size": model.config.image_size, "decoder_sigma": sigma,
+        "iw_samples": o.iw_samples, "seed": o.seed, "complexity": "PNG, zlib level 9",
+        "in_distribution": describe(inlier),
+    }  # fmt: skip
+    if outlier is not None:
+        summary["out_of_distribution"] = describe(outlier)
+        summary["scores"] = {n: {**roc(scores[0][n], scores[1][n], o.fpr),
+                                 "mean_in": float(scores[0][n].mean()),
+                                 "mean_ood": float(scores[1][n].mean())}
+                             for n in names}  # fmt: skip
+    else:
+        summary["scores"] = {n: {"mean": float(scores[0][n].mean())} for n in names}
+    sources = ("in", "ood")[: len(scores)]
+    summary["png_bpd_mean"] = {
+        k: float(v["png_bpd"].mean()) for k, v in zip(sources, scores, strict=True)
+    }
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    rows = image_rows(sets, scores, ("in", "ood"))
+    if out.suffix.lower() == ".csv":
+        write_text_atomic(out, csv_text(rows))
+        write_report(summary_path, summary)
+    else:
+        write_report(out, {**summary, "images": rows})
+    if outlier is not None:
+        title = f"{model_name(o.model)}: {inlier.name} against {outlier.name}"
+        pairs = {n: (scores[0][n], scores[1][n]) for n in names}
+        plot_anomaly(pairs, summary["scores"], (inlier.name, outlier.name), title, figure)
+    print_summary(summary, inlier, outlier, o)
+    print(f"scores: {out}" + (f", summary: {summary_path}" if summary_path != out else ""))
+    if outlier is not None:
+        print(f"picture: {figure}")
+    return summary
+
+
+def output_paths(o: ScoreOptions, dataset: str) -> tuple[Path, Path, Path]:
+    """The scores file, the summary file (the same for JSON) and the picture, each checked
+    before any work."""
+    if o.out is not None:
+        out = Path(o.out)
+    else:
+        tag = f"score-{dataset_tag(dataset)}-{o.split}"
+        if o.ood is not None:
+            tag += f"-vs-{dataset_tag(o.ood)}"
+        elif o.ood_class is not None:
+            tag += f"-ood-class-{dataset_tag(o.ood_class)}"
+        out = default_report(o.model, tag)
+    summary = out.with_suffix(".summary.json") if out.suffix.lower() == ".csv" else out
+    figure = Path(o.figure) if o.figure is not None else out.with_suffix(".png")
+    for path, flag in ((out, "--out"), (summary, "--out"), (figure, "--figure")):
+        check_output_file(path, flag, report=True)
+        check_writable(path, flag)
+    if o.figure is not None and figure.suffix.lower() != ".png":
+        raise TorchVaeError(f"--figure {figure} must end in .png")
+    return out, summary, figure
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """A one-line error now, not after the scoring, for a file that cannot be written there."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise TorchVaeError(f"{flag} {path} cannot be written: {folder} is not a writable folder")
+
+
+def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
+    """(in-distribution images, out-of-distribution images or None, the classes held out)."""
+    images = split_images(model, dataset, o.split, o.data_dir, runtime)
+    labels = load_labels(dataset, o.split, o.data_dir)
+    n = len(images)
+    rows = np.arange(n)
+    first = slice(None, o.nimages or None)
+    if o.ood_class is None:
+        inlier = ImageSet(f"{dataset} {o.split}", images[first], dataset, [o.split] * n,
+                          rows, labels)  # fmt: skip
+        _trim(inlier, first)
+        if o.ood is None:
+            return inlier, None, ()
+        return inlier, ood_images(model, o, runtime, first), ()
+    names = class_names(dataset, o.data_dir)
+    if not names:
+        raise TorchVaeError(
+            f"--ood_class needs a dataset with classes; {dataset} has none (pass --ood instead)"
+        )
+    try:
+        c = class_index(names, o.ood_class)
+    except TorchVaeError as exc:
+        raise TorchVaeError(f"--ood_class: {exc}") from None
+    if c not in trained_without(o.model):
+        log.warning("the model was trained on class %d %r (its run did not --exclude_class it): "
+                    "its images are not out-of-distribution for it", c, names[c])  # fmt: skip
+    kept = rows_without(dataset, o.split, n, [c], o.data_dir, "--ood_class")
+    held = np.setdiff1d(rows, kept)
+    if not len(kept) or not len(held):
+        raise TorchVaeError(
+            f"--ood_class {o.ood_class}: {dataset}'s {o.split} split needs images of the class "
+            "and of other classes"
+        )
+    sets = []
+    for name, r in ((f"{dataset} {o.split} without {names[c]!r}", kept),
+                    (f"class {c} {names[c]!r}", held)):  # fmt: skip
+        r = r[first]
+        sets.append(ImageSet(name, images[r], dataset, [o.split] * len(r), r, labels[r]))
+    return sets[0], sets[1], (c,)
+
+
+def _trim(s: ImageSet, first: slice) -> None:
+    s.split, s.index = s.split[first], s.index[first]
+    s.label = s.label[first] if s.label is not None else None
+
+
+def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageSet:
+    """The images of ``--ood``: a folder's every image (both of its splits), or a dataset's
+    ``--split``."""
+    ood = o.ood
+    check_channels(ood, model.config.in_channels, "the model expects",
+                   "pass out-of-distribution images with as many channels")  # fmt: skip
+    size, progress = model.config.image_size, not runtime.quiet
+    splits = ("train", "test") if isinstance(get_dataset(ood), FolderDataset) else (o.split,)
+    parts, split, index, labels = [], [], [], []
+    for s in splits:
+        images = load_split(ood, s, size, o.data_dir, progress)
+        parts.append(images)
+        split += [s] * len(images)
+        index.append(np.arange(len(images)))
+        found = load_labels(ood, s, o.data_dir)
+        labels.append(found if found is not None else np.full(len(images), -1))
+    name = ood if not ood.startswith("folder:") else Path(ood[len("folder:") :]).name
+    out = ImageSet(name, np.concatenate(parts)[first], ood, split, np.concatenate(index),
+                   np.concatenate(labels))  # fmt: skip
+    _trim(out, first)
+    return out
+
+
+def trained_without(model_path: Path) -> tuple[int, ...]:
+    """The classes the model's run left out (``train --exclude_class``)."""
+    train = run_config(model_path).get("train")
+    found = train.get("exclude_class") if isinstance(train, dict) else None
+    return tuple(int(c) for c in found) if isinstance(found, list) else ()
+
+
+def decoder_sigma(model, dataset: str, excluded: set[int], o: ScoreOptions, runtime) -> float:
+    """The decoder sigma of the likelihood scores, calibrated on the first training images of
+    ``dataset``, none of a class left out of training or held out as out-of-distribution."""
+    train = split_images(model, dataset, "train", o.data_dir, runtime)
+    rows = np.arange(len(train))
+    if excluded:
+        rows = rows_without(dataset, "train", len(train), sorted(excluded), o.data_dir,
+                            "--ood_class")  # fmt: skip
+    images = torch.from_numpy(train[rows[:SIGMA_IMAGES]])
+    return calibrate_sigma(model, images, model.device, seed=o.seed)
+
+
+def describe(s: ImageSet) -> dict:
+    return {"name": s.name, "dataset": s.dataset, "images": len(s.images)}
+
+
+def image_rows(sets: list[ImageSet], scores: list[dict], sources: tuple[str, ...]) -> list[dict]:
+    """One row per image: where it comes from, its class (None: none) and its scores."""
+    rows = []
+    for s, values, source in zip(sets, scores, sources, strict=False):
+        for i in range(len(s.images)):
+            label = int(s.label[i]) if s.label is not None and s.label[i] >= 0 else None
+            row = {"source": source, "dataset": s.dataset, "split": s.split[i],
+                   "index": int(s.index[i]), "label": label}  # fmt: skip
+            row.update({k: float(v[i]) for k, v in values.items()})
+            rows.append(row)
+    return rows
+
+
+def csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["source"])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return buf.getvalue()
+
+
+def print_summary(summary: dict, inlier: ImageSet, outlier: ImageSet | None, o) -> None:
+    size = summary["image_size"]
+    where = f"{inlier.name}, {len(inlier.images)} images at {size}x{size}"
+    if outlier is None:
+        print(f"{where}; mean per image (larger: more anomalous):")
+        for name, s in summary["scores"].items():
+            print(f"  {name:<12} {HELP[name]:<40} {s['mean']:>12.4f}")
+        return
+    print(f"{where}, against {outlier.name}, {len(outlier.images)} images (positives):")
+    print(f"  {'score':<12} {'AUROC':>7} {'threshold':>12} {'TPR':>7} {'at FPR':>7}")
+    for name, s in summary["scores"].items():
+        print(f"  {name:<12} {s['auroc']:>7.4f} {s['threshold']:>12.5g} {s['tpr']:>7.4f} "
+              f"{s['fpr']:>7.4f}")  # fmt: skip
+    print(f"  (threshold: the lowest with a false-positive rate of at most --fpr {o.fpr:g}; "
+          "AUROC below 0.5: the out-of-distribution images score as more typical)")  # fmt: skip

@@ -1,0 +1,241 @@
+"""torch-vae score (anomaly scores, ROC against out-of-distribution images) and train
+--exclude_class, on the tiny labelled MNIST of conftest (image i of each split: class i % 10)."""
+
+import csv
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from torch_vae import VAE, ModelConfig
+from torch_vae.cli import main
+from torch_vae.data import load_split
+from torch_vae.training import TrainConfig
+
+SCORES = ["neg_elbo", "recon", "iw_nll", "png_bpd", "neg_elbo_ic", "iw_nll_ic"]
+COLUMNS = ["source", "dataset", "split", "index", "label", *SCORES]
+
+
+def black_model(folder, conditional=False):
+    """A model whose decoder draws black images whatever the code: its reconstruction error is
+    the image's mean square, so bright images are told apart from dark ones exactly."""
+    classes = tuple(str(i) for i in range(10)) if conditional else ()
+    config = ModelConfig(arch="dcgan", image_size=16, depth=2, max_filters=8, latent_dims=2,
+                         classes=classes)  # fmt: skip
+    torch.manual_seed(0)
+    model = VAE(config)
+    with torch.no_grad():
+        model.decoder.convs[-1].weight.zero_()
+        model.decoder.convs[-1].bias.fill_(-20.0)
+    return model.save_pretrained(folder, dataset="mnist")
+
+
+def score(model, data_dir, *flags):
+    return main(["score", "--model", str(model), "--data_dir", str(data_dir), "--cpu",
+                 "--quiet", *flags])  # fmt: skip
+
+
+def test_scores_csv_has_one_row_per_test_image_with_every_score(labelled, tmp_path):
+    model = black_model(tmp_path / "m")
+    out = tmp_path / "scores.csv"
+    assert score(model, labelled, "--out", str(out), "--iw_samples", "4") == 0
+    with out.open() as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == COLUMNS
+    assert [int(r["index"]) for r in rows] == list(range(20))
+    assert [int(r["label"]) for r in rows] == [i % 10 for i in range(20)]
+    assert {r["source"] for r in rows} == {"in"} and {r["split"] for r in rows} == {"test"}
+    images = load_split("mnist", "test", 16, labelled, progress=False) / 255.0
+    recon = np.array([float(r["recon"]) for r in rows])
+    assert np.allclose(recon, (images**2).mean((1, 2, 3)), rtol=1e-4)  # the decoder's black
+    for r, img in zip(rows, images, strict=True):  # complexity: the PNG's bits per pixel
+        buf = io.BytesIO()
+        Image.fromarray((img[..., 0] * 255).round().astype(np.uint8)).save(
+            buf, "PNG", compress_level=9
+        )
+        assert float(r["png_bpd"]) == pytest.approx(8 * len(buf.getvalue()) / 256)
+        for name in ("neg_elbo", "iw_nll"):
+            corrected = float(r[name]) / (256 * math.log(2)) - float(r["png_bpd"])
+            assert float(r[f"{name}_ic"]) == pytest.approx(corrected)
+    summary = json.loads((tmp_path / "scores.summary.json").read_text())
+    assert summary["in_distribution"]["images"] == 20 and "out_of_distribution" not in summary
+
+
+def test_scores_json_without_iw_samples_has_no_iw_columns(labelled, tmp_path):
+    model = black_model(tmp_path / "m")
+    out = tmp_path / "scores.json"
+    assert score(model, labelled, "--out", str(out), "--nimages", "7") == 0
+    report = json.loads(out.read_text())
+    assert len(report["images"]) == 7
+    assert list(report["images"][0]) == [c for c in COLUMNS if not c.startswith("iw_")]
+    assert list(report["scores"]) == ["neg_elbo", "recon", "neg_elbo_ic"]
+
+
+def test_ood_class_splits_the_split_by_class_and_auroc_is_sklearns(labelled, tmp_path):
+    model = black_model(tmp_path / "m")
+    out = tmp_path / "scores.json"
+    figure = tmp_path / "roc.png"
+    flags = ["--ood_class", "3", "--out", str(out), "--figure", str(figure), "--fpr", "0.2"]
+    assert score(model, labelled, *flags, "--iw_samples", "2") == 0
+    report = json.loads(out.read_text())
+    rows = report["images"]
+    ood = [r for r in rows if r["source"] == "ood"]
+    inlier = [r for r in rows if r["source"] == "in"]
+    assert [r["index"] for r in ood] == [3, 13] and {r["label"] for r in ood} == {3}
+    assert sorted(r["index"] for r in inlier) == [i for i in range(20) if i % 10 != 3]
+    assert 3 not in {r["label"] for r in inlier}
+    y = [0] * len(inlier) + [1] * len(ood)
+    for name, s in report["scores"].items():
+        values = [r[name] for r in inlier] + [r[name] for r in ood]
+        assert s["auroc"] == pytest.approx(roc_auc_score(y, values), abs=1e-12), name
+        # the operating point: a false-positive rate at most --fpr, and its true-positive rate
+        flagged_in = np.mean([r[name] >= s["threshold"] for r in inlier])
+        flagged_ood = np.mean([r[name] >= s["threshold"] for r in ood])
+        assert flagged_in == pytest.approx(s["fpr"]) and s["fpr"] <= 0.2
+        assert flagged_ood == pytest.approx(s["tpr"])
+    with Image.open(figure) as img:
+        assert img.width > 400 and img.height > 400
+
+
+def test_perfectly_separable_ood_images_get_auroc_one(labelled, tmp_path):
+    folder = tmp_path / "white"
+    folder.mkdir()
+    for i in range(12):  # white images, where every in-distribution image is mostly black
+        Image.new("L", (28, 28), 255).save(folder / f"w{i:02d}.png")
+    model = black_model(tmp_path / "m")
+    out = tmp_path / "scores.json"
+    flags = ["--ood", f"folder:{folder}", "--out", str(out), "--iw_samples", "4"]
+    assert score(model, labelled, *flags) == 0
+    report = json.loads(out.read_text())
+    assert report["out_of_distribution"]["images"] == 12
+    for name in ("neg_elbo", "recon", "iw_nll"):
+        assert report["scores"][name]["auroc"] == 1.0, name
+        assert report["scores"][name]["tpr"] == 1.0, name
+    assert (tmp_path / "scores.png").is_file()
+
+
+def test_exclude_class_removes_the_classes_from_training_batches(labelled, tmp_path, monkeypatch):
+    from torch_vae.training import loop
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        fetch = real(*args, **kwargs)
+
+        def fetch_and_record(idx):
+            batch = fetch(idx)
+            seen.extend(bytes(img.numpy().tobytes()) for img in batch)
+            return batch
+
+        return fetch_and_record
+
+    real = loop.batch_source
+    monkeypatch.setattr(loop, "batch_source", recording)
+    run = tmp_path / "run"
+    flags = ["train", "--dataset", "mnist", "--data_dir", str(labelled), "--run_dir", str(run),
+             "--arch", "dcgan", "--image_size", "16", "--depth", "2", "--max_filters", "8",
+             "--latent_dims", "2", "--epochs", "1", "--batchsize", "8", "--val_images", "4",
+             "--exclude_class", "3", "--exclude_class", "5,7", "--quiet", "--cpu"]  # fmt: skip
+    assert main(flags) == 0
+    train = load_split("mnist", "train", 16, labelled, progress=False)
+    labels = np.arange(len(train)) % 10
+    excluded = {bytes(img.tobytes()) for img in train[np.isin(labels, [3, 5, 7])]}
+    assert seen and not excluded & set(seen)
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["exclude_class"] == [3, 5, 7]
+    kept = int((~np.isin(labels, [3, 5, 7])).sum())
+    split = config["split"]
+    assert len(set(seen)) == split["training_images"]
+    assert split["training_images"] + split["validation_images"] == kept
+
+
+def test_exclude_class_is_recorded_as_indices_and_old_runs_have_none():
+    assert TrainConfig(exclude_class=["3,sandal", "5"]).exclude_class == (3, "sandal", 5)
+    old = TrainConfig().to_dict()
+    del old["exclude_class"]
+    assert TrainConfig.from_dict(old).exclude_class == ()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--exclude_class", "seven"], "--exclude_class: unknown class 'seven'"),
+        (["--exclude_class", "0-9"], "--exclude_class: unknown class '0-9'"),
+        (["--exclude_class", "3,,4"], "has an empty class"),
+        (["--exclude_class", ",".join(map(str, range(10)))], "leaves none of the 10 classes"),
+    ],
+)
+def test_exclude_class_errors_are_one_line(labelled, tmp_path, capsys, flags, message):
+    args = ["train", "--dataset", "mnist", "--data_dir", str(labelled), "--run_dir",
+            str(tmp_path / "run"), "--dry_run", "--quiet", "--cpu", *flags]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_exclude_class_on_a_dataset_without_labels_is_one_line(mnist_dir, tmp_path, capsys):
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / f"i{i:02d}.png")
+    args = ["train", "--dataset", f"folder:{folder}", "--run_dir", str(tmp_path / "run"),
+            "--dry_run", "--quiet", "--cpu", "--exclude_class", "1"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--exclude_class needs a dataset with classes" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ood", "cifar-10", "--ood_class", "3"], "not both"),
+        (["--ood_class", "dog"], "--ood_class: unknown class 'dog'"),
+        (["--ood", "folder:/no/such/folder"], "image folder /no/such/folder does not exist"),
+        (["--ood", "celeb-a"], "channels"),
+        (["--out", "scores.txt"], "must end in .csv or .json"),
+        (["--fpr", "1.5"], "--fpr must be a number between 0 and 1"),
+    ],
+)
+def test_score_errors_are_one_line(labelled, tmp_path, capsys, flags, message):
+    model = black_model(tmp_path / "m")
+    assert score(model, labelled, *flags) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_score_refuses_an_unwritable_out_and_a_conditional_model(labelled, tmp_path, capsys):
+    model = black_model(tmp_path / "m")
+    (tmp_path / "file").write_text("in the way")
+    assert score(model, labelled, "--out", str(tmp_path / "file" / "s.csv")) == 1
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and err.count("\n") == 1
+    assert score(model, labelled, "--out", str(model / "config.json")) == 1
+    assert "will not write over" in capsys.readouterr().err
+    conditional = black_model(tmp_path / "c", conditional=True)
+    assert score(conditional, labelled, "--out", str(tmp_path / "c.json")) == 1
+    err = capsys.readouterr().err
+    assert "score needs an unconditional model" in err and err.count("\n") == 1
+    assert not (tmp_path / "c.json").exists()
+
+
+def test_ood_class_warns_when_the_model_was_trained_on_that_class(labelled, tmp_path, caplog):
+    import logging
+
+    model = black_model(tmp_path / "m")
+    with caplog.at_level(logging.WARNING):
+        assert score(model, labelled, "--ood_class", "3", "--out", str(tmp_path / "a.json")) == 0
+    assert "trained on class 3 '3'" in caplog.text
+    caplog.clear()
+    config = json.loads((model / "config.json").read_text())
+    config["train"] = {"exclude_class": [3]}  # as a run with --exclude_class 3 records it
+    (model / "config.json").write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        assert score(model, labelled, "--ood_class", "3", "--out", str(tmp_path / "b.json")) == 0
+    assert "trained on class" not in caplog.text
