@@ -22,9 +22,10 @@ def tiny_model(folder, arch="dcgan", **fields):
     """A tiny model whose batch norms hold non-trivial running statistics, saved in ``folder``."""
     torch.manual_seed(0)
     model = VAE(model_class(arch).config_class.tiny(image_size=32, **fields)).train()
+    labels = torch.arange(8) % model.config.num_classes if model.conditional else None
     with torch.no_grad():
         for _ in range(3):
-            model(torch.rand(8, 1, 32, 32) * 0.8 + 0.1)
+            model(torch.rand(8, 1, 32, 32) * 0.8 + 0.1, condition=labels)
     model.eval().save_pretrained(folder, "mnist")
     return model
 
@@ -73,6 +74,26 @@ def test_every_family_exports_to_onnx_that_matches_pytorch(arch, tmp_path):
     assert info["files"]["encoder.onnx"]["inputs"] == {"images": ["batch", 1, 32, 32]}
     assert info["files"]["decoder.onnx"]["outputs"] == {"images": ["batch", 1, 32, 32]}
     assert 0 <= info["max_abs_difference"] <= TOLERANCE
+
+
+@pytest.mark.parametrize("arch", architectures())
+def test_a_conditional_model_exports_with_labels_and_the_class_changes_the_images(arch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = tiny_model(tmp_path / "model", arch, classes=("zero", "one", "two"))
+    assert export(tmp_path / "model", tmp_path / "out") == 0
+    info = json.loads((tmp_path / "out" / "export-onnx.json").read_text())
+    assert info["classes"] == ["zero", "one", "two"]
+    assert info["files"]["decoder.onnx"]["inputs"] == {"latents": ["batch", 3], "labels": ["batch"]}
+    x, z = torch.rand(4, 1, 32, 32), torch.randn(4, 3)
+    y = torch.tensor([0, 1, 2, 1])
+    mu, logvar = run_onnx(tmp_path / "out" / "encoder.onnx", {"images": x, "labels": y})
+    (images,) = run_onnx(tmp_path / "out" / "decoder.onnx", {"latents": z, "labels": y})
+    (other,) = run_onnx(tmp_path / "out" / "decoder.onnx", {"latents": z, "labels": (y + 1) % 3})
+    with torch.no_grad():
+        post, want = model.encode(x, y), model.decode(z, y)
+    for got, ref in ((mu, post.mu), (logvar, post.logvar), (images, want)):
+        assert np.abs(got - ref.numpy()).max() <= TOLERANCE
+    assert np.abs(images - other).max() > 1e-3  # the labels reach the decoder
 
 
 def test_a_native_size_model_exports_its_projection(tmp_path):

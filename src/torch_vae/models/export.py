@@ -1,7 +1,8 @@
 """A model's two networks as files that another runtime loads without torch-vae: the encoder
 (images (B, C, H, W) in [0, 1] -> the posterior's mean and log-variance, each (B, d)) and the
 decoder (codes (B, d) -> images (B, C, H, W) in [0, 1], the native-size projection included),
-each with a dynamic batch axis, in float32, from the model's inference copy (batch norms
+each with a dynamic batch axis (a conditional model's both take ``labels`` too: (B,) int64
+class indices), in float32, from the model's inference copy (batch norms
 folded): ONNX files for onnxruntime, or TorchScript files (``torch.jit.trace``) for
 ``torch.jit.load``. ``max_difference`` runs the files on random inputs beside PyTorch.
 
@@ -47,8 +48,10 @@ class _Encoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        post = self.model.encode(images)
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        post = self.model.encode(images, labels)
         return post.mu, post.logvar
 
 
@@ -57,8 +60,8 @@ class _Decoder(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(latents)
+    def forward(self, latents: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.decode(latents, labels)
 
 
 @dataclass(frozen=True)
@@ -73,17 +76,19 @@ class Network:
 
 
 def networks(model: VAE) -> tuple[Network, Network]:
-    """The encoder and the decoder of ``model``'s float32 inference copy, on the CPU."""
+    """The encoder and the decoder of ``model``'s float32 inference copy, on the CPU; a
+    conditional model's take the images' classes as a second input, ``labels``."""
     fused = model.inference_copy().to(device="cpu", dtype=torch.float32)
     c = fused.config
+    labels = {"labels": ("batch",)} if c.classes else {}
     with torch.no_grad():  # builds the native-size projector: a constant in the trace
-        fused.decode(torch.zeros(1, c.latent_dims))
+        fused.decode(torch.zeros(1, c.latent_dims), 0 if c.classes else None)
     image = ("batch", c.in_channels, c.image_size, c.image_size)
     code = ("batch", c.latent_dims)
-    encoder = Network("encoder", _Encoder(_without(fused, "decoder")).eval(), {"images": image},
-                      {"mu": code, "logvar": code})  # fmt: skip
-    decoder = Network("decoder", _Decoder(_without(fused, "encoder")).eval(), {"latents": code},
-                      {"images": image})  # fmt: skip
+    encoder = Network("encoder", _Encoder(_without(fused, "decoder")).eval(),
+                      {"images": image, **labels}, {"mu": code, "logvar": code})  # fmt: skip
+    decoder = Network("decoder", _Decoder(_without(fused, "encoder")).eval(),
+                      {"latents": code, **labels}, {"images": image})  # fmt: skip
     return encoder, decoder
 
 
@@ -108,9 +113,20 @@ def require(fmt: str) -> None:
 
 
 def random_inputs(net: Network, batch: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Inputs of ``net``: images uniform in [0, 1], codes from N(0, I)."""
-    draw = torch.rand if net.name == "encoder" else torch.randn
-    return [draw((batch, *shape[1:]), generator=generator) for shape in net.inputs.values()]
+    """Inputs of ``net``: images uniform in [0, 1], codes from N(0, I), classes uniform."""
+    out = []
+    for name, shape in net.inputs.items():
+        if name == "labels":
+            classes = _model(net).config.num_classes
+            out.append(torch.randint(classes, (batch,), generator=generator))
+        else:
+            draw = torch.rand if name == "images" else torch.randn
+            out.append(draw((batch, *shape[1:]), generator=generator))
+    return out
+
+
+def _model(net: Network) -> VAE:
+    return net.module.model
 
 
 def export_network(net: Network, fmt: str, opset: int) -> bytes:
@@ -237,9 +253,10 @@ def manifest(
                        "max_abs_difference": diffs[name]}  # fmt: skip
     return {
         "format": fmt, "opset": opset, "files": files, "dtype": "float32",
-        "layout": "images (batch, channels, height, width) in [0, 1]; latents (batch, dims)",
-        "arch": c.arch, "dataset": model.dataset, "image_size": c.image_size,
-        "in_channels": c.in_channels, "latent_dims": c.latent_dims,
+        "layout": "images (batch, channels, height, width) in [0, 1]; latents (batch, dims)"
+        + ("; labels (batch,) int64 class indices" if c.classes else ""),
+        "classes": list(c.classes) or None, "arch": c.arch, "dataset": model.dataset,
+        "image_size": c.image_size, "in_channels": c.in_channels, "latent_dims": c.latent_dims,
         "native_size": c.native_size, "torch_vae_version": __version__,
         "torch_version": torch.__version__, "checked_batches": list(CHECK_BATCHES),
         "max_abs_difference": max(diffs.values()), "tolerance": TOLERANCE,
