@@ -1,7 +1,7 @@
 """The AUROC table of docs/anomaly.md: how well each score of ``torch-vae score`` tells
 Fashion-MNIST apart from other images, offline.
 
-    python bench/anomaly.py                      # everything: about 30 minutes of one core
+    python bench/anomaly.py                      # everything: 30-75 minutes, one thread per command
     python bench/anomaly.py --classes 0 7 --models dcgan-d8
 
 1. Digits: scikit-learn's bundled handwritten digits (``load_digits``: 1,797 images of 8x8
