@@ -133,3 +133,27 @@ def test_recompute_batch_norm_is_seeded_and_leaves_the_callers_rng_alone():
     assert not torch.equal(runs["a"][name], runs["c"][name])
     name = "encoder.norms.1.running_mean"
     assert torch.equal(runs["a"][name], runs["c"][name])
+
+
+def test_average_of_a_conditional_run_recomputes_batch_norm_with_each_image_s_class(
+    mnist_dir, labelled, tmp_path
+):
+    run, out = tmp_path / "run", tmp_path / "avg"
+    assert main(["train", "--dataset", "mnist", "--conditional", "--arch", "dcgan",
+                 "--image_size", "16", "--depth", "2", "--max_filters", "8", "--latent_dims",
+                 "2", "--epochs", "2", "--batchsize", "8", "--val_images", "4", "--run_dir",
+                 str(run), "--data_dir", str(mnist_dir), "--quiet", "--cpu"]) == 0  # fmt: skip
+    assert main(["average", str(run), "--last", "2", "--out", str(out), "--batchsize", "1000",
+                 "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
+    avg = load_model(out)
+    assert avg.config.classes == tuple(str(i) for i in range(10))
+    # the encoder's first batch norm sees the images beside their one-hot class planes:
+    # recompute its statistics by hand with each image's class (image i: class i % 10)
+    images = to_float(torch.from_numpy(load_split("mnist", "train", 16, mnist_dir, False)), "cpu")
+    labels = torch.arange(len(images)) % 10
+    planes = torch.nn.functional.one_hot(labels, 10).float()[:, :, None, None]
+    x = torch.cat([images, planes.expand(-1, -1, 16, 16)], 1)
+    with torch.no_grad():
+        h = avg.encoder.convs[1](torch.nn.functional.leaky_relu(avg.encoder.convs[0](x), 0.2))
+    norm = avg.encoder.norms[1]
+    assert torch.allclose(norm.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)

@@ -18,10 +18,16 @@ import torch
 from PIL import Image
 from webtools import serve_explorer, tiny_explorer, tiny_model
 
+import fakedata
 from torch_vae.cli import main
 from torch_vae.errors import TorchVaeError
 from torch_vae.explorer.app import create_app, listen
-from torch_vae.explorer.state import MAX_UPLOAD_PIXELS, find_sampler, read_upload
+from torch_vae.explorer.state import (
+    MAX_UPLOAD_PIXELS,
+    build_explorer,
+    find_sampler,
+    read_upload,
+)
 
 with warnings.catch_warnings():  # Starlette suggests another HTTP client; httpx works
     warnings.simplefilter("ignore")
@@ -325,3 +331,91 @@ def test_explore_command_serves_until_interrupted(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.fixture(scope="module")
+def conditional():
+    """A conditional model's explorer (classes "0".."9", image i of class i % 10) and client."""
+    ex = tiny_explorer(latent_dims=3, conditional=True)
+    with TestClient(create_app(ex)) as c:
+        yield ex, c
+
+
+def test_a_conditional_model_decodes_the_class_each_request_names(conditional):
+    ex, client = conditional
+    info = client.get("/api/info").json()
+    assert info["conditional"] is True and info["classes"] == [str(i) for i in range(10)]
+    z = [0.5, -1.0, 2.0]
+    three = client.post("/api/decode", json={"z": z, "class": 3}).json()
+    assert three["image"] == ex.decode(torch.tensor([z]), 3)[0]
+    assert client.post("/api/decode", json={"z": z, "class": "3"}).json() == three  # by name
+    assert client.post("/api/decode", json={"z": z, "class": 7}).json()["image"] != three["image"]
+    point = client.post("/api/map/decode", json={"xy": [0.3, -0.2], "class": 4}).json()
+    assert point["image"] == ex.decode(torch.tensor([point["z"]]), 4)[0]
+    five = client.post("/api/sample", json={"seed": 4, "class": 5}).json()
+    assert five["label"] == 5 and five["image"] == ex.decode(torch.tensor([five["z"]]), 5)[0]
+    drawn = client.post("/api/sample", json={"seed": 4}).json()  # a class drawn with the seed
+    assert drawn == client.post("/api/sample", json={"seed": 4}).json()
+    assert drawn["z"] == five["z"] and drawn["image"] == ex.decode(
+        torch.tensor([drawn["z"]]), drawn["label"]
+    )[0]  # fmt: skip
+    path = client.post("/api/interpolate", json={"a": z, "b": [0, 0, 0], "steps": 3,
+                                                 "class": 2}).json()  # fmt: skip
+    assert path["frames"][0] == ex.decode(torch.tensor([z]), 2)[0]
+
+
+def test_a_conditional_model_encodes_test_images_as_theirs_and_uploads_as_asked(conditional):
+    ex, client = conditional
+    got = client.get("/api/images/13").json()  # a 3
+    assert got["label"] == 3
+    assert got["z"] == pytest.approx(ex.encode(ex.images[13:14], 3)[0].tolist(), abs=1e-5)
+    assert got["z"] == pytest.approx(ex.means[13].tolist(), abs=1e-5)  # the map's code
+    assert got["image"] == ex.decode(torch.tensor([got["z"]]), 3)[0]
+    data = file_bytes(Image.fromarray(ex.images[13][..., 0]))
+    for value, label in (("4", 4), ("7", 7)):
+        up = client.post("/api/encode", files={"file": ("a.png", data)}, data={"class": value})
+        assert up.status_code == 200, up.text
+        assert up.json()["z"] == pytest.approx(ex.encode(ex.images[13:14], label)[0].tolist(),
+                                               abs=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/api/decode", {"z": [0, 0, 0]}, "class: Field required"),
+        ("/api/decode", {"z": [0, 0, 0], "class": 10}, "unknown class 10: an index 0 to 9"),
+        ("/api/decode", {"z": [0, 0, 0], "class": "sneaker"}, "unknown class 'sneaker'"),
+        ("/api/decode", {"z": [0, 0, 0], "class": True}, "unknown class True"),
+        ("/api/decode", {"z": [0, 0, 0], "class": -1}, "unknown class -1"),
+        ("/api/map/decode", {"xy": [0, 0]}, "class: Field required"),
+        ("/api/interpolate", {"a": [0, 0, 0], "b": [0, 0, 0]}, "class: Field required"),
+        ("/api/sample", {"class": [3]}, "unknown class [3]"),
+    ],
+)
+def test_a_conditional_model_refuses_a_missing_or_unknown_class(conditional, path, body, message):
+    r = conditional[1].post(path, json=body)
+    assert r.status_code == 422 and message in r.json()["detail"], r.text
+
+
+def test_an_upload_to_a_conditional_model_needs_a_known_class(conditional):
+    ex, client = conditional
+    data = file_bytes(Image.fromarray(ex.images[0][..., 0]))
+    r = client.post("/api/encode", files={"file": ("a.png", data)})
+    assert r.status_code == 422 and "class: Field required" in r.json()["detail"]
+    r = client.post("/api/encode", files={"file": ("a.png", data)}, data={"class": "10"})
+    assert r.status_code == 422 and "class: Input should be '0'" in r.json()["detail"]
+
+
+def test_an_unconditional_model_takes_no_class(client):
+    r = client.post("/api/decode", json={"z": [0, 0, 0], "class": 3})
+    assert r.status_code == 422 and "class: Extra inputs are not permitted" in r.json()["detail"]
+    assert client.post("/api/sample", json={"seed": 1}).json()["label"] is None
+    assert client.get("/api/info").json()["conditional"] is False
+
+
+def test_a_conditional_explorer_needs_every_image_s_class():
+    images = fakedata.blobs(4, 32, 1, seed=0)
+    model = tiny_model(classes=("a", "b"))
+    for labels in (None, np.array([0, 1, -1, 0])):
+        with pytest.raises(TorchVaeError, match="needs the class of every test image"):
+            build_explorer(model, images, labels, ["a", "b"])

@@ -19,15 +19,35 @@ def api_schema():
     return schemathesis.openapi.from_asgi("/openapi.json", create_app(tiny_explorer()))
 
 
+@pytest.fixture(scope="module")
+def conditional_schema():
+    """A conditional model's API, whose requests name a class."""
+    return schemathesis.openapi.from_asgi(
+        "/openapi.json", create_app(tiny_explorer(conditional=True))
+    )
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
+conditional = schemathesis.pytest.from_fixture("conditional_schema")
+
+
+def check(case):
+    excluded = []
+    if case.operation.path == "/api/encode":
+        # the schema can say "a file", not "an image": most valid bodies are not one (415)
+        excluded.append(positive_data_acceptance)
+    case.call_and_validate(excluded_checks=excluded)
 
 
 @pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_api_from_its_schema(case):
-    excluded = []
-    if case.operation.path == "/api/encode":
-        # the schema can say "a file", not "an image": most valid bodies are not one (415)
-        excluded.append(positive_data_acceptance)
-    case.call_and_validate(excluded_checks=excluded)
+    check(case)
+
+
+@pytest.mark.slow
+@conditional.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_conditional_api_from_its_schema(case):
+    check(case)

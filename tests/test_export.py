@@ -46,18 +46,29 @@ def run_onnx(path, inputs: dict) -> list:
     return session.run(None, {k: v.numpy() for k, v in inputs.items()})
 
 
+def codes_and_encoding(model, x, z, y=None):
+    """The decoder's input name and the encoder's outputs in PyTorch: the posterior's mean and
+    log-variance, or a discrete model's code indices."""
+    with torch.no_grad():
+        post = model.encode(x, y)
+    if model.latent_kind == "discrete":
+        return "codes", (post.mode(),)
+    return "latents", (post.mu, post.logvar)
+
+
 def check_against_pytorch(model, out, batches=(1, 5)):
     """The exported files' outputs against the model's own (not its inference copy)."""
-    c = model.config
     for batch in batches:
-        x, z = torch.rand(batch, 1, 32, 32), torch.randn(batch, c.latent_dims)
-        mu, logvar = run_onnx(out / "encoder.onnx", {"images": x})
-        (images,) = run_onnx(out / "decoder.onnx", {"latents": z})
+        x = torch.rand(batch, 1, 32, 32)
+        z = model.prior_sample(batch, torch.Generator().manual_seed(batch), "cpu", torch.float32)
+        name, encoded = codes_and_encoding(model, x, z)
+        got_encoded = run_onnx(out / "encoder.onnx", {"images": x})
+        (images,) = run_onnx(out / "decoder.onnx", {name: z})
         with torch.no_grad():
-            post, want = model.encode(x), model.decode(z)
-        assert mu.shape == logvar.shape == (batch, c.latent_dims)
+            want = model.decode(z)
+        assert [g.shape for g in got_encoded] == [(batch, *model.latent_shape)] * len(encoded)
         assert images.shape == (batch, 1, 32, 32)
-        for got, ref in ((mu, post.mu), (logvar, post.logvar), (images, want)):
+        for got, ref in zip((*got_encoded, images), (*encoded, want), strict=True):
             assert np.abs(got - ref.numpy()).max() <= TOLERANCE
     return images
 
@@ -83,15 +94,17 @@ def test_a_conditional_model_exports_with_labels_and_the_class_changes_the_image
     assert export(tmp_path / "model", tmp_path / "out") == 0
     info = json.loads((tmp_path / "out" / "export-onnx.json").read_text())
     assert info["classes"] == ["zero", "one", "two"]
-    assert info["files"]["decoder.onnx"]["inputs"] == {"latents": ["batch", 3], "labels": ["batch"]}
-    x, z = torch.rand(4, 1, 32, 32), torch.randn(4, 3)
+    x, z = torch.rand(4, 1, 32, 32), model.prior_sample(4, torch.Generator().manual_seed(0), "cpu")
     y = torch.tensor([0, 1, 2, 1])
-    mu, logvar = run_onnx(tmp_path / "out" / "encoder.onnx", {"images": x, "labels": y})
-    (images,) = run_onnx(tmp_path / "out" / "decoder.onnx", {"latents": z, "labels": y})
-    (other,) = run_onnx(tmp_path / "out" / "decoder.onnx", {"latents": z, "labels": (y + 1) % 3})
+    name, encoded = codes_and_encoding(model, x, z, y)
+    shape = ["batch", *model.latent_shape]
+    assert info["files"]["decoder.onnx"]["inputs"] == {name: shape, "labels": ["batch"]}
+    got_encoded = run_onnx(tmp_path / "out" / "encoder.onnx", {"images": x, "labels": y})
+    (images,) = run_onnx(tmp_path / "out" / "decoder.onnx", {name: z, "labels": y})
+    (other,) = run_onnx(tmp_path / "out" / "decoder.onnx", {name: z, "labels": (y + 1) % 3})
     with torch.no_grad():
-        post, want = model.encode(x, y), model.decode(z, y)
-    for got, ref in ((mu, post.mu), (logvar, post.logvar), (images, want)):
+        want = model.decode(z, y)
+    for got, ref in zip((*got_encoded, images), (*encoded, want), strict=True):
         assert np.abs(got - ref.numpy()).max() <= TOLERANCE
     assert np.abs(images - other).max() > 1e-3  # the labels reach the decoder
 

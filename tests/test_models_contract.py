@@ -1,6 +1,7 @@
 """The contract every registered model family keeps (models/base.py), checked for each family
-in the registry, unconditional and class-conditional: a family that registers itself is
-covered here without editing this file. Tiny configs (``ModelConfig.tiny``) on the CPU."""
+in the registry, unconditional and class-conditional, whatever its latent (``latent_kind``:
+Gaussian codes or a discrete code grid): a family that registers itself is covered here without
+editing this file. Tiny configs (``ModelConfig.tiny``) on the CPU."""
 
 import json
 import warnings
@@ -37,6 +38,11 @@ def labels(model: VAE, n: int, seed: int = 9):
     return model.labels(None, n, torch.Generator().manual_seed(seed))
 
 
+def codes(model: VAE, n: int, seed: int = 7) -> torch.Tensor:
+    """``n`` codes from the model's prior, drawn on the CPU (float32 where they are numbers)."""
+    return model.prior_sample(n, torch.Generator().manual_seed(seed), "cpu", torch.float32)
+
+
 def trained_like(arch: str, channels: int = 1, classes=(), **fields) -> VAE:
     """A tiny model whose batch norms hold non-trivial running statistics."""
     torch.manual_seed(0)
@@ -63,8 +69,10 @@ def test_shapes_and_pixel_range(arch, classes, channels):
     model = trained_like(arch, channels, classes)
     x, y = torch.rand(5, channels, 32, 32), labels(model, 5)
     post = model.encode(x, y)
-    d = model.config.latent_dims
-    assert post.mu.shape == post.logvar.shape == (5, d) and post.kl().shape == (5,)
+    assert post.mode().shape == (5, *model.latent_shape) and post.kl().shape == (5,)
+    assert codes(model, 2).shape == (2, *model.latent_shape)
+    if model.latent_kind == "gaussian":
+        assert post.mu.shape == post.logvar.shape == (5, model.config.latent_dims)
     with torch.no_grad():
         for images in (model(x, condition=y).recon, model.decode(post.mode(), y),
                        model.reconstruct(x, y),
@@ -84,7 +92,8 @@ def test_training_steps_lower_the_loss(arch, classes):
         return model.loss(x, generator=torch.Generator().manual_seed(1), condition=y)["loss"]
 
     parts = model.loss(x, condition=y)
-    assert set(parts) == {"loss", "recon", "kl"} and parts["kl"] >= 0
+    assert set(parts) == {"loss", *model.objective_terms}
+    assert all(parts[k] >= 0 for k in model.objective_terms)  # squared errors, KL, commitment
     before = loss().item()
     for _ in range(10):
         opt.zero_grad()
@@ -119,12 +128,13 @@ def test_inference_copy_equals_eval_mode_and_leaves_the_model(arch, classes):
     assert not fast.training and not any(
         isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()
     )  # every batch norm folded
-    x, z = torch.rand(4, 1, 32, 32), torch.randn(4, model.config.latent_dims)
+    x, z = torch.rand(4, 1, 32, 32), codes(model, 4)
     y = labels(model, 4)
     with torch.no_grad():
         assert torch.allclose(fast.reconstruct(x, y), model.reconstruct(x, y), atol=1e-5)
         assert torch.allclose(fast.decode(z, y), model.decode(z, y), atol=1e-5)
-        assert torch.allclose(fast.encode(x, y).mu, model.encode(x, y).mu, atol=1e-4)
+        code, want = fast.encode(x, y).mode(), model.encode(x, y).mode()
+        torch.testing.assert_close(code, want, atol=1e-4, rtol=0)  # indices: equal
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -132,13 +142,14 @@ def test_inference_copy_equals_eval_mode_and_leaves_the_model(arch, classes):
 @pytest.mark.parametrize("native", [0, 28])
 def test_bfloat16_model_samples_decodes_and_encodes_float32_inputs(arch, classes, native):
     model = trained_like(arch, classes=classes, native_size=native).to(torch.bfloat16)
-    d, y = model.config.latent_dims, labels(model, 3)
+    y = labels(model, 3)
     with torch.no_grad():
         samples = model.sample(3, torch.Generator().manual_seed(0))
-        decoded = model.decode(torch.randn(3, d), y)  # float32 codes into bfloat16 weights
+        decoded = model.decode(codes(model, 3), y)  # float32 codes into bfloat16 weights
         post = model.encode(torch.rand(3, 1, 32, 32), y)  # float32 images
+        code = post.reparameterize(torch.zeros(3, *post.noise_shape))
     assert samples.dtype == decoded.dtype == torch.bfloat16
-    assert post.mu.dtype == torch.bfloat16 and post.mu.isfinite().all()
+    assert code.dtype == torch.bfloat16 and code.isfinite().all()
     assert samples.isfinite().all() and 0 <= samples.min() and samples.max() <= 1
     reference = trained_like(arch, classes=classes, native_size=native)
     with torch.no_grad():
@@ -149,7 +160,6 @@ def test_bfloat16_model_samples_decodes_and_encodes_float32_inputs(arch, classes
 @pytest.mark.parametrize(("arch", "classes"), CASES)
 def test_seeded_sampling_draws_the_generator_s_codes_on_its_own_device(arch, classes):
     model = trained_like(arch, classes=classes)
-    d = model.config.latent_dims
     a = model.sample(6, torch.Generator().manual_seed(3))
     b = model.sample(6, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
@@ -157,8 +167,11 @@ def test_seeded_sampling_draws_the_generator_s_codes_on_its_own_device(arch, cla
     # the model's device: a seeded CPU generator gives the same samples on a GPU
     # (tests/test_gpu.py runs it there)
     gen = torch.Generator().manual_seed(3)
-    codes = torch.randn(6, d, generator=gen)
-    assert torch.equal(a, model.decode(codes, model.labels(None, 6, gen)))
+    drawn = model.prior_sample(6, gen, "cpu")
+    assert torch.equal(a, model.decode(drawn, model.labels(None, 6, gen)))
+    if model.latent_kind == "gaussian":  # N(0, I): torch.randn's numbers
+        d = model.config.latent_dims
+        assert torch.equal(drawn, torch.randn(6, d, generator=torch.Generator().manual_seed(3)))
     if torch.cuda.is_available():
         on_gpu = model.to("cuda").sample(6, torch.Generator().manual_seed(3)).cpu()
         assert (on_gpu - a).abs().max() < 1e-3
@@ -221,7 +234,7 @@ def test_train_conditional_learns_the_dataset_s_classes_and_the_class_changes_th
                  "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
     model = load_model(run)
     assert model.config.classes == tuple(str(i) for i in range(10))
-    z = torch.randn(1, model.config.latent_dims)
+    z = codes(model, 1)
     assert not torch.equal(model.decode(z, "3"), model.decode(z, "7"))
     with pytest.raises(TorchVaeError, match="unknown class 'x'; choose one of 0 '0'"):
         model.sample(2, condition="x")

@@ -25,22 +25,22 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 
 
-def tiny_model(latent_dims: int = 3, seed: int = 0) -> VAE:
+def tiny_model(latent_dims: int = 3, seed: int = 0, classes: tuple[str, ...] = ()) -> VAE:
     """An untrained latent-``latent_dims`` model of 32x32 grey images (its decoder still maps
-    every code to its own image)."""
+    every code to its own image), class-conditional on ``classes`` where given."""
     torch.manual_seed(seed)
-    config = ModelConfig(latent_dims=latent_dims, max_filters=16, image_size=32)
+    config = ModelConfig(latent_dims=latent_dims, max_filters=16, image_size=32, classes=classes)
     return VAE(config).eval()
 
 
-def tiny_explorer(latent_dims: int = 3, n: int = 24):
-    """An Explorer of ``tiny_model`` over ``n`` blob images labelled i % 10 ("0".."9")."""
+def tiny_explorer(latent_dims: int = 3, n: int = 24, conditional: bool = False):
+    """An Explorer of ``tiny_model`` over ``n`` blob images labelled i % 10 ("0".."9"); with
+    ``conditional``, of a model conditional on those classes."""
     images = fakedata.blobs(n, 32, 1, seed=0)
     labels = np.arange(n) % 10
     names = [str(i) for i in range(10)]
-    return build_explorer(
-        tiny_model(latent_dims), images, labels, names, name="tiny", dataset="mnist"
-    )
+    model = tiny_model(latent_dims, classes=tuple(names) if conditional else ())
+    return build_explorer(model, images, labels, names, name="tiny", dataset="mnist")
 
 
 @contextlib.contextmanager

@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 CURVES = (  # panel title, training key, the measured split's key (after its prefix)
     ("loss", "train_loss", "loss"),
     ("reconstruction", "train_recon", "recon"),
-    ("KL", "train_kl", "kl"),
+    ("KL", "train_kl", "kl"),  # a discrete model's: its commitment loss (REGULARISERS)
     ("held-out loss", None, "loss"),
 )
+REGULARISERS = {"kl": "KL", "commit": "commitment"}  # the objective's second term, by its key
 GREY = "0.55"  # inactive latent dimensions
 DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
 
@@ -84,17 +85,24 @@ def plot_curves(runs: Sequence[Sequence[dict]], labels: Sequence[str], out: Path
     fig = _figure(10, 6.5)
     axes = fig.subplots(2, 2).ravel()
     colors = [f"C{i % 10}" for i in range(len(runs))]
+    terms = set()  # the regularisers drawn in the third panel
     for run, label, color in zip(runs, labels, colors, strict=True):
         records = by_epoch(run)
         prefix = "val" if any("val_loss" in r for r in records) else "test"
+        term = next((k for k in REGULARISERS if any(f"train_{k}" in r for r in records)), "kl")
+        terms.add(REGULARISERS[term])
         for ax, (_, train_key, held_key) in zip(axes, CURVES, strict=True):
+            if held_key == "kl":
+                train_key, held_key = f"train_{term}", term
             held = f"{prefix}_{held_key}"
             for key, style in ((train_key, "-"), (held, "--" if train_key else "-")):
                 x, y = _series(records, key) if key else ([], [])
                 if x:
                     ax.plot(x, y, style, color=color, marker="." if len(x) <= 12 else None,
                             label=label if style == "-" else None)  # fmt: skip
-    for ax, (title, train_key, _) in zip(axes, CURVES, strict=True):
+    titles = [title for title, _, _ in CURVES]
+    titles[2] = " / ".join(sorted(terms)) or titles[2]
+    for ax, title, (_, train_key, _) in zip(axes, titles, CURVES, strict=True):
         ax.set_title(f"{title} (solid: training, dashed: held out)" if train_key else title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

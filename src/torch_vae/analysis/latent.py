@@ -8,6 +8,11 @@ on the CPU; none draws random numbers, so the results are deterministic. Images 
 (tensors or numpy arrays). ``class_names`` and ``load_labels`` (from ``data.labels``) name and
 label a dataset's images, e.g. to colour the map.
 
+A conditional model encodes each image with its class and decodes each code with one:
+``condition`` is the images' classes (one class for all, one per image, or an int64 tensor of
+labels) where a function encodes, and the class of the decoded images where it decodes
+(``labels``: the classes of ``images``, where a function does both).
+
     model = torch_vae.load_model("models/fashion-mnist/dcgan-d8")
     images = load_split("fashion-mnist", "test", 64)[:1000]
     xy = embed(model, images)                       # (1000, 2)
@@ -90,15 +95,18 @@ def _image_batches(model: VAE, images) -> Iterator[Tensor]:
         yield x.permute(0, 3, 1, 2).float() / 255 if uint8 else x.float().cpu()
 
 
-def decode(model: VAE, z) -> Tensor:
-    """Decode codes (N, d) in batches: float32 images (N, C, H, W) in [0, 1] on the CPU."""
+def decode(model: VAE, z, condition=None) -> Tensor:
+    """Decode codes (N, d) in batches (a conditional model's as the classes ``condition``):
+    float32 images (N, C, H, W) in [0, 1] on the CPU."""
     z = torch.as_tensor(z, dtype=torch.float32)
     if z.ndim != 2 or z.shape[1] != model.config.latent_dims:
         raise TorchVaeError(
             f"codes must be (N, {model.config.latent_dims}) for this model, got {tuple(z.shape)}"
         )
+    y = _labels(model, condition, len(z))
     with _evaluating(model) as device:
-        out = [model.decode(z[i : i + BATCH].to(device)).float().cpu() for i in _starts(len(z))]
+        out = [model.decode(z[i : i + BATCH].to(device), _part(y, i, device)).float().cpu()
+               for i in _starts(len(z))]  # fmt: skip
     return torch.cat(out) if out else torch.empty(0, model.config.in_channels, *_size(model))
 
 
@@ -106,27 +114,40 @@ def _starts(n: int) -> range:
     return range(0, n, BATCH)
 
 
+def _labels(model: VAE, condition, n: int) -> Tensor | None:
+    """The classes (n,) that ``condition`` gives ``n`` images or codes, on the CPU; None where
+    it is None (a conditional model then asks for one, in one line)."""
+    return None if condition is None else model.labels(condition, n).cpu()
+
+
+def _part(labels: Tensor | None, start: int, device) -> Tensor | None:
+    """The classes of the batch that starts at ``start``."""
+    return None if labels is None else labels[start : start + BATCH].to(device)
+
+
 def _size(model: VAE) -> tuple[int, int]:
     return model.config.image_size, model.config.image_size
 
 
-def _posteriors(model: VAE, images) -> Iterator[Posterior]:
-    """The posterior of each batch of ``images``, float32 on the CPU."""
+def _posteriors(model: VAE, images, condition=None) -> Iterator[Posterior]:
+    """The posterior of each batch of ``images`` (of the classes ``condition``), float32 on
+    the CPU."""
+    y = _labels(model, condition, len(images))
     with _evaluating(model) as device:
-        for x in _image_batches(model, images):
-            post = model.encode(x.to(device))
+        for i, x in zip(_starts(len(images)), _image_batches(model, images), strict=True):
+            post = model.encode(x.to(device), _part(y, i, device))
             yield Posterior(post.mu.float().cpu(), post.logvar.float().cpu())
 
 
-def encode_mean(model: VAE, images) -> Tensor:
-    """The posterior means of ``images``: (B, d)."""
-    means = [post.mode() for post in _posteriors(model, images)]
+def encode_mean(model: VAE, images, condition=None) -> Tensor:
+    """The posterior means of ``images`` (of the classes ``condition``): (B, d)."""
+    means = [post.mode() for post in _posteriors(model, images, condition)]
     return torch.cat(means) if means else torch.empty(0, model.config.latent_dims)
 
 
-def _code(model: VAE, a) -> Tensor:
-    """A latent code (d,) as it is, or an image (C, H, W) float / (H, W, C) uint8 encoded to
-    its posterior mean."""
+def _code(model: VAE, a, condition=None) -> Tensor:
+    """A latent code (d,) as it is, or an image (C, H, W) float / (H, W, C) uint8 (of the
+    class ``condition``) encoded to its posterior mean."""
     a = _tensor(a)
     if a.ndim == 1:
         if len(a) != model.config.latent_dims:
@@ -134,21 +155,24 @@ def _code(model: VAE, a) -> Tensor:
                 f"a latent code must have {model.config.latent_dims} values, got {len(a)}"
             )
         return a.float().cpu()
-    return encode_mean(model, a[None])[0]
+    return encode_mean(model, a[None], condition)[0]
 
 
-def interpolate(model: VAE, a, b, steps: int = 8, method: str = "linear") -> Tensor:
+def interpolate(model: VAE, a, b, steps: int = 8, method: str = "linear", condition=None) -> Tensor:
     """Decoded codes from ``a`` to ``b`` (both included): (steps, C, H, W). ``a`` and ``b`` are
     latent codes (d,) or images, encoded to their posterior means; ``method`` "linear" walks
     the straight line, "slerp" the great circle (the norm changes linearly along it), which
-    keeps a path between prior samples where the prior has its mass."""
+    keeps a path between prior samples where the prior has its mass. A conditional model's
+    path is decoded as the class ``condition`` (images are encoded as it too; encode images of
+    other classes with ``encode_mean`` first)."""
     if method not in METHODS:
         raise TorchVaeError(f"unknown interpolation method {method!r}; choose one of {METHODS}")
     if not isinstance(steps, int) or steps < 2:
         raise TorchVaeError(f"steps must be an integer >= 2, got {steps!r}")
-    za, zb = _code(model, a), _code(model, b)
+    za, zb = _code(model, a, condition), _code(model, b, condition)
     t = torch.linspace(0, 1, steps)[:, None]
-    return decode(model, slerp(za, zb, t) if method == "slerp" else (1 - t) * za + t * zb)
+    codes = slerp(za, zb, t) if method == "slerp" else (1 - t) * za + t * zb
+    return decode(model, codes, condition)
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
@@ -166,11 +190,12 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
     return direction * ((1 - t) * na + t * nb)
 
 
-def kl_per_dim(model: VAE, images) -> Tensor:
-    """The KL divergence of each latent dimension from the prior, averaged over ``images``:
-    (d,), in nats. Its sum is the average KL term of the objective."""
+def kl_per_dim(model: VAE, images, condition=None) -> Tensor:
+    """The KL divergence of each latent dimension from the prior, averaged over ``images`` (of
+    the classes ``condition``): (d,), in nats. Its sum is the average KL term of the
+    objective."""
     total, n = torch.zeros(model.config.latent_dims, dtype=torch.float64), 0
-    for post in _posteriors(model, images):
+    for post in _posteriors(model, images, condition):
         kl = Posterior(post.mu.double(), post.logvar.double()).kl(reduce=False)
         total, n = total + kl.sum(0), n + len(kl)
     if n == 0:
@@ -185,11 +210,14 @@ def active_dims(kl: Tensor, threshold: float = 0.01) -> Tensor:
     return torch.as_tensor(kl) > threshold
 
 
-def traverse(model: VAE, z, dims: Sequence[int], steps: int = 7, span: float = 3.0) -> Tensor:
+def traverse(
+    model: VAE, z, dims: Sequence[int], steps: int = 7, span: float = 3.0, condition=None
+) -> Tensor:
     """Vary one latent dimension at a time around the code ``z`` (d,), setting it to ``steps``
     values evenly spaced over [-span, span] (absolute values, the prior's scale), the others
-    kept: (len(dims), steps, C, H, W)."""
-    z = _code(model, z)
+    kept: (len(dims), steps, C, H, W); a conditional model's decoded as the class
+    ``condition`` (an image ``z`` encoded as it too)."""
+    z = _code(model, z, condition)
     d = model.config.latent_dims
     dims = [int(i) for i in dims]
     if any(not 0 <= i < d for i in dims):
@@ -200,7 +228,7 @@ def traverse(model: VAE, z, dims: Sequence[int], steps: int = 7, span: float = 3
     codes = z.repeat(len(dims), steps, 1)  # (len(dims), steps, d)
     for row, i in enumerate(dims):
         codes[row, :, i] = values
-    images = decode(model, codes.reshape(-1, d))
+    images = decode(model, codes.reshape(-1, d), condition)
     return images.reshape(len(dims), steps, *images.shape[1:])
 
 
@@ -230,11 +258,12 @@ def from_map(center: Tensor, directions: Tensor, xy) -> Tensor:
     return center + xy @ directions
 
 
-def manifold_codes(model: VAE, n: int = 15, images=None) -> Tensor:
+def manifold_codes(model: VAE, n: int = 15, images=None, labels=None) -> Tensor:
     """The codes (n, n, d) that ``manifold`` decodes. Row 0 is the top: the second coordinate
     decreases down the rows and the first increases along them, as in a plot. For d = 2, the
     prior's quantiles at probabilities (i + 0.5) / n; otherwise ``images``' posterior means
-    mapped by ``pca_basis``, over +-2 standard deviations along each direction."""
+    (of the classes ``labels``) mapped by ``pca_basis``, over +-2 standard deviations along
+    each direction."""
     if not isinstance(n, int) or n < 2:
         raise TorchVaeError(f"the manifold needs n >= 2 points per side, got {n!r}")
     d = model.config.latent_dims
@@ -244,28 +273,31 @@ def manifold_codes(model: VAE, n: int = 15, images=None) -> Tensor:
         return torch.stack(torch.meshgrid(u, u.flip(0), indexing="xy"), -1)
     if images is None:
         raise TorchVaeError(f"a latent-{d} model's manifold needs images to place its plane")
-    center, directions, scales = pca_basis(encode_mean(model, images))
+    center, directions, scales = pca_basis(encode_mean(model, images, labels))
     u = torch.linspace(-2, 2, n)
     xy = torch.stack(torch.meshgrid(u * scales[0], u.flip(0) * scales[1], indexing="xy"), -1)
     return from_map(center, directions, xy)
 
 
-def manifold(model: VAE, n: int = 15, images=None) -> Tensor:
+def manifold(model: VAE, n: int = 15, images=None, condition=None, labels=None) -> Tensor:
     """Decoded codes on an n x n grid over the latent space: (n, n, C, H, W), rows top to
     bottom, columns left to right (``manifold_codes``). A latent-2 model's grid covers its
-    prior; a larger one's, the plane of ``images``' two leading principal directions."""
-    codes = manifold_codes(model, n, images)
-    return decode(model, codes.reshape(n * n, -1)).reshape(n, n, -1, *_size(model))
+    prior; a larger one's, the plane of ``images``' two leading principal directions. A
+    conditional model decodes the grid as the class ``condition``, and encodes ``images`` as
+    their classes ``labels`` (default: ``condition``)."""
+    codes = manifold_codes(model, n, images, labels if labels is not None else condition)
+    return decode(model, codes.reshape(n * n, -1), condition).reshape(n, n, -1, *_size(model))
 
 
-def embed(model: VAE, images, method: str = "auto", seed: int = 0) -> Tensor:
-    """A 2-D map of ``images``: (B, 2). "auto": a latent-2 model's posterior means themselves,
-    a larger one's projected on their two leading principal directions ("pca", see
-    ``pca_basis``, invertible with ``from_map``); "umap": UMAP of the means, if the optional
-    umap-learn package is installed (not invertible; ``seed`` seeds it)."""
+def embed(model: VAE, images, method: str = "auto", seed: int = 0, condition=None) -> Tensor:
+    """A 2-D map of ``images`` (of the classes ``condition``): (B, 2). "auto": a latent-2
+    model's posterior means themselves, a larger one's projected on their two leading
+    principal directions ("pca", see ``pca_basis``, invertible with ``from_map``); "umap":
+    UMAP of the means, if the optional umap-learn package is installed (not invertible;
+    ``seed`` seeds it)."""
     if method not in EMBEDDINGS:
         raise TorchVaeError(f"unknown embedding method {method!r}; choose one of {EMBEDDINGS}")
-    means = encode_mean(model, images)
+    means = encode_mean(model, images, condition)
     if method == "auto" and means.shape[1] == 2:
         return means
     if method == "umap":

@@ -162,10 +162,12 @@ def write_reconstructions(
     batch_size: int = 500,
     progress: bool = True,
     precision: str = "fp32",
+    labels: Tensor | None = None,
 ) -> Path:
     """Reconstruct uint8 images (N, H, W, C) with the posterior's mode; write each original
     beside its reconstruction to ``outdir/rec_NNNNN.png`` and a grid of pairs to ``all.png``.
-    ``precision`` as for :func:`write_samples`."""
+    ``precision`` as for :func:`write_samples`; ``labels``: the images' classes (N,), for a
+    conditional model."""
     outdir.mkdir(parents=True, exist_ok=True)
     clear_earlier(outdir, "rec")
     fast = model.inference_copy()  # batch norms folded into the convolutions
@@ -179,8 +181,9 @@ def write_reconstructions(
         ):  # fmt: skip
             originals = images[start : start + batch_size]  # uint8 (B, H, W, C), as written
             x = to_float(originals, device)
+            y = labels[start : start + len(x)].to(device) if labels is not None else None
             with amp.autocast():
-                rec = fast.reconstruct(x)
+                rec = fast.reconstruct(x, y)
             pairs = side_by_side(originals.numpy(), to_uint8(rec))
             names = [outdir / f"rec_{i:05d}.png" for i in range(start, start + len(pairs))]
             writer.submit(pairs, names)

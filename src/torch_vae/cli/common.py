@@ -4,6 +4,7 @@ original's architecture flags checked against it, and the output folder checked 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from ..data import check_channels, load_split
 from ..data.datasets import DECODE_ERRORS
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
-from ..data.labels import rows_without
+from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
@@ -22,6 +23,8 @@ from ..io.weights import CONFIG_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
 from .options import Runtime
+
+log = logging.getLogger(__name__)
 
 
 def load(model_path: Path, runtime: Runtime) -> VAE:
@@ -53,6 +56,44 @@ def split_images(
 ) -> np.ndarray:
     """The model-sized uint8 images (N, H, W, C) of ``split``."""
     return load_split(dataset, split, model.config.image_size, data_dir, not runtime.quiet)
+
+
+def split_labels(
+    model: VAE, dataset: str, split: str, data_dir: Path | None, n: int
+) -> torch.Tensor | None:
+    """A conditional model's class of each of the ``n`` images of ``split`` (int64 (n,), indices
+    into its classes; ``data.labels.labels_as``), or None for an unconditional model."""
+    if not model.conditional:
+        return None
+    return torch.from_numpy(labels_as(model.config.classes, dataset, split, n, data_dir))
+
+
+def given_class(model: VAE, given: str | None) -> int | None:
+    """The index of the class ``given`` (--class; None: none), or a one-line error for a class
+    the model does not have, or any class for an unconditional model."""
+    return None if given is None else int(model.labels(given, 1)[0])
+
+
+def decoded_class(model: VAE, given: str | None, own=(), what: str = "the picture") -> int | None:
+    """The class a conditional model decodes a picture as: ``given`` (--class), else the class
+    of the images it is drawn from (``own``, their labels) where they have one; None for an
+    unconditional model, which refuses --class. A one-line error where neither says."""
+    if given is not None or not model.conditional:
+        return given_class(model, given)
+    names = model.config.classes
+    found = sorted({int(c) for c in own})
+    if len(found) == 1:
+        log.info("decoding %s as class %r, that of its images (--class for another)", what,
+                 names[found[0]])  # fmt: skip
+        return found[0]
+    listing = ", ".join(f"{i} {n!r}" for i, n in enumerate(names[:20]))
+    more = f" ... ({len(names)} classes)" if len(names) > 20 else ""
+    why = "this model is conditional"
+    if found:
+        why = f"{what} starts from images of different classes"
+    raise TorchVaeError(
+        f"{why}: pass --class, the class to decode {what} as (one of {listing}{more})"
+    )
 
 
 def check_flags(config: ModelConfig, **flags: int | None) -> None:

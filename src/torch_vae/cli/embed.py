@@ -6,7 +6,7 @@ import logging
 
 from ..analysis import figures, latent
 from ..errors import TorchVaeError
-from .common import check_outdir, load, model_name, resolve_dataset, split_images
+from .common import check_outdir, load, model_name, resolve_dataset, split_images, split_labels
 from .options import EmbedOptions, Runtime
 
 log = logging.getLogger(__name__)
@@ -32,10 +32,15 @@ def run(o: EmbedOptions, runtime: Runtime) -> None:
     if model.config.latent_dims < 2:
         raise TorchVaeError("a 2-D map needs a model with 2 or more latent dimensions, not 1")
     dataset = resolve_dataset(model, o.dataset, o.model)
-    images = split_images(model, dataset, o.split, o.data_dir, runtime)[: o.nimages or None]
+    images = split_images(model, dataset, o.split, o.data_dir, runtime)
+    # a conditional model encodes each image with its class
+    condition = split_labels(model, dataset, o.split, o.data_dir, len(images))
+    images = images[: o.nimages or None]
     if len(images) < 2:
         raise TorchVaeError(f"the {o.split} split of {dataset} has too few images to map")
-    xy = latent.embed(model, images, o.method, o.seed).numpy()
+    if condition is not None:
+        condition = condition[: len(images)]
+    xy = latent.embed(model, images, o.method, o.seed, condition).numpy()
     labels, names = _labels(dataset, o.split, o.data_dir, len(images))
     d = model.config.latent_dims
     method = o.method if o.method != "auto" else ("code" if d == 2 else "pca")

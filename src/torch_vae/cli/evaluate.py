@@ -10,8 +10,16 @@ import torch
 from ..errors import TorchVaeError
 from ..evaluation.likelihood import calibrate_sigma, evaluate_model
 from ..evaluation.reports import dataset_tag, write_report
-from .common import check_output_file, default_report, model_and_dataset, split_images
+from .common import (
+    check_output_file,
+    default_report,
+    model_and_dataset,
+    split_images,
+    split_labels,
+)
 from .options import EvaluateOptions, Runtime
+
+SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on
 
 
 def run(o: EvaluateOptions, runtime: Runtime) -> dict:
@@ -20,12 +28,16 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
         check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
-    images = split_images(model, dataset, o.split, o.data_dir, runtime)[: o.nimages or None]
+    images = split_images(model, dataset, o.split, o.data_dir, runtime)
+    labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
+    images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
-    sigma = calibrate_sigma(model, train[:10000], device, seed=o.seed)
+    train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))
+    sigma = calibrate_sigma(model, train[:SIGMA_IMAGES], device, seed=o.seed,
+                            labels=_first(train_labels, SIGMA_IMAGES))  # fmt: skip
     report = evaluate_model(
         model, torch.from_numpy(images), device, sigma, o.iw_samples, o.batchsize, o.seed,
-        progress, o.refine_steps, o.refine_lr,
+        progress, o.refine_steps, o.refine_lr, _first(labels, len(images)),
     )  # fmt: skip
     finite = all(math.isfinite(v) for v in report.values() if isinstance(v, float))
     if o.refine_steps and (not finite or report["objective"] > report["encoder_objective"]):
@@ -38,11 +50,17 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     report = {"model": str(o.model), "dataset": dataset, "split": o.split, "image_size": size,
               "latent_dims": c.latent_dims, "native_size": c.native_size,
               "parameters": model.num_parameters(), "seed": o.seed, **report}  # fmt: skip
+    if model.conditional:  # every number is given each image's class: the NLL is -log p(x | y)
+        report["conditional"] = True
     path = o.report or default_report(o.model, f"eval-{dataset_tag(dataset)}-{o.split}")
     write_report(path, report)
     print_report(report, o)
     print(f"report: {path}")
     return report
+
+
+def _first(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if labels is None else labels[:n]
 
 
 def print_report(report: dict, o: EvaluateOptions) -> None:
@@ -52,8 +70,14 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
         ("KL", report["kl"]),
         ("MSE per pixel (posterior mean)", report["mse"]),
         ("PSNR (dB)", report["psnr"]),
-        ("active units", f"{report['active_units']} / {report['latent_dims']}"),
     ]
+    if "codes_used" in report:  # a discrete latent
+        rows += [
+            ("codes used", f"{report['codes_used']} / {report['codebook_size']}"),
+            ("codebook perplexity", report["perplexity"]),
+        ]
+    else:
+        rows.append(("active units", f"{report['active_units']} / {report['latent_dims']}"))
     if o.iw_samples:
         rows += [
             (f"NLL, nats ({o.iw_samples} importance samples)", report["nll"]),
@@ -65,6 +89,9 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
     )
     if n := report["native_size"]:
         print(f"  (decoder output projected onto upsamplings of {n}x{n} images: --native_size {n})")
+    if report.get("conditional"):
+        print("  (conditional model: each image encoded and decoded with its class; the NLL is "
+              "-log p(x | class))")  # fmt: skip
     if o.refine_steps:
         print(f"  (posteriors refined with {o.refine_steps} steps at lr {o.refine_lr})")
     for name, value in rows:

@@ -10,9 +10,22 @@ import numpy as np
 import torch
 
 from ..errors import TorchVaeError
-from ..evaluation.sample_quality import encoder_space, make_reference, measure, sample_images
-from ..priors import fit_sampler
-from .common import check_flags, held_out_rows, is_shipped, model_and_dataset, split_images
+from ..evaluation.sample_quality import (
+    encoder_space,
+    make_reference,
+    measure,
+    sample_images,
+    sample_labels,
+)
+from ..priors import check_kind, fit_sampler
+from .common import (
+    check_flags,
+    held_out_rows,
+    is_shipped,
+    model_and_dataset,
+    split_images,
+    split_labels,
+)
 from .options import FitSamplerOptions, Runtime
 
 log = logging.getLogger(__name__)
@@ -26,21 +39,26 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
             f"a copy instead: cp -r {o.model} my-model, then --model my-model"
         )
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    check_kind(model, o.sampler)  # before any work: a kind this model's latent can take
     check_flags(model.config, latent_dims=o.latent_dims)
     images = split_images(model, dataset, "train", o.data_dir, runtime)
+    # a conditional model's latents are the posterior means given each image's class
+    labels = split_labels(model, dataset, "train", o.data_dir, len(images))
     fit_rows, held_out, where = held_out_rows(o.model, len(images), o.data_dir)
     if fit_rows is not None:
-        train = images[fit_rows[: o.nimages or None].numpy()]
+        rows = fit_rows[: o.nimages or None].numpy()
     else:
-        train = images[: o.nimages or None]
+        rows = slice(None, o.nimages or None)
     info = {"dataset": dataset, "split": "train" if fit_rows is None else "train - validation"}
+    if labels is not None:
+        info["latents"] = "posterior means given each image's class"
     score = None
     if o.nscore:
-        rows = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
-        score = scorer(model, images[rows], where, o.batchsize)
+        rows_held = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
+        score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
     options = {"components": o.components, "steps": o.steps, "seed": o.seed}
-    prior, path = fit_sampler(model, o.model, train, o.sampler, options, o.batchsize, info,
-                              not runtime.quiet, score)  # fmt: skip
+    prior, path = fit_sampler(model, o.model, images[rows], o.sampler, options, o.batchsize, info,
+                              not runtime.quiet, score, _at(labels, rows))  # fmt: skip
     if score is not None:
         v = prior.info["validation"]
         log.info("scored on %d %s in the model's encoder features: FD %.4f, precision %.3f, "
@@ -49,15 +67,21 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
     return path
 
 
-def scorer(model, images: np.ndarray, where: str, batch: int):
+def _at(labels: torch.Tensor | None, rows) -> torch.Tensor | None:
+    return None if labels is None else labels[rows]
+
+
+def scorer(model, images: np.ndarray, where: str, batch: int, labels=None):
     """``score(prior)``: as many samples as ``images`` against them in the model's encoder
-    features (the same for every sampler of this model: what ``--sampler auto`` compares)."""
+    features (the same for every sampler of this model: what ``--sampler auto`` compares). A
+    conditional model encodes ``images`` with their classes ``labels``, and its samples (of
+    classes drawn at random) with theirs."""
     space = encoder_space(model, batch)
-    ref = make_reference(space, torch.from_numpy(np.asarray(images)), k=3)
+    ref = make_reference(space, torch.from_numpy(np.asarray(images)), 3, labels=labels)
 
     def score(prior) -> dict:
         fake = sample_images(model, prior, len(images), SCORE_SEED, batch)
-        m = measure(space, fake, ref)
+        m = measure(space, fake, ref, labels=sample_labels(model, len(images), SCORE_SEED))
         return {"features": "encoder", "images": where, "n_images": len(images),
                 "seed": SCORE_SEED, "fd": m["fd"], "precision": m["precision"],
                 "recall": m["recall"]}  # fmt: skip

@@ -14,38 +14,58 @@ from ..analysis.pictures import strip, write_gif
 from ..io.files import atomic_path
 from ..io.png import save_png, to_uint8
 from ..models import VAE
-from .common import check_index, check_outdir, load, read_image, resolve_dataset, split_images
+from .common import (
+    check_index,
+    check_outdir,
+    decoded_class,
+    given_class,
+    load,
+    read_image,
+    resolve_dataset,
+    split_images,
+    split_labels,
+)
 from .options import InterpolateOptions, Runtime
 
 log = logging.getLogger(__name__)
 
 
 def _endpoints(o: InterpolateOptions, model: VAE, runtime: Runtime):
-    """The two ends (codes or uint8 images), the images to show beside the strip, and words
-    for the log line."""
+    """The two ends (codes or uint8 images), the images to show beside the strip, words for
+    the log line, and the ends' classes (a conditional model's, for images of --split)."""
     cfg = model.config
     if o.random:
         a, b = model.prior_sample(2, torch.Generator().manual_seed(o.seed), "cpu", torch.float32)
-        return a, b, None, f"two codes drawn from the prior (seed {o.seed})"
+        return a, b, None, f"two codes drawn from the prior (seed {o.seed})", None
     if o.images:
         ends = [read_image(Path(p), cfg.in_channels, cfg.image_size) for p in o.images]
-        return ends[0], ends[1], ends, f"{o.images[0]} and {o.images[1]}"
+        return ends[0], ends[1], ends, f"{o.images[0]} and {o.images[1]}", None
     dataset = resolve_dataset(model, o.dataset, o.model)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     for i in o.index:
         check_index(i, len(images), f"the {o.split} split of {dataset}")
+    labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
     i, j = o.index
     ends = [np.array(images[i]), np.array(images[j])]
-    return ends[0], ends[1], ends, f"images {i} and {j} of the {o.split} split of {dataset}"
+    own = None if labels is None else labels[[i, j]]
+    return ends[0], ends[1], ends, f"images {i} and {j} of the {o.split} split of {dataset}", own
 
 
 def run(o: InterpolateOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
-    a, b, ends, what = _endpoints(o, model, runtime)
-    frames = to_uint8(latent.interpolate(model, a, b, o.steps, o.method))
+    given_class(model, o.class_)  # a class the model cannot take: before any work
+    a, b, ends, what, own = _endpoints(o, model, runtime)
+    c = decoded_class(model, o.class_, () if own is None else own, "the path")
+    if c is not None and ends is not None:  # each image encoded with its own class, or --class
+        y = own if own is not None else torch.tensor([c, c])
+        a = latent.encode_mean(model, a[None], y[:1])[0]
+        b = latent.encode_mean(model, b[None], y[1:])[0]
+    frames = to_uint8(latent.interpolate(model, a, b, o.steps, o.method, c))
     png, gif = o.outdir / "interpolate.png", o.outdir / "interpolate.gif"
     with atomic_path(png) as tmp:
         save_png(strip(frames, ends), tmp)
     write_gif(frames, gif)
-    log.info("wrote %s and %s: %d %s steps between %s", png, gif, o.steps, o.method, what)
+    as_class = "" if c is None else f", decoded as class {model.config.classes[c]!r}"
+    log.info("wrote %s and %s: %d %s steps between %s%s", png, gif, o.steps, o.method, what,
+             as_class)  # fmt: skip

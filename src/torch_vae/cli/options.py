@@ -394,6 +394,15 @@ class SampleQualityOptions:
         "best any sampler can do with this decoder",
     )
     no_floor: bool = option(False, "skip the floor (as many training images as samples)")
+    class_: str | None = option(
+        None,
+        "a conditional model's class, as an index or a name: its samples against the "
+        "reference images of that class; all: --nsamples of each class, each class against "
+        "its own and all together against the whole reference (default: classes drawn at "
+        "random, against the whole reference)",
+        name="class",
+        metavar="CLASS",
+    )
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
     batchsize: int = option(500, "images per forward pass")
     data_dir: Path | None = option(None, DATA_DIR_HELP)
@@ -419,6 +428,16 @@ PICTURES_HELP = "folder for the pictures (made if missing)"
 SPLIT_HELP = "the dataset split the images come from"
 MAX_FRAMES = 256  # the images of an interpolation, the values of a traversal
 MAX_SPAN = 1000.0  # a traversal's reach, in the prior's standard deviations
+
+
+def picture_class_option(default: str) -> str | None:
+    """--class of the picture commands: the class a conditional model decodes as."""
+    return option(
+        None,
+        f"a conditional model's class to decode as, by index or name; {default}",
+        name="class",
+        metavar="CLASS",
+    )
 
 
 @dataclass(frozen=True)
@@ -453,6 +472,10 @@ class InterpolateOptions(PictureOptions):
     )
     steps: int = option(10, "images from A to B, both included")
     seed: int = option(0, "random seed for --random")
+    class_: str | None = picture_class_option(
+        "default: the class of images A and B where they share one (each is encoded with its "
+        "own); image files (encoded as it) and --random need it"
+    )
 
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
@@ -477,6 +500,9 @@ class TraverseOptions(PictureOptions):
     steps: int = option(9, "values per dimension")
     span: float = option(3.0, "values from -SPAN to +SPAN (the prior's standard deviations)")
     nimages: int = option(1000, "test images that the average KL is measured on (0: all)")
+    class_: str | None = picture_class_option(
+        "default: the class of image --index (encoded with its own); the zero code needs it"
+    )
 
     def __post_init__(self) -> None:
         positive("--ndims", self.ndims, 4096)
@@ -499,6 +525,7 @@ class ManifoldOptions(PictureOptions):
     nimages: int = option(
         2000, "latent > 2: images whose principal plane the grid spans (0: all of --split)"
     )
+    class_: str | None = picture_class_option("a conditional model needs it")
 
     def __post_init__(self) -> None:
         if not isinstance(self.grid, int) or not 2 <= self.grid <= 100:

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from ..analysis.pictures import write_reconstructions
-from .common import check_flags, check_outdir, model_and_dataset, split_images
+from .common import check_flags, check_outdir, model_and_dataset, split_images, split_labels
 from .options import ReconstructOptions, Runtime
 
 log = logging.getLogger(__name__)
@@ -18,8 +18,13 @@ def run(o: ReconstructOptions, runtime: Runtime) -> None:
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters)
     split = "test" if o.rec_testdata else "train"
-    images = split_images(model, dataset, split, o.data_dir, runtime)[: o.nimages or None]
+    images = split_images(model, dataset, split, o.data_dir, runtime)
+    labels = split_labels(model, dataset, split, o.data_dir, len(images))
+    images = images[: o.nimages or None]
+    if labels is not None:  # a conditional model encodes and decodes each image with its class
+        labels = labels[: len(images)]
     out = write_reconstructions(model, torch.from_numpy(images), o.outdir, o.batchsize,
-                                not runtime.quiet, o.precision)  # fmt: skip
-    log.info("wrote %d reconstructions of the %s split of %s to %s (overview: %s)",
-             len(images), split, dataset, o.outdir, out)  # fmt: skip
+                                not runtime.quiet, o.precision, labels)  # fmt: skip
+    given = " (each given its class)" if labels is not None else ""
+    log.info("wrote %d reconstructions%s of the %s split of %s to %s (overview: %s)",
+             len(images), given, split, dataset, o.outdir, out)  # fmt: skip

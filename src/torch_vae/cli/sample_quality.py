@@ -1,12 +1,18 @@
 """``torch-vae sample-quality``: generated samples (or reconstructions) against a reference
-split in a feature space (evaluation.sample_quality), as a JSON report and a table."""
+split in a feature space (evaluation.sample_quality), as a JSON report and a table; for a
+conditional model, per class (``--class``) and with the classifier's class accuracy."""
 
 from __future__ import annotations
 
 import time
 
-from ..evaluation.reports import write_report
-from ..evaluation.sample_quality import pick_space, quality_report
+from ..evaluation.reports import dataset_tag, write_report
+from ..evaluation.sample_quality import (
+    accuracy_classifier,
+    chosen_class,
+    pick_space,
+    quality_report,
+)
 from ..priors import choose_sampler
 from .common import (
     check_output_file,
@@ -23,8 +29,10 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     if o.report is not None:
         check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    chosen_class(model, o.class_)  # a class the model cannot take: before any work
     features = "inception" if o.inception else o.features
     space = pick_space(features, o.classifier, model, dataset, model.device, o.batchsize)
+    judge = accuracy_classifier(space, o.classifier, model, dataset, model.device, o.batchsize)
     sampler = None
     if not o.reconstructions:
         sampler = choose_sampler(o.model, o.sampler, model.config.latent_dims)
@@ -35,11 +43,13 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     report = quality_report(
         model, dataset, space, sampler, o.nsamples, o.seed, o.k, o.data_dir, o.batchsize,
         not runtime.quiet, str(o.model), o.reference, rows,
-        "reconstructions" if o.reconstructions else "samples", not o.no_floor,
+        "reconstructions" if o.reconstructions else "samples", not o.no_floor, o.class_, judge,
     )  # fmt: skip
     report["seconds"] = round(time.perf_counter() - start, 1)
     tag = "reconstructions" if o.reconstructions else report["sampler"]
     suffix = "" if space.name == "classifier" else f"-{space.name}"
+    if report.get("class") is not None:
+        suffix += f"-class-{dataset_tag(str(report['class'])).replace(' ', '_')}"
     path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
     write_report(path, report)
     print_quality(report)
@@ -54,15 +64,15 @@ def _n_train(model, dataset, o: SampleQualityOptions, runtime: Runtime) -> int:
 def print_quality(r: dict) -> None:
     s, t = r["samples"], r.get("train_floor")
     floor = f" and {t['n_images']} training images (the floor)" if t else ""
+    made = "images" if r["what"] == "reconstructions" else "samples"
     print(
-        f"{r['dataset']} {r['reference']} ({r['n_reference']} images at "
-        f"{r['measured_size']}x{r['measured_size']}) against {s['n_images']} "
-        f"{'images' if r['what'] == 'reconstructions' else 'samples'} from "
-        f"{r['sampler_description']}{floor};"
+        f"{r['dataset']} {r['reference']}{_of_class(r)} ({r['n_reference']} images at "
+        f"{r['measured_size']}x{r['measured_size']}) against {s['n_images']} {made}"
+        f"{_classes(r)} from {r['sampler_description']}{floor};"
     )
     fd = "FID" if r["features"] == "inception" else "Frechet distance"
     print(f"{r['features']} features ({r['feature_dims']}-d), k = {r['k']}:")
-    print(f"  {'':<22} {'samples':>10} {'floor':>10}")
+    print(f"  {'':<22} {made:>10} {'floor':>10}")
     rows = [(fd, "fd"), ("KID", "kid"), ("precision", "precision"), ("recall", "recall")]
     if "class_kl" in s:
         rows.append(("class KL (nats)", "class_kl"))
@@ -74,6 +84,48 @@ def print_quality(r: dict) -> None:
             f"{n} {a:.3f}/{b:.3f}"
             for n, a, b in zip(names, s["class_histogram"], r["test_class_histogram"], strict=True)
         ))  # fmt: skip
+    if "per_class" in r:
+        print_per_class(r)
+    if "accuracy" in r:
+        a = r["accuracy"]
+        print(f"class accuracy under the classifier {a['classifier']}: {a['overall']:.4f} of "
+              f"{a['n_images']} {made} classified as the class they were made for")  # fmt: skip
+        if "per_class" not in r and len(a["per_class"]) > 1:
+            print("  per class: " + ", ".join(
+                f"{n} {v:.3f}" for n, v in a["per_class"].items()
+            ))  # fmt: skip
+
+
+def print_per_class(r: dict) -> None:
+    """The table of ``--class all``: each class against the reference images of that class."""
+    fd = "FID" if r["features"] == "inception" else "FD"
+    accuracy = r.get("accuracy", {}).get("per_class", {})
+    print("per class, against the reference images of the class:")
+    print(f"  {'class':<16} {'n_ref':>6} {fd:>10} {'floor ' + fd:>10} {'KID':>10} "
+          f"{'precision':>10} {'recall':>10} {'accuracy':>10}")  # fmt: skip
+    for name, e in r["per_class"].items():
+        s, t = e["samples"], e.get("train_floor")
+        acc = f"{accuracy[name]:.4f}" if name in accuracy else ""
+        print(f"  {name[:16]:<16} {e['n_reference']:>6} {_number(s['fd']):>10} "
+              f"{_number(t['fd']) if t else '':>10} {_number(s['kid']):>10} "
+              f"{_number(s['precision']):>10} {_number(s['recall']):>10} {acc:>10}")  # fmt: skip
+
+
+def _of_class(r: dict) -> str:
+    c = r.get("class")
+    return f" images of class {c!r}" if c not in (None, "all") else ""
+
+
+def _classes(r: dict) -> str:
+    if "class" not in r or r["what"] == "reconstructions":
+        return ""
+    c = r["class"]
+    if c is None:
+        return " (classes drawn at random)"
+    if c == "all":
+        k = len(r["per_class"])
+        return f" ({r['samples']['n_images'] // k} of each of {k} classes)"
+    return f" of class {c!r}"
 
 
 def _number(value: float | None) -> str:

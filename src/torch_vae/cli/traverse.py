@@ -9,7 +9,17 @@ import torch
 
 from ..analysis import figures, latent
 from ..io.png import to_uint8
-from .common import check_index, check_outdir, load, model_name, resolve_dataset, split_images
+from .common import (
+    check_index,
+    check_outdir,
+    decoded_class,
+    given_class,
+    load,
+    model_name,
+    resolve_dataset,
+    split_images,
+    split_labels,
+)
 from .options import Runtime, TraverseOptions
 
 log = logging.getLogger(__name__)
@@ -18,18 +28,28 @@ log = logging.getLogger(__name__)
 def run(o: TraverseOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
+    given_class(model, o.class_)  # a class the model cannot take: before any work
     dataset = resolve_dataset(model, o.dataset, o.model)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
-    kl = latent.kl_per_dim(model, images[: o.nimages or None])
+    # a conditional model encodes each image with its class
+    labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
+    own = None
+    if o.index is not None:
+        check_index(o.index, len(images), f"the {o.split} split of {dataset}")
+        own = labels[o.index : o.index + 1] if labels is not None else None
+    c = decoded_class(model, o.class_, () if own is None else own, "the traversal")
+    first = slice(None, o.nimages or None)
+    kl = latent.kl_per_dim(model, images[first], None if labels is None else labels[first])
     active = latent.active_dims(kl)
     dims = torch.argsort(kl, descending=True, stable=True)[: o.ndims].tolist()
     if o.index is None:
         z, around = torch.zeros(model.config.latent_dims), "the zero code"
     else:
-        check_index(o.index, len(images), f"the {o.split} split of {dataset}")
-        z = latent.encode_mean(model, images[o.index : o.index + 1])[0]
+        z = latent.encode_mean(model, images[o.index : o.index + 1], own)[0]
         around = f"{o.split} image {o.index}"
-    rows = latent.traverse(model, z, dims, o.steps, o.span)
+    if c is not None:
+        around += f", decoded as class {model.config.classes[c]!r}"
+    rows = latent.traverse(model, z, dims, o.steps, o.span, c)
     flat = to_uint8(rows.flatten(0, 1))
     pictures = flat.reshape(*rows.shape[:2], *flat.shape[1:])
     d, n_active = model.config.latent_dims, int(active.sum())

@@ -138,3 +138,36 @@ def rows_without(
             f"{dataset}'s {split} split has no class for every image; {what or 'this'} needs one"
         )
     return np.flatnonzero(~np.isin(labels, np.asarray(classes, dtype=np.int64)))
+
+
+def labels_as(
+    classes, dataset: str, split: str, n: int, data_dir: Path | None = None
+) -> np.ndarray:
+    """The class of each of the ``n`` images of ``split`` as an index into ``classes`` (a
+    conditional model's class names), int64 (n,): the dataset's labels matched to the
+    classes by name, so a folder with some of a model's class subfolders works too. A
+    one-line error for a dataset without classes, an image without one, or a class that is
+    none of ``classes``."""
+    names = class_names(dataset, data_dir)
+    labels = load_labels(dataset, split, data_dir) if names else None
+    if labels is None:
+        raise TorchVaeError(
+            f"{dataset} has no classes, and a conditional model encodes each image with its "
+            "class; pass the dataset the model was trained on (--dataset)"
+        )
+    if len(labels) != n or labels.min(initial=0) < 0:
+        raise TorchVaeError(
+            f"{dataset}'s {split} split has no class for every image (a folder's images must "
+            "all be in class subfolders); a conditional model needs each image's class"
+        )
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = [name for name in names if name not in index]
+    if unknown and np.isin(labels, [names.index(u) for u in unknown]).any():
+        shown = ", ".join(repr(c) for c in list(classes)[:10])
+        more = f" ... ({len(classes)} classes)" if len(classes) > 10 else ""
+        raise TorchVaeError(
+            f"{dataset} has the class {unknown[0]!r}, which the model does not know (its "
+            f"classes: {shown}{more}); pass the dataset the model was trained on (--dataset)"
+        )
+    table = np.array([index.get(name, -1) for name in names], dtype=np.int64)
+    return table[labels]

@@ -15,6 +15,11 @@ log-variance to lower its objective (SSE + KL, one posterior sample per step), w
 weights fixed, and every number is computed from the refined posterior. This measures how much
 of the objective the encoder loses by predicting the posterior in one pass (the amortization
 gap of Cremer et al., 2018); it is off by default, so the objective is the original's.
+
+A model with a discrete latent (a VQ-VAE's code grid, ``latent_kind == "discrete"``) has a point
+mass for its posterior: its KL to the uniform prior is h w log K, every importance sample is the
+code itself, so its NLL bound is the negative ELBO (``-log p(x|c) + h w log K``), and its report
+has the codebook's usage and perplexity where a Gaussian latent has active units.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..errors import TorchVaeError
 from ..models import VAE, Posterior
 from ..models.losses import reconstruction_error
 from ..runtime.device import to_float
@@ -121,26 +127,38 @@ def test_metrics(
 ) -> dict[str, float] | None:
     """The metrics a training run records after every epoch, per image of uint8 images
     (N, H, W, C): the training objective with z sampled (seeded, each image's noise its own:
-    ``ImageNoise``), its two parts, and the per-pixel MSE of the posterior-mean reconstruction.
-    Returns None as soon as ``stop()`` is true. ``labels``: the images' classes (N,), for a
-    conditional model."""
+    ``ImageNoise``), its parts (the model's ``objective_terms``), and the per-pixel MSE of the
+    posterior-mean reconstruction. Returns None as soon as ``stop()`` is true. ``labels``: the
+    images' classes (N,), for a conditional model."""
     model.eval()
     noise = ImageNoise(seed, ImageNoise.OBJECTIVE)
-    parts: dict[str, list[torch.Tensor]] = {"recon": [], "kl": [], "mse": []}
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in (*model.objective_terms, "mse")}
     for start in range(0, len(images), batch_size):
         if stop is not None and stop():
             return None
         x = to_float(images[start : start + batch_size], device)
         y = batch_labels(labels, start, len(x), x.device)
         post = model.encode(x, y)
-        eps = noise(range(start, start + len(x)), post.mu.shape[1:], post.mu.device)
-        recon = model.decode(post.reparameterize(eps), y)
-        parts["recon"].append(reconstruction_error(recon, x, recon_loss))
-        parts["kl"].append(post.float().kl())
+        eps = noise(range(start, start + len(x)), post.noise_shape, x.device)
+        out = model.output(post, post.reparameterize(eps), y)
+        for k, v in model.per_image_terms(out, x, recon_loss).items():
+            parts[k].append(v)
         parts["mse"].append((model.decode(post.mode(), y).float() - x).pow(2).mean((1, 2, 3)))
     m = {k: _mean(v) for k, v in parts.items()}
-    m["loss"] = m["recon"] + beta * m["kl"]
+    m["loss"] = model.loss_of(m, beta)
     return m
+
+
+def codebook_usage(indices: torch.Tensor, codebook: int) -> dict:
+    """How a discrete model's codes ``indices`` (any shape) use its ``codebook`` codes:
+    ``codes_used`` (those that occur), ``codebook_size`` and ``perplexity``, exp of the
+    entropy of the codes' frequencies (``codebook`` if every code occurs equally often, 1 if
+    one code is all)."""
+    counts = torch.bincount(indices.flatten().long(), minlength=codebook).double()
+    p = counts / counts.sum().clamp_min(1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"codes_used": int((counts > 0).sum()), "codebook_size": codebook,
+            "perplexity": float(entropy.exp())}  # fmt: skip
 
 
 def batch_labels(
@@ -168,7 +186,7 @@ def calibrate_sigma(
         x = to_float(images[start : start + batch_size], device)
         y = batch_labels(labels, start, len(x), x.device)
         post = model.encode(x, y)
-        eps = noise(range(start, start + len(x)), post.mu.shape[1:], post.mu.device)
+        eps = noise(range(start, start + len(x)), post.noise_shape, x.device)
         recon = model.decode(post.reparameterize(eps), y).float()
         errors.append((recon - x).pow(2).flatten(1).sum(1))
     count = images.shape[0] * images.shape[1] * images.shape[2] * images.shape[3]
@@ -262,6 +280,12 @@ def evaluate_model(
     from tqdm import tqdm
 
     model.eval()
+    discrete = model.latent_kind == "discrete"
+    if discrete and refine_steps:
+        raise TorchVaeError(
+            "--refine_steps refines a Gaussian posterior; this model's latent is discrete "
+            "(its code is the nearest codebook vector already): pass --refine_steps 0"
+        )
     streams = {k: ImageNoise(seed, k) for k in (ImageNoise.OBJECTIVE, ImageNoise.IMPORTANCE,
                                                  ImageNoise.REFINE)}  # fmt: skip
     names = ("sse", "kl", "log_px", "mse", "nll", "mu", "encoder_objective")
@@ -269,31 +293,52 @@ def evaluate_model(
     n = len(images)
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not progress):
         x = to_float(images[start : start + batch_size], device)
-        idx, d = range(start, start + len(x)), model.config.latent_dims
         y = batch_labels(labels, start, len(x), x.device)
-        post = model.encode(x, y)
-        objective_eps = streams[ImageNoise.OBJECTIVE](idx, (d,), x.device)
-        if refine_steps:  # the encoder's own objective too, with the same noise
-            sampled = model.decode(post.reparameterize(objective_eps), y).float()
-            sse = (sampled - x).pow(2).flatten(1).sum(1)
-            parts["encoder_objective"].append(sse + post.float().kl())
-            eps = streams[ImageNoise.REFINE](idx, (refine_steps, d), x.device)
-            post = refine_posterior(model, x, post, refine_steps, refine_lr, eps, y)
-        sampled = model.decode(post.reparameterize(objective_eps), y).float()
-        parts["sse"].append((sampled - x).pow(2).flatten(1).sum(1))
-        parts["log_px"].append(discretized_gaussian_log_prob(x, sampled, sigma))
-        parts["kl"].append(post.float().kl())
-        parts["mse"].append((model.decode(post.mode(), y).float() - x).pow(2).flatten(1).mean(1))
-        if iw_samples:
-            eps = streams[ImageNoise.IMPORTANCE](idx, (iw_samples, d), x.device)
-            parts["nll"].append(-iwae_log_likelihood(model, x, sigma, eps, post=post, y=y))
-        parts["mu"].append(post.mu.float().cpu())
+        _evaluate_batch(model, x, y, range(start, start + len(x)), sigma, streams, parts,
+                        iw_samples, refine_steps, refine_lr)  # fmt: skip
     if values is not None:
         values.update(parts)
-    return _report(parts, images, sigma, iw_samples, refine_steps, refine_lr)
+    codebook = model.codebook_size if discrete else 0
+    return _report(parts, images, sigma, iw_samples, refine_steps, refine_lr, codebook)
 
 
-def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr) -> dict:
+def _evaluate_batch(
+    model: VAE,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    idx: range,
+    sigma: float,
+    streams: dict[int, ImageNoise],
+    parts: dict[str, list[torch.Tensor]],
+    iw_samples: int,
+    refine_steps: int,
+    refine_lr: float,
+) -> None:
+    """Append the per-image values of ``evaluate_model`` for the images ``x`` (their indices
+    ``idx``, their classes ``y``) to ``parts``."""
+    discrete, d = model.latent_kind == "discrete", model.config.latent_dims
+    post = model.encode(x, y)
+    objective_eps = streams[ImageNoise.OBJECTIVE](idx, post.noise_shape, x.device)
+    if refine_steps:  # the encoder's own objective too, with the same noise
+        sampled = model.decode(post.reparameterize(objective_eps), y).float()
+        sse = (sampled - x).pow(2).flatten(1).sum(1)
+        parts["encoder_objective"].append(sse + post.float().kl())
+        eps = streams[ImageNoise.REFINE](idx, (refine_steps, d), x.device)
+        post = refine_posterior(model, x, post, refine_steps, refine_lr, eps, y)
+    sampled = model.decode(post.reparameterize(objective_eps), y).float()
+    parts["sse"].append((sampled - x).pow(2).flatten(1).sum(1))
+    parts["log_px"].append(discretized_gaussian_log_prob(x, sampled, sigma))
+    parts["kl"].append(post.float().kl())
+    parts["mse"].append((model.decode(post.mode(), y).float() - x).pow(2).flatten(1).mean(1))
+    if iw_samples and discrete:  # every importance sample is the code: the ELBO
+        parts["nll"].append(parts["kl"][-1] - parts["log_px"][-1])
+    elif iw_samples:
+        eps = streams[ImageNoise.IMPORTANCE](idx, (iw_samples, d), x.device)
+        parts["nll"].append(-iwae_log_likelihood(model, x, sigma, eps, post=post, y=y))
+    parts["mu"].append(post.mode().cpu() if discrete else post.mu.float().cpu())
+
+
+def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr, codebook=0) -> dict:
     n = len(images)
     mse = torch.cat(parts["mse"]).double().cpu()
     report = {k: _mean(parts[k]) for k in ("sse", "kl")}
@@ -302,7 +347,10 @@ def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr) -> dict:
     mu = torch.cat(parts["mu"])
     dims = images.shape[1] * images.shape[2] * images.shape[3]
     report["objective"] = report["sse"] + report["kl"]
-    report["active_units"] = int((mu.var(0) > 0.01).sum()) if n > 1 else 0
+    if codebook:  # the code indices (N, h, w): how many codes they use, and how evenly
+        report.update(codebook_usage(mu, codebook))
+    else:
+        report["active_units"] = int((mu.var(0) > 0.01).sum()) if n > 1 else 0
     report["n_images"] = n
     report["decoder_sigma"] = sigma
     report["iw_samples"] = iw_samples

@@ -6,7 +6,9 @@ Every request and response is a pydantic model built for the model at hand, so t
 schema (``/openapi.json``) is exact: a code has exactly ``latent_dims`` finite numbers, an
 image index lies in the test split. A bad request gets a 4xx with ``{"detail": message}``:
 422 for a value the schema refuses, 413 for a body or an image too large, 415 for a file that
-is not an image. Decoding runs on the event loop itself (a decode takes well under a
+is not an image. A conditional model's requests name the class to decode as (``class``: an
+index into the model's classes, or a name), which a request for any other model may not.
+Decoding runs on the event loop itself (a decode takes well under a
 millisecond; one at a time keeps PyTorch's threads from fighting), uploads are decoded in the
 thread pool.
 """
@@ -15,17 +17,25 @@ thread pool.
 # models built at run time (api_models), so they must be objects, not strings.
 import logging
 import socket
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from importlib import resources
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import torch
-from fastapi import FastAPI, File, Path, Request, UploadFile
+from fastapi import FastAPI, File, Form, Path, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WrapValidator,
+    create_model,
+)
 
 from ..errors import TorchVaeError
 from ..version import __version__
@@ -77,8 +87,42 @@ def whole(low: int, high: int) -> Any:
     return Annotated[int, Field(ge=low, le=high), BeforeValidator(_number)]
 
 
-def api_models(d: int, n: int) -> SimpleNamespace:
-    """The request and response models for latent-``d`` codes and ``n`` test images."""
+def class_value(classes: Sequence[str]) -> Any:
+    """A class of a conditional model in JSON: its index, or its name (one error that lists
+    them for anything else)."""
+    shown = ", ".join(repr(c) for c in classes[:20]) + (" ..." if len(classes) > 20 else "")
+
+    def check(value: Any, handler: Any) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(
+                f"unknown class {value!r}: an index 0 to {len(classes) - 1}, or one of {shown}"
+            ) from None
+
+    kinds = Union[whole(0, len(classes) - 1), Literal[tuple(classes)]]  # noqa: UP007
+    return Annotated[kinds, WrapValidator(check)]
+
+
+def form_class(classes: Sequence[str]) -> Any:
+    """A class of a conditional model in a form field: its name, or its index as text."""
+    return Literal[tuple(dict.fromkeys([*classes, *map(str, range(len(classes)))]))]
+
+
+def _with_class(base: type[BaseModel], classes: Sequence[str], required: bool) -> Any:
+    """``base`` with the field ``class``: a conditional model's class to decode as."""
+    what = "the class to decode as: an index into classes, or a name"
+    if required:
+        field = (class_value(classes), Field(alias="class", description=what))
+    else:
+        field = (class_value(classes) | None, Field(None, alias="class",
+                                                    description=what + " (random)"))  # fmt: skip
+    return create_model(base.__name__, __base__=base, class_=field)
+
+
+def api_models(d: int, n: int, classes: Sequence[str] = ()) -> SimpleNamespace:
+    """The request and response models for latent-``d`` codes and ``n`` test images (and a
+    conditional model's ``classes``, which its requests name)."""
     number = Field(strict=True, allow_inf_nan=False, ge=-Z_BOUND, le=Z_BOUND)
     Code = Annotated[list[Annotated[float, number]], Field(min_length=d, max_length=d)]
     Point = Annotated[list[Annotated[float, number]], Field(min_length=2, max_length=2)]
@@ -111,6 +155,12 @@ def api_models(d: int, n: int) -> SimpleNamespace:
     class Coded(Decoded):
         z: list[float] = Field(description="the code")
 
+    class Sampled(Coded):
+        label: int | None = Field(
+            description="the class it was decoded as, an index into classes (null: the model "
+            "is not conditional)"
+        )
+
     class Encoded(Coded):
         input: str = Field(description="the image as the model sees it, a PNG data URL")
 
@@ -123,6 +173,11 @@ def api_models(d: int, n: int) -> SimpleNamespace:
         xy: list[Pair] = Field(description="their places on the map")
         frames: list[str] = Field(description="their decoded images, PNG data URLs")
 
+    if classes:
+        DecodeRequest = _with_class(DecodeRequest, classes, True)
+        MapRequest = _with_class(MapRequest, classes, True)
+        SampleRequest = _with_class(SampleRequest, classes, False)
+        InterpolateRequest = _with_class(InterpolateRequest, classes, True)
     index = Path(ge=0, le=n - 1, description=f"a test image, 0..{n - 1}")
     return SimpleNamespace(**{k: v for k, v in locals().items() if k[0].isupper() or k == "index"})
 
@@ -142,6 +197,7 @@ class Info(BaseModel):
     channels: int
     images: int = Field(description="test images on the map")
     classes: list[str] | None
+    conditional: bool = Field(description="the model decodes a class: requests name it")
     dims: list[Dim] = Field(description="every dimension, the largest KL first")
     sliders: int = Field(description="how many of dims the page shows as sliders")
     map: Literal["code", "pca"] = Field(description="the code itself, or its PCA plane")
@@ -171,40 +227,48 @@ def _info(ex: Explorer, sliders: int) -> Info:
     return Info(
         model=ex.name, dataset=ex.dataset, version=__version__, latent_dims=c.latent_dims,
         image_size=c.image_size, channels=c.in_channels, images=len(ex.images),
-        classes=ex.classes, dims=dims, sliders=min(sliders, c.latent_dims),
+        classes=ex.classes, conditional=ex.conditional, dims=dims,
+        sliders=min(sliders, c.latent_dims),
         map="code" if ex.center is None else "pca", sampler=sampler, z_bound=Z_BOUND,
         max_upload_bytes=MAX_UPLOAD_BYTES, max_upload_pixels=MAX_UPLOAD_PIXELS,
     )  # fmt: skip
 
 
 def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
-    """Codes in, images out: decode, a map point, a random sample, an interpolation."""
+    """Codes in, images out: decode, a map point, a random sample, an interpolation (a
+    conditional model's as the class each request names)."""
 
-    def coded(z: torch.Tensor) -> Any:
-        return m.Coded(z=_floats(z[0]), image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]))
+    def label(req: BaseModel) -> int | None:
+        value = getattr(req, "class_", None)
+        return None if value is None else ex.class_index(value)
+
+    def coded(z: torch.Tensor, y: int | None) -> dict[str, Any]:
+        return dict(z=_floats(z[0]), image=ex.decode(z, y)[0], xy=_floats(ex.to_map(z)[0]))
 
     @app.post("/api/decode", response_model=m.Decoded, responses=_errors(400, 413, 422))
     async def decode(req: m.DecodeRequest) -> Any:
         """Decode a latent code to an image."""
         z = torch.tensor([req.z])
-        return m.Decoded(image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]))
+        return m.Decoded(image=ex.decode(z, label(req))[0], xy=_floats(ex.to_map(z)[0]))
 
     @app.post("/api/map/decode", response_model=m.Coded, responses=_errors(400, 413, 422))
     async def map_decode(req: m.MapRequest) -> Any:
         """Decode the code of a point of the map."""
-        return coded(ex.from_map(torch.tensor([req.xy])))
+        return m.Coded(**coded(ex.from_map(torch.tensor([req.xy])), label(req)))
 
-    @app.post("/api/sample", response_model=m.Coded, responses=_errors(400, 413, 422))
+    @app.post("/api/sample", response_model=m.Sampled, responses=_errors(400, 413, 422))
     async def sample(req: m.SampleRequest) -> Any:
-        """A random code (the model's ex-post sampler, or the prior) and its image."""
+        """A random code (the model's ex-post sampler, or the prior) and its image; a
+        conditional model's of the class asked for, else of one drawn with the seed."""
         seed = req.seed if req.seed is not None else int(torch.randint(2**62, ()).item())
-        return coded(ex.sample(seed))
+        z, y = ex.sample(seed, label(req))
+        return m.Sampled(**coded(z, y), label=y)
 
     @app.post("/api/interpolate", response_model=m.Interpolation, responses=_errors(400, 413, 422))
     async def interpolate(req: m.InterpolateRequest) -> Any:
         """Decoded codes from a to b (both included), on a line or a great circle (slerp)."""
         codes, frames = ex.interpolate(
-            torch.tensor(req.a), torch.tensor(req.b), req.steps, req.method
+            torch.tensor(req.a), torch.tensor(req.b), req.steps, req.method, label(req)
         )
         return m.Interpolation(z=_floats(codes), xy=_floats(ex.to_map(codes)), frames=frames)
 
@@ -213,27 +277,44 @@ def _add_image_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
     """Images in: a test image by index, an uploaded one."""
     from .state import data_url
 
-    def encoded(image, **extra: Any) -> dict[str, Any]:
-        z = ex.encode(image[None])
+    def encoded(image, y: int | None, **extra: Any) -> dict[str, Any]:
+        z = ex.encode(image[None], y)
         return dict(
-            z=_floats(z[0]), image=ex.decode(z)[0], xy=_floats(ex.to_map(z)[0]),
+            z=_floats(z[0]), image=ex.decode(z, y)[0], xy=_floats(ex.to_map(z)[0]),
             input=data_url(image), **extra,
         )  # fmt: skip
 
     @app.get("/api/images/{index}", response_model=m.TestImage, responses=_errors(422))
     async def test_image(index: Annotated[int, m.index]) -> Any:
-        """A test image, its code, its reconstruction and its place on the map."""
+        """A test image, its code, its reconstruction and its place on the map (a conditional
+        model's encoded and decoded as the image's own class)."""
         label = None if ex.labels is None else int(ex.labels[index])
-        return m.TestImage(**encoded(ex.images[index], index=index, label=label))
+        y = label if ex.conditional else None
+        return m.TestImage(**encoded(ex.images[index], y, index=index, label=label))
 
-    @app.post("/api/encode", response_model=m.Encoded, responses=_errors(400, 413, 415, 422))
-    async def encode(file: Annotated[UploadFile, File(description="an image file")]) -> Any:
-        """Encode an uploaded image (at most 10 MiB and 20 megapixels; PNG, JPEG, GIF, BMP,
-        WebP, TIFF or PPM): its code, reconstruction and place on the map."""
+    async def upload(file: UploadFile, y: int | None) -> Any:
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         c = ex.model.config
         image = await run_in_threadpool(read_upload, data, c.in_channels, c.image_size)
-        return m.Encoded(**encoded(image))
+        return m.Encoded(**encoded(image, y))
+
+    File_ = Annotated[UploadFile, File(description="an image file")]
+    if ex.conditional:
+        what = "the class to encode and decode it as: a name, or an index into classes"
+        Class = Annotated[form_class(ex.classes), Form(alias="class", description=what)]
+
+        async def encode(file: File_, class_: Class) -> Any:
+            return await upload(file, ex.class_index(class_))
+    else:
+
+        async def encode(file: File_) -> Any:
+            return await upload(file, None)
+
+    encode.__doc__ = """Encode an uploaded image (at most 10 MiB and 20 megapixels; PNG, JPEG,
+        GIF, BMP, WebP, TIFF or PPM; a conditional model's as the class ``class``): its code,
+        reconstruction and place on the map."""
+    app.add_api_route("/api/encode", encode, methods=["POST"], response_model=m.Encoded,
+                      responses=_errors(400, 413, 415, 422))  # fmt: skip
 
 
 def _add_page_routes(app: FastAPI, ex: Explorer, sliders: int) -> None:
@@ -290,7 +371,7 @@ def create_app(ex: Explorer, sliders: int = 16, hosts: Collection[str] | None = 
         description=f"Explore {ex.name or 'a model'}: decode codes, map points and uploads.",
         docs_url=None, redoc_url=None,  # their pages load scripts from a CDN: offline, none
     )  # fmt: skip
-    m = api_models(ex.latent_dims, len(ex.images))
+    m = api_models(ex.latent_dims, len(ex.images), ex.classes if ex.conditional else ())
     _add_latent_routes(app, ex, m)
     _add_image_routes(app, ex, m)
     _add_page_routes(app, ex, sliders)

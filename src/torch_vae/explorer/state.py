@@ -6,6 +6,10 @@ uploads decoded safely.
 The map of a latent-2 model is its code itself; a larger model's is the plane of the two
 leading principal directions of the test codes (``explore.pca_basis``), where a point decodes
 through ``explore.from_map`` and a code lands by projection (``Explorer.to_map``).
+
+A conditional model's test images are encoded with their own classes; what the page decodes,
+samples and encodes from an upload takes the class it asks for (``label``, an index into the
+model's classes).
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ from torch import Tensor
 from ..analysis import latent as explore
 from ..data import load_split
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, to_array
+from ..data.labels import labels_as
 from ..errors import TorchVaeError
 from ..io.png import encode_png, to_uint8
 from ..models import VAE
+from ..models.conditions import class_index
 from ..priors import load_sampler
 from ..runtime.device import to_float
 
@@ -94,6 +100,21 @@ class Explorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def conditional(self) -> bool:
+        return self.model.conditional
+
+    def class_index(self, value: Any) -> int:
+        """A conditional model's class given by index or name, as its index."""
+        return class_index(self.model.config.classes, value)
+
+    def _labels(self, label: int | None, n: int) -> Tensor | None:
+        """The classes of ``n`` images of one class ``label`` (None for an unconditional
+        model; a conditional one refuses None in one line)."""
+        if label is None:
+            return None
+        return torch.full((n,), int(label), dtype=torch.int64, device=self.device)
+
     def to_map(self, z: Tensor) -> Tensor:
         """The map's point (B, 2) of codes (B, d)."""
         z = z.float().cpu()
@@ -105,29 +126,39 @@ class Explorer:
         return xy if self.center is None else explore.from_map(self.center, self.directions, xy)
 
     @torch.inference_mode()
-    def decode(self, z: Tensor) -> list[str]:
-        """Codes (B, d) -> their decoded images as PNG data URLs."""
-        images = self.model.decode(z.float().to(self.device))
+    def decode(self, z: Tensor, label: int | None = None) -> list[str]:
+        """Codes (B, d) (of the class ``label``, for a conditional model) -> their decoded
+        images as PNG data URLs."""
+        images = self.model.decode(z.float().to(self.device), self._labels(label, len(z)))
         return [data_url(im) for im in to_uint8(images)]
 
     @torch.inference_mode()
-    def encode(self, images: np.ndarray) -> Tensor:
-        """Posterior means (B, d) of uint8 images (B, H, W, C)."""
+    def encode(self, images: np.ndarray, label: int | None = None) -> Tensor:
+        """Posterior means (B, d) of uint8 images (B, H, W, C) (of the class ``label``, for a
+        conditional model)."""
         x = to_float(torch.tensor(images), self.device)  # a copy: uploads are read-only
-        return self.model.encode(x).mu.float().cpu()
+        return self.model.encode(x, self._labels(label, len(x))).mu.float().cpu()
 
-    def sample(self, seed: int) -> Tensor:
-        """One code (1, d): from the model's ex-post sampler if it has one, else the prior."""
+    def sample(self, seed: int, label: int | None = None) -> tuple[Tensor, int | None]:
+        """One code (1, d) from the model's ex-post sampler if it has one, else the prior, and
+        a conditional model's class: ``label``, or drawn uniformly after the code (as
+        ``VAE.sample`` draws it; None for an unconditional model)."""
         gen = torch.Generator().manual_seed(seed)
         if self.sampler is not None:
             z = torch.as_tensor(self.sampler.sample(1, gen), dtype=torch.float32)
-            return z.reshape(1, self.latent_dims).cpu()
-        return self.model.prior_sample(1, gen, "cpu", torch.float32)
+            z = z.reshape(1, self.latent_dims).cpu()
+        else:
+            z = self.model.prior_sample(1, gen, "cpu", torch.float32)
+        if self.conditional and label is None:
+            label = int(self.model.labels(None, 1, gen)[0])
+        return z, label
 
-    def interpolate(self, a: Tensor, b: Tensor, steps: int, method: str) -> tuple[Tensor, list]:
+    def interpolate(
+        self, a: Tensor, b: Tensor, steps: int, method: str, label: int | None = None
+    ) -> tuple[Tensor, list]:
         """The codes (steps, d) from ``a`` to ``b`` (explore.interpolate's path) and their
-        decoded images as data URLs."""
-        frames = explore.interpolate(self.model, a, b, steps, method)
+        decoded images (of the class ``label``, for a conditional model) as data URLs."""
+        frames = explore.interpolate(self.model, a, b, steps, method, label)
         t = torch.linspace(0, 1, steps)[:, None]
         codes = explore.slerp(a, b, t) if method == "slerp" else (1 - t) * a + t * b
         return codes, [data_url(im) for im in to_uint8(frames)]
@@ -141,12 +172,17 @@ def build_explorer(
     **info: Any,
 ) -> Explorer:
     """An Explorer of ``model`` over uint8 ``images`` (N, H, W, C), N >= 2: their codes, map
-    and the KL of each dimension (``info``: ``name``, ``dataset``, ``sampler``)."""
+    and the KL of each dimension (``info``: ``name``, ``dataset``, ``sampler``). A conditional
+    model encodes each image with its class, ``labels`` (indices into its classes, which
+    ``classes`` must be)."""
     if len(images) < 2:
         raise TorchVaeError(f"the explorer's map needs at least 2 test images, got {len(images)}")
+    condition = None
+    if model.conditional:
+        condition = _conditions(model, images, labels, classes)
     fast = model.inference_copy()
-    means = explore.encode_mean(fast, images)
-    kl = explore.kl_per_dim(fast, images)
+    means = explore.encode_mean(fast, images, condition)
+    kl = explore.kl_per_dim(fast, images, condition)
     center = directions = None
     xy = means
     if means.shape[1] != 2:
@@ -162,6 +198,18 @@ def build_explorer(
         xy=torch.nan_to_num(xy), center=center, directions=directions, kl=kl,
         active=explore.active_dims(kl), order=order, **info,
     )  # fmt: skip
+
+
+def _conditions(model: VAE, images, labels, classes) -> Tensor:
+    """A conditional model's classes of the explorer's images, checked."""
+    if labels is None or len(labels) != len(images) or np.min(labels, initial=0) < 0:
+        raise TorchVaeError(
+            "a conditional model's explorer needs the class of every test image: pass the "
+            "dataset the model was trained on"
+        )
+    if classes is not None and list(classes) != list(model.config.classes):
+        raise TorchVaeError("the labels' classes are not the conditional model's")
+    return torch.as_tensor(np.asarray(labels), dtype=torch.int64)
 
 
 def find_sampler(model_path: str | os.PathLike, latent_dims: int | None = None) -> Any:
@@ -190,13 +238,18 @@ def load_explorer(
     """The Explorer of ``model`` (loaded from ``model_path``) over the first ``nimages``
     (0: all) test images of ``dataset``, with their labels where it has them."""
     size = model.config.image_size
-    images = load_split(dataset, "test", size, data_dir, progress)[: nimages or None]
+    images = load_split(dataset, "test", size, data_dir, progress)
     labels = classes = None
-    try:
-        labels = explore.load_labels(dataset, "test", data_dir)
-        classes = explore.class_names(dataset, data_dir)
-    except (TorchVaeError, OSError) as exc:
-        log.warning("no labels for the map (%s): its points are drawn in one colour", exc)
+    if model.conditional:  # each image's class, as an index into the model's classes
+        labels = labels_as(model.config.classes, dataset, "test", len(images), data_dir)
+        classes = list(model.config.classes)
+    else:
+        try:
+            labels = explore.load_labels(dataset, "test", data_dir)
+            classes = explore.class_names(dataset, data_dir)
+        except (TorchVaeError, OSError) as exc:
+            log.warning("no labels for the map (%s): its points are drawn in one colour", exc)
+    images = images[: nimages or None]
     if labels is not None:
         labels = labels[: len(images)]
     log.info("mapping %d test images of %s", len(images), dataset)

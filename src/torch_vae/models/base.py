@@ -5,7 +5,13 @@ config; everything else comes from here and works the same for every family:
 
 - ``encode(x) -> Posterior``, ``decode(z)``, ``reconstruct(x)`` (the posterior's mode),
   ``sample(n, generator)`` (codes from the prior), ``forward(x)`` -> ``VAEOutput``;
-- ``objective(out, x, beta, recon_loss)`` and ``loss(x)``: the training objective's parts;
+- ``objective(out, x, beta, recon_loss)`` and ``loss(x)``: the training objective's parts
+  (``objective_terms``, per image ``per_image_terms``, combined by ``loss_of``);
+- ``latent_kind``: ``"gaussian"`` (codes (B, d), a diagonal Gaussian posterior, the prior
+  N(0, I)) or ``"discrete"`` (a grid of code indices, ``latent_shape``; models/vqvae.py), whose
+  family overrides what its latent changes: ``encode``'s posterior (with ``mode``,
+  ``reparameterize``, ``sample``, ``kl``, ``noise_shape``), ``decoder_input``, ``output``,
+  ``per_image_terms``, ``loss_of``, ``prior_sample`` and ``prior_log_prob``;
 - ``inference_copy()``: an eval-mode copy with the family's batch norms folded
   (``fold_batch_norm``, which each family writes for the layers it has);
 - ``estimate_memory(config, batch)`` (``memory_estimate(batch)`` on a model): the bytes a
@@ -61,6 +67,11 @@ class VAE(nn.Module):
     # the family's networks, built from the config: images -> Posterior, codes -> images
     encoder_class: ClassVar[type[nn.Module] | None] = None
     decoder_class: ClassVar[type[nn.Module] | None] = None
+    # what the latent is (see the module docstring); commands that draw pictures of a
+    # Gaussian latent (traverse, manifold, embed...) refuse the other kinds in one line
+    latent_kind: ClassVar[str] = "gaussian"
+    # the objective's parts besides "loss", as ``objective`` and the training metrics name them
+    objective_terms: ClassVar[tuple[str, ...]] = ("recon", "kl")
 
     def __new__(cls, config: ModelConfig | None = None, *args: Any, **kwargs: Any):
         if cls is VAE and config is not None:  # the family's class
@@ -106,6 +117,11 @@ class VAE(nn.Module):
     def conditional(self) -> bool:
         return bool(self.config.classes)
 
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one image's code, as ``prior_sample`` draws it: (latent_dims,)."""
+        return (self.config.latent_dims,)
+
     def labels(self, condition: Any, n: int, generator: torch.Generator | None = None):
         """A conditional model's class labels for ``n`` images, (n,) int64 on the model's
         device: from ``condition`` (a class index or name, one per image or one for all, or a
@@ -121,8 +137,8 @@ class VAE(nn.Module):
     def _need_labels(self, condition: Any, n: int) -> torch.Tensor | None:
         if self.conditional and condition is None:
             raise TorchVaeError(
-                "this model is conditional: pass each image's class (condition=... in Python; "
-                "this command does not take classes yet, see docs/training.md)"
+                "this model is conditional: pass each image's class (condition=... in Python, "
+                "--class on the command line; see docs/training.md)"
             )
         return self.labels(condition, n)
 
@@ -147,10 +163,7 @@ class VAE(nn.Module):
         the data cannot have.
         """
         z = self._cast(z)
-        y = self._need_labels(condition, len(z))
-        if y is not None:
-            z = torch.cat([z, nn.functional.one_hot(y, self.config.num_classes).to(z.dtype)], 1)
-        x = self.decoder(z)
+        x = self.decoder(self.decoder_input(z, self._need_labels(condition, len(z))))
         if not self.config.native_size:
             return x
         p = self._projector
@@ -163,6 +176,14 @@ class VAE(nn.Module):
         with autocast_off(x.device.type):
             y = (p @ x.float() @ p).clamp(0, 1)
         return y.to(x.dtype)
+
+    def decoder_input(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """What the decoder network takes for codes ``z`` (cast to the model's dtype) of the
+        classes ``y`` (None: an unconditional model): the codes, and a conditional model's
+        one-hot class beside them."""
+        if y is None:
+            return z
+        return torch.cat([z, nn.functional.one_hot(y, self.config.num_classes).to(z.dtype)], 1)
 
     def forward(
         self,
@@ -177,6 +198,11 @@ class VAE(nn.Module):
         if sample is None:
             sample = self.training
         z = post.sample(generator) if sample else post.mode()
+        return self.output(post, z, condition)
+
+    def output(self, post: Posterior, z: torch.Tensor, condition: Any = None) -> VAEOutput:
+        """The forward pass's output for the posterior ``post`` and the code ``z`` decoded
+        (a sample of it, or its mode)."""
         return VAEOutput(self.decode(z, condition), post.mu, post.logvar)
 
     def prior_sample(
@@ -216,15 +242,26 @@ class VAE(nn.Module):
         """Decode the posterior's mode for ``x`` (deterministic)."""
         return self.decode(self.encode(x, condition).mode(), condition)
 
+    def per_image_terms(
+        self, out: VAEOutput, x: torch.Tensor, recon_loss: str = "mse"
+    ) -> dict[str, torch.Tensor]:
+        """The objective's parts (``objective_terms``) for each image of a forward pass
+        ``out`` of ``x``, (B,) each in float32: the reconstruction error and the KL."""
+        recon = reconstruction_error(out.recon, x, recon_loss)
+        return {"recon": recon, "kl": Posterior(out.mu.float(), out.logvar.float()).kl()}
+
+    def loss_of(self, terms: dict[str, Any], beta: float = 1.0) -> Any:
+        """The loss from its parts (tensors or floats): ``recon + beta * kl``."""
+        return terms["recon"] + beta * terms["kl"]
+
     def objective(
         self, out: VAEOutput, x: torch.Tensor, beta: float = 1.0, recon_loss: str = "mse"
     ) -> dict[str, torch.Tensor]:
         """The training objective of a forward pass ``out`` of ``x``: ``{"loss", "recon",
-        "kl"}``, each the mean over the batch of a per-image sum (in float32);
-        ``loss = recon + beta * kl``."""
-        recon = reconstruction_error(out.recon, x, recon_loss).mean()
-        kl = Posterior(out.mu.float(), out.logvar.float()).kl().mean()
-        return {"loss": recon + beta * kl, "recon": recon, "kl": kl}
+        "kl"}`` (``objective_terms``), each the mean over the batch of a per-image sum (in
+        float32); ``loss = loss_of(the means, beta)``."""
+        means = {k: v.mean() for k, v in self.per_image_terms(out, x, recon_loss).items()}
+        return {"loss": self.loss_of(means, beta), **means}
 
     def loss(
         self,

@@ -2,7 +2,8 @@
 (images (B, C, H, W) in [0, 1] -> the posterior's mean and log-variance, each (B, d)) and the
 decoder (codes (B, d) -> images (B, C, H, W) in [0, 1], the native-size projection included),
 each with a dynamic batch axis (a conditional model's both take ``labels`` too: (B,) int64
-class indices), in float32, from the model's inference copy (batch norms
+class indices; a discrete model's encoder gives its code grid ``codes`` (B, h, w) int64, which
+its decoder takes), in float32, from the model's inference copy (batch norms
 folded): ONNX files for onnxruntime, or TorchScript files (``torch.jit.trace``) for
 ``torch.jit.load``. ``max_difference`` runs the files on random inputs beside PyTorch.
 
@@ -50,8 +51,10 @@ class _Encoder(nn.Module):
 
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, ...]:
         post = self.model.encode(images, labels)
+        if self.model.latent_kind == "discrete":
+            return (post.mode(),)
         return post.mu, post.logvar
 
 
@@ -82,13 +85,20 @@ def networks(model: VAE) -> tuple[Network, Network]:
     c = fused.config
     labels = {"labels": ("batch",)} if c.classes else {}
     with torch.no_grad():  # builds the native-size projector: a constant in the trace
-        fused.decode(torch.zeros(1, c.latent_dims), 0 if c.classes else None)
+        fused.decode(
+            fused.prior_sample(1, torch.Generator().manual_seed(0)), 0 if c.classes else None
+        )
     image = ("batch", c.in_channels, c.image_size, c.image_size)
-    code = ("batch", c.latent_dims)
+    code = ("batch", *fused.latent_shape)
+    if fused.latent_kind == "discrete":  # the code grid's indices, in and out
+        codes = {"codes": code}
+        encoded, latents = codes, codes
+    else:
+        encoded, latents = {"mu": code, "logvar": code}, {"latents": code}
     encoder = Network("encoder", _Encoder(_without(fused, "decoder")).eval(),
-                      {"images": image, **labels}, {"mu": code, "logvar": code})  # fmt: skip
+                      {"images": image, **labels}, encoded)  # fmt: skip
     decoder = Network("decoder", _Decoder(_without(fused, "encoder")).eval(),
-                      {"latents": code, **labels}, {"images": image})  # fmt: skip
+                      {**latents, **labels}, {"images": image})  # fmt: skip
     return encoder, decoder
 
 
@@ -113,12 +123,14 @@ def require(fmt: str) -> None:
 
 
 def random_inputs(net: Network, batch: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Inputs of ``net``: images uniform in [0, 1], codes from N(0, I), classes uniform."""
+    """Inputs of ``net``: images uniform in [0, 1], codes from N(0, I), code indices and
+    classes uniform."""
     out = []
     for name, shape in net.inputs.items():
-        if name == "labels":
-            classes = _model(net).config.num_classes
-            out.append(torch.randint(classes, (batch,), generator=generator))
+        if name in ("labels", "codes"):
+            model = _model(net)
+            top = model.config.num_classes if name == "labels" else model.codebook_size
+            out.append(torch.randint(top, (batch, *shape[1:]), generator=generator))
         else:
             draw = torch.rand if name == "images" else torch.randn
             out.append(draw((batch, *shape[1:]), generator=generator))
@@ -253,7 +265,9 @@ def manifest(
                        "max_abs_difference": diffs[name]}  # fmt: skip
     return {
         "format": fmt, "opset": opset, "files": files, "dtype": "float32",
-        "layout": "images (batch, channels, height, width) in [0, 1]; latents (batch, dims)"
+        "layout": "images (batch, channels, height, width) in [0, 1]; "
+        + ("codes (batch, h, w) int64 code indices" if "codes" in nets[0].outputs
+           else "latents (batch, dims)")
         + ("; labels (batch,) int64 class indices" if c.classes else ""),
         "classes": list(c.classes) or None, "arch": c.arch, "dataset": model.dataset,
         "image_size": c.image_size, "in_channels": c.in_channels, "latent_dims": c.latent_dims,

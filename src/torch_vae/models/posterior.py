@@ -32,6 +32,11 @@ class Posterior(NamedTuple):
     def std(self) -> torch.Tensor:
         return torch.exp(0.5 * self.logvar)
 
+    @property
+    def noise_shape(self) -> torch.Size:
+        """The shape of one image's noise ``reparameterize`` takes: (d,)."""
+        return self.mu.shape[1:]
+
     def sample(self, generator: torch.Generator | None = None, n: int | None = None):
         """Reparameterised sample z = mu + sigma * eps: (B, d), or (n, B, d) for ``n`` samples
         per image. ``generator`` may live on another device than ``mu`` (a CPU generator: the

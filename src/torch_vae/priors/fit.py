@@ -26,14 +26,49 @@ def kinds() -> tuple[str, ...]:
     return tuple(preference())
 
 
+def posterior_means(model: VAE, images, batch: int = 500, labels=None) -> torch.Tensor:
+    """The encoder's posterior modes (N, d) of uint8 images (N, H, W, C), float32 on the CPU
+    (a discrete model's: its code grids (N, h, w), int64); ``labels``: the images' classes
+    (N,), for a conditional model."""
+    out = _encoded(model, images, batch, labels, lambda post: post.mode())
+    return out if len(out) else torch.empty(0, *model.latent_shape)
+
+
+def encoder_features(model: VAE, images, batch: int = 500, labels=None) -> torch.Tensor:
+    """What the encoder makes of each image as a vector of numbers, float32 (N, F) on the CPU:
+    the posterior means (F = d), or a discrete model's encoder output before quantisation
+    (its code vectors' space, F = D h w)."""
+    if model.latent_kind != "discrete":
+        return posterior_means(model, images, batch, labels)
+    return _encoded(model, images, batch, labels, lambda codes: codes.z_e.flatten(1))
+
+
 @torch.no_grad()
-def posterior_means(model: VAE, images, batch: int = 500) -> torch.Tensor:
-    """The encoder's posterior modes (N, d) of uint8 images (N, H, W, C), float32 on the CPU."""
+def _encoded(model: VAE, images, batch: int, labels, take: Callable) -> torch.Tensor:
+    """``take(posterior)`` of the images in batches, on the CPU (floats as float32)."""
     fast = model.inference_copy()
     device = fast.device
-    out = [fast.encode(to_float(torch.as_tensor(np.asarray(images[i : i + batch])), device))
-           .mode().float().cpu() for i in range(0, len(images), batch)]  # fmt: skip
-    return torch.cat(out) if out else torch.empty(0, model.config.latent_dims)
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_float(torch.as_tensor(np.asarray(images[i : i + batch])), device)
+        y = None if labels is None else labels[i : i + batch].to(device)
+        z = take(fast.encode(x, y)).cpu()
+        out.append(z.float() if z.is_floating_point() else z)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def kinds_for(latent_kind: str) -> tuple[str, ...]:
+    """The kinds fitted to a model whose latent is ``latent_kind``, best first."""
+    return tuple(k for k in kinds() if getattr(PRIORS[k], "latent_kind", "gaussian") == latent_kind)
+
+
+def check_kind(model: VAE, kind: str) -> None:
+    """A one-line error for a prior of ``kind`` that cannot be fitted to ``model``'s latent."""
+    if kind in PRIORS and kind not in kinds_for(model.latent_kind):
+        raise TorchVaeError(
+            f"a {kind} sampler cannot be fitted to a model with a {model.latent_kind} latent "
+            f"(--arch {model.config.arch}); choose one of {', '.join(kinds_for(model.latent_kind))}"
+        )
 
 
 def fit_prior(z: np.ndarray, kind: str, options: dict, info: dict, progress: bool = True) -> Prior:
@@ -56,14 +91,18 @@ def fit_sampler(
     info: dict | None = None,
     progress: bool = True,
     score: Callable[[Prior], dict] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[Prior, Path]:
     """Fit a prior of ``kind`` to the posterior means of ``images`` (uint8, the training
-    images) and save it beside the model's weights at ``model_path``; ``score(prior)``, when
-    given, is recorded in its ``info["validation"]`` (what ``--sampler auto`` compares).
-    Returns the prior and its file."""
-    z = posterior_means(model, images, batch)
-    info = {**(info or {}), "n_images": len(z),
+    images; of the classes ``labels``, for a conditional model) and save it beside the
+    model's weights at ``model_path``; ``score(prior)``, when given, is recorded in its
+    ``info["validation"]`` (what ``--sampler auto`` compares). Returns the prior and its file."""
+    check_kind(model, kind)
+    z = posterior_means(model, images, batch, labels)
+    info = {**(info or {}), "n_images": len(z), "latent_dims": model.config.latent_dims,
             "model_sha256": file_sha256(resolve_weights(model_path))}  # fmt: skip
+    if model.latent_kind == "discrete":
+        info["codebook_size"] = model.codebook_size
     start = time.perf_counter()
     prior = fit_prior(z.numpy(), kind, options or {}, info, progress)
     prior.info["fit_seconds"] = round(time.perf_counter() - start, 2)

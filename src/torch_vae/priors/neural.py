@@ -136,7 +136,7 @@ class NeuralPrior:
 # The largest value of each hyper-parameter (a sampler file's claims are bounded before any
 # network is built from them)
 LIMITS = {"hidden": 4096, "layers": 16, "transforms": 32, "bins": 64, "steps": 10_000_000,
-          "timesteps": 10_000, "sample_steps": 10_000}  # fmt: skip
+          "timesteps": 10_000, "sample_steps": 10_000, "batch": 65_536}  # fmt: skip
 
 
 def check_hparams(cls, hp: dict) -> dict:
@@ -159,15 +159,21 @@ def train_steps(
     seed: int,
     progress: bool = True,
     desc: str = "fitting",
+    warmup: int = 0,
 ) -> float:
     """``steps`` Adam steps of ``loss_fn(batch, generator)`` on batches of ``x`` drawn by a
-    generator seeded with ``seed`` (the same fit for the same seed and threads); the mean loss
-    of the last 100 steps. A loss that is no longer finite is an error."""
+    generator seeded with ``seed`` (the same fit for the same seed and threads), the learning
+    rate rising linearly over the first ``warmup`` steps, then decaying as a cosine; the mean
+    loss of the last 100 steps. A loss that is no longer finite is an error."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps)))
-    )
+
+    def rate(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, rate)
     net.train()
     recent: list[float] = []
     with tqdm(range(steps), desc=desc, unit="step", disable=not progress) as bar:

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from ..analysis.pictures import N_PICTURE, epoch_picture
 from ..data import load_split
+from ..data.labels import labels_as
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
 from ..io.png import save_png
@@ -83,34 +84,43 @@ def average_weights(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def recompute_batch_norm(
-    model: VAE, images: torch.Tensor, device: torch.device, batchsize: int = 500, seed: int = 0
+    model: VAE,
+    images: torch.Tensor,
+    device: torch.device,
+    batchsize: int = 500,
+    seed: int = 0,
+    labels: torch.Tensor | None = None,
 ) -> None:
     """Replace the batch-norm running statistics of ``model`` by their plain average over
-    ``images`` (uint8), seen as in training: the decoder gets posterior samples, drawn for
-    ``seed`` by a CPU generator (the same seed gives the same samples on every device; the
-    global random state is left alone). ``model`` ends in eval mode."""
+    ``images`` (uint8; of the classes ``labels``, for a conditional model), seen as in
+    training: the decoder gets posterior samples, drawn for ``seed`` by a CPU generator (the
+    same seed gives the same samples on every device; the global random state is left alone).
+    ``model`` ends in eval mode."""
     from torch.optim.swa_utils import update_bn
 
     device = torch.device(device)
     starts = range(0, len(images), batchsize)
     batches = (to_float(images[i : i + batchsize], device) for i in starts)
+    classes = iter(labels[i : i + batchsize] for i in starts) if labels is not None else None
     try:
         # resets the running statistics, averages them cumulatively (momentum None) over
         # one pass in train mode, then restores the momenta
-        update_bn(batches, _Sampling(model, torch.Generator().manual_seed(seed)))
+        update_bn(batches, _Sampling(model, torch.Generator().manual_seed(seed), classes))
     finally:
         model.eval()
 
 
 class _Sampling(torch.nn.Module):
-    """``model`` decoding posterior samples drawn by ``generator`` (update_bn calls ``m(x)``)."""
+    """``model`` decoding posterior samples drawn by ``generator`` (update_bn calls ``m(x)``),
+    each batch of the classes ``classes`` yields next (None: an unconditional model)."""
 
-    def __init__(self, model: VAE, generator: torch.Generator):
+    def __init__(self, model: VAE, generator: torch.Generator, classes=None):
         super().__init__()
-        self.model, self.generator = model, generator
+        self.model, self.generator, self.classes = model, generator, classes
 
     def forward(self, x: torch.Tensor):
-        return self.model(x, sample=True, generator=self.generator)
+        y = next(self.classes).to(x.device) if self.classes is not None else None
+        return self.model(x, sample=True, generator=self.generator, condition=y)
 
 
 def average_runs(
@@ -135,8 +145,9 @@ def average_runs(
     model.load_state_dict(average_weights([p for run in paths.values() for p in run]))
     size = model.config.image_size
     images = torch.from_numpy(load_split(model.dataset, "train", size, data_dir, progress))
+    labels = _labels(model, "train", len(images), data_dir)
     log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
-    recompute_batch_norm(model, images, torch.device(device), batchsize, seed)
+    recompute_batch_norm(model, images, torch.device(device), batchsize, seed, labels)
     record = {
         "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
         "batch_norm": f"recomputed on the {len(images)} images of the training split, seed {seed}",
@@ -150,10 +161,19 @@ def average_runs(
     test = torch.from_numpy(load_split(model.dataset, "test", size, data_dir, progress))
     # as a training run's images/epoch_NNN.png: latents drawn as train draws them for this seed
     z = model.prior_sample(N_PICTURE, torch.Generator().manual_seed(seed), device, torch.float32)
-    picture = epoch_picture(model, z, test[:N_PICTURE], device)
+    test_labels = _labels(model, "test", len(test), data_dir)
+    test_labels = test_labels[:N_PICTURE] if test_labels is not None else None
+    picture = epoch_picture(model, z, test[:N_PICTURE], device, test_labels)
     _write_model_folder(out, model, config, picture)
     log.info("wrote %s", out)
     return record
+
+
+def _labels(model: VAE, split: str, n: int, data_dir: Path | None) -> torch.Tensor | None:
+    """A conditional model's classes of the ``n`` images of its dataset's ``split``."""
+    if not model.conditional:
+        return None
+    return torch.from_numpy(labels_as(model.config.classes, model.dataset, split, n, data_dir))
 
 
 def _checkpoints_to_average(run_dirs: list[Path], last: int) -> dict[Path, list[Path]]:
@@ -176,6 +196,12 @@ def _check_one_model(paths: dict[Path, list[Path]], device) -> VAE:
     """The first run's last model, after checking that every run trained the same model."""
     first, *others = paths
     model = load_model(paths[first][-1], device)
+    if model.latent_kind != "gaussian":
+        raise TorchVaeError(
+            f"average takes models with a Gaussian latent; {first} holds a {model.config.arch} "
+            "model, whose codebook entries an average of epochs would mix (a restarted code is "
+            "another code at each epoch)"
+        )
     if model.dataset is None:
         raise TorchVaeError(f"{paths[first][-1]} does not say which dataset it was trained on")
     for run_dir in others:

@@ -49,7 +49,6 @@ from .rundir import (
 )
 from .state import (
     STATE_NAME,
-    TOTAL_KEYS,
     EpochProgress,
     all_finite,
     restore_train_state,
@@ -161,6 +160,11 @@ class Loop:
         return self.plan.train
 
     @property
+    def keys(self) -> tuple[str, ...]:
+        """The losses summed per epoch: "loss" and the model's ``objective_terms``."""
+        return ("loss", *self.model.objective_terms)
+
+    @property
     def n_train(self) -> int:
         return len(self.rows) if self.rows is not None else len(self.train_images)
 
@@ -225,7 +229,10 @@ def _train_epochs(loop: Loop, first_epoch: int, partial: EpochProgress | None) -
     cfg = loop.cfg
     for epoch in range(first_epoch, cfg.epochs + 1):
         if partial is None:
-            ep = EpochProgress(torch.randperm(loop.n_train, generator=loop.gen))
+            ep = EpochProgress(
+                torch.randperm(loop.n_train, generator=loop.gen),
+                totals=dict.fromkeys(loop.keys, 0.0),
+            )
         else:  # continue the epoch a signal interrupted
             ep, partial = partial, None
         train_one_epoch(loop, epoch, ep)
@@ -289,7 +296,7 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
         return state["epoch"] + 1, None
     partial = EpochProgress.from_state(state["partial"])
     if loop.dist.enabled and not loop.dist.is_main:  # the saved sums are the whole job's
-        partial.totals, partial.seen = dict.fromkeys(TOTAL_KEYS, 0.0), 0
+        partial.totals, partial.seen = dict.fromkeys(loop.keys, 0.0), 0
     return state["epoch"] + 1, partial
 
 
@@ -326,8 +333,8 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
 
 
 def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
-    """One optimizer step on the training images ``idx``; the batch's (loss, recon, kl) per
-    image, left on the device (reading them would make the host wait for the step)."""
+    """One optimizer step on the training images ``idx``; the batch's losses per image
+    (``loop.keys``), left on the device (reading them would make the host wait for the step)."""
     cfg = loop.cfg
     x, y = to_float(loop.fetch(idx), loop.device), loop.labels(idx)
     for group in loop.opt.param_groups:
@@ -340,7 +347,7 @@ def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
     loop.amp.backward(losses["loss"])
     loop.amp.step(loop.opt)
     loop.step += 1
-    return torch.stack([losses[k].detach() for k in TOTAL_KEYS])
+    return torch.stack([losses[k].detach() for k in loop.keys])
 
 
 def _read_losses(
@@ -368,7 +375,7 @@ def _read_losses(
             "Try a lower --lr"
         )
     for (_, n, _), row in zip(pending, values, strict=True):
-        for k, v in zip(TOTAL_KEYS, row, strict=True):
+        for k, v in zip(loop.keys, row, strict=True):
             ep.totals[k] += v * n
     if loop.loggers:
         _log_steps(loop, pending, values)
@@ -381,8 +388,8 @@ def _log_steps(loop: Loop, pending: list[tuple[int, int, torch.Tensor]], values:
     each step), and the learning rate and KL weight of the last of them, at that step."""
     images = sum(n for _, n, _ in pending)
     sums = [sum(row[i] * n for (_, n, _), row in zip(pending, values, strict=True))
-            for i in range(len(TOTAL_KEYS))]  # fmt: skip
-    scalars = {f"step/{k}": v / max(images, 1) for k, v in zip(TOTAL_KEYS, sums, strict=True)}
+            for i in range(len(loop.keys))]  # fmt: skip
+    scalars = {f"step/{k}": v / max(images, 1) for k, v in zip(loop.keys, sums, strict=True)}
     step, cfg = pending[-1][0], loop.cfg  # the step's count: it ran at lr_at(step - 1)
     scalars["step/lr"] = cfg.lr_at(step - 1, loop.total_steps)
     scalars["step/beta"] = cfg.beta_at(step - 1, loop.steps_per_epoch)
@@ -395,7 +402,7 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
     totals, seen = ep.totals, ep.seen
     if dist.enabled:
         dist.average_buffers(model)
-        totals, seen = _job_totals(totals, seen, dist)
+        totals, seen = _job_totals(totals, seen, dist, loop.keys)
     eval_images = dist.shard(loop.test_images)
     labels = dist.shard(loop.test_labels) if loop.test_labels is not None else None
     batch = max(cfg.batchsize, 256)
@@ -405,7 +412,7 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
                             cfg.recon_loss, cfg.beta, seed=cfg.seed,
                             stop=loop.stop.requested, labels=labels)  # fmt: skip
     if dist.enabled:
-        test = _reduce_test(test, len(eval_images), dist, cfg.beta)
+        test = _reduce_test(test, len(eval_images), dist, cfg.beta, model)
     if test is None:
         raise _save_and_stop(loop, epoch, ep)
     _check_finite(loop, epoch)
@@ -425,9 +432,10 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
         cut = ep.batch < loop.steps_per_epoch
         partial = EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals) if cut else None
         save_checkpoint(loop, epoch, record, partial)
-    log.info("epoch %d: train loss %.2f, %s loss %.2f (recon %.2f, kl %.2f) per image, "
-             "%.0f img/s", epoch, record["train_loss"], loop.eval_prefix, test["loss"],
-             test["recon"], test["kl"], record["train_img_per_s"])  # fmt: skip
+    parts = ", ".join(f"{k} {test[k]:.2f}" for k in model.objective_terms)
+    log.info("epoch %d: train loss %.2f, %s loss %.2f (%s) per image, %.0f img/s", epoch,
+             record["train_loss"], loop.eval_prefix, test["loss"], parts,
+             record["train_img_per_s"])  # fmt: skip
     if dist.any(loop.stop.requested()):  # arrived while the epoch was evaluated and saved
         raise _interrupted(loop, epoch)
 
@@ -481,24 +489,24 @@ def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterru
 
 
 def _job_totals(
-    totals: dict[str, float], seen: int, dist: Distributed
+    totals: dict[str, float], seen: int, dist: Distributed, keys: tuple[str, ...]
 ) -> tuple[dict[str, float], int]:
-    """The training-loss sums and image count of every process together."""
-    sums = dist.sum([totals[k] for k in TOTAL_KEYS] + [seen])
-    return dict(zip(TOTAL_KEYS, sums[:-1], strict=True)), int(sums[-1])
+    """The training-loss sums (of ``keys``) and image count of every process together."""
+    sums = dist.sum([totals[k] for k in keys] + [seen])
+    return dict(zip(keys, sums[:-1], strict=True)), int(sums[-1])
 
 
 def _reduce_test(
-    test: dict[str, float] | None, n_local: int, dist: Distributed, beta: float
+    test: dict[str, float] | None, n_local: int, dist: Distributed, beta: float, model: VAE
 ) -> dict[str, float] | None:
     """Per-image test metrics of the whole test set from every process's shard; None on every
     process if any was stopped by a signal."""
     if dist.any(test is None):
         return None
-    keys = ("recon", "kl", "mse")
+    keys = (*model.objective_terms, "mse")
     sums = dist.sum([test[k] * n_local for k in keys] + [n_local])
     m = {k: v / max(sums[-1], 1) for k, v in zip(keys, sums[:-1], strict=False)}
-    m["loss"] = m["recon"] + beta * m["kl"]
+    m["loss"] = model.loss_of(m, beta)
     return m
 
 

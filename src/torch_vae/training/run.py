@@ -105,6 +105,10 @@ def execute(
                 log.info("dry run done: 2 steps trained and %d test images evaluated; the "
                          "folder is removed (pass --run_dir to keep it)",
                          len(data.eval))  # fmt: skip
+            elif model.latent_kind == "discrete":  # its own prior is uniform: fit one first
+                log.info("done. Next: torch-vae fit-sampler --model %s --sampler transformer, "
+                         "then torch-vae generate --model %s --outdir samples", plan.run_dir,
+                         plan.run_dir)  # fmt: skip
             else:
                 log.info("done. Next: torch-vae generate --model %s --outdir samples",
                          plan.run_dir)  # fmt: skip

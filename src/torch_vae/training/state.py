@@ -29,13 +29,14 @@ from ..version import __version__
 STATE_NAME = "ckpt.pt"
 STATE_FORMAT = "torch-vae-train-state"
 STATE_VERSION = 1
-TOTAL_KEYS = ("loss", "recon", "kl")
+TOTAL_KEYS = ("loss", "recon", "kl")  # a Gaussian-latent model's; a family names its own
 
 
 @dataclass
 class EpochProgress:
     """How far an epoch got: its batch order, the batches done, the images seen, the seconds
-    spent and the running sums of the per-image losses (``TOTAL_KEYS``). Saved in ckpt.pt when
+    spent and the running sums of the per-image losses (by name: "loss" and the model's
+    ``objective_terms``, ``TOTAL_KEYS`` unless given). Saved in ckpt.pt when
     a signal stops training in the middle of an epoch, so that resuming continues it."""
 
     perm: torch.Tensor  # (N,) int64, the epoch's batch order
@@ -187,20 +188,25 @@ def _check_state(path: Path, state: Any) -> None:
     if not _is_scaler_state(state.get("scaler")):  # absent in files of earlier versions
         raise bad("the fp16 loss scaler's state is damaged")
     partial = state.get("partial")
-    if partial is not None:
-        ok = (
-            isinstance(partial, dict)
-            and is_count(partial.get("batch"))
-            and is_count(partial.get("seen"))
-            and isinstance(partial.get("seconds"), float)
-            and isinstance(partial.get("perm"), torch.Tensor)
-            and partial["perm"].dtype == torch.int64
-            and partial["perm"].dim() == 1
-            and isinstance(partial.get("totals"), dict)
-            and all(isinstance(partial["totals"].get(k), float) for k in TOTAL_KEYS)
-        )
-        if not ok:
-            raise bad("the progress within the interrupted epoch is damaged")
+    if partial is not None and not _is_epoch_progress(partial):
+        raise bad("the progress within the interrupted epoch is damaged")
+
+
+def _is_epoch_progress(partial: Any) -> bool:
+    """Whether ``partial`` is an ``EpochProgress.to_state()``: its counts, its batch order and
+    its loss sums ("loss" and the model's terms, floats)."""
+    return (
+        isinstance(partial, dict)
+        and is_count(partial.get("batch"))
+        and is_count(partial.get("seen"))
+        and isinstance(partial.get("seconds"), float)
+        and isinstance(partial.get("perm"), torch.Tensor)
+        and partial["perm"].dtype == torch.int64
+        and partial["perm"].dim() == 1
+        and isinstance(partial.get("totals"), dict)
+        and "loss" in partial["totals"]
+        and all(isinstance(v, float) for v in partial["totals"].values())
+    )
 
 
 def is_count(value: Any) -> bool:

@@ -7,7 +7,7 @@ const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const state = {
   info: null, z: [], marker: null, upload: null, path: null, pathAt: null,
-  frames: [], slots: { a: null, b: null }, view: null, base: null,
+  frames: [], slots: { a: null, b: null }, view: null, base: null, cls: null,
 };
 // Read by the browser test: requests per queue in flight, the most ever at once, answers.
 const stats = { inFlight: {}, maxInFlight: 0, answers: 0 };
@@ -51,18 +51,48 @@ function latest(name) {
 const decodeQueue = latest("decode");
 const interpQueue = latest("interpolate");
 
+// ---- the class a conditional model decodes as -------------------------------------------
+// Every request that decodes or encodes names it (the API refuses a class for any other model).
+function withClass(body) {
+  if (state.info.conditional) body.class = state.cls;
+  return body;
+}
+
+function className() {
+  return state.info.conditional ? ` · class ${state.info.classes[state.cls]}` : "";
+}
+
+function buildClassPicker(info) {
+  if (!info.conditional) return;
+  const select = $("class");
+  info.classes.forEach((name, i) => {
+    const option = document.createElement("option");
+    option.value = String(i);
+    option.textContent = name;
+    select.appendChild(option);
+  });
+  state.cls = 0;
+  $("class-row").hidden = false;
+  select.addEventListener("change", () => {
+    state.cls = Number(select.value);
+    decodeZ("class changed");
+    interpolate();
+    if ($("upload").files.length) encodeUpload(false);
+  });
+}
+
 // ---- decoded image and sliders -------------------------------------------------------
 function show(d, source) {
   $("decoded").src = d.image;
   if (d.z) state.z = d.z.slice();
   state.marker = d.xy;
-  if (source !== undefined) $("source").textContent = source;
+  if (source !== undefined) $("source").textContent = source + className();
   updateSliders();
   drawMap();
 }
 
 function decodeZ(source) {
-  decodeQueue(async () => show(await api("api/decode", { z: state.z }), source));
+  decodeQueue(async () => show(await api("api/decode", withClass({ z: state.z })), source));
 }
 
 function buildSliders(info) {
@@ -201,7 +231,7 @@ function mapPointer() {
       .map((v) => Math.max(-bound, Math.min(bound, v)));
     state.marker = xy;
     drawMap();
-    decodeQueue(async () => show(await api("api/map/decode", { xy }),
+    decodeQueue(async () => show(await api("api/map/decode", withClass({ xy })),
                                  `map: (${xy[0].toFixed(2)}, ${xy[1].toFixed(2)})`));
   };
   c.addEventListener("pointerdown", (e) => { dragging = true; c.setPointerCapture(e.pointerId); pick(e); });
@@ -214,19 +244,26 @@ function mapPointer() {
 function fileForm(input) {
   const form = new FormData();
   form.append("file", input.files[0]);
+  if (state.info.conditional) form.append("class", String(state.cls));
   return form;
 }
 
+// Encode the uploaded file (a conditional model's as the picked class) into its panel; shown
+// as the decoded image too when it was just chosen (a class change only redraws the panel).
+async function encodeUpload(showIt) {
+  try {
+    const d = await api("api/encode", fileForm($("upload")));
+    $("upload-input").src = d.input;
+    $("upload-recon").src = d.image;
+    state.upload = d.xy;
+    if (showIt) decodeQueue(async () => show(d, `your image: ${$("upload").files[0].name}`));
+    else drawMap();
+  } catch (e) { setStatus(e.message, true); }
+}
+
 function uploadPanel() {
-  $("upload").addEventListener("change", async () => {
-    if (!$("upload").files.length) return;
-    try {
-      const d = await api("api/encode", fileForm($("upload")));
-      $("upload-input").src = d.input;
-      $("upload-recon").src = d.image;
-      state.upload = d.xy;
-      decodeQueue(async () => show(d, `your image: ${$("upload").files[0].name}`));
-    } catch (e) { setStatus(e.message, true); }
+  $("upload").addEventListener("change", () => {
+    if ($("upload").files.length) encodeUpload(true);
   });
 }
 
@@ -241,7 +278,7 @@ function interpolate() {
   if (!a || !b) return;
   interpQueue(async () => {
     const steps = Number($("scrub").max) + 1;
-    const d = await api("api/interpolate", { a, b, steps, method: $("method").value });
+    const d = await api("api/interpolate", withClass({ a, b, steps, method: $("method").value }));
     state.frames = d.frames;
     state.path = d.xy;
     scrub();
@@ -283,9 +320,11 @@ async function start() {
   state.info = info;
   state.z = new Array(info.latent_dims).fill(0);
   $("about").textContent = `${info.model} · ${info.dataset} · latent ${info.latent_dims}` +
-    ` · ${info.images} test images · samples: ${info.sampler}`;
+    ` · ${info.images} test images · samples: ${info.sampler}` +
+    (info.conditional ? ` · conditional on ${info.classes.length} classes` : "");
   $("map-kind").textContent = info.map === "code" ? "(the code itself)"
     : "(the plane of the codes' two principal directions)";
+  buildClassPicker(info);
   buildSliders(info);
   const data = await api("api/map");
   setView(data);
@@ -295,7 +334,7 @@ async function start() {
   uploadPanel();
   interpPanel();
   $("sample").addEventListener("click", () => decodeQueue(
-    async () => show(await api("api/sample", {}), "a random sample")));
+    async () => show(await api("api/sample", withClass({})), "a random sample")));
   $("origin").addEventListener("click", () => {
     state.z = new Array(info.latent_dims).fill(0);
     decodeZ("z = 0");

@@ -1,0 +1,206 @@
+"""An autoregressive prior over a discrete model's code grids (``transformer``): a small causal
+transformer (GPT-style: pre-norm blocks of causal self-attention and an MLP, learned position
+embeddings) that reads a grid's code indices in raster order and predicts each from the ones
+before it, p(c) = prod_i p(c_i | c_<i), fitted by maximum likelihood to the codes of the
+training images (van den Oord et al., 2017, fit a PixelCNN there; a causal transformer sees
+every earlier position, where a PixelCNN's masked convolutions have a blind spot). Sampling
+draws one position after another, the keys and values of the earlier positions kept (a cache),
+each draw from the caller's generator.
+
+The first input is a start token. The prior's loss, in nats per code, is what ``describe``
+shows; ``info["validation"]`` holds the sample score fit-sampler measures for every kind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import TorchVaeError
+from .base import register_prior
+from .neural import check_hparams, train_steps
+
+HEAD_DIMS = 32  # numbers per attention head
+
+
+class Block(nn.Module):
+    """x + attention(norm(x)), then x + mlp(norm(x)); causal."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.heads = max(1, width // HEAD_DIMS)
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width)
+        )
+
+    def forward(self, x: Tensor, cache: list[Tensor] | None = None) -> Tensor:
+        """``x`` (B, T, W): every position attends to itself and those before it. With
+        ``cache`` (the keys and values of the positions before, [] at first), ``x`` holds the
+        next positions only and the cache grows by them."""
+        b, t, w = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if cache:
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[:] = [k, v]
+        # causal over the positions given; a single new position sees the whole cache
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, w))
+        return x + self.mlp(self.norm2(x))
+
+
+class CodeTransformer(nn.Module):
+    """Logits (B, T, K) of the next code at each of T positions of code grids read in raster
+    order, given ``tokens`` (B, T): the start token, then the codes before."""
+
+    def __init__(self, codes: int, length: int, width: int, layers: int, starts: int = 1):
+        super().__init__()
+        self.codes, self.length = codes, length
+        self.embed = nn.Embedding(codes + starts, width)  # the codes, then the start token(s)
+        self.position = nn.Parameter(torch.zeros(length, width))
+        self.blocks = nn.ModuleList(Block(width) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, codes)
+        nn.init.normal_(self.position, std=0.02)
+
+    def forward(self, tokens: Tensor, caches: list[list[Tensor]] | None = None) -> Tensor:
+        start = caches[0][0].shape[2] if caches and caches[0] else 0
+        h = self.embed(tokens) + self.position[start : start + tokens.shape[1]]
+        for i, block in enumerate(self.blocks):
+            h = block(h, caches[i] if caches is not None else None)
+        return self.head(self.norm(h))
+
+    def loss(self, codes: Tensor) -> Tensor:
+        """The mean negative log-likelihood per code, in nats, of code grids ``codes``
+        (B, L) flattened in raster order."""
+        start = torch.full((len(codes), 1), self.codes, dtype=codes.dtype, device=codes.device)
+        logits = self(torch.cat([start, codes[:, :-1]], 1))
+        return F.cross_entropy(logits.reshape(-1, self.codes).float(), codes.reshape(-1))
+
+    @torch.no_grad()
+    def draw(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """``n`` code grids (n, L), int64, each position drawn from its conditional by
+        ``generator`` in turn."""
+        caches: list[list[Tensor]] = [[] for _ in self.blocks]
+        token = torch.full((n, 1), self.codes, dtype=torch.int64)
+        out = torch.empty(n, self.length, dtype=torch.int64)
+        for i in range(self.length):
+            probs = self(token, caches)[:, -1].float().softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator)
+            out[:, i] = token[:, 0]
+        return out
+
+
+@register_prior(("transformer",), rank=0)
+class TransformerPrior:
+    """The ``Prior`` of the module docstring, over grids of ``grid`` (h, w) codes of a
+    codebook of ``codes`` entries."""
+
+    kind = "transformer"
+    latent_kind = "discrete"  # what it is fitted to: a discrete model's code grids
+    DEFAULTS = {"hidden": 128, "layers": 4, "steps": 6000, "batch": 128}
+    LR = 1e-3
+    WARMUP = 200  # steps of linear learning-rate warm-up
+
+    def __init__(self, net: CodeTransformer, info: dict):
+        self.net, self.info = net.eval(), info
+
+    @property
+    def dims(self) -> int:
+        """The latent dimensions of the model it was fitted to (each code's vector's)."""
+        return int(self.info["latent_dims"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.info["grid"])
+
+    def describe(self) -> str:
+        hp = self.info["hparams"]
+        params = sum(p.numel() for p in self.net.parameters())
+        return (f"a causal transformer over {self.grid[0]}x{self.grid[1]} code grids "
+                f"({params:,} parameters, {hp['steps']} steps)")  # fmt: skip
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` code grids (n, h, w), int64 on the CPU; the same for the same generator
+        state."""
+        return self.net.draw(n, generator).view(n, *self.grid)
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+
+    @classmethod
+    def build(cls, info: dict, hp: dict) -> CodeTransformer:
+        h, w = info["grid"]
+        return CodeTransformer(int(info["codebook_size"]), int(h) * int(w), hp["hidden"],
+                               hp["layers"])  # fmt: skip
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Tensor], info: dict, path: Path):
+        """The prior read back: its network rebuilt from ``info`` and its weights checked."""
+        try:
+            grid, codes = info["grid"], info["codebook_size"]
+            ok = (isinstance(grid, list) and len(grid) == 2 and all(_size(g) for g in grid)
+                  and _size(codes) and _size(info["latent_dims"]))  # fmt: skip
+            if not ok:
+                raise ValueError("grid, codebook_size or latent_dims out of range")
+            hp = check_hparams(cls, {**cls.DEFAULTS, **info["hparams"]})
+            net = cls.build(info, hp)
+        except (KeyError, TypeError, ValueError, TorchVaeError) as exc:
+            raise TorchVaeError(
+                f"{path} is not a {cls.kind} sampler ({exc}); fit it again"
+            ) from None
+        if any(not k.startswith("net.") for k in t):
+            raise TorchVaeError(f"{path} holds tensors a {cls.kind} sampler has not; fit it again")
+        if not all(v.isfinite().all() for v in t.values() if v.is_floating_point()):
+            raise TorchVaeError(f"{path} holds invalid numbers; fit it again")
+        try:
+            net.load_state_dict({k[4:]: v for k, v in t.items()}, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise TorchVaeError(f"{path} does not fit a {cls.kind} sampler ({first}); "
+                                "fit it again") from None  # fmt: skip
+        return cls(net, info)
+
+    @classmethod
+    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True):
+        """Fit to code grids ``z`` (N, h, w) of a codebook of ``info["codebook_size"]``
+        codes: ``steps`` Adam steps on random batches (warm-up, then cosine decay), seeded by
+        ``options["seed"]``."""
+        codes = torch.as_tensor(np.asarray(z))
+        if codes.dim() != 3 or codes.is_floating_point():
+            raise TorchVaeError(
+                "a transformer sampler is fitted to a discrete model's code grids (--arch "
+                "vqvae); for a Gaussian latent choose gmm, flow, diffusion or twostage"
+            )
+        if len(codes) < 2:
+            raise TorchVaeError(
+                f"a transformer sampler needs at least 2 code grids, got {len(codes)}"
+            )
+        seed = int(options.get("seed", 0))
+        given = {k: v for k, v in options.items() if k in cls.DEFAULTS and v}
+        hp = check_hparams(cls, {**cls.DEFAULTS, **given})
+        info = {"kind": cls.kind, "hparams": hp, "seed": seed, "grid": list(codes.shape[1:]),
+                **info}  # fmt: skip
+        flat = codes.reshape(len(codes), -1).long()
+        if int(flat.min()) < 0 or int(flat.max()) >= info["codebook_size"]:
+            raise TorchVaeError("the code grids hold indices outside the codebook")
+        torch.manual_seed(seed)  # the network's initialisation
+        net = cls.build(info, hp)
+        steps = int(hp["steps"])
+        loss = train_steps(net, lambda b, g: net.loss(b), flat, steps, int(hp["batch"]), cls.LR,
+                           seed, progress, f"fitting {cls.kind}",
+                           warmup=min(cls.WARMUP, steps // 10))  # fmt: skip
+        info["final_loss"] = loss  # nats per code, the last 100 steps' mean
+        return cls(net, info)
+
+
+def _size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 2**16
