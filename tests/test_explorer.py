@@ -19,6 +19,7 @@ from PIL import Image
 from webtools import serve_explorer, tiny_explorer, tiny_model
 
 import fakedata
+from torch_vae.analysis import latent as explore
 from torch_vae.cli import main
 from torch_vae.errors import TorchVaeError
 from torch_vae.explorer.app import create_app, listen
@@ -419,3 +420,228 @@ def test_a_conditional_explorer_needs_every_image_s_class():
     for labels in (None, np.array([0, 1, -1, 0])):
         with pytest.raises(TorchVaeError, match="needs the class of every test image"):
             build_explorer(model, images, labels, ["a", "b"])
+
+
+# --- a discrete (VQ) model: its code is a grid of code indices ---------------------------
+
+
+@pytest.fixture(scope="module")
+def vq():
+    """A VQ model's explorer (an 8x8 grid of codes 0..15, vectors of 3 numbers) and client."""
+    ex = tiny_explorer(discrete=True)
+    with TestClient(create_app(ex)) as c:
+        yield ex, c
+
+
+def grid_list(ex, i: int) -> list[int]:
+    """Test image ``i``'s code grid as the API's list: 64 indices, row by row."""
+    return ex.grids[i].flatten().tolist()
+
+
+def decoded_png(ex, grid: list[int], label=None) -> np.ndarray:
+    with torch.no_grad():
+        y = None if label is None else torch.tensor([label])
+        image = ex.model.decode(torch.tensor(grid).view(1, 8, 8), y)
+    return image[0, 0].mul(255).round().numpy()
+
+
+def usage_of(ex, grid: list[int]) -> list[float]:
+    """For each cell: the share of the test images whose grid has that code there."""
+    return (ex.grids.flatten(1) == torch.tensor(grid)).float().mean(0).tolist()
+
+
+def test_info_of_a_discrete_model_gives_its_grid_and_codebook(vq, client):
+    info = vq[1].get("/api/info").json()
+    assert info["latent_kind"] == "discrete" and info["grid"] == [8, 8]
+    assert info["codebook_size"] == 16 and info["latent_dims"] == 3
+    assert info["dims"] == [] and info["sliders"] == 0 and info["map"] == "pca"
+    assert info["fitted_sampler"] is False and info["sampler"].startswith("uniform codes")
+    gaussian = client.get("/api/info").json()
+    assert gaussian["latent_kind"] == "gaussian" and gaussian["grid"] is None
+    assert gaussian["codebook_size"] is None and gaussian["fitted_sampler"] is False
+
+
+def test_a_discrete_model_decodes_a_code_grid_and_says_how_common_its_codes_are(vq):
+    ex, client = vq
+    z = grid_list(ex, 7)
+    got = client.post("/api/decode", json={"z": z}).json()
+    assert set(got) == {"image", "xy", "usage"}
+    assert np.abs(png_of(got["image"]).astype(int) - decoded_png(ex, z)).max() <= 1
+    vectors = ex.model.code_vectors(torch.tensor(z).view(1, 8, 8)).flatten(1)
+    assert got["xy"] == pytest.approx(((vectors - ex.center) @ ex.directions.T)[0].tolist(),
+                                      abs=1e-4)  # fmt: skip
+    assert got["usage"] == pytest.approx(usage_of(ex, z), abs=1e-5)
+    assert min(got["usage"]) >= 1 / 24  # image 7's own grid is one of the 24
+    edited = list(z)
+    edited[27] = (z[27] + 1) % 16
+    other = client.post("/api/decode", json={"z": edited}).json()
+    assert other["image"] != got["image"]
+    assert np.abs(png_of(other["image"]).astype(int) - decoded_png(ex, edited)).max() <= 1
+    assert other["usage"] == pytest.approx(usage_of(ex, edited), abs=1e-5)
+    whole_numbers = client.post("/api/decode", json={"z": [float(v) for v in z]})
+    assert whole_numbers.json()["image"] == got["image"]  # 3.0 is the integer 3 in JSON
+
+
+BAD_GRIDS = {
+    "short": [0] * 63,
+    "long": [0] * 65,
+    "past the codebook": [16] + [0] * 63,
+    "negative": [-1] + [0] * 63,
+    "huge": [10**30] + [0] * 63,
+    "fraction": [0.5] + [0] * 63,
+    "string": ["1"] + [0] * 63,
+    "boolean": [True] + [0] * 63,
+    "null": [None] + [0] * 63,
+    "rows": [[0] * 8] * 8,
+    "numbers": 5,
+}
+
+
+@pytest.mark.parametrize("name", BAD_GRIDS)
+def test_a_discrete_model_refuses_a_bad_code_grid(vq, name):
+    r = vq[1].post("/api/decode", json={"z": BAD_GRIDS[name]})
+    assert r.status_code == 422, r.text
+    assert isinstance(r.json()["detail"], str) and r.json()["detail"]
+
+
+def test_a_discrete_model_refuses_non_finite_codes_and_gaussian_requests(vq):
+    client = vq[1]
+    json_type = {"Content-Type": "application/json"}
+    for word in ("NaN", "Infinity", "1e400"):
+        body = ('{"z": [' + word + ", 0" * 63 + "]}").encode()
+        assert client.post("/api/decode", content=body, headers=json_type).status_code == 422
+    r = client.post("/api/decode", json={"z": [0.0, 0.0, 0.0]})  # a Gaussian code
+    assert r.status_code == 422 and "at least 64 items" in r.json()["detail"]
+    r = client.post("/api/decode", json={"z": [0] * 64, "extra": 1})
+    assert r.status_code == 422
+    r = client.post("/api/interpolate", json={"a": [0] * 64, "b": [1] * 64, "method": "slerp"})
+    assert r.status_code == 422 and "method: Input should be 'linear'" in r.json()["detail"]
+    r = client.post("/api/interpolate", json={"a": [0] * 64, "b": [99] * 64})
+    assert r.status_code == 422 and "b.0" in r.json()["detail"]
+
+
+def test_a_map_point_of_a_discrete_model_decodes_its_quantized_encoder_output(vq):
+    ex, client = vq
+    point = [0.03, -0.02]
+    got = client.post("/api/map/decode", json={"xy": point}).json()
+    z_e = explore.from_map(ex.center, ex.directions, torch.tensor([point])).view(1, 3, 8, 8)
+    want = ex.model.quantize(z_e)
+    assert got["z"] == want.flatten().tolist()
+    same = client.post("/api/decode", json={"z": got["z"]}).json()
+    assert same["image"] == got["image"] and same["xy"] == got["xy"]
+    assert got["usage"] == same["usage"]
+    # far along the first direction, the quantized grid differs from the one near the centre
+    far = client.post("/api/map/decode", json={"xy": [float(ex.xy[:, 0].max()) * 3, 0]}).json()
+    assert far["z"] != got["z"]
+
+
+def test_the_map_of_a_discrete_model_is_its_encoder_outputs_plane(vq):
+    ex, client = vq
+    data = client.get("/api/map").json()
+    z_e = explore.encode_codes(ex.model, ex.images).z_e.flatten(1)
+    center, directions, _ = explore.pca_basis(z_e)
+    want = (z_e - center) @ directions.T
+    assert np.allclose(np.stack([data["x"], data["y"]], 1), want.numpy(), atol=1e-4)
+
+
+def test_random_grids_come_from_the_seed_uniformly_or_from_a_fitted_transformer(vq, monkeypatch):
+    from torch_vae.priors import fit_prior
+
+    ex, client = vq
+    a = client.post("/api/sample", json={"seed": 7}).json()
+    assert a == client.post("/api/sample", json={"seed": 7}).json()
+    uniform = ex.model.prior_sample(1, torch.Generator().manual_seed(7))
+    assert a["z"] == uniform.flatten().tolist() and a["label"] is None
+    assert np.abs(png_of(a["image"]).astype(int) - decoded_png(ex, a["z"])).max() <= 1
+    options = {"hidden": 32, "layers": 1, "batch": 8, "steps": 5, "seed": 0}
+    prior = fit_prior(ex.grids.numpy(), "transformer", options,
+                      {"codebook_size": 16, "latent_dims": 3}, progress=False)  # fmt: skip
+    monkeypatch.setattr(ex, "sampler", prior)
+    got = client.post("/api/sample", json={"seed": 3}).json()
+    assert got["z"] == prior.sample(1, torch.Generator().manual_seed(3)).flatten().tolist()
+    assert got["usage"] == pytest.approx(usage_of(ex, got["z"]), abs=1e-5)
+    with TestClient(create_app(ex)) as fitted:
+        info = fitted.get("/api/info").json()
+    assert info["fitted_sampler"] is True and "causal transformer over 8x8" in info["sampler"]
+
+
+def test_the_explorer_takes_a_discrete_model_s_prior_only_where_it_fits(monkeypatch, tmp_path,
+                                                                       caplog):  # fmt: skip
+    import types
+
+    from torch_vae.explorer import state
+
+    grids = types.SimpleNamespace(dims=3, latent_kind="discrete", grid=(8, 8))
+    means = types.SimpleNamespace(dims=3)  # a prior over Gaussian codes
+    for found, grid, expected in [(grids, (8, 8), grids), (grids, (7, 7), None),
+                                  (means, (8, 8), None), (grids, None, None)]:  # fmt: skip
+        monkeypatch.setattr(state, "load_sampler", lambda path, f=found: f)
+        assert find_sampler(tmp_path, 3, grid) is expected
+    assert "draws (8, 8) code grids, the model's are (7, 7)" in caplog.text
+
+
+def test_a_discrete_model_s_test_images_and_uploads_come_with_their_code_grids(vq):
+    ex, client = vq
+    got = client.get("/api/images/5").json()
+    assert got["index"] == 5 and got["label"] == 5 and got["z"] == grid_list(ex, 5)
+    assert (png_of(got["input"]) == ex.images[5][..., 0]).all()
+    assert np.abs(png_of(got["image"]).astype(int) - decoded_png(ex, got["z"])).max() <= 1
+    assert got["xy"] == client.post("/api/decode", json={"z": got["z"]}).json()["xy"]
+    assert got["usage"] == pytest.approx(usage_of(ex, got["z"]), abs=1e-5)
+    data = file_bytes(Image.fromarray(ex.images[13][..., 0]))
+    up = client.post("/api/encode", files={"file": ("a.png", data)})
+    assert up.status_code == 200, up.text
+    assert up.json()["z"] == grid_list(ex, 13)
+    assert up.json()["image"] == client.get("/api/images/13").json()["image"]
+    bigger = file_bytes(Image.fromarray(ex.images[13][..., 0]).resize((64, 64)), "JPEG")
+    up = client.post("/api/encode", files={"file": ("a.jpg", bigger)}).json()
+    assert len(up["z"]) == 64 and all(0 <= v < 16 for v in up["z"])
+
+
+def test_a_discrete_model_interpolates_between_code_vectors(vq):
+    ex, client = vq
+    a, b = grid_list(ex, 3), grid_list(ex, 9)
+    assert a != b
+    got = client.post("/api/interpolate", json={"a": a, "b": b, "steps": 5}).json()
+    assert len(got["frames"]) == len(got["z"]) == len(got["xy"]) == 5
+    assert got["z"][0] == a and got["z"][-1] == b  # each frame's vectors, quantized
+    assert all(len(z) == 64 and all(0 <= v < 16 for v in z) for z in got["z"])
+    ends = [client.post("/api/decode", json={"z": z}).json() for z in (a, b)]
+    assert [got["frames"][0], got["frames"][-1]] == [e["image"] for e in ends]
+    assert got["xy"][0] == pytest.approx(ends[0]["xy"], abs=1e-5)
+    va, vb = ex.model.code_vectors(torch.tensor([a, b]).view(2, 8, 8))
+    middle = (va + vb)[None] / 2  # the continuous frame, not its quantized grid
+    assert got["frames"][2] == ex.decode(middle)[0]
+    assert got["z"][2] == ex.model.quantize(middle).flatten().tolist()
+    # the path is the straight line between the ends' places on the map
+    xy = np.array(got["xy"])
+    assert np.allclose(xy[2], (xy[0] + xy[-1]) / 2, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def vq_conditional():
+    ex = tiny_explorer(discrete=True, conditional=True)
+    with TestClient(create_app(ex)) as c:
+        yield ex, c
+
+
+def test_a_conditional_discrete_model_decodes_and_encodes_as_the_class_named(vq_conditional):
+    ex, client = vq_conditional
+    z = grid_list(ex, 13)  # a 3, encoded as class 3
+    assert client.get("/api/images/13").json()["z"] == z
+    assert ex.encode(ex.images[13:14], 3).flatten().tolist() == z
+    three = client.post("/api/decode", json={"z": z, "class": 3}).json()
+    seven = client.post("/api/decode", json={"z": z, "class": "7"}).json()
+    assert three["image"] == ex.decode(torch.tensor(z).view(1, 8, 8), 3)[0]
+    assert seven["image"] != three["image"] and seven["usage"] == three["usage"]
+    r = client.post("/api/decode", json={"z": z})
+    assert r.status_code == 422 and "class: Field required" in r.json()["detail"]
+    sample = client.post("/api/sample", json={"seed": 2, "class": 5}).json()
+    assert sample["label"] == 5
+    assert sample["image"] == ex.decode(torch.tensor(sample["z"]).view(1, 8, 8), 5)[0]
+    data = file_bytes(Image.fromarray(ex.images[13][..., 0]))
+    up = client.post("/api/encode", files={"file": ("a.png", data)}, data={"class": "4"}).json()
+    assert up["z"] == ex.encode(ex.images[13:14], 4).flatten().tolist()
+    path = client.post("/api/interpolate", json={"a": z, "b": grid_list(ex, 2), "steps": 3,
+                                                 "class": 2}).json()  # fmt: skip
+    assert path["frames"][0] == ex.decode(torch.tensor(z).view(1, 8, 8), 2)[0]

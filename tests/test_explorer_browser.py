@@ -2,7 +2,8 @@
 Chromium under Playwright. A dragged slider, a click on the map, an upload and the
 interpolation scrubber each change what the page shows, without a reload and with at most
 one request in flight; the page asks nothing of any other host; a conditional model's class
-picker changes the class of all of them. A screenshot is saved."""
+picker changes the class of all of them; a discrete (VQ) model's code grid is edited cell by
+cell. A screenshot is saved."""
 
 import json
 
@@ -166,4 +167,154 @@ def test_the_class_picker_of_a_conditional_model(tmp_path):
         page.screenshot(path=str(tmp_path / "explorer-conditional.png"), full_page=True)
         assert problems == []
     shot = np.asarray(Image.open(tmp_path / "explorer-conditional.png"))
+    assert shot.shape[0] > 500 and shot.std() > 10
+
+
+def grid_cells(page) -> list[int]:
+    return page.eval_on_selector_all("#grid .cell", "cs => cs.map(c => Number(c.textContent))")
+
+
+def answered(page, before: int) -> None:
+    """Wait until the page has had an answer since ``before`` and none is in flight."""
+    page.wait_for_function(
+        f"""() => window.explorerStats.answers > {before}
+            && Object.values(window.explorerStats.inFlight).every((n) => n === 0)""",
+        timeout=20_000,
+    )
+
+
+def test_the_code_grid_of_a_discrete_model(tmp_path):
+    """A VQ model's page shows its code grid instead of sliders: a cell's code is stepped,
+    typed, moved to with the arrow keys or drawn at random, and the grid decodes as it
+    changes; the map, random samples (uniform, said so), uploads and the interpolation's
+    frames put their code grids in it."""
+    why = chromium_missing()
+    if why:
+        pytest.skip(why)
+    ex = tiny_explorer(n=40, discrete=True)
+
+    def grid(i: int) -> list[int]:
+        return ex.grids[i].flatten().tolist()
+
+    def decoded(cells: list[int]) -> str:
+        return ex.decode(torch.tensor(cells).view(1, 8, 8))[0]
+
+    with serve_explorer(ex) as url, browser_page() as page:
+        problems, outside, bodies = [], [], []
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+        page.on("request", lambda r: r.url.startswith((url, "data:")) or outside.append(r.url))
+        page.on("request", lambda r: r.method == "POST" and bodies.append(r.post_data or ""))
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']")
+        changes(page, "decoded", "")
+        # the grid of test image 0 instead of sliders, no "z = 0" and no slerp
+        assert page.locator("#grid .cell").count() == 64 and page.is_visible("#grid")
+        assert page.locator("#sliders input").count() == 0 and not page.is_visible("#origin")
+        assert grid_cells(page) == grid(0) and src(page, "decoded") == decoded(grid(0))
+        assert page.eval_on_selector_all("#method option", "os => os.map(o => o.value)") == [
+            "linear"
+        ]
+        assert "8x8 codes of 16" in page.inner_text("#about")
+        assert "Code grid (8x8 codes of 16)" in page.inner_text("#latent-title")
+
+        # step a cell's code up: the cell and the image follow, one request at a time
+        cells = grid(0)
+        page.click("#grid .cell >> nth=27")
+        assert "row 3, column 3" in page.inner_text("#cell-name")
+        before = src(page, "decoded")
+        page.click("#cell-up")
+        cells[27] = (cells[27] + 1) % 16
+        changes(page, "decoded", before)
+        assert grid_cells(page) == cells and src(page, "decoded") == decoded(cells)
+        assert json.loads(bodies[-1])["z"] == cells
+        assert page.inner_text("#source") == f"code grid: row 3, column 3 = {cells[27]}"
+        usage = (ex.grids.flatten(1)[:, 27] == cells[27]).sum().item()
+        assert f"is there in {usage} of the 40 test images" in page.inner_text("#cell-usage")
+
+        # type a code into the selected cell
+        before = src(page, "decoded")
+        cells[27] = 9 if cells[27] != 9 else 10
+        page.fill("#cell-code", str(cells[27]))
+        changes(page, "decoded", before)
+        assert grid_cells(page) == cells and src(page, "decoded") == decoded(cells)
+
+        # the arrow keys move to the next cell, "-" steps its code down
+        page.focus("#grid .cell >> nth=27")
+        page.keyboard.press("ArrowDown")
+        before = src(page, "decoded")
+        page.keyboard.press("-")
+        cells[35] = (cells[35] - 1) % 16
+        changes(page, "decoded", before)
+        assert grid_cells(page) == cells and "row 4, column 3" in page.inner_text("#cell-name")
+
+        # a random code for the cell (it may draw the code it has: wait for the answer)
+        answers = page.evaluate("window.explorerStats.answers")
+        page.click("#cell-random")
+        answered(page, answers)
+        drawn = grid_cells(page)
+        assert drawn[:35] == cells[:35] and drawn[36:] == cells[36:] and 0 <= drawn[35] < 16
+        assert src(page, "decoded") == decoded(drawn)
+
+        # an index out of range is refused on the page, without a request
+        answers, sent = page.evaluate("window.explorerStats.answers"), len(bodies)
+        page.fill("#cell-code", "16")
+        page.dispatch_event("#cell-code", "change")
+        assert "an integer from 0 to 15" in page.inner_text("#status")
+        assert len(bodies) == sent and grid_cells(page) == drawn
+        assert page.input_value("#cell-code") == str(drawn[35])
+
+        # a click on the map: the grid takes the point's quantized codes
+        before = src(page, "decoded")
+        page.locator("#map").click(position={"x": 60, "y": 400})
+        changes(page, "decoded", before)
+        point = json.loads(bodies[-1])["xy"]
+        got = page.evaluate("state.z")  # the page's code
+        assert grid_cells(page) == got
+        assert got == ex.from_map(torch.tensor([point])).flatten().tolist()
+
+        # a random sample: uniform codes, and the page says so
+        before = src(page, "decoded")
+        page.click("#sample")
+        changes(page, "decoded", before)
+        assert page.inner_text("#source") == "a random sample (uniform codes: no fitted prior)"
+        assert "samples: uniform codes" in page.inner_text("#about")
+
+        # an upload: the grid shows its codes
+        upload = tmp_path / "upload.png"
+        Image.fromarray(ex.images[7][..., 0]).save(upload)
+        page.set_input_files("#upload", str(upload))
+        changes(page, "upload-recon", "")
+        page.wait_for_function("document.getElementById('source').textContent.startsWith('your')")
+        assert grid_cells(page) == grid(7)
+
+        # interpolation between test images 3 and 9: the last frame's quantized codes are B's;
+        # "edit" puts them in the grid, and a click on A shows A's
+        page.fill("#a-index", "3")
+        page.click("#a-pick")
+        page.fill("#b-index", "9")
+        page.click("#b-pick")
+        changes(page, "frame", "")
+        page.eval_on_selector(
+            "#scrub", "e => { e.value = 15; e.dispatchEvent(new Event('input')); }"
+        )
+        page.wait_for_function("document.getElementById('frame-note').textContent.includes('15')")
+        assert page.is_visible("#frame-edit")
+        differ = sum(a != b for a, b in zip(grid(3), grid(9), strict=True))
+        assert page.inner_text("#frame-note") == (
+            f"frame 15 of 15, codes quantized: {differ} cells differ from A, 0 from B"
+        )
+        before = src(page, "decoded")
+        page.click("#frame-edit")
+        changes(page, "decoded", before)
+        assert grid_cells(page) == grid(9)
+        before = src(page, "decoded")
+        page.click("#a-thumb")
+        changes(page, "decoded", before)
+        assert grid_cells(page) == grid(3) and page.inner_text("#source") == "test image 3"
+
+        assert page.evaluate("window.explorerStats.maxInFlight") == 1
+        page.screenshot(path=str(tmp_path / "explorer-discrete.png"), full_page=True)
+        assert problems == [] and outside == []
+    shot = np.asarray(Image.open(tmp_path / "explorer-discrete.png"))
     assert shot.shape[0] > 500 and shot.std() > 10

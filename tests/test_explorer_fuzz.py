@@ -27,8 +27,15 @@ def conditional_schema():
     )
 
 
+@pytest.fixture(scope="module")
+def discrete_schema():
+    """A discrete (VQ) model's API, whose codes are grids of code indices."""
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(tiny_explorer(discrete=True)))
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
 conditional = schemathesis.pytest.from_fixture("conditional_schema")
+discrete = schemathesis.pytest.from_fixture("discrete_schema")
 
 
 def check(case):
@@ -50,4 +57,11 @@ def test_api_from_its_schema(case):
 @conditional.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_conditional_api_from_its_schema(case):
+    check(case)
+
+
+@pytest.mark.slow
+@discrete.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_discrete_api_from_its_schema(case):
     check(case)

@@ -217,7 +217,7 @@ def test_command_line_round_trip(arch, mnist_dir, tmp_path, labelled):
     assert json.loads(report.read_text())["latent_dims"] == model.config.latent_dims
     ex = load_explorer(model, run, "mnist", mnist_dir, 8, progress=False)
     with TestClient(create_app(ex)) as client:
-        got = client.post("/api/decode", json={"z": [0.0] * model.config.latent_dims})
+        got = client.post("/api/decode", json={"z": codes(model, 1).flatten().tolist()})
     assert got.status_code == 200 and got.json()["image"].startswith("data:image/png")
 
 

@@ -597,7 +597,7 @@ def test_a_full_disk_while_safetensors_writes_is_one_line_and_leaves_no_weights(
         ({"init_from": 5}, "init_from must be a path"),
         ({"epochs": 1e400}, "epochs must be an integer, got Infinity"),
         ({"quiet": "no"}, "quiet must be true or false"),
-        ({"blocks": 2}, "--blocks is an option of --arch resnet, not of --arch original"),
+        ({"blocks": 2}, "--blocks is an option of --arch resnet, vqvae, not of --arch original"),
     ],
 )
 def test_config_files_of_the_wrong_types_are_one_line(config, match, tmp_path, capsys):

@@ -33,13 +33,38 @@ def tiny_model(latent_dims: int = 3, seed: int = 0, classes: tuple[str, ...] = (
     return VAE(config).eval()
 
 
-def tiny_explorer(latent_dims: int = 3, n: int = 24, conditional: bool = False):
+def tiny_vq_model(seed: int = 0, classes: tuple[str, ...] = ()) -> VAE:
+    """An untrained tiny VQ-VAE (``--arch vqvae``) of 32x32 grey images: an 8x8 grid of 16
+    codes of 3 numbers, class-conditional on ``classes`` where given. Its codebook is spread
+    over its encoder's outputs on blob images (the farthest point from those chosen, one at a
+    time), so that images have grids of several codes (a new model's codes are all zero)."""
+    torch.manual_seed(seed)
+    config = ModelConfig(arch="vqvae", image_size=32, max_filters=16, latent_dims=3,
+                         codebook_size=16, blocks=1, classes=classes)  # fmt: skip
+    model = VAE(config).eval()
+    x = torch.from_numpy(fakedata.blobs(32, 32, 1, seed=seed + 1)).permute(0, 3, 1, 2) / 255
+    y = torch.arange(len(x)) % len(classes) if classes else None
+    with torch.no_grad():
+        flat = model.encode(x, y).z_e.permute(0, 2, 3, 1).reshape(-1, 3)
+        chosen = [0]
+        far = (flat - flat[0]).norm(dim=1)
+        while len(chosen) < config.codebook_size:
+            chosen.append(int(far.argmax()))
+            far = torch.minimum(far, (flat - flat[chosen[-1]]).norm(dim=1))
+        model.codebook.embedding.copy_(flat[chosen])
+    return model
+
+
+def tiny_explorer(latent_dims: int = 3, n: int = 24, conditional: bool = False,
+                  discrete: bool = False):  # fmt: skip
     """An Explorer of ``tiny_model`` over ``n`` blob images labelled i % 10 ("0".."9"); with
-    ``conditional``, of a model conditional on those classes."""
+    ``conditional``, of a model conditional on those classes; with ``discrete``, of
+    ``tiny_vq_model`` (``latent_dims`` is then 3)."""
     images = fakedata.blobs(n, 32, 1, seed=0)
     labels = np.arange(n) % 10
     names = [str(i) for i in range(10)]
-    model = tiny_model(latent_dims, classes=tuple(names) if conditional else ())
+    classes = tuple(names) if conditional else ()
+    model = tiny_vq_model(classes=classes) if discrete else tiny_model(latent_dims, classes=classes)
     return build_explorer(model, images, labels, names, name="tiny", dataset="mnist")
 
 

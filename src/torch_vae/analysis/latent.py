@@ -13,6 +13,15 @@ A conditional model encodes each image with its class and decodes each code with
 labels) where a function encodes, and the class of the decoded images where it decodes
 (``labels``: the classes of ``images``, where a function does both).
 
+A model with a discrete latent (``latent_kind == "discrete"``, a VQ-VAE's grid of h x w code
+indices into a codebook of vectors of D numbers) has codes of two forms: index grids (N, h, w)
+int64 and code vectors (N, D, h, w) float, which ``decode`` both takes. ``encode_codes`` gives
+its encoder outputs ``z_e``, their code vectors ``z_q`` and the index grids; ``encode_mean``
+the code vectors (its posterior is a point mass there); ``interpolate`` walks the straight
+line between code vectors; ``embed`` maps the encoder outputs. What only a Gaussian latent has
+(the KL of each dimension, traversals, the manifold, slerp) is refused in one line
+(``require_gaussian``).
+
     model = torch_vae.load_model("models/fashion-mnist/dcgan-d8")
     images = load_split("fashion-mnist", "test", 64)[:1000]
     xy = embed(model, images)                       # (1000, 2)
@@ -26,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,10 +46,12 @@ from ..errors import TorchVaeError
 from ..models import VAE, Posterior
 
 __all__ = [
+    "CodeGrids",
     "active_dims",
     "class_names",
     "decode",
     "embed",
+    "encode_codes",
     "encode_mean",
     "from_map",
     "interpolate",
@@ -48,12 +60,38 @@ __all__ = [
     "manifold",
     "manifold_codes",
     "pca_basis",
+    "require_gaussian",
     "traverse",
 ]
 
 BATCH = 500  # images or codes per forward pass
 METHODS = ("linear", "slerp")
 EMBEDDINGS = ("auto", "pca", "umap")
+
+
+class CodeGrids(NamedTuple):
+    """A discrete model's codes of images (``encode_codes``), on the CPU: the encoder's
+    outputs ``z_e`` and their nearest code vectors ``z_q``, float32 (B, D, h, w), and the code
+    grids ``indices``, int64 (B, h, w)."""
+
+    z_e: Tensor
+    z_q: Tensor
+    indices: Tensor
+
+
+def require_gaussian(
+    model: VAE, what: str, instead: str = "use interpolate or the explorer"
+) -> None:
+    """A one-line error unless ``model``'s latent is Gaussian: ``what`` says what needs one
+    (e.g. "traverse walks a Gaussian latent's dimensions"), ``instead`` what to do."""
+    if model.latent_kind == "gaussian":
+        return
+    kind = "a grid of discrete codes" if model.latent_kind == "discrete" else model.latent_kind
+    raise TorchVaeError(f"{what}; this {model.config.arch} model's latent is {kind}: {instead}")
+
+
+def _discrete(model: VAE) -> bool:
+    return model.latent_kind == "discrete"
 
 
 @contextlib.contextmanager
@@ -97,17 +135,38 @@ def _image_batches(model: VAE, images) -> Iterator[Tensor]:
 
 def decode(model: VAE, z, condition=None) -> Tensor:
     """Decode codes (N, d) in batches (a conditional model's as the classes ``condition``):
-    float32 images (N, C, H, W) in [0, 1] on the CPU."""
-    z = torch.as_tensor(z, dtype=torch.float32)
-    if z.ndim != 2 or z.shape[1] != model.config.latent_dims:
-        raise TorchVaeError(
-            f"codes must be (N, {model.config.latent_dims}) for this model, got {tuple(z.shape)}"
-        )
+    float32 images (N, C, H, W) in [0, 1] on the CPU. A discrete model's codes are index grids
+    (N, h, w) or code vectors (N, D, h, w)."""
+    if _discrete(model):
+        z = _grid_codes(model, z)
+    else:
+        z = torch.as_tensor(z, dtype=torch.float32)
+        if z.ndim != 2 or z.shape[1] != model.config.latent_dims:
+            raise TorchVaeError(
+                f"codes must be (N, {model.config.latent_dims}) for this model, got "
+                f"{tuple(z.shape)}"
+            )
     y = _labels(model, condition, len(z))
     with _evaluating(model) as device:
         out = [model.decode(z[i : i + BATCH].to(device), _part(y, i, device)).float().cpu()
                for i in _starts(len(z))]  # fmt: skip
     return torch.cat(out) if out else torch.empty(0, model.config.in_channels, *_size(model))
+
+
+def _grid_codes(model: VAE, z) -> Tensor:
+    """A discrete model's codes checked: index grids (N, h, w) as int64, or code vectors
+    (N, D, h, w) as float32 (the indices' range is checked where they are decoded)."""
+    z = _tensor(z)
+    h, w = model.latent_shape
+    d = model.config.latent_dims
+    if not z.is_floating_point() and z.ndim == 3 and tuple(z.shape[1:]) == (h, w):
+        return z.long()
+    if z.is_floating_point() and tuple(z.shape[1:]) == (d, h, w) and z.ndim == 4:
+        return z.float()
+    raise TorchVaeError(
+        f"codes must be index grids (N, {h}, {w}) or code vectors (N, {d}, {h}, {w}) for this "
+        f"model, got {z.dtype} {tuple(z.shape)}"
+    )
 
 
 def _starts(n: int) -> range:
@@ -140,20 +199,59 @@ def _posteriors(model: VAE, images, condition=None) -> Iterator[Posterior]:
 
 
 def encode_mean(model: VAE, images, condition=None) -> Tensor:
-    """The posterior means of ``images`` (of the classes ``condition``): (B, d)."""
+    """The posterior means of ``images`` (of the classes ``condition``): (B, d). A discrete
+    model's posterior is a point mass on the code grid: its code vectors ``z_q``
+    (B, D, h, w)."""
+    if _discrete(model):
+        return encode_codes(model, images, condition).z_q
     means = [post.mode() for post in _posteriors(model, images, condition)]
     return torch.cat(means) if means else torch.empty(0, model.config.latent_dims)
 
 
+def encode_codes(model: VAE, images, condition=None) -> CodeGrids:
+    """A discrete model's codes of ``images`` (of the classes ``condition``): the encoder's
+    outputs, their code vectors and the code grids (``CodeGrids``)."""
+    if not _discrete(model):
+        raise TorchVaeError(
+            f"encode_codes gives a discrete latent's code grids; this {model.config.arch} "
+            "model's latent is Gaussian: use encode_mean"
+        )
+    y = _labels(model, condition, len(images))
+    parts = []
+    with _evaluating(model) as device:
+        for i, x in zip(_starts(len(images)), _image_batches(model, images), strict=True):
+            codes = model.encode(x.to(device), _part(y, i, device))
+            parts.append((codes.z_e.float().cpu(), codes.z_q.float().cpu(), codes.indices.cpu()))
+    if not parts:
+        vectors = torch.empty(0, model.config.latent_dims, *model.latent_shape)
+        return CodeGrids(vectors, vectors.clone(), torch.empty(0, *model.latent_shape).long())
+    return CodeGrids(*(torch.cat(part) for part in zip(*parts, strict=True)))
+
+
 def _code(model: VAE, a, condition=None) -> Tensor:
     """A latent code (d,) as it is, or an image (C, H, W) float / (H, W, C) uint8 (of the
-    class ``condition``) encoded to its posterior mean."""
+    class ``condition``) encoded to its posterior mean. A discrete model's code vectors
+    (D, h, w): of an index grid (h, w), as they are, or of an image."""
     a = _tensor(a)
+    if _discrete(model):
+        return _vectors(model, a, condition)
     if a.ndim == 1:
         if len(a) != model.config.latent_dims:
             raise TorchVaeError(
                 f"a latent code must have {model.config.latent_dims} values, got {len(a)}"
             )
+        return a.float().cpu()
+    return encode_mean(model, a[None], condition)[0]
+
+
+def _vectors(model: VAE, a: Tensor, condition=None) -> Tensor:
+    """A discrete model's code vectors (D, h, w) of an index grid (h, w), code vectors as
+    they are, or an image's."""
+    d, shape = model.config.latent_dims, tuple(model.latent_shape)
+    if a.ndim == 2 and not a.is_floating_point():
+        with _evaluating(model) as device:
+            return model.code_vectors(a[None].long().to(device))[0].float().cpu()
+    if a.ndim == 3 and a.is_floating_point() and tuple(a.shape) == (d, *shape):
         return a.float().cpu()
     return encode_mean(model, a[None], condition)[0]
 
@@ -164,13 +262,18 @@ def interpolate(model: VAE, a, b, steps: int = 8, method: str = "linear", condit
     the straight line, "slerp" the great circle (the norm changes linearly along it), which
     keeps a path between prior samples where the prior has its mass. A conditional model's
     path is decoded as the class ``condition`` (images are encoded as it too; encode images of
-    other classes with ``encode_mean`` first)."""
+    other classes with ``encode_mean`` first). A discrete model's path runs between code
+    vectors (``a`` and ``b``: index grids (h, w), code vectors (D, h, w) or images), linearly
+    only."""
     if method not in METHODS:
         raise TorchVaeError(f"unknown interpolation method {method!r}; choose one of {METHODS}")
     if not isinstance(steps, int) or steps < 2:
         raise TorchVaeError(f"steps must be an integer >= 2, got {steps!r}")
+    if method == "slerp":
+        require_gaussian(model, "slerp follows the sphere where a Gaussian prior has its mass",
+                         "interpolate linearly")  # fmt: skip
     za, zb = _code(model, a, condition), _code(model, b, condition)
-    t = torch.linspace(0, 1, steps)[:, None]
+    t = torch.linspace(0, 1, steps).view(-1, *[1] * za.ndim)
     codes = slerp(za, zb, t) if method == "slerp" else (1 - t) * za + t * zb
     return decode(model, codes, condition)
 
@@ -194,6 +297,7 @@ def kl_per_dim(model: VAE, images, condition=None) -> Tensor:
     """The KL divergence of each latent dimension from the prior, averaged over ``images`` (of
     the classes ``condition``): (d,), in nats. Its sum is the average KL term of the
     objective."""
+    require_gaussian(model, "the KL of each dimension is a Gaussian latent's")
     total, n = torch.zeros(model.config.latent_dims, dtype=torch.float64), 0
     for post in _posteriors(model, images, condition):
         kl = Posterior(post.mu.double(), post.logvar.double()).kl(reduce=False)
@@ -217,6 +321,7 @@ def traverse(
     values evenly spaced over [-span, span] (absolute values, the prior's scale), the others
     kept: (len(dims), steps, C, H, W); a conditional model's decoded as the class
     ``condition`` (an image ``z`` encoded as it too)."""
+    require_gaussian(model, "traverse walks a Gaussian latent's dimensions")
     z = _code(model, z, condition)
     d = model.config.latent_dims
     dims = [int(i) for i in dims]
@@ -264,6 +369,7 @@ def manifold_codes(model: VAE, n: int = 15, images=None, labels=None) -> Tensor:
     prior's quantiles at probabilities (i + 0.5) / n; otherwise ``images``' posterior means
     (of the classes ``labels``) mapped by ``pca_basis``, over +-2 standard deviations along
     each direction."""
+    require_gaussian(model, "manifold decodes a grid over a Gaussian latent")
     if not isinstance(n, int) or n < 2:
         raise TorchVaeError(f"the manifold needs n >= 2 points per side, got {n!r}")
     d = model.config.latent_dims
@@ -294,12 +400,16 @@ def embed(model: VAE, images, method: str = "auto", seed: int = 0, condition=Non
     model's posterior means themselves, a larger one's projected on their two leading
     principal directions ("pca", see ``pca_basis``, invertible with ``from_map``); "umap":
     UMAP of the means, if the optional umap-learn package is installed (not invertible;
-    ``seed`` seeds it)."""
+    ``seed`` seeds it). A discrete model's map is of its encoder outputs ``z_e``, flattened
+    (B, D h w): "auto" is "pca"."""
     if method not in EMBEDDINGS:
         raise TorchVaeError(f"unknown embedding method {method!r}; choose one of {EMBEDDINGS}")
-    means = encode_mean(model, images, condition)
-    if method == "auto" and means.shape[1] == 2:
-        return means
+    if _discrete(model):
+        means = encode_codes(model, images, condition).z_e.flatten(1)
+    else:
+        means = encode_mean(model, images, condition)
+        if method == "auto" and means.shape[1] == 2:
+            return means
     if method == "umap":
         return _umap(means, seed)
     center, directions, _ = pca_basis(means)

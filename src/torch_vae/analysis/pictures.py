@@ -29,9 +29,10 @@ GIF_FRAME_MS = 120  # each frame of the animation; its ends are held longer
 GIF_END_MS = 700
 GIF_MIN_SIDE = 128  # smaller images are enlarged (nearest neighbour) in the animation
 
-# Draws n codes (n, d), float32 on the CPU, with a generator: a fitted prior's ``sample``, or
+# Draws n codes (n, d), float32 on the CPU, with a generator (and, as the keyword ``labels``,
+# the classes of a conditional model's samples): a fitted prior's ``sample``, or
 # ``prior_draw(model)``.
-Draw = Callable[[int, torch.Generator], Tensor]
+Draw = Callable[..., Tensor]
 
 
 def clear_earlier(outdir: Path, prefix: str) -> int:
@@ -51,7 +52,7 @@ def clear_earlier(outdir: Path, prefix: str) -> int:
 def prior_draw(model: VAE) -> Draw:
     """The model's own prior as a ``Draw``: the same codes for the same seed on any device and
     in any dtype."""
-    return lambda n, generator: model.prior_sample(n, generator, "cpu", torch.float32)
+    return lambda n, generator, labels=None: model.prior_sample(n, generator, "cpu", torch.float32)
 
 
 @torch.no_grad()
@@ -70,14 +71,21 @@ def epoch_picture(
     return stack_rows([top, bottom])
 
 
-def latent_batches(n: int, seed: int, batch_size: int, draw: Draw) -> Iterator[tuple[int, Tensor]]:
-    """``n`` latents from ``draw`` for ``seed``, as (index of the first, batch) pairs. They are
-    drawn in blocks of ``LATENT_BLOCK`` rows, whatever the batch size, so they depend on
-    ``seed`` and ``n`` only; up to ``LATENT_BLOCK`` samples from the prior they are the numbers
-    of one ``torch.randn(n, d)`` call, as in earlier versions."""
+def latent_batches(
+    n: int, seed: int, batch_size: int, draw: Draw, labels: Tensor | None = None
+) -> Iterator[tuple[int, Tensor]]:
+    """``n`` latents from ``draw`` for ``seed`` (of the classes ``labels``, (n,), for a
+    conditional model), as (index of the first, batch) pairs. They are drawn in blocks of
+    ``LATENT_BLOCK`` rows, whatever the batch size, so they depend on ``seed`` and ``n`` only;
+    up to ``LATENT_BLOCK`` samples from the prior they are the numbers of one
+    ``torch.randn(n, d)`` call, as in earlier versions."""
     gen = torch.Generator().manual_seed(seed)
     for block in range(0, n, LATENT_BLOCK):
-        z = draw(min(LATENT_BLOCK, n - block), gen)
+        k = min(LATENT_BLOCK, n - block)
+        if labels is None:
+            z = draw(k, gen)
+        else:
+            z = draw(k, gen, labels=labels[block : block + k].cpu())
         for start in range(0, len(z), batch_size):
             yield block + start, z[start : start + batch_size]
 
@@ -98,7 +106,7 @@ def sample_images(
     model's classes are ``classes`` (``sample_classes``)."""
     device = model.device
     labels = sample_classes(model, n, seed, classes)
-    for start, z in latent_batches(n, seed, batch_size, draw or prior_draw(model)):
+    for start, z in latent_batches(n, seed, batch_size, draw or prior_draw(model), labels):
         y = labels[start : start + len(z)] if labels is not None else None
         yield start, to_uint8(model.decode(z.to(device), y))
 

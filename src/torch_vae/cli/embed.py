@@ -1,4 +1,5 @@
-"""``torch-vae embed``: a scatter plot of a split's posterior means, coloured by class."""
+"""``torch-vae embed``: a scatter plot of a split's posterior means (a discrete model's encoder
+outputs), coloured by class."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _labels(dataset: str, split: str, data_dir, n: int):
 def run(o: EmbedOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
-    if model.config.latent_dims < 2:
+    discrete = model.latent_kind == "discrete"
+    if model.config.latent_dims < 2 and not discrete:
         raise TorchVaeError("a 2-D map needs a model with 2 or more latent dimensions, not 1")
     dataset = resolve_dataset(model, o.dataset, o.model)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
@@ -43,11 +45,15 @@ def run(o: EmbedOptions, runtime: Runtime) -> None:
     xy = latent.embed(model, images, o.method, o.seed, condition).numpy()
     labels, names = _labels(dataset, o.split, o.data_dir, len(images))
     d = model.config.latent_dims
-    method = o.method if o.method != "auto" else ("code" if d == 2 else "pca")
+    method = o.method if o.method != "auto" else ("code" if d == 2 and not discrete else "pca")
     axes = {"code": ("z0", "z1"), "pca": ("PC1", "PC2"), "umap": ("UMAP 1", "UMAP 2")}[method]
     how = {"code": "the code itself", "pca": "principal components", "umap": "UMAP"}[method]
     title = (f"{model_name(o.model)} (latent {d}): posterior means of {len(images)} {o.split} "
              f"images of {dataset}, {how}")  # fmt: skip
+    if discrete:
+        h, w = model.latent_shape
+        title = (f"{model_name(o.model)} ({h}x{w} codes of {model.codebook_size}): encoder "
+                 f"outputs z_e of {len(images)} {o.split} images of {dataset}, {how}")  # fmt: skip
     out = figures.plot_embedding(xy, labels, names, axes, title, o.outdir / "embed.png")
     log.info("wrote %s: %d %s images mapped by %s%s", out, len(images), o.split, how,
              "" if labels is not None else ", uncoloured")  # fmt: skip

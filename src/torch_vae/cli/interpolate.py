@@ -1,5 +1,6 @@
 """``torch-vae interpolate``: decoded codes between two images or two codes, as a strip PNG and
-an animated GIF."""
+an animated GIF. A discrete model's path runs between code vectors, linearly; its ``--random``
+code grids come from its fitted prior where it has one (else uniformly)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..analysis.pictures import strip, write_gif
 from ..io.files import atomic_path
 from ..io.png import save_png, to_uint8
 from ..models import VAE
+from ..priors import load_sampler
 from .common import (
     check_index,
     check_outdir,
@@ -34,6 +36,9 @@ def _endpoints(o: InterpolateOptions, model: VAE, runtime: Runtime):
     """The two ends (codes or uint8 images), the images to show beside the strip, words for
     the log line, and the ends' classes (a conditional model's, for images of --split)."""
     cfg = model.config
+    if o.random and model.latent_kind == "discrete":  # uniform code grids make noise
+        a, b, what = _random_grids(o, model)
+        return a, b, None, what, None
     if o.random:
         a, b = model.prior_sample(2, torch.Generator().manual_seed(o.seed), "cpu", torch.float32)
         return a, b, None, f"two codes drawn from the prior (seed {o.seed})", None
@@ -51,10 +56,28 @@ def _endpoints(o: InterpolateOptions, model: VAE, runtime: Runtime):
     return ends[0], ends[1], ends, f"images {i} and {j} of the {o.split} split of {dataset}", own
 
 
+def _random_grids(o: InterpolateOptions, model: VAE):
+    """Two code grids of a discrete model drawn from its fitted prior, or uniformly where it
+    has none, and words for the log line."""
+    gen = torch.Generator().manual_seed(o.seed)
+    prior = load_sampler(o.model)
+    if prior is None:
+        log.warning("%s has no fitted prior over its code grids: two uniform grids (fit one with "
+                    "torch-vae fit-sampler --model %s --sampler transformer)", o.model,
+                    o.model)  # fmt: skip
+        a, b = model.prior_sample(2, gen, "cpu")
+        return a, b, f"two uniform code grids (seed {o.seed})"
+    a, b = prior.sample(2, gen)
+    return a, b, f"two code grids drawn from its {prior.kind} prior (seed {o.seed})"
+
+
 def run(o: InterpolateOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
     given_class(model, o.class_)  # a class the model cannot take: before any work
+    if o.method == "slerp":  # before any work
+        latent.require_gaussian(model, "--method slerp follows the sphere where a Gaussian "
+                                "prior has its mass", "use --method linear")  # fmt: skip
     a, b, ends, what, own = _endpoints(o, model, runtime)
     c = decoded_class(model, o.class_, () if own is None else own, "the path")
     if c is not None and ends is not None:  # each image encoded with its own class, or --class

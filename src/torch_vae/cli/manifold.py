@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def run(o: ManifoldOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
+    latent.require_gaussian(model, "manifold decodes a grid over a Gaussian latent")
     d, n = model.config.latent_dims, o.grid
     if d < 2:
         raise TorchVaeError(f"a manifold needs a model with 2 or more latent dimensions, not {d}")

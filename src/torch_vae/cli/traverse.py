@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 def run(o: TraverseOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
+    latent.require_gaussian(model, "traverse walks a Gaussian latent's dimensions")
     given_class(model, o.class_)  # a class the model cannot take: before any work
     dataset = resolve_dataset(model, o.dataset, o.model)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)

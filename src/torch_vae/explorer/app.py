@@ -7,7 +7,10 @@ schema (``/openapi.json``) is exact: a code has exactly ``latent_dims`` finite n
 image index lies in the test split. A bad request gets a 4xx with ``{"detail": message}``:
 422 for a value the schema refuses, 413 for a body or an image too large, 415 for a file that
 is not an image. A conditional model's requests name the class to decode as (``class``: an
-index into the model's classes, or a name), which a request for any other model may not.
+index into the model's classes, or a name), which a request for any other model may not. A
+discrete model's code is its grid of h x w code indices, row by row: exactly h w integers in
+0..K-1 (K: its codebook's size); its answers say, for each cell, how many of the test images
+have that code there (``usage``).
 Decoding runs on the event loop itself (a decode takes well under a
 millisecond; one at a time keeps PyTorch's threads from fighting), uploads are decoded in the
 thread pool.
@@ -120,18 +123,35 @@ def _with_class(base: type[BaseModel], classes: Sequence[str], required: bool) -
     return create_model(base.__name__, __base__=base, class_=field)
 
 
-def api_models(d: int, n: int, classes: Sequence[str] = ()) -> SimpleNamespace:
+def _code_types(d: int, grid: Sequence[int] | None, codes: int) -> tuple[Any, Any, Any, str]:
+    """A code in a request, in an answer, the interpolation methods and words for a code: of
+    latent-``d`` Gaussian codes (``d`` finite numbers within +-Z_BOUND), or a discrete model's
+    ``grid`` (h, w) of indices into ``codes`` code vectors (h w integers, row by row)."""
+    if grid is None:
+        number = Field(strict=True, allow_inf_nan=False, ge=-Z_BOUND, le=Z_BOUND)
+        code = Annotated[list[Annotated[float, number]], Field(min_length=d, max_length=d)]
+        return code, list[float], Literal["linear", "slerp"], f"a latent code: {d} numbers"
+    cells = grid[0] * grid[1]
+    code = Annotated[list[whole(0, codes - 1)], Field(min_length=cells, max_length=cells)]
+    what = (f"a code grid: {grid[0]}x{grid[1]} code indices 0..{codes - 1}, row by row "
+            f"({cells} integers)")  # fmt: skip
+    return code, list[int], Literal["linear"], what  # linear: between the code vectors
+
+
+def api_models(
+    d: int, n: int, classes: Sequence[str] = (), grid: Sequence[int] | None = None, codes: int = 0
+) -> SimpleNamespace:
     """The request and response models for latent-``d`` codes and ``n`` test images (and a
-    conditional model's ``classes``, which its requests name)."""
+    conditional model's ``classes``, which its requests name); a discrete model's codes are
+    ``grid`` (h, w) indices into ``codes`` code vectors of ``d`` numbers."""
     number = Field(strict=True, allow_inf_nan=False, ge=-Z_BOUND, le=Z_BOUND)
-    Code = Annotated[list[Annotated[float, number]], Field(min_length=d, max_length=d)]
     Point = Annotated[list[Annotated[float, number]], Field(min_length=2, max_length=2)]
-    Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
     strict = ConfigDict(extra="forbid")
+    Code, CodeOut, Method, what = _code_types(d, grid, codes)
 
     class DecodeRequest(BaseModel):
         model_config = strict
-        z: Code = Field(description=f"a latent code: {d} numbers")
+        z: Code = Field(description=what)
 
     class MapRequest(BaseModel):
         model_config = strict
@@ -146,14 +166,39 @@ def api_models(d: int, n: int, classes: Sequence[str] = ()) -> SimpleNamespace:
         a: Code
         b: Code
         steps: whole(2, MAX_STEPS) = Field(16, description="frames, a and b too")
-        method: Literal["linear", "slerp"] = "linear"
+        method: Method = "linear"
 
-    class Decoded(BaseModel):
+    if classes:
+        DecodeRequest = _with_class(DecodeRequest, classes, True)
+        MapRequest = _with_class(MapRequest, classes, True)
+        SampleRequest = _with_class(SampleRequest, classes, False)
+        InterpolateRequest = _with_class(InterpolateRequest, classes, True)
+    index = Path(ge=0, le=n - 1, description=f"a test image, 0..{n - 1}")
+    answers = _answer_models(CodeOut, grid is not None)
+    requests = {k: v for k, v in locals().items() if k[0].isupper() or k == "index"}
+    return SimpleNamespace(**requests, **answers)
+
+
+class _Usage(BaseModel):
+    """What a discrete model's answers with a code grid add."""
+
+    usage: list[float] = Field(
+        description="for each cell, row by row: the share of the test images that have its "
+        "code there"
+    )
+
+
+def _answer_models(CodeOut: Any, discrete: bool) -> dict[str, Any]:
+    """The answers' models, by name, whose codes are ``CodeOut`` (a discrete model's add
+    ``usage``)."""
+    Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+    class Decoded(_Usage if discrete else BaseModel):
         image: str = Field(description="the decoded image, a PNG data URL")
         xy: Pair = Field(description="where the code lies on the map")
 
     class Coded(Decoded):
-        z: list[float] = Field(description="the code")
+        z: CodeOut = Field(description="the code")
 
     class Sampled(Coded):
         label: int | None = Field(
@@ -169,17 +214,11 @@ def api_models(d: int, n: int, classes: Sequence[str] = ()) -> SimpleNamespace:
         label: int | None = Field(description="its class (an index into classes), if known")
 
     class Interpolation(BaseModel):
-        z: list[list[float]] = Field(description="the codes from a to b")
+        z: list[CodeOut] = Field(description="the codes from a to b (grids: quantized)")
         xy: list[Pair] = Field(description="their places on the map")
         frames: list[str] = Field(description="their decoded images, PNG data URLs")
 
-    if classes:
-        DecodeRequest = _with_class(DecodeRequest, classes, True)
-        MapRequest = _with_class(MapRequest, classes, True)
-        SampleRequest = _with_class(SampleRequest, classes, False)
-        InterpolateRequest = _with_class(InterpolateRequest, classes, True)
-    index = Path(ge=0, le=n - 1, description=f"a test image, 0..{n - 1}")
-    return SimpleNamespace(**{k: v for k, v in locals().items() if k[0].isupper() or k == "index"})
+    return {k: v for k, v in locals().items() if k[0].isupper() and k != "CodeOut"}
 
 
 class Dim(BaseModel):
@@ -192,16 +231,26 @@ class Info(BaseModel):
     model: str
     dataset: str
     version: str
-    latent_dims: int
+    latent_kind: str = Field(
+        description="gaussian: a code is latent_dims numbers; discrete: a grid of code indices"
+    )
+    latent_dims: int = Field(description="a code's numbers (discrete: each code vector's)")
+    grid: list[int] | None = Field(
+        description="a discrete model's code grid [h, w]: a code is h*w indices, row by row"
+    )
+    codebook_size: int | None = Field(description="a discrete model's codes: indices 0..K-1")
     image_size: int
     channels: int
     images: int = Field(description="test images on the map")
     classes: list[str] | None
     conditional: bool = Field(description="the model decodes a class: requests name it")
-    dims: list[Dim] = Field(description="every dimension, the largest KL first")
+    dims: list[Dim] = Field(description="every dimension, the largest KL first (discrete: none)")
     sliders: int = Field(description="how many of dims the page shows as sliders")
-    map: Literal["code", "pca"] = Field(description="the code itself, or its PCA plane")
+    map: Literal["code", "pca"] = Field(
+        description="the code itself, or its PCA plane (discrete: of the encoder outputs)"
+    )
     sampler: str = Field(description="where random samples come from")
+    fitted_sampler: bool = Field(description="random samples come from a fitted prior")
     z_bound: float
     max_upload_bytes: int
     max_upload_pixels: int
@@ -220,18 +269,38 @@ def _floats(t: torch.Tensor) -> list:
 def _info(ex: Explorer, sliders: int) -> Info:
     dims = [Dim(index=i, kl=float(ex.kl[i]), active=bool(ex.active[i])) for i in ex.order]
     sampler = "the prior N(0, I)"
+    if ex.discrete:
+        sampler = "uniform codes (no fitted prior: torch-vae fit-sampler --sampler transformer)"
     if ex.sampler is not None:
         describe = getattr(ex.sampler, "describe", None)
         sampler = describe() if callable(describe) else type(ex.sampler).__name__
     c = ex.model.config
+    grid = list(ex.model.latent_shape) if ex.discrete else None
     return Info(
-        model=ex.name, dataset=ex.dataset, version=__version__, latent_dims=c.latent_dims,
+        model=ex.name, dataset=ex.dataset, version=__version__,
+        latent_kind=ex.model.latent_kind, latent_dims=c.latent_dims, grid=grid,
+        codebook_size=ex.model.codebook_size if ex.discrete else None,
         image_size=c.image_size, channels=c.in_channels, images=len(ex.images),
         classes=ex.classes, conditional=ex.conditional, dims=dims,
-        sliders=min(sliders, c.latent_dims),
-        map="code" if ex.center is None else "pca", sampler=sampler, z_bound=Z_BOUND,
+        sliders=min(sliders, len(dims)),
+        map="code" if ex.center is None else "pca", sampler=sampler,
+        fitted_sampler=ex.sampler is not None, z_bound=Z_BOUND,
         max_upload_bytes=MAX_UPLOAD_BYTES, max_upload_pixels=MAX_UPLOAD_PIXELS,
     )  # fmt: skip
+
+
+def _listed(ex: Explorer, z: torch.Tensor) -> list:
+    """Codes (B, ...) as the API's lists: d numbers, or a discrete model's h w indices."""
+    return z.flatten(1).tolist() if ex.discrete else _floats(z)
+
+
+def _placed(ex: Explorer, z: torch.Tensor) -> dict[str, Any]:
+    """What an answer says of the code ``z`` (1, ...) besides its image: its place on the
+    map, and a discrete model's usage of each of its codes."""
+    extra = dict(xy=_floats(ex.to_map(z)[0]))
+    if ex.discrete:
+        extra["usage"] = [round(v, 6) for v in _floats(ex.usage(z)[0])]
+    return extra
 
 
 def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
@@ -243,34 +312,39 @@ def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
         return None if value is None else ex.class_index(value)
 
     def coded(z: torch.Tensor, y: int | None) -> dict[str, Any]:
-        return dict(z=_floats(z[0]), image=ex.decode(z, y)[0], xy=_floats(ex.to_map(z)[0]))
+        return dict(z=_listed(ex, z)[0], image=ex.decode(z, y)[0], **_placed(ex, z))
 
     @app.post("/api/decode", response_model=m.Decoded, responses=_errors(400, 413, 422))
     async def decode(req: m.DecodeRequest) -> Any:
-        """Decode a latent code to an image."""
-        z = torch.tensor([req.z])
-        return m.Decoded(image=ex.decode(z, label(req))[0], xy=_floats(ex.to_map(z)[0]))
+        """Decode a latent code (a discrete model's code grid) to an image."""
+        z = ex.code(req.z)
+        return m.Decoded(image=ex.decode(z, label(req))[0], **_placed(ex, z))
 
     @app.post("/api/map/decode", response_model=m.Coded, responses=_errors(400, 413, 422))
     async def map_decode(req: m.MapRequest) -> Any:
-        """Decode the code of a point of the map."""
+        """Decode the code of a point of the map (a discrete model's: the point's encoder
+        output, quantized)."""
         return m.Coded(**coded(ex.from_map(torch.tensor([req.xy])), label(req)))
 
     @app.post("/api/sample", response_model=m.Sampled, responses=_errors(400, 413, 422))
     async def sample(req: m.SampleRequest) -> Any:
-        """A random code (the model's ex-post sampler, or the prior) and its image; a
-        conditional model's of the class asked for, else of one drawn with the seed."""
+        """A random code (the model's ex-post sampler, or the prior: a discrete model's
+        uniform codes) and its image; a conditional model's of the class asked for, else of
+        one drawn with the seed."""
         seed = req.seed if req.seed is not None else int(torch.randint(2**62, ()).item())
         z, y = ex.sample(seed, label(req))
         return m.Sampled(**coded(z, y), label=y)
 
     @app.post("/api/interpolate", response_model=m.Interpolation, responses=_errors(400, 413, 422))
     async def interpolate(req: m.InterpolateRequest) -> Any:
-        """Decoded codes from a to b (both included), on a line or a great circle (slerp)."""
+        """Decoded codes from a to b (both included), on a line or a great circle (slerp); a
+        discrete model's on the line between the grids' code vectors (each frame's code
+        quantized)."""
         codes, frames = ex.interpolate(
-            torch.tensor(req.a), torch.tensor(req.b), req.steps, req.method, label(req)
+            ex.code(req.a)[0], ex.code(req.b)[0], req.steps, req.method, label(req)
         )
-        return m.Interpolation(z=_floats(codes), xy=_floats(ex.to_map(codes)), frames=frames)
+        shown = _listed(ex, ex.quantize(codes) if ex.discrete else codes)
+        return m.Interpolation(z=shown, xy=_floats(ex.to_map(codes)), frames=frames)
 
 
 def _add_image_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
@@ -280,7 +354,7 @@ def _add_image_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
     def encoded(image, y: int | None, **extra: Any) -> dict[str, Any]:
         z = ex.encode(image[None], y)
         return dict(
-            z=_floats(z[0]), image=ex.decode(z, y)[0], xy=_floats(ex.to_map(z)[0]),
+            z=_listed(ex, z)[0], image=ex.decode(z, y)[0], **_placed(ex, z),
             input=data_url(image), **extra,
         )  # fmt: skip
 
@@ -371,7 +445,9 @@ def create_app(ex: Explorer, sliders: int = 16, hosts: Collection[str] | None = 
         description=f"Explore {ex.name or 'a model'}: decode codes, map points and uploads.",
         docs_url=None, redoc_url=None,  # their pages load scripts from a CDN: offline, none
     )  # fmt: skip
-    m = api_models(ex.latent_dims, len(ex.images), ex.classes if ex.conditional else ())
+    grid, codes = (ex.model.latent_shape, ex.model.codebook_size) if ex.discrete else (None, 0)
+    m = api_models(ex.latent_dims, len(ex.images), ex.classes if ex.conditional else (), grid,
+                   codes)  # fmt: skip
     _add_latent_routes(app, ex, m)
     _add_image_routes(app, ex, m)
     _add_page_routes(app, ex, sliders)

@@ -10,6 +10,15 @@ through ``explore.from_map`` and a code lands by projection (``Explorer.to_map``
 A conditional model's test images are encoded with their own classes; what the page decodes,
 samples and encodes from an upload takes the class it asks for (``label``, an index into the
 model's classes).
+
+A model with a discrete latent (``latent_kind == "discrete"``, a VQ-VAE) is explored through its
+code grids, (B, h, w) int64 indices into its codebook: what it decodes, encodes and samples
+(from its fitted prior, ``fit-sampler --sampler transformer``, else uniformly). Its map is the
+principal plane of the test images' encoder outputs ``z_e`` (flattened); a point of the plane
+is mapped back to that space and quantized to the nearest codes, and a grid lands on the map by
+projecting its code vectors ``z_q``. An interpolation walks the straight line between two
+grids' code vectors. It has no per-dimension KL (``kl``, ``active`` and ``order`` are None and
+empty).
 """
 
 from __future__ import annotations
@@ -81,16 +90,21 @@ class Explorer:
     images: np.ndarray  # the test images, uint8 (N, H, W, C)
     labels: np.ndarray | None  # their classes (N,), -1 for none; None: no labels
     classes: list[str] | None  # class names, indexed by label
-    means: Tensor  # posterior means of the images (N, d)
+    # posterior means of the images (N, d); a discrete model's encoder outputs z_e, flattened
+    # (N, D h w): the points the map projects
+    means: Tensor
     xy: Tensor  # their places on the map (N, 2)
     center: Tensor | None  # the map's plane (d,) and (2, d); None: the map is the code (d = 2)
     directions: Tensor | None
-    kl: Tensor  # average KL of each dimension over the images (d,), nats
-    active: Tensor  # which dimensions carry information (d,) bool
-    order: list[int]  # dimensions, the largest KL first
+    kl: Tensor | None  # average KL of each dimension over the images (d,), nats; None: discrete
+    active: Tensor | None  # which dimensions carry information (d,) bool; None: discrete
+    order: list[int]  # dimensions, the largest KL first (discrete: none)
     name: str = ""  # the model as given
     dataset: str = ""
-    sampler: Any = None  # the model's fitted prior (priors.load_sampler), or None: N(0, I)
+    # the model's fitted prior (priors.load_sampler), or None: its own prior (N(0, I), or a
+    # discrete model's uniform codes)
+    sampler: Any = None
+    grids: Tensor | None = None  # a discrete model's code grids of the images (N, h, w) int64
 
     @property
     def latent_dims(self) -> int:
@@ -104,6 +118,37 @@ class Explorer:
     def conditional(self) -> bool:
         return self.model.conditional
 
+    @property
+    def discrete(self) -> bool:
+        """Whether the latent is a grid of discrete codes (else Gaussian codes (d,))."""
+        return self.model.latent_kind == "discrete"
+
+    def code(self, values: list) -> Tensor:
+        """A code of the API, a list (d numbers, or a discrete model's h w indices row by
+        row), as a batch of one: (1, d) float32, or (1, h, w) int64."""
+        if self.discrete:
+            return torch.tensor([values], dtype=torch.int64).view(1, *self.model.latent_shape)
+        return torch.tensor([values])
+
+    @torch.inference_mode()
+    def vectors(self, z: Tensor) -> Tensor:
+        """A discrete model's code vectors (B, D, h, w) of grids (B, h, w); vectors as they
+        are; float32 on the CPU."""
+        if z.is_floating_point():
+            return z.float().cpu()
+        return self.model.code_vectors(z.to(self.device)).float().cpu()
+
+    @torch.inference_mode()
+    def quantize(self, vectors: Tensor) -> Tensor:
+        """A discrete model's code grids (B, h, w) nearest to points (B, D, h, w)."""
+        return self.model.quantize(vectors.float().to(self.device)).cpu()
+
+    def usage(self, grids: Tensor) -> Tensor:
+        """For each cell of code grids (B, h, w): the share of the test images whose grid has
+        that code there, (B, h w) in [0, 1]."""
+        same = self.grids.flatten(1)[None] == grids.flatten(1)[:, None]  # (B, N, h w)
+        return same.float().mean(1)
+
     def class_index(self, value: Any) -> int:
         """A conditional model's class given by index or name, as its index."""
         return class_index(self.model.config.classes, value)
@@ -116,35 +161,50 @@ class Explorer:
         return torch.full((n,), int(label), dtype=torch.int64, device=self.device)
 
     def to_map(self, z: Tensor) -> Tensor:
-        """The map's point (B, 2) of codes (B, d)."""
+        """The map's point (B, 2) of codes (B, d); a discrete model's of grids (B, h, w) or
+        code vectors (B, D, h, w), by their code vectors."""
+        if self.discrete:
+            z = self.vectors(z).flatten(1)
         z = z.float().cpu()
         return z if self.center is None else (z - self.center) @ self.directions.T
 
     def from_map(self, xy: Tensor) -> Tensor:
-        """The code (B, d) of map points (B, 2)."""
+        """The code (B, d) of map points (B, 2); a discrete model's grid (B, h, w): the
+        point's encoder output, quantized."""
         xy = torch.as_tensor(xy, dtype=torch.float32)
+        if self.discrete:
+            z_e = explore.from_map(self.center, self.directions, xy)
+            return self.quantize(z_e.view(len(xy), self.latent_dims, *self.model.latent_shape))
         return xy if self.center is None else explore.from_map(self.center, self.directions, xy)
 
     @torch.inference_mode()
     def decode(self, z: Tensor, label: int | None = None) -> list[str]:
-        """Codes (B, d) (of the class ``label``, for a conditional model) -> their decoded
-        images as PNG data URLs."""
-        images = self.model.decode(z.float().to(self.device), self._labels(label, len(z)))
+        """Codes (B, d) (a discrete model's grids (B, h, w) or code vectors (B, D, h, w);
+        of the class ``label``, for a conditional model) -> their decoded images as PNG data
+        URLs."""
+        if z.is_floating_point() or not self.discrete:  # a discrete model's grids stay int64
+            z = z.float()
+        images = self.model.decode(z.to(self.device), self._labels(label, len(z)))
         return [data_url(im) for im in to_uint8(images)]
 
     @torch.inference_mode()
     def encode(self, images: np.ndarray, label: int | None = None) -> Tensor:
         """Posterior means (B, d) of uint8 images (B, H, W, C) (of the class ``label``, for a
-        conditional model)."""
+        conditional model); a discrete model's code grids (B, h, w)."""
         x = to_float(torch.tensor(images), self.device)  # a copy: uploads are read-only
-        return self.model.encode(x, self._labels(label, len(x))).mu.float().cpu()
+        post = self.model.encode(x, self._labels(label, len(x)))
+        return post.indices.cpu() if self.discrete else post.mu.float().cpu()
 
     def sample(self, seed: int, label: int | None = None) -> tuple[Tensor, int | None]:
-        """One code (1, d) from the model's ex-post sampler if it has one, else the prior, and
-        a conditional model's class: ``label``, or drawn uniformly after the code (as
-        ``VAE.sample`` draws it; None for an unconditional model)."""
+        """One code (1, d) (a discrete model's grid (1, h, w)) from the model's ex-post sampler
+        if it has one, else the prior, and a conditional model's class: ``label``, or drawn
+        uniformly after the code (as ``VAE.sample`` draws it; None for an unconditional
+        model)."""
         gen = torch.Generator().manual_seed(seed)
-        if self.sampler is not None:
+        if self.discrete:  # a code grid (1, h, w)
+            draw = self.sampler.sample if self.sampler is not None else self.model.prior_sample
+            z = torch.as_tensor(draw(1, gen)).long().reshape(1, *self.model.latent_shape).cpu()
+        elif self.sampler is not None:
             z = torch.as_tensor(self.sampler.sample(1, gen), dtype=torch.float32)
             z = z.reshape(1, self.latent_dims).cpu()
         else:
@@ -157,7 +217,14 @@ class Explorer:
         self, a: Tensor, b: Tensor, steps: int, method: str, label: int | None = None
     ) -> tuple[Tensor, list]:
         """The codes (steps, d) from ``a`` to ``b`` (explore.interpolate's path) and their
-        decoded images (of the class ``label``, for a conditional model) as data URLs."""
+        decoded images (of the class ``label``, for a conditional model) as data URLs. A
+        discrete model's path runs from grid ``a`` to grid ``b`` (h, w) on the straight line
+        between their code vectors: (steps, D, h, w) (``quantize`` gives each frame's grid)."""
+        if self.discrete:
+            va, vb = self.vectors(torch.stack([a, b]))
+            t = torch.linspace(0, 1, steps).view(-1, 1, 1, 1)
+            codes = (1 - t) * va + t * vb
+            return codes, self.decode(codes, label)
         frames = explore.interpolate(self.model, a, b, steps, method, label)
         t = torch.linspace(0, 1, steps)[:, None]
         codes = explore.slerp(a, b, t) if method == "slerp" else (1 - t) * a + t * b
@@ -172,15 +239,21 @@ def build_explorer(
     **info: Any,
 ) -> Explorer:
     """An Explorer of ``model`` over uint8 ``images`` (N, H, W, C), N >= 2: their codes, map
-    and the KL of each dimension (``info``: ``name``, ``dataset``, ``sampler``). A conditional
-    model encodes each image with its class, ``labels`` (indices into its classes, which
-    ``classes`` must be)."""
+    and the KL of each dimension (a discrete model's code grids and the map of its encoder
+    outputs; ``info``: ``name``, ``dataset``, ``sampler``). A conditional model encodes each
+    image with its class, ``labels`` (indices into its classes, which ``classes`` must be)."""
     if len(images) < 2:
         raise TorchVaeError(f"the explorer's map needs at least 2 test images, got {len(images)}")
     condition = None
     if model.conditional:
         condition = _conditions(model, images, labels, classes)
     fast = model.inference_copy()
+    if labels is not None and len(labels) != len(images):
+        log.warning("%d labels for %d images: the map is drawn without classes", len(labels),
+                    len(images))  # fmt: skip
+        labels = None
+    if model.latent_kind == "discrete":
+        return _discrete_explorer(fast, images, labels, classes, condition, info)
     means = explore.encode_mean(fast, images, condition)
     kl = explore.kl_per_dim(fast, images, condition)
     center = directions = None
@@ -188,15 +261,24 @@ def build_explorer(
     if means.shape[1] != 2:
         center, directions, _ = explore.pca_basis(means)
         xy = (means - center) @ directions.T
-    if labels is not None and len(labels) != len(images):
-        log.warning("%d labels for %d images: the map is drawn without classes", len(labels),
-                    len(images))  # fmt: skip
-        labels = None
     order = sorted(range(len(kl)), key=lambda i: (-float(kl[i]), i))
     return Explorer(
         model=fast, images=images, labels=labels, classes=classes, means=means,
         xy=torch.nan_to_num(xy), center=center, directions=directions, kl=kl,
         active=explore.active_dims(kl), order=order, **info,
+    )  # fmt: skip
+
+
+def _discrete_explorer(fast: VAE, images, labels, classes, condition, info: dict) -> Explorer:
+    """``build_explorer``'s Explorer of a discrete model (``fast``, its inference copy): the
+    images' code grids, and the map of their encoder outputs."""
+    codes = explore.encode_codes(fast, images, condition)
+    z_e = codes.z_e.flatten(1)
+    center, directions, _ = explore.pca_basis(z_e)
+    return Explorer(
+        model=fast, images=images, labels=labels, classes=classes, means=z_e,
+        xy=torch.nan_to_num((z_e - center) @ directions.T), center=center,
+        directions=directions, kl=None, active=None, order=[], grids=codes.indices, **info,
     )  # fmt: skip
 
 
@@ -212,17 +294,31 @@ def _conditions(model: VAE, images, labels, classes) -> Tensor:
     return torch.as_tensor(np.asarray(labels), dtype=torch.int64)
 
 
-def find_sampler(model_path: str | os.PathLike, latent_dims: int | None = None) -> Any:
-    """The model's fitted prior (``priors.load_sampler``), or None (N(0, I)) when it has none
-    or it cannot be used, with a warning."""
+def find_sampler(
+    model_path: str | os.PathLike, latent_dims: int | None = None, grid: tuple | None = None
+) -> Any:
+    """The model's fitted prior (``priors.load_sampler``), or None (N(0, I), or a discrete
+    model's uniform codes) when it has none or it cannot be used, with a warning. ``grid``: a
+    discrete model's code grid (h, w), which its prior must draw."""
     try:
         sampler = load_sampler(model_path)
     except TorchVaeError as exc:  # e.g. fitted to other weights: the page still works
         log.warning("random samples come from the prior: %s", exc)
         return None
-    if sampler is not None and latent_dims is not None and sampler.dims != latent_dims:
+    if sampler is None:
+        return None
+    kind = getattr(sampler, "latent_kind", "gaussian")
+    if kind != ("gaussian" if grid is None else "discrete"):
+        log.warning("random samples come from the prior: the fitted sampler draws %s codes, "
+                    "the model's are not", kind)  # fmt: skip
+        return None
+    if latent_dims is not None and sampler.dims != latent_dims:
         log.warning("random samples come from the prior: the fitted sampler draws %d-d codes, "
                     "the model has %d latent dimensions", sampler.dims, latent_dims)  # fmt: skip
+        return None
+    if grid is not None and tuple(sampler.grid) != tuple(grid):
+        log.warning("random samples come from the prior: the fitted sampler draws %s code "
+                    "grids, the model's are %s", sampler.grid, tuple(grid))  # fmt: skip
         return None
     return sampler
 
@@ -255,8 +351,13 @@ def load_explorer(
     log.info("mapping %d test images of %s", len(images), dataset)
     return build_explorer(
         model, images, labels, classes, name=str(model_path), dataset=dataset,
-        sampler=find_sampler(model_path, model.config.latent_dims),
+        sampler=find_sampler(model_path, model.config.latent_dims, _grid(model)),
     )  # fmt: skip
+
+
+def _grid(model: VAE) -> tuple[int, ...] | None:
+    """A discrete model's code grid (h, w); None for a Gaussian latent."""
+    return tuple(model.latent_shape) if model.latent_kind == "discrete" else None
 
 
 def read_upload(data: bytes, channels: int, size: int) -> np.ndarray:

@@ -4,7 +4,7 @@ one module per family. A family registers itself with ``@register_model``; impor
 package registers the built-in ones (the lines below). See docs/model.md, "Adding a model".
 """
 
-from . import dcgan, original, resnet  # noqa: F401  (the built-in families register here)
+from . import dcgan, original, resnet, vqvae  # noqa: F401  (the built-in families register here)
 from .base import VAE, create_model, load_model, read_config, save_model, training_memory
 from .config import ConvConfig, ModelConfig
 from .losses import VAEOutput, vae_loss

@@ -5,11 +5,13 @@ the prior are never visited by any image), so codes drawn from a fitted density 
 convincing images.
 
 Every kind registers itself (``register_prior``) and keeps one small contract: ``kind``,
-``dims``, ``info`` (what it was fitted to), ``sample(n, generator) -> (n, d)`` float32 codes on
-the CPU, ``describe()``, ``tensors()`` and ``from_tensors(tensors, info)``. A fitted prior lives
-beside the model's weights as ``sampler-<kind>.safetensors`` (its tensors; the description in
-the metadata) plus a readable ``sampler-<kind>.json``; no pickle. It records the SHA-256 of the
-weights it was fitted to, and is refused for any other weights.
+``dims``, ``info`` (what it was fitted to), ``sample(n, generator, labels=None) -> (n, d)``
+float32 codes on the CPU (``labels``: the classes the codes are for, which a prior fitted to a
+conditional model's codes class by class needs and the others ignore), ``describe()``,
+``tensors()`` and ``from_tensors(tensors, info)``; ``fit(z, options, info, progress, labels)``.
+A fitted prior lives beside the model's weights as ``sampler-<kind>.safetensors`` (its
+tensors; the description in the metadata) plus a readable ``sampler-<kind>.json``; no pickle.
+It records the SHA-256 of the weights it was fitted to, and is refused for any other weights.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ class Prior(Protocol):
     @property
     def dims(self) -> int: ...
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
     def describe(self) -> str: ...
 

@@ -95,7 +95,9 @@ class DiffusionPrior(NeuralPrior):
         return x.float()
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
         steps = self.info["hparams"].get("sample_steps", 0)
         z = self.draw(self.net, n, generator, steps)
         return z * self.scale + self.shift

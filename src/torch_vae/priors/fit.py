@@ -71,14 +71,22 @@ def check_kind(model: VAE, kind: str) -> None:
         )
 
 
-def fit_prior(z: np.ndarray, kind: str, options: dict, info: dict, progress: bool = True) -> Prior:
-    """A prior of ``kind`` fitted to latents ``z`` (N, d). ``options``: ``seed`` and the
-    kind's own (``components`` for gmm; ``steps`` and the network's size for the neural
-    kinds; 0 or absent: the kind's default)."""
+def fit_prior(
+    z: np.ndarray,
+    kind: str,
+    options: dict,
+    info: dict,
+    progress: bool = True,
+    labels: torch.Tensor | None = None,
+) -> Prior:
+    """A prior of ``kind`` fitted to latents ``z`` (N, d) (of the classes ``labels``, which a
+    kind that draws codes class by class learns from and the others ignore). ``options``:
+    ``seed`` and the kind's own (``components`` for gmm; ``steps`` and the network's size for
+    the neural kinds; 0 or absent: the kind's default)."""
     cls = PRIORS.get(kind)
     if cls is None:
         raise TorchVaeError(f"unknown sampler kind {kind!r}; choose one of {', '.join(kinds())}")
-    return cls.fit(np.asarray(z), {**options, "kind": kind}, info, progress)
+    return cls.fit(np.asarray(z), {**options, "kind": kind}, info, progress, labels=labels)
 
 
 def fit_sampler(
@@ -103,8 +111,10 @@ def fit_sampler(
             "model_sha256": file_sha256(resolve_weights(model_path))}  # fmt: skip
     if model.latent_kind == "discrete":
         info["codebook_size"] = model.codebook_size
+    if model.conditional:
+        info["classes"] = model.config.num_classes
     start = time.perf_counter()
-    prior = fit_prior(z.numpy(), kind, options or {}, info, progress)
+    prior = fit_prior(z.numpy(), kind, options or {}, info, progress, labels)
     prior.info["fit_seconds"] = round(time.perf_counter() - start, 2)
     if score is not None:
         prior.info["validation"] = score(prior)

@@ -47,14 +47,16 @@ class MixtureSampler:
         k = len(self.weights)
         return "a full-covariance Gaussian" if k == 1 else f"a {k}-component Gaussian mixture"
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``n`` latents (n, d), float32 on the CPU: a component for each, then its Gaussian."""
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         eps = torch.randn(n, self.dims, 1, generator=generator)
         return self.means[comp] + (self.scale_tril[comp] @ eps).squeeze(-1)
 
     @classmethod
-    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True):
+    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True, labels=None):
         """``gaussian`` or ``gmm`` (``options["components"]``, default 50) fitted to ``z``."""
         if options.get("kind") == "gaussian":
             return fit_gaussian(z, info)

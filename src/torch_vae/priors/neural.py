@@ -75,7 +75,9 @@ class NeuralPrior:
         return f"{self.NAME} ({params:,} parameters, {hp['steps']} steps)"
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
         """``n`` latents (n, d), float32 on the CPU; the same for the same generator state."""
         return self.draw(self.net, n, generator).float() * self.scale + self.shift
 
@@ -112,7 +114,7 @@ class NeuralPrior:
 
     # --- fitting
     @classmethod
-    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True):
+    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True, labels=None):
         """Fit to latents ``z`` (N, d): standardise, then ``steps`` Adam steps on random
         batches with a cosine learning-rate decay, all seeded by ``options["seed"]``."""
         seed = int(options.get("seed", 0))

@@ -7,8 +7,11 @@ every earlier position, where a PixelCNN's masked convolutions have a blind spot
 draws one position after another, the keys and values of the earlier positions kept (a cache),
 each draw from the caller's generator.
 
-The first input is a start token. The prior's loss, in nats per code, is what ``describe``
-shows; ``info["validation"]`` holds the sample score fit-sampler measures for every kind.
+The first input is a start token: one for every grid, or, for a conditional model, one per
+class, so that the prior draws the code grid of a given class (p(c | y)) and a sample of a
+class is a grid of that class decoded as that class. ``info["final_loss"]`` is the training
+loss in nats per code; ``info["validation"]`` holds the sample score fit-sampler measures for
+every kind.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class Block(nn.Module):
 
 class CodeTransformer(nn.Module):
     """Logits (B, T, K) of the next code at each of T positions of code grids read in raster
-    order, given ``tokens`` (B, T): the start token, then the codes before."""
+    order, given ``tokens`` (B, T): the start token (the class's, of ``starts``), then the
+    codes before."""
 
     def __init__(self, codes: int, length: int, width: int, layers: int, starts: int = 1):
         super().__init__()
@@ -77,19 +81,25 @@ class CodeTransformer(nn.Module):
             h = block(h, caches[i] if caches is not None else None)
         return self.head(self.norm(h))
 
-    def loss(self, codes: Tensor) -> Tensor:
+    def start(self, n: int, labels: Tensor | None, device=None) -> Tensor:
+        """The start tokens (n, 1): the class's (``labels``, (n,)), or the one there is."""
+        if labels is None:
+            return torch.full((n, 1), self.codes, dtype=torch.int64, device=device)
+        return (self.codes + labels.long()).reshape(n, 1).to(device)
+
+    def loss(self, codes: Tensor, labels: Tensor | None = None) -> Tensor:
         """The mean negative log-likelihood per code, in nats, of code grids ``codes``
-        (B, L) flattened in raster order."""
-        start = torch.full((len(codes), 1), self.codes, dtype=codes.dtype, device=codes.device)
+        (B, L) flattened in raster order (of the classes ``labels``)."""
+        start = self.start(len(codes), labels, codes.device)
         logits = self(torch.cat([start, codes[:, :-1]], 1))
         return F.cross_entropy(logits.reshape(-1, self.codes).float(), codes.reshape(-1))
 
     @torch.no_grad()
-    def draw(self, n: int, generator: torch.Generator | None) -> Tensor:
-        """``n`` code grids (n, L), int64, each position drawn from its conditional by
-        ``generator`` in turn."""
+    def draw(self, n: int, generator: torch.Generator | None, labels: Tensor | None = None):
+        """``n`` code grids (n, L), int64 (of the classes ``labels``), each position drawn
+        from its conditional by ``generator`` in turn."""
         caches: list[list[Tensor]] = [[] for _ in self.blocks]
-        token = torch.full((n, 1), self.codes, dtype=torch.int64)
+        token = self.start(n, labels)
         out = torch.empty(n, self.length, dtype=torch.int64)
         for i in range(self.length):
             probs = self(token, caches)[:, -1].float().softmax(-1)
@@ -121,6 +131,11 @@ class TransformerPrior:
     def grid(self) -> tuple[int, int]:
         return tuple(self.info["grid"])
 
+    @property
+    def classes(self) -> int:
+        """The classes it draws grids of (0: one kind of grid, an unconditional model's)."""
+        return int(self.info.get("classes", 0))
+
     def describe(self) -> str:
         hp = self.info["hparams"]
         params = sum(p.numel() for p in self.net.parameters())
@@ -128,10 +143,21 @@ class TransformerPrior:
                 f"({params:,} parameters, {hp['steps']} steps)")  # fmt: skip
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``n`` code grids (n, h, w), int64 on the CPU; the same for the same generator
-        state."""
-        return self.net.draw(n, generator).view(n, *self.grid)
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: Tensor | None = None
+    ) -> Tensor:
+        """``n`` code grids (n, h, w), int64 on the CPU, of the classes ``labels`` (n,) for a
+        conditional model's prior; the same for the same generator state."""
+        if self.classes and labels is None:
+            raise TorchVaeError("this transformer sampler draws the code grids of a class: "
+                                "give each sample's class (labels)")  # fmt: skip
+        if labels is not None and not self.classes:
+            labels = None  # one kind of grid: the classes are the decoder's alone
+        if labels is not None:
+            labels = torch.as_tensor(labels).cpu().long()
+            if labels.shape != (n,) or int(labels.min()) < 0 or int(labels.max()) >= self.classes:
+                raise TorchVaeError(f"labels must be {n} classes in 0..{self.classes - 1}")
+        return self.net.draw(n, generator, labels).view(n, *self.grid)
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"net.{k}": v for k, v in self.net.state_dict().items()}
@@ -139,16 +165,19 @@ class TransformerPrior:
     @classmethod
     def build(cls, info: dict, hp: dict) -> CodeTransformer:
         h, w = info["grid"]
+        starts = max(1, int(info.get("classes", 0)))
         return CodeTransformer(int(info["codebook_size"]), int(h) * int(w), hp["hidden"],
-                               hp["layers"])  # fmt: skip
+                               hp["layers"], starts)  # fmt: skip
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor], info: dict, path: Path):
         """The prior read back: its network rebuilt from ``info`` and its weights checked."""
         try:
             grid, codes = info["grid"], info["codebook_size"]
+            classes = info.get("classes", 0)
             ok = (isinstance(grid, list) and len(grid) == 2 and all(_size(g) for g in grid)
-                  and _size(codes) and _size(info["latent_dims"]))  # fmt: skip
+                  and _size(codes) and _size(info["latent_dims"])
+                  and (classes == 0 or _size(classes)))  # fmt: skip
             if not ok:
                 raise ValueError("grid, codebook_size or latent_dims out of range")
             hp = check_hparams(cls, {**cls.DEFAULTS, **info["hparams"]})
@@ -170,9 +199,10 @@ class TransformerPrior:
         return cls(net, info)
 
     @classmethod
-    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True):
+    def fit(cls, z: np.ndarray, options: dict, info: dict, progress: bool = True, labels=None):
         """Fit to code grids ``z`` (N, h, w) of a codebook of ``info["codebook_size"]``
-        codes: ``steps`` Adam steps on random batches (warm-up, then cosine decay), seeded by
+        codes (class by class where ``info["classes"]`` is given: ``labels``, (N,)): ``steps``
+        Adam steps on random batches (warm-up, then cosine decay), seeded by
         ``options["seed"]``."""
         codes = torch.as_tensor(np.asarray(z))
         if codes.dim() != 3 or codes.is_floating_point():
@@ -192,12 +222,21 @@ class TransformerPrior:
         flat = codes.reshape(len(codes), -1).long()
         if int(flat.min()) < 0 or int(flat.max()) >= info["codebook_size"]:
             raise TorchVaeError("the code grids hold indices outside the codebook")
+        classes = int(info.get("classes", 0))
+        if classes and (labels is None or len(labels) != len(flat)):
+            raise TorchVaeError("a conditional model's transformer sampler needs each grid's class")
+        # each row: its class (0 without classes), then its codes; batches keep them together
+        rows = torch.cat([torch.as_tensor(labels).long()[:, None] if classes
+                          else torch.zeros(len(flat), 1, dtype=torch.int64), flat], 1)  # fmt: skip
+
+        def loss_fn(batch: Tensor, gen) -> Tensor:
+            return net.loss(batch[:, 1:], batch[:, 0] if classes else None)
+
         torch.manual_seed(seed)  # the network's initialisation
         net = cls.build(info, hp)
         steps = int(hp["steps"])
-        loss = train_steps(net, lambda b, g: net.loss(b), flat, steps, int(hp["batch"]), cls.LR,
-                           seed, progress, f"fitting {cls.kind}",
-                           warmup=min(cls.WARMUP, steps // 10))  # fmt: skip
+        loss = train_steps(net, loss_fn, rows, steps, int(hp["batch"]), cls.LR, seed, progress,
+                           f"fitting {cls.kind}", warmup=min(cls.WARMUP, steps // 10))  # fmt: skip
         info["final_loss"] = loss  # nats per code, the last 100 steps' mean
         return cls(net, info)
 

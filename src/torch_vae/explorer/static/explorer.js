@@ -1,5 +1,7 @@
 // The torch-vae explorer's page: plain JavaScript, no outside resources. Everything the page
-// shows comes from the server's JSON API (see /docs); decoded images arrive as PNG data URLs.
+// shows comes from the server's JSON API (see /openapi.json); decoded images arrive as PNG data
+// URLs. A Gaussian model's code is edited with sliders, a discrete (VQ) model's, a grid of
+// code indices, cell by cell.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,7 +9,8 @@ const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const state = {
   info: null, z: [], marker: null, upload: null, path: null, pathAt: null,
-  frames: [], slots: { a: null, b: null }, view: null, base: null, cls: null,
+  frames: [], slots: { a: null, b: null }, slotNames: { a: "", b: "" }, view: null, base: null,
+  cls: null, discrete: false, usage: [], cell: 0, frameCodes: [],
 };
 // Read by the browser test: requests per queue in flight, the most ever at once, answers.
 const stats = { inFlight: {}, maxInFlight: 0, answers: 0 };
@@ -85,9 +88,11 @@ function buildClassPicker(info) {
 function show(d, source) {
   $("decoded").src = d.image;
   if (d.z) state.z = d.z.slice();
+  if (d.usage) state.usage = d.usage;
   state.marker = d.xy;
   if (source !== undefined) $("source").textContent = source + className();
   updateSliders();
+  updateGrid();
   drawMap();
 }
 
@@ -121,6 +126,126 @@ function updateSliders() {
     input.value = v;
     input.parentElement.querySelector(".value").textContent = v.toFixed(2);
   }
+}
+
+// ---- a discrete model's code grid ------------------------------------------------------
+// h x w cells, each showing its code index and shaded by how many test images have that code
+// there; a selected cell's code is typed, stepped or drawn at random, and the grid decoded.
+function cellName(i) {
+  const w = state.info.grid[1];
+  return `row ${Math.floor(i / w)}, column ${i % w}`;
+}
+
+// How many of the test images a share u of them is: "13 of the 10000 test images (0.1%)".
+function share(u) {
+  const n = state.info.images, pct = u >= 0.1 ? Math.round(u * 100) : (u * 100).toFixed(1);
+  return `${Math.round(u * n)} of the ${n} test images (${pct}%)`;
+}
+
+function buildGrid(info) {
+  const [h, w] = info.grid, k = info.codebook_size;
+  $("latent-title").textContent = `Code grid (${h}x${w} codes of ${k})`;
+  $("latent-note").textContent = "Click a cell, then type its code, step it (\u2212 + or the " +
+    "keys - +) or draw a random one; the arrow keys move. Shade: how many test images have " +
+    "that code there (darker: more; red border: none).";
+  $("sliders").hidden = true;
+  const box = $("grid");
+  const size = Math.max(12, Math.min(40, Math.floor(318 / w) - 2));
+  box.style.gridTemplateColumns = `repeat(${w}, ${size}px)`;
+  box.style.gridAutoRows = `${size}px`;
+  box.style.fontSize = `${Math.max(7, Math.min(13, size / 3))}px`;
+  box.classList.toggle("small", size < 18 || (k > 1000 && size < 30));  // too small for text
+  for (let i = 0; i < h * w; i++) {
+    const cell = document.createElement("button");
+    cell.type = "button";
+    cell.className = "cell";
+    cell.dataset.cell = String(i);
+    cell.addEventListener("click", () => selectCell(i));
+    cell.addEventListener("keydown", (e) => cellKey(e, i));
+    box.appendChild(cell);
+  }
+  const input = $("cell-code");
+  input.max = String(k - 1);
+  const typed = () => {
+    const v = input.value.trim() === "" ? NaN : Number(input.value);
+    return Number.isInteger(v) && v >= 0 && v < k ? v : null;
+  };
+  input.addEventListener("input", () => {
+    const v = typed();
+    if (v !== null && v !== state.z[state.cell]) setCell(state.cell, v);
+  });
+  input.addEventListener("change", () => {
+    if (typed() === null) {
+      setStatus(`a code is an integer from 0 to ${k - 1}`, true);
+      input.value = state.z[state.cell];
+    }
+  });
+  $("cell-down").addEventListener("click", () => stepCell(-1));
+  $("cell-up").addEventListener("click", () => stepCell(1));
+  $("cell-random").addEventListener("click", () => setCell(state.cell, Math.floor(Math.random() * k)));
+  box.hidden = false;
+  $("cell-editor").hidden = false;
+  $("cell-usage").hidden = false;
+  selectCell(0, false);
+}
+
+function selectCell(i, focus = true) {
+  state.cell = i;
+  const cells = $("grid").children;
+  for (const cell of cells) cell.classList.toggle("selected", Number(cell.dataset.cell) === i);
+  if (focus) cells[i].focus();
+  updateCellEditor();
+}
+
+// Keys on a cell: the arrows move to a neighbour, + and - step its code.
+function cellKey(e, i) {
+  const [h, w] = state.info.grid;
+  const moves = { ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0] };
+  if (e.key in moves) {
+    const r = Math.floor(i / w) + moves[e.key][0], c = (i % w) + moves[e.key][1];
+    if (r >= 0 && r < h && c >= 0 && c < w) selectCell(r * w + c);
+  } else if (e.key === "+" || e.key === "=") {
+    selectCell(i); stepCell(1);
+  } else if (e.key === "-") {
+    selectCell(i); stepCell(-1);
+  } else return;
+  e.preventDefault();
+}
+
+function stepCell(by) {
+  const k = state.info.codebook_size;
+  setCell(state.cell, (state.z[state.cell] + by + k) % k);
+}
+
+function setCell(i, code) {
+  state.z[i] = code;
+  updateGrid();
+  decodeZ(`code grid: ${cellName(i)} = ${code}`);
+}
+
+function updateGrid() {
+  if (!state.discrete) return;
+  for (const cell of $("grid").children) {
+    const i = Number(cell.dataset.cell), u = state.usage[i];
+    cell.textContent = String(state.z[i]);
+    const known = u !== undefined;
+    // lightness from 97% (no test image) to 30% (all of them), on a square-root scale
+    const light = known ? 97 - 67 * Math.sqrt(u) : 97;
+    cell.style.background = `hsl(205, 55%, ${light}%)`;
+    cell.style.color = light < 60 ? "#fff" : "#123";
+    cell.classList.toggle("unused", known && u === 0);
+    cell.title = `${cellName(i)}: code ${state.z[i]}` + (known ? `, in ${share(u)}` : "");
+  }
+  updateCellEditor();
+}
+
+function updateCellEditor() {
+  if (!state.discrete) return;
+  const i = state.cell, u = state.usage[i], input = $("cell-code");
+  $("cell-name").textContent = `${cellName(i)}:`;
+  if (document.activeElement !== input) input.value = state.z[i];
+  $("cell-usage").textContent = u === undefined ? ""
+    : `Code ${state.z[i]} is there in ${share(u)}.`;
 }
 
 // ---- the map ---------------------------------------------------------------------------
@@ -267,10 +392,19 @@ function uploadPanel() {
   });
 }
 
-function setSlot(name, d) {
+function setSlot(name, d, what) {
   state.slots[name] = d.z;
+  state.slotNames[name] = what;
   $(`${name}-thumb`).src = d.input;
   interpolate();
+}
+
+// A click on A's or B's picture decodes its code (a discrete model's grid, to edit).
+function showSlot(name) {
+  const z = state.slots[name];
+  if (!z) return;
+  state.z = z.slice();
+  decodeZ(state.slotNames[name]);
 }
 
 function interpolate() {
@@ -280,6 +414,7 @@ function interpolate() {
     const steps = Number($("scrub").max) + 1;
     const d = await api("api/interpolate", withClass({ a, b, steps, method: $("method").value }));
     state.frames = d.frames;
+    state.frameCodes = d.z;
     state.path = d.xy;
     scrub();
   });
@@ -290,6 +425,14 @@ function scrub() {
   if (!state.frames.length) return;
   $("frame").src = state.frames[i];
   state.pathAt = state.path[i];
+  if (state.discrete) {
+    // each frame decodes the interpolated code vectors; its codes are them, quantized
+    const codes = state.frameCodes[i], { a, b } = state.slots;
+    const differ = (other) => codes.filter((c, j) => c !== other[j]).length;
+    $("frame-note").textContent = `frame ${i} of ${state.frames.length - 1}, codes ` +
+      `quantized: ${differ(a)} cells differ from A, ${differ(b)} from B`;
+    $("frame-row").hidden = false;
+  }
   drawMap();
 }
 
@@ -298,34 +441,55 @@ function interpPanel() {
     const index = $(`${name}-index`);
     index.max = state.info.images - 1;
     const pick = async () => {
-      try { setSlot(name, await api(`api/images/${Number(index.value)}`)); }
+      const i = Number(index.value);
+      try { setSlot(name, await api(`api/images/${i}`), `test image ${i}`); }
       catch (e) { setStatus(e.message, true); }
     };
     $(`${name}-pick`).addEventListener("click", pick);
     index.addEventListener("change", pick);
     $(`${name}-file`).addEventListener("change", async () => {
       if (!$(`${name}-file`).files.length) return;
-      try { setSlot(name, await api("api/encode", fileForm($(`${name}-file`)))); }
+      const file = $(`${name}-file`).files[0].name;
+      try { setSlot(name, await api("api/encode", fileForm($(`${name}-file`))), `image ${file}`); }
       catch (e) { setStatus(e.message, true); }
     });
+    $(`${name}-thumb`).addEventListener("click", () => showSlot(name));
     pick();
   }
   $("method").addEventListener("change", interpolate);
   $("scrub").addEventListener("input", scrub);
+  $("frame-edit").addEventListener("click", () => {
+    const i = Number($("scrub").value);
+    if (!state.frameCodes[i]) return;
+    state.z = state.frameCodes[i].slice();
+    decodeZ(`interpolation frame ${i}, its codes quantized`);
+  });
 }
 
 // ---- start -----------------------------------------------------------------------------
 async function start() {
   const info = await api("api/info");
   state.info = info;
-  state.z = new Array(info.latent_dims).fill(0);
-  $("about").textContent = `${info.model} · ${info.dataset} · latent ${info.latent_dims}` +
+  state.discrete = info.latent_kind === "discrete";
+  const latent = state.discrete
+    ? `${info.grid[0]}x${info.grid[1]} codes of ${info.codebook_size} (vectors of ${info.latent_dims})`
+    : `latent ${info.latent_dims}`;
+  state.z = new Array(state.discrete ? info.grid[0] * info.grid[1] : info.latent_dims).fill(0);
+  $("about").textContent = `${info.model} · ${info.dataset} · ${latent}` +
     ` · ${info.images} test images · samples: ${info.sampler}` +
     (info.conditional ? ` · conditional on ${info.classes.length} classes` : "");
   $("map-kind").textContent = info.map === "code" ? "(the code itself)"
+    : state.discrete ? "(the plane of the encoder outputs' two principal directions; a point " +
+      "decodes to its nearest codes)"
     : "(the plane of the codes' two principal directions)";
   buildClassPicker(info);
   buildSliders(info);
+  if (state.discrete) {
+    buildGrid(info);
+    $("origin").hidden = true;
+    $("method").querySelector("option[value='slerp']").remove();  // linear only
+    $("slot-note").textContent = "Click A or B to edit its code grid.";
+  }
   const data = await api("api/map");
   setView(data);
   drawPoints(data);
@@ -333,13 +497,18 @@ async function start() {
   mapPointer();
   uploadPanel();
   interpPanel();
+  const sampled = state.discrete && !info.fitted_sampler
+    ? "a random sample (uniform codes: no fitted prior)" : "a random sample";
   $("sample").addEventListener("click", () => decodeQueue(
-    async () => show(await api("api/sample", withClass({})), "a random sample")));
+    async () => show(await api("api/sample", withClass({})), sampled)));
   $("origin").addEventListener("click", () => {
     state.z = new Array(info.latent_dims).fill(0);
     decodeZ("z = 0");
   });
-  decodeZ("z = 0");
+  if (state.discrete) {  // no code stands for "zero": start from test image 0's grid
+    state.z = (await api("api/images/0")).z;
+    decodeZ("test image 0");
+  } else decodeZ("z = 0");
   document.body.dataset.ready = "1";
 }
 

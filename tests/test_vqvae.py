@@ -1,0 +1,436 @@
+"""The VQ-VAE (``--arch vqvae``, models/vqvae.py) and the autoregressive prior over its code grids
+(``fit-sampler --sampler transformer``, priors/transformer.py): the codebook's moving averages
+and restarts, code indices in and out, the commands on a tiny run, and the prior's fit, seeded
+sampling, file round trip and refusals. What every family keeps is in test_models_contract.py."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from torch_vae import VAE, TorchVaeError, load_model
+from torch_vae.cli import main
+from torch_vae.models import model_class
+from torch_vae.models.vqvae import Codebook
+from torch_vae.priors import fit_prior, load_sampler, read_sampler, save_sampler
+
+TINY_PRIOR = {"hidden": 32, "layers": 1, "batch": 32, "seed": 0}
+
+
+def tiny_vq(**fields) -> VAE:
+    torch.manual_seed(0)
+    return VAE(model_class("vqvae").config_class.tiny(image_size=32, **fields))
+
+
+def test_the_codebook_moves_each_code_to_the_mean_of_the_vectors_assigned_to_it():
+    book = Codebook(size=2, dims=2, decay=0.0, restart_after=1000).train()
+    book.embedding.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]]))
+    book.idle.zero_()  # no code is restarted: the codes stay where they were put
+    near = torch.tensor([[1.0, 0.0], [0.0, 3.0], [9.0, 9.0], [12.0, 13.0]])
+    codes = book(near.T.reshape(1, 2, 2, 2))  # (B, D, h, w): 4 vectors
+    assert codes.indices.flatten().tolist() == [0, 0, 1, 1]
+    # decay 0: each code is the mean of its vectors (up to the counts' smoothing)
+    assert torch.allclose(book.embedding, torch.tensor([[0.5, 1.5], [10.5, 11.0]]), atol=1e-3)
+    assert book.idle.tolist() == [0, 0]
+
+
+def test_a_code_unused_for_restart_after_steps_restarts_at_a_vector_of_the_batch():
+    book = Codebook(size=3, dims=2, decay=0.9, restart_after=3).train()
+    first = torch.randn(1, 2, 4, 4)
+    # every code starts at 0, so the first batch goes to code 0 (which moves towards its
+    # mean), and the codes no vector went to restart at once, at vectors of the batch
+    book(first)
+    assert book.idle.tolist() == [0, 0, 0]
+    batch_vectors = first.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert all((batch_vectors == e).all(1).any() for e in book.embedding[1:])
+    assert torch.allclose(book.embedding[0], batch_vectors.mean(0), atol=1e-3)
+    book.embedding.copy_(torch.tensor([[0.0, 0.0], [50.0, 50.0], [-50.0, -50.0]]))
+    lone = torch.zeros(1, 2, 2, 2) + 0.1  # every vector goes to code 0
+    for _ in range(2):
+        book(lone)
+    assert book.idle.tolist() == [0, 2, 2]
+    book(lone)  # the third step without them: codes 1 and 2 restart at these vectors
+    assert book.idle.tolist() == [0, 0, 0]
+    assert torch.allclose(book.embedding[1:], torch.full((2, 2), 0.1))
+
+
+def test_code_indices_decode_to_the_reconstruction_and_round_trip():
+    model = tiny_vq().eval()
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        codes = model.encode(x)
+        assert (
+            codes.indices.shape == (5, *model.latent_shape) and codes.indices.dtype == torch.int64
+        )
+        assert torch.equal(model.code_vectors(codes.indices), codes.z_q)
+        assert torch.equal(model.quantize(codes.z_e), codes.indices)
+        from_indices = model.decode(codes.indices)
+        assert torch.equal(from_indices, model.decode(codes.z_q))
+        assert torch.equal(from_indices, model.reconstruct(x))
+    assert codes.kl().shape == (5,)
+    assert torch.allclose(codes.kl(), torch.full((5,), 64 * np.log(16.0)))  # h w log K
+
+
+def test_bad_code_indices_are_one_line_errors():
+    model = tiny_vq().eval()
+    with pytest.raises(TorchVaeError, match=r"code indices must be \(N, 8, 8\) for this model"):
+        model.decode(torch.zeros(2, 4, 4, dtype=torch.int64))
+    with pytest.raises(TorchVaeError, match=r"must lie in 0\.\.15, got 16\.\.16"):
+        model.decode(torch.full((1, 8, 8), 16))
+
+
+def test_the_codebook_state_is_saved_and_a_copy_encodes_alike(tmp_path):
+    model = tiny_vq().train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 1, 32, 32))
+    model.eval().save_pretrained(tmp_path / "m")
+    again = load_model(tmp_path / "m")
+    for name in ("embedding", "ema_count", "ema_sum", "idle", "updates"):
+        assert torch.equal(getattr(again.codebook, name), getattr(model.codebook, name)), name
+    assert int(again.codebook.updates) == 3
+    x = torch.rand(4, 1, 32, 32)
+    assert torch.equal(again.encode(x).indices, model.encode(x).indices)
+
+
+def test_vq_config_values_out_of_range_are_one_line():
+    cls = model_class("vqvae").config_class
+    for field, value, message in (("codebook_size", 1, "--codebook_size must be at least 2"),
+                                  ("ema_decay", 1.0, "--ema_decay must be below 1"),
+                                  ("commitment", -1.0, "--commitment")):  # fmt: skip
+        with pytest.raises(TorchVaeError, match=message):
+            cls.tiny(**{field: value})
+
+
+# --- the commands on a tiny run ---------------------------------------------------------
+
+
+@pytest.fixture
+def vq_run(mnist_dir, tmp_path):
+    config = tmp_path / "flags.json"
+    flags = {"arch": "vqvae", "image_size": 32, "max_filters": 16, "latent_dims": 4,
+             "codebook_size": 16, "blocks": 1}  # fmt: skip
+    config.write_text(json.dumps(flags))
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--config", str(config), "--max_steps", "6",
+                 "--batchsize", "8", "--val_images", "4", "--run_dir", str(run),
+                 "--data_dir", str(mnist_dir), "--quiet", "--cpu"]) == 0  # fmt: skip
+    return run
+
+
+def test_training_records_the_commitment_loss_and_evaluate_the_codebook(vq_run, mnist_dir):
+    record = json.loads((vq_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"train_loss", "train_recon", "train_commit", "val_commit", "val_mse"} <= set(record)
+    assert "train_kl" not in record
+    model = load_model(vq_run)
+    beta = 1.0
+    want = record["val_recon"] + beta * model.config.commitment * record["val_commit"]
+    assert record["val_loss"] == pytest.approx(want)
+    report = vq_run / "eval.json"
+    assert main(["evaluate", "--model", str(vq_run), "--nimages", "8", "--iw_samples", "4",
+                 "--report", str(report), "--data_dir", str(mnist_dir),
+                 "--quiet"]) == 0  # fmt: skip
+    r = json.loads(report.read_text())
+    assert r["codebook_size"] == 16 and 1 <= r["codes_used"] <= 16
+    assert 1 <= r["perplexity"] <= r["codes_used"] + 1e-9
+    assert r["kl"] == pytest.approx(64 * np.log(16))  # a point mass against the uniform prior
+    assert "active_units" not in r and np.isfinite(r["nll"])
+
+
+def test_refine_steps_and_gaussian_samplers_are_refused_for_a_vq_model(vq_run, mnist_dir, capsys):
+    common = ["--model", str(vq_run), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main(["evaluate", *common, "--nimages", "4", "--refine_steps", "2"]) == 1
+    assert "this model's latent is discrete" in capsys.readouterr().err
+    assert main(["fit-sampler", *common, "--sampler", "gmm"]) == 1
+    err = capsys.readouterr().err
+    assert "a gmm sampler cannot be fitted to a model with a discrete latent" in err
+    assert "choose one of transformer" in err and err.count("\n") == 1
+
+
+def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, tmp_path):
+    assert main(["fit-sampler", "--model", str(vq_run), "--sampler", "transformer",
+                 "--steps", "5", "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
+    prior = load_sampler(vq_run, "transformer")
+    assert prior.info["grid"] == [8, 8] and prior.info["codebook_size"] == 16
+    assert np.isfinite(prior.info["validation"]["fd"])
+    out = tmp_path / "gen"
+    assert (
+        main(
+            ["generate", "--model", str(vq_run), "--nsamples", "6", "--outdir", str(out), "--quiet"]
+        )
+        == 0
+    )  # fmt: skip  (--sampler auto: the transformer)
+    model = load_model(vq_run).inference_copy()
+    grids = prior.sample(6, torch.Generator().manual_seed(0))
+    want = (model.decode(grids) * 255).round().to(torch.uint8)[:, 0]
+    from PIL import Image
+
+    got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(6)])
+    assert np.abs(got.astype(int) - want.numpy().astype(int)).max() <= 1
+
+
+def test_a_transformer_sampler_is_refused_for_a_gaussian_model(train_tiny, mnist_dir, tmp_path,
+                                                               capsys):  # fmt: skip
+    run = train_tiny(tmp_path / "run", "--val_images", "4")
+    assert main(["fit-sampler", "--model", str(run), "--sampler", "transformer",
+                 "--data_dir", str(mnist_dir), "--quiet"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "a transformer sampler cannot be fitted to a model with a gaussian latent" in err
+
+
+# --- the transformer prior on its own ---------------------------------------------------
+
+
+def repeated_codes(n=400, grid=(3, 3), codes=8, seed=0) -> np.ndarray:
+    """Grids that repeat one code, one of the first four: a prior that learned them draws
+    such grids; the uniform prior almost never does."""
+    g = torch.Generator().manual_seed(seed)
+    first = torch.randint(4, (n, 1, 1), generator=g)
+    return first.expand(n, *grid).numpy().copy()
+
+
+def fit_tiny(z, steps=5):
+    info = {"codebook_size": 8, "latent_dims": 4, "note": "test"}
+    return fit_prior(z, "transformer", {**TINY_PRIOR, "steps": steps}, info, progress=False)
+
+
+def test_the_transformer_prior_learns_grids_of_one_repeated_code():
+    info = {"codebook_size": 8, "latent_dims": 4}
+    options = {**TINY_PRIOR, "hidden": 64, "steps": 300}
+    prior = fit_prior(repeated_codes(), "transformer", options, info, progress=False)
+    grids = prior.sample(200, torch.Generator().manual_seed(1))
+    assert grids.shape == (200, 3, 3) and grids.dtype == torch.int64
+    constant = (grids == grids[:, :1, :1]).flatten(1).all(1).float().mean()
+    assert constant > 0.8, constant  # the uniform prior: 8**-8 of them
+    assert (grids[:, 0, 0] < 4).float().mean() > 0.95  # the data's four codes (uniform: 0.5)
+    # nats per code: log 8 = 2.08 knows nothing; the first code's log 4 over 9 codes, 0.154,
+    # is the least there is
+    assert prior.info["final_loss"] < 0.3
+
+
+def test_transformer_sampling_is_seeded_and_survives_the_file_round_trip(tmp_path):
+    prior = fit_tiny(repeated_codes(50))
+    a = prior.sample(20, torch.Generator().manual_seed(3))
+    assert torch.equal(a, prior.sample(20, torch.Generator().manual_seed(3)))
+    assert not torch.equal(a, prior.sample(20, torch.Generator().manual_seed(4)))
+    back = read_sampler(save_sampler(prior, tmp_path / "sampler-transformer.safetensors"))
+    assert back.kind == "transformer" and back.info["note"] == "test" and back.grid == (3, 3)
+    assert torch.equal(back.sample(20, torch.Generator().manual_seed(3)), a)
+
+
+def test_forged_transformer_files_and_wrong_latents_are_one_line(tmp_path):
+    prior = fit_tiny(repeated_codes(50))
+    path = save_sampler(prior, tmp_path / "s.safetensors")
+    tensors = load_file(str(path))
+    some = next(k for k in tensors if tensors[k].dim() == 2)
+
+    def forged(name, t, info=None):
+        p = tmp_path / f"{name}.safetensors"
+        meta = {"format": "torch-vae-sampler", "info": json.dumps(info or prior.info)}
+        save_file(t, str(p), metadata=meta)
+        return p
+
+    cases = {
+        "nan": ({**tensors, some: torch.full_like(tensors[some], float("nan"))}, None),
+        "shape": ({**tensors, some: torch.zeros(3, 3)}, None),
+        "extra": ({**tensors, "other": torch.zeros(1)}, None),
+        "grid": (tensors, {**prior.info, "grid": [3, 10**9]}),
+        "codes": (tensors, {**prior.info, "codebook_size": "many"}),
+    }
+    for name, (t, info) in cases.items():
+        with pytest.raises(TorchVaeError) as err:
+            read_sampler(forged(name, t, info))
+        assert "\n" not in str(err.value) and "fit it again" in str(err.value), name
+    with pytest.raises(TorchVaeError, match="fitted to a discrete model's code grids"):
+        fit_prior(np.random.randn(20, 4), "transformer", TINY_PRIOR, {}, progress=False)
+    with pytest.raises(TorchVaeError, match="indices outside the codebook"):
+        fit_tiny(repeated_codes(20) + 8)
+
+
+def test_average_refuses_a_vq_run_in_one_line(vq_run, tmp_path, capsys):
+    assert main(["average", str(vq_run), "--last", "1", "--out", str(tmp_path / "avg"),
+                 "--quiet"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "average takes models with a Gaussian latent" in err and err.count("\n") == 1
+    assert not (tmp_path / "avg").exists()
+
+
+def test_a_conditional_transformer_prior_draws_the_grids_of_the_class_asked_for():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(4, (400,), generator=g)
+    grids = labels[:, None, None].expand(400, 3, 3).numpy().copy()  # class c: code c everywhere
+    info = {"codebook_size": 8, "latent_dims": 4, "classes": 4}
+    options = {**TINY_PRIOR, "hidden": 64, "steps": 300}
+    prior = fit_prior(grids, "transformer", options, info, progress=False, labels=labels)
+    want = torch.tensor([0, 1, 2, 3] * 25)
+    drawn = prior.sample(100, torch.Generator().manual_seed(1), labels=want)
+    right = (drawn == want[:, None, None]).flatten(1).all(1).float().mean()
+    assert right > 0.8, right  # an unconditional prior: a quarter at best
+    with pytest.raises(TorchVaeError, match="draws the code grids of a class"):
+        prior.sample(3, torch.Generator().manual_seed(1))
+    with pytest.raises(TorchVaeError, match=r"labels must be 2 classes in 0\.\.3"):
+        prior.sample(2, torch.Generator().manual_seed(1), labels=torch.tensor([0, 4]))
+    with pytest.raises(TorchVaeError, match="needs each grid's class"):
+        fit_prior(grids, "transformer", options, info, progress=False)
+
+
+def test_generate_from_a_conditional_vq_model_draws_each_class_s_grids(
+    mnist_dir, labelled, tmp_path
+):
+    config = tmp_path / "flags.json"
+    flags = {"arch": "vqvae", "image_size": 32, "max_filters": 16, "latent_dims": 4,
+             "codebook_size": 16, "blocks": 1}  # fmt: skip
+    config.write_text(json.dumps(flags))
+    run = tmp_path / "run"
+    common = ["--data_dir", str(mnist_dir), "--quiet", "--cpu"]
+    assert main(["train", "--dataset", "mnist", "--conditional", "--config", str(config),
+                 "--max_steps", "4", "--batchsize", "8", "--val_images", "4", "--run_dir",
+                 str(run), *common]) == 0  # fmt: skip
+    assert main(["fit-sampler", "--model", str(run), "--sampler", "transformer", "--steps", "5",
+                 "--nscore", "4", *common]) == 0  # fmt: skip
+    prior = load_sampler(run, "transformer")
+    assert prior.classes == 10
+    out = tmp_path / "sevens"
+    assert main(["generate", "--model", str(run), "--nsamples", "4", "--class", "7",
+                 "--outdir", str(out), "--quiet", "--cpu"]) == 0  # fmt: skip
+    model = load_model(run).inference_copy()
+    sevens = torch.full((4,), 7)
+    grids = prior.sample(4, torch.Generator().manual_seed(0), labels=sevens)
+    want = (model.decode(grids, sevens) * 255).round().to(torch.uint8)[:, 0].numpy()
+    from PIL import Image
+
+    got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(4)])
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+# --- the pictures and the explorer on a discrete latent ----------------------------------
+
+
+def test_the_latent_functions_take_code_grids_and_refuse_gaussian_pictures():
+    from torch_vae.analysis import latent
+
+    model = tiny_vq()
+    with torch.no_grad():  # a few training passes set the codebook (restarts at batch vectors)
+        for _ in range(3):
+            model.train()(torch.rand(16, 1, 32, 32))
+    model.eval()
+    x = torch.rand(6, 1, 32, 32)
+    codes = latent.encode_codes(model, x)
+    want = model.encode(x)
+    assert torch.equal(codes.indices, want.indices) and torch.equal(codes.z_e, want.z_e.float())
+    assert torch.equal(latent.encode_mean(model, x), codes.z_q)  # a point mass on the codes
+    recon = model.reconstruct(x)
+    assert torch.allclose(latent.decode(model, codes.indices), recon, atol=1e-6)
+    assert torch.allclose(latent.decode(model, codes.z_q), recon, atol=1e-6)
+    with pytest.raises(TorchVaeError, match=r"index grids \(N, 8, 8\) or code vectors \(N, 3, "):
+        latent.decode(model, torch.zeros(2, 3))
+    with pytest.raises(TorchVaeError, match=r"must lie in 0\.\.15"):
+        latent.decode(model, torch.full((1, 8, 8), 16))
+    # the path between two images' code vectors, from a grid, vectors or an image
+    path = latent.interpolate(model, codes.indices[0], x[1], steps=5)
+    assert torch.allclose(path[0], recon[0], atol=1e-6)
+    assert torch.allclose(path[-1], recon[1], atol=1e-6)
+    middle = latent.decode(model, (codes.z_q[:1] + codes.z_q[1:2]) / 2)
+    assert torch.allclose(path[2], middle[0], atol=1e-6)
+    xy = latent.embed(model, x)
+    center, directions, _ = latent.pca_basis(codes.z_e.flatten(1))
+    assert torch.allclose(xy, (codes.z_e.flatten(1) - center) @ directions.T, atol=1e-5)
+    refusals = {
+        "traverse walks a Gaussian latent's dimensions": lambda: latent.traverse(
+            model, codes.z_q[0], [0]
+        ),
+        "manifold decodes a grid over a Gaussian latent": lambda: latent.manifold(model, 3, x),
+        "the KL of each dimension is a Gaussian latent's": lambda: latent.kl_per_dim(model, x),
+        "slerp follows the sphere": lambda: latent.interpolate(model, x[0], x[1], 3, "slerp"),
+    }
+    for message, call in refusals.items():
+        with pytest.raises(TorchVaeError, match=message) as err:
+            call()
+        assert "this vqvae model's latent is a grid of discrete codes" in str(err.value)
+
+
+def test_traverse_manifold_and_slerp_refuse_a_vq_model_in_one_line(vq_run, mnist_dir, tmp_path,
+                                                                   capsys):  # fmt: skip
+    common = ["--model", str(vq_run), "--data_dir", str(mnist_dir), "--quiet"]
+    cases = {
+        "traverse": "traverse walks a Gaussian latent's dimensions; this vqvae model's latent "
+        "is a grid of discrete codes: use interpolate or the explorer",
+        "manifold": "manifold decodes a grid over a Gaussian latent; this vqvae model's latent "
+        "is a grid of discrete codes: use interpolate or the explorer",
+    }
+    for command, message in cases.items():
+        assert main([command, *common, "--outdir", str(tmp_path / command)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert not (tmp_path / command / f"{command}.png").exists()
+    assert main(["interpolate", *common, "--method", "slerp", "--outdir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "--method slerp follows the sphere" in err and "use --method linear" in err
+    assert err.count("\n") == 1
+
+
+def test_interpolate_and_embed_draw_a_vq_model(vq_run, labelled, tmp_path, caplog):
+    from PIL import Image
+
+    from torch_vae.analysis import latent
+    from torch_vae.data import load_split
+
+    mnist_dir = labelled  # the tiny MNIST with its labels: embed colours the map
+    common = ["--model", str(vq_run), "--data_dir", str(mnist_dir)]
+    out = tmp_path / "pictures"
+    assert main(["interpolate", *common, "--index", "0", "3", "--steps", "4", "--outdir",
+                 str(out), "--quiet"]) == 0  # fmt: skip
+    assert Image.open(out / "interpolate.png").size[0] > 4 * 32
+    assert (out / "interpolate.gif").stat().st_size > 0
+    assert main(["embed", *common, "--nimages", "40", "--outdir", str(out), "--quiet"]) == 0
+    assert Image.open(out / "embed.png").size[0] > 100
+    model = load_model(vq_run)
+    images = load_split("mnist", "test", 32, mnist_dir, progress=False)[:4]
+    path = latent.interpolate(model, images[0], images[3], steps=4)
+    x = torch.from_numpy(np.array(images[[0, 3]])).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        assert torch.allclose(path[[0, -1]], model.reconstruct(x), atol=1e-5)
+    # --random: uniform code grids, with a warning, until a prior is fitted; then from it
+    assert main(["interpolate", *common, "--random", "--outdir", str(tmp_path / "r")]) == 0
+    assert "no fitted prior over its code grids: two uniform grids" in caplog.text
+    assert main(["fit-sampler", *common, "--sampler", "transformer", "--steps", "2",
+                 "--quiet"]) == 0  # fmt: skip
+    with caplog.at_level("INFO", "torch_vae"):
+        assert main(["interpolate", *common, "--random", "--outdir", str(tmp_path / "p")]) == 0
+    assert "two code grids drawn from its transformer prior (seed 0)" in caplog.text
+
+
+def test_the_explorer_of_a_vq_run_samples_from_its_transformer_prior(vq_run, mnist_dir):
+    import warnings
+
+    from torch_vae.explorer.app import create_app
+    from torch_vae.explorer.state import load_explorer
+
+    with warnings.catch_warnings():  # Starlette suggests another HTTP client; httpx works
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    model = load_model(vq_run)
+    ex = load_explorer(model, vq_run, "mnist", mnist_dir, 8, progress=False)
+    assert ex.sampler is None and ex.grids.shape == (8, 8, 8)
+    assert main(["fit-sampler", "--model", str(vq_run), "--sampler", "transformer", "--steps",
+                 "2", "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
+    ex = load_explorer(model, vq_run, "mnist", mnist_dir, 8, progress=False)
+    prior = load_sampler(vq_run, "transformer")
+    assert ex.sampler is not None and ex.sampler.kind == "transformer"
+    with TestClient(create_app(ex)) as client:
+        info = client.get("/api/info").json()
+        assert info["latent_kind"] == "discrete" and info["fitted_sampler"] is True
+        got = client.post("/api/sample", json={"seed": 5}).json()
+        assert got["z"] == prior.sample(1, torch.Generator().manual_seed(5)).flatten().tolist()
+        grid = client.get("/api/images/2").json()["z"]
+        assert (
+            grid
+            == model.encode(
+                torch.from_numpy(np.array(ex.images[2:3])).permute(0, 3, 1, 2).float() / 255
+            )
+            .indices.flatten()
+            .tolist()
+        )
