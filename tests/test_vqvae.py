@@ -434,3 +434,20 @@ def test_the_explorer_of_a_vq_run_samples_from_its_transformer_prior(vq_run, mni
             .indices.flatten()
             .tolist()
         )
+
+
+def test_a_vq_run_s_epoch_picture_shows_reconstructions_only(vq_run):
+    from PIL import Image
+
+    from torch_vae.analysis.pictures import epoch_picture
+
+    model = load_model(vq_run)
+    x = torch.randint(256, (4, 32, 32, 1), dtype=torch.uint8)  # as many as the run validated on
+    picture = epoch_picture(model, None, x, "cpu")
+    with Image.open(vq_run / "images" / "epoch_001.png") as saved:
+        assert saved.size == (picture.shape[1], picture.shape[0])
+    # one row of 4 images beside their reconstructions (2 pixels of border above and below),
+    # nothing above them: a Gaussian model's picture has its samples on top
+    gaussian = VAE(model_class("dcgan").config_class.tiny(image_size=32)).eval()
+    z = gaussian.prior_sample(32, torch.Generator().manual_seed(0))
+    assert picture.shape[0] == 2 + 32 + 2 < epoch_picture(gaussian, z, x, "cpu").shape[0]

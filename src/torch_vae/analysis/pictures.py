@@ -60,14 +60,18 @@ def epoch_picture(
     model: VAE, z: Tensor, test_images: Tensor, device, test_labels: Tensor | None = None
 ) -> np.ndarray:
     """Top: samples from fixed latents (a conditional model's: class i % K in sample i);
-    bottom: test images (of the classes ``test_labels``) beside their reconstructions."""
+    bottom: test images (of the classes ``test_labels``) beside their reconstructions. A
+    discrete model's picture has no samples: its own prior is uniform over the codes, which
+    decodes to noise (its samples come from a prior fitted after training)."""
     model.eval()
-    k = model.config.num_classes
-    y = torch.arange(len(z), device=z.device) % k if k else None
-    top = grid(to_uint8(model.decode(z, y)), nrow=8)
     x = to_float(test_images, device)
     y = test_labels.to(x.device) if test_labels is not None else None
     bottom = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x, y))), nrow=4)
+    if model.latent_kind == "discrete":
+        return bottom
+    k = model.config.num_classes
+    y = torch.arange(len(z), device=z.device) % k if k else None
+    top = grid(to_uint8(model.decode(z, y)), nrow=8)
     return stack_rows([top, bottom])
 
 
