@@ -37,6 +37,8 @@ def picture(path):
 def test_training_draws_its_curves(train_tiny, tmp_path, monkeypatch):
     monkeypatch.setitem(loop._drawing, "seconds", 0.0)  # drawing is free: due after every epoch
     run = train_tiny(tmp_path / "run", "--epochs", "1")
+    assert not (run / "images" / "curves.png").exists()  # one epoch: a point, not a curve
+    run = train_tiny(tmp_path / "run2", "--epochs", "2")
     assert picture(run / "images" / "curves.png")[0][0] > 500
 
 
@@ -114,22 +116,23 @@ def test_embed_without_labels_is_uncoloured(model, mnist_dir, tmp_path, caplog, 
 
 def test_curves_are_due_by_share_of_time(monkeypatch):
     monkeypatch.setitem(loop._drawing, "seconds", 0.3)
-    assert loop.curves_due(1, 60.0)  # long epochs: every epoch
+    assert loop.curves_due(2, 60.0) and loop.curves_due(3, 60.0)  # long epochs: every epoch
+    assert not loop.curves_due(1, 60.0)  # but the first: a single point
     assert [e for e in range(1, 41) if loop.curves_due(e, 0.6)] == [10, 20, 30, 40]
     assert not loop.curves_due(2, 0.2)  # a test's tiny run
 
 
 def test_a_failed_drawing_does_not_stop_training(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(loop._drawing, "seconds", 0.0)
-    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 3}\nnot json\n')
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 2, "train_loss": 3}\nnot json\n')
 
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(plots, "plot_curves", broken)
-    loop.write_curves(tmp_path, {"epoch": 1, "epoch_seconds": 1.0})
+    loop.write_curves(tmp_path, {"epoch": 2, "epoch_seconds": 1.0})
     assert "could not draw" in caplog.text and "no fonts" in caplog.text
-    assert read_metrics(tmp_path) == [{"epoch": 1, "train_loss": 3}]
+    assert read_metrics(tmp_path) == [{"epoch": 2, "train_loss": 3}]
 
 
 def test_matplotlib_is_imported_only_where_a_figure_is_drawn():

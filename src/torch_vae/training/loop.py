@@ -543,11 +543,13 @@ _drawing = {"seconds": 0.3}  # what the last drawing took here (a guess until th
 
 
 def curves_due(epoch: int, epoch_seconds: float) -> bool:
-    """Whether training draws its curves after ``epoch``, which took ``epoch_seconds``: after
-    every epoch that lasts 20 times a drawing (about 6 s), else after every k-th epoch, so
-    that the drawing takes at most ``CURVES_SHARE`` of the time (a test's tiny runs: never)."""
+    """Whether training draws its curves after ``epoch``, which took ``epoch_seconds``: from
+    the second epoch on (one epoch is a point, not a curve, and a one-epoch run is spared
+    matplotlib's import), after every epoch that lasts 20 times a drawing (about 6 s), else
+    after every k-th epoch, so that the drawing takes at most ``CURVES_SHARE`` of the time (a
+    test's tiny runs: never)."""
     every = math.ceil(_drawing["seconds"] / CURVES_SHARE / max(epoch_seconds, 1e-3))
-    return epoch % max(every, 1) == 0
+    return epoch >= 2 and epoch % max(every, 1) == 0
 
 
 def write_curves(run_dir: Path, record: dict) -> None:
