@@ -8,7 +8,9 @@ For each model: its reconstructions of the first N test images and N samples fro
 against all 10,000 test images in Inception features, as ``torch-vae sample-quality
 --features inception`` measures them (images at 28x28, grey to RGB, bilinear to 299x299; the
 test and training features cached in the data folder): FID, KID, precision and recall (k = 3),
-and the FID of N training images (the floor at this N). Writes JSON (--out; cells already there
+and the FID of N training images (the floor at this N). A conditional model reconstructs each
+test image with its class, and its samples have classes drawn uniformly (all classes mixed, as
+``generate`` draws them without --class). Writes JSON (--out; cells already there
 are kept unless --fresh), a PNG of the first 32 samples of each sampler per model (--images),
 and prints a Markdown table with the seconds each part took and the machine.
 """
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from torch_vae import load_model  # noqa: E402
+from torch_vae.data.labels import labels_as  # noqa: E402
 from torch_vae.evaluation.features import InceptionFeatures, split_features  # noqa: E402
 from torch_vae.evaluation.sample_quality import (  # noqa: E402
     inception_space,
@@ -106,7 +109,12 @@ def main() -> None:
         if not args.no_reconstructions:
 
             def recons(m=model):
-                images = reconstruct_images(m, DATASET, "test", args.data_dir, 500, False)
+                labels = None  # a conditional model's: each test image with its class
+                if m.conditional:
+                    labels = torch.from_numpy(labels_as(m.config.classes, DATASET, "test",
+                                                        len(test), args.data_dir))  # fmt: skip
+                images = reconstruct_images(m, DATASET, "test", args.data_dir, 500, False,
+                                            labels=labels)  # fmt: skip
                 return measure(space, images[:n], ref)
 
             cell(f"{path.name}|reconstructions|{n}", recons)

@@ -107,3 +107,24 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     r = json.loads(report.read_text())
     assert r["features"] == "encoder" and r["feature_dims"] == 3
     assert "class_kl" not in r["samples"]
+
+
+def test_a_classifier_measures_images_of_another_size_resized_as_the_data_pipeline_does(
+    mnist_dir,
+):
+    """A 28x28 model's samples through a 32x32 classifier: the same features as the 32x32
+    images the data pipeline makes of them (Pillow's bilinear)."""
+    import torch
+
+    from torch_vae.data import load_split
+    from torch_vae.evaluation.classifier import Classifier, ClassifierConfig
+    from torch_vae.evaluation.sample_quality import classifier_space
+
+    torch.manual_seed(0)
+    clf = Classifier(ClassifierConfig(dataset="mnist", image_size=32)).eval()
+    space = classifier_space(clf)
+    small = torch.from_numpy(load_split("mnist", "test", 28, mnist_dir, False))
+    large = torch.from_numpy(load_split("mnist", "test", 32, mnist_dir, False))
+    f_small, c_small = space.extract(small)
+    f_large, c_large = space.extract(large)
+    assert torch.equal(f_small, f_large) and torch.equal(c_small, c_large)
