@@ -10,9 +10,10 @@ against all 10,000 test images in Inception features, as ``torch-vae sample-qual
 test and training features cached in the data folder): FID, KID, precision and recall (k = 3),
 and the FID of N training images (the floor at this N). A conditional model reconstructs each
 test image with its class, and its samples have classes drawn uniformly (all classes mixed, as
-``generate`` draws them without --class). Writes JSON (--out; cells already there
-are kept unless --fresh), a PNG of the first 32 samples of each sampler per model (--images),
-and prints a Markdown table with the seconds each part took and the machine.
+``generate`` draws them without --class); --temperature and --guidance as generate's. Writes
+JSON (--out; cells already there are kept unless --fresh), a PNG of the first 32 samples of
+each sampler per model (--images), and prints a Markdown table with the seconds each part took
+and the machine.
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "bench" / "inception-fid.json")
     p.add_argument("--images", type=Path, default=REPO / "docs" / "images")
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0, help="a transformer sampler's")
+    p.add_argument("--guidance", type=float, default=0.0,
+                   help="a class-conditional transformer sampler's guidance scale")  # fmt: skip
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
@@ -119,13 +123,16 @@ def main() -> None:
 
             cell(f"{path.name}|reconstructions|{n}", recons)
         for name in args.samplers:
-            sampler = choose_sampler(path, name, model.config.latent_dims)
+            sampler = choose_sampler(path, name, model.config.latent_dims, args.temperature,
+                                     args.guidance)  # fmt: skip
+            at = f" T={args.temperature:g}" if args.temperature != 1.0 else ""
+            at += f" w={args.guidance:g}" if args.guidance else ""
             for seed in args.seeds:
                 fake = sample_images(model, sampler, n, seed)
                 if seed == args.seeds[0]:
                     pictures.append(grid(fake[:32].numpy(), nrow=16))
                 info = sampler.info if sampler is not None else {}
-                cell(f"{path.name}|{name}|{n}|{seed}", lambda f=fake, i=info: {
+                cell(f"{path.name}|{name}{at}|{n}|{seed}", lambda f=fake, i=info: {
                     **measure(space, f, ref), "fit_seconds": i.get("fit_seconds"),
                     "validation": i.get("validation")})  # fmt: skip
         args.images.mkdir(parents=True, exist_ok=True)

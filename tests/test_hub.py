@@ -54,7 +54,7 @@ def test_hub_entries_name_every_shipped_model():
         model = entry()
         assert model.config.latent_dims == config["latent_dims"]
         assert model.config.max_filters == config["max_filters"]
-        assert (model.config.native_size or None) == config.get("native_size")
+        assert (model.config.native_size or 0) == (config.get("native_size") or 0)
 
 
 @pytest.mark.slow  # a subprocess, 3 s

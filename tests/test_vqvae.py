@@ -303,6 +303,94 @@ def test_generate_from_a_conditional_vq_model_draws_each_class_s_grids(
 
     got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(4)])
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    # --guidance and --temperature reach the prior: the files are its guided grids decoded
+    guided = tmp_path / "guided"
+    assert main(["generate", "--model", str(run), "--nsamples", "4", "--class", "7",
+                 "--guidance", "2", "--temperature", "0.8", "--outdir", str(guided),
+                 "--quiet", "--cpu"]) == 0  # fmt: skip
+    prior.guidance, prior.temperature = 2.0, 0.8
+    grids = prior.sample(4, torch.Generator().manual_seed(0), labels=sevens)
+    want = (model.decode(grids, sevens) * 255).round().to(torch.uint8)[:, 0].numpy()
+    got = np.stack([np.asarray(Image.open(guided / f"sample_{i:05d}.png")) for i in range(4)])
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_temperature_divides_the_transformer_s_logits():
+    prior = fit_tiny(repeated_codes(50))
+    prior.temperature = 0.5
+    hot = prior.sample(30, torch.Generator().manual_seed(2))
+    with torch.no_grad():  # the same network with its logits doubled, drawn at temperature 1
+        prior.net.head.weight *= 2
+        prior.net.head.bias *= 2
+    prior.temperature = 1.0
+    assert torch.equal(hot, prior.sample(30, torch.Generator().manual_seed(2)))
+
+
+def noisy_class_grids(n=600):
+    """Class c: half its grids repeat code c, the others one of codes 0-3 at random, so
+    p(code c | c) = 0.625 where the classes together give each of the four 0.25."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(4, (n,), generator=g)
+    other = torch.randint(4, (n,), generator=g)
+    first = torch.where(torch.rand(n, generator=g) < 0.5, labels, other)
+    return labels, first[:, None, None].expand(n, 3, 3).numpy().copy()
+
+
+def test_guidance_draws_grids_more_clearly_of_their_class():
+    labels, grids = noisy_class_grids()
+    info = {"codebook_size": 8, "latent_dims": 4, "classes": 4}
+    options = {**TINY_PRIOR, "hidden": 64, "steps": 300}
+    prior = fit_prior(grids, "transformer", options, info, progress=False, labels=labels)
+    want = torch.tensor([0, 1, 2, 3] * 50)
+
+    def of_their_class(guidance):
+        prior.guidance = guidance
+        drawn = prior.sample(200, torch.Generator().manual_seed(1), labels=want)
+        return (drawn == want[:, None, None]).flatten(1).all(1).float().mean()
+
+    plain, guided = of_their_class(0.0), of_their_class(3.0)
+    assert 0.45 < plain < 0.8, plain  # about 0.625, as fitted
+    assert guided > 0.9, guided  # w = 3: 0.625**4 / 0.25**3 against 0.125**4 / 0.25**3
+    # seeded like unguided drawing
+    again = [prior.sample(8, torch.Generator().manual_seed(4), labels=want[:8]) for _ in "ab"]
+    assert torch.equal(*again)
+
+
+def test_guidance_of_classes_that_are_alike_changes_nothing():
+    """Where every class gives the same codes, p(c | y) = p(c) and guided drawing is
+    unguided drawing."""
+    labels, grids = noisy_class_grids(60)
+    info = {"codebook_size": 8, "latent_dims": 4, "classes": 4}
+    prior = fit_prior(grids, "transformer", {**TINY_PRIOR, "steps": 3}, info, progress=False,
+                      labels=labels)  # fmt: skip
+    with torch.no_grad():  # every class's start token the same
+        prior.net.embed.weight[9:] = prior.net.embed.weight[8]
+    want = torch.tensor([0, 1, 2, 3] * 5)
+    plain = prior.sample(20, torch.Generator().manual_seed(5), labels=want)
+    prior.guidance = 3.0
+    assert torch.equal(plain, prior.sample(20, torch.Generator().manual_seed(5), labels=want))
+
+
+def test_temperature_and_guidance_flags_are_refused_where_they_do_not_apply(
+    vq_run, mnist_dir, tmp_path, capsys
+):
+    assert main(["fit-sampler", "--model", str(vq_run), "--sampler", "transformer",
+                 "--steps", "3", "--nscore", "0", "--data_dir", str(mnist_dir),
+                 "--quiet"]) == 0  # fmt: skip
+    cases = {
+        ("--guidance", "2"): "--guidance needs a class-conditional model's sampler",
+        ("--temperature", "0.5", "--sampler", "prior"): "--temperature applies to a fitted "
+        "transformer sampler, not to N(0, I)",
+        ("--temperature", "0"): "--temperature must be a number from 0.05 to 10",
+        ("--guidance", "-1"): "--guidance must be a number from 0 to 20",
+    }
+    for flags, message in cases.items():
+        out = tmp_path / "out"
+        assert main(["generate", "--model", str(vq_run), "--outdir", str(out), "--quiet",
+                     *flags]) != 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (flags, err)
+        assert not out.exists()
 
 
 # --- the pictures and the explorer on a discrete latent ----------------------------------

@@ -40,6 +40,30 @@ def sampler_option() -> str:
     return option("auto", SAMPLER_HELP, choices=SAMPLERS)
 
 
+def temperature_option() -> float:
+    return option(
+        1.0,
+        "a transformer sampler's temperature: its logits divided by it before each code is "
+        "drawn (below 1: likelier, more typical samples, less variety; docs/sampling.md)",
+    )
+
+
+def guidance_option() -> float:
+    return option(
+        0.0,
+        "a class-conditional transformer sampler's guidance scale w: the class's codes "
+        "favoured by w times their log-ratio to the unconditional ones (0: none; 1 to 3: "
+        "samples more clearly of their class, less variety; docs/sampling.md)",
+    )
+
+
+def check_temperature(value: float, guidance: float = 0.0) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and 0.05 <= value <= 10):
+        raise TorchVaeError(f"--temperature must be a number from 0.05 to 10, got {value!r}")
+    if not (isinstance(guidance, int | float) and math.isfinite(guidance) and 0 <= guidance <= 20):
+        raise TorchVaeError(f"--guidance must be a number from 0 to 20, got {guidance!r}")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how any command runs."""
@@ -127,6 +151,8 @@ class GenerateOptions:
     batchsize: int = option(1000, "samples per forward pass")
     precision: PrecisionName = option("auto", INFERENCE_PRECISION_HELP)
     sampler: str = sampler_option()
+    temperature: float = temperature_option()
+    guidance: float = guidance_option()
     class_: str | None = option(
         None,
         "a conditional model's class, as an index or a name (--class 7, --class sneaker); "
@@ -138,6 +164,7 @@ class GenerateOptions:
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
         check_choice("--sampler", self.sampler, SAMPLERS)
+        check_temperature(self.temperature, self.guidance)
         positive("--nsamples", self.nsamples)
         positive("--batchsize", self.batchsize)
 
@@ -340,7 +367,9 @@ class FitSamplerOptions:
         choices=kinds(),
     )
     components: int = option(50, "mixture components (gmm)")
-    steps: int = option(0, "training steps of flow, diffusion, twostage (0: the kind's default)")
+    steps: int = option(
+        0, "training steps of flow, diffusion, twostage, transformer (0: the kind's default)"
+    )
     seed: int = option(0, "random seed of the fit (EM's k-means initialisation, the networks)")
     nscore: int = option(
         5000,
@@ -369,6 +398,8 @@ class SampleQualityOptions:
 
     model: Path = option(None, MODEL_HELP, required=True)
     sampler: str = sampler_option()
+    temperature: float = temperature_option()
+    guidance: float = guidance_option()
     nsamples: int = option(10000, "samples to generate, and training images for the floor")
     seed: int = option(0, "random seed of the samples (as generate --seed)")
     k: int = option(3, "nearest neighbours that set each point's ball (precision, recall)")
@@ -413,6 +444,7 @@ class SampleQualityOptions:
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
         check_choice("--sampler", self.sampler, SAMPLERS)
+        check_temperature(self.temperature, self.guidance)
         positive("--nsamples", self.nsamples)
         positive("--k", self.k)
         positive("--batchsize", self.batchsize)

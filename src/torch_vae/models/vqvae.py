@@ -19,7 +19,7 @@ saved in model.safetensors and restored on resume. The objective is the reconstr
 plus ``beta * commitment`` times the commitment loss ||z_e - sg(z_q)||^2 (summed per image,
 like the reconstruction error); there is no KL term to train (the paper's KL to a uniform prior
 is the constant h w log K, which ``Codes.kl`` gives). The prior over code grids is fitted
-after training (``fit-sampler --sampler pixelcnn``, priors/pixelcnn.py).
+after training (``fit-sampler --sampler transformer``, priors/transformer.py).
 
 ``--arch vqvae --image_size 32 --max_filters 128 --latent_dims 16`` (depth 2, an 8x8 grid,
 512 codes, 2 blocks) has 464,657 parameters and 8,192 codebook numbers.
@@ -357,7 +357,7 @@ class VQVAE(VAE):
         dtype: torch.dtype | None = None,
     ) -> Tensor:
         """``n`` code grids (n, h, w) of indices drawn uniformly (the prior the model was
-        trained with; a fitted prior, ``fit-sampler --sampler pixelcnn``, is what makes
+        trained with; a fitted prior, ``fit-sampler --sampler transformer``, is what makes
         images), by ``generator`` on its own device; int64 whatever ``dtype``."""
         where = generator.device if generator is not None else "cpu"
         codes = torch.randint(self.codebook_size, (n, *self.latent_shape), generator=generator,

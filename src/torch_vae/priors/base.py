@@ -142,12 +142,26 @@ def _score(prior: Prior) -> float:
     return float(fd) if isinstance(fd, int | float) and fd == fd else float("inf")
 
 
-def choose_sampler(model_path: Path, name: str, latent_dims: int | None = None) -> Prior | None:
+def choose_sampler(
+    model_path: Path,
+    name: str,
+    latent_dims: int | None = None,
+    temperature: float = 1.0,
+    guidance: float = 0.0,
+) -> Prior | None:
     """The prior that ``--sampler name`` means (None: the model's own prior N(0, I)).
     ``auto``: the fitted one that ``load_sampler`` prefers, else N(0, I), with a log line
     either way; a kind: that one, or a one-line error saying how to fit it. ``latent_dims``,
-    when given, must be the prior's dimension."""
+    when given, must be the prior's dimension. ``temperature`` and ``guidance``
+    (``--temperature``, ``--guidance``): set on a prior that samples with them (the
+    transformer's; guidance a class-conditional one's); other values than 1 and 0 are an error
+    for the rest."""
+    asked = [f for f, v, d in (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0))
+             if v != d]  # fmt: skip
     if name == "prior":
+        if asked:
+            raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, not to "
+                                "N(0, I) (--sampler prior)")  # fmt: skip
         return None
     prior = load_sampler(model_path, None if name == "auto" else name)
     if prior is None and name != "auto":
@@ -156,6 +170,9 @@ def choose_sampler(model_path: Path, name: str, latent_dims: int | None = None) 
             f"fit one with 'torch-vae fit-sampler --model {model_path} --sampler {name}', or "
             "pass --sampler prior"
         )
+    if prior is None and asked:
+        raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
+                            f"{model_path} has none: fit one, or leave {asked[0]} out")  # fmt: skip
     if prior is None:
         log.info("no fitted sampler for %s: latents from the prior N(0, I) (fit one with "
                  "torch-vae fit-sampler --model %s)", model_path, model_path)  # fmt: skip
@@ -165,6 +182,14 @@ def choose_sampler(model_path: Path, name: str, latent_dims: int | None = None) 
             f"{sampler_path(model_path, prior.kind)} draws {prior.dims}-d codes, but the model "
             f"has {latent_dims} latent dimensions; fit it again"
         )
+    if asked and not hasattr(prior, "temperature"):
+        raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, not to the "
+                            f"{prior.kind} sampler of {model_path}")  # fmt: skip
+    if guidance and not getattr(prior, "classes", 0):
+        raise TorchVaeError(f"--guidance needs a class-conditional model's sampler; the "
+                            f"{prior.kind} sampler of {model_path} draws no classes")  # fmt: skip
+    if asked:
+        prior.temperature, prior.guidance = temperature, guidance
     log.info("latents from %s fitted to the posterior means (%s)", prior.describe(),
              sampler_path(model_path, prior.kind).name)  # fmt: skip
     return prior

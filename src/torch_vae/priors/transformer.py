@@ -95,16 +95,52 @@ class CodeTransformer(nn.Module):
         return F.cross_entropy(logits.reshape(-1, self.codes).float(), codes.reshape(-1))
 
     @torch.no_grad()
-    def draw(self, n: int, generator: torch.Generator | None, labels: Tensor | None = None):
+    def draw(
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        labels: Tensor | None = None,
+        temperature: float = 1.0,
+        guidance: float = 0.0,
+    ):
         """``n`` code grids (n, L), int64 (of the classes ``labels``), each position drawn
-        from its conditional by ``generator`` in turn."""
+        from its conditional, the logits divided by ``temperature`` (below 1: the likelier
+        codes more often), by ``generator`` in turn. ``guidance`` w > 0 (with ``labels``):
+        log p(c_i | c_<i, y) + w (log p(c_i | c_<i, y) - log p(c_i | c_<i)), see
+        ``_guided``."""
+        if guidance and labels is not None:
+            return self._guided(n, generator, labels, temperature, guidance)
         caches: list[list[Tensor]] = [[] for _ in self.blocks]
         token = self.start(n, labels)
         out = torch.empty(n, self.length, dtype=torch.int64)
         for i in range(self.length):
-            probs = self(token, caches)[:, -1].float().softmax(-1)
+            probs = (self(token, caches)[:, -1].float() / temperature).softmax(-1)
             token = torch.multinomial(probs, 1, generator=generator)
             out[:, i] = token[:, 0]
+        return out
+
+    def _guided(self, n, generator, labels, temperature, guidance):
+        """Guided drawing without an unconditional network: every grid is read under every
+        class at once, and the unconditional log p(c_i | c_<i) is the mixture over classes
+        of p(c_i | c_<i, y') weighted by p(y' | c_<i), which the prefix's likelihood under
+        each class gives (classes equally likely). The guidance of Ho & Salimans (2022),
+        at C times the compute."""
+        classes = self.embed.num_embeddings - self.codes
+        caches: list[list[Tensor]] = [[] for _ in self.blocks]
+        every = torch.arange(classes).repeat(n)  # grid j under class y' at row j * C + y'
+        token = self.start(n * classes, every)
+        prefix = torch.zeros(n, classes)  # log p(c_<i | y')
+        rows = torch.arange(n)
+        out = torch.empty(n, self.length, dtype=torch.int64)
+        for i in range(self.length):
+            logp = self(token, caches)[:, -1].float().log_softmax(-1).view(n, classes, -1)
+            cond = logp[rows, labels]
+            uncond = (prefix.log_softmax(-1)[..., None] + logp).logsumexp(1)
+            guided = cond + guidance * (cond - uncond)
+            code = torch.multinomial((guided / temperature).softmax(-1), 1, generator=generator)
+            prefix += logp.gather(2, code[:, None].expand(n, classes, 1))[..., 0]
+            token = code.repeat_interleave(classes, 0)
+            out[:, i] = code[:, 0]
         return out
 
 
@@ -121,6 +157,8 @@ class TransformerPrior:
 
     def __init__(self, net: CodeTransformer, info: dict):
         self.net, self.info = net.eval(), info
+        self.temperature = 1.0  # what sample divides the logits by (choose_sampler sets it)
+        self.guidance = 0.0  # a conditional prior's guidance scale (choose_sampler sets it)
 
     @property
     def dims(self) -> int:
@@ -139,8 +177,10 @@ class TransformerPrior:
     def describe(self) -> str:
         hp = self.info["hparams"]
         params = sum(p.numel() for p in self.net.parameters())
+        at = f", temperature {self.temperature:g}" if self.temperature != 1.0 else ""
+        at += f", guidance {self.guidance:g}" if self.guidance else ""
         return (f"a causal transformer over {self.grid[0]}x{self.grid[1]} code grids "
-                f"({params:,} parameters, {hp['steps']} steps)")  # fmt: skip
+                f"({params:,} parameters, {hp['steps']} steps{at})")  # fmt: skip
 
     @torch.no_grad()
     def sample(
@@ -157,7 +197,9 @@ class TransformerPrior:
             labels = torch.as_tensor(labels).cpu().long()
             if labels.shape != (n,) or int(labels.min()) < 0 or int(labels.max()) >= self.classes:
                 raise TorchVaeError(f"labels must be {n} classes in 0..{self.classes - 1}")
-        return self.net.draw(n, generator, labels).view(n, *self.grid)
+        return self.net.draw(n, generator, labels, self.temperature, self.guidance).view(
+            n, *self.grid
+        )
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"net.{k}": v for k, v in self.net.state_dict().items()}
