@@ -7,6 +7,15 @@
 
     model = torch.hub.load("/path/to/torch-vae", "vae", "runs/mine", source="local")
 
+    # a VQ-VAE decodes code grids; its samples come from the prior fitted beside it
+    import torch_vae.priors
+    model = torch.hub.load("/path/to/torch-vae", "fashion_mnist_vqvae_28_cond", source="local")
+    prior = torch_vae.priors.load_sampler("/path/to/torch-vae/models/fashion-mnist/vqvae-28-cond")
+    sneakers = torch.full((16,), 7)  # class 7, "Sneaker"
+    prior.guidance = 2.0
+    grids = prior.sample(16, torch.Generator().manual_seed(0), labels=sneakers)  # (16, 7, 7)
+    images = model.decode(grids, "sneaker")  # (16, 1, 28, 28) in [0, 1]
+
 Every entry returns a ``torch_vae.VAE`` in eval mode (``torch_vae.load_model``). The models
 are described in models/fashion-mnist/README.md. torch_vae is imported from the environment
 if it is installed, otherwise from this clone's ``src/``.
@@ -45,9 +54,9 @@ def _shipped(folder, summary):
 
     entry.__name__ = entry.__qualname__ = "fashion_mnist_" + folder.replace("-", "_")
     entry.__doc__ = (
-        f"models/fashion-mnist/{folder}: {summary}. DCGAN-style VAE for grayscale "
-        "Fashion-MNIST images (64x64 unless the summary says otherwise). ``device``: where to "
-        "put the model."
+        f"models/fashion-mnist/{folder}: {summary}. A VAE for grayscale Fashion-MNIST images "
+        "(DCGAN-style at 64x64 unless the summary says otherwise; a VQ-VAE's samples: the "
+        "module docstring). ``device``: where to put the model."
     )
     return entry
 
@@ -70,4 +79,14 @@ fashion_mnist_dcgan_g32 = _shipped(
     "dcgan-g32",
     "32x32 images, latent 32, trained with the Gaussian likelihood at its optimal variance "
     "(--recon_loss gaussian) for samples, with fitted priors (gmm, flow, diffusion, twostage)",
+)
+fashion_mnist_vqvae_28 = _shipped(
+    "vqvae-28",
+    "a VQ-VAE at Fashion-MNIST's own 28x28 pixels: a 7x7 grid of codes from a codebook of 512, "
+    "with a fitted transformer prior over the grid (sampler-transformer) for samples",
+)
+fashion_mnist_vqvae_28_cond = _shipped(
+    "vqvae-28-cond",
+    "the class-conditional VQ-VAE at 28x28 (classes: the Fashion-MNIST names), with a transformer "
+    "prior that draws the code grids of a class (sampler-transformer): decode(grids, 'sneaker')",
 )

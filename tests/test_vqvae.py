@@ -315,6 +315,25 @@ def test_generate_from_a_conditional_vq_model_draws_each_class_s_grids(
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
 
 
+def test_gaussian_sampler_kinds_and_float_codes_are_refused_for_a_vq_model_in_one_line(
+    vq_run, tmp_path, capsys, caplog
+):
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(vq_run), "--outdir", str(out), "--quiet",
+                 "--sampler", "gmm"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "a gmm sampler does not apply to a model with a discrete latent; use --sampler " \
+        "transformer" in err and err.count("\n") == 1  # fmt: skip
+    assert not out.exists()
+    with caplog.at_level("WARNING", logger="torch_vae"):  # its own prior: noise, said so
+        assert main(["generate", "--model", str(vq_run), "--outdir", str(out), "--nsamples",
+                     "2", "--sampler", "prior"]) == 0  # fmt: skip
+    assert "its samples are noise" in caplog.text
+    model = load_model(vq_run)
+    with pytest.raises(TorchVaeError, match=r"decodes code grids \(N, 8, 8\) of code indices"):
+        model.decode(torch.randn(2, model.config.latent_dims))
+
+
 def test_temperature_divides_the_transformer_s_logits():
     prior = fit_tiny(repeated_codes(50))
     prior.temperature = 0.5
@@ -380,7 +399,7 @@ def test_temperature_and_guidance_flags_are_refused_where_they_do_not_apply(
     cases = {
         ("--guidance", "2"): "--guidance needs a class-conditional model's sampler",
         ("--temperature", "0.5", "--sampler", "prior"): "--temperature applies to a fitted "
-        "transformer sampler, not to N(0, I)",
+        "transformer sampler, not to the model's own prior (uniform codes",
         ("--temperature", "0"): "--temperature must be a number from 0.05 to 10",
         ("--guidance", "-1"): "--guidance must be a number from 0 to 20",
     }

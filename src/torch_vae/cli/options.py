@@ -156,7 +156,8 @@ class GenerateOptions:
     class_: str | None = option(
         None,
         "a conditional model's class, as an index or a name (--class 7, --class sneaker); "
-        "all: one grid row per class (default: classes drawn at random)",
+        "all: the classes in turn, a grid row of 8 each (--nsamples 80 for 10 classes; default: "
+        "classes drawn at random)",
         name="class",
         metavar="CLASS",
     )

@@ -36,7 +36,12 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     sampler = None
     if not o.reconstructions:
         sampler = choose_sampler(
-            o.model, o.sampler, model.config.latent_dims, o.temperature, o.guidance
+            o.model,
+            o.sampler,
+            model.config.latent_dims,
+            o.temperature,
+            o.guidance,
+            latent_kind=model.latent_kind,
         )
     n_train = _n_train(model, dataset, o, runtime)
     fit_rows, val_rows, _ = held_out_rows(o.model, n_train, o.data_dir)

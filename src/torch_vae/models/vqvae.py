@@ -306,6 +306,13 @@ class VQVAE(VAE):
         planes beside them."""
         if not z.is_floating_point():
             z = self.code_vectors(z)
+        elif z.dim() != 4 or tuple(z.shape[1:]) != (self.config.latent_dims, *self.latent_shape):
+            h, w = self.latent_shape
+            raise TorchVaeError(
+                f"this model decodes code grids (N, {h}, {w}) of code indices (int64), or code "
+                f"vectors (N, {self.config.latent_dims}, {h}, {w}); got {tuple(z.shape)} "
+                "(samples: torch_vae.priors.load_sampler(folder).sample(n))"
+            )
         if y is None:
             return z
         planes = nn.functional.one_hot(y, self.config.num_classes).to(z.dtype)

@@ -142,40 +142,61 @@ def _score(prior: Prior) -> float:
     return float(fd) if isinstance(fd, int | float) and fd == fd else float("inf")
 
 
+def kinds_of(latent_kind: str) -> list[str]:
+    """The registered kinds that fit a model whose latent is ``latent_kind``, best first."""
+    return [k for k in preference() if getattr(PRIORS[k], "latent_kind", "gaussian") == latent_kind]
+
+
 def choose_sampler(
     model_path: Path,
     name: str,
     latent_dims: int | None = None,
     temperature: float = 1.0,
     guidance: float = 0.0,
+    latent_kind: str = "gaussian",
 ) -> Prior | None:
-    """The prior that ``--sampler name`` means (None: the model's own prior N(0, I)).
-    ``auto``: the fitted one that ``load_sampler`` prefers, else N(0, I), with a log line
-    either way; a kind: that one, or a one-line error saying how to fit it. ``latent_dims``,
-    when given, must be the prior's dimension. ``temperature`` and ``guidance``
-    (``--temperature``, ``--guidance``): set on a prior that samples with them (the
-    transformer's; guidance a class-conditional one's); other values than 1 and 0 are an error
-    for the rest."""
+    """The prior that ``--sampler name`` means (None: the model's own prior: N(0, I), or a
+    discrete model's uniform codes, whose samples are noise: a warning says so).
+    ``auto``: the fitted one that ``load_sampler`` prefers, else the model's own, with a log
+    line either way; a kind: that one, or a one-line error saying how to fit it (or which
+    kinds apply to a model whose latent is ``latent_kind``). ``latent_dims``, when given, must
+    be the prior's dimension. ``temperature`` and ``guidance`` (``--temperature``,
+    ``--guidance``): set on a prior that samples with them (the transformer's; guidance a
+    class-conditional one's); other values than 1 and 0 are an error for the rest."""
     asked = [f for f, v, d in (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0))
              if v != d]  # fmt: skip
+    fit = f"torch-vae fit-sampler --model {model_path} --sampler"
+    own = "N(0, I)" if latent_kind == "gaussian" else "uniform codes"
+    if name not in ("auto", "prior") and name not in kinds_of(latent_kind):
+        fits = " or ".join(kinds_of(latent_kind))
+        raise TorchVaeError(f"a {name} sampler does not apply to a model with a {latent_kind} "
+                            f"latent; use --sampler {fits}")  # fmt: skip
     if name == "prior":
         if asked:
             raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, not to "
-                                "N(0, I) (--sampler prior)")  # fmt: skip
+                                f"the model's own prior ({own}, --sampler prior)")  # fmt: skip
+        if latent_kind == "discrete":
+            log.warning("--sampler prior: a discrete model's own prior is uniform over its codes, "
+                        "so its samples are noise; fit a prior over its code grids (%s "
+                        "transformer) and leave --sampler out", fit)  # fmt: skip
         return None
     prior = load_sampler(model_path, None if name == "auto" else name)
     if prior is None and name != "auto":
         raise TorchVaeError(
             f"{model_path} has no fitted {name} sampler ({sampler_path(model_path, name).name}); "
-            f"fit one with 'torch-vae fit-sampler --model {model_path} --sampler {name}', or "
-            "pass --sampler prior"
+            f"fit one with '{fit} {name}'"
+            + (", or pass --sampler prior" if latent_kind == "gaussian" else "")
         )
     if prior is None and asked:
         raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
                             f"{model_path} has none: fit one, or leave {asked[0]} out")  # fmt: skip
     if prior is None:
-        log.info("no fitted sampler for %s: latents from the prior N(0, I) (fit one with "
-                 "torch-vae fit-sampler --model %s)", model_path, model_path)  # fmt: skip
+        if latent_kind == "discrete":
+            log.warning("no fitted sampler for %s: its own prior, uniform codes, gives noise; "
+                        "fit one with %s transformer", model_path, fit)  # fmt: skip
+        else:
+            log.info("no fitted sampler for %s: latents from the prior N(0, I) (fit one with "
+                     "torch-vae fit-sampler --model %s)", model_path, model_path)  # fmt: skip
         return None
     if latent_dims is not None and prior.dims != latent_dims:
         raise TorchVaeError(
@@ -186,10 +207,12 @@ def choose_sampler(
         raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, not to the "
                             f"{prior.kind} sampler of {model_path}")  # fmt: skip
     if guidance and not getattr(prior, "classes", 0):
-        raise TorchVaeError(f"--guidance needs a class-conditional model's sampler; the "
-                            f"{prior.kind} sampler of {model_path} draws no classes")  # fmt: skip
+        raise TorchVaeError(f"--guidance needs a class-conditional model's sampler (train "
+                            f"--conditional); the {prior.kind} sampler of {model_path} draws "
+                            "no classes: leave --guidance out")  # fmt: skip
     if asked:
         prior.temperature, prior.guidance = temperature, guidance
-    log.info("latents from %s fitted to the posterior means (%s)", prior.describe(),
+    fitted_to = "the posterior means" if latent_kind == "gaussian" else "the training code grids"
+    log.info("latents from %s fitted to %s (%s)", prior.describe(), fitted_to,
              sampler_path(model_path, prior.kind).name)  # fmt: skip
     return prior
