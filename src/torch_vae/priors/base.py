@@ -147,6 +147,55 @@ def kinds_of(latent_kind: str) -> list[str]:
     return [k for k in preference() if getattr(PRIORS[k], "latent_kind", "gaussian") == latent_kind]
 
 
+def _own_prior(asked: list[str], latent_kind: str, fit: str) -> None:
+    """``--sampler prior``: None (the model's own prior), refusing ``asked`` flags, with a
+    warning for a discrete model, whose own prior gives noise."""
+    if asked:
+        own = "N(0, I)" if latent_kind == "gaussian" else "uniform codes"
+        raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, not to "
+                            f"the model's own prior ({own}, --sampler prior)")  # fmt: skip
+    if latent_kind == "discrete":
+        log.warning("--sampler prior: a discrete model's own prior is uniform over its codes, "
+                    "so its samples are noise; fit a prior over its code grids (%s "
+                    "transformer) and leave --sampler out", fit)  # fmt: skip
+    return None
+
+
+def _none_fitted(model_path, name: str, asked: list[str], latent_kind: str, fit: str) -> None:
+    """No fitted sampler: for ``auto``, None (the model's own prior) with a log line (a
+    warning for a discrete model, whose own prior gives noise); a one-line error for a kind
+    asked for by name, or where ``asked`` flags need a fitted one."""
+    if name != "auto":
+        raise TorchVaeError(
+            f"{model_path} has no fitted {name} sampler ({sampler_path(model_path, name).name}); "
+            f"fit one with '{fit} {name}'"
+            + (", or pass --sampler prior" if latent_kind == "gaussian" else "")
+        )
+    if asked:
+        raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
+                            f"{model_path} has none: fit one, or leave {asked[0]} out")  # fmt: skip
+    if latent_kind == "discrete":
+        log.warning("no fitted sampler for %s: its own prior, uniform codes, gives noise; "
+                    "fit one with %s transformer", model_path, fit)  # fmt: skip
+    else:
+        log.info("no fitted sampler for %s: latents from the prior N(0, I) (fit one with "
+                 "torch-vae fit-sampler --model %s)", model_path, model_path)  # fmt: skip
+    return None
+
+
+def _set_drawing(prior, model_path, asked: list[str], temperature: float, guidance: float):
+    """Set ``--temperature`` and ``--guidance`` on ``prior``, or a one-line error where it
+    does not take them."""
+    if not hasattr(prior, "temperature"):
+        raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, not to the "
+                            f"{prior.kind} sampler of {model_path}")  # fmt: skip
+    if guidance and not getattr(prior, "classes", 0):
+        raise TorchVaeError(f"--guidance needs a class-conditional model's sampler (train "
+                            f"--conditional); the {prior.kind} sampler of {model_path} draws "
+                            "no classes: leave --guidance out")  # fmt: skip
+    prior.temperature, prior.guidance = temperature, guidance
+
+
 def choose_sampler(
     model_path: Path,
     name: str,
@@ -166,52 +215,22 @@ def choose_sampler(
     asked = [f for f, v, d in (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0))
              if v != d]  # fmt: skip
     fit = f"torch-vae fit-sampler --model {model_path} --sampler"
-    own = "N(0, I)" if latent_kind == "gaussian" else "uniform codes"
     if name not in ("auto", "prior") and name not in kinds_of(latent_kind):
         fits = " or ".join(kinds_of(latent_kind))
         raise TorchVaeError(f"a {name} sampler does not apply to a model with a {latent_kind} "
                             f"latent; use --sampler {fits}")  # fmt: skip
     if name == "prior":
-        if asked:
-            raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, not to "
-                                f"the model's own prior ({own}, --sampler prior)")  # fmt: skip
-        if latent_kind == "discrete":
-            log.warning("--sampler prior: a discrete model's own prior is uniform over its codes, "
-                        "so its samples are noise; fit a prior over its code grids (%s "
-                        "transformer) and leave --sampler out", fit)  # fmt: skip
-        return None
+        return _own_prior(asked, latent_kind, fit)
     prior = load_sampler(model_path, None if name == "auto" else name)
-    if prior is None and name != "auto":
-        raise TorchVaeError(
-            f"{model_path} has no fitted {name} sampler ({sampler_path(model_path, name).name}); "
-            f"fit one with '{fit} {name}'"
-            + (", or pass --sampler prior" if latent_kind == "gaussian" else "")
-        )
-    if prior is None and asked:
-        raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
-                            f"{model_path} has none: fit one, or leave {asked[0]} out")  # fmt: skip
     if prior is None:
-        if latent_kind == "discrete":
-            log.warning("no fitted sampler for %s: its own prior, uniform codes, gives noise; "
-                        "fit one with %s transformer", model_path, fit)  # fmt: skip
-        else:
-            log.info("no fitted sampler for %s: latents from the prior N(0, I) (fit one with "
-                     "torch-vae fit-sampler --model %s)", model_path, model_path)  # fmt: skip
-        return None
+        return _none_fitted(model_path, name, asked, latent_kind, fit)
     if latent_dims is not None and prior.dims != latent_dims:
         raise TorchVaeError(
             f"{sampler_path(model_path, prior.kind)} draws {prior.dims}-d codes, but the model "
             f"has {latent_dims} latent dimensions; fit it again"
         )
-    if asked and not hasattr(prior, "temperature"):
-        raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, not to the "
-                            f"{prior.kind} sampler of {model_path}")  # fmt: skip
-    if guidance and not getattr(prior, "classes", 0):
-        raise TorchVaeError(f"--guidance needs a class-conditional model's sampler (train "
-                            f"--conditional); the {prior.kind} sampler of {model_path} draws "
-                            "no classes: leave --guidance out")  # fmt: skip
     if asked:
-        prior.temperature, prior.guidance = temperature, guidance
+        _set_drawing(prior, model_path, asked, temperature, guidance)
     fitted_to = "the posterior means" if latent_kind == "gaussian" else "the training code grids"
     log.info("latents from %s fitted to %s (%s)", prior.describe(), fitted_to,
              sampler_path(model_path, prior.kind).name)  # fmt: skip
