@@ -298,12 +298,14 @@ def test_the_code_grid_of_a_discrete_model(tmp_path):
         page.eval_on_selector(
             "#scrub", "e => { e.value = 15; e.dispatchEvent(new Event('input')); }"
         )
-        page.wait_for_function("document.getElementById('frame-note').textContent.includes('15')")
-        assert page.is_visible("#frame-edit")
         differ = sum(a != b for a, b in zip(grid(3), grid(9), strict=True))
-        assert page.inner_text("#frame-note") == (
-            f"frame 15 of 15, codes quantized: {differ} cells differ from A, 0 from B"
+        want = f"frame 15 of 15, codes quantized: {differ} cells differ from A, 0 from B"
+        # picking A starts an interpolation to the B before, which picking B replaces: wait
+        # for the note of the last one
+        page.wait_for_function(
+            "want => document.getElementById('frame-note').textContent === want", arg=want
         )
+        assert page.is_visible("#frame-edit") and page.inner_text("#frame-note") == want
         before = src(page, "decoded")
         page.click("#frame-edit")
         changes(page, "decoded", before)
