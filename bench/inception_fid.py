@@ -123,8 +123,7 @@ def main() -> None:
 
             cell(f"{path.name}|reconstructions|{n}", recons)
         for name in args.samplers:
-            sampler = choose_sampler(path, name, model.config.latent_dims, args.temperature,
-                                     args.guidance, model.latent_kind)  # fmt: skip
+            sampler = choose_sampler(path, name, model, args.temperature, args.guidance)
             at = f" T={args.temperature:g}" if args.temperature != 1.0 else ""
             at += f" w={args.guidance:g}" if args.guidance else ""
             for seed in args.seeds:

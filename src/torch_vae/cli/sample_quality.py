@@ -35,14 +35,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     judge = accuracy_classifier(space, o.classifier, model, dataset, model.device, o.batchsize)
     sampler = None
     if not o.reconstructions:
-        sampler = choose_sampler(
-            o.model,
-            o.sampler,
-            model.config.latent_dims,
-            o.temperature,
-            o.guidance,
-            latent_kind=model.latent_kind,
-        )
+        sampler = choose_sampler(o.model, o.sampler, model, o.temperature, o.guidance)
     n_train = _n_train(model, dataset, o, runtime)
     fit_rows, val_rows, _ = held_out_rows(o.model, n_train, o.data_dir)
     rows = (fit_rows, val_rows) if val_rows is not None else None

@@ -199,19 +199,22 @@ def _set_drawing(prior, model_path, asked: list[str], temperature: float, guidan
 def choose_sampler(
     model_path: Path,
     name: str,
-    latent_dims: int | None = None,
+    model: Any = None,
     temperature: float = 1.0,
     guidance: float = 0.0,
-    latent_kind: str = "gaussian",
 ) -> Prior | None:
-    """The prior that ``--sampler name`` means (None: the model's own prior: N(0, I), or a
-    discrete model's uniform codes, whose samples are noise: a warning says so).
-    ``auto``: the fitted one that ``load_sampler`` prefers, else the model's own, with a log
-    line either way; a kind: that one, or a one-line error saying how to fit it (or which
-    kinds apply to a model whose latent is ``latent_kind``). ``latent_dims``, when given, must
-    be the prior's dimension. ``temperature`` and ``guidance`` (``--temperature``,
-    ``--guidance``): set on a prior that samples with them (the transformer's; guidance a
-    class-conditional one's); other values than 1 and 0 are an error for the rest."""
+    """The prior that ``--sampler name`` means for the model at ``model_path`` (None: the
+    model's own prior: N(0, I), or a discrete model's uniform codes, whose samples are noise:
+    a warning says so). ``auto``: the fitted one that ``load_sampler`` prefers, else the
+    model's own, with a log line either way; a kind: that one, or a one-line error saying how
+    to fit it (or which kinds apply to the model's kind of latent). ``model``, the loaded
+    ``VAE`` when given: the prior must draw its latent dimensions, and its ``latent_kind``
+    decides what applies (without it: a Gaussian latent, unchecked). ``temperature`` and
+    ``guidance`` (``--temperature``, ``--guidance``): set on a prior that samples with them
+    (the transformer's; guidance a class-conditional one's); other values than 1 and 0 are an
+    error for the rest."""
+    latent_dims = model.config.latent_dims if model is not None else None
+    latent_kind = model.latent_kind if model is not None else "gaussian"
     asked = [f for f, v, d in (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0))
              if v != d]  # fmt: skip
     fit = f"torch-vae fit-sampler --model {model_path} --sampler"
