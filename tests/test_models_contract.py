@@ -178,9 +178,11 @@ def test_seeded_sampling_draws_the_generator_s_codes_on_its_own_device(arch, cla
 
 
 @pytest.mark.parametrize(("arch", "classes"), CASES)
-def test_memory_estimate_grows_with_the_batch_and_allocates_nothing(arch, classes):
+def test_memory_estimate_grows_with_the_batch_and_leaves_the_random_state_alone(arch, classes):
     config = tiny(arch, classes=classes)
+    torch.manual_seed(5)
     small, large = (model_class(arch).estimate_memory(config, b) for b in (8, 64))
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(5)))
     assert 0 < small < large and VAE(config).memory_estimate(8) == small
     shapes = model_class(arch).expected_shapes(config)
     assert shapes == {k: tuple(v.shape) for k, v in VAE(config).state_dict().items()}

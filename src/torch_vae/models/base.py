@@ -41,7 +41,7 @@ from torch import nn
 from ..errors import TorchVaeError
 from ..io.files import write_text_atomic
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, read_metadata, read_weights, write_weights
-from ..runtime.device import autocast_off, randn
+from ..runtime.device import autocast_off, available_memory, randn
 from ..version import __version__
 from .conditions import class_labels
 from .config import ModelConfig
@@ -313,9 +313,20 @@ class VAE(nn.Module):
     def estimate_memory(cls, config: ModelConfig, batch: int) -> int:
         """Bytes that training a model with ``config`` on batches of ``batch`` images needs,
         about: weights, gradients and AdamW's two moments (4 float copies of the parameters),
-        and every layer's output kept for the backward pass with its gradient, counted by
-        running the model on the meta device (nothing is allocated)."""
+        and every layer's output kept for the backward pass with its gradient. The outputs are
+        counted on a forward pass of two images through a CPU copy of the model (built without
+        touching the global random state), scaled to ``batch``; a model whose weights alone do
+        not fit in the CPU's memory is not built (its parameters are counted on the meta
+        device). A forward pass on the meta device would import torch._dynamo through
+        PyTorch's decompositions: 2 s of every training command on a 2-core CPU."""
         with torch.device("meta"):
+            params = sum(p.numel() for p in model_class(config.arch)(config).parameters())
+        images = 2 * batch * config.in_channels * config.image_size**2  # input and output
+        weights = 4 * 4 * params
+        free = available_memory(torch.device("cpu"))
+        if free is not None and 4 * params > free:  # no CPU copy to count on: a lower bound
+            return weights + 4 * _ACTIVATION_COPIES * images
+        with torch.random.fork_rng(devices=[]):
             model = model_class(config.arch)(config).train()
         sizes: list[int] = []
 
@@ -327,16 +338,14 @@ class VAE(nn.Module):
         leaves = [m for m in model.modules() if not list(m.children())]
         hooks = [m.register_forward_hook(count) for m in leaves]
         try:
-            x = torch.empty(batch, config.in_channels, config.image_size, config.image_size,
-                            device="meta")  # fmt: skip
-            y = torch.zeros(batch, dtype=torch.int64, device="meta") if config.classes else None
-            model(x, sample=False, condition=y)
+            x = torch.zeros(2, config.in_channels, config.image_size, config.image_size)
+            y = torch.zeros(2, dtype=torch.int64) if config.classes else None
+            with torch.no_grad():
+                model(x, sample=False, condition=y)
         finally:
             for h in hooks:
                 h.remove()
-        params = sum(p.numel() for p in model.parameters())
-        images = 2 * batch * config.in_channels * config.image_size**2  # input and output
-        return 4 * (4 * params + _ACTIVATION_COPIES * (sum(sizes) + images))
+        return weights + 4 * _ACTIVATION_COPIES * (sum(sizes) * batch // 2 + images)
 
     def memory_estimate(self, batch: int) -> int:
         """``estimate_memory`` for this model's config."""
