@@ -73,14 +73,20 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _pss_mb() -> float:
+def _memory_mb() -> dict[str, float]:
+    """This process's proportional set size (PSS) and its private memory (USS), MB."""
     with open("/proc/self/smaps_rollup") as f:
-        fields = dict(line.split(":", 1) for line in f if ":" in line)
-    return int(fields["Pss"].split()[0]) / 1024
+        fields = {k: int(v.split()[0]) / 1024 for k, v in
+                  (line.split(":", 1) for line in f if ":" in line and "kB" in line)}  # fmt: skip
+    private = fields["Private_Clean"] + fields["Private_Dirty"]
+    return {"pss_mb": fields["Pss"], "private_mb": private}
 
 
 def _emit(result: dict) -> None:
-    print(TAG + json.dumps(result), flush=True)
+    # one write of the whole line: the processes of a torchrun job share this pipe, and a
+    # write of under 4 KiB to a pipe is never interleaved with another's
+    sys.stdout.write(TAG + json.dumps(result) + "\n")
+    sys.stdout.flush()
 
 
 def job_build(spec: dict) -> None:
@@ -133,7 +139,8 @@ def job_train(spec: dict) -> None:
             "startup_s": stamps[0] - spec["t0"],
             "img_per_s": spec["batch"] * (len(stamps) - 1 - warm) / (stamps[-1] - stamps[warm]),
             "peak_rss_mb": _peak_mb(),
-            "pss_mb": _pss_mb(),
+            **_memory_mb(),
+            "imported_dynamo": "torch._dynamo" in sys.modules,
         }
     )
     if dist_mod.joined_a_job():

@@ -324,6 +324,7 @@ class _Job(Distributed):
     """Rank 0 of 2 as the training loop sees it, every collective counted and answered alone."""
 
     calls: list = []
+    averaged: list = []
 
     def shard(self, idx):
         return idx
@@ -335,6 +336,9 @@ class _Job(Distributed):
     def max(self, values):
         self.calls.append("max")
         return values
+
+    def average_gradients(self, model):  # the gradients' all-reduce on the CPU, every step
+        self.averaged.append(all(p.grad is not None for p in model.parameters()))
 
 
 def _count_syncs(monkeypatch) -> list[str]:
@@ -362,12 +366,13 @@ def test_one_host_sync_per_logging_interval(tmp_path, monkeypatch):
                             Distributed(), None)  # fmt: skip
     loop.stop = train_mod.StopOnSignal()
     loop.dist = _Job(rank=0, world=2)
-    _Job.calls = []
+    _Job.calls, _Job.averaged = [], []
     ep = EpochProgress(torch.randperm(100, generator=loop.gen))
     syncs = _count_syncs(monkeypatch)
     train_mod.train_one_epoch(loop, 1, ep)
     monkeypatch.undo()
     assert loop.step == 25 and ep.batch == 25 and ep.seen == 100
     assert _Job.calls == ["max"] * 3, _Job.calls
+    assert _Job.averaged == [True] * 25  # each step's gradients, before its optimizer step
     assert syncs == ["tolist"] * 3, syncs
     assert np.isfinite(ep.totals["loss"]) and ep.totals["loss"] > 0

@@ -1,4 +1,4 @@
-"""Data-parallel training with ``torch.distributed`` (DistributedDataParallel).
+"""Data-parallel training with ``torch.distributed`` (DistributedDataParallel on GPUs).
 
 Launched by ``torchrun``, which sets RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT
 for every process: ``torchrun --nproc_per_node N -m torch_vae train ...``. Without those
@@ -13,10 +13,14 @@ Conventions:
   scaling rule), with a KL warm-up or a few epochs of patience at the start.
 - Every process draws the same seeded permutation of the training set each epoch and takes its
   own interleaved share of each global batch, so the shards are disjoint and cover the epoch.
-- Gradients are averaged by DDP; batch-norm statistics are those of each process's share (as
-  usual with DDP; SyncBatchNorm is used on GPUs, where PyTorch supports it) and their running
-  averages are averaged over the processes at the end of every epoch, so all replicas hold the
-  same weights, which is checked.
+- Gradients are averaged over the processes before every optimizer step: on GPUs by DDP, on
+  the CPU by one all-reduce of all of them, flattened, after the backward pass
+  (``average_gradients``; DDP's constructor imports torch._dynamo, 70 MB of private memory and
+  1.3 s in every process, and on the CPU its overlap of communication with the backward pass
+  buys nothing measurable for these models). Batch-norm statistics are those of each process's
+  share (SyncBatchNorm is used on GPUs, where PyTorch supports it) and their running averages
+  are averaged over the processes at the end of every epoch, so all replicas hold the same
+  weights, which is checked.
 - Only rank 0 writes files and shows progress; test metrics are computed on shards and summed.
 """
 
@@ -124,6 +128,28 @@ class Distributed:
             if buf.is_floating_point():
                 dist.all_reduce(buf)
                 buf.div_(self.world)
+
+    def average_gradients(self, model: torch.nn.Module) -> None:
+        """Average the gradients over the processes, in place: one all-reduce of them all,
+        flattened (every process has the same parameters with gradients). On the CPU only;
+        elsewhere ``wrap``'s DDP has averaged them during the backward pass."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not self.enabled or not grads or grads[0].device.type != "cpu":
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def broadcast_weights(self, model: torch.nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers (as DDP does when it is built)."""
+        if not self.enabled:
+            return
+        for t in (*model.parameters(), *model.buffers()):
+            dist.broadcast(t.data, src=0)
 
     def check_replicas(self, model: torch.nn.Module, where: str) -> None:
         """Fail loudly if the processes' weights differ (they must be bitwise equal)."""
@@ -319,8 +345,13 @@ def setup(device: torch.device) -> tuple[Distributed, torch.device]:
 
 
 def wrap(model: torch.nn.Module, d: Distributed, device: torch.device) -> torch.nn.Module:
-    """DDP around ``model`` (which keeps owning the weights); ``model`` itself when alone."""
+    """DDP around ``model`` (which keeps owning the weights) on a GPU; ``model`` itself when
+    alone, or on the CPU, where every process starts from rank 0's weights and the training
+    step calls ``Distributed.average_gradients`` instead."""
     if not d.enabled:
+        return model
+    if device.type == "cpu":
+        d.broadcast_weights(model)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -332,10 +363,9 @@ def wrap(model: torch.nn.Module, d: Distributed, device: torch.device) -> torch.
         if "forward_sync_buffers" in params
         else {"broadcast_buffers": False}
     )
-    if device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DDP(model, device_ids=[device.index], **no_sync)
-    return DDP(model, **no_sync)
+    # a GPU: setup allows only CUDA and the CPU
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DDP(model, device_ids=[device.index], **no_sync)
 
 
 def teardown() -> None:

@@ -345,6 +345,7 @@ def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
     losses = loop.model.objective(out, x, beta, cfg.recon_loss)  # in fp32
     loop.opt.zero_grad(set_to_none=True)
     loop.amp.backward(losses["loss"])
+    loop.dist.average_gradients(loop.model)  # under torchrun on the CPU (DDP's on GPUs)
     loop.amp.step(loop.opt)
     loop.step += 1
     return torch.stack([losses[k].detach() for k in loop.keys])
