@@ -159,7 +159,7 @@ def test_random_samples_come_from_the_seed_or_the_sampler(client, explorer, monk
     assert client.post("/api/sample", json={}).json()["z"] != a["z"]
 
     class Sampler:
-        def sample(self, n, generator):
+        def sample(self, n, generator, labels=None):  # priors.base.Prior's signature
             return torch.full((n, 3), 0.25)
 
     monkeypatch.setattr(explorer, "sampler", Sampler())

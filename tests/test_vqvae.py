@@ -543,6 +543,44 @@ def test_the_explorer_of_a_vq_run_samples_from_its_transformer_prior(vq_run, mni
         )
 
 
+def test_the_explorer_of_a_conditional_vq_run_draws_grids_of_the_class_with_guidance(
+    mnist_dir, labelled, tmp_path, capsys
+):
+    from torch_vae.explorer.state import load_explorer
+    from torch_vae.priors.base import set_drawing
+
+    config = tmp_path / "flags.json"
+    config.write_text(json.dumps({"arch": "vqvae", "image_size": 32, "max_filters": 16,
+                                  "latent_dims": 4, "codebook_size": 16, "blocks": 1}))  # fmt: skip
+    run, common = tmp_path / "run", ["--data_dir", str(mnist_dir), "--quiet", "--cpu"]
+    assert main(["train", "--dataset", "mnist", "--conditional", "--config", str(config),
+                 "--max_steps", "4", "--batchsize", "8", "--val_images", "4", "--run_dir",
+                 str(run), *common]) == 0  # fmt: skip
+    assert main(["fit-sampler", "--model", str(run), "--sampler", "transformer", "--steps", "5",
+                 "--nscore", "4", *common]) == 0  # fmt: skip
+    model, prior = load_model(run), load_sampler(run, "transformer")
+    ex = load_explorer(model, run, "mnist", mnist_dir, 8, progress=False)
+    # the class first (as generate draws it for the seed), then a grid of that class
+    grid, label = ex.sample(5)
+    assert label == int(model.labels(None, 1, torch.Generator().manual_seed(5))[0])
+    want = prior.sample(1, torch.Generator().manual_seed(5), labels=torch.tensor([label]))
+    assert torch.equal(grid, want)
+    grid, label = ex.sample(5, 7)
+    assert label == 7
+    assert torch.equal(grid, prior.sample(1, torch.Generator().manual_seed(5), torch.tensor([7])))
+    set_drawing(ex.sampler, run, temperature=0.8, guidance=2.0)  # explore's two flags
+    prior.temperature, prior.guidance = 0.8, 2.0
+    assert torch.equal(
+        ex.sample(5, 7)[0], prior.sample(1, torch.Generator().manual_seed(5), torch.tensor([7]))
+    )
+    # the explore command refuses them in one line where no fitted prior takes them
+    (run / "sampler-transformer.safetensors").unlink()
+    assert main(["explore", "--model", str(run), "--port", "0", "--guidance", "2",
+                 "--nimages", "8", *common]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("torch-vae: error: --guidance applies to a fitted transformer")
+
+
 def test_a_vq_run_s_epoch_picture_shows_reconstructions_only(vq_run):
     from PIL import Image
 

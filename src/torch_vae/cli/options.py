@@ -296,8 +296,11 @@ class ExploreOptions:
     port: int = option(8000, "port to listen on (0: a free one; the address is printed)")
     nimages: int = option(0, "test images on the map and behind the KL ordering (0: all)")
     sliders: int = option(16, "latent dimensions shown as sliders, the largest KL first")
+    temperature: float = temperature_option()
+    guidance: float = guidance_option()
 
     def __post_init__(self) -> None:
+        check_temperature(self.temperature, self.guidance)
         non_negative("--nimages", self.nimages)
         positive("--sliders", self.sliders)
         non_negative("--port", self.port)

@@ -198,15 +198,20 @@ class Explorer:
     def sample(self, seed: int, label: int | None = None) -> tuple[Tensor, int | None]:
         """One code (1, d) (a discrete model's grid (1, h, w)) from the model's ex-post sampler
         if it has one, else the prior, and a conditional model's class: ``label``, or drawn
-        uniformly after the code (as ``VAE.sample`` draws it; None for an unconditional
-        model)."""
+        uniformly. With a fitted sampler the class comes first and the code is drawn given it,
+        as ``generate`` draws them (a class-conditional prior draws the codes of a class);
+        with the model's own prior the class is drawn after the code (as ``VAE.sample``)."""
         gen = torch.Generator().manual_seed(seed)
-        if self.discrete:  # a code grid (1, h, w)
-            draw = self.sampler.sample if self.sampler is not None else self.model.prior_sample
-            z = torch.as_tensor(draw(1, gen)).long().reshape(1, *self.model.latent_shape).cpu()
-        elif self.sampler is not None:
-            z = torch.as_tensor(self.sampler.sample(1, gen), dtype=torch.float32)
-            z = z.reshape(1, self.latent_dims).cpu()
+        if self.sampler is not None:
+            if self.conditional and label is None:  # generate's: a generator of the seed
+                label = int(self.model.labels(None, 1, torch.Generator().manual_seed(seed))[0])
+            labels = torch.tensor([label]) if self.conditional else None
+            z = torch.as_tensor(self.sampler.sample(1, gen, labels=labels)).cpu()
+            if self.discrete:
+                return z.long().reshape(1, *self.model.latent_shape), label
+            return z.float().reshape(1, self.latent_dims), label
+        if self.discrete:  # a code grid (1, h, w) of uniform codes
+            z = self.model.prior_sample(1, gen).long().reshape(1, *self.model.latent_shape).cpu()
         else:
             z = self.model.prior_sample(1, gen, "cpu", torch.float32)
         if self.conditional and label is None:

@@ -196,6 +196,25 @@ def _set_drawing(prior, model_path, asked: list[str], temperature: float, guidan
     prior.temperature, prior.guidance = temperature, guidance
 
 
+def set_drawing(prior, model_path, temperature: float = 1.0, guidance: float = 0.0) -> None:
+    """``--temperature`` and ``--guidance`` for an already chosen ``prior`` (None: the model's
+    own prior, which takes neither): set on a transformer sampler, a one-line error elsewhere."""
+    asked = _asked(temperature, guidance)
+    if not asked:
+        return
+    if prior is None:
+        raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
+                            f"{model_path} has none in use; fit one with torch-vae fit-sampler "
+                            f"--model {model_path} --sampler transformer")  # fmt: skip
+    _set_drawing(prior, model_path, asked, temperature, guidance)
+
+
+def _asked(temperature: float, guidance: float) -> list[str]:
+    """The drawing flags given with other values than their defaults."""
+    return [f for f, v, d in (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0))
+            if v != d]  # fmt: skip
+
+
 def choose_sampler(
     model_path: Path,
     name: str,
@@ -215,8 +234,7 @@ def choose_sampler(
     error for the rest."""
     latent_dims = model.config.latent_dims if model is not None else None
     latent_kind = model.latent_kind if model is not None else "gaussian"
-    asked = [f for f, v, d in (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0))
-             if v != d]  # fmt: skip
+    asked = _asked(temperature, guidance)
     fit = f"torch-vae fit-sampler --model {model_path} --sampler"
     if name not in ("auto", "prior") and name not in kinds_of(latent_kind):
         fits = " or ".join(kinds_of(latent_kind))
