@@ -165,6 +165,41 @@ def test_training_batches_leave_the_resident_set_small(tmp_path, monkeypatch):
     assert peak_growth(lambda idx: images[idx]) > 0.8 * size_kb  # what the map alone does
 
 
+_RGB = (128, 128, 3)
+
+
+def test_the_validation_split_is_read_from_the_cache_file_without_mapping_it(tmp_path, monkeypatch):
+    """The validation images a run holds out (here 200 of 2,000 at 128x128) are copied from the
+    cache file like the training batches: through the map, each would map up to 2 MB of
+    page-cache folio around it into the process."""
+    import numpy as np
+
+    from torch_vae import ModelConfig
+    from torch_vae.data import datasets
+    from torch_vae.training import TrainConfig
+    from torch_vae.training.plan import RunPlan, load_run_data
+
+    monkeypatch.setitem(datasets.DATASETS, "bigfake", BigFake())
+    load_split("bigfake", "test", 128, tmp_path, False)
+    whole = np.array(load_split("bigfake", "train", 128, tmp_path, False))  # a copy, unmapped
+
+    def rss_file_kb() -> int:
+        fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return int(fields["RssFile"].split()[0])
+
+    before = rss_file_kb()
+    model = ModelConfig(in_channels=3, image_size=128, latent_dims=4, max_filters=8, depth=2)
+    plan = RunPlan(tmp_path / "run", model, TrainConfig(dataset="bigfake", val_images=200),
+                   data_dir=tmp_path)  # fmt: skip
+    data = load_run_data(plan, progress=False)
+    grown = rss_file_kb() - before
+    val = sorted(set(range(2000)) - set(data.rows.tolist()))
+    assert data.prefix == "val" and data.eval.shape == (len(val), 128, 128, 3) == (200, *_RGB)
+    assert np.array_equal(np.sort(data.eval.numpy().reshape(200, -1)[:, 0]),
+                          np.sort(whole[val].reshape(200, -1)[:, 0]))  # fmt: skip
+    assert grown < 0.25 * (2000 * 128 * 128 * 3 // 1024), grown
+
+
 def test_batches_of_a_mapped_cache_are_read_from_the_file_without_mapping_it(mnist_dir):
     import torch
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
+from ..data.cache import gather_for
 from ..data.labels import class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
@@ -201,7 +202,11 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
         rows, val = rows[keep[rows]], val[keep[val]]
     split = {"validation_images": len(val), "training_images": len(rows),
              "validation_rows_sha256": digest}  # fmt: skip
-    val_images = train_images[val[:limit]]  # a copy: a few thousand images
+    # a copy of a few thousand images, read from the cache file where the set is its map:
+    # indexing the map would map the page-cache folios around every image (up to 2 MB each:
+    # 4 GB of resident set for 5,000 images of a 128x128 CelebA split)
+    gather = gather_for(train_images) or (lambda idx: train_images[idx])
+    val_images = gather(val[:limit])
     val_labels = train_labels[val[:limit]] if train_labels is not None else None
     return RunData(train_images, rows, val_images, "val", split, train_labels, val_labels)
 
