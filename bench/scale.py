@@ -15,7 +15,8 @@ the real cache format, through the same streaming writer as a real build, then m
   memory map and as a copy in memory (images/s of each, and their ratio);
 - torchrun: one process against two (``torchrun --nproc_per_node 2``, gloo) on the same split;
   proportional set size (PSS: shared pages split between the processes that map them) summed
-  over the processes, after the last step.
+  over the processes, when the command has ended (``pss_mb``) and after the last training step,
+  before the evaluation that ends the run (``pss_mb_after_steps``).
 
 The test split is kept small (--test-images): the end-of-run evaluation is not what is measured.
 Results are printed and written as JSON (--out).
@@ -111,13 +112,17 @@ def job_train(spec: dict) -> None:
     from torch_vae.cli import main
 
     stamps: list[float] = []
+    after_steps: dict[str, float] = {}
     base = train_mod.tqdm
 
     class TimedBar(base):
         def __iter__(self):
-            for item in super().__iter__():
-                stamps.append(time.time())
-                yield item
+            try:
+                for item in super().__iter__():
+                    stamps.append(time.time())
+                    yield item
+            finally:  # the loop is done with the bar: after its last step, before evaluating
+                after_steps.update(_memory_mb())
 
     # a torchrun process ends inside main() (os._exit); report first, then end it that way
     end_process = dist_mod.end_process
@@ -140,6 +145,7 @@ def job_train(spec: dict) -> None:
             "img_per_s": spec["batch"] * (len(stamps) - 1 - warm) / (stamps[-1] - stamps[warm]),
             "peak_rss_mb": _peak_mb(),
             **_memory_mb(),
+            **{f"{k}_after_steps": v for k, v in after_steps.items()},
             "imported_dynamo": "torch._dynamo" in sys.modules,
         }
     )

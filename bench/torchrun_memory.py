@@ -8,8 +8,9 @@ of torch-vae on the same data, in one run.
 For each checkout and round: ``bench/scale.py``'s train job (``torch-vae train --dataset
 celeb-a --image_size 128 --arch dcgan --batchsize 128 --max_steps 60 --threads 1``) in one
 process, then the same under ``torchrun --nproc_per_node 2`` (the global batch split between
-them), each process reporting its peak RSS, its PSS and private memory when the command has
-ended, and whether it imported torch._dynamo. The split is bench/scale.py's synthetic
+them), each process reporting its peak RSS, its PSS and private memory after its last training
+step (before the evaluation that ends the run) and when the command has ended, and whether it
+imported torch._dynamo. The split is bench/scale.py's synthetic
 CelebA-like one (--images at 128x128, built once in --work; 202,599 images: 10 GB). Each
 checkout runs its own ``src`` with this checkout's bench/scale.py as the harness. Writes JSON
 (--out) and prints a line per round.
@@ -67,12 +68,15 @@ def main() -> int:
                                 launcher)  # fmt: skip
             pss1 = sum(x.get("pss_mb", 0) for x in one)
             pss2 = sum(x.get("pss_mb", 0) for x in two)
+            steps1 = sum(x.get("pss_mb_after_steps", 0) for x in one)
+            steps2 = sum(x.get("pss_mb_after_steps", 0) for x in two)
             peak1 = max(x.get("peak_rss_mb", 0) for x in one)
             peak2 = max(x.get("peak_rss_mb", 0) for x in two)
             results.setdefault(name, []).append({"round": rnd + 1, "one": one, "two": two})
-            print(f"{name} round {rnd + 1}: PSS one {pss1:.0f} MB, two {pss2:.0f} MB "
-                  f"({pss2 / max(pss1, 1):.2f}x); peak RSS one {peak1:.0f} MB, two {peak2:.0f} "
-                  f"MB per process", flush=True)  # fmt: skip
+            print(f"{name} round {rnd + 1}: PSS at the end one {pss1:.0f} MB, two {pss2:.0f} MB "
+                  f"({pss2 / max(pss1, 1):.2f}x); after the last step one {steps1:.0f} MB, two "
+                  f"{steps2:.0f} MB ({steps2 / max(steps1, 1):.2f}x); peak RSS one {peak1:.0f} "
+                  f"MB, two {peak2:.0f} MB per process", flush=True)  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"checkouts": dict(checkouts), "results": results}, indent=1))
     print(f"results: {args.out}")

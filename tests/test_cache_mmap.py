@@ -173,6 +173,7 @@ def test_the_validation_split_is_read_from_the_cache_file_without_mapping_it(tmp
     cache file like the training batches: through the map, each would map up to 2 MB of
     page-cache folio around it into the process."""
     import numpy as np
+    import torch
 
     from torch_vae import ModelConfig
     from torch_vae.data import datasets
@@ -192,11 +193,16 @@ def test_the_validation_split_is_read_from_the_cache_file_without_mapping_it(tmp
     plan = RunPlan(tmp_path / "run", model, TrainConfig(dataset="bigfake", val_images=200),
                    data_dir=tmp_path)  # fmt: skip
     data = load_run_data(plan, progress=False)
+    data.eval[:]  # an evaluation's reading
     grown = rss_file_kb() - before
     val = sorted(set(range(2000)) - set(data.rows.tolist()))
-    assert data.prefix == "val" and data.eval.shape == (len(val), 128, 128, 3) == (200, *_RGB)
-    assert np.array_equal(np.sort(data.eval.numpy().reshape(200, -1)[:, 0]),
+    images = data.eval[:]  # read when indexed, as each evaluation does
+    assert data.prefix == "val" and images.shape == (len(val), 128, 128, 3) == (200, *_RGB)
+    assert np.array_equal(np.sort(images.numpy().reshape(200, -1)[:, 0]),
                           np.sort(whole[val].reshape(200, -1)[:, 0]))  # fmt: skip
+    # a torchrun process's share is its rows, read when its evaluation indexes them
+    share = data.eval[1::2]
+    assert len(share) == 100 and torch.equal(share[:], images[1::2])
     assert grown < 0.25 * (2000 * 128 * 128 * 3 // 1024), grown
 
 

@@ -324,6 +324,24 @@ class FileGather:
         return out
 
 
+class CacheRows:
+    """The images ``rows`` (a CPU int64 tensor) of a ``read_only`` cache map, read from its file
+    (``FileGather``) only when indexed: nothing held in memory, no page mapped. ``len``; an index
+    tensor or a plain slice gives a new uint8 tensor (B, H, W, C); a slice with a step (a
+    torchrun process's share, ``Distributed.shard``) gives those rows, still unread."""
+
+    def __init__(self, gather: FileGather, rows):
+        self.gather, self.rows = gather, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice) and key.step not in (None, 1):
+            return CacheRows(self.gather, self.rows[key])
+        return self.gather(self.rows[key])
+
+
 def gather_for(images) -> FileGather | None:
     """A ``FileGather`` for a tensor or array made from a ``read_only`` map, else None."""
     ptr = images.data_ptr() if hasattr(images, "data_ptr") else images.ctypes.data

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
-from ..data.cache import gather_for
+from ..data.cache import CacheRows, gather_for
 from ..data.labels import class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
@@ -157,11 +157,12 @@ def plan_resume(
 class RunData:
     """A run's images: the training split (uint8 (N, H, W, C)), the rows of it trained on
     (None: all), and what every epoch is measured on, the validation split (``prefix``
-    "val") or, for a run without one, the test split ("test")."""
+    "val") or, for a run without one, the test split ("test"). ``eval`` is a tensor, or the
+    validation rows of a cache's map read from its file when indexed (``CacheRows``)."""
 
     train: torch.Tensor
     rows: torch.Tensor | None
-    eval: torch.Tensor
+    eval: torch.Tensor | CacheRows
     prefix: str
     split: dict[str, Any] | None = None  # what config.json records of the validation split
     # a conditional model's: the class of every training image (N,), and of every eval image
@@ -202,11 +203,13 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
         rows, val = rows[keep[rows]], val[keep[val]]
     split = {"validation_images": len(val), "training_images": len(rows),
              "validation_rows_sha256": digest}  # fmt: skip
-    # a copy of a few thousand images, read from the cache file where the set is its map:
-    # indexing the map would map the page-cache folios around every image (up to 2 MB each:
-    # 4 GB of resident set for 5,000 images of a 128x128 CelebA split)
-    gather = gather_for(train_images) or (lambda idx: train_images[idx])
-    val_images = gather(val[:limit])
+    # Where the set is a cache's map, the validation images are read from its file batch by
+    # batch as each evaluation needs them (CacheRows): indexing the map would map the
+    # page-cache folios around every image (up to 2 MB each: 4 GB of resident set for 5,000
+    # images of a 128x128 CelebA split), and a copy would be held by every torchrun process
+    # (245 MB each there), though each evaluates only its share. Else a copy.
+    gather = gather_for(train_images)
+    val_images = CacheRows(gather, val[:limit]) if gather else train_images[val[:limit]]
     val_labels = train_labels[val[:limit]] if train_labels is not None else None
     return RunData(train_images, rows, val_images, "val", split, train_labels, val_labels)
 
