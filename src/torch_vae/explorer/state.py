@@ -39,6 +39,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from ..analysis import latent as explore
+from ..analysis.pictures import sample_classes
 from ..data import load_split
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, to_array
 from ..data.labels import labels_as
@@ -203,9 +204,9 @@ class Explorer:
         with the model's own prior the class is drawn after the code (as ``VAE.sample``)."""
         gen = torch.Generator().manual_seed(seed)
         if self.sampler is not None:
-            if self.conditional and label is None:  # generate's: a generator of the seed
-                label = int(self.model.labels(None, 1, torch.Generator().manual_seed(seed))[0])
-            labels = torch.tensor([label]) if self.conditional else None
+            labels = sample_classes(self.model, 1, seed, label)  # generate's; None: unconditional
+            if labels is not None:
+                labels, label = labels.cpu(), int(labels[0])
             z = torch.as_tensor(self.sampler.sample(1, gen, labels=labels)).cpu()
             if self.discrete:
                 return z.long().reshape(1, *self.model.latent_shape), label

@@ -250,8 +250,7 @@ def choose_sampler(
             f"{sampler_path(model_path, prior.kind)} draws {prior.dims}-d codes, but the model "
             f"has {latent_dims} latent dimensions; fit it again"
         )
-    if asked:
-        _set_drawing(prior, model_path, asked, temperature, guidance)
+    set_drawing(prior, model_path, temperature, guidance)
     fitted_to = "the posterior means" if latent_kind == "gaussian" else "the training code grids"
     log.info("latents from %s fitted to %s (%s)", prior.describe(), fitted_to,
              sampler_path(model_path, prior.kind).name)  # fmt: skip
