@@ -184,3 +184,26 @@ def test_training_with_the_gaussian_loss(train_tiny, tmp_path):
     assert all(np.isfinite(m["train_loss"]) for m in lines)
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert json.loads((run / "config.json").read_text())["train"]["recon_loss"] == "gaussian"
+
+
+def test_fit_sampler_sizes_the_network_with_hidden_and_layers(small_run, mnist_dir):
+    fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main([*fit, "--sampler", "flow", "--steps", "5", "--nscore", "0", "--hidden", "16",
+                 "--layers", "1"]) == 0  # fmt: skip
+    small = load_sampler(small_run, "flow")
+    assert small.info["hparams"]["hidden"] == 16 and small.info["hparams"]["layers"] == 1
+    assert main([*fit, "--sampler", "flow", "--steps", "5", "--nscore", "0"]) == 0
+    default = load_sampler(small_run, "flow")
+    assert default.info["hparams"]["hidden"] == 128 and default.info["hparams"]["layers"] == 2
+    count = lambda p: sum(t.numel() for t in p.net.parameters())  # noqa: E731
+    assert count(small) < count(default)
+
+
+def test_fit_sampler_refuses_network_flags_for_a_mixture(small_run, capsys):
+    fit = ["fit-sampler", "--model", str(small_run), "--sampler", "gmm"]
+    assert main([*fit, "--hidden", "64"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--hidden sizes the network" in err and "\n" not in err
+    assert main([*fit, "--layers", "-1"]) == 1
+    assert "--layers must be an integer >= 0" in capsys.readouterr().err
+    assert load_sampler(small_run, "gmm") is None

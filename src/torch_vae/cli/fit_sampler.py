@@ -17,7 +17,7 @@ from ..evaluation.sample_quality import (
     sample_images,
     sample_labels,
 )
-from ..priors import check_kind, fit_sampler
+from ..priors import PRIORS, check_kind, fit_sampler
 from .common import (
     check_flags,
     held_out_rows,
@@ -40,6 +40,7 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         )
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     check_kind(model, o.sampler)  # before any work: a kind this model's latent can take
+    check_network_flags(o)
     check_flags(model.config, latent_dims=o.latent_dims)
     images = split_images(model, dataset, "train", o.data_dir, runtime)
     # a conditional model's latents are the posterior means given each image's class
@@ -56,7 +57,8 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
     if o.nscore:
         rows_held = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
         score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
-    options = {"components": o.components, "steps": o.steps, "seed": o.seed}
+    options = {"components": o.components, "steps": o.steps, "seed": o.seed, "hidden": o.hidden,
+               "layers": o.layers}  # fmt: skip
     prior, path = fit_sampler(model, o.model, images[rows], o.sampler, options, o.batchsize, info,
                               not runtime.quiet, score, _at(labels, rows))  # fmt: skip
     if score is not None:
@@ -65,6 +67,17 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
                  "recall %.3f", v["n_images"], v["images"], v["fd"], v["precision"],
                  v["recall"])  # fmt: skip
     return path
+
+
+def check_network_flags(o: FitSamplerOptions) -> None:
+    """A one-line error for --hidden or --layers given to a kind without a network."""
+    defaults = getattr(PRIORS.get(o.sampler), "DEFAULTS", {})
+    for flag, value in (("--hidden", o.hidden), ("--layers", o.layers)):
+        if value and flag[2:] not in defaults:
+            raise TorchVaeError(
+                f"{flag} sizes the network of a flow, diffusion, twostage or transformer "
+                f"sampler; a {o.sampler} sampler has none (leave {flag} out)"
+            )
 
 
 def _at(labels: torch.Tensor | None, rows) -> torch.Tensor | None:

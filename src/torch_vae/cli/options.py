@@ -374,6 +374,12 @@ class FitSamplerOptions:
     steps: int = option(
         0, "training steps of flow, diffusion, twostage, transformer (0: the kind's default)"
     )
+    hidden: int = option(
+        0, "width of the network of flow, diffusion, twostage, transformer (0: the kind's default)"
+    )
+    layers: int = option(
+        0, "layers of the network of flow, diffusion, twostage, transformer (0: the kind's default)"
+    )
     seed: int = option(0, "random seed of the fit (EM's k-means initialisation, the networks)")
     nscore: int = option(
         5000,
@@ -391,6 +397,8 @@ class FitSamplerOptions:
         check_choice("--sampler", self.sampler, kinds())
         positive("--components", self.components)
         non_negative("--steps", self.steps, 10_000_000)
+        non_negative("--hidden", self.hidden, 4096)
+        non_negative("--layers", self.layers, 16)
         non_negative("--nscore", self.nscore)
         positive("--batchsize", self.batchsize)
         non_negative("--nimages", self.nimages)
