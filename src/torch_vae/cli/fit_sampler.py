@@ -71,13 +71,12 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
 
 def check_network_flags(o: FitSamplerOptions) -> None:
     """A one-line error for --hidden or --layers given to a kind without a network."""
-    defaults = getattr(PRIORS.get(o.sampler), "DEFAULTS", {})
     for flag, value in (("--hidden", o.hidden), ("--layers", o.layers)):
-        if value and flag[2:] not in defaults:
-            raise TorchVaeError(
-                f"{flag} sizes the network of a flow, diffusion, twostage or transformer "
-                f"sampler; a {o.sampler} sampler has none (leave {flag} out)"
-            )
+        takes = [k for k, cls in PRIORS.items() if flag[2:] in getattr(cls, "DEFAULTS", {})]
+        if value and o.sampler not in takes:
+            kinds_named = " or ".join([", ".join(takes[:-1]), *takes[-1:]] if takes[:-1] else takes)
+            raise TorchVaeError(f"{flag} sizes the network of a {kinds_named} sampler; a "
+                                f"{o.sampler} sampler has none (leave {flag} out)")  # fmt: skip
 
 
 def _at(labels: torch.Tensor | None, rows) -> torch.Tensor | None:

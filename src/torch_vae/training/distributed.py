@@ -133,8 +133,10 @@ class Distributed:
         """Average the gradients over the processes, in place: one all-reduce of them all,
         flattened (every process has the same parameters with gradients). On the CPU only;
         elsewhere ``wrap``'s DDP has averaged them during the backward pass."""
+        if not self.enabled:  # the single-process step: nothing to gather
+            return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not self.enabled or not grads or grads[0].device.type != "cpu":
+        if not grads or grads[0].device.type != "cpu":
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
