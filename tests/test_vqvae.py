@@ -249,6 +249,61 @@ def test_forged_transformer_files_and_wrong_latents_are_one_line(tmp_path):
         fit_tiny(repeated_codes(20) + 8)
 
 
+def test_transformer_dropout_acts_while_fitting_only_and_is_kept_in_the_file(tmp_path):
+    info = {"codebook_size": 8, "latent_dims": 4}
+    options = {**TINY_PRIOR, "steps": 5, "dropout": 0.5}
+    prior = fit_prior(repeated_codes(50), "transformer", options, info, progress=False)
+    assert prior.info["hparams"]["dropout"] == 0.5 and "dropout 0.5" in prior.describe()
+    codes = torch.as_tensor(repeated_codes(20)).flatten(1)
+    net = prior.net
+    assert not net.training  # a fitted prior samples without dropout: the same loss twice
+    assert net.loss(codes).item() == net.loss(codes).item()
+    net.train()
+    torch.manual_seed(0)
+    noisy = [net.loss(codes).item() for _ in range(3)]
+    net.eval()
+    assert len(set(noisy)) == 3  # half of the activations dropped, differently each time
+    a = prior.sample(10, torch.Generator().manual_seed(2))
+    assert torch.equal(a, prior.sample(10, torch.Generator().manual_seed(2)))
+    back = read_sampler(save_sampler(prior, tmp_path / "sampler-transformer.safetensors"))
+    assert back.info["hparams"]["dropout"] == 0.5
+    assert torch.equal(back.sample(10, torch.Generator().manual_seed(2)), a)
+    plain = fit_prior(repeated_codes(50), "transformer", {**TINY_PRIOR, "steps": 5}, info,
+                      progress=False)  # fmt: skip
+    assert plain.info["hparams"]["dropout"] == 0.0 and "dropout" not in plain.describe()
+
+
+def test_a_sampler_file_with_a_bad_dropout_is_one_line(tmp_path):
+    prior = fit_tiny(repeated_codes(50))
+    path = save_sampler(prior, tmp_path / "s.safetensors")
+    for bad in (1.5, -0.1, "high", True):
+        info = {**prior.info, "hparams": {**prior.info["hparams"], "dropout": bad}}
+        forged = tmp_path / "forged.safetensors"
+        save_file(load_file(str(path)), str(forged),
+                  metadata={"format": "torch-vae-sampler", "info": json.dumps(info)})  # fmt: skip
+        with pytest.raises(TorchVaeError) as err:
+            read_sampler(forged)
+        assert "dropout must be a number from 0 to 0.9" in str(err.value), bad
+        assert "\n" not in str(err.value)
+
+
+def test_fit_sampler_dropout_flag_is_checked_and_refused_without_a_transformer(
+    vq_run, train_tiny, mnist_dir, tmp_path, capsys
+):
+    fit = ["fit-sampler", "--data_dir", str(mnist_dir), "--quiet"]
+    assert main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--dropout", "2"]) == 1
+    assert "--dropout must be a number from 0 to 0.9, got 2" in capsys.readouterr().err
+    assert load_sampler(vq_run, "transformer") is None
+    run = train_tiny(tmp_path / "gaussian", "--val_images", "4")
+    assert main([*fit, "--model", str(run), "--sampler", "flow", "--dropout", "0.1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--dropout regularises the network of a transformer sampler" in err, err
+    assert "\n" not in err and load_sampler(run, "flow") is None
+    assert main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--steps", "3",
+                 "--dropout", "0.2", "--nscore", "0"]) == 0  # fmt: skip
+    assert load_sampler(vq_run, "transformer").info["hparams"]["dropout"] == 0.2
+
+
 def test_average_refuses_a_vq_run_in_one_line(vq_run, tmp_path, capsys):
     assert main(["average", str(vq_run), "--last", "1", "--out", str(tmp_path / "avg"),
                  "--quiet"]) == 1  # fmt: skip

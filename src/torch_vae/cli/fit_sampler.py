@@ -58,7 +58,7 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         rows_held = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
         score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
     options = {"components": o.components, "steps": o.steps, "seed": o.seed, "hidden": o.hidden,
-               "layers": o.layers}  # fmt: skip
+               "layers": o.layers, "dropout": o.dropout}  # fmt: skip
     prior, path = fit_sampler(model, o.model, images[rows], o.sampler, options, o.batchsize, info,
                               not runtime.quiet, score, _at(labels, rows))  # fmt: skip
     if score is not None:
@@ -70,13 +70,16 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
 
 
 def check_network_flags(o: FitSamplerOptions) -> None:
-    """A one-line error for --hidden or --layers given to a kind without a network."""
-    for flag, value in (("--hidden", o.hidden), ("--layers", o.layers)):
+    """A one-line error for --hidden, --layers or --dropout given to a kind whose network has
+    no such setting (or that has no network)."""
+    flags = (("--hidden", o.hidden, "sizes"), ("--layers", o.layers, "sizes"),
+             ("--dropout", o.dropout, "regularises"))  # fmt: skip
+    for flag, value, does in flags:
         takes = [k for k, cls in PRIORS.items() if flag[2:] in getattr(cls, "DEFAULTS", {})]
         if value and o.sampler not in takes:
             kinds_named = " or ".join([", ".join(takes[:-1]), *takes[-1:]] if takes[:-1] else takes)
-            raise TorchVaeError(f"{flag} sizes the network of a {kinds_named} sampler; a "
-                                f"{o.sampler} sampler has none (leave {flag} out)")  # fmt: skip
+            raise TorchVaeError(f"{flag} {does} the network of a {kinds_named} sampler; a "
+                                f"{o.sampler} sampler takes no {flag} (leave it out)")  # fmt: skip
 
 
 def _at(labels: torch.Tensor | None, rows) -> torch.Tensor | None:

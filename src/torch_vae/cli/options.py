@@ -380,6 +380,9 @@ class FitSamplerOptions:
     layers: int = option(
         0, "layers of the network of flow, diffusion, twostage, transformer (0: the kind's default)"
     )
+    dropout: float = option(
+        0.0, "fraction of a transformer's activations dropped while it is fitted (0 to 0.9)"
+    )
     seed: int = option(0, "random seed of the fit (EM's k-means initialisation, the networks)")
     nscore: int = option(
         5000,
@@ -399,6 +402,11 @@ class FitSamplerOptions:
         non_negative("--steps", self.steps, 10_000_000)
         non_negative("--hidden", self.hidden, 4096)
         non_negative("--layers", self.layers, 16)
+        ok = isinstance(self.dropout, int | float) and not isinstance(self.dropout, bool)
+        if not ok or not 0 <= self.dropout <= 0.9:
+            raise TorchVaeError(
+                f"--dropout must be a number from 0 to 0.9, got {self.dropout!r}; pass e.g. 0.1"
+            )
         non_negative("--nscore", self.nscore)
         positive("--batchsize", self.batchsize)
         non_negative("--nimages", self.nimages)

@@ -139,11 +139,21 @@ class NeuralPrior:
 # network is built from them)
 LIMITS = {"hidden": 4096, "layers": 16, "transforms": 32, "bins": 64, "steps": 10_000_000,
           "timesteps": 10_000, "sample_steps": 10_000, "batch": 65_536}  # fmt: skip
+# Hyper-parameters that are fractions: each a number from 0 up to its bound
+FRACTIONS = {"dropout": 0.9}
 
 
 def check_hparams(cls, hp: dict) -> dict:
-    """``hp`` with each value an integer within its bound, or a one-line error."""
+    """``hp`` with each value an integer within its bound (a fraction within its own), or a
+    one-line error."""
     for key, value in hp.items():
+        if key in FRACTIONS:
+            top = FRACTIONS[key]
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            if not ok or not 0 <= value <= top:  # NaN fails both comparisons
+                raise TorchVaeError(f"{cls.kind} sampler: {key} must be a number from 0 to "
+                                    f"{top:g}, got {value!r}")  # fmt: skip
+            continue
         top = LIMITS.get(key, 10_000_000)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise TorchVaeError(f"{cls.kind} sampler: {key} must be an integer from 1 to {top}, "

@@ -3,7 +3,9 @@ transformer (GPT-style: pre-norm blocks of causal self-attention and an MLP, lea
 embeddings) that reads a grid's code indices in raster order and predicts each from the ones
 before it, p(c) = prod_i p(c_i | c_<i), fitted by maximum likelihood to the codes of the
 training images (van den Oord et al., 2017, fit a PixelCNN there; a causal transformer sees
-every earlier position, where a PixelCNN's masked convolutions have a blind spot). Sampling
+every earlier position, where a PixelCNN's masked convolutions have a blind spot), with
+dropout on the embeddings, the attention weights and each block's two outputs while it is
+fitted (``dropout``; 0 by default), as GPT-2 regularises a network that outgrows its data. Sampling
 draws one position after another, the keys and values of the earlier positions kept (a cache),
 each draw from the caller's generator.
 
@@ -34,9 +36,11 @@ HEAD_DIMS = 32  # numbers per attention head
 class Block(nn.Module):
     """x + attention(norm(x)), then x + mlp(norm(x)); causal."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, dropout: float = 0.0):
         super().__init__()
         self.heads = max(1, width // HEAD_DIMS)
+        self.p = dropout
+        self.drop = nn.Dropout(dropout)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = nn.Sequential(
@@ -54,29 +58,40 @@ class Block(nn.Module):
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
             cache[:] = [k, v]
         # causal over the positions given; a single new position sees the whole cache
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
-        x = x + self.proj(att.transpose(1, 2).reshape(b, t, w))
-        return x + self.mlp(self.norm2(x))
+        att = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.p if self.training else 0.0, is_causal=t > 1
+        )
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, w)))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class CodeTransformer(nn.Module):
     """Logits (B, T, K) of the next code at each of T positions of code grids read in raster
     order, given ``tokens`` (B, T): the start token (the class's, of ``starts``), then the
-    codes before."""
+    codes before; ``dropout``: the fraction of activations dropped while training."""
 
-    def __init__(self, codes: int, length: int, width: int, layers: int, starts: int = 1):
+    def __init__(
+        self,
+        codes: int,
+        length: int,
+        width: int,
+        layers: int,
+        starts: int = 1,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.codes, self.length = codes, length
         self.embed = nn.Embedding(codes + starts, width)  # the codes, then the start token(s)
         self.position = nn.Parameter(torch.zeros(length, width))
-        self.blocks = nn.ModuleList(Block(width) for _ in range(layers))
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(width, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, codes)
         nn.init.normal_(self.position, std=0.02)
 
     def forward(self, tokens: Tensor, caches: list[list[Tensor]] | None = None) -> Tensor:
         start = caches[0][0].shape[2] if caches and caches[0] else 0
-        h = self.embed(tokens) + self.position[start : start + tokens.shape[1]]
+        h = self.drop(self.embed(tokens) + self.position[start : start + tokens.shape[1]])
         for i, block in enumerate(self.blocks):
             h = block(h, caches[i] if caches is not None else None)
         return self.head(self.norm(h))
@@ -151,7 +166,7 @@ class TransformerPrior:
 
     kind = "transformer"
     latent_kind = "discrete"  # what it is fitted to: a discrete model's code grids
-    DEFAULTS = {"hidden": 128, "layers": 4, "steps": 6000, "batch": 128}
+    DEFAULTS = {"hidden": 128, "layers": 4, "steps": 6000, "batch": 128, "dropout": 0.0}
     LR = 1e-3
     WARMUP = 200  # steps of linear learning-rate warm-up
 
@@ -177,7 +192,8 @@ class TransformerPrior:
     def describe(self) -> str:
         hp = self.info["hparams"]
         params = sum(p.numel() for p in self.net.parameters())
-        at = f", temperature {self.temperature:g}" if self.temperature != 1.0 else ""
+        at = f", dropout {hp['dropout']:g}" if hp.get("dropout") else ""
+        at += f", temperature {self.temperature:g}" if self.temperature != 1.0 else ""
         at += f", guidance {self.guidance:g}" if self.guidance else ""
         return (f"a causal transformer over {self.grid[0]}x{self.grid[1]} code grids "
                 f"({params:,} parameters, {hp['steps']} steps{at})")  # fmt: skip
@@ -209,7 +225,7 @@ class TransformerPrior:
         h, w = info["grid"]
         starts = max(1, int(info.get("classes", 0)))
         return CodeTransformer(int(info["codebook_size"]), int(h) * int(w), hp["hidden"],
-                               hp["layers"], starts)  # fmt: skip
+                               hp["layers"], starts, float(hp.get("dropout", 0.0)))  # fmt: skip
 
     @classmethod
     def from_tensors(cls, t: dict[str, Tensor], info: dict, path: Path):
