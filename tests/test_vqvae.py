@@ -154,7 +154,11 @@ def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, 
                  "--steps", "5", "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
     prior = load_sampler(vq_run, "transformer")
     assert prior.info["grid"] == [8, 8] and prior.info["codebook_size"] == 16
-    assert np.isfinite(prior.info["validation"]["fd"])
+    score = prior.info["validation"]
+    assert np.isfinite(score["fd"])
+    # the held-out grids' NLL per code and its own draws': between 0 and log 16 plus the
+    # little a 5-step fit can be worse than uniform
+    assert 0 < score["nll"] < 4 and 0 < score["sample_nll"] < 4
     out = tmp_path / "gen"
     assert (
         main(
@@ -169,6 +173,23 @@ def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, 
 
     got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(6)])
     assert np.abs(got.astype(int) - want.numpy().astype(int)).max() <= 1
+
+
+def test_fit_sampler_warns_when_a_transformer_s_draws_are_overconfident(
+    vq_run, mnist_dir, monkeypatch, caplog
+):
+    from torch_vae.priors.transformer import TransformerPrior
+
+    fit = ["fit-sampler", "--model", str(vq_run), "--sampler", "transformer", "--steps", "2",
+           "--data_dir", str(mnist_dir), "--quiet"]  # fmt: skip
+    for held, own, warned in ((3.0, 2.95, False), (3.0, 2.5, True)):
+        values = iter((held, own))
+        monkeypatch.setattr(TransformerPrior, "nll", lambda self, g, labels=None, v=values: next(v))
+        caplog.clear()
+        assert main(fit) == 0
+        score = load_sampler(vq_run, "transformer").info["validation"]
+        assert (score["nll"], score["sample_nll"]) == (held, own)
+        assert ("it is overconfident" in caplog.text) == warned, caplog.text
 
 
 def test_a_transformer_sampler_is_refused_for_a_gaussian_model(train_tiny, mnist_dir, tmp_path,
@@ -208,6 +229,10 @@ def test_the_transformer_prior_learns_grids_of_one_repeated_code():
     # nats per code: log 8 = 2.08 knows nothing; the first code's log 4 over 9 codes, 0.154,
     # is the least there is
     assert prior.info["final_loss"] < 0.3
+    held = repeated_codes(100, seed=5)  # grids like the data, not fitted to
+    noise = torch.randint(8, (100, 3, 3), generator=torch.Generator().manual_seed(0))
+    assert prior.nll(held) < 0.3 < 1.5 < prior.nll(noise)
+    assert abs(prior.nll(grids) - prior.nll(held)) < 0.1  # its own draws: as likely as the data
 
 
 def test_transformer_sampling_is_seeded_and_survives_the_file_round_trip(tmp_path):

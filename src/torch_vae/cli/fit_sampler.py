@@ -17,7 +17,7 @@ from ..evaluation.sample_quality import (
     sample_images,
     sample_labels,
 )
-from ..priors import PRIORS, check_kind, fit_sampler
+from ..priors import PRIORS, check_kind, fit_sampler, posterior_means
 from .common import (
     check_flags,
     held_out_rows,
@@ -30,6 +30,8 @@ from .options import FitSamplerOptions, Runtime
 
 log = logging.getLogger(__name__)
 SCORE_SEED = 0
+NLL_DRAWS = 1000  # a code prior's own draws whose NLL (its entropy) the score records
+OVERCONFIDENT = 0.1  # nats per code by which that entropy may fall below the held-out NLL
 
 
 def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
@@ -66,6 +68,14 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         log.info("scored on %d %s in the model's encoder features: FD %.4f, precision %.3f, "
                  "recall %.3f", v["n_images"], v["images"], v["fd"], v["precision"],
                  v["recall"])  # fmt: skip
+        if "nll" in v:
+            log.info("NLL per code of the %s' code grids: %.4f nats; of %d of its own draws "
+                     "(its entropy): %.4f", v["images"], v["nll"], NLL_DRAWS,
+                     v["sample_nll"])  # fmt: skip
+            if v["sample_nll"] < v["nll"] - OVERCONFIDENT:
+                log.warning("its own draws are likelier to it than real grids by %.2f nats per "
+                            "code: it is overconfident, and its samples lose variety (see "
+                            "docs/sampling.md)", v["nll"] - v["sample_nll"])  # fmt: skip
     return path
 
 
@@ -93,12 +103,20 @@ def scorer(model, images: np.ndarray, where: str, batch: int, labels=None):
     classes drawn at random) with theirs."""
     space = encoder_space(model, batch)
     ref = make_reference(space, torch.from_numpy(np.asarray(images)), 3, labels=labels)
+    discrete = model.latent_kind == "discrete"
+    codes = posterior_means(model, images, batch, labels) if discrete else None
 
     def score(prior) -> dict:
         fake = sample_images(model, prior, len(images), SCORE_SEED, batch)
         m = measure(space, fake, ref, labels=sample_labels(model, len(images), SCORE_SEED))
-        return {"features": "encoder", "images": where, "n_images": len(images),
-                "seed": SCORE_SEED, "fd": m["fd"], "precision": m["precision"],
-                "recall": m["recall"]}  # fmt: skip
+        out = {"features": "encoder", "images": where, "n_images": len(images),
+               "seed": SCORE_SEED, "fd": m["fd"], "precision": m["precision"],
+               "recall": m["recall"]}  # fmt: skip
+        if codes is not None and hasattr(prior, "nll"):  # a code prior has a likelihood
+            out["nll"] = prior.nll(codes, labels)
+            drawn = sample_labels(model, NLL_DRAWS, SCORE_SEED)
+            own = prior.sample(NLL_DRAWS, torch.Generator().manual_seed(SCORE_SEED), drawn)
+            out["sample_nll"] = prior.nll(own, drawn)
+        return out
 
     return score

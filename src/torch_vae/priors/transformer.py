@@ -217,6 +217,25 @@ class TransformerPrior:
             n, *self.grid
         )
 
+    @torch.no_grad()
+    def nll(self, grids: Tensor, labels: Tensor | None = None, batch: int = 500) -> float:
+        """The mean negative log-likelihood per code, in nats, of code grids ``grids``
+        (N, h, w) (of the classes ``labels`` (N,), for a conditional prior). On held-out
+        grids it says how well the prior fits; on its own draws it is its entropy, which a
+        calibrated prior keeps close to the former."""
+        flat = torch.as_tensor(grids).reshape(len(grids), -1).long()
+        if self.classes and labels is None:
+            raise TorchVaeError("this transformer sampler scores the code grids of a class: "
+                                "give each grid's class (labels)")  # fmt: skip
+        lab = torch.as_tensor(labels).long() if self.classes else None
+        total = 0.0
+        for i in range(0, len(flat), batch):
+            part = flat[i : i + batch]
+            total += self.net.loss(part, None if lab is None else lab[i : i + batch]).item() * len(
+                part
+            )
+        return total / max(1, len(flat))
+
     def tensors(self) -> dict[str, Tensor]:
         return {f"net.{k}": v for k, v in self.net.state_dict().items()}
 
