@@ -50,6 +50,14 @@ def check_number(name: str, value: Any, minimum: float, strict: bool, example: s
         raise TorchVaeError(f"{name} must be a number {bound}, got {value!r}; pass e.g. {example}")
 
 
+def check_fraction(name: str, value: Any, top: float, example: str = "") -> None:
+    """A number from 0 to ``top`` (a bool is not one; NaN fails both comparisons)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not 0 <= value <= top:
+        hint = f"; pass e.g. {example}" if example else ""
+        raise TorchVaeError(f"{name} must be a number from 0 to {top:g}, got {value!r}{hint}")
+
+
 def check_seed(flag: str, value: Any) -> None:
     """A seed PyTorch's generators take: an integer in [-2**63, 2**64)."""
     if not is_int(value) or not -(2**63) <= value < 2**64:

@@ -15,9 +15,18 @@ from typing import Literal
 from ..data.datasets import DATASET_HELP
 from ..errors import TorchVaeError
 from ..evaluation.classifier import ClassifierTraining
-from ..fields import check_choice, check_seed, is_int, non_negative, option, positive
+from ..fields import (
+    check_choice,
+    check_fraction,
+    check_seed,
+    is_int,
+    non_negative,
+    option,
+    positive,
+)
 from ..priors import preference
 from ..priors.fit import kinds
+from ..priors.neural import FRACTIONS
 from ..runtime.precision import PrecisionName
 
 MODEL_HELP = "run folder or .safetensors weights file"
@@ -402,11 +411,7 @@ class FitSamplerOptions:
         non_negative("--steps", self.steps, 10_000_000)
         non_negative("--hidden", self.hidden, 4096)
         non_negative("--layers", self.layers, 16)
-        ok = isinstance(self.dropout, int | float) and not isinstance(self.dropout, bool)
-        if not ok or not 0 <= self.dropout <= 0.9:
-            raise TorchVaeError(
-                f"--dropout must be a number from 0 to 0.9, got {self.dropout!r}; pass e.g. 0.1"
-            )
+        check_fraction("--dropout", self.dropout, FRACTIONS["dropout"], "0.1")
         non_negative("--nscore", self.nscore)
         positive("--batchsize", self.batchsize)
         non_negative("--nimages", self.nimages)

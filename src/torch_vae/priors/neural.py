@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..errors import TorchVaeError
+from ..fields import check_fraction
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,7 @@ def check_hparams(cls, hp: dict) -> dict:
     one-line error."""
     for key, value in hp.items():
         if key in FRACTIONS:
-            top = FRACTIONS[key]
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not ok or not 0 <= value <= top:  # NaN fails both comparisons
-                raise TorchVaeError(f"{cls.kind} sampler: {key} must be a number from 0 to "
-                                    f"{top:g}, got {value!r}")  # fmt: skip
+            check_fraction(f"{cls.kind} sampler: {key}", value, FRACTIONS[key])
             continue
         top = LIMITS.get(key, 10_000_000)
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:

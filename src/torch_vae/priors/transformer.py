@@ -39,7 +39,6 @@ class Block(nn.Module):
     def __init__(self, width: int, dropout: float = 0.0):
         super().__init__()
         self.heads = max(1, width // HEAD_DIMS)
-        self.p = dropout
         self.drop = nn.Dropout(dropout)
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
@@ -59,7 +58,7 @@ class Block(nn.Module):
             cache[:] = [k, v]
         # causal over the positions given; a single new position sees the whole cache
         att = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.p if self.training else 0.0, is_causal=t > 1
+            q, k, v, dropout_p=self.drop.p if self.training else 0.0, is_causal=t > 1
         )
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, t, w)))
         return x + self.drop(self.mlp(self.norm2(x)))
@@ -231,9 +230,8 @@ class TransformerPrior:
         total = 0.0
         for i in range(0, len(flat), batch):
             part = flat[i : i + batch]
-            total += self.net.loss(part, None if lab is None else lab[i : i + batch]).item() * len(
-                part
-            )
+            classes = None if lab is None else lab[i : i + batch]
+            total += self.net.loss(part, classes).item() * len(part)
         return total / max(1, len(flat))
 
     def tensors(self) -> dict[str, Tensor]:
