@@ -31,7 +31,6 @@ from .options import FitSamplerOptions, Runtime
 log = logging.getLogger(__name__)
 SCORE_SEED = 0
 NLL_DRAWS = 1000  # a code prior's own draws whose NLL (its entropy) the score records
-OVERCONFIDENT = 0.1  # nats per code by which that entropy may fall below the held-out NLL
 
 
 def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
@@ -72,10 +71,6 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
             log.info("NLL per code of the %s' code grids: %.4f nats; of %d of its own draws "
                      "(its entropy): %.4f", v["images"], v["nll"], NLL_DRAWS,
                      v["sample_nll"])  # fmt: skip
-            if v["sample_nll"] < v["nll"] - OVERCONFIDENT:
-                log.warning("its own draws are likelier to it than real grids by %.2f nats per "
-                            "code: it is overconfident, and its samples lose variety (see "
-                            "docs/sampling.md)", v["nll"] - v["sample_nll"])  # fmt: skip
     return path
 
 
