@@ -351,6 +351,12 @@ def test_a_conditional_transformer_prior_draws_the_grids_of_the_class_asked_for(
         prior.sample(3, torch.Generator().manual_seed(1))
     with pytest.raises(TorchVaeError, match=r"labels must be 2 classes in 0\.\.3"):
         prior.sample(2, torch.Generator().manual_seed(1), labels=torch.tensor([0, 4]))
+    # scoring grids checks their classes as drawing does
+    assert prior.nll(drawn, want) < prior.nll(drawn, (want + 1) % 4)
+    with pytest.raises(TorchVaeError, match="scores the code grids of a class"):
+        prior.nll(drawn)
+    with pytest.raises(TorchVaeError, match=r"labels must be 100 classes in 0\.\.3"):
+        prior.nll(drawn, want + 1)
     with pytest.raises(TorchVaeError, match="needs each grid's class"):
         fit_prior(grids, "transformer", options, info, progress=False)
 

@@ -203,15 +203,7 @@ class TransformerPrior:
     ) -> Tensor:
         """``n`` code grids (n, h, w), int64 on the CPU, of the classes ``labels`` (n,) for a
         conditional model's prior; the same for the same generator state."""
-        if self.classes and labels is None:
-            raise TorchVaeError("this transformer sampler draws the code grids of a class: "
-                                "give each sample's class (labels)")  # fmt: skip
-        if labels is not None and not self.classes:
-            labels = None  # one kind of grid: the classes are the decoder's alone
-        if labels is not None:
-            labels = torch.as_tensor(labels).cpu().long()
-            if labels.shape != (n,) or int(labels.min()) < 0 or int(labels.max()) >= self.classes:
-                raise TorchVaeError(f"labels must be {n} classes in 0..{self.classes - 1}")
+        labels = self._classes_of(n, labels, "draws", "sample")
         return self.net.draw(n, generator, labels, self.temperature, self.guidance).view(
             n, *self.grid
         )
@@ -220,19 +212,30 @@ class TransformerPrior:
     def nll(self, grids: Tensor, labels: Tensor | None = None, batch: int = 500) -> float:
         """The mean negative log-likelihood per code, in nats, of code grids ``grids``
         (N, h, w) (of the classes ``labels`` (N,), for a conditional prior). On held-out
-        grids it says how well the prior fits; on its own draws it is its entropy, which a
-        calibrated prior keeps close to the former."""
+        grids it says how well the prior fits; on its own draws it is its entropy (the two
+        differ by more than miscalibration: docs/sampling.md)."""
         flat = torch.as_tensor(grids).reshape(len(grids), -1).long()
-        if self.classes and labels is None:
-            raise TorchVaeError("this transformer sampler scores the code grids of a class: "
-                                "give each grid's class (labels)")  # fmt: skip
-        lab = torch.as_tensor(labels).long() if self.classes else None
+        lab = self._classes_of(len(flat), labels, "scores", "grid")
         total = 0.0
         for i in range(0, len(flat), batch):
             part = flat[i : i + batch]
             classes = None if lab is None else lab[i : i + batch]
             total += self.net.loss(part, classes).item() * len(part)
         return total / max(1, len(flat))
+
+    def _classes_of(self, n: int, labels, does: str, each: str) -> Tensor | None:
+        """``labels`` as ``n`` classes (int64, CPU) for a conditional prior, None for one
+        kind of grid (whose classes are the decoder's alone); else a one-line error."""
+        if not self.classes:
+            return None
+        if labels is None:
+            raise TorchVaeError(f"this transformer sampler {does} the code grids of a class: "
+                                f"give each {each}'s class (labels)")  # fmt: skip
+        labels = torch.as_tensor(labels).cpu().long()
+        bad = n and (int(labels.min()) < 0 or int(labels.max()) >= self.classes)
+        if labels.shape != (n,) or bad:
+            raise TorchVaeError(f"labels must be {n} classes in 0..{self.classes - 1}")
+        return labels
 
     def tensors(self) -> dict[str, Tensor]:
         return {f"net.{k}": v for k, v in self.net.state_dict().items()}
