@@ -1,0 +1,191 @@
+"""Ways of drawing from (or fitting) a VQ-VAE's transformer prior that torch-vae does not offer,
+each scored with ``torch-vae sample-quality`` on the model's validation split (``--reference
+test`` once, for what was chosen), so that the measurements in docs/results.md ("Discrete and
+conditional models") can be repeated.
+
+Drawing (``--draw``), from the prior fitted beside ``--model``:
+
+- ``plain``: as ``torch-vae generate`` draws (the reference);
+- ``top-k K`` / ``top-p P`` / ``min-p M``: each code drawn from the K likeliest codes, from the
+  fewest codes holding probability P, or from the codes at least M times as likely as the
+  likeliest (truncated sampling);
+- ``late-temperature N T``: temperature 1 for the first N codes of the grid (raster order),
+  T after;
+- ``round-trip R``: each drawn grid decoded, encoded and quantized again, R times.
+
+Fitting (``--fit-mirror OUT``): a copy of ``--model`` in OUT with a transformer prior fitted as
+``fit-sampler --sampler transformer --hidden H --layers L --steps S`` fits one, except that
+each batch row of an image of a ``--mirror-classes`` class is the code grid of its left-right
+mirror image with probability 1/2 (the class mix stays the data's). Then score OUT with
+``--draw plain --model OUT``.
+
+    python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 --draw top-k 100 \
+        --features inception --nsamples 2000 --seed 1
+    python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 \
+        --fit-mirror runs/vq-mirror --hidden 256 --layers 6 --steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import torch_vae.cli.sample_quality as sample_quality
+from torch_vae.cli.common import held_out_rows
+from torch_vae.cli.main import main as cli
+from torch_vae.data import load_split
+from torch_vae.models.base import load_model
+from torch_vae.priors.base import load_sampler, sampler_path, save_sampler
+from torch_vae.priors.fit import posterior_means
+from torch_vae.priors.neural import train_steps
+from torch_vae.priors.transformer import TransformerPrior
+
+LABELS = "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz"
+SYMMETRIC = "0,2,3,4,6,8"  # Fashion-MNIST's tops, pullover, dress, coat, shirt, bag
+
+
+def filtered(logits: torch.Tensor, position: int, draw: str, args: list[float]) -> torch.Tensor:
+    """The logits (n, K) of the code at ``position`` as ``draw`` changes them."""
+    if draw == "top-k":
+        kth = logits.topk(int(args[0]), -1).values[:, -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    if draw == "top-p":
+        p, order = logits.softmax(-1).sort(-1, descending=True)
+        keep = (p.cumsum(-1) - p) < args[0]  # the likeliest code is always kept
+        keep = torch.zeros_like(keep).scatter(-1, order, keep)
+        return logits.masked_fill(~keep, float("-inf"))
+    if draw == "min-p":
+        p = logits.softmax(-1)
+        return logits.masked_fill(p < args[0] * p.max(-1, keepdim=True).values, float("-inf"))
+    if draw == "late-temperature":
+        return logits / (args[1] if position >= args[0] else 1.0)
+    return logits
+
+
+def drawing(prior: TransformerPrior, draw: str, args: list[float], model_of: dict):
+    """``prior.sample`` replaced by one that draws as ``draw`` says."""
+    net = prior.net
+
+    @torch.no_grad()
+    def sample(n, generator=None, labels=None):
+        caches: list[list[torch.Tensor]] = [[] for _ in net.blocks]
+        token = net.start(n, None)
+        out = torch.empty(n, net.length, dtype=torch.int64)
+        for i in range(net.length):
+            logits = filtered(net(token, caches)[:, -1].float(), i, draw, args)
+            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            out[:, i] = token[:, 0]
+        grids = out.view(n, *prior.grid)
+        for _ in range(int(args[0]) if draw == "round-trip" else 0):
+            model = model_of["model"]
+            grids = torch.cat([
+                model.encode(model.decode(grids[j : j + 500].to(model.device))).indices.cpu()
+                for j in range(0, n, 500)
+            ])  # fmt: skip
+        return grids
+
+    prior.sample = sample
+
+
+def score(o, draw: str, args: list[float]) -> dict:
+    prior = load_sampler(o.model, "transformer")
+    model_of: dict = {}
+    if draw != "plain":
+        drawing(prior, draw, args, model_of)
+
+    def chosen(path, name, model, *rest, **kw):
+        model_of["model"] = model
+        return prior
+
+    sample_quality.choose_sampler = chosen
+    report = o.report or Path(f"vq-prior-{draw}-{'_'.join(map(str, args))}-{o.seed}.json")
+    cli(["sample-quality", "--model", str(o.model), "--nsamples", str(o.nsamples), "--seed",
+         str(o.seed), "--features", o.features, "--reference", o.reference, "--no_floor",
+         "--report", str(report), "--data_dir", str(o.data_dir), "--quiet"])  # fmt: skip
+    r = json.loads(report.read_text())["samples"]
+    keys = ("fd", "kid", "precision", "recall", "class_kl")
+    return {k: round(r[k], 4) for k in keys if k in r}
+
+
+def fit_mirror(o) -> None:
+    out = Path(o.fit_mirror)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(o.model) / name, out / name)
+    model = load_model(o.model)
+    images = load_split("fashion-mnist", "train", model.config.image_size, o.data_dir, False)
+    raw = gzip.open(o.labels).read()[8:]
+    labels = torch.from_numpy(np.frombuffer(raw, np.uint8).astype(np.int64))
+    fit, held, _ = held_out_rows(Path(o.model), len(images), o.data_dir)
+    fit = np.asarray(fit)
+    codes = posterior_means(model, images[fit]).reshape(len(fit), -1).long()
+    mirror = np.ascontiguousarray(images[fit][:, :, ::-1])
+    mirrored = posterior_means(model, mirror).reshape(len(fit), -1).long()
+    classes = torch.tensor([int(c) for c in o.mirror_classes.split(",")])
+    may = torch.isin(labels[fit], classes)
+    shipped = json.loads((Path(o.model) / "sampler-transformer.json").read_text())
+    hp = {**TransformerPrior.DEFAULTS, "hidden": o.hidden, "layers": o.layers, "steps": o.steps}
+    info = {"kind": "transformer", "hparams": hp, "seed": 0, "grid": list(model.latent_shape),
+            "dataset": "fashion-mnist", "split": "train - validation", "n_images": len(fit),
+            "latent_dims": model.config.latent_dims, "model_sha256": shipped["model_sha256"],
+            "codebook_size": model.codebook_size,
+            "mirror": f"classes {o.mirror_classes}, probability 1/2"}  # fmt: skip
+    torch.manual_seed(0)  # the network's initialisation, as fit-sampler's
+    net = TransformerPrior.build(info, hp)
+
+    def loss_fn(batch: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        i = batch[:, 0]
+        flip = may[i] & (torch.rand(len(i), generator=gen) < 0.5)
+        return net.loss(torch.where(flip[:, None], mirrored[i], codes[i]), None)
+
+    start = time.perf_counter()
+    index = torch.arange(len(fit))[:, None]
+    warmup = min(TransformerPrior.WARMUP, o.steps // 10)
+    info["final_loss"] = train_steps(net, loss_fn, index, o.steps, hp["batch"], TransformerPrior.LR,
+                                     seed=0, desc="fitting (mirror)", warmup=warmup)  # fmt: skip
+    info["fit_seconds"] = round(time.perf_counter() - start, 2)
+    prior = TransformerPrior(net, info)
+    save_sampler(prior, sampler_path(out, "transformer"))
+    grids = posterior_means(model, images[np.asarray(held)])
+    print(json.dumps({"validation_nll": prior.nll(grids), "fit_seconds": info["fit_seconds"]}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True, help="a VQ-VAE folder with its prior")
+    p.add_argument("--draw", nargs="+", default=["plain"], metavar="WAY [ARGS]")
+    p.add_argument("--features", default="classifier", choices=["classifier", "inception"])
+    p.add_argument("--nsamples", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--reference", default="val", choices=["val", "test"],
+                   help="choose on val; test once, for what was chosen")  # fmt: skip
+    p.add_argument("--report", type=Path, help="sample-quality's JSON report (default: here)")
+    p.add_argument("--data_dir", type=Path, default=Path("data"))
+    p.add_argument("--fit-mirror", metavar="OUT", help="fit a mirror-augmented prior in OUT")
+    p.add_argument("--mirror-classes", default=SYMMETRIC)
+    p.add_argument("--labels", default=LABELS, help="the training labels (idx, gzipped)")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--steps", type=int, default=3000)
+    o = p.parse_args(argv)
+    if o.fit_mirror:
+        return fit_mirror(o)
+    ways = ("plain", "top-k", "top-p", "min-p", "late-temperature", "round-trip")
+    draw, args = o.draw[0], [float(a) for a in o.draw[1:]]
+    if draw not in ways:
+        sys.exit(f"--draw must be one of {', '.join(ways)}, got {draw!r}")
+    scores = score(o, draw, args)
+    print(json.dumps({"draw": o.draw, "features": o.features, "nsamples": o.nsamples,
+                      "seed": o.seed, "reference": o.reference, **scores}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
