@@ -28,7 +28,6 @@ mirror image with probability 1/2 (the class mix stays the data's). Then score O
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import shutil
 import sys
@@ -42,13 +41,15 @@ import torch_vae.cli.sample_quality as sample_quality
 from torch_vae.cli.common import held_out_rows
 from torch_vae.cli.main import main as cli
 from torch_vae.data import load_split
+from torch_vae.data.labels import load_labels
+from torch_vae.io.files import file_sha256
+from torch_vae.io.weights import resolve_weights
 from torch_vae.models.base import load_model
 from torch_vae.priors.base import load_sampler, sampler_path, save_sampler
 from torch_vae.priors.fit import posterior_means
 from torch_vae.priors.neural import train_steps
 from torch_vae.priors.transformer import TransformerPrior
 
-LABELS = "/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz"
 SYMMETRIC = "0,2,3,4,6,8"  # Fashion-MNIST's tops, pullover, dress, coat, shirt, bag
 
 
@@ -122,21 +123,20 @@ def fit_mirror(o) -> None:
         shutil.copy(Path(o.model) / name, out / name)
     model = load_model(o.model)
     images = load_split("fashion-mnist", "train", model.config.image_size, o.data_dir, False)
-    raw = gzip.open(o.labels).read()[8:]
-    labels = torch.from_numpy(np.frombuffer(raw, np.uint8).astype(np.int64))
+    labels = torch.from_numpy(load_labels("fashion-mnist", "train", o.data_dir))
     fit, held, _ = held_out_rows(Path(o.model), len(images), o.data_dir)
     fit = np.asarray(fit)
-    codes = posterior_means(model, images[fit]).reshape(len(fit), -1).long()
-    mirror = np.ascontiguousarray(images[fit][:, :, ::-1])
+    own = images[fit]
+    codes = posterior_means(model, own).reshape(len(fit), -1).long()
+    mirror = np.ascontiguousarray(own[:, :, ::-1])
     mirrored = posterior_means(model, mirror).reshape(len(fit), -1).long()
     classes = torch.tensor([int(c) for c in o.mirror_classes.split(",")])
     may = torch.isin(labels[fit], classes)
-    shipped = json.loads((Path(o.model) / "sampler-transformer.json").read_text())
     hp = {**TransformerPrior.DEFAULTS, "hidden": o.hidden, "layers": o.layers, "steps": o.steps}
     info = {"kind": "transformer", "hparams": hp, "seed": 0, "grid": list(model.latent_shape),
             "dataset": "fashion-mnist", "split": "train - validation", "n_images": len(fit),
-            "latent_dims": model.config.latent_dims, "model_sha256": shipped["model_sha256"],
-            "codebook_size": model.codebook_size,
+            "latent_dims": model.config.latent_dims, "codebook_size": model.codebook_size,
+            "model_sha256": file_sha256(resolve_weights(o.model)),
             "mirror": f"classes {o.mirror_classes}, probability 1/2"}  # fmt: skip
     torch.manual_seed(0)  # the network's initialisation, as fit-sampler's
     net = TransformerPrior.build(info, hp)
@@ -171,7 +171,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data_dir", type=Path, default=Path("data"))
     p.add_argument("--fit-mirror", metavar="OUT", help="fit a mirror-augmented prior in OUT")
     p.add_argument("--mirror-classes", default=SYMMETRIC)
-    p.add_argument("--labels", default=LABELS, help="the training labels (idx, gzipped)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--steps", type=int, default=3000)
