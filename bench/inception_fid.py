@@ -10,7 +10,8 @@ against all 10,000 test images in Inception features, as ``torch-vae sample-qual
 test and training features cached in the data folder): FID, KID, precision and recall (k = 3),
 and the FID of N training images (the floor at this N). A conditional model reconstructs each
 test image with its class, and its samples have classes drawn uniformly (all classes mixed, as
-``generate`` draws them without --class); --temperature and --guidance as generate's. Writes
+``generate`` draws them without --class); --temperature, --guidance and --round_trips as
+generate's (a transformer sampler's cells say its round trips, R=). Writes
 JSON (--out; cells already there are kept unless --fresh), a PNG of the first 32 samples of
 each sampler per model (--images), and prints a Markdown table with the seconds each part took
 and the machine.
@@ -78,6 +79,9 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="a transformer sampler's")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="a class-conditional transformer sampler's guidance scale")  # fmt: skip
+    p.add_argument("--round_trips", type=int, default=None,
+                   help="a transformer sampler's round trips through the model (default: its "
+                   "default, generate's)")  # fmt: skip
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
@@ -123,9 +127,11 @@ def main() -> None:
 
             cell(f"{path.name}|reconstructions|{n}", recons)
         for name in args.samplers:
-            sampler = choose_sampler(path, name, model, args.temperature, args.guidance)
+            sampler = choose_sampler(path, name, model, args.temperature, args.guidance,
+                                     args.round_trips)  # fmt: skip
             at = f" T={args.temperature:g}" if args.temperature != 1.0 else ""
             at += f" w={args.guidance:g}" if args.guidance else ""
+            at += f" R={sampler.round_trips}" if hasattr(sampler, "round_trips") else ""
             for seed in args.seeds:
                 fake = sample_images(model, sampler, n, seed)
                 if seed == args.seeds[0]:

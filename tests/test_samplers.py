@@ -72,7 +72,7 @@ def model_dir(tmp_path):
     return model.save_pretrained(tmp_path / "model", dataset="mnist")
 
 
-def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog):
+def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog, capsys):
     def generate(name, *flags):
         out = tmp_path / name
         assert main(["generate", "--model", str(model_dir), "--outdir", str(out),
@@ -95,6 +95,13 @@ def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog):
     assert load_sampler(model_dir, "gaussian").kind == "gaussian"
     with_gmm = generate("gmm", "--sampler", "gmm")
     assert with_gmm != prior and generate("gmm-again", "--sampler", "gmm") == with_gmm
+    # a transformer's drawing flag, for a Gaussian latent's sampler: one line, nothing written
+    capsys.readouterr()
+    rc = main(["generate", "--model", str(model_dir), "--outdir", str(tmp_path / "y"),
+               "--sampler", "gmm", "--round_trips", "1", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and not (tmp_path / "y").exists()
+    assert "--round_trips applies to a transformer sampler, not to the gmm sampler" in err
     with_gaussian = generate("gaussian", "--sampler", "gaussian")
     assert with_gaussian not in (prior, with_gmm)
     # auto: the one fit-sampler scored best on held-out images

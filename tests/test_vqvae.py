@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from torch_vae import VAE, TorchVaeError, load_model
@@ -159,20 +160,57 @@ def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, 
     # the held-out grids' NLL per code and its own draws': between 0 and log 16 plus the
     # little a 5-step fit can be worse than uniform
     assert 0 < score["nll"] < 4 and 0 < score["sample_nll"] < 4
-    out = tmp_path / "gen"
-    assert (
-        main(
-            ["generate", "--model", str(vq_run), "--nsamples", "6", "--outdir", str(out), "--quiet"]
-        )
-        == 0
-    )  # fmt: skip  (--sampler auto: the transformer)
-    model = load_model(vq_run).inference_copy()
-    grids = prior.sample(6, torch.Generator().manual_seed(0))
-    want = (model.decode(grids) * 255).round().to(torch.uint8)[:, 0]
-    from PIL import Image
+    model = load_model(vq_run)
+    grids = prior.sample(6, torch.Generator().manual_seed(0))  # as drawn: no model attached
+    with torch.no_grad():
+        trip = model.encode(model.decode(grids)).indices  # one round trip, the default
+    assert not torch.equal(trip, grids)  # else the two runs below could not tell them apart
+    fast = model.inference_copy()
+    for flags, codes in (([], trip), (["--round_trips", "0"], grids)):  # --sampler auto
+        out = tmp_path / f"gen{len(flags)}"
+        assert main(["generate", "--model", str(vq_run), "--nsamples", "6", "--outdir",
+                     str(out), "--quiet", *flags]) == 0  # fmt: skip
+        want = (fast.decode(codes) * 255).round().to(torch.uint8)[:, 0].numpy()
+        got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(6)])
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, flags
 
-    got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(6)])
-    assert np.abs(got.astype(int) - want.numpy().astype(int)).max() <= 1
+
+def test_a_round_trip_is_a_decode_and_encode_of_the_drawn_grid_in_eval_mode_and_float32():
+    model = tiny_vq()
+    with torch.no_grad():  # a few training passes set the codebook (restarts at batch vectors)
+        for _ in range(3):
+            model.train()(torch.rand(16, 1, 32, 32))
+    info = {"codebook_size": 16, "latent_dims": 3}
+    prior = fit_prior(repeated_codes(40, grid=(8, 8)), "transformer",
+                      {**TINY_PRIOR, "steps": 3}, info, progress=False)  # fmt: skip
+    drawn = prior.sample(12, torch.Generator().manual_seed(3))  # no model: as drawn
+    assert "round trip" not in prior.describe()
+    book = model.codebook.embedding.clone()
+    prior.use_model(model)  # left in training mode: the round trip must not move the codebook
+    with torch.no_grad():
+        model.eval()
+        once = model.encode(model.decode(drawn)).indices
+        twice = model.encode(model.decode(once)).indices
+        model.train()
+    assert not torch.equal(once, drawn)
+    for trips, want in ((0, drawn), (1, once), (2, twice)):
+        prior.round_trips = trips
+        assert torch.equal(prior.sample(12, torch.Generator().manual_seed(3)), want), trips
+        with torch.autocast("cpu", torch.bfloat16):  # as generate --precision bf16 decodes
+            got = prior.round_trip(drawn)
+        assert got.dtype == torch.int64 and torch.equal(got, want), trips
+    assert model.training and torch.equal(model.codebook.embedding, book)
+    assert "then 2 round trips through the model" in prior.describe()
+    # batches of ROUND_TRIP_BATCH give what one batch gives
+    from torch_vae.priors import transformer
+
+    prior.round_trips = 1
+    whole = prior.round_trip(drawn)
+    transformer.ROUND_TRIP_BATCH, kept = 5, transformer.ROUND_TRIP_BATCH
+    try:
+        assert torch.equal(prior.round_trip(drawn), whole)
+    finally:
+        transformer.ROUND_TRIP_BATCH = kept
 
 
 def test_fit_sampler_records_and_logs_a_transformer_s_held_out_and_own_draw_nll(
@@ -380,6 +418,7 @@ def test_generate_from_a_conditional_vq_model_draws_each_class_s_grids(
     out = tmp_path / "sevens"
     assert main(["generate", "--model", str(run), "--nsamples", "4", "--class", "7",
                  "--outdir", str(out), "--quiet", "--cpu"]) == 0  # fmt: skip
+    prior.use_model(load_model(run))  # each grid's round trip, as generate's
     model = load_model(run).inference_copy()
     sevens = torch.full((4,), 7)
     grids = prior.sample(4, torch.Generator().manual_seed(0), labels=sevens)
@@ -475,7 +514,7 @@ def test_guidance_of_classes_that_are_alike_changes_nothing():
     assert torch.equal(plain, prior.sample(20, torch.Generator().manual_seed(5), labels=want))
 
 
-def test_temperature_and_guidance_flags_are_refused_where_they_do_not_apply(
+def test_temperature_guidance_and_round_trip_flags_are_refused_where_they_do_not_apply(
     vq_run, mnist_dir, tmp_path, capsys
 ):
     assert main(["fit-sampler", "--model", str(vq_run), "--sampler", "transformer",
@@ -487,6 +526,9 @@ def test_temperature_and_guidance_flags_are_refused_where_they_do_not_apply(
         "transformer sampler, not to the model's own prior (uniform codes",
         ("--temperature", "0"): "--temperature must be a number from 0.05 to 10",
         ("--guidance", "-1"): "--guidance must be a number from 0 to 20",
+        ("--round_trips", "11"): "--round_trips must be a whole number from 0 to 10",
+        ("--round_trips", "1", "--sampler", "prior"): "--round_trips applies to a fitted "
+        "transformer sampler, not to the model's own prior",
     }
     for flags, message in cases.items():
         out = tmp_path / "out"
@@ -611,6 +653,7 @@ def test_the_explorer_of_a_vq_run_samples_from_its_transformer_prior(vq_run, mni
                  "2", "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
     ex = load_explorer(model, vq_run, "mnist", mnist_dir, 8, progress=False)
     prior = load_sampler(vq_run, "transformer")
+    prior.use_model(model)  # the explorer's draws make their round trip through the model
     assert ex.sampler is not None and ex.sampler.kind == "transformer"
     with TestClient(create_app(ex)) as client:
         info = client.get("/api/info").json()
@@ -645,6 +688,13 @@ def test_the_explorer_of_a_conditional_vq_run_draws_grids_of_the_class_with_guid
                  "--nscore", "4", *common]) == 0  # fmt: skip
     model, prior = load_model(run), load_sampler(run, "transformer")
     ex = load_explorer(model, run, "mnist", mnist_dir, 8, progress=False)
+    y = torch.tensor([1, 4, 7])
+    got = ex.sampler.sample(3, torch.Generator().manual_seed(5), y)
+    drawn = prior.sample(3, torch.Generator().manual_seed(5), y)  # no model attached: as drawn
+    with torch.no_grad():  # one round trip, each grid decoded and encoded as its class
+        want = model.encode(model.decode(drawn, y), y).indices
+    assert torch.equal(got, want) and not torch.equal(got, drawn)
+    prior.use_model(model)
     # the class first (as generate draws it for the seed), then a grid of that class
     grid, label = ex.sample(5)
     assert label == int(model.labels(None, 1, torch.Generator().manual_seed(5))[0])

@@ -20,7 +20,7 @@ def run(o: ExploreOptions, runtime: Runtime) -> None:
     try:
         model, dataset = model_and_dataset(o.model, o.dataset, runtime)
         ex = load_explorer(model, o.model, dataset, o.data_dir, o.nimages, not runtime.quiet)
-        set_drawing(ex.sampler, o.model, o.temperature, o.guidance)
+        set_drawing(ex.sampler, o.model, o.temperature, o.guidance, o.round_trips)
         if not runtime.threads:
             torch.set_num_threads(SERVING_THREADS)
         app = create_app(ex, o.sliders, allowed_hosts(o.host))

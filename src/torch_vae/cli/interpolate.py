@@ -16,6 +16,7 @@ from ..io.files import atomic_path
 from ..io.png import save_png, to_uint8
 from ..models import VAE
 from ..priors import load_sampler
+from ..priors.base import set_drawing
 from .common import (
     check_index,
     check_outdir,
@@ -67,6 +68,7 @@ def _random_grids(o: InterpolateOptions, model: VAE):
                     o.model)  # fmt: skip
         a, b = model.prior_sample(2, gen, "cpu")
         return a, b, f"two uniform code grids (seed {o.seed})"
+    set_drawing(prior, o.model, model=model)  # its default round trips through the model
     a, b = prior.sample(2, gen)
     return a, b, f"two code grids drawn from its {prior.kind} prior (seed {o.seed})"
 

@@ -27,6 +27,7 @@ from ..fields import (
 from ..priors import preference
 from ..priors.fit import kinds
 from ..priors.neural import FRACTIONS
+from ..priors.transformer import ROUND_TRIPS
 from ..runtime.precision import PrecisionName
 
 MODEL_HELP = "run folder or .safetensors weights file"
@@ -66,11 +67,25 @@ def guidance_option() -> float:
     )
 
 
-def check_temperature(value: float, guidance: float = 0.0) -> None:
+def round_trips_option() -> int | None:
+    return option(
+        None,
+        "a transformer sampler's round trips: each drawn code grid decoded, encoded and "
+        "quantized again this many times before it is decoded (0: the grids as drawn; default: "
+        f"{ROUND_TRIPS}; docs/sampling.md)",
+    )
+
+
+def check_drawing(value: float, guidance: float = 0.0, round_trips: int | None = None) -> None:
+    """--temperature, --guidance and --round_trips in their ranges, else a one-line error."""
     if not (isinstance(value, int | float) and math.isfinite(value) and 0.05 <= value <= 10):
         raise TorchVaeError(f"--temperature must be a number from 0.05 to 10, got {value!r}")
     if not (isinstance(guidance, int | float) and math.isfinite(guidance) and 0 <= guidance <= 20):
         raise TorchVaeError(f"--guidance must be a number from 0 to 20, got {guidance!r}")
+    if round_trips is not None and not (isinstance(round_trips, int) and 0 <= round_trips <= 10):
+        raise TorchVaeError(
+            f"--round_trips must be a whole number from 0 to 10, got {round_trips!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -162,6 +177,7 @@ class GenerateOptions:
     sampler: str = sampler_option()
     temperature: float = temperature_option()
     guidance: float = guidance_option()
+    round_trips: int | None = round_trips_option()
     class_: str | None = option(
         None,
         "a conditional model's class, as an index or a name (--class 7, --class sneaker); "
@@ -174,7 +190,7 @@ class GenerateOptions:
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
         check_choice("--sampler", self.sampler, SAMPLERS)
-        check_temperature(self.temperature, self.guidance)
+        check_drawing(self.temperature, self.guidance, self.round_trips)
         positive("--nsamples", self.nsamples)
         positive("--batchsize", self.batchsize)
 
@@ -307,9 +323,10 @@ class ExploreOptions:
     sliders: int = option(16, "latent dimensions shown as sliders, the largest KL first")
     temperature: float = temperature_option()
     guidance: float = guidance_option()
+    round_trips: int | None = round_trips_option()
 
     def __post_init__(self) -> None:
-        check_temperature(self.temperature, self.guidance)
+        check_drawing(self.temperature, self.guidance, self.round_trips)
         non_negative("--nimages", self.nimages)
         positive("--sliders", self.sliders)
         non_negative("--port", self.port)
@@ -425,6 +442,7 @@ class SampleQualityOptions:
     sampler: str = sampler_option()
     temperature: float = temperature_option()
     guidance: float = guidance_option()
+    round_trips: int | None = round_trips_option()
     nsamples: int = option(10000, "samples to generate, and training images for the floor")
     seed: int = option(0, "random seed of the samples (as generate --seed)")
     k: int = option(3, "nearest neighbours that set each point's ball (precision, recall)")
@@ -469,7 +487,7 @@ class SampleQualityOptions:
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
         check_choice("--sampler", self.sampler, SAMPLERS)
-        check_temperature(self.temperature, self.guidance)
+        check_drawing(self.temperature, self.guidance, self.round_trips)
         positive("--nsamples", self.nsamples)
         positive("--k", self.k)
         positive("--batchsize", self.batchsize)

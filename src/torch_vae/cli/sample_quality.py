@@ -35,7 +35,8 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     judge = accuracy_classifier(space, o.classifier, model, dataset, model.device, o.batchsize)
     sampler = None
     if not o.reconstructions:
-        sampler = choose_sampler(o.model, o.sampler, model, o.temperature, o.guidance)
+        sampler = choose_sampler(o.model, o.sampler, model, o.temperature, o.guidance,
+                                 o.round_trips)  # fmt: skip
     n_train = _n_train(model, dataset, o, runtime)
     fit_rows, val_rows, _ = held_out_rows(o.model, n_train, o.data_dir)
     rows = (fit_rows, val_rows) if val_rows is not None else None

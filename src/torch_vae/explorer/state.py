@@ -48,6 +48,7 @@ from ..io.png import encode_png, to_uint8
 from ..models import VAE
 from ..models.conditions import class_index
 from ..priors import load_sampler
+from ..priors.base import set_drawing
 from ..runtime.device import to_float
 
 log = logging.getLogger(__name__)
@@ -355,10 +356,10 @@ def load_explorer(
     if labels is not None:
         labels = labels[: len(images)]
     log.info("mapping %d test images of %s", len(images), dataset)
-    return build_explorer(
-        model, images, labels, classes, name=str(model_path), dataset=dataset,
-        sampler=find_sampler(model_path, model.config.latent_dims, _grid(model)),
-    )  # fmt: skip
+    sampler = find_sampler(model_path, model.config.latent_dims, _grid(model))
+    set_drawing(sampler, model_path, model=model)  # a transformer's round trips through it
+    return build_explorer(model, images, labels, classes, name=str(model_path), dataset=dataset,
+                          sampler=sampler)  # fmt: skip
 
 
 def _grid(model: VAE) -> tuple[int, ...] | None:

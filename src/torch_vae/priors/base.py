@@ -183,9 +183,16 @@ def _none_fitted(model_path, name: str, asked: list[str], latent_kind: str, fit:
     return None
 
 
-def _set_drawing(prior, model_path, asked: list[str], temperature: float, guidance: float):
-    """Set ``--temperature`` and ``--guidance`` on ``prior``, or a one-line error where it
-    does not take them."""
+def _set_drawing(
+    prior,
+    model_path,
+    asked: list[str],
+    temperature: float,
+    guidance: float,
+    round_trips: int | None,
+):
+    """Set ``--temperature``, ``--guidance`` and ``--round_trips`` on ``prior``, or a one-line
+    error where it does not take them."""
     if not hasattr(prior, "temperature"):
         raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, not to the "
                             f"{prior.kind} sampler of {model_path}")  # fmt: skip
@@ -194,25 +201,39 @@ def _set_drawing(prior, model_path, asked: list[str], temperature: float, guidan
                             f"--conditional); the {prior.kind} sampler of {model_path} draws "
                             "no classes: leave --guidance out")  # fmt: skip
     prior.temperature, prior.guidance = temperature, guidance
+    if round_trips is not None:
+        prior.round_trips = round_trips
 
 
-def set_drawing(prior, model_path, temperature: float = 1.0, guidance: float = 0.0) -> None:
-    """``--temperature`` and ``--guidance`` for an already chosen ``prior`` (None: the model's
-    own prior, which takes neither): set on a transformer sampler, a one-line error elsewhere."""
-    asked = _asked(temperature, guidance)
-    if not asked:
-        return
-    if prior is None:
+def set_drawing(
+    prior,
+    model_path,
+    temperature: float = 1.0,
+    guidance: float = 0.0,
+    round_trips: int | None = None,
+    model: Any = None,
+) -> None:
+    """``--temperature``, ``--guidance`` and ``--round_trips`` (None: the sampler's default)
+    for an already chosen ``prior`` (None: the model's own prior, which takes none of them):
+    set on a transformer sampler, a one-line error elsewhere. ``model``, the loaded model the
+    prior draws for, is attached to a prior that uses one (``use_model``: the transformer's
+    round trips)."""
+    asked = _asked(temperature, guidance, round_trips)
+    if asked and prior is None:
         raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
                             f"{model_path} has none in use; fit one with torch-vae fit-sampler "
                             f"--model {model_path} --sampler transformer")  # fmt: skip
-    _set_drawing(prior, model_path, asked, temperature, guidance)
+    if asked:
+        _set_drawing(prior, model_path, asked, temperature, guidance, round_trips)
+    if model is not None and hasattr(prior, "use_model"):
+        prior.use_model(model)
 
 
-def _asked(temperature: float, guidance: float) -> list[str]:
-    """The drawing flags given with other values than their defaults."""
-    return [f for f, v, d in (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0))
-            if v != d]  # fmt: skip
+def _asked(temperature: float, guidance: float, round_trips: int | None = None) -> list[str]:
+    """The drawing flags given (other values than their defaults)."""
+    flags = (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0),
+             ("--round_trips", round_trips, None))  # fmt: skip
+    return [f for f, v, d in flags if v != d]
 
 
 def choose_sampler(
@@ -221,6 +242,7 @@ def choose_sampler(
     model: Any = None,
     temperature: float = 1.0,
     guidance: float = 0.0,
+    round_trips: int | None = None,
 ) -> Prior | None:
     """The prior that ``--sampler name`` means for the model at ``model_path`` (None: the
     model's own prior: N(0, I), or a discrete model's uniform codes, whose samples are noise:
@@ -228,13 +250,14 @@ def choose_sampler(
     model's own, with a log line either way; a kind: that one, or a one-line error saying how
     to fit it (or which kinds apply to the model's kind of latent). ``model``, the loaded
     ``VAE`` when given: the prior must draw its latent dimensions, and its ``latent_kind``
-    decides what applies (without it: a Gaussian latent, unchecked). ``temperature`` and
-    ``guidance`` (``--temperature``, ``--guidance``): set on a prior that samples with them
-    (the transformer's; guidance a class-conditional one's); other values than 1 and 0 are an
-    error for the rest."""
+    decides what applies (without it: a Gaussian latent, unchecked). ``temperature``,
+    ``guidance`` and ``round_trips`` (``--temperature``, ``--guidance``, ``--round_trips``;
+    None: the sampler's default): set on a prior that samples with them (the transformer's;
+    guidance a class-conditional one's); other values than 1, 0 and None are an error for the
+    rest. ``model`` is attached to the prior (``set_drawing``)."""
     latent_dims = model.config.latent_dims if model is not None else None
     latent_kind = model.latent_kind if model is not None else "gaussian"
-    asked = _asked(temperature, guidance)
+    asked = _asked(temperature, guidance, round_trips)
     fit = f"torch-vae fit-sampler --model {model_path} --sampler"
     if name not in ("auto", "prior") and name not in kinds_of(latent_kind):
         fits = " or ".join(kinds_of(latent_kind))
@@ -250,7 +273,7 @@ def choose_sampler(
             f"{sampler_path(model_path, prior.kind)} draws {prior.dims}-d codes, but the model "
             f"has {latent_dims} latent dimensions; fit it again"
         )
-    set_drawing(prior, model_path, temperature, guidance)
+    set_drawing(prior, model_path, temperature, guidance, round_trips, model)
     fitted_to = "the posterior means" if latent_kind == "gaussian" else "the training code grids"
     log.info("latents from %s fitted to %s (%s)", prior.describe(), fitted_to,
              sampler_path(model_path, prior.kind).name)  # fmt: skip

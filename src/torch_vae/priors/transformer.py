@@ -11,9 +11,18 @@ each draw from the caller's generator.
 
 The first input is a start token: one for every grid, or, for a conditional model, one per
 class, so that the prior draws the code grid of a given class (p(c | y)) and a sample of a
-class is a grid of that class decoded as that class. ``info["final_loss"]`` is the training
-loss in nats per code; ``info["validation"]`` holds the sample score fit-sampler measures for
-every kind.
+class is a grid of that class decoded as that class.
+
+With the model it was fitted to attached (``use_model``; ``choose_sampler`` attaches it), each
+drawn grid then makes ``round_trips`` round trips through the autoencoder: decoded, encoded and
+quantized again. A drawn grid is a sequence of guesses, and some of its codes are ones no
+image's encoding would have beside their neighbours; the encoder maps the decoded picture back
+to the codes an image of it has. On the shipped Fashion-MNIST model one round trip changes about
+11 of a drawn grid's 49 codes (about 6 of a validation image's); on both shipped VQ-VAEs it
+lowered the Inception FID on the validation split at every seed measured (docs/sampling.md).
+
+``info["final_loss"]`` is the training loss in nats per code; ``info["validation"]`` holds the
+sample score fit-sampler measures for every kind (of the grids as drawn).
 """
 
 from __future__ import annotations
@@ -27,10 +36,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import TorchVaeError
+from ..runtime.device import autocast_off
 from .base import register_prior
 from .neural import check_hparams, train_steps
 
 HEAD_DIMS = 32  # numbers per attention head
+ROUND_TRIPS = 1  # round trips through the autoencoder after each draw, by default
+ROUND_TRIP_BATCH = 500  # grids decoded and encoded at once in a round trip
 
 
 class Block(nn.Module):
@@ -173,6 +185,14 @@ class TransformerPrior:
         self.net, self.info = net.eval(), info
         self.temperature = 1.0  # what sample divides the logits by (choose_sampler sets it)
         self.guidance = 0.0  # a conditional prior's guidance scale (choose_sampler sets it)
+        self.round_trips = ROUND_TRIPS  # through the attached model (choose_sampler sets it)
+        self.model: Any = None  # the VAE it was fitted to, once attached (use_model)
+
+    def use_model(self, model: Any) -> None:
+        """Attach the model the prior was fitted to (a loaded discrete ``VAE``): drawn grids
+        then make ``round_trips`` round trips through it (the module docstring). Without one,
+        ``sample`` gives the grids as drawn."""
+        self.model = model
 
     @property
     def dims(self) -> int:
@@ -194,6 +214,8 @@ class TransformerPrior:
         at = f", dropout {hp['dropout']:g}" if hp.get("dropout") else ""
         at += f", temperature {self.temperature:g}" if self.temperature != 1.0 else ""
         at += f", guidance {self.guidance:g}" if self.guidance else ""
+        trips = self.round_trips if self.model is not None else 0
+        at += f", then {trips} round trip{'s' * (trips > 1)} through the model" if trips else ""
         return (f"a causal transformer over {self.grid[0]}x{self.grid[1]} code grids "
                 f"({params:,} parameters, {hp['steps']} steps{at})")  # fmt: skip
 
@@ -202,11 +224,39 @@ class TransformerPrior:
         self, n: int, generator: torch.Generator | None = None, labels: Tensor | None = None
     ) -> Tensor:
         """``n`` code grids (n, h, w), int64 on the CPU, of the classes ``labels`` (n,) for a
-        conditional model's prior; the same for the same generator state."""
+        conditional model's prior; the same for the same generator state. With a model
+        attached (``use_model``), each grid has then made ``round_trips`` round trips through
+        it."""
         labels = self._classes_of(n, labels, "draws", "sample")
-        return self.net.draw(n, generator, labels, self.temperature, self.guidance).view(
-            n, *self.grid
-        )
+        grids = self.net.draw(n, generator, labels, self.temperature, self.guidance)
+        return self.round_trip(grids.view(n, *self.grid), labels)
+
+    @torch.no_grad()
+    def round_trip(self, grids: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Code grids (N, h, w) (of the classes ``labels``, a conditional model's) after
+        ``round_trips`` round trips through the attached model: decoded, encoded and quantized
+        again, in float32 and in eval mode (whatever autocast or mode the caller is in), in
+        batches of ``ROUND_TRIP_BATCH``; int64 on the CPU. Unchanged without a model."""
+        model = self.model
+        if model is None or not self.round_trips:
+            return grids
+        was_training = model.training
+        model.eval()  # a training-mode quantizer would move its codebook
+        try:
+            with autocast_off(model.device.type):
+                for _ in range(self.round_trips):
+                    starts = range(0, len(grids), ROUND_TRIP_BATCH)
+                    grids = torch.cat([self._there_and_back(grids, labels, i) for i in starts])
+        finally:
+            model.train(was_training)
+        return grids
+
+    def _there_and_back(self, grids: Tensor, labels: Tensor | None, start: int) -> Tensor:
+        """One round trip of the batch of ``grids`` from ``start``."""
+        model, end = self.model, start + ROUND_TRIP_BATCH
+        g = grids[start:end].to(model.device)
+        y = None if labels is None else labels[start:end].to(model.device)
+        return model.encode(model.decode(g, y).float(), y).indices.cpu()
 
     @torch.no_grad()
     def nll(self, grids: Tensor, labels: Tensor | None = None, batch: int = 500) -> float:
