@@ -11,6 +11,7 @@
     import torch_vae.priors
     model = torch.hub.load("/path/to/torch-vae", "fashion_mnist_vqvae_28_cond", source="local")
     prior = torch_vae.priors.load_sampler("/path/to/torch-vae/models/fashion-mnist/vqvae-28-cond")
+    prior.use_model(model)  # each drawn grid then makes a round trip through it, as generate's
     sneakers = torch.full((16,), 7)  # class 7, "Sneaker"
     prior.guidance = 2.0
     grids = prior.sample(16, torch.Generator().manual_seed(0), labels=sneakers)  # (16, 7, 7)

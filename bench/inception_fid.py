@@ -32,7 +32,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from torch_vae import load_model  # noqa: E402
+from torch_vae import TorchVaeError, load_model  # noqa: E402
+from torch_vae.cli.options import check_drawing  # noqa: E402
 from torch_vae.data.labels import labels_as  # noqa: E402
 from torch_vae.evaluation.features import InceptionFeatures, split_features  # noqa: E402
 from torch_vae.evaluation.sample_quality import (  # noqa: E402
@@ -83,6 +84,10 @@ def main() -> None:
                    help="a transformer sampler's round trips through the model (default: its "
                    "default, generate's)")  # fmt: skip
     args = p.parse_args()
+    try:
+        check_drawing(args.temperature, args.guidance, args.round_trips)
+    except TorchVaeError as exc:
+        p.error(str(exc))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {}
     results.setdefault("cells", {})

@@ -175,7 +175,7 @@ def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, 
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, flags
 
 
-def test_a_round_trip_is_a_decode_and_encode_of_the_drawn_grid_in_eval_mode_and_float32():
+def test_a_round_trip_decodes_and_encodes_the_drawn_grid_with_a_cpu_float32_eval_copy():
     model = tiny_vq()
     with torch.no_grad():  # a few training passes set the codebook (restarts at batch vectors)
         for _ in range(3):
@@ -186,19 +186,24 @@ def test_a_round_trip_is_a_decode_and_encode_of_the_drawn_grid_in_eval_mode_and_
     drawn = prior.sample(12, torch.Generator().manual_seed(3))  # no model: as drawn
     assert "round trip" not in prior.describe()
     book = model.codebook.embedding.clone()
-    prior.use_model(model)  # left in training mode: the round trip must not move the codebook
+    prior.use_model(model)  # left in training mode: the prior's copy is in eval mode
     with torch.no_grad():
         model.eval()
         once = model.encode(model.decode(drawn)).indices
         twice = model.encode(model.decode(once)).indices
         model.train()
     assert not torch.equal(once, drawn)
+    seen = []  # the dtypes the copy's encoder and decoder give, even under bf16 autocast
+    for part in (prior.model.encoder, prior.model.decoder):
+        part.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     for trips, want in ((0, drawn), (1, once), (2, twice)):
         prior.round_trips = trips
         assert torch.equal(prior.sample(12, torch.Generator().manual_seed(3)), want), trips
         with torch.autocast("cpu", torch.bfloat16):  # as generate --precision bf16 decodes
             got = prior.round_trip(drawn)
         assert got.dtype == torch.int64 and torch.equal(got, want), trips
+    assert len(seen) == 2 * 2 * (1 + 2) and set(seen) == {torch.float32}
+    # the caller's model untouched: still training, its codebook where it was
     assert model.training and torch.equal(model.codebook.embedding, book)
     assert "then 2 round trips through the model" in prior.describe()
     # batches of ROUND_TRIP_BATCH give what one batch gives
@@ -211,6 +216,27 @@ def test_a_round_trip_is_a_decode_and_encode_of_the_drawn_grid_in_eval_mode_and_
         assert torch.equal(prior.round_trip(drawn), whole)
     finally:
         transformer.ROUND_TRIP_BATCH = kept
+
+
+def test_round_trips_need_the_model_the_prior_was_fitted_to():
+    from torch_vae.priors.base import set_drawing
+
+    info = {"codebook_size": 16, "latent_dims": 3}
+    prior = fit_prior(repeated_codes(20, grid=(8, 8)), "transformer",
+                      {**TINY_PRIOR, "steps": 1}, info, progress=False)  # fmt: skip
+    others = {
+        "a gaussian latent": VAE(model_class("dcgan").config_class.tiny(image_size=32)),
+        "8x8 grids of 32 3-d codes": tiny_vq(codebook_size=32),
+        "4x4 grids of 16 3-d codes": tiny_vq(depth=3),
+    }
+    for words, other in others.items():
+        with pytest.raises(TorchVaeError, match="the model given takes " + words) as err:
+            prior.use_model(other)
+        assert "\n" not in str(err.value) and prior.model is None
+    with pytest.raises(TorchVaeError, match=r"--round_trips goes through the model"):
+        set_drawing(prior, "m", round_trips=2)  # asked for, and no model to go through
+    set_drawing(prior, "m", round_trips=2, model=tiny_vq())
+    assert prior.round_trips == 2 and prior.model is not None
 
 
 def test_fit_sampler_records_and_logs_a_transformer_s_held_out_and_own_draw_nll(
@@ -427,6 +453,9 @@ def test_generate_from_a_conditional_vq_model_draws_each_class_s_grids(
 
     got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(4)])
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    # interpolate --random draws the two ends of the class's grids
+    assert main(["interpolate", "--model", str(run), "--random", "--class", "7", "--outdir",
+                 str(tmp_path / "path"), *common]) == 0  # fmt: skip
     # --guidance and --temperature reach the prior: the files are its guided grids decoded
     guided = tmp_path / "guided"
     assert main(["generate", "--model", str(run), "--nsamples", "4", "--class", "7",
@@ -527,7 +556,7 @@ def test_temperature_guidance_and_round_trip_flags_are_refused_where_they_do_not
         ("--temperature", "0"): "--temperature must be a number from 0.05 to 10",
         ("--guidance", "-1"): "--guidance must be a number from 0 to 20",
         ("--round_trips", "11"): "--round_trips must be a whole number from 0 to 10",
-        ("--round_trips", "1", "--sampler", "prior"): "--round_trips applies to a fitted "
+        ("--round_trips", "0", "--sampler", "prior"): "--round_trips applies to a fitted "
         "transformer sampler, not to the model's own prior",
     }
     for flags, message in cases.items():
@@ -634,6 +663,14 @@ def test_interpolate_and_embed_draw_a_vq_model(vq_run, labelled, tmp_path, caplo
     with caplog.at_level("INFO", "torch_vae"):
         assert main(["interpolate", *common, "--random", "--outdir", str(tmp_path / "p")]) == 0
     assert "two code grids drawn from its transformer prior (seed 0)" in caplog.text
+    # its ends make the default round trip (--round_trips as generate's)
+    strips = {}
+    for trips in ("0", "1"):
+        out = tmp_path / f"p{trips}"
+        assert main(["interpolate", *common, "--random", "--round_trips", trips, "--outdir",
+                     str(out), "--quiet"]) == 0  # fmt: skip
+        strips[trips] = (out / "interpolate.png").read_bytes()
+    assert strips["1"] == (tmp_path / "p" / "interpolate.png").read_bytes() != strips["0"]
 
 
 def test_the_explorer_of_a_vq_run_samples_from_its_transformer_prior(vq_run, mnist_dir):

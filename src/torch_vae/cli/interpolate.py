@@ -12,11 +12,12 @@ import torch
 
 from ..analysis import latent
 from ..analysis.pictures import strip, write_gif
+from ..errors import TorchVaeError
 from ..io.files import atomic_path
 from ..io.png import save_png, to_uint8
 from ..models import VAE
 from ..priors import load_sampler
-from ..priors.base import set_drawing
+from ..priors.base import ROUND_TRIPS, set_drawing
 from .common import (
     check_index,
     check_outdir,
@@ -68,8 +69,9 @@ def _random_grids(o: InterpolateOptions, model: VAE):
                     o.model)  # fmt: skip
         a, b = model.prior_sample(2, gen, "cpu")
         return a, b, f"two uniform code grids (seed {o.seed})"
-    set_drawing(prior, o.model, model=model)  # its default round trips through the model
-    a, b = prior.sample(2, gen)
+    set_drawing(prior, o.model, round_trips=o.round_trips, model=model)
+    c = decoded_class(model, o.class_, (), "the path")  # a conditional prior draws its grids
+    a, b = prior.sample(2, gen, labels=None if c is None else torch.tensor([c, c]))
     return a, b, f"two code grids drawn from its {prior.kind} prior (seed {o.seed})"
 
 
@@ -80,6 +82,10 @@ def run(o: InterpolateOptions, runtime: Runtime) -> None:
     if o.method == "slerp":  # before any work
         latent.require_gaussian(model, "--method slerp follows the sphere where a Gaussian "
                                 "prior has its mass", "use --method linear")  # fmt: skip
+    grids = o.random and model.latent_kind == "discrete"
+    if o.round_trips not in (None, ROUND_TRIPS) and not grids:
+        raise TorchVaeError("--round_trips applies to the code grids --random draws from a "
+                            "discrete model's fitted prior")  # fmt: skip
     a, b, ends, what, own = _endpoints(o, model, runtime)
     c = decoded_class(model, o.class_, () if own is None else own, "the path")
     if c is not None and ends is not None:  # each image encoded with its own class, or --class

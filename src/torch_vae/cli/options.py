@@ -547,6 +547,7 @@ class InterpolateOptions(PictureOptions):
     )
     steps: int = option(10, "images from A to B, both included")
     seed: int = option(0, "random seed for --random")
+    round_trips: int | None = round_trips_option()
     class_: str | None = picture_class_option(
         "default: the class of images A and B where they share one (each is encoded with its "
         "own); image files (encoded as it) and --random need it"
@@ -562,6 +563,7 @@ class InterpolateOptions(PictureOptions):
             non_negative("--index", i)
         if self.random and self.images:
             raise TorchVaeError("pass --random or --images, not both")
+        check_drawing(1.0, 0.0, self.round_trips)
 
 
 @dataclass(frozen=True)

@@ -311,7 +311,7 @@ class VQVAE(VAE):
             raise TorchVaeError(
                 f"this model decodes code grids (N, {h}, {w}) of code indices (int64), or code "
                 f"vectors (N, {self.config.latent_dims}, {h}, {w}); got {tuple(z.shape)} "
-                "(samples: torch_vae.priors.load_sampler(folder).sample(n))"
+                "(samples: torch_vae.priors.load_sampler(folder), .use_model(model), .sample(n))"
             )
         if y is None:
             return z

@@ -33,6 +33,7 @@ from ..io.weights import WEIGHTS_NAME, resolve_weights
 log = logging.getLogger(__name__)
 
 SAMPLER_FORMAT = "torch-vae-sampler"
+ROUND_TRIPS = 1  # a transformer prior's round trips through its model, by default
 
 
 class Prior(Protocol):
@@ -183,16 +184,9 @@ def _none_fitted(model_path, name: str, asked: list[str], latent_kind: str, fit:
     return None
 
 
-def _set_drawing(
-    prior,
-    model_path,
-    asked: list[str],
-    temperature: float,
-    guidance: float,
-    round_trips: int | None,
-):
-    """Set ``--temperature``, ``--guidance`` and ``--round_trips`` on ``prior``, or a one-line
-    error where it does not take them."""
+def _set_drawing(prior, model_path, asked: list[str], temperature: float, guidance: float):
+    """Set ``--temperature`` and ``--guidance`` on ``prior``, or a one-line error where it
+    does not take the ``asked`` flags."""
     if not hasattr(prior, "temperature"):
         raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, not to the "
                             f"{prior.kind} sampler of {model_path}")  # fmt: skip
@@ -201,8 +195,6 @@ def _set_drawing(
                             f"--conditional); the {prior.kind} sampler of {model_path} draws "
                             "no classes: leave --guidance out")  # fmt: skip
     prior.temperature, prior.guidance = temperature, guidance
-    if round_trips is not None:
-        prior.round_trips = round_trips
 
 
 def set_drawing(
@@ -213,26 +205,32 @@ def set_drawing(
     round_trips: int | None = None,
     model: Any = None,
 ) -> None:
-    """``--temperature``, ``--guidance`` and ``--round_trips`` (None: the sampler's default)
-    for an already chosen ``prior`` (None: the model's own prior, which takes none of them):
-    set on a transformer sampler, a one-line error elsewhere. ``model``, the loaded model the
-    prior draws for, is attached to a prior that uses one (``use_model``: the transformer's
-    round trips)."""
+    """``--temperature``, ``--guidance`` and ``--round_trips`` (None: the default) for an
+    already chosen ``prior`` (None: the model's own prior, which takes none of them): set on a
+    transformer sampler; other values than the defaults are a one-line error elsewhere.
+    ``model``, the loaded model the prior draws for, is attached to a prior that uses one
+    (``use_model``: the transformer's round trips, which need it)."""
     asked = _asked(temperature, guidance, round_trips)
     if asked and prior is None:
         raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
                             f"{model_path} has none in use; fit one with torch-vae fit-sampler "
                             f"--model {model_path} --sampler transformer")  # fmt: skip
     if asked:
-        _set_drawing(prior, model_path, asked, temperature, guidance, round_trips)
+        _set_drawing(prior, model_path, asked, temperature, guidance)
     if model is not None and hasattr(prior, "use_model"):
         prior.use_model(model)
+    if round_trips is not None and hasattr(prior, "round_trips"):
+        if round_trips and prior.model is None:
+            raise TorchVaeError("--round_trips goes through the model the prior was fitted "
+                                "to: pass it (model=...)")  # fmt: skip
+        prior.round_trips = round_trips
 
 
 def _asked(temperature: float, guidance: float, round_trips: int | None = None) -> list[str]:
-    """The drawing flags given (other values than their defaults)."""
+    """The drawing flags given with other values than their defaults (None: not given)."""
     flags = (("--temperature", temperature, 1.0), ("--guidance", guidance, 0.0),
-             ("--round_trips", round_trips, None))  # fmt: skip
+             ("--round_trips", ROUND_TRIPS if round_trips is None else round_trips,
+              ROUND_TRIPS))  # fmt: skip
     return [f for f, v, d in flags if v != d]
 
 

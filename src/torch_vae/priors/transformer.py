@@ -27,6 +27,7 @@ sample score fit-sampler measures for every kind (of the grids as drawn).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,10 @@ from torch import Tensor, nn
 
 from ..errors import TorchVaeError
 from ..runtime.device import autocast_off
-from .base import register_prior
+from .base import ROUND_TRIPS, register_prior
 from .neural import check_hparams, train_steps
 
 HEAD_DIMS = 32  # numbers per attention head
-ROUND_TRIPS = 1  # round trips through the autoencoder after each draw, by default
 ROUND_TRIP_BATCH = 500  # grids decoded and encoded at once in a round trip
 
 
@@ -186,13 +186,27 @@ class TransformerPrior:
         self.temperature = 1.0  # what sample divides the logits by (choose_sampler sets it)
         self.guidance = 0.0  # a conditional prior's guidance scale (choose_sampler sets it)
         self.round_trips = ROUND_TRIPS  # through the attached model (choose_sampler sets it)
-        self.model: Any = None  # the VAE it was fitted to, once attached (use_model)
+        self.model: Any = None  # its own copy of the VAE it was fitted to (use_model)
 
     def use_model(self, model: Any) -> None:
-        """Attach the model the prior was fitted to (a loaded discrete ``VAE``): drawn grids
-        then make ``round_trips`` round trips through it (the module docstring). Without one,
-        ``sample`` gives the grids as drawn."""
-        self.model = model
+        """Attach the model the prior was fitted to (a loaded discrete ``VAE`` of its grid,
+        codebook and classes; else a one-line error): drawn grids then make ``round_trips``
+        round trips through it (the module docstring). The prior keeps its own copy, on the
+        CPU in float32 and in eval mode, so that a seed gives the same samples on every
+        device and ``model`` itself is never touched. Without one, ``sample`` gives the grids
+        as drawn."""
+        model = getattr(model, "_orig_mod", model)  # under torch.compile
+        has = (getattr(model, "latent_kind", None), tuple(getattr(model, "latent_shape", ())),
+               getattr(model.config, "codebook_size", None), model.config.latent_dims,
+               model.config.num_classes)  # fmt: skip
+        want = ("discrete", self.grid, self.info["codebook_size"], self.dims, self.classes)
+        if has != want:
+            raise TorchVaeError(
+                f"this transformer prior draws {_grids(*want[1:])}; the model given takes "
+                + (_grids(*has[1:]) if has[0] == "discrete" else f"a {has[0]} latent")
+                + ": attach the model it was fitted to"
+            )
+        self.model = copy.deepcopy(model).to("cpu", torch.float32).eval()
 
     @property
     def dims(self) -> int:
@@ -234,29 +248,23 @@ class TransformerPrior:
     @torch.no_grad()
     def round_trip(self, grids: Tensor, labels: Tensor | None = None) -> Tensor:
         """Code grids (N, h, w) (of the classes ``labels``, a conditional model's) after
-        ``round_trips`` round trips through the attached model: decoded, encoded and quantized
-        again, in float32 and in eval mode (whatever autocast or mode the caller is in), in
-        batches of ``ROUND_TRIP_BATCH``; int64 on the CPU. Unchanged without a model."""
-        model = self.model
-        if model is None or not self.round_trips:
+        ``round_trips`` round trips through the attached model's copy: decoded, encoded and
+        quantized again, on the CPU in float32 whatever autocast the caller is in, in batches
+        of ``ROUND_TRIP_BATCH``; int64. Unchanged without a model."""
+        if self.model is None or not self.round_trips:
             return grids
-        was_training = model.training
-        model.eval()  # a training-mode quantizer would move its codebook
-        try:
-            with autocast_off(model.device.type):
-                for _ in range(self.round_trips):
-                    starts = range(0, len(grids), ROUND_TRIP_BATCH)
-                    grids = torch.cat([self._there_and_back(grids, labels, i) for i in starts])
-        finally:
-            model.train(was_training)
+        grids = torch.as_tensor(grids).cpu().long()
+        with autocast_off("cpu"):
+            for _ in range(self.round_trips):
+                starts = range(0, len(grids), ROUND_TRIP_BATCH)
+                grids = torch.cat([self._there_and_back(grids, labels, i) for i in starts])
         return grids
 
     def _there_and_back(self, grids: Tensor, labels: Tensor | None, start: int) -> Tensor:
         """One round trip of the batch of ``grids`` from ``start``."""
-        model, end = self.model, start + ROUND_TRIP_BATCH
-        g = grids[start:end].to(model.device)
-        y = None if labels is None else labels[start:end].to(model.device)
-        return model.encode(model.decode(g, y).float(), y).indices.cpu()
+        g, end = grids[start : start + ROUND_TRIP_BATCH], start + ROUND_TRIP_BATCH
+        y = None if labels is None else labels[start:end].cpu()
+        return self.model.encode(self.model.decode(g, y), y).indices
 
     @torch.no_grad()
     def nll(self, grids: Tensor, labels: Tensor | None = None, batch: int = 500) -> float:
@@ -367,6 +375,12 @@ class TransformerPrior:
                            f"fitting {cls.kind}", warmup=min(cls.WARMUP, steps // 10))  # fmt: skip
         info["final_loss"] = loss  # nats per code, the last 100 steps' mean
         return cls(net, info)
+
+
+def _grids(grid, codes: int, dims: int, classes: int) -> str:
+    """Words for the code grids of a model or prior: "7x7 grids of 512 16-d codes"."""
+    at = f", of {classes} classes" if classes else ""
+    return f"{'x'.join(map(str, grid))} grids of {codes} {dims}-d codes{at}"
 
 
 def _size(value: Any) -> bool:
