@@ -132,8 +132,9 @@ def main() -> None:
 
             cell(f"{path.name}|reconstructions|{n}", recons)
         for name in args.samplers:
-            sampler = choose_sampler(path, name, model, args.temperature, args.guidance,
-                                     args.round_trips)  # fmt: skip
+            sampler = choose_sampler(path, name, model, args.temperature, args.guidance)
+            if args.round_trips is not None and hasattr(sampler, "round_trips"):
+                sampler.round_trips = args.round_trips  # a transformer's; the rest have none
             at = f" T={args.temperature:g}" if args.temperature != 1.0 else ""
             at += f" w={args.guidance:g}" if args.guidance else ""
             at += f" R={sampler.round_trips}" if hasattr(sampler, "round_trips") else ""

@@ -103,6 +103,7 @@ def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog, cap
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and not (tmp_path / "y").exists()
     assert "--round_trips applies to a transformer sampler, not to the gmm sampler" in err
+    assert generate("gmm-trips", "--sampler", "gmm", "--round_trips", "1") == with_gmm
     with_gaussian = generate("gaussian", "--sampler", "gaussian")
     assert with_gaussian not in (prior, with_gmm)
     # auto: the one fit-sampler scored best on held-out images

@@ -201,8 +201,9 @@ def test_a_round_trip_decodes_and_encodes_the_drawn_grid_with_a_cpu_float32_eval
         assert torch.equal(prior.sample(12, torch.Generator().manual_seed(3)), want), trips
         with torch.autocast("cpu", torch.bfloat16):  # as generate --precision bf16 decodes
             got = prior.round_trip(drawn)
+            assert torch.equal(prior.sample(12, torch.Generator().manual_seed(3)), want)
         assert got.dtype == torch.int64 and torch.equal(got, want), trips
-    assert len(seen) == 2 * 2 * (1 + 2) and set(seen) == {torch.float32}
+    assert len(seen) == 3 * 2 * (1 + 2) and set(seen) == {torch.float32}  # 3 calls per trip
     # the caller's model untouched: still training, its codebook where it was
     assert model.training and torch.equal(model.codebook.embedding, book)
     assert "then 2 round trips through the model" in prior.describe()
@@ -233,10 +234,16 @@ def test_round_trips_need_the_model_the_prior_was_fitted_to():
         with pytest.raises(TorchVaeError, match="the model given takes " + words) as err:
             prior.use_model(other)
         assert "\n" not in str(err.value) and prior.model is None
+    with pytest.raises(TorchVaeError, match=r"use_model takes the VAE .* got Linear$"):
+        prior.use_model(torch.nn.Linear(2, 2))
     with pytest.raises(TorchVaeError, match=r"--round_trips goes through the model"):
         set_drawing(prior, "m", round_trips=2)  # asked for, and no model to go through
-    set_drawing(prior, "m", round_trips=2, model=tiny_vq())
-    assert prior.round_trips == 2 and prior.model is not None
+    set_drawing(prior, "m", round_trips=0)  # none asked for: no model needed
+    model = tiny_vq().double()
+    set_drawing(prior, "m", round_trips=2, model=model)
+    assert prior.round_trips == 2 and prior.model is not model
+    assert {(p.dtype, p.device.type) for p in prior.model.parameters()} == {(torch.float32, "cpu")}
+    assert not prior.model.training and next(model.parameters()).dtype == torch.float64
 
 
 def test_fit_sampler_records_and_logs_a_transformer_s_held_out_and_own_draw_nll(

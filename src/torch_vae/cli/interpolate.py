@@ -64,6 +64,7 @@ def _random_grids(o: InterpolateOptions, model: VAE):
     gen = torch.Generator().manual_seed(o.seed)
     prior = load_sampler(o.model)
     if prior is None:
+        set_drawing(None, o.model, round_trips=o.round_trips)  # other than 1: refused
         log.warning("%s has no fitted prior over its code grids: two uniform grids (fit one with "
                     "torch-vae fit-sampler --model %s --sampler transformer)", o.model,
                     o.model)  # fmt: skip

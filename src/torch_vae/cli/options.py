@@ -25,9 +25,9 @@ from ..fields import (
     positive,
 )
 from ..priors import preference
+from ..priors.base import ROUND_TRIPS
 from ..priors.fit import kinds
 from ..priors.neural import FRACTIONS
-from ..priors.transformer import ROUND_TRIPS
 from ..runtime.precision import PrecisionName
 
 MODEL_HELP = "run folder or .safetensors weights file"

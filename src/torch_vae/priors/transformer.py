@@ -196,9 +196,18 @@ class TransformerPrior:
         device and ``model`` itself is never touched. Without one, ``sample`` gives the grids
         as drawn."""
         model = getattr(model, "_orig_mod", model)  # under torch.compile
-        has = (getattr(model, "latent_kind", None), tuple(getattr(model, "latent_shape", ())),
-               getattr(model.config, "codebook_size", None), model.config.latent_dims,
-               model.config.num_classes)  # fmt: skip
+        model = getattr(model, "module", model)  # under DistributedDataParallel
+        config = getattr(model, "config", None)
+        if config is None or not isinstance(model, torch.nn.Module):
+            raise TorchVaeError(f"use_model takes the VAE the prior was fitted to, got "
+                                f"{type(model).__name__}")  # fmt: skip
+        has = (
+            getattr(model, "latent_kind", None),
+            tuple(getattr(model, "latent_shape", ())),
+            getattr(config, "codebook_size", None),
+            config.latent_dims,
+            config.num_classes,
+        )
         want = ("discrete", self.grid, self.info["codebook_size"], self.dims, self.classes)
         if has != want:
             raise TorchVaeError(
@@ -242,7 +251,8 @@ class TransformerPrior:
         attached (``use_model``), each grid has then made ``round_trips`` round trips through
         it."""
         labels = self._classes_of(n, labels, "draws", "sample")
-        grids = self.net.draw(n, generator, labels, self.temperature, self.guidance)
+        with autocast_off("cpu"):  # the same grids under any --precision the caller decodes in
+            grids = self.net.draw(n, generator, labels, self.temperature, self.guidance)
         return self.round_trip(grids.view(n, *self.grid), labels)
 
     @torch.no_grad()
