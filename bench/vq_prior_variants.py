@@ -5,13 +5,14 @@ conditional models") can be repeated.
 
 Drawing (``--draw``), from the prior fitted beside ``--model``:
 
-- ``plain``: as ``torch-vae generate`` draws (the reference);
+- ``plain``: the grids as drawn (``torch-vae generate --round_trips 0``; the reference);
 - ``top-k K`` / ``top-p P`` / ``min-p M``: each code drawn from the K likeliest codes, from the
   fewest codes holding probability P, or from the codes at least M times as likely as the
   likeliest (truncated sampling);
 - ``late-temperature N T``: temperature 1 for the first N codes of the grid (raster order),
   T after;
-- ``round-trip R``: each drawn grid decoded, encoded and quantized again, R times.
+- ``round-trip R``: each drawn grid decoded, encoded and quantized again, R times: as
+  ``torch-vae generate --round_trips R`` draws (``TransformerPrior.round_trip``).
 
 Fitting (``--fit-mirror OUT``): a copy of ``--model`` in OUT with a transformer prior fitted as
 ``fit-sampler --sampler transformer --hidden H --layers L --steps S`` fits one, except that
@@ -71,8 +72,9 @@ def filtered(logits: torch.Tensor, position: int, draw: str, args: list[float]) 
     return logits
 
 
-def drawing(prior: TransformerPrior, draw: str, args: list[float], model_of: dict):
-    """``prior.sample`` replaced by one that draws as ``draw`` says."""
+def drawing(prior: TransformerPrior, draw: str, args: list[float]):
+    """``prior.sample`` replaced by one that draws as ``draw`` says (a truncation or a late
+    temperature)."""
     net = prior.net
 
     @torch.no_grad()
@@ -84,26 +86,20 @@ def drawing(prior: TransformerPrior, draw: str, args: list[float], model_of: dic
             logits = filtered(net(token, caches)[:, -1].float(), i, draw, args)
             token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
             out[:, i] = token[:, 0]
-        grids = out.view(n, *prior.grid)
-        for _ in range(int(args[0]) if draw == "round-trip" else 0):
-            model = model_of["model"]
-            grids = torch.cat([
-                model.encode(model.decode(grids[j : j + 500].to(model.device))).indices.cpu()
-                for j in range(0, n, 500)
-            ])  # fmt: skip
-        return grids
+        return out.view(n, *prior.grid)
 
     prior.sample = sample
 
 
 def score(o, draw: str, args: list[float]) -> dict:
-    prior = load_sampler(o.model, "transformer")
-    model_of: dict = {}
-    if draw != "plain":
-        drawing(prior, draw, args, model_of)
+    prior = load_sampler(o.model, "transformer")  # no model attached: the grids as drawn
+    if draw not in ("plain", "round-trip"):
+        drawing(prior, draw, args)
 
     def chosen(path, name, model, *rest, **kw):
-        model_of["model"] = model
+        if draw == "round-trip":  # torch-vae's own round trips, through the model
+            prior.use_model(model)
+            prior.round_trips = int(args[0])
         return prior
 
     sample_quality.choose_sampler = chosen

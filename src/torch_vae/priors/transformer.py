@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import TorchVaeError
+from ..models.base import _unwrap
 from ..runtime.device import autocast_off
 from .base import ROUND_TRIPS, register_prior
 from .neural import check_hparams, train_steps
@@ -195,8 +196,7 @@ class TransformerPrior:
         CPU in float32 and in eval mode, so that a seed gives the same samples on every
         device and ``model`` itself is never touched. Without one, ``sample`` gives the grids
         as drawn."""
-        model = getattr(model, "_orig_mod", model)  # under torch.compile
-        model = getattr(model, "module", model)  # under DistributedDataParallel
+        model = _unwrap(model)  # under torch.compile or DistributedDataParallel
         config = getattr(model, "config", None)
         if config is None or not isinstance(model, torch.nn.Module):
             raise TorchVaeError(f"use_model takes the VAE the prior was fitted to, got "
