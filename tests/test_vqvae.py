@@ -16,6 +16,7 @@ from torch_vae.cli import main
 from torch_vae.models import model_class
 from torch_vae.models.vqvae import Codebook
 from torch_vae.priors import fit_prior, load_sampler, read_sampler, save_sampler
+from torch_vae.priors.transformer import CodeTransformer
 
 TINY_PRIOR = {"hidden": 32, "layers": 1, "batch": 32, "seed": 0}
 
@@ -368,6 +369,44 @@ def test_transformer_dropout_acts_while_fitting_only_and_is_kept_in_the_file(tmp
     assert plain.info["hparams"]["dropout"] == 0.0 and "dropout" not in plain.describe()
 
 
+def test_transformer_fit_precision_bf16_computes_in_bf16_fp32_does_not_and_auto_follows_cpu(
+    monkeypatch,
+):
+    info = {"codebook_size": 8, "latent_dims": 4}
+    z = repeated_codes(64, grid=(4, 4))
+    logits = []  # the dtype of the network's logits at each step of each fit
+    forward = CodeTransformer.forward
+
+    def spy(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        logits.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(CodeTransformer, "forward", spy)
+    fits = {}
+    for p in ("fp32", "bf16"):
+        logits.clear()
+        fits[p] = fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 20, "precision": p}, info,
+                            progress=False)  # fmt: skip
+        assert set(logits[:20]) == {torch.float32 if p == "fp32" else torch.bfloat16}, p
+    assert [fits[p].info["precision"] for p in fits] == ["fp32", "bf16"]
+    a, b = fits["fp32"].info["final_loss"], fits["bf16"].info["final_loss"]
+    assert a != b and abs(a - b) < 0.05, (a, b)  # rounded differently, learned the same
+    # the fitted weights stay float32, and drawing is the same for a seed
+    assert all(t.dtype == torch.float32 for t in fits["bf16"].net.state_dict().values())
+    g = torch.Generator
+    assert torch.equal(fits["bf16"].sample(5, g().manual_seed(1)),
+                       fits["bf16"].sample(5, g().manual_seed(1)))  # fmt: skip
+    for native, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr("torch_vae.runtime.precision.bf16_native", lambda d, n=native: n)
+        prior = fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 2}, info, progress=False)
+        assert prior.info["precision"] == want
+    with pytest.raises(TorchVaeError, match="unknown precision 'fp16'") as err:
+        fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 2, "precision": "fp16"}, info,
+                  progress=False)  # fmt: skip
+    assert "\n" not in str(err.value)
+
+
 def test_a_sampler_file_with_a_bad_dropout_is_one_line(tmp_path):
     prior = fit_tiny(repeated_codes(50))
     path = save_sampler(prior, tmp_path / "s.safetensors")
@@ -382,7 +421,7 @@ def test_a_sampler_file_with_a_bad_dropout_is_one_line(tmp_path):
         assert "\n" not in str(err.value)
 
 
-def test_fit_sampler_dropout_flag_is_checked_and_refused_without_a_transformer(
+def test_fit_sampler_dropout_and_precision_flags_are_checked_and_refused_without_a_transformer(
     vq_run, train_tiny, mnist_dir, tmp_path, capsys
 ):
     fit = ["fit-sampler", "--data_dir", str(mnist_dir), "--quiet"]
@@ -397,6 +436,15 @@ def test_fit_sampler_dropout_flag_is_checked_and_refused_without_a_transformer(
     assert main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--steps", "3",
                  "--dropout", "0.2", "--nscore", "0"]) == 0  # fmt: skip
     assert load_sampler(vq_run, "transformer").info["hparams"]["dropout"] == 0.2
+    assert main([*fit, "--model", str(run), "--sampler", "gmm", "--precision", "bf16"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--precision sets a transformer sampler's fit" in err and "\n" not in err, err
+    with pytest.raises(SystemExit):  # argparse: its usage and error line, exit status 2
+        main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--precision", "fp16"])
+    assert "argument --precision: invalid choice: 'fp16'" in capsys.readouterr().err
+    assert main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--steps", "3",
+                 "--precision", "fp32", "--nscore", "0"]) == 0  # fmt: skip
+    assert load_sampler(vq_run, "transformer").info["precision"] == "fp32"
 
 
 def test_average_refuses_a_vq_run_in_one_line(vq_run, tmp_path, capsys):

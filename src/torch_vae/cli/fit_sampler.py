@@ -59,7 +59,7 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         rows_held = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
         score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
     options = {"components": o.components, "steps": o.steps, "seed": o.seed, "hidden": o.hidden,
-               "layers": o.layers, "dropout": o.dropout}  # fmt: skip
+               "layers": o.layers, "dropout": o.dropout, "precision": o.precision}  # fmt: skip
     prior, path = fit_sampler(model, o.model, images[rows], o.sampler, options, o.batchsize, info,
                               not runtime.quiet, score, _at(labels, rows))  # fmt: skip
     if score is not None:
@@ -85,6 +85,9 @@ def check_network_flags(o: FitSamplerOptions) -> None:
             kinds_named = " or ".join([", ".join(takes[:-1]), *takes[-1:]] if takes[:-1] else takes)
             raise TorchVaeError(f"{flag} {does} the network of a {kinds_named} sampler; a "
                                 f"{o.sampler} sampler takes no {flag} (leave it out)")  # fmt: skip
+    if o.precision != "auto" and o.sampler != "transformer":
+        raise TorchVaeError(f"--precision sets a transformer sampler's fit; a {o.sampler} "
+                            "sampler fits in fp32 (leave --precision out)")  # fmt: skip
 
 
 def _at(labels: torch.Tensor | None, rows) -> torch.Tensor | None:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SAMPLER_FORMAT = "torch-vae-sampler"
 ROUND_TRIPS = 1  # a transformer prior's round trips through its model, by default
+FIT_PRECISIONS = ("auto", "fp32", "bf16")  # a transformer prior's fit, on the CPU
 
 
 class Prior(Protocol):
