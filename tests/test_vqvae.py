@@ -3,6 +3,7 @@
 and restarts, code indices in and out, the commands on a tiny run, and the prior's fit, seeded
 sampling, file round trip and refusals. What every family keeps is in test_models_contract.py."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from torch.nn.attention import SDPBackend
 
 from torch_vae import VAE, TorchVaeError, load_model
 from torch_vae.cli import main
@@ -370,11 +372,11 @@ def test_transformer_dropout_acts_while_fitting_only_and_is_kept_in_the_file(tmp
 
 
 def test_transformer_fit_precision_bf16_computes_in_bf16_fp32_does_not_and_auto_follows_cpu(
-    monkeypatch,
+    monkeypatch, caplog
 ):
     info = {"codebook_size": 8, "latent_dims": 4}
     z = repeated_codes(64, grid=(4, 4))
-    logits = []  # the dtype of the network's logits at each step of each fit
+    logits = []  # the dtype of the network's logits at each call
     forward = CodeTransformer.forward
 
     def spy(self, *args, **kwargs):
@@ -382,25 +384,41 @@ def test_transformer_fit_precision_bf16_computes_in_bf16_fp32_does_not_and_auto_
         logits.append(out.dtype)
         return out
 
+    kernels = []  # the attention backends a fit asks for
     monkeypatch.setattr(CodeTransformer, "forward", spy)
+
+    def kernel(backend):
+        kernels.append(backend)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr("torch_vae.priors.transformer.sdpa_kernel", kernel)
     fits = {}
     for p in ("fp32", "bf16"):
         logits.clear()
+        kernels.clear()
         fits[p] = fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 20, "precision": p}, info,
                             progress=False)  # fmt: skip
-        assert set(logits[:20]) == {torch.float32 if p == "fp32" else torch.bfloat16}, p
+        assert logits == [torch.float32 if p == "fp32" else torch.bfloat16] * 20, p
+        assert kernels == ([SDPBackend.MATH] * 20 if p == "bf16" else []), p
     assert [fits[p].info["precision"] for p in fits] == ["fp32", "bf16"]
     a, b = fits["fp32"].info["final_loss"], fits["bf16"].info["final_loss"]
-    assert a != b and abs(a - b) < 0.05, (a, b)  # rounded differently, learned the same
-    # the fitted weights stay float32, and drawing is the same for a seed
+    assert a != b and abs(a - b) < 0.2, (a, b)  # rounded differently, learned alike
+    # the fitted weights stay float32, and a bf16 fit draws and scores in float32
     assert all(t.dtype == torch.float32 for t in fits["bf16"].net.state_dict().values())
-    g = torch.Generator
-    assert torch.equal(fits["bf16"].sample(5, g().manual_seed(1)),
-                       fits["bf16"].sample(5, g().manual_seed(1)))  # fmt: skip
+    logits.clear()
+    drawn = fits["bf16"].sample(5, torch.Generator().manual_seed(1))
+    fits["bf16"].nll(drawn)
+    assert logits and set(logits) == {torch.float32}
     for native, want in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr("torch_vae.runtime.precision.bf16_native", lambda d, n=native: n)
         prior = fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 2}, info, progress=False)
         assert prior.info["precision"] == want
+    # bf16 asked for where the CPU would emulate it: fitted as asked, with a warning
+    monkeypatch.setattr("torch_vae.priors.transformer.bf16_native", lambda d: False)
+    with caplog.at_level("WARNING", logger="torch_vae.priors.transformer"):
+        prior = fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 2, "precision": "bf16"},
+                          info, progress=False)  # fmt: skip
+    assert prior.info["precision"] == "bf16" and "by emulation" in caplog.text
     with pytest.raises(TorchVaeError, match="unknown precision 'fp16'") as err:
         fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 2, "precision": "fp16"}, info,
                   progress=False)  # fmt: skip
@@ -438,7 +456,11 @@ def test_fit_sampler_dropout_and_precision_flags_are_checked_and_refused_without
     assert load_sampler(vq_run, "transformer").info["hparams"]["dropout"] == 0.2
     assert main([*fit, "--model", str(run), "--sampler", "gmm", "--precision", "bf16"]) == 1
     err = capsys.readouterr().err.strip()
-    assert "--precision sets a transformer sampler's fit" in err and "\n" not in err, err
+    assert "--precision bf16 applies to a transformer sampler's fit" in err, err
+    assert "\n" not in err and load_sampler(run, "gmm") is None
+    assert main([*fit, "--model", str(run), "--sampler", "gaussian", "--precision", "fp32",
+                 "--nscore", "0"]) == 0  # fmt: skip
+    assert load_sampler(run, "gaussian") is not None  # fp32: how every other kind fits
     with pytest.raises(SystemExit):  # argparse: its usage and error line, exit status 2
         main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--precision", "fp16"])
     assert "argument --precision: invalid choice: 'fp16'" in capsys.readouterr().err

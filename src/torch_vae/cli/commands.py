@@ -102,9 +102,9 @@ COMMANDS = {
                 (Runtime, ClassifierOptions), "train_classifier"),
         Command("fit-sampler", "Fit a latent sampler to the training posterior means",
                 "Fit a prior to the posterior means of the training images (a Gaussian, a "
-                "Gaussian mixture, a normalizing flow, a diffusion model or a second VAE), "
-                "score it on the held-out images and save it beside the model, for generate "
-                "--sampler.",
+                "Gaussian mixture, a normalizing flow, a diffusion model or a second VAE; for a "
+                "VQ-VAE, a transformer over its code grids), score it on the held-out images and "
+                "save it beside the model, for generate --sampler.",
                 (Runtime, FitSamplerOptions), "fit_sampler"),
         Command("sample-quality", "Measure generated samples against the test split",
                 "FID (Frechet distance), KID, precision and recall (k-NN balls) of generated "

@@ -393,7 +393,8 @@ class FitSamplerOptions:
         "gmm",
         "gaussian: one full-covariance Gaussian; gmm: a Gaussian mixture (EM); flow: a neural "
         "spline flow; diffusion: a DDPM over the latents; twostage: a second VAE with a learned "
-        "decoder variance (Dai & Wipf); see docs/sampling.md",
+        "decoder variance (Dai & Wipf); transformer: an autoregressive prior over a VQ-VAE's "
+        "code grids; see docs/sampling.md",
         choices=kinds(),
     )
     components: int = option(50, "mixture components (gmm)")
@@ -412,7 +413,8 @@ class FitSamplerOptions:
     precision: str = option(
         "auto",
         "precision of a transformer sampler's fit, on the CPU: auto is bf16 where the CPU "
-        "computes it natively (about twice as fast), else fp32; the other kinds fit in fp32",
+        "computes it natively (2x as fast on a CPU with AMX), else fp32; the other kinds fit "
+        "in fp32",
         choices=FIT_PRECISIONS,
     )
     seed: int = option(0, "random seed of the fit (EM's k-means initialisation, the networks)")

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TorchVaeError
 from ..models.base import _unwrap
-from ..runtime.device import autocast_off
+from ..runtime.device import autocast_off, bf16_native
 from ..runtime.precision import Precision
 from .base import FIT_PRECISIONS, ROUND_TRIPS, register_prior
 from .neural import check_hparams, train_steps
+
+log = logging.getLogger(__name__)
 
 HEAD_DIMS = 32  # numbers per attention head
 ROUND_TRIP_BATCH = 500  # grids decoded and encoded at once in a round trip
@@ -390,6 +393,9 @@ class TransformerPrior:
                                 f"sampler; choose one of {FIT_PRECISIONS}")  # fmt: skip
         amp = Precision(torch.device("cpu"), precision)
         info["precision"] = amp.precision
+        if amp.precision == "bf16" and not bf16_native(torch.device("cpu")):
+            log.warning("this CPU computes bf16 by emulation, slower than fp32: fitting in bf16 "
+                        "as asked (--precision auto or fp32 would be faster)")  # fmt: skip
 
         def loss_fn(batch: Tensor, gen) -> Tensor:
             with amp.autocast(), _attention(amp.precision):
