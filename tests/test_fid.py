@@ -152,11 +152,14 @@ def stand_in(monkeypatch, tmp_path):
     return path
 
 
-def test_sample_quality_features_inception_end_to_end(trained, mnist_dir, stand_in, tmp_path):
+def test_sample_quality_features_inception_end_to_end(
+    trained, mnist_dir, stand_in, tmp_path, capsys
+):
     report = tmp_path / "fid.json"
     args = ["sample-quality", "--model", str(trained), "--data_dir", str(mnist_dir), "--quiet",
             "--features", "inception", "--nsamples", "16", "--report", str(report)]  # fmt: skip
     assert main(args) == 0
+    assert "Inception" not in capsys.readouterr().err  # --quiet: no progress bar either
     r = json.loads(report.read_text())
     assert (r["features"], r["feature_dims"], r["measured_size"], r["model_size"]) == (
         "inception", 24, 28, 32

@@ -31,7 +31,8 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     chosen_class(model, o.class_)  # a class the model cannot take: before any work
     features = "inception" if o.inception else o.features
-    space = pick_space(features, o.classifier, model, dataset, model.device, o.batchsize)
+    space = pick_space(features, o.classifier, model, dataset, model.device, o.batchsize,
+                       not runtime.quiet)  # fmt: skip
     judge = accuracy_classifier(space, o.classifier, model, dataset, model.device, o.batchsize)
     sampler = None
     if not o.reconstructions:

@@ -324,15 +324,21 @@ def shipped_classifier(dataset: str) -> Path | None:
 
 
 def pick_space(
-    features: str, classifier: Path | None, model: VAE, dataset: str, device, batch: int = 500
+    features: str,
+    classifier: Path | None,
+    model: VAE,
+    dataset: str,
+    device,
+    batch: int = 500,
+    progress: bool = True,
 ) -> FeatureSpace:
     """The feature space ``--features`` asks for: ``inception``, ``encoder``, ``classifier``
     (``classifier``, else the shipped one for ``dataset``), or ``auto``: a classifier if one is
-    found."""
+    found. ``progress``: a progress bar while Inception features are computed."""
     if features == "encoder":
         return encoder_space(model, batch)
     if features == "inception":
-        return inception_space(dataset, model.config.image_size, device)
+        return inception_space(dataset, model.config.image_size, device, progress)
     if classifier is None and shipped_classifier(dataset) is None and features == "classifier":
         raise TorchVaeError(
             f"no classifier for {dataset}: pass --classifier FOLDER (train one with torch-vae "
