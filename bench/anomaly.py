@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine_info import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("dcgan-d8", "dcgan-g32", "dcgan-f192-d8-p28")
@@ -59,16 +60,6 @@ def command(args: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "torch_vae", *line[1:]], check=True, cwd=ROOT)
     return round(time.perf_counter() - start, 1)
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines()
-             if line.startswith("Model name")]  # fmt: skip
-    return names[0] if names else "unknown"
 
 
 def score_row(path: Path, seconds: float) -> dict:

@@ -16,28 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine_info import cpu_model
 
 from torch_vae.priors import fit_prior
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown"
-    names = [line.split(":", 1)[1].strip() for line in out.splitlines()
-             if line.startswith("Model name")]  # fmt: skip
-    return names[0] if names else "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     med = {k: statistics.median(v) for k, v in seconds.items()}
     ratio = med["fp32"] / med["bf16"]
-    machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    machine = f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     print(f"width {args.hidden}, {args.layers} layers, batch {args.batch}: fp32 "
           f"{med['fp32'] * 1000:.1f} ms/step, bf16 {med['bf16'] * 1000:.1f} ms/step, "
           f"bf16 {ratio:.2f}x as fast ({machine})")  # fmt: skip

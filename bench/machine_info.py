@@ -1,0 +1,16 @@
+"""The CPU a benchmark ran on, for its results: ``lscpu``'s model name."""
+
+from __future__ import annotations
+
+import subprocess
+
+
+def cpu_model() -> str:
+    """``lscpu``'s "Model name" (e.g. "Intel(R) Xeon(R) Processor"), or "unknown"."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    names = [line.split(":", 1)[1].strip() for line in out.splitlines()
+             if line.startswith("Model name")]  # fmt: skip
+    return names[0] if names else "unknown"
