@@ -190,6 +190,7 @@ class TransformerPrior:
 
     kind = "transformer"
     latent_kind = "discrete"  # what it is fitted to: a discrete model's code grids
+    fits_in_bf16 = True  # options["precision"] is its fit's (the other kinds fit in fp32)
     DEFAULTS = {"hidden": 128, "layers": 4, "steps": 6000, "batch": 128, "dropout": 0.0}
     LR = 1e-3
     WARMUP = 200  # steps of linear learning-rate warm-up
