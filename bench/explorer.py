@@ -25,7 +25,6 @@ import base64
 import ipaddress
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+from machine_info import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,12 +135,7 @@ def shown(path: str) -> str:
 
 
 def machine() -> dict[str, str]:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln)
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown"
-    return {"cpu": model, "cpus": str(os.cpu_count()), "load_average": str(os.getloadavg())}
+    return {"cpu": cpu_model(), "cpus": str(os.cpu_count()), "load_average": str(os.getloadavg())}
 
 
 def main() -> None:

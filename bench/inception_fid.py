@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine_info import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -50,11 +50,8 @@ DATASET = "fashion-mnist"
 
 
 def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines()
-                 if "Model name" in ln), "")  # fmt: skip
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": name, "gpu": gpu, "threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "gpu": gpu, "threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version()}  # fmt: skip
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 
 
 def cpu_model() -> str:
-    """``lscpu``'s "Model name" (e.g. "Intel(R) Xeon(R) Processor"), or "unknown"."""
+    """``lscpu``'s "Model name" (e.g. "Intel(R) Xeon(R) Processor"); where there is no lscpu
+    (or no such line), ``platform.processor()``, else "unknown"."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        out = ""
     names = [line.split(":", 1)[1].strip() for line in out.splitlines()
              if line.startswith("Model name")]  # fmt: skip
-    return names[0] if names else "unknown"
+    return names[0] if names else (platform.processor() or "unknown")

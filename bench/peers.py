@@ -76,6 +76,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine_info import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
 RESULT_TAG = "PEERS_RESULT "
@@ -397,17 +399,6 @@ def run_child(python: str, job: str, spec: dict, env: dict) -> dict:
 
 def self_job(python: str, job: str, spec: dict) -> list[str]:
     return [python, str(Path(__file__).resolve()), "--job", job, json.dumps(spec)]
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor()
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def ensure_pythae(venv: Path, spec: str, log) -> tuple[str, list[str]]:

@@ -30,7 +30,6 @@ import argparse
 import io
 import platform
 import struct
-import subprocess
 import sys
 import time
 import zlib
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine_info import cpu_model
 from PIL import Image
 
 from torch_vae.io.png import encode_png, grid, side_by_side, to_uint8
@@ -107,17 +107,6 @@ def time_per_image(encode: Callable[[np.ndarray], bytes], images, repeats: int):
         sizes = [len(encode(im)) for im in images]
         best = min(best, time.perf_counter() - t0)
     return best / len(images), float(np.mean(sizes))
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:

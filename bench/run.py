@@ -40,6 +40,8 @@ import time
 import zipfile
 from pathlib import Path
 
+from machine_info import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
 RESULT_TAG = "BENCH_RESULT "
@@ -256,20 +258,12 @@ def make_celeba(root: Path, n: int, seed: int = 0) -> Path:
 def machine() -> dict:
     import torch
 
-    model = platform.processor() or ""
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count()
     return {
-        "cpu": model,
+        "cpu": cpu_model(),
         "cores": cores,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine_info import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -193,11 +193,7 @@ def split(dataset: str, name: str) -> torch.Tensor:
 
 
 def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next(
-        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln), ""
-    )
-    return {"cpu": name, "threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version()}  # fmt: skip
 
 

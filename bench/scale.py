@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine_info import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 TAG = "SCALE_RESULT "
 
@@ -176,7 +178,7 @@ def train_spec(args, size: int, run: str, extra: list[str] | None = None) -> dic
 
 
 def bench(args) -> dict:
-    results: dict = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python":
+    results: dict = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python":
                                  platform.python_version()}}  # fmt: skip
     sizes = sorted({args.size, args.compare_size})
     spec = {"images": args.images, "test_images": args.test_images, "sizes": sizes,
@@ -195,15 +197,6 @@ def bench(args) -> dict:
                 "--nproc_per_node", "2"]  # fmt: skip
     results["torchrun_2"] = run_job("train", two, launcher)
     return results
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))  # fmt: skip
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def report(r: dict) -> str:
