@@ -20,8 +20,17 @@ each batch row of an image of a ``--mirror-classes`` class is the code grid of i
 mirror image with probability 1/2 (the class mix stays the data's). Then score OUT with
 ``--draw plain --model OUT``.
 
+Copies (``--copies``): how near the prior's draws lie to the code grids it was fitted to.
+``--nsamples`` grids drawn with ``--seed`` (as drawn, and after generate's one round trip):
+how many equal one of the training grids, and for the first ``--nearest`` of them, the
+number of the 49 codes in which the nearest training grid differs, beside the same for as
+many validation images' grids (a prior that copied its training grids would sit far below
+them). Prints JSON.
+
     python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 --draw top-k 100 \
         --features inception --nsamples 2000 --seed 1
+    python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 --copies \
+        --nsamples 1000 --seed 0
     python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 \
         --fit-mirror runs/vq-mirror --hidden 256 --layers 6 --steps 3000
 """
@@ -154,6 +163,36 @@ def fit_mirror(o) -> None:
     print(json.dumps({"validation_nll": prior.nll(grids), "fit_seconds": info["fit_seconds"]}))
 
 
+def mean_nearest(grids: torch.Tensor, train: torch.Tensor, chunk: int = 20) -> float:
+    """The mean, over the flat grids ``grids`` (n, L), of the number of codes in which the
+    nearest grid of ``train`` (N, L) differs from each, to two decimals."""
+    out = [(g[:, None, :] != train[None]).sum(-1).min(1).values for g in grids.split(chunk)]
+    return round(torch.cat(out).float().mean().item(), 2)
+
+
+def copies(o) -> dict:
+    model = load_model(o.model)
+    prior = load_sampler(o.model, "transformer")
+    images = load_split("fashion-mnist", "train", model.config.image_size, o.data_dir, False)
+    fit, held, _ = held_out_rows(Path(o.model), len(images), o.data_dir)
+    train = posterior_means(model, images[np.asarray(fit)]).reshape(len(fit), -1).long()
+    val = posterior_means(model, images[np.asarray(held)[: o.nearest]]).reshape(-1, train.shape[1])
+    seen = {tuple(g) for g in train.tolist()}
+    drawn = prior.sample(o.nsamples, torch.Generator().manual_seed(o.seed))
+    result = {"model": str(o.model), "prior": prior.describe(), "seed": o.seed,
+              "training_grids": len(train), "distinct_training_grids": len(seen),
+              "nearest_of": o.nearest,
+              "validation_grids_nearest_mean": mean_nearest(val, train)}  # fmt: skip
+    prior.use_model(model)  # generate's default: one round trip
+    prior.round_trips = 1
+    for name, grids in (("as_drawn", drawn), ("round_trip", prior.round_trip(drawn))):
+        flat = grids.reshape(len(grids), -1)
+        result[name] = {"draws": len(flat),
+                        "equal_to_a_training_grid": sum(tuple(g) in seen for g in flat.tolist()),
+                        "nearest_mean": mean_nearest(flat[: o.nearest], train)}  # fmt: skip
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, required=True, help="a VQ-VAE folder with its prior")
@@ -165,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="choose on val; test once, for what was chosen")  # fmt: skip
     p.add_argument("--report", type=Path, help="sample-quality's JSON report (default: here)")
     p.add_argument("--data_dir", type=Path, default=Path("data"))
+    p.add_argument("--copies", action="store_true", help="the draws' nearest training grids")
+    p.add_argument("--nearest", type=int, default=200, help="--copies: draws (and validation "
+                   "grids) whose nearest training grid is sought")  # fmt: skip
     p.add_argument("--fit-mirror", metavar="OUT", help="fit a mirror-augmented prior in OUT")
     p.add_argument("--mirror-classes", default=SYMMETRIC)
     p.add_argument("--hidden", type=int, default=256)
@@ -173,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     o = p.parse_args(argv)
     if o.fit_mirror:
         return fit_mirror(o)
+    if o.copies:
+        return print(json.dumps(copies(o)))
     ways = ("plain", "top-k", "top-p", "min-p", "late-temperature", "round-trip")
     draw, args = o.draw[0], [float(a) for a in o.draw[1:]]
     if draw not in ways:
