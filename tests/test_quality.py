@@ -95,13 +95,18 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
         assert r[part]["n_images"] == 16 and r[part]["fd"] >= 0
         assert 0 <= r[part]["precision"] <= 1 and 0 <= r[part]["recall"] <= 1
         assert math.isclose(sum(r[part]["class_histogram"]), 1, rel_tol=1e-4)
-    assert len(r["test_class_histogram"]) == 10 and r["class_names"][3] == "3"
+    assert len(r["reference_class_histogram"]) == 10 and r["class_names"][3] == "3"
     out = capsys.readouterr().out
-    assert "Frechet distance" in out and "KID" in out
+    assert "Frechet distance" in out and "KID" in out and "classes (samples / test): 0 " in out
     # the samples are seeded: a second run gives the same report (but its time)
     assert main([*args, "--classifier", str(clf), *common]) == 0
     again = json.loads(report.read_text())
     assert {**again, "seconds": 0} == {**r, "seconds": 0}
+    # against the run's validation split, the class line names that split
+    held = train_tiny(tmp_path / "held", "--val_images", "4")
+    val = ["sample-quality", "--model", str(held), "--nsamples", "8", "--reference", "val"]
+    assert main([*val, "--no_floor", "--classifier", str(clf), *common]) == 0
+    assert "classes (samples / val): 0 " in capsys.readouterr().out
     # no classifier: the model's own encoder
     assert main([*args, "--features", "encoder", *common]) == 0
     r = json.loads(report.read_text())

@@ -82,9 +82,9 @@ def print_quality(r: dict) -> None:
         print(f"  {name:<22} {_number(s[key]):>10} {_number(t[key]) if t else '':>10}")
     if "class_histogram" in s:
         names = r.get("class_names") or [str(i) for i in range(len(s["class_histogram"]))]
-        print("  classes (samples / test): " + ", ".join(
-            f"{n} {a:.3f}/{b:.3f}"
-            for n, a, b in zip(names, s["class_histogram"], r["test_class_histogram"], strict=True)
+        ref = r["reference_class_histogram"]
+        print(f"  classes (samples / {r['reference']}): " + ", ".join(
+            f"{n} {a:.3f}/{b:.3f}" for n, a, b in zip(names, s["class_histogram"], ref, strict=True)
         ))  # fmt: skip
     if "per_class" in r:
         print_per_class(r)

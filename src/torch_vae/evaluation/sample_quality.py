@@ -271,7 +271,7 @@ def measure(
         hist = class_histogram(c, space.n_classes)
         out["class_histogram"] = hist.round(5).tolist()
         kl = kl_divergence(hist, ref.histogram)
-        # infinite where the samples have a class the test split's predictions lack: JSON has
+        # infinite where the samples have a class the reference's predictions lack: JSON has
         # no infinity, so the report says null
         out["class_kl"] = kl if np.isfinite(kl) else None
     return out
@@ -529,7 +529,7 @@ def quality_report(
                            progress)  # fmt: skip
         report["train_floor"] = _measure(space, floor_set, ref_measure)
     if ref_measure.histogram is not None:
-        report["test_class_histogram"] = ref_measure.histogram.round(5).tolist()
+        report["reference_class_histogram"] = ref_measure.histogram.round(5).tolist()
         report["class_names"] = class_names(dataset, data_dir)
     if wanted == "all":
         report["per_class"] = _per_class(space, model, ref, fake, floor_set, k)
