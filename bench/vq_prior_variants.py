@@ -52,6 +52,7 @@ from torch_vae.cli.common import held_out_rows
 from torch_vae.cli.main import main as cli
 from torch_vae.data import load_split
 from torch_vae.data.labels import load_labels
+from torch_vae.errors import TorchVaeError
 from torch_vae.io.files import file_sha256
 from torch_vae.io.weights import resolve_weights
 from torch_vae.models.base import load_model
@@ -100,8 +101,18 @@ def drawing(prior: TransformerPrior, draw: str, args: list[float]):
     prior.sample = sample
 
 
+def transformer_prior(model_path: Path) -> TransformerPrior:
+    """The transformer prior fitted beside ``model_path``, with no model attached (its grids
+    as drawn); TorchVaeError where there is none."""
+    prior = load_sampler(model_path, "transformer")
+    if prior is None:
+        raise TorchVaeError(f"no transformer prior beside {model_path}: fit one with torch-vae "
+                            f"fit-sampler --model {model_path} --sampler transformer")  # fmt: skip
+    return prior
+
+
 def score(o, draw: str, args: list[float]) -> dict:
-    prior = load_sampler(o.model, "transformer")  # no model attached: the grids as drawn
+    prior = transformer_prior(o.model)
     if draw not in ("plain", "round-trip"):
         drawing(prior, draw, args)
 
@@ -121,19 +132,24 @@ def score(o, draw: str, args: list[float]) -> dict:
     return {k: round(r[k], 4) for k in keys if k in r}
 
 
+def training_grids(o, model):
+    """The training images, the rows the prior is fitted to and those held out (the run's
+    validation split), and the flat code grids (N, L) of the fitted rows' images."""
+    images = load_split("fashion-mnist", "train", model.config.image_size, o.data_dir, False)
+    fit, held, _ = held_out_rows(Path(o.model), len(images), o.data_dir)
+    fit, held = np.asarray(fit), np.asarray(held)
+    return images, fit, held, posterior_means(model, images[fit]).reshape(len(fit), -1).long()
+
+
 def fit_mirror(o) -> None:
     out = Path(o.fit_mirror)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copy(Path(o.model) / name, out / name)
     model = load_model(o.model)
-    images = load_split("fashion-mnist", "train", model.config.image_size, o.data_dir, False)
+    images, fit, held, codes = training_grids(o, model)
     labels = torch.from_numpy(load_labels("fashion-mnist", "train", o.data_dir))
-    fit, held, _ = held_out_rows(Path(o.model), len(images), o.data_dir)
-    fit = np.asarray(fit)
-    own = images[fit]
-    codes = posterior_means(model, own).reshape(len(fit), -1).long()
-    mirror = np.ascontiguousarray(own[:, :, ::-1])
+    mirror = np.ascontiguousarray(images[fit][:, :, ::-1])
     mirrored = posterior_means(model, mirror).reshape(len(fit), -1).long()
     classes = torch.tensor([int(c) for c in o.mirror_classes.split(",")])
     may = torch.isin(labels[fit], classes)
@@ -159,7 +175,7 @@ def fit_mirror(o) -> None:
     info["fit_seconds"] = round(time.perf_counter() - start, 2)
     prior = TransformerPrior(net, info)
     save_sampler(prior, sampler_path(out, "transformer"))
-    grids = posterior_means(model, images[np.asarray(held)])
+    grids = posterior_means(model, images[held])
     print(json.dumps({"validation_nll": prior.nll(grids), "fit_seconds": info["fit_seconds"]}))
 
 
@@ -172,11 +188,9 @@ def mean_nearest(grids: torch.Tensor, train: torch.Tensor, chunk: int = 20) -> f
 
 def copies(o) -> dict:
     model = load_model(o.model)
-    prior = load_sampler(o.model, "transformer")
-    images = load_split("fashion-mnist", "train", model.config.image_size, o.data_dir, False)
-    fit, held, _ = held_out_rows(Path(o.model), len(images), o.data_dir)
-    train = posterior_means(model, images[np.asarray(fit)]).reshape(len(fit), -1).long()
-    val = posterior_means(model, images[np.asarray(held)[: o.nearest]]).reshape(-1, train.shape[1])
+    prior = transformer_prior(o.model)
+    images, _, held, train = training_grids(o, model)
+    val = posterior_means(model, images[held[: o.nearest]]).reshape(-1, train.shape[1])
     seen = {tuple(g) for g in train.tolist()}
     drawn = prior.sample(o.nsamples, torch.Generator().manual_seed(o.seed))
     result = {"model": str(o.model), "prior": prior.describe(), "seed": o.seed,
@@ -213,6 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--steps", type=int, default=3000)
     o = p.parse_args(argv)
+    try:
+        run(o)
+    except TorchVaeError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def run(o) -> None:
     if o.fit_mirror:
         return fit_mirror(o)
     if o.copies:
