@@ -59,7 +59,8 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         rows_held = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
         score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
     options = {"components": o.components, "steps": o.steps, "seed": o.seed, "hidden": o.hidden,
-               "layers": o.layers, "dropout": o.dropout, "precision": o.precision}  # fmt: skip
+               "layers": o.layers, "dropout": o.dropout, "precision": o.precision,
+               "store": o.store}  # fmt: skip
     prior, path = fit_sampler(model, o.model, images[rows], o.sampler, options, o.batchsize, info,
                               not runtime.quiet, score, _at(labels, rows))  # fmt: skip
     if score is not None:
@@ -89,6 +90,11 @@ def check_network_flags(o: FitSamplerOptions) -> None:
     if o.precision == "bf16" and o.sampler not in in_bf16:
         raise TorchVaeError(f"--precision bf16 applies to a {' or '.join(in_bf16)} sampler's "
                             f"fit; a {o.sampler} sampler fits in fp32 (leave it out)")  # fmt: skip
+    in_half = [k for k, cls in PRIORS.items() if getattr(cls, "stores_half", False)]
+    if o.store == "fp16" and o.sampler not in in_half:
+        raise TorchVaeError(f"--store fp16 applies to a {' or '.join(in_half)} sampler's "
+                            f"weights; a {o.sampler} sampler is stored as fitted (leave it "
+                            "out)")  # fmt: skip
 
 
 def _at(labels: torch.Tensor | None, rows) -> torch.Tensor | None:

@@ -25,7 +25,7 @@ from ..fields import (
     positive,
 )
 from ..priors import preference
-from ..priors.base import FIT_PRECISIONS, ROUND_TRIPS
+from ..priors.base import FIT_PRECISIONS, ROUND_TRIPS, STORE_PRECISIONS
 from ..priors.fit import kinds
 from ..priors.neural import FRACTIONS
 from ..runtime.precision import PrecisionName
@@ -417,6 +417,12 @@ class FitSamplerOptions:
         "in fp32",
         choices=FIT_PRECISIONS,
     )
+    store: str = option(
+        "fp32",
+        "precision of a transformer sampler's weights in its file: fp16 halves the file (the "
+        "weights are rounded before it is scored; drawing is float32 either way)",
+        choices=STORE_PRECISIONS,
+    )
     seed: int = option(0, "random seed of the fit (EM's k-means initialisation, the networks)")
     nscore: int = option(
         5000,
@@ -438,6 +444,7 @@ class FitSamplerOptions:
         non_negative("--layers", self.layers, 16)
         check_fraction("--dropout", self.dropout, FRACTIONS["dropout"], "0.1")
         check_choice("--precision", self.precision, FIT_PRECISIONS)
+        check_choice("--store", self.store, STORE_PRECISIONS)
         non_negative("--nscore", self.nscore)
         positive("--batchsize", self.batchsize)
         non_negative("--nimages", self.nimages)

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 SAMPLER_FORMAT = "torch-vae-sampler"
 ROUND_TRIPS = 1  # a transformer prior's round trips through its model, by default
 FIT_PRECISIONS = ("auto", "fp32", "bf16")  # a transformer prior's fit, on the CPU
+STORE_PRECISIONS = ("fp32", "fp16")  # a transformer prior's weights in its file
 
 
 class Prior(Protocol):

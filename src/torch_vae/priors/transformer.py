@@ -25,7 +25,10 @@ It is fitted on the CPU in ``info["precision"]``: bf16 (autocast, the weights an
 float32) where the CPU computes bf16 natively, as training's ``--precision auto``, with the
 attention computed by PyTorch's plain matrix products there (its CPU flash-attention kernel
 took 20 times as long for the backward pass in bf16 as for the forward); fp32 otherwise or when
-asked. Drawing and the likelihood are always float32.
+asked. Drawing and the likelihood are always float32. Its file holds the weights in float32,
+or in float16 (``info["stored"]``, fit-sampler ``--store fp16``: half the bytes): the fitted
+weights are then rounded to float16 before anything is measured, so that the scores recorded
+are those of the weights the file holds.
 
 ``info["final_loss"]`` is the training loss in nats per code; ``info["validation"]`` holds the
 sample score fit-sampler measures for every kind (of the grids as drawn).
@@ -49,7 +52,7 @@ from ..errors import TorchVaeError
 from ..models.base import _unwrap
 from ..runtime.device import autocast_off, bf16_native
 from ..runtime.precision import Precision
-from .base import FIT_PRECISIONS, ROUND_TRIPS, register_prior
+from .base import FIT_PRECISIONS, ROUND_TRIPS, STORE_PRECISIONS, register_prior
 from .neural import check_hparams, train_steps
 
 log = logging.getLogger(__name__)
@@ -191,6 +194,7 @@ class TransformerPrior:
     kind = "transformer"
     latent_kind = "discrete"  # what it is fitted to: a discrete model's code grids
     fits_in_bf16 = True  # options["precision"] is its fit's (the other kinds fit in fp32)
+    stores_half = True  # options["store"]: fp16 keeps its weights in float16 in its file
     DEFAULTS = {"hidden": 128, "layers": 4, "steps": 6000, "batch": 128, "dropout": 0.0}
     LR = 1e-3
     WARMUP = 200  # steps of linear learning-rate warm-up
@@ -250,6 +254,7 @@ class TransformerPrior:
         at = f", dropout {hp['dropout']:g}" if hp.get("dropout") else ""
         at += f", temperature {self.temperature:g}" if self.temperature != 1.0 else ""
         at += f", guidance {self.guidance:g}" if self.guidance else ""
+        at += ", weights stored in float16" if self.info.get("stored") == "fp16" else ""
         trips = self.round_trips if self.model is not None else 0
         at += f", then {trips} round trip{'s' * (trips > 1)} through the model" if trips else ""
         return (f"a causal transformer over {self.grid[0]}x{self.grid[1]} code grids "
@@ -319,7 +324,28 @@ class TransformerPrior:
         return labels
 
     def tensors(self) -> dict[str, Tensor]:
-        return {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        half = self.info.get("stored") == "fp16"
+        return {f"net.{k}": v.half() if half and v.is_floating_point() else v
+                for k, v in self.net.state_dict().items()}  # fmt: skip
+
+    @torch.no_grad()
+    def store_as(self, precision: str) -> None:
+        """Keep the weights in ``precision`` in the file (``STORE_PRECISIONS``): for fp16, the
+        network's weights are rounded to float16 here (and still computed with in float32),
+        so that what is measured from now on is what the file will hold; where a weight is
+        beyond float16's range they stay float32, with a warning (the fit is kept)."""
+        _check_store(precision)
+        if precision == "fp16":
+            weights = [v for v in self.net.state_dict().values() if v.is_floating_point()]
+            biggest = max(float(v.abs().max()) for v in weights)
+            if biggest > torch.finfo(torch.float16).max:
+                log.warning("a weight of %.3g is beyond float16's range: this sampler's "
+                            "weights are kept in float32", biggest)  # fmt: skip
+                precision = "fp32"
+            else:
+                for v in weights:
+                    v.copy_(v.half())
+        self.info["stored"] = precision
 
     @classmethod
     def build(cls, info: dict, hp: dict) -> CodeTransformer:
@@ -388,6 +414,7 @@ class TransformerPrior:
         rows = torch.cat([torch.as_tensor(labels).long()[:, None] if classes
                           else torch.zeros(len(flat), 1, dtype=torch.int64), flat], 1)  # fmt: skip
 
+        _check_store(options.get("store") or "fp32")  # before the fit, not after it
         precision = options.get("precision") or "auto"
         if precision not in FIT_PRECISIONS:
             raise TorchVaeError(f"unknown precision {precision!r} for fitting a transformer "
@@ -408,7 +435,15 @@ class TransformerPrior:
         loss = train_steps(net, loss_fn, rows, steps, int(hp["batch"]), cls.LR, seed, progress,
                            f"fitting {cls.kind}", warmup=min(cls.WARMUP, steps // 10))  # fmt: skip
         info["final_loss"] = loss  # nats per code, the last 100 steps' mean
-        return cls(net, info)
+        prior = cls(net, info)
+        prior.store_as(options.get("store") or "fp32")
+        return prior
+
+
+def _check_store(precision: str) -> None:
+    if precision not in STORE_PRECISIONS:
+        raise TorchVaeError(f"unknown store precision {precision!r} for a transformer sampler's "
+                            f"weights; choose one of {', '.join(STORE_PRECISIONS)}")  # fmt: skip
 
 
 def _attention(precision: str) -> contextlib.AbstractContextManager:
