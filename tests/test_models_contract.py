@@ -3,7 +3,9 @@ in the registry, unconditional and class-conditional, whatever its latent (``lat
 Gaussian codes or a discrete code grid): a family that registers itself is covered here without
 editing this file. Tiny configs (``ModelConfig.tiny``) on the CPU."""
 
+import dataclasses
 import json
+import re
 import warnings
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 
 from torch_vae import MODELS, VAE, ModelConfig, TorchVaeError, load_model
 from torch_vae.cli import main
+from torch_vae.cli.flags import model_options
 from torch_vae.models import architectures, model_class
 
 with warnings.catch_warnings():  # Starlette suggests another HTTP client; httpx works
@@ -249,3 +252,18 @@ def test_train_conditional_learns_the_dataset_s_classes_and_the_class_changes_th
     assert not (tmp_path / "bad").exists()
     with pytest.raises(TorchVaeError, match="this model is conditional: pass each image's"):
         model.encode(torch.rand(2, 1, 32, 32))
+
+
+def test_each_model_option_s_help_names_the_families_that_take_it_once():
+    # a family's own help carries no "--arch": the union of the families' options adds it
+    # once, or gives each family's own words where they describe the option differently
+    helps = {f.name: f.metadata for f in dataclasses.fields(model_options()) if f.name != "arch"}
+    for name, meta in helps.items():
+        for arch in ARCHS:
+            named = len(re.findall(rf"\b{arch}\b", meta["help"]))
+            assert named <= (arch in meta["families"]), (name, meta["help"])
+    assert helps["codebook_size"]["help"].startswith("codes in the codebook, K (--arch vqvae)")
+    assert helps["blocks"]["help"] == (
+        "--arch resnet: residual blocks at every resolution; "
+        "--arch vqvae: residual blocks at the code grid"
+    )

@@ -162,17 +162,21 @@ def _model_options(archs: tuple[str, ...]) -> type:
         for f in _flag_fields(cls):
             if f.name == "arch":
                 continue
-            e = entries.setdefault(f.name, {"hint": hints[f.name], "help": f.metadata["help"],
+            e = entries.setdefault(f.name, {"hint": hints[f.name], "helps": {},
                                             "defaults": [], "families": []})  # fmt: skip
+            e["helps"].setdefault(f.metadata["help"], []).append(arch)
             e["defaults"].append(f.default)
             e["families"].append(arch)
     fields = [("arch", str, dataclasses.field(default="original", metadata={
         "help": "the model family: " + ", ".join(archs) + " (see docs/model.md)",
         "choices": archs}))]  # fmt: skip
     for name, e in entries.items():
-        help = e["help"]
-        if len(e["families"]) < len(archs):
-            help += " (--arch " + ", ".join(e["families"]) + ")"
+        if len(e["helps"]) > 1:  # the families describe it differently: each says its own
+            help = "; ".join(f"--arch {', '.join(f)}: {h}" for h, f in e["helps"].items())
+        else:
+            help = next(iter(e["helps"]))
+            if len(e["families"]) < len(archs):
+                help += " (--arch " + ", ".join(e["families"]) + ")"
         if len({repr(d) for d in e["defaults"]}) == 1 and e["defaults"][0] is not None:
             help += f" (default: {e['defaults'][0]})"
         meta = {"help": help, "families": tuple(e["families"])}

@@ -27,7 +27,7 @@ SLOPE = 0.2
 @dataclass(frozen=True)
 class ResNetConfig(ConvConfig):
     arch: str = option("resnet", "the model family (see docs/model.md)")
-    blocks: int = option(1, "residual blocks at every resolution (--arch resnet)")
+    blocks: int = option(1, "residual blocks at every resolution")
     BOTTLENECK: ClassVar[int] = 4
     FALLBACK_DEPTH: ClassVar[int] = 4
 

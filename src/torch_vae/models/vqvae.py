@@ -52,14 +52,12 @@ RESTART_SEED = 0x5EED_C0DE  # the restarts' random choices: this and the update'
 @dataclass(frozen=True)
 class VQVAEConfig(ConvConfig):
     arch: str = option("vqvae", "the model family (see docs/model.md)")
-    latent_dims: int = option(16, "latent dimensions (--arch vqvae: numbers per code vector)")
-    codebook_size: int = option(512, "codes in the codebook, K (--arch vqvae)")
-    blocks: int = option(2, "residual blocks at the code grid (--arch vqvae)")
-    commitment: float = option(0.25, "weight of the commitment loss (--arch vqvae)")
-    ema_decay: float = option(0.99, "decay of the codebook's moving averages (--arch vqvae)")
-    restart_after: int = option(
-        100, "training steps a code may go unused before it restarts (--arch vqvae)"
-    )
+    latent_dims: int = option(16, "numbers per code vector")
+    codebook_size: int = option(512, "codes in the codebook, K")
+    blocks: int = option(2, "residual blocks at the code grid")
+    commitment: float = option(0.25, "weight of the commitment loss")
+    ema_decay: float = option(0.99, "decay of the codebook's moving averages")
+    restart_after: int = option(100, "training steps a code may go unused before it restarts")
     BOTTLENECK: ClassVar[int] = 8  # the code grid's size
     FALLBACK_DEPTH: ClassVar[int] = 2
     TINY: ClassVar[dict[str, Any]] = {"max_filters": 16, "codebook_size": 16, "blocks": 1,
