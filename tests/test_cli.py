@@ -371,6 +371,47 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_a_damaged_training_state_names_the_weights_to_start_again_from(
+    trained, mnist_dir, tmp_path, capsys, damage
+):
+    state = trained / "ckpt.pt"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    else:
+        state.write_text("not a training state\n")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(trained), "--data_dir", str(mnist_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is corrupt or truncated (" in err[0], err
+    newest = sorted(trained.glob("checkpoints/epoch_*.safetensors"))[-1]
+    fix = f"start a new run from its newest weights: torch-vae train --init_from {newest}"
+    assert err[0].endswith(f"so the run cannot resume; {fix} --dataset mnist"), err
+    again = ["train", "--init_from", str(newest), "--dataset", "mnist", "--quiet", "--epochs",
+             "1", "--batchsize", "16", "--data_dir", str(mnist_dir), "--run_dir",
+             str(tmp_path / "again")]  # fmt: skip
+    assert main(again) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["generate", "--model", "m", "--outdir", "o", "--nsamples", "abc"],
+         "torch-vae generate: error: argument --nsamples: invalid int value: 'abc'"),
+        (["fit-sampler", "--model", "m", "--store", "bf16"], "argument --store: invalid choice"),
+        (["generate"], "the following arguments are required: --model, --outdir"),
+        (["nosuch"], "torch-vae: error: argument COMMAND: invalid choice: 'nosuch'"),
+    ],
+)  # fmt: skip
+def test_a_malformed_command_line_is_one_line_that_points_at_the_help(argv, says, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0] and err[0].endswith("--help)"), err
+    assert err[0].startswith("torch-vae")
+
+
 def test_every_training_flag_reaches_the_run_config(mnist_dir, tmp_path):
     run = tmp_path / "run"
     flags = {

@@ -97,7 +97,9 @@ def _per_image_mse(model, imgs):
         return ((model.reconstruct(x) - x) ** 2).flatten(1).mean(1).numpy()
 
 
-def test_evaluate_cli_prints_and_writes_a_deterministic_report(mnist_dir, tmp_path, capsys):
+def test_evaluate_writes_a_deterministic_report_and_a_subset_s_beside_it(
+    mnist_dir, tmp_path, capsys
+):
     run = tmp_path / "run"
     assert (
         main(
@@ -141,6 +143,10 @@ def test_evaluate_cli_prints_and_writes_a_deterministic_report(mnist_dir, tmp_pa
     assert report["n_images"] == 20 and report["dataset"] == "mnist"
     assert main(args) == 0
     assert json.loads((run / "eval-mnist-test.json").read_text()) == report  # deterministic
+    # a subset's report is written beside it, never over the whole split's
+    assert main([*args, "--nimages", "5"]) == 0
+    assert json.loads((run / "eval-mnist-test-first5.json").read_text())["n_images"] == 5
+    assert json.loads((run / "eval-mnist-test.json").read_text()) == report
 
 
 def _expected_objective(model, x, post, samples=64):

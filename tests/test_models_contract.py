@@ -254,16 +254,21 @@ def test_train_conditional_learns_the_dataset_s_classes_and_the_class_changes_th
         model.encode(torch.rand(2, 1, 32, 32))
 
 
-def test_each_model_option_s_help_names_the_families_that_take_it_once():
+def test_each_model_option_s_help_names_its_families_once_and_each_one_s_default():
     # a family's own help carries no "--arch": the union of the families' options adds it
     # once, or gives each family's own words where they describe the option differently
     helps = {f.name: f.metadata for f in dataclasses.fields(model_options()) if f.name != "arch"}
     for name, meta in helps.items():
+        said = meta["help"].split(" (default: ")[0]
         for arch in ARCHS:
-            named = len(re.findall(rf"\b{arch}\b", meta["help"]))
-            assert named <= (arch in meta["families"]), (name, meta["help"])
-    assert helps["codebook_size"]["help"].startswith("codes in the codebook, K (--arch vqvae)")
+            named = len(re.findall(rf"--arch [a-z, ]*\b{arch}\b", said))
+            assert named == (arch in meta["families"] and "--arch" in said), (name, said)
+    assert (
+        helps["codebook_size"]["help"] == "codes in the codebook, K (--arch vqvae) (default: 512)"
+    )
+    # where the families' defaults differ, each is given
     assert helps["blocks"]["help"] == (
         "--arch resnet: residual blocks at every resolution; "
-        "--arch vqvae: residual blocks at the code grid"
+        "--arch vqvae: residual blocks at the code grid (default: resnet: 1; vqvae: 2)"
     )
+    assert helps["latent_dims"]["help"].endswith("(default: original, dcgan, resnet: 8; vqvae: 16)")

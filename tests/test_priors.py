@@ -186,13 +186,22 @@ def test_training_with_the_gaussian_loss(train_tiny, tmp_path):
     assert json.loads((run / "config.json").read_text())["train"]["recon_loss"] == "gaussian"
 
 
-def test_fit_sampler_sizes_the_network_with_hidden_and_layers(small_run, mnist_dir):
+def test_fit_sampler_sizes_the_network_and_replaces_a_fitted_one_only_when_asked(
+    small_run, mnist_dir, capsys
+):
     fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir), "--quiet"]
     assert main([*fit, "--sampler", "flow", "--steps", "5", "--nscore", "0", "--hidden", "16",
                  "--layers", "1"]) == 0  # fmt: skip
     small = load_sampler(small_run, "flow")
     assert small.info["hparams"]["hidden"] == 16 and small.info["hparams"]["layers"] == 1
-    assert main([*fit, "--sampler", "flow", "--steps", "5", "--nscore", "0"]) == 0
+    path = small_run / "sampler-flow.safetensors"
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert main([*fit, "--sampler", "flow", "--steps", "5", "--nscore", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "already holds a flow sampler fitted to these weights" in err and "\n" not in err
+    assert "pass --overwrite to replace it" in err and path.read_bytes() == before
+    assert main([*fit, "--sampler", "flow", "--steps", "5", "--nscore", "0", "--overwrite"]) == 0
     default = load_sampler(small_run, "flow")
     assert default.info["hparams"]["hidden"] == 128 and default.info["hparams"]["layers"] == 2
     count = lambda p: sum(t.numel() for t in p.net.parameters())  # noqa: E731

@@ -153,7 +153,7 @@ def test_refine_steps_and_gaussian_samplers_are_refused_for_a_vq_model(vq_run, m
     assert "choose one of transformer" in err and err.count("\n") == 1
 
 
-def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, tmp_path):
+def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, tmp_path, caplog):
     assert main(["fit-sampler", "--model", str(vq_run), "--sampler", "transformer",
                  "--steps", "5", "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
     prior = load_sampler(vq_run, "transformer")
@@ -176,6 +176,10 @@ def test_fit_sampler_transformer_then_generate_draws_from_it(vq_run, mnist_dir, 
         want = (fast.decode(codes) * 255).round().to(torch.uint8)[:, 0].numpy()
         got = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(6)])
         assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, flags
+    with caplog.at_level("WARNING", logger="torch_vae"):  # noise, and the prior it has
+        assert main(["generate", "--model", str(vq_run), "--nsamples", "2", "--outdir",
+                     str(tmp_path / "own"), "--sampler", "prior"]) == 0  # fmt: skip
+    assert "noise; leave --sampler out to draw from the transformer prior fitted" in caplog.text
 
 
 def test_a_round_trip_decodes_and_encodes_the_drawn_grid_with_a_cpu_float32_eval_copy():
@@ -504,14 +508,14 @@ def test_fit_sampler_dropout_precision_store_flags_are_checked_and_refused_witho
         main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--precision", "fp16"])
     assert "argument --precision: invalid choice: 'fp16'" in capsys.readouterr().err
     assert main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--steps", "3",
-                 "--precision", "fp32", "--nscore", "0"]) == 0  # fmt: skip
+                 "--precision", "fp32", "--nscore", "0", "--overwrite"]) == 0  # fmt: skip
     assert load_sampler(vq_run, "transformer").info["precision"] == "fp32"
     assert main([*fit, "--model", str(run), "--sampler", "flow", "--store", "fp16"]) == 1
     err = capsys.readouterr().err.strip()
     assert "--store fp16 applies to a transformer sampler's weights" in err, err
     assert "\n" not in err and load_sampler(run, "flow") is None
     assert main([*fit, "--model", str(vq_run), "--sampler", "transformer", "--steps", "3",
-                 "--store", "fp16", "--nscore", "0"]) == 0  # fmt: skip
+                 "--store", "fp16", "--nscore", "0", "--overwrite"]) == 0  # fmt: skip
     assert load_sampler(vq_run, "transformer").info["stored"] == "fp16"
 
 
@@ -604,7 +608,7 @@ def test_gaussian_sampler_kinds_and_float_codes_are_refused_for_a_vq_model_in_on
     with caplog.at_level("WARNING", logger="torch_vae"):  # its own prior: noise, said so
         assert main(["generate", "--model", str(vq_run), "--outdir", str(out), "--nsamples",
                      "2", "--sampler", "prior"]) == 0  # fmt: skip
-    assert "its samples are noise" in caplog.text
+    assert "its samples are noise; fit a prior over its code grids" in caplog.text
     model = load_model(vq_run)
     with pytest.raises(TorchVaeError, match=r"decodes code grids \(N, 8, 8\) of code indices"):
         model.decode(torch.randn(2, model.config.latent_dims))
@@ -757,7 +761,7 @@ def test_traverse_manifold_and_slerp_refuse_a_vq_model_in_one_line(vq_run, mnist
     assert err.count("\n") == 1
 
 
-def test_interpolate_and_embed_draw_a_vq_model(vq_run, labelled, tmp_path, caplog):
+def test_interpolate_and_embed_draw_a_vq_model(vq_run, labelled, tmp_path, caplog, capsys):
     from PIL import Image
 
     from torch_vae.analysis import latent
@@ -794,6 +798,12 @@ def test_interpolate_and_embed_draw_a_vq_model(vq_run, labelled, tmp_path, caplo
                      str(out), "--quiet"]) == 0  # fmt: skip
         strips[trips] = (out / "interpolate.png").read_bytes()
     assert strips["1"] == (tmp_path / "p" / "interpolate.png").read_bytes() != strips["0"]
+    capsys.readouterr()  # without --random there are no drawn grids: the error says so
+    assert (
+        main(["interpolate", *common, "--round_trips", "2", "--outdir", str(tmp_path / "n")]) == 1
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("discrete model's fitted prior; add --random") and "\n" not in err
 
 
 def test_the_explorer_of_a_vq_run_samples_from_its_transformer_prior(vq_run, mnist_dir):

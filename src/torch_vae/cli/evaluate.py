@@ -30,6 +30,7 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
+    subset = f"-first{o.nimages}" if 0 < o.nimages < len(images) else ""
     images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
     train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))
@@ -52,7 +53,8 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
               "parameters": model.num_parameters(), "seed": o.seed, **report}  # fmt: skip
     if model.conditional:  # every number is given each image's class: the NLL is -log p(x | y)
         report["conditional"] = True
-    path = o.report or default_report(o.model, f"eval-{dataset_tag(dataset)}-{o.split}")
+    # a subset's report has a name of its own: it never replaces the whole split's
+    path = o.report or default_report(o.model, f"eval-{dataset_tag(dataset)}-{o.split}{subset}")
     write_report(path, report)
     print_report(report, o)
     print(f"report: {path}")

@@ -17,7 +17,7 @@ from ..evaluation.sample_quality import (
     sample_images,
     sample_labels,
 )
-from ..priors import PRIORS, check_kind, fit_sampler, posterior_means
+from ..priors import PRIORS, check_kind, fit_sampler, load_sampler, posterior_means, sampler_path
 from .common import (
     check_flags,
     held_out_rows,
@@ -42,6 +42,8 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     check_kind(model, o.sampler)  # before any work: a kind this model's latent can take
     check_network_flags(o)
+    if not o.overwrite:
+        keep_fitted(o.model, o.sampler)
     check_flags(model.config, latent_dims=o.latent_dims)
     images = split_images(model, dataset, "train", o.data_dir, runtime)
     # a conditional model's latents are the posterior means given each image's class
@@ -95,6 +97,26 @@ def check_network_flags(o: FitSamplerOptions) -> None:
         raise TorchVaeError(f"--store fp16 applies to a {' or '.join(in_half)} sampler's "
                             f"weights; a {o.sampler} sampler is stored as fitted (leave it "
                             "out)")  # fmt: skip
+
+
+def keep_fitted(model_path: Path, kind: str) -> None:
+    """A one-line error if ``model_path`` already holds a readable sampler of ``kind`` fitted
+    to its present weights: hours of fitting, not to be replaced by accident. A damaged one,
+    or one fitted to other weights, is replaced (it could not be used)."""
+    path = sampler_path(model_path, kind)
+    if not path.is_file():
+        return
+    try:
+        fitted = load_sampler(model_path, kind)
+    except TorchVaeError:
+        log.info("replacing %s (damaged, or fitted to other weights)", path)
+        return
+    seconds = fitted.info.get("fit_seconds")
+    took = f", fitted in {seconds:,.0f} s" if isinstance(seconds, int | float) else ""
+    raise TorchVaeError(
+        f"{path} already holds a {kind} sampler fitted to these weights ({fitted.describe()}"
+        f"{took}); pass --overwrite to replace it, or fit a copy of the model"
+    )
 
 
 def _at(labels: torch.Tensor | None, rows) -> torch.Tensor | None:

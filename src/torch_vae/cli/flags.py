@@ -177,8 +177,15 @@ def _model_options(archs: tuple[str, ...]) -> type:
             help = next(iter(e["helps"]))
             if len(e["families"]) < len(archs):
                 help += " (--arch " + ", ".join(e["families"]) + ")"
-        if len({repr(d) for d in e["defaults"]}) == 1 and e["defaults"][0] is not None:
+        defaults: dict[str, list[str]] = {}
+        for arch, default in zip(e["families"], e["defaults"], strict=True):
+            defaults.setdefault(repr(default), []).append(arch)
+        if len(defaults) == 1 and e["defaults"][0] is not None:
             help += f" (default: {e['defaults'][0]})"
+        elif len(defaults) > 1:  # each family's own
+            help += (
+                " (default: " + "; ".join(f"{', '.join(a)}: {d}" for d, a in defaults.items()) + ")"
+            )
         meta = {"help": help, "families": tuple(e["families"])}
         fields.append((name, e["hint"] | None, dataclasses.field(default=None, metadata=meta)))
     return dataclasses.make_dataclass("ModelOptions", fields, frozen=True)

@@ -85,8 +85,9 @@ def run(o: InterpolateOptions, runtime: Runtime) -> None:
                                 "prior has its mass", "use --method linear")  # fmt: skip
     grids = o.random and model.latent_kind == "discrete"
     if o.round_trips not in (None, ROUND_TRIPS) and not grids:
+        where = "add --random" if model.latent_kind == "discrete" else "leave it out"
         raise TorchVaeError("--round_trips applies to the code grids --random draws from a "
-                            "discrete model's fitted prior")  # fmt: skip
+                            f"discrete model's fitted prior; {where}")  # fmt: skip
     a, b, ends, what, own = _endpoints(o, model, runtime)
     c = decoded_class(model, o.class_, () if own is None else own, "the path")
     if c is not None and ends is not None:  # each image encoded with its own class, or --class

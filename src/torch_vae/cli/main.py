@@ -21,8 +21,17 @@ from .options import Runtime
 log = logging.getLogger("torch_vae")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors (an unknown flag, a missing or malformed value) are one
+    line, as every other error of the command is, and point at the command's --help, instead
+    of the usage block; the exit status stays argparse's, 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="torch-vae", description="Convolutional variational autoencoders in PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"torch-vae {__version__}")

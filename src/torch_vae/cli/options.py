@@ -423,6 +423,11 @@ class FitSamplerOptions:
         "weights are rounded before it is scored; drawing is float32 either way)",
         choices=STORE_PRECISIONS,
     )
+    overwrite: bool = option(
+        False,
+        "replace a sampler of this kind already fitted to these weights (without it, such a "
+        "sampler is kept and the fit refused before any work)",
+    )
     seed: int = option(0, "random seed of the fit (EM's k-means initialisation, the networks)")
     nscore: int = option(
         5000,

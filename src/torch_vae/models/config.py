@@ -155,7 +155,8 @@ class ConvConfig(ModelConfig):
     depth: int | None = option(
         None,
         "stride-2 convolutions in the encoder and decoder (default: down to the family's "
-        "smallest feature map, 8x8 for original, 4x4 for the others: 3 and 4 at 64 pixels)",
+        "smallest feature map, e.g. 8x8 for original and 4x4 for dcgan: 3 and 4 at 64 pixels; "
+        "docs/model.md)",
     )
     BOTTLENECK: ClassVar[int] = 8  # the last feature map's size the family was designed for
     FALLBACK_DEPTH: ClassVar[int] = 3  # for sizes that halve to no such size

@@ -150,7 +150,7 @@ def kinds_of(latent_kind: str) -> list[str]:
     return [k for k in preference() if getattr(PRIORS[k], "latent_kind", "gaussian") == latent_kind]
 
 
-def _own_prior(asked: list[str], latent_kind: str, fit: str) -> None:
+def _own_prior(model_path, asked: list[str], latent_kind: str, fit: str) -> None:
     """``--sampler prior``: None (the model's own prior), refusing ``asked`` flags, with a
     warning for a discrete model, whose own prior gives noise."""
     if asked:
@@ -158,9 +158,12 @@ def _own_prior(asked: list[str], latent_kind: str, fit: str) -> None:
         raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, not to "
                             f"the model's own prior ({own}, --sampler prior)")  # fmt: skip
     if latent_kind == "discrete":
+        fitted = sampler_path(model_path, "transformer").is_file()
+        fix = ("leave --sampler out to draw from the transformer prior fitted to it" if fitted
+               else f"fit a prior over its code grids ({fit} transformer) and leave --sampler "
+               "out")  # fmt: skip
         log.warning("--sampler prior: a discrete model's own prior is uniform over its codes, "
-                    "so its samples are noise; fit a prior over its code grids (%s "
-                    "transformer) and leave --sampler out", fit)  # fmt: skip
+                    "so its samples are noise; %s", fix)  # fmt: skip
     return None
 
 
@@ -264,7 +267,7 @@ def choose_sampler(
         raise TorchVaeError(f"a {name} sampler does not apply to a model with a {latent_kind} "
                             f"latent; use --sampler {fits}")  # fmt: skip
     if name == "prior":
-        return _own_prior(asked, latent_kind, fit)
+        return _own_prior(model_path, asked, latent_kind, fit)
     prior = load_sampler(model_path, None if name == "auto" else name)
     if prior is None:
         return _none_fitted(model_path, name, asked, latent_kind, fit)

@@ -135,11 +135,31 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
                 "tensor or plain data, and loading it could run code; torch-vae reads training "
                 "state only with weights_only=True (was the file written by torch-vae?)"
             ) from None
-        raise TorchVaeError(f"{path} is corrupt or truncated ({first_line(exc)})") from None
+        raise _damaged(run_dir, path, exc) from None
     except Exception as exc:  # torch.load raises many kinds of errors for a damaged file
-        raise TorchVaeError(f"{path} is corrupt or truncated ({first_line(exc)})") from None
+        raise _damaged(run_dir, path, exc) from None
     _check_state(path, state)
     return state
+
+
+def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
+    """The one-line error for an unreadable training state: what failed (the message in one
+    line) and the run's newest weights to start a new run from, where it has any."""
+    said = " ".join(str(exc).split())
+    said = f"{type(exc).__name__}: {said[:150]}{'...' if len(said) > 150 else ''}"
+    weights = sorted(run_dir.glob("checkpoints/epoch_*.safetensors"))
+    weights = weights[-1:] or [w for w in (run_dir / "model.safetensors",) if w.is_file()]
+    fix = "start a new run"
+    if weights:
+        from .rundir import read_run_config
+
+        try:
+            dataset = f" --dataset {read_run_config(run_dir)[1].dataset}"
+        except TorchVaeError:
+            dataset = ""
+        fix += f" from its newest weights: torch-vae train --init_from {weights[0]}{dataset}"
+    return TorchVaeError(f"{path} is corrupt or truncated ({said}), so the run cannot resume; "
+                         f"{fix}")  # fmt: skip
 
 
 def _check_state(path: Path, state: Any) -> None:
