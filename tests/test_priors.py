@@ -144,6 +144,16 @@ def test_fit_sampler_scores_each_kind_and_auto_takes_the_best(small_run, mnist_d
     assert "scored on 4 validation images" in caplog.text
 
 
+def test_auto_ranks_by_kind_where_a_sampler_has_no_score(small_run, mnist_dir):
+    # a mixture fitted without a score (as the shipped ones were) and a Gaussian scored
+    # afterwards: the score cannot rank one against the other, the kinds' order does
+    fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main([*fit, "--sampler", "gmm", "--components", "2", "--nscore", "0"]) == 0
+    assert main([*fit, "--sampler", "gaussian"]) == 0
+    assert "validation" in load_sampler(small_run, "gaussian").info
+    assert load_sampler(small_run).kind == "gmm"
+
+
 def test_generate_draws_from_a_neural_prior(small_run, mnist_dir, tmp_path):
     fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir), "--quiet"]
     assert main([*fit, "--sampler", "diffusion", "--steps", "20", "--nscore", "0"]) == 0

@@ -116,10 +116,12 @@ def read_sampler(path: Path) -> Prior:
 def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prior | None:
     """The prior fitted to the model at ``model_path`` (a model folder or weights file): of
     ``kind``, or else the best one there is: the lowest validation score that ``fit-sampler``
-    recorded (``info["validation"]["fd"]``, measured alike for every sampler of the model),
-    then ``preference()`` among those without one. None when there is none, so that the caller
-    draws from the model's prior. A sampler file that is damaged or was fitted to other weights
-    raises TorchVaeError."""
+    recorded (``info["validation"]["fd"]``, measured alike for every sampler of the model)
+    where every one there has such a score, else the first in ``preference()`` (a score
+    cannot rank a sampler against one without: a quick fit scored on a few images would win
+    over a better one fitted before scores existed). None when there is none, so that the
+    caller draws from the model's prior. A sampler file that is damaged or was fitted to other
+    weights raises TorchVaeError."""
     found = []
     for k in (kind,) if kind else preference():
         path = sampler_path(model_path, k)
@@ -135,6 +137,8 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
         found.append(prior)
     if not found:
         return None
+    if any(_score(p) == float("inf") for p in found):
+        return found[0]  # found in preference()'s order
     return min(enumerate(found), key=lambda p: (_score(p[1]), p[0]))[1]
 
 
