@@ -376,3 +376,16 @@ def test_one_host_sync_per_logging_interval(tmp_path, monkeypatch):
     assert _Job.averaged == [True] * 25  # each step's gradients, before its optimizer step
     assert syncs == ["tolist"] * 3, syncs
     assert np.isfinite(ep.totals["loss"]) and ep.totals["loss"] > 0
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("foo", "unknown --device 'foo'; choose one of auto, cpu, cuda, mps or cuda:N"),
+    ("meta", "--device 'meta' is not one torch-vae runs on; choose one of auto, cpu, cuda, mps or "
+             "cuda:N"),
+])  # fmt: skip
+def test_an_unknown_device_lists_the_devices_to_choose_from(name, says):
+    from torch_vae.runtime.device import pick_device
+
+    with pytest.raises(TorchVaeError) as refused:
+        pick_device(name)
+    assert str(refused.value) == says

@@ -727,7 +727,7 @@ def test_a_model_too_large_for_memory_is_refused_before_the_data(tmp_path, capsy
 # -- smaller ----------------------------------------------------------------------------------
 
 
-def test_fifos_and_empty_paths_are_refused(tmp_path, capsys, trained):
+def test_fifos_missing_files_and_empty_paths_are_refused_saying_which(tmp_path, capsys, trained):
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert main(["train", "--config", str(fifo)]) == 1
@@ -735,6 +735,16 @@ def test_fifos_and_empty_paths_are_refused(tmp_path, capsys, trained):
     args = ["interpolate", "--model", str(trained), "--images", str(fifo), str(fifo)]
     assert main([*args, "--outdir", str(tmp_path / "o")]) == 1
     assert "not a regular file" in _error(capsys)
+    missing = tmp_path / "missing.json"  # nothing there: said so, not "not a regular file"
+    assert main(["train", "--config", str(missing)]) == 1
+    assert f"cannot read --config {missing}: no such file" in _error(capsys)
+    args = ["interpolate", "--model", str(trained), "--images", str(missing), str(missing)]
+    assert main([*args, "--outdir", str(tmp_path / "o")]) == 1
+    assert f"cannot read image {missing}: no such file" in _error(capsys)
+    odd = tmp_path / "odd.json"
+    odd.write_text('{"epochs": 1, "nosuch": 2}')
+    assert main(["train", "--config", str(odd)]) == 1
+    assert f"--config {odd}: nosuch is not a flag of this command" in _error(capsys)
     assert main(["train", "--dataset", "folder:"]) == 1
     assert "needs the folder's path" in _error(capsys)
     with pytest.raises(SystemExit):  # argparse: its usage and error line, exit status 2

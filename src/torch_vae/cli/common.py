@@ -127,7 +127,8 @@ def read_image(path: Path, channels: int, size: int) -> np.ndarray:
     """An image file as the dataset pipeline makes it: 8 bits, grayscale or RGB to ``channels``,
     centre-cropped to a square, resized bilinearly to ``size``: uint8 (size, size, C)."""
     if not Path(path).is_file():  # a folder, a FIFO (which would block), nothing at all
-        raise TorchVaeError(f"cannot read image {path}: not a regular file")
+        what = "no such file" if not Path(path).exists() else "not a regular file"
+        raise TorchVaeError(f"cannot read image {path}: {what}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

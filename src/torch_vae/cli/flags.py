@@ -87,7 +87,8 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
     value of its flag's type (a number where a number goes, true or false for a switch, a
     string for a name or a path; null only where the flag may be left out)."""
     if not path.is_file():  # a folder, a FIFO (which would block) or nothing at all
-        raise TorchVaeError(f"cannot read --config {path}: not a regular file")
+        what = "no such file" if not path.exists() else "not a regular file"
+        raise TorchVaeError(f"cannot read --config {path}: {what}")
     try:
         values = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # includes bad UTF-8 and bad JSON
@@ -105,7 +106,9 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
     }
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise TorchVaeError(f"--config {path}: unknown keys {unknown}")
+        are = "is not a flag" if len(unknown) == 1 else "are not flags"
+        raise TorchVaeError(f"--config {path}: {', '.join(unknown)} {are} of this command (its "
+                            "keys are flag names without the dashes)")  # fmt: skip
     for name, value in values.items():
         _check_json_type(path, name, value, *fields[name])
     return {k: Path(v) if _kind(fields[k][1])[0] is Path and isinstance(v, str) else v

@@ -130,7 +130,8 @@ class VAE(nn.Module):
         if not self.conditional:
             if condition is not None:
                 raise TorchVaeError(f"this {self.config.arch} model is not conditional: it "
-                                    "takes no class")  # fmt: skip
+                                    "takes no class; leave the class out (--class), or use a "
+                                    "model trained with --conditional")  # fmt: skip
             return None
         return class_labels(self.config.classes, condition, n, generator, self.device)
 

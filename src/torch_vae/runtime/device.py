@@ -33,11 +33,14 @@ def pick_device(name: str = "auto", cpu: bool = False) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise TorchVaeError(f"unknown --device {name!r}; choose one of {DEVICES}") from None
+        raise TorchVaeError(
+            f"unknown --device {name!r}; choose one of {', '.join(DEVICES)} or cuda:N"
+        ) from None
     if device.type not in DEVICES or (device.type != "cuda" and device.index is not None):
         # PyTorch knows more device types (xla, meta, ...): none of them runs torch-vae
         raise TorchVaeError(
-            f"--device {name!r} is not one torch-vae runs on; choose one of {DEVICES} or cuda:N"
+            f"--device {name!r} is not one torch-vae runs on; choose one of {', '.join(DEVICES)} "
+            "or cuda:N"
         )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise TorchVaeError(

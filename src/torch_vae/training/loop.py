@@ -259,9 +259,10 @@ def _start(plan, train_images, test_images, device, progress, dist, start, rows=
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    log.info("training %d parameters on %d images: %d steps per epoch, %d in all, on %s in %s",
-             model.num_parameters(), n_train, steps_per_epoch, total_steps, device,
-             cfg.precision)  # fmt: skip
+    steps = "step" if steps_per_epoch == 1 else "steps"
+    log.info("training %s parameters on %s images: %d %s per epoch, %d in all, on %s in %s",
+             f"{model.num_parameters():,}", f"{n_train:,}", steps_per_epoch, steps, total_steps,
+             device, cfg.precision)  # fmt: skip
     return Loop(plan, model, forward, opt, amp, gen, fixed_z, device, dist, progress,
                 train_images, test_images, steps_per_epoch, total_steps,
                 fetch=batch_source(train_images, device, cfg.batchsize, rows),
