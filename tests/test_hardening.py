@@ -25,6 +25,13 @@ def test_resume_past_max_steps_is_refused(data, tmp_path, capsys):
     assert main(train_args(run, data, 2, "--max_steps", "2")) == 0
     assert resume(run, data) == 1
     assert "already finished (2 of --max_steps 2, in epoch 1)" in capsys.readouterr().err
+    # a --max_steps below the steps made is refused as such, the run's config untouched
+    config = (run / "config.json").read_bytes()
+    assert resume(run, data, "--max_steps", "1") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("is at step 2, past --max_steps 1; pass a larger --max_steps to train it "
+                        "further, or leave it out") and "\n" not in err  # fmt: skip
+    assert (run / "config.json").read_bytes() == config
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

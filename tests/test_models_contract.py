@@ -272,3 +272,15 @@ def test_each_model_option_s_help_names_its_families_once_and_each_one_s_default
         "--arch vqvae: residual blocks at the code grid (default: resnet: 1; vqvae: 2)"
     )
     assert helps["latent_dims"]["help"].endswith("(default: original, dcgan, resnet: 8; vqvae: 16)")
+
+
+@pytest.mark.parametrize(("arch", "classes"), CASES)
+def test_images_of_another_shape_are_refused_in_one_line_naming_the_model_s(arch, classes):
+    model = trained_like(arch, classes=classes)
+    y = labels(model, 2)
+    for wrong in (torch.rand(2, 1, 16, 16), torch.rand(2, 3, 32, 32), torch.rand(1, 32, 32)):
+        with pytest.raises(TorchVaeError) as refused:
+            model.encode(wrong, y)
+        said = str(refused.value)
+        assert said.startswith("this model encodes images of shape (N, 1, 32, 32), got (")
+        assert "resize them to its --image_size 32" in said and "\n" not in said

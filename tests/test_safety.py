@@ -153,6 +153,12 @@ def test_signals_while_the_state_is_saved_wait_for_the_save(
     assert main(_train_args(run, mnist_dir)) == 130
     assert "signal again to stop at once" in capsys.readouterr().err
     assert (run / "ckpt.pt").is_file() and (run / "config.json").is_file()
+    # stopped in its first epoch: no weights yet, and a command that wants them says why
+    assert not (run / "model.safetensors").exists()
+    assert main(["generate", "--model", str(run), "--outdir", str(tmp_path / "g")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"its run stopped before the end of its first epoch; continue it with "
+                        f"torch-vae train --resume {run}") and "\n" not in err  # fmt: skip
 
 
 def test_output_flags_never_write_over_a_run_s_files(trained, mnist_dir, capsys):

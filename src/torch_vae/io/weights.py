@@ -57,6 +57,11 @@ def resolve_weights(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         weights = path / WEIGHTS_NAME
+        if not weights.is_file() and (path / "ckpt.pt").is_file():
+            raise TorchVaeError(
+                f"{path} has no {WEIGHTS_NAME} yet: its run stopped before the end of its first "
+                f"epoch; continue it with torch-vae train --resume {path}"
+            )
         if not weights.is_file():
             raise TorchVaeError(
                 f"{path} has no {WEIGHTS_NAME}; pass a run folder written by "

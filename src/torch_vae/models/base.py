@@ -146,6 +146,13 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor, condition: Any = None) -> Posterior:
         """Images (B, C, H, W) in [0, 1] -> posterior q(z|x) (q(z|x, y) for a conditional
         model, given the images' classes ``condition``)."""
+        c = self.config
+        if x.dim() != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
+            raise TorchVaeError(
+                f"this model encodes images of shape (N, {c.in_channels}, {c.image_size}, "
+                f"{c.image_size}), got {tuple(x.shape)}; resize them to its --image_size "
+                f"{c.image_size} with {c.in_channels} channel(s) first"
+            )
         x = self._cast(x)
         y = self._need_labels(condition, len(x))
         if y is not None:

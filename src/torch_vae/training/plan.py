@@ -137,6 +137,11 @@ def plan_resume(
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     train = dataclasses.replace(train, **changes)
     state = load_train_state(run_dir)
+    if max_steps and max_steps < state["step"]:  # else it would end at once, as if finished
+        raise TorchVaeError(
+            f"the run in {run_dir} is at step {state['step']}, past --max_steps {max_steps}; "
+            "pass a larger --max_steps to train it further, or leave it out"
+        )
     # a run stopped after its last step but before that step's evaluation and weights were
     # saved (a signal during the evaluation) is not finished: a resume saves them
     steps_left = not train.max_steps or state["step"] < train.max_steps
