@@ -405,11 +405,18 @@ def test_an_upload_to_a_conditional_model_needs_a_known_class(conditional):
     assert r.status_code == 422 and "class: Field required" in r.json()["detail"]
     r = client.post("/api/encode", files={"file": ("a.png", data)}, data={"class": "10"})
     assert r.status_code == 422 and "class: Input should be '0'" in r.json()["detail"]
+    r = client.post("/api/encode", files={"file": ("a.png", data)}, data={"class": "1", "z": "0"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "unknown form field(s) z: this endpoint takes file and class"
 
 
 def test_an_unconditional_model_takes_no_class(client):
     r = client.post("/api/decode", json={"z": [0, 0, 0], "class": 3})
     assert r.status_code == 422 and "class: Extra inputs are not permitted" in r.json()["detail"]
+    png = file_bytes(Image.new("L", (40, 40), 128))
+    r = client.post("/api/encode", files={"file": ("a.png", png)}, data={"class": "1"})
+    assert r.status_code == 422
+    assert r.json()["detail"] == "unknown form field(s) class: this endpoint takes file"
     assert client.post("/api/sample", json={"seed": 1}).json()["label"] is None
     assert client.get("/api/info").json()["conditional"] is False
 

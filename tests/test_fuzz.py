@@ -259,3 +259,25 @@ def test_decompression_bomb_is_refused_by_the_pixel_limit(tmp_path, bomb, route)
             _decode_path(None, folder / "000001.jpg", 3, 8)
         with pytest.raises(TorchVaeError, match=match):
             get_dataset(f"folder:{folder}")  # the scan of every image's mode
+
+
+@pytest.mark.parametrize("bomb", list(BOMBS), ids=list(BOMBS))
+def test_a_decompression_bomb_given_as_one_image_is_refused_in_the_project_s_words(tmp_path, bomb):
+    """interpolate --images and the explorer's upload say the limit, not Pillow's text."""
+    from PIL import Image
+
+    from torch_vae.cli.common import read_image
+    from torch_vae.explorer.state import MAX_UPLOAD_PIXELS, UploadError, read_upload
+
+    data = png_bomb(*BOMBS[bomb])
+    path = tmp_path / "bomb.png"
+    path.write_bytes(data)
+    limit = f"more than {Image.MAX_IMAGE_PIXELS:,} pixels"
+    with pytest.raises(TorchVaeError) as refused:
+        read_image(path, 1, 32)
+    assert str(refused.value) == (f"cannot read image {path}: it has {limit}, Pillow's limit "
+                                  "against decompression bombs; pass a smaller image")  # fmt: skip
+    with pytest.raises(UploadError) as refused:
+        read_upload(data, 1, 32)
+    assert refused.value.status == 413
+    assert str(refused.value) == f"the image has {limit}; at most {MAX_UPLOAD_PIXELS:,} in all"

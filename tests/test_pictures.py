@@ -103,6 +103,8 @@ def test_bad_input_is_one_line(model, mnist_dir, capsys, monkeypatch):
 def test_plot_refuses_what_is_not_a_run(tmp_path, capsys):
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
     assert "has no metrics.jsonl" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nope"), "--out", str(tmp_path / "c.png")]) == 1
+    assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
 
 
 def test_embed_without_labels_is_uncoloured(model, mnist_dir, tmp_path, caplog, monkeypatch):

@@ -120,6 +120,29 @@ def test_perfectly_separable_ood_images_get_auroc_one(labelled, tmp_path):
     assert (tmp_path / "scores.png").is_file()
 
 
+def test_a_folder_of_colour_images_is_scored_as_grey_by_a_grey_model(labelled, tmp_path, caplog):
+    # the black model's reconstruction error is the image's mean square: the colour images
+    # score as their grey conversion (Pillow's) scores
+    colours = [(200, 100, 50), (10, 240, 90), (255, 255, 255), (0, 0, 120)]
+    folders = {"rgb": tmp_path / "rgb", "grey": tmp_path / "grey"}
+    for kind, folder in folders.items():
+        folder.mkdir()
+        for i, c in enumerate(colours * 3):
+            img = Image.new("RGB", (28, 28), c)
+            (img if kind == "rgb" else img.convert("L")).save(folder / f"c{i:02d}.png")
+    model = black_model(tmp_path / "m")
+    recon = {}
+    for kind, folder in folders.items():
+        out = tmp_path / f"{kind}.csv"
+        with caplog.at_level("INFO", logger="torch_vae"):
+            assert score(model, labelled, "--ood", f"folder:{folder}", "--out", str(out),
+                         "--iw_samples", "0") == 0  # fmt: skip
+        rows = list(csv.DictReader(out.open()))
+        recon[kind] = [float(r["recon"]) for r in rows if r["source"] == "ood"]
+    assert len(recon["rgb"]) == 12 and recon["rgb"] == recon["grey"]
+    assert "the folder's images are converted to grey, as the model takes them" in caplog.text
+
+
 def test_exclude_class_removes_the_classes_from_training_batches(labelled, tmp_path, monkeypatch):
     from torch_vae.training import loop
 
@@ -198,6 +221,7 @@ def test_exclude_class_on_a_dataset_without_labels_is_one_line(mnist_dir, tmp_pa
         (["--ood", "cifar-10", "--ood_class", "3"], "not both"),
         (["--ood_class", "dog"], "--ood_class: unknown class 'dog'"),
         (["--ood", "folder:/no/such/folder"], "image folder /no/such/folder does not exist"),
+        (["--ood", "folder:/etc/passwd"], "/etc/passwd is a file, not a folder"),
         (["--ood", "celeb-a"], "channels"),
         (["--out", "scores.txt"], "must end in .csv or .json"),
         (["--fpr", "1.5"], "--fpr must be a number between 0 and 1"),

@@ -140,6 +140,11 @@ def read_image(path: Path, channels: int, size: int) -> np.ndarray:
         ) from None
     except OSError as exc:
         raise TorchVaeError(f"cannot read image {path} ({exc.strerror or exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise TorchVaeError(
+            f"cannot read image {path}: it has more than {Image.MAX_IMAGE_PIXELS:,} pixels, "
+            "Pillow's limit against decompression bombs; pass a smaller image"
+        ) from None
     except (UnsupportedImage, *DECODE_ERRORS) as exc:
         raise TorchVaeError(f"cannot read image {path} ({exc}); pass a PNG or JPEG") from None
 

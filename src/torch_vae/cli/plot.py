@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 def run(o: PlotOptions) -> None:
     runs = [Path(r) for r in o.runs]
     for run in runs:
+        if not run.exists():
+            raise TorchVaeError(f"{run} does not exist: pass run folders of torch-vae train")
         if not (run / METRICS_NAME).is_file():
             raise TorchVaeError(f"{run} has no metrics.jsonl: pass run folders of torch-vae train")
     if o.out.suffix.lower() != ".png":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..analysis.figures import plot_anomaly
 from ..data import check_channels, get_dataset, load_split
@@ -189,14 +190,19 @@ def _trim(s: ImageSet, first: slice) -> None:
 def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageSet:
     """The images of ``--ood``: a folder's every image (both of its splits), or a dataset's
     ``--split``."""
-    ood = o.ood
-    check_channels(ood, model.config.in_channels, "the model expects",
-                   "pass out-of-distribution images with as many channels")  # fmt: skip
+    ood, channels = o.ood, model.config.in_channels
+    folder = isinstance(get_dataset(ood), FolderDataset)
+    if not folder:
+        check_channels(ood, channels, "the model expects",
+                       "pass out-of-distribution images with as many channels")  # fmt: skip
+    elif get_dataset(ood).channels != channels:  # a folder's images are any images: converted
+        log.info("the folder's images are converted to %s, as the model takes them",
+                 "grey" if channels == 1 else "RGB")  # fmt: skip
     size, progress = model.config.image_size, not runtime.quiet
-    splits = ("train", "test") if isinstance(get_dataset(ood), FolderDataset) else (o.split,)
+    splits = ("train", "test") if folder else (o.split,)
     parts, split, index, labels = [], [], [], []
     for s in splits:
-        images = load_split(ood, s, size, o.data_dir, progress)
+        images = with_channels(load_split(ood, s, size, o.data_dir, progress), channels)
         parts.append(images)
         split += [s] * len(images)
         index.append(np.arange(len(images)))
@@ -207,6 +213,17 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
                    np.concatenate(labels))  # fmt: skip
     _trim(out, first)
     return out
+
+
+def with_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 images (N, H, W, C) with ``channels`` channels: RGB to grey as Pillow converts
+    (ITU-R 601-2 luma), grey to RGB by repeating it."""
+    if images.shape[-1] == channels:
+        return images
+    if channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    grey = [np.asarray(Image.fromarray(img).convert("L")) for img in images]
+    return np.stack(grey)[..., None] if grey else images[..., :1]
 
 
 def trained_without(model_path: Path) -> tuple[int, ...]:

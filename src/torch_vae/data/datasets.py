@@ -331,6 +331,9 @@ class FolderDataset(Dataset):
     def listing(self, split: str) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
         """The split's image files, sorted: each as its path relative to the folder (a tuple of
         names), its path, and its stat; one directory scan."""
+        if self.root.exists() and not self.root.is_dir():
+            raise TorchVaeError(f"{self.root} is a file, not a folder: folder:PATH takes the "
+                                "folder that holds the images")  # fmt: skip
         if not self.root.is_dir():
             raise TorchVaeError(f"image folder {self.root} does not exist")
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():

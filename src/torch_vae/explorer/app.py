@@ -366,7 +366,13 @@ def _add_image_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
         y = label if ex.conditional else None
         return m.TestImage(**encoded(ex.images[index], y, index=index, label=label))
 
-    async def upload(file: UploadFile, y: int | None) -> Any:
+    takes = ("file", "class") if ex.conditional else ("file",)
+
+    async def upload(request: Request, file: UploadFile, y: int | None) -> Any:
+        extra = sorted(set((await request.form()).keys()) - set(takes))
+        if extra:  # as the JSON endpoints refuse extra inputs
+            raise UploadError(422, f"unknown form field(s) {', '.join(extra)}: this endpoint "
+                              f"takes {' and '.join(takes)}")  # fmt: skip
         data = await file.read(MAX_UPLOAD_BYTES + 1)
         c = ex.model.config
         image = await run_in_threadpool(read_upload, data, c.in_channels, c.image_size)
@@ -377,12 +383,12 @@ def _add_image_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
         what = "the class to encode and decode it as: a name, or an index into classes"
         Class = Annotated[form_class(ex.classes), Form(alias="class", description=what)]
 
-        async def encode(file: File_, class_: Class) -> Any:
-            return await upload(file, ex.class_index(class_))
+        async def encode(request: Request, file: File_, class_: Class) -> Any:
+            return await upload(request, file, ex.class_index(class_))
     else:
 
-        async def encode(file: File_) -> Any:
-            return await upload(file, None)
+        async def encode(request: Request, file: File_) -> Any:
+            return await upload(request, file, None)
 
     encode.__doc__ = """Encode an uploaded image (at most 10 MiB and 20 megapixels; PNG, JPEG,
         GIF, BMP, WebP, TIFF or PPM; a conditional model's as the class ``class``): its code,

@@ -398,8 +398,12 @@ def read_upload(data: bytes, channels: int, size: int) -> np.ndarray:
         raise UploadError(
             415, f"not an image in a format the explorer reads ({', '.join(UPLOAD_FORMATS)})"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UploadError(413, f"the image is too large: {exc}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadError(  # Pillow refuses to open it: more pixels than its own limit
+            413,
+            f"the image has more than {Image.MAX_IMAGE_PIXELS:,} pixels; at most "
+            f"{MAX_UPLOAD_PIXELS:,} in all",
+        ) from None
     except UnsupportedImage as exc:
         raise UploadError(422, f"cannot use this image: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a damaged file makes Pillow raise anything
