@@ -186,11 +186,20 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         read_cifar(d, ["test_batch"], b"labels")
 
 
-def test_unreadable_folder_image_is_named_in_the_error(tmp_path):
+def test_unreadable_folder_images_are_named_in_one_error(tmp_path):
     folder = fakedata.write_folder(tmp_path / "imgs", n=12)
     (folder / "broken.png").write_bytes(b"\x89PNG nope")
-    with pytest.raises(TorchVaeError, match="cannot read image .*broken.png"):
+    with pytest.raises(TorchVaeError, match=r"cannot read image .*broken.png \(.*; remove or "
+                       r"replace it$"):  # fmt: skip
         get_dataset(f"folder:{folder}")
+    for i in range(6):  # all of them at once, the first few by name, not one per run
+        (folder / f"text{i}.png").write_text("not an image")
+    with pytest.raises(TorchVaeError) as refused:
+        get_dataset(f"folder:{folder}")
+    said = str(refused.value)
+    assert said.startswith(f"cannot read image {folder / 'broken.png'} (") and "\n" not in said
+    named = ", ".join(str(folder / f"text{i}.png") for i in range(4))
+    assert f"; 6 more: {named}, ...; remove or replace them" in said
 
 
 def test_unknown_dataset_and_empty_folder_are_refused(tmp_path):

@@ -409,7 +409,7 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
     """A folder dataset; grayscale when every image is grayscale, otherwise RGB."""
     root = Path(root).expanduser()
     ds = FolderDataset(name=f"folder:{root}", channels=3, root=root)
-    modes = set()
+    modes, bad = set(), []
     for split in SPLITS:
         for path in ds.list_images(split):
             try:
@@ -418,9 +418,12 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
                     with open_image(path) as img:
                         modes.add(img.mode)
             except DECODE_ERRORS as exc:
-                raise TorchVaeError(
-                    f"cannot read image {path} ({exc}); remove or replace it"
-                ) from None
+                bad.append((path, exc))
+    if bad:  # every one named at once (the first few), not one per run
+        (path, exc), rest = bad[0], [str(p) for p, _ in bad[1:]]
+        more = f"; {len(rest)} more: {', '.join(rest[:4])}{', ...' * (len(rest) > 4)}" * bool(rest)
+        raise TorchVaeError(f"cannot read image {path} ({exc}){more}; remove or replace "
+                            f"{'them' if rest else 'it'}")  # fmt: skip
     channels = 1 if modes <= GRAY_MODES else 3
     return FolderDataset(name=f"folder:{root}", channels=channels, root=root)
 
