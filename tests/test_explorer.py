@@ -134,6 +134,9 @@ def test_errors_are_4xx_with_a_message(client):
     json_type = {"Content-Type": "application/json"}
     r = client.post("/api/map/decode", content=b'{"xy": [0, NaN]}', headers=json_type)
     assert r.status_code == 422 and "finite" in r.json()["detail"]
+    r = client.post("/api/decode", content=b'{"z":', headers=json_type)  # cut short
+    assert r.status_code == 422
+    assert r.json()["detail"] == "body: not valid JSON at character 5 (Expecting value)"
 
 
 def test_a_map_point_decodes_to_a_code_on_its_place(client, explorer):
@@ -241,6 +244,10 @@ def test_bad_uploads_are_refused_with_a_message(client):
     assert status == 413
     r = client.post("/api/encode", files={"other": ("x.png", png, "image/png")})
     assert r.status_code == 422 and "file" in r.json()["detail"]
+    r = client.post("/api/encode", data={"file": "hello"})  # text where the file goes
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "file: an image file, sent as a multipart file part with a filename, not text"
+    )
     r = client.post("/api/encode", content=b"--x\r\ngarbage", headers={
         "Content-Type": "multipart/form-data; boundary=x"})  # fmt: skip
     assert 400 <= r.status_code < 500

@@ -436,8 +436,16 @@ def _describe(errors: list[dict[str, Any]]) -> str:
     """Pydantic's errors as one line: where, and what is wrong."""
     parts = []
     for e in errors[:4]:
+        if e.get("type") == "json_invalid":  # its loc is the character where parsing failed
+            at = next((p for p in e.get("loc", ()) if isinstance(p, int)), None)
+            where = f" at character {at}" if at is not None else ""
+            parts.append(f"body: not valid JSON{where} ({e.get('ctx', {}).get('error', '')})")
+            continue
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+        msg = e.get("msg", "invalid")
+        if "Expected UploadFile" in msg:  # a form field where a file goes
+            msg = "an image file, sent as a multipart file part with a filename, not text"
+        parts.append(f"{where}: {msg}")
     more = f" (and {len(errors) - 4} more)" if len(errors) > 4 else ""
     return "; ".join(parts) + more
 
@@ -548,7 +556,9 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send) -> None:
-        detail = f"the request body is larger than {self.limit} bytes"
+        detail = (
+            f"the request body is larger than {self.limit:,} bytes ({self.limit / 2**20:.1f} MiB)"
+        )
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
