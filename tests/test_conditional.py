@@ -209,6 +209,7 @@ def test_class_accuracy_maps_the_classifier_s_classes_by_name():
     [
         (["--class", "x"], "unknown class 'x'; choose one of 0 '0', 1 '1'"),
         (["--class", "12"], "class 12 is not an index 0 to 9 nor a name"),
+        (["--class=-1"], "class -1 is not an index 0 to 9 nor a name"),
         (
             ["--class", "all", "--k", "3"],
             "the reference's class '0' has 2 images; precision and recall need more than --k 3",

@@ -225,6 +225,7 @@ def test_exclude_class_on_a_dataset_without_labels_is_one_line(mnist_dir, tmp_pa
         (["--ood", "celeb-a"], "channels"),
         (["--out", "scores.txt"], "must end in .csv or .json"),
         (["--fpr", "1.5"], "--fpr must be a number between 0 and 1"),
+        (["--figure", "roc.png"], "--figure draws the ROC of the scores against out-of-dis"),
     ],
 )
 def test_score_errors_are_one_line(labelled, tmp_path, capsys, flags, message):

@@ -553,7 +553,7 @@ def test_a_conditional_transformer_prior_draws_the_grids_of_the_class_asked_for(
 
 
 def test_generate_from_a_conditional_vq_model_draws_each_class_s_grids(
-    mnist_dir, labelled, tmp_path
+    mnist_dir, labelled, tmp_path, caplog
 ):
     config = tmp_path / "flags.json"
     flags = {"arch": "vqvae", "image_size": 32, "max_filters": 16, "latent_dims": 4,
@@ -568,6 +568,10 @@ def test_generate_from_a_conditional_vq_model_draws_each_class_s_grids(
                  "--nscore", "4", *common]) == 0  # fmt: skip
     prior = load_sampler(run, "transformer")
     assert prior.classes == 10
+    with caplog.at_level("INFO", logger="torch_vae"):  # refused before the prior is read
+        assert main(["generate", "--model", str(run), "--class", "12", "--outdir",
+                     str(tmp_path / "none"), "--cpu"]) == 1  # fmt: skip
+    assert "latents from" not in caplog.text and not (tmp_path / "none").exists()
     out = tmp_path / "sevens"
     assert main(["generate", "--model", str(run), "--nsamples", "4", "--class", "7",
                  "--outdir", str(out), "--quiet", "--cpu"]) == 0  # fmt: skip

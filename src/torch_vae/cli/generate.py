@@ -17,10 +17,10 @@ def run(o: GenerateOptions, runtime: Runtime) -> None:
     model = load(o.model, runtime)
     check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters,
                 in_channels=o.nimg_channels)  # fmt: skip
+    sample_classes(model, 1, o.seed, o.class_)  # a class it cannot take: before anything else
     sampler = choose_sampler(o.model, o.sampler, model, o.temperature, o.guidance,
                              o.round_trips)  # fmt: skip
     draw = sampler.sample if sampler is not None else None
-    sample_classes(model, 1, o.seed, o.class_)  # a class it cannot take: before any writing
     out = write_samples(model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet,
                         o.precision, draw, o.class_)  # fmt: skip
     log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)

@@ -289,6 +289,11 @@ class ScoreOptions:
             )
         if self.out is not None and self.out.suffix.lower() not in SCORE_SUFFIXES:
             raise TorchVaeError(f"--out {self.out} must end in .csv or .json")
+        if self.figure is not None and self.ood is None and self.ood_class is None:
+            raise TorchVaeError(
+                "--figure draws the ROC of the scores against out-of-distribution images: pass "
+                "--ood or --ood_class too, or leave --figure out"
+            )
 
 
 @dataclass(frozen=True)

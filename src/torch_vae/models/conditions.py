@@ -27,9 +27,9 @@ def class_index(names: Sequence[str], value: Any) -> int:
         for i, name in enumerate(names):
             if key == _key(name) or key in (_key(part) for part in name.split("/")):
                 return i
-        if not value.strip().isdigit():
+        if not value.strip().lstrip("-").isdigit():
             raise TorchVaeError(f"unknown class {value!r}; choose one of {_listing(names)}")
-        value = int(value)
+        value = int(value)  # an index, in range or not: said below as one
     if isinstance(value, int) and 0 <= value < len(names):
         return value
     raise TorchVaeError(
