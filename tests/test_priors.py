@@ -218,7 +218,9 @@ def test_fit_sampler_sizes_the_network_and_replaces_a_fitted_one_only_when_asked
     assert count(small) < count(default)
 
 
-def test_fit_sampler_refuses_network_flags_for_a_mixture(small_run, capsys):
+def test_fit_sampler_refuses_network_flags_for_a_mixture_and_components_for_a_network(
+    small_run, capsys
+):
     fit = ["fit-sampler", "--model", str(small_run), "--sampler", "gmm"]
     assert main([*fit, "--hidden", "64"]) == 1
     err = capsys.readouterr().err.strip()
@@ -226,3 +228,8 @@ def test_fit_sampler_refuses_network_flags_for_a_mixture(small_run, capsys):
     assert main([*fit, "--layers", "-1"]) == 1
     assert "--layers must be an integer >= 0" in capsys.readouterr().err
     assert load_sampler(small_run, "gmm") is None
+    flow = ["fit-sampler", "--model", str(small_run), "--sampler", "flow", "--components", "5"]
+    assert main(flow) == 1  # and the other way round: a mixture's size for a flow
+    err = capsys.readouterr().err.strip()
+    assert "--components sizes a gmm sampler's mixture; a flow sampler takes none" in err
+    assert "\n" not in err and load_sampler(small_run, "flow") is None

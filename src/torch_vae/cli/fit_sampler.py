@@ -88,6 +88,9 @@ def check_network_flags(o: FitSamplerOptions) -> None:
             kinds_named = " or ".join([", ".join(takes[:-1]), *takes[-1:]] if takes[:-1] else takes)
             raise TorchVaeError(f"{flag} {does} the network of a {kinds_named} sampler; a "
                                 f"{o.sampler} sampler takes no {flag} (leave it out)")  # fmt: skip
+    if o.components is not None and o.sampler != "gmm":
+        raise TorchVaeError(f"--components sizes a gmm sampler's mixture; a {o.sampler} sampler "
+                            "takes none (leave it out)")  # fmt: skip
     in_bf16 = [k for k, cls in PRIORS.items() if getattr(cls, "fits_in_bf16", False)]
     if o.precision == "bf16" and o.sampler not in in_bf16:
         raise TorchVaeError(f"--precision bf16 applies to a {' or '.join(in_bf16)} sampler's "

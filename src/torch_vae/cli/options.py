@@ -402,7 +402,7 @@ class FitSamplerOptions:
         "code grids; see docs/sampling.md",
         choices=kinds(),
     )
-    components: int = option(50, "mixture components (gmm)")
+    components: int | None = option(None, "mixture components (gmm; default: 50)")
     steps: int = option(
         0, "training steps of flow, diffusion, twostage, transformer (0: the kind's default)"
     )
@@ -448,7 +448,8 @@ class FitSamplerOptions:
     def __post_init__(self) -> None:
         non_negative("--seed", self.seed, 2**32 - 1)  # scikit-learn's random_state
         check_choice("--sampler", self.sampler, kinds())
-        positive("--components", self.components)
+        if self.components is not None:
+            positive("--components", self.components)
         non_negative("--steps", self.steps, 10_000_000)
         non_negative("--hidden", self.hidden, 4096)
         non_negative("--layers", self.layers, 16)
