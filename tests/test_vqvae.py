@@ -5,6 +5,7 @@ sampling, file round trip and refusals. What every family keeps is in test_model
 
 import contextlib
 import json
+import re
 
 import numpy as np
 import pytest
@@ -267,6 +268,7 @@ def test_fit_sampler_records_and_logs_a_transformer_s_held_out_and_own_draw_nll(
     score = load_sampler(vq_run, "transformer").info["validation"]
     assert (score["nll"], score["sample_nll"]) == (3.0625, 2.8125)
     assert "code grids: 3.0625 nats" in caplog.text and "(its entropy): 2.8125" in caplog.text
+    assert re.search(r"fitted a causal transformer .* to \d+ code grids in", caplog.text)
 
 
 def test_a_transformer_sampler_is_refused_for_a_gaussian_model(train_tiny, mnist_dir, tmp_path,

@@ -119,6 +119,7 @@ def fit_sampler(
     if score is not None:
         prior.info["validation"] = score(prior)
     path = save_sampler(prior, sampler_path(model_path, kind))
-    log.info("fitted %s to %d posterior means in %.1f s: %s", prior.describe(), len(z),
+    what = "code grids" if model.latent_kind == "discrete" else "posterior means"
+    log.info("fitted %s to %d %s in %.1f s: %s", prior.describe(), len(z), what,
              prior.info["fit_seconds"], path)  # fmt: skip
     return prior, path
