@@ -74,12 +74,12 @@ def print_quality(r: dict) -> None:
     )
     fd = "FID" if r["features"] == "inception" else "Frechet distance"
     print(f"{r['features']} features ({r['feature_dims']}-d), k = {r['k']}:")
-    print(f"  {'':<22} {made:>10} {'floor':>10}")
+    print(f"  {'':<22} {made:>10} {'floor' if t else '':>10}".rstrip())
     rows = [(fd, "fd"), ("KID", "kid"), ("precision", "precision"), ("recall", "recall")]
     if "class_kl" in s:
         rows.append(("class KL (nats)", "class_kl"))
     for name, key in rows:
-        print(f"  {name:<22} {_number(s[key]):>10} {_number(t[key]) if t else '':>10}")
+        print(f"  {name:<22} {_number(s[key]):>10} {_number(t[key]) if t else '':>10}".rstrip())
     if "class_histogram" in s:
         names = r.get("class_names") or [str(i) for i in range(len(s["class_histogram"]))]
         ref = r["reference_class_histogram"]
