@@ -202,6 +202,27 @@ def test_unreadable_folder_images_are_named_in_one_error(tmp_path):
     assert f"; 6 more: {named}, ...; remove or replace them" in said
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_truncated_folder_images_are_named_together_when_decoded(tmp_path, monkeypatch, workers):
+    # a truncated PNG passes the folder's scan (its header is whole) and fails when decoded:
+    # every such file of the split is named in one error, in or out of worker processes
+    from torch_vae.data import parallel
+
+    monkeypatch.setenv("TORCH_VAE_WORKERS", workers)
+    monkeypatch.setattr(parallel, "CHUNK", 4)  # chunks of a few images, so that 2 workers
+    monkeypatch.setattr(parallel, "MIN_PER_WORKER", 4)  # share these 36 (and the bad ones)
+    folder = fakedata.write_folder(tmp_path / "imgs", n=40)
+    whole = sorted(folder.glob("*.png"))[::3]  # img001, img007, img013: in three chunks
+    for path in whole[:3]:
+        path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(TorchVaeError) as refused:
+        load_split(f"folder:{folder}", "train", 16, tmp_path / "data", progress=False)
+    said = str(refused.value)
+    assert said.startswith(f"cannot read image {whole[0]} (") and "\n" not in said
+    assert said.endswith(f"; 2 more cannot be read either: {whole[1]}, {whole[2]}; remove or "
+                         "replace them")  # fmt: skip
+
+
 def test_unknown_dataset_and_empty_folder_are_refused(tmp_path):
     with pytest.raises(TorchVaeError, match="unknown dataset 'svhn'"):
         get_dataset("svhn")

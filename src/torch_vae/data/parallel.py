@@ -13,6 +13,7 @@ variable ``TORCH_VAE_WORKERS`` (1 = no extra processes) to choose another.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -61,22 +62,65 @@ def empty(shape: tuple[int, ...]) -> np.ndarray:
 
 def _decode_chunk(
     source: str | None, items: Sequence, decode: Decoder, channels: int, size: int
-) -> np.ndarray:
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Decode ``items`` (member names of the zip ``source``, or file paths if ``source`` is
-    None) into an array (len(items), size, size, channels)."""
+    None) into an array (len(items), size, size, channels), and the items that could not be
+    decoded, each with its one-line error (their rows are left as they were)."""
     out = np.empty((len(items), size, size, channels), dtype=np.uint8)
-    if source is None:
+    failed: list[tuple[str, str]] = []
+    zf = None
+    if source is not None:
+        try:
+            zf = zipfile.ZipFile(source)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise TorchVaeError(f"{source} is not a readable zip file ({exc})") from None
+    with zf or contextlib.nullcontext():
         for i, item in enumerate(items):
-            out[i] = decode(None, item, channels, size)
-        return out
+            try:
+                out[i] = decode(zf, item, channels, size)
+            except TorchVaeError as exc:  # told with the others at the end
+                failed.append((str(item), str(exc)))
+    return out, failed
+
+
+def _unreadable(failed: list[tuple[str, str]]) -> TorchVaeError:
+    """One error for every image that could not be decoded: the first one's own words, then
+    how many more and the first few of them."""
+    first = failed[0][1]
+    if len(failed) == 1:
+        return TorchVaeError(first)
+    rest = [item for item, _ in failed[1:]]
+    named = ", ".join(rest[:4]) + (", ..." if len(rest) > 4 else "")
+    fix = "; remove or replace it"
+    more = f"{len(rest)} more cannot be read either: {named}"
+    if not first.endswith(fix):  # its own fix (a corrupt zip's, say) stays last
+        return TorchVaeError(f"{first}; {more}")
+    return TorchVaeError(f"{first.removesuffix(fix)}; {more}; remove or replace them")
+
+
+def _decode_in_pool(out, src, items, decode: Decoder, workers: int, bar) -> list:
+    """``decode_all``'s work in ``workers`` processes, chunk by chunk into ``out``; the items
+    that could not be decoded, in their order."""
+    _, size, _, channels = out.shape
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
+    by_start = []
     try:
-        zf = zipfile.ZipFile(source)
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise TorchVaeError(f"{source} is not a readable zip file ({exc})") from None
-    with zf:
-        for i, item in enumerate(items):
-            out[i] = decode(zf, item, channels, size)
-    return out
+        futures = {
+            pool.submit(_decode_chunk, src, items[s : s + CHUNK], decode, channels, size): s
+            for s in range(0, len(items), CHUNK)
+        }
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done:
+                part, bad = fut.result()  # re-raises a worker's TorchVaeError here
+                start = futures[fut]
+                out[start : start + len(part)] = part
+                by_start.append((start, bad))
+                bar.update(len(part))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error: stop at once
+    return [f for _, bad in sorted(by_start) for f in bad]
 
 
 def _pool_context():
@@ -113,27 +157,17 @@ def decode_all(
     out = (allocate or empty)((n, size, size, channels))
     try:
         if workers == 1:
+            failed: list[tuple[str, str]] = []
             for start in range(0, n, CHUNK):
                 part = items[start : start + CHUNK]
-                out[start : start + len(part)] = _decode_chunk(src, part, decode, channels, size)
+                out[start : start + len(part)], bad = _decode_chunk(src, part, decode, channels,
+                                                                    size)  # fmt: skip
+                failed += bad
                 bar.update(len(part))
-            return out
-        pool = ProcessPoolExecutor(workers, mp_context=_pool_context())
-        try:
-            futures = {
-                pool.submit(_decode_chunk, src, items[s : s + CHUNK], decode, channels, size): s
-                for s in range(0, n, CHUNK)
-            }
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in done:
-                    part = fut.result()  # re-raises a worker's TorchVaeError here
-                    start = futures[fut]
-                    out[start : start + len(part)] = part
-                    bar.update(len(part))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # after an error: stop at once
+        else:
+            failed = _decode_in_pool(out, src, items, decode, workers, bar)
+        if failed:
+            raise _unreadable(failed)
         return out
     except BrokenProcessPool:
         raise TorchVaeError(
