@@ -406,6 +406,8 @@ def test_the_explorer_refuses_other_sites_and_other_host_names(client):
     assert client.post("/api/decode", json=z, headers=own).status_code == 200
     evil = client.post("/api/decode", json=z, headers={"Origin": "http://evil.example"})
     assert evil.status_code == 403 and "other sites" in evil.json()["detail"]
+    framed = client.post("/api/decode", json=z, headers={"Origin": "null"})  # a sandboxed page
+    assert framed.status_code == 403 and "other sites (null)" in framed.json()["detail"]
     rebound = client.get("/api/info", headers={"Host": "evil.example:8000"})
     assert rebound.status_code == 403 and "host" in rebound.json()["detail"]
     assert client.get("/api/info", headers={"Host": "localhost:8000"}).status_code == 200

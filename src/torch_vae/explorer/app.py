@@ -511,7 +511,8 @@ class SameOrigin:
         name = name.strip("[]").lower()
         if self.hosts is not None and name not in self.hosts:
             detail = f"this explorer does not answer to host {host!r}; open it by its address"
-        elif "origin" in headers and headers["origin"] not in (f"http://{host}", "null"):
+        elif "origin" in headers and headers["origin"] != f"http://{host}":
+            # "null" too: a sandboxed frame's or a local file's page is not this server's
             detail = f"requests from other sites ({headers['origin']}) are refused"
         elif headers.get("sec-fetch-site") == "cross-site":
             detail = "requests from other sites are refused"
