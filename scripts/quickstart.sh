@@ -2,6 +2,16 @@
 # Set everything up and run the main job on the offline default dataset:
 # train a small Fashion-MNIST model, then write samples and reconstructions.
 set -euo pipefail
+if [ "$#" -gt 0 ]; then
+    case "$1" in
+        -h|--help) echo "usage: [EPOCHS=N] bash scripts/quickstart.sh
+Installs torch-vae and its dependencies (scripts/install.sh), trains a small Fashion-MNIST model
+for EPOCHS epochs (default 3) into runs/quickstart (numbered if taken), fits a latent sampler,
+and writes 64 samples and 64 reconstructions there."; exit 0 ;;
+        *) echo "quickstart.sh takes no arguments (got: $*); see bash scripts/quickstart.sh --help" >&2
+           exit 2 ;;
+    esac
+fi
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 . scripts/python.sh

@@ -5,7 +5,9 @@ name are refused in one line before any training."""
 
 import json
 import shutil
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -104,6 +106,43 @@ def test_tensorboard_and_mlflow_follow_a_run_and_its_resumes(mnist_dir, tmp_path
     # MLflow keeps what the stopped run logged of a step (here the same losses; its timings)
     assert check_mlflow(run, 2, ("train_loss", "val_loss", "val_kl")) == first_id
     assert len(list((run / "tensorboard").iterdir())) == 3  # one event file per start
+
+
+def test_an_mlflow_server_that_is_not_there_is_told_in_seconds(mnist_dir, tmp_path, capsys,
+                                                                monkeypatch):  # fmt: skip
+    pytest.importorskip("mlflow")
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)  # the logger's own, not a value given
+    run = tmp_path / "run"
+    start = time.perf_counter()
+    args = train_args(run, mnist_dir, 1, "--logger", "mlflow", "--mlflow_uri",
+                      "http://127.0.0.1:9")  # fmt: skip
+    assert main(args) == 1
+    assert time.perf_counter() - start < 30  # MLflow's own retries take minutes
+    assert "cannot start the mlflow logger (" in error_line(capsys.readouterr().err)
+    assert not run.exists()
+
+
+def test_a_resume_whose_mlflow_store_is_gone_says_how_to_go_on(mnist_dir, tmp_path, capsys):
+    pytest.importorskip("mlflow")
+    run = tmp_path / "run"
+    assert main(train_args(run, mnist_dir, 1, "--logger", "mlflow")) == 0
+    first_id = json.loads((run / "mlflow.json").read_text())["run_id"]
+    shutil.rmtree(run / "mlruns")
+    capsys.readouterr()
+    assert resume(run, mnist_dir, "--epochs", "2") == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("torch-vae: error: cannot reopen this run's MLflow run ")
+    assert line.endswith(f"delete {run / 'mlflow.json'} to log the rest of the run as a new "
+                         "MLflow run")  # fmt: skip
+    (run / "mlflow.json").unlink()  # as it says: a new MLflow run, in a store made anew
+    # (in a process of its own: MLflow keeps each store's state for the process's life)
+    again = subprocess.run([sys.executable, "-m", "torch_vae", "train", "--resume", str(run),
+                            "--epochs", "2", "--data_dir", str(mnist_dir), "--quiet"],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run / "mlflow.json").read_text())["run_id"] != first_id
 
 
 def test_loggers_write_nothing_into_a_plain_run(mnist_dir, tmp_path):

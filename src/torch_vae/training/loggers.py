@@ -88,6 +88,12 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+# MLflow's HTTP retries, at most a few seconds in all (its defaults retry for minutes); a
+# value in the environment wins
+HTTP_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
+
+
 class MlflowLogger:
     """A run in the MLflow tracking store ``mlflow_uri`` (default: RUN/mlruns), named after the
     run folder, in the experiment $MLFLOW_EXPERIMENT_NAME (default torch-vae). RUN/mlflow.json
@@ -103,9 +109,20 @@ class MlflowLogger:
         uri = saved["tracking_uri"] if saved and mlflow_uri else tracking_uri(mlflow_uri, run_dir)
         if uri.startswith("file:"):  # MLflow 3 refuses its file store unless told it is meant
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        for name, value in HTTP_PATIENCE.items():  # a server that is not there: seconds, not
+            os.environ.setdefault(name, value)  # MLflow's minutes of retries
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # each retry's line
         self.client = MlflowClient(tracking_uri=uri)
         if saved:
-            self.run_id, self.done = saved["run_id"], _reopen(self.client, saved["run_id"])
+            try:
+                self.done = _reopen(self.client, saved["run_id"])
+            except Exception as exc:
+                raise TorchVaeError(
+                    f"cannot reopen this run's MLflow run {saved['run_id']} in {uri} "
+                    f"({first_line(exc)}); restore that store, or delete "
+                    f"{run_dir / MLFLOW_RUN_NAME} to log the rest of the run as a new MLflow run"
+                ) from None
+            self.run_id = saved["run_id"]
         else:
             self.run_id, self.done = _create_run(self.client, run_dir, uri), {}
 
