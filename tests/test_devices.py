@@ -389,3 +389,28 @@ def test_an_unknown_device_lists_the_devices_to_choose_from(name, says):
     with pytest.raises(TorchVaeError) as refused:
         pick_device(name)
     assert str(refused.value) == says
+
+
+def test_fp16_training_on_the_cpu_is_warned_of_and_inference_is_not(caplog):
+    from torch_vae.runtime.precision import Precision
+
+    with caplog.at_level("WARNING", logger="torch_vae"):
+        Precision(torch.device("cpu"), "fp16")  # generate, reconstruct: no warning
+        assert "fp16" not in caplog.text
+        Precision(torch.device("cpu"), "fp16", train=True)
+    assert "--precision fp16 on the CPU trains far slower than fp32" in caplog.text
+
+
+def test_more_threads_than_cpus_are_warned_of(tmp_path, monkeypatch, caplog):
+    import os
+
+    from torch_vae.cli import main
+
+    asked = []
+    monkeypatch.setattr(torch, "set_num_threads", asked.append)  # this process keeps its own
+    many = (os.cpu_count() or 1) + 1
+    with caplog.at_level("WARNING", logger="torch_vae"):
+        main(["generate", "--model", str(tmp_path / "none"), "--outdir", str(tmp_path / "o"),
+              "--threads", str(many)])  # fmt: skip
+    assert asked == [many]
+    assert f"--threads {many} is more than this machine's {many - 1} CPUs" in caplog.text

@@ -101,6 +101,10 @@ def _main(argv: list[str] | None) -> int:
 
             pick(Runtime, values)  # checks --threads
             torch.set_num_threads(values["threads"])
+            if values["threads"] > (os.cpu_count() or 1):
+                log.warning("warning: --threads %d is more than this machine's %d CPUs, which "
+                            "slows PyTorch down; pass at most %d, or 0 for PyTorch's choice",
+                            values["threads"], os.cpu_count(), os.cpu_count())  # fmt: skip
         COMMANDS[command].run(values, given)
     except TrainingInterrupted as exc:
         print(f"torch-vae: {exc}", file=sys.stderr)

@@ -9,12 +9,15 @@ fp32 from the model's outputs.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Literal, get_args
 
 import torch
 
 from ..errors import TorchVaeError
 from .device import autocast_works, bf16_native, cuda_bf16_native
+
+log = logging.getLogger(__name__)
 
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
@@ -45,6 +48,11 @@ class Precision:
         self.precision = precision = resolve_precision(precision, self.device)
         if precision != "fp32":
             check_autocast(self.device, precision)
+        if precision == "fp16" and self.device.type == "cpu" and train:
+            log.warning("warning: --precision fp16 on the CPU trains far slower than fp32 (a "
+                        "hundred times on a Xeon, docs/benchmarks.md); bf16 is the CPU's half "
+                        "precision: --precision auto takes it where the CPU computes it "
+                        "natively")  # fmt: skip
         scale = train and precision == "fp16" and self.device.type == "cuda"
         self.scaler = grad_scaler(self.device) if scale else None
 
