@@ -401,6 +401,8 @@ def test_a_damaged_training_state_names_the_weights_to_start_again_from(
         (["fit-sampler", "--model", "m", "--store", "bf16"], "argument --store: invalid choice"),
         (["generate"], "the following arguments are required: --model, --outdir"),
         (["nosuch"], "torch-vae: error: argument COMMAND: invalid choice: 'nosuch'"),
+        (["evaluate", "--model", "m", "--nosuch", "1"],
+         "torch-vae evaluate: error: unrecognized arguments: --nosuch 1 (see torch-vae evaluate"),
     ],
 )  # fmt: skip
 def test_a_malformed_command_line_is_one_line_that_points_at_the_help(argv, says, capsys):

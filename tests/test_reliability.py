@@ -224,7 +224,16 @@ def test_resume_needs_a_checkpoint(data, tmp_path, capsys):
         json.dumps({"model": MODEL.to_dict(), "train": TrainConfig(dataset="mnist").to_dict()})
     )
     assert resume(run, data) == 1
-    assert "has no training state (ckpt.pt)" in one_line(capsys)
+    said = one_line(capsys)
+    assert "has no training state (ckpt.pt)" in said and said.endswith(": start a new run")
+    # a model folder (weights, no state): started again from, not resumed
+    VAE(MODEL).save_pretrained(tmp_path / "weights")
+    (tmp_path / "weights" / "model.safetensors").rename(run / "model.safetensors")
+    assert resume(run, data) == 1
+    assert one_line(capsys).endswith(f"start a new run from its weights: torch-vae train "
+                                     f"--init_from {run}")  # fmt: skip
+    assert resume(run / "config.json", data) == 1  # a file of the run, not the run
+    assert one_line(capsys).endswith(f"is a file; --resume takes the run folder, {run}")
     (run / "config.json").write_text('{"model": {"latent_dims": "eight"}, "train": {}}')
     assert resume(run, data) == 1
     assert "--latent_dims must be a positive integer" in one_line(capsys)

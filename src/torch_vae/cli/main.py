@@ -36,17 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"torch-vae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for c in COMMANDS.values():
         p = sub.add_parser(c.name, help=c.help, description=c.description)
         for cls in c.options:
             add_options(p, cls)
+        parser.commands[c.name] = p
     return parser
 
 
 def parse(argv: list[str] | None) -> tuple[str, dict[str, Any], set[str]]:
     """The command, every option's value (defaults < --config file < flags), and the names of
     the options given on the command line."""
-    given = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    known, extra = parser.parse_known_args(argv)
+    if extra:  # told by the command's own parser, which points at its own --help
+        parser.commands[known.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    given = vars(known)
     command = given.pop("command")
     values = defaults(COMMANDS[command].options)
     if given.get("config") is not None:

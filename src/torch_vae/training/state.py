@@ -121,9 +121,12 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     """Read and check ckpt.pt; never runs code from the file."""
     path = run_dir / STATE_NAME
     if not path.is_file():
+        weights = run_dir / "model.safetensors"
+        fix = (f"start a new run from its weights: torch-vae train --init_from {run_dir}"
+               if weights.is_file() else "start a new run")  # fmt: skip
         raise TorchVaeError(
-            f"{run_dir} has no training state ({STATE_NAME}): the run never finished an epoch "
-            "nor saved on an interrupt, so there is nothing to resume; start a new run"
+            f"{run_dir} has no training state ({STATE_NAME}): its run never finished an epoch "
+            f"nor saved on an interrupt, or it is a model folder; nothing to resume: {fix}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
