@@ -299,6 +299,7 @@ def error_line(stderr: str) -> str:
         (["train", "--image_size", "30"], "not divisible by 2\\*\\*depth"),
         (["generate", "--model", "nope", "--outdir", "x"], "model nope does not exist"),
         (["train", "--device", "cuda"], "no CUDA GPU is available"),
+        (["train", "--device", "cuda:1"], "--device cuda:1 was asked for but no CUDA GPU"),
         (["train", "--config", "missing.json"], "cannot read --config"),
     ],
 )

@@ -303,6 +303,18 @@ def dead_url():
     return f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.parametrize("mirror", ["notaurl", "/srv/mirror", "file:///srv/mirror"])
+def test_a_mirror_that_is_not_an_http_url_is_told_as_such(tmp_path, monkeypatch, mirror):
+    from torch_vae.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    monkeypatch.setenv(MIRROR_ENV, mirror)
+    with pytest.raises(TorchVaeError) as info:
+        load_split("mnist", "test", 32, tmp_path, progress=False)
+    assert str(info.value).startswith(f"{MIRROR_ENV}={mirror!r} is not an http(s) URL; set it")
+    assert not (tmp_path / "mnist").exists()
+
+
 def test_offline_error_names_every_missing_file_the_folder_and_the_mirror(
     tmp_path, monkeypatch, dead_url, mnist_dir
 ):

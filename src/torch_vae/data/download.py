@@ -35,6 +35,11 @@ def md5sum(path: Path) -> str:
 def mirrored(url: str) -> str:
     """``url``, or the same file name under ``$TORCH_VAE_MIRROR`` when that is set."""
     mirror = os.environ.get(MIRROR_ENV)
+    if mirror and not mirror.lower().startswith(("http://", "https://")):
+        raise TorchVaeError(
+            f"{MIRROR_ENV}={mirror!r} is not an http(s) URL; set it to the base URL of a server "
+            "that serves the dataset's files (e.g. http://127.0.0.1:8000/), or unset it"
+        )
     return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1] if mirror else url
 
 

@@ -27,7 +27,8 @@ def pick_device(name: str = "auto", cpu: bool = False) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TorchVaeError("--device cuda was asked for but no CUDA GPU is available; use --cpu")
+        raise TorchVaeError(f"--device {name} was asked for but no CUDA GPU is available; use "
+                            "--cpu")  # fmt: skip
     if name == "mps" and not torch.backends.mps.is_available():
         raise TorchVaeError("--device mps was asked for but MPS is not available; use --cpu")
     try:
