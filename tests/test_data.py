@@ -199,7 +199,7 @@ def test_unreadable_folder_images_are_named_in_one_error(tmp_path):
     said = str(refused.value)
     assert said.startswith(f"cannot read image {folder / 'broken.png'} (") and "\n" not in said
     named = ", ".join(str(folder / f"text{i}.png") for i in range(4))
-    assert f"; 6 more: {named}, ...; remove or replace them" in said
+    assert f"; 6 more cannot be read either: {named}, ...; remove or replace them" in said
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

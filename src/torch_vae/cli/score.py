@@ -191,11 +191,12 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
     """The images of ``--ood``: a folder's every image (both of its splits), or a dataset's
     ``--split``."""
     ood, channels = o.ood, model.config.in_channels
-    folder = isinstance(get_dataset(ood), FolderDataset)
+    found = get_dataset(ood)  # once: a folder's is a scan of every image
+    folder = isinstance(found, FolderDataset)
     if not folder:
         check_channels(ood, channels, "the model expects",
                        "pass out-of-distribution images with as many channels")  # fmt: skip
-    elif get_dataset(ood).channels != channels:  # a folder's images are any images: converted
+    elif found.channels != channels:  # a folder's images are any images: converted
         log.info("the folder's images are converted to %s, as the model takes them",
                  "grey" if channels == 1 else "RGB")  # fmt: skip
     size, progress = model.config.image_size, not runtime.quiet

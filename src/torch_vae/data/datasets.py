@@ -29,7 +29,7 @@ from .formats import (
     read_idx,
 )
 from .imaging import UnsupportedImage, open_image, resize_arrays, to_array
-from .parallel import decode_all
+from .parallel import decode_all, unreadable
 
 SPLITS = ("train", "test")
 # Debian's dataset-fashion-mnist package installs the real files here: used without a download.
@@ -418,12 +418,9 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
                     with open_image(path) as img:
                         modes.add(img.mode)
             except DECODE_ERRORS as exc:
-                bad.append((path, exc))
+                bad.append((str(path), f"cannot read image {path} ({exc}); remove or replace it"))
     if bad:  # every one named at once (the first few), not one per run
-        (path, exc), rest = bad[0], [str(p) for p, _ in bad[1:]]
-        more = f"; {len(rest)} more: {', '.join(rest[:4])}{', ...' * (len(rest) > 4)}" * bool(rest)
-        raise TorchVaeError(f"cannot read image {path} ({exc}){more}; remove or replace "
-                            f"{'them' if rest else 'it'}")  # fmt: skip
+        raise unreadable(bad)
     channels = 1 if modes <= GRAY_MODES else 3
     return FolderDataset(name=f"folder:{root}", channels=channels, root=root)
 

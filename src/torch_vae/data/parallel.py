@@ -83,9 +83,9 @@ def _decode_chunk(
     return out, failed
 
 
-def _unreadable(failed: list[tuple[str, str]]) -> TorchVaeError:
-    """One error for every image that could not be decoded: the first one's own words, then
-    how many more and the first few of them."""
+def unreadable(failed: list[tuple[str, str]]) -> TorchVaeError:
+    """One error for every image that could not be read (each as its name and its own
+    one-line error): the first one's words, then how many more and the first few of them."""
     first = failed[0][1]
     if len(failed) == 1:
         return TorchVaeError(first)
@@ -167,7 +167,7 @@ def decode_all(
         else:
             failed = _decode_in_pool(out, src, items, decode, workers, bar)
         if failed:
-            raise _unreadable(failed)
+            raise unreadable(failed)
         return out
     except BrokenProcessPool:
         raise TorchVaeError(
