@@ -19,6 +19,7 @@ from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
+from ..io.files import not_a_file
 from ..io.weights import CONFIG_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
@@ -127,8 +128,7 @@ def read_image(path: Path, channels: int, size: int) -> np.ndarray:
     """An image file as the dataset pipeline makes it: 8 bits, grayscale or RGB to ``channels``,
     centre-cropped to a square, resized bilinearly to ``size``: uint8 (size, size, C)."""
     if not Path(path).is_file():  # a folder, a FIFO (which would block), nothing at all
-        what = "no such file" if not Path(path).exists() else "not a regular file"
-        raise TorchVaeError(f"cannot read image {path}: {what}")
+        raise TorchVaeError(f"cannot read image {path}: {not_a_file(path)}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

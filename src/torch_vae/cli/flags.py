@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TorchVaeError
+from ..io.files import not_a_file
 from ..models import ModelConfig
 from ..models.registry import architectures, config_class
 
@@ -87,8 +88,7 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
     value of its flag's type (a number where a number goes, true or false for a switch, a
     string for a name or a path; null only where the flag may be left out)."""
     if not path.is_file():  # a folder, a FIFO (which would block) or nothing at all
-        what = "no such file" if not path.exists() else "not a regular file"
-        raise TorchVaeError(f"cannot read --config {path}: {what}")
+        raise TorchVaeError(f"cannot read --config {path}: {not_a_file(path)}")
     try:
         values = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError, RecursionError) as exc:  # includes bad UTF-8 and bad JSON

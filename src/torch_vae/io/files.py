@@ -123,6 +123,12 @@ def write_error(exc: BaseException, path: Path) -> OSError | None:
     return OSError(code, os.strerror(code), str(path))
 
 
+def not_a_file(path: str | os.PathLike) -> str:
+    """Why ``path``, which is not a regular file, cannot be read as one: "no such file" or
+    "not a regular file" (a folder, a FIFO, a device)."""
+    return "no such file" if not Path(path).exists() else "not a regular file"
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with locked_atomic_file(path) as f:
         f.write(text.encode("utf-8"))
