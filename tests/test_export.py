@@ -136,6 +136,16 @@ def test_torchscript_and_the_default_folder(tmp_path, monkeypatch, caplog):
     assert main(["export", "--model", "m", "--format", "torchscript", "--quiet"]) == 0  # again
 
 
+def test_a_run_s_weights_file_exports_under_the_run_s_name(tmp_path, monkeypatch):
+    for run in ("mine", "other"):
+        tiny_model(tmp_path / "runs" / run)
+    monkeypatch.chdir(tmp_path)
+    for run in ("mine", "other"):
+        args = ["export", "--model", f"runs/{run}/model.safetensors", "--format", "torchscript"]
+        assert main([*args, "--quiet"]) == 0
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["mine", "other"]
+
+
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     from torch_vae.cli import common
     from torch_vae.cli import export as command

@@ -82,3 +82,15 @@ print(sys.modules["torch_vae"].__file__)
     shape, where = out.stdout.splitlines()
     assert shape == "(1, 1, 64, 64)"
     assert Path(where).is_relative_to(ROOT / "src")
+
+
+def test_subpackages_are_reached_from_a_bare_import_and_imported_only_then():
+    script = """
+import sys
+import torch_vae
+light = "torch_vae.data" not in sys.modules
+print(light, torch_vae.data.CachedImages.__name__, "torch_vae.data" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "CachedImages", "True"]

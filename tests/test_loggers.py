@@ -124,6 +124,22 @@ def test_an_mlflow_server_that_is_not_there_is_told_in_seconds(mnist_dir, tmp_pa
     assert not run.exists()
 
 
+def test_an_mlflow_database_store_without_sqlalchemy_says_what_to_install(
+    mnist_dir, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("mlflow")
+    from torch_vae.training import loggers
+
+    monkeypatch.setattr(loggers, "_installed", lambda name: name != "sqlalchemy")
+    run = tmp_path / "run"
+    args = train_args(run, mnist_dir, 1, "--logger", "mlflow", "--mlflow_uri",
+                      f"sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+    assert main(args) == 1
+    line = error_line(capsys.readouterr().err)
+    assert "is a database store, which needs the full MLflow package (pip install mlflow" in line
+    assert not run.exists()
+
+
 def test_a_resume_whose_mlflow_store_is_gone_says_how_to_go_on(mnist_dir, tmp_path, capsys):
     pytest.importorskip("mlflow")
     run = tmp_path / "run"

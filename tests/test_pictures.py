@@ -86,6 +86,8 @@ BAD = [
     (["interpolate", "--index", "0", "99"], "--index 99 is out of range: the test split"),
     (["interpolate", "--images", "nope.png", "b.png"], "cannot read image nope.png"),
     (["interpolate", "--steps", "1"], "--steps must be an integer from 2 to 256"),
+    (["interpolate", "--random", "--index", "0", "1"], "not --random and --index"),
+    (["interpolate", "--images", "a.png", "b.png", "--index", "0", "1"], "not --images and --index"),
     (["traverse", "--index", "20"], "--index 20 is out of range"),
     (["manifold", "--grid", "1"], "--grid must be an integer from 2 to 100"),
     (["embed", "--method", "umap"], "umap-learn"),
@@ -105,6 +107,16 @@ def test_plot_refuses_what_is_not_a_run(tmp_path, capsys):
     assert "has no metrics.jsonl" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nope"), "--out", str(tmp_path / "c.png")]) == 1
     assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_plot_refuses_a_run_without_an_epoch_s_losses(tmp_path, capsys):
+    for text in ("", "not json\n", '{"epoch": 1, "foo": 2}\n', '{"step": 5, "train_loss": 3}\n'):
+        (tmp_path / "metrics.jsonl").write_text(text)
+        assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
+        assert "holds no epoch's losses yet" in capsys.readouterr().err
+    assert not (tmp_path / "c.png").exists()
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "train_loss": 3}\n')
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0
 
 
 def test_embed_without_labels_is_uncoloured(model, mnist_dir, tmp_path, caplog, monkeypatch):

@@ -838,3 +838,26 @@ def test_a_run_begun_before_validation_splits_resumes_without_one():
     old = {"dataset": "mnist", "epochs": 2}
     assert TrainConfig.from_dict(old).val_images == 0
     assert TrainConfig().val_images == 5000
+
+
+def test_a_model_in_another_checkout_of_torch_vae_counts_as_shipped(tmp_path, monkeypatch):
+    from torch_vae.cli import common
+
+    clone = tmp_path / "clone"
+    (clone / "src" / "torch_vae").mkdir(parents=True)
+    model = clone / "models" / "fashion-mnist" / "tiny"
+    VAE(ModelConfig(image_size=16, max_filters=8, depth=2)).save_pretrained(model, "mnist")
+    (model / "eval-mnist-test.json").write_text("{}")
+    monkeypatch.setattr(common, "shipped_models", lambda: None)  # as from an installed wheel
+    monkeypatch.chdir(tmp_path)
+    assert common.default_report(model, "score-mnist-test") == Path(
+        "reports/tiny/score-mnist-test.json"
+    )
+    with pytest.raises(TorchVaeError, match="a file of a shipped model"):
+        common.check_output_file(model / "eval-mnist-test.json", "--out", report=True)
+    assert (model / "eval-mnist-test.json").read_text() == "{}"
+    elsewhere = tmp_path / "copy"  # a copy outside a checkout is the user's own
+    VAE(ModelConfig(image_size=16, max_filters=8, depth=2)).save_pretrained(elsewhere, "mnist")
+    assert (
+        common.default_report(elsewhere, "score-mnist-test") == elsewhere / "score-mnist-test.json"
+    )

@@ -224,7 +224,8 @@ def test_exclude_class_on_a_dataset_without_labels_is_one_line(mnist_dir, tmp_pa
         (["--ood", "folder:/etc/passwd"], "/etc/passwd is a file, not a folder"),
         (["--ood", "celeb-a"], "channels"),
         (["--out", "scores.txt"], "must end in .csv or .json"),
-        (["--fpr", "1.5"], "--fpr must be a number between 0 and 1"),
+        (["--fpr", "1.5"], "--fpr must be a number above 0 and below 1"),
+        (["--fpr", "0"], "--fpr must be a number above 0 and below 1, got 0"),
         (["--figure", "roc.png"], "--figure draws the ROC of the scores against out-of-dis"),
     ],
 )
@@ -264,3 +265,11 @@ def test_ood_class_warns_when_the_model_was_trained_on_that_class(labelled, tmp_
     with caplog.at_level(logging.WARNING):
         assert score(model, labelled, "--ood_class", "3", "--out", str(tmp_path / "b.json")) == 0
     assert "trained on class" not in caplog.text
+
+
+def test_a_score_of_the_first_images_is_not_named_as_the_whole_split_s(labelled, tmp_path):
+    model = black_model(tmp_path / "m")
+    assert score(model, labelled, "--nimages", "7") == 0
+    written = sorted(p.name for p in model.glob("score-*"))
+    assert written == ["score-mnist-test-first7.json"], written
+    assert len(json.loads((model / written[0]).read_text())["images"]) == 7

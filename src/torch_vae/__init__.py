@@ -6,6 +6,7 @@ config), ``create_model``, ``register_model`` (new families), ``Posterior``, ``T
 and ``train`` (a run from Python, as ``torch-vae train`` does it).
 """
 
+import importlib
 from typing import Any
 
 from .errors import TorchVaeError
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 
+SUBPACKAGES = ("analysis", "cli", "data", "evaluation", "explorer", "io", "models", "priors",
+               "runtime", "training")  # fmt: skip
+
+
 def __getattr__(name: str) -> Any:
     # training pulls in the data, evaluation and figure modules: imported when first asked for,
     # so that loading a model (torch.hub) stays light
@@ -46,4 +51,6 @@ def __getattr__(name: str) -> Any:
         from . import training
 
         return getattr(training, name)
+    if name in SUBPACKAGES:  # torch_vae.data.CachedImages after a bare ``import torch_vae``
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'torch_vae' has no attribute {name!r}")

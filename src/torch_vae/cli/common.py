@@ -20,7 +20,7 @@ from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
 from ..io.files import not_a_file
-from ..io.weights import CONFIG_NAME, resolve_weights
+from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
 from .options import Runtime
@@ -119,9 +119,12 @@ def check_outdir(outdir: Path) -> None:
 
 
 def model_name(model_path: Path) -> str:
-    """How a title names the model: its folder's (or file's) name."""
-    path = Path(model_path)
-    return path.stem if path.suffix == ".safetensors" else path.resolve().name
+    """How a title (and a default output folder) names the model: its folder's name, or its
+    weights file's (``model.safetensors``, the name every run gives them: its folder's)."""
+    path = Path(model_path).resolve()
+    if path.suffix == ".safetensors" and path.name != WEIGHTS_NAME:
+        return path.stem
+    return path.parent.name if path.name == WEIGHTS_NAME else path.name
 
 
 def read_image(path: Path, channels: int, size: int) -> np.ndarray:
@@ -173,9 +176,15 @@ def shipped_models() -> Path | None:
 
 
 def is_shipped(path: Path) -> bool:
-    """Whether ``path`` lies in a shipped model's folder (models/ of this source tree)."""
+    """Whether ``path`` lies in a shipped model's folder: models/ of this source tree, or of
+    any other checkout of torch-vae (a models/ folder beside src/torch_vae), such as a
+    second clone used with this installed package."""
+    path = Path(path).resolve()
     root = shipped_models()
-    return root is not None and Path(path).resolve().is_relative_to(root.resolve())
+    if root is not None and path.is_relative_to(root.resolve()):
+        return True
+    return any(a.name == "models" and (a.parent / "src" / "torch_vae").is_dir()
+               for a in path.parents)  # fmt: skip
 
 
 def check_output_file(path: Path, flag: str, report: bool = False) -> None:
@@ -187,6 +196,10 @@ def check_output_file(path: Path, flag: str, report: bool = False) -> None:
         raise TorchVaeError(f"{flag} {path} is a folder; give a file name")
     if not path.exists():
         return
+    if is_shipped(path):
+        raise TorchVaeError(f"{flag} {path} is a file of a shipped model, which torch-vae "
+                            "will not write over; choose another path (nothing was "
+                            "written)")  # fmt: skip
     ours = report and any(path.match(p) for p in REPORT_NAMES)
     in_run = any(is_model_folder(p) for p in (path.parent, path.parent.parent))
     if path.suffix in PRECIOUS_SUFFIXES or path.name in RUN_FILES or (in_run and not ours):

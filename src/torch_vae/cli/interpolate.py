@@ -49,10 +49,10 @@ def _endpoints(o: InterpolateOptions, model: VAE, runtime: Runtime):
         return ends[0], ends[1], ends, f"{o.images[0]} and {o.images[1]}", None
     dataset = resolve_dataset(model, o.dataset, o.model)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
-    for i in o.index:
-        check_index(i, len(images), f"the {o.split} split of {dataset}")
+    i, j = o.index or (0, 1)
+    for k in (i, j):
+        check_index(k, len(images), f"the {o.split} split of {dataset}")
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
-    i, j = o.index
     ends = [np.array(images[i]), np.array(images[j])]
     own = None if labels is None else labels[[i, j]]
     return ends[0], ends[1], ends, f"images {i} and {j} of the {o.split} split of {dataset}", own

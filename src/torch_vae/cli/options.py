@@ -282,7 +282,7 @@ class ScoreOptions:
         non_negative("--nimages", self.nimages)
         ok = isinstance(self.fpr, int | float) and not isinstance(self.fpr, bool)
         if not ok or not 0 < self.fpr < 1:
-            raise TorchVaeError(f"--fpr must be a number between 0 and 1, got {self.fpr!r}")
+            raise TorchVaeError(f"--fpr must be a number above 0 and below 1, got {self.fpr!r}")
         if self.ood is not None and self.ood_class is not None:
             raise TorchVaeError(
                 "pass --ood (other images) or --ood_class (a class of --dataset), not both"
@@ -558,7 +558,7 @@ class InterpolateOptions(PictureOptions):
     """interpolate: decoded codes between two images or two random codes."""
 
     index: tuple[int, ...] = option(
-        (0, 1),
+        (),
         "two images of --split by their index (default: 0 1)",
         nargs=2,
         metavar=("A", "B"),
@@ -588,8 +588,12 @@ class InterpolateOptions(PictureOptions):
             )
         for i in self.index:
             non_negative("--index", i)
-        if self.random and self.images:
-            raise TorchVaeError("pass --random or --images, not both")
+        given = [f for f, v in (("--random", self.random), ("--images", self.images),
+                                ("--index", self.index)) if v]  # fmt: skip
+        if len(given) > 1:
+            raise TorchVaeError(
+                f"pass one of --index, --images and --random, not {' and '.join(given)}"
+            )
         check_drawing(1.0, 0.0, self.round_trips)
 
 

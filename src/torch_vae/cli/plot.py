@@ -24,5 +24,10 @@ def run(o: PlotOptions) -> None:
     if o.out.suffix.lower() != ".png":
         raise TorchVaeError(f"--out {o.out}: plot writes a PNG; give a file name ending in .png")
     check_output_file(o.out, "--out")
-    out = figures.plot_curves([read_metrics(r) for r in runs], figures.run_labels(runs), o.out)
+    records = [read_metrics(r) for r in runs]
+    for run, rows in zip(runs, records, strict=True):
+        if not any("train_loss" in r for r in figures.by_epoch(rows)):
+            raise TorchVaeError(f"{run / METRICS_NAME} holds no epoch's losses yet: plot a run "
+                                "after its first epoch")  # fmt: skip
+    out = figures.plot_curves(records, figures.run_labels(runs), o.out)
     log.info("wrote %s: training curves of %s", out, ", ".join(figures.run_labels(runs)))

@@ -121,6 +121,8 @@ def output_paths(o: ScoreOptions, dataset: str) -> tuple[Path, Path, Path]:
             tag += f"-vs-{dataset_tag(o.ood)}"
         elif o.ood_class is not None:
             tag += f"-ood-class-{dataset_tag(o.ood_class)}"
+        if o.nimages:  # never the name of a whole split's scores
+            tag += f"-first{o.nimages}"
         out = default_report(o.model, tag)
     summary = out.with_suffix(".summary.json") if out.suffix.lower() == ".csv" else out
     figure = Path(o.figure) if o.figure is not None else out.with_suffix(".png")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -107,6 +108,7 @@ class MlflowLogger:
 
         saved = _read_json(run_dir / MLFLOW_RUN_NAME)
         uri = saved["tracking_uri"] if saved and mlflow_uri else tracking_uri(mlflow_uri, run_dir)
+        _check_database_store(uri)
         if uri.startswith("file:"):  # MLflow 3 refuses its file store unless told it is meant
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         for name, value in HTTP_PATIENCE.items():  # a server that is not there: seconds, not
@@ -155,6 +157,25 @@ class MlflowLogger:
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores
+
+
+def _check_database_store(uri: str) -> None:
+    """A database store (``sqlite:///mlflow.db``) needs SQLAlchemy, which the client alone
+    (``mlflow-skinny``, the [mlflow] extra) has not: say so, before MLflow's cut-off message."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in DATABASE_SCHEMES and not _installed("sqlalchemy"):
+        raise TorchVaeError(
+            f"--mlflow_uri {uri} is a database store, which needs the full MLflow package "
+            "(pip install mlflow; the [mlflow] extra installs the client alone); or give a "
+            "folder or an http(s) tracking server"
+        )
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
 
 
 def tracking_uri(uri: str, run_dir: Path) -> str:
