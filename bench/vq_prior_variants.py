@@ -12,7 +12,18 @@ Drawing (``--draw``), from the prior fitted beside ``--model``:
 - ``late-temperature N T``: temperature 1 for the first N codes of the grid (raster order),
   T after;
 - ``round-trip R``: each drawn grid decoded, encoded and quantized again, R times: as
-  ``torch-vae generate --round_trips R`` draws (``TransformerPrior.round_trip``).
+  ``torch-vae generate --round_trips R`` draws (``TransformerPrior.round_trip``);
+- ``autoguide W``: each code drawn from log p(c_i | c_<i) + W (log p(c_i | c_<i) -
+  log q(c_i | c_<i)), where q is a weaker prior of the same grids (``--weak``, a folder with
+  one fitted to the same model: a smaller or shorter-fitted one), then generate's one round
+  trip: the autoguidance of Karras et al. (2024, "Guiding a diffusion model with a bad version
+  of itself") for an autoregressive prior;
+- ``resample POOL ALPHA``: POOL times as many grids drawn (with generate's round trip), and of
+  them as many as asked kept, drawn without replacement with weights r(x)^ALPHA, where log
+  r(x) estimates log p_data(x) / p_prior(x) of the decoded image x: a small MLP on the shipped
+  classifier's features, fitted to tell the decoded grids of ``--disc-draws`` training images
+  from as many draws of the prior (sampling seed 1000, not one of those scored) (importance
+  resampling with a discriminator, as in Grover et al., 2019).
 
 Fitting (``--fit-mirror OUT``): a copy of ``--model`` in OUT with a transformer prior fitted as
 ``fit-sampler --sampler transformer --hidden H --layers L --steps S`` fits one, except that
@@ -53,6 +64,8 @@ from torch_vae.cli.main import main as cli
 from torch_vae.data import load_split
 from torch_vae.data.labels import load_labels
 from torch_vae.errors import TorchVaeError
+from torch_vae.evaluation.classifier import load_classifier
+from torch_vae.evaluation.sample_quality import shipped_classifier
 from torch_vae.io.files import file_sha256
 from torch_vae.io.weights import resolve_weights
 from torch_vae.models.base import load_model
@@ -61,6 +74,7 @@ from torch_vae.priors.fit import posterior_means
 from torch_vae.priors.neural import train_steps
 from torch_vae.priors.transformer import TransformerPrior
 
+ROUND_TRIPPED = ("round-trip", "autoguide", "resample")  # draws that make generate's round trip
 SYMMETRIC = "0,2,3,4,6,8"  # Fashion-MNIST's tops, pullover, dress, coat, shirt, bag
 
 
@@ -101,6 +115,76 @@ def drawing(prior: TransformerPrior, draw: str, args: list[float]):
     prior.sample = sample
 
 
+def autoguided(prior: TransformerPrior, weak: TransformerPrior, weight: float):
+    """``prior.net.draw`` replaced by autoguided drawing away from ``weak`` (``autoguide``)."""
+    good, bad = prior.net, weak.net
+
+    @torch.no_grad()
+    def draw(n, generator=None, labels=None, temperature=1.0, guidance=0.0):
+        caches = [[[] for _ in net.blocks] for net in (good, bad)]
+        token = good.start(n, None)
+        out = torch.empty(n, good.length, dtype=torch.int64)
+        for i in range(good.length):
+            g = good(token, caches[0])[:, -1].float().log_softmax(-1)
+            b = bad(token, caches[1])[:, -1].float().log_softmax(-1)
+            logits = g + weight * (g - b)
+            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
+            out[:, i] = token[:, 0]
+        return out
+
+    prior.net.draw = draw
+
+
+@torch.no_grad()
+def decoded_features(model, clf, grids: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """The classifier's features (N, F) of the decoded code grids (N, h, w)."""
+    parts = [clf.features(model.decode(g).float()) for g in grids.split(batch)]
+    return torch.cat(parts)
+
+
+def fitted_logratio(o, model, prior: TransformerPrior):
+    """log r(x) of ``resample`` for a batch of grids: the MLP fitted to tell decoded training
+    grids (label 1) from decoded draws (label 0), on standardised classifier features."""
+    clf = load_classifier(shipped_classifier("fashion-mnist")).eval()
+    start = time.perf_counter()
+    fake = prior.sample(o.disc_draws, torch.Generator().manual_seed(1000))
+    _, _, _, codes = training_grids(o, model)
+    pick = torch.randperm(len(codes), generator=torch.Generator().manual_seed(0))
+    real = codes[pick[: o.disc_draws]].view(-1, *prior.grid)
+    f = torch.cat([decoded_features(model, clf, real), decoded_features(model, clf, fake)])
+    y = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))])
+    mu, sd = f.mean(0), f.std(0) + 1e-3
+    torch.manual_seed(0)
+    nn = torch.nn
+    mlp = nn.Sequential(nn.Linear(f.shape[1], 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 1))  # fmt: skip
+    opt = torch.optim.AdamW(mlp.parameters(), 1e-3, weight_decay=1e-3)
+    x = (f - mu) / sd
+    for _ in range(20):
+        for j in torch.randperm(len(x)).split(256):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(mlp(x[j])[:, 0], y[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    mlp.eval()
+    print(f"discriminator fitted in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return lambda grids: mlp((decoded_features(model, clf, grids) - mu) / sd)[:, 0]
+
+
+def resampled(prior: TransformerPrior, logratio, pool: int, alpha: float):
+    """``prior.sample`` replaced by importance resampling from ``pool`` times the draws."""
+    plain = prior.sample
+
+    @torch.no_grad()
+    def sample(n, generator=None, labels=None):
+        grids = plain(n * pool, generator)
+        u = torch.rand(len(grids), generator=generator).clamp_min(1e-12)
+        keys = alpha * logratio(grids) - torch.log(-torch.log(u))  # Gumbel top-k
+        return grids[keys.topk(n).indices]
+
+    prior.sample = sample
+
+
 def transformer_prior(model_path: Path) -> TransformerPrior:
     """The transformer prior fitted beside ``model_path``, with no model attached (its grids
     as drawn); TorchVaeError where there is none."""
@@ -113,13 +197,21 @@ def transformer_prior(model_path: Path) -> TransformerPrior:
 
 def score(o, draw: str, args: list[float]) -> dict:
     prior = transformer_prior(o.model)
-    if draw not in ("plain", "round-trip"):
+    if draw == "autoguide":
+        if o.weak is None:
+            sys.exit("--draw autoguide W needs --weak FOLDER (a weaker prior of the same model)")
+        autoguided(prior, transformer_prior(o.weak), args[0])
+    elif draw == "resample":
+        model = load_model(o.model)
+        prior.use_model(model)  # the pool as generate draws it
+        resampled(prior, fitted_logratio(o, model, prior), int(args[0]), args[1])
+    elif draw not in ("plain", "round-trip"):
         drawing(prior, draw, args)
 
     def chosen(path, name, model, *rest, **kw):
-        if draw == "round-trip":  # torch-vae's own round trips, through the model
+        if draw in ROUND_TRIPPED:  # torch-vae's own round trips, through the model
             prior.use_model(model)
-            prior.round_trips = int(args[0])
+            prior.round_trips = int(args[0]) if draw == "round-trip" else 1
         return prior
 
     sample_quality.choose_sampler = chosen
@@ -218,6 +310,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="choose on val; test once, for what was chosen")  # fmt: skip
     p.add_argument("--report", type=Path, help="sample-quality's JSON report (default: here)")
     p.add_argument("--data_dir", type=Path, default=Path("data"))
+    p.add_argument("--weak", type=Path, help="--draw autoguide: the weaker prior's folder")
+    p.add_argument("--disc-draws", type=int, default=16000, help="--draw resample: the draws "
+                   "(and training images) the discriminator is fitted to")  # fmt: skip
     p.add_argument("--copies", action="store_true", help="the draws' nearest training grids")
     p.add_argument("--nearest", type=int, default=200, help="--copies: draws (and validation "
                    "grids) whose nearest training grid is sought")  # fmt: skip
@@ -238,7 +333,16 @@ def run(o) -> None:
         return fit_mirror(o)
     if o.copies:
         return print(json.dumps(copies(o)))
-    ways = ("plain", "top-k", "top-p", "min-p", "late-temperature", "round-trip")
+    ways = (
+        "plain",
+        "top-k",
+        "top-p",
+        "min-p",
+        "late-temperature",
+        "round-trip",
+        "autoguide",
+        "resample",
+    )
     draw, args = o.draw[0], [float(a) for a in o.draw[1:]]
     if draw not in ways:
         sys.exit(f"--draw must be one of {', '.join(ways)}, got {draw!r}")
