@@ -18,7 +18,7 @@ from torch_vae.data import load_split
 from torch_vae.training import TrainConfig
 
 SCORES = ["neg_elbo", "recon", "iw_nll", "png_bpd", "neg_elbo_ic", "iw_nll_ic"]
-COLUMNS = ["source", "dataset", "split", "index", "label", *SCORES]
+COLUMNS = ["source", "dataset", "split", "index", "file", "label", *SCORES]
 
 
 def black_model(folder, conditional=False):
@@ -141,6 +141,26 @@ def test_a_folder_of_colour_images_is_scored_as_grey_by_a_grey_model(labelled, t
         recon[kind] = [float(r["recon"]) for r in rows if r["source"] == "ood"]
     assert len(recon["rgb"]) == 12 and recon["rgb"] == recon["grey"]
     assert "the folder's images are converted to grey, as the model takes them" in caplog.text
+
+
+def test_a_folder_s_rows_name_each_image_s_file(labelled, tmp_path):
+    # the black model's reconstruction error is the image's mean square: each row's score
+    # says which file it was
+    folder = tmp_path / "greys"
+    (folder / "sub").mkdir(parents=True)
+    levels = {f"{'sub/' if i % 3 == 0 else ''}g{i:02d}.png": 20 * i for i in range(12)}
+    for name, level in levels.items():
+        Image.new("L", (28, 28), level).save(folder / name)
+    model = black_model(tmp_path / "m")
+    out = tmp_path / "scores.csv"
+    assert score(model, labelled, "--ood", f"folder:{folder}", "--out", str(out),
+                 "--iw_samples", "0") == 0  # fmt: skip
+    rows = [r for r in csv.DictReader(out.open()) if r["source"] == "ood"]
+    assert sorted(r["file"] for r in rows) == sorted(levels)
+    for r in rows:
+        assert float(r["recon"]) == pytest.approx((levels[r["file"]] / 255) ** 2, abs=1e-4)
+    inliers = [r for r in csv.DictReader(out.open()) if r["source"] != "ood"]
+    assert inliers and all(r["file"] == "" for r in inliers)
 
 
 def test_exclude_class_removes_the_classes_from_training_batches(labelled, tmp_path, monkeypatch):

@@ -50,6 +50,7 @@ class ImageSet:
     split: list[str]  # each image's split of ``dataset``
     index: np.ndarray  # each image's row in that split
     label: np.ndarray | None  # each image's class in ``dataset`` (-1: none)
+    file: list[str] | None = None  # a folder's: each image's path in the folder
 
 
 def run(o: ScoreOptions, runtime: Runtime) -> dict:
@@ -186,6 +187,7 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
 
 def _trim(s: ImageSet, first: slice) -> None:
     s.split, s.index = s.split[first], s.index[first]
+    s.file = s.file[first] if s.file is not None else None
     s.label = s.label[first] if s.label is not None else None
 
 
@@ -193,17 +195,17 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
     """The images of ``--ood``: a folder's every image (both of its splits), or a dataset's
     ``--split``."""
     ood, channels = o.ood, model.config.in_channels
-    found = get_dataset(ood)  # once: a folder's is a scan of every image
-    folder = isinstance(found, FolderDataset)
+    ds = get_dataset(ood)  # once: a folder's is a scan of every image
+    folder = isinstance(ds, FolderDataset)
     if not folder:
         check_channels(ood, channels, "the model expects",
                        "pass out-of-distribution images with as many channels")  # fmt: skip
-    elif found.channels != channels:  # a folder's images are any images: converted
+    elif ds.channels != channels:  # a folder's images are any images: converted
         log.info("the folder's images are converted to %s, as the model takes them",
                  "grey" if channels == 1 else "RGB")  # fmt: skip
     size, progress = model.config.image_size, not runtime.quiet
     splits = ("train", "test") if folder else (o.split,)
-    parts, split, index, labels = [], [], [], []
+    parts, split, index, labels, files = [], [], [], [], []
     for s in splits:
         images = with_channels(load_split(ood, s, size, o.data_dir, progress), channels)
         parts.append(images)
@@ -211,9 +213,11 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
         index.append(np.arange(len(images)))
         found = load_labels(ood, s, o.data_dir)
         labels.append(found if found is not None else np.full(len(images), -1))
+        if folder:  # the order the folder's split is decoded in
+            files += ["/".join(rel) for rel, _, _ in ds.listing(s)]
     name = ood if not ood.startswith("folder:") else Path(ood[len("folder:") :]).name
     out = ImageSet(name, np.concatenate(parts)[first], ood, split, np.concatenate(index),
-                   np.concatenate(labels))  # fmt: skip
+                   np.concatenate(labels), files if folder else None)  # fmt: skip
     _trim(out, first)
     return out
 
@@ -259,7 +263,8 @@ def image_rows(sets: list[ImageSet], scores: list[dict], sources: tuple[str, ...
         for i in range(len(s.images)):
             label = int(s.label[i]) if s.label is not None and s.label[i] >= 0 else None
             row = {"source": source, "dataset": s.dataset, "split": s.split[i],
-                   "index": int(s.index[i]), "label": label}  # fmt: skip
+                   "index": int(s.index[i]), "file": s.file[i] if s.file else None,
+                   "label": label}  # fmt: skip
             row.update({k: float(v[i]) for k, v in values.items()})
             rows.append(row)
     return rows
