@@ -87,7 +87,7 @@ BAD = [
     (["interpolate", "--images", "nope.png", "b.png"], "cannot read image nope.png"),
     (["interpolate", "--steps", "1"], "--steps must be an integer from 2 to 256"),
     (["interpolate", "--random", "--index", "0", "1"], "not --random and --index"),
-    (["interpolate", "--images", "a.png", "b.png", "--index", "0", "1"], "not --images and --index"),
+    (["interpolate", "--images", "a.png", "b.png", "--index", "0", "1"], "--images and --index"),
     (["traverse", "--index", "20"], "--index 20 is out of range"),
     (["manifold", "--grid", "1"], "--grid must be an integer from 2 to 100"),
     (["embed", "--method", "umap"], "umap-learn"),
