@@ -74,6 +74,16 @@ from torch_vae.priors.fit import posterior_means
 from torch_vae.priors.neural import train_steps
 from torch_vae.priors.transformer import TransformerPrior
 
+WAYS = {
+    "plain": 0,
+    "top-k": 1,
+    "top-p": 1,
+    "min-p": 1,
+    "late-temperature": 2,
+    "round-trip": 1,
+    "autoguide": 1,
+    "resample": 2,
+}  # each way of drawing: the numbers it takes
 ROUND_TRIPPED = ("round-trip", "autoguide", "resample")  # draws that make generate's round trip
 SYMMETRIC = "0,2,3,4,6,8"  # Fashion-MNIST's tops, pullover, dress, coat, shirt, bag
 
@@ -333,19 +343,11 @@ def run(o) -> None:
         return fit_mirror(o)
     if o.copies:
         return print(json.dumps(copies(o)))
-    ways = (
-        "plain",
-        "top-k",
-        "top-p",
-        "min-p",
-        "late-temperature",
-        "round-trip",
-        "autoguide",
-        "resample",
-    )
     draw, args = o.draw[0], [float(a) for a in o.draw[1:]]
-    if draw not in ways:
-        sys.exit(f"--draw must be one of {', '.join(ways)}, got {draw!r}")
+    if draw not in WAYS:
+        sys.exit(f"--draw must be one of {', '.join(WAYS)}, got {draw!r}")
+    if len(args) != WAYS[draw]:
+        sys.exit(f"--draw {draw} takes {WAYS[draw]} number(s) after it, got {len(args)}")
     scores = score(o, draw, args)
     print(json.dumps({"draw": o.draw, "features": o.features, "nsamples": o.nsamples,
                       "seed": o.seed, "reference": o.reference, **scores}))  # fmt: skip
