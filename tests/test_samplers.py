@@ -110,10 +110,17 @@ def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog, cap
     scores = {k: load_sampler(model_dir, k).info["validation"]["fd"] for k in ("gmm", "gaussian")}
     best = min(scores, key=scores.get)
     assert generate("auto") == {"gmm": with_gmm, "gaussian": with_gaussian}[best]
-    # weights changed after the fit: the sampler is refused, not silently used
+    # weights changed after the fit: the samplers are refused, not silently used
     VAE(ModelConfig.from_dict(load_sampler_config(model_dir))).save_pretrained(model_dir, "mnist")
     with pytest.raises(TorchVaeError, match="other weights"):
         load_sampler(model_dir)
+    # ... but one fitted again since is taken by auto, the others named in a warning
+    caplog.clear()
+    assert main([*fit, "--sampler", "gaussian"]) == 0
+    assert load_sampler(model_dir).kind == "gaussian"
+    assert "the gmm sampler was fitted to other weights than these" in caplog.text
+    with pytest.raises(TorchVaeError, match="other weights"):
+        load_sampler(model_dir, "gmm")  # asked for by name: refused
     assert (
         sampler_path(model_dir / "model.safetensors", "gmm")
         == model_dir / "sampler-gmm.safetensors"

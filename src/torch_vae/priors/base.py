@@ -120,21 +120,33 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     where every one there has such a score, else the first in ``preference()`` (a score
     cannot rank a sampler against one without: a quick fit scored on a few images would win
     over a better one fitted before scores existed). None when there is none, so that the
-    caller draws from the model's prior. A sampler file that is damaged or was fitted to other
-    weights raises TorchVaeError."""
-    found = []
+    caller draws from the model's prior. A damaged sampler file raises TorchVaeError, as does
+    one fitted to other weights (the model trained further since), unless another kind was
+    fitted to these weights: without ``kind`` that one is taken, with a warning that names
+    the others to fit again."""
+    found, stale, sha = [], [], None
     for k in (kind,) if kind else preference():
         path = sampler_path(model_path, k)
         if not path.is_file():
             continue
         prior = read_sampler(path)
         weights = resolve_weights(model_path)
-        if prior.info.get("model_sha256") != file_sha256(weights):
-            raise TorchVaeError(
-                f"{path} was fitted to other weights than {weights}; fit it again with "
-                f"torch-vae fit-sampler --model {model_path} --sampler {k}"
-            )
-        found.append(prior)
+        sha = sha or file_sha256(weights)
+        if prior.info.get("model_sha256") != sha:
+            stale.append((k, path, weights))
+        else:
+            found.append(prior)
+    if stale and not found:
+        k, path, weights = stale[0]
+        raise TorchVaeError(
+            f"{path} was fitted to other weights than {weights}; fit it again with "
+            f"torch-vae fit-sampler --model {model_path} --sampler {k}"
+        )
+    if stale:
+        log.warning("the %s sampler%s fitted to other weights than these (the model was trained "
+                    "since): left out; fit %s again with torch-vae fit-sampler --model %s",
+                    ", ".join(k for k, _, _ in stale), "s were" if len(stale) > 1 else " was",
+                    "them" if len(stale) > 1 else "it", model_path)  # fmt: skip
     if not found:
         return None
     if any(_score(p) == float("inf") for p in found):
