@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import fakedata
 from torch_vae import TorchVaeError
@@ -95,6 +96,22 @@ def test_folder_dataset(tmp_path, gray):
     train = load_split(f"folder:{folder}", "train", 32, tmp_path / "data", progress=False)
     test = load_split(str(folder), "test", 32, tmp_path / "data", progress=False)
     assert train.shape == (18, 32, 32, ds.channels) and test.shape == (2, 32, 32, ds.channels)
+
+
+def test_folder_takes_ppm_and_pgm_images(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(10):
+        Image.new("L", (8, 8), 10 * i).save(folder / f"a{i}.png")
+    Image.new("RGB", (8, 8), (250, 0, 0)).save(folder / "p.ppm")
+    Image.new("L", (8, 8), 200).save(folder / "g.pgm")
+    train = load_split(f"folder:{folder}", "train", 8, tmp_path / "data", progress=False)
+    test = load_split(f"folder:{folder}", "test", 8, tmp_path / "data", progress=False)
+    assert len(train) + len(test) == 12
+    ds = get_dataset(f"folder:{folder}")
+    names = {p.name for split in ("train", "test") for p in ds.list_images(split)}
+    assert {"g.pgm", "p.ppm"} <= names
+    assert ds.channels == 3  # the PPM is in colour
 
 
 def test_folder_train_and_test_subfolders_are_the_splits(tmp_path):

@@ -24,7 +24,13 @@ def test_resume_past_max_steps_is_refused(data, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(train_args(run, data, 2, "--max_steps", "2")) == 0
     assert resume(run, data) == 1
-    assert "already finished (2 of --max_steps 2, in epoch 1)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "already finished (2 of --max_steps 2, in epoch 1); pass a larger --max_steps, or "
+        "--max_steps 0 to train to --epochs 2 to train it further" in err
+    )
+    assert resume(run, data, "--epochs", "3") == 1  # the cap still holds: said so again
+    assert "or --max_steps 0 to train to --epochs 3" in capsys.readouterr().err
     # a --max_steps below the steps made is refused as such, the run's config untouched
     config = (run / "config.json").read_bytes()
     assert resume(run, data, "--max_steps", "1") == 1

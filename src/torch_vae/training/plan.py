@@ -147,9 +147,13 @@ def plan_resume(
     steps_left = not train.max_steps or state["step"] < train.max_steps
     finished = state["epoch"] >= train.epochs or (not steps_left and state.get("evaluated", True))
     if finished:
+        fix = "a larger --epochs"
+        if not steps_left:
+            fix = f"a larger --max_steps, or --max_steps 0 to train to --epochs {train.epochs}"
+            fix += " (and a larger --epochs)" if state["epoch"] >= train.epochs else ""
         raise TorchVaeError(
-            f"the run in {run_dir} is already finished ({_progress(state, train)}); pass a "
-            "larger --epochs (or --max_steps) to train it further"
+            f"the run in {run_dir} is already finished ({_progress(state, train)}); pass "
+            f"{fix} to train it further"
         )
     check_channels(
         train.dataset, model.in_channels, "the run's model expects",
