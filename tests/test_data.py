@@ -304,3 +304,22 @@ def test_error_in_worker_is_one_line(tmp_path, register_md5s, small_chunks, monk
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "TORCH_VAE_WORKERS must be a positive integer" in err and "\n" not in err
+
+
+def test_a_run_records_its_folder_s_absolute_path(tmp_path, monkeypatch):
+    from torch_vae.cli import main
+
+    folder = tmp_path / "mine" / "shapes"
+    folder.mkdir(parents=True)
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / f"i{i:02d}.png")
+    monkeypatch.chdir(tmp_path / "mine")
+    run = tmp_path / "run"
+    args = ["train", "--dataset", "folder:shapes", "--run_dir", str(run), "--epochs", "1",
+            "--max_steps", "1", "--image_size", "16", "--max_filters", "8", "--latent_dims", "2",
+            "--data_dir", str(tmp_path / "data"), "--quiet", "--cpu"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["dataset"] == f"folder:{folder}"
+    monkeypatch.chdir(tmp_path)  # elsewhere, the run's commands still find its images
+    assert main(["evaluate", "--model", str(run), "--data_dir", str(tmp_path / "data"),
+                 "--iw_samples", "0", "--quiet", "--cpu"]) == 0  # fmt: skip

@@ -18,6 +18,7 @@ import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
 from ..data.cache import CacheRows, gather_for
+from ..data.datasets import FolderDataset
 from ..data.labels import class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
@@ -72,6 +73,7 @@ def plan_new(
     dist = dist or Distributed()
     if dry_run:
         train = dataclasses.replace(train, epochs=1, max_steps=2)
+    train = dataclasses.replace(train, dataset=absolute_dataset(train.dataset))
     if init_from is not None:
         start, weights = initial_config(Path(init_from))
         if model is None:
@@ -101,6 +103,13 @@ def plan_new(
     limit = DRY_RUN_TEST_IMAGES if dry_run else None
     lock = locks[0] if locks else None
     return RunPlan(folder, model, train, data_dir, None, limit, lock, temporary)
+
+
+def absolute_dataset(name: str) -> str:
+    """``name`` as the run records it: a folder of images as ``folder:ABSOLUTE_PATH``, so that
+    the run's commands find it from any working folder; a named dataset as it is."""
+    found = get_dataset(name)
+    return f"folder:{found.root.resolve()}" if isinstance(found, FolderDataset) else name
 
 
 def _choose_run_dir(
