@@ -110,6 +110,10 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     out = capsys.readouterr().out
     assert "classes (samples / val): 0 " in out
     assert "floor" not in out  # no floor measured: no empty column for it
+    # the default report's name says what is off the defaults, so no report replaces another
+    assert main([*val, "--seed", "2", "--no_floor", "--classifier", str(clf), *common]) == 0
+    names = sorted(p.name for p in held.glob("sample-quality-*.json"))
+    assert names == ["sample-quality-prior-val-n8-seed2.json", "sample-quality-prior-val-n8.json"]
     # no classifier: the model's own encoder
     assert main([*args, "--features", "encoder", *common]) == 0
     r = json.loads(report.read_text())

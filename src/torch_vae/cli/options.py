@@ -40,6 +40,7 @@ INFERENCE_PRECISION_HELP = (
 )
 CHECK_HELP = "optional, checked against the model"
 SAMPLERS = ("auto", "prior", *preference())
+NSAMPLES = 10000  # sample-quality's default: the protocol of papers' FID
 SAMPLER_HELP = (
     "where the latents come from: prior (N(0, I)), or a prior fitted after training with "
     f"fit-sampler ({', '.join(preference())}); auto: the best one fitted, else N(0, I)"
@@ -470,7 +471,7 @@ class SampleQualityOptions:
     temperature: float = temperature_option()
     guidance: float = guidance_option()
     round_trips: int | None = round_trips_option()
-    nsamples: int = option(10000, "samples to generate, and training images for the floor")
+    nsamples: int = option(NSAMPLES, "samples to generate, and training images for the floor")
     seed: int = option(0, "random seed of the samples (as generate --seed)")
     k: int = option(3, "nearest neighbours that set each point's ball (precision, recall)")
     features: Literal["auto", "inception", "classifier", "encoder"] = option(

@@ -21,7 +21,7 @@ from .common import (
     model_and_dataset,
     split_images,
 )
-from .options import Runtime, SampleQualityOptions
+from .options import NSAMPLES, Runtime, SampleQualityOptions
 
 
 def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
@@ -52,6 +52,10 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     suffix = "" if space.name == "classifier" else f"-{space.name}"
     if report.get("class") is not None:
         suffix += f"-class-{dataset_tag(str(report['class'])).replace(' ', '_')}"
+    # a choice off its default names the report, so that it never replaces the default's
+    suffix += f"-{o.reference}" if o.reference != "test" else ""
+    suffix += f"-n{o.nsamples}" if o.nsamples != NSAMPLES else ""
+    suffix += f"-seed{o.seed}" if o.seed else ""
     path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
     write_report(path, report)
     print_quality(report)
