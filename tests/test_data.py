@@ -323,3 +323,21 @@ def test_a_run_records_its_folder_s_absolute_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # elsewhere, the run's commands still find its images
     assert main(["evaluate", "--model", str(run), "--data_dir", str(tmp_path / "data"),
                  "--iw_samples", "0", "--quiet", "--cpu"]) == 0  # fmt: skip
+
+
+def test_a_photo_s_exif_orientation_is_applied_as_the_explorer_applies_it(tmp_path):
+    from torch_vae.cli.common import read_image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    stored = np.zeros((32, 64), np.uint8)
+    stored[:, :32] = 255  # stored with its left half white; shown turned: its top half
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show"
+    for i in range(10):
+        Image.fromarray(stored).save(folder / f"p{i}.jpg", quality=95, exif=exif)
+    train = load_split(f"folder:{folder}", "train", 16, tmp_path / "data", progress=False)
+    # a folder's images, and an image file given by name (interpolate --images, as uploads)
+    for img in (train[0, :, :, 0], read_image(folder / "p0.jpg", 1, 16)[:, :, 0]):
+        img = img.astype(float)
+        assert img[:6].mean() > 200 and img[-6:].mean() < 50  # top white, bottom black

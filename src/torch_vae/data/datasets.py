@@ -364,8 +364,8 @@ class FolderDataset(Dataset):
 
 
 # Part of a folder's fingerprint: raise it when decoding turns the same files into other pixels
-# (2: 16-bit and float images scaled to 8 bits instead of clipped).
-FOLDER_DECODING = 2
+# (2: 16-bit and float images scaled to 8 bits instead of clipped; 3: EXIF orientation applied).
+FOLDER_DECODING = 3
 
 
 def _scan_images(

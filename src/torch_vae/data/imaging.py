@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 
@@ -24,6 +24,9 @@ IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 def open_image(fp) -> Image.Image:
     """``Image.open`` for the ``IMAGE_FORMATS`` only (others raise UnidentifiedImageError)."""
     return Image.open(fp, formats=IMAGE_FORMATS)
+
+
+EXIF_ORIENTATION = 0x0112  # the tag a camera sets when the picture is stored turned
 
 
 class UnsupportedImage(ValueError):
@@ -71,7 +74,10 @@ def to_8bit(img: Image.Image) -> Image.Image:
 
 def to_array(img: Image.Image, channels: int, size: int, crop: bool) -> np.ndarray:
     """Bring to 8 bits (:func:`to_8bit`), convert to grayscale or RGB, optionally centre-crop
-    to a square, resize bilinearly to size x size, and return uint8 (size, size, channels)."""
+    to a square, resize bilinearly to size x size, and return uint8 (size, size, channels).
+    A photo's EXIF orientation is applied first: the image as viewers show it."""
+    if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
     img = to_8bit(img).convert("L" if channels == 1 else "RGB")
     if crop:
         img = center_square(img)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..analysis import latent as explore
@@ -391,7 +391,7 @@ def read_upload(data: bytes, channels: int, size: int) -> np.ndarray:
                     f"{w}x{h}); at most {MAX_UPLOAD_DECODED // 2**20} MiB",
                 )  # fmt: skip
             with UPLOAD_DECODES:
-                return to_array(ImageOps.exif_transpose(img), channels, size, crop=True)
+                return to_array(img, channels, size, crop=True)  # EXIF orientation applied
     except UploadError:
         raise
     except UnidentifiedImageError:
