@@ -120,6 +120,17 @@ def test_fit_sampler_fits_the_latents_given_each_class_and_generate_uses_it(labe
     assert len(list(gen.glob("sample_*.png"))) == 4
 
 
+def test_class_all_with_too_few_samples_for_a_row_per_class_says_so(tmp_path, caplog):
+    model_dir = tiny(tmp_path / "m", classes=("a", "b", "c"))
+    args = ["generate", "--model", str(model_dir), "--class", "all", "--outdir"]
+    with caplog.at_level("WARNING", logger="torch_vae"):
+        assert main([*args, str(tmp_path / "few"), "--nsamples", "8", "--sampler", "prior"]) == 0
+        assert "--nsamples 8 shows 1 of the 3 classes (--nsamples 24 for all)" in caplog.text
+        caplog.clear()
+        assert main([*args, str(tmp_path / "all"), "--nsamples", "17", "--sampler", "prior"]) == 0
+        assert "classes" not in caplog.text
+
+
 @pytest.fixture
 def classifier(tmp_path):
     """An untrained classifier of 16x16 MNIST images."""

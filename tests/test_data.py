@@ -341,3 +341,22 @@ def test_a_photo_s_exif_orientation_is_applied_as_the_explorer_applies_it(tmp_pa
     for img in (train[0, :, :, 0], read_image(folder / "p0.jpg", 1, 16)[:, :, 0]):
         img = img.astype(float)
         assert img[:6].mean() > 200 and img[-6:].mean() < 50  # top white, bottom black
+
+
+def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp_path, capsys):
+    from torch_vae.cli import main
+
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / f"i{i:02d}.png")
+    run = tmp_path / "run"
+    common = ["--data_dir", str(tmp_path / "data"), "--quiet", "--cpu"]
+    assert main(["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--epochs",
+                 "2", "--max_steps", "1", "--image_size", "16", "--max_filters", "8",
+                 "--latent_dims", "2", *common]) == 0  # fmt: skip
+    for i in range(20, 30):
+        Image.new("L", (28, 28), 5 * i).save(folder / f"i{i:02d}.png")
+    assert main(["train", "--resume", str(run), "--max_steps", "0", *common]) == 1
+    err = capsys.readouterr().err
+    assert f"start a new one (with --init_from {run / 'model.safetensors'}" in err, err

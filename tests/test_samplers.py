@@ -45,6 +45,19 @@ def test_gmm_finds_the_clusters_and_survives_a_round_trip(tmp_path):
     assert 0.2 < near.float().mean() < 0.3
 
 
+def test_the_default_mixture_fits_fewer_components_to_fewer_images(caplog):
+    from torch_vae.priors.mixture import MixtureSampler
+
+    z, _ = clusters()
+    info = {"model_sha256": "x"}
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        few = MixtureSampler.fit(z[:40], {"kind": "gmm"}, info, progress=False)
+    assert few.info["components"] == 10 and "40 training images: a mixture of 10" in caplog.text
+    assert MixtureSampler.fit(z[:300], {"kind": "gmm"}, info).info["components"] == 50
+    asked = MixtureSampler.fit(z[:40], {"kind": "gmm", "components": 3}, info)
+    assert asked.info["components"] == 3
+
+
 def test_gaussian_is_the_mean_and_covariance():
     rng = np.random.default_rng(0)
     z = rng.multivariate_normal([1.0, -2.0, 0.5], [[2, 0.5, 0], [0.5, 1, 0.3], [0, 0.3, 0.5]], 500)

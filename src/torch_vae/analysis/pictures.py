@@ -115,13 +115,16 @@ def sample_images(
         yield start, to_uint8(model.decode(z.to(device), y))
 
 
+CLASS_ROW = 8  # samples of one class in a row with --class all
+
+
 def sample_classes(model: VAE, n: int, seed: int, classes=None) -> Tensor | None:
     """The classes of ``n`` samples of a conditional model: ``classes`` (one for all; "all":
     sample i is class i // 8 % K, a grid row per class), or None: drawn uniformly by a
     generator seeded with ``seed`` (``VAE.labels``). None for an unconditional model, which
     refuses a class."""
     if classes == "all" and model.conditional:
-        return torch.arange(n, device=model.device) // 8 % model.config.num_classes
+        return torch.arange(n, device=model.device) // CLASS_ROW % model.config.num_classes
     gen = torch.Generator().manual_seed(seed) if classes is None else None
     return model.labels(classes, n, gen)
 

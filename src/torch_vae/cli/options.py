@@ -171,7 +171,11 @@ class GenerateOptions:
     latent_dims: int | None = option(None, "latent dimensions; " + CHECK_HELP)
     max_filters: int | None = option(None, "maximum number of filters; " + CHECK_HELP)
     nsamples: int = option(64, "number of samples to generate")
-    outdir: Path = option(None, "output folder for the samples", required=True)
+    outdir: Path = option(
+        None,
+        "output folder for the samples (sample_*.png of an earlier run there are replaced)",
+        required=True,
+    )
     nimg_channels: int | None = option(None, "image channels; " + CHECK_HELP)
     batchsize: int = option(1000, "samples per forward pass")
     precision: PrecisionName = option("auto", INFERENCE_PRECISION_HELP)
@@ -403,7 +407,11 @@ class FitSamplerOptions:
         "code grids; see docs/sampling.md",
         choices=kinds(),
     )
-    components: int | None = option(None, "mixture components (gmm; default: 50)")
+    components: int | None = option(
+        None,
+        "mixture components (gmm; default: 50, or a quarter of the training images "
+        "where they are fewer than 200)",
+    )
     steps: int = option(
         0, "training steps of flow, diffusion, twostage, transformer (0: the kind's default)"
     )

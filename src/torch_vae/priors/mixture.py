@@ -4,6 +4,7 @@ images: ``gaussian`` (one full-covariance component, the mean and covariance of 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,9 @@ from ..errors import TorchVaeError
 from .base import register_prior
 
 MAX_COMPONENTS = 1000
+DEFAULT_COMPONENTS = 50  # at 4 or more training images each; fewer images, fewer components
+
+log = logging.getLogger(__name__)
 
 
 @register_prior(("gmm", "gaussian"), rank=10)
@@ -60,7 +64,13 @@ class MixtureSampler:
         """``gaussian`` or ``gmm`` (``options["components"]``, default 50) fitted to ``z``."""
         if options.get("kind") == "gaussian":
             return fit_gaussian(z, info)
-        return fit_gmm(z, int(options.get("components") or 50), int(options.get("seed", 0)), info)
+        components = options.get("components")
+        if not components:  # the default: 50, or fewer for fewer images (each needs a few)
+            components = max(1, min(DEFAULT_COMPONENTS, len(z) // 4))
+            if components < DEFAULT_COMPONENTS:
+                log.info("%d training images: a mixture of %d components (--components to "
+                         "choose)", len(z), components)  # fmt: skip
+        return fit_gmm(z, int(components), int(options.get("seed", 0)), info)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"weights": self.weights, "means": self.means, "scale_tril": self.scale_tril}

@@ -102,9 +102,9 @@ def execute(
                 data = load_run_data(plan, progress, dist)
                 model = run_plan(plan, data, None, where, progress, dist)
             if plan.temporary:
-                log.info("dry run done: 2 steps trained and %d test images evaluated; the "
-                         "folder is removed (pass --run_dir to keep it)",
-                         len(data.eval))  # fmt: skip
+                log.info("dry run done: 2 steps trained and %d %s images evaluated; the "
+                         "folder is removed (pass --run_dir to keep it)", len(data.eval),
+                         "validation" if data.prefix == "val" else "test")  # fmt: skip
             elif model.latent_kind == "discrete":  # its own prior is uniform: fit one first
                 log.info("done. Next: torch-vae fit-sampler --model %s --sampler transformer, "
                          "then torch-vae generate --model %s --outdir samples", plan.run_dir,

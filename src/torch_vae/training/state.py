@@ -23,7 +23,7 @@ import torch
 
 from ..errors import TorchVaeError, first_line
 from ..io.files import atomic_path
-from ..io.weights import CONFIG_NAME
+from ..io.weights import CONFIG_NAME, WEIGHTS_NAME
 from ..version import __version__
 
 STATE_NAME = "ckpt.pt"
@@ -312,7 +312,8 @@ def _check_fits(state, path: Path, model, n_train: int, steps_per_epoch: int) ->
     if state["n_train"] != n_train:
         raise TorchVaeError(
             f"the training split now has {n_train} images, but the run was trained on "
-            f"{state['n_train']}; resuming would not continue the same run, so start a new one"
+            f"{state['n_train']}; resuming would not continue the same run: start a new one "
+            f"(with --init_from {Path(path).parent / WEIGHTS_NAME} to begin from its weights)"
         )
     partial = state["partial"]
     if partial is not None:
