@@ -74,7 +74,8 @@ def test_class_histogram_and_kl():
     assert kl_divergence([0.5, 0.5], [1.0, 0.0]) == math.inf
 
 
-def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_path, capsys):
+def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_path, capsys,
+                                                    caplog):  # fmt: skip
     run = train_tiny(tmp_path / "run")
     common = ["--data_dir", str(labelled), "--quiet"]
     clf = tmp_path / "clf"
@@ -98,6 +99,9 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     assert len(r["reference_class_histogram"]) == 10 and r["class_names"][3] == "3"
     out = capsys.readouterr().out
     assert "Frechet distance" in out and "KID" in out and "classes (samples / test): 0 " in out
+    assert (
+        "the test split holds 20 images: distances measured against so few are rough" in caplog.text
+    )
     # the samples are seeded: a second run gives the same report (but its time)
     assert main([*args, "--classifier", str(clf), *common]) == 0
     again = json.loads(report.read_text())

@@ -4,6 +4,7 @@ conditional model, per class (``--class``) and with the classifier's class accur
 
 from __future__ import annotations
 
+import logging
 import time
 
 from ..evaluation.reports import dataset_tag, write_report
@@ -22,6 +23,9 @@ from .common import (
     split_images,
 )
 from .options import NSAMPLES, Runtime, SampleQualityOptions
+
+log = logging.getLogger(__name__)
+FEW_REFERENCE = 1000  # reference images below which the scores get a warning
 
 
 def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
@@ -58,6 +62,11 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     suffix += f"-seed{o.seed}" if o.seed else ""
     path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
     write_report(path, report)
+    if report["n_reference"] < FEW_REFERENCE:
+        log.warning("the %s split holds %d images: distances measured against so few are "
+                    "rough (FID's bias alone is large below a few thousand); compare models "
+                    "only against the same images", report["reference"],
+                    report["n_reference"])  # fmt: skip
     print_quality(report)
     print(f"report: {path}")
     return report
