@@ -360,3 +360,20 @@ def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp
     assert main(["train", "--resume", str(run), "--max_steps", "0", *common]) == 1
     err = capsys.readouterr().err
     assert f"start a new one (with --init_from {run / 'model.safetensors'}" in err, err
+
+
+def test_conditional_training_names_the_images_outside_class_subfolders(tmp_path, capsys):
+    from torch_vae.cli import main
+
+    folder = tmp_path / "kinds"
+    for c in ("round", "square"):
+        (folder / c).mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (16, 16), 20 * i).save(folder / c / f"{c}{i}.png")
+    Image.new("L", (16, 16), 9).save(folder / "stray.png")
+    args = ["train", "--dataset", f"folder:{folder}", "--conditional", "--run_dir",
+            str(tmp_path / "run"), "--data_dir", str(tmp_path / "data"), "--dry_run", "--quiet",
+            "--cpu", "--image_size", "16", "--max_filters", "8", "--latent_dims", "2"]  # fmt: skip
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "not in a class subfolder: stray.png); --conditional needs one" in err, err

@@ -126,6 +126,19 @@ def _folder_labels(ds: FolderDataset, split: str) -> np.ndarray | None:
     return np.array([index[p[0]] if len(p) > 1 else -1 for p in parts], dtype=np.int64)
 
 
+def classless(dataset: str, split: str) -> str:
+    """For a folder, the images of ``split`` outside every class subfolder, named for an
+    error ("; not in a class subfolder: a.png, b.png and 3 more"); "" otherwise."""
+    ds = get_dataset(dataset)
+    if not isinstance(ds, FolderDataset) or not _folder_classes(ds):
+        return ""
+    files = ds.listing(split)  # in the order of _folder_parts
+    loose = ["/".join(rel) for (rel, _, _), parts in zip(files, _folder_parts(ds, split),
+             strict=True) if len(parts) < 2]  # fmt: skip
+    more = f" and {len(loose) - 3} more" if len(loose) > 3 else ""
+    return f"; not in a class subfolder: {', '.join(loose[:3])}{more}" if loose else ""
+
+
 def rows_without(
     dataset: str, split: str, n: int, classes, data_dir: Path | None = None, what: str = ""
 ) -> np.ndarray:
@@ -158,7 +171,8 @@ def labels_as(
     if len(labels) != n or labels.min(initial=0) < 0:
         raise TorchVaeError(
             f"{dataset}'s {split} split has no class for every image (a folder's images must "
-            "all be in class subfolders); a conditional model needs each image's class"
+            f"all be in class subfolders{classless(dataset, split)}); a conditional model "
+            "needs each image's class"
         )
     index = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in names if name not in index]
