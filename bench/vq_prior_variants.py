@@ -40,6 +40,10 @@ them). Prints JSON.
 
     python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 --draw top-k 100 \
         --features inception --nsamples 2000 --seed 1
+    python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 --draw autoguide 0.2 \
+        --weak runs/vq-w128 --features inception --nsamples 2000 --seed 1
+    python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 --draw resample 3 1 \
+        --features inception --nsamples 2000 --seed 1
     python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 --copies \
         --nsamples 1000 --seed 0
     python bench/vq_prior_variants.py --model models/fashion-mnist/vqvae-28 \
