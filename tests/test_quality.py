@@ -83,6 +83,14 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
                  "--image_size", "32", "--batchsize", "8", *common]) == 0  # fmt: skip
     saved = json.loads((clf / "config.json").read_text())
     assert 0 <= saved["test_accuracy"] <= 1 and saved["options"]["epochs"] == 1
+    again = ["train-classifier", "--dataset", "mnist", "--out", str(clf), "--epochs", "1",
+             "--image_size", "32", "--batchsize", "8", "--seed", "1", *common]  # fmt: skip
+    weights = (clf / "classifier.safetensors").read_bytes()
+    assert main(again) == 1  # a classifier there already: kept
+    assert "holds a classifier already; pass --overwrite" in capsys.readouterr().err
+    assert (clf / "classifier.safetensors").read_bytes() == weights
+    assert main([*again, "--overwrite"]) == 0
+    assert (clf / "classifier.safetensors").read_bytes() != weights
     report = tmp_path / "q.json"
     args = ["sample-quality", "--model", str(run), "--nsamples", "16", "--report", str(report)]
     assert main([*args, "--classifier", str(clf), *common]) == 0
@@ -90,6 +98,7 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     assert (r["sampler"], r["features"], r["feature_dims"], r["n_reference"]) == (
         "prior", "classifier", 128, 20
     )  # fmt: skip
+    assert r["classifier"] == str(clf)  # which classifier's features
     for part in ("samples", "train_floor"):
         assert set(r[part]) == {"n_images", "fd", "kid", "kid_std", "precision", "recall",
                                 "class_histogram", "class_kl"}  # fmt: skip
@@ -117,7 +126,8 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     # the default report's name says what is off the defaults, so no report replaces another
     assert main([*val, "--seed", "2", "--no_floor", "--classifier", str(clf), *common]) == 0
     names = sorted(p.name for p in held.glob("sample-quality-*.json"))
-    assert names == ["sample-quality-prior-val-n8-seed2.json", "sample-quality-prior-val-n8.json"]
+    assert names == ["sample-quality-prior-clf-clf-val-n8-seed2.json",
+                     "sample-quality-prior-clf-clf-val-n8.json"]  # fmt: skip
     # no classifier: the model's own encoder
     assert main([*args, "--features", "encoder", *common]) == 0
     r = json.loads(report.read_text())

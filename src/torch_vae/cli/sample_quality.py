@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from ..evaluation.reports import dataset_tag, write_report
 from ..evaluation.sample_quality import (
@@ -54,6 +55,8 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     report["seconds"] = round(time.perf_counter() - start, 1)
     tag = "reconstructions" if o.reconstructions else report["sampler"]
     suffix = "" if space.name == "classifier" else f"-{space.name}"
+    if space.name == "classifier" and o.classifier is not None:  # not the shipped one
+        suffix += f"-clf-{dataset_tag(Path(o.classifier).resolve().name)}"
     if report.get("class") is not None:
         suffix += f"-class-{dataset_tag(str(report['class'])).replace(' ', '_')}"
     # a choice off its default names the report, so that it never replaces the default's

@@ -21,4 +21,7 @@ def run(o: ClassifierTraining, runtime: Runtime) -> None:
         )
     if is_model_folder(out) or is_shipped(out):
         raise TorchVaeError(f"--out {out} is a model's folder; choose a new folder")
+    if (out / CLASSIFIER_WEIGHTS).is_file() and not o.overwrite:
+        raise TorchVaeError(f"--out {out} holds a classifier already; pass --overwrite to "
+                            "replace it, or choose a new folder (nothing was written)")  # fmt: skip
     train_classifier(o, not runtime.quiet)
