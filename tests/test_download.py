@@ -45,7 +45,12 @@ def test_bad_checksum_leaves_no_file(server, tmp_path):
     with pytest.raises(TorchVaeError, match="checksum mismatch"):
         download(f"{url}/a.bin", "0" * 32, dest, progress=False)
     assert not dest.exists()
-    assert list(dest.parent.iterdir()) == []  # no partial download either
+    assert not dest.parent.exists()  # no partial download, nor the empty folder made for it
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(TorchVaeError, match="checksum mismatch"):
+        download(f"{url}/a.bin", "0" * 32, kept / "a.bin", progress=False)
+    assert kept.is_dir() and list(kept.iterdir()) == []  # a folder there before stays
 
 
 def test_server_down_says_to_check_the_network(tmp_path):
@@ -58,7 +63,7 @@ def test_server_down_says_to_check_the_network(tmp_path):
 
 def test_file_missing_on_server_is_a_download_error(server, tmp_path):
     _, url = server
-    with pytest.raises(TorchVaeError, match=r"could not download .*/nothing\.bin \(HTTPError\)"):
+    with pytest.raises(TorchVaeError, match=r"could not download .*/nothing\.bin \(HTTP 404\)"):
         download(f"{url}/nothing.bin", "0" * 32, tmp_path / "a.bin", progress=False)
 
 
@@ -83,5 +88,21 @@ def test_dataset_with_official_checksum_rejects_other_file(server, tmp_path, mon
     monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
     fakedata.write_mnist(root)  # not the official files
     monkeypatch.setenv(MIRROR_ENV, url)
-    with pytest.raises(TorchVaeError, match="checksum mismatch.*f68b3c2dcbeaaa9fbdd348bbdeb94873"):
+    with pytest.raises(
+        TorchVaeError,
+        match="checksum mismatch.*f68b3c2dcbeaaa9fbdd348bbdeb94873"
+        ".*the mirror .TORCH_VAE_MIRROR. sent another file than the official one",
+    ):
         load_split("mnist", "train", 28, tmp_path / "data", progress=False)
+    assert not (tmp_path / "data").exists()  # a failed download leaves no empty folders
+
+
+def test_a_file_missing_on_the_mirror_names_its_layout(server, tmp_path, monkeypatch):
+    _, url = server
+    monkeypatch.setenv(MIRROR_ENV, url + "/sub")
+    with pytest.raises(
+        TorchVaeError,
+        match=r"\(HTTP 404\); check that the mirror .* serves the "
+        "file by its name at BASE/NAME",
+    ):
+        download("https://example.org/x/a.bin", "0" * 32, tmp_path / "a.bin", progress=False)

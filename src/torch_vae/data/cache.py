@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TorchVaeError
+from ..io.files import no_empty_folders_on_failure
 from .datasets import SPLITS, get_dataset
 from .download import locked_atomic_file, remove_stale_temporaries
 
@@ -234,7 +235,8 @@ def load_split(
             level = logging.INFO if isinstance(why, _Changed) else logging.WARNING
             log.log(level, "cache %s cannot be used: %s; rebuilding it", npy, why)
     try:
-        arr = _build(ds, split, image_size, data_dir, progress, npy)
+        with no_empty_folders_on_failure(npy.parent):
+            arr = _build(ds, split, image_size, data_dir, progress, npy)
     except _NoRoom as why:
         log.warning("no room for the dataset cache %s (%s); building it in memory", npy, why)
         arr = ds.prepare(split, image_size, data_dir, progress)

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import TorchVaeError
-from ..io.files import locked_atomic_file, remove_stale_temporaries
+from ..io.files import locked_atomic_file, no_empty_folders_on_failure, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
     log.info("downloading %s to %s", url, dest)
     downloader = pooch.HTTPDownloader(progressbar=progress, timeout=60)
     try:
-        with locked_atomic_file(dest) as f:
+        with no_empty_folders_on_failure(dest.parent), locked_atomic_file(dest) as f:
             downloader(url, f, None)
             f.seek(0)
             h = hashlib.md5()
@@ -67,21 +67,28 @@ def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
                 h.update(block)
             got = h.hexdigest()
             if got != md5:
+                sender = (f"the mirror ({MIRROR_ENV}) sent another file than the official one; "
+                          "it must serve the official files" if os.environ.get(MIRROR_ENV)
+                          else "the server sent a different file. Try again later")  # fmt: skip
                 raise TorchVaeError(
-                    f"checksum mismatch for {url} (expected MD5 {md5}, got {got}); the server "
-                    f"sent a different file. Try again later, or download it by hand into "
-                    f"{dest.parent}"
+                    f"checksum mismatch for {url} (expected MD5 {md5}, got {got}); {sender}, "
+                    f"or download it by hand into {dest.parent}"
                 )
     except OSError as exc:  # requests' errors are OSErrors too
         kind = type(exc).__name__
+        response = getattr(exc, "response", None)
+        if isinstance(exc, requests.HTTPError) and response is not None:
+            kind = f"HTTP {response.status_code}"
         if not isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError)):
             raise TorchVaeError(
                 f"could not write {dest} ({exc}); check that {dest.parent} is writable and has "
                 "room for it"
             ) from None
+        fix = (f"check that the mirror ({MIRROR_ENV}) serves the file by its name at BASE/NAME"
+               if os.environ.get(MIRROR_ENV) else "check your network")  # fmt: skip
         raise DownloadError(
-            f"could not download {url} ({kind}); check your network, download the file by hand "
-            f"into {dest.parent}, or set {MIRROR_ENV} to a base URL that serves it",
+            f"could not download {url} ({kind}); {fix}, download the file by hand into "
+            f"{dest.parent}, or set {MIRROR_ENV} to a base URL that serves it",
             url,
             kind,
         ) from None

@@ -109,6 +109,22 @@ _WRITE_FAILED = ("failed writing", "write failed", "os error", "i/o error", "ioe
                  "inline_container")  # fmt: skip
 
 
+@contextlib.contextmanager
+def no_empty_folders_on_failure(folder: str | os.PathLike) -> Iterator[None]:
+    """Run the block; if it fails, remove ``folder`` and those of its parents that it made
+    (missing when the block began), where they are empty, so that a failed download or
+    cache build leaves no empty folders behind."""
+    folder = Path(folder).absolute()
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    except BaseException:
+        for p in missing:  # the deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only an empty folder goes
+        raise
+
+
 def write_error(exc: BaseException, path: Path) -> OSError | None:
     """The OSError that a writer's own error for a failed write stands for (a full disk when
     the folder has no room left), or None when ``exc`` is no such error."""
