@@ -520,9 +520,8 @@ def quality_report(
         "measured_size": size, "model_size": model.config.image_size,
         "reference": reference, "n_reference": len(ref.features),
         "samples": _measure(space, fake, ref_measure),
+        **({"classifier": space.source} if space.source else {}),  # the classifier's folder
     }  # fmt: skip
-    if space.source:  # which classifier's features: the shipped one's, or --classifier
-        report["classifier"] = space.source
     if model.conditional:
         report["class"] = wanted if wanted in (None, "all") else model.config.classes[wanted]
     floor_set = None
