@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch_vae import TorchVaeError, load_model
+from torch_vae import VAE, ModelConfig, TorchVaeError, load_model
 from torch_vae.cli import main
 from torch_vae.models.original import import_original
 
@@ -188,6 +188,39 @@ def test_import_refuses_non_checkpoints(tmp_path):
     torch.save({"x": Evil()}, bad)
     with pytest.raises(TorchVaeError, match="refusing to load"):
         import_original(bad)
+
+
+def test_import_unwraps_training_checkpoints_and_refuses_what_would_not_load(tmp_path, capsys):
+    state = original_state_dict()
+    path = tmp_path / "wrapped.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    with torch.no_grad():
+        check_equal(state, import_original(path), 1)  # as from the bare state_dict
+    broken = dict(state)
+    broken["encoder.conv1.weight"] = broken["encoder.conv1.weight"].clone()
+    broken["encoder.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(broken, path)
+    with pytest.raises(TorchVaeError, match="holds NaN or infinite weights"):
+        import_original(path)
+    folder = VAE(ModelConfig(image_size=16, max_filters=8, depth=2)).save_pretrained(
+        tmp_path / "ours", "mnist"
+    )
+    safe = tmp_path / "model.pth"  # a safetensors file given another name
+    safe.write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(TorchVaeError, match="is a safetensors file, not the original's .pth"):
+        import_original(safe)
+    torch.save(state, tmp_path / "orig.pth")
+    args = [
+        "import-torch-vae",
+        str(tmp_path / "orig.pth"),
+        "--dataset",
+        "mnist",
+        "--quiet",
+        "--out",
+    ]
+    assert main([*args, str(tmp_path / "noext")]) == 1
+    assert "give a file name ending in .safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "noext").exists()
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason="the original's checkpoints are not available")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data import check_channels
 from ..errors import TorchVaeError
+from ..evaluation.reports import dataset_tag
 from ..models import save_model
 from ..models.original import import_original
 from .options import ImportOptions
@@ -16,14 +17,17 @@ log = logging.getLogger(__name__)
 
 
 def run(o: ImportOptions) -> Path:
+    out = o.out or Path("imported") / dataset_tag(o.dataset) / f"{o.checkpoint.stem}.safetensors"
+    if out.suffix != ".safetensors":
+        raise TorchVaeError(f"--out {out}: the weights are written as safetensors; give a file "
+                            "name ending in .safetensors")  # fmt: skip
+    if out.exists():
+        raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
     model = import_original(o.checkpoint)
     check_channels(
         o.dataset, model.config.in_channels, f"{o.checkpoint} has",
         "pass the dataset it was trained on",
     )  # fmt: skip
-    out = o.out or Path("imported") / o.dataset / f"{o.checkpoint.stem}.safetensors"
-    if out.exists():
-        raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
     save_model(model, out, dataset=o.dataset)
     c = model.config
     log.info("imported %s (C=%d, F=%d, d=%d, %dx%d) -> %s", o.checkpoint, c.in_channels,

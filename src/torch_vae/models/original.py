@@ -160,28 +160,59 @@ def infer_config(state: dict[str, torch.Tensor]) -> OriginalConfig:
 
 
 def load_original_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a bare state_dict safely (weights_only: no code from the file runs)."""
+    """Load a bare state_dict safely (weights_only: no code from the file runs); one kept under
+    "state_dict" (or "model_state_dict", "model") beside other entries, or with the "module."
+    prefix DistributedDataParallel gives its keys, is taken out."""
     path = Path(path)
     if path.is_dir():
         raise TorchVaeError(f"{path} is a folder; pass the original's .pth file")
     if not path.is_file():
         raise TorchVaeError(f"{path} does not exist")
+    if _is_safetensors(path):
+        raise TorchVaeError(f"{path} is a safetensors file, not the original's .pth; a "
+                            "torch-vae model's weights are used as they are (--model)")  # fmt: skip
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise TorchVaeError(
-            f"{path} holds more than tensors ({str(exc).splitlines()[0][:120]}); refusing to load "
-            "it, since that could run code from the file"
+            f"{path} holds more than tensors ({_plain(exc)}); refusing to load it, since that "
+            "could run code from the file"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any parse failure means an unreadable file
         raise TorchVaeError(
-            f"{path} is not a readable PyTorch checkpoint ({first_line(exc)})"
+            f"{path} is not a readable PyTorch checkpoint ({_plain(exc)}); pass the .pth file "
+            "the original's train.py saved"
         ) from None
+    if isinstance(state, dict):
+        inner = next((state[k] for k in WRAPPERS if isinstance(state.get(k), dict)), None)
+        state = inner if inner is not None else state
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise TorchVaeError(f"{path} is not a state_dict of named tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise TorchVaeError(f"{path} holds NaN or infinite weights ({bad[0]}); use a "
+                            "checkpoint saved before training diverged")  # fmt: skip
     return state
+
+
+WRAPPERS = ("state_dict", "model_state_dict", "model")  # where training scripts keep the weights
+
+
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: an 8-byte little-endian header size, then its JSON header."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    return 0 < size < path.stat().st_size and head[8:9] == b"{"
+
+
+def _plain(exc: BaseException) -> str:
+    """The first line of an exception's message without terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", first_line(exc))
 
 
 def import_original(path: str | os.PathLike) -> OriginalVAE:
