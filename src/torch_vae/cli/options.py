@@ -131,7 +131,7 @@ class RunOptions:
         "run is overwritten)",
     )
     data_dir: Path | None = option(None, DATA_DIR_HELP)
-    dry_run: bool = option(False, "quick check: 1 epoch of 2 steps, evaluated on 64 test images")
+    dry_run: bool = option(False, "quick check: 1 epoch of 2 steps, 64 held-out images evaluated")
     init_from: Path | None = option(
         None,
         "start from the weights of MODEL (run folder or .safetensors) instead of a random "

@@ -6,7 +6,6 @@ result on disk so decoding and resizing happen once.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
@@ -82,19 +81,17 @@ class Dataset:
                 # its size (Debian's repacked copies differ: read_* checks them structurally).
                 _verify(found, f.md5)
             paths[f.name] = found
-        made = [d for d in (data_dir, data_dir / self.name) if not d.exists()]
-        for i, f in enumerate(missing):
+        for i, f in enumerate(missing):  # a failed download removes the empty folders it made
             try:
                 paths[f.name] = download(f.url, f.md5, data_dir / self.name / f.name, progress)
             except DownloadError as exc:  # name all the files still lacking, not just this one
-                for folder in reversed(made):  # the folders made for it, if they stayed empty
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()
                 names = ", ".join(m.name for m in missing[i:])
+                fix = (f"check that the mirror ({MIRROR_ENV}) serves them by name at BASE/NAME"
+                       if os.environ.get(MIRROR_ENV) else "check your network")  # fmt: skip
                 raise TorchVaeError(
                     f"dataset {self.name} lacks {names} and could not download {exc.url} "
-                    f"({exc.kind}); check your network, put the file(s) into "
-                    f"{data_dir / self.name}, or set {MIRROR_ENV} to a base URL that serves them"
+                    f"({exc.kind}); {fix}, put the file(s) into {data_dir / self.name}, or set "
+                    f"{MIRROR_ENV} to a base URL that serves them"
                 ) from None
         return paths
 

@@ -69,7 +69,7 @@ def plan_new(
     """The plan of a new run of ``model`` with ``train``: in ``run_dir`` (it must be free or
     empty; default: a new numbered folder under runs/), started from the weights of
     ``init_from`` if given (``model`` None: theirs; else it must be theirs up to
-    ``native_size``), ``dry_run``: 1 epoch of 2 steps, evaluated on 64 test images."""
+    ``native_size``), ``dry_run``: 1 epoch of 2 steps, evaluated on 64 held-out images."""
     dist = dist or Distributed()
     if dry_run:
         train = dataclasses.replace(train, epochs=1, max_steps=2)
