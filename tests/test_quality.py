@@ -5,9 +5,11 @@ import json
 import math
 
 import numpy as np
+import pytest
 import scipy.linalg
 import torch
 
+from torch_vae import TorchVaeError
 from torch_vae.cli import main
 from torch_vae.evaluation.sample_quality import (
     class_histogram,
@@ -154,3 +156,26 @@ def test_a_classifier_measures_images_of_another_size_resized_as_the_data_pipeli
     f_small, c_small = space.extract(small)
     f_large, c_large = space.extract(large)
     assert torch.equal(f_small, f_large) and torch.equal(c_small, c_large)
+
+
+def test_a_classifier_whose_metadata_does_not_fit_its_weights_is_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from torch_vae.evaluation.classifier import (
+        Classifier,
+        ClassifierConfig,
+        load_classifier,
+        save_classifier,
+    )
+
+    folder = save_classifier(Classifier(ClassifierConfig(dataset="mnist", image_size=16)),
+                             tmp_path / "clf", {})  # fmt: skip
+    weights = folder / "classifier.safetensors"
+    state = load_file(weights)
+    for config, message in (('{"num_classes": 12}', "weights do not fit its config"),
+                            ('{"nonsense": 1}', "has a damaged config")):  # fmt: skip
+        save_file(state, str(weights), metadata={"format": "torch-vae-classifier",
+                                                 "config": config})  # fmt: skip
+        with pytest.raises(TorchVaeError, match=message) as err:
+            load_classifier(folder)
+        assert "\n" not in str(err.value) and "train-classifier" in str(err.value)

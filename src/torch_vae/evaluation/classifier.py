@@ -28,7 +28,7 @@ from torch import nn
 
 from ..data import load_split
 from ..data.labels import load_labels
-from ..errors import TorchVaeError
+from ..errors import TorchVaeError, first_line
 from ..fields import check_number, check_seed, option, positive
 from ..io.files import atomic_path, write_text_atomic
 from ..runtime.device import to_float
@@ -145,11 +145,18 @@ def load_classifier(path: str | os.PathLike, device: torch.device | str = "cpu")
         raise TorchVaeError(f"cannot read classifier {weights} ({exc})") from None
     if meta.get("format") != CLASSIFIER_FORMAT:
         raise TorchVaeError(f"{weights} is not a torch-vae classifier")
-    model = Classifier(ClassifierConfig.from_dict(json.loads(meta["config"])))
+    try:
+        model = Classifier(ClassifierConfig.from_dict(json.loads(meta["config"])))
+    except (KeyError, TypeError, ValueError, TorchVaeError) as exc:
+        why = first_line(exc, with_type=not isinstance(exc, TorchVaeError))
+        raise TorchVaeError(f"{weights} has a damaged config ({why}); train it "
+                            "again with torch-vae train-classifier") from None  # fmt: skip
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise TorchVaeError(f"{weights}: weights do not fit its config ({exc})") from None
+        detail = " ".join(str(exc).split())  # PyTorch's message spans lines
+        raise TorchVaeError(f"{weights}: weights do not fit its config ({detail[:300]}); "
+                            "train it again with torch-vae train-classifier") from None  # fmt: skip
     return model.to(device).eval()
 
 
