@@ -90,6 +90,8 @@ BAD = [
     (["interpolate", "--images", "a.png", "b.png", "--index", "0", "1"], "--images and --index"),
     (["traverse", "--index", "20"], "--index 20 is out of range"),
     (["manifold", "--grid", "1"], "--grid must be an integer from 2 to 100"),
+    (["manifold", "--nimages", "1"], "--nimages must be 0 (all) or at least 2"),
+    (["traverse", "--steps", "1"], "--steps must be an integer from 2 to"),
     (["embed", "--method", "umap"], "umap-learn"),
 ]
 

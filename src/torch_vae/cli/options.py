@@ -623,7 +623,9 @@ class TraverseOptions(PictureOptions):
 
     def __post_init__(self) -> None:
         positive("--ndims", self.ndims, 4096)
-        positive("--steps", self.steps, MAX_FRAMES)
+        if not isinstance(self.steps, int) or not 2 <= self.steps <= MAX_FRAMES:
+            raise TorchVaeError(f"--steps must be an integer from 2 to {MAX_FRAMES} (values "
+                                f"from -SPAN to +SPAN), got {self.steps}")  # fmt: skip
         non_negative("--nimages", self.nimages)
         if self.index is not None:
             non_negative("--index", self.index)
@@ -648,6 +650,9 @@ class ManifoldOptions(PictureOptions):
         if not isinstance(self.grid, int) or not 2 <= self.grid <= 100:
             raise TorchVaeError(f"--grid must be an integer from 2 to 100, got {self.grid}")
         non_negative("--nimages", self.nimages)
+        if self.nimages == 1:
+            raise TorchVaeError("--nimages must be 0 (all) or at least 2: the principal plane "
+                                "needs two images")  # fmt: skip
 
 
 @dataclass(frozen=True)
