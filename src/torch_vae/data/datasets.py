@@ -67,11 +67,14 @@ class Dataset:
                     return candidate
         return None
 
-    def fetch(self, data_dir: Path, progress: bool = True) -> dict[str, Path]:
-        """Return local paths of all files, downloading those that are missing."""
+    def fetch(self, data_dir: Path, progress: bool = True, only=None) -> dict[str, Path]:
+        """Return local paths of all files (or of those named in ``only``), downloading those
+        that are missing."""
         paths = {}
         missing = []
         for f in self.files:
+            if only is not None and f.name not in only:
+                continue
             found = self.locate(data_dir, f.name)
             if found is None:
                 missing.append(f)
@@ -145,7 +148,7 @@ class IdxDataset(Dataset):
     split_files: dict = field(default_factory=dict)  # split -> images file name
 
     def prepare(self, split, size, data_dir, progress=True, allocate=None):
-        paths = self.fetch(data_dir, progress)
+        paths = self.fetch(data_dir, progress, only={self.split_files[split]})  # that split's
         images = read_idx(paths[self.split_files[split]])
         if images.ndim != 3:
             raise TorchVaeError(f"{paths[self.split_files[split]]} holds no (N, H, W) images")
