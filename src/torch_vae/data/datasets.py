@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import TorchVaeError
 from ..io.files import write_text_atomic
-from .download import MIRROR_ENV, DownloadError, download, md5sum
+from .download import MIRROR_ENV, DownloadError, download, md5sum, unreachable_fix
 from .formats import (
     ZIP_ERRORS,
     open_celeba_zip,
@@ -89,12 +89,10 @@ class Dataset:
                 paths[f.name] = download(f.url, f.md5, data_dir / self.name / f.name, progress)
             except DownloadError as exc:  # name all the files still lacking, not just this one
                 names = ", ".join(m.name for m in missing[i:])
-                fix = (f"check that the mirror ({MIRROR_ENV}) serves them by name at BASE/NAME"
-                       if os.environ.get(MIRROR_ENV) else "check your network")  # fmt: skip
                 raise TorchVaeError(
                     f"dataset {self.name} lacks {names} and could not download {exc.url} "
-                    f"({exc.kind}); {fix}, put the file(s) into {data_dir / self.name}, or set "
-                    f"{MIRROR_ENV} to a base URL that serves them"
+                    f"({exc.kind}); {unreachable_fix('them by name')}, put the file(s) into "
+                    f"{data_dir / self.name}, or set {MIRROR_ENV} to a base URL that serves them"
                 ) from None
         return paths
 

@@ -43,6 +43,14 @@ def mirrored(url: str) -> str:
     return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1] if mirror else url
 
 
+def unreachable_fix(files: str) -> str:
+    """What to check first when ``files`` ("the file by its name", "them by name") could not
+    be downloaded: the mirror's layout where ``$TORCH_VAE_MIRROR`` is set, else the network."""
+    if os.environ.get(MIRROR_ENV):
+        return f"check that the mirror ({MIRROR_ENV}) serves {files} at BASE/NAME"
+    return "check your network"
+
+
 def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
     """Download ``url`` (or its copy on ``$TORCH_VAE_MIRROR``) to ``dest``.
 
@@ -84,11 +92,10 @@ def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
                 f"could not write {dest} ({exc}); check that {dest.parent} is writable and has "
                 "room for it"
             ) from None
-        fix = (f"check that the mirror ({MIRROR_ENV}) serves the file by its name at BASE/NAME"
-               if os.environ.get(MIRROR_ENV) else "check your network")  # fmt: skip
         raise DownloadError(
-            f"could not download {url} ({kind}); {fix}, download the file by hand into "
-            f"{dest.parent}, or set {MIRROR_ENV} to a base URL that serves it",
+            f"could not download {url} ({kind}); {unreachable_fix('the file by its name')}, "
+            f"download the file by hand into {dest.parent}, or set {MIRROR_ENV} to a base URL "
+            "that serves it",
             url,
             kind,
         ) from None
