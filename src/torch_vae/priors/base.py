@@ -124,20 +124,16 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     one fitted to other weights (the model trained further since), unless another kind was
     fitted to these weights: without ``kind`` that one is taken, with a warning that names
     the others to fit again."""
-    found, stale, sha = [], [], None
-    for k in (kind,) if kind else preference():
-        path = sampler_path(model_path, k)
-        if not path.is_file():
-            continue
-        prior = read_sampler(path)
-        weights = resolve_weights(model_path)
-        sha = sha or file_sha256(weights)
-        if prior.info.get("model_sha256") != sha:
-            stale.append((k, path, weights))
-        else:
-            found.append(prior)
+    paths = [(k, sampler_path(model_path, k)) for k in ((kind,) if kind else preference())]
+    fitted = [(k, path, read_sampler(path)) for k, path in paths if path.is_file()]
+    if not fitted:
+        return None
+    weights = resolve_weights(model_path)
+    sha = file_sha256(weights)  # hashed once, only where a sampler is there to check
+    found = [prior for _, _, prior in fitted if prior.info.get("model_sha256") == sha]
+    stale = [(k, path) for k, path, prior in fitted if prior.info.get("model_sha256") != sha]
     if stale and not found:
-        k, path, weights = stale[0]
+        k, path = stale[0]
         raise TorchVaeError(
             f"{path} was fitted to other weights than {weights}; fit it again with "
             f"torch-vae fit-sampler --model {model_path} --sampler {k}"
@@ -145,10 +141,8 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     if stale:
         log.warning("the %s sampler%s fitted to other weights than these (the model was trained "
                     "since): left out; fit %s again with torch-vae fit-sampler --model %s",
-                    ", ".join(k for k, _, _ in stale), "s were" if len(stale) > 1 else " was",
+                    ", ".join(k for k, _ in stale), "s were" if len(stale) > 1 else " was",
                     "them" if len(stale) > 1 else "it", model_path)  # fmt: skip
-    if not found:
-        return None
     if any(_score(p) == float("inf") for p in found):
         return found[0]  # found in preference()'s order
     return min(enumerate(found), key=lambda p: (_score(p[1]), p[0]))[1]
