@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..analysis.pictures import CLASS_ROW as ROW
-from ..analysis.pictures import sample_classes, write_samples
+from ..analysis.pictures import CLASS_ROW, sample_classes, write_samples
 from ..priors import choose_sampler
 from .common import check_flags, check_outdir, load
 from .options import GenerateOptions, Runtime
@@ -19,11 +18,11 @@ def run(o: GenerateOptions, runtime: Runtime) -> None:
     check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters,
                 in_channels=o.nimg_channels)  # fmt: skip
     sample_classes(model, 1, o.seed, o.class_)  # a class it cannot take: before anything else
-    rows = -(-o.nsamples // ROW)  # rows of ROW samples, a class each with --class all
+    rows = -(-o.nsamples // CLASS_ROW)  # rows of samples, a class each with --class all
     if o.class_ == "all" and model.conditional and rows < model.config.num_classes:
         log.warning("--class all draws a row of %d samples per class: --nsamples %d shows "
-                    "%d of the %d classes (--nsamples %d for all)", ROW, o.nsamples, rows,
-                    model.config.num_classes, ROW * model.config.num_classes)  # fmt: skip
+                    "%d of the %d classes (--nsamples %d for all)", CLASS_ROW, o.nsamples, rows,
+                    model.config.num_classes, CLASS_ROW * model.config.num_classes)  # fmt: skip
     sampler = choose_sampler(o.model, o.sampler, model, o.temperature, o.guidance,
                              o.round_trips)  # fmt: skip
     draw = sampler.sample if sampler is not None else None

@@ -121,7 +121,7 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     """Read and check ckpt.pt; never runs code from the file."""
     path = run_dir / STATE_NAME
     if not path.is_file():
-        weights = run_dir / "model.safetensors"
+        weights = run_dir / WEIGHTS_NAME
         fix = (f"start a new run from its weights: torch-vae train --init_from {run_dir}"
                if weights.is_file() else "start a new run")  # fmt: skip
         raise TorchVaeError(
@@ -151,7 +151,7 @@ def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     said = " ".join(str(exc).split())
     said = f"{type(exc).__name__}: {said[:150]}{'...' if len(said) > 150 else ''}"
     weights = sorted(run_dir.glob("checkpoints/epoch_*.safetensors"))
-    weights = weights[-1:] or [w for w in (run_dir / "model.safetensors",) if w.is_file()]
+    weights = weights[-1:] or [w for w in (run_dir / WEIGHTS_NAME,) if w.is_file()]
     fix = "start a new run"
     if weights:
         from .rundir import read_run_config
