@@ -110,41 +110,43 @@ def filtered(logits: torch.Tensor, position: int, draw: str, args: list[float]) 
     return logits
 
 
+@torch.no_grad()
+def drawn(nets: list, n: int, generator, logits_of) -> torch.Tensor:
+    """``n`` flat code grids (n, L), each position drawn from ``logits_of(outputs, i)``, where
+    ``outputs`` holds each of ``nets``' logits (float) for position ``i`` given the codes drawn
+    before it (the keys and values of those kept, a cache per network)."""
+    caches = [[[] for _ in net.blocks] for net in nets]
+    token = nets[0].start(n, None)
+    out = torch.empty(n, nets[0].length, dtype=torch.int64)
+    for i in range(nets[0].length):
+        outputs = [
+            net(token, cache)[:, -1].float() for net, cache in zip(nets, caches, strict=True)
+        ]
+        token = torch.multinomial(logits_of(outputs, i).softmax(-1), 1, generator=generator)
+        out[:, i] = token[:, 0]
+    return out
+
+
 def drawing(prior: TransformerPrior, draw: str, args: list[float]):
     """``prior.sample`` replaced by one that draws as ``draw`` says (a truncation or a late
     temperature)."""
-    net = prior.net
 
-    @torch.no_grad()
     def sample(n, generator=None, labels=None):
-        caches: list[list[torch.Tensor]] = [[] for _ in net.blocks]
-        token = net.start(n, None)
-        out = torch.empty(n, net.length, dtype=torch.int64)
-        for i in range(net.length):
-            logits = filtered(net(token, caches)[:, -1].float(), i, draw, args)
-            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            out[:, i] = token[:, 0]
-        return out.view(n, *prior.grid)
+        grids = drawn([prior.net], n, generator, lambda out, i: filtered(out[0], i, draw, args))
+        return grids.view(n, *prior.grid)
 
     prior.sample = sample
 
 
 def autoguided(prior: TransformerPrior, weak: TransformerPrior, weight: float):
     """``prior.net.draw`` replaced by autoguided drawing away from ``weak`` (``autoguide``)."""
-    good, bad = prior.net, weak.net
 
-    @torch.no_grad()
+    def guided(out, i):
+        good, bad = (o.log_softmax(-1) for o in out)
+        return good + weight * (good - bad)
+
     def draw(n, generator=None, labels=None, temperature=1.0, guidance=0.0):
-        caches = [[[] for _ in net.blocks] for net in (good, bad)]
-        token = good.start(n, None)
-        out = torch.empty(n, good.length, dtype=torch.int64)
-        for i in range(good.length):
-            g = good(token, caches[0])[:, -1].float().log_softmax(-1)
-            b = bad(token, caches[1])[:, -1].float().log_softmax(-1)
-            logits = g + weight * (g - b)
-            token = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-            out[:, i] = token[:, 0]
-        return out
+        return drawn([prior.net, weak.net], n, generator, guided)
 
     prior.net.draw = draw
 
