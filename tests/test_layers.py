@@ -1,12 +1,13 @@
 """layers.ConvTranspose2d: the same outputs and gradients as nn.ConvTranspose2d, through its own
-CPU backward (bias gradient summed apart from the convolution's backward call)."""
+CPU backward (bias gradient summed apart from the convolution's backward call); layers.flatten_chw:
+a flatten whose gradient keeps the channels_last format."""
 
 import pytest
 import torch
 from torch import nn
 
 from torch_vae.models import VAE, ModelConfig
-from torch_vae.models.layers import ConvTranspose2d
+from torch_vae.models.layers import ConvTranspose2d, flatten_chw
 
 
 def _pair(bias: bool, **geometry):
@@ -61,3 +62,45 @@ def test_transposed_conv_takes_pytorchs_path_without_bias_or_gradients():
 def test_model_parameters_keep_their_names_with_the_faster_layer():
     names = set(VAE(ModelConfig(latent_dims=2)).state_dict())
     assert {"decoder.convs.0.weight", "decoder.convs.0.bias", "decoder.convs.2.bias"} <= names
+
+
+def _flatten_grad(flatten, x):
+    x = x.clone().requires_grad_(True)
+    h = torch.nn.functional.leaky_relu(x, 0.01)  # the original encoder's last layer
+    grad_at_h = []
+    h.register_hook(grad_at_h.append)
+    y = flatten(h)
+    (y * torch.arange(y.shape[1], dtype=y.dtype)).sum().backward()
+    return y, grad_at_h[0], x.grad
+
+
+def test_flatten_chw_gives_channels_last_gradients_with_the_same_values():
+    x = torch.randn(3, 4, 5, 5).contiguous(memory_format=torch.channels_last)
+    y1, g1, gx1 = _flatten_grad(flatten_chw, x)
+    y2, g2, gx2 = _flatten_grad(lambda h: h.flatten(1), x)
+    assert torch.equal(y1, y2) and torch.equal(g1, g2) and torch.equal(gx1, gx2)
+    assert g1.is_contiguous(memory_format=torch.channels_last) and not g1.is_contiguous()
+    assert g2.is_contiguous()  # a plain flatten's gradient: the format the layers before mix
+
+
+def _nodes(fn, seen):
+    if fn is not None and fn not in seen:
+        seen.add(fn)
+        for next_fn, _ in fn.next_functions:
+            _nodes(next_fn, seen)
+    return seen
+
+
+def test_original_model_sends_channels_last_gradients_into_every_activation():
+    model = VAE(ModelConfig(latent_dims=2, arch="original", image_size=32))  # depth 2
+    model = model.to(memory_format=torch.channels_last).train()
+    x = torch.rand(4, 1, 32, 32)
+    loss = model.objective(model(x), x)["loss"]
+    grads = []
+    for node in _nodes(loss.grad_fn, set()):
+        if type(node).__name__.startswith("LeakyReluBackward"):
+            node.register_prehook(lambda grad_outputs: grads.append(grad_outputs[0]))
+    loss.backward()
+    assert len(grads) == len(model.encoder.norms) + len(model.decoder.norms) == 3
+    for g in grads:
+        assert g.is_contiguous(memory_format=torch.channels_last) and not g.is_contiguous()

@@ -74,6 +74,31 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             )
 
 
+class _FlattenKeepingFormat(torch.autograd.Function):
+    """``x.flatten(1)`` of a channels_last ``x`` whose gradient comes back channels_last."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.flatten(1)  # a copy: x is not contiguous in (C, H, W) order
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.reshape(ctx.shape).contiguous(memory_format=torch.channels_last)
+
+
+def flatten_chw(x: torch.Tensor) -> torch.Tensor:
+    """``x.flatten(1)``: (B, C, H, W) to (B, C * H * W) in (C, H, W) order. For a channels_last
+    ``x`` in training, the gradient goes back channels_last too: as a plain flatten gives it
+    (contiguous in (C, H, W) order), the layers before it mixed two memory formats, which
+    PyTorch's CPU kernels take element by element (the original architecture's last leaky ReLU
+    backward: 3 ms instead of 0.2 ms per step at batch 128). Same numbers either way."""
+    keeps = x.requires_grad and x.dim() == 4 and not x.is_contiguous()
+    if keeps and x.is_contiguous(memory_format=torch.channels_last):
+        return _FlattenKeepingFormat.apply(x)
+    return x.flatten(1)
+
+
 def cpu_channels_last(x: torch.Tensor) -> torch.Tensor:
     """``x`` in channels_last memory on the CPU (several times faster for the families'
     convolutions there), as it is elsewhere."""

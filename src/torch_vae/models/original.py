@@ -25,7 +25,7 @@ from ..errors import TorchVaeError, first_line
 from ..fields import option
 from .base import VAE
 from .config import ConvConfig
-from .layers import ConvTranspose2d, cpu_channels_last, fold_ladders
+from .layers import ConvTranspose2d, cpu_channels_last, flatten_chw, fold_ladders
 from .posterior import Posterior
 from .registry import register_model
 
@@ -60,7 +60,7 @@ class Encoder(nn.Module):
         h = x
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE)
-        h = h.flatten(1)  # (B, F * s * s), flattened in (C, H, W) order
+        h = flatten_chw(h)  # (B, F * s * s), flattened in (C, H, W) order
         return Posterior.clamped(self.proj_mu(h), self.proj_logvar(h))
 
 
