@@ -1,13 +1,14 @@
 """layers.ConvTranspose2d: the same outputs and gradients as nn.ConvTranspose2d, through its own
-CPU backward (bias gradient summed apart from the convolution's backward call); layers.flatten_chw:
-a flatten whose gradient keeps the channels_last format."""
+CPU backward (bias gradient summed apart from the convolution's backward call); layers.linear_of_chw
+and linear_to_chw: linear layers to and from (C, H, W) feature maps that keep the channels_last
+format without copying the batch."""
 
 import pytest
 import torch
 from torch import nn
 
 from torch_vae.models import VAE, ModelConfig
-from torch_vae.models.layers import ConvTranspose2d, flatten_chw
+from torch_vae.models.layers import ConvTranspose2d, linear_of_chw, linear_to_chw
 
 
 def _pair(bias: bool, **geometry):
@@ -64,23 +65,36 @@ def test_model_parameters_keep_their_names_with_the_faster_layer():
     assert {"decoder.convs.0.weight", "decoder.convs.0.bias", "decoder.convs.2.bias"} <= names
 
 
-def _flatten_grad(flatten, x):
-    x = x.clone().requires_grad_(True)
-    h = torch.nn.functional.leaky_relu(x, 0.01)  # the original encoder's last layer
-    grad_at_h = []
-    h.register_hook(grad_at_h.append)
-    y = flatten(h)
-    (y * torch.arange(y.shape[1], dtype=y.dtype)).sum().backward()
-    return y, grad_at_h[0], x.grad
+def test_linear_of_chw_matches_flattening_and_sends_channels_last_gradients():
+    torch.manual_seed(0)
+    linear = nn.Linear(4 * 5 * 5, 3)
+    x = torch.randn(6, 4, 5, 5)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
+        y = linear_of_chw(xi, linear)
+        y.square().sum().backward()
+        results.append((y, xi.grad, linear.weight.grad.clone()))
+        linear.weight.grad = None
+    (y1, gx1, gw1), (y2, gx2, gw2) = results
+    torch.testing.assert_close(y2, y1)  # the same sums, in another order
+    torch.testing.assert_close(gx2, gx1)
+    torch.testing.assert_close(gw2, gw1)
+    assert gx2.is_contiguous(memory_format=torch.channels_last) and not gx2.is_contiguous()
 
 
-def test_flatten_chw_gives_channels_last_gradients_with_the_same_values():
-    x = torch.randn(3, 4, 5, 5).contiguous(memory_format=torch.channels_last)
-    y1, g1, gx1 = _flatten_grad(flatten_chw, x)
-    y2, g2, gx2 = _flatten_grad(lambda h: h.flatten(1), x)
-    assert torch.equal(y1, y2) and torch.equal(g1, g2) and torch.equal(gx1, gx2)
-    assert g1.is_contiguous(memory_format=torch.channels_last) and not g1.is_contiguous()
-    assert g2.is_contiguous()  # a plain flatten's gradient: the format the layers before mix
+def test_linear_to_chw_gives_the_same_numbers_channels_last_on_the_cpu():
+    torch.manual_seed(0)
+    linear = nn.Linear(3, 4 * 5 * 5)
+    z = torch.randn(6, 3, requires_grad=True)
+    y = linear_to_chw(z, linear, (4, 5, 5))
+    ref = linear(z).view(-1, 4, 5, 5)
+    assert torch.equal(y, ref)  # each output is the same sum as before
+    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
+    weights = torch.randn_like(ref)
+    (g,) = torch.autograd.grad((y * weights).sum(), z)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), z)
+    torch.testing.assert_close(g, g_ref)
 
 
 def _nodes(fn, seen):

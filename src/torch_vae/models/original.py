@@ -25,7 +25,7 @@ from ..errors import TorchVaeError, first_line
 from ..fields import option
 from .base import VAE
 from .config import ConvConfig
-from .layers import ConvTranspose2d, cpu_channels_last, flatten_chw, fold_ladders
+from .layers import ConvTranspose2d, fold_ladders, linear_of_chw, linear_to_chw
 from .posterior import Posterior
 from .registry import register_model
 
@@ -60,8 +60,8 @@ class Encoder(nn.Module):
         h = x
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE)
-        h = flatten_chw(h)  # (B, F * s * s), flattened in (C, H, W) order
-        return Posterior.clamped(self.proj_mu(h), self.proj_logvar(h))
+        # both projections take the features flattened in (C, H, W) order
+        return Posterior.clamped(linear_of_chw(h, self.proj_mu), linear_of_chw(h, self.proj_logvar))
 
 
 class Decoder(nn.Module):
@@ -82,7 +82,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         s = self.config.bottleneck_size
-        h = cpu_channels_last(self.lin(z).view(-1, self.config.channels[-1], s, s))  # B,F,s,s
+        h = linear_to_chw(z, self.lin, (self.config.channels[-1], s, s))  # (B, F, s, s)
         for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
             h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE)
         return torch.sigmoid(self.convs[-1](h))  # (B, C, H, W)
