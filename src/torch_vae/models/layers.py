@@ -87,10 +87,10 @@ def linear_of_chw(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """``linear(x.flatten(1))``: a linear layer whose inputs are the features of ``x`` (B, C,
     H, W) in (C, H, W) order. A channels_last ``x`` is read in its own (H, W, C) order, and the
     weight's columns are put in that order instead: flattening the activations in (C, H, W)
-    order copied the batch (about 1 ms a training step of the original architecture on 2
-    cores, the copy of its gradient as much) and sent the gradient back in the other memory
-    format, which PyTorch's CPU kernels take element by element (3 ms more). The same
-    parameters and result, up to the rounding of the sum's order."""
+    order copied the batch and sent the gradient back in the other memory format, which
+    PyTorch's CPU kernels take element by element (the original architecture's last leaky
+    ReLU backward: 3 ms a step under torch.profiler, against 0.6 ms for a layer twice its
+    size). The same parameters and result, up to the rounding of the sum's order."""
     if not _is_channels_last(x):
         return linear(x.flatten(1))
     b, c, h, w = x.shape
@@ -102,7 +102,8 @@ def linear_to_chw(z: torch.Tensor, linear: nn.Linear, shape: tuple[int, int, int
     """``linear(z).view(-1, *shape)``: a linear layer whose outputs are a (C, H, W) feature map
     in (C, H, W) order; on the CPU in channels_last memory (``cpu_channels_last``), made so
     directly: the weight's rows are put in (H, W, C) order, so that the output is that layout
-    without a copy of the batch. The same numbers either way (each output is the same sum)."""
+    without a copy of the batch. The same outputs either way (each is the same sum); the gradient
+    of ``z`` sums the same terms in another order."""
     c, h, w = shape
     if z.device.type != "cpu":
         return linear(z).view(-1, c, h, w)
