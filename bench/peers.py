@@ -76,7 +76,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import cpu_model
+from machine_info import code_version, cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -457,6 +457,7 @@ class Bench:
         self.results: dict = {
             "date": datetime.date.today().isoformat(),
             "command": " ".join(["python", *sys.argv]),
+            "code": code_version(),
             "machine": {
                 "cpu": cpu_model(),
                 "cores": len(os.sched_getaffinity(0)),
