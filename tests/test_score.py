@@ -293,3 +293,13 @@ def test_a_score_of_the_first_images_is_not_named_as_the_whole_split_s(labelled,
     written = sorted(p.name for p in model.glob("score-*"))
     assert written == ["score-mnist-test-first7.json"], written
     assert len(json.loads((model / written[0]).read_text())["images"]) == 7
+
+
+def test_a_second_score_of_a_run_replaces_its_own_picture_and_csv(labelled, tmp_path):
+    model = black_model(tmp_path / "m")
+    for _ in range(2):  # the picture beside the scores is score's own, written again
+        assert score(model, labelled, "--ood_class", "3") == 0
+        assert score(model, labelled, "--ood_class", "3", "--out", str(model / "score-x.csv")) == 0
+    written = sorted(p.name for p in model.glob("score-*"))
+    assert written == ["score-mnist-test-ood-class-3.json", "score-mnist-test-ood-class-3.png",
+                       "score-x.csv", "score-x.png", "score-x.summary.json"], written  # fmt: skip
