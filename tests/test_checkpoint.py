@@ -53,6 +53,15 @@ def test_bad_checkpoint_is_refused_with_its_reason(tmp_path, setup, match):
         load_model(path)
 
 
+def test_a_runs_training_state_is_refused_naming_the_run_and_its_weights(tmp_path):
+    path = tmp_path / "run" / "ckpt.pt"  # what a run folder holds beside model.safetensors
+    path.parent.mkdir()
+    torch.save({"format": "torch-vae-train-state", "model": {}}, path)
+    match = r"training state .*run folder .*run/model\.safetensors"
+    with pytest.raises(TorchVaeError, match=match):
+        load_model(path)
+
+
 def test_truncated_checkpoint_is_refused_as_unreadable(tmp_path):
     path = save_model(_model(), tmp_path / "m.safetensors")
     data = path.read_bytes()

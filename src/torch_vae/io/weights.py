@@ -26,6 +26,7 @@ from .files import atomic_path
 FORMAT = "torch-vae"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
+STATE_NAME = "ckpt.pt"  # a run's training state (training.state), which is no weights file
 CONFIG_NAME = "config.json"
 
 
@@ -90,6 +91,11 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
+        if weights.name == STATE_NAME:
+            raise TorchVaeError(
+                f"{weights} is a run's training state (for train --resume), not its weights; "
+                f"pass the run folder {weights.parent} or {weights.parent / WEIGHTS_NAME}"
+            ) from None
         if _looks_like_torch_pickle(weights):
             raise TorchVaeError(
                 f"{weights} is a PyTorch pickle checkpoint (as written by the original "

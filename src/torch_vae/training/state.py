@@ -23,10 +23,9 @@ import torch
 
 from ..errors import TorchVaeError, first_line
 from ..io.files import atomic_path
-from ..io.weights import CONFIG_NAME, WEIGHTS_NAME
+from ..io.weights import CONFIG_NAME, STATE_NAME, WEIGHTS_NAME
 from ..version import __version__
 
-STATE_NAME = "ckpt.pt"
 STATE_FORMAT = "torch-vae-train-state"
 STATE_VERSION = 1
 TOTAL_KEYS = ("loss", "recon", "kl")  # a Gaussian-latent model's; a family names its own
