@@ -203,6 +203,20 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
         read_cifar(d, ["test_batch"], b"labels")
 
 
+def test_a_folder_with_too_few_or_no_images_says_which(tmp_path):
+    few = fakedata.write_folder(tmp_path / "few", n=5)
+    with pytest.raises(TorchVaeError, match=r"few holds 5 images, too few: every tenth is its "
+                       r"test split, so a folder needs at least 10"):  # fmt: skip
+        get_dataset(f"folder:{few}").list_images("test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TorchVaeError, match=r"^no images in .*empty \(looked for "):
+        get_dataset(f"folder:{tmp_path / 'empty'}").list_images("train")
+    fakedata.write_folder(tmp_path / "split" / "train", n=3)
+    (tmp_path / "split" / "test").mkdir()
+    with pytest.raises(TorchVaeError, match=r"^no images in .*split/test \("):
+        get_dataset(f"folder:{tmp_path / 'split'}").list_images("test")
+
+
 def test_unreadable_folder_images_are_named_in_one_error(tmp_path):
     folder = fakedata.write_folder(tmp_path / "imgs", n=12)
     (folder / "broken.png").write_bytes(b"\x89PNG nope")

@@ -335,16 +335,20 @@ class FolderDataset(Dataset):
                                 "folder that holds the images")  # fmt: skip
         if not self.root.is_dir():
             raise TorchVaeError(f"image folder {self.root} does not exist")
+        looked = f"looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
         if (self.root / "train").is_dir() and (self.root / "test").is_dir():
             files = _scan_images(self.root / split, (split,))
-        else:
-            every = _scan_images(self.root)
-            files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "test")]
-        if not files:
+            if not files:
+                raise TorchVaeError(f"no images in {self.root / split} ({looked})")
+            return files
+        every = _scan_images(self.root)
+        if not every:
+            raise TorchVaeError(f"no images in {self.root} ({looked})")
+        files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "test")]
+        if not files:  # fewer than 10 images: no test split
             raise TorchVaeError(
-                f"no images for the {split} split in {self.root} (looked for "
-                f"{', '.join(sorted(IMAGE_SUFFIXES))}); a folder needs at least 10 images, or "
-                "train/ and test/ subfolders"
+                f"{self.root} holds {len(every)} images, too few: every tenth is its test "
+                "split, so a folder needs at least 10 (or train/ and test/ subfolders)"
             )
         return files
 
