@@ -301,6 +301,14 @@ def error_line(stderr: str) -> str:
         (["train", "--device", "cuda"], "no CUDA GPU is available"),
         (["train", "--device", "cuda:1"], "--device cuda:1 was asked for but no CUDA GPU"),
         (["train", "--config", "missing.json"], "cannot read --config"),
+        (
+            ["generate", "--model", "m", "--outdir", "x", "--nsamples", "99999999999999999999"],
+            "--nsamples 99999999999999999999 is too large \\(at most 10000000\\)",
+        ),
+        (
+            ["sample-quality", "--model", "m", "--nsamples", "99999999999"],
+            "--nsamples 99999999999 is too large \\(at most 100000\\)",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_error(args, match, tmp_path, monkeypatch, capsys):

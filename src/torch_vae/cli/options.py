@@ -164,6 +164,12 @@ class ReconstructOptions:
         non_negative("--nimages", self.nimages)
 
 
+# generate writes a PNG file per sample (10 million: about 10 GB of small files)
+MAX_GENERATE = 10_000_000
+# sample-quality holds every sample's features (2,048 numbers each in Inception's space)
+MAX_QUALITY_SAMPLES = 100_000
+
+
 @dataclass(frozen=True)
 class GenerateOptions:
     model: Path = option(None, MODEL_HELP, required=True)
@@ -196,7 +202,7 @@ class GenerateOptions:
         check_seed("--seed", self.seed)
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_drawing(self.temperature, self.guidance, self.round_trips)
-        positive("--nsamples", self.nsamples)
+        positive("--nsamples", self.nsamples, MAX_GENERATE)
         positive("--batchsize", self.batchsize)
 
 
@@ -524,7 +530,9 @@ class SampleQualityOptions:
         check_seed("--seed", self.seed)
         check_choice("--sampler", self.sampler, SAMPLERS)
         check_drawing(self.temperature, self.guidance, self.round_trips)
-        positive("--nsamples", self.nsamples)
+        positive(
+            "--nsamples", self.nsamples, MAX_QUALITY_SAMPLES, "10000 (papers use 10,000-50,000)"
+        )
         positive("--k", self.k)
         positive("--batchsize", self.batchsize)
         if self.nsamples <= self.k:
