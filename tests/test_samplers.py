@@ -144,3 +144,22 @@ def load_sampler_config(model_dir):
     import json
 
     return json.loads((model_dir / "config.json").read_text())["model"]
+
+
+def test_auto_leaves_out_a_damaged_or_misnamed_sampler_and_says_so(model_dir, data, caplog):
+    fit = ["fit-sampler", "--model", str(model_dir), "--data_dir", str(data), "--quiet"]
+    assert main([*fit, "--sampler", "gaussian"]) == 0
+    gaussian = sampler_path(model_dir, "gaussian")
+    sampler_path(model_dir, "gmm").write_bytes(b"garbage")
+    sampler_path(model_dir, "flow").write_bytes(gaussian.read_bytes())  # another kind's file
+    caplog.set_level(logging.WARNING, logger="torch_vae")
+    assert load_sampler(model_dir).kind == "gaussian"  # the one that can be read
+    assert "left out: cannot read sampler" in caplog.text
+    assert "holds a gaussian sampler, not a flow one" in caplog.text
+    with pytest.raises(TorchVaeError, match="cannot read sampler"):
+        load_sampler(model_dir, "gmm")  # asked for by name: refused
+    with pytest.raises(TorchVaeError, match="holds a gaussian sampler, not a flow one"):
+        load_sampler(model_dir, "flow")
+    gaussian.unlink()  # nothing left to take: the first reason, as one error
+    with pytest.raises(TorchVaeError, match="holds a gaussian sampler, not a flow one"):
+        load_sampler(model_dir)

@@ -120,12 +120,12 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     where every one there has such a score, else the first in ``preference()`` (a score
     cannot rank a sampler against one without: a quick fit scored on a few images would win
     over a better one fitted before scores existed). None when there is none, so that the
-    caller draws from the model's prior. A damaged sampler file raises TorchVaeError, as does
-    one fitted to other weights (the model trained further since), unless another kind was
-    fitted to these weights: without ``kind`` that one is taken, with a warning that names
-    the others to fit again."""
+    caller draws from the model's prior. A damaged sampler file (or one holding another kind
+    than its name says) raises TorchVaeError, as does one fitted to other weights (the model
+    trained further since), unless another kind can be read and was fitted to these weights:
+    without ``kind`` that one is taken, with a warning that names the others to fit again."""
     paths = [(k, sampler_path(model_path, k)) for k in ((kind,) if kind else preference())]
-    fitted = [(k, path, read_sampler(path)) for k, path in paths if path.is_file()]
+    fitted = _readable(paths, model_path, leave_out=kind is None)
     if not fitted:
         return None
     weights = resolve_weights(model_path)
@@ -146,6 +146,33 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     if any(_score(p) == float("inf") for p in found):
         return found[0]  # found in preference()'s order
     return min(enumerate(found), key=lambda p: (_score(p[1]), p[0]))[1]
+
+
+def _readable(paths, model_path, leave_out: bool) -> list[tuple[str, Path, Prior]]:
+    """The samplers at ``paths`` ((kind, path) pairs) that exist, read: (kind, path, prior).
+    With ``leave_out``, one that cannot be read, or holds another kind than its file's name,
+    is left out with a warning while another can be read; else it raises TorchVaeError."""
+    fitted, refused = [], []
+    for k, path in paths:
+        if not path.is_file():
+            continue
+        try:
+            prior = read_sampler(path)
+            if prior.kind != k:
+                raise TorchVaeError(f"{path} holds a {prior.kind} sampler, not a {k} one; fit "
+                                    f"it again with torch-vae fit-sampler --model {model_path} "
+                                    f"--sampler {k} --overwrite")  # fmt: skip
+        except TorchVaeError as exc:
+            if not leave_out:
+                raise
+            refused.append(exc)
+            continue
+        fitted.append((k, path, prior))
+    if refused and not fitted:
+        raise refused[0]
+    for exc in refused:
+        log.warning("left out: %s", exc)
+    return fitted
 
 
 def _score(prior: Prior) -> float:
