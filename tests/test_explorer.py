@@ -300,6 +300,14 @@ def test_a_port_in_use_is_one_line():
         listen("no such host.invalid", 0)
 
 
+def test_an_address_not_of_this_machine_names_host_not_port():
+    # 192.0.2.1 (TEST-NET-1) is never a local address
+    with pytest.raises(
+        TorchVaeError, match=r"192\.0\.2\.1:0 .*--host must be an address of this machine"
+    ):
+        listen("192.0.2.1", 0)
+
+
 def test_explore_flags_are_checked(capsys):
     assert main(["explore", "--model", "m", "--port", "70000"]) == 1
     assert "--port must be 0..65535" in capsys.readouterr().err

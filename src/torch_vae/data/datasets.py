@@ -522,7 +522,7 @@ def get_dataset(name: str) -> Dataset:
         return DATASETS[name]
     if name.startswith("folder:"):
         if not name.removeprefix("folder:").strip():
-            raise TorchVaeError("--dataset folder: needs the folder's path: folder:PATH")
+            raise TorchVaeError(f"{name!r} needs the folder's path: folder:PATH")
         return folder_dataset(name.removeprefix("folder:"))
     if os.sep in name or Path(name).is_dir():
         return folder_dataset(name)

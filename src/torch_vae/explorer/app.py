@@ -18,6 +18,7 @@ thread pool.
 
 # No "from __future__ import annotations": FastAPI reads the routes' annotations, which name
 # models built at run time (api_models), so they must be objects, not strings.
+import errno
 import logging
 import socket
 from collections.abc import Collection, Sequence
@@ -578,10 +579,19 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise TorchVaeError(
-            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port, or --port 0 "
-            "for a free one"
+            f"cannot listen on {host}:{port} ({exc.strerror}); {_bind_fix(exc)}"
         ) from None
     return sock
+
+
+def _bind_fix(exc: OSError) -> str:
+    """What to change when the listening socket cannot be bound, by the reason."""
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ("--host must be an address of this machine: 127.0.0.1 (the default) for this "
+                "machine only, 0.0.0.0 for every network it is on")  # fmt: skip
+    if exc.errno == errno.EACCES:
+        return "ports below 1024 need administrator rights: pick a higher --port, or --port 0"
+    return "pick another --port, or --port 0 for a free one"
 
 
 def url_of(sock: socket.socket) -> str:
