@@ -160,6 +160,8 @@ def test_random_samples_come_from_the_seed_or_the_sampler(client, explorer, monk
     assert a == client.post("/api/sample", json={"seed": 7}).json()
     assert a["z"] == pytest.approx(torch.randn(1, 3, generator=torch.manual_seed(7))[0].tolist())
     assert client.post("/api/sample", json={}).json()["z"] != a["z"]
+    no_body = client.post("/api/sample")  # the seed is optional, and so is the body
+    assert no_body.status_code == 200 and no_body.json()["z"] != a["z"]
 
     class Sampler:
         def sample(self, n, generator, labels=None):  # priors.base.Prior's signature

@@ -328,10 +328,11 @@ def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
         return m.Coded(**coded(ex.from_map(torch.tensor([req.xy])), label(req)))
 
     @app.post("/api/sample", response_model=m.Sampled, responses=_errors(400, 413, 422))
-    async def sample(req: m.SampleRequest) -> Any:
+    async def sample(req: m.SampleRequest | None = None) -> Any:
         """A random code (the model's ex-post sampler, or the prior: a discrete model's
         uniform codes) and its image; a conditional model's of the class asked for, else of
-        one drawn with the seed."""
+        one drawn with the seed. The body is optional (none: a random seed)."""
+        req = req if req is not None else m.SampleRequest()
         seed = req.seed if req.seed is not None else int(torch.randint(2**62, ()).item())
         z, y = ex.sample(seed, label(req))
         return m.Sampled(**coded(z, y), label=y)
