@@ -227,6 +227,10 @@ def test_fit_sampler_refuses_network_flags_for_a_mixture_and_components_for_a_ne
     assert "--hidden sizes the network" in err and "\n" not in err
     assert main([*fit, "--layers", "-1"]) == 1
     assert "--layers must be an integer >= 0" in capsys.readouterr().err
+    assert main([*fit, "--steps", "10"]) == 1  # a mixture is fitted by EM, not trained in steps
+    err = capsys.readouterr().err.strip()
+    assert "--steps sets the training of the network of a " in err
+    assert "a gmm sampler takes no --steps (leave it out)" in err and "\n" not in err
     assert load_sampler(small_run, "gmm") is None
     flow = ["fit-sampler", "--model", str(small_run), "--sampler", "flow", "--components", "5"]
     assert main(flow) == 1  # and the other way round: a mixture's size for a flow

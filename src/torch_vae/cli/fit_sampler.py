@@ -78,10 +78,10 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
 
 
 def check_network_flags(o: FitSamplerOptions) -> None:
-    """A one-line error for --hidden, --layers or --dropout given to a kind whose network has
-    no such setting (or that has no network)."""
-    flags = (("--hidden", o.hidden, "sizes"), ("--layers", o.layers, "sizes"),
-             ("--dropout", o.dropout, "regularises"))  # fmt: skip
+    """A one-line error for --steps, --hidden, --layers or --dropout given to a kind whose
+    network has no such setting (or that has no network)."""
+    flags = (("--steps", o.steps, "sets the training of"), ("--hidden", o.hidden, "sizes"),
+             ("--layers", o.layers, "sizes"), ("--dropout", o.dropout, "regularises"))  # fmt: skip
     for flag, value, does in flags:
         takes = [k for k, cls in PRIORS.items() if flag[2:] in getattr(cls, "DEFAULTS", {})]
         if value and o.sampler not in takes:
