@@ -306,6 +306,14 @@ def error_line(stderr: str) -> str:
             "--nsamples 99999999999999999999 is too large \\(at most 10000000\\)",
         ),
         (
+            ["evaluate", "--model", "m", "--iw_samples", "100000000"],
+            "--iw_samples 100000000 is too large \\(at most 100000\\)",
+        ),
+        (
+            ["score", "--model", "m", "--iw_samples", "100000000"],
+            "--iw_samples 100000000 is too large \\(at most 100000\\)",
+        ),
+        (
             ["sample-quality", "--model", "m", "--nsamples", "99999999999"],
             "--nsamples 99999999999 is too large \\(at most 100000\\)",
         ),

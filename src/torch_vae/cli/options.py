@@ -164,6 +164,8 @@ class ReconstructOptions:
         non_negative("--nimages", self.nimages)
 
 
+# importance samples per image (papers use 1,000-5,000; far more only runs out of memory)
+MAX_IW_SAMPLES = 100_000
 # generate writes a PNG file per sample (10 million: about 10 GB of small files)
 MAX_GENERATE = 10_000_000
 # sample-quality holds every sample's features (2,048 numbers each in Inception's space)
@@ -229,7 +231,7 @@ class EvaluateOptions:
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
         positive("--batchsize", self.batchsize)
-        non_negative("--iw_samples", self.iw_samples)
+        non_negative("--iw_samples", self.iw_samples, MAX_IW_SAMPLES)
         non_negative("--refine_steps", self.refine_steps)
         non_negative("--nimages", self.nimages)
         if not (isinstance(self.refine_lr, float) and math.isfinite(self.refine_lr)) or (
@@ -289,7 +291,7 @@ class ScoreOptions:
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
         positive("--batchsize", self.batchsize)
-        non_negative("--iw_samples", self.iw_samples)
+        non_negative("--iw_samples", self.iw_samples, MAX_IW_SAMPLES)
         non_negative("--nimages", self.nimages)
         ok = isinstance(self.fpr, int | float) and not isinstance(self.fpr, bool)
         if not ok or not 0 < self.fpr < 1:
