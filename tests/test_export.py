@@ -157,6 +157,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys)
     (tmp_path / "file").write_text("x")
     assert export(tmp_path / "model", tmp_path / "file", *ts) == 1
     assert "is a file, not a folder" in _error(capsys)
+    monkeypatch.chdir(tmp_path)  # no --out: exports/model, where a file is in the way
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "model").write_text("x")
+    assert main(["export", "--model", str(tmp_path / "model"), "--quiet", *ts]) == 1
+    said = _error(capsys)
+    assert (
+        "exports/model (where the export goes: --out, by default exports/MODEL) is a file" in said
+    )
     assert export(tmp_path / "model", tmp_path / "out", "--opset", "99") == 1
     assert "--opset must be an integer from" in _error(capsys)
     monkeypatch.setattr(command, "max_difference", lambda *a: float("nan"))

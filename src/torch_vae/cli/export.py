@@ -63,7 +63,8 @@ def check_out(out: Path, names: list[str]) -> None:
     written; in a shipped model's folder or a run's, files there already are never written
     over (elsewhere an earlier export is replaced)."""
     if out.exists() and not out.is_dir():
-        raise TorchVaeError(f"--out {out} is a file, not a folder; choose another --out")
+        raise TorchVaeError(f"{out} (where the export goes: --out, by default exports/MODEL) is "
+                            "a file, not a folder; choose another --out")  # fmt: skip
     for name in names:
         if (out / name).is_dir():
             raise TorchVaeError(f"{out / name} is a folder; choose another --out")
