@@ -144,6 +144,14 @@ def test_a_run_s_weights_file_exports_under_the_run_s_name(tmp_path, monkeypatch
         args = ["export", "--model", f"runs/{run}/model.safetensors", "--format", "torchscript"]
         assert main([*args, "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["mine", "other"]
+    for run in ("mine", "other"):  # a run's epoch checkpoint: the run's name and the epoch's
+        epoch = tmp_path / "runs" / run / "checkpoints" / "epoch_001.safetensors"
+        epoch.parent.mkdir()
+        epoch.write_bytes((tmp_path / "runs" / run / "model.safetensors").read_bytes())
+        args = ["export", "--model", str(epoch.relative_to(tmp_path)), "--format", "torchscript"]
+        assert main([*args, "--quiet"]) == 0
+    names = sorted(p.name for p in (tmp_path / "exports").iterdir())
+    assert names == ["mine", "mine-epoch_001", "other", "other-epoch_001"], names
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -23,6 +23,7 @@ from ..io.files import not_a_file
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
+from ..training.rundir import CHECKPOINTS_DIR
 from .options import Runtime
 
 log = logging.getLogger(__name__)
@@ -120,9 +121,13 @@ def check_outdir(outdir: Path) -> None:
 
 def model_name(model_path: Path) -> str:
     """How a title (and a default output folder) names the model: its folder's name, or its
-    weights file's (``model.safetensors``, the name every run gives them: its folder's)."""
+    weights file's (``model.safetensors``, the name every run gives them: its folder's; a
+    run's ``checkpoints/epoch_NNN.safetensors``: the run's name and the epoch's)."""
     path = Path(model_path).resolve()
     if path.suffix == ".safetensors" and path.name != WEIGHTS_NAME:
+        run = path.parent.parent
+        if path.parent.name == CHECKPOINTS_DIR and is_model_folder(run):
+            return f"{run.name}-{path.stem}"
         return path.stem
     return path.parent.name if path.name == WEIGHTS_NAME else path.name
 
