@@ -75,7 +75,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
-    """Whether ``x`` (B, C, H, W) is laid out channels_last and not also contiguous (C = 1)."""
+    """Whether ``x`` (B, C, H, W) is channels_last and not also contiguous (one channel is both)."""
     return (
         x.dim() == 4
         and not x.is_contiguous()
