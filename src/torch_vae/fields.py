@@ -42,6 +42,13 @@ def non_negative(flag: str, value: Any, maximum: int | None = None) -> None:
         raise TorchVaeError(f"{flag} {value} is too large (at most {maximum})")
 
 
+def integer_from(flag: str, value: Any, low: int, high: int, note: str = "") -> None:
+    """A whole number from ``low`` to ``high``; ``note``, if given, says what they mean."""
+    if not is_int(value) or not low <= value <= high:
+        note = f" ({note})" if note else ""
+        raise TorchVaeError(f"{flag} must be an integer from {low} to {high}{note}, got {value!r}")
+
+
 def check_number(name: str, value: Any, minimum: float, strict: bool, example: str) -> None:
     """A finite real number above (``strict``) or at least ``minimum``."""
     ok = is_int(value) or (isinstance(value, float) and math.isfinite(value))

@@ -19,7 +19,7 @@ from ..fields import (
     check_choice,
     check_fraction,
     check_seed,
-    is_int,
+    integer_from,
     non_negative,
     option,
     positive,
@@ -392,10 +392,7 @@ class ExportOptions:
         check_choice("--format", self.format, ("onnx", "torchscript"))
         check_seed("--seed", self.seed)
         non_negative("--threads", self.threads, 4 * (os.cpu_count() or 1))
-        if not is_int(self.opset) or not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise TorchVaeError(
-                f"--opset must be an integer from {MIN_OPSET} to {MAX_OPSET}, got {self.opset!r}"
-            )
+        integer_from("--opset", self.opset, MIN_OPSET, MAX_OPSET)
 
 
 # train-classifier: the small classifier whose features measure sample quality
@@ -601,10 +598,7 @@ class InterpolateOptions(PictureOptions):
 
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
-        if not isinstance(self.steps, int) or not 2 <= self.steps <= MAX_FRAMES:
-            raise TorchVaeError(
-                f"--steps must be an integer from 2 to {MAX_FRAMES}, got {self.steps}"
-            )
+        integer_from("--steps", self.steps, 2, MAX_FRAMES)
         for i in self.index:
             non_negative("--index", i)
         given = [f for f, v in (("--random", self.random), ("--images", self.images),
@@ -633,9 +627,7 @@ class TraverseOptions(PictureOptions):
 
     def __post_init__(self) -> None:
         positive("--ndims", self.ndims, 4096)
-        if not isinstance(self.steps, int) or not 2 <= self.steps <= MAX_FRAMES:
-            raise TorchVaeError(f"--steps must be an integer from 2 to {MAX_FRAMES} (values "
-                                f"from -SPAN to +SPAN), got {self.steps}")  # fmt: skip
+        integer_from("--steps", self.steps, 2, MAX_FRAMES, "values from -SPAN to +SPAN")
         non_negative("--nimages", self.nimages)
         if self.index is not None:
             non_negative("--index", self.index)
@@ -657,8 +649,7 @@ class ManifoldOptions(PictureOptions):
     class_: str | None = picture_class_option("a conditional model needs it")
 
     def __post_init__(self) -> None:
-        if not isinstance(self.grid, int) or not 2 <= self.grid <= 100:
-            raise TorchVaeError(f"--grid must be an integer from 2 to 100, got {self.grid}")
+        integer_from("--grid", self.grid, 2, 100)
         non_negative("--nimages", self.nimages)
         if self.nimages == 1:
             raise TorchVaeError("--nimages must be 0 (all) or at least 2: the principal plane "

@@ -29,7 +29,7 @@ from torch import nn
 from ..data import load_split
 from ..data.labels import load_labels
 from ..errors import TorchVaeError, first_line
-from ..fields import check_number, check_seed, option, positive
+from ..fields import check_number, check_seed, integer_from, option, positive
 from ..io.files import atomic_path, write_text_atomic
 from ..runtime.device import to_float
 
@@ -79,11 +79,8 @@ class ClassifierTraining:
     def __post_init__(self) -> None:
         positive("--epochs", self.epochs)
         positive("--batchsize", self.batchsize)
-        if not isinstance(self.image_size, int) or not 8 <= self.image_size <= 1024:
-            raise TorchVaeError(
-                f"--image_size must be an integer from 8 to 1024 (the VAEs' size: 64 for "
-                f"Fashion-MNIST), got {self.image_size}"
-            )
+        size_note = "the VAEs' size: 64 for Fashion-MNIST"
+        integer_from("--image_size", self.image_size, 8, 1024, size_note)
         check_seed("--seed", self.seed)
         check_number("--lr", self.lr, 0, True, "--lr 2e-3")
         check_number("--weight_decay", self.weight_decay, 0, False, "--weight_decay 0.05")
