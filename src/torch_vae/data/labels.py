@@ -126,7 +126,18 @@ def _folder_labels(ds: FolderDataset, split: str) -> np.ndarray | None:
     return np.array([index[p[0]] if len(p) > 1 else -1 for p in parts], dtype=np.int64)
 
 
-def classless(dataset: str, split: str) -> str:
+def check_every_image_labelled(labels, n: int, dataset: str, split: str, needs: str) -> None:
+    """A one-line error unless ``labels`` (or None) gives each of the ``n`` images of ``split``
+    a class; ``needs`` says what wants them. A folder's images outside every class subfolder
+    are named."""
+    if labels is None or len(labels) != n or labels.min(initial=0) < 0:
+        raise TorchVaeError(
+            f"{dataset}'s {split} split has no class for every image (a folder's images must "
+            f"all be in class subfolders{_classless(dataset, split)}); {needs}"
+        )
+
+
+def _classless(dataset: str, split: str) -> str:
     """For a folder, the images of ``split`` outside every class subfolder, named for an
     error ("; not in a class subfolder: a.png, b.png and 3 more"); "" otherwise."""
     ds = get_dataset(dataset)
@@ -168,12 +179,8 @@ def labels_as(
             f"{dataset} has no classes, and a conditional model encodes each image with its "
             "class; pass the dataset the model was trained on (--dataset)"
         )
-    if len(labels) != n or labels.min(initial=0) < 0:
-        raise TorchVaeError(
-            f"{dataset}'s {split} split has no class for every image (a folder's images must "
-            f"all be in class subfolders{classless(dataset, split)}); a conditional model "
-            "needs each image's class"
-        )
+    check_every_image_labelled(labels, n, dataset, split,
+                               "a conditional model needs each image's class")  # fmt: skip
     index = {name: i for i, name in enumerate(classes)}
     unknown = [name for name in names if name not in index]
     if unknown and np.isin(labels, [names.index(u) for u in unknown]).any():

@@ -19,7 +19,7 @@ import torch
 from ..data import check_channels, get_dataset, load_split, read_only
 from ..data.cache import CacheRows, gather_for
 from ..data.datasets import FolderDataset
-from ..data.labels import class_names, classless, load_labels, rows_without
+from ..data.labels import check_every_image_labelled, class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
@@ -288,12 +288,7 @@ def run_labels(
     out = []
     for split, n in (("train", n_train), ("test", n_test)):
         labels = load_labels(dataset, split, plan.data_dir)
-        if labels is None or len(labels) != n or labels.min(initial=0) < 0:
-            raise TorchVaeError(
-                f"{dataset}'s {split} split has no class for every image (a folder's images "
-                f"must all be in class subfolders{classless(dataset, split)}); --conditional "
-                "needs one"
-            )
+        check_every_image_labelled(labels, n, dataset, split, "--conditional needs one")
         out.append(torch.from_numpy(labels.astype("int64")))
     return out[0], out[1]
 
