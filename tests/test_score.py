@@ -303,3 +303,11 @@ def test_a_second_score_of_a_run_replaces_its_own_picture_and_csv(labelled, tmp_
     written = sorted(p.name for p in model.glob("score-*"))
     assert written == ["score-mnist-test-ood-class-3.json", "score-mnist-test-ood-class-3.png",
                        "score-x.csv", "score-x.png", "score-x.summary.json"], written  # fmt: skip
+    epoch = model / "checkpoints" / "epoch_001.safetensors"  # a weights file in a run
+    epoch.parent.mkdir()
+    epoch.write_bytes((model / "model.safetensors").read_bytes())
+    for _ in range(2):  # its reports lie beside it, named after it
+        assert score(epoch, labelled, "--ood_class", "3") == 0
+    written = sorted(p.name for p in epoch.parent.glob("epoch_001.score-*"))
+    assert written == ["epoch_001.score-mnist-test-ood-class-3.json",
+                       "epoch_001.score-mnist-test-ood-class-3.png"], written  # fmt: skip

@@ -167,7 +167,8 @@ def check_index(i: int, n: int, what: str) -> None:
 RUN_FILES = {"model.safetensors", "config.json", "ckpt.pt", "metrics.jsonl"}
 PRECIOUS_SUFFIXES = {".safetensors", ".pt", ".pth", ".ckpt", ".npy", ".npz", ".jsonl"}
 REPORT_NAMES = ("eval-*.json", "*.eval-*.json", "sample-quality-*.json", "*.sample-quality-*.json",
-                "score-*.json", "*.score-*.json", "score-*.png", "score-*.csv")  # fmt: skip
+                "score-*.json", "*.score-*.json", "score-*.png", "*.score-*.png", "score-*.csv",
+                "*.score-*.csv")  # fmt: skip
 
 
 def is_model_folder(folder: Path) -> bool:
