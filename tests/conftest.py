@@ -78,6 +78,25 @@ def trained(train_tiny, tmp_path):
 
 
 @pytest.fixture
+def vq_run(mnist_dir, tmp_path):
+    """A tiny VQ-VAE (16 codes of 4 numbers, an 8x8 grid) trained 6 steps on the tiny MNIST,
+    holding out 4 validation images."""
+    import json
+
+    from torch_vae.cli import main
+
+    config = tmp_path / "flags.json"
+    flags = {"arch": "vqvae", "image_size": 32, "max_filters": 16, "latent_dims": 4,
+             "codebook_size": 16, "blocks": 1}  # fmt: skip
+    config.write_text(json.dumps(flags))
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", "mnist", "--config", str(config), "--max_steps", "6",
+                 "--batchsize", "8", "--val_images", "4", "--run_dir", str(run),
+                 "--data_dir", str(mnist_dir), "--quiet", "--cpu"]) == 0  # fmt: skip
+    return run
+
+
+@pytest.fixture
 def data(mnist_dir):
     """The tiny MNIST with its size-16 cache built, so that subprocesses (which do not see the
     test's registered checksums) read the cache."""

@@ -112,19 +112,6 @@ def test_vq_config_values_out_of_range_are_one_line():
 # --- the commands on a tiny run ---------------------------------------------------------
 
 
-@pytest.fixture
-def vq_run(mnist_dir, tmp_path):
-    config = tmp_path / "flags.json"
-    flags = {"arch": "vqvae", "image_size": 32, "max_filters": 16, "latent_dims": 4,
-             "codebook_size": 16, "blocks": 1}  # fmt: skip
-    config.write_text(json.dumps(flags))
-    run = tmp_path / "run"
-    assert main(["train", "--dataset", "mnist", "--config", str(config), "--max_steps", "6",
-                 "--batchsize", "8", "--val_images", "4", "--run_dir", str(run),
-                 "--data_dir", str(mnist_dir), "--quiet", "--cpu"]) == 0  # fmt: skip
-    return run
-
-
 def test_training_records_the_commitment_loss_and_evaluate_the_codebook(vq_run, mnist_dir):
     record = json.loads((vq_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"train_loss", "train_recon", "train_commit", "val_commit", "val_mse"} <= set(record)

@@ -30,6 +30,7 @@ from .options import (
     SampleQualityOptions,
     ScoreOptions,
     ServeRuntime,
+    SharpenOptions,
     TraverseOptions,
 )
 
@@ -82,6 +83,12 @@ COMMANDS = {
                 "of one model, recompute the batch-norm statistics on the training split, and "
                 "write the result as a new model folder (see docs/training.md).",
                 (Runtime, AverageOptions), "average"),
+        Command("sharpen", "Fine-tune the decoder with an adversarial term",
+                "Fine-tune a trained model's decoder on its training images with its squared "
+                "error plus an adversarial term from a small patch discriminator, the encoder "
+                "frozen: sharper images from the same latents, so the samplers fitted to the "
+                "model come along into the new model folder (see docs/sampling.md).",
+                (Runtime, SharpenOptions), "sharpen"),
         Command("explore", "Explore a model in the browser",
                 "Serve the live explorer: a page (and a JSON API) where sliders, a 2-D map of "
                 "the test split, random samples, interpolations and uploaded images decode "

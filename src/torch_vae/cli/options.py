@@ -18,6 +18,7 @@ from ..evaluation.classifier import ClassifierTraining
 from ..fields import (
     check_choice,
     check_fraction,
+    check_number,
     check_seed,
     integer_from,
     non_negative,
@@ -324,6 +325,44 @@ class AverageOptions:
     def __post_init__(self) -> None:
         check_seed("--seed", self.seed)
         positive("--batchsize", self.batchsize)
+
+
+@dataclass(frozen=True)
+class SharpenOptions:
+    """sharpen: the decoder fine-tuned with an adversarial term (training/sharpen.py)."""
+
+    model: Path = option(None, MODEL_HELP, required=True)
+    out: Path = option(None, "model folder to create (the samplers fitted to --model come along)",
+                       required=True)  # fmt: skip
+    epochs: int = option(2, "passes over the training images (about 2 minutes each for "
+                            "Fashion-MNIST at 28 pixels on 2 CPU cores)")  # fmt: skip
+    adversarial: float = option(
+        1.0,
+        "the adversarial gradient's size at the decoder's last layer, as a multiple of the "
+        "squared error's (0: squared error only)",
+    )
+    lr: float = option(1e-4, "the decoder's learning rate (Adam)")
+    disc_lr: float = option(2e-4, "the discriminator's learning rate (Adam)")
+    disc_width: int = option(64, "channels of the discriminator's first layer (then 2x, 4x)")
+    warmup: int = option(50, "steps in which only the discriminator learns")
+    batchsize: int = option(128, "images per step")
+    seed: int = option(0, "random seed (the discriminator's weights, the batches)")
+    precision: str = option(
+        "auto", "precision of the decoder's forward pass: auto is bf16 where the device "
+        "computes it natively, else fp32", choices=("auto", "fp32", "bf16"),
+    )  # fmt: skip
+    dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
+    data_dir: Path | None = option(None, DATA_DIR_HELP)
+
+    def __post_init__(self) -> None:
+        positive("--epochs", self.epochs, 10_000)
+        check_number("--adversarial", self.adversarial, 0.0, False, "--adversarial 1")
+        check_number("--lr", self.lr, 0.0, True, "--lr 1e-4")
+        check_number("--disc_lr", self.disc_lr, 0.0, True, "--disc_lr 2e-4")
+        positive("--disc_width", self.disc_width, 1024, "--disc_width 64")
+        non_negative("--warmup", self.warmup, 10_000_000)
+        positive("--batchsize", self.batchsize, 65_536, "--batchsize 128")
+        check_seed("--seed", self.seed)
 
 
 @dataclass(frozen=True)

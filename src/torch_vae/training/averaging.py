@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -164,7 +165,7 @@ def average_runs(
     test_labels = _labels(model, "test", len(test), data_dir)
     test_labels = test_labels[:N_PICTURE] if test_labels is not None else None
     picture = epoch_picture(model, z, test[:N_PICTURE], device, test_labels)
-    _write_model_folder(out, model, config, picture)
+    write_model_folder(out, model, config, {"average.png": picture})
     log.info("wrote %s", out)
     return record
 
@@ -214,8 +215,22 @@ def _check_one_model(paths: dict[Path, list[Path]], device) -> VAE:
     return model
 
 
-def _write_model_folder(out: Path, model: VAE, config: dict, picture) -> None:
-    """Write the folder under a temporary name and rename it: it appears whole or not at all.
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_model_folder(
+    out: Path,
+    model: VAE,
+    config: dict,
+    pictures: dict,
+    extra: Callable[[Path], object] | None = None,
+) -> None:
+    """Write a model folder ``out``: the weights, ``config`` as config.json, ``pictures``
+    (file name -> uint8 image) in images/, and whatever ``extra`` writes given the weights'
+    path. Written under a temporary name and renamed: it appears whole or not at all.
     Temporary folders of earlier attempts at ``out`` that were killed are removed first."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.*"):
@@ -223,10 +238,14 @@ def _write_model_folder(out: Path, model: VAE, config: dict, picture) -> None:
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private (0700); a model is not
         save_model(model, tmp / WEIGHTS_NAME, model.dataset)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "images").mkdir()
-        save_png(picture, tmp / "images" / "average.png")
+        for name, picture in pictures.items():
+            save_png(picture, tmp / "images" / name)
+        if extra is not None:
+            extra(tmp / WEIGHTS_NAME)
         try:
             os.rename(tmp, out)  # fails if out appeared meanwhile: never merged into
         except OSError as exc:
