@@ -86,6 +86,11 @@ fashion_mnist_vqvae_28 = _shipped(
     "a VQ-VAE at Fashion-MNIST's own 28x28 pixels: a 7x7 grid of codes from a codebook of 512, "
     "with a fitted transformer prior over the grid (sampler-transformer) for samples",
 )
+fashion_mnist_vqvae_28_sharp = _shipped(
+    "vqvae-28-sharp",
+    "vqvae-28 with its decoder fine-tuned with an adversarial term (torch-vae sharpen): the same "
+    "code grids and transformer prior (sampler-transformer), sharper samples",
+)
 fashion_mnist_vqvae_28_cond = _shipped(
     "vqvae-28-cond",
     "the class-conditional VQ-VAE at 28x28 (classes: the Fashion-MNIST names), with a transformer "
