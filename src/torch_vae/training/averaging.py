@@ -29,7 +29,7 @@ from ..analysis.pictures import N_PICTURE, epoch_picture
 from ..data import load_split
 from ..data.labels import labels_as
 from ..errors import TorchVaeError
-from ..io.files import file_sha256
+from ..io.files import current_umask, file_sha256
 from ..io.png import save_png
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME
 from ..models import VAE, load_model, read_config, save_model
@@ -215,12 +215,6 @@ def _check_one_model(paths: dict[Path, list[Path]], device) -> VAE:
     return model
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_model_folder(
     out: Path,
     model: VAE,
@@ -238,7 +232,7 @@ def write_model_folder(
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp's folder is private (0700); a model is not
+        tmp.chmod(0o777 & ~current_umask())  # mkdtemp's folder is private (0700); a model is not
         save_model(model, tmp / WEIGHTS_NAME, model.dataset)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "images").mkdir()
