@@ -1,14 +1,19 @@
 """layers.ConvTranspose2d: the same outputs and gradients as nn.ConvTranspose2d, through its own
-CPU backward (bias gradient summed apart from the convolution's backward call); layers.linear_of_chw
-and linear_to_chw: linear layers to and from (C, H, W) feature maps that keep the channels_last
-format without copying the batch."""
+CPU backward (bias gradient summed apart from the convolution's backward call, or zero before a
+batch norm with batch statistics); layers.linears_of_chw and linear_to_chw: linear layers to and
+from (C, H, W) feature maps that keep the channels_last format without copying the batch."""
 
 import pytest
 import torch
 from torch import nn
 
 from torch_vae.models import VAE, ModelConfig
-from torch_vae.models.layers import ConvTranspose2d, linear_of_chw, linear_to_chw
+from torch_vae.models.layers import (
+    ConvTranspose2d,
+    linear_to_chw,
+    linears_of_chw,
+    uses_batch_statistics,
+)
 
 
 def _pair(bias: bool, **geometry):
@@ -51,6 +56,52 @@ def test_transposed_conv_matches_pytorch_outputs_and_gradients(geometry, autocas
         torch.testing.assert_close(a, b, **tol)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_transposed_conv_before_a_training_batch_norm_gives_its_bias_a_zero_gradient(autocast):
+    ours, ref = _pair(True, **GEOMETRIES[0])
+    norm = nn.BatchNorm2d(4).train()
+    x = torch.randn(3, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for layer, follows in ((ours, True), (ref, False)):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            h = layer(xi, batch_norm_follows=True) if follows else layer(xi)
+            y = norm(h)
+        (y.float().square() * torch.arange(y.numel()).view_as(y)).sum().backward()
+        grads.append([xi.grad, layer.weight.grad, layer.bias.grad])
+    (gx, gw, gb), (gx_ref, gw_ref, gb_ref) = grads
+    assert torch.equal(gb, torch.zeros(4))
+    assert torch.equal(gx, gx_ref) and torch.equal(gw, gw_ref)  # the same computation
+    assert gx.dtype == x.dtype and gb.dtype == torch.float32
+    # the true gradient is zero (the norm removes the batch mean): in float64 PyTorch's own sum
+    # is zero up to rounding, while the weight's gradient is not
+    ref, norm, xd = ref.double(), norm.double(), x.double().requires_grad_(True)
+    ref.zero_grad()
+    (norm(ref(xd)).square() * torch.arange(y.numel()).view_as(y)).sum().backward()
+    assert ref.bias.grad.abs().max() < 1e-9 * ref.weight.grad.abs().max()
+
+
+def test_uses_batch_statistics_only_for_batch_norms_normalising_with_the_batch():
+    norm = nn.BatchNorm2d(3)
+    assert uses_batch_statistics(norm.train()) and not uses_batch_statistics(norm.eval())
+    assert uses_batch_statistics(nn.BatchNorm2d(3, track_running_stats=False).eval())
+    assert not uses_batch_statistics(nn.Identity()) and not uses_batch_statistics(
+        nn.GroupNorm(1, 3)
+    )
+
+
+def test_original_decoder_sums_the_bias_gradient_when_its_norms_use_running_statistics():
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(latent_dims=2, arch="original", image_size=32))
+    z = torch.randn(4, 2)
+    for training, zero in ((True, True), (False, False)):
+        model.zero_grad()
+        model.decoder.train(training)
+        model.decoder(z).square().sum().backward()
+        bias_grad = model.decoder.convs[0].bias.grad
+        assert torch.equal(bias_grad, torch.zeros_like(bias_grad)) == zero
+
+
 def test_transposed_conv_takes_pytorchs_path_without_bias_or_gradients():
     ours, _ = _pair(False, kernel_size=3)
     y = ours(torch.randn(1, 6, 4, 4))
@@ -65,22 +116,30 @@ def test_model_parameters_keep_their_names_with_the_faster_layer():
     assert {"decoder.convs.0.weight", "decoder.convs.0.bias", "decoder.convs.2.bias"} <= names
 
 
-def test_linear_of_chw_matches_flattening_and_sends_channels_last_gradients():
+def test_linears_of_chw_match_each_layer_on_the_flattened_features_in_either_layout():
     torch.manual_seed(0)
-    linear = nn.Linear(4 * 5 * 5, 3)
+    first, second = nn.Linear(4 * 5 * 5, 3), nn.Linear(4 * 5 * 5, 2)
     x = torch.randn(6, 4, 5, 5)
-    results = []
+    ref_x = x.clone().requires_grad_(True)
+    ref = (first(ref_x.flatten(1)), second(ref_x.flatten(1)))
+    (ref[0].square().sum() + ref[1].sin().sum()).backward()
+    ref_grads = [ref_x.grad, *(p.grad.clone() for p in (*first.parameters(), *second.parameters()))]
     for layout in (torch.contiguous_format, torch.channels_last):
+        first.zero_grad(), second.zero_grad()
         xi = x.clone().contiguous(memory_format=layout).requires_grad_(True)
-        y = linear_of_chw(xi, linear)
-        y.square().sum().backward()
-        results.append((y, xi.grad, linear.weight.grad.clone()))
-        linear.weight.grad = None
-    (y1, gx1, gw1), (y2, gx2, gw2) = results
-    torch.testing.assert_close(y2, y1)  # the same sums, in another order
-    torch.testing.assert_close(gx2, gx1)
-    torch.testing.assert_close(gw2, gw1)
-    assert gx2.is_contiguous(memory_format=torch.channels_last) and not gx2.is_contiguous()
+        y = linears_of_chw(xi, first, second)
+        assert [t.shape for t in y] == [(6, 3), (6, 2)]
+        (y[0].square().sum() + y[1].sin().sum()).backward()
+        torch.testing.assert_close(y, ref)  # the same sums, in another order
+        grads = [xi.grad, *(p.grad for p in (*first.parameters(), *second.parameters()))]
+        torch.testing.assert_close(grads, ref_grads)
+        if layout == torch.channels_last:  # the gradient keeps the activations' format
+            assert xi.grad.is_contiguous(memory_format=layout) and not xi.grad.is_contiguous()
+
+
+def test_linears_of_chw_refuse_a_mix_of_layers_with_and_without_bias():
+    with pytest.raises(ValueError, match="every layer has a bias or none"):
+        linears_of_chw(torch.randn(2, 1, 2, 2), nn.Linear(4, 1), nn.Linear(4, 1, bias=False))
 
 
 def test_linear_to_chw_gives_the_same_numbers_channels_last_on_the_cpu():

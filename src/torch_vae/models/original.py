@@ -25,7 +25,13 @@ from ..errors import TorchVaeError, first_line
 from ..fields import option
 from .base import VAE
 from .config import ConvConfig
-from .layers import ConvTranspose2d, fold_ladders, linear_of_chw, linear_to_chw
+from .layers import (
+    ConvTranspose2d,
+    fold_ladders,
+    linear_to_chw,
+    linears_of_chw,
+    uses_batch_statistics,
+)
 from .posterior import Posterior
 from .registry import register_model
 
@@ -60,8 +66,9 @@ class Encoder(nn.Module):
         h = x
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE)
-        # both projections take the features flattened in (C, H, W) order
-        return Posterior.clamped(linear_of_chw(h, self.proj_mu), linear_of_chw(h, self.proj_logvar))
+        # both projections take the features flattened in (C, H, W) order, in one product
+        mu, logvar = linears_of_chw(h, self.proj_mu, self.proj_logvar)
+        return Posterior.clamped(mu, logvar)
 
 
 class Decoder(nn.Module):
@@ -84,7 +91,8 @@ class Decoder(nn.Module):
         s = self.config.bottleneck_size
         h = linear_to_chw(z, self.lin, (self.config.channels[-1], s, s))  # (B, F, s, s)
         for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
-            h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE)
+            h = conv(h, batch_norm_follows=uses_batch_statistics(norm))
+            h = F.leaky_relu(norm(h), LEAKY_SLOPE)
         return torch.sigmoid(self.convs[-1](h))  # (B, C, H, W)
 
 
