@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -481,7 +482,7 @@ def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterru
     """Save the state in the middle of ``epoch`` and return the error that ends training."""
     _check_finite(loop, epoch)
     if loop.dist.enabled:  # the whole job's totals so far; rank 0 writes
-        totals, seen = _job_totals(ep.totals, ep.seen, loop.dist)
+        totals, seen = _job_totals(ep.totals, ep.seen, loop.dist, loop.keys)
         ep = EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals)
     if loop.dist.is_main:
         with _saving(loop):
@@ -533,10 +534,23 @@ def _interrupted(loop: Loop, epoch: int) -> TrainingInterrupted:
     name = signal.Signals(signum).name if signum else "a signal"
     return TrainingInterrupted(
         f"stopped by {name} at step {loop.step} (epoch {epoch}); the training state is saved, "
-        f"continue with: torch-vae train --resume {loop.plan.run_dir} --threads "
-        f"{torch.get_num_threads()} (as many threads as now: the same numbers to the bit)",
+        f"continue with: {_resume_hint(loop)}",
         exit_code=128 + (signum or 2),
     )
+
+
+def _resume_hint(loop: Loop) -> str:
+    """The command that continues the run as it ran: as many threads (and processes) as now."""
+    run, threads = loop.plan.run_dir, torch.get_num_threads()
+    if not loop.dist.enabled:
+        return (f"torch-vae train --resume {run} --threads {threads} (as many threads as now: "
+                "the same numbers to the bit)")  # fmt: skip
+    n = loop.dist.world
+    torchrun = f"the torchrun command of this job with --resume {run} instead of the run's flags"
+    if os.environ.get("LOCAL_WORLD_SIZE") != str(n):  # several machines
+        return f"{torchrun} (as many processes and threads as now)"
+    return (f"torch-vae train --resume {run} --nproc_per_node {n} --threads {threads}, or "
+            f"{torchrun} (as many processes and threads as now)")  # fmt: skip
 
 
 # Training draws its curves only as often as keeps the drawing under this share of its time.
