@@ -111,6 +111,14 @@ def _main(argv: list[str] | None) -> int:
                 log.warning("warning: --threads %d is more than this machine's %d CPUs, which "
                             "slows PyTorch down; pass at most %d, or 0 for PyTorch's choice",
                             values["threads"], os.cpu_count(), os.cpu_count())  # fmt: skip
+        nproc = values.get("nproc_per_node", 1)
+        if command == "train" and isinstance(nproc, int) and nproc > 1:
+            from .launch import check_can_launch, launch, launched_worker
+
+            if not launched_worker():  # start the job's processes, each running this command
+                check_can_launch(nproc)
+                argv = sys.argv[1:] if argv is None else argv
+                return launch(list(argv), nproc, values.get("threads") or 0)
         COMMANDS[command].run(values, given)
     except TrainingInterrupted as exc:
         print(f"torch-vae: {exc}", file=sys.stderr)

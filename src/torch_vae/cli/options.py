@@ -145,6 +145,16 @@ class RunOptions:
         "--epochs and --max_steps may extend it",
         metavar="RUN",
     )
+    nproc_per_node: int = option(
+        1,
+        "train data-parallel in N processes on this machine, forked once PyTorch is imported "
+        "so that they share its memory (as torchrun --standalone --nproc_per_node N, with less "
+        "memory; docs/distributed.md)",
+        metavar="N",
+    )
+
+    def __post_init__(self) -> None:
+        positive("--nproc_per_node", self.nproc_per_node)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from .options import RunOptions, Runtime
 
 # Options of train that --resume accepts: they extend the run or choose how it runs. Every
 # other option describes the run itself, which config.json already fixes.
-RESUME_OPTIONS = {"resume", "epochs", "max_steps", "cpu", "device", "threads", "quiet", "data_dir"}
+RESUME_OPTIONS = {"resume", "epochs", "max_steps", "cpu", "device", "threads", "quiet", "data_dir",
+                  "nproc_per_node"}  # fmt: skip
 
 
 def model_option_names() -> set[str]:

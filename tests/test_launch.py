@@ -1,0 +1,146 @@
+"""``torch-vae train --nproc_per_node N`` (cli.launch): N processes forked from the command
+once PyTorch is imported, run as one job by PyTorch's elastic launcher."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from test_distributed import SRC
+
+from runs import TINY
+from torch_vae.cli import launch, main
+from torch_vae.data import load_split
+
+# the command, with each process recording its pid and its parent's, and rank 1 optionally
+# failing at its third step
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from torch_vae import VAE, TorchVaeError
+    from torch_vae.cli import main
+    from torch_vae.cli import launch
+
+    out, fail = Path(sys.argv[1]), sys.argv[2] == "fail"
+    real_worker, real_objective = launch._worker, VAE.objective
+    calls = 0
+
+    def failing(*a, **k):
+        global calls
+        calls += 1
+        if calls == 3 and os.environ["RANK"] == "1":
+            raise TorchVaeError("simulated failure of rank 1")
+        return real_objective(*a, **k)
+
+    def worker(*args):
+        rank = os.environ["RANK"]
+        ids = {"pid": os.getpid(), "ppid": os.getppid(), "world": os.environ["WORLD_SIZE"]}
+        (out / f"rank{rank}.json").write_text(json.dumps(ids))
+        return real_worker(*args)
+
+    launch._worker = worker
+    if fail:
+        VAE.objective = failing
+    print("launcher", os.getpid(), flush=True)
+    sys.exit(main(sys.argv[3:]))
+    """
+)
+
+
+@pytest.fixture
+def data(mnist_dir):
+    for split in ("train", "test"):
+        load_split("mnist", split, 16, mnist_dir, progress=False)
+    return mnist_dir
+
+
+def _command(tmp_path, data, *args, fail=False, loud=False):
+    script = tmp_path / "command.py"
+    script.write_text(SCRIPT)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("WORLD_SIZE", None)
+    flags = [a for a in TINY if not (loud and a == "--quiet")]
+    cmd = [sys.executable, str(script), str(tmp_path), "fail" if fail else "ok", "train",
+           *flags, "--data_dir", str(data), "--nproc_per_node", "2", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
+
+
+@pytest.mark.slow  # two forked 2-process jobs: about 8 s
+def test_nproc_per_node_trains_and_resumes_in_processes_forked_from_the_command(data, tmp_path):
+    run = tmp_path / "run"
+    done = _command(tmp_path, data, "--run_dir", str(run), "--epochs", "2")
+    assert done.returncode == 0, done.stderr[-2000:]
+    launcher = int(done.stdout.split()[1])
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["ppid"] for r in ranks] == [launcher, launcher]  # forks of the command itself
+    assert {r["world"] for r in ranks} == {"2"} and ranks[0]["pid"] != ranks[1]["pid"]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    more = _command(tmp_path, data, "--resume", str(run), "--epochs", "3")
+    assert more.returncode == 0, more.stderr[-2000:]
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+@pytest.mark.slow  # one forked 2-process job: about 5 s
+def test_nproc_per_node_job_fails_with_one_line_when_a_process_fails(data, tmp_path):
+    done = _command(tmp_path, data, "--run_dir", str(tmp_path / "run"), "--epochs", "50",
+                    fail=True, loud=True)  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "simulated failure of rank 1" in done.stderr
+    assert "another process of the job" in done.stderr  # rank 0 did not wait for it
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow  # one forked 2-process job, stopped after 2 s: about 5 s
+def test_nproc_per_node_job_stopped_by_ctrl_c_saves_its_state_and_says_how_to_resume(
+    data, tmp_path
+):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch_vae", "train", *TINY, "--data_dir", str(data),
+           "--run_dir", str(run), "--epochs", "1000", "--nproc_per_node", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not (run / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the first epoch is done: the processes are training
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole process group
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "the training state is saved, continue with: torch-vae train --resume" in err
+    assert "--nproc_per_node 2" in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "torch-vae: the job was stopped by SIGINT; what its processes saved is said above"
+    )
+    assert (run / "ckpt.pt").is_file()
+
+
+def test_nproc_per_node_is_refused_inside_a_torchrun_job(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    rc = main(["train", *TINY, "--run_dir", str(tmp_path / "run"), "--nproc_per_node", "2"])
+    assert rc == 1
+    assert "already part of a job (WORLD_SIZE is set" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("n, message", [(0, "--nproc_per_node must be"), (10**6, "far more")])
+def test_nproc_per_node_out_of_range_is_refused_with_one_line(n, message, capsys, tmp_path):
+    rc = main(["train", *TINY, "--run_dir", str(tmp_path / "run"), "--nproc_per_node", str(n)])
+    err = capsys.readouterr().err
+    assert rc != 0 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_worker_threads_share_the_cpus_unless_threads_are_given(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert launch.worker_threads(2, 0) == 4
+    assert launch.worker_threads(3, 0) == 2
+    assert launch.worker_threads(16, 0) == 1
+    assert launch.worker_threads(2, 3) == 3
