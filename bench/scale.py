@@ -76,9 +76,9 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _memory_mb() -> dict[str, float]:
-    """This process's proportional set size (PSS) and its private memory (USS), MB."""
-    with open("/proc/self/smaps_rollup") as f:
+def _memory_mb(pid: int | str = "self") -> dict[str, float]:
+    """A process's (this one's) proportional set size (PSS) and its private memory (USS), MB."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
         fields = {k: int(v.split()[0]) / 1024 for k, v in
                   (line.split(":", 1) for line in f if ":" in line and "kB" in line)}  # fmt: skip
     private = fields["Private_Clean"] + fields["Private_Dirty"]
@@ -112,6 +112,7 @@ def job_train(spec: dict) -> None:
     import torch_vae.training.loop as train_mod
     import torch_vae.training.plan as run_mod
     from torch_vae.cli import main
+    from torch_vae.cli.launch import launched_worker
 
     stamps: list[float] = []
     after_steps: dict[str, float] = {}
@@ -125,6 +126,11 @@ def job_train(spec: dict) -> None:
                     yield item
             finally:  # the loop is done with the bar: after its last step, before evaluating
                 after_steps.update(_memory_mb())
+                if os.environ.get("RANK") == "0":  # a job's launcher: torchrun's or the fork's
+                    parent = _memory_mb(os.getppid())
+                    after_steps.update({f"parent_{k}": v for k, v in parent.items()})
+                if launched_worker():  # a fork of --nproc_per_node: reports from here
+                    _emit(_train_result(spec, stamps, after_steps, final=False))
 
     # a torchrun process ends inside main() (os._exit); report first, then end it that way
     end_process = dist_mod.end_process
@@ -138,21 +144,28 @@ def job_train(spec: dict) -> None:
     if rc != 0:
         _emit({"error": f"torch-vae train exited with {rc}"})
         return
-    warm = min(spec["warmup"], len(stamps) - 2)
-    rank = int(os.environ.get("RANK", "0"))
-    _emit(
-        {
-            "rank": rank,
-            "startup_s": stamps[0] - spec["t0"],
-            "img_per_s": spec["batch"] * (len(stamps) - 1 - warm) / (stamps[-1] - stamps[warm]),
-            "peak_rss_mb": _peak_mb(),
-            **_memory_mb(),
-            **{f"{k}_after_steps": v for k, v in after_steps.items()},
-            "imported_dynamo": "torch._dynamo" in sys.modules,
-        }
-    )
+    if not stamps:  # the launcher of --nproc_per_node: its processes reported
+        _emit({"launcher": True, "peak_rss_mb": _peak_mb(), **_memory_mb()})
+        return
+    _emit(_train_result(spec, stamps, after_steps, final=True))
     if dist_mod.joined_a_job():
         end_process(0)
+
+
+def _train_result(spec: dict, stamps: list[float], after_steps: dict, final: bool) -> dict:
+    """One training process's record: start-up, steady images/s, memory (PSS and private
+    memory after the last step; also at the end of the command when ``final``; the job's
+    launcher's when this is rank 0 of a job: ``parent_pss_mb_after_steps``)."""
+    warm = min(spec["warmup"], len(stamps) - 2)
+    return {
+        "rank": int(os.environ.get("RANK", "0")),
+        "startup_s": stamps[0] - spec["t0"],
+        "img_per_s": spec["batch"] * (len(stamps) - 1 - warm) / (stamps[-1] - stamps[warm]),
+        "peak_rss_mb": _peak_mb(),
+        **(_memory_mb() if final else {}),
+        **{f"{k}_after_steps": v for k, v in after_steps.items()},
+        "imported_dynamo": "torch._dynamo" in sys.modules,
+    }
 
 
 def run_job(kind: str, spec: dict, launcher: list[str] | None = None) -> list[dict]:

@@ -38,6 +38,24 @@ def load_harness(checkout: Path):
     return scale
 
 
+def summary(one: list[dict], two: list[dict], how: str) -> str:
+    """PSS of one process against a two-process job's, after the last training step: the
+    training processes alone, and with the job's launcher (torchrun's agent, or the command
+    that forked them), which rank 0 read at that moment."""
+    procs = [x for x in two if "rank" in x]
+    steps1 = sum(x.get("pss_mb_after_steps", 0) for x in one)
+    steps2 = sum(x.get("pss_mb_after_steps", 0) for x in procs)
+    parent = sum(x.get("parent_pss_mb_after_steps", 0) for x in procs)
+    peak2 = max((x.get("peak_rss_mb", 0) for x in procs), default=0)
+    errors = [x["error"] for x in (*one, *two) if "error" in x]
+    if errors:
+        return f"{how}: failed: {errors[0]}"
+    return (f"PSS after the last step: one process {steps1:.0f} MB; {how} two processes "
+            f"{steps2:.0f} MB ({steps2 / max(steps1, 1):.2f}x), with their launcher "
+            f"{steps2 + parent:.0f} MB ({(steps2 + parent) / max(steps1, 1):.2f}x); peak RSS "
+            f"per process {peak2:.0f} MB")  # fmt: skip
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkout", action="append", default=[],
@@ -45,6 +63,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=202_599)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--fork", action="store_true",
+                   help="also 2 processes forked by train --nproc_per_node 2")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("bench/work-scale"))
     p.add_argument("--out", type=Path, default=Path("bench/work-scale/torchrun-memory.json"))
     args = p.parse_args()
@@ -66,17 +86,13 @@ def main() -> int:
             one = scale.run_job("train", scale.train_spec(shape, 128, "one", ["--threads", "1"]))
             two = scale.run_job("train", scale.train_spec(shape, 128, "two", ["--threads", "1"]),
                                 launcher)  # fmt: skip
-            pss1 = sum(x.get("pss_mb", 0) for x in one)
-            pss2 = sum(x.get("pss_mb", 0) for x in two)
-            steps1 = sum(x.get("pss_mb_after_steps", 0) for x in one)
-            steps2 = sum(x.get("pss_mb_after_steps", 0) for x in two)
-            peak1 = max(x.get("peak_rss_mb", 0) for x in one)
-            peak2 = max(x.get("peak_rss_mb", 0) for x in two)
-            results.setdefault(name, []).append({"round": rnd + 1, "one": one, "two": two})
-            print(f"{name} round {rnd + 1}: PSS at the end one {pss1:.0f} MB, two {pss2:.0f} MB "
-                  f"({pss2 / max(pss1, 1):.2f}x); after the last step one {steps1:.0f} MB, two "
-                  f"{steps2:.0f} MB ({steps2 / max(steps1, 1):.2f}x); peak RSS one {peak1:.0f} "
-                  f"MB, two {peak2:.0f} MB per process", flush=True)  # fmt: skip
+            rec = {"round": rnd + 1, "one": one, "two": two}
+            print(f"{name} round {rnd + 1}: {summary(one, two, 'torchrun')}", flush=True)
+            if args.fork:
+                fork = ["--threads", "1", "--nproc_per_node", "2"]
+                rec["fork"] = scale.run_job("train", scale.train_spec(shape, 128, "fork", fork))
+                print(f"{name} round {rnd + 1}: {summary(one, rec['fork'], 'forked')}", flush=True)
+            results.setdefault(name, []).append(rec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"checkouts": dict(checkouts), "results": results}, indent=1))
     print(f"results: {args.out}")
