@@ -88,13 +88,14 @@ def test_nproc_per_node_trains_and_resumes_in_processes_forked_from_the_command(
 
 
 @pytest.mark.slow  # one forked 2-process job: about 5 s
-def test_nproc_per_node_job_fails_with_one_line_when_a_process_fails(data, tmp_path):
+def test_nproc_per_node_job_says_a_failed_process_error_once(data, tmp_path):
     done = _command(tmp_path, data, "--run_dir", str(tmp_path / "run"), "--epochs", "50",
                     fail=True, loud=True)  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
-    assert "simulated failure of rank 1" in done.stderr
-    assert "another process of the job" in done.stderr  # rank 0 did not wait for it
-    assert "Traceback" not in done.stderr
+    # said once; rank 0's echo of it ("another process of the job stopped") left out
+    assert done.stderr.strip().splitlines()[-1] == "torch-vae: error: simulated failure of rank 1"
+    assert done.stderr.count("simulated failure") == 1
+    assert "another process of the job" not in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow  # one forked 2-process job, stopped after 2 s: about 5 s
@@ -114,11 +115,11 @@ def test_nproc_per_node_job_stopped_by_ctrl_c_saves_its_state_and_says_how_to_re
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole process group
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
-    assert "the training state is saved, continue with: torch-vae train --resume" in err
-    assert "--nproc_per_node 2" in err and "Traceback" not in err
-    assert err.strip().splitlines()[-1] == (
-        "torch-vae: the job was stopped by SIGINT; what its processes saved is said above"
-    )
+    last = err.strip().splitlines()[-1]  # said once for the job, with how to go on
+    assert last.startswith("torch-vae: stopped by SIGINT at step "), err
+    hint = f"continue with: torch-vae train --resume {run} --data_dir {data} --nproc_per_node 2"
+    assert hint in last and "torchrun" not in last
+    assert err.count("stopped by SIGINT") == 1 and "Traceback" not in err
     assert (run / "ckpt.pt").is_file()
 
 
@@ -144,3 +145,18 @@ def test_worker_threads_share_the_cpus_unless_threads_are_given(monkeypatch):
     assert launch.worker_threads(3, 0) == 2
     assert launch.worker_threads(16, 0) == 1
     assert launch.worker_threads(2, 3) == 3
+
+
+def test_threads_warning_counts_every_process_of_the_job(monkeypatch, caplog):
+    from torch_vae.cli.main import _set_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr("torch.set_num_threads", lambda n: None)
+    _set_threads({"threads": 1}, 2)  # 2 processes of 1 thread on 2 CPUs: fine
+    assert not caplog.records
+    _set_threads({"threads": 2}, 2)
+    (record,) = caplog.records
+    assert "--threads 2 in each of 2 processes is more than this machine's 2 CPUs" in (
+        record.getMessage()
+    )
+    assert "pass at most 1" in record.getMessage()

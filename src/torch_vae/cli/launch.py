@@ -8,40 +8,61 @@ memory each (its Python objects and its libraries' start-up), plus the launcher'
 after the import, the processes share those pages with the launcher (copy-on-write), so N
 processes cost little more memory than one (docs/benchmarks.md, "Data larger than memory").
 Each process runs the same ``train`` command as under torchrun (``training.distributed``
-reads the job from the environment the launcher sets) and returns its exit status.
+reads the job from the environment the launcher sets). The processes' final lines (an error,
+a stop) go to files that the launcher prints once for the job: N processes stopped by the same
+Ctrl-C, or refusing the same flag, say it once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import uuid
+from pathlib import Path
 
-from ..errors import TorchVaeError, TrainingInterrupted
+from ..errors import TorchVaeError
 
 # the launcher's own log lines (its configuration, rendezvous) are not the user's business
-_QUIET_LOGGERS = ("torch.distributed.elastic", "torch.distributed.launcher")
+_QUIET_LOGGERS = (
+    "torch.distributed.elastic",
+    "torch.distributed.launcher",
+    "torch.multiprocessing",
+)
+# what a process says when another one of the job stopped: the other's own line says why
+_ECHO = "another process of the job"
 
-_IN_WORKER: list[bool] = []  # a true entry inside a process this launcher started
+_SINK: list[Path] = []  # in a process of a job this launcher started: where its lines go
 
 
 def launched_worker() -> bool:
     """Whether this process is one that ``launch`` started."""
-    return bool(_IN_WORKER)
+    return bool(_SINK)
+
+
+def say(line: str) -> None:
+    """A final line of the command (an error, a stop): on stderr, in one write, or in a process
+    of a ``--nproc_per_node`` job, in its file for the launcher to print once for the job."""
+    if _SINK:
+        with open(_SINK[0], "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    else:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
 
 
 def check_can_launch(nproc: int) -> None:
     """A one-line error where ``--nproc_per_node`` cannot start a job from this process."""
-    if nproc < 1:
-        raise TorchVaeError(f"--nproc_per_node must be at least 1, got {nproc}")
-    cpus = os.cpu_count() or 1
-    if nproc > 4 * cpus:
+    most = 4 * (os.cpu_count() or 1)
+    if nproc > most:
         raise TorchVaeError(
-            f"--nproc_per_node {nproc} is far more processes than this machine's {cpus} CPUs; "
-            f"pass at most {cpus}"
+            f"--nproc_per_node {nproc} is far more processes than this machine's "
+            f"{os.cpu_count()} CPUs; pass at most {most} (as many as its CPUs or GPUs is usual)"
         )
-    if nproc > 1 and os.environ.get("WORLD_SIZE") and not launched_worker():
+    if os.environ.get("WORLD_SIZE"):
         raise TorchVaeError(
             "--nproc_per_node starts its own processes, and this one is already part of a "
             "job (WORLD_SIZE is set, e.g. by torchrun): leave out one or the other"
@@ -54,7 +75,7 @@ def worker_threads(nproc: int, threads: int) -> int:
     return threads or max(1, (os.cpu_count() or 1) // nproc)
 
 
-def _worker(argv: list[str], threads: int) -> int:
+def _worker(argv: list[str], threads: int, messages: str) -> int:
     """One process of the job: the train command as a torchrun process runs it. A failed or
     stopped process ends at once with its exit status, which the launcher reads: a returned
     status waits for the launcher to collect it, which it no longer does once it is stopping
@@ -64,7 +85,8 @@ def _worker(argv: list[str], threads: int) -> int:
     from ..training.distributed import end_process
     from .main import _main
 
-    _IN_WORKER.append(True)
+    _SINK.append(Path(messages) / f"rank{int(os.environ.get('RANK', '0')):05d}.txt")
+    os.environ["TORCH_VAE_JOB"] = "nproc_per_node"  # how to resume it, in a stop message
     torch.set_num_threads(threads)
     rc = _main(argv)
     if rc:
@@ -74,7 +96,8 @@ def _worker(argv: list[str], threads: int) -> int:
 
 def launch(argv: list[str], nproc: int, threads: int) -> int:
     """Run ``torch-vae`` with ``argv`` in ``nproc`` processes forked from this one, as one
-    job; returns the worst exit status (0 when every process finished the run)."""
+    job; prints the processes' final lines once and returns the job's exit status."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -83,6 +106,7 @@ def launch(argv: list[str], nproc: int, threads: int) -> int:
     for name in list(logging.root.manager.loggerDict):
         if name.startswith(_QUIET_LOGGERS):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+    work = Path(tempfile.mkdtemp(prefix="torch-vae-job-"))
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -92,33 +116,52 @@ def launch(argv: list[str], nproc: int, threads: int) -> int:
         rdzv_endpoint="localhost:0",  # a free port, as torchrun --standalone
         max_restarts=0,
         start_method="fork",
+        logs_specs=DefaultLogsSpecs(log_dir=str(work / "logs")),
     )
     try:
-        results = elastic_launch(config, _worker)(argv, worker_threads(nproc, threads))
+        elastic_launch(config, _worker)(argv, worker_threads(nproc, threads), str(work))
+        return _report(work, nproc, 0)
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
-        raise _failure(rank, failure.exitcode) from None
-    except SignalException as exc:  # the launcher sent it on to the processes
-        raise _stopped(signal.Signals(exc.sigval)) from None
-    return max((int(rc) for rc in results.values()), default=0)
+        return _report(work, nproc, failure.exitcode, rank)
+    except SignalException as exc:  # sent on to the processes, which stopped on it
+        return _report(work, nproc, 128 + int(exc.sigval))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
-def _stopped(sig: signal.Signals) -> TrainingInterrupted:
-    return TrainingInterrupted(
-        f"the job was stopped by {sig.name}; what its processes saved is said above",
-        128 + int(sig),
-    )
+def _report(work: Path, nproc: int, code: int, rank: int | None = None) -> int:
+    """Print the processes' final lines, each once (a process's echo of another's failure
+    only where no process said more), and a line of the launcher's where a process ended
+    without one; returns the job's exit status."""
+    said: dict[int, list[str]] = {}
+    for r in range(nproc):
+        f = work / f"rank{r:05d}.txt"
+        if f.exists():
+            said[r] = f.read_text(encoding="utf-8").splitlines()
+    lines = list(dict.fromkeys(line for r in sorted(said) for line in said[r]))
+    if any(_ECHO not in line for line in lines):
+        lines = [line for line in lines if _ECHO not in line]
+    for line in lines:
+        say(line)
+    silent = [r for r in range(nproc) if r not in said]
+    if code < 0 and rank is not None:  # killed by a signal: it said nothing
+        say(f"torch-vae: error: process {rank} of the job was killed by "
+            f"{_signal_name(-code)}; the others were stopped")  # fmt: skip
+        return 1
+    if code and silent and not any(_ECHO not in line for line in lines):
+        who = ", ".join(map(str, silent))
+        say(f"torch-vae: error: process {who} of the job ended without a word (killed, e.g. "
+            "out of memory?); the others were stopped")  # fmt: skip
+        return code if code > 0 else 1
+    if code > 128 and not lines:
+        say(f"torch-vae: the job was stopped by {_signal_name(code - 128)} before its "
+            "processes had anything to save")  # fmt: skip
+    return code
 
 
-def _failure(rank: int, code: int) -> TorchVaeError:
-    """The error of a job whose process ``rank`` ended with exit status ``code``: stopped by
-    a signal it handled (128 + the signal's number, as the command exits), killed by one
-    (negative), or failed with an error it printed."""
-    if code > 128 and code - 128 in set(signal.Signals):
-        return _stopped(signal.Signals(code - 128))
-    if code < 0 and -code in set(signal.Signals):
-        name = signal.Signals(-code).name
-        return TorchVaeError(f"process {rank} of the job was killed by {name}; the others were "
-                             "stopped")  # fmt: skip
-    return TorchVaeError(f"the job failed: process {rank} ended with exit code {code} (the errors "
-                         "the processes printed are above); the others were stopped")  # fmt: skip
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

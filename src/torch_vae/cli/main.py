@@ -16,6 +16,7 @@ from ..runtime.allocator import keep_freed_memory
 from ..version import __version__
 from .commands import COMMANDS
 from .flags import add_options, defaults, pick, read_config_file
+from .launch import check_can_launch, launch, launched_worker, say
 from .options import Runtime
 
 log = logging.getLogger("torch_vae")
@@ -102,44 +103,51 @@ def _main(argv: list[str] | None) -> int:
             format="%(message)s",
             stream=sys.stderr,
         )
-        if values.get("threads"):
-            import torch
-
-            pick(Runtime, values)  # checks --threads
-            torch.set_num_threads(values["threads"])
-            if values["threads"] > (os.cpu_count() or 1):
-                log.warning("warning: --threads %d is more than this machine's %d CPUs, which "
-                            "slows PyTorch down; pass at most %d, or 0 for PyTorch's choice",
-                            values["threads"], os.cpu_count(), os.cpu_count())  # fmt: skip
-        nproc = values.get("nproc_per_node", 1)
-        if command == "train" and isinstance(nproc, int) and nproc > 1:
-            from .launch import check_can_launch, launch, launched_worker
-
-            if not launched_worker():  # start the job's processes, each running this command
-                check_can_launch(nproc)
-                argv = sys.argv[1:] if argv is None else argv
-                return launch(list(argv), nproc, values.get("threads") or 0)
+        nproc = values.get("nproc_per_node", 1) if command == "train" else 1
+        nproc = nproc if isinstance(nproc, int) else 1  # pick(RunOptions) says what is wrong
+        _set_threads(values, nproc)
+        if nproc > 1 and not launched_worker():  # start the job's processes, each this command
+            check_can_launch(nproc)
+            argv = sys.argv[1:] if argv is None else argv
+            return launch(list(argv), nproc, values.get("threads") or 0)
         COMMANDS[command].run(values, given)
     except TrainingInterrupted as exc:
-        print(f"torch-vae: {exc}", file=sys.stderr)
+        say(f"torch-vae: {exc}")
         return exc.exit_code
     except TorchVaeError as exc:
-        print(f"torch-vae: error: {exc}", file=sys.stderr)
+        say(f"torch-vae: error: {exc}")
         return 1
     except KeyboardInterrupt:
-        print("torch-vae: interrupted", file=sys.stderr)
+        say("torch-vae: interrupted")
         return 130
     except OSError as exc:  # the environment: a full disk, a read-only folder, a file in the way
-        print(f"torch-vae: error: {describe_os_error(exc)}", file=sys.stderr)
+        say(f"torch-vae: error: {describe_os_error(exc)}")
         return 1
     except Exception as exc:  # a collective failed: another process of a distributed job died
         from ..training.distributed import describe_failure, from_env, is_collective_error
 
         if not is_collective_error(exc):
             raise
-        print(f"torch-vae: error: {describe_failure(exc, from_env())}", file=sys.stderr)
+        say(f"torch-vae: error: {describe_failure(exc, from_env())}")
         return 1
     return 0
+
+
+def _set_threads(values: dict, nproc: int) -> None:
+    """--threads for PyTorch, with a warning (from the command, not each of its processes)
+    where the job's threads outnumber the machine's CPUs."""
+    if not values.get("threads"):
+        return
+    import torch
+
+    pick(Runtime, values)  # checks --threads
+    torch.set_num_threads(values["threads"])
+    cpus = os.cpu_count() or 1
+    if values["threads"] * nproc > cpus and not launched_worker():
+        each = f" in each of {nproc} processes" if nproc > 1 else ""
+        log.warning("warning: --threads %d%s is more than this machine's %d CPUs, which slows "
+                    "PyTorch down; pass at most %d, or 0 for PyTorch's choice", values["threads"],
+                    each, cpus, max(1, cpus // nproc))  # fmt: skip
 
 
 if __name__ == "__main__":

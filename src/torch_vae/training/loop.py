@@ -540,17 +540,21 @@ def _interrupted(loop: Loop, epoch: int) -> TrainingInterrupted:
 
 
 def _resume_hint(loop: Loop) -> str:
-    """The command that continues the run as it ran: as many threads (and processes) as now."""
+    """The command that continues the run as it ran: as many threads (and processes) as now,
+    from the same data folder."""
     run, threads = loop.plan.run_dir, torch.get_num_threads()
+    data = f" --data_dir {loop.plan.data_dir}" if loop.plan.data_dir is not None else ""
     if not loop.dist.enabled:
-        return (f"torch-vae train --resume {run} --threads {threads} (as many threads as now: "
-                "the same numbers to the bit)")  # fmt: skip
+        return (f"torch-vae train --resume {run}{data} --threads {threads} (as many threads as "
+                "now: the same numbers to the bit)")  # fmt: skip
     n = loop.dist.world
+    ours = f"torch-vae train --resume {run}{data} --nproc_per_node {n} --threads {threads}"
+    if os.environ.get("TORCH_VAE_JOB") == "nproc_per_node":  # train --nproc_per_node started it
+        return f"{ours} (as many processes and threads as now)"
     torchrun = f"the torchrun command of this job with --resume {run} instead of the run's flags"
     if os.environ.get("LOCAL_WORLD_SIZE") != str(n):  # several machines
         return f"{torchrun} (as many processes and threads as now)"
-    return (f"torch-vae train --resume {run} --nproc_per_node {n} --threads {threads}, or "
-            f"{torchrun} (as many processes and threads as now)")  # fmt: skip
+    return f"{ours}, or {torchrun} (as many processes and threads as now)"
 
 
 # Training draws its curves only as often as keeps the drawing under this share of its time.
