@@ -155,7 +155,7 @@ def test_signal_to_cli_saves_state_and_exits_with_resume_hint(data, tmp_path, si
     assert len(lines) == 1 and "Traceback" not in err, err
     name = signal.Signals(sig).name
     assert lines[0].startswith(f"torch-vae: stopped by {name} at step ")
-    assert f"continue with: torch-vae train --resume {run} --threads " in lines[0]
+    assert f"continue with: torch-vae train --resume {run} --data_dir {data} --threads " in lines[0]
     state = load_train_state(run)
     assert 1 <= state["epoch"] < epochs
     assert resume(run, data) == 0
