@@ -140,16 +140,15 @@ def _report(work: Path, nproc: int, code: int, rank: int | None = None) -> int:
         if f.exists():
             said[r] = f.read_text(encoding="utf-8").splitlines()
     lines = list(dict.fromkeys(line for r in sorted(said) for line in said[r]))
-    if any(_ECHO not in line for line in lines):
-        lines = [line for line in lines if _ECHO not in line]
-    for line in lines:
+    primary = [line for line in lines if _ECHO not in line]  # a process saying why
+    for line in primary or lines:
         say(line)
     silent = [r for r in range(nproc) if r not in said]
     if code < 0 and rank is not None:  # killed by a signal: it said nothing
         say(f"torch-vae: error: process {rank} of the job was killed by "
             f"{_signal_name(-code)}; the others were stopped")  # fmt: skip
         return 1
-    if code and silent and not any(_ECHO not in line for line in lines):
+    if code and silent and not primary:
         who = ", ".join(map(str, silent))
         say(f"torch-vae: error: process {who} of the job ended without a word (killed, e.g. "
             "out of memory?); the others were stopped")  # fmt: skip

@@ -63,9 +63,8 @@ def run(o: SharpenOptions, runtime: Runtime) -> dict:
     return config["sharpen"]
 
 
-@torch.no_grad()
 def _reconstructions(model: VAE, images: np.ndarray, labels, device) -> torch.Tensor:
-    """The posterior mode's decoding of ``images`` (uint8 (N, H, W, C)), on the CPU."""
+    """``model.reconstruct`` of ``images`` (uint8 (N, H, W, C)), on the CPU."""
     x = to_float(torch.from_numpy(images), device)
     y = labels.to(device) if labels is not None else None
-    return model.decode(model.encode(x, y).mode(), y).float().cpu()
+    return model.reconstruct(x, y).float().cpu()
