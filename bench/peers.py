@@ -3,8 +3,9 @@
     python bench/peers.py                          # 3 rounds of everything (docs/benchmarks.md)
     python bench/peers.py --max-steps 20 --rounds 1 --threads 1 --out bench/work/peers-check.json
 
-Four systems train the same network (the original torch-vae's: ``--arch original``, latent 8,
-filters up to 128, Fashion-MNIST at 64x64, batch 128, AdamW at 3e-4 with weight decay 0.01):
+Four systems (five commands) train the same network (the original torch-vae's: ``--arch
+original``, latent 8, filters up to 128, Fashion-MNIST at 64x64, batch 128, AdamW at 3e-4 with
+weight decay 0.01):
 
 - original: the original torch-vae scripts (``train.py``, ``generate.py``, ``reconstruct.py``)
   in their own environment, as ``bash ../shared/seed/make-env.sh`` builds it (--original), on
@@ -21,6 +22,11 @@ filters up to 128, Fashion-MNIST at 64x64, batch 128, AdamW at 3e-4 with weight 
 - torch-vae: ``torch-vae train --dataset fashion-mnist --epochs 1 --batchsize 128
   --latent_dims 8`` with its defaults (``--precision auto``: bf16 where the CPU computes it
   natively), then ``torch-vae generate`` and ``torch-vae reconstruct --rec_testdata``.
+- torch-vae-all (train only): the same command with ``--val_images 0``. By default torch-vae
+  holds 5,000 training images out as its validation split, so its epoch is 55,000 images (430
+  steps) against the others' 60,000 (469); with ``--val_images 0`` it trains on all 60,000 and
+  measures the epoch on the 10,000 test images instead, as much work as the others' epoch and
+  more. Its time is the like-for-like one, for speed and for the objective after the epoch.
 
 Before the rounds, each environment's Python compiles the modules it imports from a source
 folder (torch-vae's ``src``, the original's scripts) to bytecode, as ``pip install`` does for an
@@ -59,10 +65,11 @@ import-torch-vae``, pythae's ``final_model/model.pt`` and the plain loop's state
 renaming their keys), then ``torch-vae evaluate --iw_samples 0`` (fp32): SSE + KL per image,
 z sampled, on the 10,000 test images at 64x64.
 
-Rounds alternate the systems (original, pythae, plain, torch-vae, then again); round r trains
-every system with seed r - 1 (one epoch's test objective varies by several points between
-seeds: torch-vae's 86.1 to 96.7 over seeds 0-2). The table gives each system's median, the
-median over rounds of its time divided by torch-vae's in the same round, and the median test
+Rounds alternate the systems (original, pythae, plain, torch-vae, torch-vae-all, then again);
+round r trains every system with seed r - 1 (one epoch's test objective varies by several
+points between seeds: torch-vae's 86.1 to 96.7 over seeds 0-2). The table gives each system's
+median, the median over rounds of its time divided by torch-vae's and by torch-vae-all's in the
+same round (the second compares the same 60,000 training images), and the median test
 objective with its range over the seeds. Writes JSON (--out) after every job.
 """
 
@@ -87,7 +94,9 @@ from machine_info import code_version, cpu_model
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
 RESULT_TAG = "PEERS_RESULT "
-SYSTEMS = ("original", "pythae", "plain", "torch-vae")
+SYSTEMS = ("original", "pythae", "plain", "torch-vae", "torch-vae-all")
+# systems that only train: torch-vae-all is torch-vae's training on the others' 60,000 images
+TRAIN_ONLY = ("torch-vae-all",)
 JOBS = ("train", "generate", "reconstruct")
 BATCH, LATENT, SIZE, LR = 128, 8, 64, 3e-4  # the original's and torch-vae's defaults
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
@@ -472,7 +481,10 @@ class Bench:
             },
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "envs": {},
-            "runs": {j: {s: [] for s in self.systems} for j in self.jobs},
+            "runs": {
+                j: {s: [] for s in self.systems if j == "train" or s not in TRAIN_ONLY}
+                for j in self.jobs
+            },
             "objective": {s: [] for s in self.systems},
         }
 
@@ -551,6 +563,13 @@ class Bench:
         model = [f"--latent_dims={LATENT}", "--max_filters=128"]
         tv = [py, "-m", "torch_vae"]
         run = rd / "torch-vae"
+        if system == "torch-vae-all":  # training only (TRAIN_ONLY)
+            argv = [*tv, "train", "--dataset", "fashion-mnist", "--epochs", "1", "--batchsize",
+                    str(BATCH), "--latent_dims", str(LATENT), f"--data_dir={data}",
+                    f"--run_dir={rd / system}", f"--seed={seed}", "--val_images=0"]  # fmt: skip
+            if a.max_steps:
+                argv.append(f"--max_steps={a.max_steps}")
+            return {"argv": argv, "rm": str(rd / system)}
         if system == "original":
             if job == "train":
                 shutil.rmtree(cwd, ignore_errors=True)
@@ -633,12 +652,12 @@ class Bench:
         res["load_average_after"] = os.getloadavg()[0]
         if job == "train" and "error" not in res:
             res.setdefault("images", self.train_images)
-            if system == "torch-vae":  # by default it trains on all but its validation split
-                last = (rd / "torch-vae" / "metrics.jsonl").read_text().splitlines()[-1]
+            if system.startswith("torch-vae"):  # by default it holds a validation split out
+                last = (rd / system / "metrics.jsonl").read_text().splitlines()[-1]
                 rec = json.loads(last)
                 res.update(loop_seconds=rec["epoch_seconds"], steps=rec["step"],
                            images=rec["train_images"],
-                           precision=json.loads((rd / "torch-vae" / "config.json").read_text())
+                           precision=json.loads((rd / system / "config.json").read_text())
                            .get("train", {}).get("precision"))  # fmt: skip
         elif "error" not in res:
             res.setdefault("images", self.args.nsamples if job == "generate" else TEST_IMAGES)
@@ -669,7 +688,7 @@ class Bench:
             spec = {"kind": system, "state": str(state), "out": str(model)}
             err = run_child(self.py, "convert", spec, self.env).get("error")
         else:
-            model, err = rd / "torch-vae", None
+            model, err = rd / system, None
         if not err:
             argv = [*cli, "evaluate", f"--model={model}", "--iw_samples=0",
                     f"--data_dir={self.data}", f"--report={report}", "--quiet",
@@ -697,7 +716,8 @@ class Bench:
                 if job not in self.jobs:
                     continue
                 for system in self.systems:
-                    self.timed(system, job, r, rd)
+                    if job == "train" or system not in TRAIN_ONLY:
+                        self.timed(system, job, r, rd)
             if "train" in self.jobs:
                 for system in self.systems:
                     self.objective(system, r, rd)
@@ -711,10 +731,14 @@ class Bench:
 
 def summarize(results: dict) -> dict:
     """Per job and system: median seconds, images/s, loop images/s, the median over rounds of
-    seconds / torch-vae's seconds in the same round, and the median test objective."""
+    seconds / torch-vae's seconds in the same round (and / torch-vae-all's, its epoch on the
+    same 60,000 images as the others'), and the median test objective."""
     out: dict = {}
     for job, systems in results["runs"].items():
         ours = {x["round"]: x["seconds"] for x in systems.get("torch-vae", []) if "error" not in x}
+        ours_all = {
+            x["round"]: x["seconds"] for x in systems.get("torch-vae-all", []) if "error" not in x
+        }
         out[job] = {}
         for system, runs in systems.items():
             ok = [x for x in runs if "error" not in x]
@@ -726,6 +750,9 @@ def summarize(results: dict) -> dict:
                 s["loop_img_per_s"] = statistics.median(loops) if loops else None
                 pairs = [x["seconds"] / ours[x["round"]] for x in ok if x["round"] in ours]
                 s["vs_torch_vae"] = statistics.median(pairs) if pairs else None
+                pairs = [x["seconds"] / ours_all[x["round"]] for x in ok if x["round"] in ours_all]
+                s["vs_torch_vae_all"] = statistics.median(pairs) if pairs else None
+                s["images"] = statistics.median(x["images"] for x in ok)
                 s["per_round_seconds"] = [round(x["seconds"], 2) for x in ok]
             if job == "train":
                 obj = [
@@ -747,47 +774,52 @@ WHAT = {
               "reconstruct": "decoder(mu), no files"},
     "torch-vae": {"train": "torch-vae train, defaults", "generate": "torch-vae generate, PNGs",
                   "reconstruct": "torch-vae reconstruct --rec_testdata, PNGs"},
+    "torch-vae-all": {"train": "torch-vae train --val_images 0 (test split measured)"},
 }  # fmt: skip
 
 
 def table(results: dict) -> str:
     summary = results["summary"]
-    n_train = results["args"]["max_steps"] * BATCH or TRAIN_IMAGES
     titles = {
-        "train": f"train 1 epoch ({n_train:,} images)",
+        "train": "train 1 epoch",
         "generate": f"generate {results['args']['nsamples']:,}",
         "reconstruct": f"reconstruct {TEST_IMAGES:,}",
     }
     lines = [
         "| job | system | what runs | seconds | images/s | loop images/s | test objective "
-        "(seeds' range) | time / torch-vae's | rounds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "(seeds' range) | time / torch-vae's | time / torch-vae-all's | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for job, systems in summary.items():
         for system, s in systems.items():
             what = WHAT[system][job]
-            if system == "torch-vae" and job == "train":
+            if system.startswith("torch-vae") and job == "train":
                 precision = {x.get("precision") for x in results["runs"]["train"][system]} - {None}
                 what += f" ({', '.join(sorted(precision))})" if precision else ""
             if not s["rounds"]:
                 err = f"failed: {s['errors'][0]}" if s["errors"] else "not run"
-                lines.append(f"| {titles[job]} | {system} | {what} | {err} | | | | | 0 |")
+                lines.append(f"| {titles[job]} | {system} | {what} | {err} | | | | | | 0 |")
                 continue
             obj = s.get("objective")
-            ratio = s.get("vs_torch_vae")
+            title = titles[job] + (f" ({s['images']:,.0f} images)" if job == "train" else "")
             cells = [
-                titles[job],
+                title,
                 system,
                 what,
                 f"{s['seconds']:.1f}",
                 f"{s['img_per_s']:,.0f}",
                 f"{s['loop_img_per_s']:,.0f}" if s.get("loop_img_per_s") else "-",
                 _objective(obj, s.get("objective_range")),
-                "-" if system == "torch-vae" or ratio is None else f"**{ratio:.2f}x**",
+                _ratio(s.get("vs_torch_vae"), system == "torch-vae"),
+                _ratio(s.get("vs_torch_vae_all"), system == "torch-vae-all"),
                 str(s["rounds"]),
             ]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ratio(ratio: float | None, itself: bool) -> str:
+    return "-" if itself or ratio is None else f"**{ratio:.2f}x**"
 
 
 def _objective(median: float | None, spread: list[float] | None) -> str:
