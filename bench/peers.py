@@ -66,11 +66,11 @@ renaming their keys), then ``torch-vae evaluate --iw_samples 0`` (fp32): SSE + K
 z sampled, on the 10,000 test images at 64x64.
 
 Rounds alternate the systems (original, pythae, plain, torch-vae, torch-vae-all, then again);
-round r trains every system with seed r - 1 (one epoch's test objective varies by several
-points between seeds: torch-vae's 86.1 to 96.7 over seeds 0-2). The table gives each system's
-median, the median over rounds of its time divided by torch-vae's and by torch-vae-all's in the
-same round (the second compares the same 60,000 training images), and the median test
-objective with its range over the seeds. Writes JSON (--out) after every job.
+round r trains every system with seed r - 1 + --first-seed (one epoch's test objective varies
+by several points between seeds: torch-vae's 86.1 to 96.7 over seeds 0-2). The table gives
+each system's median, the median over rounds of its time divided by torch-vae's and by
+torch-vae-all's in the same round (the second compares the same 60,000 training images), and
+the median test objective with its range over the seeds. Writes JSON (--out) after every job.
 """
 
 from __future__ import annotations
@@ -638,7 +638,7 @@ class Bench:
         return found[-1] if found else rd / "pythae" / "missing" / "final_model"
 
     def timed(self, system: str, job: str, r: int, rd: Path) -> None:
-        spec = self.spec(system, job, rd, seed=r - 1)
+        spec = self.spec(system, job, rd, seed=self.args.first_seed + r - 1)
         if spec.get("rm"):
             old = Path(spec.pop("rm"))
             if old.is_dir():
@@ -864,6 +864,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job", help=argparse.SUPPRESS)
     p.add_argument("spec", nargs="?", help=argparse.SUPPRESS)
     p.add_argument("--rounds", type=int, default=3, help="rounds of every job (3)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="round r trains with seed FIRST_SEED + r - 1 (0)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=0,
                    help="train N batches instead of the epoch (0: the whole epoch); a quick "
                    "check")  # fmt: skip

@@ -14,6 +14,10 @@ imported torch._dynamo. The split is bench/scale.py's synthetic
 CelebA-like one (--images at 128x128, built once in --work; 202,599 images: 10 GB). Each
 checkout runs its own ``src`` with this checkout's bench/scale.py as the harness. Writes JSON
 (--out) and prints a line per round.
+
+It also measures what ``import torch`` alone leaves in a fresh interpreter (``smaps_rollup``):
+its private memory is what every torchrun process adds, whatever it then runs, and sets the
+floor of the two processes' PSS against one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,6 +41,26 @@ def load_harness(checkout: Path):
     spec.loader.exec_module(scale)
     scale.REPO = checkout.resolve()
     return scale
+
+
+ROLLUP = """
+import json
+import torch
+sizes = {}
+for line in open("/proc/self/smaps_rollup"):
+    key, *rest = line.split()
+    if rest[-1:] == ["kB"]:
+        sizes[key.rstrip(":")] = int(rest[0]) / 1024
+print(json.dumps({k: round(sizes[k]) for k in ("Rss", "Pss", "Private_Clean", "Private_Dirty")}))
+"""
+
+
+def import_torch_memory() -> dict:
+    """Resident, proportional and private MB of a fresh interpreter after ``import torch``."""
+    out = subprocess.run([sys.executable, "-c", ROLLUP], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    rec = json.loads(out.strip().splitlines()[-1])
+    return {f"{k.lower()}_mb": v for k, v in rec.items()}
 
 
 def summary(one: list[dict], two: list[dict], how: str) -> str:
@@ -75,6 +100,8 @@ def main() -> int:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2"]  # fmt: skip
     results: dict = {}
+    imported = import_torch_memory()
+    print(f"import torch alone: {imported}", flush=True)
     for rnd in range(args.rounds):
         for name, path in checkouts:
             scale = load_harness(Path(path))
@@ -94,7 +121,8 @@ def main() -> int:
                 print(f"{name} round {rnd + 1}: {summary(one, rec['fork'], 'forked')}", flush=True)
             results.setdefault(name, []).append(rec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"checkouts": dict(checkouts), "results": results}, indent=1))
+    record = {"checkouts": dict(checkouts), "import_torch": imported, "results": results}
+    args.out.write_text(json.dumps(record, indent=1))
     print(f"results: {args.out}")
     return 0
 
