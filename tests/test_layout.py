@@ -20,6 +20,7 @@ LAYERS = [
     {"evaluation"},  # likelihood, sample quality, classifier
     {"training", "explorer"},
     {"cli"},  # the command line: nothing below imports it
+    {"command"},  # the command's entry point (python -m torch_vae and the torch-vae script)
     {"__main__", ""},  # "": the package itself (torch_vae/__init__.py), the public API
 ]
 MAX_FUNCTION_LINES = 60

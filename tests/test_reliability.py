@@ -163,6 +163,29 @@ def test_signal_to_cli_saves_state_and_exits_with_resume_hint(data, tmp_path, si
     assert_same_run(run, ref)
 
 
+CTRL_C_WHILE_PYTORCH_LOADS = """
+import builtins, os, signal, sys
+import torch_vae.command as command
+assert "torch" not in sys.modules, "importing the command's entry point imported PyTorch"
+real_import = builtins.__import__
+def import_(name, *args, **kwargs):
+    if name == "torch":  # the user's Ctrl-C, while PyTorch loads
+        os.kill(os.getpid(), signal.SIGINT)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = import_
+sys.argv = ["torch-vae", "--version"]
+command.run()
+"""
+
+
+def test_ctrl_c_while_pytorch_loads_says_interrupted_without_traceback():
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_WHILE_PYTORCH_LOADS],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr == "torch-vae: interrupted\n"
+    assert "torch-vae 0" not in proc.stdout  # the command did not go on
+
+
 def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert main(train_args(ref, data, 3)) == 0

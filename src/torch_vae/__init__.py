@@ -7,21 +7,34 @@ and ``train`` (a run from Python, as ``torch-vae train`` does it).
 """
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import TorchVaeError
-from .models import (
-    MODELS,
-    VAE,
-    ModelConfig,
-    Posterior,
-    VAEOutput,
-    create_model,
-    load_model,
-    register_model,
-    save_model,
-)
 from .version import __version__
+
+if TYPE_CHECKING:
+    from .models import (
+        MODELS,
+        VAE,
+        ModelConfig,
+        Posterior,
+        VAEOutput,
+        create_model,
+        load_model,
+        register_model,
+        save_model,
+    )
+    from .training import TrainConfig, train
+
+# Each name, the module it comes from, imported when first asked for: importing the package
+# does not import PyTorch, so that the command can say "interrupted" for a Ctrl-C while PyTorch
+# loads, and training (which pulls in the data, evaluation and figure modules) stays out of a
+# model's loading (torch.hub).
+LAZY = {
+    **dict.fromkeys(("MODELS", "VAE", "ModelConfig", "Posterior", "VAEOutput", "create_model",
+                     "load_model", "register_model", "save_model"), "models"),
+    **dict.fromkeys(("TrainConfig", "train"), "training"),
+}  # fmt: skip
 
 __all__ = [
     "MODELS",
@@ -45,12 +58,14 @@ SUBPACKAGES = ("analysis", "cli", "data", "evaluation", "explorer", "io", "model
 
 
 def __getattr__(name: str) -> Any:
-    # training pulls in the data, evaluation and figure modules: imported when first asked for,
-    # so that loading a model (torch.hub) stays light
-    if name in ("train", "TrainConfig"):
-        from . import training
-
-        return getattr(training, name)
+    if name in LAZY:
+        value = getattr(importlib.import_module(f".{LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
     if name in SUBPACKAGES:  # torch_vae.data.CachedImages after a bare ``import torch_vae``
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'torch_vae' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
