@@ -38,7 +38,8 @@ def objectives(files: list[Path]) -> dict[str, dict[int, float]]:
                 seed, value = first + run["round"] - 1, run["objective"]
                 known = out.setdefault(system, {}).setdefault(seed, value)
                 if abs(known - value) > 1e-6:
-                    raise SystemExit(f"{f}: {system} seed {seed} gave {value}, elsewhere {known}")
+                    raise SystemExit(f"{f}: {system} seed {seed} gave {value}, elsewhere {known}: "
+                                     "the files come from different code or settings")  # fmt: skip
     return out
 
 
@@ -62,20 +63,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", nargs="+", type=Path, help="bench/peers.py JSON results")
     p.add_argument("--compare", help="two systems, A,B")
     args = p.parse_args(argv)
+    missing = [str(f) for f in args.files if not f.is_file()]
+    if missing:
+        p.error(f"no such file: {', '.join(missing)}")
     found = objectives(args.files)
+    if args.compare:
+        names = args.compare.split(",")
+        if len(names) != 2 or not set(names) <= set(found):
+            p.error(f"--compare takes two systems, A,B, of {', '.join(sorted(found))}")
+        a, b = names
+        common = sorted(set(found[a]) & set(found[b]))
+        if len(common) < 2:
+            p.error(f"--compare: {a} and {b} share {len(common)} seed(s); at least 2 are needed")
+    else:
+        a = b = ""
     print("| system | seeds | median | mean | range |\n|---|---|---|---|---|")
     for system, by_seed in found.items():
         v = list(by_seed.values())
         seeds = sorted(by_seed)
         print(f"| {system} | {seeds[0]}-{seeds[-1]} ({len(v)}) | {statistics.median(v):.2f} | "
               f"{statistics.mean(v):.2f} | {min(v):.2f}-{max(v):.2f} |")  # fmt: skip
-    if args.compare:
-        a, b = args.compare.split(",")
-        if a not in found or b not in found:
-            p.error(f"--compare: systems found are {sorted(found)}")
-        seeds = sorted(set(found[a]) & set(found[b]))
-        r = compare([found[a][s] for s in seeds], [found[b][s] for s in seeds])
-        print(f"\n{a} against {b}, seeds {seeds[0]}-{seeds[-1]} ({len(seeds)}): {a} lower in "
+    if a:
+        r = compare([found[a][s] for s in common], [found[b][s] for s in common])
+        print(f"\n{a} against {b}, seeds {common[0]}-{common[-1]} ({len(common)}): {a} lower in "
               f"{r['a_lower_share']:.0%} of the pairs of seeds; Mann-Whitney p = "
               f"{r['mann_whitney_p']:.2f}; median difference, bootstrap 95%: "
               f"{r['median_diff_low']:+.1f} to {r['median_diff_high']:+.1f}")  # fmt: skip

@@ -165,6 +165,7 @@ def test_signal_to_cli_saves_state_and_exits_with_resume_hint(data, tmp_path, si
 
 CTRL_C_WHILE_PYTORCH_LOADS = """
 import builtins, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's foreground command
 import torch_vae.command as command
 assert "torch" not in sys.modules, "importing the command's entry point imported PyTorch"
 real_import = builtins.__import__

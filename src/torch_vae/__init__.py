@@ -10,7 +10,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import TorchVaeError
-from .version import __version__
 
 if TYPE_CHECKING:
     from .models import (
@@ -25,15 +24,17 @@ if TYPE_CHECKING:
         save_model,
     )
     from .training import TrainConfig, train
+    from .version import __version__
 
 # Each name, the module it comes from, imported when first asked for: importing the package
-# does not import PyTorch, so that the command can say "interrupted" for a Ctrl-C while PyTorch
-# loads, and training (which pulls in the data, evaluation and figure modules) stays out of a
-# model's loading (torch.hub).
+# imports neither PyTorch nor importlib.metadata (the version), so that the command can say
+# "interrupted" for a Ctrl-C while PyTorch loads, and training (which pulls in the data,
+# evaluation and figure modules) stays out of a model's loading (torch.hub).
 LAZY = {
     **dict.fromkeys(("MODELS", "VAE", "ModelConfig", "Posterior", "VAEOutput", "create_model",
                      "load_model", "register_model", "save_model"), "models"),
     **dict.fromkeys(("TrainConfig", "train"), "training"),
+    "__version__": "version",
 }  # fmt: skip
 
 __all__ = [
@@ -53,8 +54,9 @@ __all__ = [
 ]
 
 
-SUBPACKAGES = ("analysis", "cli", "data", "evaluation", "explorer", "io", "models", "priors",
-               "runtime", "training")  # fmt: skip
+# torch_vae.data.CachedImages after a bare ``import torch_vae``: the packages and modules
+SUBPACKAGES = ("analysis", "cli", "data", "evaluation", "explorer", "fields", "io", "models",
+               "priors", "runtime", "training", "version")  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -62,7 +64,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(f".{LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
-    if name in SUBPACKAGES:  # torch_vae.data.CachedImages after a bare ``import torch_vae``
+    if name in SUBPACKAGES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'torch_vae' has no attribute {name!r}")
 
