@@ -19,13 +19,17 @@ def _interrupted(signum: int, frame: object) -> None:
 def run() -> NoReturn:
     """``cli.main.run``: the command, then the end of the process."""
     before = signal.getsignal(signal.SIGINT)
-    if before is signal.default_int_handler:  # not ignored (nohup, a background job)
-        signal.signal(signal.SIGINT, _interrupted)
+    handled = before is signal.default_int_handler  # not ignored (nohup, a background job)
+    if handled:
+        try:
+            signal.signal(signal.SIGINT, _interrupted)
+        except ValueError:  # called from another thread than the main one: no handlers there
+            handled = False
     try:
         from .cli.main import run as run_command
     except KeyboardInterrupt:  # a handler of the caller's raised it: the same end
         _interrupted(signal.SIGINT, None)
     finally:
-        if before is signal.default_int_handler:
+        if handled:
             signal.signal(signal.SIGINT, before)
     run_command()
