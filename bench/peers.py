@@ -563,13 +563,6 @@ class Bench:
         model = [f"--latent_dims={LATENT}", "--max_filters=128"]
         tv = [py, "-m", "torch_vae"]
         run = rd / "torch-vae"
-        if system == "torch-vae-all":  # training only (TRAIN_ONLY)
-            argv = [*tv, "train", "--dataset", "fashion-mnist", "--epochs", "1", "--batchsize",
-                    str(BATCH), "--latent_dims", str(LATENT), f"--data_dir={data}",
-                    f"--run_dir={rd / system}", f"--seed={seed}", "--val_images=0"]  # fmt: skip
-            if a.max_steps:
-                argv.append(f"--max_steps={a.max_steps}")
-            return {"argv": argv, "rm": str(rd / system)}
         if system == "original":
             if job == "train":
                 shutil.rmtree(cwd, ignore_errors=True)
@@ -611,11 +604,14 @@ class Bench:
             if job == "generate":
                 return {"argv": self_job(py, "plain-generate", {"state": state, "n": a.nsamples})}
             return {"argv": self_job(py, "plain-reconstruct", {"state": state, "data_dir": data})}
-        # torch-vae, its defaults
+        # torch-vae, its defaults; torch-vae-all (training only) on all 60,000 images
         if job == "train":
+            run = rd / system
             argv = [*tv, "train", "--dataset", "fashion-mnist", "--epochs", "1", "--batchsize",
                     str(BATCH), "--latent_dims", str(LATENT), f"--data_dir={data}",
                     f"--run_dir={run}", f"--seed={seed}"]  # fmt: skip
+            if system == "torch-vae-all":
+                argv.append("--val_images=0")
             if a.max_steps:
                 argv.append(f"--max_steps={a.max_steps}")
             return {"argv": argv, "rm": str(run)}
