@@ -8,9 +8,9 @@ import pytest
 
 CYCLES = """
 import resource, sys
+import torch  # as in the command: PyTorch imported, then malloc tuned before the first tensor
 from torch_vae.runtime.allocator import keep_freed_memory
 tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
-import torch
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):  # 64 MB allocated and freed before counting: the heap grows to hold it
