@@ -8,7 +8,8 @@ import pytest
 
 CYCLES = """
 import resource, sys
-import torch  # as in the command: PyTorch imported, then malloc tuned before the first tensor
+import torch
+import torch_vae.cli.main  # the command's modules imported, malloc tuned before the first tensor
 from torch_vae.runtime.allocator import keep_freed_memory
 tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
 def faults():
