@@ -77,12 +77,17 @@ def _peak_mb() -> float:
 
 
 def _memory_mb(pid: int | str = "self") -> dict[str, float]:
-    """A process's (this one's) proportional set size (PSS) and its private memory (USS), MB."""
+    """A process's (this one's) proportional set size (PSS), its private memory (USS) and the
+    written part of that (private dirty: what no other process can share), MB."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
         fields = {k: int(v.split()[0]) / 1024 for k, v in
                   (line.split(":", 1) for line in f if ":" in line and "kB" in line)}  # fmt: skip
     private = fields["Private_Clean"] + fields["Private_Dirty"]
-    return {"pss_mb": fields["Pss"], "private_mb": private}
+    return {
+        "pss_mb": fields["Pss"],
+        "private_mb": private,
+        "private_dirty_mb": fields["Private_Dirty"],
+    }
 
 
 def _emit(result: dict) -> None:
@@ -102,6 +107,13 @@ def job_build(spec: dict) -> None:
         for size in spec["sizes"]:
             load_split("celeb-a", split, size, spec["data_dir"], progress=False)
     _emit({"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_mb()})
+
+
+def job_import_torch(spec: dict) -> None:
+    """What ``import torch`` alone leaves in a fresh interpreter."""
+    import torch  # noqa: F401
+
+    _emit({"peak_rss_mb": _peak_mb(), **_memory_mb()})
 
 
 def job_train(spec: dict) -> None:
@@ -248,7 +260,7 @@ def main() -> int:
     args = p.parse_args()
     if args.job:
         spec = json.loads(os.environ["SCALE_SPEC"])
-        {"build": job_build, "train": job_train}[args.job](spec)
+        {"build": job_build, "train": job_train, "import_torch": job_import_torch}[args.job](spec)
         return 0
     (args.work / "runs").mkdir(parents=True, exist_ok=True)
     for old in (args.work / "runs").iterdir():

@@ -15,9 +15,9 @@ CelebA-like one (--images at 128x128, built once in --work; 202,599 images: 10 G
 checkout runs its own ``src`` with this checkout's bench/scale.py as the harness. Writes JSON
 (--out) and prints a line per round.
 
-It also measures what ``import torch`` alone leaves in a fresh interpreter (``smaps_rollup``):
-its private memory is what every torchrun process adds, whatever it then runs, and sets the
-floor of the two processes' PSS against one.
+It also measures what ``import torch`` alone leaves in a fresh interpreter (bench/scale.py's
+``import_torch`` job): its private memory is what every torchrun process adds, whatever it
+then runs, and sets the floor of the two processes' PSS against one.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import importlib.util
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -41,26 +40,6 @@ def load_harness(checkout: Path):
     spec.loader.exec_module(scale)
     scale.REPO = checkout.resolve()
     return scale
-
-
-ROLLUP = """
-import json
-import torch
-sizes = {}
-for line in open("/proc/self/smaps_rollup"):
-    key, *rest = line.split()
-    if rest[-1:] == ["kB"]:
-        sizes[key.rstrip(":")] = int(rest[0]) / 1024
-print(json.dumps({k: round(sizes[k]) for k in ("Rss", "Pss", "Private_Clean", "Private_Dirty")}))
-"""
-
-
-def import_torch_memory() -> dict:
-    """Resident, proportional and private MB of a fresh interpreter after ``import torch``."""
-    out = subprocess.run([sys.executable, "-c", ROLLUP], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
-    rec = json.loads(out.strip().splitlines()[-1])
-    return {f"{k.lower()}_mb": v for k, v in rec.items()}
 
 
 def summary(one: list[dict], two: list[dict], how: str) -> str:
@@ -100,7 +79,7 @@ def main() -> int:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2"]  # fmt: skip
     results: dict = {}
-    imported = import_torch_memory()
+    imported = load_harness(HERE.parent).run_job("import_torch", {})[0]
     print(f"import torch alone: {imported}", flush=True)
     for rnd in range(args.rounds):
         for name, path in checkouts:
