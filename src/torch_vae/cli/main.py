@@ -16,7 +16,7 @@ from ..runtime.allocator import keep_freed_memory
 from ..version import __version__
 from .commands import COMMANDS
 from .flags import add_options, defaults, pick, read_config_file
-from .launch import check_can_launch, launch, launched_worker, say
+from .launch import check_can_launch, launch, launched_worker, say, worker_threads
 from .options import Runtime
 
 log = logging.getLogger("torch_vae")
@@ -147,7 +147,7 @@ def _set_threads(values: dict, nproc: int) -> None:
         each = f" in each of {nproc} processes" if nproc > 1 else ""
         log.warning("warning: --threads %d%s is more than this machine's %d CPUs, which slows "
                     "PyTorch down; pass at most %d, or 0 for PyTorch's choice", values["threads"],
-                    each, cpus, max(1, cpus // nproc))  # fmt: skip
+                    each, cpus, worker_threads(nproc, 0))  # fmt: skip
 
 
 if __name__ == "__main__":
