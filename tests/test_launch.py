@@ -59,11 +59,17 @@ def data(mnist_dir):
     return mnist_dir
 
 
+def _env() -> dict[str, str]:
+    """This checkout's torch-vae, outside any torchrun job."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
 def _command(tmp_path, data, *args, fail=False, loud=False):
     script = tmp_path / "command.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("WORLD_SIZE", None)
+    env = _env()
     flags = [a for a in TINY if not (loud and a == "--quiet")]
     cmd = [sys.executable, str(script), str(tmp_path), "fail" if fail else "ok", "train",
            *flags, "--data_dir", str(data), "--nproc_per_node", "2", *args]  # fmt: skip
@@ -103,8 +109,7 @@ def test_nproc_per_node_job_stopped_by_ctrl_c_saves_its_state_and_says_how_to_re
     data, tmp_path
 ):
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("WORLD_SIZE", None)
+    env = _env()
     cmd = [sys.executable, "-m", "torch_vae", "train", *TINY, "--data_dir", str(data),
            "--run_dir", str(run), "--epochs", "1000", "--nproc_per_node", "2"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True,
