@@ -1,6 +1,7 @@
 """layers.ConvTranspose2d: the same outputs and gradients as nn.ConvTranspose2d, through its own
 CPU backward (bias gradient summed apart from the convolution's backward call, or zero before a
-batch norm with batch statistics); layers.linears_of_chw and linear_to_chw: linear layers to and
+batch norm with batch statistics), and to one channel in fp32 as a matrix product
+(forward and backward, PyTorch's own operation when traced); layers.linears_of_chw and linear_to_chw: linear layers to and
 from (C, H, W) feature maps that keep the channels_last format without copying the batch."""
 
 import pytest
@@ -79,6 +80,56 @@ def test_transposed_conv_before_a_training_batch_norm_gives_its_bias_a_zero_grad
     ref.zero_grad()
     (norm(ref(xd)).square() * torch.arange(y.numel()).view_as(y)).sum().backward()
     assert ref.bias.grad.abs().max() < 1e-9 * ref.weight.grad.abs().max()
+
+
+ONE_CHANNEL_GEOMETRIES = [
+    *GEOMETRIES,
+    dict(kernel_size=3, stride=1),
+    dict(kernel_size=5, stride=3, padding=2, output_padding=2),
+    dict(kernel_size=(3, 4), stride=(2, 1), padding=(1, 2)),
+]
+
+
+def _one_channel_pair(bias: bool, **geometry):
+    torch.manual_seed(0)
+    ours = ConvTranspose2d(6, 1, bias=bias, **geometry)
+    ref = nn.ConvTranspose2d(6, 1, bias=bias, **geometry)
+    ref.load_state_dict(ours.state_dict())
+    return ours, ref
+
+
+@pytest.mark.parametrize("geometry", ONE_CHANNEL_GEOMETRIES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_one_channel_transposed_conv_in_fp32_runs_as_a_matrix_product_with_pytorchs_numbers(
+    geometry, bias
+):
+    ours, ref = _one_channel_pair(bias, **geometry)
+    x = torch.randn(3, 6, 5, 7).contiguous(memory_format=torch.channels_last)
+    y1, g1 = _grads(ours, x, autocast=False)
+    y2, g2 = _grads(ref, x, autocast=False)
+    assert type(y1.grad_fn).__name__ == "_GemmTransposedConvBackward"
+    assert y1.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_one_channel_transposed_conv_keeps_onednn_under_autocast_in_nchw_and_when_traced():
+    ours, ref = _one_channel_pair(True, **GEOMETRIES[0])
+    x = torch.randn(3, 6, 5, 5)
+    assert "Gemm" not in type(ours(x).grad_fn).__name__  # NCHW
+    x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "Gemm" not in type(ours(x).grad_fn).__name__
+    assert "Gemm" not in type(ours.double()(x.double()).grad_fn).__name__
+    ours.float()
+    with torch.no_grad():
+        traced = torch.jit.trace(ours, x)
+    assert "aten::_convolution" in str(traced.graph)
+    assert "aten::mm" not in str(traced.graph)
+    torch.testing.assert_close(traced(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
 def test_uses_batch_statistics_only_for_batch_norms_normalising_with_the_batch():
