@@ -27,3 +27,19 @@ def code_version() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return out.stdout.strip() or "unknown"
+
+
+def cpu_bf16() -> str:
+    """What the CPU has for bf16 arithmetic, from /proc/cpuinfo's flags: "AMX" (amx_bf16),
+    "AVX-512 BF16" (avx512_bf16), else "none" (``--precision auto`` is then fp32); "unknown"
+    where there is no /proc/cpuinfo. Machines whose ``lscpu`` model names look alike differ
+    here (a Xeon with AMX, one without bf16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])  # fmt: skip
+    except OSError:
+        return "unknown"
+    if "amx_bf16" in flags:
+        return "AMX"
+    return "AVX-512 BF16" if "avx512_bf16" in flags else "none"

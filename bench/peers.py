@@ -89,7 +89,7 @@ import sys
 import time
 from pathlib import Path
 
-from machine_info import code_version, cpu_model
+from machine_info import code_version, cpu_bf16, cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
@@ -475,6 +475,7 @@ class Bench:
             "code": code_version(),
             "machine": {
                 "cpu": cpu_model(),
+                "bf16": cpu_bf16(),
                 "cores": len(os.sched_getaffinity(0)),
                 "python": platform.python_version(),
                 "load_average_at_start": os.getloadavg(),
@@ -907,7 +908,8 @@ def main(argv: list[str] | None = None) -> int:
     m = bench.results["machine"]
     print("\n" + text + "\n\n" + rounds_text(bench.results))
     print(
-        f"\n{m['cpu']}, {m['cores']} cores; {versions_line(bench.results)}; load average "
+        f"\n{m['cpu']} (bf16: {m.get('bf16', 'unknown')}), {m['cores']} cores; "
+        f"{versions_line(bench.results)}; load average "
         f"{m['load_average_at_start'][0]:.2f} at the start, {m['load_average_at_end'][0]:.2f} "
         f"at the end; {bench.results['date']}"
     )
