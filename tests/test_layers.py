@@ -1,8 +1,9 @@
 """layers.ConvTranspose2d: the same outputs and gradients as nn.ConvTranspose2d, through its own
 CPU backward (bias gradient summed apart from the convolution's backward call, or zero before a
-batch norm with batch statistics), and to one channel in fp32 as a matrix product
-(forward and backward, PyTorch's own operation when traced); layers.linears_of_chw and linear_to_chw: linear layers to and
-from (C, H, W) feature maps that keep the channels_last format without copying the batch."""
+batch norm with batch statistics), and to one channel in fp32 as a matrix product (forward and
+backward; PyTorch's own operation when traced); layers.linears_of_chw and linear_to_chw: linear
+layers to and from (C, H, W) feature maps that keep the channels_last format without copying the
+batch."""
 
 import pytest
 import torch
