@@ -53,6 +53,15 @@ class Precision:
                         "hundred times on a Xeon, docs/benchmarks.md); bf16 is the CPU's half "
                         "precision: --precision auto takes it where the CPU computes it "
                         "natively")  # fmt: skip
+        if (
+            precision == "bf16"
+            and self.device.type == "cpu"
+            and train
+            and not bf16_native(self.device)
+        ):
+            log.warning("warning: this CPU has neither AMX nor AVX-512 BF16, so PyTorch emulates "
+                        "bf16 and --precision bf16 trains about 2x slower than fp32 here "
+                        "(docs/benchmarks.md); --precision auto takes fp32 on it")  # fmt: skip
         scale = train and precision == "fp16" and self.device.type == "cuda"
         self.scaler = grad_scaler(self.device) if scale else None
 
