@@ -18,10 +18,10 @@ from torch_vae.models.layers import (
 )
 
 
-def _pair(bias: bool, **geometry):
+def _pair(bias: bool, out_channels: int = 4, **geometry):
     torch.manual_seed(0)
-    ours = ConvTranspose2d(6, 4, bias=bias, **geometry)
-    ref = nn.ConvTranspose2d(6, 4, bias=bias, **geometry)
+    ours = ConvTranspose2d(6, out_channels, bias=bias, **geometry)
+    ref = nn.ConvTranspose2d(6, out_channels, bias=bias, **geometry)
     ref.load_state_dict(ours.state_dict())
     return ours, ref
 
@@ -91,20 +91,12 @@ ONE_CHANNEL_GEOMETRIES = [
 ]
 
 
-def _one_channel_pair(bias: bool, **geometry):
-    torch.manual_seed(0)
-    ours = ConvTranspose2d(6, 1, bias=bias, **geometry)
-    ref = nn.ConvTranspose2d(6, 1, bias=bias, **geometry)
-    ref.load_state_dict(ours.state_dict())
-    return ours, ref
-
-
 @pytest.mark.parametrize("geometry", ONE_CHANNEL_GEOMETRIES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_one_channel_transposed_conv_in_fp32_runs_as_a_matrix_product_with_pytorchs_numbers(
     geometry, bias
 ):
-    ours, ref = _one_channel_pair(bias, **geometry)
+    ours, ref = _pair(bias, 1, **geometry)
     x = torch.randn(3, 6, 5, 7).contiguous(memory_format=torch.channels_last)
     y1, g1 = _grads(ours, x, autocast=False)
     y2, g2 = _grads(ref, x, autocast=False)
@@ -118,7 +110,7 @@ def test_one_channel_transposed_conv_in_fp32_runs_as_a_matrix_product_with_pytor
 
 
 def test_one_channel_transposed_conv_keeps_onednn_under_autocast_in_nchw_and_when_traced():
-    ours, ref = _one_channel_pair(True, **GEOMETRIES[0])
+    ours, ref = _pair(True, 1, **GEOMETRIES[0])
     x = torch.randn(3, 6, 5, 5)
     assert "Gemm" not in type(ours(x).grad_fn).__name__  # NCHW
     x = x.contiguous(memory_format=torch.channels_last)
