@@ -81,7 +81,7 @@ def profile(
             torch.stack(pending).tolist()
             pending.clear()
         t.append(time.perf_counter())
-        if step >= 5:  # warm-up
+        if step >= min(5, steps // 2):  # warm-up (fewer steps: the first half)
             for p, a, b in zip(PHASES, t, t[1:], strict=False):
                 times[p].append(b - a)
     return {p: statistics.median(v) * 1000 for p, v in times.items()}
