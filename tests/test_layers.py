@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from torch_vae.models import VAE, ModelConfig
+from torch_vae.models import VAE, ModelConfig, layers
 from torch_vae.models.layers import (
     ConvTranspose2d,
     linear_to_chw,
@@ -93,20 +93,39 @@ ONE_CHANNEL_GEOMETRIES = [
 
 @pytest.mark.parametrize("geometry", ONE_CHANNEL_GEOMETRIES)
 @pytest.mark.parametrize("bias", [True, False])
-def test_one_channel_transposed_conv_in_fp32_runs_as_a_matrix_product_with_pytorchs_numbers(
-    geometry, bias
-):
+def test_gemm_transposed_conv_gives_pytorchs_outputs_and_gradients(geometry, bias):
     ours, ref = _pair(bias, 1, **geometry)
     x = torch.randn(3, 6, 5, 7).contiguous(memory_format=torch.channels_last)
-    y1, g1 = _grads(ours, x, autocast=False)
+    args = (ours.weight, ours.bias, ours.stride, ours.padding, ours.output_padding)
+    xg = x.clone().requires_grad_(True)
+    y1 = layers._GemmTransposedConv.apply(xg, *args)
+    y1.square().sum().backward()
+    g1 = [xg.grad] + [p.grad for p in ours.parameters()]
     y2, g2 = _grads(ref, x, autocast=False)
-    assert type(y1.grad_fn).__name__ == "_GemmTransposedConvBackward"
     assert y1.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with torch.no_grad():
+        torch.testing.assert_close(layers._gemm_transposed_conv(x, *args), ref(x))
+
+
+def test_one_channel_3x3_stride_2_transposed_conv_in_fp32_takes_the_gemm_path_forward_too():
+    ours, ref = _pair(True, 1, **GEOMETRIES[0])  # the original architecture's last layer
+    x = torch.randn(3, 6, 5, 7).contiguous(memory_format=torch.channels_last)
+    y1, g1 = _grads(ours, x, autocast=False)
+    y2, g2 = _grads(ref, x, autocast=False)
+    assert type(y1.grad_fn).__name__ == "_GemmTransposedConvBackward"
+    for a, b in zip([y1, *g1], [y2, *g2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    called = []
+    real = layers._gemm_transposed_conv
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layers, "_gemm_transposed_conv", lambda *a: called.append(1) or real(*a))
         torch.testing.assert_close(ours(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert called == [1]
+    dcgan, _ = _pair(True, 1, **GEOMETRIES[1])  # 4x4: no gain measured
+    assert "Gemm" not in type(dcgan(x).grad_fn).__name__
 
 
 def test_one_channel_transposed_conv_keeps_onednn_under_autocast_in_nchw_and_when_traced():

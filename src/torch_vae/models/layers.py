@@ -18,7 +18,8 @@ architecture's last layer at batch 128 (32 channels, 32x32 to 64x64) on an AVX-5
 without bf16, against 3.6-4.3 and 5.1-5.6 ms as one matrix product with the (C, k*k) weight
 and k*k strided sums into the output (``_gemm_transposed_conv``); a whole training step 153
 against 161 ms (``python bench/last_layer.py``). Such a layer in fp32 with channels_last
-inputs takes that path, forward and backward; the same sums in another order.
+inputs takes that path, forward and backward, with a 3x3 kernel at stride 2 (the DCGAN family's
+4x4 one: no gain); the same sums in another order.
 """
 
 from __future__ import annotations
@@ -184,12 +185,16 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             return _TransposedConv.apply(*args, *geometry, batch_norm_follows)
 
     def _gemm_path(self, x: torch.Tensor) -> bool:
-        """Whether this layer runs as ``_gemm_transposed_conv``: one output channel, on the
-        CPU in fp32 (autocast off), channels_last input, zero padding, groups 1, dilation 1
-        (where it was measured faster), and not while tracing, scripting or compiling (the
-        exporters see PyTorch's own operation)."""
+        """Whether this layer runs as ``_gemm_transposed_conv``: one output channel, a 3x3
+        kernel at stride 2, on the CPU in fp32 (autocast off), channels_last input, zero
+        padding, groups 1, dilation 1 (where it was measured faster: the DCGAN family's 4x4
+        last layer made that family's step slower, 5 pairs of 5, and 3 output channels the
+        layer), and not while tracing, scripting or compiling (the exporters see PyTorch's
+        own operation)."""
         return (
             self.out_channels == 1
+            and self.kernel_size == (3, 3)
+            and self.stride == (2, 2)
             and self.groups == 1
             and self.dilation == (1, 1)
             and self.padding_mode == "zeros"
