@@ -406,12 +406,23 @@ def test_bf16_training_on_a_cpu_without_native_bf16_is_warned_of(native, monkeyp
     from torch_vae.runtime import precision
 
     monkeypatch.setattr(precision, "bf16_native", lambda device: native)
+    monkeypatch.setattr(precision.platform, "machine", lambda: "x86_64")
     with caplog.at_level("WARNING", logger="torch_vae"):
         precision.Precision(torch.device("cpu"), "bf16")  # generate, reconstruct: no warning
         assert "emulates" not in caplog.text
         precision.Precision(torch.device("cpu"), "bf16", train=True)
         precision.Precision(torch.device("cpu"), "auto", train=True)  # fp32 there: no warning
     assert caplog.text.count("PyTorch emulates bf16") == (0 if native else 1)
+
+
+def test_bf16_training_on_an_arm_cpu_is_not_said_to_be_emulated(monkeypatch, caplog):
+    from torch_vae.runtime import precision
+
+    monkeypatch.setattr(precision, "bf16_native", lambda device: False)  # flags not read there
+    monkeypatch.setattr(precision.platform, "machine", lambda: "aarch64")
+    with caplog.at_level("WARNING", logger="torch_vae"):
+        precision.Precision(torch.device("cpu"), "bf16", train=True)
+    assert "emulates" not in caplog.text
 
 
 def test_more_threads_than_cpus_are_warned_of(tmp_path, monkeypatch, caplog):

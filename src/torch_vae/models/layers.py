@@ -152,7 +152,8 @@ def _full_frame(like, out_c, size, kernel, stride, needed) -> torch.Tensor:
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` with the faster CPU backward above when it has a bias."""
+    """``nn.ConvTranspose2d`` with the faster CPU paths above: the backward without the bias
+    when it has one, and the matrix product for one output channel in fp32."""
 
     def forward(
         self,
@@ -186,8 +187,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 
     def _gemm_path(self, x: torch.Tensor) -> bool:
         """Whether this layer runs as ``_gemm_transposed_conv``: one output channel, a 3x3
-        kernel at stride 2, on the CPU in fp32 (autocast off), channels_last input, zero
-        padding, groups 1, dilation 1 (where it was measured faster: the DCGAN family's 4x4
+        kernel at stride 2, on the CPU in fp32 (autocast off), channels_last input, padding
+        mode zeros, groups 1, dilation 1 (where it was measured faster: the DCGAN family's 4x4
         last layer made that family's step slower, 5 pairs of 5, and 3 output channels the
         layer), and not while tracing, scripting or compiling (the exporters see PyTorch's
         own operation)."""

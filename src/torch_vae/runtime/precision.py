@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import platform
 from typing import Literal, get_args
 
 import torch
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(PrecisionName)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+X86 = ("x86_64", "amd64", "i386", "i686")  # platform.machine(), lower case
 
 
 def check_precision(precision: str) -> None:
@@ -57,6 +59,7 @@ class Precision:
             precision == "bf16"
             and self.device.type == "cpu"
             and train
+            and platform.machine().lower() in X86  # elsewhere the flags are not read
             and not bf16_native(self.device)
         ):
             log.warning("warning: this CPU has neither AMX nor AVX-512 BF16, so PyTorch emulates "
