@@ -407,7 +407,8 @@ def test_transformer_fit_precision_bf16_computes_in_bf16_fp32_does_not_and_auto_
         prior = fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 2}, info, progress=False)
         assert prior.info["precision"] == want
     # bf16 asked for where the CPU would emulate it: fitted as asked, with a warning
-    monkeypatch.setattr("torch_vae.priors.transformer.bf16_native", lambda d: False)
+    monkeypatch.setattr("torch_vae.runtime.precision.bf16_native", lambda d: False)
+    monkeypatch.setattr("torch_vae.runtime.precision.platform.machine", lambda: "x86_64")
     with caplog.at_level("WARNING", logger="torch_vae.priors.transformer"):
         prior = fit_prior(z, "transformer", {**TINY_PRIOR, "steps": 2, "precision": "bf16"},
                           info, progress=False)  # fmt: skip

@@ -50,8 +50,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import TorchVaeError
 from ..models.base import _unwrap
-from ..runtime.device import autocast_off, bf16_native
-from ..runtime.precision import Precision
+from ..runtime.device import autocast_off
+from ..runtime.precision import Precision, bf16_emulated
 from .base import FIT_PRECISIONS, ROUND_TRIPS, STORE_PRECISIONS, register_prior
 from .neural import check_hparams, train_steps
 
@@ -421,7 +421,7 @@ class TransformerPrior:
                                 f"sampler; choose one of {FIT_PRECISIONS}")  # fmt: skip
         amp = Precision(torch.device("cpu"), precision)
         info["precision"] = amp.precision
-        if amp.precision == "bf16" and not bf16_native(torch.device("cpu")):
+        if amp.precision == "bf16" and bf16_emulated(torch.device("cpu")):
             log.warning("this CPU computes bf16 by emulation, slower than fp32: fitting in bf16 "
                         "as asked (--precision auto or fp32 would be faster)")  # fmt: skip
 

@@ -40,6 +40,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if bf16_native(device) else "fp32"
 
 
+def bf16_emulated(device: torch.device) -> bool:
+    """Whether bf16 on ``device`` is PyTorch's emulation, slower than fp32: an x86 CPU without
+    AMX or AVX-512 BF16. Elsewhere (other CPUs, whose flags ``bf16_native`` does not read, and
+    GPUs) nothing is claimed."""
+    device = torch.device(device)
+    x86 = platform.machine().lower() in X86
+    return device.type == "cpu" and x86 and not bf16_native(device)
+
+
 class Precision:
     """Mixed precision for one device: an autocast context for the forward pass and, when
     training (``train``) in fp16 on CUDA, loss scaling (bf16 and fp32 need none, nor does
@@ -55,13 +64,7 @@ class Precision:
                         "hundred times on a Xeon, docs/benchmarks.md); bf16 is the CPU's half "
                         "precision: --precision auto takes it where the CPU computes it "
                         "natively")  # fmt: skip
-        if (
-            precision == "bf16"
-            and self.device.type == "cpu"
-            and train
-            and platform.machine().lower() in X86  # elsewhere the flags are not read
-            and not bf16_native(self.device)
-        ):
+        if precision == "bf16" and train and bf16_emulated(self.device):
             log.warning("warning: this CPU has neither AMX nor AVX-512 BF16, so PyTorch emulates "
                         "bf16 and --precision bf16 trains about 2x slower than fp32 here "
                         "(docs/benchmarks.md); --precision auto takes fp32 on it")  # fmt: skip
