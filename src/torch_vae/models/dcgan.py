@@ -56,7 +56,7 @@ class DCGANEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Posterior:
         h = x
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = F.leaky_relu(norm(conv(h)), SLOPE)
+            h = F.leaky_relu(norm(conv(h)), SLOPE, inplace=True)
         h = self.head(h).flatten(1)  # (B, 2d)
         return Posterior.clamped(h[:, : self.latent_dims], h[:, self.latent_dims :])
 
@@ -81,7 +81,7 @@ class DCGANDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = cpu_channels_last(z[:, :, None, None])
         for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
-            h = F.relu(norm(conv(h)))
+            h = F.relu(norm(conv(h)), inplace=True)
         return torch.sigmoid(self.convs[-1](h))
 
 

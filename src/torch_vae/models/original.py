@@ -65,7 +65,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Posterior:
         h = x
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE)
+            h = F.leaky_relu(norm(conv(h)), LEAKY_SLOPE, inplace=True)
         # both projections take the features flattened in (C, H, W) order, in one product
         mu, logvar = linears_of_chw(h, self.proj_mu, self.proj_logvar)
         return Posterior.clamped(mu, logvar)
@@ -92,7 +92,7 @@ class Decoder(nn.Module):
         h = linear_to_chw(z, self.lin, (self.config.channels[-1], s, s))  # (B, F, s, s)
         for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
             h = conv(h, batch_norm_follows=uses_batch_statistics(norm))
-            h = F.leaky_relu(norm(h), LEAKY_SLOPE)
+            h = F.leaky_relu(norm(h), LEAKY_SLOPE, inplace=True)
         return torch.sigmoid(self.convs[-1](h))  # (B, C, H, W)
 
 
