@@ -10,30 +10,34 @@ import textwrap
 import time
 
 import pytest
+import torch
 from test_distributed import SRC
 
-from runs import TINY
+from runs import TINY, assert_same_run, weights
 from torch_vae.cli import launch, main
 from torch_vae.data import load_split
+from torch_vae.training.state import load_train_state
 
-# the command, with each process recording its pid and its parent's, and rank 1 optionally
-# failing at its third step
+# the command, with each process recording its pid and its parent's; optionally rank 1 fails
+# at its third step ("fail"), or every process is sent SIGINT at its third step ("stop")
 SCRIPT = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, signal, sys
     from pathlib import Path
     from torch_vae import VAE, TorchVaeError
     from torch_vae.cli import main
     from torch_vae.cli import launch
 
-    out, fail = Path(sys.argv[1]), sys.argv[2] == "fail"
+    out, mode = Path(sys.argv[1]), sys.argv[2]
     real_worker, real_objective = launch._worker, VAE.objective
     calls = 0
 
     def failing(*a, **k):
         global calls
         calls += 1
-        if calls == 3 and os.environ["RANK"] == "1":
+        if calls == 3 and mode == "stop":
+            os.kill(os.getpid(), signal.SIGINT)
+        if calls == 3 and mode == "fail" and os.environ["RANK"] == "1":
             raise TorchVaeError("simulated failure of rank 1")
         return real_objective(*a, **k)
 
@@ -44,8 +48,7 @@ SCRIPT = textwrap.dedent(
         return real_worker(*args)
 
     launch._worker = worker
-    if fail:
-        VAE.objective = failing
+    VAE.objective = failing
     print("launcher", os.getpid(), flush=True)
     sys.exit(main(sys.argv[3:]))
     """
@@ -66,18 +69,32 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _command(tmp_path, data, *args, fail=False, loud=False):
+def _command(tmp_path, data, *args, mode="ok", loud=False):
     script = tmp_path / "command.py"
     script.write_text(SCRIPT)
     env = _env()
     flags = [a for a in TINY if not (loud and a == "--quiet")]
-    cmd = [sys.executable, str(script), str(tmp_path), "fail" if fail else "ok", "train",
+    cmd = [sys.executable, str(script), str(tmp_path), mode, "train",
            *flags, "--data_dir", str(data), "--nproc_per_node", "2", *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=180)
 
 
-@pytest.mark.slow  # two forked 2-process jobs: about 8 s
-def test_nproc_per_node_trains_and_resumes_in_processes_forked_from_the_command(data, tmp_path):
+def assert_same_trained_weights(run, ref):
+    """Bitwise-equal parameters; batch-norm running statistics equal to rounding (a stopped
+    job averages them over its processes when it stops, one never stopped at its epochs' ends)."""
+    a, b = weights(run), weights(ref)
+    assert a.keys() == b.keys()
+    for k in a:
+        if "running" in k:
+            assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-6), k
+        else:
+            assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.slow  # three forked 2-process jobs: about 14 s
+def test_nproc_per_node_trains_and_resumes_bitwise_in_processes_forked_from_the_command(
+    data, tmp_path
+):
     run = tmp_path / "run"
     done = _command(tmp_path, data, "--run_dir", str(run), "--epochs", "2")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -91,12 +108,35 @@ def test_nproc_per_node_trains_and_resumes_in_processes_forked_from_the_command(
     assert more.returncode == 0, more.stderr[-2000:]
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    # the same job never interrupted: the same noise on each process at every step
+    ref = tmp_path / "ref"
+    straight = _command(tmp_path, data, "--run_dir", str(ref), "--epochs", "3")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert_same_run(run, ref)
+
+
+@pytest.mark.slow  # three forked 2-process jobs of 36 steps: about 12 s
+def test_nproc_per_node_job_stopped_within_an_epoch_resumes_to_the_weights_of_one_never_stopped(
+    data, tmp_path
+):
+    # batch 2: 18 steps an epoch; SIGINT at step 3 is read at step 10 (losses are read every
+    # 10 steps), so the job saves its state within epoch 1
+    run, ref, flags = tmp_path / "run", tmp_path / "ref", ["--batchsize", "2", "--epochs", "2"]
+    stopped = _command(tmp_path, data, "--run_dir", str(run), *flags, mode="stop")
+    assert stopped.returncode == 130, stopped.stderr[-2000:]
+    state = load_train_state(run)
+    assert (state["step"], state["epoch"], state["partial"]["batch"]) == (10, 0, 10)
+    more = _command(tmp_path, data, "--resume", str(run), *flags)
+    assert more.returncode == 0, more.stderr[-2000:]
+    straight = _command(tmp_path, data, "--run_dir", str(ref), *flags)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert_same_trained_weights(run, ref)
 
 
 @pytest.mark.slow  # one forked 2-process job: about 5 s
 def test_nproc_per_node_job_says_a_failed_process_error_once(data, tmp_path):
     done = _command(tmp_path, data, "--run_dir", str(tmp_path / "run"), "--epochs", "50",
-                    fail=True, loud=True)  # fmt: skip
+                    mode="fail", loud=True)  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
     # said once; rank 0's echo of it ("another process of the job stopped") left out
     assert done.stderr.strip().splitlines()[-1] == "torch-vae: error: simulated failure of rank 1"

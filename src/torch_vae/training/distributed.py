@@ -219,9 +219,19 @@ class Distributed:
             )
         return work()
 
-    def noise_seed(self, seed: int, step: int) -> int:
-        """A seed for this process's reparameterisation noise, different on every rank."""
-        return (seed * 1_000_003 + step * 7919 + self.rank * 104_729) % 2**63
+    def seed_noise(self, seed: int, step: int, device: torch.device) -> None:
+        """Seed the generator that draws this process's reparameterisation noise for ``step``
+        (the one of ``device``): different on every rank, and the same for a step however the
+        job got there, so a resumed job draws the noise of one never interrupted. Seeding one
+        generator takes about a microsecond; ``torch.manual_seed`` seeds every device's, 0.1 ms."""
+        value = (seed * 1_000_003 + step * 7919 + self.rank * 104_729) % 2**63
+        if device.type == "cuda":
+            index = torch.cuda.current_device() if device.index is None else device.index
+            torch.cuda.default_generators[index].manual_seed(value)
+        elif device.type == "cpu":
+            torch.default_generator.manual_seed(value)
+        else:
+            torch.manual_seed(value)
 
     def _device(self) -> torch.device:
         return torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")

@@ -292,8 +292,6 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
             log.info("removed temporary files left by the interrupted run")
         trim_metrics(run_dir, state["epoch"])
         log.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"] + 1, loop.step)
-    if loop.dist.enabled:  # the same batches everywhere, but each process its own noise
-        torch.manual_seed(loop.dist.noise_seed(loop.cfg.seed, loop.step))
     if not state["partial"]:
         return state["epoch"] + 1, None
     partial = EpochProgress.from_state(state["partial"])
@@ -341,6 +339,8 @@ def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
     x, y = to_float(loop.fetch(idx), loop.device), loop.labels(idx)
     for group in loop.opt.param_groups:
         group["lr"] = cfg.lr_at(loop.step, loop.total_steps)
+    if loop.dist.enabled:  # the same batches everywhere, but each process its own noise
+        loop.dist.seed_noise(cfg.seed, loop.step, loop.device)
     with loop.amp.autocast():
         out = loop.forward(x, condition=y)
     beta = cfg.beta_at(loop.step, loop.steps_per_epoch)
@@ -481,7 +481,8 @@ def _save_state(
 def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterrupted:
     """Save the state in the middle of ``epoch`` and return the error that ends training."""
     _check_finite(loop, epoch)
-    if loop.dist.enabled:  # the whole job's totals so far; rank 0 writes
+    if loop.dist.enabled:  # the whole job's totals and running statistics; rank 0 writes
+        loop.dist.average_buffers(loop.model)
         totals, seen = _job_totals(ep.totals, ep.seen, loop.dist, loop.keys)
         ep = EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals)
     if loop.dist.is_main:
