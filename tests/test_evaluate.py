@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,7 +98,7 @@ def _per_image_mse(model, imgs):
         return ((model.reconstruct(x) - x) ** 2).flatten(1).mean(1).numpy()
 
 
-def test_evaluate_writes_a_deterministic_report_and_a_subset_s_beside_it(
+def test_evaluate_writes_a_deterministic_report_and_others_settings_beside_it(
     mnist_dir, tmp_path, capsys
 ):
     run = tmp_path / "run"
@@ -139,14 +140,16 @@ def test_evaluate_writes_a_deterministic_report_and_a_subset_s_beside_it(
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "objective" in out and "bits per dimension" in out
-    report = json.loads((run / "eval-mnist-test.json").read_text())
+    report = json.loads((run / "eval-mnist-test-iw4.json").read_text())
     assert report["n_images"] == 20 and report["dataset"] == "mnist"
     assert main(args) == 0
-    assert json.loads((run / "eval-mnist-test.json").read_text()) == report  # deterministic
-    # a subset's report is written beside it, never over the whole split's
+    assert json.loads((run / "eval-mnist-test-iw4.json").read_text()) == report  # deterministic
+    # a subset's report, or one with other settings, is written beside it, never over it
     assert main([*args, "--nimages", "5"]) == 0
-    assert json.loads((run / "eval-mnist-test-first5.json").read_text())["n_images"] == 5
-    assert json.loads((run / "eval-mnist-test.json").read_text()) == report
+    assert json.loads((run / "eval-mnist-test-first5-iw4.json").read_text())["n_images"] == 5
+    assert main([*args[:-3], "--iw_samples", "0", "--seed", "2", "--quiet"]) == 0
+    assert "nll" not in json.loads((run / "eval-mnist-test-iw0-seed2.json").read_text())
+    assert json.loads((run / "eval-mnist-test-iw4.json").read_text()) == report
 
 
 def _expected_objective(model, x, post, samples=64):
@@ -210,3 +213,28 @@ def test_evaluate_cli_refine_lowers_the_objective_and_checks_its_flags(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
         assert not report.exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample-quality"])
+def test_a_report_that_cannot_be_written_is_refused_before_the_work(
+    trained, mnist_dir, tmp_path, capsys, monkeypatch, command
+):
+    from torch_vae.cli import evaluate, sample_quality
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started")
+
+    monkeypatch.setattr(evaluate, "calibrate_sigma", no_work)
+    monkeypatch.setattr(sample_quality, "quality_report", no_work)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    flags = ["--model", str(trained), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main([command, *flags, "--report", str(blocker / "r.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"torch-vae: error: --report {blocker / 'r.json'} cannot be written: "
+                   f"{blocker} is a file, not a folder"]  # fmt: skip
+    # the default report's folder (the run's) read-only: the same before any work
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != trained)
+    assert main([command, *flags]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "cannot be written: the folder" in err and str(trained) in err

@@ -105,7 +105,8 @@ def test_every_command_on_a_shipped_model_leaves_its_folder_as_it_was(tmp_path, 
         extra = data if args[0] not in ("plot", "generate") else ["--quiet"]
         assert main([*args, *extra]) == 0, args
     assert main(["fit-sampler", *m, *data]) == 1  # refused: it would write beside the model
-    assert (tmp_path / "reports" / "dcgan-d8" / "eval-fashion-mnist-test-first20.json").is_file()
+    reports = tmp_path / "reports" / "dcgan-d8"
+    assert (reports / "eval-fashion-mnist-test-first20-iw2.json").is_file()
     model = load_model(shipped)
     ex = load_explorer(model, shipped, "fashion-mnist", tmp_path / "data", 50, progress=False)
     with TestClient(create_app(ex)) as client:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -196,10 +197,11 @@ def is_shipped(path: Path) -> bool:
 def check_output_file(path: Path, flag: str, report: bool = False) -> None:
     """Before any work: ``path`` (an output file flag's value) may be written. Never over a
     folder, a weights file, a training state or any other file of a model or run folder (a
-    report of ours, with ``report``, may be written again)."""
+    report of ours, with ``report``, may be written again); its folder must be writable."""
     path = Path(path)
     if path.is_dir():
         raise TorchVaeError(f"{flag} {path} is a folder; give a file name")
+    check_writable(path, flag)
     if not path.exists():
         return
     if is_shipped(path):
@@ -213,6 +215,19 @@ def check_output_file(path: Path, flag: str, report: bool = False) -> None:
             f"{flag} {path} is a file torch-vae will not write over (weights, a training state "
             "or a file of a model's folder); choose another path (nothing was written)"
         )
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """A one-line error now, not after the work, for a file that cannot be written there: the
+    nearest existing folder on its way (the others are made) is a file, or not writable."""
+    folder = Path(path).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise TorchVaeError(f"{flag} {path} cannot be written: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK):
+        raise TorchVaeError(f"{flag} {path} cannot be written: the folder {folder} is not "
+                            "writable")  # fmt: skip
 
 
 def default_report(model_path: Path, name: str) -> Path:

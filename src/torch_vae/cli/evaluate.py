@@ -17,20 +17,21 @@ from .common import (
     split_images,
     split_labels,
 )
-from .options import EvaluateOptions, Runtime
+from .options import IW_SAMPLES, REFINE_LR, EvaluateOptions, Runtime
 
 SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on
 
 
 def run(o: EvaluateOptions, runtime: Runtime) -> dict:
-    """The evaluate command: measure, write the JSON report, print a table."""
+    """The evaluate command: measure, print a table, write the JSON report."""
     if o.report is not None:
         check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
-    subset = f"-first{o.nimages}" if 0 < o.nimages < len(images) else ""
+    path = o.report or default_report(o.model, report_name(o, dataset, len(images)))
+    check_output_file(path, "--report", report=True)  # before the work, not after it
     images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
     train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))
@@ -53,12 +54,22 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
               "parameters": model.num_parameters(), "seed": o.seed, **report}  # fmt: skip
     if model.conditional:  # every number is given each image's class: the NLL is -log p(x | y)
         report["conditional"] = True
-    # a subset's report has a name of its own: it never replaces the whole split's
-    path = o.report or default_report(o.model, f"eval-{dataset_tag(dataset)}-{o.split}{subset}")
+    print_report(report, o)  # first: the numbers are on the screen whatever befalls the file
     write_report(path, report)
-    print_report(report, o)
     print(f"report: {path}")
     return report
+
+
+def report_name(o: EvaluateOptions, dataset: str, n_split: int) -> str:
+    """``eval-<dataset>-<split>``, then each setting that changes the numbers where it is off
+    its default (``-firstN``, ``-iwK``, ``-refineN``, ``-lrX``, ``-seedS``), so that a report
+    never replaces one measured otherwise (a quick ``--iw_samples 0`` a long NLL's)."""
+    name = f"eval-{dataset_tag(dataset)}-{o.split}"
+    name += f"-first{o.nimages}" if 0 < o.nimages < n_split else ""
+    name += f"-iw{o.iw_samples}" if o.iw_samples != IW_SAMPLES else ""
+    name += f"-refine{o.refine_steps}" if o.refine_steps else ""
+    name += f"-lr{o.refine_lr:g}" if o.refine_steps and o.refine_lr != REFINE_LR else ""
+    return name + (f"-seed{o.seed}" if o.seed else "")
 
 
 def _first(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:

@@ -42,6 +42,8 @@ INFERENCE_PRECISION_HELP = (
 CHECK_HELP = "optional, checked against the model"
 SAMPLERS = ("auto", "prior", *preference())
 NSAMPLES = 10000  # sample-quality's default: the protocol of papers' FID
+IW_SAMPLES = 128  # evaluate's default importance samples for the NLL
+REFINE_LR = 0.01  # evaluate's default step size of --refine_steps
 SAMPLER_HELP = (
     "where the latents come from: prior (N(0, I)), or a prior fitted after training with "
     f"fit-sampler ({', '.join(preference())}); auto: the best one fitted, else N(0, I)"
@@ -225,13 +227,15 @@ class EvaluateOptions:
     seed: int = option(0, "random seed")
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
     split: Literal["train", "test"] = option("test", "the split to evaluate")
-    iw_samples: int = option(128, "importance samples per image for the NLL (0 skips the NLL)")
+    iw_samples: int = option(
+        IW_SAMPLES, "importance samples per image for the NLL (0 skips the NLL)"
+    )
     refine_steps: int = option(
         0,
         "semi-amortized inference: refine each image's posterior with this many gradient steps "
         "on its objective before measuring (0: the encoder's posterior, as the original)",
     )
-    refine_lr: float = option(0.01, "Adam step size for --refine_steps")
+    refine_lr: float = option(REFINE_LR, "Adam step size for --refine_steps")
     nimages: int = option(0, "evaluate only the first N (0: all)")
     batchsize: int = option(100, "images per forward pass")
     data_dir: Path | None = option(None, DATA_DIR_HELP)

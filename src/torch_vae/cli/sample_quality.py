@@ -31,8 +31,9 @@ FEW_REFERENCE = 1000  # reference images below which the scores get a warning
 
 def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     """sample-quality: measure, write the JSON report, print a table."""
-    if o.report is not None:
-        check_output_file(o.report, "--report", report=True)
+    # before the work: the report's folder (the default's name depends on the sampler used)
+    check_output_file(o.report or default_report(o.model, "sample-quality-x"), "--report",
+                      report=True)  # fmt: skip
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     chosen_class(model, o.class_)  # a class the model cannot take: before any work
     features = "inception" if o.inception else o.features
@@ -64,13 +65,13 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     suffix += f"-n{o.nsamples}" if o.nsamples != NSAMPLES else ""
     suffix += f"-seed{o.seed}" if o.seed else ""
     path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
-    write_report(path, report)
     if report["n_reference"] < FEW_REFERENCE:
         log.warning("the %s split holds %d images: distances measured against so few are "
                     "rough (FID's bias alone is large below a few thousand); compare models "
                     "only against the same images", report["reference"],
                     report["n_reference"])  # fmt: skip
-    print_quality(report)
+    print_quality(report)  # first: the numbers are on the screen whatever befalls the file
+    write_report(path, report)
     print(f"report: {path}")
     return report
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,19 +128,9 @@ def output_paths(o: ScoreOptions, dataset: str) -> tuple[Path, Path, Path]:
     figure = Path(o.figure) if o.figure is not None else out.with_suffix(".png")
     for path, flag in ((out, "--out"), (summary, "--out"), (figure, "--figure")):
         check_output_file(path, flag, report=True)
-        check_writable(path, flag)
     if o.figure is not None and figure.suffix.lower() != ".png":
         raise TorchVaeError(f"--figure {figure} must end in .png")
     return out, summary, figure
-
-
-def check_writable(path: Path, flag: str) -> None:
-    """A one-line error now, not after the scoring, for a file that cannot be written there."""
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise TorchVaeError(f"{flag} {path} cannot be written: {folder} is not a writable folder")
 
 
 def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
