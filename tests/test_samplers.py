@@ -163,3 +163,22 @@ def test_auto_leaves_out_a_damaged_or_misnamed_sampler_and_says_so(model_dir, da
     gaussian.unlink()  # nothing left to take: the first reason, as one error
     with pytest.raises(TorchVaeError, match="holds a gaussian sampler, not a flow one"):
         load_sampler(model_dir)
+
+
+def test_training_ends_saying_to_fit_again_the_samplers_a_resume_made_stale(
+    trained, mnist_dir, caplog
+):
+    data = ["--data_dir", str(mnist_dir), "--quiet"]
+    assert main(["fit-sampler", "--model", str(trained), "--sampler", "gaussian", *data]) == 0
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert main(["train", "--resume", str(trained), "--epochs", "3", "--data_dir",
+                     str(mnist_dir)]) == 0  # fmt: skip
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done.")]
+    assert done == [
+        f"done. The gaussian sampler of this run was fitted to its weights before this "
+        f"training; fit again with torch-vae fit-sampler --model {trained} --sampler gaussian, "
+        f"then torch-vae generate --model {trained} --outdir samples"
+    ]
+    with pytest.raises(TorchVaeError, match="other weights"):  # what generate would meet
+        load_sampler(trained)

@@ -135,8 +135,8 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     if stale and not found:
         k, path = stale[0]
         raise TorchVaeError(
-            f"{path} was fitted to other weights than {weights}; fit it again with "
-            f"torch-vae fit-sampler --model {model_path} --sampler {k}"
+            f"{path} was fitted to other weights than {weights} (the model was trained since); "
+            f"fit it again with torch-vae fit-sampler --model {model_path} --sampler {k}"
         )
     if stale:
         log.warning("the %s sampler%s fitted to other weights than these (the model was trained "

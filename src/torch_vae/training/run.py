@@ -25,6 +25,7 @@ from pathlib import Path
 from ..data import get_dataset
 from ..errors import TrainingInterrupted
 from ..models import VAE, ModelConfig
+from ..priors.base import preference, sampler_path
 from ..runtime.device import pick_device
 from .config import TrainConfig
 from .distributed import Distributed, setup, teardown
@@ -105,13 +106,8 @@ def execute(
                 log.info("dry run done: 2 steps trained and %d %s images evaluated; the "
                          "folder is removed (pass --run_dir to keep it)", len(data.eval),
                          "validation" if data.prefix == "val" else "test")  # fmt: skip
-            elif model.latent_kind == "discrete":  # its own prior is uniform: fit one first
-                log.info("done. Next: torch-vae fit-sampler --model %s --sampler transformer, "
-                         "then torch-vae generate --model %s --outdir samples", plan.run_dir,
-                         plan.run_dir)  # fmt: skip
             else:
-                log.info("done. Next: torch-vae generate --model %s --outdir samples",
-                         plan.run_dir)  # fmt: skip
+                log.info("done. %s", next_steps(plan, model.latent_kind))
         except TrainingInterrupted:  # every process stopped at the same step
             dist.barrier()
             raise
@@ -123,3 +119,21 @@ def execute(
             shutil.rmtree(plan.run_dir, ignore_errors=True)
         teardown()
     return TrainedRun(plan.run_dir, model.eval())
+
+
+def next_steps(plan: RunPlan, latent_kind: str) -> str:
+    """The commands to run next: generate, after fitting a sampler where one is needed (a
+    discrete latent's own prior is uniform) or where the run's were fitted to the weights it
+    had before this resumed training."""
+    run = plan.run_dir
+    stale = [k for k in preference() if sampler_path(run, k).is_file()] if plan.resume else []
+    generate = f"torch-vae generate --model {run} --outdir samples"
+    if stale:
+        which = " and ".join(stale)
+        many = len(stale) > 1
+        return (f"The {which} sampler{'s' if many else ''} of this run {'were' if many else 'was'} "
+                f"fitted to its weights before this training; fit again with torch-vae "
+                f"fit-sampler --model {run} --sampler {stale[0]}, then {generate}")  # fmt: skip
+    if latent_kind == "discrete":
+        return f"Next: torch-vae fit-sampler --model {run} --sampler transformer, then {generate}"
+    return f"Next: {generate}"
