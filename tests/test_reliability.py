@@ -249,7 +249,8 @@ def test_resume_needs_a_checkpoint(data, tmp_path, capsys):
     )
     assert resume(run, data) == 1
     said = one_line(capsys)
-    assert "has no training state (ckpt.pt)" in said and said.endswith(": start a new run")
+    assert "has no training state (ckpt.pt)" in said
+    assert said.endswith(f": start it anew there: torch-vae train --run_dir {run} with its flags")
     # a model folder (weights, no state): started again from, not resumed
     VAE(MODEL).save_pretrained(tmp_path / "weights")
     (tmp_path / "weights" / "model.safetensors").rename(run / "model.safetensors")

@@ -67,6 +67,54 @@ def test_a_resume_of_a_run_in_use_is_refused(trained, mnist_dir, capsys):
     assert (trained / "metrics.jsonl").read_text() == metrics
 
 
+def test_a_folder_left_by_a_run_killed_before_saving_is_started_anew_unless_in_use(
+    mnist_dir, tmp_path, capsys, caplog
+):
+    from torch_vae.training import TrainConfig
+    from torch_vae.training.rundir import RunLock, write_run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_config(run, ModelConfig(), TrainConfig())  # all a SIGKILLed first epoch leaves
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")  # and its logger's file
+    config = (run / "config.json").read_text()
+    args = ["train", "--resume", str(run), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main(args) == 1  # nothing to resume: it says how to start anew there
+    assert f"start it anew there: torch-vae train --run_dir {run}" in _error(capsys)
+    holder = RunLock(run)  # while a run in its first epoch writes it: refused, kept
+    try:
+        assert main(_train_args(run, mnist_dir)) == 1
+        assert "being written by another torch-vae process" in _error(capsys)
+        assert main(args) == 1  # a resume is not told to choose another --run_dir
+        error = _error(capsys)
+        assert "wait until it ends (nothing was changed)" in error and "--run_dir" not in error
+    finally:
+        holder.release()
+    assert (run / "config.json").read_text() == config
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert main(_train_args(run, mnist_dir)) == 0
+    assert "held only the config.json of a run that saved nothing" in caplog.text
+    assert (run / "ckpt.pt").is_file() and not (run / "tensorboard").exists()
+
+
+def test_run_dir_that_is_a_file_or_a_folder_of_other_files_is_refused_untouched(
+    mnist_dir, tmp_path, capsys
+):
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(_train_args(afile, mnist_dir)) == 1
+    assert _error(capsys).endswith(f"--run_dir {afile} is a file; give a folder (nothing was "
+                                   "changed)")  # fmt: skip
+    theirs = tmp_path / "project"
+    theirs.mkdir()
+    (theirs / "config.json").write_text('{"not": "a torch-vae run"}')
+    assert main(_train_args(theirs, mnist_dir)) == 1
+    assert "already exists and is not empty" in _error(capsys)
+    assert (theirs / "config.json").read_text() == '{"not": "a torch-vae run"}'
+    assert afile.read_text() == "mine"
+
+
 def _torch_vae_process(args, **kw):
     import subprocess
     import sys

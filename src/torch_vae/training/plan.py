@@ -8,6 +8,7 @@ take the same one).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -27,8 +28,16 @@ from ..models import ModelConfig, load_model, read_config
 from ..models.conditions import class_index
 from .config import TrainConfig
 from .distributed import Distributed
-from .rundir import RunLock, check_new_run_dir, new_run_dir, read_run_config
+from .rundir import (
+    RunLock,
+    check_new_run_dir,
+    clear_left_over_run,
+    new_run_dir,
+    read_run_config,
+)
 from .state import load_train_state
+
+log = logging.getLogger(__name__)
 
 DRY_RUN_TEST_IMAGES = 64
 
@@ -118,6 +127,9 @@ def _choose_run_dir(
     """``run_dir`` if it is free, else a new numbered folder under runs/ (rank 0 decides).
     The folder is made and locked here, so that two runs started at once never share one."""
     if run_dir is not None:
+        if run_dir.is_dir() and clear_left_over_run(run_dir):
+            log.info("%s held only the config.json of a run that saved nothing (stopped before "
+                     "its first epoch ended): starting anew there", run_dir)  # fmt: skip
         check_new_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         locks.append(RunLock(run_dir))
@@ -141,7 +153,7 @@ def plan_resume(
     ``max_steps`` possibly extended; a one-line error for a finished run."""
     if not Path(run_dir).is_dir():
         raise TorchVaeError(f"--resume {run_dir}: no such run folder")
-    lock = RunLock(run_dir) if lock_folder else None
+    lock = RunLock(run_dir, resuming=True) if lock_folder else None
     model, train = read_run_config(run_dir)
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     train = dataclasses.replace(train, **changes)

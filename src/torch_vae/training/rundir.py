@@ -35,7 +35,7 @@ class RunLock:
     process ends, however it ends. A second run into the same folder, or a second ``--resume``
     of the same run, is refused with a line that says so (and leaves the folder alone)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, resuming: bool = False):
         self.run_dir, self.fd = Path(run_dir), None
         try:
             import fcntl
@@ -46,10 +46,11 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            other = "" if resuming else ", or choose another --run_dir"
             raise TorchVaeError(
                 f"the run in {self.run_dir} is being written by another torch-vae process "
-                "(a training run or a resume of it); wait until it ends, or choose another "
-                "--run_dir (nothing was changed)"
+                f"(a training run or a resume of it); wait until it ends{other} (nothing was "
+                "changed)"
             ) from None
         except OSError:  # a file system without locks: go on without
             pass
@@ -78,7 +79,9 @@ def new_run_dir(base: Path, name: str) -> Path:
 
 
 def check_new_run_dir(path: Path) -> None:
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path.exists() and not path.is_dir():
+        raise TorchVaeError(f"--run_dir {path} is a file; give a folder (nothing was changed)")
+    if path.exists() and any(path.iterdir()):
         raise TorchVaeError(
             f"run folder {path} already exists and is not empty; choose another --run_dir "
             "(nothing was overwritten)"
@@ -97,14 +100,15 @@ def removed_if_unused(run_dir: Path, new: bool, is_main: bool = True) -> Iterato
         raise
 
 
-def remove_unused_run(run_dir: Path) -> None:
+def remove_unused_run(run_dir: Path) -> bool:
     """Remove ``run_dir`` if it holds nothing of value: no training state and no weights,
-    only config.json (and temporaries of its own, empty folders, and the loggers' files)."""
+    only config.json (and temporaries of its own, empty folders, and the loggers' files).
+    Whether it did."""
     remove_stale_temporaries(run_dir, recursive=True)
     logs = [run_dir / name for name in LOGGER_FILES]
     if any(p.is_file() and p.name != CONFIG_NAME and not any(p.is_relative_to(q) for q in logs)
            for p in run_dir.rglob("*")):  # fmt: skip
-        return  # weights or a training state: keep everything
+        return False  # weights or a training state: keep everything
     (run_dir / CONFIG_NAME).unlink(missing_ok=True)
     for path in logs:
         if path.is_dir():
@@ -114,6 +118,22 @@ def remove_unused_run(run_dir: Path) -> None:
     for folder in sorted(run_dir.rglob("*"), reverse=True) + [run_dir]:
         with contextlib.suppress(OSError):  # not a folder, or not empty: leave it
             folder.rmdir()
+    return True
+
+
+def clear_left_over_run(run_dir: Path) -> bool:
+    """Make way for a new run in ``run_dir`` where it holds only what a run that never saved
+    left there (config.json, its loggers' files: the run was killed before its first epoch
+    ended); never while another process writes it (``RunLock``). Whether it did."""
+    try:
+        read_run_config(run_dir)
+    except TorchVaeError:
+        return False  # not a run of ours: the caller's checks say what is in the way
+    lock = RunLock(run_dir)
+    try:
+        return remove_unused_run(run_dir)
+    finally:
+        lock.release()
 
 
 def write_run_config(

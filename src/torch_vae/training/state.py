@@ -122,7 +122,8 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         weights = run_dir / WEIGHTS_NAME
         fix = (f"start a new run from its weights: torch-vae train --init_from {run_dir}"
-               if weights.is_file() else "start a new run")  # fmt: skip
+               if weights.is_file() else f"start it anew there: torch-vae train --run_dir "
+               f"{run_dir} with its flags")  # fmt: skip
         raise TorchVaeError(
             f"{run_dir} has no training state ({STATE_NAME}): its run never finished an epoch "
             f"nor saved on an interrupt, or it is a model folder; nothing to resume: {fix}"
