@@ -1,5 +1,7 @@
 """Bad input and a hostile environment get one-line errors and never silently wrong results."""
 
+import json
+import logging
 import math
 
 import pytest
@@ -26,8 +28,8 @@ def test_resume_past_max_steps_is_refused(data, tmp_path, capsys):
     assert resume(run, data) == 1
     err = capsys.readouterr().err
     assert (
-        "already finished (2 of --max_steps 2, in epoch 1); pass a larger --max_steps, or "
-        "--max_steps 0 to train to --epochs 2 to train it further" in err
+        "already finished (2 of --max_steps 2, in epoch 1); to train it further, pass a larger "
+        "--max_steps, or --max_steps 0 to train to --epochs 2" in err
     )
     assert resume(run, data, "--epochs", "3") == 1  # the cap still holds: said so again
     assert "or --max_steps 0 to train to --epochs 3" in capsys.readouterr().err
@@ -316,3 +318,16 @@ def test_average_removes_the_temporary_folder_a_killed_average_left(
     args = ["average", str(run), "--last", "2", "--out", str(out), "--data_dir", str(mnist_dir)]
     assert main([*args, "--quiet"]) == 0
     assert (out / "model.safetensors").is_file() and not killed.exists() and recent.exists()
+
+
+def test_val_images_above_a_tenth_of_the_split_is_said_to_be_capped(train_tiny, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        run = train_tiny(tmp_path / "run", "--val_images", "20")
+    assert "--val_images 20 is more than a tenth of the 40 training images: 4 are held out" in (
+        caplog.text
+    )
+    assert json.loads((run / "config.json").read_text())["split"]["validation_images"] == 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        train_tiny(tmp_path / "default")  # the default's cap on a small split: no warning
+    assert "--val_images" not in caplog.text

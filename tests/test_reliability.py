@@ -194,8 +194,9 @@ def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
     capsys.readouterr()
     # finished: nothing to do unless --epochs grows
     assert resume(run, data) == 1
-    assert "already finished (2 of --epochs 2, 10 steps); pass a larger --epochs" in one_line(
-        capsys
+    assert (
+        "already finished (2 of --epochs 2, 10 steps); to train it further, pass a larger --epochs"
+        in one_line(capsys)
     )
     # flags that describe the run must agree with it
     assert resume(run, data, "--latent_dims", "4", "--epochs", "3") == 1

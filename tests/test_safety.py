@@ -801,6 +801,10 @@ def test_fifos_missing_files_and_empty_paths_are_refused_saying_which(tmp_path, 
     odd.write_text('{"epochs": 1, "nosuch": 2}')
     assert main(["train", "--config", str(odd)]) == 1
     assert f"--config {odd}: nosuch is not a flag of this command" in _error(capsys)
+    odd.write_text('{"epochs": 1, "resume": "runs/x"}')  # a flag, but not one for a file
+    assert main(["train", "--config", str(odd)]) == 1
+    assert _error(capsys).endswith(f"--config {odd}: resume cannot be given in a config file; "
+                                   "pass --resume on the command line")  # fmt: skip
     assert main(["train", "--dataset", "folder:"]) == 1
     assert "needs the folder's path" in _error(capsys)
     with pytest.raises(SystemExit):  # argparse: its usage and error line, exit status 2

@@ -105,6 +105,10 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
         if f.metadata.get("flag", True) and f.name not in ("config", "resume")
     }
     unknown = sorted(set(values) - set(fields))
+    for name in ("config", "resume"):
+        if name in unknown:
+            raise TorchVaeError(f"--config {path}: {name} cannot be given in a config file; pass "
+                                f"--{name} on the command line")  # fmt: skip
     if unknown:
         are = "is not a flag" if len(unknown) == 1 else "are not flags"
         raise TorchVaeError(f"--config {path}: {', '.join(unknown)} {are} of this command (its "

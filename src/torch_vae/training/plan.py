@@ -171,10 +171,10 @@ def plan_resume(
         fix = "a larger --epochs"
         if not steps_left:
             fix = f"a larger --max_steps, or --max_steps 0 to train to --epochs {train.epochs}"
-            fix += " (and a larger --epochs)" if state["epoch"] >= train.epochs else ""
+            fix += " (with a larger --epochs)" if state["epoch"] >= train.epochs else ""
         raise TorchVaeError(
-            f"the run in {run_dir} is already finished ({_progress(state, train)}); pass "
-            f"{fix} to train it further"
+            f"the run in {run_dir} is already finished ({_progress(state, train)}); to train "
+            f"it further, pass {fix}"
         )
     check_channels(
         train.dataset, model.in_channels, "the run's model expects",
@@ -225,6 +225,7 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
         test_labels = test_labels[:limit] if test_labels is not None else None
         return RunData(train_images, kept, test_images[:limit], "test", None, train_labels,
                        test_labels)  # fmt: skip
+    _warn_capped(plan.train.val_images, len(train_images), dist)
     rows, val = validation_rows(len(train_images), plan.train.val_images, plan.train.seed)
     digest = rows_digest(val)  # of the rows drawn, before any class is left out
     if kept is not None:
@@ -242,6 +243,16 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
     val_images = CacheRows(gather, val[:limit]) if gather else train_images[val[:limit]]
     val_labels = train_labels[val[:limit]] if train_labels is not None else None
     return RunData(train_images, rows, val_images, "val", split, train_labels, val_labels)
+
+
+def _warn_capped(requested: int, n: int, dist: Distributed) -> None:
+    """A --val_images given above a tenth of the split is held out as a tenth: say so (the
+    default's cap on a small split is what its help says)."""
+    held_out = validation_size(n, requested)
+    default = TrainConfig.__dataclass_fields__["val_images"].default
+    if held_out < requested != default and dist.is_main:
+        log.warning("--val_images %d is more than a tenth of the %d training images: %d are "
+                    "held out", requested, n, held_out)  # fmt: skip
 
 
 def excluded_classes(dataset: str, classes, data_dir: Path | None) -> tuple[int, ...]:
