@@ -913,3 +913,21 @@ def test_a_model_in_another_checkout_of_torch_vae_counts_as_shipped(tmp_path, mo
     assert (
         common.default_report(elsewhere, "score-mnist-test") == elsewhere / "score-mnist-test.json"
     )
+
+
+def test_a_model_whose_image_folder_moved_says_to_pass_the_new_path(tmp_path, capsys):
+    from fakedata import write_folder
+
+    folder = write_folder(tmp_path / "pics", n=20, gray=True)
+    run = tmp_path / "run"
+    args = ["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--max_steps", "1",
+            "--batchsize", "8", *TINY, "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    moved = folder.rename(tmp_path / "moved")
+    out = ["--outdir", str(tmp_path / "o"), "--nimages", "2", "--quiet"]
+    assert main(["reconstruct", "--model", str(run), *out]) == 1
+    assert _error(capsys).endswith(
+        f"{run} was trained on the image folder {folder.resolve()}, which does not exist any "
+        "more; if it moved, pass --dataset folder:NEWPATH"
+    )
+    assert main(["reconstruct", "--model", str(run), "--dataset", f"folder:{moved}", *out]) == 0

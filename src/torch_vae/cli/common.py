@@ -38,11 +38,17 @@ def load(model_path: Path, runtime: Runtime) -> VAE:
 def resolve_dataset(model: VAE, dataset: str | None, model_path: Path) -> str:
     """``dataset``, by default the one the model was trained on, checked against the model's
     channels."""
-    dataset = dataset or model.dataset
-    if dataset is None:
+    if dataset is None and model.dataset is None:
         raise TorchVaeError(
             f"{model_path} does not say which dataset it was trained on; pass --dataset"
         )
+    if dataset is None and model.dataset.startswith("folder:"):
+        folder = Path(model.dataset.removeprefix("folder:"))
+        if not folder.exists():
+            raise TorchVaeError(f"{model_path} was trained on the image folder {folder}, which "
+                                "does not exist any more; if it moved, pass --dataset "
+                                "folder:NEWPATH")  # fmt: skip
+    dataset = dataset or model.dataset
     check_channels(dataset, model.config.in_channels, "the model expects",
                    "pass the dataset the model was trained on")  # fmt: skip
     return dataset
