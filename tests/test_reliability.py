@@ -552,3 +552,21 @@ def test_run_stopped_during_its_last_evaluation_resumes_to_saved_weights(
     assert [r["step"] for r in read_metrics(run)] == [3]
     # now it is finished: a second resume is refused, as for any finished run
     assert main(resume) == 1
+
+
+def test_a_signal_the_process_was_started_ignoring_stays_ignored_while_training():
+    """nohup, or `cmd &` in a script, starts a process with SIGINT ignored: training leaves it
+    so (a Ctrl-C at the terminal is not for it) and still saves and stops on SIGTERM."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with train_mod.StopOnSignal() as stop:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+            os.kill(os.getpid(), signal.SIGINT)
+            assert not stop.requested()
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs between bytecodes of the main thread
+            assert stop.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -111,8 +111,9 @@ class StopOnSignal:
     def __enter__(self) -> StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
-                if hasattr(signal, name):
-                    sig = getattr(signal, name)
+                sig = getattr(signal, name, None)
+                # one the process was started ignoring (nohup, `&` in a script) stays ignored
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
