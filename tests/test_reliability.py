@@ -570,3 +570,20 @@ def test_a_signal_the_process_was_started_ignoring_stays_ignored_while_training(
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_in_a_job_a_signal_within_a_second_of_the_last_is_the_launcher_s_echo(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    clock = iter([10.0, 10.2, 11.5, 11.6, 13.0, 20.0, 20.1])  # Ctrl-C, echo, Ctrl-C, echo...
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: next(clock))
+    stop = train_mod.StopOnSignal()
+    for expected in (1, 1, 2, 2):
+        stop._handle(signal.SIGINT, None)
+        assert stop.count == expected
+    with pytest.raises(KeyboardInterrupt):  # the third Ctrl-C of the user stops at once
+        stop._handle(signal.SIGINT, None)
+    monkeypatch.delenv("WORLD_SIZE")  # one process alone: every signal counts
+    alone = train_mod.StopOnSignal()
+    alone._handle(signal.SIGINT, None)
+    alone._handle(signal.SIGINT, None)
+    assert alone.count == 2

@@ -72,10 +72,16 @@ class StopOnSignal:
 
     SIGNALS = ("SIGINT", "SIGTERM")
     FORCE_AT = 3  # the signal that stops at once
+    # A process of a job (torchrun, --nproc_per_node) gets a Ctrl-C twice: from the terminal,
+    # as all of its process group, and passed on by the launcher a moment later. The second
+    # within this many seconds is that echo, not another Ctrl-C.
+    ECHO_SECONDS = 1.0
 
     def __init__(self) -> None:
         self.signum: int | None = None
         self.count = 0
+        self._last = -math.inf  # time.monotonic() of the last signal counted
+        self._in_job = bool(os.environ.get("WORLD_SIZE"))
         self._saving = 0
         self._deferred = False
         self._old: dict[int, Any] = {}
@@ -84,6 +90,10 @@ class StopOnSignal:
         return self.signum is not None
 
     def _handle(self, signum, frame) -> None:
+        now = time.monotonic()
+        if self._in_job and now - self._last < self.ECHO_SECONDS:
+            return  # the launcher passing on the signal this process already got
+        self._last = now
         self.count += 1
         if self.signum is None:
             self.signum = signum
