@@ -47,7 +47,7 @@ def test_average_is_the_mean_with_batch_norm_recomputed(trained, mnist_dir, tmp_
     # the averaged folder is a model like any other
     evaluate = ["evaluate", "--model", str(out), "--iw_samples", "0", "--quiet"]
     assert main([*evaluate, "--data_dir", str(mnist_dir)]) == 0
-    assert (out / "eval-mnist-test.json").is_file()
+    assert (out / "eval-mnist-test-iw0.json").is_file()
 
 
 def test_average_refuses_bad_input_without_writing(trained, mnist_dir, tmp_path, capsys):

@@ -931,3 +931,26 @@ def test_a_model_whose_image_folder_moved_says_to_pass_the_new_path(tmp_path, ca
         "more; if it moved, pass --dataset folder:NEWPATH"
     )
     assert main(["reconstruct", "--model", str(run), "--dataset", f"folder:{moved}", *out]) == 0
+
+
+@pytest.mark.parametrize(
+    "command", ["generate", "reconstruct", "interpolate", "traverse", "manifold", "embed"]
+)
+def test_an_outdir_that_cannot_be_written_is_refused_in_one_line_before_the_work(
+    trained, tmp_path, capsys, monkeypatch, command
+):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    args = [command, "--model", str(trained), "--quiet"]
+    assert main([*args, "--outdir", str(blocker / "out")]) == 1
+    assert _error(capsys).endswith(
+        f"--outdir {blocker / 'out'} cannot be written: {blocker} is a file, not a folder"
+    )
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != locked)
+    assert main([*args, "--outdir", str(locked)]) == 1
+    assert _error(capsys).endswith(
+        f"--outdir {locked} cannot be written: the folder {locked} is not writable"
+    )
+    assert list(locked.iterdir()) == []

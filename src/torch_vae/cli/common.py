@@ -121,9 +121,12 @@ def check_flags(config: ModelConfig, **flags: int | None) -> None:
 
 
 def check_outdir(outdir: Path) -> None:
-    """Before any work: the output folder can be made."""
+    """Before any work: the output folder can be made, and written."""
     if outdir.exists() and not outdir.is_dir():
         raise TorchVaeError(f"--outdir {outdir} is a file, not a folder; choose another --outdir")
+    problem = unwritable(Path(outdir))
+    if problem:
+        raise TorchVaeError(f"--outdir {outdir} cannot be written: {problem}")
 
 
 def model_name(model_path: Path) -> str:
@@ -224,16 +227,22 @@ def check_output_file(path: Path, flag: str, report: bool = False) -> None:
 
 
 def check_writable(path: Path, flag: str) -> None:
-    """A one-line error now, not after the work, for a file that cannot be written there: the
-    nearest existing folder on its way (the others are made) is a file, or not writable."""
-    folder = Path(path).parent
+    """A one-line error now, not after the work, for a file that cannot be written there."""
+    problem = unwritable(Path(path).parent)
+    if problem:
+        raise TorchVaeError(f"{flag} {path} cannot be written: {problem}")
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder`` (made if missing): the nearest existing
+    folder on its way is a file, or not writable; None if they can."""
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
-        raise TorchVaeError(f"{flag} {path} cannot be written: {folder} is a file, not a folder")
+        return f"{folder} is a file, not a folder"
     if not os.access(folder, os.W_OK):
-        raise TorchVaeError(f"{flag} {path} cannot be written: the folder {folder} is not "
-                            "writable")  # fmt: skip
+        return f"the folder {folder} is not writable"
+    return None
 
 
 def default_report(model_path: Path, name: str) -> Path:
