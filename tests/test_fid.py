@@ -216,3 +216,31 @@ def test_real_inception_matches_torchmetrics_on_fashion_mnist_images():
     fid.update(to_tm(real), real=True)
     fid.update(to_tm(fake), real=False)
     assert abs(ours - float(fid.compute())) < 1e-4 * ours
+
+
+def test_an_interrupted_split_extraction_goes_on_from_its_partial_file(mnist_dir, monkeypatch):
+    monkeypatch.setattr(features, "KEEP_EVERY", 8)  # keep the features every 8 images
+    calls = []
+
+    class Stopped(Tiny):  # Ctrl-C during the third batch of 4
+        def forward(self, x):
+            calls.append(len(x))
+            if len(calls) == 3 and stop:
+                raise KeyboardInterrupt
+            return super().forward(x)
+
+    def ext():
+        return features.InceptionFeatures("cpu", 4, Stopped().eval(), 24, "v1")
+
+    stop = True
+    with pytest.raises(KeyboardInterrupt):
+        features.split_features(ext(), "mnist", "test", 28, mnist_dir, progress=False)
+    partial = sorted((mnist_dir / "cache").glob("features-*.partial.safetensors"))
+    assert len(partial) == 1  # the first 8 images' features were kept
+    stop, calls[:] = False, []
+    went_on = features.split_features(ext(), "mnist", "test", 28, mnist_dir, progress=False)
+    assert sum(calls) == 12 and went_on.shape == (20, 24)  # 20 - 8 images computed
+    assert not partial[0].exists()  # Tiny seeds its weights: the same network each time
+    whole = features.InceptionFeatures("cpu", 4, Tiny().eval(), 24, "v1")
+    images = features.load_split("mnist", "test", 28, mnist_dir, progress=False)
+    assert torch.allclose(went_on, whole(images, progress=False), atol=1e-6)

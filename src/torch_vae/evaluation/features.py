@@ -19,6 +19,7 @@ import importlib.metadata
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,9 @@ INCEPTION_ENV = "TORCH_VAE_INCEPTION"
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 INCEPTION_SIZE = 299
 FEATURES_VERSION = 1  # of the protocol above: a change invalidates every cached feature file
+# a split's features so far are kept every this many images (about a minute of a 2-core CPU),
+# so that an interrupted extraction goes on from there
+KEEP_EVERY = 1000
 # The size images are measured at: the dataset's own (others: the model's)
 NATIVE_SIZES = {"mnist": 28, "fashion-mnist": 28, "cifar-10": 32, "cifar-100": 32}
 
@@ -113,13 +117,29 @@ class InceptionFeatures:
         self.net = net
 
     @torch.inference_mode()
-    def __call__(self, images, progress: bool = True, desc: str = "Inception") -> Tensor:
-        out = []
-        with tqdm(total=len(images), desc=desc, unit="img", disable=not progress) as bar:
-            for i in range(0, len(images), self.batch):
+    def __call__(
+        self,
+        images,
+        progress: bool = True,
+        desc: str = "Inception",
+        done: Tensor | None = None,
+        keep: Callable[[Tensor], None] | None = None,
+    ) -> Tensor:
+        """The features of ``images``; ``done``: those of the first ones, computed before.
+        ``keep`` is given the features so far every ``KEEP_EVERY`` images (a partial file, so
+        that an interrupted extraction goes on from there)."""
+        out = [done] if done is not None and len(done) else []
+        start, since = sum(len(t) for t in out), 0
+        with tqdm(total=len(images), initial=start, desc=desc, unit="img",
+                  disable=not progress) as bar:  # fmt: skip
+            for i in range(start, len(images), self.batch):
                 x = torch.as_tensor(np.asarray(images[i : i + self.batch]))
                 out.append(self.net(self.prepare(x)).float().cpu())
                 bar.update(len(x))
+                since += len(x)
+                if keep is not None and since >= KEEP_EVERY and i + len(x) < len(images):
+                    out, since = [torch.cat(out)], 0
+                    keep(out[0])
         return torch.cat(out) if out else torch.empty(0, self.dims)
 
     def prepare(self, x: Tensor) -> Tensor:
@@ -179,15 +199,32 @@ def split_features(
     cached = _read_features(path, meta)
     if cached is not None:
         return cached
-    log.info("computing the Inception features of %d %s %s images once (cached in %s)",
-             len(images), dataset, split, path)  # fmt: skip
-    features = extractor(images, progress, f"{dataset} {split}")
+    partial = path.with_name(path.name.removesuffix(".safetensors") + ".partial.safetensors")
+    done = _read_features(partial, meta)
+    if done is not None and len(done) < len(images):
+        log.info("computing the Inception features of %d %s %s images once (cached in %s): "
+                 "going on from image %d, where an earlier extraction stopped", len(images),
+                 dataset, split, path, len(done))  # fmt: skip
+    else:
+        done = None
+        log.info("computing the Inception features of %d %s %s images once (cached in %s)",
+                 len(images), dataset, split, path)  # fmt: skip
+    features = extractor(images, progress, f"{dataset} {split}", done,
+                         keep=lambda so_far: _save_features(partial, so_far, meta))  # fmt: skip
+    if _save_features(path, features, meta):
+        partial.unlink(missing_ok=True)
+    return features
+
+
+def _save_features(path: Path, features: Tensor, meta: dict) -> bool:
+    """Write the features (atomically); a warning and False where the folder refuses them."""
     try:
         with atomic_path(path) as tmp:
             save_file({"features": features.contiguous()}, str(tmp), metadata=meta)
     except OSError as exc:
         log.warning("could not cache the features in %s (%s)", path, exc)
-    return features
+        return False
+    return True
 
 
 def _read_features(path: Path, meta: dict) -> Tensor | None:
