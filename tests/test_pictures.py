@@ -130,6 +130,16 @@ def test_embed_without_labels_is_uncoloured(model, mnist_dir, tmp_path, caplog, 
     assert "no class colours" in caplog.text and "train-labels-idx1-ubyte.gz" in caplog.text
 
 
+def test_embed_of_a_folder_without_subfolders_warns_that_it_has_no_labels(model, tmp_path, caplog):
+    from fakedata import write_folder
+
+    folder = write_folder(tmp_path / "flat", n=12, gray=True)  # no subfolders: no classes
+    assert main(["embed", "--model", str(model), "--dataset", f"folder:{folder}", "--split",
+                 "train", "--outdir", str(tmp_path / "o"), "--quiet"]) == 0  # fmt: skip
+    assert (tmp_path / "o" / "embed.png").is_file()
+    assert f"no class colours: folder:{folder} has no labels" in caplog.text
+
+
 def test_curves_are_due_by_share_of_time(monkeypatch):
     monkeypatch.setitem(loop._drawing, "seconds", 0.3)
     assert loop.curves_due(2, 60.0) and loop.curves_due(3, 60.0)  # long epochs: every epoch

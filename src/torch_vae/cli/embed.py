@@ -23,6 +23,8 @@ def _labels(dataset: str, split: str, data_dir, n: int):
         log.warning("warning: no class colours: %s", exc)
         return None, None
     if labels is None or names is None:
+        log.warning("warning: no class colours: %s has no labels (a folder's images have them "
+                    "from its subfolders)", dataset)  # fmt: skip
         return None, None
     return labels[:n], names
 
