@@ -206,3 +206,20 @@ def test_threads_warning_counts_every_process_of_the_job(monkeypatch, caplog):
         record.getMessage()
     )
     assert "pass at most 1" in record.getMessage()
+
+
+def test_a_job_stopped_by_ctrl_c_before_its_processes_said_anything_is_told_as_such(
+    tmp_path, capsys
+):
+    # the launcher's SignalException path: no process wrote a line, none failed on its own
+    assert launch._report(tmp_path, 2, 130) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "torch-vae: the job was stopped by SIGINT before its processes had anything to save"
+    ]
+    # a process that ended without a word while the others ran: said as such
+    assert launch._report(tmp_path, 2, 137, rank=1) == 137
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("process 0, 1 of the job ended without a word (killed, e.g. out of memory?)")
+    )

@@ -148,10 +148,11 @@ def _report(work: Path, nproc: int, code: int, rank: int | None = None) -> int:
         say(f"torch-vae: error: process {rank} of the job was killed by "
             f"{_signal_name(-code)}; the others were stopped")  # fmt: skip
         return 1
-    if code and silent and not primary:
+    if code and silent and not primary and rank is not None:  # not a stop signal's end
         who = ", ".join(map(str, silent))
+        others = "; the others were stopped" if len(silent) < nproc else ""
         say(f"torch-vae: error: process {who} of the job ended without a word (killed, e.g. "
-            "out of memory?); the others were stopped")  # fmt: skip
+            f"out of memory?){others}")  # fmt: skip
         return code if code > 0 else 1
     if code > 128 and not lines:
         say(f"torch-vae: the job was stopped by {_signal_name(code - 128)} before its "

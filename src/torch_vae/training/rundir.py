@@ -105,10 +105,9 @@ def remove_unused_run(run_dir: Path) -> bool:
     only config.json (and temporaries of its own, empty folders, and the loggers' files).
     Whether it did."""
     remove_stale_temporaries(run_dir, recursive=True)
-    logs = [run_dir / name for name in LOGGER_FILES]
-    if any(p.is_file() and p.name != CONFIG_NAME and not any(p.is_relative_to(q) for q in logs)
-           for p in run_dir.rglob("*")):  # fmt: skip
+    if holds_files(run_dir):
         return False  # weights or a training state: keep everything
+    logs = [run_dir / name for name in LOGGER_FILES]
     (run_dir / CONFIG_NAME).unlink(missing_ok=True)
     for path in logs:
         if path.is_dir():
@@ -121,6 +120,13 @@ def remove_unused_run(run_dir: Path) -> bool:
     return True
 
 
+def holds_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a file besides config.json and the loggers' files."""
+    logs = [run_dir / name for name in LOGGER_FILES]
+    return any(p.is_file() and p.name != CONFIG_NAME and not any(p.is_relative_to(q) for q in logs)
+               for p in run_dir.rglob("*"))  # fmt: skip
+
+
 def clear_left_over_run(run_dir: Path) -> bool:
     """Make way for a new run in ``run_dir`` where it holds only what a run that never saved
     left there (config.json, its loggers' files: the run was killed before its first epoch
@@ -129,6 +135,8 @@ def clear_left_over_run(run_dir: Path) -> bool:
         read_run_config(run_dir)
     except TorchVaeError:
         return False  # not a run of ours: the caller's checks say what is in the way
+    if holds_files(run_dir):
+        return False  # a run that saved (or is saving) something: never cleared
     lock = RunLock(run_dir)
     try:
         return remove_unused_run(run_dir)
