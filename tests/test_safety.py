@@ -106,6 +106,10 @@ def test_run_dir_that_is_a_file_or_a_folder_of_other_files_is_refused_untouched(
     assert main(_train_args(afile, mnist_dir)) == 1
     assert _error(capsys).endswith(f"--run_dir {afile} is a file; give a folder (nothing was "
                                    "changed)")  # fmt: skip
+    assert main(_train_args(afile / "sub", mnist_dir)) == 1
+    assert _error(capsys).endswith(
+        f"--run_dir {afile / 'sub'} cannot be written: {afile} is a file, not a folder"
+    )
     theirs = tmp_path / "project"
     theirs.mkdir()
     (theirs / "config.json").write_text('{"not": "a torch-vae run"}')

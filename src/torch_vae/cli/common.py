@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
-from ..io.files import not_a_file
+from ..io.files import not_a_file, unwritable
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
@@ -231,18 +230,6 @@ def check_writable(path: Path, flag: str) -> None:
     problem = unwritable(Path(path).parent)
     if problem:
         raise TorchVaeError(f"{flag} {path} cannot be written: {problem}")
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why files cannot be written into ``folder`` (made if missing): the nearest existing
-    folder on its way is a file, or not writable; None if they can."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        return f"{folder} is a file, not a folder"
-    if not os.access(folder, os.W_OK):
-        return f"the folder {folder} is not writable"
-    return None
 
 
 def default_report(model_path: Path, name: str) -> Path:

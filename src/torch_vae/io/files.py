@@ -145,6 +145,19 @@ def not_a_file(path: str | os.PathLike) -> str:
     return "no such file" if not Path(path).exists() else "not a regular file"
 
 
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why files cannot be written into ``folder`` (made if missing): the nearest existing
+    folder on its way is a file, or not writable; None if they can."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK):
+        return f"the folder {folder} is not writable"
+    return None
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with locked_atomic_file(path) as f:
         f.write(text.encode("utf-8"))

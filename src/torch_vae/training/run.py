@@ -131,9 +131,10 @@ def next_steps(plan: RunPlan, latent_kind: str) -> str:
     if stale:
         which = " and ".join(stale)
         many = len(stale) > 1
+        fit = f"KIND, for KIND {which}" if many else stale[0]
         return (f"The {which} sampler{'s' if many else ''} of this run {'were' if many else 'was'} "
                 f"fitted to its weights before this training; fit again with torch-vae "
-                f"fit-sampler --model {run} --sampler {stale[0]}, then {generate}")  # fmt: skip
+                f"fit-sampler --model {run} --sampler {fit}, then {generate}")  # fmt: skip
     if latent_kind == "discrete":
         return f"Next: torch-vae fit-sampler --model {run} --sampler transformer, then {generate}"
     return f"Next: {generate}"

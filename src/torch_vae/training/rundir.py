@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TorchVaeError
-from ..io.files import remove_stale_temporaries, write_text_atomic
+from ..io.files import remove_stale_temporaries, unwritable, write_text_atomic
 from ..io.weights import CONFIG_NAME
 from ..models import ModelConfig
 from ..version import __version__
@@ -81,6 +81,9 @@ def new_run_dir(base: Path, name: str) -> Path:
 def check_new_run_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise TorchVaeError(f"--run_dir {path} is a file; give a folder (nothing was changed)")
+    problem = unwritable(path)
+    if problem:
+        raise TorchVaeError(f"--run_dir {path} cannot be written: {problem}")
     if path.exists() and any(path.iterdir()):
         raise TorchVaeError(
             f"run folder {path} already exists and is not empty; choose another --run_dir "
