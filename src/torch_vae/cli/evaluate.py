@@ -30,8 +30,10 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
-    path = o.report or default_report(o.model, report_name(o, dataset, len(images)))
-    check_output_file(path, "--report", report=True)  # before the work, not after it
+    path = o.report
+    if path is None:  # the default's name needs the split's size; checked before the work too
+        path = default_report(o.model, report_name(o, dataset, len(images)))
+        check_output_file(path, "--report", report=True)
     images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
     train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))

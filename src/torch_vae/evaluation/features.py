@@ -129,7 +129,7 @@ class InceptionFeatures:
         ``keep`` is given the features so far every ``KEEP_EVERY`` images (a partial file, so
         that an interrupted extraction goes on from there)."""
         out = [done] if done is not None and len(done) else []
-        start, since = sum(len(t) for t in out), 0
+        start, since = (len(done) if out else 0), 0
         with tqdm(total=len(images), initial=start, desc=desc, unit="img",
                   disable=not progress) as bar:  # fmt: skip
             for i in range(start, len(images), self.batch):
@@ -201,14 +201,12 @@ def split_features(
         return cached
     partial = path.with_name(path.name.removesuffix(".safetensors") + ".partial.safetensors")
     done = _read_features(partial, meta)
-    if done is not None and len(done) < len(images):
-        log.info("computing the Inception features of %d %s %s images once (cached in %s): "
-                 "going on from image %d, where an earlier extraction stopped", len(images),
-                 dataset, split, path, len(done))  # fmt: skip
-    else:
-        done = None
-        log.info("computing the Inception features of %d %s %s images once (cached in %s)",
-                 len(images), dataset, split, path)  # fmt: skip
+    if done is not None and len(done) >= len(images):
+        done = None  # not a partial file of these images after all
+    went_on = "" if done is None else (f": going on from image {len(done)}, where an earlier "
+                                       "extraction stopped")  # fmt: skip
+    log.info("computing the Inception features of %d %s %s images once (cached in %s)%s",
+             len(images), dataset, split, path, went_on)  # fmt: skip
     features = extractor(images, progress, f"{dataset} {split}", done,
                          keep=lambda so_far: _save_features(partial, so_far, meta))  # fmt: skip
     if _save_features(path, features, meta):

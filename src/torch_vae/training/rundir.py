@@ -110,9 +110,8 @@ def remove_unused_run(run_dir: Path) -> bool:
     remove_stale_temporaries(run_dir, recursive=True)
     if holds_files(run_dir):
         return False  # weights or a training state: keep everything
-    logs = [run_dir / name for name in LOGGER_FILES]
     (run_dir / CONFIG_NAME).unlink(missing_ok=True)
-    for path in logs:
+    for path in _logger_paths(run_dir):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -125,9 +124,13 @@ def remove_unused_run(run_dir: Path) -> bool:
 
 def holds_files(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a file besides config.json and the loggers' files."""
-    logs = [run_dir / name for name in LOGGER_FILES]
+    logs = _logger_paths(run_dir)
     return any(p.is_file() and p.name != CONFIG_NAME and not any(p.is_relative_to(q) for q in logs)
                for p in run_dir.rglob("*"))  # fmt: skip
+
+
+def _logger_paths(run_dir: Path) -> list[Path]:
+    return [run_dir / name for name in LOGGER_FILES]
 
 
 def clear_left_over_run(run_dir: Path) -> bool:
