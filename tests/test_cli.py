@@ -538,6 +538,31 @@ def test_init_from_needs_as_many_channels(trained, tmp_path, capsys):
     assert not (tmp_path / "ft").exists()
 
 
+def test_network_size_trains_evaluates_and_keeps_its_native_size(
+    train_tiny, mnist_dir, tmp_path, capsys
+):
+    from torch_vae import load_model
+
+    flags = ("--native_size", "28", "--network_size", "30", "--depth", "1", "--arch", "dcgan")
+    run = train_tiny(tmp_path / "native", *flags)
+    model = load_model(run)
+    assert model.config.network_size == 30 and model.config.bottleneck_size == 15
+    capsys.readouterr()
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet",
+                 "--iw_samples", "0", "--report", str(report)]) == 0  # fmt: skip
+    assert "networks at 30x30 on the 28x28 originals" in capsys.readouterr().out
+    assert json.loads(report.read_text())["network_size"] == 30
+    # the weights are for 28x28 networks: fine-tuning cannot change the native size
+    tune = tmp_path / "tuned"
+    tune_flags = ["--init_from", str(run), "--native_size", "24", "--run_dir", str(tune)]
+    assert main(["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--quiet",
+                 *tune_flags]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "work on its --native_size 28 images" in err[0], err
+    assert not tune.exists()
+
+
 def test_native_size_trains_fine_tunes_and_checks_the_images(
     trained, train_tiny, mnist_dir, tmp_path, capsys
 ):

@@ -109,9 +109,10 @@ def test_a_conditional_model_exports_with_labels_and_the_class_changes_the_image
     assert np.abs(images - other).max() > 1e-3  # the labels reach the decoder
 
 
-def test_a_native_size_model_exports_its_projection(tmp_path):
+@pytest.mark.parametrize("networks", [0, 30], ids=["projected", "network-size-30"])
+def test_a_native_size_model_exports_its_projection(tmp_path, networks):
     pytest.importorskip("onnxruntime")
-    model = tiny_model(tmp_path / "model", native_size=28)
+    model = tiny_model(tmp_path / "model", native_size=28, network_size=networks, depth=1)
     assert export(tmp_path / "model", tmp_path / "out", "--opset", "13") == 0
     images = check_against_pytorch(model, tmp_path / "out")
     assert native_residual(torch.from_numpy(images), 28) < 1e-10  # projected, not raw

@@ -182,6 +182,29 @@ def test_native_size_only_lowers_the_error_to_upsampled_images():
         ModelConfig(native_size=-1)
 
 
+def test_native_maps_invert_the_pipeline_s_upsampling_and_the_config_checks_them():
+    from torch_vae.models.upsampling import native_maps, upsampling_projector
+
+    small = torch.rand(3, 1, 28, 28)
+    for size, start in ((28, 0), (32, 2)):
+        up, down = native_maps(28, 64, size)
+        padded = torch.nn.functional.pad(small, (start, size - 28 - start) * 2)
+        assert torch.allclose(down @ (up @ padded @ up.T) @ down.T, padded, atol=1e-4)
+        assert torch.allclose(up @ down, upsampling_projector(28, 64), atol=1e-5)
+    config = ModelConfig(arch="dcgan", native_size=28, network_size=32)
+    assert config.work_size == 32 and config.depth == 3 and config.bottleneck_size == 4
+    assert ModelConfig(arch="dcgan", native_size=28, network_size=28).depth == 2  # 7x7
+    with pytest.raises(TorchVaeError, match="pass the size they were upsampled from too"):
+        ModelConfig(network_size=32)
+    with pytest.raises(TorchVaeError, match="--network_size 28 is not divisible by 2..depth = 8"):
+        ModelConfig(native_size=28, network_size=28, depth=3)
+    for wrong in (24, 64):
+        with pytest.raises(TorchVaeError, match=f"--network_size {wrong} must be from"):
+            ModelConfig(native_size=28, network_size=wrong)
+    with pytest.raises(TorchVaeError, match="--network_size must be an integer >= 0, got -1"):
+        ModelConfig(native_size=28, network_size=-1)
+
+
 def test_native_projection_runs_in_float32_under_autocast():
     torch.manual_seed(0)
     model = VAE(ModelConfig(image_size=32, max_filters=16, arch="dcgan", depth=3, native_size=28))

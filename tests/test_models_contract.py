@@ -161,6 +161,32 @@ def test_bfloat16_model_samples_decodes_and_encodes_float32_inputs(arch, classes
 
 
 @pytest.mark.parametrize(("arch", "classes"), CASES)
+@pytest.mark.parametrize("size", [28, 30])
+def test_network_size_networks_work_on_the_originals_and_give_upsampled_images(
+    arch, classes, size, tmp_path
+):
+    from torch_vae.models.upsampling import native_residual
+
+    model = trained_like(arch, classes=classes, native_size=28, network_size=size, depth=1)
+    seen = []
+    first = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    first.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape[2:])))
+    x, y = torch.rand(4, 1, 32, 32), labels(model, 4)
+    with torch.no_grad():
+        outputs = model(x, condition=y).recon, model.sample(3, torch.Generator().manual_seed(1))
+    assert seen == [(size, size)]  # the encoder took network_size images
+    for images in outputs:  # 32x32 upsamplings of 28x28 images, in [0, 1]
+        assert images.shape[1:] == (1, 32, 32) and 0 <= images.min() and images.max() <= 1
+        assert native_residual(images, 28) < 1e-10
+    model.save_pretrained(tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config.network_size == loaded.config.work_size == size
+    z = codes(model, 3)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(z, labels(model, 3)), model.decode(z, labels(model, 3)))
+
+
+@pytest.mark.parametrize(("arch", "classes"), CASES)
 def test_seeded_sampling_draws_the_generator_s_codes_on_its_own_device(arch, classes):
     model = trained_like(arch, classes=classes)
     a = model.sample(6, torch.Generator().manual_seed(3))

@@ -53,7 +53,8 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     c = model.config
     report = {"model": str(o.model), "dataset": dataset, "split": o.split, "image_size": size,
               "latent_dims": c.latent_dims, "native_size": c.native_size,
-              "parameters": model.num_parameters(), "seed": o.seed, **report}  # fmt: skip
+              "network_size": c.network_size, "parameters": model.num_parameters(),
+              "seed": o.seed, **report}  # fmt: skip
     if model.conditional:  # every number is given each image's class: the NLL is -log p(x | y)
         report["conditional"] = True
     print_report(report, o)  # first: the numbers are on the screen whatever befalls the file
@@ -102,7 +103,10 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
     print(
         f"{report['dataset']} {o.split}, {report['n_images']} images at {size}x{size}, per image:"
     )
-    if n := report["native_size"]:
+    if (n := report["native_size"]) and (w := report.get("network_size")):
+        print(f"  (networks at {w}x{w} on the {n}x{n} originals, their output upsampled: "
+              f"--network_size {w})")  # fmt: skip
+    elif n:
         print(f"  (decoder output projected onto upsamplings of {n}x{n} images: --native_size {n})")
     if report.get("conditional"):
         print("  (conditional model: each image encoded and decoded with its class; the NLL is "

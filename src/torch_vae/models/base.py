@@ -45,10 +45,11 @@ from ..runtime.device import autocast_off, available_memory, randn
 from ..version import __version__
 from .conditions import class_labels
 from .config import ModelConfig
+from .layers import cpu_channels_last
 from .losses import VAEOutput, reconstruction_error
 from .posterior import Posterior, standard_normal_log_prob
 from .registry import model_class
-from .upsampling import upsampling_projector
+from .upsampling import native_maps, upsampling_projector
 
 # Memory per stored activation element during training: the forward output kept for the
 # backward pass and its gradient, in float32 (``estimate_memory``).
@@ -91,6 +92,8 @@ class VAE(nn.Module):
         # (loading a model never waits for it), and kept in float32 outside the module's
         # buffers (a bfloat16 projector would round away what it projects).
         self._projector: torch.Tensor | None = None
+        # the same for network_size: (up, down), upsampling.native_maps
+        self._native_maps: tuple[torch.Tensor, ...] | None = None
         # a conditional model's networks take the class too: as one-hot planes beside the
         # image's channels, and as a one-hot code beside the latent code
         k = config.num_classes
@@ -153,7 +156,7 @@ class VAE(nn.Module):
                 f"{c.image_size}), got {tuple(x.shape)}; resize them to its --image_size "
                 f"{c.image_size} with {c.in_channels} channel(s) first"
             )
-        x = self._cast(x)
+        x = self._from_native(x, down=True) if c.network_size else self._cast(x)
         y = self._need_labels(condition, len(x))
         if y is not None:
             planes = nn.functional.one_hot(y, self.config.num_classes).to(x.dtype)
@@ -168,10 +171,13 @@ class VAE(nn.Module):
         bilinear upsampling from ``native_size`` can produce (the data pipeline's resize), then
         clipped to [0, 1]. Both steps move any output closer to every such image in [0, 1], so
         they only lower the squared error to them, and the decoder spends nothing on detail
-        the data cannot have.
+        the data cannot have. With ``network_size`` the decoder's images (network_size, their
+        centre native_size) are upsampled so (already such images, and in [0, 1]).
         """
         z = self._cast(z)
         x = self.decoder(self.decoder_input(z, self._need_labels(condition, len(z))))
+        if self.config.network_size:
+            return self._from_native(x, down=False)
         if not self.config.native_size:
             return x
         p = self._projector
@@ -184,6 +190,24 @@ class VAE(nn.Module):
         with autocast_off(x.device.type):
             y = (p @ x.float() @ p).clamp(0, 1)
         return y.to(x.dtype)
+
+    def _from_native(self, x: torch.Tensor, down: bool) -> torch.Tensor:
+        """``network_size``: images (B, C, image_size, image_size) to the network_size images
+        the encoder takes (``down``: the least-squares native-size preimage under the
+        pipeline's bilinear upsampling, zero-padded), or the decoder's network_size images to
+        image_size (their centre upsampled); in float32
+        even under autocast, like the projection, then in the model's dtype (channels_last on
+        the CPU, as the networks take it)."""
+        maps = self._native_maps
+        if maps is None or maps[0].device != x.device:
+            if maps is None:
+                c = self.config
+                maps = native_maps(c.native_size, c.image_size, c.network_size)
+            self._native_maps = maps = tuple(m.to(x.device) for m in maps)
+        m = maps[1] if down else maps[0]
+        with autocast_off(x.device.type):
+            y = m @ x.float() @ m.T
+        return cpu_channels_last(self._cast(y.clamp(0, 1) if not down else y))
 
     def decoder_input(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """What the decoder network takes for codes ``z`` (cast to the model's dtype) of the

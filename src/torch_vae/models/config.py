@@ -42,6 +42,15 @@ class ModelConfig(JsonConfig):
         "CIFAR): the decoder's output is projected onto such images (0: off); with "
         "--init_from it may differ from MODEL's",
     )
+    # > 0: the encoder and decoder work at this size, between native_size and image_size: on
+    # the images' native_size originals, zero-padded to it (models.base.VAE.encode and decode
+    # map between the sizes); 0: at image_size
+    network_size: int = option(
+        0,
+        "the size the encoder and decoder work at (0: --image_size); with --native_size N, "
+        "from N up: on the images' NxN originals (zero-padded to it), the decoder's output "
+        "upsampled back, several times less work a step (docs/model.md)",
+    )
     # a class-conditional model: the names of its classes, in label order (train
     # --conditional sets them from the dataset's labels); () for an unconditional model
     classes: tuple[str, ...] = option((), "class names of a conditional model", flag=False)
@@ -77,11 +86,18 @@ class ModelConfig(JsonConfig):
                 f"--image_size {self.image_size}, that the images were upsampled from "
                 "(28 for MNIST and Fashion-MNIST, 32 for CIFAR)"
             )
+        _check_network_size(self)
         if self.native_size and self.image_size > MAX_NATIVE_IMAGE:
             raise TorchVaeError(
                 f"--native_size works up to --image_size {MAX_NATIVE_IMAGE} (its projection is "
                 f"a dense matrix per side), not {self.image_size}; pass --native_size 0"
             )
+
+    @property
+    def work_size(self) -> int:
+        """The size of the images the encoder takes and the decoder gives: ``network_size``
+        where set, else ``image_size``."""
+        return self.network_size or self.image_size
 
     @property
     def num_classes(self) -> int:
@@ -133,6 +149,23 @@ def _check_classes(config: ModelConfig) -> None:
         )
 
 
+def _check_network_size(config: ModelConfig) -> None:
+    """``network_size``: 0, or from ``native_size`` (which it needs) up to below ``image_size``."""
+    size, native = config.network_size, config.native_size
+    if not is_int(size) or size < 0:
+        raise TorchVaeError(f"--network_size must be an integer >= 0, got {size!r}")
+    if size and not native:
+        raise TorchVaeError(
+            f"--network_size {size} works on the images' originals: pass the size they were "
+            "upsampled from too (--native_size 28 for MNIST and Fashion-MNIST, 32 for CIFAR)"
+        )
+    if size and not native <= size < config.image_size:
+        raise TorchVaeError(
+            f"--network_size {size} must be from --native_size {native} up to below "
+            f"--image_size {config.image_size} (e.g. --network_size {native}), or 0 (off)"
+        )
+
+
 def _check_fields(cls: type, kwargs: dict[str, Any]) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kwargs) - names)
@@ -163,18 +196,19 @@ class ConvConfig(ModelConfig):
     TINY: ClassVar[dict[str, Any]] = {"max_filters": 16}
 
     def __post_init__(self) -> None:
-        if self.depth is None:
-            object.__setattr__(self, "depth", self.default_depth(self.image_size))
         super().__post_init__()
+        if self.depth is None:
+            object.__setattr__(self, "depth", self.default_depth(self.work_size))
         positive("--max_filters", self.max_filters, 2**16, "--max_filters 128")
         positive("--depth", self.depth, 16, "--depth 3")
-        step = 2**self.depth
-        if self.image_size % step:
-            fits = [d for d in range(1, 8) if self.image_size % 2**d == 0]
-            hint = f"use --depth {max(fits)} or less" if fits else "use an even --image_size"
+        step, size = 2**self.depth, self.work_size
+        if size % step:
+            flag = "--network_size" if self.network_size else "--image_size"
+            fits = [d for d in range(1, 8) if size % 2**d == 0]
+            hint = f"use --depth {max(fits)} or less" if fits else f"use an even {flag}"
             raise TorchVaeError(
-                f"--image_size {self.image_size} is not divisible by 2**depth = {step} "
-                f"(depth {self.depth}); {hint}, or an image size that is a multiple of {step}"
+                f"{flag} {size} is not divisible by 2**depth = {step} (depth {self.depth}); "
+                f"{hint}, or an image size that is a multiple of {step}"
             )
         if self.max_filters % 2 ** (self.depth - 1):
             raise TorchVaeError(
@@ -186,12 +220,16 @@ class ConvConfig(ModelConfig):
     @classmethod
     def default_depth(cls, image_size: int) -> int:
         """As many stride-2 convolutions as bring ``image_size`` down to ``BOTTLENECK`` (for
-        a bottleneck of 4: 4 at 64 pixels, 5 at 128, 6 at 256), or ``FALLBACK_DEPTH`` for sizes
-        that halve to no such size."""
+        a bottleneck of 4: 4 at 64 pixels, 5 at 128, 6 at 256); for sizes that halve to no
+        such size, ``FALLBACK_DEPTH`` where it divides the size, else as many halvings as the
+        size allows before reaching the bottleneck (2 at 28 pixels: a 7x7 map)."""
         depth, size = 0, image_size
         while is_int(size) and size > cls.BOTTLENECK and size % 2 == 0:
             depth, size = depth + 1, size // 2
-        return depth if size == cls.BOTTLENECK and depth > 0 else cls.FALLBACK_DEPTH
+        if size == cls.BOTTLENECK and depth > 0:
+            return depth
+        fits = is_int(image_size) and image_size % 2**cls.FALLBACK_DEPTH == 0
+        return cls.FALLBACK_DEPTH if fits or depth == 0 else depth
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -201,7 +239,7 @@ class ConvConfig(ModelConfig):
     @property
     def bottleneck_size(self) -> int:
         """Spatial size of the last encoder feature map."""
-        return self.image_size // 2**self.depth
+        return self.work_size // 2**self.depth
 
     def run_name(self, dataset_stem: str) -> str:
         """The original's naming, ``<dataset>_filters_0128_dims_0008``, plus ``_<arch>`` for

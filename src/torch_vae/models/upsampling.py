@@ -42,6 +42,23 @@ def upsampling_projector(native_size: int, image_size: int) -> torch.Tensor:
     return (q @ q.T).float()
 
 
+def native_maps(
+    native_size: int, image_size: int, network_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(up, down)``, float32, for networks that work at ``network_size`` on native_size
+    images centred in it (zero-padded): ``down`` (network_size, image_size) takes an
+    image_size image to its least-squares native_size preimage under the pipeline's bilinear
+    upsampling, padded; ``up`` (image_size, network_size) upsamples the centre of a network's
+    image and ignores its border. ``down @ (A @ X @ A.T) @ down.T`` is ``X`` padded for a
+    native_size image ``X`` (A = ``bilinear_matrix``), and ``up @ down`` is
+    ``upsampling_projector``."""
+    a = bilinear_matrix(native_size, image_size)
+    start = (network_size - native_size) // 2
+    up = torch.zeros(image_size, network_size, dtype=torch.float64)
+    up[:, start : start + native_size] = a
+    return up.float(), torch.linalg.pinv(up).float()
+
+
 def native_residual(images: torch.Tensor, native_size: int) -> float:
     """Mean squared distance per pixel (images in [0, 1], shape (N, C, H, W)) between the
     images and their projection onto what upsampling from ``native_size`` can produce: about

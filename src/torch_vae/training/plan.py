@@ -61,6 +61,12 @@ def initial_config(init_from: Path, native_size: int | None = None) -> tuple[Mod
     """The model config of the weights ``init_from`` (with another ``native_size``, which has
     no weights, if given) and the path of their file."""
     config, _, weights = read_config(init_from)
+    if config.network_size and native_size not in (None, config.native_size):
+        raise TorchVaeError(
+            f"--native_size {native_size}: the networks of --init_from {init_from} work on "
+            f"its --native_size {config.native_size} images (--network_size "
+            f"{config.network_size}), so it cannot change; leave --native_size out"
+        )
     if native_size is not None:
         config = dataclasses.replace(config, native_size=native_size)
     return config, str(Path(weights).resolve())
