@@ -193,7 +193,10 @@ def test_native_maps_invert_the_pipeline_s_upsampling_and_the_config_checks_them
         assert torch.allclose(up @ down, upsampling_projector(28, 64), atol=1e-5)
     config = ModelConfig(arch="dcgan", native_size=28, network_size=32)
     assert config.work_size == 32 and config.depth == 3 and config.bottleneck_size == 4
-    assert ModelConfig(arch="dcgan", native_size=28, network_size=28).depth == 2  # 7x7
+    assert ModelConfig(arch="dcgan", native_size=28, network_size=28, depth=2).bottleneck_size == 7
+    with pytest.raises(TorchVaeError, match="--network_size 28 is not divisible by 2..depth = 16 "
+                       ".depth 4.; use --depth 2 or less"):  # fmt: skip
+        ModelConfig(arch="dcgan", native_size=28, network_size=28)
     with pytest.raises(TorchVaeError, match="pass the size they were upsampled from too"):
         ModelConfig(network_size=32)
     with pytest.raises(TorchVaeError, match="--network_size 28 is not divisible by 2..depth = 8"):

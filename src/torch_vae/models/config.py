@@ -220,16 +220,12 @@ class ConvConfig(ModelConfig):
     @classmethod
     def default_depth(cls, image_size: int) -> int:
         """As many stride-2 convolutions as bring ``image_size`` down to ``BOTTLENECK`` (for
-        a bottleneck of 4: 4 at 64 pixels, 5 at 128, 6 at 256); for sizes that halve to no
-        such size, ``FALLBACK_DEPTH`` where it divides the size, else as many halvings as the
-        size allows before reaching the bottleneck (2 at 28 pixels: a 7x7 map)."""
+        a bottleneck of 4: 4 at 64 pixels, 5 at 128, 6 at 256), or ``FALLBACK_DEPTH`` for sizes
+        that halve to no such size."""
         depth, size = 0, image_size
         while is_int(size) and size > cls.BOTTLENECK and size % 2 == 0:
             depth, size = depth + 1, size // 2
-        if size == cls.BOTTLENECK and depth > 0:
-            return depth
-        fits = is_int(image_size) and image_size % 2**cls.FALLBACK_DEPTH == 0
-        return cls.FALLBACK_DEPTH if fits or depth == 0 else depth
+        return depth if size == cls.BOTTLENECK and depth > 0 else cls.FALLBACK_DEPTH
 
     @property
     def channels(self) -> tuple[int, ...]:
