@@ -117,7 +117,8 @@ def test_a_native_size_model_exports_its_projection(tmp_path, networks):
     images = check_against_pytorch(model, tmp_path / "out")
     assert native_residual(torch.from_numpy(images), 28) < 1e-10  # projected, not raw
     info = json.loads((tmp_path / "out" / "export-onnx.json").read_text())
-    assert info["native_size"] == 28 and info["opset"] == 13
+    assert info["native_size"] == 28 and info["network_size"] == networks
+    assert info["opset"] == 13
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")

@@ -271,7 +271,8 @@ def manifest(
         + ("; labels (batch,) int64 class indices" if c.classes else ""),
         "classes": list(c.classes) or None, "arch": c.arch, "dataset": model.dataset,
         "image_size": c.image_size, "in_channels": c.in_channels, "latent_dims": c.latent_dims,
-        "native_size": c.native_size, "torch_vae_version": __version__,
+        "native_size": c.native_size, "network_size": c.network_size,
+        "torch_vae_version": __version__,
         "torch_version": torch.__version__, "checked_batches": list(CHECK_BATCHES),
         "max_abs_difference": max(diffs.values()), "tolerance": TOLERANCE,
     }  # fmt: skip
