@@ -156,7 +156,7 @@ class VAE(nn.Module):
                 f"{c.image_size}), got {tuple(x.shape)}; resize them to its --image_size "
                 f"{c.image_size} with {c.in_channels} channel(s) first"
             )
-        x = self._from_native(x, down=True) if c.network_size else self._cast(x)
+        x = self._native_map(x, down=True) if c.network_size else self._cast(x)
         y = self._need_labels(condition, len(x))
         if y is not None:
             planes = nn.functional.one_hot(y, self.config.num_classes).to(x.dtype)
@@ -177,7 +177,7 @@ class VAE(nn.Module):
         z = self._cast(z)
         x = self.decoder(self.decoder_input(z, self._need_labels(condition, len(z))))
         if self.config.network_size:
-            return self._from_native(x, down=False)
+            return self._native_map(x, down=False)
         if not self.config.native_size:
             return x
         p = self._projector
@@ -191,13 +191,13 @@ class VAE(nn.Module):
             y = (p @ x.float() @ p).clamp(0, 1)
         return y.to(x.dtype)
 
-    def _from_native(self, x: torch.Tensor, down: bool) -> torch.Tensor:
-        """``network_size``: images (B, C, image_size, image_size) to the network_size images
-        the encoder takes (``down``: the least-squares native-size preimage under the
-        pipeline's bilinear upsampling, zero-padded), or the decoder's network_size images to
-        image_size (their centre upsampled); in float32
-        even under autocast, like the projection, then in the model's dtype (channels_last on
-        the CPU, as the networks take it)."""
+    def _native_map(self, x: torch.Tensor, down: bool) -> torch.Tensor:
+        """``network_size``: ``down``, images (B, C, image_size, image_size) to the
+        network_size images the encoder takes (the least-squares native-size preimage under
+        the pipeline's bilinear upsampling, zero-padded); else the decoder's network_size
+        images to image_size (their centre upsampled). In float32 even under autocast, like
+        the projection, then in the model's dtype (channels_last on the CPU, as the networks
+        take it)."""
         maps = self._native_maps
         if maps is None or maps[0].device != x.device:
             if maps is None:

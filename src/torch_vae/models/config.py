@@ -40,7 +40,7 @@ class ModelConfig(JsonConfig):
         0,
         "the size the images were upsampled from (28 for MNIST and Fashion-MNIST, 32 for "
         "CIFAR): the decoder's output is projected onto such images (0: off); with "
-        "--init_from it may differ from MODEL's",
+        "--init_from it may differ from MODEL's (unless MODEL has a --network_size)",
     )
     # > 0: the encoder and decoder work at this size, between native_size and image_size: on
     # the images' native_size originals, zero-padded to it (models.base.VAE.encode and decode
