@@ -106,12 +106,23 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated: "
                    + ", ".join(RECIPES))  # fmt: skip
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=1, help="rounds of every recipe (1)")
     p.add_argument("--val-only", action="store_true", help="no test split (choosing recipes)")
-    p.add_argument("--seed", type=int, default=0, help="every run's --seed")
-    p.add_argument("--data_dir", type=Path, default=None, help="where fashion-mnist is cached")
-    p.add_argument("--work", type=Path, default=Path("bench/work/time-to-quality"))
-    p.add_argument("--out", type=Path, default=Path("bench/work/time-to-quality.json"))
+    p.add_argument("--seed", type=int, default=0, help="every run's --seed (0)")
+    p.add_argument(
+        "--data_dir",
+        type=Path,
+        default=None,
+        help="where fashion-mnist is cached (default: WORK/data)",
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("bench/work/time-to-quality"),
+        help="scratch folder for the runs (bench/work/time-to-quality)",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench/work/time-to-quality.json"),
+                   help="every round as JSON (bench/work/time-to-quality.json)")  # fmt: skip
     args = p.parse_args()
     names = args.recipes.split(",")
     unknown = [n for n in names if n not in RECIPES]

@@ -195,8 +195,10 @@ def test_native_maps_invert_the_pipeline_s_upsampling_and_the_config_checks_them
     assert config.work_size == 32 and config.depth == 3 and config.bottleneck_size == 4
     assert ModelConfig(arch="dcgan", native_size=28, network_size=28, depth=2).bottleneck_size == 7
     with pytest.raises(TorchVaeError, match="--network_size 28 is not divisible by 2..depth = 16 "
-                       ".depth 4.; use --depth 2 or less"):  # fmt: skip
+                       ".depth 4.; use --depth 2 or less, or --network_size 32$"):  # fmt: skip
         ModelConfig(arch="dcgan", native_size=28, network_size=28)
+    with pytest.raises(TorchVaeError, match="depth = 16 .depth 4.; use --network_size 32$"):
+        ModelConfig(arch="dcgan", native_size=28, network_size=33)
     with pytest.raises(TorchVaeError, match="pass the size they were upsampled from too"):
         ModelConfig(network_size=32)
     with pytest.raises(TorchVaeError, match="--network_size 28 is not divisible by 2..depth = 8"):

@@ -47,9 +47,10 @@ class ModelConfig(JsonConfig):
     # map between the sizes); 0: at image_size
     network_size: int = option(
         0,
-        "the size the encoder and decoder work at (0: --image_size); with --native_size N, "
-        "from N up: on the images' NxN originals (zero-padded to it), the decoder's output "
-        "upsampled back, several times less work a step (docs/model.md)",
+        "with --native_size N: the encoder and decoder work at this size, from N up to below "
+        "--image_size, on the images' NxN originals (zero-padded to it), the decoder's output "
+        "upsampled back: less work a step (e.g. 32 for Fashion-MNIST at 64; docs/model.md); "
+        "0: off, they work at --image_size",
     )
     # a class-conditional model: the names of its classes, in label order (train
     # --conditional sets them from the dataset's labels); () for an unconditional model
@@ -166,6 +167,28 @@ def _check_network_size(config: ModelConfig) -> None:
         )
 
 
+def _depth_advice(config: ConvConfig, size: int, step: int) -> str:
+    """The error for a work size that 2**depth does not divide: a --depth that fits, or a size
+    that fits this depth."""
+    fits = [d for d in range(1, 8) if size % 2**d == 0]
+    depth = f"use --depth {max(fits)} or less" if fits else None
+    if not config.network_size:
+        sizes = f"an image size that is a multiple of {step}"
+        hint = f"{depth}, or {sizes}" if depth else f"use an even --image_size, or {sizes}"
+        return (f"--image_size {size} is not divisible by 2**depth = {step} (depth "
+                f"{config.depth}); {hint}")  # fmt: skip
+    upper = -(-config.native_size // step) * step  # the smallest multiple >= native_size
+    size_hint = f"--network_size {upper}" if upper < config.image_size else None
+    if depth and size_hint:
+        hint = f"{depth}, or {size_hint}"
+    elif depth:
+        hint = depth
+    else:
+        hint = f"use {size_hint}" if size_hint else "pass a smaller --depth"
+    return (f"--network_size {size} is not divisible by 2**depth = {step} (depth "
+            f"{config.depth}); {hint}")  # fmt: skip
+
+
 def _check_fields(cls: type, kwargs: dict[str, Any]) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(kwargs) - names)
@@ -203,13 +226,7 @@ class ConvConfig(ModelConfig):
         positive("--depth", self.depth, 16, "--depth 3")
         step, size = 2**self.depth, self.work_size
         if size % step:
-            flag = "--network_size" if self.network_size else "--image_size"
-            fits = [d for d in range(1, 8) if size % 2**d == 0]
-            hint = f"use --depth {max(fits)} or less" if fits else f"use an even {flag}"
-            raise TorchVaeError(
-                f"{flag} {size} is not divisible by 2**depth = {step} (depth {self.depth}); "
-                f"{hint}, or an image size that is a multiple of {step}"
-            )
+            raise TorchVaeError(_depth_advice(self, size, step))
         if self.max_filters % 2 ** (self.depth - 1):
             raise TorchVaeError(
                 f"--max_filters {self.max_filters} must be divisible by 2**(depth-1) = "
