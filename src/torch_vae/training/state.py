@@ -24,6 +24,7 @@ import torch
 from ..errors import TorchVaeError, first_line
 from ..io.files import atomic_path
 from ..io.weights import CONFIG_NAME, STATE_NAME, WEIGHTS_NAME
+from ..models import ModelConfig
 from ..version import __version__
 
 STATE_FORMAT = "torch-vae-train-state"
@@ -301,10 +302,19 @@ def _set_rng_states(rng: dict[str, Any], gen: torch.Generator, path: Path) -> No
         ) from None
 
 
+def _same_model(saved: Any, config: ModelConfig) -> bool:
+    """Whether a checkpoint's model config (a dict, from any version: fields added since take
+    their defaults) is ``config``."""
+    try:
+        return ModelConfig.from_dict(saved) == config
+    except TorchVaeError:
+        return False
+
+
 def _check_fits(state, path: Path, model, n_train: int, steps_per_epoch: int) -> None:
     """The state belongs to this model and training split, and its partial epoch is sound."""
     config = getattr(model, "config", None)
-    if config is not None and state["model_config"] != config.to_dict():
+    if config is not None and not _same_model(state["model_config"], config):
         raise TorchVaeError(
             f"{path} belongs to a different model than {CONFIG_NAME} describes "
             f"({state['model_config']} vs {config.to_dict()}); the run folder is inconsistent"
