@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -88,11 +89,8 @@ class VAE(nn.Module):
             )
         self.config = config
         self.dataset: str | None = None  # what it was trained on, if known (from_pretrained)
-        # Derived from the config, so not saved with the weights, built at the first decode
-        # (loading a model never waits for it), and kept in float32 outside the module's
-        # buffers (a bfloat16 projector would round away what it projects).
-        self._projector: torch.Tensor | None = None
-        # the same for network_size: (up, down), upsampling.native_maps
+        # the native-size projection (p,) and network_size's (up, down): _fixed_maps
+        self._projector: tuple[torch.Tensor] | None = None
         self._native_maps: tuple[torch.Tensor, ...] | None = None
         # a conditional model's networks take the class too: as one-hot planes beside the
         # image's channels, and as a one-hot code beside the latent code
@@ -180,16 +178,11 @@ class VAE(nn.Module):
             return self._native_map(x, down=False)
         if not self.config.native_size:
             return x
-        p = self._projector
-        if p is None or p.device != x.device:
-            if p is None:
-                p = upsampling_projector(self.config.native_size, self.config.image_size)
-            self._projector = p = p.to(x.device)
-        # in float32 even under autocast: the projection is cheap, and rounding it to 16 bits
-        # would add error of its own
-        with autocast_off(x.device.type):
-            y = (p @ x.float() @ p).clamp(0, 1)
-        return y.to(x.dtype)
+        c = self.config
+        (p,) = self._fixed_maps(
+            "_projector", x.device, lambda: (upsampling_projector(c.native_size, c.image_size),)
+        )
+        return _each_side(p, x, p).clamp(0, 1).to(x.dtype)
 
     def _native_map(self, x: torch.Tensor, down: bool) -> torch.Tensor:
         """``network_size``: ``down``, images (B, C, image_size, image_size) to the
@@ -198,16 +191,25 @@ class VAE(nn.Module):
         images to image_size (their centre upsampled). In float32 even under autocast, like
         the projection, then in the model's dtype (channels_last on the CPU, as the networks
         take it)."""
-        maps = self._native_maps
-        if maps is None or maps[0].device != x.device:
-            if maps is None:
-                c = self.config
-                maps = native_maps(c.native_size, c.image_size, c.network_size)
-            self._native_maps = maps = tuple(m.to(x.device) for m in maps)
-        m = maps[1] if down else maps[0]
-        with autocast_off(x.device.type):
-            y = m @ x.float() @ m.T
-        return cpu_channels_last(self._cast(y.clamp(0, 1) if not down else y))
+        c = self.config
+        sizes = (c.native_size, c.image_size, c.network_size)
+        up, to_native = self._fixed_maps("_native_maps", x.device, lambda: native_maps(*sizes))
+        m = to_native if down else up
+        y = _each_side(m, x, m.T)
+        return cpu_channels_last(self._cast(y if down else y.clamp(0, 1)))
+
+    def _fixed_maps(
+        self, attr: str, device: torch.device, build: Callable[[], tuple[torch.Tensor, ...]]
+    ) -> tuple[torch.Tensor, ...]:
+        """Float32 matrices derived from the config (the projection's, ``network_size``'s),
+        kept in ``attr``: not saved with the weights, built at the first use (``build``;
+        loading a model never waits for them), moved to ``device``, and never rounded to a
+        bfloat16 model's dtype (that would round away what they map)."""
+        maps = getattr(self, attr)
+        if maps is None or maps[0].device != device:
+            maps = tuple(m.to(device) for m in (build() if maps is None else maps))
+            setattr(self, attr, maps)
+        return maps
 
     def decoder_input(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """What the decoder network takes for codes ``z`` (cast to the model's dtype) of the
@@ -439,6 +441,13 @@ class VAE(nn.Module):
             config["dataset"] = dataset
         write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return folder
+
+
+def _each_side(left: torch.Tensor, x: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``left @ x @ right`` of images ``x`` (B, C, H, W), in float32 even under autocast: the
+    fixed maps are cheap, and rounding them to 16 bits would add error of their own."""
+    with autocast_off(x.device.type):
+        return left @ x.float() @ right
 
 
 def _widened(config: ModelConfig, **fields: int) -> ModelConfig:
