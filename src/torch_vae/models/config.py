@@ -171,22 +171,17 @@ def _depth_advice(config: ConvConfig, size: int, step: int) -> str:
     """The error for a work size that 2**depth does not divide: a --depth that fits, or a size
     that fits this depth."""
     fits = [d for d in range(1, 8) if size % 2**d == 0]
-    depth = f"use --depth {max(fits)} or less" if fits else None
-    if not config.network_size:
-        sizes = f"an image size that is a multiple of {step}"
-        hint = f"{depth}, or {sizes}" if depth else f"use an even --image_size, or {sizes}"
-        return (f"--image_size {size} is not divisible by 2**depth = {step} (depth "
-                f"{config.depth}); {hint}")  # fmt: skip
-    upper = -(-config.native_size // step) * step  # the smallest multiple >= native_size
-    size_hint = f"--network_size {upper}" if upper < config.image_size else None
-    if depth and size_hint:
-        hint = f"{depth}, or {size_hint}"
-    elif depth:
-        hint = depth
+    depth = [f"--depth {max(fits)} or less"] if fits else []
+    if config.network_size:
+        flag, upper = "--network_size", -(-config.native_size // step) * step  # >= native_size
+        options = depth + ([f"--network_size {upper}"] if upper < config.image_size else [])
     else:
-        hint = f"use {size_hint}" if size_hint else "pass a smaller --depth"
-    return (f"--network_size {size} is not divisible by 2**depth = {step} (depth "
-            f"{config.depth}); {hint}")  # fmt: skip
+        flag = "--image_size"
+        options = (depth or ["an even --image_size"]) + [
+            f"an image size that is a multiple of {step}"
+        ]
+    hint = "use " + ", or ".join(options) if options else "pass a smaller --depth"
+    return f"{flag} {size} is not divisible by 2**depth = {step} (depth {config.depth}); {hint}"
 
 
 def _check_fields(cls: type, kwargs: dict[str, Any]) -> None:
