@@ -561,6 +561,15 @@ def test_network_size_trains_evaluates_and_keeps_its_native_size(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "work on its --native_size 28 images" in err[0], err
     assert not tune.exists()
+    # the same from Python, where the new model's config is given whole
+    from torch_vae import TorchVaeError
+    from torch_vae.training import TrainConfig
+    from torch_vae.training.plan import plan_new
+
+    other = dataclasses.replace(model.config, native_size=26)
+    with pytest.raises(TorchVaeError, match=f"init_from {run} is another model"):
+        plan_new(other, TrainConfig(dataset="mnist"), tune, mnist_dir, run)
+    assert not tune.exists()
 
 
 def test_native_size_trains_fine_tunes_and_checks_the_images(

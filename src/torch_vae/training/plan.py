@@ -72,6 +72,15 @@ def initial_config(init_from: Path, native_size: int | None = None) -> tuple[Mod
     return config, str(Path(weights).resolve())
 
 
+def weights_fit(config: ModelConfig, start: ModelConfig) -> bool:
+    """Whether the weights of a model ``start`` fit a model ``config``: the same model up to
+    ``native_size``, which has no weights (a model may be fine-tuned with another one), unless
+    ``start``'s networks work on its native size (``network_size``)."""
+    if start.network_size:
+        return config == start
+    return dataclasses.replace(config, native_size=start.native_size) == start
+
+
 def plan_new(
     model: ModelConfig | None,
     train: TrainConfig,
@@ -93,7 +102,7 @@ def plan_new(
         start, weights = initial_config(Path(init_from))
         if model is None:
             model = start
-        elif dataclasses.replace(model, native_size=start.native_size) != start:
+        elif not weights_fit(model, start):
             raise TorchVaeError(f"init_from {init_from} is another model ({start}) than {model}")
         what = f"--init_from {init_from} is a model of"
         fix = "start from a model trained on images with as many channels"
@@ -335,8 +344,7 @@ def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:
             f"expected {plan.train.init_sha256[:12]}); restore that file or start a new run"
         )
     init = load_model(path)
-    # native_size has no weights: a model may be fine-tuned with another one
-    if dataclasses.replace(init.config, native_size=plan.model.native_size) != plan.model:
+    if not weights_fit(plan.model, init.config):
         raise TorchVaeError(f"the initial weights {path} are for another model: {init.config}")
     return init.state_dict()
 
