@@ -387,7 +387,7 @@ def bench_paired(args: argparse.Namespace) -> dict:
     return results
 
 
-# bench/time_to_quality.py's "network-32" (it times the earlier recipe beside it)
+# also bench/time_to_quality.py's "network-32" (which times the earlier recipe beside it)
 QUALITY_RECIPE = ["--arch=dcgan", "--native_size=28", "--network_size=32", "--lr=2e-3",
                   "--lr_schedule=cosine", "--epochs=8", "--batchsize=128",
                   "--latent_dims=8"]  # fmt: skip
