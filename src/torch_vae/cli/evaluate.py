@@ -103,7 +103,7 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
     print(
         f"{report['dataset']} {o.split}, {report['n_images']} images at {size}x{size}, per image:"
     )
-    if (n := report["native_size"]) and (w := report.get("network_size")):
+    if (n := report["native_size"]) and (w := report["network_size"]):
         print(f"  (networks at {w}x{w} on the {n}x{n} originals, their output upsampled: "
               f"--network_size {w})")  # fmt: skip
     elif n:
