@@ -238,3 +238,12 @@ def test_a_report_that_cannot_be_written_is_refused_before_the_work(
     assert main([command, *flags]) == 1
     err = capsys.readouterr().err.strip()
     assert "cannot be written: the folder" in err and str(trained) in err
+    # an existing report that is read-only or immutable: the same, and it is left as it was
+    kept = tmp_path / "kept.json"
+    kept.write_text("{}")
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != kept)
+    assert main([command, *flags, "--report", str(kept)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"torch-vae: error: --report {kept} cannot be written: the file is "
+                   "read-only or immutable; make it writable or choose another path"]  # fmt: skip
+    assert kept.read_text() == "{}"

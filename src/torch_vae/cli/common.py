@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -226,8 +227,11 @@ def check_output_file(path: Path, flag: str, report: bool = False) -> None:
 
 
 def check_writable(path: Path, flag: str) -> None:
-    """A one-line error now, not after the work, for a file that cannot be written there."""
+    """A one-line error now, not after the work, for a file that cannot be written there
+    (its folder, or the file itself: read-only or immutable)."""
     problem = unwritable(Path(path).parent)
+    if problem is None and Path(path).is_file() and not os.access(path, os.W_OK):
+        problem = "the file is read-only or immutable; make it writable or choose another path"
     if problem:
         raise TorchVaeError(f"{flag} {path} cannot be written: {problem}")
 
