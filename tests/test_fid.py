@@ -218,6 +218,26 @@ def test_real_inception_matches_torchmetrics_on_fashion_mnist_images():
     assert abs(ours - float(fid.compute())) < 1e-4 * ours
 
 
+def test_a_cache_folder_that_refuses_the_features_is_warned_about_once(
+    mnist_dir, monkeypatch, caplog
+):
+    monkeypatch.setattr(features, "KEEP_EVERY", 4)  # a partial file would be kept 4 times
+    tries = []
+
+    def refused(path):
+        tries.append(path)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(features, "atomic_path", refused)
+    ext = features.InceptionFeatures("cpu", 4, Tiny().eval(), 24, "v1")
+    with caplog.at_level("WARNING", logger=features.log.name):
+        got = features.split_features(ext, "mnist", "test", 28, mnist_dir, progress=False)
+    assert got.shape == (20, 24)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "could not cache the features" in warned[0]
+    assert len(tries) == 1  # no more writes after the first refusal
+
+
 def test_an_interrupted_split_extraction_goes_on_from_its_partial_file(mnist_dir, monkeypatch):
     monkeypatch.setattr(features, "KEEP_EVERY", 8)  # keep the features every 8 images
     calls = []

@@ -207,9 +207,16 @@ def split_features(
                                        "extraction stopped")  # fmt: skip
     log.info("computing the Inception features of %d %s %s images once (cached in %s)%s",
              len(images), dataset, split, path, went_on)  # fmt: skip
+    refused = []  # the first refusal is warned about; no more writes are tried after it
+
+    def save(target: Path, features: Tensor) -> bool:
+        if not refused and not _save_features(target, features, meta):
+            refused.append(target)
+        return not refused
+
     features = extractor(images, progress, f"{dataset} {split}", done,
-                         keep=lambda so_far: _save_features(partial, so_far, meta))  # fmt: skip
-    if _save_features(path, features, meta):
+                         keep=lambda so_far: save(partial, so_far))  # fmt: skip
+    if save(path, features):
         partial.unlink(missing_ok=True)
     return features
 
@@ -220,7 +227,8 @@ def _save_features(path: Path, features: Tensor, meta: dict) -> bool:
         with atomic_path(path) as tmp:
             save_file({"features": features.contiguous()}, str(tmp), metadata=meta)
     except OSError as exc:
-        log.warning("could not cache the features in %s (%s)", path, exc)
+        log.warning("could not cache the features in %s (%s); they are computed again "
+                    "next time", path, exc)  # fmt: skip
         return False
     return True
 
