@@ -109,6 +109,25 @@ def test_autocast_off_is_nothing_where_pytorch_has_no_autocast():
         assert torch.nn.Linear(2, 2)(torch.rand(1, 2)).dtype == torch.float32
 
 
+def test_autocast_off_compiles_without_dynamos_cache_warning(monkeypatch):
+    from torch._dynamo import utils as dynamo_utils
+
+    monkeypatch.setattr(dynamo_utils, "warn_once_cache", set())  # as in a fresh process
+    linear = torch.nn.Linear(2, 2)
+
+    def fp32_inside(x):
+        with autocast_off("cpu"):
+            return linear(x)
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.compile(fp32_inside, backend="eager")(torch.rand(1, 2))
+    assert out.dtype == torch.float32
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+
+
 @pytest.mark.parametrize(
     "version,precision,ok",
     [("2.4.1", "fp16", False), ("2.5.1", "fp16", True), ("2.5.1", "bf16", False),

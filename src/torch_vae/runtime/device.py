@@ -140,8 +140,9 @@ def has_autocast(device_type: str) -> bool:
 def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
     """A context with autocast off on ``device_type``: ``torch.autocast(enabled=False)`` where
     PyTorch has an autocast for it, else nothing, since none can be on (constructing one
-    raises there, even disabled)."""
-    if has_autocast(device_type):
+    raises there, even disabled). While compiling, the check's cache is not consulted: Dynamo
+    would trace through it (and warn); the devices it compiles for all have an autocast."""
+    if torch.compiler.is_compiling() or has_autocast(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
