@@ -199,6 +199,13 @@ def test_native_maps_invert_the_pipeline_s_upsampling_and_the_config_checks_them
         ModelConfig(arch="dcgan", native_size=28, network_size=28)
     with pytest.raises(TorchVaeError, match="depth = 16 .depth 4.; use --network_size 32$"):
         ModelConfig(arch="dcgan", native_size=28, network_size=33)
+    # an odd size with no multiple of 16 below 64: a size for a smaller depth, or none
+    with pytest.raises(
+        TorchVaeError, match="depth = 16 .depth 4.; use --network_size 60 --depth 2$"
+    ):
+        ModelConfig(arch="dcgan", native_size=60, network_size=61)
+    with pytest.raises(TorchVaeError, match="depth = 16 .depth 4.; leave out --network_size$"):
+        ModelConfig(arch="dcgan", native_size=63, network_size=63)
     with pytest.raises(TorchVaeError, match="pass the size they were upsampled from too"):
         ModelConfig(network_size=32)
     with pytest.raises(TorchVaeError, match="--network_size 28 is not divisible by 2..depth = 8"):

@@ -173,15 +173,26 @@ def _depth_advice(config: ConvConfig, size: int, step: int) -> str:
     fits = [d for d in range(1, 8) if size % 2**d == 0]
     depth = [f"--depth {max(fits)} or less"] if fits else []
     if config.network_size:
-        flag, upper = "--network_size", -(-config.native_size // step) * step  # >= native_size
-        options = depth + ([f"--network_size {upper}"] if upper < config.image_size else [])
+        flag, options = "--network_size", depth + _network_sizes(config)
     else:
         flag = "--image_size"
         options = (depth or ["an even --image_size"]) + [
             f"an image size that is a multiple of {step}"
         ]
-    hint = "use " + ", or ".join(options) if options else "pass a smaller --depth"
+    hint = "use " + ", or ".join(options) if options else "leave out --network_size"
     return f"{flag} {size} is not divisible by 2**depth = {step} (depth {config.depth}); {hint}"
+
+
+def _network_sizes(config: ConvConfig) -> list[str]:
+    """The --network_size that fits: the smallest multiple of 2**depth from --native_size
+    below --image_size; where none is, one for the deepest smaller depth that has one (none:
+    no depth has one)."""
+    for depth in range(config.depth, 0, -1):
+        size = -(-config.native_size // 2**depth) * 2**depth  # >= native_size
+        if size < config.image_size:
+            with_depth = "" if depth == config.depth else f" --depth {depth}"
+            return [f"--network_size {size}{with_depth}"]
+    return []
 
 
 def _check_fields(cls: type, kwargs: dict[str, Any]) -> None:
