@@ -3,6 +3,7 @@ hostile or careless user found, each as it was reproduced, and the rest of each 
 
 import json
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -958,3 +959,43 @@ def test_an_outdir_that_cannot_be_written_is_refused_in_one_line_before_the_work
         f"--outdir {locked} cannot be written: the folder {locked} is not writable"
     )
     assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command,work",
+    [("export", "export.load_model"), ("sharpen", "sharpen.model_and_dataset"),
+     ("train-classifier", "train_classifier.train_classifier"),
+     ("average", "average.average_runs"), ("import-torch-vae", "convert.import_original"),
+     ("fit-sampler", "fit_sampler.split_images")],
+)  # fmt: skip
+def test_an_out_folder_that_cannot_be_written_is_refused_before_the_work(
+    trained, tmp_path, capsys, monkeypatch, command, work
+):
+    import importlib
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started")
+
+    module, name = work.split(".")
+    monkeypatch.setattr(importlib.import_module(f"torch_vae.cli.{module}"), name, no_work)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != locked)
+    (tmp_path / "orig.pth").write_bytes(b"x")
+    out = str(locked / "out")
+    args = {
+        "export": ["--model", str(trained), "--out", out],
+        "sharpen": ["--model", str(trained), "--out", out],
+        "train-classifier": ["--dataset", "mnist", "--out", out],
+        "average": [str(trained), "--last", "1", "--out", out],
+        "import-torch-vae": [str(tmp_path / "orig.pth"), "--dataset", "mnist", "--out",
+                             f"{out}.safetensors"],
+        "fit-sampler": ["--model", str(locked), "--sampler", "gaussian"],
+    }[command]  # fmt: skip
+    if command == "fit-sampler":  # the sampler goes beside the model: a model's locked folder
+        shutil.copytree(trained, locked, dirs_exist_ok=True)
+    before = sorted(p.name for p in locked.iterdir())
+    assert main([command, *args, "--quiet"]) == 1
+    error = _error(capsys)
+    assert f"the folder {locked} is not writable" in error, error
+    assert sorted(p.name for p in locked.iterdir()) == before

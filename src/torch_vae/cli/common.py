@@ -120,13 +120,14 @@ def check_flags(config: ModelConfig, **flags: int | None) -> None:
             )
 
 
-def check_outdir(outdir: Path) -> None:
-    """Before any work: the output folder can be made, and written."""
+def check_outdir(outdir: Path, flag: str = "--outdir") -> None:
+    """Before any work: the output folder (``flag``'s value) can be made, and written."""
+    outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
-        raise TorchVaeError(f"--outdir {outdir} is a file, not a folder; choose another --outdir")
-    problem = unwritable(Path(outdir))
+        raise TorchVaeError(f"{flag} {outdir} is a file, not a folder; choose another {flag}")
+    problem = unwritable(outdir)
     if problem:
-        raise TorchVaeError(f"--outdir {outdir} cannot be written: {problem}")
+        raise TorchVaeError(f"{flag} {outdir} cannot be written: {problem}")
 
 
 def model_name(model_path: Path) -> str:

@@ -11,6 +11,7 @@ from ..errors import TorchVaeError
 from ..evaluation.reports import dataset_tag
 from ..models import save_model
 from ..models.original import import_original
+from .common import check_writable
 from .options import ImportOptions
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def run(o: ImportOptions) -> Path:
                             "name ending in .safetensors")  # fmt: skip
     if out.exists():
         raise TorchVaeError(f"{out} already exists; pass another --out (nothing was overwritten)")
+    check_writable(out, "--out")
     model = import_original(o.checkpoint)
     check_channels(
         o.dataset, model.config.in_channels, f"{o.checkpoint} has",

@@ -23,7 +23,7 @@ from ..models.export import (
     networks,
     require,
 )
-from .common import is_model_folder, is_shipped, model_name
+from .common import check_outdir, is_model_folder, is_shipped, model_name
 from .options import ExportOptions
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ def check_out(out: Path, names: list[str]) -> None:
     if out.exists() and not out.is_dir():
         raise TorchVaeError(f"{out} (where the export goes: --out, by default exports/MODEL) is "
                             "a file, not a folder; choose another --out")  # fmt: skip
+    check_outdir(out, "--out")
     for name in names:
         if (out / name).is_dir():
             raise TorchVaeError(f"{out / name} is a folder; choose another --out")

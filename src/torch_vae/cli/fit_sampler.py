@@ -17,6 +17,7 @@ from ..evaluation.sample_quality import (
     sample_images,
     sample_labels,
 )
+from ..io.files import unwritable
 from ..priors import PRIORS, check_kind, fit_sampler, load_sampler, posterior_means, sampler_path
 from .common import (
     check_flags,
@@ -44,6 +45,10 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
     check_network_flags(o)
     if not o.overwrite:
         keep_fitted(o.model, o.sampler)
+    problem = unwritable(sampler_path(o.model, o.sampler).parent)
+    if problem:
+        raise TorchVaeError(f"the sampler goes beside the model, which cannot be written there: "
+                            f"{problem}; fit a copy of the model (nothing was fitted)")  # fmt: skip
     check_flags(model.config, latent_dims=o.latent_dims)
     images = split_images(model, dataset, "train", o.data_dir, runtime)
     # a conditional model's latents are the posterior means given each image's class

@@ -18,7 +18,14 @@ from ..models import VAE
 from ..runtime.device import pick_device, to_float
 from ..training.averaging import write_model_folder
 from ..training.sharpen import SharpenSettings, carry_samplers, sharpen_decoder
-from .common import held_out_rows, model_and_dataset, run_config, split_images, split_labels
+from .common import (
+    check_outdir,
+    held_out_rows,
+    model_and_dataset,
+    run_config,
+    split_images,
+    split_labels,
+)
 from .options import Runtime, SharpenOptions
 
 log = logging.getLogger(__name__)
@@ -28,6 +35,7 @@ N_PICTURE = 16  # test images in images/sharpen.png
 def run(o: SharpenOptions, runtime: Runtime) -> dict:
     if o.out.exists():
         raise TorchVaeError(f"{o.out} already exists; pass another --out (nothing was overwritten)")
+    check_outdir(o.out, "--out")
     device = pick_device(runtime.device, runtime.cpu)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     source_weights = resolve_weights(o.model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..errors import TorchVaeError
 from ..evaluation.classifier import CLASSIFIER_WEIGHTS, ClassifierTraining, train_classifier
-from .common import is_model_folder, is_shipped
+from .common import check_outdir, is_model_folder, is_shipped
 from .options import Runtime
 
 
@@ -14,6 +14,7 @@ def run(o: ClassifierTraining, runtime: Runtime) -> None:
     out = o.out
     if out.exists() and not out.is_dir():
         raise TorchVaeError(f"--out {out} is a file; give a folder for the classifier")
+    check_outdir(out, "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / CLASSIFIER_WEIGHTS).is_file():
         raise TorchVaeError(
             f"--out {out} holds files other than a classifier's; choose a new folder "
