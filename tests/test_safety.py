@@ -835,6 +835,41 @@ def test_plot_writes_png_only_and_names_what_it_refuses(trained, tmp_path, capsy
     assert "ending in .png" in _error(capsys)
 
 
+def test_output_flags_replace_torch_vaes_own_outputs_but_not_a_users_files(
+    trained, mnist_dir, tmp_path, capsys
+):
+    from PIL import Image
+
+    users = tmp_path / "users"
+    users.mkdir()
+    files = {"script.py": b"print(1)\n", "data.json": b'{"rows": [1, 2]}\n',
+             "notes.csv": b"name,value\na,1\n"}  # fmt: skip
+    for name, content in files.items():
+        (users / name).write_bytes(content)
+    Image.new("L", (4, 4)).save(users / "photo.png")
+    photo = (users / "photo.png").read_bytes()
+    curves = tmp_path / "curves.png"
+    assert main(["plot", str(trained), "--out", str(curves)]) == 0
+    assert main(["plot", str(trained), "--out", str(curves)]) == 0  # its own figure: replaced
+    assert main(["plot", str(trained), "--out", str(users / "photo.png")]) == 1
+    assert "photo.png exists and is not one of torch-vae's" in _error(capsys)
+    data = ["--data_dir", str(mnist_dir), "--nimages", "4", "--quiet"]
+    flags = ["evaluate", "--model", str(trained), "--iw_samples", "0", *data]
+    for name in ("script.py", "data.json"):
+        assert main([*flags, "--report", str(users / name)]) == 1
+        assert f"--report {users / name} exists and is not one of" in _error(capsys)
+    report = tmp_path / "mine.json"
+    assert main([*flags, "--report", str(report)]) == 0
+    assert main([*flags, "--report", str(report)]) == 0  # its own report: replaced
+    capsys.readouterr()
+    assert main(["score", "--model", str(trained), *data, "--out", str(users / "notes.csv")]) == 1
+    assert "notes.csv exists and is not one of" in _error(capsys)
+    for name, content in files.items():
+        assert (users / name).read_bytes() == content
+    assert (users / "photo.png").read_bytes() == photo
+    assert sorted(p.name for p in users.iterdir()) == sorted([*files, "photo.png"])
+
+
 def test_a_failed_download_leaves_no_empty_folders(tmp_path, monkeypatch):
     from torch_vae.data import datasets
     from torch_vae.data.download import DownloadError

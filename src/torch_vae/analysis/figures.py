@@ -25,6 +25,7 @@ CURVES = (  # panel title, training key, the measured split's key (after its pre
 )
 REGULARISERS = {"kl": "KL", "commit": "commitment"}  # the objective's second term, by its key
 GREY = "0.55"  # inactive latent dimensions
+FIGURE_SOFTWARE = "torch-vae"  # each figure's PNG "Software": what output flags may replace
 DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
 
 
@@ -38,7 +39,7 @@ def _save(fig, out: Path) -> Path:
     """Write ``fig`` to ``out`` as a PNG, atomically (a reader never sees half a picture):
     grayscale when nothing in it has colour, else RGB (no alpha), 2-4x smaller than
     matplotlib's RGBA."""
-    from PIL import Image
+    from PIL import Image, PngImagePlugin
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
@@ -47,8 +48,10 @@ def _save(fig, out: Path) -> Path:
     arr = np.asarray(rgb)
     gray = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
     out.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", FIGURE_SOFTWARE)
     with atomic_path(out) as tmp:
-        (rgb.convert("L") if gray else rgb).save(tmp, format="PNG", optimize=True)
+        (rgb.convert("L") if gray else rgb).save(tmp, format="PNG", optimize=True, pnginfo=info)
     return out
 
 

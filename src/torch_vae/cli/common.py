@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..analysis.figures import FIGURE_SOFTWARE
 from ..data import check_channels, load_split
 from ..data.datasets import DECODE_ERRORS
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
@@ -225,6 +226,31 @@ def check_output_file(path: Path, flag: str, report: bool = False) -> None:
             f"{flag} {path} is a file torch-vae will not write over (weights, a training state "
             "or a file of a model's folder); choose another path (nothing was written)"
         )
+    if not ours and not written_by_torch_vae(path):
+        raise TorchVaeError(
+            f"{flag} {path} exists and is not one of torch-vae's reports, tables or figures; "
+            "remove it or choose another path (nothing was written)"
+        )
+
+
+def written_by_torch_vae(path: Path) -> bool:
+    """Whether the file at ``path`` is an output torch-vae may replace: a JSON report (an
+    object naming its "model"), a scores table (its header starts with "source,") or a
+    figure (a PNG whose "Software" is torch-vae's)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".json":
+            report = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(report, dict) and "model" in report
+        if suffix == ".csv":
+            with open(path, encoding="utf-8") as f:
+                return f.readline().startswith("source,")
+        if suffix == ".png":
+            with Image.open(path) as img:
+                return img.info.get("Software") == FIGURE_SOFTWARE
+    except (OSError, UnicodeDecodeError, ValueError, UnidentifiedImageError):
+        return False
+    return False
 
 
 def check_writable(path: Path, flag: str) -> None:
