@@ -223,6 +223,24 @@ def test_exclude_class_errors_are_one_line(labelled, tmp_path, capsys, flags, me
     assert not (tmp_path / "run").exists()
 
 
+def test_folders_of_the_same_relative_name_get_their_own_reports(labelled, tmp_path, monkeypatch):
+    model = black_model(tmp_path / "m")
+    for where in ("x", "y"):  # two folders both called "b", from two working folders
+        (tmp_path / where / "b").mkdir(parents=True)
+        for i in range(10):
+            Image.new("L", (28, 28), 20 * i).save(tmp_path / where / "b" / f"i{i}.png")
+        monkeypatch.chdir(tmp_path / where)
+        assert score(model, labelled, "--ood", "folder:b", "--iw_samples", "0") == 0
+        assert main(["evaluate", "--model", str(model), "--dataset", "b", "--split", "train",
+                     "--iw_samples", "0", "--cpu", "--quiet"]) == 0  # fmt: skip
+    for where in ("x", "y"):
+        tag = f"folder_{tmp_path / where / 'b'}".replace("/", "_")
+        (report,) = model.glob(f"score-mnist-test-vs-{tag}.json")
+        assert json.loads(report.read_text())["out_of_distribution"]["images"] == 10
+        (evaluated,) = model.glob(f"eval-{tag}-train*.json")
+        assert json.loads(evaluated.read_text())["dataset"] == f"folder:{tmp_path / where / 'b'}"
+
+
 def test_exclude_class_on_a_dataset_without_labels_is_one_line(mnist_dir, tmp_path, capsys):
     folder = tmp_path / "flat"
     folder.mkdir()

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..analysis.figures import FIGURE_SOFTWARE
 from ..data import check_channels, load_split
-from ..data.datasets import DECODE_ERRORS
+from ..data.datasets import DECODE_ERRORS, absolute_name
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
 from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
@@ -49,7 +49,7 @@ def resolve_dataset(model: VAE, dataset: str | None, model_path: Path) -> str:
             raise TorchVaeError(f"{model_path} was trained on the image folder {folder}, which "
                                 "does not exist any more; if it moved, pass --dataset "
                                 "folder:NEWPATH")  # fmt: skip
-    dataset = dataset or model.dataset
+    dataset = absolute_name(dataset or model.dataset)  # reports say which folder, from anywhere
     check_channels(dataset, model.config.in_channels, "the model expects",
                    "pass the dataset the model was trained on")  # fmt: skip
     return dataset

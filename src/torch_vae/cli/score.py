@@ -17,7 +17,7 @@ from PIL import Image
 
 from ..analysis.figures import plot_anomaly
 from ..data import check_channels, get_dataset, load_split
-from ..data.datasets import FolderDataset
+from ..data.datasets import FolderDataset, absolute_name
 from ..data.labels import class_names, load_labels, rows_without
 from ..errors import TorchVaeError
 from ..evaluation.anomaly import HELP, image_scores, roc, score_names
@@ -118,7 +118,7 @@ def output_paths(o: ScoreOptions, dataset: str) -> tuple[Path, Path, Path]:
     else:
         tag = f"score-{dataset_tag(dataset)}-{o.split}"
         if o.ood is not None:
-            tag += f"-vs-{dataset_tag(o.ood)}"
+            tag += f"-vs-{dataset_tag(absolute_name(o.ood))}"
         elif o.ood_class is not None:
             tag += f"-ood-class-{dataset_tag(o.ood_class)}"
         if o.nimages:  # never the name of a whole split's scores

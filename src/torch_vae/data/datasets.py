@@ -532,6 +532,17 @@ def get_dataset(name: str) -> Dataset:
     )
 
 
+def absolute_name(name: str) -> str:
+    """``name`` as runs and reports record it: a folder of images (``folder:PATH`` or a path)
+    as ``folder:ABSOLUTE_PATH``, which names the same folder from any working folder; a
+    registered dataset's name as it is. Nothing is read."""
+    if name in DATASETS:
+        return name
+    if name.startswith("folder:") or os.sep in name or Path(name).is_dir():
+        return f"folder:{Path(name.removeprefix('folder:')).expanduser().resolve()}"
+    return name
+
+
 def check_channels(name: str, channels: int, what: str, fix: str) -> None:
     """A one-line error unless dataset ``name`` has ``channels`` image channels, as ``what``
     (e.g. "the model expects") says; ``fix`` tells the user what to do."""

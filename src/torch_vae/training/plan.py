@@ -19,7 +19,7 @@ import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
 from ..data.cache import CacheRows, gather_for
-from ..data.datasets import FolderDataset
+from ..data.datasets import absolute_name
 from ..data.labels import check_every_image_labelled, class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
@@ -132,8 +132,8 @@ def plan_new(
 def absolute_dataset(name: str) -> str:
     """``name`` as the run records it: a folder of images as ``folder:ABSOLUTE_PATH``, so that
     the run's commands find it from any working folder; a named dataset as it is."""
-    found = get_dataset(name)
-    return f"folder:{found.root.resolve()}" if isinstance(found, FolderDataset) else name
+    get_dataset(name)  # a one-line error for an unknown name or a folder without images
+    return absolute_name(name)
 
 
 def _choose_run_dir(
