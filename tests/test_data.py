@@ -121,6 +121,21 @@ def test_folder_train_and_test_subfolders_are_the_splits(tmp_path):
     assert load_split(f"folder:{tmp_path / 'imgs'}", "test", 16, tmp_path, False).shape[0] == 3
 
 
+def test_hidden_files_and_folders_are_left_out_of_a_folder_dataset(tmp_path):
+    from torch_vae.data.labels import class_names
+
+    root = tmp_path / "imgs"
+    fakedata.write_folder(root / "cats", n=10)
+    fakedata.write_folder(root / "dogs", n=10, seed=3)
+    (root / "cats" / "._cat.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # unreadable
+    fakedata.write_folder(root / ".ipynb_checkpoints", n=5, seed=4)  # no class of its own
+    fakedata.write_folder(root / "dogs" / ".thumbs", n=5, seed=5)
+    ds = get_dataset(f"folder:{root}")
+    listed = ds.list_images("train") + ds.list_images("test")
+    assert len(listed) == 20 and not [p for p in listed if "/." in str(p)]
+    assert class_names(f"folder:{root}", tmp_path) == ["cats", "dogs"]
+
+
 @pytest.mark.parametrize(
     "content,match",
     [

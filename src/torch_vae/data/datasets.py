@@ -376,8 +376,10 @@ def _scan_images(
     """The image files under ``folder``: (``prefix`` + their path relative to ``folder`` as a
     tuple of names, their path, their stat), in the order of their sorted Paths. As
     Path.rglob("*") with is_file(): symlinked folders are not entered, symlinked files are
-    followed, unreadable folders are skipped. One os.scandir pass and one stat per image;
-    sorted on name tuples (compared in C) instead of Paths (compared in Python, 4x slower)."""
+    followed, unreadable folders are skipped, and so are hidden files and folders (a name that
+    starts with a dot: macOS's ._* companions, .ipynb_checkpoints). One os.scandir pass and
+    one stat per image; sorted on name tuples (compared in C) instead of Paths (compared in
+    Python, 4x slower)."""
     found = []
     stack = [(prefix, os.fspath(folder))]
     while stack:
@@ -389,6 +391,8 @@ def _scan_images(
             continue
         for entry in entries:
             name = entry.name
+            if name.startswith("."):
+                continue
             dot = name.rfind(".")
             try:
                 if entry.is_dir(follow_symlinks=False):
