@@ -391,6 +391,27 @@ def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp
     assert f"start a new one (with --init_from {run / 'model.safetensors'}" in err, err
 
 
+def test_a_resume_on_a_folder_that_moved_says_how_to_go_on(tmp_path, capsys):
+    from torch_vae.cli import main
+
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / f"i{i:02d}.png")
+    run = tmp_path / "run"
+    common = ["--data_dir", str(tmp_path / "data"), "--quiet", "--cpu"]
+    assert main(["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--epochs",
+                 "2", "--max_steps", "1", "--image_size", "16", "--max_filters", "8",
+                 "--latent_dims", "2", *common]) == 0  # fmt: skip
+    folder.rename(tmp_path / "moved")
+    assert main(["train", "--resume", str(run), "--max_steps", "0", *common]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"torch-vae: error: the run in {run} trains on the image folder {folder}, "
+                   "which does not exist any more; if it moved, move it back to continue the "
+                   f"run, or start a new run from its weights: --init_from "
+                   f"{run / 'model.safetensors'} --dataset folder:NEWPATH"]  # fmt: skip
+
+
 def test_conditional_training_names_the_images_outside_class_subfolders(tmp_path, capsys):
     from torch_vae.cli import main
 

@@ -24,6 +24,7 @@ from ..data.labels import check_every_image_labelled, class_names, load_labels, 
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
+from ..io.weights import WEIGHTS_NAME
 from ..models import ModelConfig, load_model, read_config
 from ..models.conditions import class_index
 from .config import TrainConfig
@@ -191,11 +192,24 @@ def plan_resume(
             f"the run in {run_dir} is already finished ({_progress(state, train)}); to train "
             f"it further, pass {fix}"
         )
+    _check_folder_there(run_dir, train.dataset)
     check_channels(
         train.dataset, model.in_channels, "the run's model expects",
         "the images changed since the run began",
     )  # fmt: skip
     return RunPlan(Path(run_dir), model, train, data_dir, state, lock=lock)
+
+
+def _check_folder_there(run_dir: Path, dataset: str) -> None:
+    """A one-line error with the ways on for a run whose folder of images is gone (moved)."""
+    folder, weights = Path(dataset.removeprefix("folder:")), Path(run_dir) / WEIGHTS_NAME
+    if dataset.startswith("folder:") and not folder.exists():
+        new = (f", or start a new run from its weights: --init_from {weights} --dataset "
+               "folder:NEWPATH") if weights.is_file() else ""  # fmt: skip
+        raise TorchVaeError(
+            f"the run in {run_dir} trains on the image folder {folder}, which does not exist "
+            f"any more; if it moved, move it back to continue the run{new}"
+        )
 
 
 @dataclass(frozen=True)
