@@ -198,6 +198,8 @@ def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
         "already finished (2 of --epochs 2, 10 steps); to train it further, pass a larger --epochs"
         in one_line(capsys)
     )
+    assert resume(run, data, "--epochs", "1") == 1  # fewer epochs than it has
+    assert "already finished (2 epochs, more than --epochs 1; 10 steps)" in one_line(capsys)
     # flags that describe the run must agree with it
     assert resume(run, data, "--latent_dims", "4", "--epochs", "3") == 1
     assert "--latent_dims 4 does not match the run" in one_line(capsys)

@@ -365,6 +365,8 @@ def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:
 
 def _progress(state: dict[str, Any], train: TrainConfig) -> str:
     """How far a finished run went, in the words of the flag that stopped it."""
+    if state["epoch"] > train.epochs:  # a resume asked for fewer epochs than it has
+        return f"{state['epoch']} epochs, more than --epochs {train.epochs}; {state['step']} steps"
     if state["epoch"] >= train.epochs:
         return f"{state['epoch']} of --epochs {train.epochs}, {state['step']} steps"
     return f"{state['step']} of --max_steps {train.max_steps}, in epoch {state['epoch'] + 1}"
