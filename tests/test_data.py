@@ -412,6 +412,25 @@ def test_a_resume_on_a_folder_that_moved_says_how_to_go_on(tmp_path, capsys):
                    f"{run / 'model.safetensors'} --dataset folder:NEWPATH"]  # fmt: skip
 
 
+def test_conditional_training_warns_of_a_class_with_only_test_images(tmp_path, caplog):
+    from torch_vae.cli import main
+
+    folder = tmp_path / "kinds"
+    for split, classes in (("train", "xy"), ("test", "xz")):
+        for c in classes:
+            (folder / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("L", (16, 16), 20 * i).save(folder / split / c / f"{c}{i}.png")
+    args = ["train", "--dataset", f"folder:{folder}", "--conditional", "--run_dir",
+            str(tmp_path / "run"), "--data_dir", str(tmp_path / "data"), "--max_steps", "1",
+            "--quiet", "--cpu", "--image_size", "16", "--max_filters", "8", "--latent_dims",
+            "2", "--val_images", "0"]  # fmt: skip
+    assert main(args) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warned if w.startswith("class(es) z have no training images")], warned
+    assert not [w for w in warned if w.startswith(("class(es) x", "class(es) y"))]
+
+
 def test_conditional_training_names_the_images_outside_class_subfolders(tmp_path, capsys):
     from torch_vae.cli import main
 

@@ -342,7 +342,19 @@ def run_labels(
         labels = load_labels(dataset, split, plan.data_dir)
         check_every_image_labelled(labels, n, dataset, split, "--conditional needs one")
         out.append(torch.from_numpy(labels.astype("int64")))
+    _warn_untrained_classes(classes, out[0], plan.train.exclude_class)
     return out[0], out[1]
+
+
+def _warn_untrained_classes(classes, train_labels: torch.Tensor, excluded) -> None:
+    """A warning for each class with no training image that --exclude_class did not leave out
+    (a folder's class subfolder only in test/): the model would draw it untrained."""
+    seen = set(train_labels.unique().tolist())
+    missing = [c for i, c in enumerate(classes) if i not in seen and i not in set(excluded or ())]
+    if missing:
+        log.warning("class(es) %s have no training images, only test images: the model "
+                    "cannot learn them; add training images or remove their folders",
+                    ", ".join(missing))  # fmt: skip
 
 
 def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:
