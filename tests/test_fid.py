@@ -121,9 +121,18 @@ def test_split_features_are_cached_and_recomputed_when_the_network_changes(mnist
 
 def test_without_the_network_file_one_line_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setenv(features.INCEPTION_ENV, str(tmp_path / "missing.pt"))
-    with pytest.raises(TorchVaeError, match="missing; reinstall torch-vae\\[fid\\]"):
-        features.InceptionFeatures()
+    with pytest.raises(TorchVaeError, match="missing; set TORCH_VAE_INCEPTION to fid-helper"):
+        features.InceptionFeatures()  # the variable the user set is what to fix
     monkeypatch.delenv(features.INCEPTION_ENV)
+
+    class Broken:  # the wheel installed, its file gone
+        def locate_file(self, name):
+            return tmp_path / "gone" / name
+
+    with monkeypatch.context() as m:
+        m.setattr(features.importlib.metadata, "distribution", lambda name: Broken())
+        with pytest.raises(TorchVaeError, match="missing; reinstall torch-vae\\[fid\\]"):
+            features.InceptionFeatures()
 
     def absent(name):
         raise features.importlib.metadata.PackageNotFoundError(name)
@@ -137,7 +146,8 @@ def test_a_file_that_is_not_the_network_is_refused(monkeypatch, tmp_path):
     other = tmp_path / "default_1.pt"
     torch.jit.save(torch.jit.script(Tiny()), str(other))
     monkeypatch.setenv(features.INCEPTION_ENV, str(other))
-    with pytest.raises(TorchVaeError, match="is not the Inception network FID needs"):
+    with pytest.raises(TorchVaeError, match="is not the Inception network FID needs .*; set "
+                       "TORCH_VAE_INCEPTION to"):  # fmt: skip
         features.InceptionFeatures()
 
 

