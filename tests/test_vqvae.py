@@ -836,7 +836,7 @@ def test_the_explorer_of_a_vq_run_samples_from_its_transformer_prior(vq_run, mni
 
 
 def test_the_explorer_of_a_conditional_vq_run_draws_grids_of_the_class_with_guidance(
-    mnist_dir, labelled, tmp_path, capsys
+    mnist_dir, labelled, tmp_path, capsys, monkeypatch
 ):
     from torch_vae.explorer.state import load_explorer
     from torch_vae.priors.base import set_drawing
@@ -872,8 +872,14 @@ def test_the_explorer_of_a_conditional_vq_run_draws_grids_of_the_class_with_guid
     assert torch.equal(
         ex.sample(5, 7)[0], prior.sample(1, torch.Generator().manual_seed(5), torch.tensor([7]))
     )
-    # the explore command refuses them in one line where no fitted prior takes them
+    # the explore command refuses them in one line where no fitted prior takes them, before
+    # it reads any image
     (run / "sampler-transformer.safetensors").unlink()
+
+    def no_images(*a, **k):
+        raise AssertionError("the test images were read")
+
+    monkeypatch.setattr("torch_vae.explorer.state.load_split", no_images)
     assert main(["explore", "--model", str(run), "--port", "0", "--guidance", "2",
                  "--nimages", "8", *common]) == 1  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()

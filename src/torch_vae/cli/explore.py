@@ -6,7 +6,6 @@ import torch
 
 from ..explorer.app import SERVING_THREADS, allowed_hosts, create_app, listen, make_server
 from ..explorer.state import load_explorer
-from ..priors.base import set_drawing
 from .common import model_and_dataset
 from .options import ExploreOptions, Runtime
 
@@ -19,8 +18,10 @@ def run(o: ExploreOptions, runtime: Runtime) -> None:
     sock = listen(o.host, o.port)  # before the work: a port in use is told at once
     try:
         model, dataset = model_and_dataset(o.model, o.dataset, runtime)
-        ex = load_explorer(model, o.model, dataset, o.data_dir, o.nimages, not runtime.quiet)
-        set_drawing(ex.sampler, o.model, o.temperature, o.guidance, o.round_trips)
+        drawing = {"temperature": o.temperature, "guidance": o.guidance,
+                   "round_trips": o.round_trips}  # fmt: skip
+        ex = load_explorer(model, o.model, dataset, o.data_dir, o.nimages, not runtime.quiet,
+                           drawing)  # fmt: skip
         if not runtime.threads:
             torch.set_num_threads(SERVING_THREADS)
         app = create_app(ex, o.sliders, allowed_hosts(o.host))

@@ -337,9 +337,15 @@ def load_explorer(
     data_dir: Path | None,
     nimages: int,
     progress: bool = True,
+    drawing: dict | None = None,
 ) -> Explorer:
     """The Explorer of ``model`` (loaded from ``model_path``) over the first ``nimages``
-    (0: all) test images of ``dataset``, with their labels where it has them."""
+    (0: all) test images of ``dataset``, with their labels where it has them. ``drawing``:
+    ``set_drawing``'s temperature, guidance and round_trips, checked before any image is
+    read."""
+    sampler = find_sampler(model_path, model.config.latent_dims, _grid(model))
+    # a transformer's round trips go through the model
+    set_drawing(sampler, model_path, **(drawing or {}), model=model)
     size = model.config.image_size
     images = load_split(dataset, "test", size, data_dir, progress)
     labels = classes = None
@@ -356,8 +362,6 @@ def load_explorer(
     if labels is not None:
         labels = labels[: len(images)]
     log.info("mapping %d test images of %s", len(images), dataset)
-    sampler = find_sampler(model_path, model.config.latent_dims, _grid(model))
-    set_drawing(sampler, model_path, model=model)  # a transformer's round trips through it
     return build_explorer(model, images, labels, classes, name=str(model_path), dataset=dataset,
                           sampler=sampler)  # fmt: skip
 
