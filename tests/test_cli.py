@@ -388,19 +388,39 @@ def test_help_lists_commands(capsys):
         assert cmd in out
 
 
-@pytest.mark.parametrize("damage", ["truncated", "text"])
+def _damage_inside_a_tensor(path):
+    """Bytes in the middle of the file's largest tensor record inverted, its zip intact."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    at = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[at + 26 : at + 30])
+    start = at + 30 + name_len + extra_len + info.file_size // 2
+    raw[start : start + 64] = bytes(b ^ 0xFF for b in raw[start : start + 64])
+    path.write_bytes(raw)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text", "inside"])
 def test_a_damaged_training_state_names_the_weights_to_start_again_from(
     trained, mnist_dir, tmp_path, capsys, damage
 ):
     state = trained / "ckpt.pt"
     if damage == "truncated":
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    elif damage == "inside":  # torch.load reads it without a word: the checksum tells
+        _damage_inside_a_tensor(state)
+        torch.load(state, weights_only=True)
     else:
         state.write_text("not a training state\n")
     capsys.readouterr()
     assert main(["train", "--resume", str(trained), "--data_dir", str(mnist_dir), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is corrupt or truncated (" in err[0], err
+    if damage == "inside":
+        assert "(ValueError: its contents do not match their checksum)" in err[0], err
     newest = sorted(trained.glob("checkpoints/epoch_*.safetensors"))[-1]
     fix = f"start a new run from its newest weights: torch-vae train --init_from {newest}"
     assert err[0].endswith(f"so the run cannot resume; {fix} --dataset mnist"), err

@@ -12,6 +12,7 @@ data only, so loading it never runs code.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import re
@@ -107,8 +108,37 @@ def save_train_state(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "evaluated": evaluated,
     }
+    state["digest"] = state_digest(state)
     with atomic_path(run_dir / STATE_NAME) as tmp:
         torch.save(state, tmp)
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 of everything in a training state but its "digest": each tensor's dtype, shape
+    and bytes and each other value's type and repr, in the state's own order. torch.load does
+    not check the zip records' CRCs, so bytes damaged inside a tensor would otherwise load as
+    other numbers (about 0.1 s for 40 MB of weights and optimizer moments)."""
+    h = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if key != "digest":
+                    h.update(f"K{key!r}".encode())
+                    walk(item)
+        elif isinstance(value, list | tuple):
+            h.update(f"L{len(value)}".encode())
+            for item in value:
+                walk(item)
+        else:
+            h.update(f"V{type(value).__name__}{value!r}".encode())
+
+    walk(state)
+    return h.hexdigest()
 
 
 def _refused_global(message: str) -> str | None:
@@ -143,6 +173,8 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # torch.load raises many kinds of errors for a damaged file
         raise _damaged(run_dir, path, exc) from None
     _check_state(path, state)
+    if "digest" in state and state["digest"] != state_digest(state):  # earlier files: none
+        raise _damaged(run_dir, path, ValueError("its contents do not match their checksum"))
     return state
 
 
