@@ -212,6 +212,12 @@ def test_signals_while_the_state_is_saved_wait_for_the_save(
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"its run stopped before the end of its first epoch; continue it with "
                         f"torch-vae train --resume {run}") and "\n" not in err  # fmt: skip
+    # still in its first epoch (no training state yet either): the same command says so
+    (run / "ckpt.pt").unlink()
+    assert main(["generate", "--model", str(run), "--outdir", str(tmp_path / "g")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("its run is in its first epoch (or was killed in it); the weights are "
+                        "written when the epoch ends") and "\n" not in err  # fmt: skip
 
 
 def test_output_flags_never_write_over_a_run_s_files(trained, mnist_dir, capsys):

@@ -53,6 +53,15 @@ def write_weights(
     return path
 
 
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is the config.json a training run writes when it starts."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "train" in config and "model" in config
+
+
 def resolve_weights(path: str | os.PathLike) -> Path:
     """A run folder or a weights file -> the weights file, with a clear error if there is none."""
     path = Path(path)
@@ -62,6 +71,11 @@ def resolve_weights(path: str | os.PathLike) -> Path:
             raise TorchVaeError(
                 f"{path} has no {WEIGHTS_NAME} yet: its run stopped before the end of its first "
                 f"epoch; continue it with torch-vae train --resume {path}"
+            )
+        if not weights.is_file() and _is_run_config(path / CONFIG_NAME):  # in its first epoch
+            raise TorchVaeError(
+                f"{path} has no {WEIGHTS_NAME} yet: its run is in its first epoch (or was "
+                "killed in it); the weights are written when the epoch ends"
             )
         if not weights.is_file():
             raise TorchVaeError(
