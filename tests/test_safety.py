@@ -220,6 +220,17 @@ def test_signals_while_the_state_is_saved_wait_for_the_save(
                         "written when the epoch ends") and "\n" not in err  # fmt: skip
 
 
+def test_the_progress_bars_count_to_the_step_max_steps_ends_at(mnist_dir, tmp_path, capsys):
+    args = _train_args(tmp_path / "run", mnist_dir, "--batchsize", "4", "--epochs", "5")
+    args.remove("--quiet")
+    assert main([*args, "--max_steps", "12", "--val_images", "4"]) == 0
+    bars = capsys.readouterr().err.replace("\r", "\n")
+    per_epoch = 36 // 4  # 40 training images, 4 held out
+    assert "epoch 1/2: 100%|" in bars and f"{per_epoch}/{per_epoch} [" in bars, bars
+    assert "epoch 2/2: 100%|" in bars and f"{12 - per_epoch}/{12 - per_epoch} [" in bars, bars
+    assert "/5:" not in bars and "epoch 3" not in bars
+
+
 def test_output_flags_never_write_over_a_run_s_files(trained, mnist_dir, capsys):
     before = {p: p.read_bytes() for p in trained.rglob("*") if p.is_file()}
     data = ["--data_dir", str(mnist_dir), "--quiet"]

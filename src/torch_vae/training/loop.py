@@ -317,9 +317,13 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
     end), so the host never waits for the device in between."""
     loop.model.train()
     cfg, t0, spent = loop.cfg, time.perf_counter(), ep.seconds
-    bar = tqdm(range(ep.batch, loop.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
-               unit="step", initial=ep.batch, total=loop.steps_per_epoch,
-               disable=not loop.progress, dynamic_ncols=True, mininterval=0.5)  # fmt: skip
+    # --max_steps may end the run before --epochs: the bar counts to the epoch it ends in
+    per_epoch = loop.steps_per_epoch
+    last = min(cfg.epochs, -(-loop.total_steps // per_epoch))
+    steps = min(per_epoch, max(loop.total_steps - (epoch - 1) * per_epoch, ep.batch))
+    bar = tqdm(range(ep.batch, per_epoch), desc=f"epoch {epoch}/{last}", unit="step",
+               initial=ep.batch, total=steps, disable=not loop.progress, dynamic_ncols=True,
+               mininterval=0.5)  # fmt: skip
     pending: list[tuple[int, int, torch.Tensor]] = []  # (step, images, losses) not read yet
     stop = False  # under torchrun: a process was asked to stop (known at the last read)
     with bar:
@@ -333,7 +337,7 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
             idx = loop.dist.shard(ep.perm[i * cfg.batchsize : (i + 1) * cfg.batchsize])
             pending.append((loop.step + 1, len(idx), _step(loop, idx)))
             ep.batch, ep.seen = i + 1, ep.seen + len(idx)
-            if len(pending) == LOG_EVERY or i == loop.steps_per_epoch - 1:
+            if len(pending) == LOG_EVERY or i == steps - 1:  # steps: this epoch's last
                 stop = _read_losses(loop, epoch, ep, pending)
                 if loop.progress:
                     rate = ep.seen / (spent + time.perf_counter() - t0)
