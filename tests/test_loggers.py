@@ -108,6 +108,27 @@ def test_tensorboard_and_mlflow_follow_a_run_and_its_resumes(mnist_dir, tmp_path
     assert len(list((run / "tensorboard").iterdir())) == 3  # one event file per start
 
 
+def test_step_losses_are_read_at_every_tenth_step_of_the_run_across_epochs_and_resumes(
+    mnist_dir, tmp_path, monkeypatch
+):
+    from torch_vae.training import loop
+
+    read, real = [], loop._read_losses
+
+    def recording(lp, epoch, ep, pending):
+        if pending:
+            read.append(pending[-1][0])
+        return real(lp, epoch, ep, pending)
+
+    monkeypatch.setattr(loop, "_read_losses", recording)
+    run = tmp_path / "run"
+    assert main(train_args(run, mnist_dir, 1, "--batchsize", "3", "--val_images", "4")) == 0
+    assert resume(run, mnist_dir, "--epochs", "2") == 0
+    ends = [r["step"] for r in read_metrics(run)]
+    assert ends == [12, 24]  # 36 images in batches of 3: not a multiple of 10 an epoch
+    assert read == [10, 12, 20, 24]  # not 10, 12, 22, 24: the tenth steps of the run
+
+
 def test_an_mlflow_server_that_is_not_there_is_told_in_seconds(mnist_dir, tmp_path, capsys,
                                                                 monkeypatch):  # fmt: skip
     pytest.importorskip("mlflow")

@@ -313,7 +313,7 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
 
 def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
     """The optimizer steps of one epoch, from ``ep.batch`` on; ``ep`` is updated as it goes.
-    The losses stay on the device until ``_read_losses`` (every ``LOG_EVERY`` steps and at the
+    The losses stay on the device until ``_read_losses`` (every ``LOG_EVERY``-th step and at the
     end), so the host never waits for the device in between."""
     loop.model.train()
     cfg, t0, spent = loop.cfg, time.perf_counter(), ep.seconds
@@ -337,7 +337,9 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
             idx = loop.dist.shard(ep.perm[i * cfg.batchsize : (i + 1) * cfg.batchsize])
             pending.append((loop.step + 1, len(idx), _step(loop, idx)))
             ep.batch, ep.seen = i + 1, ep.seen + len(idx)
-            if len(pending) == LOG_EVERY or i == steps - 1:  # steps: this epoch's last
+            # at every LOG_EVERY-th step of the run (also after a resume, or in a later
+            # epoch), and at the epoch's last step
+            if loop.step % LOG_EVERY == 0 or i == steps - 1:
                 stop = _read_losses(loop, epoch, ep, pending)
                 if loop.progress:
                     rate = ep.seen / (spent + time.perf_counter() - t0)
