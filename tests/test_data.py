@@ -431,6 +431,24 @@ def test_conditional_training_warns_of_a_class_with_only_test_images(tmp_path, c
     assert not [w for w in warned if w.startswith(("class(es) x", "class(es) y"))]
 
 
+def test_a_folder_split_into_train_and_val_is_warned_about(tmp_path, caplog):
+    from torch_vae.cli import main
+
+    folder = tmp_path / "tv"
+    for split in ("train", "val"):
+        fakedata.write_folder(folder / split, n=8)
+    args = ["train", "--dataset", f"folder:{folder}", "--run_dir", str(tmp_path / "run"),
+            "--data_dir", str(tmp_path / "data"), "--dry_run", "--quiet", "--cpu",
+            "--image_size", "16", "--max_filters", "8", "--latent_dims", "2"]  # fmt: skip
+    assert main(args) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warned if "has train/ and val/ but no test/" in w], warned
+    caplog.clear()
+    (folder / "val").rename(folder / "test")  # the splits torch-vae reads: no warning
+    assert main([*args[:4], str(tmp_path / "run2"), *args[5:]]) == 0
+    assert not [r for r in caplog.records if "but no test/" in r.getMessage()]
+
+
 def test_conditional_training_names_the_images_outside_class_subfolders(tmp_path, capsys):
     from torch_vae.cli import main
 

@@ -19,7 +19,7 @@ import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
 from ..data.cache import CacheRows, gather_for
-from ..data.datasets import absolute_name
+from ..data.datasets import FolderDataset, absolute_name
 from ..data.labels import check_every_image_labelled, class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
@@ -133,8 +133,21 @@ def plan_new(
 def absolute_dataset(name: str) -> str:
     """``name`` as the run records it: a folder of images as ``folder:ABSOLUTE_PATH``, so that
     the run's commands find it from any working folder; a named dataset as it is."""
-    get_dataset(name)  # a one-line error for an unknown name or a folder without images
+    found = get_dataset(name)  # a one-line error for an unknown name or a folder without images
+    if isinstance(found, FolderDataset):
+        _warn_of_other_split_names(found.root)
     return absolute_name(name)
+
+
+def _warn_of_other_split_names(root: Path) -> None:
+    """A warning for a folder split as train/ and val/ (no test/): those are read as two
+    classes, and every tenth image is the test split."""
+    held = [n for n in ("val", "valid", "validation") if (root / n).is_dir()]
+    if (root / "train").is_dir() and held and not (root / "test").is_dir():
+        log.warning("%s has train/ and %s/ but no test/: a folder's splits are train/ and "
+                    "test/, so train/ and %s/ are read as classes here and every tenth image "
+                    "is the test split; rename %s/ to test/ to make it the test split", root,
+                    held[0], held[0], held[0])  # fmt: skip
 
 
 def _choose_run_dir(
