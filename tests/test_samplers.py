@@ -67,6 +67,17 @@ def test_gaussian_is_the_mean_and_covariance():
     assert np.allclose(cov.numpy(), np.cov(z, rowvar=False, bias=True), atol=1e-5)
 
 
+def test_a_gaussian_fitted_to_fewer_images_than_dimensions_is_warned_about(caplog):
+    z = np.random.default_rng(0).normal(size=(3, 8))
+    with caplog.at_level("WARNING"):
+        fit_gaussian(z)
+    assert "8 latent dimensions fitted to 3 image(s): its samples vary in at most 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        fit_gaussian(np.random.default_rng(0).normal(size=(9, 8)))
+    assert "fitted to" not in caplog.text
+
+
 def test_damaged_sampler_file_is_refused(tmp_path):
     path = tmp_path / "sampler-gmm.safetensors"
     path.write_bytes(b"not a safetensors file")

@@ -102,6 +102,10 @@ def _cholesky(cov: np.ndarray) -> np.ndarray:
 def fit_gaussian(z: np.ndarray, info: dict | None = None) -> MixtureSampler:
     """The full-covariance Gaussian of the latents ``z`` (N, d) (maximum likelihood)."""
     z = np.asarray(z, dtype=np.float64)
+    if len(z) <= z.shape[1]:
+        log.warning("a Gaussian of %d latent dimensions fitted to %d image(s): its samples vary "
+                    "in at most %d direction(s); fit it to more images", z.shape[1], len(z),
+                    len(z) - 1)  # fmt: skip
     mean, cov = z.mean(0), np.cov(z, rowvar=False, bias=True).reshape(z.shape[1], z.shape[1])
     info = {"kind": "gaussian", "components": 1, **(info or {})}
     return MixtureSampler(np.ones(1), mean[None], _cholesky(cov)[None], info)
