@@ -71,6 +71,23 @@ def test_a_record_of_the_first_format_is_checked_once_and_upgraded(mnist_dir):
     assert json.loads(record.read_text()) == meta
 
 
+def test_a_read_only_cache_folder_builds_the_split_in_memory(mnist_dir, monkeypatch, caplog):
+    from torch_vae.data import cache as cache_mod
+
+    def read_only(path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(cache_mod, "locked_atomic_file", read_only)
+    arr = load_split("mnist", "test", 32, mnist_dir, progress=False)
+    assert arr.shape == (20, 32, 32, 1) and not isinstance(arr, np.memmap)
+    assert "cannot write the dataset cache" in caplog.text and "TORCH_VAE_DATA" in caplog.text
+    # another error than a folder refusing files is not hidden
+    monkeypatch.setattr(cache_mod, "locked_atomic_file", lambda p: (_ for _ in ()).throw(
+        OSError(errno.EIO, "Input/output error", str(p))))  # fmt: skip
+    with pytest.raises(OSError, match="Input/output error"):
+        load_split("mnist", "test", 32, mnist_dir, progress=False)
+
+
 def test_full_disk_while_building_falls_back_to_memory(mnist_dir, monkeypatch, caplog):
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")

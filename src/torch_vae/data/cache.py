@@ -9,6 +9,7 @@ Temporaries of builds killed outright are removed at the start of the next build
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -150,6 +151,9 @@ def _write_record(meta_path: Path, meta: dict) -> None:
         f.write(json.dumps(meta, indent=1).encode())
 
 
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)  # a cache folder refusing its files
+
+
 class _NoRoom(Exception):
     """The cache file could not be made (a full disk...): the split is built in memory."""
 
@@ -237,8 +241,13 @@ def load_split(
     try:
         with no_empty_folders_on_failure(npy.parent):
             arr = _build(ds, split, image_size, data_dir, progress, npy)
-    except _NoRoom as why:
-        log.warning("no room for the dataset cache %s (%s); building it in memory", npy, why)
+    except (_NoRoom, OSError) as why:
+        if isinstance(why, OSError) and why.errno not in UNWRITABLE:
+            raise
+        problem, reason = ("no room for", why) if isinstance(why, _NoRoom) else (
+            "cannot write", why.strerror)  # fmt: skip
+        log.warning("%s the dataset cache %s (%s); building it in memory (a writable "
+                    "--data_dir or %s keeps it)", problem, npy, reason, DATA_DIR_ENV)  # fmt: skip
         arr = ds.prepare(split, image_size, data_dir, progress)
         if len(arr) == 0:
             raise TorchVaeError(f"dataset {dataset!r} has no images in its {split} split") from None
