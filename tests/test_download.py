@@ -57,14 +57,19 @@ def test_server_down_says_to_check_the_network(tmp_path):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(TorchVaeError, match="could not download .*check your network"):
+    with pytest.raises(TorchVaeError, match="could not download .*ConnectionError.*; try again "
+                       ".the transfer failed or timed out.; if it keeps failing, check your "
+                       "network"):  # fmt: skip
         download(f"http://127.0.0.1:{port}/a.bin", "0" * 32, tmp_path / "a.bin", progress=False)
 
 
 def test_file_missing_on_server_is_a_download_error(server, tmp_path):
     _, url = server
-    with pytest.raises(TorchVaeError, match=r"could not download .*/nothing\.bin \(HTTP 404\)"):
+    with pytest.raises(
+        TorchVaeError, match=r"could not download .*/nothing\.bin \(HTTP 404\)"
+    ) as e:
         download(f"{url}/nothing.bin", "0" * 32, tmp_path / "a.bin", progress=False)
+    assert "try again" not in str(e.value)  # a missing file stays missing
 
 
 def test_dataset_downloaded_through_mirror(server, tmp_path, monkeypatch, register_md5s):
@@ -95,6 +100,26 @@ def test_dataset_with_official_checksum_rejects_other_file(server, tmp_path, mon
     ):
         load_split("mnist", "train", 28, tmp_path / "data", progress=False)
     assert not (tmp_path / "data").exists()  # a failed download leaves no empty folders
+    # the way on: the official files (by hand too), or the images as a folder of one's own
+    (tmp_path / "data" / "mnist").mkdir(parents=True)
+    name = "train-images-idx3-ubyte.gz"
+    (tmp_path / "data" / "mnist" / name).write_bytes((root / name).read_bytes())
+    with pytest.raises(TorchVaeError, match="does not match the official checksum .*not the "
+                       "official file; delete it .*, or put the official file there .images of "
+                       "your own train as --dataset folder:PATH.$"):  # fmt: skip
+        load_split("mnist", "train", 28, tmp_path / "data", progress=False)
+
+
+def test_a_dataset_folder_that_is_a_file_is_named_as_such(tmp_path, monkeypatch):
+    from torch_vae.data import datasets
+
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "mnist").write_text("x")
+    with pytest.raises(TorchVaeError, match=f"^{tmp_path / 'data' / 'mnist'} is a file, not a "
+                       "folder: the mnist files go there; move the file away or choose another "
+                       "--data_dir$"):  # fmt: skip
+        load_split("mnist", "train", 28, tmp_path / "data", progress=False)
 
 
 def test_a_file_missing_on_the_mirror_names_its_layout(server, tmp_path, monkeypatch):

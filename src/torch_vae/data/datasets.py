@@ -84,15 +84,22 @@ class Dataset:
                 # its size (Debian's repacked copies differ: read_* checks them structurally).
                 _verify(found, f.md5)
             paths[f.name] = found
+        home = data_dir / self.name
+        if missing and home.exists() and not home.is_dir():
+            raise TorchVaeError(
+                f"{home} is a file, not a folder: the {self.name} files go there; move the file "
+                "away or choose another --data_dir"
+            )
         for i, f in enumerate(missing):  # a failed download removes the empty folders it made
             try:
                 paths[f.name] = download(f.url, f.md5, data_dir / self.name / f.name, progress)
             except DownloadError as exc:  # name all the files still lacking, not just this one
                 names = ", ".join(m.name for m in missing[i:])
+                fix = unreachable_fix("them by name", exc.kind)
                 raise TorchVaeError(
                     f"dataset {self.name} lacks {names} and could not download {exc.url} "
-                    f"({exc.kind}); {unreachable_fix('them by name')}, put the file(s) into "
-                    f"{data_dir / self.name}, or set {MIRROR_ENV} to a base URL that serves them"
+                    f"({exc.kind}); {fix}, put the file(s) into {data_dir / self.name}, or set "
+                    f"{MIRROR_ENV} to a base URL that serves them"
                 ) from None
         return paths
 
@@ -126,8 +133,9 @@ def _verify(path: Path, md5: str) -> None:
         pass
     if md5sum(path) != md5:
         raise TorchVaeError(
-            f"{path} does not match the official checksum (MD5 {md5}); it is corrupt or "
-            "incomplete: delete it and run again to download it"
+            f"{path} does not match the official checksum (MD5 {md5}): it is corrupt, "
+            "incomplete or not the official file; delete it and run again to download it, or "
+            "put the official file there (images of your own train as --dataset folder:PATH)"
         )
     try:
         write_text_atomic(stamp, mark)

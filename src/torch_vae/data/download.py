@@ -43,12 +43,16 @@ def mirrored(url: str) -> str:
     return mirror.rstrip("/") + "/" + url.rsplit("/", 1)[-1] if mirror else url
 
 
-def unreachable_fix(files: str) -> str:
+def unreachable_fix(files: str, kind: str = "") -> str:
     """What to check first when ``files`` ("the file by its name", "them by name") could not
-    be downloaded: the mirror's layout where ``$TORCH_VAE_MIRROR`` is set, else the network."""
+    be downloaded (``kind``: the failure, e.g. "HTTP 404" or "ReadTimeout"): for a failure that
+    may pass (a timeout, a dropped connection, a server error) trying again; then the
+    mirror's layout where ``$TORCH_VAE_MIRROR`` is set, else the network."""
+    again = "" if kind.startswith("HTTP 4") else (
+        "try again (the transfer failed or timed out); if it keeps failing, ")  # fmt: skip
     if os.environ.get(MIRROR_ENV):
-        return f"check that the mirror ({MIRROR_ENV}) serves {files} at BASE/NAME"
-    return "check your network"
+        return f"{again}check that the mirror ({MIRROR_ENV}) serves {files} at BASE/NAME"
+    return f"{again}check your network"
 
 
 def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
@@ -80,7 +84,8 @@ def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
                           else "the server sent a different file. Try again later")  # fmt: skip
                 raise TorchVaeError(
                     f"checksum mismatch for {url} (expected MD5 {md5}, got {got}); {sender}, "
-                    f"or download it by hand into {dest.parent}"
+                    f"or put the official file into {dest.parent} by hand (images of your own "
+                    "train as --dataset folder:PATH)"
                 )
     except OSError as exc:  # requests' errors are OSErrors too
         kind = type(exc).__name__
@@ -93,7 +98,7 @@ def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
                 "room for it"
             ) from None
         raise DownloadError(
-            f"could not download {url} ({kind}); {unreachable_fix('the file by its name')}, "
+            f"could not download {url} ({kind}); {unreachable_fix('the file by its name', kind)}, "
             f"download the file by hand into {dest.parent}, or set {MIRROR_ENV} to a base URL "
             "that serves it",
             url,
