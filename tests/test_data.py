@@ -11,6 +11,7 @@ from torch_vae import TorchVaeError
 from torch_vae.cli import main
 from torch_vae.data import SPLITS, load_split
 from torch_vae.data.datasets import get_dataset
+from torch_vae.training.rundir import read_metrics
 
 
 def test_mnist_idx_gz_resized(mnist_dir):
@@ -391,7 +392,7 @@ def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp
     assert f"start a new one (with --init_from {run / 'model.safetensors'}" in err, err
 
 
-def test_a_resume_on_a_folder_that_moved_says_how_to_go_on(tmp_path, capsys):
+def test_a_run_whose_folder_moved_continues_there_once_its_images_match(tmp_path, capsys):
     from torch_vae.cli import main
 
     folder = tmp_path / "shapes"
@@ -403,13 +404,29 @@ def test_a_resume_on_a_folder_that_moved_says_how_to_go_on(tmp_path, capsys):
     assert main(["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--epochs",
                  "2", "--max_steps", "1", "--image_size", "16", "--max_filters", "8",
                  "--latent_dims", "2", *common]) == 0  # fmt: skip
-    folder.rename(tmp_path / "moved")
-    assert main(["train", "--resume", str(run), "--max_steps", "0", *common]) == 1
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    resume = ["train", "--resume", str(run), "--max_steps", "0", *common]
+    assert main(resume) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"torch-vae: error: the run in {run} trains on the image folder {folder}, "
-                   "which does not exist any more; if it moved, move it back to continue the "
-                   f"run, or start a new run from its weights: --init_from "
-                   f"{run / 'model.safetensors'} --dataset folder:NEWPATH"]  # fmt: skip
+                   "which does not exist any more; if it moved, continue it there with "
+                   f"--resume {run} --dataset folder:NEWPATH, or move it back, or start a new "
+                   f"run from its weights: --init_from {run / 'model.safetensors'} --dataset "
+                   "folder:NEWPATH"]  # fmt: skip
+    other = tmp_path / "other"  # as many images, other ones
+    other.mkdir()
+    for i in range(20):
+        Image.new("L", (28, 28), 7 * i).save(other / f"o{i:02d}.png")
+    assert main([*resume, "--dataset", f"folder:{other}"]) == 1
+    assert "does not hold the images the run in" in capsys.readouterr().err
+    assert main([*resume, "--dataset", "mnist"]) == 1
+    assert "pass the folder it moved to as folder:NEWPATH" in capsys.readouterr().err
+    assert main([*resume, "--dataset", f"folder:{moved}"]) == 0  # the run goes on there
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["dataset"] == f"folder:{moved}"
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert main(["train", "--resume", str(run), "--epochs", "3", *common]) == 0  # no flag now
 
 
 def test_conditional_training_warns_of_a_class_with_only_test_images(tmp_path, caplog):

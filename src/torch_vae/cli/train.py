@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import get_dataset
+from ..data.datasets import absolute_name
 from ..errors import TorchVaeError
 from ..models import read_config
 from ..training import TrainConfig, execute
@@ -71,13 +72,20 @@ def _resume(run_dir: Path, values: dict[str, Any], given: set[str], lock: bool) 
             )
     model, train = read_run_config(run_dir)
     names = model_option_names()
+    # a run whose folder of images is gone continues on the one --dataset names (checked)
+    folder = train.dataset.removeprefix("folder:")
+    moved = "dataset" in given and train.dataset != folder and not Path(folder).exists()
+    if "dataset" in given:
+        values = {**values, "dataset": absolute_name(values["dataset"])}
     _check_given(
-        values, given - RESUME_OPTIONS, lambda name: model if name in names else train,
-        f"the run in {run_dir}",
-        "--resume continues the run with its own config; only --epochs and --max_steps may change",
+        values, given - RESUME_OPTIONS - ({"dataset"} if moved else set()),
+        lambda name: model if name in names else train, f"the run in {run_dir}",
+        "--resume continues the run with its own config; only --epochs and --max_steps may "
+        "change (and --dataset where its folder of images moved)",
     )  # fmt: skip
     extend = {k: values[k] if k in given else None for k in ("epochs", "max_steps")}
-    return plan_resume(run_dir, extend["epochs"], extend["max_steps"], values["data_dir"], lock)
+    return plan_resume(run_dir, extend["epochs"], extend["max_steps"], values["data_dir"], lock,
+                       values["dataset"] if moved else None)  # fmt: skip
 
 
 def _check_given(values, names, config_of, where: str, why: str) -> None:

@@ -332,6 +332,14 @@ class FolderDataset(Dataset):
             lines.append(f"{'/'.join(rel)}\0{st.st_size}\0{st.st_mtime_ns}")
         return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
+    def contents(self) -> str:
+        """A digest of both splits' file names (relative to the folder) and sizes: the same
+        for the folder moved or copied elsewhere (unlike ``fingerprint``, no modification
+        times, which a copy changes), what lets a run continue on its moved folder."""
+        lines = [f"{'/'.join(rel)}\0{st.st_size}" for split in SPLITS
+                 for rel, _, st in self.listing(split)]  # fmt: skip
+        return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
     def list_images(self, split: str) -> list[Path]:
         return [Path(path) for _, path, _ in self.listing(split)]
 

@@ -39,7 +39,7 @@ from .batches import batch_source
 from .compile import make_optimizer, maybe_compile
 from .distributed import Distributed, wrap
 from .loggers import EPOCH_PICTURE, Loggers, epoch_scalars, logger_names, open_loggers, run_params
-from .plan import RunData, RunPlan, initial_weights
+from .plan import RunData, RunPlan, folder_contents, initial_weights
 from .rundir import (
     CHECKPOINTS_DIR,
     append_metrics,
@@ -218,7 +218,8 @@ def run_plan(
             check_new_run_dir(plan.run_dir)
             plan.run_dir.mkdir(parents=True, exist_ok=True)
         # on resume: extended --epochs
-        write_run_config(plan.run_dir, plan.model, plan.train, split)
+        write_run_config(plan.run_dir, plan.model, plan.train, split,
+                         folder_contents(plan.train.dataset))  # fmt: skip
         log.info("run folder: %s", plan.run_dir)
     loop = _start(plan, train_images, data.eval, device, progress and dist.is_main, dist, start,
                   data.rows)  # fmt: skip

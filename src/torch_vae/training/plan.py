@@ -35,6 +35,7 @@ from .rundir import (
     clear_left_over_run,
     new_run_dir,
     read_run_config,
+    read_run_record,
 )
 from .state import load_train_state
 
@@ -177,14 +178,18 @@ def plan_resume(
     max_steps: int | None = None,
     data_dir: Path | None = None,
     lock_folder: bool = True,
+    moved_to: str | None = None,
 ) -> RunPlan:
     """The plan that continues the run in ``run_dir`` with its own config, ``epochs`` and
-    ``max_steps`` possibly extended; a one-line error for a finished run."""
+    ``max_steps`` possibly extended; a one-line error for a finished run. ``moved_to``: the
+    folder of images the run's folder dataset was moved to (its names and sizes checked)."""
     if not Path(run_dir).is_dir():
         raise TorchVaeError(f"--resume {run_dir}: no such run folder")
     lock = RunLock(run_dir, resuming=True) if lock_folder else None
     model, train = read_run_config(run_dir)
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
+    if moved_to is not None:
+        changes["dataset"] = moved_folder(run_dir, train.dataset, moved_to)
     train = dataclasses.replace(train, **changes)
     state = load_train_state(run_dir)
     if max_steps and max_steps < state["step"]:  # else it would end at once, as if finished
@@ -221,8 +226,46 @@ def _check_folder_there(run_dir: Path, dataset: str) -> None:
                "folder:NEWPATH") if weights.is_file() else ""  # fmt: skip
         raise TorchVaeError(
             f"the run in {run_dir} trains on the image folder {folder}, which does not exist "
-            f"any more; if it moved, move it back to continue the run{new}"
+            f"any more; if it moved, continue it there with --resume {run_dir} --dataset "
+            f"folder:NEWPATH, or move it back{new}"
         )
+
+
+def folder_contents(dataset: str) -> str | None:
+    """What config.json records of a folder dataset's images (``FolderDataset.contents``:
+    their names and sizes), None for a registered dataset; no image is opened."""
+    if not dataset.startswith("folder:"):
+        return None
+    root = Path(dataset.removeprefix("folder:"))
+    return FolderDataset(name=dataset, channels=3, root=root).contents()
+
+
+def moved_folder(run_dir: Path, recorded: str, given: str) -> str:
+    """The dataset a run whose folder moved continues on: ``given`` (--dataset), once it holds
+    the images the run recorded (their names and sizes); a one-line error otherwise."""
+    new = absolute_name(given)
+    if not recorded.startswith("folder:"):
+        raise TorchVaeError(f"--dataset {given}: the run in {run_dir} trains on {recorded}, "
+                            "not a folder of images; drop the flag")  # fmt: skip
+    if Path(recorded.removeprefix("folder:")).exists():
+        raise TorchVaeError(f"the run in {run_dir} trains on {recorded.removeprefix('folder:')}, "
+                            "which is still there; drop --dataset to continue on it")  # fmt: skip
+    if not new.startswith("folder:"):
+        raise TorchVaeError(f"--dataset {given}: the run in {run_dir} trains on a folder of "
+                            "images; pass the folder it moved to as folder:NEWPATH")  # fmt: skip
+    want = read_run_record(run_dir).get("images_sha256")
+    if not isinstance(want, str):
+        raise TorchVaeError(
+            f"the run in {run_dir} did not record its images' names and sizes, so --dataset "
+            f"{given} cannot be checked against them; move the folder back to "
+            f"{recorded.removeprefix('folder:')} to continue the run"
+        )
+    if folder_contents(new) != want:
+        raise TorchVaeError(
+            f"{new.removeprefix('folder:')} does not hold the images the run in {run_dir} "
+            "trained on (their names or sizes differ); pass the folder it moved to"
+        )
+    return new
 
 
 @dataclass(frozen=True)

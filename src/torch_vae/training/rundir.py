@@ -155,9 +155,11 @@ def write_run_config(
     model_config: ModelConfig,
     train_config: TrainConfig,
     split: dict[str, Any] | None = None,
+    images: str | None = None,
 ) -> None:
-    """config.json: the model and training config, and the validation split (its size, and
-    the SHA-256 of its rows: ``data.splits``)."""
+    """config.json: the model and training config, the validation split (its size, and the
+    SHA-256 of its rows: ``data.splits``) and, for a folder dataset, ``images``: the digest of
+    its images' names and sizes (``plan.folder_contents``)."""
     config = {
         "torch_vae_version": __version__,
         "model": model_config.to_dict(),
@@ -165,12 +167,23 @@ def write_run_config(
     }
     if split:
         config["split"] = split
+    if images:
+        config["images_sha256"] = images
     write_text_atomic(run_dir / CONFIG_NAME, json.dumps(config, indent=2))
 
 
 def read_run_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
     """The model and training config of a run folder, with a one-line error if unusable."""
-    path = run_dir / CONFIG_NAME
+    data, path = read_run_record(run_dir), run_dir / CONFIG_NAME
+    try:
+        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
+    except TorchVaeError as exc:
+        raise TorchVaeError(f"{path}: {exc}") from None
+
+
+def read_run_record(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config.json as it is (with "model" and "train"), or a one-line error."""
+    path = Path(run_dir) / CONFIG_NAME
     if not path.is_file():
         raise TorchVaeError(
             f"{run_dir} has no {CONFIG_NAME}; --resume takes a run folder written by "
@@ -182,10 +195,7 @@ def read_run_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig]:
         raise TorchVaeError(f"{path} is unreadable or corrupt ({exc})") from None
     if not isinstance(data, dict) or not {"model", "train"} <= set(data):
         raise TorchVaeError(f"{path} is not a torch-vae run config (no 'model' and 'train')")
-    try:
-        return ModelConfig.from_dict(data["model"]), TrainConfig.from_dict(data["train"])
-    except TorchVaeError as exc:
-        raise TorchVaeError(f"{path}: {exc}") from None
+    return data
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
