@@ -373,7 +373,9 @@ def test_a_photo_s_exif_orientation_is_applied_as_the_explorer_applies_it(tmp_pa
         assert img[:6].mean() > 200 and img[-6:].mean() < 50  # top white, bottom black
 
 
-def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp_path, capsys):
+def _folder_run_stopped_in_epoch_1(tmp_path):
+    """(a folder of 20 images, a 2-epoch run on it stopped after its first step, the flags
+    that find its data)."""
     from torch_vae.cli import main
 
     folder = tmp_path / "shapes"
@@ -385,6 +387,13 @@ def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp
     assert main(["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--epochs",
                  "2", "--max_steps", "1", "--image_size", "16", "--max_filters", "8",
                  "--latent_dims", "2", *common]) == 0  # fmt: skip
+    return folder, run, common
+
+
+def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp_path, capsys):
+    from torch_vae.cli import main
+
+    folder, run, common = _folder_run_stopped_in_epoch_1(tmp_path)
     for i in range(20, 30):
         Image.new("L", (28, 28), 5 * i).save(folder / f"i{i:02d}.png")
     assert main(["train", "--resume", str(run), "--max_steps", "0", *common]) == 1
@@ -395,15 +404,7 @@ def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp
 def test_a_run_whose_folder_moved_continues_there_once_its_images_match(tmp_path, capsys):
     from torch_vae.cli import main
 
-    folder = tmp_path / "shapes"
-    folder.mkdir()
-    for i in range(20):
-        Image.new("L", (28, 28), 10 * i).save(folder / f"i{i:02d}.png")
-    run = tmp_path / "run"
-    common = ["--data_dir", str(tmp_path / "data"), "--quiet", "--cpu"]
-    assert main(["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--epochs",
-                 "2", "--max_steps", "1", "--image_size", "16", "--max_filters", "8",
-                 "--latent_dims", "2", *common]) == 0  # fmt: skip
+    folder, run, common = _folder_run_stopped_in_epoch_1(tmp_path)
     moved = tmp_path / "moved"
     folder.rename(moved)
     resume = ["train", "--resume", str(run), "--max_steps", "0", *common]
