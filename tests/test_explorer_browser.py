@@ -320,3 +320,52 @@ def test_the_code_grid_of_a_discrete_model(tmp_path):
         assert problems == [] and outside == []
     shot = np.asarray(Image.open(tmp_path / "explorer-discrete.png"))
     assert shot.shape[0] > 500 and shot.std() > 10
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_the_page_fits_a_phone_and_says_what_went_wrong_where_it_happened(tmp_path, discrete):
+    """At a phone's 375 pixels the page is one column no wider than the screen; a refused
+    upload is said beside the upload and clears the panel; the map moves with the arrow keys;
+    an empty index is named; a stopped server is said as such."""
+    why = chromium_missing()
+    if why:
+        pytest.skip(why)
+    ex = tiny_explorer(n=40, discrete=discrete)
+    with serve_explorer(ex) as url, browser_page(width=375, height=800) as page:
+        page.goto(url)
+        page.wait_for_selector("body[data-ready='1']")
+        changes(page, "decoded", "")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 375, f"the page is {width} pixels wide on a 375-pixel screen"
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+
+        good = tmp_path / "good.png"
+        Image.fromarray(ex.images[7][..., 0]).save(good)
+        page.set_input_files("#upload", str(good))
+        changes(page, "upload-recon", "")
+        bad = tmp_path / "broken.png"
+        bad.write_bytes(good.read_bytes()[:40])  # a PNG cut short
+        page.set_input_files("#upload", str(bad))
+        page.wait_for_function("document.getElementById('upload-error').textContent !== ''")
+        assert page.inner_text("#upload-error").startswith("broken.png: 415: not an image")
+        assert src(page, "upload-recon") == "" and src(page, "upload-input") == ""
+
+        before = src(page, "decoded")  # the map from the keyboard
+        page.focus("#map")
+        page.keyboard.press("ArrowRight")
+        changes(page, "decoded", before)
+        assert page.inner_text("#source").startswith("map: (")
+
+        page.fill("#b-index", "")
+        page.click("#b-pick")
+        assert page.inner_text("#interp-error") == "B: enter a test image index"
+    # the server is gone, the page still open: it says so
+    with browser_page() as page:
+        with serve_explorer(ex) as url:
+            page.goto(url)
+            page.wait_for_selector("body[data-ready='1']")
+            changes(page, "decoded", "")
+        page.click("#sample")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('cannot reach the "
+            "explorer\\'s server')", timeout=20_000)  # fmt: skip

@@ -560,7 +560,8 @@ class BodyLimit:
 
     async def _refuse(self, scope, receive, send) -> None:
         detail = (
-            f"the request body is larger than {self.limit:,} bytes ({self.limit / 2**20:.1f} MiB)"
+            f"the request body is larger than {self.limit:,} bytes: an uploaded image may have "
+            f"{MAX_UPLOAD_BYTES:,} bytes ({MAX_UPLOAD_BYTES / 2**20:.0f} MiB) at most"
         )
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 

@@ -28,7 +28,11 @@ async function api(path, body) {
     init = { method: "POST", headers: { "Content-Type": "application/json" },
              body: JSON.stringify(body) };
   }
-  const r = await fetch(path, init);
+  let r;
+  try { r = await fetch(path, init); }
+  catch (e) {  // no answer at all ("Failed to fetch"): the server is gone
+    throw new Error("cannot reach the explorer's server: is torch-vae explore still running?");
+  }
   const data = await r.json().catch(() => ({ detail: r.statusText }));
   if (!r.ok) throw new Error(`${r.status}: ${data.detail || r.statusText}`);
   return data;
@@ -192,7 +196,11 @@ function buildGrid(info) {
 function selectCell(i, focus = true) {
   state.cell = i;
   const cells = $("grid").children;
-  for (const cell of cells) cell.classList.toggle("selected", Number(cell.dataset.cell) === i);
+  for (const cell of cells) {  // one Tab stop, the selected cell's: arrows move between them
+    const selected = Number(cell.dataset.cell) === i;
+    cell.classList.toggle("selected", selected);
+    cell.tabIndex = selected ? 0 : -1;
+  }
   if (focus) cells[i].focus();
   updateCellEditor();
 }
@@ -345,24 +353,39 @@ function buildLegend(info, data) {
   });
 }
 
+// Decode the map's point ``xy`` (clamped to the map), marked on it.
+function decodeMapPoint(xy) {
+  const bound = state.info.z_bound;
+  xy = xy.map((v) => Math.max(-bound, Math.min(bound, v)));
+  state.marker = xy;
+  drawMap();
+  decodeQueue(async () => show(await api("api/map/decode", withClass({ xy })),
+                               `map: (${xy[0].toFixed(2)}, ${xy[1].toFixed(2)})`));
+}
+
 function mapPointer() {
   const c = $("map");
   let dragging = false;
   const pick = (e) => {
     const r = c.getBoundingClientRect();
-    const bound = state.info.z_bound;
-    const xy = toMap((e.clientX - r.left) * c.width / r.width,
-                     (e.clientY - r.top) * c.height / r.height)
-      .map((v) => Math.max(-bound, Math.min(bound, v)));
-    state.marker = xy;
-    drawMap();
-    decodeQueue(async () => show(await api("api/map/decode", withClass({ xy })),
-                                 `map: (${xy[0].toFixed(2)}, ${xy[1].toFixed(2)})`));
+    decodeMapPoint(toMap((e.clientX - r.left) * c.width / r.width,
+                         (e.clientY - r.top) * c.height / r.height));
   };
   c.addEventListener("pointerdown", (e) => { dragging = true; c.setPointerCapture(e.pointerId); pick(e); });
   c.addEventListener("pointermove", (e) => { if (dragging) pick(e); });
   c.addEventListener("pointerup", () => { dragging = false; });
   c.addEventListener("pointercancel", () => { dragging = false; });
+  // the keyboard: arrows move the point (a 40th of the map, with Shift a 8th), from the
+  // centre at first
+  const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, 1], ArrowDown: [0, -1] };
+  c.addEventListener("keydown", (e) => {
+    const move = moves[e.key];
+    if (!move) return;
+    e.preventDefault();
+    const step = state.info.z_bound * (e.shiftKey ? 0.25 : 0.05);
+    const at = state.marker || [0, 0];
+    decodeMapPoint([at[0] + move[0] * step, at[1] + move[1] * step]);
+  });
 }
 
 // ---- uploads and interpolation ---------------------------------------------------------
@@ -380,10 +403,17 @@ async function encodeUpload(showIt) {
     const d = await api("api/encode", fileForm($("upload")));
     $("upload-input").src = d.input;
     $("upload-recon").src = d.image;
+    $("upload-error").textContent = "";
     state.upload = d.xy;
     if (showIt) decodeQueue(async () => show(d, `your image: ${$("upload").files[0].name}`));
     else drawMap();
-  } catch (e) { setStatus(e.message, true); }
+  } catch (e) {  // said beside the control, and the panel no longer shows an earlier image
+    for (const id of ["upload-input", "upload-recon"]) $(id).removeAttribute("src");
+    $("upload-error").textContent = `${$("upload").files[0].name}: ${e.message}`;
+    state.upload = null;
+    drawMap();
+    setStatus(e.message, true);
+  }
 }
 
 function uploadPanel() {
@@ -393,6 +423,7 @@ function uploadPanel() {
 }
 
 function setSlot(name, d, what) {
+  $("interp-error").textContent = "";
   state.slots[name] = d.z;
   state.slotNames[name] = what;
   $(`${name}-thumb`).src = d.input;
@@ -440,10 +471,12 @@ function interpPanel() {
   for (const name of ["a", "b"]) {
     const index = $(`${name}-index`);
     index.max = state.info.images - 1;
+    const fail = (message) => { $("interp-error").textContent = message; setStatus(message, true); };
     const pick = async () => {
+      if (index.value.trim() === "") return fail(`${name.toUpperCase()}: enter a test image index`);
       const i = Number(index.value);
       try { setSlot(name, await api(`api/images/${i}`), `test image ${i}`); }
-      catch (e) { setStatus(e.message, true); }
+      catch (e) { fail(`${name.toUpperCase()}: ${e.message}`); }
     };
     $(`${name}-pick`).addEventListener("click", pick);
     index.addEventListener("change", pick);
@@ -451,9 +484,13 @@ function interpPanel() {
       if (!$(`${name}-file`).files.length) return;
       const file = $(`${name}-file`).files[0].name;
       try { setSlot(name, await api("api/encode", fileForm($(`${name}-file`))), `image ${file}`); }
-      catch (e) { setStatus(e.message, true); }
+      catch (e) { fail(`${name.toUpperCase()}, ${file}: ${e.message}`); }
     });
-    $(`${name}-thumb`).addEventListener("click", () => showSlot(name));
+    const thumb = $(`${name}-thumb`);
+    thumb.addEventListener("click", () => showSlot(name));
+    thumb.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") { e.preventDefault(); showSlot(name); }
+    });
     pick();
   }
   $("method").addEventListener("change", interpolate);
