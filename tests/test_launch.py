@@ -16,6 +16,7 @@ from test_distributed import SRC
 from runs import TINY, assert_same_run, weights
 from torch_vae.cli import launch, main
 from torch_vae.data import load_split
+from torch_vae.training.rundir import read_metrics
 from torch_vae.training.state import load_train_state
 
 # the command, with each process recording its pid and its parent's; optionally rank 1 fails
@@ -167,6 +168,30 @@ def test_nproc_per_node_job_stopped_by_ctrl_c_saves_its_state_and_says_how_to_re
     assert err.count("stopped by SIGINT") == 1 and "Traceback" not in err
     assert "signal again" not in err  # the launcher's echo of the Ctrl-C is not a second one
     assert (run / "ckpt.pt").is_file()
+
+
+@pytest.mark.slow  # two forked 2-process jobs: about 10 s
+def test_a_job_s_last_batch_with_fewer_images_than_processes_is_left_out(data, tmp_path):
+    """36 training images in batches of 7 leave 1 image for the last step, which one of 2
+    processes would get none of: the epoch has 5 steps, not 6 (a run of one process has 6);
+    a batch smaller than the job is refused before any work."""
+    run = tmp_path / "run"
+    flags = [a for a in TINY if a != "--batchsize"]
+    flags.remove("8")
+    cmd = [sys.executable, "-m", "torch_vae", "train", *flags, "--data_dir", str(data),
+           "--epochs", "2", "--nproc_per_node", "2"]  # fmt: skip
+    done = subprocess.run([*cmd, "--run_dir", str(run), "--batchsize", "7"], env=_env(),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(run)] == [5, 10]
+    small = subprocess.run([*cmd, "--run_dir", str(tmp_path / "small"), "--batchsize", "1"],
+                           env=_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert small.returncode == 1 and "Traceback" not in small.stderr
+    assert small.stderr.strip().splitlines()[-1] == (
+        "torch-vae: error: --batchsize 1 is the job's batch, split among its 2 processes: each "
+        "needs at least one image; pass --batchsize 2 or more"
+    )
+    assert not (tmp_path / "small").exists()
 
 
 def test_nproc_per_node_is_refused_inside_a_torchrun_job(monkeypatch, capsys, tmp_path):

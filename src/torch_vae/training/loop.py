@@ -206,6 +206,12 @@ def run_plan(
         log.info("--precision auto: %s (%s %s bfloat16 natively)", precision, device, why)
     plan = dataclasses.replace(plan, train=dataclasses.replace(plan.train, precision=precision))
     # checked before the run folder is created, so a bad flag leaves nothing behind
+    if plan.train.batchsize < dist.world:
+        raise TorchVaeError(
+            f"--batchsize {plan.train.batchsize} is the job's batch, split among its "
+            f"{dist.world} processes: each needs at least one image; pass --batchsize "
+            f"{dist.world} or more"
+        )
     data = train_images
     if not isinstance(data, RunData):
         data = RunData(train_images, None, test_images, "test")
@@ -268,7 +274,9 @@ def _start(plan, train_images, test_images, device, progress, dist, start, rows=
     gen = torch.Generator().manual_seed(cfg.seed)
     fixed_z = model.prior_sample(N_PICTURE, gen, device, torch.float32)
     n_train = len(rows) if rows is not None else len(train_images)
-    steps_per_epoch = math.ceil(n_train / cfg.batchsize)
+    # an epoch's last, partial batch is left out where it has fewer images than processes
+    # (one would have none); it stays in a run of one process
+    steps_per_epoch = n_train // cfg.batchsize + (n_train % cfg.batchsize >= dist.world)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
