@@ -410,6 +410,29 @@ def test_an_unknown_device_lists_the_devices_to_choose_from(name, says):
     assert str(refused.value) == says
 
 
+def test_cpu_with_another_device_is_refused_and_with_cpu_or_auto_is_the_cpu(capsys, tmp_path):
+    from torch_vae.runtime.device import pick_device
+
+    for name in ("cuda", "mps", "cuda:1"):
+        with pytest.raises(TorchVaeError, match=f"^--cpu and --device {name} ask for two devices"):
+            pick_device(name, cpu=True)
+    assert pick_device("auto", cpu=True).type == "cpu" == pick_device("cpu", cpu=True).type
+    from torch_vae.cli import main
+
+    args = [
+        "generate",
+        "--model",
+        str(tmp_path),
+        "--outdir",
+        str(tmp_path / "g"),
+        "--cpu",
+        "--device",
+        "cuda",
+    ]
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip().endswith("ask for two devices; pass one of them")
+
+
 def test_fp16_training_on_the_cpu_is_warned_of_and_inference_is_not(caplog):
     from torch_vae.runtime.precision import Precision
 

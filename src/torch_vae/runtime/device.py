@@ -17,7 +17,10 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def pick_device(name: str = "auto", cpu: bool = False) -> torch.device:
-    """``--cpu`` wins; ``auto`` takes CUDA, then MPS, then the CPU."""
+    """``auto`` takes CUDA, then MPS, then the CPU; ``--cpu`` is the CPU, and with another
+    ``--device`` than auto or cpu a one-line error (which one was meant?)."""
+    if cpu and name not in ("auto", "cpu"):
+        raise TorchVaeError(f"--cpu and --device {name} ask for two devices; pass one of them")
     if cpu or name == "cpu":
         return torch.device("cpu")
     if name == "auto":
