@@ -137,3 +137,15 @@ def test_sharpen_refuses_bad_flags_and_an_existing_out_in_one_line(
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, flags
         assert not (tmp_path / "new").exists()
+
+
+def test_sharpen_in_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, caplog):
+    from torch_vae import VAE, ModelConfig
+    from torch_vae.runtime import precision
+    from torch_vae.training.sharpen import SharpenSettings, _Trainer
+
+    monkeypatch.setattr(precision, "bf16_emulated", lambda device: True)
+    model = VAE(ModelConfig(image_size=16, max_filters=8, depth=2, latent_dims=2))
+    with caplog.at_level("WARNING"):
+        _Trainer(model, SharpenSettings(precision="bf16"), torch.device("cpu"))
+    assert "emulates bf16 and --precision bf16 trains about 2x slower" in caplog.text

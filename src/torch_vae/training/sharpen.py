@@ -102,7 +102,7 @@ class _Trainer:
         self.disc = Discriminator(model.config.in_channels, s.disc_width).to(device)
         self.opt_g = torch.optim.Adam(model.decoder.parameters(), s.lr, betas=(0.5, 0.9))
         self.opt_d = torch.optim.Adam(self.disc.parameters(), s.disc_lr, betas=(0.5, 0.9))
-        self.amp = Precision(device, s.precision)
+        self.amp = Precision(device, s.precision, train=True)  # its warnings for training
         self.last = last_layer_weight(model.decoder)
         self.generator = torch.Generator().manual_seed(s.seed)  # posterior samples, batches
         self.steps = 0
