@@ -62,7 +62,12 @@ def test_average_refuses_bad_input_without_writing(trained, mnist_dir, tmp_path,
         "--last 0": [run, "--last", "0", "--out", out[2]],
         "no such run folder": [str(tmp_path / "nope"), "--last", "1", "--out", out[3]],
         "has no checkpoints/epoch_NNN.safetensors": [str(taken), "--last", "1", "--out", out[4]],
+        "its run stopped before the end of its first epoch; continue it with torch-vae train "
+        f"--resume {tmp_path / 'early'}": [str(tmp_path / "early"), "--last", "1", "--out", out[0]],
     }
+    (tmp_path / "early").mkdir()  # a run stopped in its first epoch: a state, no weights yet
+    for name in ("config.json", "ckpt.pt"):
+        (tmp_path / "early" / name).write_bytes((trained / name).read_bytes())
     for message, args in cases.items():
         capsys.readouterr()
         assert main(["average", *args, *data]) == 1, message

@@ -31,7 +31,7 @@ from ..data.labels import labels_as
 from ..errors import TorchVaeError
 from ..io.files import current_umask, file_sha256
 from ..io.png import save_png
-from ..io.weights import CONFIG_NAME, WEIGHTS_NAME
+from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, load_model, read_config, save_model
 from ..runtime.device import to_float
 from .rundir import CHECKPOINTS_DIR
@@ -50,6 +50,8 @@ def epoch_checkpoints(run_dir: Path) -> list[Path]:
         )
     paths = sorted((run_dir / CHECKPOINTS_DIR).glob("epoch_*.safetensors"))
     if not paths:
+        if (run_dir / CONFIG_NAME).is_file():  # a run before the end of its first epoch
+            resolve_weights(run_dir)  # says so (and how to go on)
         raise TorchVaeError(
             f"{run_dir} has no {CHECKPOINTS_DIR}/epoch_NNN.safetensors; pass a run folder "
             "written by 'torch-vae train'"
