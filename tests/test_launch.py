@@ -248,3 +248,12 @@ def test_a_job_stopped_by_ctrl_c_before_its_processes_said_anything_is_told_as_s
         .err.strip()
         .endswith("process 0, 1 of the job ended without a word (killed, e.g. out of memory?)")
     )
+    # process 1 killed (SIGKILL): process 0's echo, which points at a message of process 1's
+    # that does not exist, is left out
+    echo = ("torch-vae: error: process 0 of 2: another process of the job stopped or hung "
+            "(Connection reset by peer); its own message above says why")  # fmt: skip
+    (tmp_path / "rank00000.txt").write_text(echo + "\n", encoding="utf-8")
+    assert launch._report(tmp_path, 2, -9, rank=1) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "torch-vae: error: process 1 of the job was killed by SIGKILL; the others were stopped"
+    ]

@@ -141,9 +141,10 @@ def _report(work: Path, nproc: int, code: int, rank: int | None = None) -> int:
             said[r] = f.read_text(encoding="utf-8").splitlines()
     lines = list(dict.fromkeys(line for r in sorted(said) for line in said[r]))
     primary = [line for line in lines if _ECHO not in line]  # a process saying why
-    for line in primary or lines:
-        say(line)
     silent = [r for r in range(nproc) if r not in said]
+    # the others' echoes point at its message: none where the failed process said nothing
+    for line in primary or ([] if silent else lines):
+        say(line)
     if code < 0 and rank is not None:  # killed by a signal: it said nothing
         say(f"torch-vae: error: process {rank} of the job was killed by "
             f"{_signal_name(-code)}; the others were stopped")  # fmt: skip
