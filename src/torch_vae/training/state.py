@@ -117,7 +117,8 @@ def state_digest(state: dict[str, Any]) -> str:
     """SHA-256 of everything in a training state but its "digest": each tensor's dtype, shape
     and bytes and each other value's type and repr, in the state's own order. torch.load does
     not check the zip records' CRCs, so bytes damaged inside a tensor would otherwise load as
-    other numbers (about 0.1 s for 40 MB of weights and optimizer moments)."""
+    other numbers (8 ms for the original architecture's 390,673 weights and their AdamW
+    moments on a 2-core Xeon)."""
     h = hashlib.sha256()
 
     def walk(value: Any) -> None:
@@ -127,9 +128,8 @@ def state_digest(state: dict[str, Any]) -> str:
             h.update(t.view(torch.uint8).numpy().tobytes())
         elif isinstance(value, dict):
             for key, item in value.items():
-                if key != "digest":
-                    h.update(f"K{key!r}".encode())
-                    walk(item)
+                h.update(f"K{key!r}".encode())
+                walk(item)
         elif isinstance(value, list | tuple):
             h.update(f"L{len(value)}".encode())
             for item in value:
@@ -137,7 +137,7 @@ def state_digest(state: dict[str, Any]) -> str:
         else:
             h.update(f"V{type(value).__name__}{value!r}".encode())
 
-    walk(state)
+    walk({key: value for key, value in state.items() if key != "digest"})
     return h.hexdigest()
 
 
