@@ -669,3 +669,40 @@ def test_a_conditional_discrete_model_decodes_and_encodes_as_the_class_named(vq_
     path = client.post("/api/interpolate", json={"a": z, "b": grid_list(ex, 2), "steps": 3,
                                                  "class": 2}).json()  # fmt: skip
     assert path["frames"][0] == ex.decode(torch.tensor(z).view(1, 8, 8), 2)[0]
+
+
+def test_a_slow_random_sample_does_not_hold_up_a_decode(monkeypatch):
+    """A fitted transformer's draw takes about half a second: it runs beside the event loop,
+    so another request (another tab's slider) is answered meanwhile."""
+    import asyncio
+    import time
+
+    import httpx
+
+    ex = tiny_explorer(latent_dims=3)
+    real = ex.sample
+
+    def slow(seed, label=None):
+        time.sleep(1.0)  # as long as a transformer's draw, or longer
+        return real(seed, label)
+
+    monkeypatch.setattr(ex, "sample", slow)
+
+    async def both():
+        transport = httpx.ASGITransport(app=create_app(ex))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as c:
+            done, start = {}, time.perf_counter()
+
+            async def timed(name, path, body):  # when it was answered, from the start
+                r = await c.post(path, json=body, headers={"host": "127.0.0.1"})
+                assert r.status_code == 200, r.text
+                done[name] = time.perf_counter() - start
+
+            sample = asyncio.create_task(timed("sample", "/api/sample", {"seed": 1}))
+            await asyncio.sleep(0.05)  # the sample is under way
+            await timed("decode", "/api/decode", {"z": [0.0, 0.0, 0.0]})
+            await sample
+            return done
+
+    done = asyncio.run(both())
+    assert done["decode"] < 0.5 < done["sample"], done

@@ -334,7 +334,9 @@ def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
         one drawn with the seed. The body is optional (none: a random seed)."""
         req = req if req is not None else m.SampleRequest()
         seed = req.seed if req.seed is not None else int(torch.randint(2**62, ()).item())
-        z, y = ex.sample(seed, label(req))
+        # off the event loop: a fitted transformer's draw takes about half a second, which
+        # would hold up every other request (another tab's slider) meanwhile
+        z, y = await run_in_threadpool(ex.sample, seed, label(req))
         return m.Sampled(**coded(z, y), label=y)
 
     @app.post("/api/interpolate", response_model=m.Interpolation, responses=_errors(400, 413, 422))
