@@ -108,6 +108,14 @@ def data(mnist_dir):
 
 
 @pytest.fixture(autouse=True)
+def quick_download_retries(monkeypatch):
+    """A download that failed is tried again at once here (seconds later for users)."""
+    from torch_vae.data import download
+
+    monkeypatch.setattr(download, "RETRY_WAIT", 0.0)
+
+
+@pytest.fixture(autouse=True)
 def keep_threads():
     """--threads (set by the command for the whole process) must not leak into other tests."""
     n = torch.get_num_threads()

@@ -63,6 +63,51 @@ def test_server_down_says_to_check_the_network(tmp_path):
         download(f"http://127.0.0.1:{port}/a.bin", "0" * 32, tmp_path / "a.bin", progress=False)
 
 
+@pytest.fixture
+def flaky(tmp_path):
+    """A server whose first ``fail[0]`` answers are HTTP ``status[0]``, then the file; the
+    requests it got are counted in ``asked``."""
+    body = b"hello world" * 100
+    state = {"fail": 0, "status": 503, "asked": 0}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            state["asked"] += 1
+            if state["asked"] <= state["fail"]:
+                self.send_error(state["status"])
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a, **k):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield state, f"http://127.0.0.1:{httpd.server_address[1]}/a.bin", hashlib.md5(body).hexdigest()
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_failure_that_may_pass_is_tried_again_and_a_missing_file_is_not(flaky, tmp_path, caplog):
+    state, url, md5 = flaky
+    state["fail"] = 2  # two server errors, then the file
+    with caplog.at_level("WARNING"):
+        assert download(url, md5, tmp_path / "a.bin", progress=False).is_file()
+    assert state["asked"] == 3
+    assert "(HTTP 503); trying again in 0 s (1 of 2 more tries)" in caplog.text
+    state.update(asked=0, fail=5)  # down for longer than the tries
+    with pytest.raises(TorchVaeError, match=r"\(HTTP 503\); try again"):
+        download(url, md5, tmp_path / "b.bin", progress=False)
+    assert state["asked"] == 3 and not (tmp_path / "b.bin").exists()
+    state.update(asked=0, fail=5, status=404)  # a missing file stays missing: asked once
+    with pytest.raises(TorchVaeError, match=r"\(HTTP 404\)"):
+        download(url, md5, tmp_path / "c.bin", progress=False)
+    assert state["asked"] == 1
+
+
 def test_file_missing_on_server_is_a_download_error(server, tmp_path):
     _, url = server
     with pytest.raises(

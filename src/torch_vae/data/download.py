@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 from ..errors import TorchVaeError
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 # Set to a base URL to download every dataset file from a mirror instead of its official host.
 MIRROR_ENV = "TORCH_VAE_MIRROR"
+RETRIES = 2  # more tries of a download whose failure may pass (``passing``)
+RETRY_WAIT = 2.0  # seconds before the first of them, doubled before each next one
 
 
 class DownloadError(TorchVaeError):
@@ -56,11 +59,35 @@ def unreachable_fix(files: str, kind: str = "") -> str:
 
 
 def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
-    """Download ``url`` (or its copy on ``$TORCH_VAE_MIRROR``) to ``dest``.
+    """Download ``url`` (or its copy on ``$TORCH_VAE_MIRROR``) to ``dest``, trying again
+    ``RETRIES`` times after a failure that may pass (``passing``), ``RETRY_WAIT`` seconds
+    later and then twice as long each time.
 
     The file only appears at ``dest`` once complete and verified; until then it is a locked
     temporary beside it, which :func:`remove_stale_temporaries` removes if this process dies.
     """
+    for attempt in range(RETRIES + 1):
+        try:
+            return _download(url, md5, dest, progress)
+        except DownloadError as exc:
+            if attempt == RETRIES or not passing(exc.kind):
+                raise
+            wait = RETRY_WAIT * 2**attempt
+            log.warning("downloading %s failed (%s); trying again in %g s (%d of %d more tries)",
+                        exc.url, exc.kind, wait, attempt + 1, RETRIES)  # fmt: skip
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def passing(kind: str) -> bool:
+    """Whether a download's failure ``kind`` may pass if tried again: a dropped connection, a
+    transfer cut short, a server error (HTTP 5xx); not a missing file (HTTP 4xx), nor a
+    timeout (which waited a minute already)."""
+    return not kind.startswith("HTTP 4") and "Timeout" not in kind
+
+
+def _download(url: str, md5: str, dest: Path, progress: bool) -> Path:
+    """One try of ``download``."""
     import pooch
     import requests
 
