@@ -428,6 +428,16 @@ def test_a_run_whose_folder_moved_continues_there_once_its_images_match(tmp_path
     assert config["train"]["dataset"] == f"folder:{moved}"
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     assert main(["train", "--resume", str(run), "--epochs", "3", *common]) == 0  # no flag now
+    import torch_vae  # from Python: moved_to
+
+    moved.rename(tmp_path / "again")
+    torch_vae.train(resume=run, epochs=4, moved_to=tmp_path / "again",
+                    data_dir=tmp_path / "data", device="cpu", progress=False)  # fmt: skip
+    assert json.loads((run / "config.json").read_text())["train"]["dataset"] == (
+        f"folder:{tmp_path / 'again'}"
+    )
+    with pytest.raises(TypeError, match="moved_to go with resume"):
+        torch_vae.train("dcgan", moved_to=tmp_path / "again")
 
 
 def test_conditional_training_warns_of_a_class_with_only_test_images(tmp_path, caplog):

@@ -55,6 +55,7 @@ def train(
     resume: str | os.PathLike | None = None,
     epochs: int | None = None,
     max_steps: int | None = None,
+    moved_to: str | os.PathLike | None = None,
     dry_run: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -62,7 +63,8 @@ def train(
     """Train ``model`` (a config, or an architecture name for its defaults on the dataset's
     images) with ``config`` (default: ``TrainConfig()``) into ``run_dir`` (default: a new
     numbered folder under runs/); or, with ``init_from``, start from those weights; or, with
-    ``resume``, continue that run (``epochs`` and ``max_steps`` may extend it). Writes the run
+    ``resume``, continue that run (``epochs`` and ``max_steps`` may extend it; ``moved_to``:
+    where its folder of images went, as ``--resume RUN --dataset folder:NEWPATH``). Writes the run
     folder as ``torch-vae train`` does; Ctrl-C saves the state and raises
     ``TrainingInterrupted`` (``resume`` continues it)."""
     config = config or TrainConfig()
@@ -72,9 +74,11 @@ def train(
 
     def make_plan(dist: Distributed) -> RunPlan:
         if resume is not None:
-            return plan_resume(Path(resume), epochs, max_steps, data, dist.is_main)
-        if epochs is not None or max_steps is not None:
-            raise TypeError("epochs and max_steps extend a resumed run; set them in config")
+            moved = None if moved_to is None else str(moved_to)
+            return plan_resume(Path(resume), epochs, max_steps, data, dist.is_main, moved)
+        if epochs is not None or max_steps is not None or moved_to is not None:
+            raise TypeError("epochs, max_steps and moved_to go with resume (a new run takes "
+                            "them in config)")  # fmt: skip
         folder = Path(run_dir) if run_dir is not None else None
         start = Path(init_from) if init_from is not None else None
         return plan_new(model, config, folder, data, start, dry_run, dist)
