@@ -305,6 +305,24 @@ def test_ood_class_warns_when_the_model_was_trained_on_that_class(labelled, tmp_
     assert "trained on class" not in caplog.text
 
 
+def test_ood_images_of_the_model_s_own_dataset_are_warned_of(labelled, tmp_path, caplog):
+    import logging
+
+    model = black_model(tmp_path / "m")  # trained on mnist
+    with caplog.at_level(logging.WARNING):
+        assert score(model, labelled, "--ood", "mnist", "--out", str(tmp_path / "a.json")) == 0
+    assert "--ood mnist is the dataset the model was trained on" in caplog.text
+    caplog.clear()
+    folder = tmp_path / "white"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("L", (28, 28), 255).save(folder / f"w{i:02d}.png")
+    with caplog.at_level(logging.WARNING):
+        assert score(model, labelled, "--ood", f"folder:{folder}", "--out",
+                     str(tmp_path / "b.json")) == 0  # fmt: skip
+    assert "the dataset the model was trained on" not in caplog.text
+
+
 def test_a_score_of_the_first_images_is_not_named_as_the_whole_split_s(labelled, tmp_path):
     model = black_model(tmp_path / "m")
     assert score(model, labelled, "--nimages", "7") == 0

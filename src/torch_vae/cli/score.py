@@ -184,6 +184,10 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
     """The images of ``--ood``: a folder's every image (both of its splits), or a dataset's
     ``--split``."""
     ood, channels = o.ood, model.config.in_channels
+    if absolute_name(ood) == model.dataset:
+        log.warning("--ood %s is the dataset the model was trained on: its images are "
+                    "in-distribution (a folder's, training images among them), so the scores "
+                    "cannot tell the two sets apart; pass other images", ood)  # fmt: skip
     ds = get_dataset(ood)  # once: a folder's is a scan of every image
     folder = isinstance(ds, FolderDataset)
     if not folder:
