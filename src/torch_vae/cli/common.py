@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..analysis.figures import FIGURE_SOFTWARE
 from ..data import check_channels, load_split
-from ..data.datasets import DECODE_ERRORS, absolute_name
+from ..data.datasets import DECODE_ERRORS, absolute_name, gone_folder
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
 from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
@@ -43,12 +43,11 @@ def resolve_dataset(model: VAE, dataset: str | None, model_path: Path) -> str:
         raise TorchVaeError(
             f"{model_path} does not say which dataset it was trained on; pass --dataset"
         )
-    if dataset is None and model.dataset.startswith("folder:"):
-        folder = Path(model.dataset.removeprefix("folder:"))
-        if not folder.exists():
-            raise TorchVaeError(f"{model_path} was trained on the image folder {folder}, which "
-                                "does not exist any more; if it moved, pass --dataset "
-                                "folder:NEWPATH")  # fmt: skip
+    folder = gone_folder(model.dataset) if dataset is None else None
+    if folder is not None:
+        raise TorchVaeError(f"{model_path} was trained on the image folder {folder}, which "
+                            "does not exist any more; if it moved, pass --dataset "
+                            "folder:NEWPATH")  # fmt: skip
     dataset = absolute_name(dataset or model.dataset)  # reports say which folder, from anywhere
     check_channels(dataset, model.config.in_channels, "the model expects",
                    "pass the dataset the model was trained on")  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import get_dataset
-from ..data.datasets import absolute_name
+from ..data.datasets import absolute_name, gone_folder
 from ..errors import TorchVaeError
 from ..models import read_config
 from ..training import TrainConfig, execute
@@ -73,8 +73,7 @@ def _resume(run_dir: Path, values: dict[str, Any], given: set[str], lock: bool) 
     model, train = read_run_config(run_dir)
     names = model_option_names()
     # a run whose folder of images is gone continues on the one --dataset names (checked)
-    folder = train.dataset.removeprefix("folder:")
-    moved = "dataset" in given and train.dataset != folder and not Path(folder).exists()
+    moved = "dataset" in given and gone_folder(train.dataset) is not None
     if "dataset" in given:
         values = {**values, "dataset": absolute_name(values["dataset"])}
     _check_given(

@@ -563,6 +563,13 @@ def absolute_name(name: str) -> str:
     return name
 
 
+def gone_folder(name: str) -> Path | None:
+    """The folder of a folder dataset recorded as ``folder:PATH`` that no longer exists (moved
+    or removed), else None."""
+    folder = Path(name.removeprefix("folder:"))
+    return folder if name.startswith("folder:") and not folder.exists() else None
+
+
 def check_channels(name: str, channels: int, what: str, fix: str) -> None:
     """A one-line error unless dataset ``name`` has ``channels`` image channels, as ``what``
     (e.g. "the model expects") says; ``fix`` tells the user what to do."""

@@ -19,7 +19,7 @@ import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
 from ..data.cache import CacheRows, gather_for
-from ..data.datasets import FolderDataset, absolute_name
+from ..data.datasets import FolderDataset, absolute_name, gone_folder
 from ..data.labels import check_every_image_labelled, class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
 from ..errors import TorchVaeError
@@ -220,8 +220,8 @@ def plan_resume(
 
 def _check_folder_there(run_dir: Path, dataset: str) -> None:
     """A one-line error with the ways on for a run whose folder of images is gone (moved)."""
-    folder, weights = Path(dataset.removeprefix("folder:")), Path(run_dir) / WEIGHTS_NAME
-    if dataset.startswith("folder:") and not folder.exists():
+    folder, weights = gone_folder(dataset), Path(run_dir) / WEIGHTS_NAME
+    if folder is not None:
         new = (f", or start a new run from its weights: --init_from {weights} --dataset "
                "folder:NEWPATH") if weights.is_file() else ""  # fmt: skip
         raise TorchVaeError(
@@ -247,7 +247,7 @@ def moved_folder(run_dir: Path, recorded: str, given: str) -> str:
     if not recorded.startswith("folder:"):
         raise TorchVaeError(f"--dataset {given}: the run in {run_dir} trains on {recorded}, "
                             "not a folder of images; drop the flag")  # fmt: skip
-    if Path(recorded.removeprefix("folder:")).exists():
+    if gone_folder(recorded) is None:
         raise TorchVaeError(f"the run in {run_dir} trains on {recorded.removeprefix('folder:')}, "
                             "which is still there; drop --dataset to continue on it")  # fmt: skip
     if not new.startswith("folder:"):
