@@ -3,22 +3,29 @@
     python bench/peers.py                          # 3 rounds of everything (docs/benchmarks.md)
     python bench/peers.py --max-steps 20 --rounds 1 --threads 1 --out bench/work/peers-check.json
 
-Four systems (five commands) train the same network (the original torch-vae's: ``--arch
+Four systems (six commands) train the same network (the original torch-vae's: ``--arch
 original``, latent 8, filters up to 128, Fashion-MNIST at 64x64, batch 128, AdamW at 3e-4 with
 weight decay 0.01):
 
 - original: the original torch-vae scripts (``train.py``, ``generate.py``, ``reconstruct.py``)
   in their own environment, as ``bash ../shared/seed/make-env.sh`` builds it (--original), on
   the data that script prepares (torchvision's FashionMNIST, resized by its transform).
-- pythae: pythae's ``VAE`` with torch-vae's encoder and decoder modules as its custom
-  networks (wrapped in its ``BaseEncoder``/``BaseDecoder``), trained by its
+- pythae: pythae's ``VAE`` with the original's encoder and decoder written with torch.nn
+  (``_torch_nn_networks``: PyTorch's own layers, NCHW, as a user of pythae writes them) as its
+  custom networks (wrapped in its ``BaseEncoder``/``BaseDecoder``), trained by its
   ``TrainingPipeline`` (``BaseTrainer``, optimizer AdamW at 3e-4), in a virtual environment this
   script makes (--pythae-venv: ``pip install torch==2.13.0``, the local CPU wheel, then pythae;
   their versions go into the JSON). Its VAE's loss is 0.5 * SSE + KL per image (torch-vae's
   and the original's: SSE + KL), so it weights the KL term twice as much.
 - plain: a plain PyTorch loop the way pytorch/examples writes one: a DataLoader (batch 128,
-  shuffled) over the float32 images as an NCHW TensorDataset, the same two modules, AdamW,
+  shuffled) over the float32 images as an NCHW TensorDataset, the same torch.nn network, AdamW,
   SSE + KL per image, fp32, nothing else.
+- plain-tv-modules (train only): the same loop on torch-vae's own encoder and decoder modules
+  (``create_model("original")``'s), which carry torch-vae's layer-level speed-ups (the
+  decoder's activations in channels_last, the transposed convolutions' backward without the
+  bias, the one-channel last layer as a matrix product): what of torch-vae's lead is its
+  layers and what its loop. (Runs before 2026-12-07 gave pythae and the plain loop these
+  modules.)
 - torch-vae: ``torch-vae train --dataset fashion-mnist --epochs 1 --batchsize 128
   --latent_dims 8`` with its defaults (``--precision auto``: bf16 where the CPU computes it
   natively), then ``torch-vae generate`` and ``torch-vae reconstruct --rec_testdata``.
@@ -36,7 +43,10 @@ command; pythae's and the plain loop's jobs import torch-vae's modules too).
 
 pythae and the plain loop read the same uint8 tensors as torch-vae
 (``torch_vae.data.load_split("fashion-mnist", split, 64, data_dir)``), converted to float in
-[0, 1] by the job (its time included).
+[0, 1] by the job (its time included). The torch.nn network makes its parameters in the order
+and under the names of a torch-vae ``original`` model, so that one seed gives every system but
+the original the same initial weights, and its trained weights load into torch-vae as they
+are.
 
 What is timed (every job its own process, whole command, wall seconds; outputs removed and the
 disk synced before each job):
@@ -94,9 +104,10 @@ from machine_info import code_version, cpu_bf16, cpu_model
 REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src"
 RESULT_TAG = "PEERS_RESULT "
-SYSTEMS = ("original", "pythae", "plain", "torch-vae", "torch-vae-all")
-# systems that only train: torch-vae-all is torch-vae's training on the others' 60,000 images
-TRAIN_ONLY = ("torch-vae-all",)
+SYSTEMS = ("original", "pythae", "plain", "plain-tv-modules", "torch-vae", "torch-vae-all")
+# systems that only train: the plain loop on torch-vae's modules, and torch-vae-all (torch-vae's
+# training on the others' 60,000 images)
+TRAIN_ONLY = ("plain-tv-modules", "torch-vae-all")
 JOBS = ("train", "generate", "reconstruct")
 BATCH, LATENT, SIZE, LR = 128, 8, 64, 3e-4  # the original's and torch-vae's defaults
 TRAIN_IMAGES, TEST_IMAGES = 60_000, 10_000
@@ -187,22 +198,80 @@ def _images(data_dir: str, split: str, limit: int = 0):
     return torch.from_numpy(arr[...]).permute(0, 3, 1, 2).float().div(255).contiguous()
 
 
-def _plain_model():
-    """The plain loop's model: torch-vae's two modules in an nn.Module of its own, whose
-    state_dict keys are those of a torch-vae ``original`` model."""
+def _torch_nn_networks():
+    """The original's network as a PyTorch user writes it with torch.nn (NCHW, PyTorch's own
+    layers, no memory-format or other speed-ups): stride-2 3x3 convolutions 1 -> 32 -> 64 ->
+    128 with batch norm and leaky ReLU, two linear maps of the flattened (128, 8, 8) features
+    to the code's mean and log-variance; a linear map back to (128, 8, 8), stride-2 3x3
+    transposed convolutions 128 -> 64 -> 32 -> 1 with batch norm and leaky ReLU between them
+    and a sigmoid at the end. Its parameters are made in a torch-vae ``original`` model's order
+    (so one seed gives both the same initial weights) under the same state_dict keys."""
     import torch
+    import torch.nn.functional as F
     from torch import nn
 
-    from torch_vae import create_model
+    widths, side = (1, 32, 64, 128), SIZE // 8
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            pairs = list(zip(widths[:-1], widths[1:], strict=True))
+            self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in pairs)
+            self.norms = nn.ModuleList(nn.BatchNorm2d(b) for b in widths[1:])
+            self.proj_mu = nn.Linear(widths[-1] * side * side, LATENT)
+            self.proj_logvar = nn.Linear(widths[-1] * side * side, LATENT)
+
+        def forward(self, x):
+            for conv, norm in zip(self.convs, self.norms, strict=True):
+                x = F.leaky_relu(norm(conv(x)))
+            x = torch.flatten(x, 1)
+            return self.proj_mu(x), self.proj_logvar(x)
+
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            back = widths[::-1]
+            self.lin = nn.Linear(LATENT, back[0] * side * side)
+            self.convs = nn.ModuleList(
+                nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1)
+                for a, b in zip(back[:-1], back[1:], strict=True)
+            )
+            self.norms = nn.ModuleList(nn.BatchNorm2d(b) for b in back[1:-1])
+
+        def forward(self, z):
+            x = self.lin(z).view(-1, widths[-1], side, side)
+            for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
+                x = F.leaky_relu(norm(conv(x)))
+            return torch.sigmoid(self.convs[-1](x))
+
+    return Encoder, Decoder
+
+
+def _plain_model(modules: str = "torch.nn"):
+    """The plain loop's model: the two networks in an nn.Module of its own, whose state_dict
+    keys are those of a torch-vae ``original`` model; ``modules`` "torch.nn" (the original's
+    network written with torch.nn) or "torch-vae" (torch-vae's own modules)."""
+    import torch
+    from torch import nn
 
     class PlainVAE(nn.Module):
         def __init__(self):
             super().__init__()
-            net = create_model("original", **NETWORK)
-            self.encoder, self.decoder = net.encoder, net.decoder
+            if modules == "torch-vae":
+                from torch_vae import create_model
+
+                net = create_model("original", **NETWORK)
+                self.encoder, self.decoder = net.encoder, net.decoder
+            else:
+                encoder, decoder = _torch_nn_networks()
+                self.encoder, self.decoder = encoder(), decoder()
+
+        def encode(self, x):
+            out = self.encoder(x)
+            return (out.mu, out.logvar) if modules == "torch-vae" else out
 
         def forward(self, x):
-            mu, logvar = self.encoder(x)
+            mu, logvar = self.encode(x)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
             return self.decoder(z), mu, logvar
 
@@ -215,7 +284,7 @@ def job_plain_train(spec: dict) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(spec["seed"])
-    model = _plain_model()
+    model = _plain_model(spec.get("modules", "torch.nn"))
     x = _images(spec["data_dir"], "train", spec["limit"])
     loader = DataLoader(TensorDataset(x), batch_size=BATCH, shuffle=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
@@ -261,13 +330,14 @@ def job_plain_reconstruct(spec: dict) -> None:
     model.eval()
     x = _images(spec["data_dir"], "test")
     with torch.no_grad():
-        n = sum(len(model.decoder(model.encoder(b).mu)) for b in x.split(RECON_BATCH))
+        n = sum(len(model.decoder(model.encode(b)[0])) for b in x.split(RECON_BATCH))
     _emit({"images": n})
 
 
 def _pythae_networks():
-    """pythae's custom-network classes around torch-vae's modules (defined here, so that
-    pythae's cloudpickle stores them by value; the torch-vae modules inside by reference)."""
+    """pythae's custom-network classes around the original's network written with torch.nn
+    (``_torch_nn_networks``; all defined here, so that pythae's cloudpickle stores them by
+    value)."""
     from pythae.models.base.base_utils import ModelOutput
     from pythae.models.nn import BaseDecoder, BaseEncoder
 
@@ -277,8 +347,8 @@ def _pythae_networks():
             self.net = net
 
         def forward(self, x):
-            post = self.net(x)
-            return ModelOutput(embedding=post.mu, log_covariance=post.logvar)
+            mu, logvar = self.net(x)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
 
     class Decoder(BaseDecoder):
         def __init__(self, net):
@@ -298,15 +368,13 @@ def job_pythae_train(spec: dict) -> None:
     from pythae.trainers import BaseTrainerConfig
     from pythae.trainers.training_callbacks import TrainingCallback
 
-    from torch_vae import create_model
-
     Encoder, Decoder = _pythae_networks()
+    encoder_net, decoder_net = _torch_nn_networks()
     torch.manual_seed(spec["seed"])  # the initial weights (pythae seeds its trainer after them)
-    net = create_model("original", **NETWORK)
     model = VAE(
         VAEConfig(input_dim=(1, SIZE, SIZE), latent_dim=LATENT),
-        encoder=Encoder(net.encoder),
-        decoder=Decoder(net.decoder),
+        encoder=Encoder(encoder_net()),
+        decoder=Decoder(decoder_net()),
     )
     config = BaseTrainerConfig(
         output_dir=spec["out"],
@@ -597,10 +665,16 @@ class Bench:
                 return {"argv": argv, "rm": str(out), "count": str(out)}
             spec = {"model": final, "data_dir": data}
             return {"argv": self_job(self.pythae_py, "pythae-reconstruct", spec)}
-        if system == "plain":
-            state = str(rd / "plain.pt")
+        if system.startswith("plain"):
+            state = str(rd / f"{system}.pt")
             if job == "train":
-                spec = {"data_dir": data, "limit": a.max_steps * BATCH, "out": state, "seed": seed}
+                spec = {
+                    "data_dir": data,
+                    "limit": a.max_steps * BATCH,
+                    "out": state,
+                    "seed": seed,
+                    "modules": "torch-vae" if system == "plain-tv-modules" else "torch.nn",
+                }
                 return {"argv": self_job(py, "plain-train", spec), "rm": state}
             if job == "generate":
                 return {"argv": self_job(py, "plain-generate", {"state": state, "n": a.nsamples})}
@@ -680,8 +754,9 @@ class Bench:
                                    f"--out={model}", "--quiet"], env=self.env,
                                   capture_output=True, text=True)  # fmt: skip
             err = proc.returncode and (proc.stderr.strip().splitlines() or ["?"])[-1]
-        elif system in ("pythae", "plain"):
-            state = self.pythae_final(rd) / "model.pt" if system == "pythae" else rd / "plain.pt"
+        elif system in ("pythae", "plain", "plain-tv-modules"):
+            pythae = self.pythae_final(rd) / "model.pt"
+            state = pythae if system == "pythae" else rd / f"{system}.pt"
             spec = {"kind": system, "state": str(state), "out": str(model)}
             err = run_child(self.py, "convert", spec, self.env).get("error")
         else:
@@ -767,8 +842,9 @@ WHAT = {
     "pythae": {"train": "TrainingPipeline, BaseTrainer (0.5 SSE + KL)",
                "generate": "NormalSampler.sample(output_dir=...), PNGs",
                "reconstruct": "model.reconstruct (sampled z), no files"},
-    "plain": {"train": "DataLoader loop, fp32", "generate": "decoder(randn), no files",
-              "reconstruct": "decoder(mu), no files"},
+    "plain": {"train": "DataLoader loop, fp32, torch.nn network",
+              "generate": "decoder(randn), no files", "reconstruct": "decoder(mu), no files"},
+    "plain-tv-modules": {"train": "the same loop on torch-vae's encoder and decoder modules"},
     "torch-vae": {"train": "torch-vae train, defaults", "generate": "torch-vae generate, PNGs",
                   "reconstruct": "torch-vae reconstruct --rec_testdata, PNGs"},
     "torch-vae-all": {"train": "torch-vae train --val_images 0 (test split measured)"},
