@@ -75,9 +75,10 @@ import-torch-vae``, pythae's ``final_model/model.pt`` and the plain loop's state
 renaming their keys), then ``torch-vae evaluate --iw_samples 0`` (fp32): SSE + KL per image,
 z sampled, on the 10,000 test images at 64x64.
 
-Rounds alternate the systems (original, pythae, plain, torch-vae, torch-vae-all, then again);
-round r trains every system with seed r - 1 + --first-seed (one epoch's test objective varies
-by several points between seeds: torch-vae's 86.1 to 96.7 over seeds 0-2). The table gives
+Rounds alternate the systems (original, pythae, plain, plain-tv-modules, torch-vae,
+torch-vae-all, then again); round r trains every system with seed r - 1 + --first-seed (one
+epoch's test objective varies by several points between seeds: torch-vae's 86.1 to 96.7 over
+seeds 0-2). The table gives
 each system's median, the median over rounds of its time divided by torch-vae's and by
 torch-vae-all's in the same round (the second compares the same 60,000 training images), and
 the median test objective with its range over the seeds. Writes JSON (--out) after every job.
@@ -825,7 +826,7 @@ def summarize(results: dict) -> dict:
                 pairs = [x["seconds"] / ours_all[x["round"]] for x in ok if x["round"] in ours_all]
                 s["vs_torch_vae_all"] = statistics.median(pairs) if pairs else None
                 s["images"] = statistics.median(x["images"] for x in ok)
-                s["per_round_seconds"] = [round(x["seconds"], 2) for x in ok]
+                s["per_round_seconds"] = [x["seconds"] for x in ok]
             if job == "train":
                 obj = [
                     x["objective"] for x in results["objective"].get(system, []) if "objective" in x

@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from machine_info import code_version, cpu_bf16, cpu_model  # noqa: E402
+import torch
+import torch.nn.functional as F
+from machine_info import code_version, cpu_bf16, cpu_model
 
 BATCH = 128
 # (kind, in channels, out channels, input size)
