@@ -3,6 +3,7 @@
     python bench/profile_train.py                      # fp32 and bf16, 60 steps each
     python bench/profile_train.py --precision bf16 --steps 100 --optimizer fused
     python bench/profile_train.py --precision bf16 --onednn 10   # time in each oneDNN primitive
+    python bench/profile_train.py --precision fp32 --steps 40 --norm-act-rounds 3
 
 Times each phase of ``training.loop._step`` separately, with the same code the training loop
 runs (``training.batches.batch_source`` + ``runtime.device.to_float``, the model under
@@ -12,6 +13,12 @@ optimizer step, and the host sync the loop does every 10 steps. On the CPU every
 synchronous, so timing each phase on the host is exact. Random uint8 images stand in for
 Fashion-MNIST (the arithmetic does not depend on the pixels). Prints median milliseconds per
 phase and the share of the step; ``--torch-profile N`` also prints torch.profiler's top N ops.
+
+``--norm-act-rounds N`` (the original architecture) is an experiment, not what training runs:
+N pairs of steps' timings, alternating, with each batch norm and leaky ReLU as PyTorch runs
+them and then compiled by ``torch.compile`` into one kernel each (the encoder's and decoder's
+``forward`` replaced for the run: the same computation up to rounding, the convolutions left to
+PyTorch); the first compiled round's seconds include the compilation.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from torch_vae.models import VAE, ModelConfig  # noqa: E402
 from torch_vae.runtime.allocator import keep_freed_memory  # noqa: E402
@@ -37,6 +45,41 @@ from torch_vae.training.batches import batch_source  # noqa: E402
 from torch_vae.training.compile import make_optimizer  # noqa: E402
 
 PHASES = ("batch", "forward", "loss", "backward", "optimizer", "sync")
+
+
+def _norm_act(norm: torch.nn.BatchNorm2d, h: torch.Tensor) -> torch.Tensor:
+    from torch_vae.models.original import LEAKY_SLOPE
+
+    h = F.batch_norm(h, norm.running_mean, norm.running_var, norm.weight, norm.bias,
+                     norm.training, norm.momentum, norm.eps)  # fmt: skip
+    return F.leaky_relu(h, LEAKY_SLOPE)
+
+
+def fused_norm_act(compiled: bool) -> None:
+    """The original architecture's encoder and decoder with each batch norm + leaky ReLU
+    compiled (``compiled``) or as they are (the classes' own ``forward``)."""
+    from torch_vae.models import original
+    from torch_vae.models.layers import linear_to_chw, linears_of_chw
+    from torch_vae.models.posterior import Posterior
+
+    fn = torch.compile(_norm_act, dynamic=False)
+
+    def encoder(self, x):
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = fn(norm, conv(x))
+        return Posterior.clamped(*linears_of_chw(x, self.proj_mu, self.proj_logvar))
+
+    def decoder(self, z):
+        s = self.config.bottleneck_size
+        h = linear_to_chw(z, self.lin, (self.config.channels[-1], s, s))
+        for conv, norm in zip(self.convs[:-1], self.norms, strict=True):
+            h = fn(norm, conv(h, batch_norm_follows=True))
+        return torch.sigmoid(self.convs[-1](h))
+
+    for cls, fused in ((original.Encoder, encoder), (original.Decoder, decoder)):
+        if not hasattr(cls, "_eager_forward"):
+            cls._eager_forward = cls.forward
+        cls.forward = fused if compiled else cls._eager_forward
 
 
 def profile(
@@ -100,10 +143,15 @@ def main() -> int:
                    help="also time oneDNN's primitives (ONEDNN_VERBOSE) over N steps")  # fmt: skip
     p.add_argument("--onednn-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--torch-profile", type=int, default=0, help="top N ops from torch.profiler")
+    p.add_argument("--norm-act-rounds", type=int, default=0,
+                   help="N rounds: batch norm + leaky ReLU as they are, then compiled")  # fmt: skip
     args = p.parse_args()
     keep_freed_memory()  # as the torch-vae command does
     if args.onednn_child:  # the steps whose oneDNN calls onednn_table reads
         profile(args.precision, args.steps, args.optimizer, compiled=args.compile, arch=args.arch)
+        return 0
+    if args.norm_act_rounds:
+        norm_act_rounds(args)
         return 0
     for precision in args.precision.split(","):
         start = time.perf_counter()
@@ -122,6 +170,18 @@ def main() -> int:
         if args.onednn:
             print(onednn_table(precision, args.onednn, args.optimizer, args.arch))
     return 0
+
+
+def norm_act_rounds(args: argparse.Namespace) -> None:
+    """Steps with the batch norms + leaky ReLUs as they are and compiled, alternating."""
+    for r in range(1, args.norm_act_rounds + 1):
+        for compiled in (False, True):
+            fused_norm_act(compiled)
+            start = time.perf_counter()
+            ms = profile(args.precision.split(",")[0], args.steps, args.optimizer)
+            name = "compiled" if compiled else "as they are"
+            print(f"round {r}, norm + activation {name}: {sum(ms.values()):.1f} ms/step "
+                  f"({time.perf_counter() - start:.1f} s in all)", flush=True)  # fmt: skip
 
 
 def onednn_table(precision: str, steps: int, optimizer: str, arch: str) -> str:
