@@ -233,10 +233,27 @@ def test_python_train_gives_the_command_s_run_and_resumes_it(data, tmp_path):
     trained = torch_vae.train(model, config, run_dir=run, data_dir=data, device="cpu",
                               progress=False)  # fmt: skip
     assert trained.run_dir == run and not trained.model.training
+    assert trained.model.dataset == torch_vae.load_model(run).dataset == "mnist"
     assert_same_run(run, ref)
     assert resume(ref, data, "--epochs", "3") == 0
     torch_vae.train(resume=run, epochs=3, data_dir=data, device="cpu", progress=False)
     assert_same_run(run, ref)
+
+
+def test_python_train_refuses_what_it_cannot_take_in_one_line(tmp_path):
+    """A built model, dicts, and a model or config beside resume= (which would be ignored)."""
+    config = torch_vae.TrainConfig(dataset="mnist")
+    cases = [
+        ((VAE(MODEL), config), {}, "not a built model"),
+        (({"arch": "dcgan"}, config), {}, "not a dict"),
+        ((MODEL, {"epochs": 1}), {}, "config must be a TrainConfig, not a dict"),
+        ((MODEL,), {"resume": tmp_path / "run"}, "drop model and config"),
+        ((None, config), {"resume": tmp_path / "run"}, "drop model and config"),
+    ]
+    for args, kwargs, said in cases:
+        with pytest.raises(TypeError, match=said):
+            torch_vae.train(*args, run_dir=tmp_path / "new", **kwargs)
+    assert not (tmp_path / "new").exists()
 
 
 def test_resume_needs_a_checkpoint(data, tmp_path, capsys):

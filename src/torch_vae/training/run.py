@@ -67,6 +67,7 @@ def train(
     where its folder of images went, as ``--resume RUN --dataset folder:NEWPATH``). Writes the run
     folder as ``torch-vae train`` does; Ctrl-C saves the state and raises
     ``TrainingInterrupted`` (``resume`` continues it)."""
+    _check_train_args(model, config, resume is not None)
     config = config or TrainConfig()
     if isinstance(model, str):
         model = ModelConfig(arch=model, in_channels=get_dataset(config.dataset).channels)
@@ -84,6 +85,25 @@ def train(
         return plan_new(model, config, folder, data, start, dry_run, dist)
 
     return execute(make_plan, device, progress)
+
+
+def _check_train_args(model, config, resuming: bool) -> None:
+    """A one-line TypeError for what ``train`` cannot take: a built model, a dict, or a model
+    and config beside ``resume`` (which continues the run with its own)."""
+    if resuming and (model is not None or config is not None):
+        raise TypeError("resume continues the run with its own model and training config; drop "
+                        "model and config (epochs= or max_steps= extend it)")  # fmt: skip
+    if isinstance(model, VAE):
+        raise TypeError("train takes a ModelConfig or an architecture name, not a built model; to "
+                        "start from its weights, save it (model.save_pretrained(FOLDER)) and pass "
+                        "init_from=FOLDER")  # fmt: skip
+    if model is not None and not isinstance(model, (ModelConfig, str)):
+        raise TypeError(f"model must be a ModelConfig or an architecture name such as 'dcgan', "
+                        f"not a {type(model).__name__} (ModelConfig.from_dict(d) reads a "
+                        "dict)")  # fmt: skip
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, not a {type(config).__name__} "
+                        "(TrainConfig(**d) or TrainConfig.from_dict(d) reads a dict)")  # fmt: skip
 
 
 def execute(
@@ -122,6 +142,7 @@ def execute(
         if plan is not None and plan.temporary and dist.is_main:
             shutil.rmtree(plan.run_dir, ignore_errors=True)
         teardown()
+    model.dataset = plan.train.dataset  # as load_model(run_dir) gives it
     return TrainedRun(plan.run_dir, model.eval())
 
 
