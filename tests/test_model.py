@@ -233,3 +233,26 @@ def test_native_projection_runs_in_float32_under_autocast():
     assert torch.equal(out, expected)
     in_bf16 = (p.bfloat16() @ raw @ p.bfloat16()).clamp(0, 1)
     assert not torch.equal(out, in_bf16)  # the check above can tell the two apart
+
+
+def test_load_model_refuses_a_swapped_or_wrong_dtype_and_device_in_one_line(tmp_path):
+    import torch_vae
+
+    VAE(
+        ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
+    ).save_pretrained(tmp_path / "m")
+    path = tmp_path / "m"
+    with pytest.raises(TypeError, match=r"torch.bfloat16 is a dtype, given as the device"):
+        torch_vae.load_model(path, torch.bfloat16)  # load_model's order: device, then dtype
+    with pytest.raises(TypeError, match=r"'cpu' is a device, given as the dtype"):
+        VAE.from_pretrained(path, "cpu")  # from_pretrained's: dtype, then device
+    with pytest.raises(TypeError, match="floating torch.dtype"):
+        torch_vae.load_model(path, dtype="bfloat16")
+    with pytest.raises(TorchVaeError, match="unknown device 'bogus'"):
+        torch_vae.load_model(path, "bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(TorchVaeError, match="no CUDA GPU"):
+            torch_vae.load_model(path, "cuda")
+    model = torch_vae.load_model(path, "cpu", torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
+    assert VAE.from_pretrained(path, torch.bfloat16, torch.device("cpu")).dtype == torch.bfloat16

@@ -42,7 +42,7 @@ from torch import nn
 from ..errors import TorchVaeError
 from ..io.files import write_text_atomic
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, read_metadata, read_weights, write_weights
-from ..runtime.device import autocast_off, available_memory, randn
+from ..runtime.device import DEVICES, autocast_off, available_memory, pick_device, randn
 from ..version import __version__
 from .conditions import class_labels
 from .config import ModelConfig
@@ -399,6 +399,7 @@ class VAE(nn.Module):
         ``device`` (default: the CPU) in ``dtype`` (default: as stored, float32), with the
         dataset it was trained on (if recorded) as ``model.dataset``. Called on a family's
         class, it refuses another family's file."""
+        dtype, device = _placement(dtype, device, "VAE.from_pretrained(path, dtype, device)")
         meta = read_metadata(path)
         try:
             config = ModelConfig.from_dict(meta["config"])
@@ -428,7 +429,7 @@ class VAE(nn.Module):
                 "or was saved from a diverged run: use an earlier checkpoint"
             )
         model.dataset = meta["dataset"]
-        return model.to(device=device or "cpu", dtype=dtype).eval()
+        return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, folder: str | os.PathLike, dataset: str | None = None) -> Path:
         """Write ``folder/model.safetensors`` (weights with their config inside) and
@@ -441,6 +442,40 @@ class VAE(nn.Module):
             config["dataset"] = dataset
         write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return folder
+
+
+def _placement(dtype: Any, device: Any, call: str) -> tuple[torch.dtype | None, torch.device]:
+    """``dtype`` and ``device`` checked (a one-line error for a device given as the dtype, or
+    the reverse, a dtype that is not a float one, a device not here); device None: the CPU."""
+    if isinstance(device, torch.dtype):
+        raise TypeError(f"{call}: {device} is a dtype, given as the device; pass dtype={device} "
+                        "by name")  # fmt: skip
+    if _is_device(dtype):
+        raise TypeError(f"{call}: {str(dtype)!r} is a device, given as the dtype; pass "
+                        f"device={str(dtype)!r} by name")  # fmt: skip
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{call}: dtype must be a floating torch.dtype such as torch.bfloat16, "
+                        f"not {dtype!r}")  # fmt: skip
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise TypeError(f"{call}: device must be a string such as 'cpu' or 'cuda:0', or a "
+                        f"torch.device, not {device!r}")  # fmt: skip
+    name = str(device) if device is not None else "cpu"
+    try:
+        where = pick_device(name) if name == "auto" else torch.device(name)
+    except RuntimeError:
+        raise TorchVaeError(f"{call}: unknown device {name!r}; use 'cpu', 'cuda', 'cuda:N' or "
+                            "'mps'") from None  # fmt: skip
+    if where.type == "cuda" and not torch.cuda.is_available():
+        raise TorchVaeError(f"{call}: device {name!r}, but no CUDA GPU is available; use 'cpu'")
+    if where.type == "mps" and not torch.backends.mps.is_available():
+        raise TorchVaeError(f"{call}: device {name!r}, but MPS is not available; use 'cpu'")
+    return dtype, where
+
+
+def _is_device(value: Any) -> bool:
+    return isinstance(value, torch.device) or (
+        isinstance(value, str) and value.split(":")[0] in DEVICES
+    )
 
 
 def _each_side(left: torch.Tensor, x: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -473,7 +508,8 @@ def load_model(
     dtype: torch.dtype | None = None,
 ) -> VAE:
     """``VAE.from_pretrained``: a model of any family from a run folder or a .safetensors
-    file, in eval mode."""
+    file, in eval mode (note the order: the device first)."""
+    dtype, device = _placement(dtype, device, "load_model(path, device, dtype)")
     return VAE.from_pretrained(path, dtype=dtype, device=device)
 
 
