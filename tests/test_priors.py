@@ -152,6 +152,8 @@ def test_auto_ranks_by_kind_where_a_sampler_has_no_score(small_run, mnist_dir):
     assert main([*fit, "--sampler", "gaussian"]) == 0
     assert "validation" in load_sampler(small_run, "gaussian").info
     assert load_sampler(small_run).kind == "gmm"
+    with pytest.raises(TorchVaeError, match="unknown sampler kind 'gmn'; choose one of"):
+        load_sampler(small_run, "gmn")  # not None, which means "none fitted"
 
 
 def test_generate_draws_from_a_neural_prior(small_run, mnist_dir, tmp_path):

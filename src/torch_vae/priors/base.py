@@ -124,6 +124,9 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     than its name says) raises TorchVaeError, as does one fitted to other weights (the model
     trained further since), unless another kind can be read and was fitted to these weights:
     without ``kind`` that one is taken, with a warning that names the others to fit again."""
+    if kind and kind not in PRIORS:
+        known = ", ".join(preference())
+        raise TorchVaeError(f"unknown sampler kind {kind!r}; choose one of {known}")
     paths = [(k, sampler_path(model_path, k)) for k in ((kind,) if kind else preference())]
     fitted = _readable(paths, model_path, leave_out=kind is None)
     if not fitted:
