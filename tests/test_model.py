@@ -256,3 +256,18 @@ def test_load_model_refuses_a_swapped_or_wrong_dtype_and_device_in_one_line(tmp_
     model = torch_vae.load_model(path, "cpu", torch.bfloat16)
     assert model.dtype == torch.bfloat16 and model.device.type == "cpu"
     assert VAE.from_pretrained(path, torch.bfloat16, torch.device("cpu")).dtype == torch.bfloat16
+
+
+def test_config_from_dict_names_a_misspelt_field_a_whole_config_json_or_a_newer_version():
+    from torch_vae import TrainConfig
+
+    with pytest.raises(
+        TorchVaeError, match=r"\['latnet_dims'\] \(misspelt\? 'latnet_dims' -> 'latent_dims'\)"
+    ):
+        ModelConfig.from_dict({"latnet_dims": 3})
+    with pytest.raises(TorchVaeError, match="'lrr' -> 'lr'"):
+        TrainConfig.from_dict({"lrr": 0.1})
+    with pytest.raises(TorchVaeError, match=r'under "model" and the training config under "train"'):
+        ModelConfig.from_dict({"model": {}, "train": {}})
+    with pytest.raises(TorchVaeError, match="written by a newer torch-vae needs pip install -U"):
+        ModelConfig.from_dict({"zzz_future_field": 1})

@@ -5,6 +5,7 @@ the whole package, so every flag says the same thing about the same mistake)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Any, ClassVar
 
@@ -83,14 +84,24 @@ def from_dict(cls, data: Any, what: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise TorchVaeError(
-            f"{what} config has unknown fields {sorted(map(str, unknown))}; "
-            "it was written by a newer torch-vae, upgrade with pip install -U torch-vae"
-        )
+        raise TorchVaeError(f"{what} config has unknown fields {sorted(map(str, unknown))}"
+                            f"{_unknown_hint(unknown, names)}")  # fmt: skip
     try:
         return cls(**data)
     except TypeError as exc:
         raise TorchVaeError(f"invalid {what} config: {exc}") from None
+
+
+def _unknown_hint(unknown: set, names: set[str]) -> str:
+    """What an unknown field most likely is: a misspelt name, a whole config.json, or a field
+    of a newer version."""
+    if unknown & {"model", "train"}:
+        return ('; a run\'s config.json holds the model config under "model" and the training '
+                'config under "train": pass one of them')  # fmt: skip
+    close = {k: difflib.get_close_matches(str(k), names, n=1) for k in unknown}
+    guesses = [f"{k!r} -> {m[0]!r}" for k, m in sorted(close.items(), key=str) if m]
+    newer = "a file written by a newer torch-vae needs pip install -U torch-vae"
+    return f" (misspelt? {', '.join(guesses)}); {newer}" if guesses else f"; {newer}"
 
 
 class JsonConfig:
