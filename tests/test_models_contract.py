@@ -8,6 +8,7 @@ import json
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -310,3 +311,24 @@ def test_images_of_another_shape_are_refused_in_one_line_naming_the_model_s(arch
         said = str(refused.value)
         assert said.startswith("this model encodes images of shape (N, 1, 32, 32), got (")
         assert "resize them to its --image_size 32" in said and "\n" not in said
+
+
+@pytest.mark.parametrize(("arch", "classes"), CASES)
+def test_codes_and_images_of_the_wrong_kind_are_refused_in_one_line(arch, classes):
+    model = trained_like(arch, classes=classes)
+    y = labels(model, 2)
+    with pytest.raises(TypeError, match="encode takes images as a torch.Tensor, not a ndarray"):
+        model.encode(np.zeros((2, 1, 32, 32), np.float32), y)
+    with pytest.raises(TorchVaeError, match="encode takes float images in"):
+        model.encode(torch.zeros(2, 1, 32, 32, dtype=torch.uint8), y)
+    with pytest.raises(TypeError, match="decode takes codes as a torch.Tensor, not a list"):
+        model.decode(codes(model, 2).tolist(), y)
+    z = codes(model, 2)
+    wrong = [z[:, :-1] if z.is_floating_point() else z.float(), z.flatten()[:2].view(2, 1)]
+    for bad in wrong:
+        with pytest.raises(
+            TorchVaeError, match="this model decodes|code indices must be"
+        ) as refused:
+            model.decode(bad, y)
+        assert "\n" not in str(refused.value)
+    assert model.decode(z, y).shape == (2, 1, 32, 32)  # the right codes still decode

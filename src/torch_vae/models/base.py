@@ -148,6 +148,10 @@ class VAE(nn.Module):
         """Images (B, C, H, W) in [0, 1] -> posterior q(z|x) (q(z|x, y) for a conditional
         model, given the images' classes ``condition``)."""
         c = self.config
+        _check_tensor(x, "encode", "images")
+        if not x.is_floating_point():
+            raise TorchVaeError(f"encode takes float images in [0, 1], got {x.dtype} (uint8 "
+                                "images: x.float() / 255)")  # fmt: skip
         if x.dim() != 4 or tuple(x.shape[1:]) != (c.in_channels, c.image_size, c.image_size):
             raise TorchVaeError(
                 f"this model encodes images of shape (N, {c.in_channels}, {c.image_size}, "
@@ -172,6 +176,7 @@ class VAE(nn.Module):
         the data cannot have. With ``network_size`` the decoder's images (network_size, their
         centre native_size) are upsampled so (already such images, and in [0, 1]).
         """
+        _check_tensor(z, "decode", "codes")
         z = self._cast(z)
         x = self.decoder(self.decoder_input(z, self._need_labels(condition, len(z))))
         if self.config.network_size:
@@ -215,6 +220,12 @@ class VAE(nn.Module):
         """What the decoder network takes for codes ``z`` (cast to the model's dtype) of the
         classes ``y`` (None: an unconditional model): the codes, and a conditional model's
         one-hot class beside them."""
+        shape = self.latent_shape
+        if not z.is_floating_point() or tuple(z.shape[1:]) != shape or z.dim() != len(shape) + 1:
+            hint = " (one code: z[None])" if tuple(z.shape) == shape else ""
+            dims = ", ".join(map(str, shape))
+            raise TorchVaeError(f"this model decodes float codes (N, {dims}), got "
+                                f"{tuple(z.shape)} {z.dtype}{hint}")  # fmt: skip
         if y is None:
             return z
         return torch.cat([z, nn.functional.one_hot(y, self.config.num_classes).to(z.dtype)], 1)
@@ -442,6 +453,12 @@ class VAE(nn.Module):
             config["dataset"] = dataset
         write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return folder
+
+
+def _check_tensor(value: Any, call: str, what: str) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{call} takes {what} as a torch.Tensor, not a {type(value).__name__} "
+                        "(torch.as_tensor(a) converts an array)")  # fmt: skip
 
 
 def _placement(dtype: Any, device: Any, call: str) -> tuple[torch.dtype | None, torch.device]:
