@@ -332,3 +332,32 @@ def test_codes_and_images_of_the_wrong_kind_are_refused_in_one_line(arch, classe
             model.decode(bad, y)
         assert "\n" not in str(refused.value)
     assert model.decode(z, y).shape == (2, 1, 32, 32)  # the right codes still decode
+
+
+def _family(name: str | None):
+    """A plug-in family, defined afresh on each call (as a notebook cell run again does)."""
+    from torch_vae.models.dcgan import DCGANVAE, DCGANConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class NotebookConfig(DCGANConfig):
+        if name:  # else the arch field's default is DCGANConfig's
+            arch: str = dataclasses.field(default=name)
+
+    class NotebookVAE(DCGANVAE):
+        config_class = NotebookConfig
+
+    return NotebookVAE
+
+
+def test_a_family_defined_again_replaces_itself_and_a_clash_names_both(monkeypatch):
+    from torch_vae.models import registry
+
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    first = registry.register_model(_family("notebook-vae"))
+    again = registry.register_model(_family("notebook-vae"))  # the cell run a second time
+    assert again is not first and registry.model_class("notebook-vae") is again
+    with pytest.raises(TorchVaeError) as clash:  # arch left at the inherited default
+        registry.register_model(_family(None))
+    said = str(clash.value)
+    assert "architecture 'dcgan' is registered twice" in said
+    assert "torch_vae.models.dcgan.DCGANVAE" in said and "a default of its own" in said

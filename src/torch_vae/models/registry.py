@@ -23,6 +23,16 @@ ENTRY_POINTS = "torch_vae.models"
 _loaded_entry_points: list[bool] = []
 
 
+def _where(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _same_definition(old: type, new: type) -> bool:
+    """Whether ``new`` is ``old`` defined again (a notebook cell run twice, a module
+    reloaded): the same module and name, which then replaces it."""
+    return _where(old) == _where(new)
+
+
 def register_model(cls: type[VAE]) -> type[VAE]:
     """Register a model class under its config's ``arch`` default: ``@register_model`` above
     ``class MyVAE(VAE): config_class = MyConfig``."""
@@ -35,8 +45,12 @@ def register_model(cls: type[VAE]) -> type[VAE]:
     ):
         raise TypeError(f"{cls!r} must subclass VAE and name its own config_class")
     name = config.__dataclass_fields__["arch"].default
-    if name in MODELS and MODELS[name] is not cls:
-        raise TorchVaeError(f"architecture {name!r} is registered twice")
+    old = MODELS.get(name)
+    if old is not None and old is not cls and not _same_definition(old, cls):
+        raise TorchVaeError(
+            f"architecture {name!r} is registered twice ({_where(old)} and {_where(cls)}); give "
+            "the new config's arch field a default of its own"
+        )
     MODELS[name] = cls
     return cls
 
