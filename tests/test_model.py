@@ -271,3 +271,10 @@ def test_config_from_dict_names_a_misspelt_field_a_whole_config_json_or_a_newer_
         ModelConfig.from_dict({"model": {}, "train": {}})
     with pytest.raises(TorchVaeError, match="written by a newer torch-vae needs pip install -U"):
         ModelConfig.from_dict({"zzz_future_field": 1})
+
+
+def test_save_pretrained_refuses_a_file_name_and_names_save_model(tmp_path):
+    model = VAE(ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2))
+    with pytest.raises(TorchVaeError, match=r"writes a folder .*torch_vae.save_model"):
+        model.save_pretrained(tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()

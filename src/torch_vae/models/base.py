@@ -446,6 +446,10 @@ class VAE(nn.Module):
         """Write ``folder/model.safetensors`` (weights with their config inside) and
         ``folder/config.json``; ``VAE.from_pretrained(folder)`` reads it back."""
         folder = Path(folder)
+        if folder.suffix.lower() == ".safetensors":
+            raise TorchVaeError(f"save_pretrained writes a folder ({WEIGHTS_NAME} and "
+                                f"{CONFIG_NAME}), not {folder.name}; for one file: "
+                                "torch_vae.save_model(model, path)")  # fmt: skip
         dataset = dataset or self.dataset
         save_model(self, folder / WEIGHTS_NAME, dataset)
         config = {"torch_vae_version": __version__, "model": self.config.to_dict()}
