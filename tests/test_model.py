@@ -278,3 +278,12 @@ def test_save_pretrained_refuses_a_file_name_and_names_save_model(tmp_path):
     with pytest.raises(TorchVaeError, match=r"writes a folder .*torch_vae.save_model"):
         model.save_pretrained(tmp_path / "m.safetensors")
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("arch", ["original", "dcgan", "resnet", "vqvae"])
+def test_model_config_tiny_of_an_arch_is_that_family_s_tiny_config(arch):
+    from torch_vae.models.registry import config_class
+
+    config = ModelConfig.tiny(arch=arch)
+    assert config == config_class(arch).tiny()
+    assert VAE(config).num_parameters() < 25_000

@@ -126,9 +126,13 @@ class ModelConfig(JsonConfig):
 
     @classmethod
     def tiny(cls, in_channels: int = 1, image_size: int = 32, **fields: Any) -> ModelConfig:
-        """A small config of this family for tests and examples (a few thousand parameters)."""
+        """A small config of this family (on ``ModelConfig``: of ``arch``, default original)
+        for tests and examples (a few thousand parameters)."""
+        from .registry import config_class
+
+        family = config_class(fields.get("arch", "original")) if cls is ModelConfig else cls
         return cls(**{"in_channels": in_channels, "image_size": image_size, "latent_dims": 3,
-                      **cls.TINY, **fields})  # fmt: skip
+                      **family.TINY, **fields})  # fmt: skip
 
     def run_name(self, dataset_stem: str) -> str:
         """The default run folder name of a run of this model on a dataset."""
