@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -287,3 +288,13 @@ def test_model_config_tiny_of_an_arch_is_that_family_s_tiny_config(arch):
     config = ModelConfig.tiny(arch=arch)
     assert config == config_class(arch).tiny()
     assert VAE(config).num_parameters() < 25_000
+
+
+def test_sample_refuses_a_count_or_generator_of_the_wrong_kind_in_one_line():
+    model = VAE(ModelConfig.tiny()).eval()
+    for bad in (-1, 0, 2.5, "4", True):
+        with pytest.raises(TypeError, match="number of images as a positive int"):
+            model.sample(bad)
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator"):
+        model.sample(2, generator=0)
+    assert model.sample(np.int64(2)).shape == (2, 1, 32, 32)  # numpy's integers count

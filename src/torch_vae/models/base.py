@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import copy
 import json
+import numbers
+import operator
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -279,6 +281,13 @@ class VAE(nn.Module):
         conditional model draws images of the classes ``condition`` (a class index or name
         for all, one per image, or None: classes drawn uniformly by ``generator`` after the
         codes)."""
+        count = operator.index(n) if isinstance(n, numbers.Integral) else 0
+        if isinstance(n, bool) or count < 1:
+            raise TypeError(f"sample takes the number of images as a positive int, not {n!r}")
+        n = count
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (torch.Generator()."
+                            f"manual_seed(seed)), not {generator!r}")  # fmt: skip
         z = self.prior_sample(n, generator, device)
         return self.decode(z, self.labels(condition, n, generator))
 
