@@ -149,3 +149,13 @@ def test_sharpen_in_bf16_on_a_cpu_that_emulates_it_is_warned_of(monkeypatch, cap
     with caplog.at_level("WARNING"):
         _Trainer(model, SharpenSettings(precision="bf16"), torch.device("cpu"))
     assert "emulates bf16 and --precision bf16 trains about 2x slower" in caplog.text
+
+
+def test_sharpen_takes_a_conditional_model_with_each_image_s_class(train_tiny, labelled, tmp_path):
+    run = train_tiny(tmp_path / "cond", "--conditional")
+    out = tmp_path / "sharp"
+    assert sharpen(run, out, labelled) == 0  # refused before: the picture's 16 test images
+    # were given to the labels of a test split holding more
+    model = load_model(out)
+    assert model.conditional and model.config.classes == load_model(run).config.classes
+    assert (out / "images" / "sharpen.png").is_file()

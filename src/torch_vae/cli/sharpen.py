@@ -43,8 +43,10 @@ def run(o: SharpenOptions, runtime: Runtime) -> dict:
     labels = split_labels(model, dataset, "train", o.data_dir, len(images))
     rows, _, _ = held_out_rows(o.model, len(images), o.data_dir)
     rows = rows.numpy() if rows is not None else np.arange(len(images))
-    test = split_images(model, dataset, "test", o.data_dir, runtime)[:N_PICTURE]
+    test = split_images(model, dataset, "test", o.data_dir, runtime)
     test_labels = split_labels(model, dataset, "test", o.data_dir, len(test))
+    test = test[:N_PICTURE]  # the picture's images, and their classes
+    test_labels = test_labels[:N_PICTURE] if test_labels is not None else None
     before = _reconstructions(model, test, test_labels, device)
     settings = SharpenSettings(o.epochs, o.adversarial, o.lr, o.disc_lr, o.disc_width, o.warmup,
                                o.batchsize, o.seed, o.precision)  # fmt: skip
