@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from torch_vae import VAE, ModelConfig
+from torch_vae import VAE, ModelConfig, save_model
 from torch_vae.cli import main
 
 
@@ -274,7 +274,7 @@ def test_command_process_ends_with_its_files_and_messages_written(tmp_path):
     """``python -m torch_vae`` ends without the interpreter's shutdown (cli.run): the command's
     files are complete and its last log line still reaches stderr."""
     model = tmp_path / "m.safetensors"
-    VAE(ModelConfig(latent_dims=2, max_filters=8)).save_pretrained(model)
+    save_model(VAE(ModelConfig(latent_dims=2, max_filters=8)), model)
     r = run_cli("generate", "--model", str(model), "--outdir", str(tmp_path / "s"),
                 "--nsamples", "5", "--precision", "fp32")  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -626,3 +626,54 @@ def test_native_size_trains_fine_tunes_and_checks_the_images(
                  "--iw_samples", "0", "--report", str(report)]) == 0  # fmt: skip
     assert "projected onto upsamplings of 28x28 images" in capsys.readouterr().out
     assert json.loads(report.read_text())["native_size"] == 28
+
+
+def test_generate_replaces_an_earlier_run_s_images_only_once_the_new_ones_are_written(
+    trained, tmp_path, monkeypatch
+):
+    from torch_vae.io import png
+
+    out = tmp_path / "gen"
+    gen = ["generate", "--model", str(trained), "--outdir", str(out), "--quiet", "--batchsize", "4"]
+    assert main([*gen, "--nsamples", "6", "--seed", "1"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 7 and Image.open(out / "all.png").info["Software"] == "torch-vae"
+    calls = []
+
+    def stop_in_the_second_batch(self, images, paths):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(png.PngWriter, "submit", stop_in_the_second_batch)
+    assert main([*gen, "--nsamples", "9", "--seed", "2"]) == 130  # Ctrl-C's exit
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # all kept, no stage left
+    assert main([*gen, "--nsamples", "3", "--seed", "2"]) == 0  # torch-vae's all.png: replaced
+    assert sorted(p.name for p in out.iterdir()) == [
+        "all.png",
+        *(f"sample_0000{i}.png" for i in range(3)),
+    ]
+
+
+def test_generate_and_reconstruct_refuse_a_user_s_all_png_before_the_work(
+    trained, mnist_dir, tmp_path, capsys
+):
+    out = tmp_path / "mine"
+    out.mkdir()
+    Image.new("L", (4, 4)).save(out / "all.png")  # the user's own, no torch-vae Software text
+    mine = (out / "all.png").read_bytes()
+    gen = ["generate", "--model", str(trained), "--nsamples", "2", "--outdir", str(out)]
+    rec = ["reconstruct", "--model", str(trained), "--rec_testdata", "--outdir", str(out),
+           "--data_dir", str(mnist_dir)]  # fmt: skip
+    for args in (gen, rec):
+        assert main([*args, "--quiet"]) == 1
+        said = capsys.readouterr().err
+        assert (
+            "all.png is not a picture this torch-vae wrote" in said
+            and "nothing was written" in said
+        )
+    assert (
+        sorted(p.name for p in out.iterdir()) == ["all.png"]
+        and (out / "all.png").read_bytes() == mine
+    )

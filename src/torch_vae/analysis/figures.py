@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.files import atomic_path
+from ..io.png import SOFTWARE
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ CURVES = (  # panel title, training key, the measured split's key (after its pre
 )
 REGULARISERS = {"kl": "KL", "commit": "commitment"}  # the objective's second term, by its key
 GREY = "0.55"  # inactive latent dimensions
-FIGURE_SOFTWARE = "torch-vae"  # each figure's PNG "Software": what output flags may replace
+FIGURE_SOFTWARE = SOFTWARE  # each figure's PNG "Software" (io.png's): what output flags may replace
 DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
 
 

@@ -4,8 +4,12 @@ and animation of an interpolation."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -47,6 +51,25 @@ def clear_earlier(outdir: Path, prefix: str) -> int:
     if removed:
         log.info("removed %d %s_*.png files an earlier run left in %s", removed, prefix, outdir)
     return removed
+
+
+@contextlib.contextmanager
+def staged(outdir: Path, prefix: str) -> Iterator[Path]:
+    """A hidden folder in ``outdir`` that this run's images are written to; once all are,
+    the ``<prefix>_NNNNN.png`` files an earlier run left make way (``clear_earlier``) and the
+    new ones, ``all.png`` last, move in. A run that stops before (Ctrl-C, an error) removes
+    the folder and leaves the earlier images as they were."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{prefix}-partial-", dir=outdir))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    clear_earlier(outdir, prefix)
+    for path in sorted(stage.iterdir(), key=lambda p: p.name == "all.png"):
+        os.replace(path, outdir / path.name)
+    stage.rmdir()
 
 
 def prior_draw(model: VAE) -> Draw:
@@ -150,22 +173,21 @@ def write_samples(
     under autocast (faster where the hardware has those instructions; pixels may differ from
     fp32 by a grey level or two).
     """
-    outdir.mkdir(parents=True, exist_ok=True)
-    clear_earlier(outdir, "sample")
     fast = model.inference_copy()  # batch norms folded into the convolutions
     amp = Precision(fast.device, precision)
     keep = []
     batches = sample_images(fast, n, seed, batch_size, draw or prior_draw(model), classes)
-    with PngWriter() as writer, amp.autocast():  # files written while the next batch decodes
+    with staged(outdir, "sample") as stage, PngWriter() as writer, amp.autocast():
+        # files written while the next batch decodes
         for start, imgs in tqdm(
             batches, desc="generating", unit="batch", total=batch_count(n, batch_size),
             disable=not progress,
         ):  # fmt: skip
-            names = [outdir / f"sample_{i:05d}.png" for i in range(start, start + len(imgs))]
+            names = [stage / f"sample_{i:05d}.png" for i in range(start, start + len(imgs))]
             writer.submit(imgs, names)
             if sum(len(k) for k in keep) < GRID_LIMIT:
                 keep.append(imgs)
-        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=8)[None], [outdir / "all.png"])
+        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=8)[None], [stage / "all.png"])
     return outdir / "all.png"
 
 
@@ -183,13 +205,12 @@ def write_reconstructions(
     beside its reconstruction to ``outdir/rec_NNNNN.png`` and a grid of pairs to ``all.png``.
     ``precision`` as for :func:`write_samples`; ``labels``: the images' classes (N,), for a
     conditional model."""
-    outdir.mkdir(parents=True, exist_ok=True)
-    clear_earlier(outdir, "rec")
     fast = model.inference_copy()  # batch norms folded into the convolutions
     device = fast.device
     amp = Precision(device, precision)
     keep = []
-    with PngWriter() as writer:  # each batch's files are written while the next is computed
+    # each batch's files are written while the next is computed
+    with staged(outdir, "rec") as stage, PngWriter() as writer:
         for start in tqdm(
             range(0, len(images), batch_size), desc="reconstructing", unit="batch",
             disable=not progress,
@@ -200,11 +221,11 @@ def write_reconstructions(
             with amp.autocast():
                 rec = fast.reconstruct(x, y)
             pairs = side_by_side(originals.numpy(), to_uint8(rec))
-            names = [outdir / f"rec_{i:05d}.png" for i in range(start, start + len(pairs))]
+            names = [stage / f"rec_{i:05d}.png" for i in range(start, start + len(pairs))]
             writer.submit(pairs, names)
             if sum(len(k) for k in keep) < GRID_LIMIT:
                 keep.append(pairs)
-        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4)[None], [outdir / "all.png"])
+        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4)[None], [stage / "all.png"])
     return outdir / "all.png"
 
 

@@ -120,14 +120,21 @@ def check_flags(config: ModelConfig, **flags: int | None) -> None:
             )
 
 
-def check_outdir(outdir: Path, flag: str = "--outdir") -> None:
-    """Before any work: the output folder (``flag``'s value) can be made, and written."""
+def check_outdir(outdir: Path, flag: str = "--outdir", overview: bool = False) -> None:
+    """Before any work: the output folder (``flag``'s value) can be made, and written; with
+    ``overview``, an ``all.png`` there is torch-vae's own picture (generate and reconstruct
+    replace it), not a user's."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise TorchVaeError(f"{flag} {outdir} is a file, not a folder; choose another {flag}")
     problem = unwritable(outdir)
     if problem:
         raise TorchVaeError(f"{flag} {outdir} cannot be written: {problem}")
+    picture = outdir / "all.png"
+    if overview and picture.is_file() and not written_by_torch_vae(picture):
+        raise TorchVaeError(f"{picture} is not a picture this torch-vae wrote (a user's, or an "
+                            f"older version's), and {flag} would replace it; move it or choose "
+                            f"another {flag} (nothing was written)")  # fmt: skip
 
 
 def model_name(model_path: Path) -> str:

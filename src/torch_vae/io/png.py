@@ -57,6 +57,10 @@ except ImportError:  # a platform without the isal wheel: the standard library's
     from zlib import compress as deflate
 
 PNG_LEVEL = 1  # fast, and these small images compress about as well as at zlib's level 6
+# each PNG's "Software" text: what tells torch-vae's own pictures from a user's (an output
+# flag may replace the former, never the latter)
+SOFTWARE = "torch-vae"
+_SOFTWARE_CHUNK = b"Software\0" + SOFTWARE.encode()
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
@@ -70,7 +74,7 @@ def encode_png(image: np.ndarray) -> bytes:
     A minimal encoder (8-bit samples, no row filter, deflate level 1 by ISA-L where installed,
     else zlib): faster than Pillow at the same level for the many small images that generate
     and reconstruct write (``bench/png_encoder.py``, docs/benchmarks.md "PNG encoding"), and
-    read back exactly by any PNG decoder.
+    read back exactly by any PNG decoder. Its "Software" text is ``SOFTWARE``.
     """
     h, w, c = image.shape
     if c not in (1, 3) or image.dtype != np.uint8:
@@ -82,6 +86,7 @@ def encode_png(image: np.ndarray) -> bytes:
         (
             PNG_SIGNATURE,
             _png_chunk(b"IHDR", header),
+            _png_chunk(b"tEXt", _SOFTWARE_CHUNK),
             _png_chunk(b"IDAT", deflate(rows.data, PNG_LEVEL)),
             _png_chunk(b"IEND", b""),
         )
