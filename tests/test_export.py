@@ -194,3 +194,23 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys)
     assert "will not write over" in _error(capsys)
     assert (shipped / "model" / "onnx" / "decoder.pt").read_bytes() == b"an earlier export"
     assert (tmp_path / "model" / "encoder.pt").read_bytes() == b"an earlier export"
+
+
+def test_an_export_replaces_its_own_model_s_only_not_another_s_nor_a_user_s_file(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    tiny_model(a)
+    tiny_model(b, latent_dims=4)
+    assert export(a, out) == 0
+    assert json.loads((out / "export-onnx.json").read_text())["model"] == str(a)
+    assert export(a, out) == 0  # the same model again: replaced
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert export(b, out, "--format", "torchscript") == 1  # another model's beside it: refused
+    assert "holds an export of another model (export-onnx.json)" in _error(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "encoder.onnx").write_text("my own model")
+    assert export(a, mine) == 1
+    assert "holds encoder.onnx, which no export-onnx.json there describes" in _error(capsys)
+    assert (mine / "encoder.onnx").read_text() == "my own model"
