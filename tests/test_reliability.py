@@ -198,8 +198,10 @@ def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
         "already finished (2 of --epochs 2, 10 steps); to train it further, pass a larger --epochs"
         in one_line(capsys)
     )
-    assert resume(run, data, "--epochs", "1") == 1  # fewer epochs than it has
-    assert "already finished (2 epochs, more than --epochs 1; 10 steps)" in one_line(capsys)
+    assert resume(run, data, "--epochs", "1") == 1  # fewer epochs than its own: never shortened
+    said = one_line(capsys)
+    assert "--epochs 1 is fewer than the run's own 2: a resume may raise --epochs" in said
+    assert said.endswith(f"the weights so far are in {run / 'model.safetensors'}")
     # flags that describe the run must agree with it
     assert resume(run, data, "--latent_dims", "4", "--epochs", "3") == 1
     assert "--latent_dims 4 does not match the run" in one_line(capsys)

@@ -187,6 +187,12 @@ def plan_resume(
         raise TorchVaeError(f"--resume {run_dir}: no such run folder")
     lock = RunLock(run_dir, resuming=True) if lock_folder else None
     model, train = read_run_config(run_dir)
+    if epochs is not None and epochs < train.epochs:  # the schedule spans the run's epochs
+        raise TorchVaeError(
+            f"--epochs {epochs} is fewer than the run's own {train.epochs}: a resume may raise "
+            f"--epochs, not lower it (its learning-rate schedule spans them); the weights so far "
+            f"are in {Path(run_dir) / WEIGHTS_NAME}"
+        )
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     if moved_to is not None:
         changes["dataset"] = moved_folder(run_dir, train.dataset, moved_to)
