@@ -179,7 +179,7 @@ def test_failure_after_a_checkpoint_keeps_the_run(data, tmp_path, monkeypatch):
 
 def test_absurd_thread_count_is_refused(capsys):
     assert main(["generate", "--model", "m", "--outdir", "o", "--threads", "100000"]) == 1
-    assert "--threads 100000 is more than this machine can use" in one_line_error(capsys)
+    assert "--threads 100000 is far more than this machine's" in one_line_error(capsys)
 
 
 def test_samples_do_not_depend_on_the_batch_size(trained, tmp_path):

@@ -280,7 +280,9 @@ def test_resume_needs_a_checkpoint(data, tmp_path, capsys):
     assert one_line(capsys).endswith(f"start a new run from its weights: torch-vae train "
                                      f"--init_from {run}")  # fmt: skip
     assert resume(run / "config.json", data) == 1  # a file of the run, not the run
-    assert one_line(capsys).endswith(f"is a file; --resume takes the run folder, {run}")
+    assert one_line(capsys).endswith(
+        f"is a file; --resume takes the run's folder (the one holding it: {run.resolve()})"
+    )
     (run / "config.json").write_text('{"model": {"latent_dims": "eight"}, "train": {}}')
     assert resume(run, data) == 1
     assert "--latent_dims must be a positive integer" in one_line(capsys)

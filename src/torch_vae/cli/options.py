@@ -107,8 +107,8 @@ class Runtime:
         most = 4 * (os.cpu_count() or 1)
         if self.threads > most:
             raise TorchVaeError(
-                f"--threads {self.threads} is more than this machine can use ({os.cpu_count()} "
-                f"CPUs); pass at most {most}, or 0 for PyTorch's choice"
+                f"--threads {self.threads} is far more than this machine's {os.cpu_count()} CPUs "
+                f"can use; pass at most {most} (4 per CPU), or 0 for PyTorch's choice"
             )
 
 

@@ -60,8 +60,9 @@ def planner(values: dict[str, Any], given: set[str]) -> Callable[[Distributed], 
 
 def _resume(run_dir: Path, values: dict[str, Any], given: set[str], lock: bool) -> RunPlan:
     if run_dir.is_file():
-        raise TorchVaeError(f"--resume {run_dir} is a file; --resume takes the run folder, "
-                            f"{run_dir.parent}")  # fmt: skip
+        folder = run_dir.resolve().parent
+        raise TorchVaeError(f"--resume {run_dir} is a file; --resume takes the run's folder (the "
+                            f"one holding it: {folder})")  # fmt: skip
     if not run_dir.is_dir():
         raise TorchVaeError(f"--resume {run_dir}: no such run folder")
     for flag in ("config", "dry_run", "run_dir", "init_from"):

@@ -138,7 +138,8 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     if stale and not found:
         k, path = stale[0]
         raise TorchVaeError(
-            f"{path} was fitted to other weights than {weights} (the model was trained since); "
+            f"{path} was fitted to other weights than {weights} (this model's before it trained "
+            "further, or another model's); "
             f"fit it again with torch-vae fit-sampler --model {model_path} --sampler {k}"
         )
     if stale:
