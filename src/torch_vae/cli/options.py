@@ -31,7 +31,7 @@ from ..priors.fit import kinds
 from ..priors.neural import FRACTIONS
 from ..runtime.precision import PrecisionName
 
-MODEL_HELP = "run folder or .safetensors weights file"
+MODEL_HELP = "run folder, model folder or .safetensors weights file"
 DATA_DIR_HELP = "where datasets are downloaded and cached (default: data, or $TORCH_VAE_DATA)"
 INFERENCE_PRECISION_HELP = (
     "auto: bf16 autocast where the hardware computes bf16 natively (CPUs with AMX or AVX-512 "
@@ -240,7 +240,9 @@ class EvaluateOptions:
     batchsize: int = option(100, "images per forward pass")
     data_dir: Path | None = option(None, DATA_DIR_HELP)
     report: Path | None = option(
-        None, "where to write the JSON report (default: next to the model)"
+        None,
+        "where to write the JSON report (default: next to the model; for a shipped model, "
+        "reports/MODEL/)",
     )
 
     def __post_init__(self) -> None:
@@ -575,7 +577,9 @@ class SampleQualityOptions:
     batchsize: int = option(500, "images per forward pass")
     data_dir: Path | None = option(None, DATA_DIR_HELP)
     report: Path | None = option(
-        None, "where to write the JSON report (default: next to the model)"
+        None,
+        "where to write the JSON report (default: next to the model; for a shipped model, "
+        "reports/MODEL/)",
     )
 
     def __post_init__(self) -> None:
