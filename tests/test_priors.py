@@ -239,3 +239,10 @@ def test_fit_sampler_refuses_network_flags_for_a_mixture_and_components_for_a_ne
     err = capsys.readouterr().err.strip()
     assert "--components sizes a gmm sampler's mixture; a flow sampler takes none" in err
     assert "\n" not in err and load_sampler(small_run, "flow") is None
+
+
+def test_fit_sampler_shows_a_bar_while_it_encodes_the_training_images(small_run, mnist_dir, capsys):
+    fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir)]
+    assert main([*fit, "--sampler", "gaussian", "--nscore", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "encoding" in err and "img" in err  # the images' encoding is not silent

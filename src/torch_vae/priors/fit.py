@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
@@ -26,11 +27,13 @@ def kinds() -> tuple[str, ...]:
     return tuple(preference())
 
 
-def posterior_means(model: VAE, images, batch: int = 500, labels=None) -> torch.Tensor:
+def posterior_means(
+    model: VAE, images, batch: int = 500, labels=None, progress: bool = False
+) -> torch.Tensor:
     """The encoder's posterior modes (N, d) of uint8 images (N, H, W, C), float32 on the CPU
     (a discrete model's: its code grids (N, h, w), int64); ``labels``: the images' classes
-    (N,), for a conditional model."""
-    out = _encoded(model, images, batch, labels, lambda post: post.mode())
+    (N,), for a conditional model; ``progress``: a bar over the images."""
+    out = _encoded(model, images, batch, labels, lambda post: post.mode(), progress)
     return out if len(out) else torch.empty(0, *model.latent_shape)
 
 
@@ -44,16 +47,20 @@ def encoder_features(model: VAE, images, batch: int = 500, labels=None) -> torch
 
 
 @torch.no_grad()
-def _encoded(model: VAE, images, batch: int, labels, take: Callable) -> torch.Tensor:
+def _encoded(
+    model: VAE, images, batch: int, labels, take: Callable, progress: bool = False
+) -> torch.Tensor:
     """``take(posterior)`` of the images in batches, on the CPU (floats as float32)."""
     fast = model.inference_copy()
     device = fast.device
     out = []
-    for i in range(0, len(images), batch):
-        x = to_float(torch.as_tensor(np.asarray(images[i : i + batch])), device)
-        y = None if labels is None else labels[i : i + batch].to(device)
-        z = take(fast.encode(x, y)).cpu()
-        out.append(z.float() if z.is_floating_point() else z)
+    with tqdm(total=len(images), desc="encoding", unit="img", disable=not progress) as bar:
+        for i in range(0, len(images), batch):
+            x = to_float(torch.as_tensor(np.asarray(images[i : i + batch])), device)
+            y = None if labels is None else labels[i : i + batch].to(device)
+            z = take(fast.encode(x, y)).cpu()
+            out.append(z.float() if z.is_floating_point() else z)
+            bar.update(len(x))
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -106,7 +113,7 @@ def fit_sampler(
     model's weights at ``model_path``; ``score(prior)``, when given, is recorded in its
     ``info["validation"]`` (what ``--sampler auto`` compares). Returns the prior and its file."""
     check_kind(model, kind)
-    z = posterior_means(model, images, batch, labels)
+    z = posterior_means(model, images, batch, labels, progress)
     info = {**(info or {}), "n_images": len(z), "latent_dims": model.config.latent_dims,
             "model_sha256": file_sha256(resolve_weights(model_path))}  # fmt: skip
     if model.latent_kind == "discrete":
