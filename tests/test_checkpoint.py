@@ -92,3 +92,19 @@ def test_flag_not_matching_the_checkpoint_is_reported():
         check_flags(cfg, latent_dims=2)
     with pytest.raises(TorchVaeError, match="--nimg_channels 3 does not match"):
         check_flags(cfg, in_channels=3)
+
+
+def test_the_same_weights_and_metadata_give_the_same_bytes_every_time(tmp_path):
+    from safetensors import safe_open
+
+    from torch_vae.io.weights import save_file
+
+    tensors = {"b": torch.arange(6.0).view(2, 3), "a": torch.ones(4, dtype=torch.int64)}
+    meta = {f"key{i}": f"value {i} é ✓" for i in range(12)}  # the library shuffles these
+    files = [tmp_path / f"{i}.safetensors" for i in range(6)]
+    for path in files:
+        save_file(tensors, path, meta)
+    assert len({p.read_bytes() for p in files}) == 1
+    with safe_open(str(files[0]), "pt") as f:  # still a valid file, read as written
+        assert f.metadata() == meta
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in tensors.items())

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..data import load_split
@@ -31,6 +30,7 @@ from ..data.labels import load_labels
 from ..errors import TorchVaeError, first_line
 from ..fields import check_number, check_seed, integer_from, option, positive
 from ..io.files import atomic_path, write_text_atomic
+from ..io.weights import save_file
 from ..runtime.device import to_float
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -36,6 +35,7 @@ from ..data.datasets import get_dataset
 from ..data.imaging import resize_arrays
 from ..errors import TorchVaeError
 from ..io.files import atomic_path
+from ..io.weights import save_file
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from ..errors import TorchVaeError
 from ..version import __version__
@@ -49,8 +49,30 @@ def write_weights(
         meta["dataset"] = dataset
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, tmp, meta)
     return path
+
+
+def save_file(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str]
+) -> None:
+    """``safetensors.torch.save_file`` whose header lists its keys in sorted order, so that the
+    same tensors and metadata give the same bytes every time: the library writes its metadata
+    in an order that changes from call to call, and a run's files would otherwise hash
+    differently for the same numbers. The header keeps its length (the same compact JSON,
+    reordered), so the tensors' offsets hold."""
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    sorted_header = text.encode("utf-8")
+    with open(path, "wb") as f:
+        if len(sorted_header) > n:  # never seen; the library's own bytes are as valid
+            f.write(data)
+            return
+        f.write(data[:8])
+        f.write(sorted_header.ljust(n, b" "))  # the library pads it with spaces as well
+        f.write(memoryview(data)[8 + n :])
 
 
 def _is_run_config(path: Path) -> bool:

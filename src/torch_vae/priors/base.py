@@ -24,11 +24,10 @@ from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..errors import TorchVaeError
 from ..io.files import atomic_path, file_sha256, write_text_atomic
-from ..io.weights import WEIGHTS_NAME, resolve_weights
+from ..io.weights import WEIGHTS_NAME, resolve_weights, save_file
 
 log = logging.getLogger(__name__)
 
