@@ -43,3 +43,21 @@ def cpu_bf16() -> str:
     if "amx_bf16" in flags:
         return "AMX"
     return "AVX-512 BF16" if "avx512_bf16" in flags else "none"
+
+
+def timing_args(doc: str):
+    """The arguments of a script that times a few layers: ``--rounds`` and ``--calls``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="rounds, the ways alternating (5)")
+    p.add_argument("--calls", type=int, default=5, help="calls timed together in a round (5)")
+    return p.parse_args()
+
+
+def torch_line() -> str:
+    """The CPU, PyTorch and code a timing comes from, in one line."""
+    import torch
+
+    return (f"{cpu_model()} (bf16: {cpu_bf16()}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, code {code_version()}")  # fmt: skip

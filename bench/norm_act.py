@@ -15,7 +15,6 @@ first run) and the medians (ms per call).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
@@ -23,7 +22,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from machine_info import code_version, cpu_bf16, cpu_model
+from machine_info import timing_args, torch_line
 
 BATCH = 128
 SIZES = ((32, 32), (64, 16), (128, 8))  # (channels, side)
@@ -64,13 +63,8 @@ def timed(fn, args: tuple, calls: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=5)
-    args = p.parse_args()
-    threads = torch.get_num_threads()
-    print(f"{cpu_model()} (bf16: {cpu_bf16()}), torch {torch.__version__}, {threads} threads, "
-          f"code {code_version()}")  # fmt: skip
+    args = timing_args(__doc__)
+    print(torch_line())
     # a fresh cache: the compile times are those of a first run (Inductor keeps its kernels
     # on disk, and a later run on the same machine compiles faster)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="norm-act-inductor-")

@@ -20,13 +20,12 @@ ones at batch 128, channels_last. Prints the CPU's model name and the medians (m
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-from machine_info import code_version, cpu_bf16, cpu_model
+from machine_info import timing_args, torch_line
 
 BATCH = 128
 # (kind, in channels, out channels, input size)
@@ -104,13 +103,8 @@ def timed(fn, calls: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--calls", type=int, default=5)
-    args = p.parse_args()
-    threads = torch.get_num_threads()
-    print(f"{cpu_model()} (bf16: {cpu_bf16()}), torch {torch.__version__}, {threads} threads, "
-          f"code {code_version()}")  # fmt: skip
+    args = timing_args(__doc__)
+    print(torch_line())
     for kind, c_in, c_out, size in LAYERS:
         ways, err = layer(kind, c_in, c_out, size)
         for fn in ways.values():  # warm-up
