@@ -587,9 +587,22 @@ def test_network_size_trains_evaluates_and_keeps_its_native_size(
     from torch_vae.training.plan import plan_new
 
     other = dataclasses.replace(model.config, native_size=26)
-    with pytest.raises(TorchVaeError, match=f"init_from {run} is another model"):
+    with pytest.raises(TorchVaeError, match=f"init_from {run} is another model: native_size 28 "
+                       "there, 26 here$"):  # fmt: skip
         plan_new(other, TrainConfig(dataset="mnist"), tune, mnist_dir, run)
     assert not tune.exists()
+
+
+def test_init_from_an_unconditional_model_with_conditional_names_what_differs(
+    trained, labelled, tmp_path, capsys
+):
+    run = tmp_path / "cond"
+    assert main(["train", "--dataset", "mnist", "--data_dir", str(labelled), "--init_from",
+                 str(trained), "--conditional", "--run_dir", str(run), "--quiet"]) == 1  # fmt: skip
+    said = error_line(capsys.readouterr().err)
+    assert "are for another model: classes () there, 10 classes here" in said
+    assert "cannot start from an unconditional model's weights" in said
+    assert "Config(" not in said  # no dataclass dump
 
 
 def test_native_size_trains_fine_tunes_and_checks_the_images(

@@ -83,6 +83,23 @@ def weights_fit(config: ModelConfig, start: ModelConfig) -> bool:
     return dataclasses.replace(config, native_size=start.native_size) == start
 
 
+def config_difference(wanted: ModelConfig, have: ModelConfig) -> str:
+    """What differs between the model to train and the weights' (``have``), field by field;
+    with a hint where the class conditioning is what differs."""
+    a, b = wanted.to_dict(), have.to_dict()
+
+    def shown(key: str, value: Any) -> str:
+        return f"{len(value)} classes" if key == "classes" and value else repr(value)
+
+    keys = [k for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
+    parts = [f"{k} {shown(k, b.get(k, ()))} there, {shown(k, a.get(k, ()))} here" for k in keys]
+    text = "; ".join(parts) or str(have)
+    if "classes" in keys:
+        text += (" (a conditional model's networks take the class too: it cannot start from an "
+                 "unconditional model's weights, nor the reverse)")  # fmt: skip
+    return text
+
+
 def plan_new(
     model: ModelConfig | None,
     train: TrainConfig,
@@ -105,7 +122,8 @@ def plan_new(
         if model is None:
             model = start
         elif not weights_fit(model, start):
-            raise TorchVaeError(f"init_from {init_from} is another model ({start}) than {model}")
+            raise TorchVaeError(f"init_from {init_from} is another model: "
+                                f"{config_difference(model, start)}")  # fmt: skip
         what = f"--init_from {init_from} is a model of"
         fix = "start from a model trained on images with as many channels"
         train = dataclasses.replace(train, init_from=weights, init_sha256=file_sha256(weights))
@@ -433,7 +451,8 @@ def initial_weights(plan: RunPlan) -> dict[str, torch.Tensor]:
         )
     init = load_model(path)
     if not weights_fit(plan.model, init.config):
-        raise TorchVaeError(f"the initial weights {path} are for another model: {init.config}")
+        raise TorchVaeError(f"the initial weights {path} are for another model: "
+                            f"{config_difference(plan.model, init.config)}")  # fmt: skip
     return init.state_dict()
 
 
