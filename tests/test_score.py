@@ -282,6 +282,12 @@ def test_score_refuses_an_unwritable_out_and_a_conditional_model(labelled, tmp_p
     assert "cannot be written" in err and err.count("\n") == 1
     assert score(model, labelled, "--out", str(model / "config.json")) == 1
     assert "will not write over" in capsys.readouterr().err
+    from PIL import Image
+
+    Image.new("L", (2, 2)).save(tmp_path / "s.png")  # the user's picture where --out's goes
+    assert score(model, labelled, "--out", str(tmp_path / "s.csv")) == 1
+    err = capsys.readouterr().err  # no --figure was given: the flag it names is --out's
+    assert f"the picture of --out {tmp_path / 's.png'} exists and is not one of" in err
     conditional = black_model(tmp_path / "c", conditional=True)
     assert score(conditional, labelled, "--out", str(tmp_path / "c.json")) == 1
     err = capsys.readouterr().err

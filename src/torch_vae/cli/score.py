@@ -126,7 +126,8 @@ def output_paths(o: ScoreOptions, dataset: str) -> tuple[Path, Path, Path]:
         out = default_report(o.model, tag)
     summary = out.with_suffix(".summary.json") if out.suffix.lower() == ".csv" else out
     figure = Path(o.figure) if o.figure is not None else out.with_suffix(".png")
-    for path, flag in ((out, "--out"), (summary, "--out"), (figure, "--figure")):
+    figure_flag = "--figure" if o.figure is not None else "the picture of --out"
+    for path, flag in ((out, "--out"), (summary, "--out"), (figure, figure_flag)):
         check_output_file(path, flag, report=True)
     if o.figure is not None and figure.suffix.lower() != ".png":
         raise TorchVaeError(f"--figure {figure} must end in .png")
