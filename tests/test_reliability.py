@@ -610,3 +610,19 @@ def test_in_a_job_a_signal_within_a_second_of_the_last_is_the_launcher_s_echo(mo
     alone._handle(signal.SIGINT, None)
     alone._handle(signal.SIGINT, None)
     assert alone.count == 2
+
+
+def test_a_resume_with_other_threads_than_the_run_s_says_its_numbers_differ(data, tmp_path, caplog):
+    import logging
+
+    run = tmp_path / "run"
+    torch.set_num_threads(2)
+    assert main(train_args(run, data, 1, "--threads", "2")) == 0
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert resume(run, data, "--epochs", "2") == 0  # resume() passes --threads 1
+    assert "trained with 2 threads and goes on with 1" in caplog.text
+    assert "--threads 2 for the same numbers" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert resume(run, data, "--epochs", "3") == 0  # saved with 1 thread, 1 again: no word
+    assert "goes on with" not in caplog.text

@@ -312,6 +312,11 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
             log.info("removed temporary files left by the interrupted run")
         trim_metrics(run_dir, state["epoch"])
         log.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"] + 1, loop.step)
+        saved, now = state.get("threads"), torch.get_num_threads()  # older states: unknown
+        if saved is not None and saved != now and loop.device.type == "cpu":
+            log.warning("the run trained with %d threads and goes on with %d: its numbers differ "
+                        "from here on from a run that kept %d (--threads %d for the same "
+                        "numbers)", saved, now, saved, saved)  # fmt: skip
     if not state["partial"]:
         return state["epoch"] + 1, None
     partial = EpochProgress.from_state(state["partial"])

@@ -107,6 +107,7 @@ def save_train_state(
         "partial": partial.to_state() if partial is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "evaluated": evaluated,
+        "threads": torch.get_num_threads(),  # a resume with as many gives the same numbers
     }
     state["digest"] = state_digest(state)
     with atomic_path(run_dir / STATE_NAME) as tmp:
