@@ -153,12 +153,15 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     path = run_dir / STATE_NAME
     if not path.is_file():
         weights = run_dir / WEIGHTS_NAME
-        fix = (f"start a new run from its weights: torch-vae train --init_from {run_dir}"
-               if weights.is_file() else f"start it anew there: torch-vae train --run_dir "
-               f"{run_dir} with its flags")  # fmt: skip
+        if weights.is_file():  # weights are saved before the state: the state's save failed
+            why = ("it is a model folder, or its run's state failed to save (a full disk) or was "
+                   "removed")  # fmt: skip
+            fix = f"start a new run from its weights: torch-vae train --init_from {run_dir}"
+        else:
+            why = "its run never finished an epoch nor saved on an interrupt"
+            fix = f"start it anew there: torch-vae train --run_dir {run_dir} with its flags"
         raise TorchVaeError(
-            f"{run_dir} has no training state ({STATE_NAME}): its run never finished an epoch "
-            f"nor saved on an interrupt, or it is a model folder; nothing to resume: {fix}"
+            f"{run_dir} has no training state ({STATE_NAME}): {why}; nothing to resume: {fix}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
