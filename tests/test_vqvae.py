@@ -901,3 +901,18 @@ def test_a_vq_run_s_epoch_picture_shows_reconstructions_only(vq_run):
     gaussian = VAE(model_class("dcgan").config_class.tiny(image_size=32)).eval()
     z = gaussian.prior_sample(32, torch.Generator().manual_seed(0))
     assert picture.shape[0] == 2 + 32 + 2 < epoch_picture(gaussian, z, x, "cpu").shape[0]
+
+
+def test_evaluate_of_a_vq_model_says_its_nll_needs_no_samples_and_names_one_report(
+    vq_run, mnist_dir, capsys
+):
+    common = ["evaluate", "--model", str(vq_run), "--nimages", "4", "--data_dir", str(mnist_dir)]
+    for k in ("3", "5"):
+        assert main([*common, "--iw_samples", k]) == 0
+    out = capsys.readouterr().out
+    assert "NLL bound at the code, nats (any K)" in out
+    assert "importance samples" not in out and "z sampled" not in out
+    reports = sorted(p.name for p in vq_run.glob("eval-*.json"))
+    assert reports == ["eval-mnist-test-first4.json"]  # the same numbers: one report, not -iw3/-iw5
+    nll = [float(line.split()[-1]) for line in out.splitlines() if "NLL bound at the code" in line]
+    assert len(nll) == 2 and nll[0] == nll[1]

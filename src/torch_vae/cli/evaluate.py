@@ -32,7 +32,8 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
     path = o.report
     if path is None:  # the default's name needs the split's size; checked before the work too
-        path = default_report(o.model, report_name(o, dataset, len(images)))
+        discrete = model.latent_kind == "discrete"
+        path = default_report(o.model, report_name(o, dataset, len(images), discrete))
         check_output_file(path, "--report", report=True)
     images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
@@ -63,13 +64,15 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     return report
 
 
-def report_name(o: EvaluateOptions, dataset: str, n_split: int) -> str:
+def report_name(o: EvaluateOptions, dataset: str, n_split: int, discrete: bool = False) -> str:
     """``eval-<dataset>-<split>``, then each setting that changes the numbers where it is off
     its default (``-firstN``, ``-iwK``, ``-refineN``, ``-lrX``, ``-seedS``), so that a report
-    never replaces one measured otherwise (a quick ``--iw_samples 0`` a long NLL's)."""
+    never replaces one measured otherwise (a quick ``--iw_samples 0`` a long NLL's). A
+    ``discrete`` model's NLL is the same whatever K (one code per image): ``-iw0`` alone."""
     name = f"eval-{dataset_tag(dataset)}-{o.split}"
     name += f"-first{o.nimages}" if 0 < o.nimages < n_split else ""
-    name += f"-iw{o.iw_samples}" if o.iw_samples != IW_SAMPLES else ""
+    changed = o.iw_samples == 0 if discrete else o.iw_samples != IW_SAMPLES
+    name += f"-iw{o.iw_samples}" if changed else ""
     name += f"-refine{o.refine_steps}" if o.refine_steps else ""
     name += f"-lr{o.refine_lr:g}" if o.refine_steps and o.refine_lr != REFINE_LR else ""
     return name + (f"-seed{o.seed}" if o.seed else "")
@@ -80,10 +83,14 @@ def _first(labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
 
 
 def print_report(report: dict, o: EvaluateOptions) -> None:
+    discrete = "codes_used" in report  # one code per image: nothing sampled, the KL log K each
     rows = [
-        ("objective (SSE + KL, z sampled)", report["objective"]),
+        (
+            "objective (SSE + KL)" if discrete else "objective (SSE + KL, z sampled)",
+            report["objective"],
+        ),
         ("sum of squared errors", report["sse"]),
-        ("KL", report["kl"]),
+        ("KL (log K per code: a constant)" if discrete else "KL", report["kl"]),
         ("MSE per pixel (posterior mean)", report["mse"]),
         ("PSNR (dB)", report["psnr"]),
     ]
@@ -96,7 +103,12 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
         rows.append(("active units", f"{report['active_units']} / {report['latent_dims']}"))
     if o.iw_samples:
         rows += [
-            (f"NLL, nats ({o.iw_samples} importance samples)", report["nll"]),
+            (
+                "NLL bound at the code, nats (any K)"
+                if discrete
+                else f"NLL, nats ({o.iw_samples} importance samples)",
+                report["nll"],
+            ),
             ("bits per dimension", report["bits_per_dim"]),
         ]
     size = report["image_size"]
