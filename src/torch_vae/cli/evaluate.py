@@ -90,7 +90,7 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
             report["objective"],
         ),
         ("sum of squared errors", report["sse"]),
-        ("KL (log K per code: a constant)" if discrete else "KL", report["kl"]),
+        ("KL (log codebook size per code)" if discrete else "KL", report["kl"]),
         ("MSE per pixel (posterior mean)", report["mse"]),
         ("PSNR (dB)", report["psnr"]),
     ]
