@@ -916,3 +916,16 @@ def test_evaluate_of_a_vq_model_says_its_nll_needs_no_samples_and_names_one_repo
     assert reports == ["eval-mnist-test-first4.json"]  # the same numbers: one report, not -iw3/-iw5
     nll = [float(line.split()[-1]) for line in out.splitlines() if "NLL bound at the code" in line]
     assert len(nll) == 2 and nll[0] == nll[1]
+
+
+def test_sampling_a_vq_model_from_its_own_prior_warns_that_it_gives_noise(vq_run, mnist_dir):
+    from torch_vae.priors import load_sampler
+
+    model = load_model(vq_run)
+    with pytest.warns(UserWarning, match="own prior is uniform over its codes: these samples"):
+        assert model.sample(2).shape == (2, 1, 32, 32)
+    assert main(["fit-sampler", "--model", str(vq_run), "--sampler", "transformer", "--steps",
+                 "2", "--nscore", "0", "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
+    prior = load_sampler(vq_run)  # the way the warning gives, as written
+    prior.use_model(model)
+    assert model.decode(prior.sample(2)).shape == (2, 1, 32, 32)

@@ -28,6 +28,7 @@ after training (``fit-sampler --sampler transformer``, priors/transformer.py).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -309,7 +310,8 @@ class VQVAE(VAE):
             raise TorchVaeError(
                 f"this model decodes code grids (N, {h}, {w}) of code indices (int64), or code "
                 f"vectors (N, {self.config.latent_dims}, {h}, {w}); got {tuple(z.shape)} "
-                "(samples: torch_vae.priors.load_sampler(folder), .use_model(model), .sample(n))"
+                "(samples: prior = torch_vae.priors.load_sampler(folder); prior.use_model(model); "
+                "prior.sample(n))"
             )
         if y is None:
             return z
@@ -353,6 +355,21 @@ class VQVAE(VAE):
         """``recon + beta * commitment * commit`` (``--beta`` scales the regulariser, here
         the commitment loss)."""
         return terms["recon"] + beta * self.config.commitment * terms["commit"]
+
+    def sample(self, n: int, generator=None, condition: Any = None, device=None) -> Tensor:
+        """``VAE.sample``: code grids drawn uniformly, decoded, with a warning: a VQ-VAE's own
+        prior is uniform over its codes, so these images are noise. A fitted prior draws the
+        codes that make images (``torch-vae fit-sampler --sampler transformer``, then
+        ``prior = torch_vae.priors.load_sampler(folder)``, ``prior.use_model(model)``,
+        ``model.decode(prior.sample(n))``)."""
+        warnings.warn(
+            "a VQ-VAE's own prior is uniform over its codes: these samples are noise; draw the "
+            "codes from a fitted prior: prior = torch_vae.priors.load_sampler(folder); "
+            "prior.use_model(model); model.decode(prior.sample(n))",
+            UserWarning,
+            stacklevel=2,
+        )
+        return super().sample(n, generator, condition, device)
 
     def prior_sample(
         self,
