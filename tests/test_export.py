@@ -206,7 +206,7 @@ def test_an_export_replaces_its_own_model_s_only_not_another_s_nor_a_user_s_file
     assert export(a, out) == 0  # the same model again: replaced
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert export(b, out, "--format", "torchscript") == 1  # another model's beside it: refused
-    assert "holds an export of another model (export-onnx.json)" in _error(capsys)
+    assert "holds an export of other weights (export-onnx.json: another model's" in _error(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     mine = tmp_path / "mine"
     mine.mkdir()

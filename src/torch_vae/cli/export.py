@@ -94,7 +94,8 @@ def _check_earlier_exports(out: Path, names: list[str], taken: list[str], sha: s
         except (OSError, ValueError, AttributeError):
             other = None
         if other is not None and other != sha:
-            raise TorchVaeError(f"--out {out} holds an export of another model ({info.name}); "
+            raise TorchVaeError(f"--out {out} holds an export of other weights ({info.name}: "
+                                "another model's, or this one's before it trained further); "
                                 "choose another --out, or remove that export (nothing was "
                                 "written)")  # fmt: skip
     if taken and not (out / names[-1]).is_file():
