@@ -26,7 +26,6 @@ CURVES = (  # panel title, training key, the measured split's key (after its pre
 )
 REGULARISERS = {"kl": "KL", "commit": "commitment"}  # the objective's second term, by its key
 GREY = "0.55"  # inactive latent dimensions
-FIGURE_SOFTWARE = SOFTWARE  # each figure's PNG "Software" (io.png's): what output flags may replace
 DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
 
 
@@ -50,7 +49,7 @@ def _save(fig, out: Path) -> Path:
     gray = bool((arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all())
     out.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
-    info.add_text("Software", FIGURE_SOFTWARE)
+    info.add_text("Software", SOFTWARE)  # as every PNG torch-vae writes (io.png)
     with atomic_path(out) as tmp:
         (rgb.convert("L") if gray else rgb).save(tmp, format="PNG", optimize=True, pnginfo=info)
     return out

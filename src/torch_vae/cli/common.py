@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..analysis.figures import FIGURE_SOFTWARE
 from ..data import check_channels, load_split
 from ..data.datasets import DECODE_ERRORS, absolute_name, gone_folder
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
@@ -22,6 +21,7 @@ from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
 from ..io.files import not_a_file, unwritable
+from ..io.png import SOFTWARE
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
@@ -253,7 +253,7 @@ def written_by_torch_vae(path: Path) -> bool:
                 return f.readline().startswith("source,")
         if suffix == ".png":
             with Image.open(path) as img:
-                return img.info.get("Software") == FIGURE_SOFTWARE
+                return img.info.get("Software") == SOFTWARE
     except (OSError, UnicodeDecodeError, ValueError, UnidentifiedImageError):
         return False
     return False
