@@ -419,7 +419,12 @@ class VAE(nn.Module):
         ``device`` (default: the CPU) in ``dtype`` (default: as stored, float32), with the
         dataset it was trained on (if recorded) as ``model.dataset``. Called on a family's
         class, it refuses another family's file."""
-        dtype, device = _placement(dtype, device, "VAE.from_pretrained(path, dtype, device)")
+        checked = _placement(dtype, device, "VAE.from_pretrained(path, dtype, device)")
+        return cls._read(path, *checked)
+
+    @classmethod
+    def _read(cls, path: str | os.PathLike, dtype: torch.dtype | None, device: torch.device) -> VAE:
+        """``from_pretrained`` once ``dtype`` and ``device`` are checked (``_placement``)."""
         meta = read_metadata(path)
         try:
             config = ModelConfig.from_dict(meta["config"])
@@ -539,8 +544,7 @@ def load_model(
 ) -> VAE:
     """``VAE.from_pretrained``: a model of any family from a run folder or a .safetensors
     file, in eval mode (note the order: the device first)."""
-    dtype, device = _placement(dtype, device, "load_model(path, device, dtype)")
-    return VAE.from_pretrained(path, dtype=dtype, device=device)
+    return VAE._read(path, *_placement(dtype, device, "load_model(path, device, dtype)"))
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, dataset: str | None = None) -> Path:
