@@ -331,3 +331,33 @@ def test_the_explorer_maps_each_test_image_with_its_class(labelled, tmp_path):
     other = tiny(tmp_path / "o", classes=("0", "1"))
     with pytest.raises(TorchVaeError, match="mnist has the class '2', which the model does not"):
         load_explorer(load_model(other), other, "mnist", labelled, 0, progress=False)
+
+
+def test_label_files_out_of_range_or_of_another_length_are_one_line(mnist_dir, tmp_path, capsys):
+    """Uncompressed label files (not checked by MD5) with labels outside the dataset's classes,
+    or fewer labels than images: training a conditional model names the file or the counts
+    (it was a traceback in the middle of the run, and "no class for every image")."""
+    import gzip
+
+    from fakedata import idx_bytes
+
+    raw = mnist_dir / "mnist"
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
+        (raw / name).write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))
+        (raw / f"{name}.gz").unlink()
+    n_test = len(split(mnist_dir))
+    labels = {"train": np.arange(40) % 10, "t10k": np.arange(n_test) % 10}
+    labels["train"][3] = 14
+    for prefix, arr in labels.items():
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(arr.astype(np.uint8)))
+    flags = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--conditional",
+             "--image_size", "16", "--arch", "dcgan", "--depth", "2", "--max_filters", "8",
+             "--epochs", "1", "--max_steps", "1", "--batchsize", "4", "--cpu",
+             "--quiet"]  # fmt: skip
+    assert main([*flags, "--run_dir", str(tmp_path / "a")]) == 1
+    one_line_error(capsys, "train-labels-idx1-ubyte gives image 3 the label 14",
+                   "labels are 0 to 9", "not the official file")  # fmt: skip
+    labels["train"] = labels["train"][:30] % 10
+    (raw / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels["train"].astype(np.uint8)))
+    assert main([*flags, "--run_dir", str(tmp_path / "b")]) == 1
+    one_line_error(capsys, "split has 30 labels for 40 images")

@@ -91,7 +91,8 @@ def load_labels(dataset: str, split: str, data_dir: Path | None = None) -> np.nd
         return _folder_labels(ds, split)
     if isinstance(ds, CifarDataset):
         archive = ds.fetch(data_dir, progress=False)[ds.files[0].name]
-        return read_cifar_labels(archive, ds.members[split], ds.label_key)
+        labels = read_cifar_labels(archive, ds.members[split], ds.label_key)
+        return _checked(labels, len(class_names(dataset, data_dir) or ()), archive)
     if isinstance(ds, IdxDataset) and ds.name in LABEL_FILES:
         return _idx_labels(ds, split, data_dir)
     return None
@@ -103,7 +104,21 @@ def _idx_labels(ds: IdxDataset, split: str, data_dir: Path) -> np.ndarray:
     labels = read_idx(path)
     if labels.ndim != 1:
         raise TorchVaeError(f"{path} holds no labels (N,) but an array {labels.shape}")
-    return labels.astype(np.int64)
+    return _checked(labels.astype(np.int64), len(NAMES[ds.name]), path)
+
+
+def _checked(labels: np.ndarray, classes: int, source: Path) -> np.ndarray:
+    """``labels`` (int64), if every one is a class of the dataset's ``classes``; else a one-line
+    error naming the file they came from (a copy that is not the official one)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    bad = np.flatnonzero((labels < 0) | (labels >= classes))
+    if classes and len(bad):
+        raise TorchVaeError(
+            f"{source} gives image {bad[0]} the label {labels[bad[0]]}, but the dataset's labels "
+            f"are 0 to {classes - 1} ({len(bad)} labels out of range): it is not the official "
+            "file; delete it so that torch-vae downloads it, or put the official file there"
+        )
+    return labels
 
 
 def _folder_parts(ds: FolderDataset, split: str) -> list[tuple[str, ...]]:
@@ -130,7 +145,12 @@ def check_every_image_labelled(labels, n: int, dataset: str, split: str, needs: 
     """A one-line error unless ``labels`` (or None) gives each of the ``n`` images of ``split``
     a class; ``needs`` says what wants them. A folder's images outside every class subfolder
     are named."""
-    if labels is None or len(labels) != n or labels.min(initial=0) < 0:
+    if labels is not None and len(labels) != n:
+        raise TorchVaeError(
+            f"{dataset}'s {split} split has {len(labels)} labels for {n} images: its label and "
+            f"image files do not belong together; {needs}"
+        )
+    if labels is None or labels.min(initial=0) < 0:
         raise TorchVaeError(
             f"{dataset}'s {split} split has no class for every image (a folder's images must "
             f"all be in class subfolders{_classless(dataset, split)}); {needs}"
@@ -157,10 +177,8 @@ def rows_without(
     (indices); ``what`` names the flag that needs the labels in the error for a dataset that
     has no class for every image."""
     labels = load_labels(dataset, split, data_dir)
-    if labels is None or len(labels) != n:
-        raise TorchVaeError(
-            f"{dataset}'s {split} split has no class for every image; {what or 'this'} needs one"
-        )
+    if labels is None or len(labels) != n:  # a folder's loose images (-1) are of no class
+        check_every_image_labelled(labels, n, dataset, split, f"{what or 'this'} needs one")
     return np.flatnonzero(~np.isin(labels, np.asarray(classes, dtype=np.int64)))
 
 
