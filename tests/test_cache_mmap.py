@@ -109,7 +109,7 @@ class BigFake:
     def cache_key(self, split, size):
         return f"bigfake-{split}-{size}"
 
-    def fingerprint(self, split):
+    def fingerprint(self, split, data_dir=None):
         return None
 
     def prepare(self, split, size, data_dir, progress=True, allocate=None):

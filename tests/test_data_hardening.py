@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -399,3 +400,32 @@ def test_folder_listing_keeps_the_sorted_path_order_of_the_splits(tmp_path):
     ds = get_dataset(f"folder:{folder}")
     for split, want in (("train", every[:9] + every[10:19] + every[20:]), ("test", every[9::10])):
         assert ds.list_images(split) == want
+
+
+def test_a_cache_of_copies_no_checksum_covers_follows_their_changes(mnist_dir, tmp_path):
+    """An uncompressed IDX file and an extracted CIFAR folder are not checked by MD5: their
+    caches are rebuilt when they change (they were kept, with the old pixels)."""
+    import gzip
+
+    raw = mnist_dir / "mnist" / "t10k-images-idx3-ubyte"
+    raw.write_bytes(gzip.decompress(raw.with_suffix(".gz").read_bytes()))
+    raw.with_suffix(".gz").unlink()
+    first = load_split("mnist", "test", 16, mnist_dir, progress=False)
+    data = bytearray(raw.read_bytes())
+    data[16 : 16 + 28 * 28] = bytes(255 - b for b in data[16 : 16 + 28 * 28])  # image 0 inverted
+    raw.write_bytes(bytes(data))
+    changed = load_split("mnist", "test", 16, mnist_dir, progress=False)
+    assert not np.array_equal(changed[0], first[0]) and np.array_equal(changed[1:], first[1:])
+
+    data_dir = tmp_path / "cifar"
+    archive = fakedata.write_cifar(data_dir)
+    with tarfile.open(archive) as tar:
+        tar.extractall(data_dir, filter="data")
+    archive.unlink()
+    first = load_split("cifar-10", "test", 32, data_dir, progress=False)
+    batch = data_dir / "cifar-10-batches-py" / "test_batch"
+    fakedata.write_cifar(tmp_path / "other", seed=7)
+    with tarfile.open(tmp_path / "other" / "cifar-10-python.tar.gz") as tar:
+        batch.write_bytes(tar.extractfile("cifar-10-batches-py/test_batch").read())
+    changed = load_split("cifar-10", "test", 32, data_dir, progress=False)
+    assert not np.array_equal(changed, first)

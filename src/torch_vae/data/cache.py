@@ -230,7 +230,7 @@ def load_split(
     meta_path = npy.with_suffix(".json")
     remove_stale_temporaries(npy.parent)
     # Taken before decoding: files changed meanwhile make the record stale, not the cache wrong.
-    fingerprint = ds.fingerprint(split)
+    fingerprint = ds.fingerprint(split, data_dir)
     if npy.exists() and meta_path.exists():
         try:
             shape, verify = (image_size, image_size, ds.channels), os.environ.get(VERIFY_ENV) == "1"

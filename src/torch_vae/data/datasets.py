@@ -113,10 +113,30 @@ class Dataset:
     def source_id(self, data_dir: Path) -> str:
         return self.name
 
-    def fingerprint(self, split: str) -> str | None:
-        """What the cache of ``split`` must have been built from, or None when its source
-        cannot change: the registered datasets' files are the official ones (checked by MD5)."""
-        return None
+    def split_sources(self, split: str) -> tuple[str, ...]:
+        """The names of the files the images of ``split`` are read from."""
+        return tuple(f.name for f in self.files)
+
+    def fingerprint(self, split: str, data_dir: Path | None = None) -> str | None:
+        """What the cache of ``split`` must have been built from: None where its files are the
+        official ones (their MD5 is checked when they are found or downloaded); else a digest
+        of the paths, sizes and modification times of the copies no checksum covers (an
+        uncompressed IDX file, an extracted CIFAR folder, the system's repacked copy), so that
+        the cache is rebuilt when one of them changes."""
+        if data_dir is None:
+            return None
+        lines = []
+        for name in self.split_sources(split):
+            found = self.locate(Path(data_dir), name)
+            if found is None or (found.is_file() and found.name == name and not _is_system(found)):
+                continue  # to be downloaded, or checked against its official MD5
+            inside = sorted(p for p in found.rglob("*") if p.is_file()) if found.is_dir() else []
+            for path in inside or [found]:
+                st = path.stat()
+                lines.append(f"{path}\0{st.st_size}\0{st.st_mtime_ns}")
+        if not lines:
+            return None
+        return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _verify(path: Path, md5: str) -> None:
@@ -152,6 +172,9 @@ class IdxDataset(Dataset):
     """MNIST-style IDX files (gzipped or not)."""
 
     split_files: dict = field(default_factory=dict)  # split -> images file name
+
+    def split_sources(self, split):
+        return (self.split_files[split],)
 
     def prepare(self, split, size, data_dir, progress=True, allocate=None):
         paths = self.fetch(data_dir, progress, only={self.split_files[split]})  # that split's
@@ -318,7 +341,7 @@ class FolderDataset(Dataset):
     def cache_key(self, split, size):
         return f"{self.source_id(Path())}-{split}-{size}"
 
-    def fingerprint(self, split):
+    def fingerprint(self, split, data_dir=None):
         """A digest of the split's file names (relative to the folder), sizes and modification
         times (ns): it changes when an image is added, removed, renamed or rewritten, so that
         the cache is rebuilt. Hashing every file's content instead would read the whole
