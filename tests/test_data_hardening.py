@@ -5,6 +5,7 @@ cannot reach the server."""
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -429,3 +430,32 @@ def test_a_cache_of_copies_no_checksum_covers_follows_their_changes(mnist_dir, t
         batch.write_bytes(tar.extractfile("cifar-10-batches-py/test_batch").read())
     changed = load_split("cifar-10", "test", 32, data_dir, progress=False)
     assert not np.array_equal(changed, first)
+
+
+def test_a_copy_of_the_systems_repacked_file_is_taken_as_it(mnist_dir, tmp_path, monkeypatch):
+    """Debian's repacked Fashion-MNIST files copied into --data_dir were called corrupt (their
+    MD5 is not the official one); a copy with the system file's bytes is read, and another
+    file's error says where the system's copies are."""
+    import gzip
+
+    from torch_vae.data import datasets
+
+    name = "t10k-images-idx3-ubyte.gz"
+    ours = mnist_dir / "mnist" / name
+    system = tmp_path / "usr-share"
+    system.mkdir()
+    repacked = gzip.compress(gzip.decompress(ours.read_bytes()), compresslevel=1, mtime=1)
+    (system / name).write_bytes(repacked)
+    monkeypatch.setattr(datasets, "SYSTEM_DIRS", {"mnist": [system]})
+    first = load_split("mnist", "test", 16, mnist_dir, progress=False).copy()
+    ours.write_bytes(repacked)  # the user copies the system's file into --data_dir
+    shutil.rmtree(mnist_dir / "cache")
+    assert np.array_equal(load_split("mnist", "test", 16, mnist_dir, progress=False), first)
+    ours.write_bytes(gzip.compress(gzip.decompress(repacked), compresslevel=2, mtime=2))
+    shutil.rmtree(mnist_dir / "cache")
+    with pytest.raises(
+        TorchVaeError,
+        match=r"does not match the official checksum.*the "
+        r"system's copies \(.*usr-share\) differ from the official files",
+    ):
+        load_split("mnist", "test", 16, mnist_dir, progress=False)
