@@ -144,6 +144,20 @@ def test_fit_sampler_scores_each_kind_and_auto_takes_the_best(small_run, mnist_d
     assert "scored on 4 validation images" in caplog.text
 
 
+def test_too_few_validation_images_fit_the_sampler_without_a_score(train_tiny, mnist_dir,
+                                                                   tmp_path, caplog):  # fmt: skip
+    """A run holding out 3 images (a small folder's split) cannot score a sampler: precision
+    and recall need each image's 3rd nearest other one. The fit is kept, with a warning (it
+    failed with "3 points have no 3th nearest neighbours" and saved nothing)."""
+    caplog.set_level(logging.INFO, logger="torch_vae")
+    run = train_tiny(tmp_path / "run3", "--val_images", "3")
+    fit = ["fit-sampler", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main([*fit, "--sampler", "gmm", "--components", "2"]) == 0
+    assert "validation" not in load_sampler(run, "gmm").info
+    assert "the 3 validation images are too few to score the sampler (it takes more than 3)" in (
+        caplog.text)  # fmt: skip
+
+
 def test_auto_ranks_by_kind_where_a_sampler_has_no_score(small_run, mnist_dir):
     # a mixture fitted without a score (as the shipped ones were) and a Gaussian scored
     # afterwards: the score cannot rank one against the other, the kinds' order does

@@ -32,6 +32,7 @@ from .options import FitSamplerOptions, Runtime
 log = logging.getLogger(__name__)
 SCORE_SEED = 0
 NLL_DRAWS = 1000  # a code prior's own draws whose NLL (its entropy) the score records
+SCORE_K = 3  # the neighbours that set each image's ball in the score's precision and recall
 
 
 def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
@@ -64,7 +65,12 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
     score = None
     if o.nscore:
         rows_held = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
-        score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
+        if len(images[rows_held]) > SCORE_K:
+            score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
+        else:  # precision and recall need each image's k-th nearest other one
+            log.warning("warning: the %d %s are too few to score the sampler (it takes more "
+                        "than %d); it is fitted without a score (--nscore 0 says so)",
+                        len(images[rows_held]), where, SCORE_K)  # fmt: skip
     options = {"components": o.components, "steps": o.steps, "seed": o.seed, "hidden": o.hidden,
                "layers": o.layers, "dropout": o.dropout, "precision": o.precision,
                "store": o.store}  # fmt: skip
@@ -137,7 +143,7 @@ def scorer(model, images: np.ndarray, where: str, batch: int, labels=None):
     conditional model encodes ``images`` with their classes ``labels``, and its samples (of
     classes drawn at random) with theirs."""
     space = encoder_space(model, batch)
-    ref = make_reference(space, torch.from_numpy(np.asarray(images)), 3, labels=labels)
+    ref = make_reference(space, torch.from_numpy(np.asarray(images)), SCORE_K, labels=labels)
     discrete = model.latent_kind == "discrete"
     codes = posterior_means(model, images, batch, labels) if discrete else None
 
