@@ -22,6 +22,7 @@ from torch_vae import TorchVaeError
 from torch_vae.data import load_split
 from torch_vae.data.datasets import _decode_path, get_dataset
 from torch_vae.data.download import MIRROR_ENV
+from torch_vae.data.labels import class_names
 
 
 def _fresh(folder, split, size, tmp_path):
@@ -389,7 +390,7 @@ def test_folder_listing_keeps_the_sorted_path_order_of_the_splits(tmp_path):
     (folder / "dir.png").mkdir()
     (folder / "link.png").symlink_to(folder / "a.png")
     (folder / "dangling.png").symlink_to(folder / "nothing.png")
-    (folder / "linked").symlink_to(folder / "a", target_is_directory=True)  # not entered
+    (folder / "linked").symlink_to(folder / "a", target_is_directory=True)  # inside: not entered
     from torch_vae.data.datasets import IMAGE_SUFFIXES
 
     every = sorted(  # hidden files (.hidden.png) are left out since they are skipped
@@ -401,6 +402,26 @@ def test_folder_listing_keeps_the_sorted_path_order_of_the_splits(tmp_path):
     ds = get_dataset(f"folder:{folder}")
     for split, want in (("train", every[:9] + every[10:19] + every[20:]), ("test", every[9::10])):
         assert ds.list_images(split) == want
+
+
+def test_a_symlinked_class_folder_from_elsewhere_is_read_and_links_inside_or_up_are_not(
+    tmp_path,
+):
+    """A class subfolder that is a symlink to a folder elsewhere was skipped without a word
+    (the model trained on the other classes only); now its images are read under the link's
+    name. Links to a folder inside the dataset (its images are there already) or to one that
+    holds the dataset (a loop) are not entered."""
+    folder, elsewhere = tmp_path / "imgs", tmp_path / "elsewhere" / "dogs"
+    fakedata.write_folder(folder / "cats", n=12)
+    fakedata.write_folder(elsewhere, n=8, seed=5)
+    (folder / "dogs").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "cats-again").symlink_to(folder / "cats", target_is_directory=True)
+    (folder / "cats" / "up").symlink_to(tmp_path, target_is_directory=True)
+    ds = get_dataset(f"folder:{folder}")
+    listed = [p for split in ("train", "test") for p in ds.list_images(split)]
+    assert len(listed) == 20
+    assert sum(p.parent == folder / "dogs" for p in listed) == 8
+    assert class_names(f"folder:{folder}") == ["cats", "dogs"]
 
 
 def test_a_cache_of_copies_no_checksum_covers_follows_their_changes(mnist_dir, tmp_path):

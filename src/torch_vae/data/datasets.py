@@ -434,14 +434,17 @@ def _scan_images(
     folder: Path, prefix: tuple[str, ...] = ()
 ) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
     """The image files under ``folder``: (``prefix`` + their path relative to ``folder`` as a
-    tuple of names, their path, their stat), in the order of their sorted Paths. As
-    Path.rglob("*") with is_file(): symlinked folders are not entered, symlinked files are
-    followed, unreadable folders are skipped, and so are hidden files and folders (a name that
-    starts with a dot: macOS's ._* companions, .ipynb_checkpoints). One os.scandir pass and
-    one stat per image; sorted on name tuples (compared in C) instead of Paths (compared in
-    Python, 4x slower)."""
+    tuple of names, their path, their stat), in the order of their sorted Paths. Symlinked
+    files are followed, and so are symlinked folders that lead out of ``folder`` (one whose
+    images are inside it already, or that holds ``folder``, is not entered; two links to one
+    folder: the first by name); unreadable folders are skipped, and so are hidden files and
+    folders (a name that starts with a dot: macOS's ._* companions, .ipynb_checkpoints). One
+    os.scandir pass and one stat per image; sorted on name tuples (compared in C) instead of
+    Paths (compared in Python, 4x slower)."""
     found = []
     stack = [(prefix, os.fspath(folder))]
+    root = os.path.realpath(folder)
+    entered = {root}
     while stack:
         rel, where = stack.pop()
         try:
@@ -449,14 +452,15 @@ def _scan_images(
                 entries = list(it)
         except OSError:
             continue
+        folders = []
         for entry in entries:
             name = entry.name
             if name.startswith("."):
                 continue
             dot = name.rfind(".")
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(((*rel, name), entry.path))
+                if entry.is_dir():
+                    folders.append(entry)
                     continue
                 if not (0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES):
                     continue
@@ -465,11 +469,27 @@ def _scan_images(
                 continue
             if stat.S_ISREG(st.st_mode):
                 found.append(((*rel, name), entry.path, st))
+        for entry in sorted(folders, key=lambda e: e.name, reverse=True):  # popped by name
+            if entry.is_symlink() and not _outside(os.path.realpath(entry.path), root, entered):
+                continue
+            stack.append(((*rel, entry.name), entry.path))
     if os.path.normcase("A") == "A":  # POSIX: Paths compare their names as they are
         found.sort(key=lambda item: item[0])
     else:  # Windows: case-insensitively
         found.sort(key=lambda item: tuple(os.path.normcase(n) for n in item[0]))
     return found
+
+
+def _outside(real: str, root: str, entered: set[str]) -> bool:
+    """Whether a symlinked folder whose target is ``real`` leads out of the folder ``root`` to
+    images not reached before (``entered``: the symlinked folders' targets so far, which this
+    one joins)."""
+    inside = real == root or real.startswith(root + os.sep)
+    holds_root = root.startswith(real + os.sep)
+    if inside or holds_root or real in entered:
+        return False
+    entered.add(real)
+    return True
 
 
 def folder_dataset(root: str | os.PathLike) -> FolderDataset:
