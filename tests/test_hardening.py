@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import fakedata
 from runs import assert_same_run, resume, train_args
 from torch_vae import VAE, ModelConfig, TorchVaeError, load_model, save_model
 from torch_vae.cli import main
@@ -318,6 +319,23 @@ def test_average_removes_the_temporary_folder_a_killed_average_left(
     args = ["average", str(run), "--last", "2", "--out", str(out), "--data_dir", str(mnist_dir)]
     assert main([*args, "--quiet"]) == 0
     assert (out / "model.safetensors").is_file() and not killed.exists() and recent.exists()
+
+
+def test_a_split_too_small_for_validation_images_says_it_measures_on_the_test_split(
+    tmp_path, caplog
+):
+    """9 training images hold out no validation image (a tenth is less than one): the run
+    measures each epoch on the test split, and now says so (it did without a word)."""
+    folder = fakedata.write_folder(tmp_path / "ten", n=10)
+    flags = ["train", "--dataset", f"folder:{folder}", "--data_dir", str(tmp_path / "data"),
+             "--image_size", "16", "--arch", "dcgan", "--depth", "2", "--max_filters", "8",
+             "--epochs", "1", "--batchsize", "4", "--quiet", "--cpu"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main([*flags, "--run_dir", str(tmp_path / "run")]) == 0
+    assert "the 9 training images are too few to hold out validation images" in caplog.text
+    assert "measured on the test split instead" in caplog.text
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "test_loss" in record and "val_loss" not in record
 
 
 def test_val_images_above_a_tenth_of_the_split_is_said_to_be_capped(train_tiny, tmp_path, caplog):

@@ -327,6 +327,10 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
     limit = plan.test_limit
     kept = kept_rows(plan, "train", len(train_images))
     if not validation_size(len(train_images), plan.train.val_images):
+        if plan.train.val_images and dist.is_main:  # asked for, but a tenth is not one image
+            log.warning("warning: the %d training images are too few to hold out validation "
+                        "images (at most a tenth of them); each epoch is measured on the test "
+                        "split instead", len(train_images))  # fmt: skip
         test_rows = kept_rows(plan, "test", len(test_images))
         if test_rows is not None:
             test_images = test_images[test_rows]
