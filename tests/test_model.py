@@ -183,6 +183,17 @@ def test_native_size_only_lowers_the_error_to_upsampled_images():
         ModelConfig(native_size=-1)
 
 
+def test_an_image_size_no_depth_fits_names_the_sizes_that_do():
+    """--image_size 33 said "use an even --image_size", and 34 then failed at depth 4 too."""
+    with pytest.raises(TorchVaeError, match="use --image_size 32 or 48 .multiples of 16.$"):
+        ModelConfig(arch="dcgan", image_size=33)
+    with pytest.raises(TorchVaeError, match=r"use --image_size 32 or 48 \(multiples of 16\), "
+                       "or --depth 1 or less$"):  # fmt: skip
+        ModelConfig(arch="dcgan", image_size=34)
+    with pytest.raises(TorchVaeError, match=r"use --image_size 16 \(multiples of 16\), or "):
+        ModelConfig(arch="dcgan", image_size=12)
+
+
 def test_native_maps_invert_the_pipeline_s_upsampling_and_the_config_checks_them():
     from torch_vae.models.upsampling import native_maps, upsampling_projector
 

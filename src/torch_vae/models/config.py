@@ -180,9 +180,9 @@ def _depth_advice(config: ConvConfig, size: int, step: int) -> str:
         flag, options = "--network_size", depth + _network_sizes(config)
     else:
         flag = "--image_size"
-        options = (depth or ["an even --image_size"]) + [
-            f"an image size that is a multiple of {step}"
-        ]
+        below, above = size // step * step, (size // step + 1) * step
+        near = f"{below} or {above}" if below else f"{above}"
+        options = [f"--image_size {near} (multiples of {step})", *depth]
     hint = "use " + ", or ".join(options) if options else "leave out --network_size"
     return f"{flag} {size} is not divisible by 2**depth = {step} (depth {config.depth}); {hint}"
 
