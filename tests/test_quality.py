@@ -137,6 +137,32 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     assert "class_kl" not in r["samples"]
 
 
+def test_sample_quality_reports_on_another_dataset_keep_the_models_own(
+    train_tiny, mnist_dir, tmp_path, capsys
+):
+    """A report against another --dataset was written under the name of the model's own and
+    replaced it; its name now says the dataset. --nsamples with --reconstructions (which
+    measure every reference image) named a report after a count it did not use: refused."""
+    from fakedata import write_folder
+
+    run = train_tiny(tmp_path / "run")
+    folder = write_folder(tmp_path / "mine", n=50, gray=True)
+    args = ["sample-quality", "--model", str(run), "--nsamples", "8", "--features", "encoder",
+            "--no_floor", "--data_dir", str(mnist_dir), "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert main([*args, "--dataset", f"folder:{folder}"]) == 0
+    names = sorted(p.name for p in run.glob("sample-quality-*.json"))
+    assert len(names) == 2 and names[1] == "sample-quality-prior-encoder-n8.json", names
+    assert names[0].startswith("sample-quality-prior-encoder-folder") and names[0].endswith(
+        "_mine-n8.json")  # fmt: skip
+    own = json.loads((run / "sample-quality-prior-encoder-n8.json").read_text())
+    assert own["dataset"] == "mnist"
+    capsys.readouterr()
+    assert main([*args, "--reconstructions"]) == 1
+    err = capsys.readouterr().err
+    assert "--reconstructions measures the reconstructions of every reference image" in err
+
+
 def test_a_classifier_measures_images_of_another_size_resized_as_the_data_pipeline_does(
     mnist_dir,
 ):

@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+from ..data.datasets import absolute_name
 from ..evaluation.reports import dataset_tag, write_report
 from ..evaluation.sample_quality import (
     accuracy_classifier,
@@ -61,6 +62,8 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     if report.get("class") is not None:
         suffix += f"-class-{dataset_tag(str(report['class'])).replace(' ', '_')}"
     # a choice off its default names the report, so that it never replaces the default's
+    if dataset != absolute_name(model.dataset or dataset):
+        suffix += f"-{dataset_tag(dataset)}"
     suffix += f"-{o.reference}" if o.reference != "test" else ""
     suffix += f"-n{o.nsamples}" if o.nsamples != NSAMPLES else ""
     suffix += f"-seed{o.seed}" if o.seed else ""
