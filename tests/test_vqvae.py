@@ -689,6 +689,21 @@ def test_temperature_guidance_and_round_trip_flags_are_refused_where_they_do_not
         assert not out.exists()
 
 
+def test_temperature_on_a_gaussian_model_says_it_is_for_a_vq_models_codes(
+    train_tiny, tmp_path, capsys
+):
+    """The error told a Gaussian model's user to fit a transformer sampler, which such a model
+    cannot take; it says the flag is for a discrete model's codes."""
+    run = train_tiny(tmp_path / "run")
+    out = tmp_path / "out"
+    assert main(["generate", "--model", str(run), "--outdir", str(out), "--quiet",
+                 "--temperature", "0.5"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--temperature applies to a transformer sampler, which draws a discrete model's " in (
+        err)  # fmt: skip
+    assert "has a gaussian latent: leave --temperature out" in err and "fit one" not in err
+
+
 # --- the pictures and the explorer on a discrete latent ----------------------------------
 
 

@@ -256,6 +256,11 @@ def set_drawing(
     ``model``, the loaded model the prior draws for, is attached to a prior that uses one
     (``use_model``: the transformer's round trips, which need it)."""
     asked = _asked(temperature, guidance, round_trips)
+    kind = getattr(model, "latent_kind", None)
+    if asked and prior is None and kind is not None and "transformer" not in kinds_of(kind):
+        raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, which draws a "
+                            f"discrete model's codes (--arch vqvae); {model_path} has a {kind} "
+                            f"latent: leave {asked[0]} out")  # fmt: skip
     if asked and prior is None:
         raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
                             f"{model_path} has none in use; fit one with torch-vae fit-sampler "
