@@ -207,6 +207,15 @@ def _own_prior(model_path, asked: list[str], latent_kind: str, fit: str) -> None
     return None
 
 
+def _refuse_drawing(asked: list[str], model_path, latent_kind: str) -> None:
+    """A one-line error for the ``asked`` drawing flags on a model whose latent no transformer
+    sampler draws (they had the user fit one, which such a model cannot take)."""
+    if "transformer" not in kinds_of(latent_kind):
+        raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, which draws a "
+                            f"discrete model's codes (--arch vqvae); {model_path} has a "
+                            f"{latent_kind} latent: leave {asked[0]} out")  # fmt: skip
+
+
 def _none_fitted(model_path, name: str, asked: list[str], latent_kind: str, fit: str) -> None:
     """No fitted sampler: for ``auto``, None (the model's own prior) with a log line (a
     warning for a discrete model, whose own prior gives noise); a one-line error for a kind
@@ -218,6 +227,7 @@ def _none_fitted(model_path, name: str, asked: list[str], latent_kind: str, fit:
             + (", or pass --sampler prior" if latent_kind == "gaussian" else "")
         )
     if asked:
+        _refuse_drawing(asked, model_path, latent_kind)
         raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
                             f"{model_path} has none: fit one, or leave {asked[0]} out")  # fmt: skip
     if latent_kind == "discrete":
@@ -256,11 +266,8 @@ def set_drawing(
     ``model``, the loaded model the prior draws for, is attached to a prior that uses one
     (``use_model``: the transformer's round trips, which need it)."""
     asked = _asked(temperature, guidance, round_trips)
-    kind = getattr(model, "latent_kind", None)
-    if asked and prior is None and kind is not None and "transformer" not in kinds_of(kind):
-        raise TorchVaeError(f"{asked[0]} applies to a transformer sampler, which draws a "
-                            f"discrete model's codes (--arch vqvae); {model_path} has a {kind} "
-                            f"latent: leave {asked[0]} out")  # fmt: skip
+    if asked and prior is None and model is not None:
+        _refuse_drawing(asked, model_path, model.latent_kind)
     if asked and prior is None:
         raise TorchVaeError(f"{asked[0]} applies to a fitted transformer sampler, and "
                             f"{model_path} has none in use; fit one with torch-vae fit-sampler "
