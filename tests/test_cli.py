@@ -690,3 +690,31 @@ def test_generate_and_reconstruct_refuse_a_user_s_all_png_before_the_work(
         sorted(p.name for p in out.iterdir()) == ["all.png"]
         and (out / "all.png").read_bytes() == mine
     )
+
+
+def test_generate_and_reconstruct_keep_a_user_s_numbered_pngs_and_sweep_a_killed_run_s_stage(
+    trained, mnist_dir, tmp_path, capsys
+):
+    """A user's own sample_00100.png (or rec_00042.png) in --outdir was deleted as "an earlier
+    run's" image; now the command is refused before the work. A stage folder a killed run left
+    (91 MB in the case reported) is removed by the next run."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in ("sample_00100.png", "rec_00042.png"):
+        Image.new("L", (4, 4)).save(out / name)  # the user's, no torch-vae Software text
+    gen = ["generate", "--model", str(trained), "--nsamples", "2", "--outdir", str(out)]
+    rec = ["reconstruct", "--model", str(trained), "--rec_testdata", "--outdir", str(out),
+           "--data_dir", str(mnist_dir), "--nimages", "2"]  # fmt: skip
+    for args, name in ((gen, "sample_00100.png"), (rec, "rec_00042.png")):
+        assert main([*args, "--quiet"]) == 1
+        said = capsys.readouterr().err
+        assert f"{name} in --outdir {out}: not pictures this torch-vae wrote" in said, said
+        assert "nothing was written" in said
+    assert sorted(p.name for p in out.iterdir()) == ["rec_00042.png", "sample_00100.png"]
+    theirs = tmp_path / "theirs"
+    killed = theirs / ".sample-partial-abc123"
+    killed.mkdir(parents=True)
+    (killed / "sample_00000.png").write_bytes(b"half")
+    assert main([*gen[:-1], str(theirs), "--quiet"]) == 0
+    assert sorted(p.name for p in theirs.iterdir()) == ["all.png", "sample_00000.png",
+                                                        "sample_00001.png"]  # fmt: skip

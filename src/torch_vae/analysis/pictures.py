@@ -39,15 +39,23 @@ GIF_MIN_SIDE = 128  # smaller images are enlarged (nearest neighbour) in the ani
 Draw = Callable[..., Tensor]
 
 
+def numbered(outdir: Path, prefix: str) -> list[Path]:
+    """The ``outdir/<prefix>_NNNNN.png`` files there are (the names generate and reconstruct
+    give their images), sorted."""
+    if not outdir.is_dir():
+        return []
+    return sorted(p for p in outdir.glob(f"{prefix}_*.png")
+                  if re.fullmatch(rf"{prefix}_\d{{5,}}\.png", p.name) and p.is_file())  # fmt: skip
+
+
 def clear_earlier(outdir: Path, prefix: str) -> int:
     """Remove ``outdir/<prefix>_NNNNN.png`` files an earlier generate or reconstruct wrote, so
-    that the folder holds this run's images alone (other files are left); how many."""
+    that the folder holds this run's images alone (other files are left); how many. The
+    commands check first that torch-vae wrote them (``cli.common.check_outdir``)."""
     removed = 0
-    if outdir.is_dir():
-        for path in outdir.glob(f"{prefix}_*.png"):
-            if re.fullmatch(rf"{prefix}_\d{{5,}}\.png", path.name) and path.is_file():
-                path.unlink()
-                removed += 1
+    for path in numbered(outdir, prefix):
+        path.unlink()
+        removed += 1
     if removed:
         log.info("removed %d %s_*.png files an earlier run left in %s", removed, prefix, outdir)
     return removed
@@ -60,6 +68,10 @@ def staged(outdir: Path, prefix: str) -> Iterator[Path]:
     new ones, ``all.png`` last, move in. A run that stops before (Ctrl-C, an error) removes
     the folder and leaves the earlier images as they were."""
     outdir.mkdir(parents=True, exist_ok=True)
+    for left in outdir.glob(f".{prefix}-partial-*"):  # a run killed before it could clean up
+        if left.is_dir() and not left.is_symlink():
+            shutil.rmtree(left, ignore_errors=True)
+            log.info("removed %s, the unfinished images of a run that was killed", left)
     stage = Path(tempfile.mkdtemp(prefix=f".{prefix}-partial-", dir=outdir))
     try:
         yield stage

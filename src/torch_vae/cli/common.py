@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..analysis.pictures import numbered
 from ..data import check_channels, load_split
 from ..data.datasets import DECODE_ERRORS, absolute_name, gone_folder
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
@@ -120,10 +121,13 @@ def check_flags(config: ModelConfig, **flags: int | None) -> None:
             )
 
 
-def check_outdir(outdir: Path, flag: str = "--outdir", overview: bool = False) -> None:
+def check_outdir(
+    outdir: Path, flag: str = "--outdir", overview: bool = False, prefix: str | None = None
+) -> None:
     """Before any work: the output folder (``flag``'s value) can be made, and written; with
     ``overview``, an ``all.png`` there is torch-vae's own picture (generate and reconstruct
-    replace it), not a user's."""
+    replace it), not a user's; with ``prefix``, so is every ``<prefix>_NNNNN.png`` there (they
+    make way for the new images)."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise TorchVaeError(f"{flag} {outdir} is a file, not a folder; choose another {flag}")
@@ -135,6 +139,13 @@ def check_outdir(outdir: Path, flag: str = "--outdir", overview: bool = False) -
         raise TorchVaeError(f"{picture} is not a picture this torch-vae wrote (a user's, or an "
                             f"older version's), and {flag} would replace it; move it or choose "
                             f"another {flag} (nothing was written)")  # fmt: skip
+    theirs = [p for p in numbered(outdir, prefix) if not written_by_torch_vae(p)] if prefix else []
+    if theirs:
+        more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
+        raise TorchVaeError(f"{theirs[0]}{more} in {flag} {outdir}: not pictures this torch-vae "
+                            f"wrote (a user's, or an older version's), and the {prefix}_*.png "
+                            "files there make way for the new ones; move them or choose another "
+                            f"{flag} (nothing was written)")  # fmt: skip
 
 
 def model_name(model_path: Path) -> str:
