@@ -142,7 +142,9 @@ def test_interrupt_saves_state_and_resume_is_exact(data, tmp_path, monkeypatch, 
 
 
 @pytest.mark.slow  # a subprocess and two 30-epoch runs, 3-9 s a case
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    "sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
 def test_signal_to_cli_saves_state_and_exits_with_resume_hint(data, tmp_path, sig, code):
     ref, run = tmp_path / "ref", tmp_path / "run"
     epochs = 30
