@@ -140,6 +140,25 @@ def test_embed_of_a_folder_without_subfolders_warns_that_it_has_no_labels(model,
     assert f"no class colours: folder:{folder} has no labels" in caplog.text
 
 
+def test_the_curves_of_a_finished_run_end_at_its_last_epoch(train_tiny, tmp_path, monkeypatch):
+    """Curves drawn every other epoch left a 3-epoch run's picture at epoch 2; the last epoch
+    draws them again where an earlier one drew them."""
+    drawn = []
+    real = loop.figures.plot_curves
+    monkeypatch.setattr(
+        loop.figures,
+        "plot_curves",
+        lambda runs, *a, **k: drawn.append(len(runs[0])) or real(runs, *a, **k),
+    )
+    monkeypatch.setattr(loop, "curves_due", lambda epoch, seconds: epoch == 2)
+    run = train_tiny(tmp_path / "run", "--epochs", "3")
+    assert drawn == [2, 3] and (run / "images" / "curves.png").is_file()
+    drawn.clear()
+    monkeypatch.setattr(loop, "curves_due", lambda epoch, seconds: False)
+    train_tiny(tmp_path / "never", "--epochs", "3")  # never due (a test's tiny epochs): none
+    assert drawn == [] and not (tmp_path / "never" / "images" / "curves.png").exists()
+
+
 def test_curves_are_due_by_share_of_time(monkeypatch):
     monkeypatch.setitem(loop._drawing, "seconds", 0.3)
     assert loop.curves_due(2, 60.0) and loop.curves_due(3, 60.0)  # long epochs: every epoch

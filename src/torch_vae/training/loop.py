@@ -492,7 +492,8 @@ def save_checkpoint(
         with atomic_path(run_dir / "images" / f"epoch_{epoch:03d}.png") as tmp:
             save_png(picture, tmp)
         _save_state(loop, epoch - 1 if partial else epoch, partial)
-    write_curves(run_dir, record)  # images/curves.png, when due; never raises
+    # images/curves.png, when due and after the run's last epoch; never raises
+    write_curves(run_dir, record, last=partial is None and loop.step >= loop.total_steps)
     loop.loggers.scalars(record["step"], epoch_scalars(record))
     loop.loggers.image(EPOCH_PICTURE, record["step"], picture)
 
@@ -605,14 +606,16 @@ def curves_due(epoch: int, epoch_seconds: float) -> bool:
     return epoch >= 2 and epoch % max(every, 1) == 0
 
 
-def write_curves(run_dir: Path, record: dict) -> None:
+def write_curves(run_dir: Path, record: dict, last: bool = False) -> None:
     """``run_dir/images/curves.png`` from its metrics.jsonl, after an epoch of training whose
-    metrics are ``record``, when ``curves_due``. A picture is not worth a run: any failure
-    is logged as a warning, never raised."""
+    metrics are ``record``, when ``curves_due``, and after the run's ``last`` epoch where an
+    earlier one drew them (so that they end where the run does). A picture is not worth a run:
+    any failure is logged as a warning, never raised."""
     seconds = record.get("epoch_seconds")
-    if not curves_due(int(record.get("epoch", 0)), seconds if _is_finite(seconds) else 0.0):
-        return
     out = run_dir / "images" / "curves.png"
+    due = curves_due(int(record.get("epoch", 0)), seconds if _is_finite(seconds) else 0.0)
+    if not (due or last and out.is_file()):
+        return
     try:
         start = time.perf_counter()
         figures.plot_curves([read_metrics(run_dir)], [run_dir.name], out)
