@@ -629,3 +629,24 @@ def test_a_resume_with_other_threads_than_the_run_s_says_its_numbers_differ(data
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         assert resume(run, data, "--epochs", "3") == 0  # saved with 1 thread, 1 again: no word
     assert "goes on with" not in caplog.text
+
+
+def test_a_resume_with_other_processes_than_the_run_s_says_its_numbers_differ(
+    data, tmp_path, caplog
+):
+    """A 2-process run resumed by one process went on without a word (threads had one)."""
+    import logging
+
+    from torch_vae.training.state import state_digest
+
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 1)) == 0
+    state = torch.load(run / "ckpt.pt", weights_only=True)
+    assert state["processes"] == 1
+    state["processes"] = 2  # as a --nproc_per_node 2 job saves it
+    state["digest"] = state_digest({k: v for k, v in state.items() if k != "digest"})
+    torch.save(state, run / "ckpt.pt")
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert resume(run, data, "--epochs", "2") == 0
+    assert "trained with 2 processes and goes on with 1" in caplog.text
+    assert "--nproc_per_node 2 for the same numbers" in caplog.text

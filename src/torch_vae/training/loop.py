@@ -313,17 +313,24 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
             log.info("removed temporary files left by the interrupted run")
         trim_metrics(run_dir, state["epoch"])
         log.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"] + 1, loop.step)
-        saved, now = state.get("threads"), torch.get_num_threads()  # older states: unknown
-        if saved is not None and saved != now and loop.device.type == "cpu":
-            log.warning("the run trained with %d threads and goes on with %d: its numbers differ "
-                        "from here on from a run that kept %d (--threads %d for the same "
-                        "numbers)", saved, now, saved, saved)  # fmt: skip
+        _warn_changed(state.get("threads"), torch.get_num_threads(), "threads", "--threads",
+                      loop.device.type == "cpu")  # fmt: skip
+        _warn_changed(state.get("processes"), loop.dist.world, "processes", "--nproc_per_node")
     if not state["partial"]:
         return state["epoch"] + 1, None
     partial = EpochProgress.from_state(state["partial"])
     if loop.dist.enabled and not loop.dist.is_main:  # the saved sums are the whole job's
         partial.totals, partial.seen = dict.fromkeys(loop.keys, 0.0), 0
     return state["epoch"] + 1, partial
+
+
+def _warn_changed(saved: int | None, now: int, what: str, flag: str, matters: bool = True):
+    """A warning where a resumed run goes on with another number of ``what`` (threads,
+    processes) than it trained with (``saved``; None: an older state, unknown)."""
+    if matters and saved is not None and saved != now:
+        log.warning("the run trained with %d %s and goes on with %d: its numbers differ from "
+                    "here on from a run that kept %d (%s %d for the same numbers)", saved, what,
+                    now, saved, flag, saved)  # fmt: skip
 
 
 def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
@@ -508,7 +515,8 @@ def _save_state(
     save_train_state(loop.plan.run_dir, model=loop.model, opt=loop.opt, gen=loop.gen,
                      device=loop.device, epoch=epochs_done, step=loop.step,
                      n_train=loop.n_train, partial=partial,
-                     scaler=loop.amp.scaler, evaluated=evaluated)  # fmt: skip
+                     scaler=loop.amp.scaler, evaluated=evaluated,
+                     processes=loop.dist.world)  # fmt: skip
 
 
 def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterrupted:

@@ -86,12 +86,14 @@ def save_train_state(
     partial: EpochProgress | None = None,
     scaler: Any = None,
     evaluated: bool = True,
+    processes: int = 1,
 ) -> None:
     """Write ckpt.pt atomically. ``epoch`` is the number of completed epochs; ``partial``
     describes progress in the next one (for a run stopped mid-epoch); ``scaler``: the
     GradScaler of fp16 training, if any (its scale and growth counter); ``evaluated``: whether
     the end of the step reached (evaluation, weights, metrics) was saved too, False for a run
-    stopped before that (a resume then does it even when no step is left to train)."""
+    stopped before that (a resume then does it even when no step is left to train);
+    ``processes``: of the job that trained it."""
     config = getattr(model, "config", None)
     state = {
         "format": STATE_FORMAT,
@@ -108,6 +110,7 @@ def save_train_state(
         "scaler": scaler.state_dict() if scaler is not None else None,
         "evaluated": evaluated,
         "threads": torch.get_num_threads(),  # a resume with as many gives the same numbers
+        "processes": processes,  # and as many processes
     }
     state["digest"] = state_digest(state)
     with atomic_path(run_dir / STATE_NAME) as tmp:
