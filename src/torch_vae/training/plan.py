@@ -208,8 +208,8 @@ def plan_resume(
     if epochs is not None and epochs < train.epochs:  # the schedule spans the run's epochs
         raise TorchVaeError(
             f"--epochs {epochs} is fewer than the run's own {train.epochs}: a resume may raise "
-            f"--epochs, not lower it (its learning-rate schedule spans them); the weights so far "
-            f"are in {Path(run_dir) / WEIGHTS_NAME}"
+            f"--epochs, not lower it (its learning-rate schedule spans them); the weights of "
+            f"its last finished epoch are in {Path(run_dir) / WEIGHTS_NAME}"
         )
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     if moved_to is not None:
