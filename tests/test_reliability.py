@@ -203,7 +203,9 @@ def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
     assert resume(run, data, "--epochs", "1") == 1  # fewer epochs than its own: never shortened
     said = one_line(capsys)
     assert "--epochs 1 is fewer than the run's own 2: a resume may raise --epochs" in said
-    assert said.endswith(f"the weights of its last finished epoch are in {run / 'model.safetensors'}")
+    assert said.endswith(
+        f"the weights of its last finished epoch are in {run / 'model.safetensors'}"
+    )
     # flags that describe the run must agree with it
     assert resume(run, data, "--latent_dims", "4", "--epochs", "3") == 1
     assert "--latent_dims 4 does not match the run" in one_line(capsys)
