@@ -349,3 +349,14 @@ def test_val_images_above_a_tenth_of_the_split_is_said_to_be_capped(train_tiny, 
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         train_tiny(tmp_path / "default")  # the default's cap on a small split: no warning
     assert "--val_images" not in caplog.text
+
+
+def test_a_write_over_the_file_size_limit_names_the_limit():
+    """EFBIG (ulimit -f) said "check the path", which is not what is wrong."""
+    import errno
+
+    from torch_vae.errors import describe_os_error
+
+    said = describe_os_error(OSError(errno.EFBIG, "File too large", "run/ckpt.pt"))
+    assert said.startswith("cannot access run/ckpt.pt: File too large (a limit on the size of ")
+    assert "ulimit -f" in said and "check the path" not in said

@@ -30,6 +30,8 @@ def describe_os_error(exc: OSError) -> str:
         errno.EPERM: "check its permissions or choose another folder",
         errno.ENOTDIR: "a file is in the way of a folder; choose another path",
         errno.EISDIR: "it is a folder; give a file name",
+        errno.EFBIG: "a limit on the size of files (ulimit -f, or the file system's): raise "
+        "it or write somewhere else",
     }.get(exc.errno, "check the path")
     return (
         f"cannot access{where}: {exc.strerror or exc} ({hint}); files written before are "
