@@ -718,3 +718,18 @@ def test_generate_and_reconstruct_keep_a_user_s_numbered_pngs_and_sweep_a_killed
     assert main([*gen[:-1], str(theirs), "--quiet"]) == 0
     assert sorted(p.name for p in theirs.iterdir()) == ["all.png", "sample_00000.png",
                                                         "sample_00001.png"]  # fmt: skip
+
+
+def test_generate_refuses_a_run_s_own_folders_as_outdir(trained, tmp_path, capsys):
+    """Samples went in beside the weights (--outdir RUN, RUN/checkpoints, RUN/images); a
+    folder of the user's inside the run (RUN/samples, as the quickstart does) is fine."""
+    gen = ["generate", "--model", str(trained), "--nsamples", "2", "--quiet", "--outdir"]
+    for outdir, what in ((trained, "a model's run folder"),
+                         (trained / "checkpoints", "the checkpoints folder of a model's run"),
+                         (trained / "images", "the images folder of a model's run")):  # fmt: skip
+        before = sorted(p.name for p in outdir.iterdir())
+        assert main([*gen, str(outdir)]) == 1
+        said = capsys.readouterr().err
+        assert f"--outdir {outdir} is {what}" in said and "/samples (nothing was written)" in said
+        assert sorted(p.name for p in outdir.iterdir()) == before
+    assert main([*gen, str(trained / "samples")]) == 0

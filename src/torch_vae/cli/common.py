@@ -134,6 +134,13 @@ def check_outdir(
     problem = unwritable(outdir)
     if problem:
         raise TorchVaeError(f"{flag} {outdir} cannot be written: {problem}")
+    # a run's own folders (a subfolder of one of its own, e.g. RUN/samples, is fine)
+    own = outdir.name in (CHECKPOINTS_DIR, "images") and is_model_folder(outdir.parent)
+    if overview and (is_model_folder(outdir) or own):
+        what = f"the {outdir.name} folder of a model's run" if own else "a model's run folder"
+        raise TorchVaeError(f"{flag} {outdir} is {what}, which holds the run's own files; "
+                            f"choose another {flag}, e.g. {outdir.parent if own else outdir}"
+                            "/samples (nothing was written)")  # fmt: skip
     picture = outdir / "all.png"
     if overview and picture.is_file() and not written_by_torch_vae(picture):
         raise TorchVaeError(f"{picture} is not a picture this torch-vae wrote (a user's, or an "
