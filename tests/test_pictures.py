@@ -216,3 +216,23 @@ def test_strip_and_tile_shapes():
 
     assert _strip(frames, None).shape == (12, 32, 1)
     assert _strip(frames, [frames[0], frames[1]]).shape == (12, 32 + 2 * (12 + 8), 1)
+
+
+def test_a_small_manifold_picture_keeps_room_for_its_title_and_axes(tmp_path):
+    """A 4x4 grid of 32x32 images drew a 310x270 picture whose title and axes' names were cut
+    at both sides; the picture is now at least MIN_WIDTH inches each way, and the title and
+    the names wrap to it."""
+    from torch_vae.analysis import figures
+
+    images = np.zeros((4, 4, 32, 32, 1), np.uint8)
+    title = "run1: the plane of the two leading principal directions of the posterior means " * 2
+    axes = ("first principal direction (standard deviations)",
+            "second principal direction (standard deviations)")  # fmt: skip
+    out = figures.plot_manifold(images, [0, 1, 2, 3], [0, 1, 2, 3], axes, title, tmp_path / "m.png")
+    (width, height), _ = picture(out)
+    side = int(figures.MIN_WIDTH * figures.DPI)
+    assert width >= side and height >= side
+    # nothing drawn touches the picture's left and right edges (a cut label would)
+    with Image.open(out) as img:
+        grey = np.asarray(img.convert("L"))
+    assert (grey[:, :2] > 250).all() and (grey[:, -2:] > 250).all()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,8 @@ CURVES = (  # panel title, training key, the measured split's key (after its pre
 REGULARISERS = {"kl": "KL", "commit": "commitment"}  # the objective's second term, by its key
 GREY = "0.55"  # inactive latent dimensions
 DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
+MIN_WIDTH = 4.5  # inches: a small grid's picture still shows its title and its axes' names
+TITLE_CHARS_PER_INCH = 11  # a title wraps at about this many characters of width
 
 
 def _figure(width: float, height: float):
@@ -173,7 +176,12 @@ def plot_manifold(
     n, _, h, w, _ = images.shape
     scale = max(1.0, 40 / h)
     side = n * (w + 2) * scale / DPI
-    fig = _figure(1.4 + side, 1.0 + side)
+    # room for the title and the axes' names, wrapped to the picture's sides
+    width, height = max(1.4 + side, MIN_WIDTH), max(1.0 + side, MIN_WIDTH)
+    fig = _figure(width, height)
+    title = textwrap.fill(title, int(width * TITLE_CHARS_PER_INCH))
+    axes = (textwrap.fill(axes[0], int(width * TITLE_CHARS_PER_INCH)),
+            textwrap.fill(axes[1], int((height - 1.2) * TITLE_CHARS_PER_INCH)))  # fmt: skip
     ax = fig.add_subplot()
     _show(ax, _tile(images))
     every = max(1, n // 8)  # at most about 8 labels per axis
