@@ -593,11 +593,6 @@ class SampleQualityOptions:
         positive("--batchsize", self.batchsize)
         if self.nsamples <= self.k:
             raise TorchVaeError(f"--nsamples must be more than --k {self.k}, got {self.nsamples}")
-        if self.reconstructions and self.nsamples != NSAMPLES:
-            raise TorchVaeError(
-                "--reconstructions measures the reconstructions of every reference image; "
-                "--nsamples sets how many samples are drawn (leave it out)"
-            )
         check_choice("--reference", self.reference, ("test", "val"))
         check_choice("--features", self.features, ("auto", "inception", "classifier", "encoder"))
         if self.inception and self.features not in ("auto", "inception"):

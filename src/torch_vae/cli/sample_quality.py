@@ -36,6 +36,10 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     check_output_file(o.report or default_report(o.model, "sample-quality-x"), "--report",
                       report=True)  # fmt: skip
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    if o.reconstructions and o.nsamples != NSAMPLES:
+        log.warning("--nsamples sets how many samples are drawn; --reconstructions measures "
+                    "the reconstructions of every reference image (and as many training "
+                    "images for the floor), whatever --nsamples says")  # fmt: skip
     chosen_class(model, o.class_)  # a class the model cannot take: before any work
     features = "inception" if o.inception else o.features
     space = pick_space(features, o.classifier, model, dataset, model.device, o.batchsize,
@@ -65,7 +69,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     if dataset != absolute_name(model.dataset or dataset):
         suffix += f"-{dataset_tag(dataset)}"
     suffix += f"-{o.reference}" if o.reference != "test" else ""
-    suffix += f"-n{o.nsamples}" if o.nsamples != NSAMPLES else ""
+    suffix += f"-n{o.nsamples}" if o.nsamples != NSAMPLES and not o.reconstructions else ""
     suffix += f"-seed{o.seed}" if o.seed else ""
     path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
     if report["n_reference"] < FEW_REFERENCE:
