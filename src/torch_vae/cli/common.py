@@ -121,32 +121,37 @@ def check_flags(config: ModelConfig, **flags: int | None) -> None:
             )
 
 
-def check_outdir(
-    outdir: Path, flag: str = "--outdir", overview: bool = False, prefix: str | None = None
-) -> None:
-    """Before any work: the output folder (``flag``'s value) can be made, and written; with
-    ``overview``, an ``all.png`` there is torch-vae's own picture (generate and reconstruct
-    replace it), not a user's; with ``prefix``, so is every ``<prefix>_NNNNN.png`` there (they
-    make way for the new images)."""
+def check_outdir(outdir: Path, flag: str = "--outdir", images: str | None = None) -> None:
+    """Before any work: the output folder (``flag``'s value) can be made, and written. With
+    ``images``, the prefix of the numbered images generate and reconstruct write there
+    (``sample``, ``rec``), which replace the earlier ones and ``all.png``: the folder is not
+    a run's own (the run folder, its checkpoints or images), and every such file there is
+    torch-vae's own picture, not a user's."""
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise TorchVaeError(f"{flag} {outdir} is a file, not a folder; choose another {flag}")
     problem = unwritable(outdir)
     if problem:
         raise TorchVaeError(f"{flag} {outdir} cannot be written: {problem}")
+    if images is not None:
+        _check_image_outdir(outdir, flag, images)
+
+
+def _check_image_outdir(outdir: Path, flag: str, prefix: str) -> None:
+    """``check_outdir``'s refusals for the folder of generate's or reconstruct's images."""
     # a run's own folders (a subfolder of one of its own, e.g. RUN/samples, is fine)
     own = outdir.name in (CHECKPOINTS_DIR, "images") and is_model_folder(outdir.parent)
-    if overview and (is_model_folder(outdir) or own):
+    if is_model_folder(outdir) or own:
         what = f"the {outdir.name} folder of a model's run" if own else "a model's run folder"
         raise TorchVaeError(f"{flag} {outdir} is {what}, which holds the run's own files; "
                             f"choose another {flag}, e.g. {outdir.parent if own else outdir}"
                             "/samples (nothing was written)")  # fmt: skip
     picture = outdir / "all.png"
-    if overview and picture.is_file() and not written_by_torch_vae(picture):
+    if picture.is_file() and not written_by_torch_vae(picture):
         raise TorchVaeError(f"{picture} is not a picture this torch-vae wrote (a user's, or an "
                             f"older version's), and {flag} would replace it; move it or choose "
                             f"another {flag} (nothing was written)")  # fmt: skip
-    theirs = [p for p in numbered(outdir, prefix) if not written_by_torch_vae(p)] if prefix else []
+    theirs = [p for p in numbered(outdir, prefix) if not written_by_torch_vae(p)]
     if theirs:
         more = f" and {len(theirs) - 1} more" if len(theirs) > 1 else ""
         raise TorchVaeError(f"{theirs[0]}{more} in {flag} {outdir}: not pictures this torch-vae "

@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 def run(o: GenerateOptions, runtime: Runtime) -> None:
-    check_outdir(o.outdir, overview=True, prefix="sample")
+    check_outdir(o.outdir, images="sample")
     model = load(o.model, runtime)
     check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters,
                 in_channels=o.nimg_channels)  # fmt: skip
