@@ -91,8 +91,8 @@ def load_labels(dataset: str, split: str, data_dir: Path | None = None) -> np.nd
         return _folder_labels(ds, split)
     if isinstance(ds, CifarDataset):
         archive = ds.fetch(data_dir, progress=False)[ds.files[0].name]
-        labels = read_cifar_labels(archive, ds.members[split], ds.label_key)
-        return _checked(labels, len(class_names(dataset, data_dir) or ()), archive)
+        return _checked(read_cifar_labels(archive, ds.members[split], ds.label_key), ds.name,
+                        archive)  # fmt: skip
     if isinstance(ds, IdxDataset) and ds.name in LABEL_FILES:
         return _idx_labels(ds, split, data_dir)
     return None
@@ -104,15 +104,16 @@ def _idx_labels(ds: IdxDataset, split: str, data_dir: Path) -> np.ndarray:
     labels = read_idx(path)
     if labels.ndim != 1:
         raise TorchVaeError(f"{path} holds no labels (N,) but an array {labels.shape}")
-    return _checked(labels.astype(np.int64), len(NAMES[ds.name]), path)
+    return _checked(labels, ds.name, path)
 
 
-def _checked(labels: np.ndarray, classes: int, source: Path) -> np.ndarray:
-    """``labels`` (int64), if every one is a class of the dataset's ``classes``; else a one-line
-    error naming the file they came from (a copy that is not the official one)."""
-    labels = np.asarray(labels, dtype=np.int64)
+def _checked(labels: np.ndarray, dataset: str, source: Path) -> np.ndarray:
+    """``labels`` as int64, if every one is a class of the registered ``dataset`` (``NAMES``);
+    else a one-line error naming the file they came from (a copy that is not the official
+    one)."""
+    labels, classes = np.asarray(labels, dtype=np.int64), len(NAMES[dataset])
     bad = np.flatnonzero((labels < 0) | (labels >= classes))
-    if classes and len(bad):
+    if len(bad):
         raise TorchVaeError(
             f"{source} gives image {bad[0]} the label {labels[bad[0]]}, but the dataset's labels "
             f"are 0 to {classes - 1} ({len(bad)} labels out of range): it is not the official "
