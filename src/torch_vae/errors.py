@@ -11,8 +11,8 @@ class TorchVaeError(Exception):
 
 
 class TrainingInterrupted(TorchVaeError):
-    """Training stopped on SIGINT, SIGTERM or SIGHUP after saving its state; the message says how to
-    resume. ``exit_code`` is the shell's convention for the signal: 128 + its number."""
+    """Training stopped on SIGINT, SIGTERM or SIGHUP after saving its state; the message says
+    how to resume. ``exit_code`` is the shell's convention for the signal: 128 + its number."""
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
