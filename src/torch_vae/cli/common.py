@@ -121,6 +121,10 @@ def check_flags(config: ModelConfig, **flags: int | None) -> None:
             )
 
 
+# the folder an --outdir refused as a run's own is suggested under, by the images' prefix
+OUTDIR_EXAMPLE = {"sample": "samples", "rec": "reconstructions"}
+
+
 def check_outdir(outdir: Path, flag: str = "--outdir", images: str | None = None) -> None:
     """Before any work: the output folder (``flag``'s value) can be made, and written. With
     ``images``, the prefix of the numbered images generate and reconstruct write there
@@ -143,9 +147,10 @@ def _check_image_outdir(outdir: Path, flag: str, prefix: str) -> None:
     own = outdir.name in (CHECKPOINTS_DIR, "images") and is_model_folder(outdir.parent)
     if is_model_folder(outdir) or own:
         what = f"the {outdir.name} folder of a model's run" if own else "a model's run folder"
+        run = (outdir.parent if own else outdir).resolve().name
         raise TorchVaeError(f"{flag} {outdir} is {what}, which holds the run's own files; "
-                            f"choose another {flag}, e.g. {outdir.parent if own else outdir}"
-                            "/samples (nothing was written)")  # fmt: skip
+                            f"choose another {flag}, e.g. {OUTDIR_EXAMPLE[prefix]}/{run} "
+                            "(nothing was written)")  # fmt: skip
     picture = outdir / "all.png"
     if picture.is_file() and not written_by_torch_vae(picture):
         raise TorchVaeError(f"{picture} is not a picture this torch-vae wrote (a user's, or an "
