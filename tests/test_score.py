@@ -163,6 +163,21 @@ def test_a_folder_s_rows_name_each_image_s_file(labelled, tmp_path):
     assert inliers and all(r["file"] == "" for r in inliers)
 
 
+def test_a_folder_of_fewer_than_ten_images_is_scored_as_ood_whole(labelled, tmp_path):
+    # a folder's every tenth image is its test split, which 4 images do not have; --ood reads
+    # both splits and takes all 4 from the first
+    folder = tmp_path / "few"
+    folder.mkdir()
+    levels = {f"g{i}.png": 60 * i for i in range(4)}
+    for name, level in levels.items():
+        Image.new("L", (28, 28), level).save(folder / name)
+    out = tmp_path / "scores.csv"
+    assert score(black_model(tmp_path / "m"), labelled, "--ood", f"folder:{folder}", "--out",
+                 str(out), "--iw_samples", "0") == 0  # fmt: skip
+    rows = [r for r in csv.DictReader(out.open()) if r["source"] == "ood"]
+    assert sorted(r["file"] for r in rows) == sorted(levels)
+
+
 def test_exclude_class_removes_the_classes_from_training_batches(labelled, tmp_path, monkeypatch):
     from torch_vae.training import loop
 

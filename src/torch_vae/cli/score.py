@@ -198,7 +198,7 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
         log.info("the folder's images are converted to %s, as the model takes them",
                  "grey" if channels == 1 else "RGB")  # fmt: skip
     size, progress = model.config.image_size, not runtime.quiet
-    splits = ("train", "test") if folder else (o.split,)
+    splits = ds.splits() if folder else (o.split,)
     parts, split, index, labels, files = [], [], [], [], []
     for s in splits:
         images = with_channels(load_split(ood, s, size, o.data_dir, progress), channels)

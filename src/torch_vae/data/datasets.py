@@ -387,6 +387,18 @@ class FolderDataset(Dataset):
     def list_images(self, split: str) -> list[Path]:
         return [Path(path) for _, path, _ in self.listing(split)]
 
+    def splits(self) -> tuple[str, ...]:
+        """The splits that hold images: both, or the training split alone for a folder of
+        fewer than 10 images without train/ and test/ subfolders (every tenth image is the
+        test split). What reads a folder whole (``score --ood``) reads these."""
+        if self.split_folders():
+            return SPLITS
+        return SPLITS if len(_scan_images(self.root)) >= 10 else ("train",)
+
+    def split_folders(self) -> bool:
+        """Whether the folder holds train/ and test/ subfolders, its splits."""
+        return (self.root / "train").is_dir() and (self.root / "test").is_dir()
+
     def listing(self, split: str) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
         """The split's image files, sorted: each as its path relative to the folder (a tuple of
         names), its path, and its stat; one directory scan."""
@@ -396,7 +408,7 @@ class FolderDataset(Dataset):
         if not self.root.is_dir():
             raise TorchVaeError(f"image folder {self.root} does not exist")
         looked = f"looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
-        if (self.root / "train").is_dir() and (self.root / "test").is_dir():
+        if self.split_folders():
             files = _scan_images(self.root / split, (split,))
             if not files:
                 raise TorchVaeError(f"no images in {self.root / split} ({looked})")
@@ -497,7 +509,7 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
     root = Path(root).expanduser()
     ds = FolderDataset(name=f"folder:{root}", channels=3, root=root)
     modes, bad = set(), []
-    for split in SPLITS:
+    for split in ds.splits():
         for path in ds.list_images(split):
             try:
                 with warnings.catch_warnings():

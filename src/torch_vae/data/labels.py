@@ -124,12 +124,12 @@ def _checked(labels: np.ndarray, dataset: str, source: Path) -> np.ndarray:
 
 def _folder_parts(ds: FolderDataset, split: str) -> list[tuple[str, ...]]:
     """Each image's path under the split's root, as a tuple of names."""
-    split_root = (ds.root / "train").is_dir() and (ds.root / "test").is_dir()
+    split_root = ds.split_folders()
     return [rel[1:] if split_root else rel for rel, _, _ in ds.listing(split)]
 
 
 def _folder_classes(ds: FolderDataset) -> list[str] | None:
-    names = {p[0] for split in SPLIT_PREFIX for p in _folder_parts(ds, split) if len(p) > 1}
+    names = {p[0] for split in ds.splits() for p in _folder_parts(ds, split) if len(p) > 1}
     return sorted(names) or None
 
 
