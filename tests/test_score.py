@@ -143,6 +143,29 @@ def test_a_folder_of_colour_images_is_scored_as_grey_by_a_grey_model(labelled, t
     assert "the folder's images are converted to grey, as the model takes them" in caplog.text
 
 
+def test_reconstruct_and_evaluate_take_a_colour_folder_as_grey_for_a_grey_model(tmp_path, caplog):
+    # as score --ood does: the black model's reconstruction error is the image's mean square,
+    # so evaluate's recon is the mean square of the folder's grey conversions (Pillow's)
+    colours = [(200, 100, 50), (10, 240, 90), (255, 255, 255), (0, 0, 120)] * 5
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    for i, c in enumerate(colours):
+        Image.new("RGB", (28, 28), c).save(folder / f"c{i:02d}.png")
+    model, flags = black_model(tmp_path / "m"), ["--dataset", f"folder:{folder}", "--cpu"]
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert main(["reconstruct", "--model", str(model), *flags, "--rec_testdata",
+                     "--outdir", str(tmp_path / "rec")]) == 0  # fmt: skip
+    assert "the folder's images are converted to grey, as the model takes them" in caplog.text
+    assert len(list((tmp_path / "rec").glob("rec_*.png"))) == 2  # every tenth is the test split
+    report = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(model), *flags, "--iw_samples", "0",
+                 "--report", str(report)]) == 0  # fmt: skip
+    greys = [Image.new("RGB", (1, 1), c).convert("L").getpixel((0, 0)) for c in colours]
+    test = [(greys[i] / 255) ** 2 for i in range(len(colours)) if i % 10 == 9]
+    metrics = json.loads(report.read_text())
+    assert metrics["mse"] == pytest.approx(np.mean(test), abs=1e-4)
+
+
 def test_a_folder_s_rows_name_each_image_s_file(labelled, tmp_path):
     # the black model's reconstruction error is the image's mean square: each row's score
     # says which file it was

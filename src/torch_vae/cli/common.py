@@ -14,9 +14,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..analysis.pictures import numbered
-from ..data import check_channels, load_split
-from ..data.datasets import DECODE_ERRORS, absolute_name, gone_folder
-from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array
+from ..data import check_channels, get_dataset, load_split
+from ..data.datasets import DECODE_ERRORS, Dataset, absolute_name, gone_folder
+from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array, with_channels
 from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
@@ -37,9 +37,12 @@ def load(model_path: Path, runtime: Runtime) -> VAE:
     return load_model(model_path, pick_device(runtime.device, runtime.cpu))
 
 
-def resolve_dataset(model: VAE, dataset: str | None, model_path: Path) -> str:
+def resolve_dataset(
+    model: VAE, dataset: str | None, model_path: Path, convert: bool = False
+) -> str:
     """``dataset``, by default the one the model was trained on, checked against the model's
-    channels."""
+    channels; with ``convert``, an image folder's images may have others (``split_images``
+    converts them, as any image given to the model is)."""
     if dataset is None and model.dataset is None:
         raise TorchVaeError(
             f"{model_path} does not say which dataset it was trained on; pass --dataset"
@@ -50,22 +53,37 @@ def resolve_dataset(model: VAE, dataset: str | None, model_path: Path) -> str:
                             "does not exist any more; if it moved, pass --dataset "
                             "folder:NEWPATH")  # fmt: skip
     dataset = absolute_name(dataset or model.dataset)  # reports say which folder, from anywhere
-    check_channels(dataset, model.config.in_channels, "the model expects",
-                   "pass the dataset the model was trained on")  # fmt: skip
+    if convert and dataset.startswith("folder:"):
+        note_conversion(get_dataset(dataset), model.config.in_channels)
+    else:
+        check_channels(dataset, model.config.in_channels, "the model expects",
+                       "pass the dataset the model was trained on")  # fmt: skip
     return dataset
 
 
-def model_and_dataset(model_path: Path, dataset: str | None, runtime: Runtime) -> tuple[VAE, str]:
+def note_conversion(folder: Dataset, channels: int) -> None:
+    """Say that an image folder's images are converted to the model's ``channels``, if theirs
+    differ (a folder's images are any images; a dataset's channels are its own)."""
+    if folder.channels != channels:
+        log.info("the folder's images are converted to %s, as the model takes them",
+                 "grey" if channels == 1 else "RGB")  # fmt: skip
+
+
+def model_and_dataset(
+    model_path: Path, dataset: str | None, runtime: Runtime, convert: bool = False
+) -> tuple[VAE, str]:
     """``load`` and ``resolve_dataset`` in one."""
     model = load(model_path, runtime)
-    return model, resolve_dataset(model, dataset, model_path)
+    return model, resolve_dataset(model, dataset, model_path, convert)
 
 
 def split_images(
     model: VAE, dataset: str, split: str, data_dir: Path | None, runtime: Runtime
 ) -> np.ndarray:
-    """The model-sized uint8 images (N, H, W, C) of ``split``."""
-    return load_split(dataset, split, model.config.image_size, data_dir, not runtime.quiet)
+    """The model-sized uint8 images (N, H, W, C) of ``split``, with the model's channels (an
+    image folder's converted, ``resolve_dataset``)."""
+    images = load_split(dataset, split, model.config.image_size, data_dir, not runtime.quiet)
+    return with_channels(images, model.config.in_channels)
 
 
 def split_labels(

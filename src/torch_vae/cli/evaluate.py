@@ -26,7 +26,7 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     """The evaluate command: measure, print a table, write the JSON report."""
     if o.report is not None:
         check_output_file(o.report, "--report", report=True)
-    model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))

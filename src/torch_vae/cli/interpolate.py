@@ -47,7 +47,7 @@ def _endpoints(o: InterpolateOptions, model: VAE, runtime: Runtime):
     if o.images:
         ends = [read_image(Path(p), cfg.in_channels, cfg.image_size) for p in o.images]
         return ends[0], ends[1], ends, f"{o.images[0]} and {o.images[1]}", None
-    dataset = resolve_dataset(model, o.dataset, o.model)
+    dataset = resolve_dataset(model, o.dataset, o.model, convert=True)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     i, j = o.index or (0, 1)
     for k in (i, j):

@@ -33,7 +33,7 @@ def run(o: ManifoldOptions, runtime: Runtime) -> None:
     c = decoded_class(model, o.class_, (), "the grid")
     images, labels, source = None, None, ""
     if d > 2:
-        dataset = resolve_dataset(model, o.dataset, o.model)
+        dataset = resolve_dataset(model, o.dataset, o.model, convert=True)
         images = split_images(model, dataset, o.split, o.data_dir, runtime)
         labels = split_labels(model, dataset, o.split, o.data_dir, len(images))  # to encode them
         images = images[: o.nimages or None]

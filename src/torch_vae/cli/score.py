@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..analysis.figures import plot_anomaly
 from ..data import check_channels, get_dataset, load_split
 from ..data.datasets import FolderDataset, absolute_name
+from ..data.imaging import with_channels
 from ..data.labels import class_names, load_labels, rows_without
 from ..errors import TorchVaeError
 from ..evaluation.anomaly import HELP, image_scores, roc, score_names
@@ -30,6 +30,7 @@ from .common import (
     default_report,
     model_and_dataset,
     model_name,
+    note_conversion,
     run_config,
     split_images,
 )
@@ -57,7 +58,7 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
     start = time.perf_counter()
     if o.out is not None:
         output_paths(o, "")  # a bad --out is told before the model is loaded
-    model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
     out, summary_path, figure = output_paths(o, dataset)
     if model.conditional:
         raise TorchVaeError(
@@ -194,9 +195,8 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
     if not folder:
         check_channels(ood, channels, "the model expects",
                        "pass out-of-distribution images with as many channels")  # fmt: skip
-    elif ds.channels != channels:  # a folder's images are any images: converted
-        log.info("the folder's images are converted to %s, as the model takes them",
-                 "grey" if channels == 1 else "RGB")  # fmt: skip
+    else:
+        note_conversion(ds, channels)
     size, progress = model.config.image_size, not runtime.quiet
     splits = ds.splits() if folder else (o.split,)
     parts, split, index, labels, files = [], [], [], [], []
@@ -214,17 +214,6 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
                    np.concatenate(labels), files if folder else None)  # fmt: skip
     _trim(out, first)
     return out
-
-
-def with_channels(images: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 images (N, H, W, C) with ``channels`` channels: RGB to grey as Pillow converts
-    (ITU-R 601-2 luma), grey to RGB by repeating it."""
-    if images.shape[-1] == channels:
-        return images
-    if channels == 3:
-        return np.repeat(images, 3, axis=-1)
-    grey = [np.asarray(Image.fromarray(img).convert("L")) for img in images]
-    return np.stack(grey)[..., None] if grey else images[..., :1]
 
 
 def trained_without(model_path: Path) -> tuple[int, ...]:

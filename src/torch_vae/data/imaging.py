@@ -26,6 +26,17 @@ def open_image(fp) -> Image.Image:
     return Image.open(fp, formats=IMAGE_FORMATS)
 
 
+def with_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 images (N, H, W, C) with ``channels`` channels: RGB to grey as Pillow converts
+    (ITU-R 601-2 luma), grey to RGB by repeating it."""
+    if images.shape[-1] == channels:
+        return images
+    if channels == 3:
+        return np.repeat(images, 3, axis=-1)
+    grey = [np.asarray(Image.fromarray(img).convert("L")) for img in images]
+    return np.stack(grey)[..., None] if grey else images[..., :1]
+
+
 EXIF_ORIENTATION = 0x0112  # the tag a camera sets when the picture is stored turned
 
 
