@@ -422,12 +422,27 @@ def test_a_damaged_training_state_names_the_weights_to_start_again_from(
     if damage == "inside":
         assert "(ValueError: its contents do not match their checksum)" in err[0], err
     newest = sorted(trained.glob("checkpoints/epoch_*.safetensors"))[-1]
-    fix = f"start a new run from its newest weights: torch-vae train --init_from {newest}"
-    assert err[0].endswith(f"so the run cannot resume; {fix} --dataset mnist"), err
-    again = ["train", "--init_from", str(newest), "--dataset", "mnist", "--quiet", "--epochs",
-             "1", "--batchsize", "16", "--data_dir", str(mnist_dir), "--run_dir",
-             str(tmp_path / "again")]  # fmt: skip
+    config = trained / "config.json"
+    fix = f"start a new run from its newest weights: torch-vae train --config {config} --init_from"
+    assert err[0].endswith(f"so the run cannot resume; {fix} {newest} (its flags; --epochs for "
+                           "fewer epochs)"), err  # fmt: skip
+    again = [
+        "train",
+        "--config",
+        str(config),
+        "--init_from",
+        str(newest),
+        "--quiet",
+        "--epochs",
+        "1",
+        "--data_dir",
+        str(mnist_dir),
+        "--run_dir",
+        str(tmp_path / "again"),
+    ]
     assert main(again) == 0
+    stored = json.loads((tmp_path / "again" / "config.json").read_text())["train"]
+    assert stored["dataset"] == "mnist" and stored["init_from"] == str(newest)
 
 
 @pytest.mark.parametrize(
@@ -449,6 +464,21 @@ def test_a_malformed_command_line_is_one_line_that_points_at_the_help(argv, says
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0] and err[0].endswith("--help)"), err
     assert err[0].startswith("torch-vae")
+
+
+def test_a_run_s_config_json_as_config_trains_the_same_recipe(mnist_dir, tmp_path):
+    base = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--quiet"]
+    first = tmp_path / "first"
+    recipe = ["--arch", "dcgan", "--latent_dims", "3", "--max_filters", "8", "--image_size", "16",
+              "--depth", "2", "--lr", "0.002", "--lr_schedule", "cosine", "--max_steps", "3",
+              "--seed", "7", "--batchsize", "16"]  # fmt: skip
+    assert main([*base, *recipe, "--run_dir", str(first)]) == 0
+    again = tmp_path / "again"
+    config = str(first / "config.json")
+    assert main([*base, "--config", config, "--seed", "8", "--run_dir", str(again)]) == 0
+    a, b = (json.loads((run / "config.json").read_text()) for run in (first, again))
+    assert b["model"] == a["model"] and b["train"]["lr_schedule"] == "cosine"
+    assert b["train"] == {**a["train"], "seed": 8}
 
 
 def test_every_training_flag_reaches_the_run_config(mnist_dir, tmp_path):

@@ -104,6 +104,8 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
         for f in dataclasses.fields(cls)
         if f.metadata.get("flag", True) and f.name not in ("config", "resume")
     }
+    if _is_run_config(values):
+        values = _run_flags(values, fields)
     unknown = sorted(set(values) - set(fields))
     for name in ("config", "resume"):
         if name in unknown:
@@ -117,6 +119,22 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
         _check_json_type(path, name, value, *fields[name])
     return {k: Path(v) if _kind(fields[k][1])[0] is Path and isinstance(v, str) else v
             for k, v in values.items()}  # fmt: skip
+
+
+def _is_run_config(values: dict) -> bool:
+    """Whether a --config file is a run's config.json (its "model" and "train" sections)."""
+    return isinstance(values.get("model"), dict) and isinstance(values.get("train"), dict)
+
+
+def _run_flags(values: dict, fields: dict) -> dict[str, Any]:
+    """The flag values of a run's config.json, so that ``--config RUN/config.json`` trains
+    another run of the same recipe: its model's and training's values that are flags (not the
+    image channels or classes, which the dataset and --conditional give, nor the digest of an
+    initial model, which is checked again); an empty initial model is none."""
+    flags = {k: v for part in ("model", "train") for k, v in values[part].items() if k in fields}
+    if flags.get("init_from") == "":
+        del flags["init_from"]
+    return flags
 
 
 def _check_json_type(path: Path, name: str, value: Any, f: dataclasses.Field, hint) -> None:

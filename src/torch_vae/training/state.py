@@ -196,11 +196,13 @@ def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     if weights:
         from .rundir import read_run_config
 
-        try:
-            dataset = f" --dataset {read_run_config(run_dir)[1].dataset}"
+        try:  # the run's own flags, from its config (which train's --config takes)
+            read_run_config(run_dir)
+            recipe = f" --config {run_dir / CONFIG_NAME}"
         except TorchVaeError:
-            dataset = ""
-        fix += f" from its newest weights: torch-vae train --init_from {weights[0]}{dataset}"
+            recipe = ""
+        fix += (f" from its newest weights: torch-vae train{recipe} --init_from {weights[0]}"
+                + (" (its flags; --epochs for fewer epochs)" if recipe else ""))  # fmt: skip
     return TorchVaeError(f"{path} is corrupt or truncated ({said}), so the run cannot resume; "
                          f"{fix}")  # fmt: skip
 
