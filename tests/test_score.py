@@ -236,6 +236,45 @@ def test_exclude_class_removes_the_classes_from_training_batches(labelled, tmp_p
     assert split["training_images"] + split["validation_images"] == kept
 
 
+def _two_class_folder(root, test_classes=("a", "b")):
+    """train/a, train/b (15 images each) and test/ with 5 of each of ``test_classes``."""
+    for split, classes, n in (("train", ("a", "b"), 15), ("test", test_classes, 5)):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (16, 16), 10 * i + (100 if c == "b" else 0)).save(
+                    root / split / c / f"{i:02d}.png"
+                )
+    return f"folder:{root}"
+
+
+def test_exclude_class_of_every_validation_image_measures_epochs_on_the_test_split(
+    tmp_path, caplog
+):
+    # 30 training images hold out 3 for validation; with seed 0 all three are of class b
+    dataset = _two_class_folder(tmp_path / "im")
+    run = tmp_path / "run"
+    flags = ["train", "--dataset", dataset, "--arch", "dcgan", "--image_size", "16",
+             "--max_filters", "8", "--depth", "2", "--latent_dims", "2", "--epochs", "1",
+             "--batchsize", "8", "--exclude_class", "b", "--run_dir", str(run), "--quiet"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="torch_vae"):
+        assert main(flags) == 0
+    assert "all of the classes --exclude_class leaves out" in caplog.text
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (run / "model.safetensors").is_file() and math.isfinite(record["test_loss"])
+
+
+def test_exclude_class_leaving_no_image_to_measure_on_is_one_line(tmp_path, capsys):
+    dataset = _two_class_folder(tmp_path / "im", test_classes=("b",))
+    flags = ["train", "--dataset", dataset, "--arch", "dcgan", "--image_size", "16",
+             "--max_filters", "8", "--depth", "2", "--epochs", "1", "--exclude_class", "b",
+             "--run_dir", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    assert main(flags) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--exclude_class 1 leaves no image of folder:" in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
 def test_exclude_class_is_recorded_as_indices_and_old_runs_have_none():
     assert TrainConfig(exclude_class=["3,sandal", "5"]).exclude_class == (3, "sandal", 5)
     old = TrainConfig().to_dict()

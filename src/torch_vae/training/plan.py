@@ -326,36 +326,56 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
     train_labels, test_labels = run_labels(plan, len(train_images), len(test_images))
     limit = plan.test_limit
     kept = kept_rows(plan, "train", len(train_images))
-    if not validation_size(len(train_images), plan.train.val_images):
-        if plan.train.val_images and dist.is_main:  # asked for, but a tenth is not one image
-            log.warning("warning: the %d training images are too few to hold out validation "
-                        "images (at most a tenth of them); each epoch is measured on the test "
-                        "split instead", len(train_images))  # fmt: skip
-        test_rows = kept_rows(plan, "test", len(test_images))
-        if test_rows is not None:
-            test_images = test_images[test_rows]
-            test_labels = test_labels[test_rows] if test_labels is not None else None
-        test_labels = test_labels[:limit] if test_labels is not None else None
-        return RunData(train_images, kept, test_images[:limit], "test", None, train_labels,
-                       test_labels)  # fmt: skip
-    _warn_capped(plan.train.val_images, len(train_images), dist)
-    rows, val = validation_rows(len(train_images), plan.train.val_images, plan.train.seed)
-    digest = rows_digest(val)  # of the rows drawn, before any class is left out
-    if kept is not None:
-        keep = torch.zeros(len(train_images), dtype=torch.bool)
-        keep[kept] = True
-        rows, val = rows[keep[rows]], val[keep[val]]
-    split = {"validation_images": len(val), "training_images": len(rows),
-             "validation_rows_sha256": digest}  # fmt: skip
-    # Where the set is a cache's map, the validation images are read from its file batch by
-    # batch as each evaluation needs them (CacheRows): indexing the map would map the
-    # page-cache folios around every image (up to 2 MB each: 4 GB of resident set for 5,000
-    # images of a 128x128 CelebA split), and a copy would be held by every torchrun process
-    # (245 MB each there), though each evaluates only its share. Else a copy.
-    gather = gather_for(train_images)
-    val_images = CacheRows(gather, val[:limit]) if gather else train_images[val[:limit]]
-    val_labels = train_labels[val[:limit]] if train_labels is not None else None
-    return RunData(train_images, rows, val_images, "val", split, train_labels, val_labels)
+    if validation_size(len(train_images), plan.train.val_images):
+        _warn_capped(plan.train.val_images, len(train_images), dist)
+        rows, val = validation_rows(len(train_images), plan.train.val_images, plan.train.seed)
+        digest = rows_digest(val)  # of the rows drawn, before any class is left out
+        if kept is not None:
+            keep = torch.zeros(len(train_images), dtype=torch.bool)
+            keep[kept] = True
+            rows, val = rows[keep[rows]], val[keep[val]]
+        if len(val):
+            split = {"validation_images": len(val), "training_images": len(rows),
+                     "validation_rows_sha256": digest}  # fmt: skip
+            # Where the set is a cache's map, the validation images are read from its file
+            # batch by batch as each evaluation needs them (CacheRows): indexing the map would
+            # map the page-cache folios around every image (up to 2 MB each: 4 GB of resident
+            # set for 5,000 images of a 128x128 CelebA split), and a copy would be held by
+            # every torchrun process (245 MB each there), though each evaluates only its
+            # share. Else a copy.
+            gather = gather_for(train_images)
+            val_images = CacheRows(gather, val[:limit]) if gather else train_images[val[:limit]]
+            val_labels = train_labels[val[:limit]] if train_labels is not None else None
+            return RunData(train_images, rows, val_images, "val", split, train_labels,
+                           val_labels)  # fmt: skip
+        if dist.is_main:
+            log.warning("warning: the validation images drawn from the training split are all "
+                        "of the classes --exclude_class leaves out; each epoch is measured on "
+                        "the test split instead")  # fmt: skip
+    elif plan.train.val_images and dist.is_main:  # asked for, but a tenth is not one image
+        log.warning("warning: the %d training images are too few to hold out validation "
+                    "images (at most a tenth of them); each epoch is measured on the test "
+                    "split instead", len(train_images))  # fmt: skip
+    test_images, test_labels = _test_rows(plan, test_images, test_labels)
+    return RunData(train_images, kept, test_images, "test", None, train_labels, test_labels)
+
+
+def _test_rows(plan: RunPlan, images: torch.Tensor, labels: torch.Tensor | None):
+    """The test split's images and labels a run measures its epochs on where it holds out no
+    validation images: outside ``exclude_class``, the first ``test_limit``; a one-line error
+    where none is left."""
+    rows = kept_rows(plan, "test", len(images))
+    if rows is not None:
+        images, labels = images[rows], labels[rows] if labels is not None else None
+    if not len(images):
+        raise TorchVaeError(
+            f"--exclude_class {','.join(map(str, plan.train.exclude_class))} leaves no image "
+            f"of {plan.train.dataset}'s test split to measure the epochs on (and none of the "
+            "validation images drawn from its training split); add test images of the other "
+            "classes, or pass another --seed"
+        )
+    limit = plan.test_limit
+    return images[:limit], labels[:limit] if labels is not None else None
 
 
 def _warn_capped(requested: int, n: int, dist: Distributed) -> None:
