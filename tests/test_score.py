@@ -256,7 +256,8 @@ def test_exclude_class_of_every_validation_image_measures_epochs_on_the_test_spl
     run = tmp_path / "run"
     flags = ["train", "--dataset", dataset, "--arch", "dcgan", "--image_size", "16",
              "--max_filters", "8", "--depth", "2", "--latent_dims", "2", "--epochs", "1",
-             "--batchsize", "8", "--exclude_class", "b", "--run_dir", str(run), "--quiet"]  # fmt: skip
+             "--batchsize", "8", "--exclude_class", "b", "--run_dir", str(run),
+             "--quiet"]  # fmt: skip
     with caplog.at_level("WARNING", logger="torch_vae"):
         assert main(flags) == 0
     assert "all of the classes --exclude_class leaves out" in caplog.text
