@@ -424,8 +424,8 @@ def test_a_damaged_training_state_names_the_weights_to_start_again_from(
     newest = sorted(trained.glob("checkpoints/epoch_*.safetensors"))[-1]
     config = trained / "config.json"
     fix = f"start a new run from its newest weights: torch-vae train --config {config} --init_from"
-    assert err[0].endswith(f"so the run cannot resume; {fix} {newest} (its flags; --epochs for "
-                           "fewer epochs)"), err  # fmt: skip
+    assert err[0].endswith(f"so the run cannot resume; {fix} {newest} (the run's flags; --epochs "
+                           "for fewer epochs)"), err  # fmt: skip
     again = [
         "train",
         "--config",

@@ -398,7 +398,10 @@ def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp
         Image.new("L", (28, 28), 5 * i).save(folder / f"i{i:02d}.png")
     assert main(["train", "--resume", str(run), "--max_steps", "0", *common]) == 1
     err = capsys.readouterr().err
-    assert f"start a new one (with --init_from {run / 'model.safetensors'}" in err, err
+    assert (
+        f"start a new one from its weights: torch-vae train --config {run / 'config.json'} "
+        f"--init_from {run / 'model.safetensors'} (the run's flags;"
+    ) in err, err
 
 
 def test_a_run_whose_folder_moved_continues_there_once_its_images_match(tmp_path, capsys):
@@ -413,8 +416,9 @@ def test_a_run_whose_folder_moved_continues_there_once_its_images_match(tmp_path
     assert err == [f"torch-vae: error: the run in {run} trains on the image folder {folder}, "
                    "which does not exist any more; if it moved, continue it there with "
                    f"--resume {run} --dataset folder:NEWPATH, or move it back, or start a new "
-                   f"run from its weights: --init_from {run / 'model.safetensors'} --dataset "
-                   "folder:NEWPATH"]  # fmt: skip
+                   f"run from its weights: torch-vae train --config {run / 'config.json'} "
+                   f"--init_from {run / 'model.safetensors'} --dataset folder:NEWPATH (the "
+                   "run's flags; --epochs for fewer epochs)"]  # fmt: skip
     other = tmp_path / "other"  # as many images, other ones
     other.mkdir()
     for i in range(20):

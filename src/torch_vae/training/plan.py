@@ -37,7 +37,7 @@ from .rundir import (
     read_run_config,
     read_run_record,
 )
-from .state import load_train_state
+from .state import load_train_state, new_run_command
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +246,8 @@ def _check_folder_there(run_dir: Path, dataset: str) -> None:
     """A one-line error with the ways on for a run whose folder of images is gone (moved)."""
     folder, weights = gone_folder(dataset), Path(run_dir) / WEIGHTS_NAME
     if folder is not None:
-        new = (f", or start a new run from its weights: --init_from {weights} --dataset "
-               "folder:NEWPATH") if weights.is_file() else ""  # fmt: skip
+        command = new_run_command(run_dir, weights, " --dataset folder:NEWPATH")
+        new = f", or start a new run from its weights: {command}" if weights.is_file() else ""
         raise TorchVaeError(
             f"the run in {run_dir} trains on the image folder {folder}, which does not exist "
             f"any more; if it moved, continue it there with --resume {run_dir} --dataset "

@@ -159,7 +159,7 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
         if weights.is_file():  # weights are saved before the state: the state's save failed
             why = ("it is a model folder, or its run's state failed to save (a full disk) or was "
                    "removed")  # fmt: skip
-            fix = f"start a new run from its weights: torch-vae train --init_from {run_dir}"
+            fix = f"start a new run from its weights: {new_run_command(run_dir, weights)}"
         else:
             why = "its run never finished an epoch nor saved on an interrupt"
             fix = f"start it anew there: torch-vae train --run_dir {run_dir} with its flags"
@@ -185,6 +185,20 @@ def load_train_state(run_dir: Path) -> dict[str, Any]:
     return state
 
 
+def new_run_command(run_dir: Path, weights: Path, flags: str = "") -> str:
+    """The command that starts a new run from ``weights`` with the flags of the run in
+    ``run_dir`` (its config.json, which train's --config takes) and ``flags``, or without the
+    run's where it has no readable run config."""
+    from .rundir import read_run_config
+
+    try:
+        read_run_config(run_dir)
+    except TorchVaeError:
+        return f"torch-vae train --init_from {weights}{flags}"
+    return (f"torch-vae train --config {run_dir / CONFIG_NAME} --init_from {weights}{flags} "
+            "(the run's flags; --epochs for fewer epochs)")  # fmt: skip
+
+
 def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     """The one-line error for an unreadable training state: what failed (the message in one
     line) and the run's newest weights to start a new run from, where it has any."""
@@ -194,15 +208,7 @@ def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     weights = weights[-1:] or [w for w in (run_dir / WEIGHTS_NAME,) if w.is_file()]
     fix = "start a new run"
     if weights:
-        from .rundir import read_run_config
-
-        try:  # the run's own flags, from its config (which train's --config takes)
-            read_run_config(run_dir)
-            recipe = f" --config {run_dir / CONFIG_NAME}"
-        except TorchVaeError:
-            recipe = ""
-        fix += (f" from its newest weights: torch-vae train{recipe} --init_from {weights[0]}"
-                + (" (its flags; --epochs for fewer epochs)" if recipe else ""))  # fmt: skip
+        fix += f" from its newest weights: {new_run_command(run_dir, weights[0])}"
     return TorchVaeError(f"{path} is corrupt or truncated ({said}), so the run cannot resume; "
                          f"{fix}")  # fmt: skip
 
@@ -364,7 +370,7 @@ def _check_fits(state, path: Path, model, n_train: int, steps_per_epoch: int) ->
         raise TorchVaeError(
             f"the training split now has {n_train} images, but the run was trained on "
             f"{state['n_train']}; resuming would not continue the same run: start a new one "
-            f"(with --init_from {Path(path).parent / WEIGHTS_NAME} to begin from its weights)"
+            f"from its weights: {new_run_command(path.parent, path.parent / WEIGHTS_NAME)}"
         )
     partial = state["partial"]
     if partial is not None:
