@@ -1,6 +1,7 @@
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
@@ -479,6 +480,30 @@ def test_a_run_s_config_json_as_config_trains_the_same_recipe(mnist_dir, tmp_pat
     a, b = (json.loads((run / "config.json").read_text()) for run in (first, again))
     assert b["model"] == a["model"] and b["train"]["lr_schedule"] == "cosine"
     assert b["train"] == {**a["train"], "seed": 8}
+
+
+def test_a_run_s_config_warns_when_its_initial_weights_changed(mnist_dir, tmp_path, caplog):
+    base = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--quiet", "--arch",
+            "dcgan", "--latent_dims", "2", "--max_filters", "8", "--image_size", "16",
+            "--depth", "2", "--max_steps", "2", "--batchsize", "16"]  # fmt: skip
+    first, other, tuned = tmp_path / "first", tmp_path / "other", tmp_path / "tuned"
+    assert main([*base, "--run_dir", str(first)]) == 0
+    assert main([*base, "--seed", "1", "--run_dir", str(other)]) == 0
+    assert main([*base, "--init_from", str(first), "--run_dir", str(tuned)]) == 0
+    again = ["train", "--config", str(tuned / "config.json"), "--data_dir", str(mnist_dir),
+             "--quiet", "--run_dir"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="torch_vae"):
+        assert main([*again, str(tmp_path / "same")]) == 0
+        assert "initial weights" not in caplog.text
+        shutil.copyfile(other / "model.safetensors", first / "model.safetensors")
+        assert main([*again, str(tmp_path / "changed")]) == 0
+    assert f"the run's initial weights {first / 'model.safetensors'} changed" in caplog.text
+
+
+def test_config_given_a_run_folder_names_its_config_json(trained, capsys):
+    assert main(["train", "--config", str(trained)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"a run's flags are in its config.json: --config {trained}/config.json")
 
 
 def test_every_training_flag_reaches_the_run_config(mnist_dir, tmp_path):

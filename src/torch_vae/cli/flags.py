@@ -13,15 +13,19 @@ import argparse
 import dataclasses
 import functools
 import json
+import logging
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 from ..errors import TorchVaeError
-from ..io.files import not_a_file
+from ..io.files import file_sha256, not_a_file
+from ..io.weights import resolve_weights
 from ..models import ModelConfig
 from ..models.registry import architectures, config_class
+
+log = logging.getLogger(__name__)
 
 
 def _kind(hint: Any) -> tuple[Any, tuple[str, ...] | None]:
@@ -87,6 +91,9 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
     """The flag values of a --config JSON file, with a one-line error for anything odd: each
     value of its flag's type (a number where a number goes, true or false for a switch, a
     string for a name or a path; null only where the flag may be left out)."""
+    if path.is_dir() and (path / "config.json").is_file():
+        raise TorchVaeError(f"--config {path} is a folder; a run's flags are in its config.json: "
+                            f"--config {path / 'config.json'}")  # fmt: skip
     if not path.is_file():  # a folder, a FIFO (which would block) or nothing at all
         raise TorchVaeError(f"cannot read --config {path}: {not_a_file(path)}")
     try:
@@ -134,7 +141,22 @@ def _run_flags(values: dict, fields: dict) -> dict[str, Any]:
     flags = {k: v for part in ("model", "train") for k, v in values[part].items() if k in fields}
     if flags.get("init_from") == "":
         del flags["init_from"]
+    elif isinstance(flags.get("init_from"), str):
+        _warn_changed_start(flags["init_from"], values["train"].get("init_sha256"))
     return flags
+
+
+def _warn_changed_start(init_from: str, recorded: Any) -> None:
+    """A warning where the run's initial weights are not the file they were when it began
+    (another run resumed into them, say): the same recipe would start elsewhere."""
+    try:
+        now = file_sha256(resolve_weights(init_from))
+    except (TorchVaeError, OSError):
+        return  # not there any more: training says so
+    if recorded and now != recorded:
+        log.warning("warning: the run's initial weights %s changed since it began (SHA-256 "
+                    "%s..., then %s...): this run starts from the weights there now",
+                    init_from, now[:12], str(recorded)[:12])  # fmt: skip
 
 
 def _check_json_type(path: Path, name: str, value: Any, f: dataclasses.Field, hint) -> None:
