@@ -829,6 +829,10 @@ def test_fifos_missing_files_and_empty_paths_are_refused_saying_which(tmp_path, 
                                    "pass --resume on the command line")  # fmt: skip
     assert main(["train", "--dataset", "folder:"]) == 1
     assert "needs the folder's path" in _error(capsys)
+    # a trained model's commands too (they made it the working folder, and read every image)
+    rec = ["reconstruct", "--model", str(trained), "--dataset", "folder:", "--outdir"]
+    assert main([*rec, str(tmp_path / "rec")]) == 1
+    assert "'folder:' needs the folder's path" in _error(capsys)
     with pytest.raises(SystemExit):  # argparse: its usage and error line, exit status 2
         main(["train", "--data_dir", ""])
     assert "an empty path" in capsys.readouterr().err

@@ -631,8 +631,9 @@ def get_dataset(name: str) -> Dataset:
 def absolute_name(name: str) -> str:
     """``name`` as runs and reports record it: a folder of images (``folder:PATH`` or a path)
     as ``folder:ABSOLUTE_PATH``, which names the same folder from any working folder; a
-    registered dataset's name as it is. Nothing is read."""
-    if name in DATASETS:
+    registered dataset's name as it is (and ``folder:`` without a path, which get_dataset
+    refuses, not the working folder). Nothing is read."""
+    if name in DATASETS or not name.removeprefix("folder:").strip():
         return name
     if name.startswith("folder:") or os.sep in name or Path(name).is_dir():
         return f"folder:{Path(name.removeprefix('folder:')).expanduser().resolve()}"
