@@ -166,6 +166,26 @@ def test_reconstruct_and_evaluate_take_a_colour_folder_as_grey_for_a_grey_model(
     assert metrics["mse"] == pytest.approx(np.mean(test), abs=1e-4)
 
 
+def test_pictures_inside_the_image_folder_read_are_refused(tmp_path, capsys):
+    # they would be read back as images of the folder by the next command
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / f"g{i:02d}.png")
+    before = sorted(folder.rglob("*"))
+    config = ModelConfig(arch="dcgan", image_size=16, depth=2, max_filters=8, latent_dims=2)
+    model = VAE(config).save_pretrained(tmp_path / "m", dataset=f"folder:{folder}")
+    for command in (["reconstruct", "--dataset", f"folder:{folder}"], ["generate"],
+                    ["embed"], ["manifold"], ["interpolate"]):  # fmt: skip
+        args = [*command, "--model", str(model), "--cpu", "--outdir", str(folder / "out")]
+        assert main(args) == 1, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--outdir {folder / 'out'} is inside the image folder" in err[0]
+    assert sorted(folder.rglob("*")) == before
+    outside = ["reconstruct", "--model", str(model), "--cpu", "--outdir", str(tmp_path / "rec")]
+    assert main(outside) == 0 and (tmp_path / "rec" / "all.png").is_file()
+
+
 def test_a_folder_s_rows_name_each_image_s_file(labelled, tmp_path):
     # the black model's reconstruction error is the image's mean square: each row's score
     # says which file it was

@@ -38,11 +38,16 @@ def load(model_path: Path, runtime: Runtime) -> VAE:
 
 
 def resolve_dataset(
-    model: VAE, dataset: str | None, model_path: Path, convert: bool = False
+    model: VAE,
+    dataset: str | None,
+    model_path: Path,
+    convert: bool = False,
+    writes: Path | None = None,
 ) -> str:
     """``dataset``, by default the one the model was trained on, checked against the model's
     channels; with ``convert``, an image folder's images may have others (``split_images``
-    converts them, as any image given to the model is)."""
+    converts them, as any image given to the model is). ``writes``: the folder the command
+    writes its pictures to, which must not be inside an image folder it reads."""
     if dataset is None and model.dataset is None:
         raise TorchVaeError(
             f"{model_path} does not say which dataset it was trained on; pass --dataset"
@@ -58,7 +63,25 @@ def resolve_dataset(
     else:
         check_channels(dataset, model.config.in_channels, "the model expects",
                        "pass the dataset the model was trained on")  # fmt: skip
+    if writes is not None:
+        check_outside_dataset(writes, dataset)
     return dataset
+
+
+def check_outside_dataset(outdir: Path, dataset: str | None) -> None:
+    """A one-line error where ``outdir`` is inside the image folder ``dataset`` (a run's or a
+    command's): its pictures would be read as that folder's images by the next command, and
+    a run on it could not resume (its images changed)."""
+    if dataset is None or not dataset.startswith("folder:"):
+        return
+    folder = Path(dataset.removeprefix("folder:")).expanduser().resolve()
+    out = outdir.expanduser().resolve()
+    if out == folder or folder in out.parents:
+        raise TorchVaeError(
+            f"--outdir {outdir} is inside the image folder {folder}, whose images the model "
+            "reads or was trained on: its pictures would become images of it; pass a folder "
+            "outside it"
+        )
 
 
 def note_conversion(folder: Dataset, channels: int) -> None:
@@ -70,11 +93,15 @@ def note_conversion(folder: Dataset, channels: int) -> None:
 
 
 def model_and_dataset(
-    model_path: Path, dataset: str | None, runtime: Runtime, convert: bool = False
+    model_path: Path,
+    dataset: str | None,
+    runtime: Runtime,
+    convert: bool = False,
+    writes: Path | None = None,
 ) -> tuple[VAE, str]:
     """``load`` and ``resolve_dataset`` in one."""
     model = load(model_path, runtime)
-    return model, resolve_dataset(model, dataset, model_path, convert)
+    return model, resolve_dataset(model, dataset, model_path, convert, writes)
 
 
 def split_images(

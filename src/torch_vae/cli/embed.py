@@ -35,7 +35,7 @@ def run(o: EmbedOptions, runtime: Runtime) -> None:
     discrete = model.latent_kind == "discrete"
     if model.config.latent_dims < 2 and not discrete:
         raise TorchVaeError("a 2-D map needs a model with 2 or more latent dimensions, not 1")
-    dataset = resolve_dataset(model, o.dataset, o.model, convert=True)
+    dataset = resolve_dataset(model, o.dataset, o.model, convert=True, writes=o.outdir)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     # a conditional model encodes each image with its class
     condition = split_labels(model, dataset, o.split, o.data_dir, len(images))

@@ -6,7 +6,7 @@ import logging
 
 from ..analysis.pictures import CLASS_ROW, sample_classes, write_samples
 from ..priors import choose_sampler
-from .common import check_flags, check_outdir, load
+from .common import check_flags, check_outdir, check_outside_dataset, load
 from .options import GenerateOptions, Runtime
 
 log = logging.getLogger(__name__)
@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 def run(o: GenerateOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir, images="sample")
     model = load(o.model, runtime)
+    check_outside_dataset(o.outdir, model.dataset)  # its training folder: the run would change
     check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters,
                 in_channels=o.nimg_channels)  # fmt: skip
     sample_classes(model, 1, o.seed, o.class_)  # a class it cannot take: before anything else

@@ -21,6 +21,7 @@ from ..priors.base import ROUND_TRIPS, set_drawing
 from .common import (
     check_index,
     check_outdir,
+    check_outside_dataset,
     decoded_class,
     given_class,
     load,
@@ -47,7 +48,7 @@ def _endpoints(o: InterpolateOptions, model: VAE, runtime: Runtime):
     if o.images:
         ends = [read_image(Path(p), cfg.in_channels, cfg.image_size) for p in o.images]
         return ends[0], ends[1], ends, f"{o.images[0]} and {o.images[1]}", None
-    dataset = resolve_dataset(model, o.dataset, o.model, convert=True)
+    dataset = resolve_dataset(model, o.dataset, o.model, convert=True, writes=o.outdir)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     i, j = o.index or (0, 1)
     for k in (i, j):
@@ -79,6 +80,7 @@ def _random_grids(o: InterpolateOptions, model: VAE):
 def run(o: InterpolateOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
+    check_outside_dataset(o.outdir, model.dataset)  # its training folder
     given_class(model, o.class_)  # a class the model cannot take: before any work
     if o.method == "slerp":  # before any work
         latent.require_gaussian(model, "--method slerp follows the sphere where a Gaussian "

@@ -11,6 +11,7 @@ from ..errors import TorchVaeError
 from ..io.png import to_uint8
 from .common import (
     check_outdir,
+    check_outside_dataset,
     decoded_class,
     load,
     model_name,
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 def run(o: ManifoldOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir)
     model = load(o.model, runtime)
+    check_outside_dataset(o.outdir, model.dataset)  # its training folder
     latent.require_gaussian(model, "manifold decodes a grid over a Gaussian latent")
     d, n = model.config.latent_dims, o.grid
     if d < 2:
@@ -33,7 +35,7 @@ def run(o: ManifoldOptions, runtime: Runtime) -> None:
     c = decoded_class(model, o.class_, (), "the grid")
     images, labels, source = None, None, ""
     if d > 2:
-        dataset = resolve_dataset(model, o.dataset, o.model, convert=True)
+        dataset = resolve_dataset(model, o.dataset, o.model, convert=True, writes=o.outdir)
         images = split_images(model, dataset, o.split, o.data_dir, runtime)
         labels = split_labels(model, dataset, o.split, o.data_dir, len(images))  # to encode them
         images = images[: o.nimages or None]

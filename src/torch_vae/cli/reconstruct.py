@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def run(o: ReconstructOptions, runtime: Runtime) -> None:
     check_outdir(o.outdir, images="rec")
-    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True, writes=o.outdir)
     check_flags(model.config, latent_dims=o.latent_dims, max_filters=o.max_filters)
     split = "test" if o.rec_testdata else "train"
     images = split_images(model, dataset, split, o.data_dir, runtime)

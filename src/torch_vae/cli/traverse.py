@@ -30,7 +30,7 @@ def run(o: TraverseOptions, runtime: Runtime) -> None:
     model = load(o.model, runtime)
     latent.require_gaussian(model, "traverse walks a Gaussian latent's dimensions")
     given_class(model, o.class_)  # a class the model cannot take: before any work
-    dataset = resolve_dataset(model, o.dataset, o.model, convert=True)
+    dataset = resolve_dataset(model, o.dataset, o.model, convert=True, writes=o.outdir)
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     # a conditional model encodes each image with its class
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
