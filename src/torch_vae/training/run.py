@@ -127,9 +127,10 @@ def execute(
                 data = load_run_data(plan, progress, dist)
                 model = run_plan(plan, data, None, where, progress, dist)
             if plan.temporary:
-                log.info("dry run done: 2 steps trained and %d %s images evaluated; the "
-                         "folder is removed (pass --run_dir to keep it)", len(data.eval),
-                         "validation" if data.prefix == "val" else "test")  # fmt: skip
+                split = "validation" if data.prefix == "val" else "test"
+                log.info("dry run done: 1 epoch of at most 2 steps trained and %d %s images "
+                         "evaluated; the folder is removed (pass --run_dir to keep it)",
+                         len(data.eval), split)  # fmt: skip
             else:
                 log.info("done. %s", next_steps(plan, model.latent_kind))
         except TrainingInterrupted:  # every process stopped at the same step
