@@ -166,6 +166,19 @@ def test_reconstruct_and_evaluate_take_a_colour_folder_as_grey_for_a_grey_model(
     assert metrics["mse"] == pytest.approx(np.mean(test), abs=1e-4)
 
 
+def test_a_folder_of_fewer_than_ten_images_points_to_split_train(tmp_path, capsys):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("L", (28, 28), 60 * i).save(folder / f"g{i}.png")
+    embed = ["embed", "--model", str(black_model(tmp_path / "m")), "--dataset",
+             f"folder:{folder}", "--cpu", "--outdir", str(tmp_path / "e")]  # fmt: skip
+    assert main(embed) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("reads them all with --split train"), err
+    assert main([*embed, "--split", "train"]) == 0 and (tmp_path / "e" / "embed.png").is_file()
+
+
 def test_pictures_inside_the_image_folder_read_are_refused(tmp_path, capsys):
     # they would be read back as images of the folder by the next command
     folder = tmp_path / "imgs"
