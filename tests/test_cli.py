@@ -404,6 +404,24 @@ def _damage_inside_a_tensor(path):
     path.write_bytes(raw)
 
 
+def test_a_damaged_model_file_points_to_the_run_s_newest_checkpoint(trained, tmp_path, capsys):
+    weights = trained / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = ["--outdir", str(tmp_path / "s"), "--nsamples", "2", "--cpu"]
+    assert main(["generate", "--model", str(trained), *out]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    newest = sorted(trained.glob("checkpoints/epoch_*.safetensors"))[-1]
+    assert len(err) == 1 and err[0].endswith(f"can stand in for it: --model {newest}"), err
+    assert main(["generate", "--model", str(newest), *out]) == 0
+
+
+def test_an_empty_training_state_is_said_to_be_empty(trained, mnist_dir, capsys):
+    (trained / "ckpt.pt").write_bytes(b"")
+    assert main(["train", "--resume", str(trained), "--data_dir", str(mnist_dir), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ckpt.pt is corrupt or truncated (an empty file)" in err[0], err
+
+
 @pytest.mark.parametrize("damage", ["truncated", "text", "inside"])
 def test_a_damaged_training_state_names_the_weights_to_start_again_from(
     trained, mnist_dir, tmp_path, capsys, damage

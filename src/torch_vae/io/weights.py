@@ -119,6 +119,15 @@ def _looks_like_torch_pickle(path: Path) -> bool:
         return f.read(2) == b"\x80\x02"  # legacy torch.save pickle protocol 2
 
 
+def _newest_checkpoint_hint(weights: Path) -> str:
+    """For a run's damaged model.safetensors: the run's newest epoch checkpoint, which holds
+    the same weights (a run saves both after each epoch), to pass instead."""
+    found = sorted(weights.parent.glob("checkpoints/epoch_*.safetensors"))
+    if weights.name != WEIGHTS_NAME or not found:
+        return ""
+    return f"; its run's newest epoch checkpoint can stand in for it: --model {found[-1]}"
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a torch-vae weights file (or of the one in a run or model folder):
     ``{"config": dict, "dataset": str | None, "path": Path}``."""
@@ -138,7 +147,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
                 "torch-vae), not a torch-vae safetensors file; convert it with "
                 f"'torch-vae import-torch-vae {weights} --dataset DATASET'"
             ) from None
-        raise TorchVaeError(f"{weights} is not a readable safetensors file ({exc})") from None
+        raise TorchVaeError(f"{weights} is not a readable safetensors file ({exc})"
+                            f"{_newest_checkpoint_hint(weights)}") from None  # fmt: skip
     if meta.get("format") != FORMAT or "model_config" not in meta:
         raise TorchVaeError(
             f"{weights} is a safetensors file without a torch-vae model config; "

@@ -204,6 +204,8 @@ def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     line) and the run's newest weights to start a new run from, where it has any."""
     said = " ".join(str(exc).split())
     said = f"{type(exc).__name__}: {said[:150]}{'...' if len(said) > 150 else ''}"
+    if path.is_file() and path.stat().st_size == 0:
+        said = "an empty file"
     weights = sorted(run_dir.glob("checkpoints/epoch_*.safetensors"))
     weights = weights[-1:] or [w for w in (run_dir / WEIGHTS_NAME,) if w.is_file()]
     fix = "start a new run"
