@@ -219,6 +219,23 @@ def test_a_folder_s_rows_name_each_image_s_file(labelled, tmp_path):
     assert inliers and all(r["file"] == "" for r in inliers)
 
 
+def test_an_in_distribution_folder_s_rows_name_their_files_and_its_path_is_absolute(
+    labelled, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    for name in ("mine", "other"):
+        (tmp_path / name).mkdir()
+        for i in range(20):
+            Image.new("L", (28, 28), 10 * i).save(tmp_path / name / f"g{i:02d}.png")
+    out = tmp_path / "scores.csv"
+    assert score(black_model(tmp_path / "m"), labelled, "--dataset", "folder:mine", "--ood",
+                 "folder:other", "--out", str(out), "--iw_samples", "0") == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows if r["source"] == "in"] == ["g09.png", "g19.png"]
+    assert {r["dataset"] for r in rows} == {f"folder:{tmp_path / 'mine'}",
+                                            f"folder:{tmp_path / 'other'}"}  # fmt: skip
+
+
 def test_a_folder_of_fewer_than_ten_images_is_scored_as_ood_whole(labelled, tmp_path):
     # a folder's every tenth image is its test split, which 4 images do not have; --ood reads
     # both splits and takes all 4 from the first

@@ -142,9 +142,10 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
     n = len(images)
     rows = np.arange(n)
     first = slice(None, o.nimages or None)
+    files = split_files(dataset, o.split)
     if o.ood_class is None:
         inlier = ImageSet(f"{dataset} {o.split}", images[first], dataset, [o.split] * n,
-                          rows, labels)  # fmt: skip
+                          rows, labels, files)  # fmt: skip
         _trim(inlier, first)
         if o.ood is None:
             return inlier, None, ()
@@ -172,8 +173,18 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
     for name, r in ((f"{dataset} {o.split} without {names[c]!r}", kept),
                     (f"class {c} {names[c]!r}", held)):  # fmt: skip
         r = r[first]
-        sets.append(ImageSet(name, images[r], dataset, [o.split] * len(r), r, labels[r]))
+        named = [files[i] for i in r] if files is not None else None
+        sets.append(ImageSet(name, images[r], dataset, [o.split] * len(r), r, labels[r], named))
     return sets[0], sets[1], (c,)
+
+
+def split_files(dataset: str, split: str) -> list[str] | None:
+    """An image folder's split's files (paths in the folder, '/'-separated), in the order its
+    images are decoded; None for a registered dataset."""
+    if not dataset.startswith("folder:"):
+        return None
+    folder = FolderDataset(name=dataset, channels=3, root=Path(dataset.removeprefix("folder:")))
+    return ["/".join(rel) for rel, _, _ in folder.listing(split)]
 
 
 def _trim(s: ImageSet, first: slice) -> None:
@@ -208,10 +219,11 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
         found = load_labels(ood, s, o.data_dir)
         labels.append(found if found is not None else np.full(len(images), -1))
         if folder:  # the order the folder's split is decoded in
-            files += ["/".join(rel) for rel, _, _ in ds.listing(s)]
+            files += split_files(absolute_name(ood), s)
     name = ood if not ood.startswith("folder:") else Path(ood[len("folder:") :]).name
-    out = ImageSet(name, np.concatenate(parts)[first], ood, split, np.concatenate(index),
-                   np.concatenate(labels), files if folder else None)  # fmt: skip
+    out = ImageSet(name, np.concatenate(parts)[first], absolute_name(ood), split,
+                   np.concatenate(index), np.concatenate(labels),
+                   files if folder else None)  # fmt: skip
     _trim(out, first)
     return out
 
