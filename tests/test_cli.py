@@ -284,6 +284,19 @@ def test_command_process_ends_with_its_files_and_messages_written(tmp_path):
     assert Image.open(tmp_path / "s" / "all.png").size[1] > 0
 
 
+def test_warnings_on_the_console_start_with_warning(tmp_path):
+    (tmp_path / "im").mkdir()
+    for i in range(30):
+        Image.new("L", (16, 16), 8 * i).save(tmp_path / "im" / f"{i:02d}.png")
+    r = run_cli("train", "--dataset", "folder:im", "--dry_run", "--val_images", "100000",
+                "--image_size", "16", "--max_filters", "8", "--depth", "2", "--latent_dims",
+                "2", cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    capped = [line for line in r.stderr.splitlines() if "--val_images 100000" in line]
+    assert capped and capped[0].startswith("warning: --val_images 100000 is more than"), capped
+    assert not [line for line in r.stderr.splitlines() if line.startswith("warning: warning")]
+
+
 def error_line(stderr: str) -> str:
     """The CLI's single error line ('torch-vae: error: ...'), with no traceback around it."""
     lines = stderr.strip().splitlines()

@@ -93,15 +93,25 @@ def run() -> NoReturn:
     os._exit(rc)
 
 
+class _Formatter(logging.Formatter):
+    """The message, a warning's starting with "warning: " (whether or not it says so)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if record.levelno == logging.WARNING and not text.startswith("warning"):
+            return f"warning: {text}"
+        return text
+
+
 def _main(argv: list[str] | None) -> int:
     try:
         command, values, given = parse(argv)
         if command != "explore":  # a server keeps what one large upload took: not there
             keep_freed_memory()  # before the first tensor: 2x faster evaluation on the CPU
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter("%(message)s"))
         logging.basicConfig(
-            level=logging.WARNING if values.get("quiet") else logging.INFO,
-            format="%(message)s",
-            stream=sys.stderr,
+            level=logging.WARNING if values.get("quiet") else logging.INFO, handlers=[handler]
         )
         nproc = values.get("nproc_per_node", 1) if command == "train" else 1
         nproc = nproc if isinstance(nproc, int) else 1  # pick(RunOptions) says what is wrong
