@@ -158,14 +158,17 @@ def test_too_few_validation_images_fit_the_sampler_without_a_score(train_tiny, m
         caplog.text)  # fmt: skip
 
 
-def test_auto_ranks_by_kind_where_a_sampler_has_no_score(small_run, mnist_dir):
+def test_auto_ranks_by_kind_where_a_sampler_has_no_score(small_run, mnist_dir, caplog):
     # a mixture fitted without a score (as the shipped ones were) and a Gaussian scored
-    # afterwards: the score cannot rank one against the other, the kinds' order does
+    # afterwards: the score cannot rank one against the other, the kinds' order does, and
+    # the log says why
     fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir), "--quiet"]
     assert main([*fit, "--sampler", "gmm", "--components", "2", "--nscore", "0"]) == 0
     assert main([*fit, "--sampler", "gaussian"]) == 0
     assert "validation" in load_sampler(small_run, "gaussian").info
-    assert load_sampler(small_run).kind == "gmm"
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert load_sampler(small_run).kind == "gmm"
+    assert "the gmm sampler has no validation score (fitted with --nscore 0" in caplog.text
     with pytest.raises(TorchVaeError, match="unknown sampler kind 'gmn'; choose one of"):
         load_sampler(small_run, "gmn")  # not None, which means "none fitted"
 

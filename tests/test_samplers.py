@@ -133,11 +133,18 @@ def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog, cap
     # auto: the one fit-sampler scored best on held-out images
     scores = {k: load_sampler(model_dir, k).info["validation"]["fd"] for k in ("gmm", "gaussian")}
     best = min(scores, key=scores.get)
-    assert generate("auto") == {"gmm": with_gmm, "gaussian": with_gaussian}[best]
-    # weights changed after the fit: the samplers are refused, not silently used
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert generate("auto") == {"gmm": with_gmm, "gaussian": with_gaussian}[best]
+    assert f"the {best} sampler has the best validation score of the 2 fitted" in caplog.text
+    # weights changed after the fit: the samplers are refused, not silently used; the error
+    # names both, and the model's own prior to draw from meanwhile
     VAE(ModelConfig.from_dict(load_sampler_config(model_dir))).save_pretrained(model_dir, "mnist")
-    with pytest.raises(TorchVaeError, match="other weights"):
+    with pytest.raises(TorchVaeError, match="other weights") as refused:
         load_sampler(model_dir)
+    message = str(refused.value)
+    assert "sampler-gmm" in message or "sampler-gaussian" in message
+    assert "(and the gaussian sampler)" in message or "(and the gmm sampler)" in message
+    assert message.endswith("or draw from the model's own prior with --sampler prior")
     # ... but one fitted again since is taken by auto, the others named in a warning
     caplog.clear()
     assert main([*fit, "--sampler", "gaussian"]) == 0

@@ -135,20 +135,44 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     found = [prior for _, _, prior in fitted if prior.info.get("model_sha256") == sha]
     stale = [(k, path) for k, path, prior in fitted if prior.info.get("model_sha256") != sha]
     if stale and not found:
-        k, path = stale[0]
-        raise TorchVaeError(
-            f"{path} was fitted to other weights than {weights} (this model's before it trained "
-            "further, or another model's); "
-            f"fit it again with torch-vae fit-sampler --model {model_path} --sampler {k}"
-        )
+        raise _all_stale(stale, weights, model_path)
     if stale:
         log.warning("the %s sampler%s fitted to other weights than these (the model was trained "
                     "since): left out; fit %s again with torch-vae fit-sampler --model %s",
                     ", ".join(k for k, _ in stale), "s were" if len(stale) > 1 else " was",
                     "them" if len(stale) > 1 else "it", model_path)  # fmt: skip
-    if any(_score(p) == float("inf") for p in found):
-        return found[0]  # found in preference()'s order
-    return min(enumerate(found), key=lambda p: (_score(p[1]), p[0]))[1]
+    return _best(found, say=kind is None and len(found) > 1)
+
+
+def _all_stale(stale: list[tuple[str, Path]], weights: Path, model_path) -> TorchVaeError:
+    """The error for samplers there that were all fitted to other weights: the first one's
+    path, the others' kinds, how to fit it again, and the model's own prior meanwhile."""
+    k, path = stale[0]
+    rest = [k for k, _ in stale[1:]]
+    others = f" (and the {', '.join(rest)} sampler{'s' if len(rest) > 1 else ''})" if rest else ""
+    return TorchVaeError(
+        f"{path}{others} was fitted to other weights than {weights} (this model's before it "
+        f"trained further, or another model's); fit it again with torch-vae fit-sampler --model "
+        f"{model_path} --sampler {k}, or draw from the model's own prior with --sampler prior"
+    )
+
+
+def _best(found: list[Prior], say: bool) -> Prior:
+    """The sampler with the lowest validation score, or the first of ``found`` (in
+    ``preference()``'s order) where one has none; ``say``: log why."""
+    unscored = [p.kind for p in found if _score(p) == float("inf")]
+    if unscored:
+        if say:
+            log.info("the %s sampler%s no validation score (fitted with --nscore 0, or before "
+                     "scores): the samplers are taken in the order %s, not by score",
+                     ", ".join(unscored), "s have" if len(unscored) > 1 else " has",
+                     ", ".join(preference()))  # fmt: skip
+        return found[0]
+    best = min(enumerate(found), key=lambda p: (_score(p[1]), p[0]))[1]
+    if say:
+        log.info("the %s sampler has the best validation score of the %d fitted (FD %.4g)",
+                 best.kind, len(found), _score(best))  # fmt: skip
+    return best
 
 
 def _readable(paths, model_path, leave_out: bool) -> list[tuple[str, Path, Prior]]:
