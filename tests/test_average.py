@@ -7,8 +7,21 @@ from safetensors.torch import load_file
 from torch_vae import VAE, ModelConfig, load_model
 from torch_vae.cli import main
 from torch_vae.data import load_split
+from torch_vae.data.splits import validation_rows
 from torch_vae.runtime.device import to_float
 from torch_vae.training.averaging import recompute_batch_norm
+
+
+def _training_rows(run, n):
+    """The rows of the training split (``n`` images) the run trained on, from its config."""
+    train = json.loads((run / "config.json").read_text())["train"]
+    rows, _ = validation_rows(n, train["val_images"], train["seed"])
+    return rows
+
+
+def _trained_on(run, dataset, size, data_dir):
+    images = torch.from_numpy(load_split(dataset, "train", size, data_dir, False))
+    return images[_training_rows(run, len(images))]
 
 
 def test_average_is_the_mean_with_batch_norm_recomputed(trained, mnist_dir, tmp_path):
@@ -28,8 +41,9 @@ def test_average_is_the_mean_with_batch_norm_recomputed(trained, mnist_dir, tmp_
     assert not torch.equal(epochs[0][first], epochs[1][first])  # so the mean is neither of them
 
     # the encoder's first batch norm (the run has the original's architecture: right after the
-    # first convolution) sees no sampled latent: recompute its statistics by hand
-    images = to_float(torch.from_numpy(load_split("mnist", "train", 32, mnist_dir, False)), "cpu")
+    # first convolution) sees no sampled latent: recompute its statistics by hand, on the
+    # images the run trained on (its validation images left out)
+    images = to_float(_trained_on(trained, "mnist", 32, mnist_dir), "cpu")
     assert avg.config.arch == "original"
     with torch.no_grad():
         h = avg.encoder.convs[0](images)
@@ -79,13 +93,28 @@ def test_average_refuses_bad_input_without_writing(trained, mnist_dir, tmp_path,
 
 
 def test_average_of_several_runs_and_runs_of_other_models(
-    trained, train_tiny, mnist_dir, tmp_path, capsys
+    trained, train_tiny, mnist_dir, tmp_path, capsys, caplog
 ):
     seed1 = tmp_path / "seed1"
     train_tiny(seed1, "--seed", "1")
     out = tmp_path / "soup"
     data = ["--data_dir", str(mnist_dir), "--quiet"]
     assert main(["average", str(trained), str(seed1), "--last", "1", "--out", str(out), *data]) == 0
+    # each seed held out its own validation images: the average's are not all held out
+    assert "the runs held out different validation images" in caplog.text
+    # --split_seed: another seed's run that holds out the same images (its training differs)
+    same = tmp_path / "same-split"
+    train_tiny(same, "--seed", "1", "--split_seed", "0")
+    split = {r: json.loads((r / "config.json").read_text())["split"] for r in (trained, same)}
+    assert split[trained] == split[same]
+    first = "encoder.convs.0.weight"
+    assert not torch.equal(
+        load_model(same).state_dict()[first], load_model(trained).state_dict()[first]
+    )
+    caplog.clear()
+    together = ["average", str(trained), str(same), "--last", "1", "--out", str(tmp_path / "s2")]
+    assert main([*together, *data]) == 0
+    assert "held out different validation images" not in caplog.text
     a = load_file(str(trained / "checkpoints" / "epoch_002.safetensors"))
     b = load_file(str(seed1 / "checkpoints" / "epoch_002.safetensors"))
     soup = load_model(out).state_dict()
@@ -154,8 +183,9 @@ def test_average_of_a_conditional_run_recomputes_batch_norm_with_each_image_s_cl
     assert avg.config.classes == tuple(str(i) for i in range(10))
     # the encoder's first batch norm sees the images beside their one-hot class planes:
     # recompute its statistics by hand with each image's class (image i: class i % 10)
-    images = to_float(torch.from_numpy(load_split("mnist", "train", 16, mnist_dir, False)), "cpu")
-    labels = torch.arange(len(images)) % 10
+    rows = _training_rows(run, len(load_split("mnist", "train", 16, mnist_dir, False)))
+    images = to_float(_trained_on(run, "mnist", 16, mnist_dir), "cpu")
+    labels = rows % 10
     planes = torch.nn.functional.one_hot(labels, 10).float()[:, :, None, None]
     x = torch.cat([images, planes.expand(-1, -1, 16, 16)], 1)
     with torch.no_grad():

@@ -42,7 +42,9 @@ def recorded_rows(n: int, config: dict) -> tuple[torch.Tensor, torch.Tensor] | N
     split, train = config.get("split"), config.get("train") or {}
     if not isinstance(split, dict) or not split.get("validation_images"):
         return None
-    rows, val = validation_rows(n, int(train.get("val_images", 0)), int(train.get("seed", 0)))
+    seed = train.get("split_seed")
+    seed = int(train.get("seed", 0)) if seed is None else int(seed)
+    rows, val = validation_rows(n, int(train.get("val_images", 0)), seed)
     if rows_digest(val) != split.get("validation_rows_sha256"):
         return None
     return rows, val

@@ -34,7 +34,8 @@ from ..io.png import save_png
 from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, load_model, read_config, save_model
 from ..runtime.device import to_float
-from .rundir import CHECKPOINTS_DIR
+from .plan import RunPlan, load_run_data
+from .rundir import CHECKPOINTS_DIR, read_run_config, read_run_record
 
 log = logging.getLogger(__name__)
 # A temporary output folder untouched for this long belongs to an average that was killed (one
@@ -147,13 +148,13 @@ def average_runs(
     model = _check_one_model(paths, device)
     model.load_state_dict(average_weights([p for run in paths.values() for p in run]))
     size = model.config.image_size
-    images = torch.from_numpy(load_split(model.dataset, "train", size, data_dir, progress))
-    labels = _labels(model, "train", len(images), data_dir)
+    _warn_other_splits(run_dirs)
+    images, labels, which = _training_images(run_dirs[0], model, data_dir, progress)
     log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
     recompute_batch_norm(model, images, torch.device(device), batchsize, seed, labels)
     record = {
         "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
-        "batch_norm": f"recomputed on the {len(images)} images of the training split, seed {seed}",
+        "batch_norm": f"recomputed on {which}, seed {seed}",
     }
     config_path = run_dirs[0] / CONFIG_NAME
     try:
@@ -170,6 +171,44 @@ def average_runs(
     write_model_folder(out, model, config, {"average.png": picture})
     log.info("wrote %s", out)
     return record
+
+
+def _training_images(run_dir: Path, model: VAE, data_dir: Path | None, progress: bool):
+    """The images the run in ``run_dir`` trained on (its training split without its validation
+    images and left-out classes), their labels for a conditional model, and what they are: the
+    batch norms' statistics are recomputed on them, so that the averaged model's validation
+    numbers (it records the first run's split) stay held out. The whole training split where
+    the folder holds no run config."""
+    try:
+        model_config, train = read_run_config(run_dir)
+    except TorchVaeError:
+        images = torch.from_numpy(load_split(model.dataset, "train", model.config.image_size,
+                                             data_dir, progress))  # fmt: skip
+        labels = _labels(model, "train", len(images), data_dir)
+        return images, labels, f"the {len(images)} images of the training split"
+    data = load_run_data(RunPlan(run_dir, model_config, train, data_dir), progress)
+    rows = data.rows if data.rows is not None else torch.arange(len(data.train))
+    labels = data.train_labels[rows] if data.train_labels is not None else None
+    which = f"the {len(rows)} images {run_dir} trained on (its validation images left out)"
+    return data.train[rows], labels, which
+
+
+def _warn_other_splits(run_dirs: list[Path]) -> None:
+    """A warning where the runs held out other validation images (each --seed draws its
+    own): images one trained on are validation images of the average, which records the
+    first run's."""
+    digests = set()
+    for run_dir in run_dirs:
+        try:
+            split = read_run_record(run_dir).get("split") or {}
+        except TorchVaeError:
+            continue
+        digests.add(split.get("validation_rows_sha256") if isinstance(split, dict) else None)
+    if len(digests) > 1:
+        log.warning("the runs held out different validation images (each --seed draws its "
+                    "own): some of the averaged model's validation images were trained on by "
+                    "the other runs, so its validation numbers are optimistic; compare it on "
+                    "the test split, or average runs of one --seed")  # fmt: skip
 
 
 def _labels(model: VAE, split: str, n: int, data_dir: Path | None) -> torch.Tensor | None:

@@ -51,6 +51,12 @@ class TrainConfig(JsonConfig):
         0.0, "raise the KL weight linearly from 0 to --beta over this many epochs"
     )
     seed: int = option(0, "random seed")
+    split_seed: int | None = option(
+        None,
+        "seed that draws the validation images (default: --seed): give runs that are fine-tuned "
+        "from one model or averaged together the one their model was trained with, so that "
+        "they hold out the same images",
+    )
     conditional: bool = option(
         False,
         "a class-conditional VAE: encoder and decoder take each image's class (the "
@@ -68,7 +74,8 @@ class TrainConfig(JsonConfig):
     )
     val_images: int = option(
         5000,
-        "training images held out as the validation split (chosen by --seed, at most 10%% of "
+        "training images held out as the validation split (chosen by --split_seed, by default "
+        "--seed; at most 10%% of "
         "the split), on which every epoch is measured; 0: none, measure on the test split",
     )
     max_steps: int = option(0, "stop after this many optimizer steps (0: no limit)")
@@ -106,6 +113,8 @@ class TrainConfig(JsonConfig):
         check_number("--beta", self.beta, 0, False, "--beta 1")
         check_choice("--recon_loss", self.recon_loss, RECON_LOSSES)
         check_seed("--seed", self.seed)
+        if self.split_seed is not None:
+            check_seed("--split_seed", self.split_seed)
         non_negative("--val_images", self.val_images, 2**31)
         non_negative("--max_steps", self.max_steps)
         check_choice("--lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -122,6 +131,11 @@ class TrainConfig(JsonConfig):
                 f"init_sha256 must be the 64-digit SHA-256 of {self.init_from}, "
                 f"got {self.init_sha256!r}"
             )
+
+    @property
+    def validation_seed(self) -> int:
+        """The seed that draws the validation images: --split_seed, else --seed."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "exclude_class": list(self.exclude_class)}  # as in JSON

@@ -328,7 +328,9 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
     kept = kept_rows(plan, "train", len(train_images))
     if validation_size(len(train_images), plan.train.val_images):
         _warn_capped(plan.train.val_images, len(train_images), dist)
-        rows, val = validation_rows(len(train_images), plan.train.val_images, plan.train.seed)
+        rows, val = validation_rows(
+            len(train_images), plan.train.val_images, plan.train.validation_seed
+        )
         digest = rows_digest(val)  # of the rows drawn, before any class is left out
         if kept is not None:
             keep = torch.zeros(len(train_images), dtype=torch.bool)
