@@ -64,6 +64,13 @@ def test_average_is_the_mean_with_batch_norm_recomputed(trained, mnist_dir, tmp_
     assert (out / "eval-mnist-test-iw0.json").is_file()
 
 
+def test_average_shows_the_batch_norm_pass_s_progress(trained, mnist_dir, tmp_path, capsys):
+    args = ["average", str(trained), "--last", "1", "--out", str(tmp_path / "avg"), "--batchsize",
+            "8", "--data_dir", str(mnist_dir)]  # fmt: skip
+    assert main(args) == 0
+    assert "batch norm: 100%" in capsys.readouterr().err
+
+
 def test_average_refuses_bad_input_without_writing(trained, mnist_dir, tmp_path, capsys):
     data = ["--data_dir", str(mnist_dir), "--quiet"]
     taken = tmp_path / "taken"

@@ -158,6 +158,18 @@ def test_too_few_validation_images_fit_the_sampler_without_a_score(train_tiny, m
         caplog.text)  # fmt: skip
 
 
+def test_fit_sampler_says_what_it_does_before_each_long_part(small_run, mnist_dir, caplog):
+    # the fit (a mixture's EM: minutes on a large split) and the score were silent
+    caplog.set_level(logging.INFO, logger="torch_vae")
+    fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir), "--quiet"]
+    assert main([*fit, "--sampler", "gmm", "--components", "2"]) == 0
+    said = [r.getMessage() for r in caplog.records]
+    start = next(i for i, m in enumerate(said) if m.startswith("fitting a gmm sampler to "))
+    scoring = next(i for i, m in enumerate(said) if m.endswith("scoring it on held-out images"))
+    done = next(i for i, m in enumerate(said) if m.startswith("fitted a 2-component"))
+    assert start < scoring < done, said
+
+
 def test_auto_ranks_by_kind_where_a_sampler_has_no_score(small_run, mnist_dir, caplog):
     # a mixture fitted without a score (as the shipped ones were) and a Gaussian scored
     # afterwards: the score cannot rank one against the other, the kinds' order does, and

@@ -96,7 +96,11 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     assert (clf / "classifier.safetensors").read_bytes() != weights
     report = tmp_path / "q.json"
     args = ["sample-quality", "--model", str(run), "--nsamples", "16", "--report", str(report)]
-    assert main([*args, "--classifier", str(clf), *common]) == 0
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert main([*args, "--classifier", str(clf), *common]) == 0
+    said = [r.getMessage() for r in caplog.records]  # each part of the work, before it
+    for part in ("the test split's images", "the samples", "as many training images (the floor)"):
+        assert f"classifier features of {part}" in said, (part, said)
     r = json.loads(report.read_text())
     assert (r["sampler"], r["features"], r["feature_dims"], r["n_reference"]) == (
         "prior", "classifier", 128, 20

@@ -506,9 +506,12 @@ def quality_report(
     wanted = chosen_class(model, classes)
     size = space.size or model.config.image_size
     ref_split = "train" if reference == "val" else "test"
+    log.info("%s features of the %s images", space.name, "validation" if reference == "val"
+             else f"{ref_split} split's")  # fmt: skip
     ref_rows, ref = _reference_set(space, model, dataset, ref_split, val_rows, reference, wanted,
                                    size, data_dir, progress, k)  # fmt: skip
     ref_measure = _as_reference(ref, k, space)
+    log.info("%s features of the %s", space.name, what)
     images, labels, kind, description = _made(model, sampler, what, nsamples, seed, batch, wanted,
                                               (dataset, ref_split, data_dir, progress, ref_rows,
                                                ref.labels))  # fmt: skip
@@ -526,6 +529,7 @@ def quality_report(
         report["class"] = wanted if wanted in (None, "all") else model.config.classes[wanted]
     floor_set = None
     if floor:
+        log.info("%s features of as many training images (the floor)", space.name)
         floor_set = _floor(space, model, dataset, train_rows, fake, wanted, size, data_dir,
                            progress)  # fmt: skip
         report["train_floor"] = _measure(space, floor_set, ref_measure)

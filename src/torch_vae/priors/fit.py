@@ -120,13 +120,15 @@ def fit_sampler(
         info["codebook_size"] = model.codebook_size
     if model.conditional:
         info["classes"] = model.config.num_classes
+    what = "code grids" if model.latent_kind == "discrete" else "posterior means"
+    log.info("fitting a %s sampler to %d %s", kind, len(z), what)
     start = time.perf_counter()
     prior = fit_prior(z.numpy(), kind, options or {}, info, progress, labels)
     prior.info["fit_seconds"] = round(time.perf_counter() - start, 2)
     if score is not None:
+        log.info("fitted in %.1f s; scoring it on held-out images", prior.info["fit_seconds"])
         prior.info["validation"] = score(prior)
     path = save_sampler(prior, sampler_path(model_path, kind))
-    what = "code grids" if model.latent_kind == "discrete" else "posterior means"
     log.info("fitted %s to %d %s in %.1f s: %s", prior.describe(), len(z), what,
              prior.info["fit_seconds"], path)  # fmt: skip
     return prior, path

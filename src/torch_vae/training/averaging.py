@@ -94,17 +94,20 @@ def recompute_batch_norm(
     batchsize: int = 500,
     seed: int = 0,
     labels: torch.Tensor | None = None,
+    progress: bool = False,
 ) -> None:
     """Replace the batch-norm running statistics of ``model`` by their plain average over
     ``images`` (uint8; of the classes ``labels``, for a conditional model), seen as in
     training: the decoder gets posterior samples, drawn for ``seed`` by a CPU generator (the
     same seed gives the same samples on every device; the global random state is left alone).
-    ``model`` ends in eval mode."""
+    ``model`` ends in eval mode. ``progress``: a progress bar over the batches."""
     from torch.optim.swa_utils import update_bn
+    from tqdm import tqdm
 
     device = torch.device(device)
     starts = range(0, len(images), batchsize)
-    batches = (to_float(images[i : i + batchsize], device) for i in starts)
+    shown = tqdm(starts, desc="batch norm", unit="batch", disable=not progress)
+    batches = (to_float(images[i : i + batchsize], device) for i in shown)
     classes = iter(labels[i : i + batchsize] for i in starts) if labels is not None else None
     try:
         # resets the running statistics, averages them cumulatively (momentum None) over
@@ -151,7 +154,7 @@ def average_runs(
     _warn_other_splits(run_dirs)
     images, labels, which = _training_images(run_dirs[0], model, data_dir, progress)
     log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
-    recompute_batch_norm(model, images, torch.device(device), batchsize, seed, labels)
+    recompute_batch_norm(model, images, torch.device(device), batchsize, seed, labels, progress)
     record = {
         "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
         "batch_norm": f"recomputed on {which}, seed {seed}",
