@@ -205,14 +205,14 @@ def test_original_torch_vae_flags_are_accepted(trained, mnist_dir, tmp_path, mon
     assert len(list((tmp_path / "g").glob("sample_*.png"))) == 4
 
 
-def test_default_run_dir_never_overwrites(mnist_dir, tmp_path, monkeypatch):
+def test_default_run_dir_never_overwrites(labelled, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = [
         "train",
         "--dataset",
         "mnist",
         "--data_dir",
-        str(mnist_dir),
+        str(labelled),
         "--epochs",
         "1",
         "--max_steps",
@@ -226,9 +226,12 @@ def test_default_run_dir_never_overwrites(mnist_dir, tmp_path, monkeypatch):
         "--quiet",
     ]
     assert main(args) == 0 and main(args) == 0
+    # a class-conditional run of the same model is told apart by its name
+    assert main([*args, "--conditional", "--arch", "dcgan"]) == 0
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
         "mnist_filters_0008_dims_0008",
         "mnist_filters_0008_dims_0008-2",
+        "mnist_filters_0008_dims_0008_dcgan_cond",
     ]
 
 

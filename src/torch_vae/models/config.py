@@ -135,8 +135,10 @@ class ModelConfig(JsonConfig):
                       **family.TINY, **fields})  # fmt: skip
 
     def run_name(self, dataset_stem: str) -> str:
-        """The default run folder name of a run of this model on a dataset."""
-        return f"{dataset_stem}_{self.arch}_dims_{self.latent_dims:04d}"
+        """The default run folder name of a run of this model on a dataset (``_cond`` at the
+        end for a class-conditional one)."""
+        name = f"{dataset_stem}_{self.arch}_dims_{self.latent_dims:04d}"
+        return f"{name}_cond" if self.classes else name
 
 
 def _check_classes(config: ModelConfig) -> None:
@@ -266,6 +268,7 @@ class ConvConfig(ModelConfig):
 
     def run_name(self, dataset_stem: str) -> str:
         """The original's naming, ``<dataset>_filters_0128_dims_0008``, plus ``_<arch>`` for
-        every family but the original's."""
+        every family but the original's and ``_cond`` for a class-conditional model."""
         name = f"{dataset_stem}_filters_{self.max_filters:04d}_dims_{self.latent_dims:04d}"
-        return name if self.arch == "original" else f"{name}_{self.arch}"
+        name = name if self.arch == "original" else f"{name}_{self.arch}"
+        return f"{name}_cond" if self.classes else name
