@@ -283,7 +283,9 @@ def test_resume_needs_a_checkpoint(data, tmp_path, capsys):
     assert resume(run, data) == 1
     said = one_line(capsys)  # weights but no state: a model folder, or a state whose save failed
     assert "never finished an epoch" not in said and "failed to save (a full disk)" in said
-    assert said.endswith(f"start a new run from its weights: torch-vae train --init_from {run}")
+    assert said.endswith(f"start a new run from its weights: torch-vae train --config "
+                         f"{run / 'config.json'} --init_from {run / 'model.safetensors'} (the "
+                         "run's flags; --epochs for fewer epochs)")  # fmt: skip
     assert resume(run / "config.json", data) == 1  # a file of the run, not the run
     assert one_line(capsys).endswith(
         f"is a file; --resume takes the run's folder (the one holding it: {run.resolve()})"
