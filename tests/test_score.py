@@ -179,6 +179,22 @@ def test_a_folder_of_fewer_than_ten_images_points_to_split_train(tmp_path, capsy
     assert main([*embed, "--split", "train"]) == 0 and (tmp_path / "e" / "embed.png").is_file()
 
 
+def test_reconstructions_of_a_folder_list_their_image_files(labelled, tmp_path):
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / ("sub" if i == 19 else "") / f"g{i:02d}.png")
+    model, out = black_model(tmp_path / "m"), tmp_path / "rec"
+    rec = ["reconstruct", "--model", str(model), "--cpu", "--rec_testdata", "--outdir", str(out)]
+    assert main([*rec, "--dataset", f"folder:{folder}"]) == 0
+    rows = list(csv.DictReader((out / "rec_sources.csv").open()))
+    assert rows == [{"reconstruction": "rec_00000.png", "file": "g09.png"},
+                    {"reconstruction": "rec_00001.png", "file": "sub/g19.png"}]  # fmt: skip
+    # reconstructions of a registered dataset into the same folder: the old list goes
+    assert main([*rec, "--data_dir", str(labelled), "--nimages", "3"]) == 0
+    assert not (out / "rec_sources.csv").exists() and (out / "rec_00002.png").is_file()
+
+
 def test_pictures_inside_the_image_folder_read_are_refused(tmp_path, capsys):
     # they would be read back as images of the folder by the next command
     folder = tmp_path / "imgs"

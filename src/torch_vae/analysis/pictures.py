@@ -5,6 +5,7 @@ and animation of an interpolation."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import os
 import re
@@ -212,11 +213,13 @@ def write_reconstructions(
     progress: bool = True,
     precision: str = "fp32",
     labels: Tensor | None = None,
+    files: list[str] | None = None,
 ) -> Path:
     """Reconstruct uint8 images (N, H, W, C) with the posterior's mode; write each original
     beside its reconstruction to ``outdir/rec_NNNNN.png`` and a grid of pairs to ``all.png``.
     ``precision`` as for :func:`write_samples`; ``labels``: the images' classes (N,), for a
-    conditional model."""
+    conditional model; ``files``: the image files they came from (an image folder's), listed
+    beside them in ``rec_sources.csv`` (which a run without them removes)."""
     fast = model.inference_copy()  # batch norms folded into the convolutions
     device = fast.device
     amp = Precision(device, precision)
@@ -238,7 +241,17 @@ def write_reconstructions(
             if sum(len(k) for k in keep) < GRID_LIMIT:
                 keep.append(pairs)
         writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4)[None], [stage / "all.png"])
+        if files is not None:
+            with open(stage / SOURCES, "w", newline="", encoding="utf-8") as f:
+                table = csv.writer(f)
+                table.writerow(["reconstruction", "file"])
+                table.writerows([f"rec_{i:05d}.png", name] for i, name in enumerate(files))
+    if files is None:  # an earlier run's list would name other images
+        (outdir / SOURCES).unlink(missing_ok=True)
     return outdir / "all.png"
+
+
+SOURCES = "rec_sources.csv"  # reconstruct: each rec_NNNNN.png's image file (a folder's)
 
 
 def write_gif(frames: np.ndarray, out: Path) -> None:

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..analysis.pictures import numbered
 from ..data import check_channels, get_dataset, load_split
-from ..data.datasets import DECODE_ERRORS, Dataset, absolute_name, gone_folder
+from ..data.datasets import DECODE_ERRORS, Dataset, FolderDataset, absolute_name, gone_folder
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array, with_channels
 from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
@@ -111,6 +111,15 @@ def split_images(
     image folder's converted, ``resolve_dataset``)."""
     images = load_split(dataset, split, model.config.image_size, data_dir, not runtime.quiet)
     return with_channels(images, model.config.in_channels)
+
+
+def split_files(dataset: str, split: str) -> list[str] | None:
+    """An image folder's split's files (paths in the folder, '/'-separated), in the order its
+    images are decoded; None for a registered dataset."""
+    if not dataset.startswith("folder:"):
+        return None
+    folder = FolderDataset(name=dataset, channels=3, root=Path(dataset.removeprefix("folder:")))
+    return ["/".join(rel) for rel, _, _ in folder.listing(split)]
 
 
 def split_labels(

@@ -7,7 +7,14 @@ import logging
 import torch
 
 from ..analysis.pictures import write_reconstructions
-from .common import check_flags, check_outdir, model_and_dataset, split_images, split_labels
+from .common import (
+    check_flags,
+    check_outdir,
+    model_and_dataset,
+    split_files,
+    split_images,
+    split_labels,
+)
 from .options import ReconstructOptions, Runtime
 
 log = logging.getLogger(__name__)
@@ -23,8 +30,10 @@ def run(o: ReconstructOptions, runtime: Runtime) -> None:
     images = images[: o.nimages or None]
     if labels is not None:  # a conditional model encodes and decodes each image with its class
         labels = labels[: len(images)]
+    files = split_files(dataset, split)  # an image folder's, listed beside the pictures
     out = write_reconstructions(model, torch.from_numpy(images), o.outdir, o.batchsize,
-                                not runtime.quiet, o.precision, labels)  # fmt: skip
+                                not runtime.quiet, o.precision, labels,
+                                files[: len(images)] if files is not None else None)  # fmt: skip
     given = " (each given its class)" if labels is not None else ""
     log.info("wrote %d reconstructions%s of the %s split of %s to %s (overview: %s)",
              len(images), given, split, dataset, o.outdir, out)  # fmt: skip

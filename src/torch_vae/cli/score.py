@@ -32,6 +32,7 @@ from .common import (
     model_name,
     note_conversion,
     run_config,
+    split_files,
     split_images,
 )
 from .options import Runtime, ScoreOptions
@@ -176,15 +177,6 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
         named = [files[i] for i in r] if files is not None else None
         sets.append(ImageSet(name, images[r], dataset, [o.split] * len(r), r, labels[r], named))
     return sets[0], sets[1], (c,)
-
-
-def split_files(dataset: str, split: str) -> list[str] | None:
-    """An image folder's split's files (paths in the folder, '/'-separated), in the order its
-    images are decoded; None for a registered dataset."""
-    if not dataset.startswith("folder:"):
-        return None
-    folder = FolderDataset(name=dataset, channels=3, root=Path(dataset.removeprefix("folder:")))
-    return ["/".join(rel) for rel, _, _ in folder.listing(split)]
 
 
 def _trim(s: ImageSet, first: slice) -> None:
