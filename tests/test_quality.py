@@ -99,8 +99,10 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     with caplog.at_level("INFO", logger="torch_vae"):
         assert main([*args, "--classifier", str(clf), *common]) == 0
     said = [r.getMessage() for r in caplog.records]  # each part of the work, before it
-    for part in ("the test split's images", "the samples", "as many training images (the floor)"):
-        assert f"classifier features of {part}" in said, (part, said)
+    for part in ("classifier features of the test split's images (the reference)",
+                 "making the samples to measure",
+                 "classifier features of as many training images (the floor)"):  # fmt: skip
+        assert part in said, (part, said)
     r = json.loads(report.read_text())
     assert (r["sampler"], r["features"], r["feature_dims"], r["n_reference"]) == (
         "prior", "classifier", 128, 20

@@ -506,12 +506,9 @@ def quality_report(
     wanted = chosen_class(model, classes)
     size = space.size or model.config.image_size
     ref_split = "train" if reference == "val" else "test"
-    log.info("%s features of the %s images", space.name, "validation" if reference == "val"
-             else f"{ref_split} split's")  # fmt: skip
     ref_rows, ref = _reference_set(space, model, dataset, ref_split, val_rows, reference, wanted,
                                    size, data_dir, progress, k)  # fmt: skip
     ref_measure = _as_reference(ref, k, space)
-    log.info("%s features of the %s", space.name, what)
     images, labels, kind, description = _made(model, sampler, what, nsamples, seed, batch, wanted,
                                               (dataset, ref_split, data_dir, progress, ref_rows,
                                                ref.labels))  # fmt: skip
@@ -529,7 +526,6 @@ def quality_report(
         report["class"] = wanted if wanted in (None, "all") else model.config.classes[wanted]
     floor_set = None
     if floor:
-        log.info("%s features of as many training images (the floor)", space.name)
         floor_set = _floor(space, model, dataset, train_rows, fake, wanted, size, data_dir,
                            progress)  # fmt: skip
         report["train_floor"] = _measure(space, floor_set, ref_measure)
@@ -548,6 +544,7 @@ def _made(model: VAE, sampler, what: str, n: int, seed: int, batch: int, wanted,
     """What is measured -- the model's reconstructions of the reference images (``source``:
     the dataset, split, data folder, progress, rows and labels they are), or its samples --,
     their classes (None for an unconditional model) and the sampler's kind and description."""
+    log.info("making the %s to measure", what)
     if what == "reconstructions":
         dataset, split, data_dir, progress, rows, labels = source
         images = reconstruct_images(model, dataset, split, data_dir, batch, progress, rows,
@@ -563,6 +560,8 @@ def _reference_set(space, model, dataset, split, val_rows, reference, wanted, si
     """The rows of ``split`` (None: all) the reference holds, and the reference: the model's
     validation images for ``reference`` val, only those of the class ``wanted`` where it is
     one (more than ``k`` of them)."""
+    said = "the validation images" if reference == "val" else f"the {split} split's images"
+    log.info("%s features of %s (the reference)", space.name, said)
     rows = val_rows if reference == "val" else None
     labels = _rows(split_classes(model, dataset, split, data_dir, progress), rows, 0)
     images, feats = split_reference_features(space, dataset, split, size, data_dir, rows, 0,
@@ -595,6 +594,7 @@ def _floor(space, model, dataset, train_rows, fake: _Set, wanted, size, data_dir
            progress) -> _Set:  # fmt: skip
     """As many training images (of ``train_rows``; None: all) as ``fake`` holds, class for
     class where the samples' classes were chosen (``wanted``: a class or "all")."""
+    log.info("%s features of as many training images (the floor)", space.name)
     labels = split_classes(model, dataset, "train", data_dir, progress)
     rows, first = train_rows, len(fake.features)
     if wanted == "all":
