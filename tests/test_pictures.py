@@ -236,3 +236,22 @@ def test_a_small_manifold_picture_keeps_room_for_its_title_and_axes(tmp_path):
     with Image.open(out) as img:
         grey = np.asarray(img.convert("L"))
     assert (grey[:, :2] > 250).all() and (grey[:, -2:] > 250).all()
+
+
+def test_the_anomaly_picture_draws_the_threshold_outside_the_scores_spread(tmp_path, monkeypatch):
+    # a few images: the threshold at FPR 0.05 can lie beyond the scores' 99.5th percentile
+    # that sets the histogram's range; the dashed line was then left out
+    from torch_vae.analysis import figures
+    from torch_vae.evaluation.anomaly import roc
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out: drawn.append(fig) or out)
+    inlier, outlier = np.array([0.1, 0.2, 0.3, 5.0]), np.array([0.4, 0.5])
+    summary = {"recon": roc(inlier, outlier)}
+    threshold = summary["recon"]["threshold"]
+    assert threshold > np.percentile(np.r_[inlier, outlier], 99.5)
+    figures.plot_anomaly(
+        {"recon": (inlier, outlier)}, summary, ("in", "ood"), "t", tmp_path / "a.png"
+    )
+    histogram = drawn[0].axes[1]
+    assert [list(line.get_xdata()) for line in histogram.lines] == [[threshold, threshold]]

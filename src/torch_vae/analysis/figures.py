@@ -274,12 +274,14 @@ def plot_anomaly(
         ax = fig.add_subplot(grid[1 + i // cols, i % cols])
         both = np.r_[inlier, outlier]
         lo, hi = np.percentile(both, [0.5, 99.5]) if len(both) else (0.0, 1.0)
+        threshold = summary[name]["threshold"]
+        if np.isfinite(threshold):  # drawn whatever the spread (a few images: outside it)
+            lo, hi = min(lo, threshold), max(hi, threshold)
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 50)
         for values, label, color in ((inlier, names[0], "C0"), (outlier, names[1], "C3")):
             ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True, alpha=0.5,
                     color=color, label=f"{label} ({len(values)})")  # fmt: skip
-        threshold = summary[name]["threshold"]
-        if bins[0] <= threshold <= bins[-1]:
+        if np.isfinite(threshold):
             ax.axvline(threshold, color="black", lw=1, ls="--")
         ax.set_title(f"{name}  (dashed: threshold at FPR {summary[name]['target_fpr']:g})",
                      fontsize="small")  # fmt: skip
