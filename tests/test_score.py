@@ -210,7 +210,23 @@ def test_pictures_inside_the_image_folder_read_are_refused(tmp_path, capsys):
         assert main(args) == 1, command
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"--outdir {folder / 'out'} is inside the image folder" in err[0]
-    assert sorted(folder.rglob("*")) == before
+    # score's picture (beside --out, or --figure) and sharpen's model folder too
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(10):
+        Image.new("L", (28, 28), 20 * i).save(other / f"o{i}.png")
+    score = ["score", "--model", str(model), "--cpu", "--ood", f"folder:{other}"]
+    cases = ((["--out", str(folder / "s.csv")], f"--out {folder / 's.csv'}: its picture"),
+             (["--out", str(other / "s.csv")], f"--out {other / 's.csv'}: its picture"),
+             (["--figure", str(folder / "f.png")], f"--figure {folder / 'f.png'}:"))  # fmt: skip
+    for flags, said in cases:
+        assert main([*score, *flags]) == 1, flags
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"torch-vae: error: {said}"), err
+    sharpen = ["sharpen", "--model", str(model), "--cpu", "--out", str(folder / "sharp")]
+    assert main(sharpen) == 1
+    assert f"--out {folder / 'sharp'} is inside the image folder" in capsys.readouterr().err
+    assert sorted(folder.rglob("*")) == before and sorted(other.rglob("*"))[-1].name == "o9.png"
     outside = ["reconstruct", "--model", str(model), "--cpu", "--outdir", str(tmp_path / "rec")]
     assert main(outside) == 0 and (tmp_path / "rec" / "all.png").is_file()
 

@@ -68,18 +68,19 @@ def resolve_dataset(
     return dataset
 
 
-def check_outside_dataset(outdir: Path, dataset: str | None) -> None:
-    """A one-line error where ``outdir`` is inside the image folder ``dataset`` (a run's or a
-    command's): its pictures would be read as that folder's images by the next command, and
-    a run on it could not resume (its images changed)."""
+def check_outside_dataset(outdir: Path, dataset: str | None, flag: str = "--outdir") -> None:
+    """A one-line error where ``outdir`` (the folder given as ``flag``, or the one a picture
+    goes to) is inside the image folder ``dataset`` (a run's or a command's): its pictures
+    would be read as that folder's images by the next command, and a run on it could not
+    resume (its images changed)."""
     if dataset is None or not dataset.startswith("folder:"):
         return
     folder = Path(dataset.removeprefix("folder:")).expanduser().resolve()
     out = outdir.expanduser().resolve()
     if out == folder or folder in out.parents:
         raise TorchVaeError(
-            f"--outdir {outdir} is inside the image folder {folder}, whose images the model "
-            "reads or was trained on: its pictures would become images of it; pass a folder "
+            f"{flag} {outdir} is inside the image folder {folder}, whose images the model "
+            "reads or was trained on: its pictures would become images of it; pass a place "
             "outside it"
         )
 

@@ -27,6 +27,7 @@ from ..io.files import write_text_atomic
 from ..models.conditions import class_index
 from .common import (
     check_output_file,
+    check_outside_dataset,
     default_report,
     model_and_dataset,
     model_name,
@@ -61,6 +62,9 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
         output_paths(o, "")  # a bad --out is told before the model is loaded
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
     out, summary_path, figure = output_paths(o, dataset)
+    flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
+    for read in (dataset, absolute_name(o.ood) if o.ood else None):
+        check_outside_dataset(figure.parent, read, flag)
     if model.conditional:
         raise TorchVaeError(
             "score needs an unconditional model: a conditional one gives the likelihood of an "

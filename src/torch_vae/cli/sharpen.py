@@ -20,6 +20,7 @@ from ..training.averaging import write_model_folder
 from ..training.sharpen import SharpenSettings, carry_samplers, sharpen_decoder
 from .common import (
     check_outdir,
+    check_outside_dataset,
     held_out_rows,
     model_and_dataset,
     run_config,
@@ -38,6 +39,8 @@ def run(o: SharpenOptions, runtime: Runtime) -> dict:
     check_outdir(o.out, "--out")
     device = pick_device(runtime.device, runtime.cpu)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    for read in (dataset, model.dataset):  # the images it reads, and its training folder
+        check_outside_dataset(o.out, read, "--out")
     source_weights = resolve_weights(o.model)
     images = split_images(model, dataset, "train", o.data_dir, runtime)
     labels = split_labels(model, dataset, "train", o.data_dir, len(images))
