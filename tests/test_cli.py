@@ -12,6 +12,7 @@ from PIL import Image
 
 from torch_vae import VAE, ModelConfig, save_model
 from torch_vae.cli import main
+from torch_vae.io.files import file_sha256
 
 
 def test_train_writes_run_folder(trained):
@@ -529,9 +530,15 @@ def test_a_run_s_config_warns_when_its_initial_weights_changed(mnist_dir, tmp_pa
     with caplog.at_level("WARNING", logger="torch_vae"):
         assert main([*again, str(tmp_path / "same")]) == 0
         assert "initial weights" not in caplog.text
+        recorded = file_sha256(first / "model.safetensors")
         shutil.copyfile(other / "model.safetensors", first / "model.safetensors")
+        # another --init_from on the command line: the recorded one does not matter
+        assert main([*again, str(tmp_path / "mine"), "--init_from", str(other)]) == 0
+        assert "initial weights" not in caplog.text
         assert main([*again, str(tmp_path / "changed")]) == 0
-    assert f"the run's initial weights {first / 'model.safetensors'} changed" in caplog.text
+    now = file_sha256(first / "model.safetensors")
+    assert (f"the run's initial weights {first / 'model.safetensors'} changed since it began "
+            f"(SHA-256 {recorded[:12]}... then, {now[:12]}... now)") in caplog.text  # fmt: skip
 
 
 def test_config_given_a_run_folder_names_its_config_json(trained, capsys):

@@ -87,7 +87,9 @@ def defaults(classes: tuple[type, ...]) -> dict[str, Any]:
     }
 
 
-def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
+def read_config_file(
+    path: Path, classes: tuple[type, ...], given: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """The flag values of a --config JSON file, with a one-line error for anything odd: each
     value of its flag's type (a number where a number goes, true or false for a switch, a
     string for a name or a path; null only where the flag may be left out)."""
@@ -112,7 +114,7 @@ def read_config_file(path: Path, classes: tuple[type, ...]) -> dict[str, Any]:
         if f.metadata.get("flag", True) and f.name not in ("config", "resume")
     }
     if _is_run_config(values):
-        values = _run_flags(values, fields)
+        values = _run_flags(values, fields, given)
     unknown = sorted(set(values) - set(fields))
     for name in ("config", "resume"):
         if name in unknown:
@@ -133,13 +135,13 @@ def _is_run_config(values: dict) -> bool:
     return isinstance(values.get("model"), dict) and isinstance(values.get("train"), dict)
 
 
-def _run_flags(values: dict, fields: dict) -> dict[str, Any]:
+def _run_flags(values: dict, fields: dict, given: frozenset[str]) -> dict[str, Any]:
     """The flag values of a run's config.json, so that ``--config RUN/config.json`` trains
     another run of the same recipe: its model's and training's values that are flags (not the
     image channels or classes, which the dataset and --conditional give, nor the digest of an
     initial model, which is checked again); an empty initial model is none."""
     flags = {k: v for part in ("model", "train") for k, v in values[part].items() if k in fields}
-    if flags.get("init_from") == "":
+    if flags.get("init_from") == "" or "init_from" in given:  # none, or the command line's
         del flags["init_from"]
     elif isinstance(flags.get("init_from"), str):
         _warn_changed_start(flags["init_from"], values["train"].get("init_sha256"))
@@ -155,8 +157,8 @@ def _warn_changed_start(init_from: str, recorded: Any) -> None:
         return  # not there any more: training says so
     if recorded and now != recorded:
         log.warning("warning: the run's initial weights %s changed since it began (SHA-256 "
-                    "%s..., then %s...): this run starts from the weights there now",
-                    init_from, now[:12], str(recorded)[:12])  # fmt: skip
+                    "%s... then, %s... now): this run starts from the weights there now",
+                    init_from, str(recorded)[:12], now[:12])  # fmt: skip
 
 
 def _check_json_type(path: Path, name: str, value: Any, f: dataclasses.Field, hint) -> None:
