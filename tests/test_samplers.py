@@ -150,6 +150,8 @@ def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog, cap
     assert main([*fit, "--sampler", "gaussian"]) == 0
     assert load_sampler(model_dir).kind == "gaussian"
     assert "the gmm sampler was fitted to other weights than these" in caplog.text
+    assert f"fit it again with torch-vae fit-sampler --model {model_dir} --sampler gmm" in (
+        caplog.text)  # fmt: skip
     with pytest.raises(TorchVaeError, match="other weights"):
         load_sampler(model_dir, "gmm")  # asked for by name: refused
     assert (

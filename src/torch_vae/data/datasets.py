@@ -420,8 +420,9 @@ class FolderDataset(Dataset):
         if not files:  # fewer than 10 images: no test split
             raise TorchVaeError(
                 f"{self.root} holds {len(every)} images, too few: every tenth is its test "
-                "split, so a folder needs at least 10 (or train/ and test/ subfolders); a "
-                "command with --split reads them all with --split train"
+                "split, so a folder needs at least 10 (or train/ and test/ subfolders); "
+                "commands with a --split flag (evaluate, score, embed...) read them all with "
+                "--split train"
             )
         return files
 

@@ -125,7 +125,7 @@ def _newest_checkpoint_hint(weights: Path) -> str:
     found = sorted(weights.parent.glob("checkpoints/epoch_*.safetensors"))
     if weights.name != WEIGHTS_NAME or not found:
         return ""
-    return f"; its run's newest epoch checkpoint can stand in for it: --model {found[-1]}"
+    return f"; its run's newest epoch checkpoint can stand in for it: {found[-1]}"
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

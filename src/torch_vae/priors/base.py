@@ -137,11 +137,22 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     if stale and not found:
         raise _all_stale(stale, weights, model_path)
     if stale:
+        kinds = [k for k, _ in stale]
+        how = (
+            f"--sampler {kinds[0]}"
+            if len(kinds) == 1
+            else f"--sampler KIND, for each of {_and(kinds)}"
+        )
         log.warning("the %s sampler%s fitted to other weights than these (the model was trained "
-                    "since): left out; fit %s again with torch-vae fit-sampler --model %s",
-                    ", ".join(k for k, _ in stale), "s were" if len(stale) > 1 else " was",
-                    "them" if len(stale) > 1 else "it", model_path)  # fmt: skip
+                    "since): left out; fit %s again with torch-vae fit-sampler --model %s %s",
+                    _and(kinds), "s were" if len(stale) > 1 else " was",
+                    "them" if len(stale) > 1 else "it", model_path, how)  # fmt: skip
     return _best(found, say=kind is None and len(found) > 1)
+
+
+def _and(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _all_stale(stale: list[tuple[str, Path]], weights: Path, model_path) -> TorchVaeError:
@@ -149,7 +160,7 @@ def _all_stale(stale: list[tuple[str, Path]], weights: Path, model_path) -> Torc
     path, the others' kinds, how to fit it again, and the model's own prior meanwhile."""
     k, path = stale[0]
     rest = [k for k, _ in stale[1:]]
-    others = f" (and the {', '.join(rest)} sampler{'s' if len(rest) > 1 else ''})" if rest else ""
+    others = f" (and the {_and(rest)} sampler{'s' if len(rest) > 1 else ''})" if rest else ""
     return TorchVaeError(
         f"{path}{others} was fitted to other weights than {weights} (this model's before it "
         f"trained further, or another model's); fit it again with torch-vae fit-sampler --model "

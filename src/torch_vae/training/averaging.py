@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -49,7 +50,11 @@ def epoch_checkpoints(run_dir: Path) -> list[Path]:
         raise TorchVaeError(
             f"{run_dir}: no such run folder; pass a folder written by 'torch-vae train'"
         )
-    paths = sorted((run_dir / CHECKPOINTS_DIR).glob("epoch_*.safetensors"))
+    paths = sorted(
+        p
+        for p in (run_dir / CHECKPOINTS_DIR).glob("epoch_*.safetensors")
+        if re.fullmatch(r"epoch_\d+\.safetensors", p.name)
+    )  # not a sampler of one
     if not paths:
         if (run_dir / CONFIG_NAME).is_file():  # a run before the end of its first epoch
             resolve_weights(run_dir)  # says so (and how to go on)
@@ -200,18 +205,21 @@ def _warn_other_splits(run_dirs: list[Path]) -> None:
     """A warning where the runs held out other validation images (each --seed draws its
     own): images one trained on are validation images of the average, which records the
     first run's."""
-    digests = set()
+    digests = {}
     for run_dir in run_dirs:
         try:
             split = read_run_record(run_dir).get("split") or {}
         except TorchVaeError:
             continue
-        digests.add(split.get("validation_rows_sha256") if isinstance(split, dict) else None)
-    if len(digests) > 1:
-        log.warning("the runs held out different validation images (each --seed draws its "
-                    "own): some of the averaged model's validation images were trained on by "
-                    "the other runs, so its validation numbers are optimistic; compare it on "
-                    "the test split, or average runs of one --seed")  # fmt: skip
+        digests[run_dir] = split.get("validation_rows_sha256") if isinstance(split, dict) else None
+    first = digests.get(run_dirs[0])
+    other = [str(r) for r, d in digests.items() if d != first]
+    if other:
+        log.warning("%s held out other validation images than %s (each --seed draws its own, "
+                    "unless --split_seed is given): some of the averaged model's validation "
+                    "images were trained on by another run, so its validation numbers are "
+                    "optimistic; compare it on the test split, or train the runs with one "
+                    "--split_seed", ", ".join(other), run_dirs[0])  # fmt: skip
 
 
 def _labels(model: VAE, split: str, n: int, data_dir: Path | None) -> torch.Tensor | None:
