@@ -545,6 +545,17 @@ def test_config_given_a_run_folder_names_its_config_json(trained, capsys):
     assert main(["train", "--config", str(trained)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.endswith(f"a run's flags are in its config.json: --config {trained}/config.json")
+    weights = trained / "model.safetensors"  # a binary file: said so, not a codec's error
+    assert main(["train", "--config", str(weights)]) == 1
+    assert f"--config {weights} is not a JSON text file (a binary file?)" in error_line(
+        capsys.readouterr().err)  # fmt: skip
+
+
+def test_a_resume_told_of_a_split_seed_the_run_has_none_of_says_so(trained, mnist_dir, capsys):
+    resume = ["train", "--resume", str(trained), "--data_dir", str(mnist_dir), "--split_seed", "3"]
+    assert main(resume) == 1
+    assert f"--split_seed 3 does not match the run in {trained}, which has no split_seed;" in (
+        error_line(capsys.readouterr().err))  # fmt: skip
 
 
 def test_every_training_flag_reaches_the_run_config(mnist_dir, tmp_path):

@@ -100,7 +100,11 @@ def read_config_file(
         raise TorchVaeError(f"cannot read --config {path}: {not_a_file(path)}")
     try:
         values = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # includes bad UTF-8 and bad JSON
+    except UnicodeDecodeError:
+        raise TorchVaeError(f"--config {path} is not a JSON text file (a binary file?); pass a "
+                            'JSON object of flag values, e.g. {"epochs": 10}, or a run\'s '
+                            "config.json") from None  # fmt: skip
+    except (OSError, ValueError, RecursionError) as exc:  # includes bad JSON
         raise TorchVaeError(f"cannot read --config {path}: {exc}") from None
     if not isinstance(values, dict):
         raise TorchVaeError(

@@ -94,7 +94,7 @@ def _check_given(values, names, config_of, where: str, why: str) -> None:
     for name in sorted(names):
         value, stored = values[name], getattr(config_of(name), name, None)
         if value != stored:
+            has = f"no {name}" if stored is None else f"{name}={stored}"
             raise TorchVaeError(
-                f"--{name} {value} does not match {where}, which has {name}={stored}; "
-                f"drop the flag ({why})"
+                f"--{name} {value} does not match {where}, which has {has}; drop the flag ({why})"
             )

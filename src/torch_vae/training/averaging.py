@@ -158,7 +158,8 @@ def average_runs(
     size = model.config.image_size
     _warn_other_splits(run_dirs)
     images, labels, which = _training_images(run_dirs[0], model, data_dir, progress)
-    log.info("averaging the last %d epochs of %d run(s)", last, len(run_dirs))
+    log.info("averaging the last %s of %d run(s)", "epoch" if last == 1 else f"{last} epochs",
+             len(run_dirs))  # fmt: skip
     recompute_batch_norm(model, images, torch.device(device), batchsize, seed, labels, progress)
     record = {
         "runs": {str(r): {p.name: file_sha256(p) for p in run} for r, run in paths.items()},
@@ -238,8 +239,8 @@ def _checkpoints_to_average(run_dirs: list[Path], last: int) -> dict[Path, list[
         found = epoch_checkpoints(run_dir)
         if not 1 <= last <= len(found):
             raise TorchVaeError(
-                f"--last {last}: {run_dir} has {len(found)} epoch checkpoints; "
-                f"pass 1 to {len(found)}"
+                f"--last {last}: {run_dir} has {len(found)} epoch checkpoint"
+                + (f"s; pass 1 to {len(found)}" if len(found) > 1 else "; pass 1")
             )
         paths[run_dir] = found[-last:]
     return paths
