@@ -432,6 +432,16 @@ def test_a_damaged_model_file_points_to_the_run_s_newest_checkpoint(trained, tmp
     assert main(["generate", "--model", str(newest), *out]) == 0
 
 
+def test_a_pickle_training_state_does_not_pass_on_advice_to_load_it_unsafely(
+    trained, mnist_dir, capsys
+):
+    (trained / "ckpt.pt").write_bytes(b"\x80\x04garbage" * 10)
+    assert main(["train", "--resume", str(trained), "--data_dir", str(mnist_dir), "--quiet"]) == 1
+    err = error_line(capsys.readouterr().err)
+    assert "(UnpicklingError: it is not a file of tensors that loads without running code" in err
+    assert "weights_only" not in err
+
+
 def test_an_empty_training_state_is_said_to_be_empty(trained, mnist_dir, capsys):
     (trained / "ckpt.pt").write_bytes(b"")
     assert main(["train", "--resume", str(trained), "--data_dir", str(mnist_dir), "--quiet"]) == 1

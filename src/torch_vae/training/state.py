@@ -203,6 +203,8 @@ def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     """The one-line error for an unreadable training state: what failed (the message in one
     line) and the run's newest weights to start a new run from, where it has any."""
     said = " ".join(str(exc).split())
+    if said.startswith("Weights only load failed"):  # PyTorch's advice to load unsafely
+        said = "it is not a file of tensors that loads without running code from it"
     said = f"{type(exc).__name__}: {said[:150]}{'...' if len(said) > 150 else ''}"
     if path.is_file() and path.stat().st_size == 0:
         said = "an empty file"
