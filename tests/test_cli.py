@@ -525,9 +525,15 @@ def test_a_run_s_config_json_as_config_trains_the_same_recipe(mnist_dir, tmp_pat
     a, b = (json.loads((run / "config.json").read_text()) for run in (first, again))
     assert b["model"] == a["model"] and b["train"]["lr_schedule"] == "cosine"
     assert b["train"] == {**a["train"], "seed": 8}
+    # another --image_size: the depth follows it (the run's 2 was chosen for 16 pixels); the
+    # same size keeps it
+    for size, depth in (("32", 3), ("16", 2)):
+        run = tmp_path / f"size{size}"
+        assert main([*base, "--config", config, "--image_size", size, "--run_dir", str(run)]) == 0
+        assert json.loads((run / "config.json").read_text())["model"]["depth"] == depth
 
 
-def test_a_run_s_config_warns_when_its_initial_weights_changed(mnist_dir, tmp_path, caplog):
+def test_a_run_s_config_warns_when_its_initial_weights_changed(mnist_dir, tmp_path, caplog, capsys):
     base = ["train", "--dataset", "mnist", "--data_dir", str(mnist_dir), "--quiet", "--arch",
             "dcgan", "--latent_dims", "2", "--max_filters", "8", "--image_size", "16",
             "--depth", "2", "--max_steps", "2", "--batchsize", "16"]  # fmt: skip
@@ -549,6 +555,12 @@ def test_a_run_s_config_warns_when_its_initial_weights_changed(mnist_dir, tmp_pa
     now = file_sha256(first / "model.safetensors")
     assert (f"the run's initial weights {first / 'model.safetensors'} changed since it began "
             f"(SHA-256 {recorded[:12]}... then, {now[:12]}... now)") in caplog.text  # fmt: skip
+    (first / "model.safetensors").unlink()  # gone: one line that says what to pass
+    assert main([*again, str(tmp_path / "gone")]) == 1
+    assert (
+        f"the run began from the weights {first / 'model.safetensors'}, which cannot be read "
+        "any more; pass --init_from" in error_line(capsys.readouterr().err)
+    )
 
 
 def test_config_given_a_run_folder_names_its_config_json(trained, capsys):

@@ -88,7 +88,7 @@ def defaults(classes: tuple[type, ...]) -> dict[str, Any]:
 
 
 def read_config_file(
-    path: Path, classes: tuple[type, ...], given: frozenset[str] = frozenset()
+    path: Path, classes: tuple[type, ...], given: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The flag values of a --config JSON file, with a one-line error for anything odd: each
     value of its flag's type (a number where a number goes, true or false for a switch, a
@@ -118,7 +118,7 @@ def read_config_file(
         if f.metadata.get("flag", True) and f.name not in ("config", "resume")
     }
     if _is_run_config(values):
-        values = _run_flags(values, fields, given)
+        values = _run_flags(path, values, fields, given or {})
     unknown = sorted(set(values) - set(fields))
     for name in ("config", "resume"):
         if name in unknown:
@@ -139,26 +139,36 @@ def _is_run_config(values: dict) -> bool:
     return isinstance(values.get("model"), dict) and isinstance(values.get("train"), dict)
 
 
-def _run_flags(values: dict, fields: dict, given: frozenset[str]) -> dict[str, Any]:
+def _run_flags(path: Path, values: dict, fields: dict, given: dict[str, Any]) -> dict[str, Any]:
     """The flag values of a run's config.json, so that ``--config RUN/config.json`` trains
     another run of the same recipe: its model's and training's values that are flags (not the
     image channels or classes, which the dataset and --conditional give, nor the digest of an
-    initial model, which is checked again); an empty initial model is none."""
+    initial model, which is checked again); an empty initial model is none. Its depth, which
+    follows from its image size unless it was chosen, is left to follow another
+    ``--image_size`` given on the command line."""
     flags = {k: v for part in ("model", "train") for k, v in values[part].items() if k in fields}
     if flags.get("init_from") == "" or "init_from" in given:  # none, or the command line's
         del flags["init_from"]
     elif isinstance(flags.get("init_from"), str):
-        _warn_changed_start(flags["init_from"], values["train"].get("init_sha256"))
+        _warn_changed_start(path, flags["init_from"], values["train"].get("init_sha256"))
+    size = given.get("image_size")
+    if size is not None and size != flags.get("image_size") and "depth" not in given:
+        depth = flags.pop("depth", None)
+        log.info("--image_size %s: the depth follows from it, not the run's %s at %s (--depth "
+                 "to choose one)", size, depth, flags.get("image_size"))  # fmt: skip
     return flags
 
 
-def _warn_changed_start(init_from: str, recorded: Any) -> None:
+def _warn_changed_start(path: Path, init_from: str, recorded: Any) -> None:
     """A warning where the run's initial weights are not the file they were when it began
-    (another run resumed into them, say): the same recipe would start elsewhere."""
+    (another run resumed into them, say): the same recipe would start elsewhere; an error
+    where they are gone."""
     try:
         now = file_sha256(resolve_weights(init_from))
     except (TorchVaeError, OSError):
-        return  # not there any more: training says so
+        raise TorchVaeError(f"--config {path}: the run began from the weights {init_from}, which "
+                            "cannot be read any more; pass --init_from with the weights to start "
+                            "from") from None  # fmt: skip
     if recorded and now != recorded:
         log.warning("warning: the run's initial weights %s changed since it began (SHA-256 "
                     "%s... then, %s... now): this run starts from the weights there now",

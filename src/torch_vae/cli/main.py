@@ -57,8 +57,7 @@ def parse(argv: list[str] | None) -> tuple[str, dict[str, Any], set[str]]:
     command = given.pop("command")
     values = defaults(COMMANDS[command].options)
     if given.get("config") is not None:
-        values.update(read_config_file(given["config"], COMMANDS[command].options,
-                                       frozenset(given)))  # fmt: skip
+        values.update(read_config_file(given["config"], COMMANDS[command].options, given))
     values.update(given)
     return command, values, set(given)
 
