@@ -347,6 +347,22 @@ def test_exclude_class_of_every_validation_image_measures_epochs_on_the_test_spl
     assert (run / "model.safetensors").is_file() and math.isfinite(record["test_loss"])
 
 
+def test_exclude_class_says_how_many_validation_images_it_takes_away(tmp_path, caplog):
+    from torch_vae.data.splits import validation_rows
+
+    dataset = _two_class_folder(tmp_path / "im")  # rows 0-14: class a, 15-29: class b
+    _, val = validation_rows(30, 5000, 1)
+    gone = int((val >= 15).sum())
+    assert 0 < gone < len(val)
+    flags = ["train", "--dataset", dataset, "--arch", "dcgan", "--image_size", "16",
+             "--max_filters", "8", "--depth", "2", "--epochs", "1", "--exclude_class", "b",
+             "--seed", "1", "--run_dir", str(tmp_path / "run"), "--quiet"]  # fmt: skip
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert main(flags) == 0
+    said = f"{gone} of the {len(val)} validation images drawn are of the classes --exclude_class"
+    assert f"{said} leaves out: {len(val) - gone} remain" in caplog.text
+
+
 def test_exclude_class_leaving_no_image_to_measure_on_is_one_line(tmp_path, capsys):
     dataset = _two_class_folder(tmp_path / "im", test_classes=("b",))
     flags = ["train", "--dataset", dataset, "--arch", "dcgan", "--image_size", "16",

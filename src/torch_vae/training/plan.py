@@ -335,7 +335,11 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
         if kept is not None:
             keep = torch.zeros(len(train_images), dtype=torch.bool)
             keep[kept] = True
-            rows, val = rows[keep[rows]], val[keep[val]]
+            drawn, (rows, val) = len(val), (rows[keep[rows]], val[keep[val]])
+            if len(val) < drawn and dist.is_main:
+                log.info("%d of the %d validation images drawn are of the classes "
+                         "--exclude_class leaves out: %d remain", drawn - len(val), drawn,
+                         len(val))  # fmt: skip
         if len(val):
             split = {"validation_images": len(val), "training_images": len(rows),
                      "validation_rows_sha256": digest}  # fmt: skip
