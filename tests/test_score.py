@@ -361,6 +361,13 @@ def test_exclude_class_says_how_many_validation_images_it_takes_away(tmp_path, c
         assert main(flags) == 0
     said = f"{gone} of the {len(val)} validation images drawn are of the classes --exclude_class"
     assert f"{said} leaves out: {len(val) - gone} remain" in caplog.text
+    # evaluate measures every class of the split: it says that the left-out one is in it
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert main(["evaluate", "--model", str(tmp_path / "run"), "--iw_samples", "0"]) == 0
+    assert (
+        "the model's run left out class(es) 1 (--exclude_class): the test split measured "
+        "holds them too" in caplog.text
+    )
 
 
 def test_exclude_class_leaving_no_image_to_measure_on_is_one_line(tmp_path, capsys):

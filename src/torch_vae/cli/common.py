@@ -123,6 +123,13 @@ def split_files(dataset: str, split: str) -> list[str] | None:
     return ["/".join(rel) for rel, _, _ in folder.listing(split)]
 
 
+def trained_without(model_path: Path) -> tuple[int, ...]:
+    """The classes the model's run left out (``train --exclude_class``)."""
+    train = run_config(model_path).get("train")
+    found = train.get("exclude_class") if isinstance(train, dict) else None
+    return tuple(int(c) for c in found) if isinstance(found, list) else ()
+
+
 def split_labels(
     model: VAE, dataset: str, split: str, data_dir: Path | None, n: int
 ) -> torch.Tensor | None:

@@ -3,10 +3,12 @@ model on a split (evaluation.likelihood), as a JSON report and a table."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
+from ..data.datasets import absolute_name
 from ..errors import TorchVaeError
 from ..evaluation.likelihood import calibrate_sigma, evaluate_model
 from ..evaluation.reports import dataset_tag, write_report
@@ -16,8 +18,11 @@ from .common import (
     model_and_dataset,
     split_images,
     split_labels,
+    trained_without,
 )
 from .options import IW_SAMPLES, REFINE_LR, EvaluateOptions, Runtime
+
+log = logging.getLogger(__name__)
 
 SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on
 
@@ -30,6 +35,11 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     images = split_images(model, dataset, o.split, o.data_dir, runtime)
     labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
+    left_out = trained_without(o.model)
+    if left_out and dataset == absolute_name(model.dataset or ""):
+        log.info("the model's run left out class(es) %s (--exclude_class): the %s split measured "
+                 "holds them too (score --ood_class measures them apart)",
+                 ", ".join(map(str, left_out)), o.split)  # fmt: skip
     path = o.report
     if path is None:  # the default's name needs the split's size; checked before the work too
         discrete = model.latent_kind == "discrete"

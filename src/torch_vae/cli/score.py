@@ -32,9 +32,9 @@ from .common import (
     model_and_dataset,
     model_name,
     note_conversion,
-    run_config,
     split_files,
     split_images,
+    trained_without,
 )
 from .options import Runtime, ScoreOptions
 
@@ -222,13 +222,6 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
                    files if folder else None)  # fmt: skip
     _trim(out, first)
     return out
-
-
-def trained_without(model_path: Path) -> tuple[int, ...]:
-    """The classes the model's run left out (``train --exclude_class``)."""
-    train = run_config(model_path).get("train")
-    found = train.get("exclude_class") if isinstance(train, dict) else None
-    return tuple(int(c) for c in found) if isinstance(found, list) else ()
 
 
 def decoder_sigma(model, dataset: str, excluded: set[int], o: ScoreOptions, runtime) -> float:
