@@ -424,12 +424,14 @@ def _damage_inside_a_tensor(path):
 def test_a_damaged_model_file_points_to_the_run_s_newest_checkpoint(trained, tmp_path, capsys):
     weights = trained / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
+    newest = sorted(trained.glob("checkpoints/epoch_*.safetensors"))[-1]
+    # a sampler fitted to that checkpoint lies beside it, and is no epoch's weights
+    (newest.parent / f"{newest.stem}.sampler-gaussian.safetensors").write_bytes(b"sampler")
     out = ["--outdir", str(tmp_path / "s"), "--nsamples", "2", "--cpu"]
     assert main(["generate", "--model", str(trained), *out]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    newest = sorted(trained.glob("checkpoints/epoch_*.safetensors"))[-1]
     assert len(err) == 1 and err[0].endswith(f"can stand in for it: {newest}"), err
-    assert main(["generate", "--model", str(newest), *out]) == 0
+    assert main(["generate", "--model", str(newest), "--sampler", "prior", *out]) == 0
 
 
 def test_a_pickle_training_state_does_not_pass_on_advice_to_load_it_unsafely(

@@ -23,10 +23,9 @@ from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
 from ..io.files import not_a_file, unwritable
 from ..io.png import SOFTWARE
-from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
+from ..io.weights import CHECKPOINTS_DIR, CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
-from ..training.rundir import CHECKPOINTS_DIR
 from .options import Runtime
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
 STATE_NAME = "ckpt.pt"  # a run's training state (training.state), which is no weights file
 CONFIG_NAME = "config.json"
+CHECKPOINTS_DIR = "checkpoints"  # a run's epoch_NNN.safetensors, one per epoch
 
 
 def write_weights(
@@ -119,10 +121,17 @@ def _looks_like_torch_pickle(path: Path) -> bool:
         return f.read(2) == b"\x80\x02"  # legacy torch.save pickle protocol 2
 
 
+def epoch_checkpoint_files(run_dir: Path) -> list[Path]:
+    """A run's per-epoch weight files, ``checkpoints/epoch_NNN.safetensors``, oldest first;
+    nothing else there (a sampler fitted to one of them lies beside it)."""
+    found = Path(run_dir, CHECKPOINTS_DIR).glob("epoch_*.safetensors")
+    return sorted(p for p in found if re.fullmatch(r"epoch_\d+\.safetensors", p.name))
+
+
 def _newest_checkpoint_hint(weights: Path) -> str:
     """For a run's damaged model.safetensors: the run's newest epoch checkpoint, which holds
     the same weights (a run saves both after each epoch), to pass instead."""
-    found = sorted(weights.parent.glob("checkpoints/epoch_*.safetensors"))
+    found = epoch_checkpoint_files(weights.parent)
     if weights.name != WEIGHTS_NAME or not found:
         return ""
     return f"; its run's newest epoch checkpoint can stand in for it: {found[-1]}"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -32,11 +31,17 @@ from ..data.labels import labels_as
 from ..errors import TorchVaeError
 from ..io.files import current_umask, file_sha256
 from ..io.png import save_png
-from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, resolve_weights
+from ..io.weights import (
+    CHECKPOINTS_DIR,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    epoch_checkpoint_files,
+    resolve_weights,
+)
 from ..models import VAE, load_model, read_config, save_model
 from ..runtime.device import to_float
 from .plan import RunPlan, load_run_data
-from .rundir import CHECKPOINTS_DIR, read_run_config, read_run_record
+from .rundir import read_run_config, read_run_record
 
 log = logging.getLogger(__name__)
 # A temporary output folder untouched for this long belongs to an average that was killed (one
@@ -50,11 +55,7 @@ def epoch_checkpoints(run_dir: Path) -> list[Path]:
         raise TorchVaeError(
             f"{run_dir}: no such run folder; pass a folder written by 'torch-vae train'"
         )
-    paths = sorted(
-        p
-        for p in (run_dir / CHECKPOINTS_DIR).glob("epoch_*.safetensors")
-        if re.fullmatch(r"epoch_\d+\.safetensors", p.name)
-    )  # not a sampler of one
+    paths = epoch_checkpoint_files(run_dir)
     if not paths:
         if (run_dir / CONFIG_NAME).is_file():  # a run before the end of its first epoch
             resolve_weights(run_dir)  # says so (and how to go on)

@@ -30,7 +30,7 @@ from ..errors import TorchVaeError, TrainingInterrupted
 from ..evaluation.likelihood import test_metrics
 from ..io.files import atomic_path, remove_stale_temporaries
 from ..io.png import save_png
-from ..io.weights import WEIGHTS_NAME
+from ..io.weights import CHECKPOINTS_DIR, WEIGHTS_NAME
 from ..models import VAE, save_model, training_memory
 from ..models.upsampling import check_native_size
 from ..runtime.device import available_memory, to_float
@@ -41,7 +41,6 @@ from .distributed import Distributed, wrap
 from .loggers import EPOCH_PICTURE, Loggers, epoch_scalars, logger_names, open_loggers, run_params
 from .plan import RunData, RunPlan, folder_contents, initial_weights
 from .rundir import (
-    CHECKPOINTS_DIR,
     append_metrics,
     check_new_run_dir,
     read_metrics,

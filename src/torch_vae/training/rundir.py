@@ -26,7 +26,6 @@ from .config import TrainConfig
 from .loggers import LOGGER_FILES
 
 METRICS_NAME = "metrics.jsonl"
-CHECKPOINTS_DIR = "checkpoints"  # epoch_NNN.safetensors, one per epoch
 
 
 class RunLock:

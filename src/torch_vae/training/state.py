@@ -24,7 +24,7 @@ import torch
 
 from ..errors import TorchVaeError, first_line
 from ..io.files import atomic_path
-from ..io.weights import CONFIG_NAME, STATE_NAME, WEIGHTS_NAME
+from ..io.weights import CONFIG_NAME, STATE_NAME, WEIGHTS_NAME, epoch_checkpoint_files
 from ..models import ModelConfig
 from ..version import __version__
 
@@ -208,7 +208,7 @@ def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     said = f"{type(exc).__name__}: {said[:150]}{'...' if len(said) > 150 else ''}"
     if path.is_file() and path.stat().st_size == 0:
         said = "an empty file"
-    weights = sorted(run_dir.glob("checkpoints/epoch_*.safetensors"))
+    weights = epoch_checkpoint_files(run_dir)
     weights = weights[-1:] or [w for w in (run_dir / WEIGHTS_NAME,) if w.is_file()]
     fix = "start a new run"
     if weights:
