@@ -223,6 +223,11 @@ def test_pictures_inside_the_image_folder_read_are_refused(tmp_path, capsys):
         assert main([*score, *flags]) == 1, flags
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"torch-vae: error: {said}"), err
+    # reading other images, into the model's own training folder
+    rec = ["reconstruct", "--model", str(model), "--cpu", "--dataset", f"folder:{other}"]
+    assert main([*rec, "--outdir", str(folder / "out")]) == 1
+    assert f"--outdir {folder / 'out'} is inside the image folder {folder}" in (
+        capsys.readouterr().err)  # fmt: skip
     sharpen = ["sharpen", "--model", str(model), "--cpu", "--out", str(folder / "sharp")]
     assert main(sharpen) == 1
     assert f"--out {folder / 'sharp'} is inside the image folder" in capsys.readouterr().err

@@ -63,25 +63,26 @@ def resolve_dataset(
         check_channels(dataset, model.config.in_channels, "the model expects",
                        "pass the dataset the model was trained on")  # fmt: skip
     if writes is not None:
-        check_outside_dataset(writes, dataset)
+        check_outside_dataset(writes, dataset, model.dataset)
     return dataset
 
 
-def check_outside_dataset(outdir: Path, dataset: str | None, flag: str = "--outdir") -> None:
+def check_outside_dataset(outdir: Path, *datasets: str | None, flag: str = "--outdir") -> None:
     """A one-line error where ``outdir`` (the folder given as ``flag``, or the one a picture
-    goes to) is inside the image folder ``dataset`` (a run's or a command's): its pictures
-    would be read as that folder's images by the next command, and a run on it could not
-    resume (its images changed)."""
-    if dataset is None or not dataset.startswith("folder:"):
-        return
-    folder = Path(dataset.removeprefix("folder:")).expanduser().resolve()
+    goes to) is inside the image folder of one of ``datasets`` (what a command reads, its
+    model's training folder): its pictures would be read as that folder's images by the next
+    command, and a run on it could not resume (its images changed)."""
     out = outdir.expanduser().resolve()
-    if out == folder or folder in out.parents:
-        raise TorchVaeError(
-            f"{flag} {outdir} is inside the image folder {folder}, whose images the model "
-            "reads or was trained on: its pictures would become images of it; pass a place "
-            "outside it"
-        )
+    for dataset in datasets:
+        if dataset is None or not dataset.startswith("folder:"):
+            continue
+        folder = Path(dataset.removeprefix("folder:")).expanduser().resolve()
+        if out == folder or folder in out.parents:
+            raise TorchVaeError(
+                f"{flag} {outdir} is inside the image folder {folder}, whose images the model "
+                "reads or was trained on: its pictures would become images of it; pass a place "
+                "outside it"
+            )
 
 
 def note_conversion(folder: Dataset, channels: int) -> None:

@@ -63,8 +63,8 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
     out, summary_path, figure = output_paths(o, dataset)
     flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
-    for read in (dataset, absolute_name(o.ood) if o.ood else None):
-        check_outside_dataset(figure.parent, read, flag)
+    ood = absolute_name(o.ood) if o.ood else None
+    check_outside_dataset(figure.parent, dataset, ood, model.dataset, flag=flag)
     if model.conditional:
         raise TorchVaeError(
             "score needs an unconditional model: a conditional one gives the likelihood of an "

@@ -39,8 +39,7 @@ def run(o: SharpenOptions, runtime: Runtime) -> dict:
     check_outdir(o.out, "--out")
     device = pick_device(runtime.device, runtime.cpu)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
-    for read in (dataset, model.dataset):  # the images it reads, and its training folder
-        check_outside_dataset(o.out, read, "--out")
+    check_outside_dataset(o.out, dataset, model.dataset, flag="--out")
     source_weights = resolve_weights(o.model)
     images = split_images(model, dataset, "train", o.data_dir, runtime)
     labels = split_labels(model, dataset, "train", o.data_dir, len(images))
