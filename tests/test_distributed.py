@@ -19,6 +19,7 @@ from torch_vae.training import TrainConfig
 from torch_vae.training.distributed import Distributed, end_process, from_env, setup, teardown
 from torch_vae.training.loop import run_plan as train
 from torch_vae.training.plan import RunPlan
+from torch_vae.training.state import load_train_state
 
 MODEL = ModelConfig(in_channels=1, image_size=16, latent_dims=3, max_filters=8, depth=2)
 TRAIN = TrainConfig(dataset="mnist", epochs=2, batchsize=16, lr=1e-3, seed=3)
@@ -197,8 +198,11 @@ def test_failure_of_one_process_stops_the_other(data, tmp_path):
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert procs[1].returncode == 1 and "simulated failure of rank 1" in errs[1]
     assert procs[0].returncode == 1, errs[0]
-    last = errs[0].strip().splitlines()[-1]
-    assert last.startswith("torch-vae: error: process 0 of 2: another process of the job"), last
+    last = errs[0].strip().splitlines()[-1]  # rank 0 saved the 2 steps it did with rank 1
+    assert last.startswith("torch-vae: the job lost a process at step 2 (epoch 1); the training "
+                           "state is saved, continue with: the torchrun command of this job "
+                           "with --resume"), last  # fmt: skip
+    assert load_train_state(tmp_path / "run")["step"] == 2
     assert "run folder:" in errs[0] and "run folder:" not in errs[1]
 
 

@@ -20,7 +20,8 @@ from torch_vae.training.rundir import read_metrics
 from torch_vae.training.state import load_train_state
 
 # the command, with each process recording its pid and its parent's; optionally rank 1 fails
-# at its third step ("fail"), or every process is sent SIGINT at its third step ("stop")
+# at its third step ("fail"), or every process is sent SIGINT at its third step ("stop"), or
+# rank 1 is killed by SIGKILL at its 25th computation of the objective ("kill")
 SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
@@ -40,6 +41,8 @@ SCRIPT = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGINT)
         if calls == 3 and mode == "fail" and os.environ["RANK"] == "1":
             raise TorchVaeError("simulated failure of rank 1")
+        if calls == 25 and mode == "kill" and os.environ["RANK"] == "1":
+            os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer would
         return real_objective(*a, **k)
 
     def worker(*args):
@@ -136,13 +139,44 @@ def test_nproc_per_node_job_stopped_within_an_epoch_resumes_to_the_weights_of_on
 
 @pytest.mark.slow  # one forked 2-process job: about 5 s
 def test_nproc_per_node_job_says_a_failed_process_error_once(data, tmp_path):
-    done = _command(tmp_path, data, "--run_dir", str(tmp_path / "run"), "--epochs", "50",
-                    mode="fail", loud=True)  # fmt: skip
+    run = tmp_path / "run"
+    done = _command(tmp_path, data, "--run_dir", str(run), "--epochs", "50", mode="fail",
+                    loud=True)  # fmt: skip
     assert done.returncode == 1, done.stderr[-2000:]
-    # said once; rank 0's echo of it ("another process of the job stopped") left out
-    assert done.stderr.strip().splitlines()[-1] == "torch-vae: error: simulated failure of rank 1"
+    # said once; rank 0's echo of it ("another process of the job stopped") left out; then
+    # what rank 0 saved of the two steps done
+    why, saved = done.stderr.strip().splitlines()[-2:]
+    assert why == "torch-vae: error: simulated failure of rank 1"
+    assert saved.startswith("torch-vae: the job lost a process at step 2 (epoch 1); the "
+                            "training state is saved, continue with: torch-vae train "
+                            f"--resume {run}")  # fmt: skip
     assert done.stderr.count("simulated failure") == 1
     assert "another process of the job" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow  # two forked 2-process jobs of 36 steps: about 10 s
+def test_a_job_whose_process_is_killed_keeps_the_steps_the_others_did_and_resumes(data, tmp_path):
+    # batch 2: 18 steps an epoch; rank 1 is killed during step 25 (its 25th objective, or
+    # sooner counting the epoch's evaluation): the epoch-1 checkpoint is at step 18, and
+    # rank 0 saves the steps of epoch 2 it finished with rank 1
+    run, flags = tmp_path / "run", ["--batchsize", "2", "--epochs", "2"]
+    killed = _command(tmp_path, data, "--run_dir", str(run), *flags, mode="kill", loud=True)
+    assert killed.returncode == 1, killed.stderr[-2000:]
+    state = load_train_state(run)
+    assert state["epoch"] == 1 and state["partial"] is not None, killed.stderr[-2000:]
+    assert 18 < state["step"] < 25 and state["partial"]["batch"] == state["step"] - 18
+    why, saved = killed.stderr.strip().splitlines()[-2:]
+    # "was killed by SIGKILL" where the launcher saw process 1 end first, else "ended without
+    # a word (killed, e.g. out of memory?)"
+    assert why.startswith("torch-vae: error: process 1 of the job ") and "killed" in why, why
+    hint = f"continue with: torch-vae train --resume {run} --data_dir {data} --nproc_per_node 2"
+    assert saved.startswith(f"torch-vae: the job lost a process at step {state['step']} (epoch "
+                            f"2); the training state is saved, {hint}")  # fmt: skip
+    assert "Traceback" not in killed.stderr
+    more = _command(tmp_path, data, "--resume", str(run), *flags)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert load_train_state(run)["step"] == 36
 
 
 @pytest.mark.slow  # one forked 2-process job, stopped after 2 s: about 5 s
@@ -242,7 +276,7 @@ def test_a_job_stopped_by_ctrl_c_before_its_processes_said_anything_is_told_as_s
         "torch-vae: the job was stopped by SIGINT before its processes had anything to save"
     ]
     # a process that ended without a word while the others ran: said as such
-    assert launch._report(tmp_path, 2, 137, rank=1) == 137
+    assert launch._report(tmp_path, 2, 137, {1: 137}) == 137
     assert (
         capsys.readouterr()
         .err.strip()
@@ -253,7 +287,7 @@ def test_a_job_stopped_by_ctrl_c_before_its_processes_said_anything_is_told_as_s
     echo = ("torch-vae: error: process 0 of 2: another process of the job stopped or hung "
             "(Connection reset by peer); its own message above says why")  # fmt: skip
     (tmp_path / "rank00000.txt").write_text(echo + "\n", encoding="utf-8")
-    assert launch._report(tmp_path, 2, -9, rank=1) == 1
+    assert launch._report(tmp_path, 2, -9, {1: -9}) == 1
     assert capsys.readouterr().err.strip().splitlines() == [
         "torch-vae: error: process 1 of the job was killed by SIGKILL; the others were stopped"
     ]

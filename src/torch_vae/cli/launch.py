@@ -34,6 +34,8 @@ _QUIET_LOGGERS = (
 )
 # what a process says when another one of the job stopped: the other's own line says why
 _ECHO = "another process of the job"
+# what a process says where it saved the training state: after the line that says why
+_RESUME = "continue with:"
 
 _SINK: list[Path] = []  # in a process of a job this launcher started: where its lines go
 
@@ -122,40 +124,54 @@ def launch(argv: list[str], nproc: int, threads: int) -> int:
         elastic_launch(config, _worker)(argv, worker_threads(nproc, threads), str(work))
         return _report(work, nproc, 0)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        return _report(work, nproc, failure.exitcode, rank)
+        codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+        return _report(work, nproc, exc.get_first_failure()[1].exitcode, codes)
     except SignalException as exc:  # sent on to the processes, which stopped on it
         return _report(work, nproc, 128 + int(exc.sigval))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(work: Path, nproc: int, code: int, rank: int | None = None) -> int:
+def _report(work: Path, nproc: int, code: int, failed: dict[int, int] | None = None) -> int:
     """Print the processes' final lines, each once (a process's echo of another's failure
     only where no process said more), and a line of the launcher's where a process ended
-    without one; returns the job's exit status."""
+    without one; returns the job's exit status. ``code``: the first failure's exit status;
+    ``failed``: every failed process's (by rank; negative: the signal that killed it)."""
     said: dict[int, list[str]] = {}
     for r in range(nproc):
         f = work / f"rank{r:05d}.txt"
         if f.exists():
             said[r] = f.read_text(encoding="utf-8").splitlines()
     lines = list(dict.fromkeys(line for r in sorted(said) for line in said[r]))
-    primary = [line for line in lines if _ECHO not in line]  # a process saying why
+    primary = [line for line in lines if _ECHO not in line and _RESUME not in line]  # why
+    resume = [line for line in lines if _RESUME in line]  # what was saved: said last
     silent = [r for r in range(nproc) if r not in said]
     # the others' echoes point at its message: none where the failed process said nothing
-    for line in primary or ([] if silent else lines):
+    for line in primary or ([] if silent or resume else lines):
         say(line)
-    if code < 0 and rank is not None:  # killed by a signal: it said nothing
-        say(f"torch-vae: error: process {rank} of the job was killed by "
-            f"{_signal_name(-code)}; the others were stopped")  # fmt: skip
+    code = _say_ended(code, failed or {}, nproc, silent, primary, bool(lines))
+    for line in resume:
+        say(line)
+    return code
+
+
+def _say_ended(
+    code: int, failed: dict[int, int], nproc: int, silent: list[int], primary: list[str],
+    said: bool,
+) -> int:  # fmt: skip
+    """A line of the launcher's where a process ended without one; the job's exit status."""
+    killed = [r for r in silent if failed.get(r, 0) < 0]  # by a signal: it said nothing
+    if killed:
+        say(f"torch-vae: error: process {killed[0]} of the job was killed by "
+            f"{_signal_name(-failed[killed[0]])}; the others were stopped")  # fmt: skip
         return 1
-    if code and silent and not primary and rank is not None:  # not a stop signal's end
+    if code and silent and not primary and failed:  # not a stop signal's end
         who = ", ".join(map(str, silent))
         others = "; the others were stopped" if len(silent) < nproc else ""
         say(f"torch-vae: error: process {who} of the job ended without a word (killed, e.g. "
             f"out of memory?){others}")  # fmt: skip
         return code if code > 0 else 1
-    if code > 128 and not lines:
+    if code > 128 and not said:
         say(f"torch-vae: the job was stopped by {_signal_name(code - 128)} before its "
             "processes had anything to save")  # fmt: skip
     return code

@@ -121,13 +121,21 @@ class Distributed:
         return t.tolist()
 
     def average_buffers(self, model: torch.nn.Module) -> None:
-        """Average the floating-point buffers (batch-norm running statistics) over processes."""
+        """Average the floating-point buffers (batch-norm running statistics) over processes:
+        one all-reduce of a flattened copy, so that a collective failing half-way (another
+        process ended) leaves every buffer as this process had it, fit to be saved."""
         if not self.enabled:
             return
-        for buf in model.buffers():
-            if buf.is_floating_point():
-                dist.all_reduce(buf)
-                buf.div_(self.world)
+        bufs = [b for b in model.buffers() if b.is_floating_point()]
+        if not bufs:
+            return
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        dist.all_reduce(flat)
+        flat.div_(self.world)
+        offset = 0
+        for b in bufs:
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
 
     def average_gradients(self, model: torch.nn.Module) -> None:
         """Average the gradients over the processes, in place: one all-reduce of them all,

@@ -37,7 +37,7 @@ from ..runtime.device import available_memory, to_float
 from ..runtime.precision import Precision, resolve_precision
 from .batches import batch_source
 from .compile import make_optimizer, maybe_compile
-from .distributed import Distributed, wrap
+from .distributed import Distributed, is_collective_error, wrap
 from .loggers import EPOCH_PICTURE, Loggers, epoch_scalars, logger_names, open_loggers, run_params
 from .plan import RunData, RunPlan, folder_contents, initial_weights
 from .rundir import (
@@ -127,9 +127,12 @@ class StopOnSignal:
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, exc, tb) -> None:
+        # a process that lost another of its job ends now, after its last line: the launcher's
+        # signal to end (its handler raises wherever the process is) is not needed for that
+        ending = isinstance(exc, ProcessLost)
         for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if ending else handler)
 
 
 @dataclass
@@ -159,6 +162,9 @@ class Loop:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     loggers: Loggers = dataclasses.field(default_factory=Loggers)  # --logger (rank 0's only)
+    # the steps (step, images, losses) whose losses are still on the device, not yet read
+    unread: list[tuple[int, int, torch.Tensor]] = dataclasses.field(default_factory=list)
+    saved_step: int = -1  # the step of the training state last saved (ckpt.pt) here
 
     def labels(self, idx: torch.Tensor) -> torch.Tensor | None:
         """The classes of the training images ``idx`` (indices as ``fetch`` takes them)."""
@@ -254,8 +260,13 @@ def _train_epochs(loop: Loop, first_epoch: int, partial: EpochProgress | None) -
             )
         else:  # continue the epoch a signal interrupted
             ep, partial = partial, None
-        train_one_epoch(loop, epoch, ep)
-        end_epoch(loop, epoch, ep)
+        try:
+            train_one_epoch(loop, epoch, ep)
+            end_epoch(loop, epoch, ep)
+        except Exception as exc:
+            if loop.dist.enabled and is_collective_error(exc):  # another process ended
+                raise _save_alone(loop, epoch, ep) from exc
+            raise
         if cfg.max_steps and loop.step >= cfg.max_steps:
             break
 
@@ -306,7 +317,7 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
     run_dir, n = loop.plan.run_dir, loop.n_train
     restore_train_state(state, run_dir / STATE_NAME, loop.model, loop.opt, loop.gen, n,
                         loop.steps_per_epoch, scaler=loop.amp.scaler)  # fmt: skip
-    loop.step = state["step"]
+    loop.step = loop.saved_step = state["step"]
     if loop.dist.is_main:
         if remove_stale_temporaries(run_dir, recursive=True):
             log.info("removed temporary files left by the interrupted run")
@@ -345,7 +356,8 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
     bar = tqdm(range(ep.batch, per_epoch), desc=f"epoch {epoch}/{last}", unit="step",
                initial=ep.batch, total=steps, disable=not loop.progress, dynamic_ncols=True,
                mininterval=0.5)  # fmt: skip
-    pending: list[tuple[int, int, torch.Tensor]] = []  # (step, images, losses) not read yet
+    pending = loop.unread  # (step, images, losses) not read yet
+    pending.clear()
     stop = False  # under torchrun: a process was asked to stop (known at the last read)
     with bar:
         for i in bar:
@@ -498,6 +510,7 @@ def save_checkpoint(
         with atomic_path(run_dir / "images" / f"epoch_{epoch:03d}.png") as tmp:
             save_png(picture, tmp)
         _save_state(loop, epoch - 1 if partial else epoch, partial)
+    loop.saved_step = loop.step
     # images/curves.png, when due and after the run's last epoch; never raises
     write_curves(run_dir, record, last=partial is None and loop.step >= loop.total_steps)
     loop.loggers.scalars(record["step"], epoch_scalars(record))
@@ -528,8 +541,44 @@ def _save_and_stop(loop: Loop, epoch: int, ep: EpochProgress) -> TrainingInterru
     if loop.dist.is_main:
         with _saving(loop):
             _save_state(loop, epochs_done=epoch - 1, partial=ep, evaluated=False)
+        loop.saved_step = loop.step
     loop.dist.barrier()
     return _interrupted(loop, epoch)
+
+
+class ProcessLost(TrainingInterrupted):
+    """Another process of the job ended (killed, out of memory, its own error) and this one
+    saved the training state alone: the job's collectives (a barrier) are gone."""
+
+
+def _save_alone(loop: Loop, epoch: int, ep: EpochProgress) -> ProcessLost:
+    """A collective failed: another process of the job ended. This process's weights are the
+    job's (every process has the same) up to its last step: save them, with its share of the
+    epoch's losses standing for the job's and its own batch-norm statistics, so that resuming
+    loses none of the steps done. Every surviving process writes the same step (each file
+    atomically); none where the state of this step is saved already."""
+    rows = [losses.tolist() for _, _, losses in loop.unread]
+    if all(math.isfinite(row[0]) for row in rows):
+        for (_, n, _), row in zip(loop.unread, rows, strict=True):
+            for k, v in zip(loop.keys, row, strict=True):
+                ep.totals[k] += v * n
+    else:  # the job stops at a bad loss anyway: the images of its unread steps count for none
+        ep.seen -= sum(n for _, n, _ in loop.unread)
+    loop.unread.clear()
+    if loop.saved_step != loop.step:
+        _check_finite(loop, epoch)
+        seen = min(ep.batch * loop.cfg.batchsize, loop.n_train)  # the job's images so far
+        share = seen / max(ep.seen, 1)
+        job = EpochProgress(ep.perm, ep.batch, seen, ep.seconds,
+                            {k: v * share for k, v in ep.totals.items()})  # fmt: skip
+        with _saving(loop):
+            _save_state(loop, epochs_done=epoch - 1, partial=job, evaluated=False)
+        loop.saved_step = loop.step
+    return ProcessLost(
+        f"the job lost a process at step {loop.step} (epoch {epoch}); the training state is "
+        f"saved, continue with: {_resume_hint(loop)}",
+        exit_code=1,
+    )
 
 
 def _job_totals(

@@ -30,7 +30,7 @@ from ..runtime.device import pick_device
 from .config import TrainConfig
 from .distributed import Distributed, setup, teardown
 from .loggers import check_installed, logger_names
-from .loop import check_memory, run_plan
+from .loop import ProcessLost, check_memory, run_plan
 from .plan import RunPlan, load_run_data, plan_new, plan_resume
 from .rundir import removed_if_unused
 
@@ -133,6 +133,8 @@ def execute(
                          len(data.eval), split)  # fmt: skip
             else:
                 log.info("done. %s", next_steps(plan, model.latent_kind))
+        except ProcessLost:  # another process ended: no collective can run
+            raise
         except TrainingInterrupted:  # every process stopped at the same step
             dist.barrier()
             raise
