@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from runs import TINY
 from torch_vae import VAE, ModelConfig, save_model
 from torch_vae.cli import main
 from torch_vae.io.files import file_sha256
@@ -533,6 +534,27 @@ def test_a_run_s_config_json_as_config_trains_the_same_recipe(mnist_dir, tmp_pat
         run = tmp_path / f"size{size}"
         assert main([*base, "--config", config, "--image_size", size, "--run_dir", str(run)]) == 0
         assert json.loads((run / "config.json").read_text())["model"]["depth"] == depth
+
+
+def test_a_run_s_config_reads_the_data_folder_the_run_read_unless_told_another(
+    mnist_dir, tmp_path, monkeypatch
+):
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    assert main(["train", *TINY, "--data_dir", str(mnist_dir), "--max_steps", "2",
+                 "--run_dir", str(first)]) == 0  # fmt: skip
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # whose ./data holds nothing
+    monkeypatch.delenv("TORCH_VAE_DATA", raising=False)
+    again = ["train", "--config", str(first / "config.json"), "--quiet", "--run_dir"]
+    assert main([*again, str(tmp_path / "again")]) == 0
+    assert not (elsewhere / "data").exists()  # neither downloaded nor cached here
+    recorded = json.loads((tmp_path / "again" / "config.json").read_text())["data_dir"]
+    assert recorded == str(mnist_dir)
+    # --data_dir on the command line is the folder read
+    mine = tmp_path / "mine"
+    shutil.copytree(mnist_dir, mine)
+    assert main([*again, str(tmp_path / "other"), "--data_dir", str(mine)]) == 0
+    assert json.loads((tmp_path / "other" / "config.json").read_text())["data_dir"] == str(mine)
 
 
 def test_a_run_s_config_warns_when_its_initial_weights_changed(mnist_dir, tmp_path, caplog, capsys):

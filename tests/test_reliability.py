@@ -25,7 +25,7 @@ from torch_vae.io.files import atomic_path
 from torch_vae.models import VAE
 from torch_vae.training import TrainConfig
 from torch_vae.training import loop as train_mod
-from torch_vae.training.plan import RunData, RunPlan
+from torch_vae.training.plan import RunData, RunPlan, plan_resume
 from torch_vae.training.rundir import read_metrics
 from torch_vae.training.state import load_train_state, save_train_state
 
@@ -217,6 +217,28 @@ def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
     assert resume(run, data, "--latent_dims", "3", "--dataset", "mnist", "--epochs", "3") == 0
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
     assert_same_run(run, ref)
+
+
+def test_a_resume_from_another_folder_reads_the_data_folder_the_run_read(
+    data, tmp_path, monkeypatch, caplog
+):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    assert main(train_args(run, data, 1)) == 0
+    assert json.loads((run / "config.json").read_text())["data_dir"] == str(data)
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # its default data folder, ./data, holds nothing
+    monkeypatch.delenv("TORCH_VAE_DATA", raising=False)
+    caplog.set_level("INFO")
+    args = ["train", "--resume", str(run), "--epochs", "2", "--threads", "1", "--cpu"]
+    assert main(args) == 0, caplog.text
+    assert f"reading mnist from {data}, the data folder the run read" in caplog.text
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+    assert not (elsewhere / "data").exists()  # neither downloaded nor cached again here
+    # --data_dir and $TORCH_VAE_DATA say where, over the run's own folder
+    assert plan_resume(run, 3, lock_folder=False).data_dir == data
+    assert plan_resume(run, 3, data_dir=tmp_path, lock_folder=False).data_dir == tmp_path
+    monkeypatch.setenv("TORCH_VAE_DATA", str(tmp_path / "other"))
+    assert plan_resume(run, 3, lock_folder=False).data_dir is None
 
 
 def one_line(capsys):

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import types
 import typing
 from pathlib import Path
@@ -143,7 +144,8 @@ def _run_flags(path: Path, values: dict, fields: dict, given: dict[str, Any]) ->
     """The flag values of a run's config.json, so that ``--config RUN/config.json`` trains
     another run of the same recipe: its model's and training's values that are flags (not the
     image channels or classes, which the dataset and --conditional give, nor the digest of an
-    initial model, which is checked again); an empty initial model is none. Its depth, which
+    initial model, which is checked again); an empty initial model is none; the data folder
+    the run read, where neither --data_dir nor $TORCH_VAE_DATA says another. Its depth, which
     follows from its image size unless it was chosen, is left to follow another
     ``--image_size`` given on the command line."""
     flags = {k: v for part in ("model", "train") for k, v in values[part].items() if k in fields}
@@ -151,6 +153,14 @@ def _run_flags(path: Path, values: dict, fields: dict, given: dict[str, Any]) ->
         del flags["init_from"]
     elif isinstance(flags.get("init_from"), str):
         _warn_changed_start(path, flags["init_from"], values["train"].get("init_sha256"))
+    recorded = values.get("data_dir")  # the data folder the run read, as a resume reads it
+    if "data_dir" in fields and isinstance(recorded, str) and Path(recorded).is_dir():
+        from ..data.cache import DATA_DIR_ENV  # numpy and PyTorch: not for every command line
+
+        if "data_dir" not in given and DATA_DIR_ENV not in os.environ:
+            flags["data_dir"] = recorded
+            log.info("reading the dataset from %s, the data folder the run read (--data_dir "
+                     "for another)", recorded)  # fmt: skip
     size = given.get("image_size")
     if size is not None and size != flags.get("image_size") and "depth" not in given:
         depth = flags.pop("depth", None)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..analysis import figures
 from ..analysis.pictures import N_PICTURE, epoch_picture
+from ..data.cache import default_data_dir
 from ..errors import TorchVaeError, TrainingInterrupted
 from ..evaluation.likelihood import test_metrics
 from ..io.files import atomic_path, remove_stale_temporaries
@@ -230,8 +231,8 @@ def run_plan(
             check_new_run_dir(plan.run_dir)
             plan.run_dir.mkdir(parents=True, exist_ok=True)
         # on resume: extended --epochs
-        write_run_config(plan.run_dir, plan.model, plan.train, split,
-                         folder_contents(plan.train.dataset))  # fmt: skip
+        write_run_config(plan.run_dir, plan.model, plan.train, split, folder_contents(
+            plan.train.dataset), plan.data_dir or default_data_dir())  # fmt: skip
         log.info("run folder: %s", plan.run_dir)
     loop = _start(plan, train_images, data.eval, device, progress and dist.is_main, dist, start,
                   data.rows)  # fmt: skip

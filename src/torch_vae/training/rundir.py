@@ -155,10 +155,12 @@ def write_run_config(
     train_config: TrainConfig,
     split: dict[str, Any] | None = None,
     images: str | None = None,
+    data_dir: Path | None = None,
 ) -> None:
     """config.json: the model and training config, the validation split (its size, and the
-    SHA-256 of its rows: ``data.splits``) and, for a folder dataset, ``images``: the digest of
-    its images' names and sizes (``plan.folder_contents``)."""
+    SHA-256 of its rows: ``data.splits``), for a folder dataset ``images``: the digest of
+    its images' names and sizes (``plan.folder_contents``), and ``data_dir``: the data folder
+    (downloads, caches) the run reads, absolute, which a resume from elsewhere reads again."""
     config = {
         "torch_vae_version": __version__,
         "model": model_config.to_dict(),
@@ -168,6 +170,8 @@ def write_run_config(
         config["split"] = split
     if images:
         config["images_sha256"] = images
+    if data_dir is not None:
+        config["data_dir"] = str(Path(data_dir).absolute())
     write_text_atomic(run_dir / CONFIG_NAME, json.dumps(config, indent=2))
 
 
@@ -195,6 +199,17 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not {"model", "train"} <= set(data):
         raise TorchVaeError(f"{path} is not a torch-vae run config (no 'model' and 'train')")
     return data
+
+
+def recorded_data_dir(run_dir: Path) -> Path | None:
+    """The data folder the run in ``run_dir`` last read (config.json), if it is still there."""
+    try:
+        value = read_run_record(run_dir).get("data_dir")
+    except TorchVaeError:
+        return None
+    if not isinstance(value, str) or not value or not Path(value).is_dir():
+        return None
+    return Path(value)
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
