@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from runs import TINY
-from torch_vae import VAE, ModelConfig, save_model
+from torch_vae import VAE, ModelConfig, TorchVaeError, save_model
 from torch_vae.cli import main
 from torch_vae.io.files import file_sha256
 
@@ -555,6 +556,34 @@ def test_a_run_s_config_reads_the_data_folder_the_run_read_unless_told_another(
     shutil.copytree(mnist_dir, mine)
     assert main([*again, str(tmp_path / "other"), "--data_dir", str(mine)]) == 0
     assert json.loads((tmp_path / "other" / "config.json").read_text())["data_dir"] == str(mine)
+
+
+def test_commands_on_a_run_s_model_read_the_data_folder_the_run_read(
+    mnist_dir, tmp_path, monkeypatch, caplog, capsys
+):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    assert main(["train", *TINY, "--data_dir", str(mnist_dir), "--max_steps", "2",
+                 "--run_dir", str(run)]) == 0  # fmt: skip
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # whose ./data holds nothing
+    monkeypatch.delenv("TORCH_VAE_DATA", raising=False)
+    monkeypatch.setattr("torch_vae.data.datasets.download", _no_download)
+    caplog.set_level("INFO")
+    evaluate = ["evaluate", "--model", str(run), "--iw_samples", "0", "--cpu"]
+    assert main([*evaluate, "--report", str(tmp_path / "r.json")]) == 0
+    assert f"reading datasets from {mnist_dir}, the data folder the model's run read" in (
+        caplog.text
+    )
+    assert not (elsewhere / "data").exists()  # neither downloaded nor cached here
+    # $TORCH_VAE_DATA says another folder: that one is read (here: one without MNIST)
+    monkeypatch.setenv("TORCH_VAE_DATA", str(tmp_path / "none"))
+    capsys.readouterr()
+    assert main([*evaluate, "--report", str(tmp_path / "r2.json")]) == 1
+    assert f"no download in tests, into {tmp_path / 'none' / 'mnist'}" in capsys.readouterr().err
+
+
+def _no_download(url, md5, dest, *args, **kwargs):
+    raise TorchVaeError(f"no download in tests, into {Path(dest).parent}")
 
 
 def test_a_run_s_config_warns_when_its_initial_weights_changed(mnist_dir, tmp_path, caplog, capsys):

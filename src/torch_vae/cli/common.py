@@ -15,6 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..analysis.pictures import numbered
 from ..data import check_channels, get_dataset, load_split
+from ..data.cache import DATA_DIR_ENV, default_data_dir
 from ..data.datasets import DECODE_ERRORS, Dataset, FolderDataset, absolute_name, gone_folder
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array, with_channels
 from ..data.labels import labels_as, rows_without
@@ -387,6 +388,24 @@ def held_out_rows(model_path: Path, n: int, data_dir: Path | None = None):
     keep = torch.zeros(n, dtype=torch.bool)
     keep[kept] = True
     return rows[0][keep[rows[0]]], rows[1][keep[rows[1]]], "validation images"
+
+
+def use_run_data_dir(values: dict) -> None:
+    """A command on a run's model (``values["model"]``) without --data_dir or $TORCH_VAE_DATA
+    reads datasets from the data folder the run read (its config.json), where that is still
+    there and not the default (``data`` here): no second download or cache of the dataset."""
+    if values.get("data_dir") is not None or DATA_DIR_ENV in os.environ:
+        return
+    try:
+        recorded = run_config(Path(values["model"])).get("data_dir")
+    except (TorchVaeError, OSError, TypeError, ValueError):  # --model is checked later
+        return
+    if not isinstance(recorded, str) or not recorded or not Path(recorded).is_dir():
+        return
+    if Path(recorded).resolve() != default_data_dir().resolve():
+        values["data_dir"] = Path(recorded)
+        log.info("reading datasets from %s, the data folder the model's run read (--data_dir "
+                 "for another)", recorded)  # fmt: skip
 
 
 def run_config(model_path: Path) -> dict:

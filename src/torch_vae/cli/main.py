@@ -120,6 +120,10 @@ def _main(argv: list[str] | None) -> int:
             check_can_launch(nproc)
             argv = sys.argv[1:] if argv is None else argv
             return launch(list(argv), nproc, values.get("threads") or 0)
+        if command != "train" and values.get("model") is not None and "data_dir" in values:
+            from .common import use_run_data_dir
+
+            use_run_data_dir(values)
         COMMANDS[command].run(values, given)
     except TrainingInterrupted as exc:
         say(f"torch-vae: {exc}")
