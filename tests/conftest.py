@@ -9,6 +9,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 import fakedata  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def default_data_dir(tmp_path_factory):
+    """Where a test that names no --data_dir reads and caches datasets: a folder of its own,
+    never the checkout's (or the machine's) data/."""
+    import os
+
+    folder = tmp_path_factory.mktemp("default-data")
+    before = os.environ.get("TORCH_VAE_DATA")
+    os.environ["TORCH_VAE_DATA"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("TORCH_VAE_DATA", None)
+    else:
+        os.environ["TORCH_VAE_DATA"] = before
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run tests marked slow")
 
