@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from runs import TINY
 from torch_vae import VAE, ModelConfig, TorchVaeError
 from torch_vae.cli import main
 from torch_vae.priors import (
@@ -185,6 +186,30 @@ def test_auto_leaves_out_a_damaged_or_misnamed_sampler_and_says_so(model_dir, da
         load_sampler(model_dir)
 
 
+def test_training_ends_saying_to_fit_again_a_sampler_fitted_while_it_ran(
+    mnist_dir, tmp_path, caplog, monkeypatch
+):
+    from torch_vae.training import loop
+
+    run, data = tmp_path / "run", ["--data_dir", str(mnist_dir), "--quiet"]
+    real = loop.save_checkpoint
+
+    def and_fit(lp, epoch, *args, **kwargs):  # a user's fit-sampler after the first epoch
+        real(lp, epoch, *args, **kwargs)
+        if epoch == 1:
+            assert main(["fit-sampler", "--model", str(run), "--sampler", "gaussian", *data]) == 0
+
+    monkeypatch.setattr(loop, "save_checkpoint", and_fit)
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert main(["train", *TINY, "--epochs", "2", "--run_dir", str(run), *data]) == 0
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done.")]
+    assert done == [
+        f"done. The gaussian sampler of this run was fitted to weights it had before the end "
+        f"of this training; fit again with torch-vae fit-sampler --model {run} --sampler "
+        f"gaussian, then torch-vae generate --model {run} --outdir samples"
+    ]
+
+
 def test_training_ends_saying_to_fit_again_the_samplers_a_resume_made_stale(
     trained, mnist_dir, caplog
 ):
@@ -196,9 +221,9 @@ def test_training_ends_saying_to_fit_again_the_samplers_a_resume_made_stale(
                      str(mnist_dir)]) == 0  # fmt: skip
     done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done.")]
     assert done == [
-        f"done. The gaussian sampler of this run was fitted to its weights before this "
-        f"training; fit again with torch-vae fit-sampler --model {trained} --sampler gaussian, "
-        f"then torch-vae generate --model {trained} --outdir samples"
+        f"done. The gaussian sampler of this run was fitted to weights it had before the end "
+        f"of this training; fit again with torch-vae fit-sampler --model {trained} --sampler "
+        f"gaussian, then torch-vae generate --model {trained} --outdir samples"
     ]
     with pytest.raises(TorchVaeError, match="other weights"):  # what generate would meet
         load_sampler(trained)

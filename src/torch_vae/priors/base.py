@@ -95,6 +95,27 @@ def save_sampler(prior: Prior, path: Path) -> Path:
     return path
 
 
+def stale_samplers(model_path: str | os.PathLike) -> list[str]:
+    """The kinds of the samplers beside a model that were fitted to other weights than its
+    own now (read from their descriptions only), in ``preference()``'s order; one that cannot
+    be read counts as stale."""
+    paths = [(k, sampler_path(model_path, k)) for k in preference()]
+    paths = [(k, path) for k, path in paths if path.is_file()]
+    if not paths:
+        return []
+    sha = file_sha256(resolve_weights(model_path))
+    stale = []
+    for k, path in paths:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                info = json.loads((f.metadata() or {})["info"])
+        except (SafetensorError, OSError, ValueError, KeyError, RecursionError):
+            info = {}
+        if not isinstance(info, dict) or info.get("model_sha256") != sha:
+            stale.append(k)
+    return stale
+
+
 def read_sampler(path: Path) -> Prior:
     """A prior written by ``save_sampler``, checked by its kind's ``from_tensors``."""
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..data import get_dataset
 from ..errors import TrainingInterrupted
 from ..models import VAE, ModelConfig
-from ..priors.base import preference, sampler_path
+from ..priors.base import stale_samplers
 from ..runtime.device import pick_device
 from .config import TrainConfig
 from .distributed import Distributed, setup, teardown
@@ -151,18 +151,19 @@ def execute(
 
 def next_steps(plan: RunPlan, latent_kind: str) -> str:
     """The commands to run next: generate, after fitting a sampler where one is needed (a
-    discrete latent's own prior is uniform) or where the run's were fitted to the weights it
-    had before this resumed training."""
+    discrete latent's own prior is uniform) or where the run's were fitted to weights it had
+    before the end of this training (before a resume, or while it ran)."""
     run = plan.run_dir
-    stale = [k for k in preference() if sampler_path(run, k).is_file()] if plan.resume else []
+    stale = stale_samplers(run)  # fitted before this training, or while it ran
     generate = f"torch-vae generate --model {run} --outdir samples"
     if stale:
         which = " and ".join(stale)
         many = len(stale) > 1
         fit = f"KIND, for KIND {which}" if many else stale[0]
-        return (f"The {which} sampler{'s' if many else ''} of this run {'were' if many else 'was'} "
-                f"fitted to its weights before this training; fit again with torch-vae "
-                f"fit-sampler --model {run} --sampler {fit}, then {generate}")  # fmt: skip
+        were = "s of this run were" if many else " of this run was"
+        return (f"The {which} sampler{were} fitted to weights it had before the end of this "
+                f"training; fit again with torch-vae fit-sampler --model {run} --sampler {fit}, "
+                f"then {generate}")  # fmt: skip
     if latent_kind == "discrete":
         return f"Next: torch-vae fit-sampler --model {run} --sampler transformer, then {generate}"
     return f"Next: {generate}"
