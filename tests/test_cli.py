@@ -582,6 +582,28 @@ def test_commands_on_a_run_s_model_read_the_data_folder_the_run_read(
     assert f"no download in tests, into {tmp_path / 'none' / 'mnist'}" in capsys.readouterr().err
 
 
+def test_a_command_on_the_model_of_a_run_that_is_training_says_so(
+    trained, mnist_dir, tmp_path, caplog
+):
+    from torch_vae.training.rundir import RunLock
+
+    evaluate = ["evaluate", "--model", str(trained), "--data_dir", str(mnist_dir), "--quiet",
+                "--iw_samples", "0", "--report"]  # fmt: skip
+    lock = RunLock(trained)  # as the training (or resuming) process holds it
+    try:
+        assert main([*evaluate, str(tmp_path / "during.json")]) == 0
+    finally:
+        lock.release()
+    assert (f"the run in {trained} is training now: its model.safetensors holds epoch 2's "
+            "weights of 2, and what this command measures") in caplog.text  # fmt: skip
+    caplog.clear()
+    assert main([*evaluate, str(tmp_path / "after.json")]) == 0  # it ended: nothing said
+    assert "training now" not in caplog.text
+    # the report names the weights it measured, which a run that trains on replaces
+    report = json.loads((tmp_path / "during.json").read_text())
+    assert report["model_sha256"] == file_sha256(trained / "model.safetensors")
+
+
 def _no_download(url, md5, dest, *args, **kwargs):
     raise TorchVaeError(f"no download in tests, into {Path(dest).parent}")
 

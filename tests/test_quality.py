@@ -19,6 +19,7 @@ from torch_vae.evaluation.sample_quality import (
     kth_neighbour_radii,
     precision_recall,
 )
+from torch_vae.io.files import file_sha256
 
 
 def test_fd_of_diagonal_gaussians_is_the_closed_form():
@@ -165,6 +166,7 @@ def test_sample_quality_reports_on_another_dataset_keep_the_models_own(
         "_mine-n8.json")  # fmt: skip
     own = json.loads((run / "sample-quality-prior-encoder-n8.json").read_text())
     assert own["dataset"] == "mnist"
+    assert own["model_sha256"] == file_sha256(run / "model.safetensors")  # the weights measured
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         assert main([*args, "--reconstructions"]) == 0
     assert "--reconstructions measures the reconstructions of every reference image" in (

@@ -15,6 +15,8 @@ from sklearn.metrics import roc_auc_score
 from torch_vae import VAE, ModelConfig
 from torch_vae.cli import main
 from torch_vae.data import load_split
+from torch_vae.io.files import file_sha256
+from torch_vae.io.weights import resolve_weights
 from torch_vae.training import TrainConfig
 
 SCORES = ["neg_elbo", "recon", "iw_nll", "png_bpd", "neg_elbo_ic", "iw_nll_ic"]
@@ -65,6 +67,7 @@ def test_scores_csv_has_one_row_per_test_image_with_every_score(labelled, tmp_pa
             assert float(r[f"{name}_ic"]) == pytest.approx(corrected)
     summary = json.loads((tmp_path / "scores.summary.json").read_text())
     assert summary["in_distribution"]["images"] == 20 and "out_of_distribution" not in summary
+    assert summary["model_sha256"] == file_sha256(resolve_weights(model))
 
 
 def test_scores_json_without_iw_samples_has_no_iw_columns(labelled, tmp_path):

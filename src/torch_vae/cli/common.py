@@ -22,19 +22,25 @@ from ..data.labels import labels_as, rows_without
 from ..data.splits import recorded_rows
 from ..errors import TorchVaeError
 from ..evaluation.reports import report_path
-from ..io.files import not_a_file, unwritable
+from ..io.files import file_sha256, not_a_file, unwritable
 from ..io.png import SOFTWARE
 from ..io.weights import CHECKPOINTS_DIR, CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
+from ..training.rundir import RunLock, read_metrics
 from .options import Runtime
 
 log = logging.getLogger(__name__)
 
 
 def load(model_path: Path, runtime: Runtime) -> VAE:
-    """The model at ``model_path`` (run folder or weights file) on the runtime's device."""
-    return load_model(model_path, pick_device(runtime.device, runtime.cpu))
+    """The model at ``model_path`` (run folder or weights file) on the runtime's device, with
+    ``weights_sha256``: its weights file's digest, for the reports measured on it (a run
+    that trains on replaces the file)."""
+    sha = file_sha256(resolve_weights(model_path))
+    model = load_model(model_path, pick_device(runtime.device, runtime.cpu))
+    model.weights_sha256 = sha
+    return model
 
 
 def resolve_dataset(
@@ -406,6 +412,25 @@ def use_run_data_dir(values: dict) -> None:
         values["data_dir"] = Path(recorded)
         log.info("reading datasets from %s, the data folder the model's run read (--data_dir "
                  "for another)", recorded)  # fmt: skip
+
+
+def warn_if_training(model_path: Path) -> None:
+    """A warning where ``model_path`` is the weights of a run that is training now: what the
+    command measures, fits or draws is of the epoch saved last, not of the run's end."""
+    try:
+        weights = resolve_weights(model_path)
+    except (TorchVaeError, OSError):
+        return  # the command says what is wrong with --model
+    run = weights.parent
+    if weights.name != WEIGHTS_NAME or not RunLock.held(run):
+        return
+    rows = read_metrics(run)
+    epochs = run_config(run).get("train", {}).get("epochs")
+    which = f"epoch {rows[-1].get('epoch')}'s" if rows else "its last saved"
+    of = f" of {epochs}" if rows and isinstance(epochs, int) else ""
+    log.warning("the run in %s is training now: its model.safetensors holds %s weights%s, and "
+                "what this command measures, fits or draws is of those, not of the run's end",
+                run, which, of)  # fmt: skip
 
 
 def run_config(model_path: Path) -> dict:

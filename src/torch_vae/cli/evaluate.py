@@ -62,7 +62,8 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
             "a smaller --refine_lr, e.g. 0.01 (nothing was written)"
         )
     c = model.config
-    report = {"model": str(o.model), "dataset": dataset, "split": o.split, "image_size": size,
+    report = {"model": str(o.model), "model_sha256": model.weights_sha256, "dataset": dataset,
+              "split": o.split, "image_size": size,
               "latent_dims": c.latent_dims, "native_size": c.native_size,
               "network_size": c.network_size, "parameters": model.num_parameters(),
               "seed": o.seed, **report}  # fmt: skip

@@ -120,10 +120,12 @@ def _main(argv: list[str] | None) -> int:
             check_can_launch(nproc)
             argv = sys.argv[1:] if argv is None else argv
             return launch(list(argv), nproc, values.get("threads") or 0)
-        if command != "train" and values.get("model") is not None and "data_dir" in values:
-            from .common import use_run_data_dir
+        if command != "train" and values.get("model") is not None:
+            from .common import use_run_data_dir, warn_if_training
 
-            use_run_data_dir(values)
+            warn_if_training(values["model"])
+            if "data_dir" in values:
+                use_run_data_dir(values)
         COMMANDS[command].run(values, given)
     except TrainingInterrupted as exc:
         say(f"torch-vae: {exc}")

@@ -59,6 +59,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
         "reconstructions" if o.reconstructions else "samples", not o.no_floor, o.class_, judge,
     )  # fmt: skip
     report["seconds"] = round(time.perf_counter() - start, 1)
+    report["model_sha256"] = model.weights_sha256
     tag = "reconstructions" if o.reconstructions else report["sampler"]
     suffix = "" if space.name == "classifier" else f"-{space.name}"
     if space.name == "classifier" and o.classifier is not None:  # not the shipped one

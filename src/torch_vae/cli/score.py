@@ -81,7 +81,8 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
               for s in sets]  # fmt: skip
     names = score_names(o.iw_samples)
     summary = {
-        "model": str(o.model), "dataset": dataset, "split": o.split,
+        "model": str(o.model), "model_sha256": model.weights_sha256, "dataset": dataset,
+        "split": o.split,
         "image_size": model.config.image_size, "decoder_sigma": sigma,
         "iw_samples": o.iw_samples, "seed": o.seed, "complexity": "PNG, zlib level 9",
         "in_distribution": describe(inlier),

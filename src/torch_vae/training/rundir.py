@@ -55,6 +55,28 @@ class RunLock:
             pass
         self.fd = fd
 
+    @staticmethod
+    def held(run_dir: Path) -> bool:
+        """Whether another process holds the lock of ``run_dir`` (trains into it) now; probed
+        with a shared lock, taken and given back at once."""
+        try:
+            import fcntl
+        except ImportError:
+            return False
+        try:
+            fd = os.open(run_dir, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        except OSError:  # a file system without locks
+            return False
+        finally:
+            os.close(fd)  # gives back the shared lock, if taken
+
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
