@@ -17,7 +17,7 @@ import torch_vae
 from torch_vae import VAE, ModelConfig
 from torch_vae.analysis import figures as plots
 from torch_vae.cli import main
-from torch_vae.training import loop
+from torch_vae.training import TrainConfig, loop
 from torch_vae.training.rundir import read_metrics
 
 
@@ -109,6 +109,12 @@ def test_plot_refuses_what_is_not_a_run(tmp_path, capsys):
     assert "has no metrics.jsonl" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nope"), "--out", str(tmp_path / "c.png")]) == 1
     assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+    # a run in its first epoch: a run, whose curves have not begun
+    from torch_vae.training.rundir import write_run_config
+
+    write_run_config(tmp_path, ModelConfig(), TrainConfig())
+    assert main(["plot", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 1
+    assert "has no metrics.jsonl yet: its run is in its first epoch" in capsys.readouterr().err
 
 
 def test_plot_refuses_a_run_without_an_epoch_s_losses(tmp_path, capsys):
@@ -157,6 +163,26 @@ def test_the_curves_of_a_finished_run_end_at_its_last_epoch(train_tiny, tmp_path
     monkeypatch.setattr(loop, "curves_due", lambda epoch, seconds: False)
     train_tiny(tmp_path / "never", "--epochs", "3")  # never due (a test's tiny epochs): none
     assert drawn == [] and not (tmp_path / "never" / "images" / "curves.png").exists()
+
+
+def test_curves_of_few_epochs_tick_each_epoch_and_mark_training_and_held_out_apart(
+    tmp_path, monkeypatch
+):
+    """A one-epoch run's curves were two dots alike at x = 0.96...1.04: each epoch is a tick
+    now, training a dot and held out a cross."""
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figs.append(fig) or out)
+    row = {"epoch": 1, "train_loss": 50.0, "train_recon": 45.0, "train_kl": 5.0,
+           "val_loss": 40.0, "val_recon": 36.0, "val_kl": 4.0}  # fmt: skip
+    plots.plot_curves([[row]], ["run"], tmp_path / "c.png")
+    plots.plot_curves(
+        [[row, {**row, "epoch": 2}, {**row, "epoch": 3}]], ["run"], tmp_path / "d.png"
+    )
+    for fig, epochs in zip(figs, ([1], [1, 2, 3]), strict=True):
+        loss = fig.axes[0]
+        assert list(loss.get_xticks()) == epochs
+        assert [line.get_marker() for line in loss.get_lines()] == ["o", "x"]
+        assert "o: training" in loss.get_title() and "x: held out" in loss.get_title()
 
 
 def test_curves_are_due_by_share_of_time(monkeypatch):

@@ -101,18 +101,29 @@ def plot_curves(runs: Sequence[Sequence[dict]], labels: Sequence[str], out: Path
             if held_key == "kl":
                 train_key, held_key = f"train_{term}", term
             held = f"{prefix}_{held_key}"
-            for key, style in ((train_key, "-"), (held, "--" if train_key else "-")):
+            # few epochs: each a marker, a dot for training and a cross for held out, which
+            # tell the two apart where a line is too short to show its dashes (one epoch)
+            for key, style, mark in (
+                (train_key, "-", "o"),
+                (held, "--" if train_key else "-", "x" if train_key else "o"),
+            ):
                 x, y = _series(records, key) if key else ([], [])
                 if x:
-                    ax.plot(x, y, style, color=color, marker="." if len(x) <= 12 else None,
-                            label=label if style == "-" else None)  # fmt: skip
+                    ax.plot(x, y, style, color=color, marker=mark if len(x) <= 12 else None,
+                            markersize=4, label=label if style == "-" else None)  # fmt: skip
     titles = [title for title, _, _ in CURVES]
     titles[2] = " / ".join(sorted(terms)) or titles[2]
+    last = max((r["epoch"] for run in runs for r in by_epoch(run) if "epoch" in r), default=1)
     for ax, title, (_, train_key, _) in zip(axes, titles, CURVES, strict=True):
-        ax.set_title(f"{title} (solid: training, dashed: held out)" if train_key else title)
+        how = "solid, o: training; dashed, x: held out" if last <= 12 else (
+            "solid: training, dashed: held out")  # fmt: skip
+        ax.set_title(f"{title} ({how})" if train_key else title, fontsize="medium")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        if last <= 12:  # each epoch a tick, with room around the first and the last
+            ax.set_xticks(range(1, last + 1))
+            ax.set_xlim(0.5, last + 0.5)
     axes[0].set_ylabel("per image")
     handles, names = axes[-1].get_legend_handles_labels()
     if handles:

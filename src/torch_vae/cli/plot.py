@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..analysis import figures
 from ..errors import TorchVaeError
+from ..io.weights import CONFIG_NAME
 from ..training.rundir import METRICS_NAME, read_metrics
 from .common import check_output_file
 from .options import PlotOptions
@@ -19,6 +20,11 @@ def run(o: PlotOptions) -> None:
     for run in runs:
         if not run.exists():
             raise TorchVaeError(f"{run} does not exist: pass run folders of torch-vae train")
+        if not (run / METRICS_NAME).is_file() and (run / CONFIG_NAME).is_file():
+            raise TorchVaeError(
+                f"{run} has no metrics.jsonl yet: its run is in its first epoch (or was stopped "
+                "in it); its curves begin when an epoch ends"
+            )
         if not (run / METRICS_NAME).is_file():
             raise TorchVaeError(f"{run} has no metrics.jsonl: pass run folders of torch-vae train")
     if o.out.suffix.lower() != ".png":
