@@ -247,3 +247,37 @@ def test_a_report_that_cannot_be_written_is_refused_before_the_work(
     assert err == [f"torch-vae: error: --report {kept} cannot be written: the file is "
                    "read-only or immutable; make it writable or choose another path"]  # fmt: skip
     assert kept.read_text() == "{}"
+
+
+def test_evaluate_split_val_measures_the_images_the_run_held_out(
+    train_tiny, mnist_dir, tmp_path, capsys
+):
+    from fakedata import write_folder
+    from torch_vae import load_model
+    from torch_vae.data import load_split
+    from torch_vae.data.splits import recorded_rows
+
+    run = train_tiny(tmp_path / "run", "--val_images", "6")
+    args = ["evaluate", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet",
+            "--iw_samples", "0", "--split", "val"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((run / "eval-mnist-val-iw0.json").read_text())
+    config = json.loads((run / "config.json").read_text())  # 4 of the 40: at most a tenth
+    assert report["split"] == "val" and report["n_images"] == 4
+    # the per-pixel error of the posterior means of exactly the held-out training images
+    train = load_split("mnist", "train", 32, mnist_dir, progress=False)
+    _, val = recorded_rows(len(train), config)
+    assert len(val) == config["split"]["validation_images"] == 4
+    x = torch.from_numpy(train[val.numpy()]).permute(0, 3, 1, 2).float() / 255
+    model = load_model(run)
+    with torch.no_grad():
+        mse = (model.decode(model.encode(x).mode()) - x).pow(2).mean().item()
+    assert report["mse"] == pytest.approx(mse, rel=1e-4)
+    # a run that held none out, or another dataset than the model's: one line each
+    none = train_tiny(tmp_path / "none", "--val_images", "0")
+    capsys.readouterr()
+    assert main([*args[:2], str(none), *args[3:]]) == 1
+    assert f"--split val: {none} records no validation split" in capsys.readouterr().err
+    folder = write_folder(tmp_path / "mine", n=20, gray=True)
+    assert main([*args, "--dataset", f"folder:{folder}"]) == 1
+    assert f"not of folder:{folder}; use --split test" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from ..evaluation.reports import dataset_tag, write_report
 from .common import (
     check_output_file,
     default_report,
+    held_out_rows,
     model_and_dataset,
     split_images,
     split_labels,
@@ -33,10 +34,18 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
         check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
-    images = split_images(model, dataset, o.split, o.data_dir, runtime)
-    labels = split_labels(model, dataset, o.split, o.data_dir, len(images))
+    split = "train" if o.split == "val" else o.split
+    if o.split == "val" and dataset != absolute_name(model.dataset or ""):
+        raise TorchVaeError(f"--split val is the validation split of the model's own dataset "
+                            f"({model.dataset}), not of {dataset}; use --split test")  # fmt: skip
+    images = split_images(model, dataset, split, o.data_dir, runtime)
+    labels = split_labels(model, dataset, split, o.data_dir, len(images))
+    fit_rows = None  # the training images the decoder's sigma is calibrated on: all of them
+    if o.split == "val":  # ... but those held out, which are measured
+        fit_rows, rows = validation_rows_of(o, model, dataset, len(images))
+        images, labels = images[rows.numpy()], None if labels is None else labels[rows]
     left_out = trained_without(o.model)
-    if left_out and dataset == absolute_name(model.dataset or ""):
+    if left_out and dataset == absolute_name(model.dataset or "") and o.split != "val":
         log.info("the model's run left out class(es) %s (--exclude_class): the %s split measured "
                  "holds them too (score --ood_class measures them apart)",
                  ", ".join(map(str, left_out)), o.split)  # fmt: skip
@@ -48,6 +57,9 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
     train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))
+    if fit_rows is not None:
+        train = train[fit_rows]
+        train_labels = None if train_labels is None else train_labels[fit_rows]
     sigma = calibrate_sigma(model, train[:SIGMA_IMAGES], device, seed=o.seed,
                             labels=_first(train_labels, SIGMA_IMAGES))  # fmt: skip
     report = evaluate_model(
@@ -73,6 +85,24 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     write_report(path, report)
     print(f"report: {path}")
     return report
+
+
+def validation_rows_of(
+    o: EvaluateOptions, model, dataset: str, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of the training split that the model's run trained on and held out (``--split
+    val``), or a one-line error where none were held out."""
+    fit, rows, _ = held_out_rows(o.model, n, o.data_dir)
+    if rows is None:
+        raise TorchVaeError(
+            f"--split val: {o.model} records no validation split of these {n} training images "
+            "(its run trained with --val_images 0, its config.json is not beside the weights, "
+            "or the dataset changed since); use --split test"
+        )
+    if not len(rows):
+        raise TorchVaeError(f"--split val: the validation split of {o.model} holds no image of "
+                            "the classes it trained on; use --split test")  # fmt: skip
+    return fit, rows
 
 
 def report_name(o: EvaluateOptions, dataset: str, n_split: int, discrete: bool = False) -> str:

@@ -226,7 +226,11 @@ class EvaluateOptions:
     model: Path = option(None, MODEL_HELP, required=True)
     seed: int = option(0, "random seed")
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
-    split: Literal["train", "test"] = option("test", "the split to evaluate")
+    split: Literal["train", "val", "test"] = option(
+        "test",
+        "the split to evaluate; val: the validation images the model's run held out of "
+        "its training split (train --val_images)",
+    )
     iw_samples: int = option(
         IW_SAMPLES, "importance samples per image for the NLL (0 skips the NLL)"
     )
