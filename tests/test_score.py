@@ -544,3 +544,17 @@ def test_a_second_score_of_a_run_replaces_its_own_picture_and_csv(labelled, tmp_
     written = sorted(p.name for p in epoch.parent.glob("epoch_001.score-*"))
     assert written == ["epoch_001.score-mnist-test-ood-class-3.json",
                        "epoch_001.score-mnist-test-ood-class-3.png"], written  # fmt: skip
+
+
+def test_the_score_picture_names_each_histogram_s_score_and_unit(labelled, tmp_path, monkeypatch):
+    from torch_vae.analysis import figures
+    from torch_vae.evaluation.anomaly import HELP
+
+    figs = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out: figs.append(fig) or out)
+    model = black_model(tmp_path / "m")
+    assert score(model, labelled, "--out", str(tmp_path / "s.json"), "--ood_class", "0") == 0
+    (fig,) = figs
+    labels = [ax.get_xlabel() for ax in fig.axes[1:]]  # the histograms, below the ROC curves
+    assert labels == [HELP[n] for n in ("neg_elbo", "recon", "neg_elbo_ic")]
+    assert "reconstruction error (MSE per pixel)" in labels

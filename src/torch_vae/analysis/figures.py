@@ -256,12 +256,12 @@ def _class_color(classes: int, index: int):
 
 def plot_anomaly(
     scores: dict[str, tuple[np.ndarray, np.ndarray]], summary: dict[str, dict],
-    names: tuple[str, str], title: str, out: Path,
+    names: tuple[str, str], title: str, out: Path, described: dict[str, str] | None = None,
 ) -> Path:  # fmt: skip
     """ROC curves of every score (``summary[score]``: ``evaluation.anomaly.roc``'s, its
     operating point marked) and, beside them, each score's histograms of the in- and
     out-of-distribution images (``scores[score]`` = (inliers, outliers), named by ``names``)
-    with the threshold drawn."""
+    with the threshold drawn, its axis named by ``described[score]`` (what it is, its unit)."""
     from matplotlib.ticker import MaxNLocator
 
     n = len(scores)
@@ -298,5 +298,7 @@ def plot_anomaly(
                      fontsize="small")  # fmt: skip
         ax.legend(fontsize="x-small")
         ax.set_yticks([])
+        ax.set_ylabel("share of images", fontsize="small")
+        ax.set_xlabel((described or {}).get(name, name), fontsize="small")
         ax.xaxis.set_major_locator(MaxNLocator(5))  # nats run to five digits
     return _save(fig, out)

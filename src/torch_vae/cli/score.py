@@ -109,7 +109,7 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
     if outlier is not None:
         title = f"{model_name(o.model)}: {inlier.name} against {outlier.name}"
         pairs = {n: (scores[0][n], scores[1][n]) for n in names}
-        plot_anomaly(pairs, summary["scores"], (inlier.name, outlier.name), title, figure)
+        plot_anomaly(pairs, summary["scores"], (inlier.name, outlier.name), title, figure, HELP)
     print_summary(summary, inlier, outlier, o)
     print(f"scores: {out}" + (f", summary: {summary_path}" if summary_path != out else ""))
     if outlier is not None:
