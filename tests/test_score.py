@@ -4,6 +4,7 @@
 import csv
 import io
 import json
+import logging
 import math
 
 import numpy as np
@@ -558,3 +559,11 @@ def test_the_score_picture_names_each_histogram_s_score_and_unit(labelled, tmp_p
     labels = [ax.get_xlabel() for ax in fig.axes[1:]]  # the histograms, below the ROC curves
     assert labels == [HELP[n] for n in ("neg_elbo", "recon", "neg_elbo_ic")]
     assert "reconstruction error (MSE per pixel)" in labels
+
+
+def test_ood_of_the_dataset_scored_as_in_distribution_is_warned_of(labelled, tmp_path, caplog):
+    model = black_model(tmp_path / "m")
+    args = ["--out", str(tmp_path / "s.json"), "--nimages", "5"]
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert score(model, labelled, *args, "--ood", "mnist") == 0
+    assert "--ood mnist is the dataset scored as in-distribution too" in caplog.text

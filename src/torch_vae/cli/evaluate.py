@@ -133,7 +133,7 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
         ("sum of squared errors", report["sse"]),
         ("KL (log codebook size per code)" if discrete else "KL", report["kl"]),
         ("MSE per pixel (posterior mean)", report["mse"]),
-        ("PSNR (dB)", report["psnr"]),
+        ("PSNR (dB; the mean of each image's)", report["psnr"]),
     ]
     if "codes_used" in report:  # a discrete latent
         rows += [
