@@ -562,8 +562,11 @@ def test_the_score_picture_names_each_histogram_s_score_and_unit(labelled, tmp_p
 
 
 def test_ood_of_the_dataset_scored_as_in_distribution_is_warned_of(labelled, tmp_path, caplog):
-    model = black_model(tmp_path / "m")
-    args = ["--out", str(tmp_path / "s.json"), "--nimages", "5"]
+    from fakedata import write_folder
+
+    model = black_model(tmp_path / "m")  # trained on mnist
+    folder = f"folder:{write_folder(tmp_path / 'mine', n=20, gray=True)}"
+    args = ["--out", str(tmp_path / "s.json"), "--dataset", folder]
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
-        assert score(model, labelled, *args, "--ood", "mnist") == 0
-    assert "--ood mnist is the dataset scored as in-distribution too" in caplog.text
+        assert score(model, labelled, *args, "--ood", folder) == 0
+    assert f"--ood {folder} is the dataset scored as in-distribution too" in caplog.text

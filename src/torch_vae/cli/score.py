@@ -64,7 +64,7 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
     out, summary_path, figure = output_paths(o, dataset)
     flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
     ood = absolute_name(o.ood) if o.ood else None
-    if ood is not None and ood == dataset:
+    if ood is not None and ood == dataset != model.dataset:  # the model's own: said below
         log.warning("--ood %s is the dataset scored as in-distribution too: the two sets hold "
                     "the same kind of images (the same ones, or a split of them), and their "
                     "AUROC near 0.5 says nothing of out-of-distribution images", o.ood)  # fmt: skip
