@@ -137,6 +137,10 @@ def test_errors_are_4xx_with_a_message(client):
     r = client.post("/api/decode", content=b'{"z":', headers=json_type)  # cut short
     assert r.status_code == 422
     assert r.json()["detail"] == "body: not valid JSON at character 5 (Expecting value)"
+    deep = b'{"z": ' + b"[" * 5000 + b"]" * 5000 + b"}"  # past Python's recursion limit
+    r = client.post("/api/decode", content=deep, headers=json_type)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == "body: not valid JSON (nested too deeply, or not JSON text)"
 
 
 def test_a_map_point_decodes_to_a_code_on_its_place(client, explorer):
@@ -267,6 +271,9 @@ def test_read_upload_checks_the_pixels_before_decoding_them():
 def test_the_page_needs_nothing_from_outside(client):
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    head = client.head("/")  # as link checkers and monitors ask
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(page.content))
     assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert sorted(assets) == ["data:,", "explorer.css", "explorer.js"]  # data:, no favicon
     for name in ("explorer.css", "explorer.js"):

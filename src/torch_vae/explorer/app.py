@@ -29,6 +29,7 @@ from typing import Annotated, Any, Literal, Union
 import torch
 from fastapi import FastAPI, File, Form, Path, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import (
@@ -40,6 +41,7 @@ from pydantic import (
     WrapValidator,
     create_model,
 )
+from starlette.exceptions import HTTPException  # what FastAPI raises for a body it cannot parse
 
 from ..errors import TorchVaeError
 from ..version import __version__
@@ -410,7 +412,8 @@ def _add_page_routes(app: FastAPI, ex: Explorer, sliders: int) -> None:
     }
     for route, (name, media) in files.items():
         body = (static / name).read_bytes()
-        app.add_api_route(route, _static(body, media), methods=["GET"], include_in_schema=False)
+        app.add_api_route(route, _static(body, media), methods=["GET", "HEAD"],
+                          include_in_schema=False)  # fmt: skip
     info = _info(ex, sliders)
     map_data = MapData(
         x=[round(v, 5) for v in _floats(ex.xy[:, 0])],
@@ -473,6 +476,15 @@ def create_app(ex: Explorer, sliders: int = 16, hosts: Collection[str] | None = 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        # FastAPI's own words where a body cannot be parsed at all (JSON nested past Python's
+        # recursion limit, say): said as the other bodies that are not valid JSON are
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            detail = "body: not valid JSON (nested too deeply, or not JSON text)"
+            return JSONResponse({"detail": detail}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(UploadError)
     async def bad_upload(request: Request, exc: UploadError) -> JSONResponse:
