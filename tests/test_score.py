@@ -377,6 +377,15 @@ def test_exclude_class_says_how_many_validation_images_it_takes_away(tmp_path, c
         "the model's run left out class(es) 1 (--exclude_class): the test split measured "
         "holds them too" in caplog.text
     )
+    # so does reconstruct, of the split it reconstructs
+    caplog.clear()
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert main(["reconstruct", "--model", str(tmp_path / "run"), "--outdir",
+                     str(tmp_path / "rec"), "--rec_testdata"]) == 0  # fmt: skip
+    assert (
+        "the model's run left out class(es) 1 (--exclude_class): the test split reconstructed "
+        "holds them too, images of classes it never saw" in caplog.text
+    )
 
 
 def test_exclude_class_leaving_no_image_to_measure_on_is_one_line(tmp_path, capsys):

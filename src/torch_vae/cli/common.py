@@ -137,6 +137,17 @@ def trained_without(model_path: Path) -> tuple[int, ...]:
     return tuple(int(c) for c in found) if isinstance(found, list) else ()
 
 
+def say_left_out(model_path: Path, model: VAE, dataset: str, split: str, used: str) -> None:
+    """A log line where the model's run left classes out (``train --exclude_class``) and the
+    command's images (``split`` of ``dataset``, ``used`` as it says) hold them: images of
+    classes the model never saw."""
+    left_out = trained_without(model_path)
+    if left_out and dataset == absolute_name(model.dataset or ""):
+        log.info("the model's run left out class(es) %s (--exclude_class): the %s split %s "
+                 "holds them too, images of classes it never saw (score --ood_class measures "
+                 "them apart)", ", ".join(map(str, left_out)), split, used)  # fmt: skip
+
+
 def split_labels(
     model: VAE, dataset: str, split: str, data_dir: Path | None, n: int
 ) -> torch.Tensor | None:

@@ -17,9 +17,9 @@ from .common import (
     default_report,
     held_out_rows,
     model_and_dataset,
+    say_left_out,
     split_images,
     split_labels,
-    trained_without,
 )
 from .options import IW_SAMPLES, REFINE_LR, EvaluateOptions, Runtime
 
@@ -44,11 +44,8 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     if o.split == "val":  # ... but those held out, which are measured
         fit_rows, rows = validation_rows_of(o, model, dataset, len(images))
         images, labels = images[rows.numpy()], None if labels is None else labels[rows]
-    left_out = trained_without(o.model)
-    if left_out and dataset == absolute_name(model.dataset or "") and o.split != "val":
-        log.info("the model's run left out class(es) %s (--exclude_class): the %s split measured "
-                 "holds them too (score --ood_class measures them apart)",
-                 ", ".join(map(str, left_out)), o.split)  # fmt: skip
+    if o.split != "val":  # the validation split holds none of them
+        say_left_out(o.model, model, dataset, o.split, "measured")
     path = o.report
     if path is None:  # the default's name needs the split's size; checked before the work too
         discrete = model.latent_kind == "discrete"

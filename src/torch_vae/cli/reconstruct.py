@@ -11,6 +11,7 @@ from .common import (
     check_flags,
     check_outdir,
     model_and_dataset,
+    say_left_out,
     split_files,
     split_images,
     split_labels,
@@ -28,6 +29,7 @@ def run(o: ReconstructOptions, runtime: Runtime) -> None:
     images = split_images(model, dataset, split, o.data_dir, runtime)
     labels = split_labels(model, dataset, split, o.data_dir, len(images))
     images = images[: o.nimages or None]
+    say_left_out(o.model, model, dataset, split, "reconstructed")
     if labels is not None:  # a conditional model encodes and decodes each image with its class
         labels = labels[: len(images)]
     files = split_files(dataset, split)  # an image folder's, listed beside the pictures
