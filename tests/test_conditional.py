@@ -131,6 +131,27 @@ def test_class_all_with_too_few_samples_for_a_row_per_class_says_so(tmp_path, ca
         assert "classes" not in caplog.text
 
 
+def test_class_all_s_overview_names_each_row_s_class(tmp_path):
+    from PIL import Image
+
+    from torch_vae.io.png import grid
+
+    model_dir = tiny(tmp_path / "m", classes=("a", "b", "c"))
+    out = tmp_path / "all"
+    assert main(["generate", "--model", str(model_dir), "--class", "all", "--outdir", str(out),
+                 "--nsamples", "24", "--sampler", "prior", "--quiet"]) == 0  # fmt: skip
+    samples = np.stack([np.asarray(Image.open(out / f"sample_{i:05d}.png")) for i in range(24)])
+    plain = grid(samples[..., None] if samples.ndim == 3 else samples, nrow=8)
+    overview = np.asarray(Image.open(out / "all.png"))
+    overview = overview[..., None] if overview.ndim == 2 else overview
+    margin = overview.shape[1] - plain.shape[1]
+    assert margin > 0 and np.array_equal(overview[:, margin:], plain)  # the samples as they were
+    h = samples.shape[1]
+    for r in range(3):  # each row's name is written in the margin at its left
+        band = overview[2 + r * (h + 2) : 2 + r * (h + 2) + h, :margin]
+        assert (band < 128).any(), r
+
+
 @pytest.fixture
 def classifier(tmp_path):
     """An untrained classifier of 16x16 MNIST images."""

@@ -20,7 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..io.files import atomic_path
-from ..io.png import PngWriter, grid, side_by_side, stack_rows, to_uint8
+from ..io.png import PngWriter, grid, side_by_side, stack_rows, to_uint8, with_row_labels
 from ..models import VAE
 from ..runtime.device import to_float
 from ..runtime.precision import Precision
@@ -200,7 +200,14 @@ def write_samples(
             writer.submit(imgs, names)
             if sum(len(k) for k in keep) < GRID_LIMIT:
                 keep.append(imgs)
-        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=8)[None], [stage / "all.png"])
+        shown = np.concatenate(keep)[:GRID_LIMIT]
+        overview = grid(shown, nrow=CLASS_ROW)
+        if classes == "all" and model.conditional:  # a row per class: named at its left
+            names = model.config.classes
+            rows = -(-len(shown) // CLASS_ROW)
+            overview = with_row_labels(overview, [names[r % len(names)] for r in range(rows)],
+                                       shown.shape[1])  # fmt: skip
+        writer.submit(overview[None], [stage / "all.png"])
     return outdir / "all.png"
 
 

@@ -33,6 +33,25 @@ def grid(images: np.ndarray, nrow: int = 8, pad: int = 2, fill: int = 255) -> np
     return out
 
 
+def with_row_labels(picture: np.ndarray, labels: list[str], height: int, pad: int = 2):
+    """A ``grid`` of rows ``height`` pixels high (``pad`` apart) with each row's label written
+    in a white margin at its left, in Pillow's own font, a size the rows fit."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = max(8, min(14, height * 2 // 3))
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
+    width = max(draw.textlength(label, font=font) for label in labels) if labels else 0
+    margin = int(width) + 2 * pad + 4
+    canvas = Image.new("L", (margin, picture.shape[0]), 255)
+    draw = ImageDraw.Draw(canvas)
+    for r, label in enumerate(labels):
+        middle = pad + r * (height + pad) + height / 2
+        draw.text((margin - pad - 2, middle), label, fill=0, font=font, anchor="rm")
+    column = np.asarray(canvas)[..., None].repeat(picture.shape[2], axis=2)
+    return np.concatenate([column, picture], axis=1)
+
+
 def side_by_side(left: np.ndarray, right: np.ndarray, pad: int = 2) -> np.ndarray:
     """Pairs (B, H, W, C) + (B, H, W, C) -> (B, H, 2W + pad, C), a white gap between."""
     gap = np.full((*left.shape[:2], pad, left.shape[3]), 255, dtype=np.uint8)
