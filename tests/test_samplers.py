@@ -137,6 +137,14 @@ def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog, cap
     with caplog.at_level("INFO", logger="torch_vae"):
         assert generate("auto") == {"gmm": with_gmm, "gaussian": with_gaussian}[best]
     assert f"the {best} sampler has the best validation score of the 2 fitted" in caplog.text
+    assert "different numbers of images" not in caplog.text  # both scored alike
+    # one scored on fewer images: the choice is said to compare unlike scores
+    assert main([*fit, "--sampler", "gaussian", "--nscore", "4", "--overwrite"]) == 0
+    caplog.clear()
+    generate("auto-unlike")
+    n = load_sampler(model_dir, "gmm").info["validation"]["n_images"]
+    assert f"measured on different numbers of images (gmm {n}, gaussian 4)" in caplog.text
+    assert main([*fit, "--sampler", "gaussian", "--overwrite"]) == 0  # as it was
     # weights changed after the fit: the samplers are refused, not silently used; the error
     # names both, and the model's own prior to draw from meanwhile
     VAE(ModelConfig.from_dict(load_sampler_config(model_dir))).save_pretrained(model_dir, "mnist")

@@ -204,6 +204,12 @@ def _best(found: list[Prior], say: bool) -> Prior:
     if say:
         log.info("the %s sampler has the best validation score of the %d fitted (FD %.4g)",
                  best.kind, len(found), _score(best))  # fmt: skip
+        counts = {p.kind: p.info["validation"].get("n_images") for p in found}
+        if len(set(counts.values())) > 1:  # an FD of fewer images is larger for the same fit
+            log.warning("the samplers' scores were measured on different numbers of images "
+                        "(%s): an FD of fewer images is larger for the same fit, so the choice "
+                        "may not be the best; fit them again with one --nscore to compare them",
+                        ", ".join(f"{k} {n}" for k, n in counts.items()))  # fmt: skip
     return best
 
 
