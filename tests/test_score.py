@@ -339,6 +339,29 @@ def _two_class_folder(root, test_classes=("a", "b")):
     return f"folder:{root}"
 
 
+def test_fit_sampler_of_a_run_without_validation_images_scores_on_its_classes_only(
+    tmp_path, monkeypatch
+):
+    from torch_vae.cli import fit_sampler
+    from torch_vae.data import load_split
+
+    dataset = _two_class_folder(tmp_path / "im")  # rows 0-14: class a, 15-29: class b
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", dataset, "--arch", "dcgan", "--image_size", "16",
+                 "--max_filters", "8", "--depth", "2", "--latent_dims", "2", "--epochs", "1",
+                 "--val_images", "0", "--exclude_class", "b", "--run_dir", str(run),
+                 "--quiet"]) == 0  # fmt: skip
+    scored, real = [], fit_sampler.scorer
+    monkeypatch.setattr(fit_sampler, "scorer", lambda m, images, *a, **k: scored.append(
+        images) or real(m, images, *a, **k))  # fmt: skip
+    fit = ["fit-sampler", "--model", str(run), "--sampler", "gaussian", "--nscore", "8"]
+    assert main([*fit, "--quiet"]) == 0
+    train = load_split(dataset, "train", 16, progress=False)
+    (images,) = scored
+    assert len(images) == 8
+    assert all(any(np.array_equal(x, t) for t in train[:15]) for x in images)  # class a's
+
+
 def test_exclude_class_of_every_validation_image_measures_epochs_on_the_test_split(
     tmp_path, caplog
 ):

@@ -64,7 +64,12 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         info["latents"] = "posterior means given each image's class"
     score = None
     if o.nscore:
-        rows_held = held_out[: o.nscore].numpy() if held_out is not None else slice(-o.nscore, None)
+        if held_out is not None:
+            rows_held = held_out[: o.nscore].numpy()
+        elif fit_rows is not None:  # none held out: the last of those fitted, of its classes
+            rows_held = fit_rows[-o.nscore :].numpy()
+        else:
+            rows_held = slice(-o.nscore, None)
         if len(images[rows_held]) > SCORE_K:
             score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
         else:  # precision and recall need each image's k-th nearest other one
