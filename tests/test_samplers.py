@@ -235,3 +235,15 @@ def test_training_ends_saying_to_fit_again_the_samplers_a_resume_made_stale(
     ]
     with pytest.raises(TorchVaeError, match="other weights"):  # what generate would meet
         load_sampler(trained)
+
+
+def test_fit_sampler_on_an_epoch_checkpoint_keeps_the_run_s_validation_split(
+    train_tiny, mnist_dir, tmp_path
+):
+    run = train_tiny(tmp_path / "run", "--val_images", "4")
+    checkpoint = run / "checkpoints" / "epoch_001.safetensors"
+    assert main(["fit-sampler", "--model", str(checkpoint), "--sampler", "gaussian",
+                 "--nscore", "4", "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
+    info = load_sampler(checkpoint, "gaussian").info
+    assert info["split"] == "train - validation"  # fitted without the images the run held out
+    assert info["validation"]["images"] == "validation images"

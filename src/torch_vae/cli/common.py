@@ -445,8 +445,12 @@ def warn_if_training(model_path: Path) -> None:
 
 
 def run_config(model_path: Path) -> dict:
-    """The config.json beside a model's weights, as written by training ({} if none)."""
-    config_file = resolve_weights(model_path).with_name(CONFIG_NAME)
+    """The config.json beside a model's weights, as written by training, or the run's for an
+    epoch checkpoint in its ``checkpoints/`` ({} if none)."""
+    weights = resolve_weights(model_path)
+    config_file = weights.with_name(CONFIG_NAME)
+    if weights.parent.name == CHECKPOINTS_DIR and not config_file.is_file():
+        config_file = weights.parent.parent / CONFIG_NAME
     try:
         config = json.loads(config_file.read_text())
     except (OSError, ValueError):
