@@ -204,3 +204,17 @@ def test_average_of_a_conditional_run_recomputes_batch_norm_with_each_image_s_cl
         h = avg.encoder.convs[1](torch.nn.functional.leaky_relu(avg.encoder.convs[0](x), 0.2))
     norm = avg.encoder.norms[1]
     assert torch.allclose(norm.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_average_does_not_repeat_what_the_run_s_training_said(train_tiny, mnist_dir, tmp_path,
+                                                               caplog):  # fmt: skip
+    # 40 training images: --val_images 8 is more than a tenth, which training warned of
+    with caplog.at_level("WARNING", logger="torch_vae"):
+        run = train_tiny(tmp_path / "run", "--val_images", "8")
+    assert "more than a tenth" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert main(["average", str(run), "--last", "2", "--out", str(tmp_path / "avg"),
+                     "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
+    assert "more than a tenth" not in caplog.text
+    assert (tmp_path / "avg" / "model.safetensors").is_file()

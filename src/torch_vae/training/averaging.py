@@ -196,7 +196,14 @@ def _training_images(run_dir: Path, model: VAE, data_dir: Path | None, progress:
                                              data_dir, progress))  # fmt: skip
         labels = _labels(model, "train", len(images), data_dir)
         return images, labels, f"the {len(images)} images of the training split"
-    data = load_run_data(RunPlan(run_dir, model_config, train, data_dir), progress)
+    # what the run's plan said when it trained (its split, its left-out classes) is not said again
+    plan_log = logging.getLogger(load_run_data.__module__)
+    level = plan_log.level
+    plan_log.setLevel(logging.ERROR)
+    try:
+        data = load_run_data(RunPlan(run_dir, model_config, train, data_dir), progress)
+    finally:
+        plan_log.setLevel(level)
     rows = data.rows if data.rows is not None else torch.arange(len(data.train))
     labels = data.train_labels[rows] if data.train_labels is not None else None
     which = f"the {len(rows)} images {run_dir} trained on (its validation images left out)"
