@@ -37,8 +37,9 @@ def load(model_path: Path, runtime: Runtime) -> VAE:
     """The model at ``model_path`` (run folder or weights file) on the runtime's device, with
     ``weights_sha256``: its weights file's digest, for the reports measured on it (a run
     that trains on replaces the file)."""
+    device = pick_device(runtime.device, runtime.cpu)  # a bad --device is told first
     sha = file_sha256(resolve_weights(model_path))
-    model = load_model(model_path, pick_device(runtime.device, runtime.cpu))
+    model = load_model(model_path, device)
     model.weights_sha256 = sha
     return model
 
