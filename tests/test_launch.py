@@ -154,7 +154,7 @@ def test_nproc_per_node_job_says_a_failed_process_error_once(data, tmp_path):
     assert "another process of the job" not in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.slow  # two forked 2-process jobs of 36 steps: about 10 s
+@pytest.mark.slow  # three forked 2-process jobs of 36 steps: about 15 s
 def test_a_job_whose_process_is_killed_keeps_the_steps_the_others_did_and_resumes(data, tmp_path):
     # batch 2: 18 steps an epoch; rank 1 is killed during step 25 (its 25th objective, or
     # sooner counting the epoch's evaluation): the epoch-1 checkpoint is at step 18, and
@@ -177,6 +177,14 @@ def test_a_job_whose_process_is_killed_keeps_the_steps_the_others_did_and_resume
     assert more.returncode == 0, more.stderr[-2000:]
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     assert load_train_state(run)["step"] == 36
+    # the step in progress when rank 1 died is trained again: its batch counted once in the
+    # batch norms, as in a job never stopped
+    ref = tmp_path / "ref"
+    straight = _command(tmp_path, data, "--run_dir", str(ref), *flags)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    counts = [{k: int(v) for k, v in weights(r).items() if k.endswith("num_batches_tracked")}
+              for r in (run, ref)]  # fmt: skip
+    assert counts[0] == counts[1] and counts[0]
 
 
 @pytest.mark.slow  # one forked 2-process job, stopped after 2 s: about 5 s
@@ -291,3 +299,24 @@ def test_a_job_stopped_by_ctrl_c_before_its_processes_said_anything_is_told_as_s
     assert capsys.readouterr().err.strip().splitlines() == [
         "torch-vae: error: process 1 of the job was killed by SIGKILL; the others were stopped"
     ]
+
+
+@pytest.mark.parametrize("main_rank", [True, False])
+def test_a_save_without_the_other_processes_counts_the_losses_a_resume_carried(main_rank):
+    """A resumed epoch's saved sums are the whole job's (20 images); since then this process
+    saw 4 of the job's 8 images (losses summing to 8): the job's sums are the carried ones and
+    twice its own. Rank 0's own sums began from the carried ones, the others' from 0."""
+    from types import SimpleNamespace
+
+    from torch_vae.training.loop import _job_progress
+    from torch_vae.training.state import EpochProgress
+
+    loop = SimpleNamespace(carried=({"loss": 100.0}, 20), dist=SimpleNamespace(is_main=main_rank),
+                           cfg=SimpleNamespace(batchsize=2), n_train=36)  # fmt: skip
+    start = (100.0, 20) if main_rank else (0.0, 0)
+    ep = EpochProgress(torch.arange(36), 14, start[1] + 4, 1.0, {"loss": start[0] + 8.0})
+    job = _job_progress(loop, ep)
+    assert (job.seen, job.batch, job.totals) == (28, 14, {"loss": 100.0 + 16.0})
+    loop.carried = None  # an epoch begun after the resume: its own sums, scaled to the job's
+    ep = EpochProgress(torch.arange(36), 14, 14, 1.0, {"loss": 28.0})
+    assert _job_progress(loop, ep).totals == {"loss": 56.0}

@@ -166,6 +166,11 @@ class Loop:
     # the steps (step, images, losses) whose losses are still on the device, not yet read
     unread: list[tuple[int, int, torch.Tensor]] = dataclasses.field(default_factory=list)
     saved_step: int = -1  # the step of the training state last saved (ckpt.pt) here
+    # under a job: the whole job's loss sums and images of the epoch a resume continues, as
+    # saved (before this process's steps), and the buffers (batch-norm statistics) as they were
+    # before the step in progress (None: no step in progress), for a save without the others
+    carried: tuple[dict[str, float], int] | None = None
+    step_buffers: list[torch.Tensor] | None = None
 
     def labels(self, idx: torch.Tensor) -> torch.Tensor | None:
         """The classes of the training images ``idx`` (indices as ``fetch`` takes them)."""
@@ -255,6 +260,7 @@ def _train_epochs(loop: Loop, first_epoch: int, partial: EpochProgress | None) -
     cfg = loop.cfg
     for epoch in range(first_epoch, cfg.epochs + 1):
         if partial is None:
+            loop.carried = None
             ep = EpochProgress(
                 torch.randperm(loop.n_train, generator=loop.gen),
                 totals=dict.fromkeys(loop.keys, 0.0),
@@ -330,6 +336,7 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
     if not state["partial"]:
         return state["epoch"] + 1, None
     partial = EpochProgress.from_state(state["partial"])
+    loop.carried = (dict(partial.totals), partial.seen)
     if loop.dist.enabled and not loop.dist.is_main:  # the saved sums are the whole job's
         partial.totals, partial.seen = dict.fromkeys(loop.keys, 0.0), 0
     return state["epoch"] + 1, partial
@@ -392,6 +399,7 @@ def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
         group["lr"] = cfg.lr_at(loop.step, loop.total_steps)
     if loop.dist.enabled:  # the same batches everywhere, but each process its own noise
         loop.dist.seed_noise(cfg.seed, loop.step, loop.device)
+        loop.step_buffers = [b.detach().clone() for b in loop.model.buffers()]
     with loop.amp.autocast():
         out = loop.forward(x, condition=y)
     beta = cfg.beta_at(loop.step, loop.steps_per_epoch)
@@ -400,7 +408,7 @@ def _step(loop: Loop, idx: torch.Tensor) -> torch.Tensor:
     loop.amp.backward(losses["loss"])
     loop.dist.average_gradients(loop.model)  # under torchrun on the CPU (DDP's on GPUs)
     loop.amp.step(loop.opt)
-    loop.step += 1
+    loop.step, loop.step_buffers = loop.step + 1, None
     return torch.stack([losses[k].detach() for k in loop.keys])
 
 
@@ -566,12 +574,12 @@ def _save_alone(loop: Loop, epoch: int, ep: EpochProgress) -> ProcessLost:
     else:  # the job stops at a bad loss anyway: the images of its unread steps count for none
         ep.seen -= sum(n for _, n, _ in loop.unread)
     loop.unread.clear()
+    if loop.step_buffers is not None:  # the step in progress is done again on resume
+        for b, before in zip(loop.model.buffers(), loop.step_buffers, strict=True):
+            b.copy_(before)
     if loop.saved_step != loop.step:
         _check_finite(loop, epoch)
-        seen = min(ep.batch * loop.cfg.batchsize, loop.n_train)  # the job's images so far
-        share = seen / max(ep.seen, 1)
-        job = EpochProgress(ep.perm, ep.batch, seen, ep.seconds,
-                            {k: v * share for k, v in ep.totals.items()})  # fmt: skip
+        job = _job_progress(loop, ep)
         with _saving(loop):
             _save_state(loop, epochs_done=epoch - 1, partial=job, evaluated=False)
         loop.saved_step = loop.step
@@ -580,6 +588,22 @@ def _save_alone(loop: Loop, epoch: int, ep: EpochProgress) -> ProcessLost:
         f"saved, continue with: {_resume_hint(loop)}",
         exit_code=1,
     )
+
+
+def _job_progress(loop: Loop, ep: EpochProgress) -> EpochProgress:
+    """``ep`` as the whole job's, from this process's part of it alone: the images of the
+    job's steps so far, and its loss sums (those a resume carried, as saved, and this
+    process's since, scaled from its images to the job's)."""
+    carried, carried_seen = loop.carried or (dict.fromkeys(ep.totals, 0.0), 0)
+    own = dict(ep.totals)
+    own_seen = ep.seen
+    if loop.dist.is_main:  # its sums began from the carried ones (the others' from 0)
+        own = {k: v - carried.get(k, 0.0) for k, v in own.items()}
+        own_seen -= carried_seen
+    seen = min(ep.batch * loop.cfg.batchsize, loop.n_train)  # the job's images so far
+    share = (seen - carried_seen) / max(own_seen, 1)
+    totals = {k: carried.get(k, 0.0) + v * share for k, v in own.items()}
+    return EpochProgress(ep.perm, ep.batch, seen, ep.seconds, totals)
 
 
 def _job_totals(
