@@ -358,5 +358,19 @@ def test_a_write_over_the_file_size_limit_names_the_limit():
     from torch_vae.errors import describe_os_error
 
     said = describe_os_error(OSError(errno.EFBIG, "File too large", "run/ckpt.pt"))
-    assert said.startswith("cannot access run/ckpt.pt: File too large (a limit on the size of ")
+    assert said.startswith("cannot write run/ckpt.pt: File too large (a limit on the size of ")
     assert "ulimit -f" in said and "check the path" not in said
+
+
+def test_a_failed_write_names_the_file_not_its_temporary_and_says_write():
+    import errno
+
+    from torch_vae.errors import describe_os_error
+
+    said = describe_os_error(OSError(errno.ENOSPC, "No space left on device",
+                                     "run/.model.safetensors.uqpmef7d.tmp"))  # fmt: skip
+    assert said.startswith("cannot write run/model.safetensors: No space left on device")
+    said = describe_os_error(OSError(errno.EACCES, "Permission denied", "run/.x.json.ab_1cd23.tmp"))
+    assert said.startswith("cannot access run/x.json: Permission denied (check its permissions")
+    said = describe_os_error(OSError(errno.EACCES, "Permission denied", "run/.hidden.tmp"))
+    assert said.startswith("cannot access run/.hidden.tmp:")  # a user's own file, as it is

@@ -1055,3 +1055,23 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_the_work(
     error = _error(capsys)
     assert f"the folder {locked} is not writable" in error, error
     assert sorted(p.name for p in locked.iterdir()) == before
+
+
+def test_a_run_folder_that_cannot_be_cleaned_up_does_not_hide_the_error_that_ended_the_run(
+    tmp_path, monkeypatch, caplog
+):
+    """A run folder made unwritable in the first epoch: the error was the clean-up's
+    ("cannot access RUN/config.json"), not the failed write that ended the run."""
+    import errno
+
+    from torch_vae.training import rundir
+
+    def refused(run_dir):
+        raise PermissionError(errno.EPERM, "Operation not permitted", str(run_dir / "config.json"))
+
+    monkeypatch.setattr(rundir, "remove_unused_run", refused)
+    with pytest.raises(OSError, match="No space left") as ended:
+        with rundir.removed_if_unused(tmp_path / "run", new=True):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "x"))
+    assert ended.value.errno == errno.ENOSPC
+    assert f"could not remove the unfinished run folder {tmp_path / 'run'}" in caplog.text

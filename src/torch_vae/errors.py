@@ -1,6 +1,8 @@
 """User-facing errors: the CLI prints these as one line and exits non-zero, without a traceback."""
 
 import errno
+import os
+import re
 
 
 class TorchVaeError(Exception):
@@ -20,8 +22,16 @@ class TrainingInterrupted(TorchVaeError):
 
 
 def describe_os_error(exc: OSError) -> str:
-    """One line for a failed read or write: what, where, what to do, and what was kept."""
-    where = f" {exc.filename}" if exc.filename else ""
+    """One line for a failed read or write: what, where, what to do, and what was kept. A
+    temporary file that torch-vae writes a file through (``.NAME.XXXXXXXX.tmp``) is named as
+    the file it was for."""
+    name = exc.filename
+    if isinstance(name, str | os.PathLike):
+        temporary = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]{8}\.tmp", os.path.basename(name))
+        if temporary:
+            name = os.path.join(os.path.dirname(name), temporary.group(1))
+    where = f" {name}" if name else ""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
     hint = {
         errno.ENOSPC: "free some space or write somewhere else",
         errno.EDQUOT: "free some space or write somewhere else",
@@ -34,7 +44,8 @@ def describe_os_error(exc: OSError) -> str:
         "it or write somewhere else",
     }.get(exc.errno, "check the path")
     return (
-        f"cannot access{where}: {exc.strerror or exc} ({hint}); files written before are "
+        f"cannot {'write' if full else 'access'}{where}: {exc.strerror or exc} ({hint}); "
+        "files written before are "
         "intact, and none is left half-written"
     )
 

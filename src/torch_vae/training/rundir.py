@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from ..models import ModelConfig
 from ..version import __version__
 from .config import TrainConfig
 from .loggers import LOGGER_FILES
+
+log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -120,7 +123,11 @@ def removed_if_unused(run_dir: Path, new: bool, is_main: bool = True) -> Iterato
         yield
     except BaseException:
         if new and is_main:
-            remove_unused_run(run_dir)
+            try:
+                remove_unused_run(run_dir)
+            except OSError as exc:  # the folder cannot be written: the error that ended the run
+                log.warning("could not remove the unfinished run folder %s (%s)", run_dir,
+                            exc.strerror or exc)  # fmt: skip
         raise
 
 
