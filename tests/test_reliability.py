@@ -676,3 +676,30 @@ def test_a_resume_with_other_processes_than_the_run_s_says_its_numbers_differ(
         assert resume(run, data, "--epochs", "2") == 0
     assert "trained with 2 processes and goes on with 1" in caplog.text
     assert "--nproc_per_node 2 for the same numbers" in caplog.text
+
+
+def test_a_write_that_fails_mid_run_says_how_to_go_on_from_the_state_saved(
+    data, tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    real, calls = train_mod.save_model, []
+
+    def full_from_epoch_2(model, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:  # epoch 1's checkpoint and weights went in; then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "save_model", full_from_epoch_2)
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 2)) == 1
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith(f"torch-vae: error: cannot write {run / 'checkpoints'}")
+    step = load_train_state(run)["step"]
+    assert said.endswith(f"the training state of step {step} is saved; once the file can be "
+                         f"written, continue with: torch-vae train --resume {run} --data_dir "
+                         f"{data} --threads 1 (as many threads as now: the same numbers to the "
+                         "bit)")  # fmt: skip
+    monkeypatch.setattr(train_mod, "save_model", real)
+    assert resume(run, data) == 0 and [r["epoch"] for r in read_metrics(run)] == [1, 2]

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..analysis import figures
 from ..analysis.pictures import N_PICTURE, epoch_picture
 from ..data.cache import default_data_dir
-from ..errors import TorchVaeError, TrainingInterrupted
+from ..errors import TorchVaeError, TrainingInterrupted, describe_os_error
 from ..evaluation.likelihood import test_metrics
 from ..io.files import atomic_path, remove_stale_temporaries
 from ..io.png import save_png
@@ -270,6 +270,8 @@ def _train_epochs(loop: Loop, first_epoch: int, partial: EpochProgress | None) -
         try:
             train_one_epoch(loop, epoch, ep)
             end_epoch(loop, epoch, ep)
+        except OSError as exc:  # a full disk, a folder made read-only: what there is to go on
+            raise TorchVaeError(f"{describe_os_error(exc)}; {_after_failed_write(loop)}") from None
         except Exception as exc:
             if loop.dist.enabled and is_collective_error(exc):  # another process ended
                 raise _save_alone(loop, epoch, ep) from exc
@@ -588,6 +590,14 @@ def _save_alone(loop: Loop, epoch: int, ep: EpochProgress) -> ProcessLost:
         f"saved, continue with: {_resume_hint(loop)}",
         exit_code=1,
     )
+
+
+def _after_failed_write(loop: Loop) -> str:
+    """What a run whose file could not be written can go on from: its last saved state."""
+    if loop.saved_step < 0 or not (loop.plan.run_dir / STATE_NAME).is_file():
+        return "no training state was saved yet: start the run again where there is room"
+    return (f"the training state of step {loop.saved_step} is saved; once the file can be "
+            f"written, continue with: {_resume_hint(loop)}")  # fmt: skip
 
 
 def _job_progress(loop: Loop, ep: EpochProgress) -> EpochProgress:
