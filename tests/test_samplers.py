@@ -145,14 +145,19 @@ def test_fit_sampler_and_generate_with_it(model_dir, data, tmp_path, caplog, cap
     n = load_sampler(model_dir, "gmm").info["validation"]["n_images"]
     assert f"measured on different numbers of images (gmm {n}, gaussian 4)" in caplog.text
     assert main([*fit, "--sampler", "gaussian", "--overwrite"]) == 0  # as it was
-    # weights changed after the fit: the samplers are refused, not silently used; the error
-    # names both, and the model's own prior to draw from meanwhile
+    # weights changed after the fit: auto leaves the samplers out, naming both, and draws from
+    # the model's own prior; one asked for by name is refused
     VAE(ModelConfig.from_dict(load_sampler_config(model_dir))).save_pretrained(model_dir, "mnist")
+    caplog.clear()
+    assert load_sampler(model_dir) is None
+    assert ("the gmm and gaussian samplers were fitted to other weights than these (the model "
+            "was trained since): left out; fit them again with torch-vae fit-sampler --model "
+            f"{model_dir} --sampler KIND, for each of gmm and gaussian; latents from the "
+            "model's own prior meanwhile") in caplog.text  # fmt: skip
     with pytest.raises(TorchVaeError, match="other weights") as refused:
-        load_sampler(model_dir)
+        load_sampler(model_dir, "gmm")
     message = str(refused.value)
-    assert "sampler-gmm" in message or "sampler-gaussian" in message
-    assert "(and the gaussian sampler)" in message or "(and the gmm sampler)" in message
+    assert "sampler-gmm" in message
     assert message.endswith("or draw from the model's own prior with --sampler prior")
     # ... but one fitted again since is taken by auto, the others named in a warning
     caplog.clear()
@@ -216,6 +221,12 @@ def test_training_ends_saying_to_fit_again_a_sampler_fitted_while_it_ran(
         f"of this training; fit again with torch-vae fit-sampler --model {run} --sampler "
         f"gaussian, then torch-vae generate --model {run} --outdir samples"
     ]
+    # generate before that: from the model's own prior, saying why
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main(["generate", "--model", str(run), "--outdir", str(tmp_path / "g"),
+                     "--nsamples", "2", "--quiet"]) == 0  # fmt: skip
+    assert "latents from the model's own prior meanwhile" in caplog.text
 
 
 def test_training_ends_saying_to_fit_again_the_samplers_a_resume_made_stale(
@@ -233,8 +244,9 @@ def test_training_ends_saying_to_fit_again_the_samplers_a_resume_made_stale(
         f"of this training; fit again with torch-vae fit-sampler --model {trained} --sampler "
         f"gaussian, then torch-vae generate --model {trained} --outdir samples"
     ]
-    with pytest.raises(TorchVaeError, match="other weights"):  # what generate would meet
-        load_sampler(trained)
+    assert load_sampler(trained) is None  # generate draws from the prior, with a warning
+    with pytest.raises(TorchVaeError, match="other weights"):  # asked for by name: refused
+        load_sampler(trained, "gaussian")
 
 
 def test_fit_sampler_on_an_epoch_checkpoint_keeps_the_run_s_validation_split(

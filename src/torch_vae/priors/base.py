@@ -141,9 +141,10 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     cannot rank a sampler against one without: a quick fit scored on a few images would win
     over a better one fitted before scores existed). None when there is none, so that the
     caller draws from the model's prior. A damaged sampler file (or one holding another kind
-    than its name says) raises TorchVaeError, as does one fitted to other weights (the model
-    trained further since), unless another kind can be read and was fitted to these weights:
-    without ``kind`` that one is taken, with a warning that names the others to fit again."""
+    than its name says) raises TorchVaeError, as does one of ``kind`` fitted to other weights
+    (the model trained further since); without ``kind``, those are left out with a warning
+    that names them to fit again: the best of the others is taken, or None (the model's own
+    prior) where every one there is stale."""
     if kind and kind not in PRIORS:
         known = ", ".join(preference())
         raise TorchVaeError(f"unknown sampler kind {kind!r}; choose one of {known}")
@@ -155,7 +156,7 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     sha = file_sha256(weights)  # hashed once, only where a sampler is there to check
     found = [prior for _, _, prior in fitted if prior.info.get("model_sha256") == sha]
     stale = [(k, path) for k, path, prior in fitted if prior.info.get("model_sha256") != sha]
-    if stale and not found:
+    if stale and kind:  # asked for by name
         raise _all_stale(stale, weights, model_path)
     if stale:
         kinds = [k for k, _ in stale]
@@ -164,11 +165,12 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
             if len(kinds) == 1
             else f"--sampler KIND, for each of {_and(kinds)}"
         )
+        meanwhile = "" if found else "; latents from the model's own prior meanwhile"
         log.warning("the %s sampler%s fitted to other weights than these (the model was trained "
-                    "since): left out; fit %s again with torch-vae fit-sampler --model %s %s",
+                    "since): left out; fit %s again with torch-vae fit-sampler --model %s %s%s",
                     _and(kinds), "s were" if len(stale) > 1 else " was",
-                    "them" if len(stale) > 1 else "it", model_path, how)  # fmt: skip
-    return _best(found, say=kind is None and len(found) > 1)
+                    "them" if len(stale) > 1 else "it", model_path, how, meanwhile)  # fmt: skip
+    return _best(found, say=kind is None and len(found) > 1) if found else None
 
 
 def _and(names: list[str]) -> str:
@@ -177,13 +179,11 @@ def _and(names: list[str]) -> str:
 
 
 def _all_stale(stale: list[tuple[str, Path]], weights: Path, model_path) -> TorchVaeError:
-    """The error for samplers there that were all fitted to other weights: the first one's
-    path, the others' kinds, how to fit it again, and the model's own prior meanwhile."""
-    k, path = stale[0]
-    rest = [k for k, _ in stale[1:]]
-    others = f" (and the {_and(rest)} sampler{'s' if len(rest) > 1 else ''})" if rest else ""
+    """The error for the sampler asked for by name (``stale``: its kind and path), fitted to
+    other weights: how to fit it again, and the model's own prior meanwhile."""
+    ((k, path),) = stale
     return TorchVaeError(
-        f"{path}{others} was fitted to other weights than {weights} (this model's before it "
+        f"{path} was fitted to other weights than {weights} (this model's before it "
         f"trained further, or another model's); fit it again with torch-vae fit-sampler --model "
         f"{model_path} --sampler {k}, or draw from the model's own prior with --sampler prior"
     )
