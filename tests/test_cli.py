@@ -938,3 +938,25 @@ def test_generate_refuses_a_run_s_own_folders_as_outdir(trained, tmp_path, capsy
         assert f"e.g. samples/{trained.name} (nothing was written)" in said  # not inside the run
         assert sorted(p.name for p in outdir.iterdir()) == before
     assert main([*gen, str(trained / "samples")]) == 0
+
+
+def test_what_reading_the_flags_says_is_shown_by_the_command(data, tmp_path):
+    """Lines logged while a --config file is read (before the command set up its logging)
+    were lost: the data folder a run's config.json points at is said."""
+    import os
+
+    from test_distributed import SRC
+
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--data_dir", str(data), "--max_steps", "2",
+                 "--run_dir", str(run)]) == 0  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("TORCH_VAE_DATA", None)
+    cmd = [sys.executable, "-m", "torch_vae", "train", "--config", str(run / "config.json"),
+           "--dry_run"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"reading the dataset from {data}, the data folder the run read" in done.stderr
+    quiet = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, env=env,
+                           cwd=tmp_path, timeout=120)  # fmt: skip
+    assert quiet.returncode == 0 and "reading the dataset" not in quiet.stderr

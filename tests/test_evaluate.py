@@ -238,6 +238,7 @@ def test_a_report_that_cannot_be_written_is_refused_before_the_work(
     assert main([command, *flags]) == 1
     err = capsys.readouterr().err.strip()
     assert "cannot be written: the folder" in err and str(trained) in err
+    assert "--report" in err and not err.startswith("torch-vae: error: --report")  # not given
     # an existing report that is read-only or immutable: the same, and it is left as it was
     kept = tmp_path / "kept.json"
     kept.write_text("{}")

@@ -703,3 +703,15 @@ def test_a_write_that_fails_mid_run_says_how_to_go_on_from_the_state_saved(
                          "bit)")  # fmt: skip
     monkeypatch.setattr(train_mod, "save_model", real)
     assert resume(run, data) == 0 and [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_resume_of_a_file_names_its_run_folder_only_where_it_is_in_one(trained, tmp_path, capsys):
+    assert main(["train", "--resume", str(trained / "metrics.jsonl")]) == 1
+    assert f"takes the run's folder (the one holding it: {trained.resolve()})" in (
+        capsys.readouterr().err
+    )
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert main(["train", "--resume", str(notes)]) == 1
+    err = capsys.readouterr().err
+    assert f"--resume {notes} is a file, not a run folder" in err and "holding it:" not in err

@@ -136,7 +136,8 @@ COMMANDS = {
                 "itself for a latent-2 model, else PCA (or UMAP) (see docs/explore.md).",
                 (Runtime, EmbedOptions), "embed"),
         Command("plot", "Plot the training curves of runs",
-                "Training curves (loss, reconstruction, KL, test loss per epoch) of one or "
+                "Training curves (loss, reconstruction, KL, held-out loss per epoch: the "
+                "validation split's, or the test split's for a run without one) of one or "
                 "more runs, overlaid, from their metrics.jsonl, into a PNG.",
                 (PlotOptions,), "plot"),
     )

@@ -320,6 +320,14 @@ def is_shipped(path: Path) -> bool:
                for a in path.parents)  # fmt: skip
 
 
+def check_report_folder(folder: Path) -> None:
+    """Before any work: the folder a report goes to by default may be written."""
+    problem = unwritable(folder)
+    if problem:
+        raise TorchVaeError(f"the report goes to {folder} by default, which cannot be written: "
+                            f"{problem}; pass --report with a path elsewhere")  # fmt: skip
+
+
 def check_output_file(path: Path, flag: str, report: bool = False) -> None:
     """Before any work: ``path`` (an output file flag's value) may be written. Never over a
     folder, a weights file, a training state or any other file of a model or run folder (a

@@ -50,7 +50,7 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     if path is None:  # the default's name needs the split's size; checked before the work too
         discrete = model.latent_kind == "discrete"
         path = default_report(o.model, report_name(o, dataset, len(images), discrete))
-        check_output_file(path, "--report", report=True)
+        check_output_file(path, "the report (--report to write it elsewhere)", report=True)
     images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
     train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))

@@ -103,16 +103,28 @@ class _Formatter(logging.Formatter):
         return text
 
 
+def _log_to_stderr(quiet: bool) -> bool:
+    """Log lines to stderr (a warning's marked), from before the flags are parsed, so that
+    what reading them says (a --config file's notes) is shown; nothing where the process has
+    its own handlers already (an embedding program, pytest). Whether it installed one."""
+    root = logging.getLogger()
+    if root.handlers:
+        return False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    return True
+
+
 def _main(argv: list[str] | None) -> int:
     try:
+        ours = _log_to_stderr("--quiet" in (sys.argv[1:] if argv is None else argv))
         command, values, given = parse(argv)
+        if ours:  # --quiet may come from a --config file too
+            logging.getLogger().setLevel(logging.WARNING if values.get("quiet") else logging.INFO)
         if command != "explore":  # a server keeps what one large upload took: not there
             keep_freed_memory()  # before the first tensor: 2x faster evaluation on the CPU
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Formatter("%(message)s"))
-        logging.basicConfig(
-            level=logging.WARNING if values.get("quiet") else logging.INFO, handlers=[handler]
-        )
         nproc = values.get("nproc_per_node", 1) if command == "train" else 1
         nproc = nproc if isinstance(nproc, int) else 1  # pick(RunOptions) says what is wrong
         _set_threads(values, nproc)

@@ -19,6 +19,7 @@ from ..evaluation.sample_quality import (
 from ..priors import choose_sampler
 from .common import (
     check_output_file,
+    check_report_folder,
     default_report,
     held_out_rows,
     model_and_dataset,
@@ -33,8 +34,10 @@ FEW_REFERENCE = 1000  # reference images below which the scores get a warning
 def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     """sample-quality: measure, write the JSON report, print a table."""
     # before the work: the report's folder (the default's name depends on the sampler used)
-    check_output_file(o.report or default_report(o.model, "sample-quality-x"), "--report",
-                      report=True)  # fmt: skip
+    if o.report is not None:
+        check_output_file(o.report, "--report", report=True)
+    else:
+        check_report_folder(default_report(o.model, "sample-quality").parent)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime)
     if o.reconstructions and o.nsamples != NSAMPLES:
         log.warning("--nsamples sets how many samples are drawn; --reconstructions measures "

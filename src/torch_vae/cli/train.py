@@ -12,6 +12,7 @@ from typing import Any
 from ..data import get_dataset
 from ..data.datasets import absolute_name, gone_folder
 from ..errors import TorchVaeError
+from ..io.weights import CONFIG_NAME
 from ..models import read_config
 from ..training import TrainConfig, execute
 from ..training.distributed import Distributed
@@ -61,8 +62,12 @@ def planner(values: dict[str, Any], given: set[str]) -> Callable[[Distributed], 
 def _resume(run_dir: Path, values: dict[str, Any], given: set[str], lock: bool) -> RunPlan:
     if run_dir.is_file():
         folder = run_dir.resolve().parent
-        raise TorchVaeError(f"--resume {run_dir} is a file; --resume takes the run's folder (the "
-                            f"one holding it: {folder})")  # fmt: skip
+        if (folder / CONFIG_NAME).is_file():  # a file of a run: its folder is meant
+            raise TorchVaeError(f"--resume {run_dir} is a file; --resume takes the run's folder "
+                                f"(the one holding it: {folder})")  # fmt: skip
+        raise TorchVaeError(f"--resume {run_dir} is a file, not a run folder; --resume takes the "
+                            "folder of a run of torch-vae train (the one holding its "
+                            "config.json and ckpt.pt)")  # fmt: skip
     if not run_dir.is_dir():
         raise TorchVaeError(f"--resume {run_dir}: no such run folder")
     for flag in ("config", "dry_run", "run_dir", "init_from"):
