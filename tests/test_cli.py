@@ -537,15 +537,22 @@ def test_a_run_s_config_json_as_config_trains_the_same_recipe(mnist_dir, tmp_pat
         assert json.loads((run / "config.json").read_text())["model"]["depth"] == depth
 
 
+def _run_then_elsewhere(mnist_dir, tmp_path, monkeypatch):
+    """A tiny run reading ``mnist_dir``, then the working folder another one, whose ./data
+    holds nothing, with no $TORCH_VAE_DATA: (the run, that folder)."""
+    run, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    assert main(["train", *TINY, "--data_dir", str(mnist_dir), "--max_steps", "2",
+                 "--run_dir", str(run)]) == 0  # fmt: skip
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("TORCH_VAE_DATA", raising=False)
+    return run, elsewhere
+
+
 def test_a_run_s_config_reads_the_data_folder_the_run_read_unless_told_another(
     mnist_dir, tmp_path, monkeypatch
 ):
-    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
-    assert main(["train", *TINY, "--data_dir", str(mnist_dir), "--max_steps", "2",
-                 "--run_dir", str(first)]) == 0  # fmt: skip
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)  # whose ./data holds nothing
-    monkeypatch.delenv("TORCH_VAE_DATA", raising=False)
+    first, elsewhere = _run_then_elsewhere(mnist_dir, tmp_path, monkeypatch)
     again = ["train", "--config", str(first / "config.json"), "--quiet", "--run_dir"]
     assert main([*again, str(tmp_path / "again")]) == 0
     assert not (elsewhere / "data").exists()  # neither downloaded nor cached here
@@ -561,12 +568,7 @@ def test_a_run_s_config_reads_the_data_folder_the_run_read_unless_told_another(
 def test_commands_on_a_run_s_model_read_the_data_folder_the_run_read(
     mnist_dir, tmp_path, monkeypatch, caplog, capsys
 ):
-    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
-    assert main(["train", *TINY, "--data_dir", str(mnist_dir), "--max_steps", "2",
-                 "--run_dir", str(run)]) == 0  # fmt: skip
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)  # whose ./data holds nothing
-    monkeypatch.delenv("TORCH_VAE_DATA", raising=False)
+    run, elsewhere = _run_then_elsewhere(mnist_dir, tmp_path, monkeypatch)
     monkeypatch.setattr("torch_vae.data.datasets.download", _no_download)
     caplog.set_level("INFO")
     evaluate = ["evaluate", "--model", str(run), "--iw_samples", "0", "--cpu"]

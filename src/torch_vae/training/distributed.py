@@ -127,15 +127,8 @@ class Distributed:
         if not self.enabled:
             return
         bufs = [b for b in model.buffers() if b.is_floating_point()]
-        if not bufs:
-            return
-        flat = torch.cat([b.reshape(-1) for b in bufs])
-        dist.all_reduce(flat)
-        flat.div_(self.world)
-        offset = 0
-        for b in bufs:
-            b.copy_(flat[offset : offset + b.numel()].view_as(b))
-            offset += b.numel()
+        if bufs:
+            self._average(bufs)
 
     def average_gradients(self, model: torch.nn.Module) -> None:
         """Average the gradients over the processes, in place: one all-reduce of them all,
@@ -144,15 +137,19 @@ class Distributed:
         if not self.enabled:  # the single-process step: nothing to gather
             return
         grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads or grads[0].device.type != "cpu":
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        if grads and grads[0].device.type == "cpu":
+            self._average(grads)
+
+    def _average(self, tensors: list[torch.Tensor]) -> None:
+        """Each of ``tensors`` set to its mean over the processes: one all-reduce of them all,
+        flattened into a copy (written back only once it succeeded)."""
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat)
         flat.div_(self.world)
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     def broadcast_weights(self, model: torch.nn.Module) -> None:
         """Give every process rank 0's parameters and buffers (as DDP does when it is built)."""
