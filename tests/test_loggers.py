@@ -235,5 +235,5 @@ def test_the_fan_out_drops_a_failing_logger_with_a_warning(caplog):
                           ("scalars", 6, {"step/loss": 0.5}), ("close", "FINISHED")]  # fmt: skip
     assert bad.calls == [("params", {"train.lr": "0.1"})]
     warnings = [r.getMessage() for r in caplog.records if "logger failed" in r.getMessage()]
-    assert warnings == ["warning: the bad logger failed (OSError: [Errno 28] No space left on "
+    assert warnings == ["the bad logger failed (OSError: [Errno 28] No space left on "
                         "device); training goes on without it"]  # fmt: skip

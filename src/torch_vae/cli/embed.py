@@ -20,10 +20,10 @@ def _labels(dataset: str, split: str, data_dir, n: int):
     try:
         labels = latent.load_labels(dataset, split, data_dir)
     except TorchVaeError as exc:
-        log.warning("warning: no class colours: %s", exc)
+        log.warning("no class colours: %s", exc)
         return None, None
     if labels is None or names is None:
-        log.warning("warning: no class colours: %s has no labels (a folder's images have them "
+        log.warning("no class colours: %s has no labels (a folder's images have them "
                     "from its subfolders)", dataset)  # fmt: skip
         return None, None
     return labels[:n], names

@@ -73,7 +73,7 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         if len(images[rows_held]) > SCORE_K:
             score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
         else:  # precision and recall need each image's k-th nearest other one
-            log.warning("warning: the %d %s are too few to score the sampler (it takes more "
+            log.warning("the %d %s are too few to score the sampler (it takes more "
                         "than %d); it is fitted without a score (--nscore 0 says so)",
                         len(images[rows_held]), where, SCORE_K)  # fmt: skip
     options = {"components": o.components, "steps": o.steps, "seed": o.seed, "hidden": o.hidden,

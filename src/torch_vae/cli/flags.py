@@ -180,7 +180,7 @@ def _warn_changed_start(path: Path, init_from: str, recorded: Any) -> None:
                             "cannot be read any more; pass --init_from with the weights to start "
                             "from") from None  # fmt: skip
     if recorded and now != recorded:
-        log.warning("warning: the run's initial weights %s changed since it began (SHA-256 "
+        log.warning("the run's initial weights %s changed since it began (SHA-256 "
                     "%s... then, %s... now): this run starts from the weights there now",
                     init_from, str(recorded)[:12], now[:12])  # fmt: skip
 

@@ -94,7 +94,7 @@ def run() -> NoReturn:
 
 
 class _Formatter(logging.Formatter):
-    """The message, a warning's starting with "warning: " (whether or not it says so)."""
+    """The message; a warning's begins with "warning: "."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -173,7 +173,7 @@ def _set_threads(values: dict, nproc: int) -> None:
     cpus = os.cpu_count() or 1
     if values["threads"] * nproc > cpus and not launched_worker():
         each = f" in each of {nproc} processes" if nproc > 1 else ""
-        log.warning("warning: --threads %d%s is more than this machine's %d CPUs, which slows "
+        log.warning("--threads %d%s is more than this machine's %d CPUs, which slows "
                     "PyTorch down; pass at most %d, or 0 for PyTorch's choice", values["threads"],
                     each, cpus, worker_threads(nproc, 0))  # fmt: skip
 

@@ -60,12 +60,12 @@ class Precision:
         if precision != "fp32":
             check_autocast(self.device, precision)
         if precision == "fp16" and self.device.type == "cpu" and train:
-            log.warning("warning: --precision fp16 on the CPU trains far slower than fp32 (a "
+            log.warning("--precision fp16 on the CPU trains far slower than fp32 (a "
                         "hundred times on a Xeon, docs/benchmarks.md); bf16 is the CPU's half "
                         "precision: --precision auto takes it where the CPU computes it "
                         "natively")  # fmt: skip
         if precision == "bf16" and train and bf16_emulated(self.device):
-            log.warning("warning: this CPU has neither AMX nor AVX-512 BF16, so PyTorch emulates "
+            log.warning("this CPU has neither AMX nor AVX-512 BF16, so PyTorch emulates "
                         "bf16 and --precision bf16 trains about 2x slower than fp32 here "
                         "(docs/benchmarks.md); --precision auto takes fp32 on it")  # fmt: skip
         scale = train and precision == "fp16" and self.device.type == "cuda"

@@ -311,7 +311,7 @@ class Loggers:
             try:
                 getattr(logger, method)(*args)
             except Exception as exc:
-                log.warning("warning: the %s logger failed (%s); training goes on without it",
+                log.warning("the %s logger failed (%s); training goes on without it",
                             name, first_line(exc))  # fmt: skip
                 del self.active[name]
 

@@ -712,7 +712,7 @@ def write_curves(run_dir: Path, record: dict, last: bool = False) -> None:
         figures.plot_curves([read_metrics(run_dir)], [run_dir.name], out)
         _drawing["seconds"] = time.perf_counter() - start
     except Exception as exc:  # matplotlib missing or broken, a full disk, a damaged file...
-        log.warning("warning: could not draw %s (%s: %s); training goes on",
+        log.warning("could not draw %s (%s: %s); training goes on",
                     out, type(exc).__name__, exc)  # fmt: skip
 
 

@@ -372,11 +372,11 @@ def load_run_data(plan: RunPlan, progress: bool, dist: Distributed | None = None
             return RunData(train_images, rows, val_images, "val", split, train_labels,
                            val_labels)  # fmt: skip
         if dist.is_main:
-            log.warning("warning: the validation images drawn from the training split are all "
+            log.warning("the validation images drawn from the training split are all "
                         "of the classes --exclude_class leaves out; each epoch is measured on "
                         "the test split instead")  # fmt: skip
     elif plan.train.val_images and dist.is_main:  # asked for, but a tenth is not one image
-        log.warning("warning: the %d training images are too few to hold out validation "
+        log.warning("the %d training images are too few to hold out validation "
                     "images (at most a tenth of them); each epoch is measured on the test "
                     "split instead", len(train_images))  # fmt: skip
     test_images, test_labels = _test_rows(plan, test_images, test_labels)
