@@ -573,9 +573,7 @@ def test_commands_on_a_run_s_model_read_the_data_folder_the_run_read(
     caplog.set_level("INFO")
     evaluate = ["evaluate", "--model", str(run), "--iw_samples", "0", "--cpu"]
     assert main([*evaluate, "--report", str(tmp_path / "r.json")]) == 0
-    assert f"reading datasets from {mnist_dir}, the data folder the model's run read" in (
-        caplog.text
-    )
+    assert f"data folder (downloads and caches): {mnist_dir}, the one the run used" in (caplog.text)
     assert not (elsewhere / "data").exists()  # neither downloaded nor cached here
     # $TORCH_VAE_DATA says another folder: that one is read (here: one without MNIST)
     monkeypatch.setenv("TORCH_VAE_DATA", str(tmp_path / "none"))
@@ -958,7 +956,7 @@ def test_what_reading_the_flags_says_is_shown_by_the_command(data, tmp_path):
            "--dry_run"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"reading the dataset from {data}, the data folder the run read" in done.stderr
+    assert f"data folder (downloads and caches): {data}, the one the run used" in done.stderr
     quiet = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, env=env,
                            cwd=tmp_path, timeout=120)  # fmt: skip
     assert quiet.returncode == 0 and "reading the dataset" not in quiet.stderr

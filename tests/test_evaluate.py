@@ -278,7 +278,29 @@ def test_evaluate_split_val_measures_the_images_the_run_held_out(
     none = train_tiny(tmp_path / "none", "--val_images", "0")
     capsys.readouterr()
     assert main([*args[:2], str(none), *args[3:]]) == 1
-    assert f"--split val: {none} records no validation split" in capsys.readouterr().err
+    assert f"--split val: the run of {none} held out no validation images" in (
+        capsys.readouterr().err
+    )
     folder = write_folder(tmp_path / "mine", n=20, gray=True)
     assert main([*args, "--dataset", f"folder:{folder}"]) == 1
     assert f"not of folder:{folder}; use --split test" in capsys.readouterr().err
+
+
+def test_evaluate_split_val_says_the_folder_changed_since_the_run_trained(tmp_path, capsys):
+    from PIL import Image
+
+    from fakedata import write_folder
+
+    folder = write_folder(tmp_path / "imgs", n=40, gray=True)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"folder:{folder}", "--image_size", "16", "--depth", "2",
+                 "--max_filters", "8", "--max_steps", "2", "--run_dir", str(run),
+                 "--quiet"]) == 0  # fmt: skip
+    train = next(p for p in sorted(folder.rglob("*.png")) if "test" not in p.parts)
+    Image.open(train).save(train.with_name("added.png"))  # one more training image
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run), "--split", "val", "--iw_samples", "0",
+                 "--quiet"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert f"--split val: the run of {run} drew its validation split from " in err
+    assert "the dataset changed since it trained; use --split test" in err

@@ -183,6 +183,7 @@ def test_curves_of_few_epochs_tick_each_epoch_and_mark_training_and_held_out_apa
         assert list(loss.get_xticks()) == epochs
         assert [line.get_marker() for line in loss.get_lines()] == ["o", "x"]
         assert "o: training" in loss.get_title() and "x: held out" in loss.get_title()
+        assert [line.get_marker() for line in fig.axes[3].get_lines()] == ["x"]  # held out
 
 
 def test_curves_are_due_by_share_of_time(monkeypatch):

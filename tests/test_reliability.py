@@ -231,7 +231,7 @@ def test_a_resume_from_another_folder_reads_the_data_folder_the_run_read(
     caplog.set_level("INFO")
     args = ["train", "--resume", str(run), "--epochs", "2", "--threads", "1", "--cpu"]
     assert main(args) == 0, caplog.text
-    assert f"reading mnist from {data}, the data folder the run read" in caplog.text
+    assert f"data folder (downloads and caches): {data}, the one the run used" in caplog.text
     assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
     assert not (elsewhere / "data").exists()  # neither downloaded nor cached again here
     # --data_dir and $TORCH_VAE_DATA say where, over the run's own folder
@@ -715,3 +715,15 @@ def test_resume_of_a_file_names_its_run_folder_only_where_it_is_in_one(trained, 
     assert main(["train", "--resume", str(notes)]) == 1
     err = capsys.readouterr().err
     assert f"--resume {notes} is a file, not a run folder" in err and "holding it:" not in err
+
+
+def test_a_resume_of_an_epoch_cut_short_by_max_steps_says_its_files_are_replaced(
+    data, tmp_path, caplog
+):
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 2, "--max_steps", "3")) == 0  # 5 steps an epoch
+    assert (run / "checkpoints" / "epoch_001.safetensors").is_file()  # of the 3 steps
+    with caplog.at_level("INFO", logger="torch_vae"):
+        assert resume(run, data, "--max_steps", "5") == 0
+    assert ("epoch 1 was cut short by --max_steps: its checkpoint, picture and metrics line are "
+            "replaced when it ends") in caplog.text  # fmt: skip

@@ -23,7 +23,7 @@ CURVES = (  # panel title, training key, the measured split's key (after its pre
     ("loss", "train_loss", "loss"),
     ("reconstruction", "train_recon", "recon"),
     ("KL", "train_kl", "kl"),  # a discrete model's: its commitment loss (REGULARISERS)
-    ("held-out loss", None, "loss"),
+    ("held-out loss (validation split; test for a run without one)", None, "loss"),
 )
 REGULARISERS = {"kl": "KL", "commit": "commitment"}  # the objective's second term, by its key
 GREY = "0.55"  # inactive latent dimensions
@@ -105,7 +105,7 @@ def plot_curves(runs: Sequence[Sequence[dict]], labels: Sequence[str], out: Path
             # tell the two apart where a line is too short to show its dashes (one epoch)
             for key, style, mark in (
                 (train_key, "-", "o"),
-                (held, "--" if train_key else "-", "x" if train_key else "o"),
+                (held, "--" if train_key else "-", "x"),
             ):
                 x, y = _series(records, key) if key else ([], [])
                 if x:

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..analysis.pictures import numbered
 from ..data import check_channels, get_dataset, load_split
-from ..data.cache import DATA_DIR_ENV, default_data_dir
+from ..data.cache import DATA_DIR_ENV, RUN_DATA_DIR, default_data_dir
 from ..data.datasets import DECODE_ERRORS, Dataset, FolderDataset, absolute_name, gone_folder
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array, with_channels
 from ..data.labels import labels_as, rows_without
@@ -430,8 +430,7 @@ def use_run_data_dir(values: dict) -> None:
         return
     if Path(recorded).resolve() != default_data_dir().resolve():
         values["data_dir"] = Path(recorded)
-        log.info("reading datasets from %s, the data folder the model's run read (--data_dir "
-                 "for another)", recorded)  # fmt: skip
+        log.info(RUN_DATA_DIR, recorded)
 
 
 def warn_if_training(model_path: Path) -> None:

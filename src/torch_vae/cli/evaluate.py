@@ -17,6 +17,7 @@ from .common import (
     default_report,
     held_out_rows,
     model_and_dataset,
+    run_config,
     say_left_out,
     split_images,
     split_labels,
@@ -91,11 +92,20 @@ def validation_rows_of(
     val``), or a one-line error where none were held out."""
     fit, rows, _ = held_out_rows(o.model, n, o.data_dir)
     if rows is None:
-        raise TorchVaeError(
-            f"--split val: {o.model} records no validation split of these {n} training images "
-            "(its run trained with --val_images 0, its config.json is not beside the weights, "
-            "or the dataset changed since); use --split test"
-        )
+        config = run_config(o.model)
+        split = config.get("split") if isinstance(config.get("split"), dict) else {}
+        run = f"the run of {o.model}"
+        if not config:
+            why = f"{o.model} has no config.json of its run beside it (which records the split)"
+        elif not split.get("validation_images"):
+            why = f"{run} held out no validation images (--val_images 0, or too few images)"
+        else:
+            total = int(split["validation_images"]) + int(split.get("training_images") or 0)
+            why = (f"{run} drew its validation split from {total} training images, and the "
+                   f"training split has {n} now" if total != n else f"{run} drew its "
+                   "validation split from other training images than these")  # fmt: skip
+            why += ": the dataset changed since it trained"
+        raise TorchVaeError(f"--split val: {why}; use --split test")
     if not len(rows):
         raise TorchVaeError(f"--split val: the validation split of {o.model} holds no image of "
                             "the classes it trained on; use --split test")  # fmt: skip

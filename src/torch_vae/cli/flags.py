@@ -155,12 +155,11 @@ def _run_flags(path: Path, values: dict, fields: dict, given: dict[str, Any]) ->
         _warn_changed_start(path, flags["init_from"], values["train"].get("init_sha256"))
     recorded = values.get("data_dir")  # the data folder the run read, as a resume reads it
     if "data_dir" in fields and isinstance(recorded, str) and Path(recorded).is_dir():
-        from ..data.cache import DATA_DIR_ENV  # numpy and PyTorch: not for every command line
+        from ..data.cache import DATA_DIR_ENV, RUN_DATA_DIR  # numpy, PyTorch: not for every line
 
         if "data_dir" not in given and DATA_DIR_ENV not in os.environ:
             flags["data_dir"] = recorded
-            log.info("reading the dataset from %s, the data folder the run read (--data_dir "
-                     "for another)", recorded)  # fmt: skip
+            log.info(RUN_DATA_DIR, recorded)
     size = given.get("image_size")
     if size is not None and size != flags.get("image_size") and "depth" not in given:
         depth = flags.pop("depth", None)

@@ -228,8 +228,9 @@ class EvaluateOptions:
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
     split: Literal["train", "val", "test"] = option(
         "test",
-        "the split to evaluate; val: the validation images the model's run held out of "
-        "its training split (train --val_images)",
+        "the split to evaluate: test, train (the whole training split, the validation images "
+        "among them), or val: the validation images the model's run held out of its training "
+        "split (train --val_images)",
     )
     iw_samples: int = option(
         IW_SAMPLES, "importance samples per image for the NLL (0 skips the NLL)"

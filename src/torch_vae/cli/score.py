@@ -196,7 +196,7 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice, scored: s
     ood, channels = o.ood, model.config.in_channels
     if absolute_name(ood) == model.dataset:
         log.warning("--ood %s is the dataset the model was trained on: its images are "
-                    "in-distribution (a folder's, training images among them), so the scores "
+                    "in-distribution (a folder's: its training images among them), so the scores "
                     "cannot tell the two sets apart; pass other images", ood)  # fmt: skip
     elif absolute_name(ood) == scored:
         log.warning("--ood %s is the dataset scored as in-distribution too: the two sets hold "

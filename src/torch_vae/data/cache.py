@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: the record holds the file's size and mtime (1's are checked and upgraded)
 VERIFY_ENV = "TORCH_VAE_VERIFY_CACHE"  # 1: check every cache's SHA-256 when it is opened
 DATA_DIR_ENV = "TORCH_VAE_DATA"
+# what a command says where it reads the data folder a run recorded (config.json data_dir)
+RUN_DATA_DIR = (
+    "data folder (downloads and caches): %s, the one the run used (--data_dir for another)"
+)
 MAX_RECORD = 1 << 20  # bytes: a record (.json) is a few hundred; a larger one is damaged
 
 

@@ -332,6 +332,10 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
             log.info("removed temporary files left by the interrupted run")
         trim_metrics(run_dir, state["epoch"])
         log.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"] + 1, loop.step)
+        if state["partial"] and (run_dir / CHECKPOINTS_DIR / f"epoch_{state['epoch'] + 1:03d}"
+                                 ".safetensors").is_file():  # fmt: skip
+            log.info("epoch %d was cut short by --max_steps: its checkpoint, picture and metrics "
+                     "line are replaced when it ends", state["epoch"] + 1)  # fmt: skip
         _warn_changed(state.get("threads"), torch.get_num_threads(), "threads", "--threads",
                       loop.device.type == "cpu")  # fmt: skip
         _warn_changed(state.get("processes"), loop.dist.world, "processes", "--nproc_per_node")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
-from ..data.cache import DATA_DIR_ENV, CacheRows, default_data_dir, gather_for
+from ..data.cache import DATA_DIR_ENV, RUN_DATA_DIR, CacheRows, default_data_dir, gather_for
 from ..data.datasets import FolderDataset, absolute_name, gone_folder
 from ..data.labels import check_every_image_labelled, class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
@@ -254,8 +254,7 @@ def _data_dir_of(run_dir: Path, dataset: str) -> Path | None:
         return None
     if recorded.resolve() == default_data_dir().resolve():
         return None
-    log.info("reading %s from %s, the data folder the run read (--data_dir for another)",
-             dataset, recorded)  # fmt: skip
+    log.info(RUN_DATA_DIR, recorded)
     return recorded
 
 
