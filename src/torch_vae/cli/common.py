@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..analysis.pictures import numbered
 from ..data import check_channels, get_dataset, load_split
-from ..data.cache import DATA_DIR_ENV, RUN_DATA_DIR, default_data_dir
+from ..data.cache import run_data_dir
 from ..data.datasets import DECODE_ERRORS, Dataset, FolderDataset, absolute_name, gone_folder
 from ..data.imaging import IMAGE_FORMATS, UnsupportedImage, open_image, to_array, with_channels
 from ..data.labels import labels_as, rows_without
@@ -420,17 +420,15 @@ def use_run_data_dir(values: dict) -> None:
     """A command on a run's model (``values["model"]``) without --data_dir or $TORCH_VAE_DATA
     reads datasets from the data folder the run read (its config.json), where that is still
     there and not the default (``data`` here): no second download or cache of the dataset."""
-    if values.get("data_dir") is not None or DATA_DIR_ENV in os.environ:
+    if values.get("data_dir") is not None:
         return
     try:
         recorded = run_config(Path(values["model"])).get("data_dir")
     except (TorchVaeError, OSError, TypeError, ValueError):  # --model is checked later
         return
-    if not isinstance(recorded, str) or not recorded or not Path(recorded).is_dir():
-        return
-    if Path(recorded).resolve() != default_data_dir().resolve():
-        values["data_dir"] = Path(recorded)
-        log.info(RUN_DATA_DIR, recorded)
+    found = run_data_dir(recorded)
+    if found is not None:
+        values["data_dir"] = found
 
 
 def warn_if_training(model_path: Path) -> None:

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import types
 import typing
 from pathlib import Path
@@ -153,13 +152,12 @@ def _run_flags(path: Path, values: dict, fields: dict, given: dict[str, Any]) ->
         del flags["init_from"]
     elif isinstance(flags.get("init_from"), str):
         _warn_changed_start(path, flags["init_from"], values["train"].get("init_sha256"))
-    recorded = values.get("data_dir")  # the data folder the run read, as a resume reads it
-    if "data_dir" in fields and isinstance(recorded, str) and Path(recorded).is_dir():
-        from ..data.cache import DATA_DIR_ENV, RUN_DATA_DIR  # numpy, PyTorch: not for every line
+    if "data_dir" in fields and "data_dir" not in given:  # the run's, as a resume reads it
+        from ..data.cache import run_data_dir  # numpy, PyTorch: not for every command line
 
-        if "data_dir" not in given and DATA_DIR_ENV not in os.environ:
-            flags["data_dir"] = recorded
-            log.info(RUN_DATA_DIR, recorded)
+        found = run_data_dir(values.get("data_dir"), unless_default=False)  # as its other flags
+        if found is not None:
+            flags["data_dir"] = str(found)
     size = given.get("image_size")
     if size is not None and size != flags.get("image_size") and "depth" not in given:
         depth = flags.pop("depth", None)

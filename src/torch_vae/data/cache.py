@@ -30,15 +30,28 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # 2: the record holds the file's size and mtime (1's are checked and upgraded)
 VERIFY_ENV = "TORCH_VAE_VERIFY_CACHE"  # 1: check every cache's SHA-256 when it is opened
 DATA_DIR_ENV = "TORCH_VAE_DATA"
-# what a command says where it reads the data folder a run recorded (config.json data_dir)
-RUN_DATA_DIR = (
-    "data folder (downloads and caches): %s, the one the run used (--data_dir for another)"
-)
 MAX_RECORD = 1 << 20  # bytes: a record (.json) is a few hundred; a larger one is damaged
 
 
 def default_data_dir() -> Path:
     return Path(os.environ.get(DATA_DIR_ENV, "data"))
+
+
+def run_data_dir(recorded: object, unless_default: bool = True) -> Path | None:
+    """The data folder a run recorded (its config.json's ``data_dir``), for a command given no
+    --data_dir to read again, with a log line saying so; None where $TORCH_VAE_DATA says
+    another, or the record names no folder there, or (``unless_default``) the default is that
+    folder anyway."""
+    if DATA_DIR_ENV in os.environ or not isinstance(recorded, str) or not recorded:
+        return None
+    folder = Path(recorded)
+    if not folder.is_dir():
+        return None
+    if unless_default and folder.resolve() == default_data_dir().resolve():
+        return None
+    log.info("data folder (downloads and caches): %s, the one the run used (--data_dir for "
+             "another)", folder)  # fmt: skip
+    return folder
 
 
 def _digest(arr: np.ndarray, chunk: int = 1 << 26) -> str:

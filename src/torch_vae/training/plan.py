@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from ..data import check_channels, get_dataset, load_split, read_only
-from ..data.cache import DATA_DIR_ENV, RUN_DATA_DIR, CacheRows, default_data_dir, gather_for
+from ..data.cache import CacheRows, gather_for, run_data_dir
 from ..data.datasets import FolderDataset, absolute_name, gone_folder
 from ..data.labels import check_every_image_labelled, class_names, load_labels, rows_without
 from ..data.splits import rows_digest, validation_rows, validation_size
@@ -37,7 +36,6 @@ from .rundir import (
     new_run_dir,
     read_run_config,
     read_run_record,
-    recorded_data_dir,
 )
 from .state import load_train_state, new_run_command
 
@@ -237,25 +235,13 @@ def plan_resume(
             f"it further, pass {fix}"
         )
     _check_folder_there(run_dir, train.dataset)
-    data_dir = data_dir or _data_dir_of(run_dir, train.dataset)
+    # from elsewhere, the data folder the run read: no second download or cache of the dataset
+    data_dir = data_dir or run_data_dir(read_run_record(run_dir).get("data_dir"))
     check_channels(
         train.dataset, model.in_channels, "the run's model expects",
         "the images changed since the run began",
     )  # fmt: skip
     return RunPlan(Path(run_dir), model, train, data_dir, state, lock=lock)
-
-
-def _data_dir_of(run_dir: Path, dataset: str) -> Path | None:
-    """Where a resume without --data_dir reads the dataset: the data folder the run read
-    (config.json), where $TORCH_VAE_DATA is not set and the default (``data`` here) is
-    another folder, so that resuming from elsewhere neither downloads nor caches it again."""
-    recorded = recorded_data_dir(run_dir)
-    if recorded is None or DATA_DIR_ENV in os.environ:
-        return None
-    if recorded.resolve() == default_data_dir().resolve():
-        return None
-    log.info(RUN_DATA_DIR, recorded)
-    return recorded
 
 
 def _check_folder_there(run_dir: Path, dataset: str) -> None:

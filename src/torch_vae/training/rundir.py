@@ -230,17 +230,6 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
     return data
 
 
-def recorded_data_dir(run_dir: Path) -> Path | None:
-    """The data folder the run in ``run_dir`` last read (config.json), if it is still there."""
-    try:
-        value = read_run_record(run_dir).get("data_dir")
-    except TorchVaeError:
-        return None
-    if not isinstance(value, str) or not value or not Path(value).is_dir():
-        return None
-    return Path(value)
-
-
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(run_dir / METRICS_NAME, "a") as f:  # a torn last line is dropped on resume
         f.write(json.dumps(record) + "\n")
