@@ -33,14 +33,15 @@ from .options import Runtime
 log = logging.getLogger(__name__)
 
 
-def load(model_path: Path, runtime: Runtime) -> VAE:
-    """The model at ``model_path`` (run folder or weights file) on the runtime's device, with
-    ``weights_sha256``: its weights file's digest, for the reports measured on it (a run
-    that trains on replaces the file)."""
+def load(model_path: Path, runtime: Runtime, digest: bool = False) -> VAE:
+    """The model at ``model_path`` (run folder or weights file) on the runtime's device; with
+    ``digest``, with ``weights_sha256``: its weights file's digest, hashed as it is read, for
+    the reports measured on it (a run that trains on replaces the file)."""
     device = pick_device(runtime.device, runtime.cpu)  # a bad --device is told first
-    sha = file_sha256(resolve_weights(model_path))
+    sha = file_sha256(resolve_weights(model_path)) if digest else None
     model = load_model(model_path, device)
-    model.weights_sha256 = sha
+    if digest:
+        model.weights_sha256 = sha
     return model
 
 
@@ -107,9 +108,10 @@ def model_and_dataset(
     runtime: Runtime,
     convert: bool = False,
     writes: Path | None = None,
+    digest: bool = False,
 ) -> tuple[VAE, str]:
     """``load`` and ``resolve_dataset`` in one."""
-    model = load(model_path, runtime)
+    model = load(model_path, runtime, digest)
     return model, resolve_dataset(model, dataset, model_path, convert, writes)
 
 

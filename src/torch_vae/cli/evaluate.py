@@ -33,7 +33,7 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     """The evaluate command: measure, print a table, write the JSON report."""
     if o.report is not None:
         check_output_file(o.report, "--report", report=True)
-    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True, digest=True)
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     split = "train" if o.split == "val" else o.split
     if o.split == "val" and dataset != absolute_name(model.dataset or ""):

@@ -38,7 +38,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
         check_output_file(o.report, "--report", report=True)
     else:
         check_report_folder(default_report(o.model, "sample-quality").parent)
-    model, dataset = model_and_dataset(o.model, o.dataset, runtime)
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime, digest=True)
     if o.reconstructions and o.nsamples != NSAMPLES:
         log.warning("--nsamples sets how many samples are drawn; --reconstructions measures "
                     "the reconstructions of every reference image (and as many training "

@@ -60,7 +60,7 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
     start = time.perf_counter()
     if o.out is not None:
         output_paths(o, "")  # a bad --out is told before the model is loaded
-    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True)
+    model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True, digest=True)
     out, summary_path, figure = output_paths(o, dataset)
     flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
     ood = absolute_name(o.ood) if o.ood else None
