@@ -156,8 +156,8 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     sha = file_sha256(weights)  # hashed once, only where a sampler is there to check
     found = [prior for _, _, prior in fitted if prior.info.get("model_sha256") == sha]
     stale = [(k, path) for k, path, prior in fitted if prior.info.get("model_sha256") != sha]
-    if stale and kind:  # asked for by name
-        raise _all_stale(stale, weights, model_path)
+    if stale and kind:  # asked for by name: the one sampler read
+        raise _stale_error(*stale[0], weights, model_path)
     if stale:
         kinds = [k for k, _ in stale]
         how = (
@@ -178,10 +178,9 @@ def _and(names: list[str]) -> str:
     return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
-def _all_stale(stale: list[tuple[str, Path]], weights: Path, model_path) -> TorchVaeError:
-    """The error for the sampler asked for by name (``stale``: its kind and path), fitted to
+def _stale_error(k: str, path: Path, weights: Path, model_path) -> TorchVaeError:
+    """The error for the sampler asked for by name (its kind ``k``, at ``path``), fitted to
     other weights: how to fit it again, and the model's own prior meanwhile."""
-    ((k, path),) = stale
     return TorchVaeError(
         f"{path} was fitted to other weights than {weights} (this model's before it "
         f"trained further, or another model's); fit it again with torch-vae fit-sampler --model "
