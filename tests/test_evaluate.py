@@ -277,7 +277,13 @@ def test_evaluate_split_val_measures_the_images_the_run_held_out(
     # a run that held none out, or another dataset than the model's: one line each
     none = train_tiny(tmp_path / "none", "--val_images", "0")
     capsys.readouterr()
-    assert main([*args[:2], str(none), *args[3:]]) == 1
+
+    def read(*a, **k):
+        raise AssertionError("the images were read before the refusal")
+
+    with pytest.MonkeyPatch.context() as patch:  # said from config.json, before any image
+        patch.setattr("torch_vae.cli.evaluate.split_images", read)
+        assert main([*args[:2], str(none), *args[3:]]) == 1
     assert f"--split val: the run of {none} held out no validation images" in (
         capsys.readouterr().err
     )

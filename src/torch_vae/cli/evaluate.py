@@ -36,16 +36,14 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True, digest=True)
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     split = "train" if o.split == "val" else o.split
-    if o.split == "val" and dataset != absolute_name(model.dataset or ""):
-        raise TorchVaeError(f"--split val is the validation split of the model's own dataset "
-                            f"({model.dataset}), not of {dataset}; use --split test")  # fmt: skip
+    recorded = recorded_split(o, model, dataset) if o.split == "val" else {}  # before any read
     images = split_images(model, dataset, split, o.data_dir, runtime)
     labels = split_labels(model, dataset, split, o.data_dir, len(images))
     fit_rows = None  # the training images the decoder's sigma is calibrated on: all of them
     if o.split == "val":  # ... but those held out, which are measured
-        fit_rows, rows = validation_rows_of(o, model, dataset, len(images))
+        fit_rows, rows = validation_rows_of(o, len(images), recorded)
         images, labels = images[rows.numpy()], None if labels is None else labels[rows]
-    if o.split != "val":  # the validation split holds none of them
+    else:  # the validation split holds none of them
         say_left_out(o.model, model, dataset, o.split, "measured")
     path = o.report
     if path is None:  # the default's name needs the split's size; checked before the work too
@@ -85,27 +83,39 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     return report
 
 
+def recorded_split(o: EvaluateOptions, model, dataset: str) -> dict:
+    """The validation split the model's run recorded (``--split val``), from its config.json
+    alone, or a one-line error where there is none to measure (another dataset, no record)."""
+    if dataset != absolute_name(model.dataset or ""):
+        raise TorchVaeError(f"--split val is the validation split of the model's own dataset "
+                            f"({model.dataset}), not of {dataset}; use --split test")  # fmt: skip
+    config = run_config(o.model)
+    split = config.get("split") if isinstance(config.get("split"), dict) else {}
+    if not config:
+        why = f"{o.model} has no config.json of its run beside it (which records the split)"
+    elif not split.get("validation_images"):
+        why = (f"the run of {o.model} held out no validation images (--val_images 0, or too "
+               "few images)")  # fmt: skip
+    else:
+        return split
+    raise TorchVaeError(f"--split val: {why}; use --split test")
+
+
 def validation_rows_of(
-    o: EvaluateOptions, model, dataset: str, n: int
+    o: EvaluateOptions, n: int, split: dict
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of the training split that the model's run trained on and held out (``--split
-    val``), or a one-line error where none were held out."""
+    """The rows of the ``n`` training images that the model's run trained on and held out
+    (``--split val``; ``split``: its record, as ``recorded_split`` gives it), or a one-line
+    error where the dataset changed since."""
     fit, rows, _ = held_out_rows(o.model, n, o.data_dir)
     if rows is None:
-        config = run_config(o.model)
-        split = config.get("split") if isinstance(config.get("split"), dict) else {}
+        total = int(split["validation_images"]) + int(split.get("training_images") or 0)
         run = f"the run of {o.model}"
-        if not config:
-            why = f"{o.model} has no config.json of its run beside it (which records the split)"
-        elif not split.get("validation_images"):
-            why = f"{run} held out no validation images (--val_images 0, or too few images)"
-        else:
-            total = int(split["validation_images"]) + int(split.get("training_images") or 0)
-            why = (f"{run} drew its validation split from {total} training images, and the "
-                   f"training split has {n} now" if total != n else f"{run} drew its "
-                   "validation split from other training images than these")  # fmt: skip
-            why += ": the dataset changed since it trained"
-        raise TorchVaeError(f"--split val: {why}; use --split test")
+        why = (f"{run} drew its validation split from {total} training images, and the "
+               f"training split has {n} now" if total != n else f"{run} drew its "
+               "validation split from other training images than these")  # fmt: skip
+        raise TorchVaeError(f"--split val: {why}: the dataset changed since it trained; use "
+                            "--split test")  # fmt: skip
     if not len(rows):
         raise TorchVaeError(f"--split val: the validation split of {o.model} holds no image of "
                             "the classes it trained on; use --split test")  # fmt: skip
