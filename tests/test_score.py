@@ -602,3 +602,43 @@ def test_ood_of_the_dataset_scored_as_in_distribution_is_warned_of(labelled, tmp
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         assert score(model, labelled, *args, "--ood", folder) == 0
     assert f"--ood {folder} is the dataset scored as in-distribution too" in caplog.text
+
+
+def test_score_split_val_scores_the_images_the_run_held_out(labelled, train_tiny, tmp_path,
+                                                             capsys, monkeypatch):  # fmt: skip
+    from torch_vae.cli import score as score_cli
+    from torch_vae.data.splits import recorded_rows
+
+    run = train_tiny(tmp_path / "run", "--val_images", "8")
+    config = json.loads((run / "config.json").read_text())
+    fit, val = recorded_rows(40, config)
+    calibrated = {}
+    real = score_cli.calibrate_sigma
+
+    def calibrate(model, images, device, seed):
+        calibrated["n"] = len(images)
+        return real(model, images, device, seed=seed)
+
+    monkeypatch.setattr(score_cli, "calibrate_sigma", calibrate)
+    out = tmp_path / "val.json"
+    assert score(run, labelled, "--split", "val", "--out", str(out)) == 0
+    report = json.loads(out.read_text())
+    rows = report["images"]
+    assert report["split"] == "val" and report["in_distribution"]["name"] == "mnist val"
+    assert [r["index"] for r in rows] == val.tolist() and {r["split"] for r in rows} == {"train"}
+    assert [r["label"] for r in rows] == [i % 10 for i in val.tolist()]
+    assert calibrated["n"] == len(fit) == 40 - len(val)  # sigma from the other training images
+    # a class of the validation images as out-of-distribution: both sets from them alone
+    c = int(val[0]) % 10
+    assert score(run, labelled, "--split", "val", "--ood_class", str(c), "--out", str(out)) == 0
+    rows = json.loads(out.read_text())["images"]
+    assert sorted(r["index"] for r in rows) == sorted(val.tolist())
+    assert {r["label"] for r in rows if r["source"] == "ood"} == {c}
+    # a run that held none out: one line, before any image is read
+    none = train_tiny(tmp_path / "none", "--val_images", "0")
+    capsys.readouterr()
+    monkeypatch.setattr(score_cli, "split_images", lambda *a: pytest.fail("images read"))
+    assert score(none, labelled, "--split", "val") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"torch-vae: error: --split val: the run of {none} held out no validation "
+                   "images (--val_images 0, or too few images); use --split test"]  # fmt: skip

@@ -464,3 +464,41 @@ def run_config(model_path: Path) -> dict:
     except (OSError, ValueError):
         config = {}
     return config if isinstance(config, dict) else {}
+
+
+def recorded_split(o, model, dataset: str) -> dict:
+    """The validation split the model's run recorded (``--split val`` of ``o``, a command's
+    options with ``model``), from its config.json alone, or a one-line error where there is
+    none to measure (another dataset, no record)."""
+    if dataset != absolute_name(model.dataset or ""):
+        raise TorchVaeError(f"--split val is the validation split of the model's own dataset "
+                            f"({model.dataset}), not of {dataset}; use --split test")  # fmt: skip
+    config = run_config(o.model)
+    split = config.get("split") if isinstance(config.get("split"), dict) else {}
+    if not config:
+        why = f"{o.model} has no config.json of its run beside it (which records the split)"
+    elif not split.get("validation_images"):
+        why = (f"the run of {o.model} held out no validation images (--val_images 0, or too "
+               "few images)")  # fmt: skip
+    else:
+        return split
+    raise TorchVaeError(f"--split val: {why}; use --split test")
+
+
+def validation_rows_of(o, n: int, split: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of the ``n`` training images that the model's run trained on and held out
+    (``--split val``; ``split``: its record, as ``recorded_split`` gives it), or a one-line
+    error where the dataset changed since."""
+    fit, rows, _ = held_out_rows(o.model, n, o.data_dir)
+    if rows is None:
+        total = int(split["validation_images"]) + int(split.get("training_images") or 0)
+        run = f"the run of {o.model}"
+        why = (f"{run} drew its validation split from {total} training images, and the "
+               f"training split has {n} now" if total != n else f"{run} drew its "
+               "validation split from other training images than these")  # fmt: skip
+        raise TorchVaeError(f"--split val: {why}: the dataset changed since it trained; use "
+                            "--split test")  # fmt: skip
+    if not len(rows):
+        raise TorchVaeError(f"--split val: the validation split of {o.model} holds no image of "
+                            "the classes it trained on; use --split test")  # fmt: skip
+    return fit, rows

@@ -8,19 +8,18 @@ import math
 
 import torch
 
-from ..data.datasets import absolute_name
 from ..errors import TorchVaeError
 from ..evaluation.likelihood import calibrate_sigma, evaluate_model
 from ..evaluation.reports import dataset_tag, write_report
 from .common import (
     check_output_file,
     default_report,
-    held_out_rows,
     model_and_dataset,
-    run_config,
+    recorded_split,
     say_left_out,
     split_images,
     split_labels,
+    validation_rows_of,
 )
 from .options import IW_SAMPLES, REFINE_LR, EvaluateOptions, Runtime
 
@@ -81,45 +80,6 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     write_report(path, report)
     print(f"report: {path}")
     return report
-
-
-def recorded_split(o: EvaluateOptions, model, dataset: str) -> dict:
-    """The validation split the model's run recorded (``--split val``), from its config.json
-    alone, or a one-line error where there is none to measure (another dataset, no record)."""
-    if dataset != absolute_name(model.dataset or ""):
-        raise TorchVaeError(f"--split val is the validation split of the model's own dataset "
-                            f"({model.dataset}), not of {dataset}; use --split test")  # fmt: skip
-    config = run_config(o.model)
-    split = config.get("split") if isinstance(config.get("split"), dict) else {}
-    if not config:
-        why = f"{o.model} has no config.json of its run beside it (which records the split)"
-    elif not split.get("validation_images"):
-        why = (f"the run of {o.model} held out no validation images (--val_images 0, or too "
-               "few images)")  # fmt: skip
-    else:
-        return split
-    raise TorchVaeError(f"--split val: {why}; use --split test")
-
-
-def validation_rows_of(
-    o: EvaluateOptions, n: int, split: dict
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of the ``n`` training images that the model's run trained on and held out
-    (``--split val``; ``split``: its record, as ``recorded_split`` gives it), or a one-line
-    error where the dataset changed since."""
-    fit, rows, _ = held_out_rows(o.model, n, o.data_dir)
-    if rows is None:
-        total = int(split["validation_images"]) + int(split.get("training_images") or 0)
-        run = f"the run of {o.model}"
-        why = (f"{run} drew its validation split from {total} training images, and the "
-               f"training split has {n} now" if total != n else f"{run} drew its "
-               "validation split from other training images than these")  # fmt: skip
-        raise TorchVaeError(f"--split val: {why}: the dataset changed since it trained; use "
-                            "--split test")  # fmt: skip
-    if not len(rows):
-        raise TorchVaeError(f"--split val: the validation split of {o.model} holds no image of "
-                            "the classes it trained on; use --split test")  # fmt: skip
-    return fit, rows
 
 
 def report_name(o: EvaluateOptions, dataset: str, n_split: int, discrete: bool = False) -> str:

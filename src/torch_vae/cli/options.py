@@ -276,8 +276,11 @@ class ScoreOptions:
     dataset: str | None = option(
         None, DATASET_HELP + ": the in-distribution images (default: the model's)"
     )
-    split: Literal["train", "test"] = option(
-        "test", "the split scored, of --dataset and of an --ood dataset"
+    split: Literal["train", "val", "test"] = option(
+        "test",
+        "the split scored, of --dataset and of an --ood dataset: test, train, or val: the "
+        "validation images the model's run held out of its training split (train --val_images), "
+        "to choose a threshold on without the test split (an --ood dataset's test split then)",
     )
     ood: str | None = option(
         None,

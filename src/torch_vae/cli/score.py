@@ -32,9 +32,11 @@ from .common import (
     model_and_dataset,
     model_name,
     note_conversion,
+    recorded_split,
     split_files,
     split_images,
     trained_without,
+    validation_rows_of,
 )
 from .options import Runtime, ScoreOptions
 
@@ -71,9 +73,9 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
             "image given its class, which out-of-distribution images do not have; score a "
             "model trained without --conditional"
         )
-    inlier, outlier, held = image_sets(model, dataset, o, runtime)
+    inlier, outlier, held, fit = image_sets(model, dataset, o, runtime)
     excluded = set(trained_without(o.model)) | set(held)
-    sigma = decoder_sigma(model, dataset, excluded, o, runtime)
+    sigma = decoder_sigma(model, dataset, excluded, o, runtime, fit)
     progress = not runtime.quiet
     sets = [s for s in (inlier, outlier) if s is not None]
     scores = [image_scores(model, s.images, model.device, sigma, o.iw_samples, o.batchsize,
@@ -142,20 +144,24 @@ def output_paths(o: ScoreOptions, dataset: str) -> tuple[Path, Path, Path]:
 
 
 def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
-    """(in-distribution images, out-of-distribution images or None, the classes held out)."""
-    images = split_images(model, dataset, o.split, o.data_dir, runtime)
-    labels = load_labels(dataset, o.split, o.data_dir)
-    n = len(images)
+    """(in-distribution images, out-of-distribution images or None, the classes held out, the
+    training rows the decoder sigma may be calibrated on: None for all)."""
+    split = "train" if o.split == "val" else o.split  # val: the images the run held out of it
+    recorded = recorded_split(o, model, dataset) if o.split == "val" else None  # before reads
+    images = split_images(model, dataset, split, o.data_dir, runtime)
+    labels = load_labels(dataset, split, o.data_dir)
+    n, fit = len(images), None
     rows = np.arange(n)
+    if recorded is not None:
+        fit, held_out = validation_rows_of(o, n, recorded)
+        rows = held_out.numpy()
     first = slice(None, o.nimages or None)
-    files = split_files(dataset, o.split)
+    files = split_files(dataset, split)
     if o.ood_class is None:
-        inlier = ImageSet(f"{dataset} {o.split}", images[first], dataset, [o.split] * n,
-                          rows, labels, files)  # fmt: skip
-        _trim(inlier, first)
+        inlier = _subset(f"{dataset} {o.split}", images, dataset, split, rows[first], labels, files)
         if o.ood is None:
-            return inlier, None, ()
-        return inlier, ood_images(model, o, runtime, first, dataset), ()
+            return inlier, None, (), fit
+        return inlier, ood_images(model, o, runtime, first, dataset), (), fit
     names = class_names(dataset, o.data_dir)
     if not names:
         raise TorchVaeError(
@@ -168,20 +174,24 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
     if c not in trained_without(o.model):
         log.warning("the model was trained on class %d %r (its run did not --exclude_class it): "
                     "its images are not out-of-distribution for it", c, names[c])  # fmt: skip
-    kept = rows_without(dataset, o.split, n, [c], o.data_dir, "--ood_class")
-    held = np.setdiff1d(rows, kept)
+    other = np.isin(rows, rows_without(dataset, split, n, [c], o.data_dir, "--ood_class"))
+    kept, held = rows[other], rows[~other]
     if not len(kept) or not len(held):
         raise TorchVaeError(
             f"--ood_class {o.ood_class}: {dataset}'s {o.split} split needs images of the class "
             "and of other classes"
         )
-    sets = []
-    for name, r in ((f"{dataset} {o.split} without {names[c]!r}", kept),
-                    (f"class {c} {names[c]!r}", held)):  # fmt: skip
-        r = r[first]
-        named = [files[i] for i in r] if files is not None else None
-        sets.append(ImageSet(name, images[r], dataset, [o.split] * len(r), r, labels[r], named))
-    return sets[0], sets[1], (c,)
+    sets = [_subset(name, images, dataset, split, r[first], labels, files)
+            for name, r in ((f"{dataset} {o.split} without {names[c]!r}", kept),
+                            (f"class {c} {names[c]!r}", held))]  # fmt: skip
+    return sets[0], sets[1], (c,), fit
+
+
+def _subset(name: str, images, dataset: str, split: str, rows: np.ndarray, labels, files):
+    """The images at ``rows`` of ``dataset``'s ``split`` as an ImageSet."""
+    return ImageSet(name, images[rows], dataset, [split] * len(rows), rows,
+                    None if labels is None else labels[rows],
+                    None if files is None else [files[i] for i in rows])  # fmt: skip
 
 
 def _trim(s: ImageSet, first: slice) -> None:
@@ -210,7 +220,7 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice, scored: s
     else:
         note_conversion(ds, channels)
     size, progress = model.config.image_size, not runtime.quiet
-    splits = ds.splits() if folder else (o.split,)
+    splits = ds.splits() if folder else ("test" if o.split == "val" else o.split,)
     parts, split, index, labels, files = [], [], [], [], []
     for s in splits:
         images = with_channels(load_split(ood, s, size, o.data_dir, progress), channels)
@@ -229,14 +239,18 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice, scored: s
     return out
 
 
-def decoder_sigma(model, dataset: str, excluded: set[int], o: ScoreOptions, runtime) -> float:
+def decoder_sigma(
+    model, dataset: str, excluded: set[int], o: ScoreOptions, runtime, fit=None
+) -> float:
     """The decoder sigma of the likelihood scores, calibrated on the first training images of
-    ``dataset``, none of a class left out of training or held out as out-of-distribution."""
+    ``dataset`` (of the rows ``fit`` where given: not the validation images scored), none of a
+    class left out of training or held out as out-of-distribution."""
     train = split_images(model, dataset, "train", o.data_dir, runtime)
-    rows = np.arange(len(train))
+    rows = np.arange(len(train)) if fit is None else np.asarray(fit)
     if excluded:
-        rows = rows_without(dataset, "train", len(train), sorted(excluded), o.data_dir,
+        kept = rows_without(dataset, "train", len(train), sorted(excluded), o.data_dir,
                             "--ood_class")  # fmt: skip
+        rows = rows[np.isin(rows, kept)]
     images = torch.from_numpy(train[rows[:SIGMA_IMAGES]])
     return calibrate_sigma(model, images, model.device, seed=o.seed)
 
