@@ -520,7 +520,6 @@ def test_score_refuses_an_unwritable_out_and_a_conditional_model(labelled, tmp_p
 
 
 def test_ood_class_warns_when_the_model_was_trained_on_that_class(labelled, tmp_path, caplog):
-    import logging
 
     model = black_model(tmp_path / "m")
     with caplog.at_level(logging.WARNING):
@@ -536,11 +535,14 @@ def test_ood_class_warns_when_the_model_was_trained_on_that_class(labelled, tmp_
 
 
 def test_ood_images_of_the_model_s_own_dataset_are_warned_of(labelled, tmp_path, caplog):
-    import logging
+
+    from fakedata import write_folder
 
     model = black_model(tmp_path / "m")  # trained on mnist
+    mine = f"folder:{write_folder(tmp_path / 'mine', n=20, gray=True)}"
+    args = ["--dataset", mine, "--ood", "mnist", "--out", str(tmp_path / "a.json")]
     with caplog.at_level(logging.WARNING):
-        assert score(model, labelled, "--ood", "mnist", "--out", str(tmp_path / "a.json")) == 0
+        assert score(model, labelled, *args) == 0
     assert "--ood mnist is the dataset the model was trained on" in caplog.text
     caplog.clear()
     folder = tmp_path / "white"
@@ -593,15 +595,20 @@ def test_the_score_picture_names_each_histogram_s_score_and_unit(labelled, tmp_p
     assert "reconstruction error (MSE per pixel)" in labels
 
 
-def test_ood_of_the_dataset_scored_as_in_distribution_is_warned_of(labelled, tmp_path, caplog):
+def test_ood_of_the_dataset_scored_as_in_distribution_is_refused(labelled, tmp_path, capsys):
     from fakedata import write_folder
 
     model = black_model(tmp_path / "m")  # trained on mnist
     folder = f"folder:{write_folder(tmp_path / 'mine', n=20, gray=True)}"
-    args = ["--out", str(tmp_path / "s.json"), "--dataset", folder]
-    with caplog.at_level(logging.WARNING, logger="torch_vae"):
-        assert score(model, labelled, *args, "--ood", folder) == 0
-    assert f"--ood {folder} is the dataset scored as in-distribution too" in caplog.text
+    for flags in (["--dataset", folder, "--ood", folder], ["--ood", "mnist"]):
+        out = tmp_path / "s.json"
+        assert score(model, labelled, *flags, "--out", str(out)) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"torch-vae: error: --ood {flags[-1]} is the dataset scored as "
+                       "in-distribution (--dataset, by default the model's): its images cannot "
+                       "be told from themselves; pass other images as --ood, or --ood_class for "
+                       "one of its classes"]  # fmt: skip
+        assert not out.exists()
 
 
 def test_score_split_val_scores_the_images_the_run_held_out(labelled, train_tiny, tmp_path,

@@ -66,6 +66,12 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
     out, summary_path, figure = output_paths(o, dataset)
     flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
     ood = absolute_name(o.ood) if o.ood else None
+    if ood is not None and ood == dataset:  # the same images, or the scored ones among them
+        raise TorchVaeError(
+            f"--ood {o.ood} is the dataset scored as in-distribution (--dataset, by default the "
+            "model's): its images cannot be told from themselves; pass other images as --ood, "
+            "or --ood_class for one of its classes"
+        )
     check_outside_dataset(figure.parent, dataset, ood, model.dataset, flag=flag)
     if model.conditional:
         raise TorchVaeError(
@@ -161,7 +167,7 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
         inlier = _subset(f"{dataset} {o.split}", images, dataset, split, rows[first], labels, files)
         if o.ood is None:
             return inlier, None, (), fit
-        return inlier, ood_images(model, o, runtime, first, dataset), (), fit
+        return inlier, ood_images(model, o, runtime, first), (), fit
     names = class_names(dataset, o.data_dir)
     if not names:
         raise TorchVaeError(
@@ -200,18 +206,14 @@ def _trim(s: ImageSet, first: slice) -> None:
     s.label = s.label[first] if s.label is not None else None
 
 
-def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice, scored: str) -> ImageSet:
+def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageSet:
     """The images of ``--ood``: a folder's every image (both of its splits), or a dataset's
-    ``--split``; a warning where they are the model's own or those ``scored`` as inliers."""
+    ``--split``; a warning where they are the model's own."""
     ood, channels = o.ood, model.config.in_channels
     if absolute_name(ood) == model.dataset:
         log.warning("--ood %s is the dataset the model was trained on: its images are "
                     "in-distribution (a folder's: its training images among them), so the scores "
                     "cannot tell the two sets apart; pass other images", ood)  # fmt: skip
-    elif absolute_name(ood) == scored:
-        log.warning("--ood %s is the dataset scored as in-distribution too: the two sets hold "
-                    "the same kind of images (the same ones, or a split of them), and their "
-                    "AUROC near 0.5 says nothing of out-of-distribution images", ood)  # fmt: skip
     ds = get_dataset(ood)  # once: a folder's is a scan of every image
     folder = isinstance(ds, FolderDataset)
     if not folder:
