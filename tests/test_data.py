@@ -404,6 +404,49 @@ def test_a_resume_on_a_folder_that_grew_says_to_start_from_the_run_s_weights(tmp
     ) in err, err
 
 
+def test_a_refused_resume_leaves_config_json_as_it_was_and_names_weights_only_if_saved(
+    tmp_path, capsys, monkeypatch
+):
+    import os
+    import signal
+
+    from torch_vae import VAE
+    from torch_vae.cli import main
+
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / f"i{i:02d}.png")
+    run, common = tmp_path / "run", ["--data_dir", str(tmp_path / "data"), "--quiet", "--cpu"]
+    real, calls = VAE.objective, []
+
+    def objective(*a, **k):  # Ctrl-C at the second step of epoch 1
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(VAE, "objective", objective)
+    assert main(["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--epochs",
+                 "3", "--batchsize", "4", "--image_size", "16", "--max_filters", "8",
+                 "--latent_dims", "2", *common]) == 130  # fmt: skip
+    monkeypatch.setattr(VAE, "objective", real)
+    assert (run / "ckpt.pt").is_file() and not (run / "model.safetensors").exists()
+    config = (run / "config.json").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2", *common]) == 1
+    err = capsys.readouterr().err
+    assert "--epochs 2 is fewer than the run's own 3" in err
+    assert err.strip().endswith("it has finished no epoch yet, so no weights are saved"), err
+    Image.new("L", (28, 28), 7).save(folder / "added.png")  # the split grows: refused
+    assert main(["train", "--resume", str(run), "--epochs", "4", *common]) == 1
+    err = capsys.readouterr().err
+    assert "the training split now has 18 images, but the run was trained on 17" in err, err
+    assert err.strip().endswith("it finished no epoch (no weights to start from): start a new "
+                                f"one with torch-vae train --config {run / 'config.json'}")  # fmt: skip
+    assert (run / "config.json").read_bytes() == config  # neither --epochs 4 nor the new split
+
+
 def test_a_run_whose_folder_moved_continues_there_once_its_images_match(tmp_path, capsys):
     from torch_vae.cli import main
 

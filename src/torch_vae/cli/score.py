@@ -64,21 +64,7 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
         output_paths(o, "")  # a bad --out is told before the model is loaded
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True, digest=True)
     out, summary_path, figure = output_paths(o, dataset)
-    flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
-    ood = absolute_name(o.ood) if o.ood else None
-    if ood is not None and ood == dataset:  # the same images, or the scored ones among them
-        raise TorchVaeError(
-            f"--ood {o.ood} is the dataset scored as in-distribution (--dataset, by default the "
-            "model's): its images cannot be told from themselves; pass other images as --ood, "
-            "or --ood_class for one of its classes"
-        )
-    check_outside_dataset(figure.parent, dataset, ood, model.dataset, flag=flag)
-    if model.conditional:
-        raise TorchVaeError(
-            "score needs an unconditional model: a conditional one gives the likelihood of an "
-            "image given its class, which out-of-distribution images do not have; score a "
-            "model trained without --conditional"
-        )
+    check_inputs(o, model, dataset, out, figure)
     inlier, outlier, held, fit = image_sets(model, dataset, o, runtime)
     excluded = set(trained_without(o.model)) | set(held)
     sigma = decoder_sigma(model, dataset, excluded, o, runtime, fit)
@@ -123,6 +109,26 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
     if outlier is not None:
         print(f"picture: {figure}")
     return summary
+
+
+def check_inputs(o: ScoreOptions, model, dataset: str, out: Path, figure: Path) -> None:
+    """One-line errors, before any image is read: --ood the very images scored, the picture
+    inside an image folder read, a conditional model."""
+    flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
+    ood = absolute_name(o.ood) if o.ood else None
+    if ood is not None and ood == dataset:  # the same images, or the scored ones among them
+        raise TorchVaeError(
+            f"--ood {o.ood} is the dataset scored as in-distribution (--dataset, by default the "
+            "model's): its images cannot be told from themselves; pass other images as --ood, "
+            "or --ood_class for one of its classes"
+        )
+    check_outside_dataset(figure.parent, dataset, ood, model.dataset, flag=flag)
+    if model.conditional:
+        raise TorchVaeError(
+            "score needs an unconditional model: a conditional one gives the likelihood of an "
+            "image given its class, which out-of-distribution images do not have; score a "
+            "model trained without --conditional"
+        )
 
 
 def output_paths(o: ScoreOptions, dataset: str) -> tuple[Path, Path, Path]:

@@ -235,9 +235,7 @@ def run_plan(
         if plan.resume is None:
             check_new_run_dir(plan.run_dir)
             plan.run_dir.mkdir(parents=True, exist_ok=True)
-        # on resume: extended --epochs
-        write_run_config(plan.run_dir, plan.model, plan.train, split, folder_contents(
-            plan.train.dataset), plan.data_dir or default_data_dir())  # fmt: skip
+            _write_config(plan, split)
         log.info("run folder: %s", plan.run_dir)
     loop = _start(plan, train_images, data.eval, device, progress and dist.is_main, dist, start,
                   data.rows)  # fmt: skip
@@ -246,6 +244,8 @@ def run_plan(
     first_epoch, partial = 1, None
     if plan.resume is not None:
         first_epoch, partial = _restore(loop, plan.resume)
+        if dist.is_main:  # its extended --epochs, once the state is known to fit the data
+            _write_config(plan, split)
     names = logger_names(plan.train.logger) if dist.is_main else ()
     with open_loggers(names, plan.run_dir, plan.train.mlflow_uri, loop.step) as loop.loggers:
         loop.loggers.params(run_params(plan.model, plan.train))
@@ -253,6 +253,12 @@ def run_plan(
             _train_epochs(loop, first_epoch, partial)
         loop.loggers.artifact(plan.run_dir / WEIGHTS_NAME)
     return loop.model
+
+
+def _write_config(plan: RunPlan, split: dict | None) -> None:
+    """The run's config.json, as ``plan`` says (``split``: the validation split's record)."""
+    write_run_config(plan.run_dir, plan.model, plan.train, split, folder_contents(
+        plan.train.dataset), plan.data_dir or default_data_dir())  # fmt: skip
 
 
 def _train_epochs(loop: Loop, first_epoch: int, partial: EpochProgress | None) -> None:

@@ -208,8 +208,8 @@ def plan_resume(
     if epochs is not None and epochs < train.epochs:  # the schedule spans the run's epochs
         raise TorchVaeError(
             f"--epochs {epochs} is fewer than the run's own {train.epochs}: a resume may raise "
-            f"--epochs, not lower it (its learning-rate schedule spans them); the weights of "
-            f"its last finished epoch are in {Path(run_dir) / WEIGHTS_NAME}"
+            f"--epochs, not lower it (its learning-rate schedule spans them); "
+            + _last_weights(Path(run_dir))
         )
     changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps)) if v is not None}
     if moved_to is not None:
@@ -242,6 +242,13 @@ def plan_resume(
         "the images changed since the run began",
     )  # fmt: skip
     return RunPlan(Path(run_dir), model, train, data_dir, state, lock=lock)
+
+
+def _last_weights(run_dir: Path) -> str:
+    """Where the weights of the run's last finished epoch are, or that it finished none."""
+    if (run_dir / WEIGHTS_NAME).is_file():
+        return f"the weights of its last finished epoch are in {run_dir / WEIGHTS_NAME}"
+    return "it has finished no epoch yet, so no weights are saved"
 
 
 def _check_folder_there(run_dir: Path, dataset: str) -> None:

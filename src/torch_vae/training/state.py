@@ -199,6 +199,16 @@ def new_run_command(run_dir: Path, weights: Path, flags: str = "") -> str:
             "(the run's flags; --epochs for fewer epochs)")  # fmt: skip
 
 
+def _start_anew(run_dir: Path) -> str:
+    """How to start a new run in the stead of the run in ``run_dir``: from its weights, or
+    from scratch where it finished no epoch."""
+    weights = run_dir / WEIGHTS_NAME
+    if weights.is_file():
+        return f"start a new one from its weights: {new_run_command(run_dir, weights)}"
+    return (f"it finished no epoch (no weights to start from): start a new one with "
+            f"torch-vae train --config {run_dir / CONFIG_NAME}")  # fmt: skip
+
+
 def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     """The one-line error for an unreadable training state: what failed (the message in one
     line) and the run's newest weights to start a new run from, where it has any."""
@@ -373,8 +383,8 @@ def _check_fits(state, path: Path, model, n_train: int, steps_per_epoch: int) ->
     if state["n_train"] != n_train:
         raise TorchVaeError(
             f"the training split now has {n_train} images, but the run was trained on "
-            f"{state['n_train']}; resuming would not continue the same run: start a new one "
-            f"from its weights: {new_run_command(path.parent, path.parent / WEIGHTS_NAME)}"
+            f"{state['n_train']}; resuming would not continue the same run: "
+            + _start_anew(path.parent)
         )
     partial = state["partial"]
     if partial is not None:
