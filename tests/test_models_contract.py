@@ -47,6 +47,10 @@ def codes(model: VAE, n: int, seed: int = 7) -> torch.Tensor:
     return model.prior_sample(n, torch.Generator().manual_seed(seed), "cpu", torch.float32)
 
 
+def _fields(arch: str) -> set[str]:
+    return {f.name for f in dataclasses.fields(model_class(arch).config_class)}
+
+
 def trained_like(arch: str, channels: int = 1, classes=(), **fields) -> VAE:
     """A tiny model whose batch norms hold non-trivial running statistics."""
     torch.manual_seed(0)
@@ -168,14 +172,14 @@ def test_network_size_networks_work_on_the_originals_and_give_upsampled_images(
 ):
     from torch_vae.models.upsampling import native_residual
 
-    model = trained_like(arch, classes=classes, native_size=28, network_size=size, depth=1)
+    ladder = {"depth": 1} if "depth" in _fields(arch) else {}  # not every family has one
+    model = trained_like(arch, classes=classes, native_size=28, network_size=size, **ladder)
     seen = []
-    first = next(m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d))
-    first.register_forward_hook(lambda _m, args, _out: seen.append(tuple(args[0].shape[2:])))
+    model.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[2:]))
     x, y = torch.rand(4, 1, 32, 32), labels(model, 4)
     with torch.no_grad():
         outputs = model(x, condition=y).recon, model.sample(3, torch.Generator().manual_seed(1))
-    assert seen == [(size, size)]  # the encoder took network_size images
+    assert [tuple(t) for t in seen] == [(size, size)]  # the encoder took network_size images
     for images in outputs:  # 32x32 upsamplings of 28x28 images, in [0, 1]
         assert images.shape[1:] == (1, 32, 32) and 0 <= images.min() and images.max() <= 1
         assert native_residual(images, 28) < 1e-10
@@ -361,3 +365,90 @@ def test_a_family_defined_again_replaces_itself_and_a_clash_names_both(monkeypat
     said = str(clash.value)
     assert "architecture 'dcgan' is registered twice" in said
     assert "torch_vae.models.dcgan.DCGANVAE" in said and "a default of its own" in said
+
+
+def test_a_family_whose_networks_ignore_work_size_is_refused_in_one_line(monkeypatch, mnist_dir):
+    """A plug-in built for --image_size: under --network_size its encoder is given smaller
+    images, which its first layer cannot take; train says so before any work."""
+    from torch import nn
+
+    from torch_vae.models import Posterior, registry
+
+    @dataclasses.dataclass(frozen=True)
+    class FlatConfig(ModelConfig):
+        arch: str = "flat-test"
+
+    class Encoder(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.net = nn.Linear(c.in_channels * c.image_size**2, 2 * c.latent_dims)
+
+        def forward(self, x):
+            mu, logvar = self.net(x.flatten(1)).chunk(2, 1)
+            return Posterior.clamped(mu, logvar)
+
+    class Decoder(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c = c
+            self.net = nn.Linear(c.latent_dims, c.in_channels * c.image_size**2)
+
+        def forward(self, z):
+            c = self.c
+            return torch.sigmoid(self.net(z)).view(-1, c.in_channels, c.image_size, c.image_size)
+
+    class FlatVAE(VAE):
+        config_class, encoder_class, decoder_class = FlatConfig, Encoder, Decoder
+
+        def fold_batch_norm(self):
+            pass
+
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    registry.register_model(FlatVAE)
+    fine = FlatConfig(image_size=32, latent_dims=2)
+    assert VAE.estimate_memory(fine, 8) > 0  # at its image size it works
+    misbuilt = FlatConfig(image_size=32, native_size=28, network_size=28, latent_dims=2)
+    with pytest.raises(TorchVaeError) as refused:
+        VAE.estimate_memory(misbuilt, 8)
+    said = str(refused.value)
+    assert said.startswith("the flat-test model cannot encode and decode images of its config")
+    assert "its encoder takes images (B, 1, 28, 28)" in said and "config.work_size" in said
+    assert "\n" not in said
+    import torch_vae
+
+    with pytest.raises(TorchVaeError, match="cannot encode and decode images of its config"):
+        torch_vae.train(misbuilt, torch_vae.TrainConfig(dataset="mnist"), data_dir=mnist_dir,
+                        dry_run=True, progress=False, device="cpu")  # fmt: skip
+
+
+def test_a_family_of_another_package_is_found_through_its_entry_point(tmp_path):
+    """A package's ``torch_vae.models`` entry point (as its pyproject.toml declares it, here
+    an installed package's metadata written by hand) gives the command line its --arch."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "my_family.py").write_text(textwrap.dedent("""
+        import dataclasses
+        from torch_vae.models import register_model
+        from torch_vae.models.dcgan import DCGANConfig, DCGANVAE
+
+        @dataclasses.dataclass(frozen=True)
+        class WideConfig(DCGANConfig):
+            arch: str = "wide-test"
+            widen: int = 2
+
+        @register_model
+        class WideVAE(DCGANVAE):
+            config_class = WideConfig
+    """))  # fmt: skip
+    meta = tmp_path / "my_family-0.1.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: my-family\nVersion: 0.1\n")
+    (meta / "entry_points.txt").write_text("[torch_vae.models]\nwide = my_family\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    said = subprocess.run([sys.executable, "-m", "torch_vae", "train", "--help"], env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert said.returncode == 0, said.stderr
+    assert "wide-test" in said.stdout and "--widen" in said.stdout

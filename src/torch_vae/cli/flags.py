@@ -234,7 +234,8 @@ def _model_options(archs: tuple[str, ...]) -> type:
                 continue
             e = entries.setdefault(f.name, {"hint": hints[f.name], "helps": {},
                                             "defaults": [], "families": []})  # fmt: skip
-            e["helps"].setdefault(f.metadata["help"], []).append(arch)
+            help = f.metadata.get("help") or f"the model's {f.name}"  # a plain field's
+            e["helps"].setdefault(help, []).append(arch)
             e["defaults"].append(f.default)
             e["families"].append(arch)
     fields = [("arch", str, dataclasses.field(default="original", metadata={

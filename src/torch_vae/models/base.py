@@ -395,10 +395,15 @@ class VAE(nn.Module):
             x = torch.zeros(2, config.in_channels, config.image_size, config.image_size)
             y = torch.zeros(2, dtype=torch.int64) if config.classes else None
             with torch.no_grad():
-                model(x, sample=False, condition=y)
+                out = model(x, sample=False, condition=y)
+        except RuntimeError as exc:  # a family's networks built for other images than given
+            raise TorchVaeError(_misbuilt(config, str(exc).strip().splitlines()[0])) from None
         finally:
             for h in hooks:
                 h.remove()
+        if tuple(out[0].shape) != tuple(x.shape):
+            raise TorchVaeError(_misbuilt(config, f"it decoded {tuple(x.shape)} to "
+                                                  f"{tuple(out[0].shape)}"))  # fmt: skip
         return weights + 4 * _ACTIVATION_COPIES * (sum(sizes) * batch // 2 + images)
 
     def memory_estimate(self, batch: int) -> int:
@@ -565,6 +570,17 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str | None, Path]
         return ModelConfig.from_dict(meta["config"]), meta["dataset"], meta["path"]
     except TorchVaeError as exc:
         raise TorchVaeError(f"{meta['path']}: {exc}") from None
+
+
+def _misbuilt(config: ModelConfig, what: str) -> str:
+    """The error for a family whose networks do not fit the images they are given."""
+    s, c = config.work_size, config.in_channels + config.num_classes
+    return (f"the {config.arch} model cannot encode and decode images of its config "
+            f"({what}): its encoder takes images (B, {c}, {s}, {s}) and its decoder must give "
+            f"images of {config.in_channels} channel(s) at {s}x{s}, that size being "
+            "config.work_size (--network_size where given, else --image_size) and the channels "
+            "in_channels plus a conditional model's one-hot classes (docs/model.md, Adding a "
+            "model)")  # fmt: skip
 
 
 def create_model(arch: str = "original", **fields: Any) -> VAE:
