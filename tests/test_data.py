@@ -442,8 +442,8 @@ def test_a_refused_resume_leaves_config_json_as_it_was_and_names_weights_only_if
     assert main(["train", "--resume", str(run), "--epochs", "4", *common]) == 1
     err = capsys.readouterr().err
     assert "the training split now has 18 images, but the run was trained on 17" in err, err
-    assert err.strip().endswith("it finished no epoch (no weights to start from): start a new "
-                                f"one with torch-vae train --config {run / 'config.json'}")  # fmt: skip
+    anew = f"start a new one with torch-vae train --config {run / 'config.json'}"
+    assert err.strip().endswith(f"it finished no epoch (no weights to start from): {anew}"), err
     assert (run / "config.json").read_bytes() == config  # neither --epochs 4 nor the new split
 
 

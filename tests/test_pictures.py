@@ -282,3 +282,24 @@ def test_the_anomaly_picture_draws_the_threshold_outside_the_scores_spread(tmp_p
     )
     histogram = drawn[0].axes[1]
     assert [list(line.get_xdata()) for line in histogram.lines] == [[threshold, threshold]]
+
+
+def test_plot_refuses_to_draw_into_the_image_folder_a_run_trained_on(tmp_path, capsys):
+    """Its PNG would become a training image: the run could no longer resume."""
+    from fakedata import write_folder
+
+    folder = write_folder(tmp_path / "imgs", n=20, gray=True)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"folder:{folder}", "--image_size", "16", "--depth", "2",
+                 "--max_filters", "8", "--epochs", "1", "--run_dir", str(run), "--cpu",
+                 "--quiet"]) == 0  # fmt: skip
+    before = sorted(folder.rglob("*"))
+    inside = folder / "curves.png"
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(inside)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"torch-vae: error: --out {inside} is inside the image folder "
+                   f"{folder.resolve()}, whose images the model reads or was trained on: its "
+                   "pictures would become images of it; pass a place outside it"]  # fmt: skip
+    assert sorted(folder.rglob("*")) == before
+    assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0

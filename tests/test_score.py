@@ -220,9 +220,13 @@ def test_pictures_inside_the_image_folder_read_are_refused(tmp_path, capsys):
     for i in range(10):
         Image.new("L", (28, 28), 20 * i).save(other / f"o{i}.png")
     score = ["score", "--model", str(model), "--cpu", "--ood", f"folder:{other}"]
-    cases = ((["--out", str(folder / "s.csv")], f"--out {folder / 's.csv'}: its picture"),
-             (["--out", str(other / "s.csv")], f"--out {other / 's.csv'}: its picture"),
-             (["--figure", str(folder / "f.png")], f"--figure {folder / 'f.png'}:"))  # fmt: skip
+    cases = ((["--out", str(folder / "s.csv")],
+              f"--out {folder / 's.csv'}: its picture {folder / 's.png'} is inside the image "
+              f"folder {folder.resolve()}"),
+             (["--out", str(other / "s.csv")],
+              f"--out {other / 's.csv'}: its picture {other / 's.png'} is inside"),
+             (["--figure", str(folder / "f.png")],
+              f"--figure {folder / 'f.png'} is inside"))  # fmt: skip
     for flags, said in cases:
         assert main([*score, *flags]) == 1, flags
         err = capsys.readouterr().err.strip().splitlines()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from ..analysis import figures
 from ..errors import TorchVaeError
 from ..io.weights import CONFIG_NAME
 from ..training.rundir import METRICS_NAME, read_metrics
-from .common import check_output_file
+from .common import check_output_file, check_outside_dataset
 from .options import PlotOptions
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def run(o: PlotOptions) -> None:
     if o.out.suffix.lower() != ".png":
         raise TorchVaeError(f"--out {o.out}: plot writes a PNG; give a file name ending in .png")
     check_output_file(o.out, "--out")
+    check_outside_dataset(o.out, *map(_trained_on, runs), flag="--out")
     records = [read_metrics(r) for r in runs]
     for run, rows in zip(runs, records, strict=True):
         if not any("train_loss" in r for r in figures.by_epoch(rows)):
@@ -37,3 +39,13 @@ def run(o: PlotOptions) -> None:
                                 "after its first epoch")  # fmt: skip
     out = figures.plot_curves(records, figures.run_labels(runs), o.out)
     log.info("wrote %s: training curves of %s", out, ", ".join(figures.run_labels(runs)))
+
+
+def _trained_on(run: Path) -> str | None:
+    """The dataset a run's config.json says it trains on (None: no readable record)."""
+    try:
+        train = json.loads((run / CONFIG_NAME).read_text()).get("train")
+    except (OSError, ValueError, AttributeError):  # none, unreadable, not an object
+        return None
+    dataset = train.get("dataset") if isinstance(train, dict) else None
+    return dataset if isinstance(dataset, str) else None

@@ -114,7 +114,7 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
 def check_inputs(o: ScoreOptions, model, dataset: str, out: Path, figure: Path) -> None:
     """One-line errors, before any image is read: --ood the very images scored, the picture
     inside an image folder read, a conditional model."""
-    flag = f"--figure {figure}:" if o.figure is not None else f"--out {out}: its picture"
+    flag = "--figure" if o.figure is not None else f"--out {out}: its picture"
     ood = absolute_name(o.ood) if o.ood else None
     if ood is not None and ood == dataset:  # the same images, or the scored ones among them
         raise TorchVaeError(
@@ -122,7 +122,7 @@ def check_inputs(o: ScoreOptions, model, dataset: str, out: Path, figure: Path) 
             "model's): its images cannot be told from themselves; pass other images as --ood, "
             "or --ood_class for one of its classes"
         )
-    check_outside_dataset(figure.parent, dataset, ood, model.dataset, flag=flag)
+    check_outside_dataset(figure, dataset, ood, model.dataset, flag=flag)
     if model.conditional:
         raise TorchVaeError(
             "score needs an unconditional model: a conditional one gives the likelihood of an "
