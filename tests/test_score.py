@@ -653,3 +653,24 @@ def test_score_split_val_scores_the_images_the_run_held_out(labelled, train_tiny
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"torch-vae: error: --split val: the run of {none} held out no validation "
                    "images (--val_images 0, or too few images); use --split test"]  # fmt: skip
+
+
+def test_an_ood_folder_inside_the_training_folder_is_warned_of(tmp_path, caplog):
+    from fakedata import write_folder
+
+    folder = tmp_path / "shapes"
+    for name in ("circles", "squares"):
+        write_folder(folder / name, n=12, gray=True, seed=len(name))
+    config = ModelConfig(arch="dcgan", image_size=16, depth=2, max_filters=8, latent_dims=2)
+    model = VAE(config).save_pretrained(tmp_path / "m", dataset=f"folder:{folder}")
+    other = write_folder(tmp_path / "other", n=12, gray=True, seed=5)
+    args = ["score", "--model", str(model), "--cpu", "--quiet", "--data_dir", str(tmp_path)]
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main([*args, "--ood", f"folder:{folder / 'circles'}",
+                     "--out", str(tmp_path / "a.json")]) == 0  # fmt: skip
+    said = f"--ood {(folder / 'circles').resolve()} and the image folder {folder.resolve()} the "
+    assert said + "model was trained on hold one another" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):  # images of elsewhere: none
+        assert main([*args, "--ood", f"folder:{other}", "--out", str(tmp_path / "b.json")]) == 0
+    assert "hold one another" not in caplog.text

@@ -173,7 +173,7 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
         inlier = _subset(f"{dataset} {o.split}", images, dataset, split, rows[first], labels, files)
         if o.ood is None:
             return inlier, None, (), fit
-        return inlier, ood_images(model, o, runtime, first), (), fit
+        return inlier, ood_images(model, o, runtime, first, dataset), (), fit
     names = class_names(dataset, o.data_dir)
     if not names:
         raise TorchVaeError(
@@ -212,14 +212,17 @@ def _trim(s: ImageSet, first: slice) -> None:
     s.label = s.label[first] if s.label is not None else None
 
 
-def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageSet:
+def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice, scored: str) -> ImageSet:
     """The images of ``--ood``: a folder's every image (both of its splits), or a dataset's
-    ``--split``; a warning where they are the model's own."""
+    ``--split``; a warning where they are the model's own, or a folder holding some of them
+    or of the images ``scored`` as in-distribution."""
     ood, channels = o.ood, model.config.in_channels
     if absolute_name(ood) == model.dataset:
         log.warning("--ood %s is the dataset the model was trained on: its images are "
                     "in-distribution (a folder's: its training images among them), so the scores "
                     "cannot tell the two sets apart; pass other images", ood)  # fmt: skip
+    else:
+        _warn_overlap(absolute_name(ood), model.dataset, scored)
     ds = get_dataset(ood)  # once: a folder's is a scan of every image
     folder = isinstance(ds, FolderDataset)
     if not folder:
@@ -245,6 +248,25 @@ def ood_images(model, o: ScoreOptions, runtime: Runtime, first: slice) -> ImageS
                    files if folder else None)  # fmt: skip
     _trim(out, first)
     return out
+
+
+def _warn_overlap(ood: str, trained: str | None, scored: str) -> None:
+    """A warning where the --ood folder and the folder the model trained on (or the one
+    scored as in-distribution) hold one another: some --ood images are not out of it."""
+    if not ood.startswith("folder:"):
+        return
+    a = Path(ood.removeprefix("folder:"))
+    for other, what in ((trained, "the model was trained on"),
+                        (scored, "scored as in-distribution")):  # fmt: skip
+        if other is None or not other.startswith("folder:"):
+            continue
+        b = Path(other.removeprefix("folder:"))
+        if a == b or a in b.parents or b in a.parents:
+            log.warning("--ood %s and the image folder %s %s hold one another: images of one "
+                        "are images of the other, not out-of-distribution ones (for a class of "
+                        "it: train with --exclude_class, then score --ood_class)", a, b,
+                        what)  # fmt: skip
+            return
 
 
 def decoder_sigma(
