@@ -5,6 +5,7 @@ sampling, file round trip and refusals. What every family keeps is in test_model
 
 import contextlib
 import json
+import logging
 import re
 
 import numpy as np
@@ -944,3 +945,21 @@ def test_sampling_a_vq_model_from_its_own_prior_warns_that_it_gives_noise(vq_run
     prior = load_sampler(vq_run)  # the way the warning gives, as written
     prior.use_model(model)
     assert model.decode(prior.sample(2)).shape == (2, 1, 32, 32)
+
+
+def test_a_stale_transformer_sampler_gives_one_warning_that_says_samples_are_noise(
+    vq_run, mnist_dir, tmp_path, caplog
+):
+    data = ["--data_dir", str(mnist_dir), "--quiet"]
+    assert main(["fit-sampler", "--model", str(vq_run), "--sampler", "transformer", "--steps",
+                 "2", *data]) == 0  # fmt: skip
+    assert main(["train", "--resume", str(vq_run), "--max_steps", "8", *data]) == 0  # stale now
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main(["generate", "--model", str(vq_run), "--nsamples", "2", "--outdir",
+                     str(tmp_path / "g"), "--quiet"]) == 0  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings  # not also "no fitted sampler"
+    assert "the transformer sampler was fitted to other weights than these" in warnings[0]
+    assert warnings[0].endswith("the model's own prior, uniform codes, whose samples are noise, "
+                                "meanwhile")  # fmt: skip

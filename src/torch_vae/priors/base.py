@@ -95,6 +95,11 @@ def save_sampler(prior: Prior, path: Path) -> Path:
     return path
 
 
+# what the stale-sampler warning says is drawn where every sampler is left out
+OWN_PRIOR = "latents from the model's own prior"
+NOISE = "the model's own prior, uniform codes, whose samples are noise,"
+
+
 def stale_samplers(model_path: str | os.PathLike) -> list[str]:
     """The kinds of the samplers beside a model that were fitted to other weights than its
     own now (read from their descriptions only), in ``preference()``'s order; one that cannot
@@ -133,7 +138,9 @@ def read_sampler(path: Path) -> Prior:
     return cls.from_tensors(tensors, info, path)
 
 
-def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prior | None:
+def load_sampler(
+    model_path: str | os.PathLike, kind: str | None = None, own: str = OWN_PRIOR
+) -> Prior | None:
     """The prior fitted to the model at ``model_path`` (a model folder or weights file): of
     ``kind``, or else the best one there is: the lowest validation score that ``fit-sampler``
     recorded (``info["validation"]["fd"]``, measured alike for every sampler of the model)
@@ -144,7 +151,7 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
     than its name says) raises TorchVaeError, as does one of ``kind`` fitted to other weights
     (the model trained further since); without ``kind``, those are left out with a warning
     that names them to fit again: the best of the others is taken, or None (the model's own
-    prior) where every one there is stale."""
+    prior, which the warning calls ``own``) where every one there is stale."""
     if kind and kind not in PRIORS:
         known = ", ".join(preference())
         raise TorchVaeError(f"unknown sampler kind {kind!r}; choose one of {known}")
@@ -165,7 +172,7 @@ def load_sampler(model_path: str | os.PathLike, kind: str | None = None) -> Prio
             if len(kinds) == 1
             else f"--sampler KIND, for each of {_and(kinds)}"
         )
-        meanwhile = "" if found else "; latents from the model's own prior meanwhile"
+        meanwhile = "" if found else f"; {own} meanwhile"
         log.warning("the %s sampler%s fitted to other weights than these (the model was trained "
                     "since): left out; fit %s again with torch-vae fit-sampler --model %s %s%s",
                     _and(kinds), "s were" if len(stale) > 1 else " was",
@@ -381,7 +388,10 @@ def choose_sampler(
                             f"latent; use --sampler {fits}")  # fmt: skip
     if name == "prior":
         return _own_prior(model_path, asked, latent_kind, fit)
-    prior = load_sampler(model_path, None if name == "auto" else name)
+    own = NOISE if latent_kind == "discrete" else OWN_PRIOR
+    prior = load_sampler(model_path, None if name == "auto" else name, own)
+    if prior is None and name == "auto" and stale_samplers(model_path):
+        return set_drawing(None, model_path, temperature, guidance, round_trips, model)
     if prior is None:
         return _none_fitted(model_path, name, asked, latent_kind, fit)
     if latent_dims is not None and prior.dims != latent_dims:
