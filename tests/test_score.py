@@ -179,7 +179,9 @@ def test_a_folder_of_fewer_than_ten_images_points_to_split_train(tmp_path, capsy
              f"folder:{folder}", "--cpu", "--outdir", str(tmp_path / "e")]  # fmt: skip
     assert main(embed) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].endswith("read them all with --split train"), err
+    assert len(err) == 1 and err[0].endswith(
+        "read them all with --split train, and reconstruct without --rec_testdata"
+    ), err
     assert main([*embed, "--split", "train"]) == 0 and (tmp_path / "e" / "embed.png").is_file()
 
 

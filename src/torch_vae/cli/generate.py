@@ -29,4 +29,5 @@ def run(o: GenerateOptions, runtime: Runtime) -> None:
     draw = sampler.sample if sampler is not None else None
     out = write_samples(model, o.nsamples, o.outdir, o.seed, o.batchsize, not runtime.quiet,
                         o.precision, draw, o.class_)  # fmt: skip
-    log.info("wrote %d samples to %s (overview: %s)", o.nsamples, o.outdir, out)
+    log.info("wrote %d sample%s to %s (overview: %s)", o.nsamples, "s" * (o.nsamples != 1),
+             o.outdir, out)  # fmt: skip

@@ -37,5 +37,6 @@ def run(o: ReconstructOptions, runtime: Runtime) -> None:
                                 not runtime.quiet, o.precision, labels,
                                 files[: len(images)] if files is not None else None)  # fmt: skip
     given = " (each given its class)" if labels is not None else ""
-    log.info("wrote %d reconstructions%s of the %s split of %s to %s (overview: %s)",
-             len(images), given, split, dataset, o.outdir, out)  # fmt: skip
+    log.info("wrote %d reconstruction%s%s of the %s split of %s to %s (overview: %s)",
+             len(images), "s" * (len(images) != 1), given, split, dataset, o.outdir,
+             out)  # fmt: skip

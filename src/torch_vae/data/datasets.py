@@ -422,7 +422,7 @@ class FolderDataset(Dataset):
                 f"{self.root} holds {len(every)} images, too few: every tenth is its test "
                 "split, so a folder needs at least 10 (or train/ and test/ subfolders); "
                 "commands with a --split flag (evaluate, score, embed...) read them all with "
-                "--split train"
+                "--split train, and reconstruct without --rec_testdata"
             )
         return files
 

@@ -153,7 +153,7 @@ def check_every_image_labelled(labels, n: int, dataset: str, split: str, needs: 
         )
     if labels is None or labels.min(initial=0) < 0:
         raise TorchVaeError(
-            f"{dataset}'s {split} split has no class for every image (a folder's images must "
+            f"{dataset}'s {split} split has images without a class (a folder's images must "
             f"all be in class subfolders{_classless(dataset, split)}); {needs}"
         )
 
