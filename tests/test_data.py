@@ -1,5 +1,6 @@
 import gzip
 import json
+import logging
 import os
 
 import numpy as np
@@ -539,3 +540,21 @@ def test_conditional_training_names_the_images_outside_class_subfolders(tmp_path
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "not in a class subfolder: stray.png); --conditional needs one" in err, err
+
+
+def test_a_folder_s_files_of_other_kinds_are_named_once_when_it_is_read(tmp_path, caplog):
+    from torch_vae.data import load_split
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(12):
+        Image.new("L", (20, 20), 9 * i).save(folder / f"i{i:02d}.png")
+    for name in ("notes.txt", "photo.heic", "scan.jfif", "other.HEIC", ".hidden.heic"):
+        (folder / name).write_bytes(b"x")
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        for split in ("train", "test"):
+            load_split(f"folder:{folder}", split, 16, tmp_path / "data", progress=False)
+    said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert said == [f"{folder}: left out 4 files of other kinds than images read (.heic 2, "
+                    ".jfif 1, .txt 1; read: .bmp, .gif, .jpeg, .jpg, .pgm, .png, .pnm, .ppm, "
+                    ".tif, .tiff, .webp)"]  # fmt: skip

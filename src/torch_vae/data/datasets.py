@@ -6,7 +6,9 @@ result on disk so decoding and resizing happen once.
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import logging
 import os
 import stat
 import struct
@@ -29,6 +31,8 @@ from .formats import (
 )
 from .imaging import UnsupportedImage, open_image, resize_arrays, to_array
 from .parallel import decode_all, unreadable
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 # Debian's dataset-fashion-mnist package installs the real files here: used without a download.
@@ -387,6 +391,22 @@ class FolderDataset(Dataset):
     def list_images(self, split: str) -> list[Path]:
         return [Path(path) for _, path, _ in self.listing(split)]
 
+    def _say_left_out(self, split: str) -> None:
+        """A log line naming the kinds of the files of ``split`` that are not read as images
+        (a folder without split subfolders: said for its training split, which scans it all)."""
+        skipped: list[str] = []
+        if self.split_folders():
+            _scan_images(self.root / split, (split,), skipped)
+        elif split == "train":
+            _scan_images(self.root, (), skipped)
+        if skipped:
+            kinds = collections.Counter(Path(n).suffix.lower() or n for n in skipped)
+            said = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+            where = self.root / split if self.split_folders() else self.root
+            log.info("%s: left out %d file%s of other kinds than images read (%s; read: %s)",
+                     where, len(skipped), "s" * (len(skipped) != 1), said,
+                     ", ".join(sorted(IMAGE_SUFFIXES)))  # fmt: skip
+
     def splits(self) -> tuple[str, ...]:
         """The splits that hold images: both, or the training split alone for a folder of
         fewer than 10 images without train/ and test/ subfolders (every tenth image is the
@@ -428,6 +448,7 @@ class FolderDataset(Dataset):
 
     def prepare(self, split, size, data_dir, progress=True, allocate=None):
         files = self.list_images(split)
+        self._say_left_out(split)
         return decode_all(
             files,
             _decode_path,
@@ -445,7 +466,7 @@ FOLDER_DECODING = 3
 
 
 def _scan_images(
-    folder: Path, prefix: tuple[str, ...] = ()
+    folder: Path, prefix: tuple[str, ...] = (), skipped: list[str] | None = None
 ) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
     """The image files under ``folder``: (``prefix`` + their path relative to ``folder`` as a
     tuple of names, their path, their stat), in the order of their sorted Paths. Symlinked
@@ -454,7 +475,8 @@ def _scan_images(
     folder: the first by name); unreadable folders are skipped, and so are hidden files and
     folders (a name that starts with a dot: macOS's ._* companions, .ipynb_checkpoints). One
     os.scandir pass and one stat per image; sorted on name tuples (compared in C) instead of
-    Paths (compared in Python, 4x slower)."""
+    Paths (compared in Python, 4x slower). ``skipped``, where given, gets the names of the
+    other files (not hidden) that are not of the kinds read (``IMAGE_SUFFIXES``)."""
     found = []
     stack = [(prefix, os.fspath(folder))]
     root = os.path.realpath(folder)
@@ -477,6 +499,8 @@ def _scan_images(
                     folders.append(entry)
                     continue
                 if not (0 < dot < len(name) - 1 and name[dot:].lower() in IMAGE_SUFFIXES):
+                    if skipped is not None:
+                        skipped.append(name)
                     continue
                 st = entry.stat()
             except OSError:  # vanished meanwhile, or a dangling link
