@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -310,3 +311,19 @@ def test_evaluate_split_val_says_the_folder_changed_since_the_run_trained(tmp_pa
     err = capsys.readouterr().err
     assert f"--split val: the run of {run} drew its validation split from " in err
     assert "the dataset changed since it trained; use --split test" in err
+
+
+def test_evaluate_split_train_says_it_measures_the_held_out_images_too(
+    train_tiny, mnist_dir, tmp_path, caplog
+):
+    run = train_tiny(tmp_path / "run", "--val_images", "6")
+    args = ["evaluate", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet",
+            "--iw_samples", "0", "--nimages", "4"]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert main([*args, "--split", "train"]) == 0
+    assert ("--split train is the whole training split: the 4 validation images the run held "
+            "out are measured with the images it trained on") in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert main([*args, "--split", "test"]) == 0
+    assert "the whole training split" not in caplog.text

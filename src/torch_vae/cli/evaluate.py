@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from ..data.datasets import absolute_name
 from ..errors import TorchVaeError
 from ..evaluation.likelihood import calibrate_sigma, evaluate_model
 from ..evaluation.reports import dataset_tag, write_report
@@ -16,6 +17,7 @@ from .common import (
     default_report,
     model_and_dataset,
     recorded_split,
+    run_config,
     say_left_out,
     split_images,
     split_labels,
@@ -44,6 +46,7 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
         images, labels = images[rows.numpy()], None if labels is None else labels[rows]
     else:  # the validation split holds none of them
         say_left_out(o.model, model, dataset, o.split, "measured")
+        _say_held_out_among(o, model, dataset)
     path = o.report
     if path is None:  # the default's name needs the split's size; checked before the work too
         discrete = model.latent_kind == "discrete"
@@ -80,6 +83,17 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     write_report(path, report)
     print(f"report: {path}")
     return report
+
+
+def _say_held_out_among(o: EvaluateOptions, model, dataset: str) -> None:
+    """A log line for ``--split train`` of a run that held validation images out of it: they
+    are measured too, beside the images it trained on."""
+    split = run_config(o.model).get("split") if o.split == "train" else None
+    held = split.get("validation_images") if isinstance(split, dict) else None
+    if held and dataset == absolute_name(model.dataset or ""):
+        log.info("--split train is the whole training split: the %s validation images the run "
+                 "held out are measured with the images it trained on (--split val measures "
+                 "them alone)", held)  # fmt: skip
 
 
 def report_name(o: EvaluateOptions, dataset: str, n_split: int, discrete: bool = False) -> str:
