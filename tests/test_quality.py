@@ -4,6 +4,7 @@ recall on constructed point sets, and the sample-quality command on a tiny train
 import json
 import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -216,3 +217,22 @@ def test_a_classifier_whose_metadata_does_not_fit_its_weights_is_one_line(tmp_pa
         with pytest.raises(TorchVaeError, match=message) as err:
             load_classifier(folder)
         assert "\n" not in str(err.value) and "train-classifier" in str(err.value)
+
+
+def test_an_infinite_class_kl_is_inf_in_the_table_with_a_line_saying_why(capsys):
+    from torch_vae.cli.sample_quality import print_quality
+
+    scores = {"n_images": 10, "fd": 1.0, "kid": 0.1, "precision": 0.5, "recall": 0.5,
+              "class_histogram": [0.5, 0.5], "class_kl": None}  # fmt: skip
+    report = {"samples": scores, "dataset": "mnist", "reference": "test", "n_reference": 20,
+              "measured_size": 28, "what": "samples", "sampler_description": "the prior",
+              "features": "classifier", "feature_dims": 64, "k": 3, "class_names": ["a", "b"],
+              "reference_class_histogram": [1.0, 0.0]}  # fmt: skip
+    print_quality(report)
+    out = capsys.readouterr().out
+    assert re.search(r"class KL \(nats\) +inf", out)
+    assert ("(class KL inf: some images are classified as a class that none of the test images "
+            "is; null in the JSON report)") in out  # fmt: skip
+    print_quality({**report, "samples": {**scores, "class_kl": 0.25}})
+    out = capsys.readouterr().out
+    assert "0.2500" in out and "class KL inf" not in out

@@ -108,6 +108,9 @@ def print_quality(r: dict) -> None:
         rows.append(("class KL (nats)", "class_kl"))
     for name, key in rows:
         print(f"  {name:<22} {_number(s[key]):>10} {_number(t[key]) if t else '':>10}".rstrip())
+    if "class_kl" in s and (s["class_kl"] is None or (t and t.get("class_kl") is None)):
+        print(f"  (class KL inf: some images are classified as a class that none of the "
+              f"{r['reference']} images is; null in the JSON report)")  # fmt: skip
     if "class_histogram" in s:
         names = r.get("class_names") or [str(i) for i in range(len(s["class_histogram"]))]
         ref = r["reference_class_histogram"]
