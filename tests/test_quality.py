@@ -236,3 +236,22 @@ def test_an_infinite_class_kl_is_inf_in_the_table_with_a_line_saying_why(capsys)
     print_quality({**report, "samples": {**scores, "class_kl": 0.25}})
     out = capsys.readouterr().out
     assert "0.2500" in out and "class KL inf" not in out
+
+
+def test_sample_quality_reference_val_without_a_validation_split_is_refused_as_evaluate_does(
+    train_tiny, mnist_dir, tmp_path, capsys
+):
+    none = train_tiny(tmp_path / "none", "--val_images", "0")
+    bare = tmp_path / "bare.safetensors"
+    bare.write_bytes((none / "model.safetensors").read_bytes())
+    data = ["--data_dir", str(mnist_dir), "--quiet", "--features", "encoder"]
+    said = {
+        none: f"the run of {none} held out no validation images (--val_images 0, or too few "
+        "images)",
+        bare: f"{bare} has no config.json of its run beside it (which records the split)",
+    }
+    for model, why in said.items():
+        capsys.readouterr()
+        assert main(["sample-quality", "--model", str(model), "--reference", "val", *data]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"torch-vae: error: --reference val: {why}; use --reference test"]

@@ -466,13 +466,13 @@ def run_config(model_path: Path) -> dict:
     return config if isinstance(config, dict) else {}
 
 
-def recorded_split(o, model, dataset: str) -> dict:
+def recorded_split(o, model, dataset: str, flag: str = "--split") -> dict:
     """The validation split the model's run recorded (``--split val`` of ``o``, a command's
-    options with ``model``), from its config.json alone, or a one-line error where there is
-    none to measure (another dataset, no record)."""
+    options with ``model``; ``flag``: the flag that asked for it), from its config.json alone,
+    or a one-line error where there is none to measure (another dataset, no record)."""
     if dataset != absolute_name(model.dataset or ""):
-        raise TorchVaeError(f"--split val is the validation split of the model's own dataset "
-                            f"({model.dataset}), not of {dataset}; use --split test")  # fmt: skip
+        raise TorchVaeError(f"{flag} val is the validation split of the model's own dataset "
+                            f"({model.dataset}), not of {dataset}; use {flag} test")  # fmt: skip
     config = run_config(o.model)
     split = config.get("split") if isinstance(config.get("split"), dict) else {}
     if not config:
@@ -482,10 +482,12 @@ def recorded_split(o, model, dataset: str) -> dict:
                "few images)")  # fmt: skip
     else:
         return split
-    raise TorchVaeError(f"--split val: {why}; use --split test")
+    raise TorchVaeError(f"{flag} val: {why}; use {flag} test")
 
 
-def validation_rows_of(o, n: int, split: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_rows_of(
+    o, n: int, split: dict, flag: str = "--split"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows of the ``n`` training images that the model's run trained on and held out
     (``--split val``; ``split``: its record, as ``recorded_split`` gives it), or a one-line
     error where the dataset changed since."""
@@ -496,9 +498,9 @@ def validation_rows_of(o, n: int, split: dict) -> tuple[torch.Tensor, torch.Tens
         why = (f"{run} drew its validation split from {total} training images, and the "
                f"training split has {n} now" if total != n else f"{run} drew its "
                "validation split from other training images than these")  # fmt: skip
-        raise TorchVaeError(f"--split val: {why}: the dataset changed since it trained; use "
-                            "--split test")  # fmt: skip
+        raise TorchVaeError(f"{flag} val: {why}: the dataset changed since it trained; use "
+                            f"{flag} test")  # fmt: skip
     if not len(rows):
-        raise TorchVaeError(f"--split val: the validation split of {o.model} holds no image of "
-                            "the classes it trained on; use --split test")  # fmt: skip
+        raise TorchVaeError(f"{flag} val: the validation split of {o.model} holds no image of "
+                            f"the classes it trained on; use {flag} test")  # fmt: skip
     return fit, rows

@@ -23,7 +23,9 @@ from .common import (
     default_report,
     held_out_rows,
     model_and_dataset,
+    recorded_split,
     split_images,
+    validation_rows_of,
 )
 from .options import NSAMPLES, Runtime, SampleQualityOptions
 
@@ -39,6 +41,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     else:
         check_report_folder(default_report(o.model, "sample-quality").parent)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, digest=True)
+    recorded = recorded_split(o, model, dataset, "--reference") if o.reference == "val" else None
     if o.reconstructions and o.nsamples != NSAMPLES:
         log.warning("--nsamples sets how many samples are drawn; --reconstructions measures "
                     "the reconstructions of every reference image (and as many training "
@@ -54,6 +57,8 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
                                  o.round_trips)  # fmt: skip
     n_train = _n_train(model, dataset, o, runtime)
     fit_rows, val_rows, _ = held_out_rows(o.model, n_train, o.data_dir)
+    if recorded is not None:  # or a one-line error where the dataset changed since
+        fit_rows, val_rows = validation_rows_of(o, n_train, recorded, "--reference")
     rows = (fit_rows, val_rows) if val_rows is not None else None
     start = time.perf_counter()
     report = quality_report(
