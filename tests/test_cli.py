@@ -505,6 +505,9 @@ def test_a_damaged_training_state_names_the_weights_to_start_again_from(
         (["nosuch"], "torch-vae: error: argument COMMAND: invalid choice: 'nosuch'"),
         (["evaluate", "--model", "m", "--nosuch", "1"],
          "torch-vae evaluate: error: unrecognized arguments: --nosuch 1 (see torch-vae evaluate"),
+        (["reconstruct", "--model", "m", "--outdir", "o", "--image_size", "64"],
+         "unrecognized arguments: --image_size 64; --image_size is the model's own, recorded in "
+         "its file: the command uses the model as it was trained (images at its --image_size)"),
     ],
 )  # fmt: skip
 def test_a_malformed_command_line_is_one_line_that_points_at_the_help(argv, says, capsys):

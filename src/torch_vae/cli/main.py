@@ -6,6 +6,7 @@ help; the original torch-vae's flag names are the field names."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from ..errors import TorchVaeError, TrainingInterrupted, describe_os_error
 from ..runtime.allocator import keep_freed_memory
 from ..version import __version__
 from .commands import COMMANDS
-from .flags import add_options, defaults, pick, read_config_file
+from .flags import add_options, defaults, model_options, pick, read_config_file
 from .launch import check_can_launch, launch, launched_worker, say, worker_threads
 from .options import Runtime
 
@@ -52,7 +53,9 @@ def parse(argv: list[str] | None) -> tuple[str, dict[str, Any], set[str]]:
     parser = build_parser()
     known, extra = parser.parse_known_args(argv)
     if extra:  # told by the command's own parser, which points at its own --help
-        parser.commands[known.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.commands[known.command].error(
+            f"unrecognized arguments: {' '.join(extra)}{_model_flag_hint(known.command, extra)}"
+        )
     given = vars(known)
     command = given.pop("command")
     values = defaults(COMMANDS[command].options)
@@ -60,6 +63,19 @@ def parse(argv: list[str] | None) -> tuple[str, dict[str, Any], set[str]]:
         values.update(read_config_file(given["config"], COMMANDS[command].options, given))
     values.update(given)
     return command, values, set(given)
+
+
+def _model_flag_hint(command: str, extra: list[str]) -> str:
+    """Words for a flag of the model's own (``--image_size``, ``--arch``...) given to a
+    command that uses a trained model, which takes them from the model's file."""
+    if command == "train":
+        return ""
+    own = {f"--{f.name}" for f in dataclasses.fields(model_options())}
+    given = [a.split("=")[0] for a in extra if a.split("=")[0] in own]
+    if not given:
+        return ""
+    return (f"; {given[0]} is the model's own, recorded in its file: the command uses the "
+            "model as it was trained (images at its --image_size)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
