@@ -912,11 +912,15 @@ def test_a_vq_run_s_epoch_picture_shows_reconstructions_only(vq_run):
     picture = epoch_picture(model, None, x, "cpu")
     with Image.open(vq_run / "images" / "epoch_001.png") as saved:
         assert saved.size == (picture.shape[1], picture.shape[0])
-    # one row of 4 images beside their reconstructions (2 pixels of border above and below),
-    # nothing above them: a Gaussian model's picture has its samples on top
+    # one row of 4 images beside their reconstructions (2 pixels of border above and below)
+    # under its title, nothing above them: a Gaussian model's picture has its samples on top
+    from torch_vae.io.png import with_title
+
     gaussian = VAE(model_class("dcgan").config_class.tiny(image_size=32)).eval()
     z = gaussian.prior_sample(32, torch.Generator().manual_seed(0))
-    assert picture.shape[0] == 2 + 32 + 2 < epoch_picture(gaussian, z, x, "cpu").shape[0]
+    title = with_title(np.zeros((0, picture.shape[1], 1), np.uint8), "the title").shape[0]
+    assert picture.shape[0] == title + 2 + 32 + 2 < epoch_picture(gaussian, z, x, "cpu").shape[0]
+    assert picture[: title - 2].min() == 0  # written there
 
 
 def test_evaluate_of_a_vq_model_says_its_nll_needs_no_samples_and_names_one_report(

@@ -20,7 +20,15 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..io.files import atomic_path
-from ..io.png import PngWriter, grid, side_by_side, stack_rows, to_uint8, with_row_labels
+from ..io.png import (
+    PngWriter,
+    grid,
+    side_by_side,
+    stack_rows,
+    to_uint8,
+    with_row_labels,
+    with_title,
+)
 from ..models import VAE
 from ..runtime.device import to_float
 from ..runtime.precision import Precision
@@ -102,12 +110,14 @@ def epoch_picture(
     model.eval()
     x = to_float(test_images, device)
     y = test_labels.to(x.device) if test_labels is not None else None
-    bottom = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x, y))), nrow=4)
+    pairs = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x, y))), nrow=4)
+    bottom = with_title(pairs, "held-out image | reconstruction")
     if model.latent_kind == "discrete":
         return bottom
     k = model.config.num_classes
     y = torch.arange(len(z), device=z.device) % k if k else None
-    top = grid(to_uint8(model.decode(z, y)), nrow=8)
+    drawn = "samples (fixed codes" + (", classes in turn)" if k else ")")
+    top = with_title(grid(to_uint8(model.decode(z, y)), nrow=8), drawn)
     return stack_rows([top, bottom])
 
 

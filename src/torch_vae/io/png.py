@@ -52,6 +52,22 @@ def with_row_labels(picture: np.ndarray, labels: list[str], height: int, pad: in
     return np.concatenate([column, picture], axis=1)
 
 
+def with_title(picture: np.ndarray, title: str, pad: int = 2) -> np.ndarray:
+    """``picture`` (H, W, C) with ``title`` written in a white strip above it, at its left, in
+    Pillow's own font, at most 11 pixels high and smaller where the picture is narrow."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    draw = ImageDraw.Draw(Image.new("L", (1, 1)))
+    for size in range(11, 6, -1):  # the largest that fits the width
+        font = ImageFont.load_default(size=size)
+        if draw.textlength(title, font=font) <= picture.shape[1] - 2 * pad:
+            break
+    strip = Image.new("L", (picture.shape[1], size + 2 * pad + 1), 255)
+    ImageDraw.Draw(strip).text((pad, pad + 1), title, fill=0, font=font)
+    rows = np.asarray(strip)[..., None].repeat(picture.shape[2], axis=2)
+    return np.concatenate([rows, picture], axis=0)
+
+
 def side_by_side(left: np.ndarray, right: np.ndarray, pad: int = 2) -> np.ndarray:
     """Pairs (B, H, W, C) + (B, H, W, C) -> (B, H, 2W + pad, C), a white gap between."""
     gap = np.full((*left.shape[:2], pad, left.shape[3]), 255, dtype=np.uint8)
