@@ -558,3 +558,20 @@ def test_a_folder_s_files_of_other_kinds_are_named_once_when_it_is_read(tmp_path
     assert said == [f"{folder}: left out 4 files of other kinds than images read (.heic 2, "
                     ".jfif 1, .txt 1; read: .bmp, .gif, .jpeg, .jpg, .pgm, .png, .pnm, .ppm, "
                     ".tif, .tiff, .webp)"]  # fmt: skip
+
+
+def test_a_folder_s_images_smaller_than_the_image_size_are_counted_once(tmp_path, caplog):
+    from torch_vae.data import load_split
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    for i in range(12):  # every other one 8x8, the rest 20x30
+        Image.new("L", (8, 8) if i % 2 else (20, 30), 9 * i).save(folder / f"i{i:02d}.png")
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        for split in ("train", "test"):
+            load_split(f"folder:{folder}", split, 16, tmp_path / "data", progress=False)
+        load_split(f"folder:{folder}", "train", 8, tmp_path / "data", progress=False)
+    said = [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()]
+    assert said == ["6 of the folder's 12 images are smaller than 16x16 (shorter side; the "
+                    "smallest 8 pixels): they are upscaled, and the model learns their blur; a "
+                    "smaller --image_size keeps them sharp"]  # fmt: skip

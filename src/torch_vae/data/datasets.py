@@ -358,6 +358,8 @@ class FolderDataset(Dataset):
     """
 
     root: Path = Path(".")
+    # each image's shorter side, in pixels, where folder_dataset read them (every split)
+    shortest: tuple[int, ...] = field(default=(), compare=False, repr=False)
 
     def source_id(self, data_dir):
         digest = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:10]
@@ -407,6 +409,16 @@ class FolderDataset(Dataset):
                      where, len(skipped), "s" * (len(skipped) != 1), said,
                      ", ".join(sorted(IMAGE_SUFFIXES)))  # fmt: skip
 
+    def _say_upscaled(self, size: int) -> None:
+        """A log line where images of the folder are smaller than ``size`` (their shorter
+        side), so that the model learns them upscaled."""
+        small = [n for n in self.shortest if n < size]
+        if small:
+            log.info("%d of the folder's %d images are smaller than %dx%d (shorter side; the "
+                     "smallest %d pixels): they are upscaled, and the model learns their blur; "
+                     "a smaller --image_size keeps them sharp", len(small), len(self.shortest),
+                     size, size, min(small))  # fmt: skip
+
     def splits(self) -> tuple[str, ...]:
         """The splits that hold images: both, or the training split alone for a folder of
         fewer than 10 images without train/ and test/ subfolders (every tenth image is the
@@ -449,6 +461,8 @@ class FolderDataset(Dataset):
     def prepare(self, split, size, data_dir, progress=True, allocate=None):
         files = self.list_images(split)
         self._say_left_out(split)
+        if split == "train":
+            self._say_upscaled(size)
         return decode_all(
             files,
             _decode_path,
@@ -534,7 +548,7 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
     """A folder dataset; grayscale when every image is grayscale, otherwise RGB."""
     root = Path(root).expanduser()
     ds = FolderDataset(name=f"folder:{root}", channels=3, root=root)
-    modes, bad = set(), []
+    modes, bad, shortest = set(), [], []
     for split in ds.splits():
         for path in ds.list_images(split):
             try:
@@ -542,12 +556,14 @@ def folder_dataset(root: str | os.PathLike) -> FolderDataset:
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with open_image(path) as img:
                         modes.add(img.mode)
+                        shortest.append(min(img.size))
             except DECODE_ERRORS as exc:
                 bad.append((str(path), f"cannot read image {path} ({exc}); remove or replace it"))
     if bad:  # every one named at once (the first few), not one per run
         raise unreadable(bad)
     channels = 1 if modes <= GRAY_MODES else 3
-    return FolderDataset(name=f"folder:{root}", channels=channels, root=root)
+    return FolderDataset(name=f"folder:{root}", channels=channels, root=root,
+                         shortest=tuple(shortest))  # fmt: skip
 
 
 def _idx(name, base, md5s, aliases):
