@@ -480,3 +480,19 @@ def test_a_copy_of_the_systems_repacked_file_is_taken_as_it(mnist_dir, tmp_path,
         r"system's copies \(.*usr-share\) differ from the official files",
     ):
         load_split("mnist", "test", 16, mnist_dir, progress=False)
+
+
+def test_a_damaged_file_of_an_extracted_cifar_folder_is_named(tmp_path):
+    data_dir = tmp_path / "cifar"
+    archive = fakedata.write_cifar(data_dir)
+    with tarfile.open(archive) as tar:
+        tar.extractall(data_dir, filter="data")
+    archive.unlink()
+    folder = data_dir / "cifar-10-batches-py"
+    (folder / "data_batch_3").write_bytes(b"garbage\n")
+    with pytest.raises(TorchVaeError) as refused:
+        load_split("cifar-10", "train", 32, data_dir, progress=False)
+    said = str(refused.value)
+    assert said.startswith(f"{folder / 'data_batch_3'} is not a valid CIFAR batch (")
+    assert said.endswith(f"replace it with the official file, or delete {folder} to download "
+                         "the dataset again")  # fmt: skip

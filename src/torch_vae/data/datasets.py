@@ -175,7 +175,7 @@ def _verify(path: Path, md5: str) -> None:
         raise TorchVaeError(
             f"{path} does not match the official checksum (MD5 {md5}): it is corrupt, "
             "incomplete or not the official file; delete it and run again to download it, or "
-            "put the official file there (images of your own train as --dataset folder:PATH)"
+            "put the official file there (to train on images of your own: --dataset folder:PATH)"
         )
     try:
         write_text_atomic(stamp, mark)

@@ -149,13 +149,24 @@ def _cifar_members(archive: Path, members: list[str]) -> Iterator[bytes]:
 def _cifar_batches(
     archive: Path, members: list[str], label_key: bytes
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) of each member, with a one-line error for a damaged archive."""
+    """(images, labels) of each member, with a one-line error for a damaged archive (or a
+    damaged file of its extracted folder) that names the member."""
+    out: list[tuple[np.ndarray, np.ndarray]] = []
     try:
-        return [_load_cifar_batch(raw, label_key) for raw in _cifar_members(archive, members)]
+        for raw in _cifar_members(archive, members):
+            out.append(_load_cifar_batch(raw, label_key))
+        return out
     except CIFAR_ERRORS as exc:
-        raise TorchVaeError(
-            f"{archive} is not a valid CIFAR python archive ({exc}); delete it to download again"
-        ) from None
+        name = members[len(out)] if len(out) < len(members) else None  # the one that failed
+        if archive.is_dir() and name is not None:
+            raise TorchVaeError(
+                f"{archive / name} is not a valid CIFAR batch ({exc}); replace it with the "
+                f"official file, or delete {archive} to download the dataset again"
+            ) from None
+        archive_error = isinstance(exc, (tarfile.TarError, zlib.error, EOFError, OSError))
+        member = f" (its member {name})" if name is not None and not archive_error else ""
+        raise TorchVaeError(f"{archive} is not a valid CIFAR python archive{member}: {exc}; "
+                            "delete it to download again") from None  # fmt: skip
 
 
 def read_celeba_partition(path: Path) -> dict[str, int]:
