@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import warnings
+import zlib
 
 import httpx
 import numpy as np
@@ -118,7 +119,7 @@ def test_decode_refuses_bad_codes_with_a_message(client, body):
 
 
 def test_errors_are_4xx_with_a_message(client):
-    assert client.post("/api/decode", data={"z": "1"}).status_code == 422  # a form, not JSON
+    assert client.post("/api/decode", data={"z": "1"}).status_code == 415  # a form, not JSON
     r = client.get("/api/images/24")
     assert r.status_code == 422 and "less than or equal to 23" in r.json()["detail"]
     assert client.get("/api/images/-1").status_code == 422
@@ -140,7 +141,17 @@ def test_errors_are_4xx_with_a_message(client):
     deep = b'{"z": ' + b"[" * 5000 + b"]" * 5000 + b"}"  # past Python's recursion limit
     r = client.post("/api/decode", content=deep, headers=json_type)
     assert r.status_code == 422, r.text
-    assert r.json()["detail"] == "body: not valid JSON (nested too deeply, or not JSON text)"
+    deep_detail = ("body: not valid JSON (nested too deeply, a number of more than 4,300 digits, "
+                   "or not JSON text)")  # fmt: skip
+    assert r.json()["detail"] == deep_detail
+    long = b'{"z": [1' + b"0" * 5000 + b"]}"  # JSON, but past Python's 4,300 digits
+    r = client.post("/api/decode", content=long, headers=json_type)
+    assert r.status_code == 422 and r.json()["detail"] == deep_detail
+    for kind in ("text/plain", "application/x-www-form-urlencoded"):  # JSON sent as another
+        r = client.post("/api/decode", content=b'{"z": [0, 0, 0]}', headers={"Content-Type": kind})
+        assert r.status_code == 415, r.text
+        assert r.json()["detail"] == ("body: send it as JSON with Content-Type: "
+                                      f"application/json (it came as {kind})")  # fmt: skip
 
 
 def test_a_map_point_decodes_to_a_code_on_its_place(client, explorer):
@@ -246,6 +257,12 @@ def test_bad_uploads_are_refused_with_a_message(client):
     bomb = file_bytes(Image.new("1", (5000, 5000)))  # 25 megapixels in a few kB
     status, detail = post(bomb)
     assert len(bomb) < 100_000 and status == 413 and "5000x5000" in detail
+    header = bytearray(bomb)  # the same PNG saying it is 100000x100000: past Pillow's limit
+    header[16:24] = (100000).to_bytes(4, "big") * 2
+    header[29:33] = zlib.crc32(bytes(header[12:29])).to_bytes(4, "big")
+    status, detail = post(bytes(header))
+    assert (status, detail) == (413, "the image has 10,000,000,000 pixels; at most 20,000,000 "
+                                     "in all")  # fmt: skip
     status, detail = post(b"\0" * (10 * 2**20 + 1))
     assert status == 413
     r = client.post("/api/encode", files={"other": ("x.png", png, "image/png")})

@@ -439,6 +439,16 @@ def _static(body: bytes, media: str):
     return page
 
 
+def _json_body_sent_as_other(errors: list[dict[str, Any]], content_type: str) -> bool:
+    """Whether a JSON route's body failed as a whole because it came as another kind than
+    JSON (text, a form): FastAPI then reads no JSON and says the body is not an object."""
+    if content_type in ("application/json", "multipart/form-data") or content_type.endswith(
+        "+json"
+    ):
+        return False
+    return any(tuple(e.get("loc", ())) == ("body",) for e in errors)
+
+
 def _describe(errors: list[dict[str, Any]]) -> str:
     """Pydantic's errors as one line: where, and what is wrong."""
     parts = []
@@ -475,14 +485,21 @@ def create_app(ex: Explorer, sliders: int = 16, hosts: Collection[str] | None = 
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _describe(list(exc.errors()))}, status_code=422)
+        errors = list(exc.errors())
+        sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if _json_body_sent_as_other(errors, sent):
+            detail = (f"body: send it as JSON with Content-Type: application/json (it came as "
+                      f"{sent or 'no Content-Type'})")  # fmt: skip
+            return JSONResponse({"detail": detail}, status_code=415)
+        return JSONResponse({"detail": _describe(errors)}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         # FastAPI's own words where a body cannot be parsed at all (JSON nested past Python's
         # recursion limit, say): said as the other bodies that are not valid JSON are
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-            detail = "body: not valid JSON (nested too deeply, or not JSON text)"
+            detail = ("body: not valid JSON (nested too deeply, a number of more than 4,300 "
+                      "digits, or not JSON text)")  # fmt: skip
             return JSONResponse({"detail": detail}, status_code=422)
         return await http_exception_handler(request, exc)
 

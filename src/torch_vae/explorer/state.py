@@ -27,6 +27,7 @@ import base64
 import io
 import logging
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -402,11 +403,12 @@ def read_upload(data: bytes, channels: int, size: int) -> np.ndarray:
         raise UploadError(
             415, f"not an image in a format the explorer reads ({', '.join(UPLOAD_FORMATS)})"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadError(  # Pillow refuses to open it: more pixels than its own limit
-            413,
-            f"the image has more than {Image.MAX_IMAGE_PIXELS:,} pixels; at most "
-            f"{MAX_UPLOAD_PIXELS:,} in all",
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses to open it (more pixels than its own limit); its words say how many
+        found = re.search(r"Image size \((\d+) pixels\)", str(exc))
+        count = f"{int(found.group(1)):,}" if found else f"more than {Image.MAX_IMAGE_PIXELS:,}"
+        raise UploadError(
+            413, f"the image has {count} pixels; at most {MAX_UPLOAD_PIXELS:,} in all"
         ) from None
     except UnsupportedImage as exc:
         raise UploadError(422, f"cannot use this image: {exc}") from None
