@@ -57,10 +57,25 @@ def test_server_down_says_to_check_the_network(tmp_path):
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(TorchVaeError, match="could not download .*ConnectionError.*; try again "
-                       ".the transfer failed or timed out.; if it keeps failing, check your "
-                       "network"):  # fmt: skip
+    with pytest.raises(TorchVaeError) as failed:
         download(f"http://127.0.0.1:{port}/a.bin", "0" * 32, tmp_path / "a.bin", progress=False)
+    said = str(failed.value)
+    assert said.startswith(f"could not download http://127.0.0.1:{port}/a.bin (no connection to "
+                           "the server: ConnectionError); try again; if it keeps failing, check "
+                           "your network, or download the file by hand into ")  # fmt: skip
+    assert said.endswith("or set TORCH_VAE_MIRROR to a base URL that serves it")
+
+
+def test_a_download_failing_from_the_mirror_names_the_mirror_once(tmp_path, monkeypatch):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("TORCH_VAE_MIRROR", f"http://127.0.0.1:{port}")
+    with pytest.raises(TorchVaeError) as failed:
+        download("https://example.org/a.bin", "0" * 32, tmp_path / "a.bin", progress=False)
+    said = str(failed.value)
+    assert "check that the mirror (TORCH_VAE_MIRROR) serves the file by its name" in said
+    assert "set TORCH_VAE_MIRROR" not in said  # it is set
 
 
 @pytest.fixture
@@ -150,8 +165,8 @@ def test_dataset_with_official_checksum_rejects_other_file(server, tmp_path, mon
     name = "train-images-idx3-ubyte.gz"
     (tmp_path / "data" / "mnist" / name).write_bytes((root / name).read_bytes())
     with pytest.raises(TorchVaeError, match="does not match the official checksum .*not the "
-                       "official file; delete it .*, or put the official file there .images of "
-                       "your own train as --dataset folder:PATH.$"):  # fmt: skip
+                       "official file; delete it .*, or put the official file there .to train on "
+                       "images of your own: --dataset folder:PATH.$"):  # fmt: skip
         load_split("mnist", "train", 28, tmp_path / "data", progress=False)
 
 

@@ -21,7 +21,13 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import TorchVaeError
 from ..io.files import write_text_atomic
-from .download import MIRROR_ENV, DownloadError, download, md5sum, unreachable_fix
+from .download import (
+    DownloadError,
+    download,
+    md5sum,
+    or_mirror,
+    unreachable_fix,
+)
 from .formats import (
     ZIP_ERRORS,
     open_celeba_zip,
@@ -102,8 +108,8 @@ class Dataset:
                 fix = unreachable_fix("them by name", exc.kind)
                 raise TorchVaeError(
                     f"dataset {self.name} lacks {names} and could not download {exc.url} "
-                    f"({exc.kind}); {fix}, put the file(s) into {data_dir / self.name}, or set "
-                    f"{MIRROR_ENV} to a base URL that serves them"
+                    f"({exc.kind}); {fix}, or put the file(s) into "
+                    f"{data_dir / self.name}{or_mirror('them')}"
                 ) from None
         return paths
 

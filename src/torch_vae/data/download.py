@@ -51,11 +51,33 @@ def unreachable_fix(files: str, kind: str = "") -> str:
     be downloaded (``kind``: the failure, e.g. "HTTP 404" or "ReadTimeout"): for a failure that
     may pass (a timeout, a dropped connection, a server error) trying again; then the
     mirror's layout where ``$TORCH_VAE_MIRROR`` is set, else the network."""
-    again = "" if kind.startswith("HTTP 4") else (
-        "try again (the transfer failed or timed out); if it keeps failing, ")  # fmt: skip
+    again = "" if kind.startswith("HTTP 4") else "try again; if it keeps failing, "
     if os.environ.get(MIRROR_ENV):
         return f"{again}check that the mirror ({MIRROR_ENV}) serves {files} at BASE/NAME"
     return f"{again}check your network"
+
+
+def or_mirror(what: str) -> str:
+    """ ", or set $TORCH_VAE_MIRROR...", where it is not set (else the fix names the mirror)."""
+    if os.environ.get(MIRROR_ENV):
+        return ""
+    return f", or set {MIRROR_ENV} to a base URL that serves {what}"
+
+
+def _failure(exc: OSError, requests) -> str:
+    """A download failure in words, with the exception's name ("HTTP 503" for a server's
+    answer): ``passing`` reads "HTTP 4" and "Timeout" in it."""
+    name = type(exc).__name__
+    response = getattr(exc, "response", None)
+    if isinstance(exc, requests.HTTPError) and response is not None:
+        return f"HTTP {response.status_code}"
+    if isinstance(exc, requests.Timeout):
+        return f"no answer within a minute: {name}"
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return f"the transfer broke off: {name}"
+    if isinstance(exc, requests.ConnectionError):
+        return f"no connection to the server: {name}"
+    return name
 
 
 def download(url: str, md5: str, dest: Path, progress: bool = True) -> Path:
@@ -111,14 +133,11 @@ def _download(url: str, md5: str, dest: Path, progress: bool) -> Path:
                           else "the server sent a different file. Try again later")  # fmt: skip
                 raise TorchVaeError(
                     f"checksum mismatch for {url} (expected MD5 {md5}, got {got}); {sender}, "
-                    f"or put the official file into {dest.parent} by hand (images of your own "
-                    "train as --dataset folder:PATH)"
+                    f"or put the official file into {dest.parent} by hand (to train on images "
+                    "of your own: --dataset folder:PATH)"
                 )
     except OSError as exc:  # requests' errors are OSErrors too
-        kind = type(exc).__name__
-        response = getattr(exc, "response", None)
-        if isinstance(exc, requests.HTTPError) and response is not None:
-            kind = f"HTTP {response.status_code}"
+        kind = _failure(exc, requests)
         if not isinstance(exc, (requests.RequestException, ConnectionError, TimeoutError)):
             raise TorchVaeError(
                 f"could not write {dest} ({exc}); check that {dest.parent} is writable and has "
@@ -126,8 +145,7 @@ def _download(url: str, md5: str, dest: Path, progress: bool) -> Path:
             ) from None
         raise DownloadError(
             f"could not download {url} ({kind}); {unreachable_fix('the file by its name', kind)}, "
-            f"download the file by hand into {dest.parent}, or set {MIRROR_ENV} to a base URL "
-            "that serves it",
+            f"or download the file by hand into {dest.parent}{or_mirror('it')}",
             url,
             kind,
         ) from None
