@@ -1,6 +1,7 @@
 """Training survives crashes, kills and signals; nothing broken is ever saved or loaded."""
 
 import json
+import logging
 import os
 import random
 import signal
@@ -727,3 +728,20 @@ def test_a_resume_of_an_epoch_cut_short_by_max_steps_says_its_files_are_replaced
         assert resume(run, data, "--max_steps", "5") == 0
     assert ("epoch 1 was cut short by --max_steps: its checkpoint, picture and metrics line are "
             "replaced when it ends") in caplog.text  # fmt: skip
+
+
+def test_a_young_run_measuring_far_worse_held_out_says_its_batch_norms_lag(caplog):
+    from types import SimpleNamespace
+
+    from torch_vae.training.loop import _say_early
+
+    def said(step, train, held_out):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="torch_vae"):
+            _say_early(SimpleNamespace(step=step, eval_prefix="val"), train, held_out)
+        return caplog.text
+
+    assert ("after only 30 steps the val loss is 1.9x the training loss: the batch norms' "
+            "running statistics") in said(30, 274.1, 517.8)  # fmt: skip
+    assert "batch norms" not in said(30, 274.1, 230.0)  # held-out no worse: nothing to say
+    assert "batch norms" not in said(5000, 274.1, 517.8)  # a long run: something else

@@ -510,8 +510,23 @@ def end_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
     log.info("epoch %d: train loss %.2f, %s loss %.2f (%s) per image, %.0f img/s", epoch,
              record["train_loss"], loop.eval_prefix, test["loss"], parts,
              record["train_img_per_s"])  # fmt: skip
+    _say_early(loop, record["train_loss"], test["loss"])
     if dist.any(loop.stop.requested()):  # arrived while the epoch was evaluated and saved
         raise _interrupted(loop, epoch)
+
+
+EARLY_STEPS = 300  # a run this short may still have batch norms that lag its weights
+
+
+def _say_early(loop: Loop, train: float, held_out: float) -> None:
+    """A log line where a run of few steps measures far worse on held-out images than in
+    training: eval mode's batch norms use running statistics that lag weights this young
+    (their pictures' reconstructions can come out dark), which a longer run outgrows."""
+    if loop.step < EARLY_STEPS and held_out > 1.5 * train:
+        log.info("after only %d steps the %s loss is %.1fx the training loss: the batch norms' "
+                 "running statistics, which evaluation and pictures use, still lag the weights; "
+                 "a few hundred steps more and they catch up", loop.step, loop.eval_prefix,
+                 held_out / train)  # fmt: skip
 
 
 def save_checkpoint(
