@@ -327,3 +327,19 @@ def test_evaluate_split_train_says_it_measures_the_held_out_images_too(
     with caplog.at_level(logging.INFO, logger="torch_vae"):
         assert main([*args, "--split", "test"]) == 0
     assert "the whole training split" not in caplog.text
+
+
+def test_split_val_of_a_run_from_before_validation_splits_says_so(
+    train_tiny, mnist_dir, tmp_path, capsys
+):
+    run = train_tiny(tmp_path / "run", "--val_images", "0")
+    config = json.loads((run / "config.json").read_text())
+    del config["train"]["val_images"]  # as runs of an earlier version wrote it
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet",
+                 "--split", "val"]) == 1  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"torch-vae: error: --split val: the run of {run} holds out no validation images (it "
+        "trained before runs held any out); use --split test"
+    ]

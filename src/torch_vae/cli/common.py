@@ -477,6 +477,9 @@ def recorded_split(o, model, dataset: str, flag: str = "--split") -> dict:
     split = config.get("split") if isinstance(config.get("split"), dict) else {}
     if not config:
         why = f"{o.model} has no config.json of its run beside it (which records the split)"
+    elif "val_images" not in (config.get("train") or {}):  # a run of an earlier version
+        why = (f"the run of {o.model} holds out no validation images (it trained before runs "
+               "held any out)")  # fmt: skip
     elif not split.get("validation_images"):
         why = (f"the run of {o.model} held out no validation images (--val_images 0, or too "
                "few images)")  # fmt: skip
