@@ -422,7 +422,7 @@ class FolderDataset(Dataset):
         if small:
             log.info("%d of the folder's %d images are smaller than %dx%d (shorter side; the "
                      "smallest %d pixels): they are upscaled, and the model learns their blur; "
-                     "a smaller --image_size keeps them sharp", len(small), len(self.shortest),
+                     "a model of a smaller image size (train --image_size) keeps them sharp", len(small), len(self.shortest),
                      size, size, min(small))  # fmt: skip
 
     def splits(self) -> tuple[str, ...]:
