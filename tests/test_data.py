@@ -572,6 +572,8 @@ def test_a_folder_s_images_smaller_than_the_image_size_are_counted_once(tmp_path
             load_split(f"folder:{folder}", split, 16, tmp_path / "data", progress=False)
         load_split(f"folder:{folder}", "train", 8, tmp_path / "data", progress=False)
     said = [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()]
-    assert said == ["6 of the folder's 12 images are smaller than 16x16 (shorter side; the "
-                    "smallest 8 pixels): they are upscaled, and the model learns their blur; a "
-                    "model of a smaller image size (train --image_size) keeps them sharp"]  # fmt: skip
+    assert said == [
+        "6 of the folder's 12 images are smaller than 16x16 (shorter side; the "
+        "smallest 8 pixels): they are upscaled, and the model learns their blur; "
+        "a model of a smaller image size (train --image_size) keeps them sharp"
+    ]

@@ -255,3 +255,16 @@ def test_sample_quality_reference_val_without_a_validation_split_is_refused_as_e
         assert main(["sample-quality", "--model", str(model), "--reference", "val", *data]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"torch-vae: error: --reference val: {why}; use --reference test"]
+
+
+def test_train_classifier_says_what_it_trains_and_shows_each_epoch_s_progress(
+    labelled, tmp_path, capsys, caplog
+):
+    args = ["train-classifier", "--dataset", "mnist", "--out", str(tmp_path / "clf"),
+            "--epochs", "1", "--image_size", "16", "--batchsize", "8", "--data_dir",
+            str(labelled)]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert main(args) == 0
+    assert re.search(r"training a classifier of [\d,]+ parameters on 40 images of mnist at "
+                     r"16x16: 5 steps per epoch, 1 epochs", caplog.text)  # fmt: skip
+    assert re.search(r"epoch 1/1: 100%.* 5/5", capsys.readouterr().err)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
+from tqdm import tqdm
 
 from ..data import load_split
 from ..data.labels import load_labels
@@ -192,13 +193,18 @@ def predict(model: Classifier, images: torch.Tensor, batch: int = 500) -> torch.
     return torch.cat(out)
 
 
-def train_epoch(model, opt, images, labels, batch, lr, step0, total, gen) -> tuple[float, int]:
+def train_epoch(
+    model, opt, images, labels, batch, lr, step0, total, gen, bar=None
+) -> tuple[float, int]:
     """One epoch of AdamW steps on shuffled batches, the learning rate decaying as a cosine
-    from ``lr`` over ``total`` steps. Returns the mean loss and the next step."""
+    from ``lr`` over ``total`` steps (``bar``: a progress bar its steps advance). Returns the
+    mean loss and the next step."""
     model.train()
     order = torch.randperm(len(images), generator=gen)
     loss_sum, step = 0.0, step0
     for start in range(0, len(order) - batch + 1, batch):
+        if bar is not None:
+            bar.update(1)
         idx = order[start : start + batch]
         x = shifted(to_float(images[idx], torch.device("cpu")), gen)
         for group in opt.param_groups:
@@ -229,8 +235,13 @@ def train_classifier(o: ClassifierTraining, progress: bool = True) -> Classifier
     model = Classifier(config).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     total, step, history, t0 = o.epochs * (len(x) // o.batchsize), 0, [], time.time()
+    log.info("training a classifier of %s parameters on %s images of %s at %dx%d: %d steps "
+             "per epoch, %d epochs", f"{sum(p.numel() for p in model.parameters()):,}",
+             f"{len(x):,}", o.dataset, size, size, len(x) // o.batchsize, o.epochs)  # fmt: skip
     for epoch in range(1, o.epochs + 1):
-        loss, step = train_epoch(model, opt, x, y, o.batchsize, o.lr, step, total, gen)
+        with tqdm(total=len(x) // o.batchsize, desc=f"epoch {epoch}/{o.epochs}", unit="step",
+                  disable=not progress, mininterval=0.5) as bar:  # fmt: skip
+            loss, step = train_epoch(model, opt, x, y, o.batchsize, o.lr, step, total, gen, bar)
         acc = (predict(model, tx) == ty.long()).float().mean().item()
         history.append({"epoch": epoch, "train_loss": loss, "test_accuracy": acc,
                         "seconds": round(time.time() - t0, 1)})  # fmt: skip
