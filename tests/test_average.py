@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -218,3 +219,22 @@ def test_average_does_not_repeat_what_the_run_s_training_said(train_tiny, mnist_
                      "--data_dir", str(mnist_dir), "--quiet"]) == 0  # fmt: skip
     assert "more than a tenth" not in caplog.text
     assert (tmp_path / "avg" / "model.safetensors").is_file()
+
+
+def test_average_warns_of_runs_that_began_from_other_weights(
+    trained, train_tiny, mnist_dir, tmp_path, caplog
+):
+    data = ["--data_dir", str(mnist_dir), "--quiet", "--last", "1"]
+    seed1 = train_tiny(tmp_path / "seed1", "--seed", "1", "--split_seed", "0")
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main(["average", str(trained), str(seed1), "--out", str(tmp_path / "a"), *data]) == 0
+    assert (f"the runs began from other weights ({trained} from a random initialisation of seed "
+            f"0; {seed1} from a random initialisation of seed 1)") in caplog.text  # fmt: skip
+    # two fine-tunings of one model, with other seeds: one start, nothing to warn of
+    start = trained / "model.safetensors"
+    tuned = [train_tiny(tmp_path / f"ft{s}", "--init_from", str(start), "--seed", str(s),
+                        "--split_seed", "0") for s in (1, 2)]  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main(["average", *map(str, tuned), "--out", str(tmp_path / "b"), *data]) == 0
+    assert "began from other weights" not in caplog.text

@@ -158,6 +158,7 @@ def average_runs(
     model.load_state_dict(average_weights([p for run in paths.values() for p in run]))
     size = model.config.image_size
     _warn_other_splits(run_dirs)
+    _warn_other_starts(run_dirs)
     images, labels, which = _training_images(run_dirs[0], model, data_dir, progress)
     log.info("averaging the last %s of %d run(s)", "epoch" if last == 1 else f"{last} epochs",
              len(run_dirs))  # fmt: skip
@@ -229,6 +230,28 @@ def _warn_other_splits(run_dirs: list[Path]) -> None:
                     "images were trained on by another run, so its validation numbers are "
                     "optimistic; compare it on the test split, or train the runs with one "
                     "--split_seed", ", ".join(other), run_dirs[0])  # fmt: skip
+
+
+def _warn_other_starts(run_dirs: list[Path]) -> None:
+    """A warning where the runs began from other weights (random initialisations of other
+    seeds, or other --init_from models): their units do not correspond, so the average of
+    their weights is a worse network than each, not a better one."""
+    starts: dict[str, list[str]] = {}
+    for run_dir in run_dirs:
+        try:
+            _, train = read_run_config(run_dir)
+        except TorchVaeError:
+            continue
+        start = (f"--init_from {train.init_from}" if train.init_from
+                 else f"a random initialisation of seed {train.seed}")  # fmt: skip
+        key = train.init_sha256 if train.init_from else start
+        starts.setdefault(key, []).append(f"{run_dir} from {start}")
+    if len(starts) > 1:
+        said = "; ".join(runs[0] for runs in starts.values())
+        log.warning("the runs began from other weights (%s): networks trained apart do not "
+                    "match unit for unit, so the average of their weights is worse than each; "
+                    "average the epochs of one run, or runs fine-tuned from one model (train "
+                    "--init_from MODEL)", said)  # fmt: skip
 
 
 def _labels(model: VAE, split: str, n: int, data_dir: Path | None) -> torch.Tensor | None:
