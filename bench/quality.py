@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                       "--out", str(out), "--quiet")  # fmt: skip
         rows.append((f"original {pth.stem}", evaluate(out, args.work, pth.stem, args), None))
         print(f"evaluated {pth.name}", flush=True)
-    for run in sorted(d for d in args.models.iterdir() if (d / "config.json").is_file()):
+    # model folders only: the shipped classifier's folder has a config.json too
+    models = (d for d in args.models.iterdir() if (d / "model.safetensors").is_file())
+    for run in sorted(models):
         if not wanted(run.name):
             continue
         # an averaged model (torch-vae average) has no metrics.jsonl: its runs' times are in
