@@ -303,3 +303,41 @@ def test_plot_refuses_to_draw_into_the_image_folder_a_run_trained_on(tmp_path, c
                    "pictures would become images of it; pass a place outside it"]  # fmt: skip
     assert sorted(folder.rglob("*")) == before
     assert main(["plot", str(run), "--out", str(tmp_path / "curves.png")]) == 0
+
+
+def test_traverse_of_an_image_labels_each_row_with_the_image_s_own_value(
+    model, mnist_dir, tmp_path, monkeypatch
+):
+    from torch_vae import load_model
+    from torch_vae.analysis import figures, latent
+    from torch_vae.data import load_split
+
+    seen = {}
+    real = figures.plot_traversal
+
+    def capture(images, dims, kl, active, values, title, out, own=None):
+        seen.update(dims=dims, own=own, title=title)
+        return real(images, dims, kl, active, values, title, out, own)
+
+    monkeypatch.setattr(figures, "plot_traversal", capture)
+    args = ["traverse", "--model", str(model), "--data_dir", str(mnist_dir), "--quiet",
+            "--outdir", str(tmp_path / "t"), "--steps", "3"]  # fmt: skip
+    assert main([*args, "--index", "2"]) == 0
+    images = load_split("mnist", "test", 32, mnist_dir, progress=False)
+    z = latent.encode_mean(load_model(model), images[2:3], None)[0]
+    assert seen["own"] == pytest.approx(z[seen["dims"]].tolist())
+    assert "the others kept at the code of test image 2 (its own values beside the rows)" in (
+        seen["title"].replace("\n", " ")
+    )
+    assert main(args) == 0  # the zero code: no image, no values of its own
+    assert seen["own"] is None and "kept at the zero code" in seen["title"]
+
+
+def test_a_long_title_is_wrapped_not_cut_off():
+    from torch_vae.analysis.figures import TITLE_CHARS_PER_INCH, _wrap
+
+    name = "fashion-mnist_filters_0016_dims_0008_with_a_very_long_name"
+    title = _wrap(f"{name} (latent 8): posterior means of 500 test images\nsecond line", 6.0)
+    lines = title.split("\n")
+    assert len(lines) >= 3 and max(map(len, lines)) <= 6 * TITLE_CHARS_PER_INCH
+    assert title.replace("\n", " ").startswith(name) and lines[-1] == "second line"

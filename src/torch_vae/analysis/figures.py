@@ -155,10 +155,11 @@ def plot_traversal(
     values: Sequence[float],
     title: str,
     out: Path,
+    own: Sequence[float] | None = None,
 ) -> Path:
     """One row per latent dimension (uint8 ``images`` (R, K, H, W, C)), labelled with its
-    number and average KL; inactive ones greyed and marked; columns labelled with the values
-    the dimension takes."""
+    number and average KL (and ``own``, the value the image traversed around has there);
+    inactive ones greyed and marked; columns labelled with the values the dimension takes."""
     r, k, h, w, _ = images.shape
     scale = max(1.0, 48 / h)  # small images drawn larger
     fig = _figure(max(7.5, 2.2 + k * w * scale / DPI), 1.0 + r * h * scale / DPI)
@@ -166,15 +167,16 @@ def plot_traversal(
     _show(ax, _tile(images))
     ax.set_xticks([j * (w + 2) + w / 2 for j in range(k)], [f"{v:+.1f}" for v in values])
     ax.set_yticks([i * (h + 2) + h / 2 for i in range(r)])
-    rows = zip(dims, kl, active, strict=True)
+    rows = zip(dims, kl, active, own if own is not None else [None] * r, strict=True)
     ax.set_yticklabels(
-        [f"z{d}  KL {q:.{2 if q >= 0.1 else 3}f}" + ("" if a else "\ninactive") for d, q, a in rows]
-    )
+        [f"z{d}  KL {q:.{2 if q >= 0.1 else 3}f}" + ("" if v is None else f"\nimage's {v:+.2f}")
+         + ("" if a else "\ninactive") for d, q, a, v in rows]
+    )  # fmt: skip
     for label, a in zip(ax.get_yticklabels(), active, strict=True):
         label.set_color("black" if a else GREY)
     ax.tick_params(length=0)
     ax.set_xlabel("value of the dimension (the others kept)")
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(_wrap(title, fig.get_figwidth() - 2.2), fontsize="medium")
     return _save(fig, out)
 
 
@@ -203,6 +205,12 @@ def plot_manifold(
     ax.set_ylabel(axes[1])
     ax.set_title(title, fontsize="medium")
     return _save(fig, out)
+
+
+def _wrap(title: str, inches: float) -> str:
+    """``title``'s lines wrapped to ``inches`` of width (a long run name is not cut off)."""
+    width = max(20, int(inches * TITLE_CHARS_PER_INCH))
+    return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def _number(v: float) -> str:
@@ -243,7 +251,7 @@ def plot_embedding(
         fig.colorbar(dots, ax=ax, label="class")
     ax.set_xlabel(axes[0])
     ax.set_ylabel(axes[1])
-    ax.set_title(title, fontsize="medium")
+    ax.set_title(_wrap(title, 6.0), fontsize="medium")  # the axes' width: the legend beside
     ax.grid(alpha=0.3)
     return _save(fig, out)
 

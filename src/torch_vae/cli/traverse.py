@@ -45,11 +45,14 @@ def run(o: TraverseOptions, runtime: Runtime) -> None:
     dims = torch.argsort(kl, descending=True, stable=True)[: o.ndims].tolist()
     if o.index is None:
         z, around = torch.zeros(model.config.latent_dims), "the zero code"
+        at = around
     else:
         z = latent.encode_mean(model, images[o.index : o.index + 1], own)[0]
         around = f"{o.split} image {o.index}"
+        at = f"the code of {around} (its own values beside the rows)"
     if c is not None:
         around += f", decoded as class {model.config.classes[c]!r}"
+        at += f", decoded as class {model.config.classes[c]!r}"
     rows = latent.traverse(model, z, dims, o.steps, o.span, c)
     flat = to_uint8(rows.flatten(0, 1))
     pictures = flat.reshape(*rows.shape[:2], *flat.shape[1:])
@@ -57,9 +60,11 @@ def run(o: TraverseOptions, runtime: Runtime) -> None:
     shown = "" if len(dims) == d else f"; the {len(dims)} with the largest KL shown"
     title = (f"{model_name(o.model)}: {n_active} of {d} latent dimensions active\n(average KL > "
              f"0.01 nats on {min(len(images), o.nimages or len(images))} {o.split} images)"
-             f"{shown}\neach row varies one dimension around {around}")  # fmt: skip
+             f"{shown}\neach row sets one dimension to the values below, the others kept at "
+             f"{at}")  # fmt: skip
     values = torch.linspace(-o.span, o.span, o.steps).tolist()
+    own_values = None if o.index is None else z[dims].tolist()  # where the image itself is
     out = figures.plot_traversal(pictures, dims, kl[dims].tolist(), active[dims].tolist(), values,
-                               title, o.outdir / "traverse.png")  # fmt: skip
+                                 title, o.outdir / "traverse.png", own_values)  # fmt: skip
     log.info("wrote %s: %d dimensions x %d values around %s; %d of %d dimensions active",
              out, len(dims), o.steps, around, n_active, d)  # fmt: skip
