@@ -14,7 +14,7 @@ from PIL import Image
 
 from torch_vae import VAE, ModelConfig, load_model
 from torch_vae.analysis import latent
-from torch_vae.analysis.pictures import strip
+from torch_vae.analysis.pictures import enlarged, strip
 from torch_vae.cli import main
 from torch_vae.data import load_split
 from torch_vae.errors import TorchVaeError
@@ -266,14 +266,23 @@ def test_an_unconditional_model_takes_no_class(labelled, tmp_path, capsys):
         one_line_error(capsys, "is not conditional: it takes no class")
 
 
-def drawn(out) -> bytes:
-    return np.asarray(Image.open(out / "interpolate.png")).tobytes()
+def drawn(out) -> np.ndarray:
+    return np.asarray(Image.open(out / "interpolate.png"))
 
 
-def picture(model, z, c, ends) -> bytes:
-    """The strip interpolate draws from code z[0] to z[1], decoded as class c, in 3 steps."""
+def picture(model, z, c, ends) -> np.ndarray:
+    """The strip interpolate draws from code z[0] to z[1], decoded as class c, in 3 steps
+    (enlarged as the PNG shows it, under its title)."""
     frames = to_uint8(latent.interpolate(model, z[0], z[1], 3, condition=c))
-    return strip(frames, list(ends)).tobytes()
+    return enlarged(strip(frames, list(ends)), frames.shape[1])[..., 0]
+
+
+def same_strip(out, expected: np.ndarray) -> bool:
+    """Whether the PNG in ``out`` shows ``expected`` below its title."""
+    shown = drawn(out)
+    return shown.shape[1] == expected.shape[1] and np.array_equal(
+        shown[-expected.shape[0] :], expected
+    )
 
 
 def test_interpolate_decodes_the_path_as_a_class(labelled, tmp_path, capsys, caplog):
@@ -285,14 +294,14 @@ def test_interpolate_decodes_the_path_as_a_class(labelled, tmp_path, capsys, cap
         assert run("interpolate", model_dir, labelled, "--index", "3", "13", *common) == 0
     assert "decoding the path as class '3'" in caplog.text
     z = latent.encode_mean(model, images[[3, 13]], 3)
-    assert drawn(out) == picture(model, z, 3, images[[3, 13]])
+    assert same_strip(out, picture(model, z, 3, images[[3, 13]]))
     # images of two classes: --class says which; each end is encoded with its own class
     assert run("interpolate", model_dir, labelled, "--index", "0", "1", *common) == 1
     one_line_error(capsys, "the path starts from images of different classes: pass --class")
     assert run("interpolate", model_dir, labelled, "--index", "0", "1", "--class", "5",
                *common) == 0  # fmt: skip
     z = latent.encode_mean(model, images[[0, 1]], torch.tensor([0, 1]))
-    assert drawn(out) == picture(model, z, 5, images[[0, 1]])
+    assert same_strip(out, picture(model, z, 5, images[[0, 1]]))
     # random codes and image files say nothing of a class: --class is needed
     assert run("interpolate", model_dir, labelled, "--random", *common) == 1
     one_line_error(capsys, "this model is conditional: pass --class", "0 '0', 1 '1'")

@@ -47,9 +47,10 @@ def test_picture_commands(model, labelled, tmp_path, caplog):
     out, common = tmp_path / "pics", ["--model", str(model), "--data_dir", str(labelled)]
     assert main(["interpolate", *common, "--outdir", str(out), "--index", "3", "5",
                  "--steps", "4", "--method", "slerp"]) == 0  # fmt: skip
-    # a strip of the 4 steps between the two originals; the animation goes there and back
+    # a strip of the 4 steps between the two originals, enlarged twice (32-pixel images) under
+    # its title; the animation goes there and back
     (w, h), _ = picture(out / "interpolate.png")
-    assert h == 32 + 4 and w == 4 * 34 + 2 + 2 * (36 + 8)
+    assert w == 2 * (4 * 34 + 2 + 2 * (36 + 8)) and 2 * (32 + 4) < h <= 2 * (32 + 4) + 16
     assert picture(out / "interpolate.gif")[0] == (128, 128)  # enlarged to at least 128
     assert "4 slerp steps between images 3 and 5 of the test split of mnist" in caplog.text
     for args in (
@@ -76,10 +77,13 @@ def test_interpolate_between_image_files_and_random_codes(model, tmp_path):
     out = tmp_path / "i"
     assert main(["interpolate", "--model", str(model), "--images", str(a), str(b),
                  "--outdir", str(out), "--quiet"]) == 0  # fmt: skip
-    assert picture(out / "interpolate.png")[0][1] == 36
+    assert 72 < picture(out / "interpolate.png")[0][1] <= 72 + 16  # enlarged, titled
     assert main(["interpolate", "--model", str(model), "--random", "--seed", "3",
                  "--outdir", str(out), "--quiet", "--steps", "3"]) == 0  # fmt: skip
-    assert picture(out / "interpolate.png")[0] == (3 * 34 + 2, 36)  # no originals
+    (w, h), _ = picture(out / "interpolate.png")
+    assert w == 2 * (3 * 34 + 2) and 72 < h <= 72 + 16  # no originals
+    with Image.open(out / "interpolate.png") as img:  # the title's dark text above the strip
+        assert np.asarray(img.convert("L"))[: h - 72].min() < 100
 
 
 BAD = [

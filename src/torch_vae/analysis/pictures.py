@@ -289,6 +289,16 @@ def write_gif(frames: np.ndarray, out: Path) -> None:
                          duration=durations, loop=0)  # fmt: skip
 
 
+STRIP_MIN_SIDE = 64  # a strip of smaller images is enlarged (nearest neighbour) to this
+
+
+def enlarged(picture: np.ndarray, side: int) -> np.ndarray:
+    """``picture`` (H, W, C) of images ``side`` pixels high, each pixel repeated so that the
+    images are at least ``STRIP_MIN_SIDE`` high (a 28-pixel model's strip fits a slide)."""
+    scale = max(1, -(-STRIP_MIN_SIDE // side))
+    return picture.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
 def strip(frames: np.ndarray, ends: list[np.ndarray] | None) -> np.ndarray:
     """The frames in one row; the two original images at its ends, set apart, when given."""
     row = grid(frames, nrow=len(frames))

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from ..analysis import latent
-from ..analysis.pictures import strip, write_gif
+from ..analysis.pictures import enlarged, strip, write_gif
 from ..errors import TorchVaeError
 from ..io.files import atomic_path
-from ..io.png import save_png, to_uint8
+from ..io.png import save_png, to_uint8, with_title
 from ..models import VAE
 from ..priors import load_sampler
 from ..priors.base import ROUND_TRIPS, set_drawing
@@ -25,6 +25,7 @@ from .common import (
     decoded_class,
     given_class,
     load,
+    model_name,
     read_image,
     resolve_dataset,
     split_images,
@@ -98,9 +99,11 @@ def run(o: InterpolateOptions, runtime: Runtime) -> None:
         b = latent.encode_mean(model, b[None], y[1:])[0]
     frames = to_uint8(latent.interpolate(model, a, b, o.steps, o.method, c))
     png, gif = o.outdir / "interpolate.png", o.outdir / "interpolate.gif"
-    with atomic_path(png) as tmp:
-        save_png(strip(frames, ends), tmp)
-    write_gif(frames, gif)
     as_class = "" if c is None else f", decoded as class {model.config.classes[c]!r}"
+    originals = ", the two originals at its ends" if ends is not None else ""
+    title = f"{model_name(o.model)}: {o.method} path in {o.steps} steps{originals}{as_class}"
+    with atomic_path(png) as tmp:
+        save_png(with_title(enlarged(strip(frames, ends), frames.shape[1]), title), tmp)
+    write_gif(frames, gif)
     log.info("wrote %s and %s: %d %s steps between %s%s", png, gif, o.steps, o.method, what,
              as_class)  # fmt: skip
