@@ -5,8 +5,10 @@ and the refusals."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from torch_vae import load_model
@@ -47,7 +49,9 @@ def test_sharpen_changes_the_decoder_only_and_the_transformer_sampler_draws_the_
     assert [r["epoch"] for r in record["epochs"]] == [1, 2]
     assert record["n_images"] == 36  # the 40 training images less the 4 held out
     assert record["epochs"][-1]["adversarial_weight"] > 0
-    assert (out / "images" / "sharpen.png").is_file()
+    with Image.open(out / "images" / "sharpen.png") as img:  # 3 grids of 2 rows, each titled
+        tall, first = img.size[1], np.asarray(img.convert("L"))[:10]
+    assert tall > 3 * (2 * 34 + 2) + 2 * 6 and first.min() < 100  # the first title's text
     # the sampler came along, bound to the new weights: the same grids for the same seed
     old, new = load_sampler(vq_run), load_sampler(out)
     assert new.info["carried_over"]["model_sha256"] == old.info["model_sha256"]

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import TorchVaeError
 from ..io.files import file_sha256
-from ..io.png import grid, stack_rows, to_uint8
+from ..io.png import grid, stack_rows, to_uint8, with_title
 from ..io.weights import resolve_weights
 from ..models import VAE
 from ..runtime.device import pick_device, to_float
@@ -64,8 +64,12 @@ def run(o: SharpenOptions, runtime: Runtime) -> dict:
         "epochs": records, "seconds": seconds,
     }  # fmt: skip
     carried: list[str] = []
-    picture = stack_rows([grid(to_uint8(x)) for x in (to_float(torch.from_numpy(test), "cpu"),
-                                                      before, after)])  # fmt: skip
+    parts = zip(
+        ("test images", "reconstructed before sharpening", "reconstructed after"),
+        (to_float(torch.from_numpy(test), "cpu"), before, after),
+        strict=True,
+    )
+    picture = stack_rows([with_title(grid(to_uint8(x)), what) for what, x in parts])
     write_model_folder(o.out, model, config, {"sharpen.png": picture},
                        lambda weights: carried.extend(carry_samplers(o.model, source_weights,
                                                                      weights)))  # fmt: skip
