@@ -238,3 +238,12 @@ def test_average_warns_of_runs_that_began_from_other_weights(
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         assert main(["average", *map(str, tuned), "--out", str(tmp_path / "b"), *data]) == 0
     assert "began from other weights" not in caplog.text
+
+
+def test_average_last_zero_asks_for_one_or_more(trained, mnist_dir, tmp_path, capsys):
+    args = ["average", str(trained), "--last", "0", "--out", str(tmp_path / "a"), "--quiet",
+            "--data_dir", str(mnist_dir)]  # fmt: skip
+    assert main(args) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "torch-vae: error: --last 0: average at least the last epoch of each run (--last 1 or more)"
+    ]

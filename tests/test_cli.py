@@ -1,6 +1,7 @@
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -963,3 +964,18 @@ def test_what_reading_the_flags_says_is_shown_by_the_command(data, tmp_path):
     quiet = subprocess.run([*cmd, "--quiet"], capture_output=True, text=True, env=env,
                            cwd=tmp_path, timeout=120)  # fmt: skip
     assert quiet.returncode == 0 and "reading the dataset" not in quiet.stderr
+
+
+def test_a_command_on_images_of_another_dataset_than_the_model_s_says_so(tmp_path, caplog):
+    from torch_vae import VAE, ModelConfig
+    from torch_vae.cli.common import resolve_dataset
+
+    model = VAE(ModelConfig(arch="dcgan", image_size=16, depth=2, max_filters=8))
+    model.dataset = "mnist"
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert resolve_dataset(model, "fashion-mnist", tmp_path / "m") == "fashion-mnist"
+    assert "the images are of fashion-mnist; the model was trained on mnist" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert resolve_dataset(model, None, tmp_path / "m") == "mnist"
+    assert "trained on" not in caplog.text

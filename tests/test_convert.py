@@ -188,6 +188,14 @@ def test_import_refuses_non_checkpoints(tmp_path):
     torch.save({"x": Evil()}, bad)
     with pytest.raises(TorchVaeError, match="refusing to load"):
         import_original(bad)
+    torch.save(torch.nn.Linear(2, 2), bad)  # a whole module pickled, as torch.save(model) does
+    with pytest.raises(TorchVaeError) as refused:
+        import_original(bad)
+    assert str(refused.value) == (
+        f"{bad} holds a Python object (torch.nn.modules.linear.Linear) besides tensors; refusing "
+        "to load it, since that could run code from the file (the original's train.py saves a "
+        "state_dict of tensors)"
+    )
 
 
 def test_import_unwraps_training_checkpoints_and_refuses_what_would_not_load(tmp_path, capsys):

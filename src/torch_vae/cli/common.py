@@ -66,6 +66,8 @@ def resolve_dataset(
                             "does not exist any more; if it moved, pass --dataset "
                             "folder:NEWPATH")  # fmt: skip
     dataset = absolute_name(dataset or model.dataset)  # reports say which folder, from anywhere
+    if model.dataset is not None and dataset != absolute_name(model.dataset):
+        log.info("the images are of %s; the model was trained on %s", dataset, model.dataset)
     if convert and dataset.startswith("folder:"):
         note_conversion(get_dataset(dataset), model.config.in_channels)
     else:

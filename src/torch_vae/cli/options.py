@@ -685,7 +685,7 @@ class TraverseOptions(PictureOptions):
     ndims: int = option(16, "rows: the dimensions with the largest average KL first")
     steps: int = option(9, "values per dimension")
     span: float = option(3.0, "values from -SPAN to +SPAN (the prior's standard deviations)")
-    nimages: int = option(1000, "test images that the average KL is measured on (0: all)")
+    nimages: int = option(1000, "images of --split that the average KL is measured on (0: all)")
     class_: str | None = picture_class_option(
         "default: the class of image --index (encoded with its own); the zero code needs it"
     )

@@ -182,9 +182,13 @@ def load_original_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # PyTorch's message is a page of advice; the object it met is what says what is wrong
+        found = re.search(r"(?:GLOBAL|Unsupported class) (\S+)", str(exc))
+        what = (f"a Python object ({found.group(1)}) besides tensors" if found
+                else f"more than tensors ({_plain(exc)})")  # fmt: skip
         raise TorchVaeError(
-            f"{path} holds more than tensors ({_plain(exc)}); refusing to load it, since that "
-            "could run code from the file"
+            f"{path} holds {what}; refusing to load it, since that could run code from the file "
+            "(the original's train.py saves a state_dict of tensors)"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any parse failure means an unreadable file
         raise TorchVaeError(

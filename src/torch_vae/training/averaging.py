@@ -265,6 +265,9 @@ def _checkpoints_to_average(run_dirs: list[Path], last: int) -> dict[Path, list[
     """The last ``last`` epoch checkpoints of each run."""
     if len(set(run_dirs)) != len(run_dirs):
         raise TorchVaeError("a run is given twice; pass each run folder once")
+    if last < 1:
+        raise TorchVaeError(f"--last {last}: average at least the last epoch of each run (--last "
+                            "1 or more)")  # fmt: skip
     paths: dict[Path, list[Path]] = {}
     for run_dir in run_dirs:
         found = epoch_checkpoints(run_dir)
