@@ -343,3 +343,27 @@ def test_split_val_of_a_run_from_before_validation_splits_says_so(
         f"torch-vae: error: --split val: the run of {run} holds out no validation images (it "
         "trained before runs held any out); use --split test"
     ]
+
+
+def test_a_report_inside_the_image_folder_read_is_refused(tmp_path, capsys):
+    """A report named .png there became an unreadable 'image' of the folder."""
+    from PIL import Image
+
+    from torch_vae import VAE, ModelConfig
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(20):
+        Image.new("L", (28, 28), 10 * i).save(folder / f"g{i:02d}.png")
+    config = ModelConfig(arch="dcgan", image_size=16, depth=2, max_filters=8, latent_dims=2)
+    model = VAE(config).save_pretrained(tmp_path / "m", dataset=f"folder:{folder}")
+    before = sorted(folder.rglob("*"))
+    for command, flag, extra in (("evaluate", "--report", ["--iw_samples", "0"]),
+                                 ("sample-quality", "--report", ["--features", "encoder"]),
+                                 ("score", "--out", [])):  # fmt: skip
+        inside = folder / "r.png" if command == "evaluate" else folder / "r.json"
+        args = [command, "--model", str(model), "--cpu", "--quiet", flag, str(inside), *extra]
+        assert main(args) == 1, command
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag} {inside} is inside the image folder" in err[0], err
+    assert sorted(folder.rglob("*")) == before

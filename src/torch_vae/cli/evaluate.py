@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,7 @@ from ..evaluation.likelihood import calibrate_sigma, evaluate_model
 from ..evaluation.reports import dataset_tag, write_report
 from .common import (
     check_output_file,
+    check_outside_dataset,
     default_report,
     model_and_dataset,
     recorded_split,
@@ -35,6 +37,8 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     if o.report is not None:
         check_output_file(o.report, "--report", report=True)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, convert=True, digest=True)
+    if o.report is not None:  # never among the images read: the next command would read it
+        check_outside_dataset(Path(o.report), dataset, model.dataset, flag="--report")
     device, size, progress = model.device, model.config.image_size, not runtime.quiet
     split = "train" if o.split == "val" else o.split
     recorded = recorded_split(o, model, dataset) if o.split == "val" else {}  # before any read

@@ -19,6 +19,7 @@ from ..evaluation.sample_quality import (
 from ..priors import choose_sampler
 from .common import (
     check_output_file,
+    check_outside_dataset,
     check_report_folder,
     default_report,
     held_out_rows,
@@ -41,6 +42,8 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     else:
         check_report_folder(default_report(o.model, "sample-quality").parent)
     model, dataset = model_and_dataset(o.model, o.dataset, runtime, digest=True)
+    if o.report is not None:  # never among the images read: the next command would read it
+        check_outside_dataset(Path(o.report), dataset, model.dataset, flag="--report")
     recorded = recorded_split(o, model, dataset, "--reference") if o.reference == "val" else None
     if o.reconstructions and o.nsamples != NSAMPLES:
         log.warning("--nsamples sets how many samples are drawn; --reconstructions measures "

@@ -122,7 +122,9 @@ def check_inputs(o: ScoreOptions, model, dataset: str, out: Path, figure: Path) 
             "model's): its images cannot be told from themselves; pass other images as --ood, "
             "or --ood_class for one of its classes"
         )
-    check_outside_dataset(figure, dataset, ood, model.dataset, flag=flag)
+    if o.ood is not None or o.ood_class is not None:  # else no picture is drawn
+        check_outside_dataset(figure, dataset, ood, model.dataset, flag=flag)
+    check_outside_dataset(out, dataset, ood, model.dataset, flag="--out")
     if model.conditional:
         raise TorchVaeError(
             "score needs an unconditional model: a conditional one gives the likelihood of an "
