@@ -147,6 +147,8 @@ def test_errors_are_4xx_with_a_message(client):
     long = b'{"z": [1' + b"0" * 5000 + b"]}"  # JSON, but past Python's 4,300 digits
     r = client.post("/api/decode", content=long, headers=json_type)
     assert r.status_code == 422 and r.json()["detail"] == deep_detail
+    r = client.post("/api/decode", files={"z": (None, "1")})  # a multipart form
+    assert r.status_code == 415 and "(it came as multipart/form-data)" in r.json()["detail"]
     for kind in ("text/plain", "application/x-www-form-urlencoded"):  # JSON sent as another
         r = client.post("/api/decode", content=b'{"z": [0, 0, 0]}', headers={"Content-Type": kind})
         assert r.status_code == 415, r.text

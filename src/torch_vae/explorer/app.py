@@ -442,10 +442,9 @@ def _static(body: bytes, media: str):
 def _json_body_sent_as_other(errors: list[dict[str, Any]], content_type: str) -> bool:
     """Whether a JSON route's body failed as a whole because it came as another kind than
     JSON (text, a form): FastAPI then reads no JSON and says the body is not an object."""
-    if content_type in ("application/json", "multipart/form-data") or content_type.endswith(
-        "+json"
-    ):
+    if content_type == "application/json" or content_type.endswith("+json"):
         return False
+    # the whole body refused (an upload's missing file is at ("body", "file") instead)
     return any(tuple(e.get("loc", ())) == ("body",) for e in errors)
 
 
@@ -488,8 +487,8 @@ def create_app(ex: Explorer, sliders: int = 16, hosts: Collection[str] | None = 
         errors = list(exc.errors())
         sent = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if _json_body_sent_as_other(errors, sent):
-            detail = (f"body: send it as JSON with Content-Type: application/json (it came as "
-                      f"{sent or 'no Content-Type'})")  # fmt: skip
+            came = f"it came as {sent}" if sent else "it came without a Content-Type"
+            detail = f"body: send it as JSON with Content-Type: application/json ({came})"
             return JSONResponse({"detail": detail}, status_code=415)
         return JSONResponse({"detail": _describe(errors)}, status_code=422)
 
