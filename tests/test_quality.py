@@ -268,3 +268,24 @@ def test_train_classifier_says_what_it_trains_and_shows_each_epoch_s_progress(
     assert re.search(r"training a classifier of [\d,]+ parameters on 40 images of mnist at "
                      r"16x16: 5 steps per epoch, 1 epochs", caplog.text)  # fmt: skip
     assert re.search(r"epoch 1/1: 100%.* 5/5", capsys.readouterr().err)
+
+
+def test_sample_quality_reference_val_of_a_changed_folder_is_refused_before_any_network(
+    tmp_path, capsys, monkeypatch
+):
+    from PIL import Image
+
+    from fakedata import write_folder
+    from torch_vae.cli import sample_quality
+
+    folder = write_folder(tmp_path / "imgs", n=40, gray=True)
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", f"folder:{folder}", "--image_size", "16", "--depth", "2",
+                 "--max_filters", "8", "--max_steps", "2", "--run_dir", str(run),
+                 "--quiet"]) == 0  # fmt: skip
+    Image.new("L", (20, 20), 3).save(folder / "added.png")  # one more training image
+    monkeypatch.setattr(sample_quality, "pick_space", lambda *a: pytest.fail("network loaded"))
+    capsys.readouterr()
+    assert main(["sample-quality", "--model", str(run), "--reference", "val", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the dataset changed since it trained; use --reference test" in err[0]
