@@ -574,6 +574,6 @@ def test_a_folder_s_images_smaller_than_the_image_size_are_counted_once(tmp_path
     said = [r.getMessage() for r in caplog.records if "upscaled" in r.getMessage()]
     assert said == [
         "6 of the folder's 12 images are smaller than 16x16 (shorter side; the "
-        "smallest 8 pixels): they are upscaled, and the model learns their blur; "
-        "a model of a smaller image size (train --image_size) keeps them sharp"
+        "smallest 8 pixels): they are upscaled, blurred; a model of a smaller "
+        "image size (train --image_size) keeps them sharp"
     ]

@@ -412,7 +412,9 @@ def test_a_family_whose_networks_ignore_work_size_is_refused_in_one_line(monkeyp
         VAE.estimate_memory(misbuilt, 8)
     said = str(refused.value)
     assert said.startswith("the flat-test model cannot encode and decode images of its config")
-    assert "its encoder takes images (B, 1, 28, 28)" in said and "config.work_size" in said
+    took = "its encoder takes images (B, 1, 28, 28) and its decoder gives images (B, 1, 28, 28)"
+    assert took in said
+    assert "28 being config.work_size" in said
     assert "\n" not in said
     import torch_vae
 

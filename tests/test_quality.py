@@ -266,7 +266,7 @@ def test_train_classifier_says_what_it_trains_and_shows_each_epoch_s_progress(
     with caplog.at_level(logging.INFO, logger="torch_vae"):
         assert main(args) == 0
     assert re.search(r"training a classifier of [\d,]+ parameters on 40 images of mnist at "
-                     r"16x16: 5 steps per epoch, 1 epochs", caplog.text)  # fmt: skip
+                     r"16x16: 5 steps per epoch, 1 epoch$", caplog.text, re.M)  # fmt: skip
     assert re.search(r"epoch 1/1: 100%.* 5/5", capsys.readouterr().err)
 
 

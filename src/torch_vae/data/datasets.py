@@ -421,8 +421,8 @@ class FolderDataset(Dataset):
         small = [n for n in self.shortest if n < size]
         if small:
             log.info("%d of the folder's %d images are smaller than %dx%d (shorter side; the "
-                     "smallest %d pixels): they are upscaled, and the model learns their blur; "
-                     "a model of a smaller image size (train --image_size) keeps them sharp",
+                     "smallest %d pixels): they are upscaled, blurred; a model of a smaller "
+                     "image size (train --image_size) keeps them sharp",
                      len(small), len(self.shortest), size, size, min(small))  # fmt: skip
 
     def splits(self) -> tuple[str, ...]:

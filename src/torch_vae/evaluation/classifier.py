@@ -236,8 +236,9 @@ def train_classifier(o: ClassifierTraining, progress: bool = True) -> Classifier
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     total, step, history, t0 = o.epochs * (len(x) // o.batchsize), 0, [], time.time()
     log.info("training a classifier of %s parameters on %s images of %s at %dx%d: %d steps "
-             "per epoch, %d epochs", f"{sum(p.numel() for p in model.parameters()):,}",
-             f"{len(x):,}", o.dataset, size, size, len(x) // o.batchsize, o.epochs)  # fmt: skip
+             "per epoch, %d epoch%s", f"{sum(p.numel() for p in model.parameters()):,}",
+             f"{len(x):,}", o.dataset, size, size, len(x) // o.batchsize, o.epochs,
+             "s" * (o.epochs != 1))  # fmt: skip
     for epoch in range(1, o.epochs + 1):
         with tqdm(total=len(x) // o.batchsize, desc=f"epoch {epoch}/{o.epochs}", unit="step",
                   disable=not progress, mininterval=0.5) as bar:  # fmt: skip

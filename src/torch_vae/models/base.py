@@ -574,13 +574,12 @@ def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str | None, Path]
 
 def _misbuilt(config: ModelConfig, what: str) -> str:
     """The error for a family whose networks do not fit the images they are given."""
-    s, c = config.work_size, config.in_channels + config.num_classes
+    s, c, k = config.work_size, config.in_channels, config.num_classes
+    planes = f" + {k} class planes" if k else ""
     return (f"the {config.arch} model cannot encode and decode images of its config "
-            f"({what}): its encoder takes images (B, {c}, {s}, {s}) and its decoder must give "
-            f"images of {config.in_channels} channel(s) at {s}x{s}, that size being "
-            "config.work_size (--network_size where given, else --image_size) and the channels "
-            "in_channels plus a conditional model's one-hot classes (docs/model.md, Adding a "
-            "model)")  # fmt: skip
+            f"({what}): its encoder takes images (B, {c}{planes}, {s}, {s}) and its decoder "
+            f"gives images (B, {c}, {s}, {s}), {s} being config.work_size (--network_size "
+            "where given, else --image_size; docs/model.md, Adding a model)")  # fmt: skip
 
 
 def create_model(arch: str = "original", **fields: Any) -> VAE:
