@@ -393,3 +393,17 @@ def test_label_files_out_of_range_or_of_another_length_are_one_line(mnist_dir, t
     (raw / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels["train"].astype(np.uint8)))
     assert main([*flags, "--run_dir", str(tmp_path / "b")]) == 1
     one_line_error(capsys, "split has 30 labels for 40 images")
+
+
+def test_conditional_on_a_folder_of_one_class_subfolder_says_it_has_one(tmp_path, capsys):
+    from fakedata import write_folder
+
+    write_folder(tmp_path / "one" / "a", n=12, gray=True)
+    assert main(["train", "--dataset", f"folder:{tmp_path / 'one'}", "--conditional",
+                 "--max_steps", "1", "--image_size", "16", "--depth", "2", "--max_filters", "8",
+                 "--run_dir", str(tmp_path / "run"), "--quiet"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"torch-vae: error: --conditional needs two classes or more; folder:"
+                   f"{(tmp_path / 'one').resolve()} has one, its subfolder 'a' (a folder's "
+                   "classes are its subfolders: add one per class)"]  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -435,7 +435,12 @@ def kept_rows(plan: RunPlan, split: str, n: int) -> torch.Tensor | None:
 def dataset_classes(dataset: str, data_dir: Path | None) -> list[str]:
     """The class names a conditional model of ``dataset`` is trained on."""
     names = class_names(dataset, data_dir)
-    if not names or len(names) < 2:
+    if names and len(names) == 1:
+        raise TorchVaeError(
+            f"--conditional needs two classes or more; {dataset} has one, its subfolder "
+            f"{names[0]!r} (a folder's classes are its subfolders: add one per class)"
+        )
+    if not names:
         raise TorchVaeError(
             f"--conditional needs a dataset with classes; {dataset} has none (MNIST, "
             "Fashion-MNIST, CIFAR-10/100, or a folder with a subfolder per class)"
