@@ -6,8 +6,9 @@ Every request and response is a pydantic model built for the model at hand, so t
 schema (``/openapi.json``) is exact: a code has exactly ``latent_dims`` finite numbers, an
 image index lies in the test split. A bad request gets a 4xx with ``{"detail": message}``:
 422 for a value the schema refuses, 413 for a body or an image too large, 415 for a file that
-is not an image. A conditional model's requests name the class to decode as (``class``: an
-index into the model's classes, or a name), which a request for any other model may not. A
+is not an image or a JSON body sent as another kind. A conditional model's requests name the
+class to decode as (``class``: an index into the model's classes, or a name), which a request
+for any other model may not. A
 discrete model's code is its grid of h x w code indices, row by row: exactly h w integers in
 0..K-1 (K: its codebook's size); its answers say, for each cell, how many of the test images
 have that code there (``usage``).
@@ -67,7 +68,7 @@ SERVING_THREADS = 1
 ERRORS = {
     400: "the body cannot be parsed",
     413: "the body, file or image is too large",
-    415: "the file is not an image",
+    415: "the file is not an image, or a JSON body came as another kind (a form, text)",
     422: "a value the schema refuses, or an image that cannot be used",
 }
 
@@ -317,19 +318,19 @@ def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
     def coded(z: torch.Tensor, y: int | None) -> dict[str, Any]:
         return dict(z=_listed(ex, z)[0], image=ex.decode(z, y)[0], **_placed(ex, z))
 
-    @app.post("/api/decode", response_model=m.Decoded, responses=_errors(400, 413, 422))
+    @app.post("/api/decode", response_model=m.Decoded, responses=_errors(400, 413, 415, 422))
     async def decode(req: m.DecodeRequest) -> Any:
         """Decode a latent code (a discrete model's code grid) to an image."""
         z = ex.code(req.z)
         return m.Decoded(image=ex.decode(z, label(req))[0], **_placed(ex, z))
 
-    @app.post("/api/map/decode", response_model=m.Coded, responses=_errors(400, 413, 422))
+    @app.post("/api/map/decode", response_model=m.Coded, responses=_errors(400, 413, 415, 422))
     async def map_decode(req: m.MapRequest) -> Any:
         """Decode the code of a point of the map (a discrete model's: the point's encoder
         output, quantized)."""
         return m.Coded(**coded(ex.from_map(torch.tensor([req.xy])), label(req)))
 
-    @app.post("/api/sample", response_model=m.Sampled, responses=_errors(400, 413, 422))
+    @app.post("/api/sample", response_model=m.Sampled, responses=_errors(400, 413, 415, 422))
     async def sample(req: m.SampleRequest | None = None) -> Any:
         """A random code (the model's ex-post sampler, or the prior: a discrete model's
         uniform codes) and its image; a conditional model's of the class asked for, else of
@@ -341,7 +342,8 @@ def _add_latent_routes(app: FastAPI, ex: Explorer, m: SimpleNamespace) -> None:
         z, y = await run_in_threadpool(ex.sample, seed, label(req))
         return m.Sampled(**coded(z, y), label=y)
 
-    @app.post("/api/interpolate", response_model=m.Interpolation, responses=_errors(400, 413, 422))
+    @app.post("/api/interpolate", response_model=m.Interpolation,
+              responses=_errors(400, 413, 415, 422))  # fmt: skip
     async def interpolate(req: m.InterpolateRequest) -> Any:
         """Decoded codes from a to b (both included), on a line or a great circle (slerp); a
         discrete model's on the line between the grids' code vectors (each frame's code
