@@ -152,21 +152,29 @@ def load_sampler(
     (the model trained further since); without ``kind``, those are left out with a warning
     that names them to fit again: the best of the others is taken, or None (the model's own
     prior, which the warning calls ``own``) where every one there is stale."""
+    return _sampler_and_stale(model_path, kind, own)[0]
+
+
+def _sampler_and_stale(
+    model_path: str | os.PathLike, kind: str | None = None, own: str = OWN_PRIOR
+) -> tuple[Prior | None, list[str]]:
+    """``load_sampler``'s prior, and the kinds of the samplers fitted to other weights that it
+    left out with a warning (none where ``kind`` is asked for: that one is refused)."""
     if kind and kind not in PRIORS:
         known = ", ".join(preference())
         raise TorchVaeError(f"unknown sampler kind {kind!r}; choose one of {known}")
     paths = [(k, sampler_path(model_path, k)) for k in ((kind,) if kind else preference())]
     fitted = _readable(paths, model_path, leave_out=kind is None)
     if not fitted:
-        return None
+        return None, []
     weights = resolve_weights(model_path)
     sha = file_sha256(weights)  # hashed once, only where a sampler is there to check
     found = [prior for _, _, prior in fitted if prior.info.get("model_sha256") == sha]
     stale = [(k, path) for k, path, prior in fitted if prior.info.get("model_sha256") != sha]
     if stale and kind:  # asked for by name: the one sampler read
         raise _stale_error(*stale[0], weights, model_path)
+    kinds = [k for k, _ in stale]
     if stale:
-        kinds = [k for k, _ in stale]
         how = (
             f"--sampler {kinds[0]}"
             if len(kinds) == 1
@@ -177,7 +185,7 @@ def load_sampler(
                     "since): left out; fit %s again with torch-vae fit-sampler --model %s %s%s",
                     _and(kinds), "s were" if len(stale) > 1 else " was",
                     "them" if len(stale) > 1 else "it", model_path, how, meanwhile)  # fmt: skip
-    return _best(found, say=kind is None and len(found) > 1) if found else None
+    return (_best(found, say=kind is None and len(found) > 1) if found else None), kinds
 
 
 def _and(names: list[str]) -> str:
@@ -389,8 +397,8 @@ def choose_sampler(
     if name == "prior":
         return _own_prior(model_path, asked, latent_kind, fit)
     own = NOISE if latent_kind == "discrete" else OWN_PRIOR
-    prior = load_sampler(model_path, None if name == "auto" else name, own)
-    if prior is None and name == "auto" and stale_samplers(model_path):
+    prior, stale = _sampler_and_stale(model_path, None if name == "auto" else name, own)
+    if prior is None and stale:  # left out, and said so: the model's own prior meanwhile
         return set_drawing(None, model_path, temperature, guidance, round_trips, model)
     if prior is None:
         return _none_fitted(model_path, name, asked, latent_kind, fit)
