@@ -399,15 +399,11 @@ class FolderDataset(Dataset):
     def list_images(self, split: str) -> list[Path]:
         return [Path(path) for _, path, _ in self.listing(split)]
 
-    def _say_left_out(self, split: str) -> None:
-        """A log line naming the kinds of the files of ``split`` that are not read as images
-        (a folder without split subfolders: said for its training split, which scans it all)."""
-        skipped: list[str] = []
-        if self.split_folders():
-            _scan_images(self.root / split, (split,), skipped)
-        elif split == "train":
-            _scan_images(self.root, (), skipped)
-        if skipped:
+    def _say_left_out(self, split: str, skipped: list[str]) -> None:
+        """A log line naming the kinds of the files ``skipped`` by ``split``'s listing, not
+        read as images (a folder without split subfolders, whose both splits' listings scan
+        it all: said for its training split)."""
+        if skipped and (split == "train" or self.split_folders()):
             kinds = collections.Counter(Path(n).suffix.lower() or n for n in skipped)
             said = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
             where = self.root / split if self.split_folders() else self.root
@@ -437,9 +433,12 @@ class FolderDataset(Dataset):
         """Whether the folder holds train/ and test/ subfolders, its splits."""
         return (self.root / "train").is_dir() and (self.root / "test").is_dir()
 
-    def listing(self, split: str) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
+    def listing(
+        self, split: str, skipped: list[str] | None = None
+    ) -> list[tuple[tuple[str, ...], str, os.stat_result]]:
         """The split's image files, sorted: each as its path relative to the folder (a tuple of
-        names), its path, and its stat; one directory scan."""
+        names), its path, and its stat; one directory scan (``skipped``, where given, gets the
+        names of the other files it met: ``_scan_images``)."""
         if self.root.exists() and not self.root.is_dir():
             raise TorchVaeError(f"{self.root} is a file, not a folder: folder:PATH takes the "
                                 "folder that holds the images")  # fmt: skip
@@ -447,11 +446,11 @@ class FolderDataset(Dataset):
             raise TorchVaeError(f"image folder {self.root} does not exist")
         looked = f"looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
         if self.split_folders():
-            files = _scan_images(self.root / split, (split,))
+            files = _scan_images(self.root / split, (split,), skipped)
             if not files:
                 raise TorchVaeError(f"no images in {self.root / split} ({looked})")
             return files
-        every = _scan_images(self.root)
+        every = _scan_images(self.root, (), skipped)
         if not every:
             raise TorchVaeError(f"no images in {self.root} ({looked})")
         files = [p for i, p in enumerate(every) if (i % 10 == 9) == (split == "test")]
@@ -465,8 +464,9 @@ class FolderDataset(Dataset):
         return files
 
     def prepare(self, split, size, data_dir, progress=True, allocate=None):
-        files = self.list_images(split)
-        self._say_left_out(split)
+        skipped: list[str] = []
+        files = [Path(path) for _, path, _ in self.listing(split, skipped)]
+        self._say_left_out(split, skipped)
         if split == "train":
             self._say_upscaled(size)
         return decode_all(
