@@ -51,9 +51,10 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
                     "images for the floor), whatever --nsamples says")  # fmt: skip
     chosen_class(model, o.class_)  # a class the model cannot take: before any work
     n_train = _n_train(model, dataset, o, runtime)
-    fit_rows, val_rows, _ = held_out_rows(o.model, n_train, o.data_dir)
     if recorded is not None:  # or a one-line error where the dataset changed since
         fit_rows, val_rows = validation_rows_of(o, n_train, recorded, "--reference")
+    else:
+        fit_rows, val_rows, _ = held_out_rows(o.model, n_train, o.data_dir)
     features = "inception" if o.inception else o.features
     space = pick_space(features, o.classifier, model, dataset, model.device, o.batchsize,
                        not runtime.quiet)  # fmt: skip
