@@ -66,7 +66,7 @@ def resolve_dataset(
                             "does not exist any more; if it moved, pass --dataset "
                             "folder:NEWPATH")  # fmt: skip
     dataset = absolute_name(dataset or model.dataset)  # reports say which folder, from anywhere
-    if model.dataset is not None and dataset != absolute_name(model.dataset):
+    if model.dataset is not None and not is_models_dataset(model, dataset):
         log.info("the images are of %s; the model was trained on %s", dataset, model.dataset)
     if convert and dataset.startswith("folder:"):
         note_conversion(get_dataset(dataset), model.config.in_channels)
@@ -142,12 +142,17 @@ def trained_without(model_path: Path) -> tuple[int, ...]:
     return tuple(int(c) for c in found) if isinstance(found, list) else ()
 
 
+def is_models_dataset(model: VAE, dataset: str) -> bool:
+    """Whether ``dataset`` (as ``resolve_dataset`` gives it) is the one the model trained on."""
+    return dataset == absolute_name(model.dataset or "")
+
+
 def say_left_out(model_path: Path, model: VAE, dataset: str, split: str, used: str) -> None:
     """A log line where the model's run left classes out (``train --exclude_class``) and the
     command's images (``split`` of ``dataset``, ``used`` as it says) hold them: images of
     classes the model never saw."""
     left_out = trained_without(model_path)
-    if left_out and dataset == absolute_name(model.dataset or ""):
+    if left_out and is_models_dataset(model, dataset):
         log.info("the model's run left out class(es) %s (--exclude_class): the %s split %s "
                  "holds them too, images of classes it never saw (score --ood_class measures "
                  "them apart)", ", ".join(map(str, left_out)), split, used)  # fmt: skip
@@ -472,7 +477,7 @@ def recorded_split(o, model, dataset: str, flag: str = "--split") -> dict:
     """The validation split the model's run recorded (``--split val`` of ``o``, a command's
     options with ``model``; ``flag``: the flag that asked for it), from its config.json alone,
     or a one-line error where there is none to measure (another dataset, no record)."""
-    if dataset != absolute_name(model.dataset or ""):
+    if not is_models_dataset(model, dataset):
         raise TorchVaeError(f"{flag} val is the validation split of the model's own dataset "
                             f"({model.dataset}), not of {dataset}; use {flag} test")  # fmt: skip
     config = run_config(o.model)

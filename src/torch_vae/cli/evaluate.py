@@ -9,7 +9,6 @@ from pathlib import Path
 
 import torch
 
-from ..data.datasets import absolute_name
 from ..errors import TorchVaeError
 from ..evaluation.likelihood import calibrate_sigma, evaluate_model
 from ..evaluation.reports import dataset_tag, write_report
@@ -17,6 +16,7 @@ from .common import (
     check_output_file,
     check_outside_dataset,
     default_report,
+    is_models_dataset,
     model_and_dataset,
     recorded_split,
     run_config,
@@ -94,7 +94,7 @@ def _say_held_out_among(o: EvaluateOptions, model, dataset: str) -> None:
     are measured too, beside the images it trained on."""
     split = run_config(o.model).get("split") if o.split == "train" else None
     held = split.get("validation_images") if isinstance(split, dict) else None
-    if held and dataset == absolute_name(model.dataset or ""):
+    if held and is_models_dataset(model, dataset):
         log.info("--split train is the whole training split: the %s validation images the run "
                  "held out are measured with the images it trained on (--split val measures "
                  "them alone)", held)  # fmt: skip
