@@ -59,36 +59,38 @@ def original_state_dict(c=1, f=128, d=8, seed=0):
 def original_forward(s, x, eps):
     """The original's eval-mode computation, written from its documented layout: encoder with
     z = mu + exp(0.5 logvar) * eps, decoder from z."""
-
-    def bn(h, p):
-        return F.batch_norm(
-            h,
-            s[p + ".running_mean"],
-            s[p + ".running_var"],
-            s[p + ".weight"],
-            s[p + ".bias"],
-            False,
-            0.0,
-            1e-5,
-        )
-
     h = x
     for i in (1, 2, 3):
         h = F.conv2d(h, s[f"encoder.conv{i}.weight"], s[f"encoder.conv{i}.bias"], 2, 1)
-        h = F.leaky_relu(bn(h, f"encoder.bn{i}"))
+        h = F.leaky_relu(_bn(s, h, f"encoder.bn{i}"))
     h = h.flatten(1)
     mu = F.linear(h, s["encoder.proj_mu.weight"], s["encoder.proj_mu.bias"])
     logvar = F.linear(h, s["encoder.proj_log_var.weight"], s["encoder.proj_log_var.bias"])
     z = mu + torch.exp(0.5 * logvar) * eps
+    return original_decode(s, z), mu, logvar
+
+
+def original_decode(s, z):
+    """The original's eval-mode decoder from z, written from its documented layout."""
     f = s["decoder.lin1.weight"].shape[0] // 64
     h = F.linear(z, s["decoder.lin1.weight"], s["decoder.lin1.bias"]).view(-1, f, 8, 8)
     for i in (1, 2, 3):
         h = F.conv_transpose2d(h, s[f"decoder.conv{i}.weight"], s[f"decoder.conv{i}.bias"], 2, 1, 1)
-        h = torch.sigmoid(h) if i == 3 else F.leaky_relu(bn(h, f"decoder.bn{i}"))
-    return h, mu, logvar
+        h = torch.sigmoid(h) if i == 3 else F.leaky_relu(_bn(s, h, f"decoder.bn{i}"))
+    return h
+
+
+def _bn(s, h, p):
+    return F.batch_norm(h, s[p + ".running_mean"], s[p + ".running_var"], s[p + ".weight"],
+                        s[p + ".bias"], False, 0.0, 1e-5)  # fmt: skip
 
 
 def check_equal(state, model, c):
+    """The converted model computes what the original's layout does: the encoder on noise
+    images, the decoder on codes of the prior's scale (as generate draws them) to 1e-5, and on
+    the noise images' posterior samples to 1e-3: those lie far outside the prior (the MNIST
+    latent-2 checkpoint encodes noise to codes of 40,000), where float32 rounding in another
+    order of sums (AVX2 against AVX-512 kernels) moves the outputs by about 1e-4."""
     torch.manual_seed(1)
     x = torch.rand(5, c, 64, 64)
     eps = torch.randn(5, model.config.latent_dims)
@@ -97,7 +99,9 @@ def check_equal(state, model, c):
     z = post.mu + torch.exp(0.5 * post.logvar) * eps
     assert torch.allclose(post.mu, mu_ref, atol=1e-5)
     assert torch.allclose(post.logvar, logvar_ref, atol=1e-5)
-    assert torch.allclose(model.decode(z), ref, atol=1e-5)
+    assert torch.allclose(model.decode(z), ref, atol=1e-3)
+    prior = 3 * torch.randn(16, model.config.latent_dims)  # codes of the prior's scale
+    assert torch.allclose(model.decode(prior), original_decode(state, prior), atol=1e-5)
 
 
 @pytest.mark.parametrize("c,f,d", [(1, 128, 8), (3, 64, 16), (1, 32, 2)])
