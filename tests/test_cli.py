@@ -85,7 +85,14 @@ def test_reconstruct_and_generate_need_only_model(trained, mnist_dir, tmp_path):
     pairs = sorted(rec.glob("rec_*.png"))
     assert len(pairs) == 20
     assert Image.open(pairs[0]).size == (32 * 2 + 2, 32)
-    assert (rec / "all.png").exists()
+    # all.png: the grid of the pairs under a caption that says which is which
+    from torch_vae.io.png import grid
+
+    overview = np.asarray(Image.open(rec / "all.png"))
+    tiles = grid(np.stack([np.asarray(Image.open(p))[..., None] for p in pairs]), nrow=4)[..., 0]
+    caption = overview.shape[0] - tiles.shape[0]
+    assert 8 <= caption <= 16 and np.array_equal(overview[caption:], tiles)
+    assert (overview[:caption] < 128).any()  # the caption's text
     out = tmp_path / "gen"
     assert (
         main(

@@ -36,6 +36,7 @@ from ..runtime.precision import Precision
 log = logging.getLogger(__name__)
 
 GRID_LIMIT = 1024  # all.png shows at most this many images
+PAIRS_TITLE = "image | reconstruction"  # reconstruct's all.png, a grid of such pairs
 N_PICTURE = 32  # samples and reconstructions drawn into each epoch's picture
 LATENT_BLOCK = 4096  # latents drawn at once: memory stays flat however many samples are asked
 GIF_FRAME_MS = 120  # each frame of the animation; its ends are held longer
@@ -111,7 +112,7 @@ def epoch_picture(
     x = to_float(test_images, device)
     y = test_labels.to(x.device) if test_labels is not None else None
     pairs = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x, y))), nrow=4)
-    bottom = with_title(pairs, "held-out image | reconstruction")
+    bottom = with_title(pairs, f"held-out {PAIRS_TITLE}")
     if model.latent_kind == "discrete":
         return bottom
     k = model.config.num_classes
@@ -257,7 +258,8 @@ def write_reconstructions(
             writer.submit(pairs, names)
             if sum(len(k) for k in keep) < GRID_LIMIT:
                 keep.append(pairs)
-        writer.submit(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4)[None], [stage / "all.png"])
+        overview = with_title(grid(np.concatenate(keep)[:GRID_LIMIT], nrow=4), PAIRS_TITLE)
+        writer.submit(overview[None], [stage / "all.png"])
         if files is not None:
             with open(stage / SOURCES, "w", newline="", encoding="utf-8") as f:
                 table = csv.writer(f)
