@@ -298,6 +298,35 @@ def test_command_process_ends_with_its_files_and_messages_written(tmp_path):
     assert Image.open(tmp_path / "s" / "all.png").size[1] > 0
 
 
+def test_a_log_line_during_a_progress_bar_gets_its_own_line():
+    """A warning while a bar is drawn (a download's retry) was written after the bar's text,
+    on its line; it goes above the bar, which is drawn again below it."""
+    import io
+
+    from tqdm import tqdm
+
+    from torch_vae.cli.main import _AboveBars, _Formatter
+
+    stream = io.StringIO()
+    handler = _AboveBars(stream)
+    handler.setFormatter(_Formatter("%(message)s"))
+    log = logging.getLogger("torch_vae.test_above_bars")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with tqdm(total=4, file=stream, desc="downloading", mininterval=0) as bar:
+            bar.update(1)
+            log.warning("the server closed the connection; retrying")
+            bar.update(3)
+    finally:
+        log.removeHandler(handler)
+    pieces = stream.getvalue().replace("\r", "\n").split("\n")
+    line = "warning: the server closed the connection; retrying"
+    assert line in [p.strip() for p in pieces], stream.getvalue()
+    after = stream.getvalue().split(line, 1)[1]
+    assert "downloading" in after  # the bar goes on below it
+
+
 def test_warnings_on_the_console_start_with_warning(tmp_path):
     (tmp_path / "im").mkdir()
     for i in range(30):

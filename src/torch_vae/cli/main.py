@@ -119,6 +119,19 @@ class _Formatter(logging.Formatter):
         return text
 
 
+class _AboveBars(logging.StreamHandler):
+    """Writes each log line above the progress bars showing (tqdm's write clears and redraws
+    them), not after a bar's text on its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # as logging's own handlers do: never an error of the command
+            self.handleError(record)
+
+
 def _log_to_stderr(quiet: bool) -> bool:
     """Log lines to stderr (a warning's marked), from before the flags are parsed, so that
     what reading them says (a --config file's notes) is shown; nothing where the process has
@@ -126,7 +139,7 @@ def _log_to_stderr(quiet: bool) -> bool:
     root = logging.getLogger()
     if root.handlers:
         return False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AboveBars(sys.stderr)
     handler.setFormatter(_Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING if quiet else logging.INFO)
