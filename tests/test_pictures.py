@@ -337,6 +337,15 @@ def test_traverse_of_an_image_labels_each_row_with_the_image_s_own_value(
     assert seen["own"] is None and "kept at the zero code" in seen["title"]
 
 
+def test_traversal_columns_are_labelled_with_their_values_unrounded():
+    from torch_vae.analysis.figures import value_label
+
+    values = torch.linspace(-3, 3, 9).tolist()  # traverse's --span 3 --steps 9
+    assert [value_label(v) for v in values] == [
+        "-3", "-2.25", "-1.5", "-0.75", "+0", "+0.75", "+1.5", "+2.25", "+3"]  # fmt: skip
+    assert value_label(torch.linspace(-2, 2, 7).tolist()[1]) == "-1.33"
+
+
 def test_a_long_title_is_wrapped_not_cut_off():
     from torch_vae.analysis.figures import TITLE_CHARS_PER_INCH, _wrap
 

@@ -147,6 +147,12 @@ def _show(ax, picture: np.ndarray) -> None:
               vmin=0, vmax=255, interpolation="antialiased")  # fmt: skip
 
 
+def value_label(value: float) -> str:
+    """A traversal's column label: the value to three significant digits, signed (-2.25, not
+    one decimal's -2.2, whose half rounds to even)."""
+    return f"{value:+.3g}"
+
+
 def plot_traversal(
     images: np.ndarray,
     dims: Sequence[int],
@@ -165,7 +171,7 @@ def plot_traversal(
     fig = _figure(max(7.5, 2.2 + k * w * scale / DPI), 1.0 + r * h * scale / DPI)
     ax = fig.add_subplot()
     _show(ax, _tile(images))
-    ax.set_xticks([j * (w + 2) + w / 2 for j in range(k)], [f"{v:+.1f}" for v in values])
+    ax.set_xticks([j * (w + 2) + w / 2 for j in range(k)], [value_label(v) for v in values])
     ax.set_yticks([i * (h + 2) + h / 2 for i in range(r)])
     rows = zip(dims, kl, active, own if own is not None else [None] * r, strict=True)
     ax.set_yticklabels(
