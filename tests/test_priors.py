@@ -142,6 +142,9 @@ def test_fit_sampler_scores_each_kind_and_auto_takes_the_best(small_run, mnist_d
         scores[kind] = v["fd"]
     assert load_sampler(small_run).kind == min(scores, key=scores.get)
     assert "scored on 4 validation images" in caplog.text
+    # 4 images give a score, but a rough one: said, as sample-quality says it of its reference
+    assert ("the sampler is scored on 4 validation images, too few for more than a rough "
+            "score") in caplog.text  # fmt: skip
 
 
 def test_too_few_validation_images_fit_the_sampler_without_a_score(train_tiny, mnist_dir,

@@ -32,6 +32,7 @@ from .options import FitSamplerOptions, Runtime
 log = logging.getLogger(__name__)
 SCORE_SEED = 0
 NLL_DRAWS = 1000  # a code prior's own draws whose NLL (its entropy) the score records
+FEW_SCORED = 1000  # images scored below which the score gets a warning
 SCORE_K = 3  # the neighbours that set each image's ball in the score's precision and recall
 
 
@@ -70,12 +71,7 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
             rows_held = fit_rows[-o.nscore :].numpy()
         else:
             rows_held = slice(-o.nscore, None)
-        if len(images[rows_held]) > SCORE_K:
-            score = scorer(model, images[rows_held], where, o.batchsize, _at(labels, rows_held))
-        else:  # precision and recall need each image's k-th nearest other one
-            log.warning("the %d %s are too few to score the sampler (it takes more "
-                        "than %d); it is fitted without a score (--nscore 0 says so)",
-                        len(images[rows_held]), where, SCORE_K)  # fmt: skip
+        score = _scorer_or_none(model, images[rows_held], where, o, _at(labels, rows_held))
     options = {"components": o.components, "steps": o.steps, "seed": o.seed, "hidden": o.hidden,
                "layers": o.layers, "dropout": o.dropout, "precision": o.precision,
                "store": o.store}  # fmt: skip
@@ -91,6 +87,20 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
                      "(its entropy): %.4f", v["images"], v["nll"], NLL_DRAWS,
                      v["sample_nll"])  # fmt: skip
     return path
+
+
+def _scorer_or_none(model, images: np.ndarray, where: str, o: FitSamplerOptions, labels):
+    """``scorer`` of the held-out ``images``, with a warning where they are too few for more
+    than a rough score, or None (and a warning) where they are too few for any."""
+    if len(images) <= SCORE_K:  # precision and recall need each image's k-th nearest other one
+        log.warning("the %d %s are too few to score the sampler (it takes more than %d); it "
+                    "is fitted without a score (--nscore 0 says so)", len(images), where,
+                    SCORE_K)  # fmt: skip
+        return None
+    if len(images) < FEW_SCORED:
+        log.warning("the sampler is scored on %d %s, too few for more than a rough score: "
+                    "compare samplers only on the same images", len(images), where)  # fmt: skip
+    return scorer(model, images, where, o.batchsize, labels)
 
 
 def check_network_flags(o: FitSamplerOptions) -> None:
