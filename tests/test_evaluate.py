@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from torch_vae import VAE, ModelConfig
+from torch_vae.cli import evaluate as evaluate_cli
 from torch_vae.cli import main
 from torch_vae.evaluation.likelihood import (
+    _stderr,
     discretized_gaussian_log_prob,
     evaluate_model,
     iwae_log_likelihood,
@@ -327,6 +329,33 @@ def test_evaluate_split_train_says_it_measures_the_held_out_images_too(
     with caplog.at_level(logging.INFO, logger="torch_vae"):
         assert main([*args, "--split", "test"]) == 0
     assert "the whole training split" not in caplog.text
+
+
+def test_stderr_is_the_standard_error_of_the_mean_over_images():
+    values = torch.tensor([50.0, 61.0, 47.5, 58.25, 49.0])
+    expected = float(np.std(values.numpy().astype(np.float64)) / math.sqrt(5))
+    assert math.isclose(_stderr(values), expected, rel_tol=1e-12)
+    assert _stderr(torch.tensor([])) == 0.0
+
+
+def test_evaluate_of_few_images_warns_with_the_objectives_standard_error(
+    train_tiny, mnist_dir, tmp_path, caplog, monkeypatch
+):
+    run = train_tiny(tmp_path / "run")
+    args = ["evaluate", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet",
+            "--iw_samples", "4", "--nimages", "6"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main(args) == 0
+    report = json.loads((run / "eval-mnist-test-first6-iw4.json").read_text())
+    assert report["objective_stderr"] > 0 and report["nll_stderr"] > 0
+    assert (f"measured on 6 images, whose means are rough: the objective's standard error is "
+            f"{report['objective_stderr']:.2f} nats, the NLL's {report['nll_stderr']:.2f}"
+            ) in caplog.text  # fmt: skip
+    caplog.clear()
+    monkeypatch.setattr(evaluate_cli, "FEW_IMAGES", 6)  # as many as measured: no warning
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main([*args, "--report", str(tmp_path / "r.json")]) == 0
+    assert "whose means are rough" not in caplog.text
 
 
 def test_split_val_of_a_run_from_before_validation_splits_says_so(

@@ -676,3 +676,19 @@ def test_an_ood_folder_inside_the_training_folder_is_warned_of(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="torch_vae"):  # images of elsewhere: none
         assert main([*args, "--ood", f"folder:{other}", "--out", str(tmp_path / "b.json")]) == 0
     assert "hold one another" not in caplog.text
+
+
+def test_score_split_train_says_it_scores_the_held_out_images_too(labelled, train_tiny, tmp_path,
+                                                                   caplog):  # fmt: skip
+    run = train_tiny(tmp_path / "run", "--val_images", "8")
+    held = json.loads((run / "config.json").read_text())["split"]["validation_images"]
+    out = ["--out", str(tmp_path / "s.json"), "--iw_samples", "0"]
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert score(run, labelled, "--split", "train", *out) == 0
+    assert (f"--split train is the whole training split: the {held} validation images the run "
+            "held out are scored with the images it trained on (--split val scores them "
+            "alone)") in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert score(run, labelled, "--split", "test", *out) == 0
+    assert "the whole training split" not in caplog.text

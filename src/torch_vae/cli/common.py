@@ -158,6 +158,18 @@ def say_left_out(model_path: Path, model: VAE, dataset: str, split: str, used: s
                  "them apart)", ", ".join(map(str, left_out)), split, used)  # fmt: skip
 
 
+def say_held_out_among(model_path: Path, model: VAE, dataset: str, split: str, verb: str):
+    """A log line for ``--split train`` of a run that held validation images out of it: they
+    are measured (``verb`` "measure") or scored ("score") too, beside the images it trained
+    on."""
+    held = run_config(model_path).get("split") if split == "train" else None
+    held = held.get("validation_images") if isinstance(held, dict) else None
+    if held and is_models_dataset(model, dataset):
+        log.info("--split train is the whole training split: the %s validation images the run "
+                 "held out are %sd with the images it trained on (--split val %ss them alone)",
+                 held, verb, verb)  # fmt: skip
+
+
 def split_labels(
     model: VAE, dataset: str, split: str, data_dir: Path | None, n: int
 ) -> torch.Tensor | None:

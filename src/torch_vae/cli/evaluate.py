@@ -16,10 +16,9 @@ from .common import (
     check_output_file,
     check_outside_dataset,
     default_report,
-    is_models_dataset,
     model_and_dataset,
     recorded_split,
-    run_config,
+    say_held_out_among,
     say_left_out,
     split_images,
     split_labels,
@@ -30,6 +29,7 @@ from .options import IW_SAMPLES, REFINE_LR, EvaluateOptions, Runtime
 log = logging.getLogger(__name__)
 
 SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on
+FEW_IMAGES = 1000  # images measured below which the numbers get a warning
 
 
 def run(o: EvaluateOptions, runtime: Runtime) -> dict:
@@ -50,7 +50,7 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
         images, labels = images[rows.numpy()], None if labels is None else labels[rows]
     else:  # the validation split holds none of them
         say_left_out(o.model, model, dataset, o.split, "measured")
-        _say_held_out_among(o, model, dataset)
+        say_held_out_among(o.model, model, dataset, o.split, "measure")
     path = o.report
     if path is None:  # the default's name needs the split's size; checked before the work too
         discrete = model.latent_kind == "discrete"
@@ -84,20 +84,21 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
     if model.conditional:  # every number is given each image's class: the NLL is -log p(x | y)
         report["conditional"] = True
     print_report(report, o)  # first: the numbers are on the screen whatever befalls the file
+    _say_few(report)
     write_report(path, report)
     print(f"report: {path}")
     return report
 
 
-def _say_held_out_among(o: EvaluateOptions, model, dataset: str) -> None:
-    """A log line for ``--split train`` of a run that held validation images out of it: they
-    are measured too, beside the images it trained on."""
-    split = run_config(o.model).get("split") if o.split == "train" else None
-    held = split.get("validation_images") if isinstance(split, dict) else None
-    if held and is_models_dataset(model, dataset):
-        log.info("--split train is the whole training split: the %s validation images the run "
-                 "held out are measured with the images it trained on (--split val measures "
-                 "them alone)", held)  # fmt: skip
+def _say_few(report: dict) -> None:
+    """A warning when the images measured are too few for the decimals of their means: the
+    objective's standard error over them (and the NLL's) in nats."""
+    if report["n_images"] >= FEW_IMAGES:
+        return
+    nll = f", the NLL's {report['nll_stderr']:.2f}" if "nll_stderr" in report else ""
+    log.warning("measured on %d images, whose means are rough: the objective's standard error "
+                "is %.2f nats%s; compare models only on the same images", report["n_images"],
+                report["objective_stderr"], nll)  # fmt: skip
 
 
 def report_name(o: EvaluateOptions, dataset: str, n_split: int, discrete: bool = False) -> str:

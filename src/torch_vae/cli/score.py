@@ -33,6 +33,7 @@ from .common import (
     model_name,
     note_conversion,
     recorded_split,
+    say_held_out_among,
     split_files,
     split_images,
     trained_without,
@@ -169,6 +170,7 @@ def image_sets(model, dataset: str, o: ScoreOptions, runtime: Runtime):
     if recorded is not None:
         fit, held_out = validation_rows_of(o, n, recorded)
         rows = held_out.numpy()
+    say_held_out_among(o.model, model, dataset, o.split, "score")
     first = slice(None, o.nimages or None)
     files = split_files(dataset, split)
     if o.ood_class is None:

@@ -347,6 +347,7 @@ def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr, codebook=
     mu = torch.cat(parts["mu"])
     dims = images.shape[1] * images.shape[2] * images.shape[3]
     report["objective"] = report["sse"] + report["kl"]
+    report["objective_stderr"] = _stderr(torch.cat(parts["sse"]) + torch.cat(parts["kl"]))
     if codebook:  # the code indices (N, h, w): how many codes they use, and how evenly
         report.update(codebook_usage(mu, codebook))
     else:
@@ -361,6 +362,13 @@ def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr, codebook=
     if iw_samples:
         nll = torch.cat(parts["nll"]).double().cpu()
         report["nll"] = nll.mean().item()
-        report["nll_stderr"] = (nll.std(unbiased=False) / math.sqrt(n)).item() if n else 0.0
+        report["nll_stderr"] = _stderr(nll)
         report["bits_per_dim"] = report["nll"] / (dims * math.log(2))
     return report
+
+
+def _stderr(values: torch.Tensor) -> float:
+    """The standard error of the mean of per-image ``values``: how far the mean over these
+    images may lie from the mean over all images of their kind."""
+    v = values.detach().double().cpu()
+    return (v.std(unbiased=False) / math.sqrt(len(v))).item() if len(v) else 0.0
