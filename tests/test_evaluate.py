@@ -333,9 +333,9 @@ def test_evaluate_split_train_says_it_measures_the_held_out_images_too(
 
 def test_stderr_is_the_standard_error_of_the_mean_over_images():
     values = torch.tensor([50.0, 61.0, 47.5, 58.25, 49.0])
-    expected = float(np.std(values.numpy().astype(np.float64)) / math.sqrt(5))
+    expected = float(np.std(values.numpy().astype(np.float64), ddof=1) / math.sqrt(5))
     assert math.isclose(_stderr(values), expected, rel_tol=1e-12)
-    assert _stderr(torch.tensor([])) == 0.0
+    assert _stderr(torch.tensor([3.0])) is None and _stderr(torch.tensor([])) is None
 
 
 def test_evaluate_of_few_images_warns_with_the_objectives_standard_error(
@@ -349,8 +349,14 @@ def test_evaluate_of_few_images_warns_with_the_objectives_standard_error(
     report = json.loads((run / "eval-mnist-test-first6-iw4.json").read_text())
     assert report["objective_stderr"] > 0 and report["nll_stderr"] > 0
     assert (f"measured on 6 images, whose means are rough: the objective's standard error is "
-            f"{report['objective_stderr']:.2f} nats, the NLL's {report['nll_stderr']:.2f}"
+            f"{report['objective_stderr']:.2f}, the NLL's {report['nll_stderr']:.2f} nats"
             ) in caplog.text  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):  # one image: no spread to tell
+        assert main([*args[:-1], "1", "--report", str(tmp_path / "one.json")]) == 0
+    one = json.loads((tmp_path / "one.json").read_text())
+    assert one["objective_stderr"] is None and one["nll_stderr"] is None
+    assert "measured on 1 image: its numbers say nothing of the model's mean" in caplog.text
     caplog.clear()
     monkeypatch.setattr(evaluate_cli, "FEW_IMAGES", 6)  # as many as measured: no warning
     with caplog.at_level(logging.WARNING, logger="torch_vae"):

@@ -92,12 +92,17 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
 
 def _say_few(report: dict) -> None:
     """A warning when the images measured are too few for the decimals of their means: the
-    objective's standard error over them (and the NLL's) in nats."""
-    if report["n_images"] >= FEW_IMAGES:
+    objective's standard error over them (and the NLL's, in nats)."""
+    n = report["n_images"]
+    if n >= FEW_IMAGES:
         return
-    nll = f", the NLL's {report['nll_stderr']:.2f}" if "nll_stderr" in report else ""
+    if report["objective_stderr"] is None:  # one image: no spread to estimate it from
+        log.warning("measured on 1 image: its numbers say nothing of the model's mean over "
+                    "images (no standard error can be estimated from one)")  # fmt: skip
+        return
+    nll = f", the NLL's {report['nll_stderr']:.2f} nats" if "nll_stderr" in report else ""
     log.warning("measured on %d images, whose means are rough: the objective's standard error "
-                "is %.2f nats%s; compare models only on the same images", report["n_images"],
+                "is %.2f%s; compare models only on the same images", n,
                 report["objective_stderr"], nll)  # fmt: skip
 
 

@@ -367,8 +367,9 @@ def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr, codebook=
     return report
 
 
-def _stderr(values: torch.Tensor) -> float:
-    """The standard error of the mean of per-image ``values``: how far the mean over these
-    images may lie from the mean over all images of their kind."""
+def _stderr(values: torch.Tensor) -> float | None:
+    """The standard error of the mean of per-image ``values`` (their sample standard deviation,
+    n - 1, over sqrt(n)): how far the mean over these images may lie from the mean over all
+    images of their kind. None for fewer than two values, whose spread is unknown."""
     v = values.detach().double().cpu()
-    return (v.std(unbiased=False) / math.sqrt(len(v))).item() if len(v) else 0.0
+    return (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else None
