@@ -27,6 +27,7 @@ CURVES = (  # panel title, training key, the measured split's key (after its pre
 )
 REGULARISERS = {"kl": "KL", "commit": "commitment"}  # the objective's second term, by its key
 GREY = "0.55"  # inactive latent dimensions
+TITLE_LINE_INCHES = 0.2  # a line of a "medium" title, its spacing included
 DPI = 100  # pictures of images are sized so that each pixel of theirs is one of the PNG's
 MIN_WIDTH = 4.5  # inches: a small grid's picture still shows its title and its axes' names
 TITLE_CHARS_PER_INCH = 11  # a title wraps at about this many characters of width
@@ -149,8 +150,9 @@ def _show(ax, picture: np.ndarray) -> None:
 
 def value_label(value: float) -> str:
     """A traversal's column label: the value to three significant digits, signed (-2.25, not
-    one decimal's -2.2, whose half rounds to even)."""
-    return f"{value:+.3g}"
+    one decimal's -2.2, whose half rounds to even), a float32 zero's rounding (-5.96e-08 of
+    linspace(-2, 2, 7)) shown as +0."""
+    return f"{round(value, 6) + 0.0:+.3g}"  # + 0.0: -0.0 is +0
 
 
 def plot_traversal(
@@ -168,7 +170,9 @@ def plot_traversal(
     inactive ones greyed and marked; columns labelled with the values the dimension takes."""
     r, k, h, w, _ = images.shape
     scale = max(1.0, 48 / h)  # small images drawn larger
-    fig = _figure(max(7.5, 2.2 + k * w * scale / DPI), 1.0 + r * h * scale / DPI)
+    width = max(7.5, 2.2 + k * w * scale / DPI)
+    title = _wrap(title, width - 2.2)  # its lines, and the axis label, get room of their own
+    fig = _figure(width, r * h * scale / DPI + 0.9 + TITLE_LINE_INCHES * (title.count("\n") + 1))
     ax = fig.add_subplot()
     _show(ax, _tile(images))
     ax.set_xticks([j * (w + 2) + w / 2 for j in range(k)], [value_label(v) for v in values])
@@ -182,7 +186,7 @@ def plot_traversal(
         label.set_color("black" if a else GREY)
     ax.tick_params(length=0)
     ax.set_xlabel("value of the dimension (the others kept)")
-    ax.set_title(_wrap(title, fig.get_figwidth() - 2.2), fontsize="medium")
+    ax.set_title(title, fontsize="medium")
     return _save(fig, out)
 
 
