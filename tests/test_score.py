@@ -692,3 +692,34 @@ def test_score_split_train_says_it_scores_the_held_out_images_too(labelled, trai
     with caplog.at_level(logging.INFO, logger="torch_vae"):
         assert score(run, labelled, "--split", "test", *out) == 0
     assert "the whole training split" not in caplog.text
+
+
+def test_few_in_distribution_images_get_a_rough_auroc_warning(labelled, tmp_path, caplog,
+                                                              monkeypatch):  # fmt: skip
+    """18 in-distribution images (the tiny test split without class 3): an FPR moves in
+    steps of 1/18, and --fpr 0.05 lets none of them above the threshold, which is then the
+    highest in-distribution score: said, as evaluate says its few images' standard error."""
+    from torch_vae.cli import score as score_cli
+
+    model = black_model(tmp_path / "m")
+    flags = ["--ood_class", "3", "--out", str(tmp_path / "s.json")]
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert score(model, labelled, *flags, "--fpr", "0.05") == 0
+    assert (
+        "the AUROC and the thresholds rest on 18 in-distribution images, rough: the "
+        "false-positive rate moves in steps of 1/18, and --fpr 0.05 lets 0 of them score "
+        "above the threshold (it is the highest in-distribution score)"
+    ) in caplog.text
+    report = json.loads((tmp_path / "s.json").read_text())
+    inlier = [r for r in report["images"] if r["source"] == "in"]
+    top = max(r["recon"] for r in inlier)
+    assert report["scores"]["recon"]["threshold"] == pytest.approx(top, rel=1e-6)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert score(model, labelled, *flags, "--fpr", "0.2") == 0
+    assert "--fpr 0.2 lets 3 of them score above the threshold;" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(score_cli, "FEW_IN", 18)
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert score(model, labelled, *flags) == 0
+    assert "rest on 18 in-distribution images" not in caplog.text

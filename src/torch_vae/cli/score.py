@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from .common import (
 from .options import Runtime, ScoreOptions
 
 log = logging.getLogger(__name__)
+FEW_IN = 1000  # in-distribution images below which the AUROC and thresholds get a warning
 SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on, as evaluate's
 
 
@@ -106,10 +108,25 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
         pairs = {n: (scores[0][n], scores[1][n]) for n in names}
         plot_anomaly(pairs, summary["scores"], (inlier.name, outlier.name), title, figure, HELP)
     print_summary(summary, inlier, outlier, o)
+    if outlier is not None:
+        _say_few(len(inlier.images), o.fpr)
     print(f"scores: {out}" + (f", summary: {summary_path}" if summary_path != out else ""))
     if outlier is not None:
         print(f"picture: {figure}")
     return summary
+
+
+def _say_few(n_in: int, fpr: float) -> None:
+    """A warning when the in-distribution images are too few for more than a rough AUROC and
+    threshold: the false-positive rate moves in steps of 1/n_in."""
+    if n_in >= FEW_IN:
+        return
+    allowed = math.floor(n_in * fpr + 1e-9)
+    log.warning("the AUROC and the thresholds rest on %d in-distribution images, rough: the "
+                "false-positive rate moves in steps of 1/%d, and --fpr %g lets %d of them score "
+                "above the threshold%s; compare only on the same images", n_in, n_in, fpr,
+                allowed, " (it is the highest in-distribution score)" if allowed == 0 else "",
+                )  # fmt: skip
 
 
 def check_inputs(o: ScoreOptions, model, dataset: str, out: Path, figure: Path) -> None:
