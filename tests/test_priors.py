@@ -278,3 +278,18 @@ def test_fit_sampler_shows_a_bar_while_it_encodes_the_training_images(small_run,
     assert main([*fit, "--sampler", "gaussian", "--nscore", "0"]) == 0
     err = capsys.readouterr().err
     assert "encoding" in err and "img" in err  # the images' encoding is not silent
+
+
+def test_more_components_than_images_are_refused_before_the_images_are_encoded(
+    small_run, mnist_dir, capsys, monkeypatch
+):
+    from torch_vae.cli import fit_sampler as cli
+
+    monkeypatch.setattr(cli, "scorer", lambda *a, **k: pytest.fail("images encoded"))
+    monkeypatch.setattr(cli, "fit_sampler", lambda *a, **k: pytest.fail("fitted"))
+    fit = ["fit-sampler", "--model", str(small_run), "--data_dir", str(mnist_dir), "--quiet",
+           "--sampler", "gmm", "--components", "37"]  # fmt: skip
+    assert main(fit) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "torch-vae: error: --components must be between 1 and 36 (the number of training "
+        "images), got 37"]  # fmt: skip

@@ -19,6 +19,7 @@ from ..evaluation.sample_quality import (
 )
 from ..io.files import unwritable
 from ..priors import PRIORS, check_kind, fit_sampler, load_sampler, posterior_means, sampler_path
+from ..priors.mixture import check_components
 from .common import (
     check_flags,
     held_out_rows,
@@ -60,6 +61,8 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
         rows = fit_rows[: o.nimages or None].numpy()
     else:
         rows = slice(None, o.nimages or None)
+    if o.sampler == "gmm" and o.components is not None:  # before the images are encoded
+        check_components(o.components, len(images[rows]))
     info = {"dataset": dataset, "split": "train" if fit_rows is None else "train - validation"}
     if labels is not None:
         info["latents"] = "posterior means given each image's class"

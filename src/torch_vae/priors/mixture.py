@@ -111,17 +111,23 @@ def fit_gaussian(z: np.ndarray, info: dict | None = None) -> MixtureSampler:
     return MixtureSampler(np.ones(1), mean[None], _cholesky(cov)[None], info)
 
 
+def check_components(components: int, n: int) -> None:
+    """A one-line error for a mixture of more components than the ``n`` latents it is fitted
+    to (or than MAX_COMPONENTS), or of none."""
+    if not 1 <= components <= min(MAX_COMPONENTS, n):
+        raise TorchVaeError(
+            f"--components must be between 1 and {min(MAX_COMPONENTS, n)} (the number "
+            f"of training images), got {components}"
+        )
+
+
 def fit_gmm(z: np.ndarray, components: int, seed: int = 0, info: dict | None = None):
     """A ``components``-component full-covariance Gaussian mixture of the latents ``z`` (N, d),
     fitted by EM (scikit-learn, k-means initialisation, seeded: the same fit for the same
     data and seed)."""
     from sklearn.mixture import GaussianMixture
 
-    if not 1 <= components <= min(MAX_COMPONENTS, len(z)):
-        raise TorchVaeError(
-            f"--components must be between 1 and {min(MAX_COMPONENTS, len(z))} (the number "
-            f"of training images), got {components}"
-        )
+    check_components(components, len(z))
     z = np.asarray(z, dtype=np.float64)
     gm = GaussianMixture(components, covariance_type="full", reg_covar=1e-6, max_iter=200,
                          random_state=seed).fit(z)  # fmt: skip
