@@ -1,6 +1,6 @@
-"""How near each system's training comes to what the CPU can compute at all.
+"""How near each system's training comes to the rate of this machine's fastest fp32 kernel.
 
-    python bench/roofline.py                                        # FLOPs, peak, ceilings
+    python bench/roofline.py                                        # FLOPs, product rate, ceilings
     python bench/roofline.py --peers docs/bench/peers-DATE.json     # + each system's share
 
 Counts the floating-point operations of one training step (forward, loss and backward, with
@@ -13,12 +13,19 @@ multiply-add; the batch norms, activations and the optimizer are not counted) of
   model on the 28x28 originals),
 
 and times this machine's fp32 matrix product (``torch.mm`` of two 2048x2048 matrices, on every
-thread PyTorch uses, the best of ``--repeats``): the rate oneDNN's and MKL's best kernels reach
-here, which no training step's convolutions exceed. From these: the images per second a step
-could reach if all its counted operations ran at that rate (its ceiling), and, with
-``--peers``, each system's loop images/s (the JSON's medians) as a share of the ceiling, and
-what share the goals of docs/benchmarks.md (3x the original, 2.5x pythae, 2x the plain loop;
-the quality within 120 s) would need.
+thread PyTorch uses, the best of ``--repeats``): the rate of PyTorch's best kernel here, not
+the cores' theoretical peak (which the script does not know). From these, each model's
+ceiling: the images per second of a step whose counted operations all ran at that rate and
+nothing else took time. With ``--peers``:
+
+- each system's loop images/s (images / loop seconds, the median over rounds) as a share of
+  the ceiling, and torch-vae-all's loop against each system's, round by round (the median of
+  the rounds' ratios);
+- what share of the ceiling torch-vae-all's loop would need for the goals of
+  docs/benchmarks.md (3x the original's, 2.5x pythae's, 2x the plain loop's whole-command
+  time): the goal's seconds (the other system's / the factor) less what torch-vae-all spent
+  outside its loop (start-up, data, the test split, saving) in the same round, as a loop rate;
+  the median over rounds.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from machine_info import cpu_model  # noqa: E402
+from machine_info import code_version, cpu_model  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from torch_vae.models import VAE, ModelConfig  # noqa: E402
@@ -80,15 +87,66 @@ def _loop_rates(peers: dict) -> dict[str, float]:
     return rates
 
 
+def _by_round(peers: dict, system: str) -> dict[int, dict]:
+    return {r["round"]: r for r in peers["runs"]["train"].get(system, []) if r.get("seconds")}
+
+
+def _loop_ratio(peers: dict, system: str, mine: str) -> float | None:
+    """The median over rounds of ``system``'s loop seconds per image / ``mine``'s."""
+    ours, theirs = _by_round(peers, mine), _by_round(peers, system)
+    ratios = [(t["loop_seconds"] / t["images"]) / (ours[n]["loop_seconds"] / ours[n]["images"])
+              for n, t in theirs.items() if n in ours and t.get("loop_seconds")]  # fmt: skip
+    return statistics.median(ratios) if ratios else None
+
+
+def _goal_loop_rate(peers: dict, system: str, times: float, mine: str) -> float | None:
+    """The loop images/s ``mine`` would need, the median over rounds, for its whole command to
+    take 1/``times`` of ``system``'s: the goal's seconds less its own time outside the loop."""
+    ours, theirs = _by_round(peers, mine), _by_round(peers, system)
+    needs = []
+    for n, t in theirs.items():
+        if n in ours and ours[n].get("loop_seconds"):
+            outside = ours[n]["seconds"] - ours[n]["loop_seconds"]
+            loop = t["seconds"] / times - outside
+            needs.append(ours[n]["images"] / loop if loop > 0 else float("inf"))
+    return statistics.median(needs) if needs else None
+
+
+def _peers_report(path: Path, ceiling: float) -> dict:
+    """Print and return the --peers part: shares of the ceiling, loop ratios, goals' needs."""
+    peers = json.loads(path.read_text())
+    rates = _loop_rates(peers)
+    mine = "torch-vae-all" if "torch-vae-all" in rates else "torch-vae"
+    out = {"peers": str(path), "loop_img_per_s": rates, "goals": {}}
+    print(f"\nloop images/s from {path} (median of rounds), share of the ceiling:")
+    for system, r in rates.items():
+        print(f"  {system:<17} {r:7.0f}  {r / ceiling:5.1%}")
+    print(f"{mine}'s loop against each (median of the rounds' ratios), and what the goals "
+          "(whole commands) would need of it:")  # fmt: skip
+    for system, times in GOALS.items():
+        ratio = _loop_ratio(peers, system, mine)
+        need = _goal_loop_rate(peers, system, times, mine)
+        if ratio is None or need is None:
+            continue
+        out["goals"][system] = {"times": times, "loop_ratio_now": ratio,
+                                "loop_img_per_s_needed": need,
+                                "share_of_ceiling_needed": need / ceiling}  # fmt: skip
+        print(f"  {system:<9} loop {ratio:.2f}x now; {times:g}x its command needs a loop of "
+              f"{need:,.0f} images/s, {need / ceiling:.0%} of the ceiling")  # fmt: skip
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--peers", type=Path, help="a bench/peers.py JSON to set against the ceiling")
+    p.add_argument("--peers", type=Path, help="a bench/peers.py JSON of this machine")
     p.add_argument("--repeats", type=int, default=7, help="timed matrix products (7)")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = p.parse_args()
     peers_flops, quality_flops = step_flops(PEERS), step_flops(QUALITY)
     rate = matmul_rate(repeats=args.repeats)
-    out = {"machine": cpu_model(), "threads": torch.get_num_threads(),
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "code": code_version(),
+           "command": " ".join(["python", *sys.argv]), "machine": cpu_model(),
+           "threads": torch.get_num_threads(),
            "torch": torch.__version__, "matmul_gflops": rate / 1e9,
            "peers_step_mflop_per_image": peers_flops / 1e6,
            "quality_step_mflop_per_image": quality_flops / 1e6}  # fmt: skip
@@ -106,23 +164,7 @@ def main() -> None:
           f"counted operations at that rate ({floor / QUALITY_SECONDS:.0%} of the "
           f"{QUALITY_SECONDS} s goal, before data, start-up and the rest)")  # fmt: skip
     if args.peers:
-        rates = _loop_rates(json.loads(args.peers.read_text()))
-        mine = rates.get("torch-vae-all", rates.get("torch-vae"))
-        out["loop_img_per_s"] = rates
-        print(f"\nloop images/s from {args.peers} (median of rounds), share of the ceiling:")
-        for system, r in rates.items():
-            print(f"  {system:<17} {r:7.0f}  {r / ceiling:5.1%}")
-        for system, times in GOALS.items():
-            if system in rates and mine:
-                need = times * rates[system]
-                out.setdefault("goals", {})[system] = {
-                    "times": times,
-                    "img_per_s": need,
-                    "share_of_ceiling": need / ceiling,
-                }
-                print(f"  {times:g}x {system}'s loop: {need:,.0f} images/s, "
-                      f"{need / ceiling:.0%} of the ceiling (torch-vae now "
-                      f"{mine / rates[system]:.2f}x)")  # fmt: skip
+        out.update(_peers_report(args.peers, ceiling))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1) + "\n")
 
