@@ -339,7 +339,7 @@ def test_stderr_is_the_standard_error_of_the_mean_over_images():
 
 
 def test_evaluate_of_few_images_warns_with_the_objectives_standard_error(
-    train_tiny, mnist_dir, tmp_path, caplog, monkeypatch
+    train_tiny, mnist_dir, tmp_path, caplog, monkeypatch, capsys
 ):
     run = train_tiny(tmp_path / "run")
     args = ["evaluate", "--model", str(run), "--data_dir", str(mnist_dir), "--quiet",
@@ -357,6 +357,7 @@ def test_evaluate_of_few_images_warns_with_the_objectives_standard_error(
     one = json.loads((tmp_path / "one.json").read_text())
     assert one["objective_stderr"] is None and one["nll_stderr"] is None
     assert "measured on 1 image: its numbers say nothing of the model's mean" in caplog.text
+    assert "mnist test, 1 image at 32x32, per image:" in capsys.readouterr().out
     caplog.clear()
     monkeypatch.setattr(evaluate_cli, "FEW_IMAGES", 6)  # as many as measured: no warning
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
