@@ -153,8 +153,9 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
             ),
             ("bits per dimension", report["bits_per_dim"]),
         ]
-    size, n = report["image_size"], report["n_images"]
-    print(f"{report['dataset']} {o.split}, {n} image{'s' * (n != 1)} at {size}x{size}, per image:")
+    size, count = report["image_size"], report["n_images"]
+    print(f"{report['dataset']} {o.split}, {count} image{'s' * (count != 1)} at {size}x{size}, "
+          "per image:")  # fmt: skip
     if (n := report["native_size"]) and (w := report["network_size"]):
         print(f"  (networks at {w}x{w} on the {n}x{n} originals, their output upsampled: "
               f"--network_size {w})")  # fmt: skip
