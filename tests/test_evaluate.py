@@ -359,6 +359,10 @@ def test_evaluate_of_few_images_warns_with_the_objectives_standard_error(
     assert "measured on 1 image: its numbers say nothing of the model's mean" in caplog.text
     assert "mnist test, 1 image at 32x32, per image:" in capsys.readouterr().out
     caplog.clear()
+    with caplog.at_level(logging.INFO, logger="torch_vae"):  # more than the split holds: said
+        assert main([*args[:-1], "50", "--report", str(tmp_path / "all.json")]) == 0
+    assert "--nimages 50: the test split holds 20 images, all measured" in caplog.text
+    caplog.clear()
     monkeypatch.setattr(evaluate_cli, "FEW_IMAGES", 6)  # as many as measured: no warning
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         assert main([*args, "--report", str(tmp_path / "r.json")]) == 0

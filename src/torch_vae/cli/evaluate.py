@@ -56,6 +56,9 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
         discrete = model.latent_kind == "discrete"
         path = default_report(o.model, report_name(o, dataset, len(images), discrete))
         check_output_file(path, "the report (--report to write it elsewhere)", report=True)
+    if o.nimages > len(images):
+        log.info("--nimages %d: the %s split holds %d images, all measured", o.nimages, o.split,
+                 len(images))  # fmt: skip
     images = images[: o.nimages or None]
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
     train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))
