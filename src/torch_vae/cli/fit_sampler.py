@@ -62,7 +62,8 @@ def run(o: FitSamplerOptions, runtime: Runtime) -> Path:
     else:
         rows = slice(None, o.nimages or None)
     if o.sampler == "gmm" and o.components is not None:  # before the images are encoded
-        check_components(o.components, len(images[rows]))
+        # the rows' count: an index array's length, or a slice's view (no copy of the images)
+        check_components(o.components, len(rows) if fit_rows is not None else len(images[rows]))
     info = {"dataset": dataset, "split": "train" if fit_rows is None else "train - validation"}
     if labels is not None:
         info["latents"] = "posterior means given each image's class"
