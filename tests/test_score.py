@@ -719,7 +719,7 @@ def test_few_in_distribution_images_get_a_rough_auroc_warning(labelled, tmp_path
         assert score(model, labelled, *flags, "--fpr", "0.2") == 0
     assert "--fpr 0.2 lets 3 of them score above the threshold;" in caplog.text
     caplog.clear()
-    monkeypatch.setattr(score_cli, "FEW_IN", 18)
+    monkeypatch.setattr(score_cli, "FEW_IMAGES", 18)
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         assert score(model, labelled, *flags) == 0
     assert "rest on 18 in-distribution images" not in caplog.text

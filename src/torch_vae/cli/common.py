@@ -31,6 +31,7 @@ from ..training.rundir import RunLock, read_metrics
 from .options import Runtime
 
 log = logging.getLogger(__name__)
+FEW_IMAGES = 1000  # images below which a measure over them gets a warning that it is rough
 
 
 def load(model_path: Path, runtime: Runtime, digest: bool = False) -> VAE:

@@ -13,6 +13,7 @@ from ..errors import TorchVaeError
 from ..evaluation.likelihood import calibrate_sigma, evaluate_model
 from ..evaluation.reports import dataset_tag, write_report
 from .common import (
+    FEW_IMAGES,
     check_output_file,
     check_outside_dataset,
     default_report,
@@ -29,7 +30,6 @@ from .options import IW_SAMPLES, REFINE_LR, EvaluateOptions, Runtime
 log = logging.getLogger(__name__)
 
 SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on
-FEW_IMAGES = 1000  # images measured below which the numbers get a warning
 
 
 def run(o: EvaluateOptions, runtime: Runtime) -> dict:

@@ -21,6 +21,7 @@ from ..io.files import unwritable
 from ..priors import PRIORS, check_kind, fit_sampler, load_sampler, posterior_means, sampler_path
 from ..priors.mixture import check_components
 from .common import (
+    FEW_IMAGES,
     check_flags,
     held_out_rows,
     is_shipped,
@@ -33,7 +34,6 @@ from .options import FitSamplerOptions, Runtime
 log = logging.getLogger(__name__)
 SCORE_SEED = 0
 NLL_DRAWS = 1000  # a code prior's own draws whose NLL (its entropy) the score records
-FEW_SCORED = 1000  # images scored below which the score gets a warning
 SCORE_K = 3  # the neighbours that set each image's ball in the score's precision and recall
 
 
@@ -101,7 +101,7 @@ def _scorer_or_none(model, images: np.ndarray, where: str, o: FitSamplerOptions,
                     "is fitted without a score (--nscore 0 says so)", len(images), where,
                     SCORE_K)  # fmt: skip
         return None
-    if len(images) < FEW_SCORED:
+    if len(images) < FEW_IMAGES:
         log.warning("the sampler is scored on %d %s, too few for more than a rough score: "
                     "compare samplers only on the same images", len(images), where)  # fmt: skip
     return scorer(model, images, where, o.batchsize, labels)

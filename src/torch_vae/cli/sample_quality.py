@@ -18,6 +18,7 @@ from ..evaluation.sample_quality import (
 )
 from ..priors import choose_sampler
 from .common import (
+    FEW_IMAGES,
     check_output_file,
     check_outside_dataset,
     check_report_folder,
@@ -31,7 +32,6 @@ from .common import (
 from .options import NSAMPLES, Runtime, SampleQualityOptions
 
 log = logging.getLogger(__name__)
-FEW_REFERENCE = 1000  # reference images below which the scores get a warning
 
 
 def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
@@ -85,7 +85,7 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     suffix += f"-n{o.nsamples}" if o.nsamples != NSAMPLES and not o.reconstructions else ""
     suffix += f"-seed{o.seed}" if o.seed else ""
     path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
-    if report["n_reference"] < FEW_REFERENCE:
+    if report["n_reference"] < FEW_IMAGES:
         log.warning("the %s split holds %d images: distances measured against so few are "
                     "rough (FID's bias alone is large below a few thousand); compare models "
                     "only against the same images", report["reference"],

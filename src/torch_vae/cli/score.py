@@ -27,6 +27,7 @@ from ..evaluation.reports import dataset_tag, write_report
 from ..io.files import write_text_atomic
 from ..models.conditions import class_index
 from .common import (
+    FEW_IMAGES,
     check_output_file,
     check_outside_dataset,
     default_report,
@@ -43,7 +44,6 @@ from .common import (
 from .options import Runtime, ScoreOptions
 
 log = logging.getLogger(__name__)
-FEW_IN = 1000  # in-distribution images below which the AUROC and thresholds get a warning
 SIGMA_IMAGES = 10000  # training images the decoder sigma is calibrated on, as evaluate's
 
 
@@ -119,7 +119,7 @@ def run(o: ScoreOptions, runtime: Runtime) -> dict:
 def _say_few(n_in: int, fpr: float) -> None:
     """A warning when the in-distribution images are too few for more than a rough AUROC and
     threshold: the false-positive rate moves in steps of 1/n_in."""
-    if n_in >= FEW_IN:
+    if n_in >= FEW_IMAGES:
         return
     allowed = math.floor(n_in * fpr + 1e-9)
     log.warning("the AUROC and the thresholds rest on %d in-distribution images, rough: the "
