@@ -293,3 +293,12 @@ def test_more_components_than_images_are_refused_before_the_images_are_encoded(
     assert capsys.readouterr().err.strip().splitlines() == [
         "torch-vae: error: --components must be between 1 and 36 (the number of training "
         "images), got 37"]  # fmt: skip
+
+
+def test_components_above_the_mixture_limit_name_the_limit_not_the_images():
+    from torch_vae.priors.mixture import MAX_COMPONENTS, check_components
+
+    limit = rf"between 1 and {MAX_COMPONENTS} \(the most it fits\)"
+    with pytest.raises(TorchVaeError, match=limit):
+        check_components(MAX_COMPONENTS + 1, 55000)
+    check_components(MAX_COMPONENTS, 55000)  # the limit itself is taken

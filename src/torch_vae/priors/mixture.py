@@ -115,9 +115,10 @@ def check_components(components: int, n: int) -> None:
     """A one-line error for a mixture of more components than the ``n`` latents it is fitted
     to (or than MAX_COMPONENTS), or of none."""
     if not 1 <= components <= min(MAX_COMPONENTS, n):
+        bound = "the number of training images" if n < MAX_COMPONENTS else "the most it fits"
         raise TorchVaeError(
-            f"--components must be between 1 and {min(MAX_COMPONENTS, n)} (the number "
-            f"of training images), got {components}"
+            f"--components must be between 1 and {min(MAX_COMPONENTS, n)} ({bound}), got "
+            f"{components}"
         )
 
 
