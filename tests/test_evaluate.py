@@ -1,6 +1,7 @@
 import json
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -356,8 +357,11 @@ def test_evaluate_of_few_images_warns_with_the_objectives_standard_error(
         assert main([*args[:-1], "1", "--report", str(tmp_path / "one.json")]) == 0
     one = json.loads((tmp_path / "one.json").read_text())
     assert one["objective_stderr"] is None and one["nll_stderr"] is None
+    assert one["active_units"] is None  # a variance over one image's code: not 0 of 4 units
     assert "measured on 1 image: its numbers say nothing of the model's mean" in caplog.text
-    assert "mnist test, 1 image at 32x32, per image:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mnist test, 1 image at 32x32, per image:" in out
+    assert re.search(r"active units +n/a \(1 image\)", out)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="torch_vae"):  # more than the split holds: said
         assert main([*args[:-1], "50", "--report", str(tmp_path / "all.json")]) == 0

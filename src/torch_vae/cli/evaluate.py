@@ -145,7 +145,9 @@ def print_report(report: dict, o: EvaluateOptions) -> None:
             ("codebook perplexity", report["perplexity"]),
         ]
     else:
-        rows.append(("active units", f"{report['active_units']} / {report['latent_dims']}"))
+        active = report["active_units"]
+        shown = "n/a (1 image)" if active is None else f"{active} / {report['latent_dims']}"
+        rows.append(("active units", shown))
     if o.iw_samples:
         rows += [
             (

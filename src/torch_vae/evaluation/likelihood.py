@@ -351,7 +351,8 @@ def _report(parts, images, sigma, iw_samples, refine_steps, refine_lr, codebook=
     if codebook:  # the code indices (N, h, w): how many codes they use, and how evenly
         report.update(codebook_usage(mu, codebook))
     else:
-        report["active_units"] = int((mu.var(0) > 0.01).sum()) if n > 1 else 0
+        # None for one image: a variance over images needs two
+        report["active_units"] = int((mu.var(0) > 0.01).sum()) if n > 1 else None
     report["n_images"] = n
     report["decoder_sigma"] = sigma
     report["iw_samples"] = iw_samples
