@@ -37,9 +37,11 @@ def write_weights(
     config: dict[str, Any],
     path: str | os.PathLike,
     dataset: str | None = None,
+    module: str | None = None,
 ) -> Path:
-    """Write a model's ``state`` with its ``config`` (a JSON-able dict; and its dataset) to
-    ``path``, atomically."""
+    """Write a model's ``state`` with its ``config`` (a JSON-able dict; and its dataset, and the
+    Python module of its family, which a loader without that family names) to ``path``,
+    atomically."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = {
         "format": FORMAT,
@@ -49,6 +51,8 @@ def write_weights(
     }
     if dataset:
         meta["dataset"] = dataset
+    if module:
+        meta["model_module"] = module
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, meta)
@@ -139,7 +143,8 @@ def _newest_checkpoint_hint(weights: Path) -> str:
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata of a torch-vae weights file (or of the one in a run or model folder):
-    ``{"config": dict, "dataset": str | None, "path": Path}``."""
+    ``{"config": dict, "dataset": str | None, "module": str | None, "path": Path}``
+    (``module``: the Python module of the model's family, where the file names it)."""
     weights = resolve_weights(path)
     try:
         with safe_open(str(weights), framework="pt") as f:
@@ -177,7 +182,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise TorchVaeError(f"{weights} has a corrupt model config ({exc})") from None
     if not isinstance(config, dict):
         raise TorchVaeError(f"{weights} has a corrupt model config (not a JSON object)")
-    return {"config": config, "dataset": meta.get("dataset"), "path": weights}
+    return {"config": config, "dataset": meta.get("dataset"), "module": meta.get("model_module"),
+            "path": weights}  # fmt: skip
 
 
 # safetensors' names of the floating-point dtypes (a model's weights) and of the integer ones

@@ -51,7 +51,7 @@ from .config import ModelConfig
 from .layers import cpu_channels_last
 from .losses import VAEOutput, reconstruction_error
 from .posterior import Posterior, standard_normal_log_prob
-from .registry import model_class
+from .registry import UnknownArchitecture, model_class
 from .upsampling import native_maps, upsampling_projector
 
 # Memory per stored activation element during training: the forward output kept for the
@@ -165,7 +165,14 @@ class VAE(nn.Module):
         if y is not None:
             planes = nn.functional.one_hot(y, self.config.num_classes).to(x.dtype)
             x = torch.cat([x, planes[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
-        return self.encoder(x)
+        post = self.encoder(x)
+        # a plug-in's Gaussian encoder that returns (mu, logvar); other kinds wrap their own
+        if self.latent_kind == "gaussian" and not isinstance(post, Posterior):
+            raise TorchVaeError(f"the {c.arch} family's encoder returned a "
+                                f"{type(post).__name__}, not a Posterior: return "
+                                "Posterior.clamped(mu, logvar) (docs/model.md, Adding a "
+                                "model)")  # fmt: skip
+        return post
 
     def decode(self, z: torch.Tensor, condition: Any = None) -> torch.Tensor:
         """Latents (B, d) -> images (B, C, H, W) in [0, 1], in the model's dtype (given the
@@ -431,10 +438,7 @@ class VAE(nn.Module):
     def _read(cls, path: str | os.PathLike, dtype: torch.dtype | None, device: torch.device) -> VAE:
         """``from_pretrained`` once ``dtype`` and ``device`` are checked (``_placement``)."""
         meta = read_metadata(path)
-        try:
-            config = ModelConfig.from_dict(meta["config"])
-        except TorchVaeError as exc:
-            raise TorchVaeError(f"{meta['path']}: {exc}") from None
+        config = _stored_config(meta)
         family = model_class(config.arch)
         if not issubclass(family, cls):
             raise TorchVaeError(
@@ -560,14 +564,29 @@ def save_model(model: nn.Module, path: str | os.PathLike, dataset: str | None = 
         k: v.float() if v.is_floating_point() and v.dtype != torch.float64 else v
         for k, v in model.state_dict().items()
     }
-    return write_weights(state, model.config.to_dict(), path, dataset)
+    return write_weights(state, model.config.to_dict(), path, dataset, type(model).__module__)
 
 
 def read_config(path: str | os.PathLike) -> tuple[ModelConfig, str | None, Path]:
     """The model config, dataset and weights file of a model, without loading its weights."""
     meta = read_metadata(path)
+    return _stored_config(meta), meta["dataset"], meta["path"]
+
+
+def _stored_config(meta: dict[str, Any]) -> ModelConfig:
+    """The config of a weights file's metadata (``read_metadata``), or a one-line error naming
+    the file (and the module its family came from, where no family of its name is here)."""
     try:
-        return ModelConfig.from_dict(meta["config"]), meta["dataset"], meta["path"]
+        return ModelConfig.from_dict(meta["config"])
+    except UnknownArchitecture as exc:
+        module = meta.get("module")
+        where = ""
+        if isinstance(module, str) and module.startswith("torch_vae."):
+            where = "; a newer torch-vae saved it: upgrade torch-vae (pip install -U torch-vae)"
+        elif isinstance(module, str) and module:
+            where = (f"; its family came from the Python module {module[:200]!r}: install the "
+                     "package that provides it")  # fmt: skip
+        raise TorchVaeError(f"{meta['path']}: {exc}{where}") from None
     except TorchVaeError as exc:
         raise TorchVaeError(f"{meta['path']}: {exc}") from None
 

@@ -242,7 +242,7 @@ def max_difference(
         with torch.no_grad():
             want = net.module(*xs)
         want = want if isinstance(want, tuple) else (want,)
-        for name, got, ref in zip(net.outputs, run(*xs), want, strict=True):
+        for name, got, ref in zip(net.outputs, _run_at(run, xs, net, batch), want, strict=True):
             if tuple(got.shape) != tuple(ref.shape):
                 raise TorchVaeError(
                     f"the exported {net.name}'s {name} has shape {tuple(got.shape)} at batch "
@@ -250,6 +250,22 @@ def max_difference(
                 )
             worst.append(float(np.abs(got - ref.numpy()).max()))
     return float(np.max(worst))
+
+
+def _run_at(run: Callable[..., list], xs: list[torch.Tensor], net: Network, batch: int) -> list:
+    """The exported file's outputs on ``xs``, or a one-line error where it cannot run them."""
+    try:
+        return run(*xs)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's and TorchScript's own error types
+        lines = [s.strip() for s in str(exc).splitlines() if s.strip()]
+        last = lines[-1] if lines else type(exc).__name__  # the runtimes' own words end there
+        last = last if len(last) <= 200 else "..." + last[-200:]
+        raise TorchVaeError(
+            f"the exported {net.name} fails on a batch of {batch} ({last}); "
+            f"the file was traced at a batch of {EXAMPLE_BATCH}, and a network that takes the "
+            "batch size as a number (len(x), x.shape[0] or x.size(0) in a view or reshape) "
+            "keeps that number: use reshape(-1, ...) or flatten(1); nothing was written"
+        ) from None
 
 
 def manifest(

@@ -10,6 +10,7 @@ which is read the first time an unknown architecture is asked for.
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from typing import TYPE_CHECKING
 
 from ..errors import TorchVaeError
@@ -18,9 +19,22 @@ if TYPE_CHECKING:
     from .base import VAE
     from .config import ModelConfig
 
+log = logging.getLogger(__name__)
+
 MODELS: dict[str, type[VAE]] = {}
 ENTRY_POINTS = "torch_vae.models"
 _loaded_entry_points: list[bool] = []
+# the entry points whose module failed to load: name -> what went wrong, said once as a
+# warning; the other families stay available
+FAILED_PLUGINS: dict[str, str] = {}
+
+
+class UnknownArchitecture(TorchVaeError):
+    """No family of this name is registered (``arch``: the name asked for)."""
+
+    def __init__(self, arch: str, message: str):
+        super().__init__(message)
+        self.arch = arch
 
 
 def _where(cls: type) -> str:
@@ -44,6 +58,7 @@ def register_model(cls: type[VAE]) -> type[VAE]:
         isinstance(config, type) and issubclass(config, ModelConfig) and config is not ModelConfig
     ):
         raise TypeError(f"{cls!r} must subclass VAE and name its own config_class")
+    _check_networks(cls, VAE)
     name = config.__dataclass_fields__["arch"].default
     old = MODELS.get(name)
     if old is not None and old is not cls and not _same_definition(old, cls):
@@ -55,18 +70,35 @@ def register_model(cls: type[VAE]) -> type[VAE]:
     return cls
 
 
+def _check_networks(cls: type, base: type) -> None:
+    """A family builds an encoder and a decoder: from its ``encoder_class`` and
+    ``decoder_class`` (modules), unless its own ``__init__`` builds them."""
+    from torch import nn
+
+    for part in ("encoder_class", "decoder_class"):
+        net = getattr(cls, part, None)
+        if net is None and cls.__init__ is base.__init__:
+            raise TypeError(f"{_where(cls)} names no {part}, the network it builds from its "
+                            "config (docs/model.md, Adding a model)")  # fmt: skip
+        if net is not None and not (isinstance(net, type) and issubclass(net, nn.Module)):
+            raise TypeError(f"{_where(cls)}.{part} must be a torch.nn.Module class, got {net!r}")
+
+
 def model_class(arch: str) -> type[VAE]:
-    """The class registered for ``arch``, or a one-line error naming the registered ones."""
+    """The class registered for ``arch``, or a one-line error naming the registered ones (and
+    why a plug-in of that name is missing, where it failed to load)."""
     if not isinstance(arch, str):
         raise TorchVaeError(f"the architecture must be a name such as 'original', got {arch!r}")
     if arch not in MODELS and not _loaded_entry_points:
         _load_entry_points()
-    if arch not in MODELS:
-        raise TorchVaeError(
-            f"unknown architecture {arch!r}; choose one of {architectures()} (or install the "
-            "package that provides it)"
-        )
-    return MODELS[arch]
+    if arch in MODELS:
+        return MODELS[arch]
+    if arch in FAILED_PLUGINS:
+        raise UnknownArchitecture(arch, f"{FAILED_PLUGINS[arch]}; fix or reinstall its package")
+    failed = "".join(f"; {why}" for why in FAILED_PLUGINS.values())
+    raise UnknownArchitecture(arch, f"unknown architecture {arch!r}; choose one of "
+                              f"{architectures()} (or install the package that provides it)"
+                              f"{failed}")  # fmt: skip
 
 
 def config_class(arch: str) -> type[ModelConfig]:
@@ -81,11 +113,17 @@ def architectures() -> tuple[str, ...]:
 
 
 def _load_entry_points() -> None:
-    _loaded_entry_points.append(True)
+    """Import every plug-in module of the entry point group, once; one that fails is said in
+    a warning and remembered (``FAILED_PLUGINS``), and the others load all the same."""
+    _loaded_entry_points.append(True)  # first: a plug-in that asks for the families meanwhile
     for ep in importlib.metadata.entry_points(group=ENTRY_POINTS):
         try:
             ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plug-in must not break the rest
-            raise TorchVaeError(
-                f"the model plug-in {ep.name} ({ep.value}) failed to load: {exc}"
-            ) from None
+            lines = str(exc).strip().splitlines()
+            why = f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+            FAILED_PLUGINS[ep.name] = (f"the model plug-in {ep.name} ({ep.value}) failed to "
+                                       f"load ({why})")  # fmt: skip
+            # "warning: " here: the command line reads the plug-ins before it sets up logging
+            log.warning("warning: %s; the other model families work (fix or uninstall its "
+                        "package)", FAILED_PLUGINS[ep.name])  # fmt: skip
