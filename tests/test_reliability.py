@@ -635,11 +635,20 @@ def test_in_a_job_a_signal_within_a_second_of_the_last_is_the_launcher_s_echo(mo
         assert stop.count == expected
     with pytest.raises(KeyboardInterrupt):  # the third Ctrl-C of the user stops at once
         stop._handle(signal.SIGINT, None)
-    monkeypatch.delenv("WORLD_SIZE")  # one process alone: every signal counts
+
+
+def test_alone_a_burst_of_signals_within_half_a_second_is_one_ctrl_c(monkeypatch):
+    """Ctrl-C hammered or held: one press, so the state is saved (three presses in a tenth of a
+    second stopped at once and saved nothing, removing a run in its first epoch)."""
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    clock = iter([20.0, 20.05, 20.1, 20.7, 20.8, 21.4])
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: next(clock))
     alone = train_mod.StopOnSignal()
-    alone._handle(signal.SIGINT, None)
-    alone._handle(signal.SIGINT, None)
-    assert alone.count == 2
+    for expected in (1, 1, 1, 2, 2):
+        alone._handle(signal.SIGINT, None)
+        assert alone.count == expected
+    with pytest.raises(KeyboardInterrupt):  # a third press apart from the others
+        alone._handle(signal.SIGINT, None)
 
 
 def test_a_resume_with_other_threads_than_the_run_s_says_its_numbers_differ(data, tmp_path, caplog):
@@ -728,6 +737,31 @@ def test_a_resume_of_an_epoch_cut_short_by_max_steps_says_its_files_are_replaced
         assert resume(run, data, "--max_steps", "5") == 0
     assert ("epoch 1 was cut short by --max_steps: its checkpoint, picture and metrics line are "
             "replaced when it ends") in caplog.text  # fmt: skip
+
+
+def test_an_interrupted_resume_of_an_epoch_cut_short_keeps_its_metrics_line(
+    data, tmp_path, monkeypatch
+):
+    """The line of an epoch that --max_steps cut short stays until the epoch's end replaces it:
+    a resume stopped before then left metrics.jsonl empty beside the epoch's weights."""
+    run = tmp_path / "run"
+    assert main(train_args(run, data, 2, "--max_steps", "3")) == 0  # 5 steps an epoch
+    cut = read_metrics(run)
+    assert [r["step"] for r in cut] == [3]
+    real, calls = VAE.objective, []
+
+    def objective(self, *a, **k):  # Ctrl-C during the resumed epoch's first step
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VAE, "objective", objective)
+    assert resume(run, data, "--max_steps", "5") == 130
+    assert read_metrics(run) == cut
+    monkeypatch.undo()
+    assert resume(run, data, "--max_steps", "5") == 0
+    assert [(r["epoch"], r["step"]) for r in read_metrics(run)] == [(1, 5)]  # replaced, once
 
 
 def test_a_young_run_measuring_far_worse_held_out_says_its_batch_norms_lag(caplog):

@@ -2,6 +2,7 @@
 hostile or careless user found, each as it was reproduced, and the rest of each kind."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -192,6 +193,7 @@ def test_signals_while_the_state_is_saved_wait_for_the_save(
         real(*a, **k)
 
     monkeypatch.setattr(train_mod, "save_train_state", save)
+    monkeypatch.setattr(train_mod.StopOnSignal, "REPEAT_SECONDS", 0.0)  # presses, not a burst
     calls = []
     real_objective = VAE.objective
 
@@ -218,6 +220,28 @@ def test_signals_while_the_state_is_saved_wait_for_the_save(
     err = capsys.readouterr().err.strip()
     assert err.endswith("its run is in its first epoch (or was killed in it); the weights are "
                         "written when the epoch ends") and "\n" not in err  # fmt: skip
+
+
+def test_a_run_stopped_at_once_in_its_first_epoch_says_its_folder_is_removed(
+    mnist_dir, tmp_path, monkeypatch, caplog
+):
+    from torch_vae.training import loop as train_mod
+
+    monkeypatch.setattr(train_mod.StopOnSignal, "REPEAT_SECONDS", 0.0)  # presses, not a burst
+    real = VAE.objective
+
+    def objective(self, *a, **k):  # three Ctrl-Cs in the first step: nothing saved yet
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(VAE, "objective", objective)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main(_train_args(run, mnist_dir)) == 130
+    assert not run.exists()
+    assert (f"stopped at once before anything of the run was saved: {run}, which held nothing "
+            "yet, is removed") in caplog.text  # fmt: skip
 
 
 def test_the_progress_bars_count_to_the_step_max_steps_ends_at(mnist_dir, tmp_path, capsys):

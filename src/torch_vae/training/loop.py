@@ -68,7 +68,7 @@ class StopOnSignal:
     set ``signum``: the training loop then saves its state at the end of the current step and
     stops. A second signal only says so (the save comes within a step); a third stops at once
     (KeyboardInterrupt), except while files are being saved (``saving``): then right after
-    them. Every file is written atomically, so a stop at once too leaves the last checkpoint
+    them. Signals in a burst (``REPEAT_SECONDS``) count as one. Every file is written atomically, so a stop at once too leaves the last checkpoint
     intact."""
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
@@ -77,6 +77,10 @@ class StopOnSignal:
     # as all of its process group, and passed on by the launcher a moment later. The second
     # within this many seconds is that echo, not another Ctrl-C.
     ECHO_SECONDS = 1.0
+    # Outside a job, a signal within this many seconds of the last one counted is the same
+    # Ctrl-C (the key hammered or held), so that a burst saves the state rather than forcing
+    # a stop that saves nothing.
+    REPEAT_SECONDS = 0.5
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -92,8 +96,8 @@ class StopOnSignal:
 
     def _handle(self, signum, frame) -> None:
         now = time.monotonic()
-        if self._in_job and now - self._last < self.ECHO_SECONDS:
-            return  # the launcher passing on the signal this process already got
+        if now - self._last < (self.ECHO_SECONDS if self._in_job else self.REPEAT_SECONDS):
+            return  # the launcher passing on the signal this process already got, or a burst
         self._last = now
         self.count += 1
         if self.signum is None:
@@ -336,10 +340,12 @@ def _restore(loop: Loop, state: dict[str, Any]) -> tuple[int, EpochProgress | No
     if loop.dist.is_main:
         if remove_stale_temporaries(run_dir, recursive=True):
             log.info("removed temporary files left by the interrupted run")
-        trim_metrics(run_dir, state["epoch"])
+        cut = state["partial"] and (run_dir / CHECKPOINTS_DIR / f"epoch_{state['epoch'] + 1:03d}"
+                                    ".safetensors").is_file()  # fmt: skip
+        # an epoch cut short by --max_steps keeps its line until the epoch's end replaces it
+        trim_metrics(run_dir, state["epoch"] + bool(cut))
         log.info("resuming %s at epoch %d, step %d", run_dir, state["epoch"] + 1, loop.step)
-        if state["partial"] and (run_dir / CHECKPOINTS_DIR / f"epoch_{state['epoch'] + 1:03d}"
-                                 ".safetensors").is_file():  # fmt: skip
+        if cut:
             log.info("epoch %d was cut short by --max_steps: its checkpoint, picture and metrics "
                      "line are replaced when it ends", state["epoch"] + 1)  # fmt: skip
         _warn_changed(state.get("threads"), torch.get_num_threads(), "threads", "--threads",

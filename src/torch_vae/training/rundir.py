@@ -121,10 +121,12 @@ def removed_if_unused(run_dir: Path, new: bool, is_main: bool = True) -> Iterato
     and its folder: a folder with only config.json blocks its name and cannot be resumed."""
     try:
         yield
-    except BaseException:
+    except BaseException as ended:
         if new and is_main:
             try:
-                remove_unused_run(run_dir)
+                if remove_unused_run(run_dir) and isinstance(ended, KeyboardInterrupt):
+                    log.warning("stopped at once before anything of the run was saved: %s, "
+                                "which held nothing yet, is removed", run_dir)  # fmt: skip
             except OSError as exc:  # the folder cannot be written: the error that ended the run
                 log.warning("could not remove the unfinished run folder %s (%s)", run_dir,
                             exc.strerror or exc)  # fmt: skip
@@ -231,7 +233,17 @@ def read_run_record(run_dir: Path) -> dict[str, Any]:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / METRICS_NAME, "a") as f:  # a torn last line is dropped on resume
+    """Add an epoch's ``record`` to the run's metrics.jsonl; where the file holds a line of that
+    epoch already (one that --max_steps cut short, now ended), the file is written again
+    without it, atomically."""
+    path, epoch = run_dir / METRICS_NAME, record.get("epoch")
+    if path.exists() and _is_count(epoch):
+        earlier = read_metrics(run_dir)
+        if any(_is_count(r.get("epoch")) and r["epoch"] >= epoch for r in earlier):
+            kept = [r for r in earlier if _is_count(r.get("epoch")) and r["epoch"] < epoch]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in [*kept, record]))
+            return
+    with open(path, "a") as f:  # a torn last line is dropped on resume
         f.write(json.dumps(record) + "\n")
 
 
