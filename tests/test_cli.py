@@ -913,6 +913,19 @@ def test_generate_replaces_an_earlier_run_s_images_only_once_the_new_ones_are_wr
     ]
 
 
+def test_the_removal_of_an_earlier_command_s_pictures_is_counted_in_words(tmp_path, caplog):
+    from torch_vae.analysis.pictures import clear_earlier
+
+    for n in (1, 3):
+        for i in range(n):
+            (tmp_path / f"sample_{i:05d}.png").write_bytes(b"png")
+        with caplog.at_level(logging.INFO, logger="torch_vae"):
+            assert clear_earlier(tmp_path, "sample") == n
+        files = "1 sample_*.png file" if n == 1 else "3 sample_*.png files"
+        assert f"removed {files} an earlier torch-vae command wrote in {tmp_path}" in caplog.text
+        caplog.clear()
+
+
 def test_generate_and_reconstruct_refuse_a_user_s_all_png_before_the_work(
     trained, mnist_dir, tmp_path, capsys
 ):

@@ -313,6 +313,11 @@ def test_a_real_server_on_a_free_port(explorer):
             r = http.post("api/encode", content=b"x" * (11 * 2**20), headers={
                 "Content-Type": "multipart/form-data; boundary=x"})  # fmt: skip
             assert r.status_code == 413
+            assert "an uploaded image may have 10,485,760 bytes (10 MiB) at most" in r.text
+            r = http.post("api/decode", content=b" " * (11 * 2**20), headers={
+                "Content-Type": "application/json"})  # fmt: skip
+            assert r.status_code == 413 and "uploaded image" not in r.text
+            assert "far more than any request of this route needs" in r.json()["detail"]
 
 
 def test_a_port_in_use_is_one_line():

@@ -779,3 +779,14 @@ def test_a_young_run_measuring_far_worse_held_out_says_its_batch_norms_lag(caplo
             "running statistics") in said(30, 274.1, 517.8)  # fmt: skip
     assert "batch norms" not in said(30, 274.1, 230.0)  # held-out no worse: nothing to say
     assert "batch norms" not in said(5000, 274.1, 517.8)  # a long run: something else
+
+
+def test_a_damaged_state_s_error_keeps_the_first_sentence_of_pytorch_s(tmp_path):
+    from torch_vae.training.state import _damaged
+
+    said = str(_damaged(tmp_path, tmp_path / "ckpt.pt", RuntimeError(
+        "PytorchStreamReader failed reading zip archive: failed finding central directory. "
+        "This is an internal miniz error. If you are seeing this error, there is most likely a "
+        "bug")))  # fmt: skip
+    assert ("(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding "
+            "central directory), so the run cannot resume") in said  # fmt: skip

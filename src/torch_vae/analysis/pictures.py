@@ -67,7 +67,8 @@ def clear_earlier(outdir: Path, prefix: str) -> int:
         path.unlink()
         removed += 1
     if removed:
-        log.info("removed %d %s_*.png files an earlier run left in %s", removed, prefix, outdir)
+        log.info("removed %d %s_*.png file%s an earlier torch-vae command wrote in %s", removed,
+                 prefix, "s" * (removed != 1), outdir)  # fmt: skip
     return removed
 
 

@@ -591,10 +591,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope, receive, send) -> None:
-        detail = (
-            f"the request body is larger than {self.limit:,} bytes: an uploaded image may have "
-            f"{MAX_UPLOAD_BYTES:,} bytes ({MAX_UPLOAD_BYTES / 2**20:.0f} MiB) at most"
-        )
+        detail = f"the request body is larger than {self.limit:,} bytes"
+        if scope.get("path") == "/api/encode":
+            detail += (f": an uploaded image may have {MAX_UPLOAD_BYTES:,} bytes "
+                       f"({MAX_UPLOAD_BYTES / 2**20:.0f} MiB) at most")  # fmt: skip
+        else:  # a JSON request: codes and settings, a few kilobytes
+            detail += ", far more than any request of this route needs (a few kilobytes of JSON)"
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 

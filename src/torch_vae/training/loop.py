@@ -68,8 +68,8 @@ class StopOnSignal:
     set ``signum``: the training loop then saves its state at the end of the current step and
     stops. A second signal only says so (the save comes within a step); a third stops at once
     (KeyboardInterrupt), except while files are being saved (``saving``): then right after
-    them. Signals in a burst (``REPEAT_SECONDS``) count as one. Every file is written atomically, so a stop at once too leaves the last checkpoint
-    intact."""
+    them. Signals in a burst (``REPEAT_SECONDS``) count as one. Every file is written
+    atomically, so a stop at once too leaves the last checkpoint intact."""
 
     SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
     FORCE_AT = 3  # the signal that stops at once

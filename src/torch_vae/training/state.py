@@ -215,6 +215,7 @@ def _damaged(run_dir: Path, path: Path, exc: Exception) -> TorchVaeError:
     said = " ".join(str(exc).split())
     if said.startswith("Weights only load failed"):  # PyTorch's advice to load unsafely
         said = "it is not a file of tensors that loads without running code from it"
+    said = said.split(". ", 1)[0]  # the first sentence: PyTorch's go on about its internals
     said = f"{type(exc).__name__}: {said[:150]}{'...' if len(said) > 150 else ''}"
     if path.is_file() and path.stat().st_size == 0:
         said = "an empty file"
