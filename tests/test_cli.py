@@ -1028,3 +1028,19 @@ def test_a_command_on_images_of_another_dataset_than_the_model_s_says_so(tmp_pat
     with caplog.at_level(logging.INFO, logger="torch_vae"):
         assert resolve_dataset(model, None, tmp_path / "m") == "mnist"
     assert "trained on" not in caplog.text
+
+
+def test_an_epoch_s_picture_is_titled_with_its_epoch_and_step(train_tiny, tmp_path, monkeypatch):
+    from torch_vae.analysis import pictures
+
+    titles, real = [], pictures.with_title
+    monkeypatch.setattr(
+        pictures, "with_title", lambda p, title: titles.append(title) or real(p, title)
+    )
+    train_tiny(tmp_path / "run", "--max_steps", "5")  # 3 steps an epoch: 3, then 2 of epoch 2
+    assert titles == [
+        "held-out image | reconstruction",
+        "epoch 1, step 3: samples (fixed codes)",
+        "held-out image | reconstruction",
+        "epoch 2, step 5: samples (fixed codes)",
+    ]

@@ -103,23 +103,30 @@ def prior_draw(model: VAE) -> Draw:
 
 @torch.no_grad()
 def epoch_picture(
-    model: VAE, z: Tensor, test_images: Tensor, device, test_labels: Tensor | None = None
+    model: VAE,
+    z: Tensor,
+    test_images: Tensor,
+    device,
+    test_labels: Tensor | None = None,
+    heading: str = "",
 ) -> np.ndarray:
     """Top: samples from fixed latents (a conditional model's: class i % K in sample i);
     bottom: test images (of the classes ``test_labels``) beside their reconstructions. A
     discrete model's picture has no samples: its own prior is uniform over the codes, which
-    decodes to noise (its samples come from a prior fitted after training)."""
+    decodes to noise (its samples come from a prior fitted after training). ``heading``
+    (e.g. "epoch 3, step 1290") begins the picture's first title."""
     model.eval()
     x = to_float(test_images, device)
     y = test_labels.to(x.device) if test_labels is not None else None
     pairs = grid(side_by_side(to_uint8(x), to_uint8(model.reconstruct(x, y))), nrow=4)
-    bottom = with_title(pairs, f"held-out {PAIRS_TITLE}")
+    lead = f"{heading}: " if heading else ""
     if model.latent_kind == "discrete":
-        return bottom
+        return with_title(pairs, f"{lead}held-out {PAIRS_TITLE}")
+    bottom = with_title(pairs, f"held-out {PAIRS_TITLE}")
     k = model.config.num_classes
     y = torch.arange(len(z), device=z.device) % k if k else None
     drawn = "samples (fixed codes" + (", classes in turn)" if k else ")")
-    top = with_title(grid(to_uint8(model.decode(z, y)), nrow=8), drawn)
+    top = with_title(grid(to_uint8(model.decode(z, y)), nrow=8), lead + drawn)
     return stack_rows([top, bottom])
 
 

@@ -544,7 +544,7 @@ def save_checkpoint(
     run_dir, model, dataset = loop.plan.run_dir, loop.model, loop.cfg.dataset
     labels = loop.test_labels[:N_PICTURE] if loop.test_labels is not None else None
     picture = epoch_picture(model, loop.fixed_z, loop.test_images[:N_PICTURE], loop.device,
-                            labels)  # fmt: skip
+                            labels, f"epoch {epoch}, step {loop.step}")  # fmt: skip
     with _saving(loop):
         save_model(model, run_dir / CHECKPOINTS_DIR / f"epoch_{epoch:03d}.safetensors", dataset)
         save_model(model, run_dir / WEIGHTS_NAME, dataset)
