@@ -201,6 +201,11 @@ def test_resume_extends_epochs_and_checks_flags(data, tmp_path, capsys):
         "already finished (2 of --epochs 2, 10 steps); to train it further, pass a larger --epochs"
         in one_line(capsys)
     )
+    assert resume(run, data, "--max_steps", "10") == 1  # all its epochs done: --epochs first
+    assert one_line(capsys).endswith(
+        "(2 of --epochs 2, 10 steps); to train it further, pass a larger --epochs and a larger "
+        "--max_steps (or --max_steps 0)"
+    )
     assert resume(run, data, "--epochs", "1") == 1  # fewer epochs than its own: never shortened
     said = one_line(capsys)
     assert "--epochs 1 is fewer than the run's own 2: a resume may raise --epochs" in said

@@ -226,10 +226,11 @@ def plan_resume(
     steps_left = not train.max_steps or state["step"] < train.max_steps
     finished = state["epoch"] >= train.epochs or (not steps_left and state.get("evaluated", True))
     if finished:
-        fix = "a larger --epochs"
-        if not steps_left:
+        if state["epoch"] < train.epochs:  # stopped by --max_steps before its last epoch
             fix = f"a larger --max_steps, or --max_steps 0 to train to --epochs {train.epochs}"
-            fix += " (with a larger --epochs)" if state["epoch"] >= train.epochs else ""
+        else:
+            fix = "a larger --epochs" + ("" if steps_left else " and a larger --max_steps "
+                                         "(or --max_steps 0)")  # fmt: skip
         raise TorchVaeError(
             f"the run in {run_dir} is already finished ({_progress(state, train)}); to train "
             f"it further, pass {fix}"
