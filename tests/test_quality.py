@@ -122,6 +122,11 @@ def test_sample_quality_command_reports_every_field(train_tiny, labelled, tmp_pa
     assert (
         "the test split holds 20 images: distances measured against so few are rough" in caplog.text
     )
+    assert (
+        "measured on 16 samples: the FD and KID fall as the samples grow, and the recall "
+        "rests on the k-NN balls of so few points; compare samplers and models only at the "
+        "same --nsamples (1000 or more for more than a rough measure)"
+    ) in caplog.text
     # the samples are seeded: a second run gives the same report (but its time)
     assert main([*args, "--classifier", str(clf), *common]) == 0
     again = json.loads(report.read_text())

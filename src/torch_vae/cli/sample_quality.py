@@ -90,6 +90,12 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
                     "rough (FID's bias alone is large below a few thousand); compare models "
                     "only against the same images", report["reference"],
                     report["n_reference"])  # fmt: skip
+    n = report["samples"]["n_images"]
+    if not o.reconstructions and n < FEW_IMAGES:
+        log.warning("measured on %d samples: the FD and KID fall as the samples grow, and the "
+                    "recall rests on the k-NN balls of so few points; compare samplers and "
+                    "models only at the same --nsamples (%d or more for more than a rough "
+                    "measure)", n, FEW_IMAGES)  # fmt: skip
     print_quality(report)  # first: the numbers are on the screen whatever befalls the file
     write_report(path, report)
     print(f"report: {path}")
