@@ -78,6 +78,17 @@ def test_sharpen_keeps_a_gaussian_model_s_posterior_and_carries_its_gmm(
     assert load_sampler(out).kind == "gmm"
 
 
+def test_sharpen_max_steps_stops_early_and_records_the_steps_taken(trained, mnist_dir, tmp_path):
+    out = tmp_path / "quick"
+    # the run's 32 training images in batches of 8: 4 steps an epoch; 7 of the 2 epochs' 8
+    assert sharpen(trained, out, mnist_dir, "--max_steps", "7") == 0
+    epochs = json.loads((out / "config.json").read_text())["sharpen"]["epochs"]
+    assert [(e["epoch"], e["steps"]) for e in epochs] == [(1, 4), (2, 3)]
+    assert sharpen(trained, tmp_path / "one", mnist_dir, "--max_steps", "3") == 0
+    epochs = json.loads((tmp_path / "one" / "config.json").read_text())["sharpen"]["epochs"]
+    assert [(e["epoch"], e["steps"]) for e in epochs] == [(1, 3)]
+
+
 def test_a_sampler_fitted_to_other_weights_is_left_behind_with_a_warning(
     vq_run, mnist_dir, tmp_path, caplog
 ):
@@ -133,6 +144,7 @@ def test_sharpen_refuses_bad_flags_and_an_existing_out_in_one_line(
     assert "already exists; pass another --out" in capsys.readouterr().err
     for flags, message in (
         (["--epochs", "0"], "--epochs must be a positive integer"),
+        (["--max_steps", "-1"], "--max_steps must be"),
         (["--adversarial", "-1"], "--adversarial must be a number >= 0"),
         (["--lr", "0"], "--lr must be a number > 0"),
         (["--batchsize", "100"], "fewer than --batchsize 100"),

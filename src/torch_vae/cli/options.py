@@ -375,11 +375,14 @@ class SharpenOptions:
         "auto", "precision of the decoder's forward pass: auto is bf16 where the device "
         "computes it natively, else fp32", choices=("auto", "fp32", "bf16"),
     )  # fmt: skip
+    max_steps: int = option(0, "stop after this many steps, e.g. 20 for a quick check (0: "
+                               "every step of --epochs)")  # fmt: skip
     dataset: str | None = option(None, DATASET_HELP + " (default: the model's)")
     data_dir: Path | None = option(None, DATA_DIR_HELP)
 
     def __post_init__(self) -> None:
         positive("--epochs", self.epochs, 10_000)
+        non_negative("--max_steps", self.max_steps, 10_000_000)
         check_number("--adversarial", self.adversarial, 0.0, False, "--adversarial 1")
         check_number("--lr", self.lr, 0.0, True, "--lr 1e-4")
         check_number("--disc_lr", self.disc_lr, 0.0, True, "--disc_lr 2e-4")

@@ -51,7 +51,7 @@ def run(o: SharpenOptions, runtime: Runtime) -> dict:
     test_labels = test_labels[:N_PICTURE] if test_labels is not None else None
     before = _reconstructions(model, test, test_labels, device)
     settings = SharpenSettings(o.epochs, o.adversarial, o.lr, o.disc_lr, o.disc_width, o.warmup,
-                               o.batchsize, o.seed, o.precision)  # fmt: skip
+                               o.batchsize, o.seed, o.precision, o.max_steps)  # fmt: skip
     log.info("sharpening the decoder of %s on %d training images", o.model, len(rows))
     start = time.perf_counter()
     records = sharpen_decoder(model, images, labels, settings, device, not runtime.quiet, rows)

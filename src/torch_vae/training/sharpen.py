@@ -54,6 +54,7 @@ class SharpenSettings:
     batchsize: int = 128
     seed: int = 0
     precision: str = "auto"
+    max_steps: int = 0  # stop after this many steps (0: every step of the epochs)
 
 
 class Discriminator(nn.Module):
@@ -159,12 +160,15 @@ def sharpen_decoder(
     model.requires_grad_(False)
     model.decoder.requires_grad_(True).train()
     trainer = _Trainer(model, s, device)
-    per_epoch = n // s.batchsize
-    bar = tqdm(total=s.epochs * per_epoch, desc="sharpen", unit="step", disable=not progress)
+    total = s.epochs * (n // s.batchsize)
+    total = min(total, s.max_steps) if s.max_steps else total
+    bar = tqdm(total=total, desc="sharpen", unit="step", disable=not progress)
     records = []
     try:
         for epoch in range(1, s.epochs + 1):
-            records.append(_epoch(trainer, images, labels, rows, device, bar, epoch))
+            if trainer.steps >= total:  # --max_steps reached
+                break
+            records.append(_epoch(trainer, images, labels, rows, device, bar, epoch, total))
             r = records[-1]
             log.info("epoch %d/%d: squared error %.4f per image, discriminator loss %.4f, "
                      "adversarial weight %.3f, %.0f s", epoch, s.epochs, r["recon"],
@@ -181,10 +185,11 @@ def sharpen_decoder(
     return records
 
 
-def _epoch(trainer: _Trainer, images, labels, rows, device, bar, epoch: int) -> dict:
+def _epoch(trainer: _Trainer, images, labels, rows, device, bar, epoch: int, total: int) -> dict:
+    """One epoch's steps (those left of ``total`` steps in all, at most) and its record."""
     s, start, sums = trainer.s, time.perf_counter(), torch.zeros(3, dtype=torch.float64)
     order = rows[torch.randperm(len(rows), generator=trainer.generator)]
-    per_epoch = len(rows) // s.batchsize
+    per_epoch = min(len(rows) // s.batchsize, total - trainer.steps)
     for i in range(per_epoch):
         batch = order[i * s.batchsize : (i + 1) * s.batchsize].sort().values.numpy()
         x = to_float(torch.from_numpy(images[batch]), device)
@@ -198,8 +203,8 @@ def _epoch(trainer: _Trainer, images, labels, rows, device, bar, epoch: int) -> 
         bar.set_postfix(epoch=epoch, recon=f"{stats[0]:.3f}", disc=f"{stats[1]:.3f}")
     recon, disc, weight = (sums / per_epoch).tolist()
     seconds = round(time.perf_counter() - start, 1)
-    return {"epoch": epoch, "recon": recon, "disc_loss": disc, "adversarial_weight": weight,
-            "seconds": seconds}  # fmt: skip
+    return {"epoch": epoch, "steps": per_epoch, "recon": recon, "disc_loss": disc,
+            "adversarial_weight": weight, "seconds": seconds}  # fmt: skip
 
 
 def carry_samplers(source: Path, source_weights: Path, weights: Path) -> list[str]:
