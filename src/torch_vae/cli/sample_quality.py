@@ -85,21 +85,27 @@ def run(o: SampleQualityOptions, runtime: Runtime) -> dict:
     suffix += f"-n{o.nsamples}" if o.nsamples != NSAMPLES and not o.reconstructions else ""
     suffix += f"-seed{o.seed}" if o.seed else ""
     path = o.report or default_report(o.model, f"sample-quality-{tag}{suffix}")
+    _say_rough(report, o.reconstructions)
+    print_quality(report)  # first: the numbers are on the screen whatever befalls the file
+    write_report(path, report)
+    print(f"report: {path}")
+    return report
+
+
+def _say_rough(report: dict, reconstructions: bool) -> None:
+    """Warnings where the reference images or the samples are too few for more than a rough
+    measure."""
     if report["n_reference"] < FEW_IMAGES:
         log.warning("the %s split holds %d images: distances measured against so few are "
                     "rough (FID's bias alone is large below a few thousand); compare models "
                     "only against the same images", report["reference"],
                     report["n_reference"])  # fmt: skip
     n = report["samples"]["n_images"]
-    if not o.reconstructions and n < FEW_IMAGES:
+    if not reconstructions and n < FEW_IMAGES:
         log.warning("measured on %d samples: the FD and KID fall as the samples grow, and the "
                     "recall rests on the k-NN balls of so few points; compare samplers and "
                     "models only at the same --nsamples (%d or more for more than a rough "
                     "measure)", n, FEW_IMAGES)  # fmt: skip
-    print_quality(report)  # first: the numbers are on the screen whatever befalls the file
-    write_report(path, report)
-    print(f"report: {path}")
-    return report
 
 
 def _n_train(model, dataset, o: SampleQualityOptions, runtime: Runtime) -> int:
