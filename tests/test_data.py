@@ -577,3 +577,27 @@ def test_a_folder_s_images_smaller_than_the_image_size_are_counted_once(tmp_path
         "smallest 8 pixels): they are upscaled, blurred; a model of a smaller "
         "image size (train --image_size) keeps them sharp"
     ]
+
+
+def test_commands_on_a_model_whose_image_folder_changed_warn_of_its_test_split(tmp_path, caplog):
+    """Images added to the folder move others between the splits (every tenth of the sorted
+    names is a test image): evaluate measured images the model trained on without a word, and
+    fit-sampler said the run held out no validation split."""
+    from torch_vae.cli import main
+
+    folder, run, common = _folder_run_stopped_in_epoch_1(tmp_path)
+    assert json.loads((run / "config.json").read_text())["split"]["validation_images"] == 1
+    evaluate = ["evaluate", "--model", str(run), "--iw_samples", "0", *common]
+    changed = f"{folder} changed since the run of {run} trained on it (images added, removed"
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main([*evaluate, "--report", str(tmp_path / "before.json")]) == 0
+    assert "changed since the run" not in caplog.text
+    Image.new("L", (28, 28), 3).save(folder / "a-new-one.png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main([*evaluate, "--report", str(tmp_path / "after.json")]) == 0
+        assert main(["fit-sampler", "--model", str(run), "--sampler", "gaussian", *common]) == 0
+    assert caplog.text.count(changed) == 2, caplog.text
+    assert ("training images (the run's validation split is not among them: the dataset "
+            "changed since it trained)") in caplog.text  # fmt: skip
+    assert "held out no validation split" not in caplog.text

@@ -27,6 +27,7 @@ from ..io.png import SOFTWARE
 from ..io.weights import CHECKPOINTS_DIR, CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
+from ..training.plan import folder_contents
 from ..training.rundir import RunLock, read_metrics
 from .options import Runtime
 
@@ -76,7 +77,23 @@ def resolve_dataset(
                        "pass the dataset the model was trained on")  # fmt: skip
     if writes is not None:
         check_outside_dataset(writes, dataset, model.dataset)
+    _say_if_changed(model_path, model, dataset)
     return dataset
+
+
+def _say_if_changed(model_path: Path, model: VAE, dataset: str) -> None:
+    """A warning where ``dataset`` is the image folder the model's run trained on and no longer
+    holds the images it recorded (their names and sizes): the splits, drawn from the sorted
+    names, then mix images the model trained on into the test split."""
+    if not dataset.startswith("folder:") or not is_models_dataset(model, dataset):
+        return
+    want = run_config(model_path).get("images_sha256")
+    if isinstance(want, str) and folder_contents(dataset) != want:
+        log.warning("%s changed since the run of %s trained on it (images added, removed or "
+                    "resized): its splits come from the sorted file names (every tenth is a "
+                    "test image), so they now mix images the model trained on with others; "
+                    "measure on the folder as it was, or a copy of it",
+                    dataset.removeprefix("folder:"), model_path)  # fmt: skip
 
 
 def check_outside_dataset(outdir: Path, *datasets: str | None, flag: str = "--outdir") -> None:
@@ -430,6 +447,10 @@ def held_out_rows(model_path: Path, n: int, data_dir: Path | None = None):
     if excluded:
         kept = torch.from_numpy(rows_without(train.get("dataset"), "train", n, excluded, data_dir))
     if rows is None:
+        split = config.get("split") if isinstance(config.get("split"), dict) else {}
+        if split.get("validation_images"):  # recorded, but not found among these images
+            return kept, None, ("training images (the run's validation split is not among "
+                                "them: the dataset changed since it trained)")  # fmt: skip
         return kept, None, "training images (the model held out no validation split)"
     if kept is None:
         return rows[0], rows[1], "validation images"
