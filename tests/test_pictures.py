@@ -163,6 +163,9 @@ def test_the_curves_of_a_finished_run_end_at_its_last_epoch(train_tiny, tmp_path
     monkeypatch.setattr(loop, "curves_due", lambda epoch, seconds: epoch == 2)
     run = train_tiny(tmp_path / "run", "--epochs", "3")
     assert drawn == [2, 3] and (run / "images" / "curves.png").is_file()
+    drawn.clear()  # --max_steps ends the run in its third epoch: drawn there too
+    train_tiny(tmp_path / "cut", "--epochs", "3", "--max_steps", "7")  # 3 steps an epoch
+    assert drawn == [2, 3]
     drawn.clear()
     monkeypatch.setattr(loop, "curves_due", lambda epoch, seconds: False)
     train_tiny(tmp_path / "never", "--epochs", "3")  # never due (a test's tiny epochs): none

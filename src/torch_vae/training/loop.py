@@ -554,7 +554,7 @@ def save_checkpoint(
         _save_state(loop, epoch - 1 if partial else epoch, partial)
     loop.saved_step = loop.step
     # images/curves.png, when due and after the run's last epoch; never raises
-    write_curves(run_dir, record, last=partial is None and loop.step >= loop.total_steps)
+    write_curves(run_dir, record, last=loop.step >= loop.total_steps)  # --max_steps' cut too
     loop.loggers.scalars(record["step"], epoch_scalars(record))
     loop.loggers.image(EPOCH_PICTURE, record["step"], picture)
 
