@@ -1044,3 +1044,15 @@ def test_an_epoch_s_picture_is_titled_with_its_epoch_and_step(train_tiny, tmp_pa
         "held-out image | reconstruction",
         "epoch 2, step 5: samples (fixed codes)",
     ]
+
+
+def test_reconstruct_nimages_above_the_split_says_it_takes_them_all(
+    trained, mnist_dir, tmp_path, caplog
+):
+    out = tmp_path / "rec"
+    args = ["reconstruct", "--model", str(trained), "--rec_testdata", "--nimages", "500",
+            "--outdir", str(out), "--data_dir", str(mnist_dir)]  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="torch_vae"):
+        assert main(args) == 0
+    assert "--nimages 500: the test split holds 20 images, all reconstructed" in caplog.text
+    assert len(list(out.glob("rec_*.png"))) == 20

@@ -144,6 +144,15 @@ def split_images(
     return with_channels(images, model.config.in_channels)
 
 
+def first_images(images, nimages: int, split: str, verb: str):
+    """The first ``nimages`` of a split's ``images`` (0: all), with a log line where the split
+    holds fewer (``verb``: what the command does to them, "measured")."""
+    if nimages > len(images):
+        log.info("--nimages %d: the %s split holds %d images, all %s", nimages, split,
+                 len(images), verb)  # fmt: skip
+    return images[: nimages or None]
+
+
 def split_files(dataset: str, split: str) -> list[str] | None:
     """An image folder's split's files (paths in the folder, '/'-separated), in the order its
     images are decoded; None for a registered dataset."""

@@ -17,6 +17,7 @@ from .common import (
     check_output_file,
     check_outside_dataset,
     default_report,
+    first_images,
     model_and_dataset,
     recorded_split,
     say_held_out_among,
@@ -56,10 +57,7 @@ def run(o: EvaluateOptions, runtime: Runtime) -> dict:
         discrete = model.latent_kind == "discrete"
         path = default_report(o.model, report_name(o, dataset, len(images), discrete))
         check_output_file(path, "the report (--report to write it elsewhere)", report=True)
-    if o.nimages > len(images):
-        log.info("--nimages %d: the %s split holds %d images, all measured", o.nimages, o.split,
-                 len(images))  # fmt: skip
-    images = images[: o.nimages or None]
+    images = first_images(images, o.nimages, o.split, "measured")
     train = torch.from_numpy(split_images(model, dataset, "train", o.data_dir, runtime))
     train_labels = split_labels(model, dataset, "train", o.data_dir, len(train))
     if fit_rows is not None:

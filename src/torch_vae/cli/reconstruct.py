@@ -10,6 +10,7 @@ from ..analysis.pictures import write_reconstructions
 from .common import (
     check_flags,
     check_outdir,
+    first_images,
     model_and_dataset,
     say_left_out,
     split_files,
@@ -28,7 +29,7 @@ def run(o: ReconstructOptions, runtime: Runtime) -> None:
     split = "test" if o.rec_testdata else "train"
     images = split_images(model, dataset, split, o.data_dir, runtime)
     labels = split_labels(model, dataset, split, o.data_dir, len(images))
-    images = images[: o.nimages or None]
+    images = first_images(images, o.nimages, split, "reconstructed")
     say_left_out(o.model, model, dataset, split, "reconstructed")
     if labels is not None:  # a conditional model encodes and decodes each image with its class
         labels = labels[: len(images)]
