@@ -292,6 +292,36 @@ def test_save_pretrained_refuses_a_file_name_and_names_save_model(tmp_path):
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_save_pretrained_refuses_a_training_run_s_folder(trained):
+    """A run's config.json (its training config and split, which --resume reads) was replaced
+    by a model folder's, and the run could not resume."""
+    import torch_vae
+
+    config, state = (trained / "config.json").read_bytes(), (trained / "ckpt.pt").read_bytes()
+    model = torch_vae.load_model(trained)
+    with pytest.raises(TorchVaeError, match="is the folder of a training run: its config.json"):
+        model.save_pretrained(trained)
+    (trained / "ckpt.pt").unlink()  # a finished run's config.json alone says so too
+    with pytest.raises(TorchVaeError, match="save into another folder"):
+        model.save_pretrained(trained)
+    assert (trained / "config.json").read_bytes() == config
+    (trained / "ckpt.pt").write_bytes(state)
+    out = model.save_pretrained(trained.parent / "mine")  # a model folder: written, and again
+    assert model.save_pretrained(out) == out
+
+
+def test_the_python_api_names_a_wrong_type_of_path_or_generator():
+    import torch_vae
+
+    with pytest.raises(TypeError, match="the model's path must be a str or a pathlib.Path"):
+        torch_vae.load_model(None)
+    post = VAE(ModelConfig(image_size=16, latent_dims=3, max_filters=8, depth=2)).encode(
+        torch.rand(2, 1, 16, 16)
+    )
+    with pytest.raises(TypeError, match=r"generator must be a torch.Generator .* not 0"):
+        post.sample(0)
+
+
 @pytest.mark.parametrize("arch", ["original", "dcgan", "resnet", "vqvae"])
 def test_model_config_tiny_of_an_arch_is_that_family_s_tiny_config(arch):
     from torch_vae.models.registry import config_class

@@ -43,7 +43,14 @@ from torch import nn
 
 from ..errors import TorchVaeError
 from ..io.files import write_text_atomic
-from ..io.weights import CONFIG_NAME, WEIGHTS_NAME, read_metadata, read_weights, write_weights
+from ..io.weights import (
+    CONFIG_NAME,
+    STATE_NAME,
+    WEIGHTS_NAME,
+    read_metadata,
+    read_weights,
+    write_weights,
+)
 from ..runtime.device import DEVICES, autocast_off, available_memory, pick_device, randn
 from ..version import __version__
 from .conditions import class_labels
@@ -437,6 +444,9 @@ class VAE(nn.Module):
     @classmethod
     def _read(cls, path: str | os.PathLike, dtype: torch.dtype | None, device: torch.device) -> VAE:
         """``from_pretrained`` once ``dtype`` and ``device`` are checked (``_placement``)."""
+        if not isinstance(path, str | os.PathLike):
+            raise TypeError(f"the model's path must be a str or a pathlib.Path (a run folder, a "
+                            f"model folder or a .safetensors file), not {path!r}")  # fmt: skip
         meta = read_metadata(path)
         config = _stored_config(meta)
         family = model_class(config.arch)
@@ -473,6 +483,11 @@ class VAE(nn.Module):
             raise TorchVaeError(f"save_pretrained writes a folder ({WEIGHTS_NAME} and "
                                 f"{CONFIG_NAME}), not {folder.name}; for one file: "
                                 "torch_vae.save_model(model, path)")  # fmt: skip
+        if _is_run_folder(folder):
+            raise TorchVaeError(f"{folder} is the folder of a training run: its {CONFIG_NAME} "
+                                "records the run (its training config and split, which "
+                                "--resume and the commands on it read), which save_pretrained "
+                                "would replace; save into another folder")  # fmt: skip
         dataset = dataset or self.dataset
         save_model(self, folder / WEIGHTS_NAME, dataset)
         config = {"torch_vae_version": __version__, "model": self.config.to_dict()}
@@ -480,6 +495,18 @@ class VAE(nn.Module):
             config["dataset"] = dataset
         write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
         return folder
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a training run (its training state, or a config.json with a
+    training config), not a model folder of ``save_pretrained``."""
+    if (folder / STATE_NAME).exists():
+        return True
+    try:
+        config = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "train" in config
 
 
 def _check_tensor(value: Any, call: str, what: str) -> None:

@@ -41,6 +41,9 @@ class Posterior(NamedTuple):
         """Reparameterised sample z = mu + sigma * eps: (B, d), or (n, B, d) for ``n`` samples
         per image. ``generator`` may live on another device than ``mu`` (a CPU generator: the
         same eps on every device)."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (torch.Generator()."
+                            f"manual_seed(seed)), not {generator!r}")  # fmt: skip
         shape = self.mu.shape if n is None else (n, *self.mu.shape)
         return self.reparameterize(randn(shape, generator, self.mu.device, self.mu.dtype))
 

@@ -401,7 +401,8 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
             if loop.step % LOG_EVERY == 0 or i == steps - 1:
                 stop = _read_losses(loop, epoch, ep, pending)
                 if loop.progress:
-                    rate = ep.seen / (spent + time.perf_counter() - t0)
+                    # the job's images: each process sees its share of the batch
+                    rate = ep.seen * loop.dist.world / (spent + time.perf_counter() - t0)
                     loss = ep.totals["loss"] / max(ep.seen, 1)
                     bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{rate:.0f}")
     _read_losses(loop, epoch, ep, pending)  # stopped by --max_steps
@@ -528,7 +529,8 @@ def _say_early(loop: Loop, train: float, held_out: float) -> None:
     """A log line where a run of few steps measures far worse on held-out images than in
     training: eval mode's batch norms use running statistics that lag weights this young
     (their pictures' reconstructions can come out dark), which a longer run outgrows."""
-    if loop.step < EARLY_STEPS and held_out > 1.5 * train:
+    # a ratio of positive losses only (the gaussian reconstruction loss may be negative)
+    if loop.step < EARLY_STEPS and 0 < train and held_out > 1.5 * train:
         log.info("after only %d steps the %s loss is %.1fx the training loss: the batch norms' "
                  "running statistics, which evaluation and pictures use, still lag the weights; "
                  "a few hundred steps more and they catch up", loop.step, loop.eval_prefix,
