@@ -66,8 +66,9 @@ class Precision:
                         "natively")  # fmt: skip
         if precision == "bf16" and train and bf16_emulated(self.device):
             log.warning("this CPU has neither AMX nor AVX-512 BF16, so PyTorch emulates "
-                        "bf16 and --precision bf16 trains about 2x slower than fp32 here "
-                        "(docs/benchmarks.md); --precision auto takes fp32 on it")  # fmt: skip
+                        "bf16 and --precision bf16 trains 2-9x slower than fp32 here (2.3x on "
+                        "an AVX-512 Xeon, 9x on an AVX2 AMD EPYC: docs/benchmarks.md); "
+                        "--precision auto takes fp32 on it")  # fmt: skip
         scale = train and precision == "fp16" and self.device.type == "cuda"
         self.scaler = grad_scaler(self.device) if scale else None
 
