@@ -575,7 +575,8 @@ def test_a_folder_s_images_smaller_than_the_image_size_are_counted_once(tmp_path
     assert said == [
         "6 of the folder's 12 images are smaller than 16x16 (shorter side; the "
         "smallest 8 pixels): they are upscaled, blurred; a model of a smaller "
-        "image size (train --image_size) keeps them sharp"
+        "image size (train --image_size) keeps them sharp, as does one that works on their "
+        "originals (train --native_size, for images all of one size; docs/model.md)"
     ]
 
 

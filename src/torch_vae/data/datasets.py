@@ -418,7 +418,9 @@ class FolderDataset(Dataset):
         if small:
             log.info("%d of the folder's %d images are smaller than %dx%d (shorter side; the "
                      "smallest %d pixels): they are upscaled, blurred; a model of a smaller "
-                     "image size (train --image_size) keeps them sharp",
+                     "image size (train --image_size) keeps them sharp, as does one that "
+                     "works on their originals (train --native_size, for images all of one "
+                     "size; docs/model.md)",
                      len(small), len(self.shortest), size, size, min(small))  # fmt: skip
 
     def splits(self) -> tuple[str, ...]:
