@@ -370,39 +370,12 @@ def test_a_family_defined_again_replaces_itself_and_a_clash_names_both(monkeypat
 def test_a_family_whose_networks_ignore_work_size_is_refused_in_one_line(monkeypatch, mnist_dir):
     """A plug-in built for --image_size: under --network_size its encoder is given smaller
     images, which its first layer cannot take; train says so before any work."""
-    from torch import nn
+    from flat_family import flat_family
 
-    from torch_vae.models import Posterior, registry
+    from torch_vae.models import registry
 
-    @dataclasses.dataclass(frozen=True)
-    class FlatConfig(ModelConfig):
-        arch: str = "flat-test"
-
-    class Encoder(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.net = nn.Linear(c.in_channels * c.image_size**2, 2 * c.latent_dims)
-
-        def forward(self, x):
-            mu, logvar = self.net(x.flatten(1)).chunk(2, 1)
-            return Posterior.clamped(mu, logvar)
-
-    class Decoder(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.c = c
-            self.net = nn.Linear(c.latent_dims, c.in_channels * c.image_size**2)
-
-        def forward(self, z):
-            c = self.c
-            return torch.sigmoid(self.net(z)).view(-1, c.in_channels, c.image_size, c.image_size)
-
-    class FlatVAE(VAE):
-        config_class, encoder_class, decoder_class = FlatConfig, Encoder, Decoder
-
-        def fold_batch_norm(self):
-            pass
-
+    FlatVAE = flat_family("flat-test", size="image_size")
+    FlatConfig = FlatVAE.config_class
     monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
     registry.register_model(FlatVAE)
     fine = FlatConfig(image_size=32, latent_dims=2)
@@ -426,10 +399,9 @@ def test_a_family_whose_networks_ignore_work_size_is_refused_in_one_line(monkeyp
 def test_a_family_of_another_package_is_found_through_its_entry_point(tmp_path):
     """A package's ``torch_vae.models`` entry point (as its pyproject.toml declares it, here
     an installed package's metadata written by hand) gives the command line its --arch."""
-    import os
-    import subprocess
-    import sys
     import textwrap
+
+    from flat_family import train_help_with_plugin
 
     (tmp_path / "my_family.py").write_text(textwrap.dedent("""
         import dataclasses
@@ -445,12 +417,6 @@ def test_a_family_of_another_package_is_found_through_its_entry_point(tmp_path):
         class WideVAE(DCGANVAE):
             config_class = WideConfig
     """))  # fmt: skip
-    meta = tmp_path / "my_family-0.1.dist-info"
-    meta.mkdir()
-    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: my-family\nVersion: 0.1\n")
-    (meta / "entry_points.txt").write_text("[torch_vae.models]\nwide = my_family\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    said = subprocess.run([sys.executable, "-m", "torch_vae", "train", "--help"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    said = train_help_with_plugin(tmp_path, "my-family", "wide = my_family")
     assert said.returncode == 0, said.stderr
     assert "wide-test" in said.stdout and "--widen" in said.stdout

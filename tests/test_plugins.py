@@ -3,52 +3,20 @@ fails to import leaves the other families and the command line working; a family
 networks, an encoder that returns a tuple, a decoder that fixes the batch size in an export and
 a model whose family is not installed each get one line that says what to do."""
 
-import dataclasses
 import importlib.metadata
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from torch import nn
+from flat_family import flat_family, train_help_with_plugin
 
-from torch_vae import VAE, ModelConfig
+from torch_vae import VAE
 from torch_vae.cli import main
 from torch_vae.errors import TorchVaeError
-from torch_vae.models import Posterior, registry
+from torch_vae.models import registry
 
-
-@dataclasses.dataclass(frozen=True)
-class FlatConfig(ModelConfig):
-    arch: str = "flat-plugin-test"
-
-
-class FlatEncoder(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.net = nn.Linear(c.in_channels * c.work_size**2, 2 * c.latent_dims)
-
-    def forward(self, x):
-        return Posterior.clamped(*self.net(x.flatten(1)).chunk(2, 1))
-
-
-class FlatDecoder(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.shape = (c.in_channels, c.work_size, c.work_size)
-        self.net = nn.Linear(c.latent_dims, c.in_channels * c.work_size**2)
-
-    def forward(self, z):  # the batch size as a Python number: traced, it stays that number
-        return torch.sigmoid(self.net(z)).view(len(z), *self.shape)
-
-
-class FlatVAE(VAE):
-    config_class, encoder_class, decoder_class = FlatConfig, FlatEncoder, FlatDecoder
-
-    def fold_batch_norm(self):
-        pass
+FlatVAE = flat_family("flat-plugin-test", fixed_batch=True)  # len(z): an export keeps it
+FlatConfig, FlatEncoder = FlatVAE.config_class, FlatVAE.encoder_class
 
 
 @pytest.fixture
@@ -102,13 +70,7 @@ def test_a_plugin_that_fails_to_import_is_one_warning_and_the_others_load(
 def test_the_command_line_works_beside_a_broken_plugin(tmp_path):
     """An installed package's entry point (its metadata written by hand) naming a module that
     is not there: every command still runs, with one warning line."""
-    meta = tmp_path / "broken_family-0.1.dist-info"
-    meta.mkdir()
-    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-family\nVersion: 0.1\n")
-    (meta / "entry_points.txt").write_text("[torch_vae.models]\nbroken = brokenvae.modle\n")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    said = subprocess.run([sys.executable, "-m", "torch_vae", "train", "--help"], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    said = train_help_with_plugin(tmp_path, "broken-family", "broken = brokenvae.modle")
     assert said.returncode == 0, said.stderr
     assert "--arch {original,dcgan," in said.stdout
     assert said.stderr.strip().splitlines() == [
@@ -175,5 +137,5 @@ def test_a_model_whose_family_is_not_installed_names_the_module_it_came_from(
         VAE.from_pretrained(tmp_path / "m")
     said = str(refused.value)
     assert "unknown architecture 'flat-plugin-test'" in said
-    assert said.endswith(f"its family came from the Python module {__name__!r}: install the "
+    assert said.endswith("its family came from the Python module 'flat_family': install the "
                          "package that provides it")  # fmt: skip
