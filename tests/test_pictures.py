@@ -358,3 +358,15 @@ def test_a_long_title_is_wrapped_not_cut_off():
     lines = title.split("\n")
     assert len(lines) >= 3 and max(map(len, lines)) <= 6 * TITLE_CHARS_PER_INCH
     assert title.replace("\n", " ").startswith(name) and lines[-1] == "second line"
+
+
+def test_an_epoch_picture_shows_held_out_images_spread_over_the_split():
+    """The first 32 of a folder's validation images were of its first classes (sorted by
+    subfolder): the picture takes them evenly from the whole split."""
+    from torch_vae.analysis.pictures import N_PICTURE, picture_rows
+
+    rows = picture_rows(1000).tolist()
+    assert len(rows) == N_PICTURE == len(set(rows)) and rows[0] == 0 and rows[-1] >= 1000 - 32
+    assert all(30 <= b - a <= 32 for a, b in zip(rows, rows[1:], strict=False))
+    assert picture_rows(5).tolist() == [0, 1, 2, 3, 4] and picture_rows(0).tolist() == []
+    assert picture_rows(N_PICTURE).tolist() == list(range(N_PICTURE))

@@ -101,6 +101,14 @@ def prior_draw(model: VAE) -> Draw:
     return lambda n, generator, labels=None: model.prior_sample(n, generator, "cpu", torch.float32)
 
 
+def picture_rows(n: int) -> Tensor:
+    """The rows of the ``n`` held-out images that an epoch's picture shows: ``N_PICTURE`` of
+    them spread evenly over the split (its first ones would be of one class in a folder
+    sorted by class), or all of fewer."""
+    k = min(n, N_PICTURE)
+    return torch.arange(k) * n // max(k, 1)
+
+
 @torch.no_grad()
 def epoch_picture(
     model: VAE,

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..analysis.pictures import N_PICTURE, epoch_picture
+from ..analysis.pictures import N_PICTURE, epoch_picture, picture_rows
 from ..data import load_split
 from ..data.labels import labels_as
 from ..errors import TorchVaeError
@@ -177,8 +177,9 @@ def average_runs(
     # as a training run's images/epoch_NNN.png: latents drawn as train draws them for this seed
     z = model.prior_sample(N_PICTURE, torch.Generator().manual_seed(seed), device, torch.float32)
     test_labels = _labels(model, "test", len(test), data_dir)
-    test_labels = test_labels[:N_PICTURE] if test_labels is not None else None
-    picture = epoch_picture(model, z, test[:N_PICTURE], device, test_labels)
+    shown = picture_rows(len(test))
+    test_labels = test_labels[shown] if test_labels is not None else None
+    picture = epoch_picture(model, z, test[shown], device, test_labels)
     write_model_folder(out, model, config, {"average.png": picture})
     log.info("wrote %s", out)
     return record

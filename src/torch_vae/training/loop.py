@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..analysis import figures
-from ..analysis.pictures import N_PICTURE, epoch_picture
+from ..analysis.pictures import N_PICTURE, epoch_picture, picture_rows
 from ..data.cache import default_data_dir
 from ..errors import TorchVaeError, TrainingInterrupted, describe_os_error
 from ..evaluation.likelihood import test_metrics
@@ -544,8 +544,9 @@ def save_checkpoint(
     the commit point, so a crash before it only means the epoch is trained again on resume.
     ``partial``: the epoch stopped early (--max_steps) and this is how far it got."""
     run_dir, model, dataset = loop.plan.run_dir, loop.model, loop.cfg.dataset
-    labels = loop.test_labels[:N_PICTURE] if loop.test_labels is not None else None
-    picture = epoch_picture(model, loop.fixed_z, loop.test_images[:N_PICTURE], loop.device,
+    shown = picture_rows(len(loop.test_images))
+    labels = loop.test_labels[shown] if loop.test_labels is not None else None
+    picture = epoch_picture(model, loop.fixed_z, loop.test_images[shown], loop.device,
                             labels, f"epoch {epoch}, step {loop.step}")  # fmt: skip
     with _saving(loop):
         save_model(model, run_dir / CHECKPOINTS_DIR / f"epoch_{epoch:03d}.safetensors", dataset)
