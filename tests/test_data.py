@@ -589,16 +589,53 @@ def test_commands_on_a_model_whose_image_folder_changed_warn_of_its_test_split(t
     folder, run, common = _folder_run_stopped_in_epoch_1(tmp_path)
     assert json.loads((run / "config.json").read_text())["split"]["validation_images"] == 1
     evaluate = ["evaluate", "--model", str(run), "--iw_samples", "0", *common]
-    changed = f"{folder} changed since the run of {run} trained on it (images added, removed"
-    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+    changed = (f"{folder}: images were added or removed since the run of {run} trained on it; "
+               "its splits come from the sorted file names")  # fmt: skip
+    Image.new("L", (28, 28), 77).save(folder / "i03.png", pnginfo=_tagged())  # other bytes
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):  # the same names: the same splits
         assert main([*evaluate, "--report", str(tmp_path / "before.json")]) == 0
-    assert "changed since the run" not in caplog.text
+    assert "since the run" not in caplog.text
     Image.new("L", (28, 28), 3).save(folder / "a-new-one.png")
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="torch_vae"):
         assert main([*evaluate, "--report", str(tmp_path / "after.json")]) == 0
         assert main(["fit-sampler", "--model", str(run), "--sampler", "gaussian", *common]) == 0
     assert caplog.text.count(changed) == 2, caplog.text
-    assert ("training images (the run's validation split is not among them: the dataset "
-            "changed since it trained)") in caplog.text  # fmt: skip
+    assert ("training images (the run's validation split is not among them: another dataset, "
+            "or one changed since the run)") in caplog.text  # fmt: skip
     assert "held out no validation split" not in caplog.text
+    config = json.loads((run / "config.json").read_text())  # a run from before names were kept
+    del config["image_names_sha256"]
+    (run / "config.json").write_text(json.dumps(config))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main([*evaluate, "--report", str(tmp_path / "older.json")]) == 0
+    assert f"{folder}: images (or their file sizes) changed since the run of {run}" in caplog.text
+
+
+def _tagged():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "retagged by a photo manager")
+    return info
+
+
+def test_a_folder_with_train_and_test_subfolders_that_grew_keeps_its_splits_unwarned(
+    tmp_path, caplog
+):
+    from torch_vae.cli import main
+
+    folder = tmp_path / "split"
+    for split, n in (("train", 16), ("test", 4)):
+        (folder / split).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (28, 28), 10 * i).save(folder / split / f"{split}{i:02d}.png")
+    run, common = tmp_path / "run", ["--data_dir", str(tmp_path / "data"), "--quiet", "--cpu"]
+    assert main(["train", "--dataset", f"folder:{folder}", "--run_dir", str(run), "--epochs",
+                 "1", "--max_steps", "1", "--image_size", "16", "--max_filters", "8",
+                 "--latent_dims", "2", *common]) == 0  # fmt: skip
+    Image.new("L", (28, 28), 1).save(folder / "test" / "test99.png")  # a test image more
+    with caplog.at_level(logging.WARNING, logger="torch_vae"):
+        assert main(["evaluate", "--model", str(run), "--iw_samples", "0", *common]) == 0
+    assert "since the run" not in caplog.text

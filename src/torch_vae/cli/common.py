@@ -27,7 +27,7 @@ from ..io.png import SOFTWARE
 from ..io.weights import CHECKPOINTS_DIR, CONFIG_NAME, WEIGHTS_NAME, resolve_weights
 from ..models import VAE, ModelConfig, load_model
 from ..runtime.device import pick_device
-from ..training.plan import folder_contents
+from ..training.plan import folder_contents, folder_names
 from ..training.rundir import RunLock, read_metrics
 from .options import Runtime
 
@@ -82,18 +82,34 @@ def resolve_dataset(
 
 
 def _say_if_changed(model_path: Path, model: VAE, dataset: str) -> None:
-    """A warning where ``dataset`` is the image folder the model's run trained on and no longer
-    holds the images it recorded (their names and sizes): the splits, drawn from the sorted
-    names, then mix images the model trained on into the test split."""
+    """A warning where ``dataset`` is the image folder (without train/ and test/ subfolders)
+    the model's run trained on, and its file names changed since: its splits, drawn from the
+    sorted names, then mix images the model trained on into the test split. Runs before the
+    names were recorded have their names' and sizes' digest, which a re-encoded file also
+    changes: said as a possibility."""
     if not dataset.startswith("folder:") or not is_models_dataset(model, dataset):
         return
-    want = run_config(model_path).get("images_sha256")
-    if isinstance(want, str) and folder_contents(dataset) != want:
-        log.warning("%s changed since the run of %s trained on it (images added, removed or "
-                    "resized): its splits come from the sorted file names (every tenth is a "
-                    "test image), so they now mix images the model trained on with others; "
-                    "measure on the folder as it was, or a copy of it",
-                    dataset.removeprefix("folder:"), model_path)  # fmt: skip
+    config = run_config(model_path)
+    names, both = config.get("image_names_sha256"), config.get("images_sha256")
+    try:
+        if FolderDataset(
+            name=dataset, channels=3, root=Path(dataset.removeprefix("folder:"))
+        ).split_folders():
+            return  # its splits are its subfolders: no image moves between them
+        if isinstance(names, str):
+            changed, how = folder_names(dataset) != names, "images were added or removed"
+        elif isinstance(both, str):
+            changed, how = folder_contents(dataset) != both, "images (or their file sizes) changed"
+        else:
+            return
+    except TorchVaeError:  # a folder the command's own reading will say what is wrong with
+        return
+    if changed:
+        log.warning("%s: %s since the run of %s trained on it; its splits come from the sorted "
+                    "file names (every tenth is a test image), so an image added or removed "
+                    "mixes images the model trained on into the test split: measure on the "
+                    "folder as it was, or a copy of it", dataset.removeprefix("folder:"), how,
+                    model_path)  # fmt: skip
 
 
 def check_outside_dataset(outdir: Path, *datasets: str | None, flag: str = "--outdir") -> None:
@@ -459,7 +475,7 @@ def held_out_rows(model_path: Path, n: int, data_dir: Path | None = None):
         split = config.get("split") if isinstance(config.get("split"), dict) else {}
         if split.get("validation_images"):  # recorded, but not found among these images
             return kept, None, ("training images (the run's validation split is not among "
-                                "them: the dataset changed since it trained)")  # fmt: skip
+                                "them: another dataset, or one changed since the run)")  # fmt: skip
         return kept, None, "training images (the model held out no validation split)"
     if kept is None:
         return rows[0], rows[1], "validation images"

@@ -396,6 +396,12 @@ class FolderDataset(Dataset):
                  for rel, _, st in self.listing(split)]  # fmt: skip
         return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
+    def names(self) -> str:
+        """A digest of both splits' file names alone: what the splits are drawn from (every
+        tenth sorted name a test image), unchanged by an image re-encoded or retagged."""
+        lines = ["/".join(rel) for split in SPLITS for rel, _, _ in self.listing(split)]
+        return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
     def list_images(self, split: str) -> list[Path]:
         return [Path(path) for _, path, _ in self.listing(split)]
 

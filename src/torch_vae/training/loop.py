@@ -40,7 +40,7 @@ from .batches import batch_source
 from .compile import make_optimizer, maybe_compile
 from .distributed import Distributed, is_collective_error, wrap
 from .loggers import EPOCH_PICTURE, Loggers, epoch_scalars, logger_names, open_loggers, run_params
-from .plan import RunData, RunPlan, folder_contents, initial_weights
+from .plan import RunData, RunPlan, folder_contents, folder_names, initial_weights
 from .rundir import (
     append_metrics,
     check_new_run_dir,
@@ -261,8 +261,9 @@ def run_plan(
 
 def _write_config(plan: RunPlan, split: dict | None) -> None:
     """The run's config.json, as ``plan`` says (``split``: the validation split's record)."""
-    write_run_config(plan.run_dir, plan.model, plan.train, split, folder_contents(
-        plan.train.dataset), plan.data_dir or default_data_dir())  # fmt: skip
+    dataset = plan.train.dataset
+    write_run_config(plan.run_dir, plan.model, plan.train, split, folder_contents(dataset),
+                     plan.data_dir or default_data_dir(), folder_names(dataset))  # fmt: skip
 
 
 def _train_epochs(loop: Loop, first_epoch: int, partial: EpochProgress | None) -> None:

@@ -274,6 +274,15 @@ def folder_contents(dataset: str) -> str | None:
     return FolderDataset(name=dataset, channels=3, root=root).contents()
 
 
+def folder_names(dataset: str) -> str | None:
+    """What config.json records of a folder dataset's file names alone
+    (``FolderDataset.names``), None for a registered dataset."""
+    if not dataset.startswith("folder:"):
+        return None
+    root = Path(dataset.removeprefix("folder:"))
+    return FolderDataset(name=dataset, channels=3, root=root).names()
+
+
 def moved_folder(run_dir: Path, recorded: str, given: str) -> str:
     """The dataset a run whose folder moved continues on: ``given`` (--dataset), once it holds
     the images the run recorded (their names and sizes); a one-line error otherwise."""

@@ -187,11 +187,13 @@ def write_run_config(
     split: dict[str, Any] | None = None,
     images: str | None = None,
     data_dir: Path | None = None,
+    names: str | None = None,
 ) -> None:
     """config.json: the model and training config, the validation split (its size, and the
     SHA-256 of its rows: ``data.splits``), for a folder dataset ``images``: the digest of
-    its images' names and sizes (``plan.folder_contents``), and ``data_dir``: the data folder
-    (downloads, caches) the run reads, absolute, which a resume from elsewhere reads again."""
+    its images' names and sizes (``plan.folder_contents``) and ``names``: of their names alone
+    (``plan.folder_names``), and ``data_dir``: the data folder (downloads, caches) the run
+    reads, absolute, which a resume from elsewhere reads again."""
     config = {
         "torch_vae_version": __version__,
         "model": model_config.to_dict(),
@@ -201,6 +203,8 @@ def write_run_config(
         config["split"] = split
     if images:
         config["images_sha256"] = images
+    if names:
+        config["image_names_sha256"] = names
     if data_dir is not None:
         config["data_dir"] = str(Path(data_dir).absolute())
     write_text_atomic(run_dir / CONFIG_NAME, json.dumps(config, indent=2))
