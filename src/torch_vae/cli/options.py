@@ -368,7 +368,10 @@ class SharpenOptions:
     lr: float = option(1e-4, "the decoder's learning rate (Adam)")
     disc_lr: float = option(2e-4, "the discriminator's learning rate (Adam)")
     disc_width: int = option(64, "channels of the discriminator's first layer (then 2x, 4x)")
-    warmup: int = option(50, "steps in which only the discriminator learns")
+    warmup: int = option(
+        50, "first steps without the adversarial term (the decoder learns from its squared "
+        "error alone, the discriminator catches up)",
+    )  # fmt: skip
     batchsize: int = option(128, "images per step")
     seed: int = option(0, "random seed (the discriminator's weights, the batches)")
     precision: str = option(

@@ -6,7 +6,8 @@ fine-tuned on the training images with its squared error plus an adversarial ter
 patch discriminator (hinge loss, spectral norm; the decoder's side as in VQGAN, Esser et al.,
 2021), weighted adaptively: at each step the adversarial gradient at the decoder's last layer is
 scaled to ``adversarial`` times the norm of the squared error's there, so the weight needs no
-tuning per dataset or image size, and the discriminator has the first ``warmup`` steps to itself.
+tuning per dataset or image size; the first ``warmup`` steps leave the adversarial term out
+(the decoder learns from its squared error alone while the discriminator catches up).
 
 The encoder (and a VQ model's codebook) is frozen and kept in eval mode: every image gets the
 latents it had, so the samplers fitted to those latents (``fit-sampler``: posterior means, or
@@ -50,7 +51,7 @@ class SharpenSettings:
     lr: float = 1e-4  # the decoder's Adam learning rate
     disc_lr: float = 2e-4  # the discriminator's
     disc_width: int = 64  # the discriminator's first layer's channels (then 2x, 4x)
-    warmup: int = 50  # steps in which only the discriminator learns
+    warmup: int = 50  # first steps without the adversarial term
     batchsize: int = 128
     seed: int = 0
     precision: str = "auto"
