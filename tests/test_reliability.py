@@ -654,6 +654,15 @@ def test_alone_a_burst_of_signals_within_half_a_second_is_one_ctrl_c(monkeypatch
         assert alone.count == expected
     with pytest.raises(KeyboardInterrupt):  # a third press apart from the others
         alone._handle(signal.SIGINT, None)
+    held = iter([30.0 + 0.03 * i for i in range(100)])  # the key held for 3 s: one press
+    monkeypatch.setattr(train_mod.time, "monotonic", lambda: next(held))
+    key = train_mod.StopOnSignal()
+    try:
+        for _ in range(100):
+            key._handle(signal.SIGINT, None)
+    except KeyboardInterrupt:
+        pytest.fail(f"a held Ctrl-C stopped at once after {key.count} presses counted")
+    assert key.count == 1
 
 
 def test_a_resume_with_other_threads_than_the_run_s_says_its_numbers_differ(data, tmp_path, caplog):

@@ -96,9 +96,14 @@ class StopOnSignal:
 
     def _handle(self, signum, frame) -> None:
         now = time.monotonic()
-        if now - self._last < (self.ECHO_SECONDS if self._in_job else self.REPEAT_SECONDS):
-            return  # the launcher passing on the signal this process already got, or a burst
-        self._last = now
+        if self._in_job:
+            if now - self._last < self.ECHO_SECONDS:
+                return  # the launcher passing on the signal this process already got
+            self._last = now
+        else:  # a burst lasts as long as its signals come within REPEAT_SECONDS of each other
+            burst, self._last = now - self._last < self.REPEAT_SECONDS, now
+            if burst:
+                return
         self.count += 1
         if self.signum is None:
             self.signum = signum
@@ -375,7 +380,7 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
     The losses stay on the device until ``_read_losses`` (every ``LOG_EVERY``-th step and at the
     end), so the host never waits for the device in between."""
     loop.model.train()
-    cfg, t0, spent = loop.cfg, time.perf_counter(), ep.seconds
+    cfg, t0, spent, seen0 = loop.cfg, time.perf_counter(), ep.seconds, ep.seen
     # --max_steps may end the run before --epochs: the bar counts to the epoch it ends in
     per_epoch = loop.steps_per_epoch
     last = min(cfg.epochs, -(-loop.total_steps // per_epoch))
@@ -402,8 +407,9 @@ def train_one_epoch(loop: Loop, epoch: int, ep: EpochProgress) -> None:
             if loop.step % LOG_EVERY == 0 or i == steps - 1:
                 stop = _read_losses(loop, epoch, ep, pending)
                 if loop.progress:
-                    # the job's images: each process sees its share of the batch
-                    rate = ep.seen * loop.dist.world / (spent + time.perf_counter() - t0)
+                    # this call's images of the whole job (each process sees its share of
+                    # a batch; a resumed epoch's images before are the job's, on rank 0)
+                    rate = (ep.seen - seen0) * loop.dist.world / (time.perf_counter() - t0)
                     loss = ep.totals["loss"] / max(ep.seen, 1)
                     bar.set_postfix(loss=f"{loss:.2f}", img_s=f"{rate:.0f}")
     _read_losses(loop, epoch, ep, pending)  # stopped by --max_steps
