@@ -299,7 +299,7 @@ def test_save_pretrained_refuses_a_training_run_s_folder(trained):
 
     config, state = (trained / "config.json").read_bytes(), (trained / "ckpt.pt").read_bytes()
     model = torch_vae.load_model(trained)
-    with pytest.raises(TorchVaeError, match="is the folder of a training run: its config.json"):
+    with pytest.raises(TorchVaeError, match="holds a training run's record: its config.json"):
         model.save_pretrained(trained)
     (trained / "ckpt.pt").unlink()  # a finished run's config.json alone says so too
     with pytest.raises(TorchVaeError, match="save into another folder"):

@@ -88,7 +88,7 @@ def test_a_family_without_its_networks_is_refused_when_it_registers(own_registry
         registry.register_model(NoDecoder)
 
     class NotAModule(VAE):
-        config_class, encoder_class, decoder_class = FlatConfig, FlatEncoder, object
+        config_class, encoder_class, decoder_class = FlatConfig, FlatEncoder, "FlatDecoder"
 
     with pytest.raises(TypeError, match="decoder_class must be a torch.nn.Module class"):
         registry.register_model(NotAModule)
@@ -139,3 +139,18 @@ def test_a_model_whose_family_is_not_installed_names_the_module_it_came_from(
     assert "unknown architecture 'flat-plugin-test'" in said
     assert said.endswith("its family came from the Python module 'flat_family': install the "
                          "package that provides it")  # fmt: skip
+
+
+def test_a_model_of_a_family_defined_in_a_script_says_to_run_that_definition(
+    own_registry, tmp_path
+):
+    family = flat_family("script-test")
+    family.__module__ = "__main__"  # as a class defined in a script or a notebook cell is
+    registry.register_model(family)
+    VAE(family.config_class(image_size=16, latent_dims=2)).save_pretrained(tmp_path / "m")
+    del registry.MODELS["script-test"]
+    with pytest.raises(TorchVaeError) as refused:
+        VAE.from_pretrained(tmp_path / "m")
+    assert str(refused.value).endswith("its family was defined in the script or notebook that "
+                                       "saved it: run that definition (its @register_model "
+                                       "class) first")  # fmt: skip

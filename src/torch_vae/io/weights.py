@@ -81,7 +81,7 @@ def save_file(
         f.write(memoryview(data)[8 + n :])
 
 
-def _is_run_config(path: Path) -> bool:
+def is_run_config(path: Path) -> bool:
     """Whether ``path`` is the config.json a training run writes when it starts."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
@@ -100,7 +100,7 @@ def resolve_weights(path: str | os.PathLike) -> Path:
                 f"{path} has no {WEIGHTS_NAME} yet: its run stopped before the end of its first "
                 f"epoch; continue it with torch-vae train --resume {path}"
             )
-        if not weights.is_file() and _is_run_config(path / CONFIG_NAME):  # in its first epoch
+        if not weights.is_file() and is_run_config(path / CONFIG_NAME):  # in its first epoch
             raise TorchVaeError(
                 f"{path} has no {WEIGHTS_NAME} yet: its run is in its first epoch (or was "
                 "killed in it); the weights are written when the epoch ends"

@@ -47,6 +47,7 @@ from ..io.weights import (
     CONFIG_NAME,
     STATE_NAME,
     WEIGHTS_NAME,
+    is_run_config,
     read_metadata,
     read_weights,
     write_weights,
@@ -484,10 +485,11 @@ class VAE(nn.Module):
                                 f"{CONFIG_NAME}), not {folder.name}; for one file: "
                                 "torch_vae.save_model(model, path)")  # fmt: skip
         if _is_run_folder(folder):
-            raise TorchVaeError(f"{folder} is the folder of a training run: its {CONFIG_NAME} "
-                                "records the run (its training config and split, which "
-                                "--resume and the commands on it read), which save_pretrained "
-                                "would replace; save into another folder")  # fmt: skip
+            raise TorchVaeError(f"{folder} holds a training run's record: its {CONFIG_NAME} "
+                                "(the run's training config and split, which --resume and the "
+                                "commands on its model read; average and sharpen keep it too) "
+                                "would be replaced by save_pretrained; save into another "
+                                "folder")  # fmt: skip
         dataset = dataset or self.dataset
         save_model(self, folder / WEIGHTS_NAME, dataset)
         config = {"torch_vae_version": __version__, "model": self.config.to_dict()}
@@ -498,15 +500,10 @@ class VAE(nn.Module):
 
 
 def _is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` holds a training run (its training state, or a config.json with a
-    training config), not a model folder of ``save_pretrained``."""
-    if (folder / STATE_NAME).exists():
-        return True
-    try:
-        config = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and "train" in config
+    """Whether ``folder`` holds a training run's record (its training state, or a run's
+    config.json: a run's, or that of a folder made from one by average, sharpen), not a
+    model folder of ``save_pretrained``."""
+    return (folder / STATE_NAME).exists() or is_run_config(folder / CONFIG_NAME)
 
 
 def _check_tensor(value: Any, call: str, what: str) -> None:
@@ -608,9 +605,15 @@ def _stored_config(meta: dict[str, Any]) -> ModelConfig:
     except UnknownArchitecture as exc:
         module = meta.get("module")
         where = ""
-        if isinstance(module, str) and module.startswith("torch_vae."):
-            where = "; a newer torch-vae saved it: upgrade torch-vae (pip install -U torch-vae)"
-        elif isinstance(module, str) and module:
+        if exc.installed or not isinstance(module, str) or not module:
+            pass  # its plug-in is there and failed to load, or the file does not say
+        elif module.startswith("torch_vae."):
+            where = ("; another version of torch-vae saved it, with that family (pip install "
+                     "-U torch-vae for a newer one)")  # fmt: skip
+        elif module == "__main__":
+            where = ("; its family was defined in the script or notebook that saved it: run "
+                     "that definition (its @register_model class) first")  # fmt: skip
+        else:
             where = (f"; its family came from the Python module {module[:200]!r}: install the "
                      "package that provides it")  # fmt: skip
         raise TorchVaeError(f"{meta['path']}: {exc}{where}") from None

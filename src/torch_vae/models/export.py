@@ -261,10 +261,10 @@ def _run_at(run: Callable[..., list], xs: list[torch.Tensor], net: Network, batc
         last = lines[-1] if lines else type(exc).__name__  # the runtimes' own words end there
         last = last if len(last) <= 200 else "..." + last[-200:]
         raise TorchVaeError(
-            f"the exported {net.name} fails on a batch of {batch} ({last}); "
-            f"the file was traced at a batch of {EXAMPLE_BATCH}, and a network that takes the "
-            "batch size as a number (len(x), x.shape[0] or x.size(0) in a view or reshape) "
-            "keeps that number: use reshape(-1, ...) or flatten(1); nothing was written"
+            f"the exported {net.name} fails on a batch of {batch} ({last}); it was traced at a "
+            f"batch of {EXAMPLE_BATCH}, and where a network takes the batch size as a number "
+            "(len(x), x.shape[0] or x.size(0) in a view or reshape) the file keeps that "
+            "number: use reshape(-1, ...) or flatten(1); nothing was written"
         ) from None
 
 

@@ -32,9 +32,9 @@ FAILED_PLUGINS: dict[str, str] = {}
 class UnknownArchitecture(TorchVaeError):
     """No family of this name is registered (``arch``: the name asked for)."""
 
-    def __init__(self, arch: str, message: str):
+    def __init__(self, arch: str, message: str, installed: bool = False):
         super().__init__(message)
-        self.arch = arch
+        self.arch, self.installed = arch, installed  # installed: a plug-in that failed to load
 
 
 def _where(cls: type) -> str:
@@ -73,15 +73,14 @@ def register_model(cls: type[VAE]) -> type[VAE]:
 def _check_networks(cls: type, base: type) -> None:
     """A family builds an encoder and a decoder: from its ``encoder_class`` and
     ``decoder_class`` (modules), unless its own ``__init__`` builds them."""
-    from torch import nn
-
     for part in ("encoder_class", "decoder_class"):
         net = getattr(cls, part, None)
         if net is None and cls.__init__ is base.__init__:
             raise TypeError(f"{_where(cls)} names no {part}, the network it builds from its "
                             "config (docs/model.md, Adding a model)")  # fmt: skip
-        if net is not None and not (isinstance(net, type) and issubclass(net, nn.Module)):
-            raise TypeError(f"{_where(cls)}.{part} must be a torch.nn.Module class, got {net!r}")
+        if net is not None and not callable(net):  # a Module class, or a partial of one
+            raise TypeError(f"{_where(cls)}.{part} must be a torch.nn.Module class (or a "
+                            f"function of the config that makes one), got {net!r}")  # fmt: skip
 
 
 def model_class(arch: str) -> type[VAE]:
@@ -93,8 +92,9 @@ def model_class(arch: str) -> type[VAE]:
         _load_entry_points()
     if arch in MODELS:
         return MODELS[arch]
-    if arch in FAILED_PLUGINS:
-        raise UnknownArchitecture(arch, f"{FAILED_PLUGINS[arch]}; fix or reinstall its package")
+    if arch in FAILED_PLUGINS:  # no "install the package" advice after this (read_config)
+        raise UnknownArchitecture(arch, f"{FAILED_PLUGINS[arch]}; fix or reinstall its package",
+                                  installed=True)  # fmt: skip
     failed = "".join(f"; {why}" for why in FAILED_PLUGINS.values())
     raise UnknownArchitecture(arch, f"unknown architecture {arch!r}; choose one of "
                               f"{architectures()} (or install the package that provides it)"
